@@ -1,0 +1,316 @@
+package transport
+
+import (
+	"fmt"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// ProtocolVersion is the replication protocol spoken by this build. A peer
+// sends it first on every stream and in every unary request.
+const ProtocolVersion uint32 = 1
+
+// MinProtocolVersion is the oldest protocol version this build still accepts.
+const MinProtocolVersion uint32 = 1
+
+// CheckVersion returns ErrProtocolVersion (wrapped, naming both versions)
+// unless v is a version this build speaks.
+func CheckVersion(v uint32) error {
+	if v < MinProtocolVersion || v > ProtocolVersion {
+		return fmt.Errorf("%w: peer speaks %d, this build speaks %d..%d",
+			ErrProtocolVersion, v, MinProtocolVersion, ProtocolVersion)
+	}
+	return nil
+}
+
+// FrameKind says which message a frame on the Subscribe stream carries.
+//
+// ONLY APPEND TO THIS LIST: the numbers are on the wire.
+type FrameKind uint8
+
+// Frame kinds.
+const (
+	KindInvalid       FrameKind = iota // zero value, never sent
+	KindOpen                           // consumer -> owner: first frame, carries Open
+	KindStart                          // owner -> consumer: answer to Open, carries Start
+	KindSnapshotBegin                  // owner -> consumer: full transfer at Seq begins
+	KindRows                           // owner -> consumer: a chunk of snapshot rows
+	KindSnapshotEnd                    // owner -> consumer: full transfer at Seq complete
+	KindChanges                        // owner -> consumer: a batch of changes, in seq order
+	KindHeartbeat                      // both ways: liveness and the owner's head seq
+	KindAck                            // consumer -> owner: everything up to Seq is durable
+	KindPull                           // consumer -> owner: send a coalesced delta (pull mode)
+	KindMode                           // consumer -> owner: switch this subscription's mode
+)
+
+var kindNames = [...]string{"invalid", "open", "start", "snapshot-begin", "rows", "snapshot-end",
+	"changes", "heartbeat", "ack", "pull", "mode"}
+
+func (k FrameKind) String() string {
+	if int(k) < len(kindNames) {
+		return kindNames[k]
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// Op is the operation of one change.
+//
+// ONLY APPEND TO THIS LIST: the numbers are on the wire.
+type Op uint8
+
+// Change operations.
+const (
+	OpInvalid Op = iota
+	OpPut
+	OpDelete
+)
+
+func (o Op) String() string {
+	switch o {
+	case OpPut:
+		return "put"
+	case OpDelete:
+		return "delete"
+	}
+	return fmt.Sprintf("op(%d)", uint8(o))
+}
+
+// Mode names as they travel in Open and Mode frames (see package modes for
+// the typed form).
+const (
+	ModePush = "push"
+	ModePull = "pull"
+)
+
+// Open is the consumer's first frame on a Subscribe stream.
+type Open struct {
+	Version  uint32 `msgpack:"v"`
+	Service  string `msgpack:"svc"`  // the consumer's service name
+	Instance string `msgpack:"inst"` // the consumer's instance id
+	Table    string `msgpack:"t"`
+	LogID    string `msgpack:"log"` // empty: no replica yet
+	Seq      uint64 `msgpack:"seq"` // last seq the consumer has durably applied
+	Epoch    uint64 `msgpack:"ep"`
+	Mode     string `msgpack:"mode"` // ModePush or ModePull; empty means push
+}
+
+// Start is the owner's answer to Open. With Resume the changes after the
+// consumer's seq follow; without, a full transfer follows.
+type Start struct {
+	Version  uint32 `msgpack:"v"`
+	LogID    string `msgpack:"log"`
+	Epoch    uint64 `msgpack:"ep"`
+	HeadSeq  uint64 `msgpack:"head"`
+	FirstSeq uint64 `msgpack:"first"` // oldest seq still in the owner's log
+	Resume   bool   `msgpack:"resume"`
+}
+
+// ConsumerFrame is every message a consumer sends on a Subscribe stream.
+type ConsumerFrame struct {
+	Kind FrameKind `msgpack:"k"`
+	Open *Open     `msgpack:"o,omitempty"`  // KindOpen
+	Seq  uint64    `msgpack:"s,omitempty"`  // KindAck: durable seq; KindHeartbeat: applied seq
+	Mode string    `msgpack:"m,omitempty"`  // KindMode
+	Rate float64   `msgpack:"rr,omitempty"` // KindHeartbeat: consumer read rate (reads/s)
+}
+
+// OwnerFrame is every message an owner sends on a Subscribe stream.
+type OwnerFrame struct {
+	Kind    FrameKind `msgpack:"k"`
+	Start   *Start    `msgpack:"st,omitempty"` // KindStart
+	Seq     uint64    `msgpack:"s,omitempty"`  // KindSnapshotBegin/End: the snapshot's seq
+	HeadSeq uint64    `msgpack:"h,omitempty"`  // every kind: the owner's head seq when sent
+	Epoch   uint64    `msgpack:"ep,omitempty"` // KindChanges: the epoch the changes were written in
+	Time    int64     `msgpack:"tm,omitempty"` // KindHeartbeat: owner clock, unix nanoseconds
+	Rate    float64   `msgpack:"wr,omitempty"` // KindHeartbeat: owner write rate (changes/s)
+	Rows    []Row     `msgpack:"r,omitempty"`  // KindRows
+	Changes []Change  `msgpack:"c,omitempty"`  // KindChanges
+}
+
+// Row is one key and value of a snapshot.
+type Row struct {
+	Key   []byte
+	Value []byte
+}
+
+// Change is one CRUD notification: the seq-th change of its table.
+type Change struct {
+	Seq    uint64
+	Op     Op
+	Key    []byte
+	Value  []byte // nil for OpDelete
+	Time   int64  // commit time, unix nanoseconds
+	TxnEnd bool   // last change of its commit group (Apply)
+}
+
+// Size is an estimate of the change's encoded size, used to bound batches.
+func (c *Change) Size() int { return len(c.Key) + len(c.Value) + 32 }
+
+// Size is an estimate of the row's encoded size, used to bound chunks.
+func (r *Row) Size() int { return len(r.Key) + len(r.Value) + 8 }
+
+// Rows and changes are the bulk of the traffic: they are encoded as compact
+// arrays rather than maps.
+
+var (
+	_ msgpack.CustomEncoder = (*Change)(nil)
+	_ msgpack.CustomDecoder = (*Change)(nil)
+	_ msgpack.CustomEncoder = (*Row)(nil)
+	_ msgpack.CustomDecoder = (*Row)(nil)
+)
+
+// EncodeMsgpack writes the change as a 6-element array.
+func (c *Change) EncodeMsgpack(e *msgpack.Encoder) error {
+	if err := e.EncodeArrayLen(6); err != nil {
+		return err
+	}
+	if err := e.EncodeUint(c.Seq); err != nil {
+		return err
+	}
+	if err := e.EncodeUint(uint64(c.Op)); err != nil {
+		return err
+	}
+	if err := e.EncodeBytes(c.Key); err != nil {
+		return err
+	}
+	if err := e.EncodeBytes(c.Value); err != nil {
+		return err
+	}
+	if err := e.EncodeInt(c.Time); err != nil {
+		return err
+	}
+	return e.EncodeBool(c.TxnEnd)
+}
+
+// DecodeMsgpack reads the array written by EncodeMsgpack.
+func (c *Change) DecodeMsgpack(d *msgpack.Decoder) error {
+	n, err := d.DecodeArrayLen()
+	if err != nil {
+		return err
+	}
+	if n != 6 {
+		return fmt.Errorf("change: want 6 fields, got %d", n)
+	}
+	if c.Seq, err = d.DecodeUint64(); err != nil {
+		return err
+	}
+	op, err := d.DecodeUint8()
+	if err != nil {
+		return err
+	}
+	c.Op = Op(op)
+	if c.Key, err = d.DecodeBytes(); err != nil {
+		return err
+	}
+	if c.Value, err = d.DecodeBytes(); err != nil {
+		return err
+	}
+	if c.Time, err = d.DecodeInt64(); err != nil {
+		return err
+	}
+	c.TxnEnd, err = d.DecodeBool()
+	return err
+}
+
+// EncodeMsgpack writes the row as a 2-element array.
+func (r *Row) EncodeMsgpack(e *msgpack.Encoder) error {
+	if err := e.EncodeArrayLen(2); err != nil {
+		return err
+	}
+	if err := e.EncodeBytes(r.Key); err != nil {
+		return err
+	}
+	return e.EncodeBytes(r.Value)
+}
+
+// DecodeMsgpack reads the array written by EncodeMsgpack.
+func (r *Row) DecodeMsgpack(d *msgpack.Decoder) error {
+	n, err := d.DecodeArrayLen()
+	if err != nil {
+		return err
+	}
+	if n != 2 {
+		return fmt.Errorf("row: want 2 fields, got %d", n)
+	}
+	if r.Key, err = d.DecodeBytes(); err != nil {
+		return err
+	}
+	r.Value, err = d.DecodeBytes()
+	return err
+}
+
+// GetRequest asks the owner for the current value of some keys (a live read).
+type GetRequest struct {
+	Version uint32   `msgpack:"v"`
+	Table   string   `msgpack:"t"`
+	Keys    [][]byte `msgpack:"keys"`
+}
+
+// Value is one result of a Get: Found is false when the key has no row.
+type Value struct {
+	Found bool   `msgpack:"f"`
+	Value []byte `msgpack:"v"`
+}
+
+// GetResponse answers GetRequest: one Value per key, in request order, all
+// read at Seq.
+type GetResponse struct {
+	Seq    uint64  `msgpack:"s"`
+	LogID  string  `msgpack:"log"`
+	Values []Value `msgpack:"vals"`
+}
+
+// DigestRequest asks for a hash of a table's rows with Start <= key < End
+// (an empty End means no upper bound).
+type DigestRequest struct {
+	Version uint32 `msgpack:"v"`
+	Table   string `msgpack:"t"`
+	Start   []byte `msgpack:"from,omitempty"`
+	End     []byte `msgpack:"to,omitempty"`
+}
+
+// DigestResponse is the hash of a table's rows at Seq. Owner and replica
+// compute it the same way (see replica.Digest), so equal hashes at equal seqs
+// prove equal tables.
+type DigestResponse struct {
+	LogID string `msgpack:"log"`
+	Seq   uint64 `msgpack:"s"`
+	Rows  uint64 `msgpack:"n"`
+	Hash  []byte `msgpack:"h"`
+}
+
+// Validate checks the parts of an Open frame that must be present.
+func (o *Open) Validate() error {
+	if o == nil {
+		return fmt.Errorf("%w: first frame must be open", ErrBadRequest)
+	}
+	if err := CheckVersion(o.Version); err != nil {
+		return err
+	}
+	if o.Table == "" {
+		return fmt.Errorf("%w: open: empty table name", ErrBadRequest)
+	}
+	switch o.Mode {
+	case "", ModePush, ModePull:
+	default:
+		return fmt.Errorf("%w: open: unknown mode %q", ErrBadRequest, o.Mode)
+	}
+	return nil
+}
+
+// Validate checks the structure of a change received from a peer.
+func (c *Change) Validate() error {
+	switch c.Op {
+	case OpPut:
+	case OpDelete:
+		if len(c.Value) != 0 {
+			return fmt.Errorf("%w: change %d: delete carries a value", ErrBadRequest, c.Seq)
+		}
+	default:
+		return fmt.Errorf("%w: change %d: unknown op %d", ErrBadRequest, c.Seq, c.Op)
+	}
+	if len(c.Key) == 0 {
+		return fmt.Errorf("%w: change %d: empty key", ErrBadRequest, c.Seq)
+	}
+	return nil
+}
