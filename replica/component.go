@@ -1,0 +1,166 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/replmesh/replmesh/transport"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// Component is the replication component one service instance embeds. It
+// owns tables (OwnedTable), holds replicas of other services' tables
+// (Replica), and serves the replication service to consumers.
+//
+// Lock order: Component.mu before OwnedTable.mu before tail.mu; Replica.mu
+// is never held while taking another lock.
+type Component struct {
+	cfg    Config
+	log    *slog.Logger
+	db     *badger.DB
+	ln     net.Listener
+	server *transport.Server
+
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	writes   chan *pendingWrite
+	dropKick chan struct{}
+
+	mu       sync.Mutex
+	closed   bool
+	owned    map[string]*OwnedTable
+	replicas map[string]*Replica
+	conns    map[string]*grpc.ClientConn
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open opens the database, starts the group committer, the log trimmer and
+// (when ListenAddr is set) the replication server.
+func Open(ctx context.Context, cfg Config) (*Component, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("open component: %w", err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	log = log.With("service", cfg.Service, "instance", cfg.Instance)
+
+	opts := badger.DefaultOptions(cfg.DataDir).
+		WithInMemory(cfg.DataDir == "").
+		WithSyncWrites(cfg.Durability == Sync).
+		WithDetectConflicts(false).
+		WithLogger(badgerLogger{log.With("subsystem", "badger")}).
+		WithMemTableSize(cfg.MemTableSize).
+		WithNumMemtables(3).
+		WithBlockCacheSize(cfg.BlockCacheSize).
+		WithIndexCacheSize(16 << 20).
+		WithNumCompactors(2).
+		WithValueThreshold(1 << 10)
+	db, err := badger.Open(opts)
+	if err != nil {
+		return nil, fmt.Errorf("open component: badger: %w", err)
+	}
+	cctx, cancel := context.WithCancel(context.Background())
+	c := &Component{
+		cfg:      cfg,
+		log:      log,
+		db:       db,
+		ctx:      cctx,
+		cancel:   cancel,
+		writes:   make(chan *pendingWrite, 1024),
+		dropKick: make(chan struct{}, 1),
+		conns:    map[string]*grpc.ClientConn{},
+		owned:    map[string]*OwnedTable{},
+		replicas: map[string]*Replica{},
+	}
+	if cfg.ListenAddr != "" {
+		ln, err := transport.Listen(cfg.ListenAddr)
+		if err != nil {
+			cancel()
+			_ = db.Close()
+			return nil, fmt.Errorf("open component: listen %s: %w", cfg.ListenAddr, err)
+		}
+		c.ln = ln
+		c.server = transport.NewServer(cfg.Transport)
+		transport.RegisterReplicationServer(c.server, &replicationServer{c: c})
+		c.server.Health.SetServingStatus("", grpc_health_v1.HealthCheckResponse_SERVING)
+		c.server.Health.SetServingStatus(transport.ReplicationServiceName, grpc_health_v1.HealthCheckResponse_SERVING)
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			if err := c.server.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) {
+				log.Error("replication server stopped", "err", err)
+			}
+		}()
+	}
+	c.wg.Add(3)
+	go c.commitLoop()
+	go c.trimLoop()
+	go c.dropLoop()
+	c.kickDropper()
+	log.Info("component open", "addr", c.Addr(), "data_dir", cfg.DataDir, "durability", cfg.Durability.String())
+	return c, nil
+}
+
+// Addr is the address the replication service listens on ("" when none).
+func (c *Component) Addr() string {
+	if c.ln == nil {
+		return ""
+	}
+	return c.ln.Addr().String()
+}
+
+// Config returns the component's configuration.
+func (c *Component) Config() Config { return c.cfg }
+
+// Close stops serving, stops every replica, waits for every goroutine and
+// closes the database. It is safe to call more than once.
+func (c *Component) Close() error {
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closed = true
+		reps := make([]*Replica, 0, len(c.replicas))
+		for _, r := range c.replicas {
+			reps = append(reps, r)
+		}
+		c.mu.Unlock()
+		c.cancel()
+		if c.server != nil {
+			c.server.GracefulStop(2 * time.Second)
+		}
+		for _, r := range reps {
+			r.stop()
+		}
+		c.wg.Wait()
+		for _, cc := range c.conns {
+			_ = cc.Close()
+		}
+		c.closeErr = c.db.Close()
+		c.log.Info("component closed")
+	})
+	return c.closeErr
+}
+
+// done reports whether Close has begun.
+func (c *Component) done() <-chan struct{} { return c.ctx.Done() }
+
+// badgerLogger routes badger's logs to slog (warnings and errors only).
+type badgerLogger struct{ l *slog.Logger }
+
+func (b badgerLogger) Errorf(f string, a ...any)   { b.l.Error(fmt.Sprintf(f, a...)) }
+func (b badgerLogger) Warningf(f string, a ...any) { b.l.Warn(fmt.Sprintf(f, a...)) }
+func (b badgerLogger) Infof(string, ...any)        {}
+func (b badgerLogger) Debugf(string, ...any)       {}

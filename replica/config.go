@@ -1,0 +1,182 @@
+package replica
+
+import (
+	"fmt"
+	"log/slog"
+	"regexp"
+	"time"
+
+	"github.com/replmesh/replmesh/transport"
+)
+
+// Durability says when a write is acknowledged.
+type Durability int
+
+const (
+	// Async: a write returns once it is committed to badger's log and
+	// memtable; the OS flushes it to disk later. A process crash loses
+	// nothing, a machine crash may lose the last writes.
+	Async Durability = iota
+	// Sync: a write returns only after it is fsynced.
+	Sync
+)
+
+func (d Durability) String() string {
+	if d == Sync {
+		return "sync"
+	}
+	return "async"
+}
+
+// Config configures a component. Start from DefaultConfig.
+type Config struct {
+	// Service is the name of the service this instance belongs to.
+	Service string
+	// Instance is this process's unique id.
+	Instance string
+	// ListenAddr is where the replication service listens; "127.0.0.1:0"
+	// picks a free port (read it back with Component.Addr). Empty: the
+	// component serves nothing (a pure consumer).
+	ListenAddr string
+	// DataDir holds the badger database. Empty: in memory (tests, demos).
+	DataDir string
+	// Durability of owner writes and replica applies.
+	Durability Durability
+	// Logger receives the component's logs; nil discards them.
+	Logger *slog.Logger
+	// Transport: message size limit and TLS for both serving and dialing.
+	Transport transport.Options
+
+	// MaxGroupChanges and MaxGroupBytes bound one group commit.
+	MaxGroupChanges int
+	MaxGroupBytes   int
+	// MaxApplyBytes bounds one Apply (all its keys and values).
+	MaxApplyBytes int
+
+	// BatchMaxChanges bounds one push batch; bytes are bounded by the
+	// transport's chunk budget.
+	BatchMaxChanges int
+	// Linger is how long an owner waits for more changes before sending a
+	// partial batch (0: send at once; batches still form under load).
+	Linger time.Duration
+	// Heartbeat is the interval of heartbeats on idle streams.
+	Heartbeat time.Duration
+	// TailChanges and TailBytes bound the in-memory copy of each table's
+	// newest changes, from which caught-up subscribers are fed.
+	TailChanges int
+	TailBytes   int
+
+	// Retention trims each owned table's change log.
+	Retention Retention
+	// TrimInterval is how often the log is trimmed.
+	TrimInterval time.Duration
+
+	// PeerTimeout: a replica that hears nothing from its owner for this
+	// long (owners heartbeat every Heartbeat) drops the stream and reconnects.
+	PeerTimeout time.Duration
+	// ReconnectMin and ReconnectMax bound a replica's reconnect backoff.
+	ReconnectMin time.Duration
+	ReconnectMax time.Duration
+
+	// MemTableSize and BlockCacheSize tune badger's memory use.
+	MemTableSize   int64
+	BlockCacheSize int64
+}
+
+// Retention says how much change log an owner keeps. A consumer whose seq
+// is older than the log's first entry gets a full transfer. Zero fields
+// are unlimited.
+type Retention struct {
+	MaxChanges uint64
+	MaxBytes   int64
+	MaxAge     time.Duration
+}
+
+// DefaultConfig returns a config with production defaults; Service and
+// Instance must still be set.
+func DefaultConfig() Config {
+	return Config{
+		ListenAddr:      "127.0.0.1:0",
+		MaxGroupChanges: 8192,
+		MaxGroupBytes:   1 << 20,
+		MaxApplyBytes:   1 << 20,
+		BatchMaxChanges: 2048,
+		Heartbeat:       time.Second,
+		TailChanges:     1 << 16,
+		TailBytes:       32 << 20,
+		Retention:       Retention{MaxChanges: 1_000_000, MaxBytes: 1 << 30, MaxAge: 24 * time.Hour},
+		TrimInterval:    10 * time.Second,
+		PeerTimeout:     10 * time.Second,
+		ReconnectMin:    50 * time.Millisecond,
+		ReconnectMax:    5 * time.Second,
+		MemTableSize:    32 << 20,
+		BlockCacheSize:  32 << 20,
+	}
+}
+
+// LocalConfig is DefaultConfig with fast timers, for tests.
+func LocalConfig(service, instance string) Config {
+	c := DefaultConfig()
+	c.Service = service
+	c.Instance = instance
+	c.Heartbeat = 100 * time.Millisecond
+	c.TrimInterval = 200 * time.Millisecond
+	c.PeerTimeout = 3 * time.Second
+	c.ReconnectMin = 10 * time.Millisecond
+	c.ReconnectMax = 200 * time.Millisecond
+	return c
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,128}$`)
+
+func validName(what, s string) error {
+	if !nameRE.MatchString(s) {
+		return fmt.Errorf("%w: %s %q must be 1-128 characters of A-Z a-z 0-9 _ . -", ErrInvalid, what, s)
+	}
+	return nil
+}
+
+// Validate reports the first field that is unusable.
+func (c *Config) Validate() error {
+	if err := validName("Config.Service", c.Service); err != nil {
+		return err
+	}
+	if err := validName("Config.Instance", c.Instance); err != nil {
+		return err
+	}
+	checks := []struct {
+		name string
+		bad  bool
+	}{
+		{"Config.Durability", c.Durability != Async && c.Durability != Sync},
+		{"Config.MaxGroupChanges", c.MaxGroupChanges <= 0},
+		{"Config.MaxGroupBytes", c.MaxGroupBytes <= 0},
+		{"Config.MaxApplyBytes", c.MaxApplyBytes <= 0 || c.MaxApplyBytes > c.MaxGroupBytes},
+		{"Config.BatchMaxChanges", c.BatchMaxChanges <= 0},
+		{"Config.Linger", c.Linger < 0},
+		{"Config.Heartbeat", c.Heartbeat <= 0},
+		{"Config.TailChanges", c.TailChanges < 0},
+		{"Config.TailBytes", c.TailBytes < 0},
+		{"Config.TrimInterval", c.TrimInterval <= 0},
+		{"Config.PeerTimeout", c.PeerTimeout <= 0},
+		{"Config.ReconnectMin", c.ReconnectMin <= 0},
+		{"Config.ReconnectMax", c.ReconnectMax < c.ReconnectMin},
+		{"Config.MemTableSize", c.MemTableSize < 1<<20},
+		{"Config.BlockCacheSize", c.BlockCacheSize < 0},
+	}
+	for _, ch := range checks {
+		if ch.bad {
+			return fmt.Errorf("%w: %s is out of range", ErrInvalid, ch.name)
+		}
+	}
+	// Every badger transaction must stay under badger's batch limit (15% of
+	// the memtable): a group writes each change twice (row and log entry).
+	if int64(3*c.MaxGroupBytes) > c.MemTableSize*15/100 {
+		return fmt.Errorf("%w: Config.MaxGroupBytes (%d) is too large for Config.MemTableSize (%d): need 3*MaxGroupBytes <= 15%% of MemTableSize",
+			ErrInvalid, c.MaxGroupBytes, c.MemTableSize)
+	}
+	if c.MaxApplyBytes > c.Transport.ChunkBudget() {
+		return fmt.Errorf("%w: Config.MaxApplyBytes (%d) must fit in one message chunk (%d)", ErrInvalid, c.MaxApplyBytes, c.Transport.ChunkBudget())
+	}
+	return nil
+}

@@ -1,0 +1,52 @@
+package replica
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/replmesh/replmesh/transport"
+)
+
+// Errors returned by the component. Errors that can also come back from a
+// peer (ErrUnknownTable, ErrTooLarge, ...) are the transport sentinels, so
+// errors.Is works the same for local and remote failures.
+var (
+	// ErrClosed is returned by every call on a closed component.
+	ErrClosed = errors.New("replica: component closed")
+	// ErrUnknownTable: the table is not declared (owner) or not subscribed.
+	ErrUnknownTable = transport.ErrUnknownTable
+	// ErrTooLarge: a key, value or Apply is over its limit.
+	ErrTooLarge = transport.ErrTooLarge
+	// ErrInvalid: a bad argument (empty key, bad table name, bad config).
+	ErrInvalid = errors.New("replica: invalid argument")
+	// ErrExists: the table is already declared or subscribed.
+	ErrExists = errors.New("replica: already exists")
+	// ErrReadOnly: a write through a typed view of a replica.
+	ErrReadOnly = errors.New("replica: read-only replica")
+	// ErrDiverged: the owner's history no longer contains the replica's
+	// (see DivergedError); the replica keeps serving and waits.
+	ErrDiverged = errors.New("replica: owner history diverged")
+	// ErrStaleEpoch: a change or owner from an older epoch was refused.
+	ErrStaleEpoch = errors.New("replica: stale epoch")
+	// ErrGap: a received batch did not continue the replica's seq.
+	ErrGap = errors.New("replica: seq gap")
+)
+
+// DivergedError says how the owner's history disagrees with the replica's.
+// It wraps ErrDiverged.
+type DivergedError struct {
+	Table        string
+	ReplicaLogID string
+	ReplicaSeq   uint64
+	OwnerLogID   string
+	OwnerHead    uint64
+}
+
+func (e *DivergedError) Error() string {
+	return fmt.Sprintf("replica %s: owner history diverged: replica has log %s up to seq %d, owner has log %s with head %d; "+
+		"serving the existing replica until the owner is restored or AcceptNewHistory is called",
+		e.Table, e.ReplicaLogID, e.ReplicaSeq, e.OwnerLogID, e.OwnerHead)
+}
+
+// Unwrap returns ErrDiverged.
+func (e *DivergedError) Unwrap() error { return ErrDiverged }

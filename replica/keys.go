@@ -1,0 +1,97 @@
+package replica
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/replmesh/replmesh/transport"
+)
+
+// Badger key layout. Table and service names never contain '/', so the
+// prefixes below cannot collide.
+//
+//	o/<table>/m                owned table meta (ownerMeta, msgpack)
+//	o/<table>/r/<key>          owned row: 8-byte seq, then the value
+//	o/<table>/l/<seq:8 BE>     change log entry (encodeLogEntry)
+//	c/<svc>/<table>/cur        replica cursor (cursor, msgpack)
+//	c/<svc>/<table>/stage      generation of an unfinished full transfer
+//	c/<svc>/<table>/g/<gen:8 BE>/<key>   replica row of one generation
+//	c/<svc>/<table>/drop/<gen:8 BE>      a generation waiting to be deleted
+
+func ownMetaKey(table string) []byte { return []byte("o/" + table + "/m") }
+func ownRowPrefix(table string) []byte { return []byte("o/" + table + "/r/") }
+func ownLogPrefix(table string) []byte { return []byte("o/" + table + "/l/") }
+
+func ownLogKey(prefix []byte, seq uint64) []byte {
+	k := make([]byte, len(prefix)+8)
+	copy(k, prefix)
+	binary.BigEndian.PutUint64(k[len(prefix):], seq)
+	return k
+}
+
+func replicaBase(service, table string) string { return "c/" + service + "/" + table + "/" }
+func cursorKey(base string) []byte             { return []byte(base + "cur") }
+func stageKey(base string) []byte              { return []byte(base + "stage") }
+func dropPrefix(base string) []byte            { return []byte(base + "drop/") }
+
+func genPrefix(base string, gen uint64) []byte {
+	p := make([]byte, len(base)+2+8+1)
+	n := copy(p, base)
+	n += copy(p[n:], "g/")
+	binary.BigEndian.PutUint64(p[n:], gen)
+	p[n+8] = '/'
+	return p
+}
+
+func concat(a, b []byte) []byte {
+	k := make([]byte, len(a)+len(b))
+	copy(k, a)
+	copy(k[len(a):], b)
+	return k
+}
+
+// Log entries: op (1), txnEnd (1), time (8, BE), key length (uvarint), key, value.
+func encodeLogEntry(c *transport.Change) []byte {
+	b := make([]byte, 0, 10+binary.MaxVarintLen32+len(c.Key)+len(c.Value))
+	end := byte(0)
+	if c.TxnEnd {
+		end = 1
+	}
+	b = append(b, byte(c.Op), end)
+	b = binary.BigEndian.AppendUint64(b, uint64(c.Time))
+	b = binary.AppendUvarint(b, uint64(len(c.Key)))
+	b = append(b, c.Key...)
+	return append(b, c.Value...)
+}
+
+func decodeLogEntry(seq uint64, b []byte) (transport.Change, error) {
+	if len(b) < 11 {
+		return transport.Change{}, fmt.Errorf("log entry %d: short (%d bytes)", seq, len(b))
+	}
+	c := transport.Change{Seq: seq, Op: transport.Op(b[0]), TxnEnd: b[1] == 1, Time: int64(binary.BigEndian.Uint64(b[2:10]))}
+	kl, n := binary.Uvarint(b[10:])
+	if n <= 0 || uint64(len(b)-10-n) < kl {
+		return transport.Change{}, fmt.Errorf("log entry %d: bad key length", seq)
+	}
+	rest := b[10+n:]
+	c.Key = rest[:kl:kl]
+	if v := rest[kl:]; len(v) > 0 || c.Op == transport.OpPut {
+		c.Value = v
+	}
+	return c, nil
+}
+
+// Owned rows carry the seq that last wrote them.
+func encodeOwnRow(seq uint64, value []byte) []byte {
+	b := make([]byte, 8+len(value))
+	binary.BigEndian.PutUint64(b, seq)
+	copy(b[8:], value)
+	return b
+}
+
+func decodeOwnRow(b []byte) (seq uint64, value []byte, err error) {
+	if len(b) < 8 {
+		return 0, nil, fmt.Errorf("owned row: short (%d bytes)", len(b))
+	}
+	return binary.BigEndian.Uint64(b), b[8:], nil
+}

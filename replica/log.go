@@ -1,0 +1,152 @@
+package replica
+
+import (
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/replmesh/replmesh/transport"
+)
+
+// readChanges returns the committed changes from seq from on (at most about
+// maxN changes and maxBytes bytes, never splitting a commit group), from the
+// in-memory tail when it still holds them, else from the durable log. It
+// returns transport.ErrResync when the log no longer holds from.
+func (t *OwnedTable) readChanges(from uint64, maxN, maxBytes int, dst []transport.Change) ([]transport.Change, error) {
+	if out, ok := t.tail.read(from, maxN, maxBytes, dst); ok {
+		return out, nil
+	}
+	t.mu.Lock()
+	first, head := t.meta.First, t.meta.Head
+	t.mu.Unlock()
+	if from < first {
+		return dst, fmt.Errorf("%w: seq %d of %s was trimmed (log starts at %d)", transport.ErrResync, from, t.name, first)
+	}
+	if from > head {
+		return dst, nil
+	}
+	err := t.c.db.View(func(txn *badger.Txn) error {
+		o := badger.DefaultIteratorOptions
+		o.Prefix = t.logPrefix
+		o.PrefetchSize = min(maxN, 256)
+		it := txn.NewIterator(o)
+		defer it.Close()
+		want, size := from, 0
+		for it.Seek(ownLogKey(t.logPrefix, from)); it.Valid(); it.Next() {
+			item := it.Item()
+			seq := binary.BigEndian.Uint64(item.Key()[len(t.logPrefix):])
+			if seq != want {
+				return fmt.Errorf("%w: log of %s has seq %d where %d was expected (trimmed meanwhile)", transport.ErrResync, t.name, seq, want)
+			}
+			v, err := item.ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			ch, err := decodeLogEntry(seq, v)
+			if err != nil {
+				return err
+			}
+			dst = append(dst, ch)
+			size += ch.Size()
+			want++
+			if (len(dst) >= maxN || size >= maxBytes) && ch.TxnEnd {
+				break
+			}
+		}
+		if want == from {
+			return fmt.Errorf("%w: seq %d of %s is not in the log", transport.ErrResync, from, t.name)
+		}
+		return nil
+	})
+	return dst, err
+}
+
+// trimLoop trims every owned table's log on the configured interval.
+func (c *Component) trimLoop() {
+	defer c.wg.Done()
+	tk := time.NewTicker(c.cfg.TrimInterval)
+	defer tk.Stop()
+	for {
+		select {
+		case <-c.done():
+			return
+		case now := <-tk.C:
+			c.mu.Lock()
+			tables := make([]*OwnedTable, 0, len(c.owned))
+			for _, t := range c.owned {
+				tables = append(tables, t)
+			}
+			c.mu.Unlock()
+			for _, t := range tables {
+				if err := t.trim(now); err != nil {
+					c.log.Error("trim log", "table", t.name, "err", err)
+				}
+			}
+		}
+	}
+}
+
+// trim drops the oldest log entries beyond the retention limits. The new
+// first seq is published before the entries are deleted, so a reader that
+// races with the deletion sees ErrResync, never a gap.
+func (t *OwnedTable) trim(now time.Time) error {
+	r := t.c.cfg.Retention
+	t.mu.Lock()
+	first, head, size := t.meta.First, t.meta.Head, t.logSize
+	t.mu.Unlock()
+	newFirst := first
+	if r.MaxChanges > 0 && head+1-first > r.MaxChanges {
+		newFirst = head + 1 - r.MaxChanges
+	}
+	var dropped int64
+	if (r.MaxBytes > 0 && size > r.MaxBytes) || r.MaxAge > 0 {
+		cutoff := now.Add(-r.MaxAge).UnixNano()
+		err := t.c.db.View(func(txn *badger.Txn) error {
+			o := badger.DefaultIteratorOptions
+			o.Prefix = t.logPrefix
+			it := txn.NewIterator(o)
+			defer it.Close()
+			for it.Seek(ownLogKey(t.logPrefix, first)); it.Valid(); it.Next() {
+				item := it.Item()
+				seq := binary.BigEndian.Uint64(item.Key()[len(t.logPrefix):])
+				overBytes := r.MaxBytes > 0 && size-dropped > r.MaxBytes
+				tooOld := false
+				if r.MaxAge > 0 && !overBytes {
+					if err := item.Value(func(v []byte) error {
+						if len(v) >= 10 {
+							tooOld = int64(binary.BigEndian.Uint64(v[2:10])) < cutoff
+						}
+						return nil
+					}); err != nil {
+						return err
+					}
+				}
+				if !overBytes && !tooOld && seq >= newFirst {
+					return nil
+				}
+				dropped += item.ValueSize()
+				newFirst = max(newFirst, seq+1)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if newFirst <= first {
+		return nil
+	}
+	t.mu.Lock()
+	t.meta.First = newFirst
+	t.logSize -= dropped
+	t.mu.Unlock()
+	wb := t.c.db.NewWriteBatch()
+	defer wb.Cancel()
+	for seq := first; seq < newFirst; seq++ {
+		if err := wb.Delete(ownLogKey(t.logPrefix, seq)); err != nil {
+			return err
+		}
+	}
+	return wb.Flush()
+}

@@ -1,0 +1,454 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/replmesh/replmesh/transport"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// SubscribeOptions name the table a replica follows and where its owner is.
+type SubscribeOptions struct {
+	// Service is the owner's service name.
+	Service string
+	// Table is the table's name.
+	Table string
+	// Addr is the owner's replication address. (With a broker, the address
+	// is learned from it; Addr stays useful for tests and small setups.)
+	Addr string
+}
+
+// State is where a replica's subscription stands.
+type State int
+
+// Replica states.
+const (
+	StateConnecting State = iota // no stream: dialing, or backing off after a failure
+	StateTransferring            // receiving a full state transfer
+	StateStreaming               // resumed or transferred; following the change stream
+	StateDiverged                // the owner's history does not contain the replica's; waiting
+	StateClosed                  // unsubscribed or component closed
+)
+
+func (s State) String() string {
+	return [...]string{"connecting", "transferring", "streaming", "diverged", "closed"}[s]
+}
+
+// cursor is a replica's durable position, written in the same badger
+// transaction as the rows it covers: it is never ahead of the data.
+type cursor struct {
+	LogID string `msgpack:"log"`
+	Epoch uint64 `msgpack:"ep"`
+	Seq   uint64 `msgpack:"seq"`
+	Gen   uint64 `msgpack:"gen"` // generation holding the rows (see keys.go)
+	Time  int64  `msgpack:"tm"`  // commit time of the change at Seq
+}
+
+// Stats count what a replica's subscription has done since it was opened.
+type Stats struct {
+	FullTransfers  uint64 // full state transfers completed
+	Resumes        uint64 // streams resumed from the cursor without a transfer
+	Reconnects     uint64 // streams that ended and were re-opened
+	Applied        uint64 // changes applied
+	Duplicates     uint64 // changes received again and skipped
+	SnapshotRows   uint64 // rows received in full transfers
+	SnapshotBytes  uint64 // key+value bytes received in full transfers
+	LastTransferNs int64  // duration of the last full transfer
+}
+
+// Status is a snapshot of a replica's state for tools and tests.
+type Status struct {
+	Service   string
+	Table     string
+	State     State
+	LogID     string
+	Epoch     uint64
+	Seq       uint64
+	OwnerHead uint64
+	Lag       Lag
+	Stats     Stats
+	LastErr   error
+}
+
+// Lag says how far a replica is behind its owner.
+type Lag struct {
+	// Seqs is the owner's head (as last heard) minus the replica's seq.
+	Seqs uint64
+	// Staleness is how long ago the replica was last known to hold the
+	// owner's head: 0 while caught up and in touch; it grows while the
+	// owner is unreachable, since nobody can say what was missed.
+	Staleness time.Duration
+}
+
+// Event is delivered to OnChange callbacks after a batch is durable.
+type Event struct {
+	// Reset: a full transfer replaced the replica's contents; Changes is
+	// empty and the caller should rebuild what it derives with Scan.
+	Reset bool
+	// Seq is the replica's seq after the event.
+	Seq uint64
+	// Changes are the changes applied, in seq order.
+	Changes []Change
+}
+
+// Replica is a local, durable, consistent copy of one table of another
+// service. Reads never touch the network.
+type Replica struct {
+	c    *Component
+	opts SubscribeOptions
+	base string
+	log  *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu         sync.RWMutex
+	cur        cursor
+	state      State
+	ownerHead  uint64
+	caughtUpAt time.Time // last time the replica was known to hold the owner's head
+	lastErr    error
+	accept     bool // AcceptNewHistory was called
+	stats      Stats
+	seqCh      chan struct{} // closed and replaced whenever cur changes
+	ready      chan struct{} // closed once the replica holds a complete copy
+
+	cbMu    sync.RWMutex
+	cbs     map[int]func(Event)
+	nextCB  int
+	pending []transport.Change // received changes waiting for their TxnEnd
+}
+
+// Subscribe starts following table opts.Table of service opts.Service. It
+// returns at once: the replica loads its cursor, then resumes or takes a
+// full transfer in the background. Ready tells when it holds a full copy.
+func (c *Component) Subscribe(ctx context.Context, opts SubscribeOptions) (*Replica, error) {
+	if err := validName("SubscribeOptions.Service", opts.Service); err != nil {
+		return nil, err
+	}
+	if err := validName("SubscribeOptions.Table", opts.Table); err != nil {
+		return nil, err
+	}
+	if opts.Addr == "" {
+		return nil, fmt.Errorf("%w: SubscribeOptions.Addr is empty", ErrInvalid)
+	}
+	key := opts.Service + "/" + opts.Table
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	if _, ok := c.replicas[key]; ok {
+		return nil, fmt.Errorf("subscribe %s: %w", key, ErrExists)
+	}
+	r := &Replica{
+		c:     c,
+		opts:  opts,
+		base:  replicaBase(opts.Service, opts.Table),
+		log:   c.log.With("replica", key),
+		done:  make(chan struct{}),
+		seqCh: make(chan struct{}),
+		ready: make(chan struct{}),
+		cbs:   map[int]func(Event){},
+	}
+	if err := r.load(); err != nil {
+		return nil, fmt.Errorf("subscribe %s: %w", key, err)
+	}
+	r.ctx, r.cancel = context.WithCancel(c.ctx)
+	c.replicas[key] = r
+	c.wg.Add(1)
+	go r.loop()
+	return r, nil
+}
+
+// load reads the cursor and queues the leftovers of an unfinished transfer
+// for deletion.
+func (r *Replica) load() error {
+	err := r.c.db.Update(func(txn *badger.Txn) error {
+		item, err := txn.Get(cursorKey(r.base))
+		switch {
+		case errors.Is(err, badger.ErrKeyNotFound):
+		case err != nil:
+			return err
+		default:
+			if err := item.Value(func(v []byte) error { return msgpack.Unmarshal(v, &r.cur) }); err != nil {
+				return fmt.Errorf("decode cursor: %w", err)
+			}
+		}
+		stage, err := readStage(txn, r.base)
+		if err != nil {
+			return err
+		}
+		if stage > r.cur.Gen {
+			if err := txn.Set(dropMarker(genPrefix(r.base, stage)), nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if r.cur.LogID != "" {
+		close(r.ready)
+		r.log.Info("replica loaded", "log_id", r.cur.LogID, "seq", r.cur.Seq, "epoch", r.cur.Epoch)
+	}
+	r.c.kickDropper()
+	return nil
+}
+
+// Ready is closed once the replica holds a complete copy of the table (at
+// once for a replica that had one before a restart).
+func (r *Replica) Ready() <-chan struct{} { return r.ready }
+
+// Table is the replicated table's name.
+func (r *Replica) Table() string { return r.opts.Table }
+
+// Service is the owner service's name.
+func (r *Replica) Service() string { return r.opts.Service }
+
+// readTxn returns a read transaction and the row prefix of the generation
+// it must read. Taking both under the lock makes them agree: a transfer's
+// switch happens under the write lock.
+func (r *Replica) readTxn() (*badger.Txn, []byte, cursor) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.c.db.NewTransaction(false), genPrefix(r.base, r.cur.Gen), r.cur
+}
+
+// Get returns the replica's value of key; found is false when it has none.
+// It reads only local storage.
+func (r *Replica) Get(key []byte) (value []byte, found bool, err error) {
+	if r.c.ctx.Err() != nil {
+		return nil, false, ErrClosed
+	}
+	txn, prefix, _ := r.readTxn()
+	defer txn.Discard()
+	item, err := txn.Get(concat(prefix, key))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("get %s: %w", r.opts.Table, err)
+	}
+	v, err := item.ValueCopy(nil)
+	if err != nil {
+		return nil, false, fmt.Errorf("get %s: %w", r.opts.Table, err)
+	}
+	return v, true, nil
+}
+
+// Scan calls fn for each row whose key starts with prefix, in key order, all
+// at one seq (returned). fn must not retain key or value; false stops.
+func (r *Replica) Scan(prefix []byte, fn func(key, value []byte) bool) (uint64, error) {
+	if r.c.ctx.Err() != nil {
+		return 0, ErrClosed
+	}
+	txn, gp, cur := r.readTxn()
+	defer txn.Discard()
+	err := scanRows(txn, gp, prefix, nil, nil, func(k, v []byte) (bool, error) { return fn(k, v), nil })
+	if err != nil {
+		return 0, fmt.Errorf("scan %s: %w", r.opts.Table, err)
+	}
+	return cur.Seq, nil
+}
+
+// Digest hashes the replica's rows with start <= key < end (nil end: no
+// bound) exactly as the owner does (OwnedTable.Digest), at the replica's seq.
+func (r *Replica) Digest(start, end []byte) (transport.DigestResponse, error) {
+	if r.c.ctx.Err() != nil {
+		return transport.DigestResponse{}, ErrClosed
+	}
+	txn, gp, cur := r.readTxn()
+	defer txn.Discard()
+	d := newDigester()
+	err := scanRows(txn, gp, nil, start, end, func(k, v []byte) (bool, error) { d.add(k, v); return true, nil })
+	if err != nil {
+		return transport.DigestResponse{}, fmt.Errorf("digest %s: %w", r.opts.Table, err)
+	}
+	return d.result(cur.LogID, cur.Seq), nil
+}
+
+// Seq is the seq of the newest change the replica holds.
+func (r *Replica) Seq() uint64 {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.cur.Seq
+}
+
+// Lag says how far the replica is behind its owner, as last heard.
+func (r *Replica) Lag() Lag {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.lagLocked(time.Now())
+}
+
+func (r *Replica) lagLocked(now time.Time) Lag {
+	var l Lag
+	if r.ownerHead > r.cur.Seq {
+		l.Seqs = r.ownerHead - r.cur.Seq
+	}
+	if r.caughtUpAt.IsZero() {
+		return Lag{Seqs: l.Seqs, Staleness: -1}
+	}
+	if st := now.Sub(r.caughtUpAt); l.Seqs > 0 || r.state != StateStreaming {
+		l.Staleness = st
+	}
+	return l
+}
+
+// Status returns the replica's state, position, lag and counters.
+func (r *Replica) Status() Status {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return Status{
+		Service: r.opts.Service, Table: r.opts.Table, State: r.state,
+		LogID: r.cur.LogID, Epoch: r.cur.Epoch, Seq: r.cur.Seq, OwnerHead: r.ownerHead,
+		Lag: r.lagLocked(time.Now()), Stats: r.stats, LastErr: r.lastErr,
+	}
+}
+
+// WaitFor blocks until the replica holds seq (read-your-writes across
+// services: the owner returns the seq of a write, the reader waits for it).
+func (r *Replica) WaitFor(ctx context.Context, seq uint64) error {
+	for {
+		r.mu.RLock()
+		have, ch := r.cur.Seq, r.seqCh
+		r.mu.RUnlock()
+		if have >= seq {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for seq %d of %s (have %d): %w", seq, r.opts.Table, have, ctx.Err())
+		case <-r.done:
+			return ErrClosed
+		}
+	}
+}
+
+// AcceptNewHistory tells the replica to accept the owner's current history
+// even though it is shorter than the replica's (the owner lost its data and
+// an operator decided to go on with what it has now). The next connection
+// replaces the replica with a full transfer.
+func (r *Replica) AcceptNewHistory() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.accept = true
+	r.log.Warn("operator accepted the owner's new history")
+}
+
+// OnChange registers fn to be called after every applied batch, in commit
+// order, from one goroutine, after the batch is durable. fn must not block:
+// the replica does not apply the next batch until it returns. The returned
+// func unregisters fn.
+func (r *Replica) OnChange(fn func(Event)) (cancel func()) {
+	r.cbMu.Lock()
+	id := r.nextCB
+	r.nextCB++
+	r.cbs[id] = fn
+	r.cbMu.Unlock()
+	return func() {
+		r.cbMu.Lock()
+		delete(r.cbs, id)
+		r.cbMu.Unlock()
+	}
+}
+
+// Watch is the channel form of OnChange: events arrive on the returned
+// channel, which is closed when ctx ends or the replica stops. A full
+// channel holds back the replica (backpressure), so keep reading.
+func (r *Replica) Watch(ctx context.Context, buf int) <-chan Event {
+	ch := make(chan Event, buf)
+	var once sync.Once
+	var mu sync.Mutex
+	closed := false
+	cancel := r.OnChange(func(e Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		if closed {
+			return
+		}
+		select {
+		case ch <- e:
+		case <-ctx.Done():
+		case <-r.done:
+		}
+	})
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-r.done:
+		}
+		cancel()
+		once.Do(func() {
+			mu.Lock()
+			closed = true
+			close(ch)
+			mu.Unlock()
+		})
+	}()
+	return ch
+}
+
+func (r *Replica) notify(e Event) {
+	r.cbMu.RLock()
+	defer r.cbMu.RUnlock()
+	for _, fn := range r.cbs {
+		fn(e)
+	}
+}
+
+// Close stops following the owner; the replica's data stays on disk and a
+// later Subscribe resumes from it.
+func (r *Replica) Close() error {
+	r.stop()
+	r.c.mu.Lock()
+	if r.c.replicas[r.opts.Service+"/"+r.opts.Table] == r {
+		delete(r.c.replicas, r.opts.Service+"/"+r.opts.Table)
+	}
+	r.c.mu.Unlock()
+	return nil
+}
+
+func (r *Replica) stop() {
+	r.cancel()
+	<-r.done
+}
+
+func (r *Replica) setState(s State, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.state = s
+	if err != nil {
+		r.lastErr = err
+	}
+}
+
+// readStage returns the generation of an unfinished transfer (0: none).
+func readStage(txn *badger.Txn, base string) (uint64, error) {
+	item, err := txn.Get(stageKey(base))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	var g uint64
+	err = item.Value(func(v []byte) error {
+		if len(v) != 8 {
+			return fmt.Errorf("stage marker of %d bytes", len(v))
+		}
+		g = beUint64(v)
+		return nil
+	})
+	return g, err
+}

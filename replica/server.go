@@ -1,0 +1,290 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/replmesh/replmesh/transport"
+)
+
+// replicationServer serves the replication service for the component's
+// owned tables.
+type replicationServer struct{ c *Component }
+
+func (c *Component) ownedTable(name string) (*OwnedTable, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, fmt.Errorf("%w: component is closing", transport.ErrUnavailable)
+	}
+	t, ok := c.owned[name]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q is not owned by %s/%s", transport.ErrUnknownTable, name, c.cfg.Service, c.cfg.Instance)
+	}
+	return t, nil
+}
+
+// Subscribe serves one consumer: a resume or a full transfer, then the
+// change stream, heartbeats, and the consumer's acks.
+func (s *replicationServer) Subscribe(stream transport.SubscribeServer) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	if first.Kind != transport.KindOpen {
+		return fmt.Errorf("%w: first frame is %s, want open", transport.ErrBadRequest, first.Kind)
+	}
+	if err := first.Open.Validate(); err != nil {
+		return err
+	}
+	open := first.Open
+	t, err := s.c.ownedTable(open.Table)
+	if err != nil {
+		return err
+	}
+	if err := t.allowed(open.Service); err != nil {
+		return err
+	}
+	if open.Mode == transport.ModePull {
+		return fmt.Errorf("%w: pull mode is not served by this owner", transport.ErrBadRequest)
+	}
+	snd := &sender{
+		c:      s.c,
+		t:      t,
+		stream: stream,
+		open:   open,
+		log:    s.c.log.With("table", t.name, "consumer", open.Service+"/"+open.Instance),
+	}
+	return snd.run()
+}
+
+type sender struct {
+	c      *Component
+	t      *OwnedTable
+	stream transport.SubscribeServer
+	open   *transport.Open
+	log    interface {
+		Info(string, ...any)
+		Debug(string, ...any)
+	}
+	lastSend time.Time
+	buf      []transport.Change
+}
+
+func (s *sender) send(f *transport.OwnerFrame) error {
+	s.lastSend = time.Now()
+	return s.stream.Send(f)
+}
+
+func (s *sender) run() error {
+	ctx := s.stream.Context()
+	meta, _ := s.t.state()
+	o := s.open
+	resume := o.LogID == meta.LogID && o.Epoch <= meta.Epoch && o.Seq+1 >= meta.First && o.Seq <= meta.Head
+	if err := s.send(&transport.OwnerFrame{Kind: transport.KindStart, HeadSeq: meta.Head, Start: &transport.Start{
+		Version: transport.ProtocolVersion, LogID: meta.LogID, Epoch: meta.Epoch,
+		HeadSeq: meta.Head, FirstSeq: meta.First, Resume: resume,
+	}}); err != nil {
+		return err
+	}
+	next := o.Seq + 1
+	if resume {
+		s.log.Info("subscriber resumes", "from", next, "head", meta.Head)
+	} else {
+		s.log.Info("subscriber needs full transfer", "consumer_log", o.LogID, "consumer_seq", o.Seq, "head", meta.Head)
+		var err error
+		if next, err = s.sendSnapshot(); err != nil {
+			return err
+		}
+	}
+
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			f, err := s.stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			switch f.Kind {
+			case transport.KindAck, transport.KindHeartbeat:
+			default:
+				recvErr <- fmt.Errorf("%w: unexpected %s frame from consumer", transport.ErrBadRequest, f.Kind)
+				return
+			}
+		}
+	}()
+
+	hb := time.NewTicker(s.c.cfg.Heartbeat)
+	defer hb.Stop()
+	budget := s.c.cfg.Transport.ChunkBudget()
+	for {
+		meta, headCh := s.t.state()
+		if next <= meta.Head {
+			var err error
+			s.buf, err = s.t.readChanges(next, s.c.cfg.BatchMaxChanges, budget, s.buf[:0])
+			if err != nil {
+				return err
+			}
+			if len(s.buf) > 0 {
+				if err := s.send(&transport.OwnerFrame{Kind: transport.KindChanges, HeadSeq: meta.Head, Epoch: meta.Epoch, Changes: s.buf}); err != nil {
+					return err
+				}
+				next = s.buf[len(s.buf)-1].Seq + 1
+				clear(s.buf)
+				continue
+			}
+		}
+		if s.c.cfg.Linger > 0 && next <= meta.Head {
+			time.Sleep(s.c.cfg.Linger)
+		}
+		select {
+		case <-headCh:
+		case now := <-hb.C:
+			if now.Sub(s.lastSend) >= s.c.cfg.Heartbeat/2 {
+				if err := s.send(&transport.OwnerFrame{Kind: transport.KindHeartbeat, HeadSeq: meta.Head, Time: now.UnixNano()}); err != nil {
+					return err
+				}
+			}
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.c.done():
+			return fmt.Errorf("%w: owner is shutting down", transport.ErrUnavailable)
+		}
+	}
+}
+
+// sendSnapshot streams the table's rows from one read transaction (a
+// consistent snapshot at the seq it reads from the meta in the same
+// transaction) and returns the seq after it.
+func (s *sender) sendSnapshot() (uint64, error) {
+	txn := s.c.db.NewTransaction(false)
+	defer txn.Discard()
+	m, err := s.t.readMeta(txn)
+	if err != nil {
+		return 0, err
+	}
+	if err := s.send(&transport.OwnerFrame{Kind: transport.KindSnapshotBegin, Seq: m.Head, HeadSeq: m.Head, Epoch: m.Epoch}); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	budget := s.c.cfg.Transport.ChunkBudget()
+	rows := make([]transport.Row, 0, 1024)
+	arena := make([]byte, 0, budget+budget/4)
+	var total, bytes int
+	flush := func() error {
+		if len(rows) == 0 {
+			return nil
+		}
+		err := s.send(&transport.OwnerFrame{Kind: transport.KindRows, Rows: rows})
+		total += len(rows)
+		bytes += len(arena)
+		clear(rows)
+		rows, arena = rows[:0], arena[:0]
+		return err
+	}
+	err = scanRows(txn, s.t.rowPrefix, nil, nil, nil, func(k, v []byte) (bool, error) {
+		_, val, err := decodeOwnRow(v)
+		if err != nil {
+			return false, err
+		}
+		if len(arena)+len(k)+len(val) > cap(arena) {
+			if err := flush(); err != nil {
+				return false, err
+			}
+			if len(k)+len(val) > cap(arena) {
+				arena = make([]byte, 0, len(k)+len(val))
+			}
+		}
+		ks := len(arena)
+		arena = append(arena, k...)
+		vs := len(arena)
+		arena = append(arena, val...)
+		rows = append(rows, transport.Row{Key: arena[ks:vs:vs], Value: arena[vs:len(arena):len(arena)]})
+		if s.stream.Context().Err() != nil {
+			return false, s.stream.Context().Err()
+		}
+		return true, nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	if err != nil {
+		return 0, fmt.Errorf("snapshot of %s: %w", s.t.name, err)
+	}
+	if err := s.send(&transport.OwnerFrame{Kind: transport.KindSnapshotEnd, Seq: m.Head, HeadSeq: m.Head, Epoch: m.Epoch}); err != nil {
+		return 0, err
+	}
+	s.log.Info("full transfer sent", "seq", m.Head, "rows", total, "bytes", bytes, "took", time.Since(start))
+	return m.Head + 1, nil
+}
+
+// Get reads keys from an owned table at one seq.
+func (s *replicationServer) Get(ctx context.Context, req *transport.GetRequest) (*transport.GetResponse, error) {
+	if err := transport.CheckVersion(req.Version); err != nil {
+		return nil, err
+	}
+	t, err := s.c.ownedTable(req.Table)
+	if err != nil {
+		return nil, err
+	}
+	if len(req.Keys) > 10000 {
+		return nil, fmt.Errorf("%w: get of %d keys (max 10000)", transport.ErrTooLarge, len(req.Keys))
+	}
+	out := &transport.GetResponse{Values: make([]transport.Value, len(req.Keys))}
+	err = s.c.db.View(func(txn *badger.Txn) error {
+		m, err := t.readMeta(txn)
+		if err != nil {
+			return err
+		}
+		out.Seq, out.LogID = m.Head, m.LogID
+		for i, k := range req.Keys {
+			item, err := txn.Get(concat(t.rowPrefix, k))
+			if errors.Is(err, badger.ErrKeyNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			v, err := item.ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			_, val, err := decodeOwnRow(v)
+			if err != nil {
+				return err
+			}
+			out.Values[i] = transport.Value{Found: true, Value: val}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Digest hashes an owned table at its current seq.
+func (s *replicationServer) Digest(ctx context.Context, req *transport.DigestRequest) (*transport.DigestResponse, error) {
+	if err := transport.CheckVersion(req.Version); err != nil {
+		return nil, err
+	}
+	t, err := s.c.ownedTable(req.Table)
+	if err != nil {
+		return nil, err
+	}
+	d, err := t.Digest(req.Start, req.End)
+	if err != nil {
+		return nil, err
+	}
+	return &d, nil
+}

@@ -1,0 +1,522 @@
+package replica
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/replmesh/replmesh/transport"
+	"github.com/vmihailenco/msgpack/v5"
+	"google.golang.org/grpc"
+)
+
+// loop keeps one stream to the owner open, reconnecting with jittered
+// exponential backoff; the backoff restarts after a stream that made
+// progress.
+func (r *Replica) loop() {
+	defer r.c.wg.Done()
+	defer close(r.done)
+	defer r.setState(StateClosed, nil)
+	backoff := r.c.cfg.ReconnectMin
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			r.mu.Lock()
+			r.stats.Reconnects++
+			r.mu.Unlock()
+		}
+		progressed, err := r.session()
+		if r.ctx.Err() != nil {
+			return
+		}
+		if progressed {
+			backoff = r.c.cfg.ReconnectMin
+		}
+		r.mu.Lock()
+		r.lastErr = err
+		if r.state != StateDiverged {
+			r.state = StateConnecting
+		}
+		r.mu.Unlock()
+		r.log.Info("stream ended; reconnecting", "err", err, "backoff", backoff)
+		wait := backoff/2 + rand.N(backoff/2+1)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-r.ctx.Done():
+			t.Stop()
+			return
+		}
+		backoff = min(2*backoff, r.c.cfg.ReconnectMax)
+	}
+}
+
+// session runs one stream: open, resume or full transfer, then changes
+// until the stream fails. progressed reports whether it got past the start.
+func (r *Replica) session() (progressed bool, err error) {
+	ctx, cancel := context.WithCancel(r.ctx)
+	defer cancel()
+	conn, err := r.c.conn(r.opts.Addr)
+	if err != nil {
+		return false, err
+	}
+	stream, err := transport.NewReplicationClient(conn).Subscribe(ctx)
+	if err != nil {
+		return false, err
+	}
+	// Watchdog: an owner that says nothing for PeerTimeout (it heartbeats
+	// far more often) is gone; drop the stream.
+	watchdog := time.AfterFunc(r.c.cfg.PeerTimeout, cancel)
+	defer watchdog.Stop()
+	recv := func() (*transport.OwnerFrame, error) {
+		f, err := stream.Recv()
+		if err != nil {
+			if ctx.Err() != nil && r.ctx.Err() == nil {
+				return nil, fmt.Errorf("%w: no frame from owner for %s", transport.ErrUnavailable, r.c.cfg.PeerTimeout)
+			}
+			return nil, transport.FromStatus(err)
+		}
+		watchdog.Reset(r.c.cfg.PeerTimeout)
+		r.mu.Lock()
+		if f.HeadSeq > r.ownerHead {
+			r.ownerHead = f.HeadSeq
+		}
+		if r.state == StateStreaming && r.cur.Seq >= f.HeadSeq {
+			r.caughtUpAt = time.Now()
+		}
+		r.mu.Unlock()
+		return f, nil
+	}
+
+	r.mu.RLock()
+	cur, accept := r.cur, r.accept
+	r.mu.RUnlock()
+	err = stream.Send(&transport.ConsumerFrame{Kind: transport.KindOpen, Open: &transport.Open{
+		Version: transport.ProtocolVersion, Service: r.c.cfg.Service, Instance: r.c.cfg.Instance,
+		Table: r.opts.Table, LogID: cur.LogID, Seq: cur.Seq, Epoch: cur.Epoch, Mode: transport.ModePush,
+	}})
+	if err != nil {
+		return false, transport.FromStatus(err)
+	}
+	f, err := recv()
+	if err != nil {
+		return false, err
+	}
+	if f.Kind != transport.KindStart || f.Start == nil {
+		return false, fmt.Errorf("%w: owner's first frame is %s, want start", transport.ErrBadRequest, f.Kind)
+	}
+	st := f.Start
+	if err := transport.CheckVersion(st.Version); err != nil {
+		return false, err
+	}
+	r.mu.Lock()
+	r.ownerHead = st.HeadSeq
+	r.mu.Unlock()
+	if cur.LogID != "" && !accept {
+		if st.Epoch < cur.Epoch {
+			return false, fmt.Errorf("%w: owner is at epoch %d, replica at %d", ErrStaleEpoch, st.Epoch, cur.Epoch)
+		}
+		if st.HeadSeq < cur.Seq {
+			derr := &DivergedError{Table: r.opts.Table, ReplicaLogID: cur.LogID, ReplicaSeq: cur.Seq, OwnerLogID: st.LogID, OwnerHead: st.HeadSeq}
+			r.mu.Lock()
+			r.state = StateDiverged
+			r.mu.Unlock()
+			r.log.Error("owner history diverged; keeping the replica", "err", derr)
+			return false, derr
+		}
+	}
+	if st.Resume {
+		if st.LogID != cur.LogID {
+			return false, fmt.Errorf("%w: owner resumes log %s, replica has %s", transport.ErrBadRequest, st.LogID, cur.LogID)
+		}
+		r.mu.Lock()
+		r.stats.Resumes++
+		r.state = StateStreaming
+		r.mu.Unlock()
+		r.log.Info("resumed", "seq", cur.Seq, "owner_head", st.HeadSeq)
+	} else {
+		r.setState(StateTransferring, nil)
+		if err := r.receiveSnapshot(recv, st); err != nil {
+			return false, err
+		}
+		r.mu.Lock()
+		r.accept = false
+		r.state = StateStreaming
+		r.mu.Unlock()
+	}
+	r.pending = r.pending[:0]
+	if err := r.ack(stream); err != nil {
+		return true, err
+	}
+	for {
+		f, err := recv()
+		if err != nil {
+			return true, err
+		}
+		switch f.Kind {
+		case transport.KindChanges:
+			applied, err := r.applyFrame(f)
+			if err != nil {
+				return true, err
+			}
+			if applied {
+				if err := r.ack(stream); err != nil {
+					return true, err
+				}
+			}
+		case transport.KindHeartbeat:
+			if err := r.ack(stream); err != nil {
+				return true, err
+			}
+		default:
+			return true, fmt.Errorf("%w: unexpected %s frame from owner", transport.ErrBadRequest, f.Kind)
+		}
+	}
+}
+
+func (r *Replica) ack(stream transport.SubscribeClient) error {
+	r.mu.RLock()
+	seq := r.cur.Seq
+	r.mu.RUnlock()
+	return transport.FromStatus(stream.Send(&transport.ConsumerFrame{Kind: transport.KindAck, Seq: seq}))
+}
+
+// receiveSnapshot writes a full transfer into a fresh generation and
+// switches the cursor to it in one transaction: readers see the old replica
+// until the new one is complete.
+func (r *Replica) receiveSnapshot(recv func() (*transport.OwnerFrame, error), st *transport.Start) error {
+	start := time.Now()
+	f, err := recv()
+	if err != nil {
+		return err
+	}
+	if f.Kind != transport.KindSnapshotBegin {
+		return fmt.Errorf("%w: expected snapshot-begin, got %s", transport.ErrBadRequest, f.Kind)
+	}
+	seq, epoch := f.Seq, f.Epoch
+	var gen uint64
+	err = r.c.db.Update(func(txn *badger.Txn) error {
+		stage, err := readStage(txn, r.base)
+		if err != nil {
+			return err
+		}
+		r.mu.RLock()
+		gen = max(stage, r.cur.Gen) + 1
+		r.mu.RUnlock()
+		if stage > 0 && stage != r.cur.Gen {
+			if err := txn.Set(dropMarker(genPrefix(r.base, stage)), nil); err != nil {
+				return err
+			}
+		}
+		return txn.Set(stageKey(r.base), binary.BigEndian.AppendUint64(nil, gen))
+	})
+	if err != nil {
+		return fmt.Errorf("stage transfer: %w", err)
+	}
+	r.c.kickDropper()
+	r.log.Info("full transfer begins", "seq", seq, "log_id", st.LogID, "gen", gen)
+	prefix := genPrefix(r.base, gen)
+	wb := r.c.db.NewWriteBatch()
+	defer wb.Cancel()
+	var rows, nbytes uint64
+	for {
+		f, err := recv()
+		if err != nil {
+			return err
+		}
+		switch f.Kind {
+		case transport.KindRows:
+			for i := range f.Rows {
+				row := &f.Rows[i]
+				if len(row.Key) == 0 || len(row.Key) > transport.MaxKeySize {
+					return fmt.Errorf("%w: snapshot row with a key of %d bytes", transport.ErrBadRequest, len(row.Key))
+				}
+				if err := wb.Set(concat(prefix, row.Key), row.Value); err != nil {
+					return fmt.Errorf("stage rows: %w", err)
+				}
+				rows++
+				nbytes += uint64(len(row.Key) + len(row.Value))
+			}
+			r.mu.Lock()
+			r.stats.SnapshotRows += uint64(len(f.Rows))
+			r.mu.Unlock()
+		case transport.KindSnapshotEnd:
+			if f.Seq != seq {
+				return fmt.Errorf("%w: snapshot-end at %d for a snapshot at %d", transport.ErrBadRequest, f.Seq, seq)
+			}
+			if err := wb.Flush(); err != nil {
+				return fmt.Errorf("stage rows: %w", err)
+			}
+			return r.switchTo(cursor{LogID: st.LogID, Epoch: max(epoch, st.Epoch), Seq: seq, Gen: gen, Time: time.Now().UnixNano()}, rows, nbytes, start)
+		default:
+			return fmt.Errorf("%w: unexpected %s frame during a transfer", transport.ErrBadRequest, f.Kind)
+		}
+	}
+}
+
+// switchTo makes a completely staged generation the replica's contents.
+func (r *Replica) switchTo(next cursor, rows, nbytes uint64, start time.Time) error {
+	r.mu.Lock()
+	old := r.cur
+	r.mu.Unlock()
+	err := r.c.db.Update(func(txn *badger.Txn) error {
+		b, err := msgpack.Marshal(&next)
+		if err != nil {
+			return err
+		}
+		if err := txn.Set(cursorKey(r.base), b); err != nil {
+			return err
+		}
+		if err := txn.Delete(stageKey(r.base)); err != nil {
+			return err
+		}
+		if old.Gen != next.Gen {
+			return txn.Set(dropMarker(genPrefix(r.base, old.Gen)), nil)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("switch to transferred replica: %w", err)
+	}
+	took := time.Since(start)
+	r.mu.Lock()
+	r.cur = next
+	r.stats.FullTransfers++
+	r.stats.SnapshotBytes += nbytes
+	r.stats.LastTransferNs = int64(took)
+	close(r.seqCh)
+	r.seqCh = make(chan struct{})
+	select {
+	case <-r.ready:
+	default:
+		close(r.ready)
+	}
+	r.mu.Unlock()
+	r.c.kickDropper()
+	r.log.Info("full transfer complete", "seq", next.Seq, "rows", rows, "bytes", nbytes, "took", took)
+	r.notify(Event{Reset: true, Seq: next.Seq})
+	return nil
+}
+
+// applyFrame checks a batch of changes against the replica's position and
+// applies every complete commit group in it; a group split across frames
+// waits in r.pending for its end. It reports whether anything was applied.
+func (r *Replica) applyFrame(f *transport.OwnerFrame) (bool, error) {
+	r.mu.RLock()
+	cur := r.cur
+	r.mu.RUnlock()
+	if f.Epoch < cur.Epoch {
+		return false, fmt.Errorf("%w: changes of epoch %d, replica is at epoch %d", ErrStaleEpoch, f.Epoch, cur.Epoch)
+	}
+	last := cur.Seq
+	if n := len(r.pending); n > 0 {
+		last = r.pending[n-1].Seq
+	}
+	for i := range f.Changes {
+		ch := &f.Changes[i]
+		if err := ch.Validate(); err != nil {
+			return false, err
+		}
+		if ch.Seq <= last {
+			r.mu.Lock()
+			r.stats.Duplicates++
+			r.mu.Unlock()
+			continue
+		}
+		if ch.Seq != last+1 {
+			return false, fmt.Errorf("%w: got seq %d after %d", ErrGap, ch.Seq, last)
+		}
+		r.pending = append(r.pending, *ch)
+		last = ch.Seq
+	}
+	end := -1
+	for i := len(r.pending) - 1; i >= 0; i-- {
+		if r.pending[i].TxnEnd {
+			end = i
+			break
+		}
+	}
+	if end < 0 {
+		return false, nil
+	}
+	epoch := max(cur.Epoch, f.Epoch)
+	// Commit in pieces of about 1 MiB, each ending on a commit-group
+	// boundary, to stay far under badger's transaction size limit.
+	for from := 0; from <= end; {
+		to, size := from, 0
+		for ; to <= end; to++ {
+			size += r.pending[to].Size()
+			if r.pending[to].TxnEnd && size >= 1<<20 {
+				break
+			}
+		}
+		if to > end {
+			to = end
+		}
+		if err := r.apply(r.pending[from:to+1], epoch); err != nil {
+			return false, err
+		}
+		from = to + 1
+	}
+	n := copy(r.pending, r.pending[end+1:])
+	clear(r.pending[n:])
+	r.pending = r.pending[:n]
+	return true, nil
+}
+
+// apply writes changes (whole commit groups, in seq order, continuing the
+// cursor) and the new cursor in one transaction, then wakes waiters and
+// calls the OnChange callbacks.
+func (r *Replica) apply(chs []transport.Change, epoch uint64) error {
+	r.mu.RLock()
+	next := r.cur
+	r.mu.RUnlock()
+	lastCh := chs[len(chs)-1]
+	next.Seq, next.Time, next.Epoch = lastCh.Seq, lastCh.Time, epoch
+	prefix := genPrefix(r.base, next.Gen)
+	txn := r.c.db.NewTransaction(true)
+	defer txn.Discard()
+	for i := range chs {
+		ch := &chs[i]
+		var err error
+		if ch.Op == transport.OpDelete {
+			err = txn.Delete(concat(prefix, ch.Key))
+		} else {
+			err = txn.Set(concat(prefix, ch.Key), ch.Value)
+		}
+		if err != nil {
+			return fmt.Errorf("apply %s: %w", r.opts.Table, err)
+		}
+	}
+	b, err := msgpack.Marshal(&next)
+	if err != nil {
+		return err
+	}
+	if err := txn.Set(cursorKey(r.base), b); err != nil {
+		return fmt.Errorf("apply %s: %w", r.opts.Table, err)
+	}
+	if err := txn.Commit(); err != nil {
+		return fmt.Errorf("apply %s: %w", r.opts.Table, err)
+	}
+	r.mu.Lock()
+	r.cur = next
+	r.stats.Applied += uint64(len(chs))
+	if next.Seq >= r.ownerHead {
+		r.caughtUpAt = time.Now()
+	}
+	close(r.seqCh)
+	r.seqCh = make(chan struct{})
+	r.mu.Unlock()
+	r.notify(Event{Seq: next.Seq, Changes: chs})
+	return nil
+}
+
+func beUint64(b []byte) uint64 { return binary.BigEndian.Uint64(b) }
+
+// dropMarker is the key that schedules the deletion of every key under
+// prefix (an abandoned or replaced replica generation).
+func dropMarker(prefix []byte) []byte { return concat([]byte("x/drop/"), prefix) }
+
+// kickDropper wakes the background deleter of replaced generations.
+func (c *Component) kickDropper() {
+	select {
+	case c.dropKick <- struct{}{}:
+	default:
+	}
+}
+
+// dropLoop deletes the generations named by drop markers, in the background
+// so a full transfer's switch never waits for the old copy's deletion.
+func (c *Component) dropLoop() {
+	defer c.wg.Done()
+	for {
+		select {
+		case <-c.dropKick:
+		case <-c.done():
+			return
+		}
+		if err := c.dropMarked(); err != nil && c.ctx.Err() == nil {
+			c.log.Error("delete replaced replica generation", "err", err)
+		}
+	}
+}
+
+func (c *Component) dropMarked() error {
+	var prefixes [][]byte
+	err := c.db.View(func(txn *badger.Txn) error {
+		o := badger.DefaultIteratorOptions
+		o.Prefix = []byte("x/drop/")
+		o.PrefetchValues = false
+		it := txn.NewIterator(o)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			prefixes = append(prefixes, it.Item().KeyCopy(nil)[len("x/drop/"):])
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, p := range prefixes {
+		if err := c.deletePrefix(p); err != nil {
+			return err
+		}
+		if err := c.db.Update(func(txn *badger.Txn) error { return txn.Delete(dropMarker(p)) }); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Component) deletePrefix(p []byte) error {
+	for {
+		var keys [][]byte
+		err := c.db.View(func(txn *badger.Txn) error {
+			o := badger.DefaultIteratorOptions
+			o.Prefix = p
+			o.PrefetchValues = false
+			it := txn.NewIterator(o)
+			defer it.Close()
+			for it.Rewind(); it.Valid() && len(keys) < 10000; it.Next() {
+				keys = append(keys, it.Item().KeyCopy(nil))
+			}
+			return nil
+		})
+		if err != nil || len(keys) == 0 {
+			return err
+		}
+		wb := c.db.NewWriteBatch()
+		for _, k := range keys {
+			if err := wb.Delete(k); err != nil {
+				wb.Cancel()
+				return err
+			}
+		}
+		if err := wb.Flush(); err != nil {
+			return err
+		}
+		if c.ctx.Err() != nil {
+			return c.ctx.Err()
+		}
+	}
+}
+
+// conn returns the shared client connection to addr.
+func (c *Component) conn(addr string) (*grpc.ClientConn, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	if cc, ok := c.conns[addr]; ok {
+		return cc, nil
+	}
+	cc, err := transport.Dial(addr, c.cfg.Transport)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	c.conns[addr] = cc
+	return cc, nil
+}

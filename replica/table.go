@@ -1,0 +1,405 @@
+package replica
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/replmesh/replmesh/transport"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Change is one CRUD notification of a table (see transport.Change).
+type Change = transport.Change
+
+// Op is the operation of a change.
+type Op = transport.Op
+
+// Change operations.
+const (
+	OpPut    = transport.OpPut
+	OpDelete = transport.OpDelete
+)
+
+// Write is one change submitted by the owner: a put (Value non-nil) or a
+// delete (Delete true).
+type Write struct {
+	Key    []byte
+	Value  []byte
+	Delete bool
+}
+
+// ownerMeta is persisted with every commit that touches the table.
+type ownerMeta struct {
+	LogID string `msgpack:"log"`
+	Epoch uint64 `msgpack:"ep"`
+	Head  uint64 `msgpack:"head"`  // seq of the newest change
+	First uint64 `msgpack:"first"` // oldest seq still in the log (Head+1 when empty)
+}
+
+// OwnedTable is a table this component owns and writes. Its methods are safe
+// for concurrent use.
+type OwnedTable struct {
+	c          *Component
+	name       string
+	metaKey    []byte
+	rowPrefix  []byte
+	logPrefix  []byte
+	tail      *tail
+	allow     map[string]bool // services allowed to subscribe; nil: all
+
+	mu      sync.Mutex
+	meta    ownerMeta     // durable state as of the last commit
+	next    uint64        // committer only: next seq to assign
+	logSize int64         // approximate bytes in the log
+	headCh  chan struct{} // closed and replaced on every commit
+}
+
+// TableOptions configure an owned table.
+type TableOptions struct {
+	// AllowServices lists the services that may subscribe to the table and
+	// read it live; empty allows every service. The check uses the service
+	// name the consumer presents, so it is authoritative only together with
+	// mTLS (transport.Options.TLS) that binds names to certificates.
+	AllowServices []string
+}
+
+// Own declares a table owned by this component, loading its state from the
+// database or starting a new history (a new random log id) when it has none.
+func (c *Component) Own(name string, opts ...TableOptions) (*OwnedTable, error) {
+	if err := validName("table", name); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	if _, ok := c.owned[name]; ok {
+		return nil, fmt.Errorf("own %s: %w", name, ErrExists)
+	}
+	t := &OwnedTable{
+		c:         c,
+		name:      name,
+		metaKey:   ownMetaKey(name),
+		rowPrefix: ownRowPrefix(name),
+		logPrefix: ownLogPrefix(name),
+		tail:      newTail(c.cfg.TailChanges, c.cfg.TailBytes),
+		headCh:    make(chan struct{}),
+	}
+	for _, o := range opts {
+		for _, svc := range o.AllowServices {
+			if t.allow == nil {
+				t.allow = map[string]bool{}
+			}
+			t.allow[svc] = true
+		}
+	}
+	err := c.db.Update(func(txn *badger.Txn) error {
+		item, err := txn.Get(t.metaKey)
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			t.meta = ownerMeta{LogID: newLogID(), Epoch: 1, Head: 0, First: 1}
+			b, _ := msgpack.Marshal(&t.meta)
+			return txn.Set(t.metaKey, b)
+		}
+		if err != nil {
+			return err
+		}
+		return item.Value(func(v []byte) error { return msgpack.Unmarshal(v, &t.meta) })
+	})
+	if err != nil {
+		return nil, fmt.Errorf("own %s: load meta: %w", name, err)
+	}
+	t.next = t.meta.Head + 1
+	t.meta.First, t.logSize = t.measureLog(t.meta.Head)
+	t.tail.reset(t.meta.Head + 1)
+	c.owned[name] = t
+	c.log.Info("table owned", "table", name, "log_id", t.meta.LogID, "head", t.meta.Head, "first", t.meta.First)
+	return t, nil
+}
+
+func newLogID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// measureLog finds the oldest seq in the log and sums the log's value sizes
+// without reading the values.
+func (t *OwnedTable) measureLog(head uint64) (first uint64, size int64) {
+	first = head + 1
+	_ = t.c.db.View(func(txn *badger.Txn) error {
+		o := badger.DefaultIteratorOptions
+		o.PrefetchValues = false
+		o.Prefix = t.logPrefix
+		it := txn.NewIterator(o)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			if size == 0 {
+				first = binary.BigEndian.Uint64(it.Item().Key()[len(t.logPrefix):])
+			}
+			size += it.Item().ValueSize()
+		}
+		return nil
+	})
+	return first, size
+}
+
+// allowed reports whether service may read the table.
+func (t *OwnedTable) allowed(service string) error {
+	if t.allow != nil && !t.allow[service] {
+		return fmt.Errorf("%w: service %q may not read table %s", transport.ErrPermission, service, t.name)
+	}
+	return nil
+}
+
+// Name is the table's name.
+func (t *OwnedTable) Name() string { return t.name }
+
+// Head returns the seq of the table's newest committed change.
+func (t *OwnedTable) Head() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.meta.Head
+}
+
+// LogID returns the id of the table's history.
+func (t *OwnedTable) LogID() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.meta.LogID
+}
+
+func (t *OwnedTable) state() (ownerMeta, chan struct{}) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.meta, t.headCh
+}
+
+// Put writes key=value and returns the seq of the commit.
+func (t *OwnedTable) Put(ctx context.Context, key, value []byte) (uint64, error) {
+	if value == nil {
+		value = []byte{}
+	}
+	return t.Apply(ctx, Write{Key: key, Value: value})
+}
+
+// Delete removes key and returns the seq of the commit. Deleting a missing
+// key is still a change (consumers see it; it is idempotent).
+func (t *OwnedTable) Delete(ctx context.Context, key []byte) (uint64, error) {
+	return t.Apply(ctx, Write{Key: key, Delete: true})
+}
+
+// Apply commits several writes atomically: they get consecutive seqs, and a
+// consumer applies all of them or none. It returns the seq of the last one.
+func (t *OwnedTable) Apply(ctx context.Context, ws ...Write) (uint64, error) {
+	p, err := t.Submit(ctx, ws...)
+	if err != nil {
+		return 0, err
+	}
+	return p.Wait(ctx)
+}
+
+// Pending is a submitted, not yet acknowledged write.
+type Pending struct {
+	closed <-chan struct{} // the component's done channel
+	done   chan struct{}
+	seq  uint64
+	err  error
+}
+
+// Done is closed when the write is committed or has failed.
+func (p *Pending) Done() <-chan struct{} { return p.done }
+
+// Wait blocks until the write is committed (returning its last seq) or has
+// failed. A ctx that ends first leaves the write's fate unknown.
+func (p *Pending) Wait(ctx context.Context) (uint64, error) {
+	select {
+	case <-p.done:
+		return p.seq, p.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-p.closed:
+		// The committer stops only between groups: a write not done by
+		// then was never committed.
+		select {
+		case <-p.done:
+			return p.seq, p.err
+		default:
+			return 0, ErrClosed
+		}
+	}
+}
+
+type pendingWrite struct {
+	Pending
+	table   *OwnedTable
+	changes []transport.Change
+	size    int
+}
+
+// Submit queues writes for the next group commit and returns without
+// waiting for it; Wait on the result for the seq. Submit blocks only while
+// the commit queue is full.
+func (t *OwnedTable) Submit(ctx context.Context, ws ...Write) (*Pending, error) {
+	if len(ws) == 0 {
+		return nil, fmt.Errorf("%w: apply %s: no writes", ErrInvalid, t.name)
+	}
+	pw := &pendingWrite{Pending: Pending{closed: t.c.done(), done: make(chan struct{})}, table: t, changes: make([]transport.Change, len(ws))}
+	for i, w := range ws {
+		if len(w.Key) == 0 {
+			return nil, fmt.Errorf("%w: %s: empty key", ErrInvalid, t.name)
+		}
+		if len(w.Key) > transport.MaxKeySize {
+			return nil, fmt.Errorf("%w: %s: key of %d bytes (max %d)", ErrTooLarge, t.name, len(w.Key), transport.MaxKeySize)
+		}
+		if len(w.Value) > transport.MaxValueSize {
+			return nil, fmt.Errorf("%w: %s: value of %d bytes (max %d)", ErrTooLarge, t.name, len(w.Value), transport.MaxValueSize)
+		}
+		ch := transport.Change{Op: transport.OpPut, Key: bytes.Clone(w.Key), Value: bytes.Clone(w.Value)}
+		if ch.Value == nil {
+			ch.Value = []byte{}
+		}
+		if w.Delete {
+			ch.Op, ch.Value = transport.OpDelete, nil
+		}
+		pw.changes[i] = ch
+		pw.size += ch.Size()
+	}
+	if pw.size > t.c.cfg.MaxApplyBytes {
+		return nil, fmt.Errorf("%w: %s: apply of %d bytes (max %d)", ErrTooLarge, t.name, pw.size, t.c.cfg.MaxApplyBytes)
+	}
+	select {
+	case t.c.writes <- pw:
+		return &pw.Pending, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-t.c.done():
+		return nil, ErrClosed
+	}
+}
+
+// Get reads the table's current value of key.
+func (t *OwnedTable) Get(key []byte) ([]byte, bool, error) {
+	var out []byte
+	found := false
+	err := t.c.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(concat(t.rowPrefix, key))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		found = true
+		return item.Value(func(v []byte) error {
+			_, val, err := decodeOwnRow(v)
+			out = bytes.Clone(val)
+			return err
+		})
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("get %s: %w", t.name, err)
+	}
+	return out, found, nil
+}
+
+// Scan calls fn for every row whose key starts with prefix, in key order, at
+// one consistent seq (returned). fn must not retain key or value; returning
+// false stops the scan.
+func (t *OwnedTable) Scan(prefix []byte, fn func(key, value []byte) bool) (uint64, error) {
+	var seq uint64
+	err := t.c.db.View(func(txn *badger.Txn) error {
+		m, err := t.readMeta(txn)
+		if err != nil {
+			return err
+		}
+		seq = m.Head
+		return scanRows(txn, t.rowPrefix, prefix, nil, nil, func(k, v []byte) (bool, error) {
+			_, val, err := decodeOwnRow(v)
+			if err != nil {
+				return false, err
+			}
+			return fn(k, val), nil
+		})
+	})
+	if err != nil {
+		return 0, fmt.Errorf("scan %s: %w", t.name, err)
+	}
+	return seq, nil
+}
+
+func (t *OwnedTable) readMeta(txn *badger.Txn) (ownerMeta, error) {
+	var m ownerMeta
+	item, err := txn.Get(t.metaKey)
+	if err != nil {
+		return m, fmt.Errorf("read meta: %w", err)
+	}
+	err = item.Value(func(v []byte) error { return msgpack.Unmarshal(v, &m) })
+	return m, err
+}
+
+// Digest hashes the rows with start <= key < end (nil end: no bound) at the
+// table's current seq.
+func (t *OwnedTable) Digest(start, end []byte) (transport.DigestResponse, error) {
+	var out transport.DigestResponse
+	err := t.c.db.View(func(txn *badger.Txn) error {
+		m, err := t.readMeta(txn)
+		if err != nil {
+			return err
+		}
+		d := newDigester()
+		err = scanRows(txn, t.rowPrefix, nil, start, end, func(k, v []byte) (bool, error) {
+			_, val, err := decodeOwnRow(v)
+			if err != nil {
+				return false, err
+			}
+			d.add(k, val)
+			return true, nil
+		})
+		out = d.result(m.LogID, m.Head)
+		return err
+	})
+	if err != nil {
+		return out, fmt.Errorf("digest %s: %w", t.name, err)
+	}
+	return out, nil
+}
+
+// scanRows iterates, in key order, the keys under base that start with
+// prefix and lie in [start, end) (nil end: no upper bound); fn gets the key
+// without base. fn must not retain k or v.
+func scanRows(txn *badger.Txn, base, prefix, start, end []byte, fn func(k, v []byte) (bool, error)) error {
+	o := badger.DefaultIteratorOptions
+	o.Prefix = concat(base, prefix)
+	o.PrefetchValues = false
+	it := txn.NewIterator(o)
+	defer it.Close()
+	seek := prefix
+	if bytes.Compare(start, prefix) > 0 {
+		seek = start
+	}
+	for it.Seek(concat(base, seek)); it.Valid(); it.Next() {
+		item := it.Item()
+		k := item.Key()[len(base):]
+		if end != nil && bytes.Compare(k, end) >= 0 {
+			return nil
+		}
+		var cont bool
+		err := item.Value(func(v []byte) error {
+			var err error
+			cont, err = fn(k, v)
+			return err
+		})
+		if err != nil || !cont {
+			return err
+		}
+	}
+	return nil
+}
