@@ -18,7 +18,7 @@ import (
 //	c/<svc>/<table>/g/<gen:8 BE>/<key>   replica row of one generation
 //	c/<svc>/<table>/drop/<gen:8 BE>      a generation waiting to be deleted
 
-func ownMetaKey(table string) []byte { return []byte("o/" + table + "/m") }
+func ownMetaKey(table string) []byte   { return []byte("o/" + table + "/m") }
 func ownRowPrefix(table string) []byte { return []byte("o/" + table + "/r/") }
 func ownLogPrefix(table string) []byte { return []byte("o/" + table + "/l/") }
 

@@ -29,11 +29,11 @@ type State int
 
 // Replica states.
 const (
-	StateConnecting State = iota // no stream: dialing, or backing off after a failure
-	StateTransferring            // receiving a full state transfer
-	StateStreaming               // resumed or transferred; following the change stream
-	StateDiverged                // the owner's history does not contain the replica's; waiting
-	StateClosed                  // unsubscribed or component closed
+	StateConnecting   State = iota // no stream: dialing, or backing off after a failure
+	StateTransferring              // receiving a full state transfer
+	StateStreaming                 // resumed or transferred; following the change stream
+	StateDiverged                  // the owner's history does not contain the replica's; waiting
+	StateClosed                    // unsubscribed or component closed
 )
 
 func (s State) String() string {

@@ -46,11 +46,11 @@ type ownerMeta struct {
 // OwnedTable is a table this component owns and writes. Its methods are safe
 // for concurrent use.
 type OwnedTable struct {
-	c          *Component
-	name       string
-	metaKey    []byte
-	rowPrefix  []byte
-	logPrefix  []byte
+	c         *Component
+	name      string
+	metaKey   []byte
+	rowPrefix []byte
+	logPrefix []byte
 	tail      *tail
 	allow     map[string]bool // services allowed to subscribe; nil: all
 
@@ -210,8 +210,8 @@ func (t *OwnedTable) Apply(ctx context.Context, ws ...Write) (uint64, error) {
 type Pending struct {
 	closed <-chan struct{} // the component's done channel
 	done   chan struct{}
-	seq  uint64
-	err  error
+	seq    uint64
+	err    error
 }
 
 // Done is closed when the write is committed or has failed.

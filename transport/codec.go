@@ -53,6 +53,9 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 // Unmarshal decodes msgpack data into v. Byte slices in v never alias data.
 func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	b := data.Materialize()
+	if err := checkBounds(b); err != nil {
+		return fmt.Errorf("%w: msgpack unmarshal %T: %v", ErrBadRequest, v, err)
+	}
 	if err := msgpack.Unmarshal(b, v); err != nil {
 		return fmt.Errorf("%w: msgpack unmarshal %T: %v", ErrBadRequest, v, err)
 	}
