@@ -1,0 +1,59 @@
+# Thin wrappers over the go command. `make test` is what CI runs.
+GO      ?= go
+PKGS    ?= ./...
+FUZZTIME ?= 10s
+
+.PHONY: build test testrace test-short bench replbench demo fuzz lint vet fmt tidy check-tidy ci
+
+build:
+	$(GO) build $(PKGS)
+
+# The default suite: everything under the race detector.
+test:
+	$(GO) test -race -timeout 20m $(PKGS)
+
+testrace: test
+
+test-short:
+	$(GO) test -short $(PKGS)
+
+# Micro-benchmarks (go test -bench) and the replbench table.
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./replica/ ./transport/
+	$(GO) run ./cmd/replbench
+
+replbench:
+	$(GO) run ./cmd/replbench
+
+demo:
+	$(GO) run ./examples/marketplace
+
+# Runs every fuzz target briefly (FUZZTIME each).
+fuzz:
+	@set -e; for pkg in ./transport; do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			echo "fuzz $$pkg $$f"; \
+			$(GO) test $$pkg -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME); \
+		done; \
+	done
+
+lint: vet
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+fmt:
+	gofmt -w .
+
+tidy:
+	$(GO) mod tidy
+
+# Fails when go.mod/go.sum are not tidy.
+check-tidy:
+	@d=$$(mktemp -d); cp go.mod go.sum $$d/; $(GO) mod tidy; \
+	if ! cmp -s go.mod $$d/go.mod || ! cmp -s go.sum $$d/go.sum; then \
+		cp $$d/go.mod $$d/go.sum .; rm -rf $$d; echo "go.mod/go.sum not tidy: run make tidy"; exit 1; fi; \
+	rm -rf $$d
+
+ci: lint check-tidy test demo
