@@ -141,6 +141,7 @@ func (t *OwnedTable) trim(now time.Time) error {
 	t.meta.First = newFirst
 	t.logSize -= dropped
 	t.mu.Unlock()
+	t.tail.dropBefore(newFirst)
 	wb := t.c.db.NewWriteBatch()
 	defer wb.Cancel()
 	for seq := first; seq < newFirst; seq++ {

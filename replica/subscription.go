@@ -146,7 +146,7 @@ func (r *Replica) session() (progressed bool, err error) {
 		r.state = StateStreaming
 		r.mu.Unlock()
 	}
-	r.pending = r.pending[:0]
+	r.pending = nil
 	if err := r.ack(stream); err != nil {
 		return true, err
 	}
@@ -314,29 +314,42 @@ func (r *Replica) applyFrame(f *transport.OwnerFrame) (bool, error) {
 	if n := len(r.pending); n > 0 {
 		last = r.pending[n-1].Seq
 	}
-	for i := range f.Changes {
-		ch := &f.Changes[i]
+	// Changes at or below last were received before (a resent prefix):
+	// skip them. The rest must continue last with no gap.
+	fresh := f.Changes
+	for len(fresh) > 0 && fresh[0].Seq <= last {
+		fresh = fresh[1:]
+		r.mu.Lock()
+		r.stats.Duplicates++
+		r.mu.Unlock()
+	}
+	for i := range fresh {
+		ch := &fresh[i]
 		if err := ch.Validate(); err != nil {
 			return false, err
-		}
-		if ch.Seq <= last {
-			r.mu.Lock()
-			r.stats.Duplicates++
-			r.mu.Unlock()
-			continue
 		}
 		if ch.Seq != last+1 {
 			return false, fmt.Errorf("%w: got seq %d after %d", ErrGap, ch.Seq, last)
 		}
-		r.pending = append(r.pending, *ch)
 		last = ch.Seq
 	}
+	// The batch to apply is the pending tail of an earlier frame plus this
+	// frame's changes. Its backing array is handed to OnChange callbacks,
+	// so it is never reused afterwards.
+	batch := fresh
+	if len(r.pending) > 0 {
+		batch = append(r.pending, fresh...)
+		r.pending = nil
+	}
 	end := -1
-	for i := len(r.pending) - 1; i >= 0; i-- {
-		if r.pending[i].TxnEnd {
+	for i := len(batch) - 1; i >= 0; i-- {
+		if batch[i].TxnEnd {
 			end = i
 			break
 		}
+	}
+	if end < len(batch)-1 {
+		r.pending = append([]transport.Change(nil), batch[end+1:]...)
 	}
 	if end < 0 {
 		return false, nil
@@ -347,22 +360,22 @@ func (r *Replica) applyFrame(f *transport.OwnerFrame) (bool, error) {
 	for from := 0; from <= end; {
 		to, size := from, 0
 		for ; to <= end; to++ {
-			size += r.pending[to].Size()
-			if r.pending[to].TxnEnd && size >= 1<<20 {
+			size += batch[to].Size()
+			if batch[to].TxnEnd && size >= 1<<20 {
 				break
 			}
 		}
 		if to > end {
 			to = end
 		}
-		if err := r.apply(r.pending[from:to+1], epoch); err != nil {
+		if err := r.apply(batch[from:to+1:to+1], epoch); err != nil {
+			// Nothing of this piece is durable; the stream restarts from
+			// the cursor, so the received remainder is dropped too.
+			r.pending = nil
 			return false, err
 		}
 		from = to + 1
 	}
-	n := copy(r.pending, r.pending[end+1:])
-	clear(r.pending[n:])
-	r.pending = r.pending[:n]
 	return true, nil
 }
 

@@ -94,3 +94,16 @@ func (t *tail) read(from uint64, maxN, maxBytes int, dst []transport.Change) (_ 
 	}
 	return dst, true
 }
+
+// dropBefore forgets the changes older than seq (they were trimmed from
+// the log; a consumer that needs them takes a full transfer).
+func (t *tail) dropBefore(seq uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for t.n > 0 && t.first < seq {
+		t.popFront()
+	}
+	if t.n == 0 && t.first < seq {
+		t.first = seq
+	}
+}
