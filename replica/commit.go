@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/dgraph-io/badger/v4"
 	"github.com/replmesh/replmesh/transport"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -11,32 +12,185 @@ import (
 // commitLoop is the group committer: it takes every write queued while the
 // previous group was committing and commits them in one badger transaction,
 // assigning seqs in queue order, so seq order is commit order.
+//
+// It is pipelined one group deep: group N+1's transaction is built (seqs
+// assigned, rows and log entries encoded) while badger writes group N, but
+// N+1 is handed to badger only after N succeeded. If N fails, N+1 is
+// discarded and failed too, so the log never has a hole.
 func (c *Component) commitLoop() {
 	defer c.wg.Done()
-	group := make([]*pendingWrite, 0, 256)
+	var inflight *group
+	finish := func() {
+		err := <-inflight.result
+		c.finishGroup(inflight, err)
+		inflight = nil
+	}
+	defer func() {
+		if inflight != nil {
+			finish()
+		}
+		c.failQueued()
+	}()
+	pending := make([]*pendingWrite, 0, 256)
 	for {
 		var first *pendingWrite
+		var resultCh chan error
+		if inflight != nil {
+			resultCh = inflight.result
+		}
 		select {
 		case first = <-c.writes:
+		case err := <-resultCh:
+			c.finishGroup(inflight, err)
+			inflight = nil
+			continue
 		case <-c.done():
-			c.failQueued()
 			return
 		}
-		group = append(group[:0], first)
+		pending = append(pending[:0], first)
 		n, size := len(first.changes), first.size
 	drain:
 		for n < c.cfg.MaxGroupChanges && size < c.cfg.MaxGroupBytes {
 			select {
 			case pw := <-c.writes:
-				group = append(group, pw)
+				pending = append(pending, pw)
 				n += len(pw.changes)
 				size += pw.size
 			default:
 				break drain
 			}
 		}
-		c.commitGroup(group)
-		clear(group)
+		g := c.buildGroup(pending)
+		if inflight != nil {
+			prevErr := <-inflight.result
+			c.finishGroup(inflight, prevErr)
+			inflight = nil
+			if prevErr != nil && g.err == nil {
+				g.txn.Discard()
+				g.err = fmt.Errorf("commit: an earlier group failed: %w", prevErr)
+			}
+		}
+		if g.err != nil {
+			c.finishGroup(g, g.err)
+			continue
+		}
+		g.result = make(chan error, 1)
+		g.txn.CommitWith(func(err error) { g.result <- err })
+		inflight = g
+		clear(pending)
+	}
+}
+
+// group is one group commit in flight.
+type group struct {
+	writes   []*pendingWrite
+	txn      *badger.Txn
+	touched  []*OwnedTable
+	logBytes []int64 // per touched table
+	result   chan error
+	err      error // build failed
+}
+
+// buildGroup assigns seqs and writes the group's rows, log entries and table
+// heads into a new transaction (not yet committed).
+func (c *Component) buildGroup(pending []*pendingWrite) *group {
+	g := &group{writes: append([]*pendingWrite(nil), pending...), txn: c.db.NewTransaction(true)}
+	now := time.Now().UnixNano()
+	idx := func(t *OwnedTable) int {
+		for i, x := range g.touched {
+			if x == t {
+				return i
+			}
+		}
+		g.touched = append(g.touched, t)
+		g.logBytes = append(g.logBytes, 0)
+		return len(g.touched) - 1
+	}
+	g.err = func() error {
+		for _, pw := range g.writes {
+			t := pw.table
+			ti := idx(t)
+			for i := range pw.changes {
+				ch := &pw.changes[i]
+				ch.Seq = t.next
+				t.next++
+				ch.Time = now
+				ch.TxnEnd = i == len(pw.changes)-1
+				rowKey := concat(t.rowPrefix, ch.Key)
+				var err error
+				if ch.Op == transport.OpDelete {
+					err = g.txn.Delete(rowKey)
+				} else {
+					err = g.txn.Set(rowKey, encodeOwnRow(ch.Seq, ch.Value))
+				}
+				if err != nil {
+					return err
+				}
+				entry := encodeLogEntry(ch)
+				g.logBytes[ti] += int64(len(entry))
+				if err := g.txn.Set(ownLogKey(t.logPrefix, ch.Seq), entry); err != nil {
+					return err
+				}
+			}
+			pw.seq = t.next - 1
+		}
+		for _, t := range g.touched {
+			t.mu.Lock()
+			m := t.meta
+			t.mu.Unlock()
+			m.Head = t.next - 1
+			b, err := msgpack.Marshal(&m)
+			if err != nil {
+				return err
+			}
+			if err := g.txn.Set(t.metaKey, b); err != nil {
+				return err
+			}
+		}
+		return nil
+	}()
+	if g.err != nil {
+		g.txn.Discard()
+		g.err = fmt.Errorf("commit: %w", g.err)
+	}
+	return g
+}
+
+// finishGroup publishes a committed group (heads, in-memory tail, wake-ups,
+// acknowledgements) or fails every write of a group that did not commit,
+// rewinding the seq counters to the durable heads.
+func (c *Component) finishGroup(g *group, err error) {
+	if err != nil {
+		if g.err == nil {
+			err = fmt.Errorf("commit: %w", err)
+		}
+		c.log.Error("group commit failed", "err", err, "writes", len(g.writes))
+		for _, t := range g.touched {
+			t.mu.Lock()
+			t.next = t.meta.Head + 1
+			t.mu.Unlock()
+		}
+		for _, pw := range g.writes {
+			pw.seq, pw.err = 0, err
+			close(pw.done)
+		}
+		return
+	}
+	for i, t := range g.touched {
+		t.mu.Lock()
+		for _, pw := range g.writes {
+			if pw.table == t {
+				t.tail.append(pw.changes)
+				t.meta.Head = pw.seq
+			}
+		}
+		t.logSize += g.logBytes[i]
+		close(t.headCh)
+		t.headCh = make(chan struct{})
+		t.mu.Unlock()
+	}
+	for _, pw := range g.writes {
+		close(pw.done)
 	}
 }
 
@@ -50,97 +204,5 @@ func (c *Component) failQueued() {
 		default:
 			return
 		}
-	}
-}
-
-func (c *Component) commitGroup(group []*pendingWrite) {
-	now := time.Now().UnixNano()
-	txn := c.db.NewTransaction(true)
-	defer txn.Discard()
-	var touched []*OwnedTable
-	var logBytes map[*OwnedTable]int64
-	err := func() error {
-		for _, pw := range group {
-			t := pw.table
-			if len(touched) == 0 || touched[len(touched)-1] != t {
-				seen := false
-				for _, x := range touched {
-					seen = seen || x == t
-				}
-				if !seen {
-					touched = append(touched, t)
-				}
-			}
-			for i := range pw.changes {
-				ch := &pw.changes[i]
-				ch.Seq = t.next
-				t.next++
-				ch.Time = now
-				ch.TxnEnd = i == len(pw.changes)-1
-				rowKey := concat(t.rowPrefix, ch.Key)
-				var err error
-				if ch.Op == transport.OpDelete {
-					err = txn.Delete(rowKey)
-				} else {
-					err = txn.Set(rowKey, encodeOwnRow(ch.Seq, ch.Value))
-				}
-				if err != nil {
-					return err
-				}
-				entry := encodeLogEntry(ch)
-				if logBytes == nil {
-					logBytes = map[*OwnedTable]int64{}
-				}
-				logBytes[t] += int64(len(entry))
-				if err := txn.Set(ownLogKey(t.logPrefix, ch.Seq), entry); err != nil {
-					return err
-				}
-			}
-			pw.seq = t.next - 1
-		}
-		for _, t := range touched {
-			t.mu.Lock()
-			m := t.meta
-			t.mu.Unlock()
-			m.Head = t.next - 1
-			b, err := msgpack.Marshal(&m)
-			if err != nil {
-				return err
-			}
-			if err := txn.Set(t.metaKey, b); err != nil {
-				return err
-			}
-		}
-		return txn.Commit()
-	}()
-	if err != nil {
-		err = fmt.Errorf("commit: %w", err)
-		c.log.Error("group commit failed", "err", err, "writes", len(group))
-		for _, t := range touched {
-			t.mu.Lock()
-			t.next = t.meta.Head + 1
-			t.mu.Unlock()
-		}
-		for _, pw := range group {
-			pw.seq, pw.err = 0, err
-			close(pw.done)
-		}
-		return
-	}
-	for _, t := range touched {
-		t.mu.Lock()
-		t.meta.Head = t.next - 1
-		t.logSize += logBytes[t]
-		for _, pw := range group {
-			if pw.table == t {
-				t.tail.append(pw.changes)
-			}
-		}
-		close(t.headCh)
-		t.headCh = make(chan struct{})
-		t.mu.Unlock()
-	}
-	for _, pw := range group {
-		close(pw.done)
 	}
 }
