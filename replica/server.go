@@ -122,8 +122,34 @@ func (s *sender) run() error {
 	hb := time.NewTicker(s.c.cfg.Heartbeat)
 	defer hb.Stop()
 	budget := s.c.cfg.Transport.ChunkBudget()
+	var linger *time.Timer
+	var lingerUntil time.Time
+	if s.c.cfg.Linger > 0 {
+		linger = time.NewTimer(s.c.cfg.Linger)
+		defer linger.Stop()
+	}
 	for {
 		meta, headCh := s.t.state()
+		if linger != nil && next <= meta.Head && meta.Head-next+1 < uint64(s.c.cfg.BatchMaxChanges) {
+			// A partial batch: give it up to Linger to fill.
+			now := time.Now()
+			if lingerUntil.IsZero() {
+				lingerUntil = now.Add(s.c.cfg.Linger)
+				linger.Reset(s.c.cfg.Linger)
+			}
+			if now.Before(lingerUntil) {
+				select {
+				case <-linger.C:
+				case <-headCh:
+					continue
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-s.c.done():
+					return fmt.Errorf("%w: owner is shutting down", transport.ErrUnavailable)
+				}
+			}
+		}
+		lingerUntil = time.Time{}
 		if next <= meta.Head {
 			var err error
 			s.buf, err = s.t.readChanges(next, s.c.cfg.BatchMaxChanges, budget, s.buf[:0])
@@ -138,9 +164,6 @@ func (s *sender) run() error {
 				clear(s.buf)
 				continue
 			}
-		}
-		if s.c.cfg.Linger > 0 && next <= meta.Head {
-			time.Sleep(s.c.cfg.Linger)
 		}
 		select {
 		case <-headCh:

@@ -349,3 +349,31 @@ func TestReplica_OnChangeAndWatch(t *testing.T) {
 	for range events { // drains, then the channel is closed
 	}
 }
+
+func TestSender_LingerBatchesTrickle(t *testing.T) {
+	cfg := LocalConfig("stores", "s1")
+	cfg.Linger = time.Second
+	cfg.Logger = testLogger(t)
+	owner, err := Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mustClose(t, owner)
+	cons := openComponent(t, "products", "p1", "", "")
+	defer mustClose(t, cons)
+	ot, _ := owner.Own("t")
+	ctx := ctxT(t, 20*time.Second)
+	r, _ := cons.Subscribe(ctx, SubscribeOptions{Service: "stores", Table: "t", Addr: owner.Addr()})
+	<-r.Ready()
+	events := r.Watch(ctx, 16)
+	var last uint64
+	for i := range 3 {
+		if last, err = ot.Put(ctx, fmt.Appendf(nil, "k%d", i), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e := <-events
+	if len(e.Changes) != 3 || e.Seq != last {
+		t.Fatalf("first batch has %d changes up to seq %d; want the 3 trickled writes in one batch (linger)", len(e.Changes), e.Seq)
+	}
+}
