@@ -1,0 +1,255 @@
+package transport
+
+import (
+	"context"
+
+	"google.golang.org/grpc"
+)
+
+// BrokerServiceName is the full gRPC name of the broker service.
+const BrokerServiceName = "replmesh.v1.Broker"
+
+// SessionKind says what a frame on the broker Session stream carries.
+//
+// ONLY APPEND TO THIS LIST: the numbers are on the wire.
+type SessionKind uint8
+
+// Session frame kinds.
+const (
+	SessionInvalid   SessionKind = iota
+	SessionRegister              // component -> broker: first frame, carries Register
+	SessionUpdate                // component -> broker: new table heads / replica positions
+	SessionTopology              // broker -> component: the topology this component needs
+	SessionHeartbeat             // both ways: the session (the liveness lease) is alive
+)
+
+// Roles of an instance of an owner service.
+const (
+	RolePrimary  = "primary"
+	RoleStandby  = "standby"
+	RoleConsumer = "consumer" // an instance that owns nothing
+)
+
+// TableInfo describes one table held by an owner instance: on the primary
+// its own table, on a standby its copy of the primary's.
+type TableInfo struct {
+	Table string `msgpack:"t"`
+	Mode  string `msgpack:"mode,omitempty"` // the owner's default mode for the table
+	LogID string `msgpack:"log,omitempty"`
+	Epoch uint64 `msgpack:"ep,omitempty"`
+	Head  uint64 `msgpack:"head,omitempty"` // seq of the newest change held
+}
+
+// SubInfo describes one subscription of a component.
+type SubInfo struct {
+	Service string `msgpack:"svc"` // owner service
+	Table   string `msgpack:"t"`
+	Mode    string `msgpack:"mode,omitempty"`  // requested mode ("" = owner's default)
+	Seq     uint64 `msgpack:"seq,omitempty"`   // applied seq (updates)
+	Lag     uint64 `msgpack:"lag,omitempty"`   // owner head minus applied seq, as last heard
+	StaleMs int64  `msgpack:"stale,omitempty"` // staleness in milliseconds
+	State   string `msgpack:"st,omitempty"`    // replica state (streaming, diverged, ...)
+}
+
+// Register is a component's first Session frame.
+type Register struct {
+	Version  uint32 `msgpack:"v"`
+	Token    string `msgpack:"tok,omitempty"` // shared secret, when the broker requires one
+	Service  string `msgpack:"svc"`
+	Instance string `msgpack:"inst"`
+	Addr     string `msgpack:"addr"` // replication address ("" for a pure consumer)
+	// Owner: this instance is an instance of an owner service (a primary
+	// candidate); Tables lists the tables it owns or holds copies of.
+	Owner         bool        `msgpack:"own,omitempty"`
+	Tables        []TableInfo `msgpack:"tables,omitempty"`
+	Subscriptions []SubInfo   `msgpack:"subs,omitempty"`
+}
+
+// SessionRequest is every frame a component sends on a Session stream.
+type SessionRequest struct {
+	Kind          SessionKind `msgpack:"k"`
+	Register      *Register   `msgpack:"reg,omitempty"`    // SessionRegister
+	Tables        []TableInfo `msgpack:"tables,omitempty"` // SessionUpdate
+	Subscriptions []SubInfo   `msgpack:"subs,omitempty"`   // SessionUpdate
+}
+
+// Endpoint is one instance of a service as the broker knows it.
+type Endpoint struct {
+	Instance string `msgpack:"inst"`
+	Addr     string `msgpack:"addr"`
+	Role     string `msgpack:"role"`
+}
+
+// ServiceOwner says where a service's tables are served.
+type ServiceOwner struct {
+	Service  string      `msgpack:"svc"`
+	Primary  Endpoint    `msgpack:"primary"` // Instance "" when no primary is alive
+	Epoch    uint64      `msgpack:"ep"`      // bumped on every promotion
+	Standbys []Endpoint  `msgpack:"standbys,omitempty"`
+	Tables   []TableInfo `msgpack:"tables,omitempty"` // the primary's tables, as last reported
+}
+
+// Topology is what a component needs to know: where the services it
+// consumes are, the mode overrides, and its own role.
+type Topology struct {
+	Revision  uint64            `msgpack:"rev"`           // grows with every registry change this broker has seen
+	Owners    []ServiceOwner    `msgpack:"owners"`        // the services this component consumes (and its own)
+	Overrides map[string]string `msgpack:"ovr,omitempty"` // "service/table" -> mode, set with replctl mode set
+	Role      string            `msgpack:"role"`          // this instance's role
+	Epoch     uint64            `msgpack:"ep,omitempty"`  // this instance's service epoch
+	Brokers   []string          `msgpack:"brokers"`       // gRPC addresses of the live brokers, for re-homing
+}
+
+// SessionResponse is every frame a broker sends on a Session stream.
+type SessionResponse struct {
+	Kind     SessionKind `msgpack:"k"`
+	Broker   string      `msgpack:"b"` // the answering broker's name
+	Topology *Topology   `msgpack:"topo,omitempty"`
+}
+
+// LookupRequest asks where a service's tables are served.
+type LookupRequest struct {
+	Version uint32 `msgpack:"v"`
+	Service string `msgpack:"svc"`
+}
+
+// LookupResponse answers LookupRequest.
+type LookupResponse struct {
+	Owner ServiceOwner `msgpack:"owner"`
+}
+
+// StatusRequest asks a broker for the whole registry (tools).
+type StatusRequest struct {
+	Version uint32 `msgpack:"v"`
+}
+
+// BrokerInfo is one broker of the cluster.
+type BrokerInfo struct {
+	Name  string `msgpack:"name"`
+	Addr  string `msgpack:"addr"` // gRPC address
+	State string `msgpack:"state"`
+}
+
+// InstanceInfo is one registered instance.
+type InstanceInfo struct {
+	Service       string      `msgpack:"svc"`
+	Instance      string      `msgpack:"inst"`
+	Addr          string      `msgpack:"addr"`
+	Role          string      `msgpack:"role"`
+	Broker        string      `msgpack:"b"`    // broker holding its session
+	LastSeenMs    int64       `msgpack:"seen"` // unix ms of its last session frame
+	Tables        []TableInfo `msgpack:"tables,omitempty"`
+	Subscriptions []SubInfo   `msgpack:"subs,omitempty"`
+}
+
+// StatusResponse answers StatusRequest.
+type StatusResponse struct {
+	Broker    string            `msgpack:"b"`
+	Brokers   []BrokerInfo      `msgpack:"brokers"`
+	Owners    []ServiceOwner    `msgpack:"owners"`
+	Instances []InstanceInfo    `msgpack:"instances"`
+	Overrides map[string]string `msgpack:"ovr,omitempty"`
+}
+
+// SetModeRequest sets (or, with Mode "", clears) the broker override of a
+// table's mode.
+type SetModeRequest struct {
+	Version uint32 `msgpack:"v"`
+	Service string `msgpack:"svc"`
+	Table   string `msgpack:"t"`
+	Mode    string `msgpack:"mode"`
+}
+
+// SetModeResponse answers SetModeRequest.
+type SetModeResponse struct {
+	Revision uint64 `msgpack:"rev"`
+}
+
+// SessionServer is the broker's end of a Session stream.
+type SessionServer = grpc.BidiStreamingServer[SessionRequest, SessionResponse]
+
+// SessionClient is the component's end of a Session stream.
+type SessionClient = grpc.BidiStreamingClient[SessionRequest, SessionResponse]
+
+// BrokerServer is implemented by a broker. Handlers return plain errors
+// wrapping the sentinels of this package.
+type BrokerServer interface {
+	Session(SessionServer) error
+	Lookup(context.Context, *LookupRequest) (*LookupResponse, error)
+	Status(context.Context, *StatusRequest) (*StatusResponse, error)
+	SetMode(context.Context, *SetModeRequest) (*SetModeResponse, error)
+}
+
+// RegisterBrokerServer registers srv on s.
+func RegisterBrokerServer(s grpc.ServiceRegistrar, srv BrokerServer) {
+	s.RegisterService(&BrokerServiceDesc, srv)
+}
+
+// BrokerServiceDesc is the hand-written descriptor of the broker service.
+var BrokerServiceDesc = grpc.ServiceDesc{
+	ServiceName: BrokerServiceName,
+	HandlerType: (*BrokerServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{MethodName: "Lookup", Handler: unary(func(s BrokerServer, ctx context.Context, in *LookupRequest) (any, error) { return s.Lookup(ctx, in) })},
+		{MethodName: "Status", Handler: unary(func(s BrokerServer, ctx context.Context, in *StatusRequest) (any, error) { return s.Status(ctx, in) })},
+		{MethodName: "SetMode", Handler: unary(func(s BrokerServer, ctx context.Context, in *SetModeRequest) (any, error) { return s.SetMode(ctx, in) })},
+	},
+	Streams: []grpc.StreamDesc{
+		{StreamName: "Session", ServerStreams: true, ClientStreams: true, Handler: func(srv any, stream grpc.ServerStream) error {
+			return StatusError(srv.(BrokerServer).Session(&grpc.GenericServerStream[SessionRequest, SessionResponse]{ServerStream: stream}))
+		}},
+	},
+	Metadata: "replmesh/transport",
+}
+
+// unary adapts a typed broker handler to a grpc.MethodDesc handler.
+func unary[Req any](call func(BrokerServer, context.Context, *Req) (any, error)) grpc.MethodHandler {
+	return func(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+		in := new(Req)
+		if err := dec(in); err != nil {
+			return nil, StatusError(err)
+		}
+		out, err := call(srv.(BrokerServer), ctx, in)
+		return out, StatusError(err)
+	}
+}
+
+// BrokerClient calls one broker.
+type BrokerClient struct {
+	cc grpc.ClientConnInterface
+}
+
+// NewBrokerClient returns a client over cc (see Dial).
+func NewBrokerClient(cc grpc.ClientConnInterface) *BrokerClient { return &BrokerClient{cc: cc} }
+
+// Session opens a Session stream. The caller sends Register first.
+func (c *BrokerClient) Session(ctx context.Context, opts ...grpc.CallOption) (SessionClient, error) {
+	s, err := c.cc.NewStream(ctx, &BrokerServiceDesc.Streams[0], "/"+BrokerServiceName+"/Session", opts...)
+	if err != nil {
+		return nil, FromStatus(err)
+	}
+	return &grpc.GenericClientStream[SessionRequest, SessionResponse]{ClientStream: s}, nil
+}
+
+func invoke[Resp any](ctx context.Context, cc grpc.ClientConnInterface, method string, in any, opts []grpc.CallOption) (*Resp, error) {
+	out := new(Resp)
+	if err := cc.Invoke(ctx, method, in, out, opts...); err != nil {
+		return nil, FromStatus(err)
+	}
+	return out, nil
+}
+
+// Lookup asks where a service's tables are served.
+func (c *BrokerClient) Lookup(ctx context.Context, in *LookupRequest, opts ...grpc.CallOption) (*LookupResponse, error) {
+	return invoke[LookupResponse](ctx, c.cc, "/"+BrokerServiceName+"/Lookup", in, opts)
+}
+
+// Status returns the broker's view of the whole registry.
+func (c *BrokerClient) Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error) {
+	return invoke[StatusResponse](ctx, c.cc, "/"+BrokerServiceName+"/Status", in, opts)
+}
+
+// SetMode sets or clears a table's mode override.
+func (c *BrokerClient) SetMode(ctx context.Context, in *SetModeRequest, opts ...grpc.CallOption) (*SetModeResponse, error) {
+	return invoke[SetModeResponse](ctx, c.cc, "/"+BrokerServiceName+"/SetMode", in, opts)
+}
