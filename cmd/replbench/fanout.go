@@ -1,0 +1,245 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/replmesh/replmesh/replica"
+)
+
+// fanoutGoal holds the targets and the Redis / NATS figures it
+// quotes for one fan-out configuration.
+type fanoutGoal struct {
+	rate, p99       *target
+	rateRef, p99Ref string
+}
+
+func goalFor(kind string, n int) fanoutGoal {
+	var g fanoutGoal
+	switch n {
+	case 1:
+		g.rateRef, g.p99Ref = "redis 269k/s, nats 116k/s", "redis 7 ms, nats 12 ms"
+	case 4:
+		g.rateRef, g.p99Ref = "redis 119k/s, nats 69k/s", "redis 18 ms, nats 24 ms"
+	case 16:
+		g.rateRef, g.p99Ref = "redis 31k/s, nats 30k/s", "nats 59 ms"
+	}
+	switch {
+	case kind == "mem" && n == 1:
+		g.rate, g.p99 = atLeast(300e3), under(10e6)
+	case kind == "mem" && n == 4:
+		g.rate, g.p99 = atLeast(150e3), under(10e6)
+	case kind == "mem" && n == 16:
+		g.rate = atLeast(50e3)
+	case kind == "disk" && n == 1:
+		g.rate = atLeast(120e3)
+	case kind == "disk" && n == 4:
+		g.rate = atLeast(75e3)
+	}
+	return g
+}
+
+// rig is an owner on disk and n subscribed, ready consumers.
+type rig struct {
+	dir   string
+	owner *replica.Component
+	table *replica.OwnedTable
+	comps []*replica.Component
+	reps  []*replica.Replica
+}
+
+// newRig opens an owner and n consumers of kind "mem" (no data dir) or
+// "disk", and waits until every consumer holds the (empty) table.
+func (b *bench) newRig(ctx context.Context, name, kind string, n int) (_ *rig, err error) {
+	dir, err := b.subdir(name)
+	if err != nil {
+		return nil, err
+	}
+	g := &rig{dir: dir}
+	defer func() {
+		if err != nil {
+			g.close()
+		}
+	}()
+	g.owner, g.table, err = b.openOwner(ctx, filepath.Join(dir, "owner"), "127.0.0.1:0")
+	if err != nil {
+		return g, err
+	}
+	g.comps = append(g.comps, g.owner)
+	for i := range n {
+		cdir := ""
+		if kind == "disk" {
+			cdir = filepath.Join(dir, fmt.Sprintf("c%02d", i))
+		}
+		c, err := b.openConsumer(ctx, fmt.Sprintf("c%02d", i), cdir)
+		if err != nil {
+			return g, err
+		}
+		g.comps = append(g.comps, c)
+		r, err := subscribe(ctx, c, g.owner.Addr())
+		if err != nil {
+			return g, err
+		}
+		g.reps = append(g.reps, r)
+	}
+	for _, r := range g.reps {
+		if err := waitReady(ctx, r); err != nil {
+			return g, err
+		}
+	}
+	return g, nil
+}
+
+func (g *rig) close() error {
+	err := closeAll(g.comps...)
+	return errors.Join(err, os.RemoveAll(g.dir))
+}
+
+func (b *bench) runFanout(ctx context.Context) error {
+	for _, kind := range b.opts.replicas {
+		for _, n := range b.opts.consumers {
+			if err := b.fanout(ctx, kind, n); err != nil {
+				return fmt.Errorf("%s x%d: %w", kind, n, err)
+			}
+		}
+	}
+	return nil
+}
+
+// fanout: one writer pipelines -changes Puts; every consumer must hold the
+// last seq. The rate is changes / (first write .. last consumer caught up).
+func (b *bench) fanout(ctx context.Context, kind string, n int) (err error) {
+	name := fmt.Sprintf("fanout %s x%d", kind, n)
+	b.progress("%s: %d changes over %d keys, window %d", name, b.opts.changes, b.opts.keys, b.opts.window)
+	g, err := b.newRig(ctx, fmt.Sprintf("fanout-%s-%d", kind, n), kind, n)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, g.close()) }()
+
+	changes := b.opts.changes
+	target := g.table.Head() + uint64(changes)
+	probes := make([]*probe, n)
+	for i, r := range g.reps {
+		probes[i] = newProbe(changes, target)
+		defer r.OnChange(probes[i].onChange)()
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	finish := make([]time.Time, n)
+	werrs := make([]error, n)
+	var wg sync.WaitGroup
+
+	start := time.Now()
+	for i, r := range g.reps {
+		wg.Go(func() {
+			werrs[i] = r.WaitFor(wctx, target)
+			finish[i] = time.Now()
+		})
+	}
+	last, err := b.writePipelined(ctx, g.table, changes, b.opts.keys, 0)
+	committed := time.Since(start)
+	if err != nil {
+		cancel()
+		wg.Wait()
+		return err
+	}
+	wg.Wait()
+	if err := errors.Join(werrs...); err != nil {
+		return err
+	}
+	if last != target {
+		return fmt.Errorf("writer's last seq is %d, want %d", last, target)
+	}
+	elapsed := slices.MaxFunc(finish, time.Time.Compare).Sub(start)
+	var lat samples
+	for _, p := range probes {
+		if err := p.wait(ctx); err != nil {
+			return err
+		}
+		lat = append(lat, p.samples()...)
+	}
+	if want := changes * n; len(lat) != want {
+		return fmt.Errorf("callbacks saw %d changes, want %d", len(lat), want)
+	}
+	ps := lat.percentiles(0.50, 0.99, 1)
+
+	rate := float64(changes) / elapsed.Seconds()
+	goal := goalFor(kind, n)
+	b.add(result{
+		Workload: name, Figure: "changes/s to all", Value: rate, Unit: unitChangesPerSec, Target: goal.rate,
+		Reference: goal.rateRef, payloadBps: rate * float64(n*b.opts.valueSize),
+		Notes: fmt.Sprintf("%d changes in %.2f s; owner committed them in %.2f s (%s/s)",
+			changes, elapsed.Seconds(), committed.Seconds(), si(float64(changes)/committed.Seconds())),
+	})
+	b.add(result{Workload: name, Figure: "p50 commit-to-applied", Value: float64(ps[0]), Unit: unitNanos})
+	b.add(result{
+		Workload: name, Figure: "p99 commit-to-applied", Value: float64(ps[1]), Unit: unitNanos, Target: goal.p99,
+		Reference: goal.p99Ref, Notes: fmt.Sprintf("max %s over %d samples", formatDuration(ps[2]), len(lat)),
+	})
+	return nil
+}
+
+func (b *bench) runPaced(ctx context.Context) error {
+	for _, kind := range b.opts.replicas {
+		if err := b.pacedRun(ctx, kind); err != nil {
+			return fmt.Errorf("%s: %w", kind, err)
+		}
+	}
+	return nil
+}
+
+// pacedRun: one consumer, the writer submits -rate changes per second for
+// -paced; latency is commit to applied in the consumer's callback.
+func (b *bench) pacedRun(ctx context.Context, kind string) (err error) {
+	name := "paced " + kind
+	n := max(1, int(b.opts.paced.Seconds()*float64(b.opts.rate)))
+	b.progress("%s: %d changes at %d/s", name, n, b.opts.rate)
+	g, err := b.newRig(ctx, "paced-"+kind, kind, 1)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, g.close()) }()
+
+	target := g.table.Head() + uint64(n)
+	p := newProbe(n, target)
+	defer g.reps[0].OnChange(p.onChange)()
+	vals := newPayload(b.opts.valueSize)
+	interval := time.Second / time.Duration(b.opts.rate)
+	pending := make([]*replica.Pending, 0, n)
+	var key []byte
+	start := time.Now()
+	for i := range n {
+		if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
+			time.Sleep(d)
+		}
+		key = appendKey(key[:0], i%b.opts.keys)
+		pd, err := g.table.Submit(ctx, replica.Write{Key: key, Value: vals.value(i)})
+		if err != nil {
+			return fmt.Errorf("submit: %w", err)
+		}
+		pending = append(pending, pd)
+	}
+	elapsed := time.Since(start)
+	for _, pd := range pending {
+		if _, err := pd.Wait(ctx); err != nil {
+			return fmt.Errorf("write: %w", err)
+		}
+	}
+	if err := p.wait(ctx); err != nil {
+		return err
+	}
+	lat := p.samples()
+	ps := lat.percentiles(0.50, 0.99, 1)
+	b.add(result{Workload: name, Figure: "p50 commit-to-applied", Value: float64(ps[0]), Unit: unitNanos, Target: under(300e3),
+		Notes: fmt.Sprintf("%d changes at %.0f/s, 1 consumer", n, float64(n)/elapsed.Seconds())})
+	b.add(result{Workload: name, Figure: "p99 commit-to-applied", Value: float64(ps[1]), Unit: unitNanos, Target: under(1e6),
+		Notes: fmt.Sprintf("max %s", formatDuration(ps[2]))})
+	return nil
+}

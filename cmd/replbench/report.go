@@ -1,0 +1,250 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+)
+
+// Units of a result's value.
+const (
+	unitChangesPerSec = "changes/s"
+	unitRowsPerSec    = "rows/s"
+	unitBytesPerSec   = "B/s"
+	unitBytes         = "B"
+	unitNanos         = "ns"
+	unitCount         = "count"
+)
+
+// target is a figure the issue asks for: Op is ">=" (at least) or "<"
+// (under).
+type target struct {
+	Op    string  `json:"op"`
+	Value float64 `json:"value"`
+}
+
+func atLeast(v float64) *target { return &target{Op: ">=", Value: v} }
+func under(v float64) *target   { return &target{Op: "<", Value: v} }
+
+func (t *target) met(v float64) bool {
+	if t.Op == ">=" {
+		return v >= t.Value
+	}
+	return v < t.Value
+}
+
+// result is one line of the table.
+type result struct {
+	Workload string  `json:"workload"`
+	Figure   string  `json:"figure"`
+	Value    float64 `json:"value"`
+	Unit     string  `json:"unit,omitempty"`
+	Target   *target `json:"target,omitempty"`
+	OK       *bool   `json:"ok,omitempty"`
+	// OfLoopback is the payload throughput behind the figure divided by
+	// the loopback TCP throughput (0: not applicable or not measured).
+	OfLoopback float64 `json:"of_loopback,omitempty"`
+	// Reference holds the Redis / NATS figures quoted in the issue.
+	Reference string `json:"reference,omitempty"`
+	Notes     string `json:"notes,omitempty"`
+
+	payloadBps float64 // payload bytes/s, for OfLoopback
+}
+
+// bench holds the run's options and the results gathered so far.
+type bench struct {
+	opts   options
+	dir    string
+	stderr io.Writer
+	logger *slog.Logger
+
+	mu          sync.Mutex
+	results     []result
+	loopbackBps float64
+	started     time.Time
+	loadStart   string // /proc/loadavg when the run began and ended: other
+	loadEnd     string // processes on the machine skew every figure
+}
+
+// loadAvg returns the 1, 5 and 15 minute load averages ("" where unknown).
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
+}
+
+func (b *bench) add(r result) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if r.Target != nil && r.Figure != "error" {
+		ok := r.Target.met(r.Value)
+		r.OK = &ok
+	}
+	b.results = append(b.results, r)
+}
+
+func (b *bench) progress(format string, a ...any) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.started.IsZero() {
+		b.started = time.Now()
+	}
+	fmt.Fprintf(b.stderr, "replbench %6.1fs  %s\n", time.Since(b.started).Seconds(), fmt.Sprintf(format, a...))
+}
+
+// finish fills in the fractions of loopback throughput.
+func (b *bench) finish() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.loopbackBps <= 0 {
+		return
+	}
+	for i := range b.results {
+		if r := &b.results[i]; r.payloadBps > 0 {
+			r.OfLoopback = r.payloadBps / b.loopbackBps
+		}
+	}
+}
+
+// header describes the machine and the sizes.
+func (b *bench) header() map[string]any {
+	o := b.opts
+	return map[string]any{
+		"go": runtime.Version(), "os": runtime.GOOS, "arch": runtime.GOARCH, "cpus": runtime.NumCPU(),
+		"value_bytes": o.valueSize, "changes": o.changes, "keys": o.keys, "window": o.window,
+		"rows": o.rows, "missed": o.missed, "getrows": o.getRows, "rate": o.rate, "paced_s": o.paced.Seconds(),
+		"quick": o.quick, "loadavg_start": b.loadStart, "loadavg_end": b.loadEnd,
+	}
+}
+
+func (b *bench) writeJSON(w io.Writer) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(map[string]any{"run": b.header(), "results": b.results})
+}
+
+func (b *bench) writeText(w io.Writer) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	o := b.opts
+	fmt.Fprintf(w, "replbench: %s %s/%s, %d CPUs, loopback 127.0.0.1, %d-byte values, owner on disk (async)\n",
+		runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), o.valueSize)
+	fmt.Fprintf(w, "sizes: changes=%d keys=%d window=%d rows=%d missed=%d getrows=%d paced=%d/s for %s%s\n",
+		o.changes, o.keys, o.window, o.rows, o.missed, o.getRows, o.rate, o.paced, map[bool]string{true: " (quick)"}[o.quick])
+	if b.loadStart != "" {
+		fmt.Fprintf(w, "load average (1/5/15 min): %s at start, %s at end; figures are only meaningful on an otherwise idle machine\n", b.loadStart, b.loadEnd)
+	}
+	fmt.Fprintf(w, "target: issue 2; redis/nats: the issue's figures for those systems on this machine (quoted, not measured here)\n\n")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "workload\tfigure\tvalue\ttarget\tok?\tof loopback\tredis/nats (issue)\tnotes")
+	for _, r := range b.results {
+		val, tgt, ok, frac := "-", "", "", ""
+		if r.Figure != "error" {
+			val = formatValue(r.Value, r.Unit)
+		}
+		if r.Target != nil {
+			tgt = r.Target.Op + " " + formatValue(r.Target.Value, r.Unit)
+		}
+		if r.OK != nil {
+			ok = map[bool]string{true: "ok", false: "MISS"}[*r.OK]
+		}
+		if r.OfLoopback > 0 {
+			frac = fmt.Sprintf("%.1f%%", 100*r.OfLoopback)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Workload, r.Figure, val, tgt, ok, frac, r.Reference, r.Notes)
+	}
+	return tw.Flush()
+}
+
+// formatValue renders v in a unit a person reads at a glance.
+func formatValue(v float64, unit string) string {
+	switch unit {
+	case unitChangesPerSec, unitRowsPerSec:
+		return si(v) + "/s"
+	case unitBytesPerSec:
+		return fmt.Sprintf("%.1f MB/s", v/1e6)
+	case unitBytes:
+		return fmt.Sprintf("%.1f MB", v/1e6)
+	case unitNanos:
+		return formatDuration(time.Duration(v))
+	case unitCount:
+		if v == math.Trunc(v) {
+			return fmt.Sprintf("%.0f", v)
+		}
+		return fmt.Sprintf("%.2f", v)
+	}
+	return fmt.Sprintf("%g %s", v, unit)
+}
+
+func si(v float64) string {
+	switch {
+	case v >= 1e6:
+		return fmt.Sprintf("%.2fM", v/1e6)
+	case v >= 1e3:
+		return fmt.Sprintf("%.1fk", v/1e3)
+	}
+	return fmt.Sprintf("%.0f", v)
+}
+
+func formatDuration(d time.Duration) string {
+	switch {
+	case d >= time.Second:
+		return fmt.Sprintf("%.2f s", d.Seconds())
+	case d >= time.Millisecond:
+		return fmt.Sprintf("%.2f ms", float64(d)/1e6)
+	case d >= time.Microsecond:
+		return fmt.Sprintf("%.1f µs", float64(d)/1e3)
+	}
+	return fmt.Sprintf("%d ns", d)
+}
+
+// samples collects latencies; percentiles are exact (a sorted copy).
+type samples []int64
+
+func (s samples) percentiles(ps ...float64) []time.Duration {
+	sorted := make([]int64, len(s))
+	copy(sorted, s)
+	slices.Sort(sorted)
+	out := make([]time.Duration, len(ps))
+	if len(sorted) == 0 {
+		return out
+	}
+	for i, p := range ps {
+		// Nearest rank.
+		k := int(math.Ceil(p*float64(len(sorted)))) - 1
+		k = max(0, min(k, len(sorted)-1))
+		out[i] = time.Duration(sorted[k])
+	}
+	return out
+}
+
+func (s samples) mean() time.Duration {
+	if len(s) == 0 {
+		return 0
+	}
+	var sum float64
+	for _, v := range s {
+		sum += float64(v)
+	}
+	return time.Duration(sum / float64(len(s)))
+}
+
+// describe says a sample count in words, for notes.
+func describe(parts ...string) string { return strings.Join(parts, "; ") }

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"time"
+)
+
+// runTransfer: an owner on disk holds -rows rows; a new consumer with a
+// durable data dir, running as a child process so that its peak memory is
+// its own, subscribes; the figure is Subscribe to Ready.
+func (b *bench) runTransfer(ctx context.Context) (err error) {
+	dir, err := b.subdir("transfer")
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, os.RemoveAll(dir)) }()
+	owner, tbl, err := b.openOwner(ctx, filepath.Join(dir, "owner"), "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, closeAll(owner)) }()
+
+	b.progress("transfer: loading %d rows into the owner", b.opts.rows)
+	start := time.Now()
+	head, err := b.loadRows(ctx, tbl, b.opts.rows)
+	if err != nil {
+		return err
+	}
+	loadTook := time.Since(start)
+	b.progress("transfer: loaded in %.1f s; starting the consumer process", loadTook.Seconds())
+
+	// Sample the owner's Go heap while the child runs.
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	heapBase := ms.HeapInuse
+	heapPeak := heapBase
+	stopSampling := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				var ms runtime.MemStats
+				runtime.ReadMemStats(&ms)
+				heapPeak = max(heapPeak, ms.HeapInuse)
+			case <-stopSampling:
+				return
+			}
+		}
+	}()
+	res, maxrss, err := b.runChild(ctx, childTransfer, map[string]string{
+		envAddr: owner.Addr(),
+		envDir:  filepath.Join(dir, "consumer"),
+		envSeq:  fmt.Sprint(head),
+	})
+	close(stopSampling)
+	<-sampled
+	if err != nil {
+		return err
+	}
+	if res.Rows != uint64(b.opts.rows) || res.Seq != head {
+		return fmt.Errorf("consumer received %d rows at seq %d, want %d rows at seq %d", res.Rows, res.Seq, b.opts.rows, head)
+	}
+	secs := res.ReadyNs / 1e9
+	rowsPerSec := float64(res.Rows) / secs
+	bps := float64(res.Bytes) / secs
+	b.add(result{
+		Workload: "transfer", Figure: "rows/s into a durable replica", Value: rowsPerSec, Unit: unitRowsPerSec, Target: atLeast(500e3),
+		Reference: "nats 361k/s, redis 248k/s",
+		Notes: fmt.Sprintf("%d rows in %.2f s, Subscribe to Ready; owner loaded them at %s rows/s",
+			res.Rows, secs, si(float64(b.opts.rows)/loadTook.Seconds())),
+	})
+	b.add(result{
+		Workload: "transfer", Figure: "MB/s (keys+values)", Value: bps, Unit: unitBytesPerSec, payloadBps: bps,
+		Notes: fmt.Sprintf("%.1f MB received", float64(res.Bytes)/1e6),
+	})
+	// VmHWM is the child's own. rusage's maxrss is only a fallback: on
+	// Linux it also counts the parent's memory, which the child shared
+	// between fork and exec.
+	peak, peakNote := float64(res.PeakRSS), "VmHWM of the consumer process at Ready"
+	if peak == 0 {
+		peak, peakNote = float64(maxrss), "rusage maxrss of the consumer process (may include the parent's RSS at fork)"
+	}
+	b.add(result{
+		Workload: "transfer", Figure: "consumer peak RSS", Value: peak, Unit: unitBytes, Target: under(200e6),
+		Reference: "nats holds 538 MB", Notes: peakNote,
+	})
+	b.add(result{
+		Workload: "transfer", Figure: "owner Go heap in use, peak", Value: float64(heapPeak), Unit: unitBytes,
+		Notes: fmt.Sprintf("sampled every 50 ms during the transfer; %.1f MB before it", float64(heapBase)/1e6),
+	})
+	return nil
+}
+
+// runChild re-executes this binary as a child workload and decodes the
+// last line it prints. maxrss is the child's peak RSS per rusage (0 where
+// unknown).
+func (b *bench) runChild(ctx context.Context, kind string, env map[string]string) (res childResult, maxrss int64, err error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return res, 0, fmt.Errorf("find own executable: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, setupTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, exe)
+	cmd.Env = append(os.Environ(), childEnv+"="+kind)
+	if b.opts.verbose {
+		cmd.Env = append(cmd.Env, envVerbose+"=1")
+	}
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	cmd.Stderr = b.stderr
+	runErr := cmd.Run()
+	if cmd.ProcessState != nil {
+		maxrss = maxRSS(cmd.ProcessState)
+	}
+	if runErr != nil {
+		return res, maxrss, fmt.Errorf("child %s: %w", kind, runErr)
+	}
+	lines := bytes.Split(bytes.TrimSpace(out.Bytes()), []byte("\n"))
+	if err := json.Unmarshal(lines[len(lines)-1], &res); err != nil {
+		return res, maxrss, fmt.Errorf("child %s printed %q: %w", kind, out.Bytes(), err)
+	}
+	return res, maxrss, nil
+}

@@ -1,0 +1,141 @@
+package replica
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+)
+
+// Micro-benchmarks of the hot paths, in memory and small to set up. The
+// end-to-end figures (fan-out, full transfer, resume) come from
+// cmd/replbench.
+
+const benchValueSize = 256
+
+func benchValue() []byte {
+	v := make([]byte, benchValueSize)
+	for i := range v {
+		v[i] = byte(i * 7)
+	}
+	return v
+}
+
+func benchKey(i int) []byte { return fmt.Appendf(nil, "k%09d", i) }
+
+// benchOwner opens an in-memory owner with one table.
+func benchOwner(b *testing.B) (*Component, *OwnedTable) {
+	b.Helper()
+	c := openComponent(b, "bench", "owner", "", "")
+	b.Cleanup(func() { mustClose(b, c) })
+	t, err := c.Own("bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	return c, t
+}
+
+func BenchmarkReplicaGet(b *testing.B) {
+	const rows = 10_000
+	owner, tbl := benchOwner(b)
+	ctx := ctxT(b, time.Minute)
+	val := benchValue()
+	ws := make([]Write, 0, 1000)
+	for i := 0; i < rows; i += cap(ws) {
+		ws = ws[:0]
+		for j := i; j < i+cap(ws); j++ {
+			ws = append(ws, Write{Key: benchKey(j), Value: val})
+		}
+		if _, err := tbl.Apply(ctx, ws...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	cons := openComponent(b, "consumer", "c1", "", "")
+	b.Cleanup(func() { mustClose(b, cons) })
+	r, err := cons.Subscribe(ctx, SubscribeOptions{Service: "bench", Table: "bench", Addr: owner.Addr()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := r.WaitFor(ctx, tbl.Head()); err != nil {
+		b.Fatal(err)
+	}
+	keys := make([][]byte, rows)
+	for i := range keys {
+		keys[i] = benchKey((i * 7919) % rows)
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		v, ok, err := r.Get(keys[i%rows])
+		if err != nil || !ok || len(v) != benchValueSize {
+			b.Fatalf("Get = %d bytes, %v, %v", len(v), ok, err)
+		}
+	}
+}
+
+// BenchmarkOwnerPut: one writer, each Put waits for its group commit.
+func BenchmarkOwnerPut(b *testing.B) {
+	_, tbl := benchOwner(b)
+	ctx := context.Background()
+	val := benchValue()
+	b.ReportAllocs()
+	b.SetBytes(benchValueSize)
+	for i := 0; b.Loop(); i++ {
+		if _, err := tbl.Put(ctx, benchKey(i%100_000), val); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkOwnerSubmitPipelined: one writer keeps up to 1024 single-change
+// writes in flight, as replbench's fan-out writer does.
+func BenchmarkOwnerSubmitPipelined(b *testing.B) {
+	_, tbl := benchOwner(b)
+	ctx := context.Background()
+	val := benchValue()
+	window := make([]*Pending, 1024)
+	b.ReportAllocs()
+	b.SetBytes(benchValueSize)
+	for i := 0; b.Loop(); i++ {
+		slot := i % len(window)
+		if p := window[slot]; p != nil {
+			if _, err := p.Wait(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+		p, err := tbl.Submit(ctx, Write{Key: benchKey(i % 100_000), Value: val})
+		if err != nil {
+			b.Fatal(err)
+		}
+		window[slot] = p
+	}
+	for _, p := range window {
+		if p != nil {
+			if _, err := p.Wait(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
+
+// BenchmarkApplyBatch: sequential Applies of 100 changes each; one op is
+// one Apply.
+func BenchmarkApplyBatch(b *testing.B) {
+	const batch = 100
+	_, tbl := benchOwner(b)
+	ctx := context.Background()
+	val := benchValue()
+	ws := make([]Write, batch)
+	b.ReportAllocs()
+	b.SetBytes(batch * benchValueSize)
+	n := 0
+	for b.Loop() {
+		for j := range ws {
+			ws[j] = Write{Key: benchKey(n % 100_000), Value: val}
+			n++
+		}
+		if _, err := tbl.Apply(ctx, ws...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "changes/s")
+}
