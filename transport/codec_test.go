@@ -1,0 +1,316 @@
+package transport
+
+import (
+	"bytes"
+	"errors"
+	"reflect"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/vmihailenco/msgpack/v5"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
+)
+
+func TestCodec_Registered(t *testing.T) {
+	c := encoding.GetCodecV2(CodecName)
+	if c == nil {
+		t.Fatalf("codec %q is not registered", CodecName)
+	}
+	if got, want := c.Name(), CodecName; got != want {
+		t.Errorf("Name() = %q, want %q", got, want)
+	}
+}
+
+// Codec.Unmarshal must accept a message split over several buffers, the way
+// gRPC hands over large messages.
+func TestCodec_UnmarshalSplitBuffers(t *testing.T) {
+	want := &OwnerFrame{Kind: KindChanges, HeadSeq: 4, Epoch: 3, Changes: sampleChanges()}
+	b, err := Marshal(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cut := range []int{1, len(b) / 2, len(b) - 1} {
+		data := mem.BufferSlice{mem.SliceBuffer(b[:cut]), mem.SliceBuffer(b[cut:])}
+		got := new(OwnerFrame)
+		if err := (Codec{}).Unmarshal(data, got); err != nil {
+			t.Fatalf("cut at %d: %v", cut, err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("cut at %d:\n got %+v\nwant %+v", cut, got, want)
+		}
+	}
+}
+
+// Decoded byte slices are copies: the receive buffer may be reused.
+func TestUnmarshal_DoesNotAlias(t *testing.T) {
+	b := mustMarshal(t, &OwnerFrame{Kind: KindChanges, Changes: []Change{
+		{Seq: 1, Op: OpPut, Key: []byte("key"), Value: []byte("value")}}})
+	got := new(OwnerFrame)
+	if err := Unmarshal(b, got); err != nil {
+		t.Fatal(err)
+	}
+	for i := range b {
+		b[i] = 0
+	}
+	if k, v := string(got.Changes[0].Key), string(got.Changes[0].Value); k != "key" || v != "value" {
+		t.Errorf("after clearing the input: key %q value %q, want \"key\" \"value\"", k, v)
+	}
+}
+
+func TestMarshal_NeedsPointerForChangeAndRow(t *testing.T) {
+	// Change and Row encode themselves through pointer methods; a value
+	// cannot be encoded (rather than being encoded as a map by reflection).
+	if _, err := Marshal(Change{Seq: 1}); err == nil {
+		t.Error("Marshal(Change value) succeeded, want an error")
+	}
+	if _, err := Marshal(Row{}); err == nil {
+		t.Error("Marshal(Row value) succeeded, want an error")
+	}
+}
+
+func mustMarshal(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := Marshal(v)
+	if err != nil {
+		t.Fatalf("Marshal(%+v): %v", v, err)
+	}
+	return b
+}
+
+// decodeTargets returns a fresh value of every message type.
+func decodeTargets() map[string]func() any {
+	return map[string]func() any{
+		"ConsumerFrame":  func() any { return new(ConsumerFrame) },
+		"OwnerFrame":     func() any { return new(OwnerFrame) },
+		"GetRequest":     func() any { return new(GetRequest) },
+		"GetResponse":    func() any { return new(GetResponse) },
+		"DigestRequest":  func() any { return new(DigestRequest) },
+		"DigestResponse": func() any { return new(DigestResponse) },
+		"Change":         func() any { return new(Change) },
+		"Row":            func() any { return new(Row) },
+	}
+}
+
+func TestUnmarshal_GarbageIsBadRequest(t *testing.T) {
+	frame := mustMarshal(t, &OwnerFrame{Kind: KindChanges, Changes: sampleChanges()})
+	garbage := []struct {
+		name string
+		b    []byte
+	}{
+		{"empty", nil},
+		{"never-used code", []byte{0xc1}},
+		{"text", []byte("hello, world")},
+		{"truncated frame", frame[:len(frame)-1]},
+		{"truncated header", frame[:1]},
+		{"bin32 claims 4 GiB", []byte{0xc6, 0xff, 0xff, 0xff, 0xff, 0x00}},
+		{"array32 claims 4G elements", []byte{0xdd, 0xff, 0xff, 0xff, 0xff, 0x00}},
+		{"map32 claims 4G entries", []byte{0xdf, 0xff, 0xff, 0xff, 0xff, 0x00}},
+	}
+	for _, g := range garbage {
+		for name, newV := range decodeTargets() {
+			t.Run(g.name+"/"+name, func(t *testing.T) {
+				err := Unmarshal(g.b, newV())
+				if !errors.Is(err, ErrBadRequest) {
+					t.Fatalf("Unmarshal(%x) = %v, want it to wrap ErrBadRequest", g.b, err)
+				}
+			})
+		}
+	}
+}
+
+func TestUnmarshal_WrongTypeIsBadRequest(t *testing.T) {
+	tests := []struct {
+		name string
+		in   any
+		v    any
+	}{
+		{"frame is a string", "open", new(ConsumerFrame)},
+		{"kind is a string", map[string]any{"k": "open"}, new(ConsumerFrame)},
+		{"open is a number", map[string]any{"k": 1, "o": 7}, new(ConsumerFrame)},
+		{"rows is a map", map[string]any{"k": 4, "r": map[string]any{}}, new(OwnerFrame)},
+		{"keys is a string", map[string]any{"keys": "k"}, new(GetRequest)},
+		{"values hold numbers", map[string]any{"vals": []any{1}}, new(GetResponse)},
+		{"hash is a bool", map[string]any{"h": true}, new(DigestResponse)},
+		{"seq is negative text", map[string]any{"s": "-1"}, new(DigestResponse)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := mustMsgpack(t, tt.in)
+			if err := Unmarshal(b, tt.v); !errors.Is(err, ErrBadRequest) {
+				t.Fatalf("Unmarshal(%x) into %T = %v, want it to wrap ErrBadRequest", b, tt.v, err)
+			}
+		})
+	}
+}
+
+// A message may not make the decoder allocate much more than its own size,
+// whatever lengths it claims. msgpack/v5 trusts length claims (it allocates
+// a claimed byte length up front, and grows a slice to a claimed element
+// count before decoding any element), so checkBounds refuses claims the data
+// cannot hold before msgpack sees them.
+func TestUnmarshal_LengthClaimsAreBounded(t *testing.T) {
+	const big, huge = 0xff, 0x7f
+	tests := []struct {
+		name string
+		b    []byte
+		v    any
+	}{
+		{"change key bin32", []byte{0x96, 0x01, 0x01, 0xc6, huge, big, big, big}, new(Change)},
+		{"change value bin32", []byte{0x96, 0x01, 0x01, 0xc0, 0xc6, huge, big, big, big}, new(Change)},
+		{"row key bin32", []byte{0x92, 0xc6, huge, big, big, big}, new(Row)},
+		{"owner changes array32", []byte{0x81, 0xa1, 'c', 0xdd, huge, big, big, big}, new(OwnerFrame)},
+		{"owner rows array32", []byte{0x81, 0xa1, 'r', 0xdd, huge, big, big, big}, new(OwnerFrame)},
+		{"owner frame map32", []byte{0xdf, huge, big, big, big}, new(OwnerFrame)},
+		{"get keys array32", []byte{0x81, 0xa4, 'k', 'e', 'y', 's', 0xdd, huge, big, big, big}, new(GetRequest)},
+		{"get key bin32", []byte{0x81, 0xa4, 'k', 'e', 'y', 's', 0x91, 0xc6, huge, big, big, big}, new(GetRequest)},
+		{"get values array32", []byte{0x81, 0xa4, 'v', 'a', 'l', 's', 0xdd, huge, big, big, big}, new(GetResponse)},
+		{"digest hash bin32", []byte{0x81, 0xa1, 'h', 0xc6, huge, big, big, big}, new(DigestResponse)},
+		{"table str32", []byte{0x81, 0xa1, 't', 0xdb, huge, big, big, big}, new(DigestRequest)},
+		{"field name str32", []byte{0x83, 0xdb, huge, big, big, big}, new(OwnerFrame)},
+		{"unknown field ext32", []byte{0x81, 0xa1, 'x', 0xc9, huge, big, big, big, 0x01}, new(DigestRequest)},
+		{"array16 of nils claims more than sent", append([]byte{0x81, 0xa1, 'c', 0xdc, big, big}, bytes.Repeat([]byte{0xc0}, 100)...), new(OwnerFrame)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			err := Unmarshal(tt.b, tt.v)
+			runtime.ReadMemStats(&after)
+			if !errors.Is(err, ErrBadRequest) {
+				t.Errorf("Unmarshal(%x) = %v, want it to wrap ErrBadRequest", tt.b, err)
+			}
+			if got, limit := after.TotalAlloc-before.TotalAlloc, uint64(1<<20); got > limit {
+				t.Errorf("decoding %d bytes allocated %d bytes, want at most %d", len(tt.b), got, limit)
+			}
+		})
+	}
+}
+
+// Unknown fields are skipped recursively by msgpack; deeply nested ones
+// would overflow the stack (a fatal error, not a panic) before the size
+// limit stops them.
+func TestUnmarshal_NestingIsBounded(t *testing.T) {
+	nested := func(depth int) []byte {
+		b := []byte{0x82, 0xa1, 'k', byte(KindHeartbeat), 0xa1, 'x'} // {"k": heartbeat, "x": [[[...]]]}
+		b = append(b, bytes.Repeat([]byte{0x91}, depth)...)
+		return append(b, 0xc0)
+	}
+	t.Run("within the limit", func(t *testing.T) {
+		// The frame map itself is one level.
+		got := new(OwnerFrame)
+		if err := Unmarshal(nested(maxNesting-1), got); err != nil {
+			t.Fatalf("Unmarshal: %v", err)
+		}
+		if got.Kind != KindHeartbeat {
+			t.Errorf("got kind %v, want %v", got.Kind, KindHeartbeat)
+		}
+	})
+	t.Run("one over the limit", func(t *testing.T) {
+		if err := Unmarshal(nested(maxNesting), new(OwnerFrame)); !errors.Is(err, ErrBadRequest) {
+			t.Fatalf("Unmarshal = %v, want it to wrap ErrBadRequest", err)
+		}
+	})
+	t.Run("millions deep", func(t *testing.T) {
+		if err := Unmarshal(nested(DefaultMaxMessageSize), new(OwnerFrame)); !errors.Is(err, ErrBadRequest) {
+			t.Fatalf("Unmarshal = %v, want it to wrap ErrBadRequest", err)
+		}
+	})
+}
+
+// checkBounds accepts every complete msgpack object and refuses every
+// strict prefix of one (msgpack objects are self-delimiting).
+func TestCheckBounds(t *testing.T) {
+	values := []struct {
+		name string
+		v    any
+	}{
+		{"nil", nil},
+		{"bools", []bool{true, false}},
+		{"fixints", []int{0, 1, 127, -1, -32}},
+		{"ints", []int64{128, -33, 1 << 8, -(1 << 8), 1 << 16, -(1 << 16), 1 << 32, -(1 << 32)}},
+		{"uints", []uint64{1 << 8, 1 << 16, 1 << 32, 1<<64 - 1}},
+		{"floats", []any{float32(1.5), 2.5}},
+		{"fixstr", "hello"},
+		{"str8", strings.Repeat("s", 32)},
+		{"str16", strings.Repeat("s", 256)},
+		{"str32", strings.Repeat("s", 1<<16)},
+		{"bin8", []byte("bytes")},
+		{"bin16", bytes.Repeat([]byte{1}, 256)},
+		{"bin32", bytes.Repeat([]byte{1}, 1<<16)},
+		{"fixarray", []int{1, 2, 3}},
+		{"array16", make([]int, 16)},
+		{"array32", make([]int, 1<<16)},
+		{"fixmap", map[string]int{"a": 1}},
+		{"map16", func() map[int]int {
+			m := map[int]int{}
+			for i := range 16 {
+				m[i] = i
+			}
+			return m
+		}()},
+		{"empty containers", []any{[]int{}, map[string]int{}, "", []byte{}}},
+		{"ext fixext4 time", time.Unix(1, 0)},
+		{"ext fixext8 time", time.Unix(1, 1)},
+		{"ext ext8 time", time.Unix(1<<40, 1)},
+		{"nested", []any{map[string]any{"a": []any{[]any{1, "x", []byte{2}}}}}},
+	}
+	for _, tt := range values {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := msgpack.Marshal(tt.v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := checkBounds(b); err != nil {
+				t.Fatalf("checkBounds(%x) = %v, want nil", b, err)
+			}
+			step := 1 + len(b)/64
+			for n := 0; n < len(b); n += step {
+				if err := checkBounds(b[:n]); err == nil {
+					t.Fatalf("checkBounds(first %d of %d bytes) = nil, want an error", n, len(b))
+				}
+			}
+			if err := checkBounds(b[:len(b)-1]); err == nil {
+				t.Fatalf("checkBounds(all but the last byte) = nil, want an error")
+			}
+		})
+	}
+	for _, s := range sampleOwnerFrames() {
+		t.Run("frame "+s.name, func(t *testing.T) {
+			if err := checkBounds(mustMarshal(t, &s.msg)); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// Allocation stays proportional to the message: a frame of n nil changes
+// (the worst case the bounds allow: one byte per element) costs a bounded
+// multiple of n.
+func TestUnmarshal_AllocationProportionalToSize(t *testing.T) {
+	const n = 1 << 16
+	b := []byte{0x81, 0xa1, 'c', 0xdd, 0, 1, 0, 0} // {"c": array32(65536)}
+	b = append(b, bytes.Repeat([]byte{0xc0}, n)...)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	f := new(OwnerFrame)
+	err := Unmarshal(b, f)
+	runtime.ReadMemStats(&after)
+	if err != nil {
+		t.Fatalf("Unmarshal: %v", err)
+	}
+	if got, want := len(f.Changes), n; got != want {
+		t.Fatalf("got %d changes, want %d", got, want)
+	}
+	perByte := float64(after.TotalAlloc-before.TotalAlloc) / float64(len(b))
+	if limit := 4.0 * float64(unsafe.Sizeof(Change{})); perByte > limit {
+		t.Errorf("allocated %.0f bytes per input byte, want at most %.0f", perByte, limit)
+	}
+	// Such a frame decodes but never validates.
+	if err := f.Changes[0].Validate(); !errors.Is(err, ErrBadRequest) {
+		t.Errorf("Validate(zero change) = %v, want it to wrap ErrBadRequest", err)
+	}
+}

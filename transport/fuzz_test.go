@@ -1,0 +1,106 @@
+package transport
+
+import (
+	"bytes"
+	"errors"
+	"runtime/metrics"
+	"testing"
+)
+
+// heapAllocated returns the bytes allocated on the heap so far. Large
+// allocations are counted at once, small ones up to a few pages late, which
+// is precise enough to catch a decoder that trusts a length claim.
+func heapAllocated() uint64 {
+	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
+}
+
+// maxAllocPerByte bounds what decoding may allocate per input byte: the
+// largest element is a Change (80 bytes), which msgpack allocates twice when
+// it grows a slice, and a message can hold one nil element per byte.
+const maxAllocPerByte = 256
+
+// fuzzDecode is the body of every decoder fuzz target. Seeds are real frames
+// built with Marshal (the testdata/fuzz corpus holds more).
+//
+// Properties: decoding arbitrary bytes never panics and fails only with
+// ErrBadRequest, allocating at most maxAllocPerByte per input byte (plus
+// slack); a decoded value re-encodes, the re-encoding decodes, and
+// encoding is idempotent from there on: Marshal(v) == Marshal(Unmarshal(
+// Marshal(v))). (The first decode may not reproduce the input bytes: msgpack
+// accepts several encodings of one value, unknown fields, and so on.)
+func fuzzDecode[T any](f *testing.F, seeds []*T) {
+	for _, s := range seeds {
+		b, err := Marshal(s)
+		if err != nil {
+			f.Fatalf("Marshal(%+v): %v", s, err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		v := new(T)
+		before := heapAllocated()
+		err := Unmarshal(b, v)
+		if got, limit := heapAllocated()-before, uint64(maxAllocPerByte*len(b)+1<<20); got > limit {
+			t.Fatalf("Unmarshal(%x) allocated %d bytes, want at most %d", b, got, limit)
+		}
+		if err != nil {
+			if !errors.Is(err, ErrBadRequest) {
+				t.Fatalf("Unmarshal(%x) = %v, want it to wrap ErrBadRequest", b, err)
+			}
+			return
+		}
+		e1, err := Marshal(v)
+		if err != nil {
+			t.Fatalf("Marshal(decoded %+v): %v", v, err)
+		}
+		v2 := new(T)
+		if err := Unmarshal(e1, v2); err != nil {
+			t.Fatalf("Unmarshal(re-encoding %x) of %x: %v", e1, b, err)
+		}
+		e2, err := Marshal(v2)
+		if err != nil {
+			t.Fatalf("Marshal(%+v): %v", v2, err)
+		}
+		if !bytes.Equal(e1, e2) {
+			t.Fatalf("encoding is not idempotent for input %x:\nfirst  %x\nsecond %x", b, e1, e2)
+		}
+	})
+}
+
+func samplePtrs[T any](samples []sample[T]) []*T {
+	out := make([]*T, len(samples))
+	for i := range samples {
+		out[i] = &samples[i].msg
+	}
+	return out
+}
+
+func FuzzDecodeConsumerFrame(f *testing.F) { fuzzDecode(f, samplePtrs(sampleConsumerFrames())) }
+func FuzzDecodeOwnerFrame(f *testing.F)    { fuzzDecode(f, samplePtrs(sampleOwnerFrames())) }
+func FuzzDecodeGetRequest(f *testing.F)    { fuzzDecode(f, samplePtrs(sampleGetRequests())) }
+func FuzzDecodeGetResponse(f *testing.F)   { fuzzDecode(f, samplePtrs(sampleGetResponses())) }
+func FuzzDecodeDigestRequest(f *testing.F) { fuzzDecode(f, samplePtrs(sampleDigestRequests())) }
+func FuzzDecodeDigestResponse(f *testing.F) {
+	fuzzDecode(f, samplePtrs(sampleDigestResponses()))
+}
+
+func FuzzDecodeChange(f *testing.F) {
+	changes := sampleChanges()
+	seeds := make([]*Change, len(changes))
+	for i := range changes {
+		seeds[i] = &changes[i]
+	}
+	fuzzDecode(f, seeds)
+}
+
+func FuzzDecodeRow(f *testing.F) {
+	var seeds []*Row
+	for _, s := range sampleOwnerFrames() {
+		for i := range s.msg.Rows {
+			seeds = append(seeds, &s.msg.Rows[i])
+		}
+	}
+	fuzzDecode(f, seeds)
+}

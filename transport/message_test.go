@@ -1,0 +1,490 @@
+package transport
+
+import (
+	"bytes"
+	"errors"
+	"math"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Sample messages shared by the round-trip tests and the fuzz seeds. Each
+// one round-trips exactly: empty slices that travel in omitempty fields are
+// written as nil here (see the round-trip tests for the normalisation).
+
+type sample[T any] struct {
+	name string
+	msg  T
+}
+
+func sampleOpen() *Open {
+	return &Open{
+		Version:  ProtocolVersion,
+		Service:  "orders",
+		Instance: "orders-7f9c",
+		Table:    "products",
+		LogID:    "log-0001",
+		Seq:      41,
+		Epoch:    3,
+		Mode:     ModePull,
+	}
+}
+
+func sampleChanges() []Change {
+	return []Change{
+		{Seq: 1, Op: OpPut, Key: []byte("k1"), Value: []byte(`{"price":10}`), Time: 1_700_000_000_000_000_000},
+		{Seq: 2, Op: OpPut, Key: []byte("k2"), Value: []byte{}, Time: 1_700_000_000_000_000_001},
+		{Seq: 3, Op: OpDelete, Key: []byte("k1"), Value: nil, Time: 1_700_000_000_000_000_002, TxnEnd: true},
+		{Seq: math.MaxUint64, Op: OpPut, Key: []byte{0, 0xff}, Value: []byte{0}, Time: -1, TxnEnd: true},
+	}
+}
+
+func sampleConsumerFrames() []sample[ConsumerFrame] {
+	return []sample[ConsumerFrame]{
+		{"open", ConsumerFrame{Kind: KindOpen, Open: sampleOpen()}},
+		{"open-zero", ConsumerFrame{Kind: KindOpen, Open: &Open{}}},
+		{"open-fresh-push", ConsumerFrame{Kind: KindOpen, Open: &Open{Version: ProtocolVersion, Table: "t", Mode: ModePush}}},
+		{"heartbeat", ConsumerFrame{Kind: KindHeartbeat, Seq: 99, Rate: 12.5}},
+		{"ack", ConsumerFrame{Kind: KindAck, Seq: 100}},
+		{"ack-max", ConsumerFrame{Kind: KindAck, Seq: math.MaxUint64}},
+		{"pull", ConsumerFrame{Kind: KindPull}},
+		{"mode", ConsumerFrame{Kind: KindMode, Mode: ModePush}},
+		{"invalid", ConsumerFrame{}},
+	}
+}
+
+func sampleOwnerFrames() []sample[OwnerFrame] {
+	return []sample[OwnerFrame]{
+		{"start-resume", OwnerFrame{Kind: KindStart, HeadSeq: 50, Start: &Start{
+			Version: ProtocolVersion, LogID: "log-0001", Epoch: 3, HeadSeq: 50, FirstSeq: 10, Resume: true}}},
+		{"start-full", OwnerFrame{Kind: KindStart, HeadSeq: 50, Start: &Start{
+			Version: ProtocolVersion, LogID: "log-0002", Epoch: 4, HeadSeq: 50, FirstSeq: 45}}},
+		{"snapshot-begin", OwnerFrame{Kind: KindSnapshotBegin, Seq: 50, HeadSeq: 50}},
+		{"rows", OwnerFrame{Kind: KindRows, HeadSeq: 51, Rows: []Row{
+			{Key: []byte("a"), Value: []byte("1")},
+			{Key: []byte("b"), Value: []byte{}},
+			{Key: []byte{}, Value: nil},
+			{Key: nil, Value: []byte{0xc1, 0x00}},
+		}}},
+		{"snapshot-end", OwnerFrame{Kind: KindSnapshotEnd, Seq: 50, HeadSeq: 52}},
+		{"changes", OwnerFrame{Kind: KindChanges, HeadSeq: math.MaxUint64, Epoch: 3, Changes: sampleChanges()}},
+		{"changes-nil-empty", OwnerFrame{Kind: KindChanges, HeadSeq: 7, Epoch: 1, Changes: []Change{
+			{Seq: 5, Op: OpDelete},
+			{Seq: 6, Op: OpPut, Key: []byte{}, Value: []byte{}},
+			{Seq: 7},
+		}}},
+		{"heartbeat", OwnerFrame{Kind: KindHeartbeat, HeadSeq: 52, Time: 1_700_000_000_123_456_789, Rate: 1500.25}},
+		{"heartbeat-negative-time", OwnerFrame{Kind: KindHeartbeat, Time: math.MinInt64, Rate: math.Inf(1)}},
+	}
+}
+
+func sampleGetRequests() []sample[GetRequest] {
+	return []sample[GetRequest]{
+		{"keys", GetRequest{Version: ProtocolVersion, Table: "products", Keys: [][]byte{[]byte("k1"), []byte("k2")}}},
+		{"nil-keys", GetRequest{Version: ProtocolVersion, Table: "products"}},
+		{"empty-keys", GetRequest{Version: ProtocolVersion, Table: "products", Keys: [][]byte{}}},
+		{"nil-and-empty-key", GetRequest{Version: ProtocolVersion, Table: "t", Keys: [][]byte{nil, {}, {0}}}},
+	}
+}
+
+func sampleGetResponses() []sample[GetResponse] {
+	return []sample[GetResponse]{
+		{"values", GetResponse{Seq: 50, LogID: "log-0001", Values: []Value{
+			{Found: true, Value: []byte("v1")},
+			{Found: false},
+			{Found: true, Value: []byte{}},
+		}}},
+		{"nil-values", GetResponse{Seq: 1, LogID: "log-0001"}},
+		{"empty-values", GetResponse{Values: []Value{}}},
+	}
+}
+
+func sampleDigestRequests() []sample[DigestRequest] {
+	return []sample[DigestRequest]{
+		{"whole-table", DigestRequest{Version: ProtocolVersion, Table: "products"}},
+		{"range", DigestRequest{Version: ProtocolVersion, Table: "products", Start: []byte("a"), End: []byte("m")}},
+		{"open-end", DigestRequest{Version: ProtocolVersion, Table: "products", Start: []byte{0}}},
+	}
+}
+
+func sampleDigestResponses() []sample[DigestResponse] {
+	return []sample[DigestResponse]{
+		{"hash", DigestResponse{LogID: "log-0001", Seq: 50, Rows: 3, Hash: []byte{
+			0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27}}},
+		{"nil-hash", DigestResponse{LogID: "log-0001"}},
+		{"empty-hash", DigestResponse{LogID: "log-0001", Seq: 1, Hash: []byte{}}},
+	}
+}
+
+// roundTrip encodes in with Marshal and decodes the result into a new T.
+func roundTrip[T any](t *testing.T, in *T) *T {
+	t.Helper()
+	b, err := Marshal(in)
+	if err != nil {
+		t.Fatalf("Marshal(%+v): %v", in, err)
+	}
+	out := new(T)
+	if err := Unmarshal(b, out); err != nil {
+		t.Fatalf("Unmarshal(%x): %v", b, err)
+	}
+	return out
+}
+
+func testRoundTrip[T any](t *testing.T, samples []sample[T]) {
+	t.Helper()
+	for _, s := range samples {
+		t.Run(s.name, func(t *testing.T) {
+			got, want := roundTrip(t, &s.msg), &s.msg
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("round trip:\n got %+v\nwant %+v", got, want)
+			}
+		})
+	}
+}
+
+func TestConsumerFrame_RoundTrip(t *testing.T) { testRoundTrip(t, sampleConsumerFrames()) }
+func TestOwnerFrame_RoundTrip(t *testing.T)    { testRoundTrip(t, sampleOwnerFrames()) }
+func TestGetRequest_RoundTrip(t *testing.T)    { testRoundTrip(t, sampleGetRequests()) }
+func TestGetResponse_RoundTrip(t *testing.T)   { testRoundTrip(t, sampleGetResponses()) }
+func TestDigestRequest_RoundTrip(t *testing.T) { testRoundTrip(t, sampleDigestRequests()) }
+func TestDigestResponse_RoundTrip(t *testing.T) {
+	testRoundTrip(t, sampleDigestResponses())
+}
+
+func TestChange_RoundTrip(t *testing.T) {
+	for _, c := range sampleChanges() {
+		t.Run(c.Op.String(), func(t *testing.T) {
+			got, want := roundTrip(t, &c), &c
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("round trip:\n got %+v\nwant %+v", got, want)
+			}
+		})
+	}
+}
+
+// Nil and empty byte slices in Change and Row are distinct on the wire and
+// stay distinct after a round trip (a put of an empty value is not a delete).
+func TestChange_RoundTripKeepsNilAndEmpty(t *testing.T) {
+	tests := []struct {
+		name       string
+		key, value []byte
+	}{
+		{"nil-nil", nil, nil},
+		{"nil-empty", nil, []byte{}},
+		{"empty-nil", []byte{}, nil},
+		{"empty-empty", []byte{}, []byte{}},
+		{"full-full", []byte("k"), []byte("v")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := roundTrip(t, &Change{Seq: 1, Op: OpPut, Key: tt.key, Value: tt.value})
+			r := roundTrip(t, &Row{Key: tt.key, Value: tt.value})
+			for _, got := range []struct {
+				what string
+				b    []byte
+				want []byte
+			}{
+				{"change key", c.Key, tt.key},
+				{"change value", c.Value, tt.value},
+				{"row key", r.Key, tt.key},
+				{"row value", r.Value, tt.value},
+			} {
+				if (got.b == nil) != (got.want == nil) || string(got.b) != string(got.want) {
+					t.Errorf("%s: got %#v, want %#v", got.what, got.b, got.want)
+				}
+			}
+		})
+	}
+}
+
+// Empty slices in omitempty fields are not sent; they come back nil.
+func TestRoundTrip_OmitEmptyNormalisesToNil(t *testing.T) {
+	t.Run("owner rows", func(t *testing.T) {
+		got := roundTrip(t, &OwnerFrame{Kind: KindRows, Rows: []Row{}})
+		if got.Rows != nil {
+			t.Errorf("got Rows %#v, want nil", got.Rows)
+		}
+	})
+	t.Run("owner changes", func(t *testing.T) {
+		got := roundTrip(t, &OwnerFrame{Kind: KindChanges, Changes: []Change{}})
+		if got.Changes != nil {
+			t.Errorf("got Changes %#v, want nil", got.Changes)
+		}
+	})
+	t.Run("digest range", func(t *testing.T) {
+		got := roundTrip(t, &DigestRequest{Table: "t", Start: []byte{}, End: []byte{}})
+		if got.Start != nil || got.End != nil {
+			t.Errorf("got Start %#v End %#v, want nil, nil", got.Start, got.End)
+		}
+	})
+}
+
+func TestCheckVersion(t *testing.T) {
+	tests := []struct {
+		v       uint32
+		wantErr bool
+	}{
+		{0, true},
+		{MinProtocolVersion, false},
+		{ProtocolVersion, false},
+		{ProtocolVersion + 1, true},
+		{math.MaxUint32, true},
+	}
+	for _, tt := range tests {
+		err := CheckVersion(tt.v)
+		if got := err != nil; got != tt.wantErr {
+			t.Errorf("CheckVersion(%d) = %v, want error: %v", tt.v, err, tt.wantErr)
+		}
+		if tt.wantErr && !errors.Is(err, ErrProtocolVersion) {
+			t.Errorf("CheckVersion(%d) = %v, want it to wrap ErrProtocolVersion", tt.v, err)
+		}
+	}
+}
+
+func TestOpen_Validate(t *testing.T) {
+	valid := func(edit func(*Open)) *Open {
+		o := sampleOpen()
+		edit(o)
+		return o
+	}
+	tests := []struct {
+		name    string
+		open    *Open
+		wantErr error
+	}{
+		{"valid pull", sampleOpen(), nil},
+		{"valid push", valid(func(o *Open) { o.Mode = ModePush }), nil},
+		{"valid empty mode means push", valid(func(o *Open) { o.Mode = "" }), nil},
+		{"valid no replica yet", valid(func(o *Open) { o.LogID, o.Seq, o.Epoch = "", 0, 0 }), nil},
+		{"nil", nil, ErrBadRequest},
+		{"version zero", valid(func(o *Open) { o.Version = 0 }), ErrProtocolVersion},
+		{"version too new", valid(func(o *Open) { o.Version = ProtocolVersion + 1 }), ErrProtocolVersion},
+		{"empty table", valid(func(o *Open) { o.Table = "" }), ErrBadRequest},
+		{"unknown mode", valid(func(o *Open) { o.Mode = "auto" }), ErrBadRequest},
+		{"mode wrong case", valid(func(o *Open) { o.Mode = "PUSH" }), ErrBadRequest},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.open.Validate()
+			if tt.wantErr == nil {
+				if err != nil {
+					t.Fatalf("Validate() = %v, want nil", err)
+				}
+				return
+			}
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("Validate() = %v, want it to wrap %v", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestChange_Validate(t *testing.T) {
+	tests := []struct {
+		name    string
+		change  Change
+		wantErr bool
+	}{
+		{"put", Change{Seq: 1, Op: OpPut, Key: []byte("k"), Value: []byte("v")}, false},
+		{"put empty value", Change{Seq: 1, Op: OpPut, Key: []byte("k"), Value: []byte{}}, false},
+		{"put nil value", Change{Seq: 1, Op: OpPut, Key: []byte("k")}, false},
+		{"delete", Change{Seq: 1, Op: OpDelete, Key: []byte("k")}, false},
+		{"delete empty value", Change{Seq: 1, Op: OpDelete, Key: []byte("k"), Value: []byte{}}, false},
+		{"delete with value", Change{Seq: 1, Op: OpDelete, Key: []byte("k"), Value: []byte("v")}, true},
+		{"invalid op", Change{Seq: 1, Op: OpInvalid, Key: []byte("k")}, true},
+		{"unknown op", Change{Seq: 1, Op: OpDelete + 1, Key: []byte("k")}, true},
+		{"put nil key", Change{Seq: 1, Op: OpPut, Value: []byte("v")}, true},
+		{"put empty key", Change{Seq: 1, Op: OpPut, Key: []byte{}, Value: []byte("v")}, true},
+		{"delete nil key", Change{Seq: 1, Op: OpDelete}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.change.Validate()
+			if got := err != nil; got != tt.wantErr {
+				t.Fatalf("Validate() = %v, want error: %v", err, tt.wantErr)
+			}
+			if tt.wantErr && !errors.Is(err, ErrBadRequest) {
+				t.Fatalf("Validate() = %v, want it to wrap ErrBadRequest", err)
+			}
+		})
+	}
+}
+
+// mustMsgpack encodes v with plain msgpack, to build frames our encoder
+// would never write.
+func mustMsgpack(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := msgpack.Marshal(v)
+	if err != nil {
+		t.Fatalf("msgpack.Marshal(%v): %v", v, err)
+	}
+	return b
+}
+
+func TestChange_DecodeRejectsMalformed(t *testing.T) {
+	k, v := []byte("k"), []byte("v")
+	tests := []struct {
+		name string
+		in   any
+	}{
+		{"empty array", []any{}},
+		{"five fields", []any{1, 1, k, v, 0}},
+		{"seven fields", []any{1, 1, k, v, 0, false, 0}},
+		{"map instead of array", map[string]any{"Seq": 1, "Op": 1, "Key": k}},
+		{"scalar", 7},
+		{"seq is a string", []any{"1", 1, k, v, 0, false}},
+		{"op is a string", []any{1, "put", k, v, 0, false}},
+		{"key is a number", []any{1, 1, 7, v, 0, false}},
+		{"value is a bool", []any{1, 1, k, true, 0, false}},
+		{"time is a string", []any{1, 1, k, v, "now", false}},
+		{"txn end is a number", []any{1, 1, k, v, 0, 1}},
+		{"key is an array", []any{1, 1, []any{1}, v, 0, false}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := mustMsgpack(t, tt.in)
+			var c Change
+			err := Unmarshal(b, &c)
+			if !errors.Is(err, ErrBadRequest) {
+				t.Fatalf("Unmarshal(%x) = %v, want it to wrap ErrBadRequest", b, err)
+			}
+			// Inside a frame, too.
+			frame := map[string]any{"k": uint8(KindChanges), "c": []msgpack.RawMessage{b}}
+			fb := mustMsgpack(t, frame)
+			var f OwnerFrame
+			if err := Unmarshal(fb, &f); !errors.Is(err, ErrBadRequest) {
+				t.Fatalf("Unmarshal(frame %x) = %v, want it to wrap ErrBadRequest", fb, err)
+			}
+		})
+	}
+}
+
+func TestRow_DecodeRejectsMalformed(t *testing.T) {
+	tests := []struct {
+		name string
+		in   any
+	}{
+		{"one field", []any{[]byte("k")}},
+		{"three fields", []any{[]byte("k"), []byte("v"), 1}},
+		{"map instead of array", map[string]any{"Key": []byte("k")}},
+		{"key is a number", []any{1, []byte("v")}},
+		{"value is a bool", []any{[]byte("k"), false}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := mustMsgpack(t, tt.in)
+			var r Row
+			if err := Unmarshal(b, &r); !errors.Is(err, ErrBadRequest) {
+				t.Fatalf("Unmarshal(%x) = %v, want it to wrap ErrBadRequest", b, err)
+			}
+		})
+	}
+}
+
+// The encoders write the compact array forms the decoders expect.
+func TestChangeAndRow_EncodeAsArrays(t *testing.T) {
+	c := &Change{Seq: 1, Op: OpPut, Key: []byte("k"), Value: []byte("v"), Time: 2, TxnEnd: true}
+	b, err := Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// fixarray(6), seq, op, bin8 "k", bin8 "v", time, true
+	want := []byte{0x96, 0x01, 0x01, 0xc4, 0x01, 'k', 0xc4, 0x01, 'v', 0x02, 0xc3}
+	if !bytes.Equal(b, want) {
+		t.Errorf("Marshal(%+v) = %x, want %x", c, b, want)
+	}
+	r := &Row{Key: []byte("k"), Value: nil}
+	b, err = Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// fixarray(2), bin8 "k", nil
+	want = []byte{0x92, 0xc4, 0x01, 'k', 0xc0}
+	if !bytes.Equal(b, want) {
+		t.Errorf("Marshal(%+v) = %x, want %x", r, b, want)
+	}
+}
+
+func TestFrameKind_String(t *testing.T) {
+	tests := []struct {
+		k    FrameKind
+		want string
+	}{
+		{KindInvalid, "invalid"},
+		{KindOpen, "open"},
+		{KindStart, "start"},
+		{KindSnapshotBegin, "snapshot-begin"},
+		{KindRows, "rows"},
+		{KindSnapshotEnd, "snapshot-end"},
+		{KindChanges, "changes"},
+		{KindHeartbeat, "heartbeat"},
+		{KindAck, "ack"},
+		{KindPull, "pull"},
+		{KindMode, "mode"},
+		{KindMode + 1, "kind(11)"},
+		{255, "kind(255)"},
+	}
+	for _, tt := range tests {
+		if got := tt.k.String(); got != tt.want {
+			t.Errorf("FrameKind(%d).String() = %q, want %q", uint8(tt.k), got, tt.want)
+		}
+	}
+}
+
+// The frame kinds and ops are on the wire: their numbers must never change.
+func TestWireNumbers(t *testing.T) {
+	kinds := []FrameKind{KindInvalid, KindOpen, KindStart, KindSnapshotBegin, KindRows,
+		KindSnapshotEnd, KindChanges, KindHeartbeat, KindAck, KindPull, KindMode}
+	for i, k := range kinds {
+		if got, want := uint8(k), uint8(i); got != want {
+			t.Errorf("%v = %d, want %d", k, got, want)
+		}
+	}
+	ops := []Op{OpInvalid, OpPut, OpDelete}
+	for i, o := range ops {
+		if got, want := uint8(o), uint8(i); got != want {
+			t.Errorf("%v = %d, want %d", o, got, want)
+		}
+	}
+}
+
+func TestOp_String(t *testing.T) {
+	tests := []struct {
+		op   Op
+		want string
+	}{
+		{OpPut, "put"},
+		{OpDelete, "delete"},
+		{OpInvalid, "op(0)"},
+		{9, "op(9)"},
+	}
+	for _, tt := range tests {
+		if got := tt.op.String(); got != tt.want {
+			t.Errorf("Op(%d).String() = %q, want %q", uint8(tt.op), got, tt.want)
+		}
+	}
+}
+
+func TestSize(t *testing.T) {
+	c := Change{Key: []byte("key"), Value: []byte(strings.Repeat("v", 100))}
+	if got, want := c.Size(), 3+100+32; got != want {
+		t.Errorf("Change.Size() = %d, want %d", got, want)
+	}
+	r := Row{Key: []byte("key"), Value: []byte(strings.Repeat("v", 100))}
+	if got, want := r.Size(), 3+100+8; got != want {
+		t.Errorf("Row.Size() = %d, want %d", got, want)
+	}
+	// Size is an upper bound of the encoded size for small headers.
+	for _, c := range sampleChanges() {
+		b, err := Marshal(&c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b) > c.Size() {
+			t.Errorf("change %d encodes to %d bytes, Size() = %d", c.Seq, len(b), c.Size())
+		}
+	}
+}
