@@ -260,6 +260,9 @@ func (s *replicationServer) Get(ctx context.Context, req *transport.GetRequest) 
 	if err != nil {
 		return nil, err
 	}
+	if err := t.allowed(req.Service); err != nil {
+		return nil, err
+	}
 	if len(req.Keys) > 10000 {
 		return nil, fmt.Errorf("%w: get of %d keys (max 10000)", transport.ErrTooLarge, len(req.Keys))
 	}
@@ -303,6 +306,9 @@ func (s *replicationServer) Digest(ctx context.Context, req *transport.DigestReq
 	}
 	t, err := s.c.ownedTable(req.Table)
 	if err != nil {
+		return nil, err
+	}
+	if err := t.allowed(req.Service); err != nil {
 		return nil, err
 	}
 	d, err := t.Digest(req.Start, req.End)

@@ -53,6 +53,10 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 // Unmarshal decodes msgpack data into v. Byte slices in v never alias data.
 func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	b := data.Materialize()
+	if raw, ok := v.(*rawMessage); ok {
+		*raw = b
+		return nil
+	}
 	if err := checkBounds(b); err != nil {
 		return fmt.Errorf("%w: msgpack unmarshal %T: %v", ErrBadRequest, v, err)
 	}
@@ -61,6 +65,11 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	}
 	return nil
 }
+
+// rawMessage receives a message's bytes undecoded. Server handlers decode
+// requests themselves (decodeRequest): gRPC reports a codec failure as
+// Internal, while a malformed request must be answered with ErrBadRequest.
+type rawMessage []byte
 
 // Name returns CodecName.
 func (Codec) Name() string { return CodecName }

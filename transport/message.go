@@ -244,6 +244,7 @@ type GetRequest struct {
 	Version uint32   `msgpack:"v"`
 	Table   string   `msgpack:"t"`
 	Keys    [][]byte `msgpack:"keys"`
+	Service string   `msgpack:"svc,omitempty"` // the caller's service name, for the table's access check
 }
 
 // Value is one result of a Get: Found is false when the key has no row.
@@ -267,6 +268,7 @@ type DigestRequest struct {
 	Table   string `msgpack:"t"`
 	Start   []byte `msgpack:"from,omitempty"`
 	End     []byte `msgpack:"to,omitempty"`
+	Service string `msgpack:"svc,omitempty"` // the caller's service name, for the table's access check
 }
 
 // DigestResponse is the hash of a table's rows at Seq. Owner and replica

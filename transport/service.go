@@ -48,12 +48,37 @@ var ReplicationServiceDesc = grpc.ServiceDesc{
 }
 
 func subscribeHandler(srv any, stream grpc.ServerStream) error {
-	return StatusError(srv.(ReplicationServer).Subscribe(&grpc.GenericServerStream[ConsumerFrame, OwnerFrame]{ServerStream: stream}))
+	return StatusError(srv.(ReplicationServer).Subscribe(&serverStream[ConsumerFrame, OwnerFrame]{ServerStream: stream}))
 }
+
+// decodeRequest receives one request through dec (a handler's decoder or a
+// stream's RecvMsg) and decodes it into in, so that a malformed request
+// fails with ErrBadRequest (InvalidArgument) rather than gRPC's Internal.
+func decodeRequest(dec func(any) error, in any) error {
+	var raw rawMessage
+	if err := dec(&raw); err != nil {
+		return err
+	}
+	return Unmarshal(raw, in)
+}
+
+// serverStream is the server end of a bidi stream; Recv decodes each
+// request with decodeRequest.
+type serverStream[Req, Res any] struct{ grpc.ServerStream }
+
+func (s *serverStream[Req, Res]) Recv() (*Req, error) {
+	in := new(Req)
+	if err := decodeRequest(s.ServerStream.RecvMsg, in); err != nil {
+		return nil, err
+	}
+	return in, nil
+}
+
+func (s *serverStream[Req, Res]) Send(m *Res) error { return s.ServerStream.SendMsg(m) }
 
 func getHandler(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
 	in := new(GetRequest)
-	if err := dec(in); err != nil {
+	if err := decodeRequest(dec, in); err != nil {
 		return nil, StatusError(err)
 	}
 	out, err := srv.(ReplicationServer).Get(ctx, in)
@@ -62,7 +87,7 @@ func getHandler(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryS
 
 func digestHandler(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
 	in := new(DigestRequest)
-	if err := dec(in); err != nil {
+	if err := decodeRequest(dec, in); err != nil {
 		return nil, StatusError(err)
 	}
 	out, err := srv.(ReplicationServer).Digest(ctx, in)
