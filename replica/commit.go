@@ -19,6 +19,9 @@ import (
 // discarded and failed too, so the log never has a hole.
 func (c *Component) commitLoop() {
 	defer c.wg.Done()
+	// Runs after the in-flight group is finished and the queue is failed:
+	// from then on a write that is not done was never committed.
+	defer close(c.commitDone)
 	var inflight *group
 	finish := func() {
 		err := <-inflight.result

@@ -33,8 +33,9 @@ type Component struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	writes   chan *pendingWrite
-	dropKick chan struct{}
+	writes     chan *pendingWrite
+	commitDone chan struct{} // closed when the committer has stopped
+	dropKick   chan struct{}
 
 	mu       sync.Mutex
 	closed   bool
@@ -75,16 +76,17 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 	}
 	cctx, cancel := context.WithCancel(context.Background())
 	c := &Component{
-		cfg:      cfg,
-		log:      log,
-		db:       db,
-		ctx:      cctx,
-		cancel:   cancel,
-		writes:   make(chan *pendingWrite, 1024),
-		dropKick: make(chan struct{}, 1),
-		conns:    map[string]*grpc.ClientConn{},
-		owned:    map[string]*OwnedTable{},
-		replicas: map[string]*Replica{},
+		cfg:        cfg,
+		log:        log,
+		db:         db,
+		ctx:        cctx,
+		cancel:     cancel,
+		writes:     make(chan *pendingWrite, 1024),
+		commitDone: make(chan struct{}),
+		dropKick:   make(chan struct{}, 1),
+		conns:      map[string]*grpc.ClientConn{},
+		owned:      map[string]*OwnedTable{},
+		replicas:   map[string]*Replica{},
 	}
 	if cfg.ListenAddr != "" {
 		ln, err := transport.Listen(cfg.ListenAddr)

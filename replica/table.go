@@ -208,7 +208,7 @@ func (t *OwnedTable) Apply(ctx context.Context, ws ...Write) (uint64, error) {
 
 // Pending is a submitted, not yet acknowledged write.
 type Pending struct {
-	closed <-chan struct{} // the component's done channel
+	closed <-chan struct{} // closed once the committer has stopped (Component.commitDone)
 	done   chan struct{}
 	seq    uint64
 	err    error
@@ -226,8 +226,10 @@ func (p *Pending) Wait(ctx context.Context) (uint64, error) {
 	case <-ctx.Done():
 		return 0, ctx.Err()
 	case <-p.closed:
-		// The committer stops only between groups: a write not done by
-		// then was never committed.
+		// The committer has stopped, after finishing every group it
+		// started: a write not done by then was never committed. (Waiting
+		// for the component's done channel instead would report ErrClosed
+		// for a group still being committed.)
 		select {
 		case <-p.done:
 			return p.seq, p.err
@@ -251,7 +253,7 @@ func (t *OwnedTable) Submit(ctx context.Context, ws ...Write) (*Pending, error) 
 	if len(ws) == 0 {
 		return nil, fmt.Errorf("%w: apply %s: no writes", ErrInvalid, t.name)
 	}
-	pw := &pendingWrite{Pending: Pending{closed: t.c.done(), done: make(chan struct{})}, table: t, changes: make([]transport.Change, len(ws))}
+	pw := &pendingWrite{Pending: Pending{closed: t.c.commitDone, done: make(chan struct{})}, table: t, changes: make([]transport.Change, len(ws))}
 	for i, w := range ws {
 		if len(w.Key) == 0 {
 			return nil, fmt.Errorf("%w: %s: empty key", ErrInvalid, t.name)
