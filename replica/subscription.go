@@ -11,6 +11,7 @@ import (
 	"github.com/replmesh/replmesh/transport"
 	"github.com/vmihailenco/msgpack/v5"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // loop keeps one stream to the owner open, reconnecting with jittered
@@ -526,7 +527,18 @@ func (c *Component) conn(addr string) (*grpc.ClientConn, error) {
 	if cc, ok := c.conns[addr]; ok {
 		return cc, nil
 	}
-	cc, err := transport.Dial(addr, c.cfg.Transport)
+	// gRPC's own connection backoff (1s growing to 120s by default) would
+	// otherwise decide when a restarted owner is noticed, whatever
+	// ReconnectMin/Max say: bind it to them.
+	cc, err := transport.Dial(addr, c.cfg.Transport, grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff: backoff.Config{
+			BaseDelay:  c.cfg.ReconnectMin,
+			Multiplier: 1.6,
+			Jitter:     0.2,
+			MaxDelay:   c.cfg.ReconnectMax,
+		},
+		MinConnectTimeout: 20 * time.Second,
+	}))
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
