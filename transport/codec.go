@@ -25,7 +25,7 @@ func init() { encoding.RegisterCodecV2(Codec{}) }
 var encPool = sync.Pool{New: func() any {
 	var buf bytes.Buffer
 	enc := msgpack.NewEncoder(&buf)
-	enc.SetOmitEmpty(false)
+	enc.UseCompactInts(true)
 	return &pooledEncoder{buf: &buf, enc: enc}
 }}
 

@@ -123,8 +123,8 @@ type OwnerFrame struct {
 	Epoch   uint64    `msgpack:"ep,omitempty"` // KindChanges: the epoch the changes were written in
 	Time    int64     `msgpack:"tm,omitempty"` // KindHeartbeat: owner clock, unix nanoseconds
 	Rate    float64   `msgpack:"wr,omitempty"` // KindHeartbeat: owner write rate (changes/s)
-	Rows    []Row     `msgpack:"r,omitempty"`  // KindRows
-	Changes []Change  `msgpack:"c,omitempty"`  // KindChanges
+	Rows    RowList    `msgpack:"r,omitempty"`  // KindRows
+	Changes ChangeList `msgpack:"c,omitempty"`  // KindChanges
 }
 
 // Row is one key and value of a snapshot.
@@ -194,9 +194,12 @@ func (c *Change) DecodeMsgpack(d *msgpack.Decoder) error {
 	if c.Seq, err = d.DecodeUint64(); err != nil {
 		return err
 	}
-	op, err := d.DecodeUint8()
+	op, err := d.DecodeUint64()
 	if err != nil {
 		return err
+	}
+	if op > 255 {
+		return fmt.Errorf("change: op %d out of range", op)
 	}
 	c.Op = Op(op)
 	if c.Key, err = d.DecodeBytes(); err != nil {
@@ -237,6 +240,74 @@ func (r *Row) DecodeMsgpack(d *msgpack.Decoder) error {
 	}
 	r.Value, err = d.DecodeBytes()
 	return err
+}
+
+// ChangeList is a batch of changes. It decodes element by element, growing
+// as valid changes arrive, instead of allocating what the array header
+// claims; a nil element is an error. A hostile frame therefore costs
+// memory in proportion to its real content.
+type ChangeList []Change
+
+// RowList is a chunk of snapshot rows, decoded like ChangeList.
+type RowList []Row
+
+var (
+	_ msgpack.CustomDecoder = (*ChangeList)(nil)
+	_ msgpack.CustomDecoder = (*RowList)(nil)
+)
+
+// EncodeMsgpack writes the list as an array of changes.
+func (l ChangeList) EncodeMsgpack(e *msgpack.Encoder) error {
+	return encodeList(e, l, (*Change).EncodeMsgpack)
+}
+
+// DecodeMsgpack reads an array of changes.
+func (l *ChangeList) DecodeMsgpack(d *msgpack.Decoder) error {
+	out, err := decodeList(d, (*Change).DecodeMsgpack)
+	*l = out
+	return err
+}
+
+// EncodeMsgpack writes the list as an array of rows.
+func (l RowList) EncodeMsgpack(e *msgpack.Encoder) error {
+	return encodeList(e, l, (*Row).EncodeMsgpack)
+}
+
+// DecodeMsgpack reads an array of rows.
+func (l *RowList) DecodeMsgpack(d *msgpack.Decoder) error {
+	out, err := decodeList(d, (*Row).DecodeMsgpack)
+	*l = out
+	return err
+}
+
+func encodeList[T any](e *msgpack.Encoder, l []T, enc func(*T, *msgpack.Encoder) error) error {
+	if l == nil {
+		return e.EncodeNil()
+	}
+	if err := e.EncodeArrayLen(len(l)); err != nil {
+		return err
+	}
+	for i := range l {
+		if err := enc(&l[i], e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func decodeList[T any](d *msgpack.Decoder, dec func(*T, *msgpack.Decoder) error) ([]T, error) {
+	n, err := d.DecodeArrayLen()
+	if err != nil || n < 0 {
+		return nil, err
+	}
+	out := make([]T, 0, min(n, 256))
+	for i := 0; i < n; i++ {
+		out = append(out, *new(T))
+		if err := dec(&out[i], d); err != nil {
+			return nil, fmt.Errorf("element %d: %w", i, err)
+		}
+	}
+	return out, nil
 }
 
 // GetRequest asks the owner for the current value of some keys (a live read).
