@@ -116,13 +116,13 @@ type ConsumerFrame struct {
 
 // OwnerFrame is every message an owner sends on a Subscribe stream.
 type OwnerFrame struct {
-	Kind    FrameKind `msgpack:"k"`
-	Start   *Start    `msgpack:"st,omitempty"` // KindStart
-	Seq     uint64    `msgpack:"s,omitempty"`  // KindSnapshotBegin/End: the snapshot's seq
-	HeadSeq uint64    `msgpack:"h,omitempty"`  // every kind: the owner's head seq when sent
-	Epoch   uint64    `msgpack:"ep,omitempty"` // KindChanges: the epoch the changes were written in
-	Time    int64     `msgpack:"tm,omitempty"` // KindHeartbeat: owner clock, unix nanoseconds
-	Rate    float64   `msgpack:"wr,omitempty"` // KindHeartbeat: owner write rate (changes/s)
+	Kind    FrameKind  `msgpack:"k"`
+	Start   *Start     `msgpack:"st,omitempty"` // KindStart
+	Seq     uint64     `msgpack:"s,omitempty"`  // KindSnapshotBegin/End: the snapshot's seq
+	HeadSeq uint64     `msgpack:"h,omitempty"`  // every kind: the owner's head seq when sent
+	Epoch   uint64     `msgpack:"ep,omitempty"` // KindChanges: the epoch the changes were written in
+	Time    int64      `msgpack:"tm,omitempty"` // KindHeartbeat: owner clock, unix nanoseconds
+	Rate    float64    `msgpack:"wr,omitempty"` // KindHeartbeat: owner write rate (changes/s)
 	Rows    RowList    `msgpack:"r,omitempty"`  // KindRows
 	Changes ChangeList `msgpack:"c,omitempty"`  // KindChanges
 }
