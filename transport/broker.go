@@ -196,7 +196,7 @@ var BrokerServiceDesc = grpc.ServiceDesc{
 	},
 	Streams: []grpc.StreamDesc{
 		{StreamName: "Session", ServerStreams: true, ClientStreams: true, Handler: func(srv any, stream grpc.ServerStream) error {
-			return StatusError(srv.(BrokerServer).Session(&grpc.GenericServerStream[SessionRequest, SessionResponse]{ServerStream: stream}))
+			return StatusError(srv.(BrokerServer).Session(&serverStream[SessionRequest, SessionResponse]{ServerStream: stream}))
 		}},
 	},
 	Metadata: "replmesh/transport",
@@ -206,7 +206,7 @@ var BrokerServiceDesc = grpc.ServiceDesc{
 func unary[Req any](call func(BrokerServer, context.Context, *Req) (any, error)) grpc.MethodHandler {
 	return func(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
 		in := new(Req)
-		if err := dec(in); err != nil {
+		if err := decodeRequest(dec, in); err != nil {
 			return nil, StatusError(err)
 		}
 		out, err := call(srv.(BrokerServer), ctx, in)
