@@ -67,7 +67,8 @@ func TestDemo(t *testing.T) {
 
 // marketplace is the two services of the scenario, for tests.
 type marketplace struct {
-	t        *testing.T
+	t        *testing.T // the running (sub)test
+	root     *testing.T // the test that owns the services (they log to it)
 	dir      string
 	stores   *stores.Service
 	products *products.Service
@@ -75,7 +76,7 @@ type marketplace struct {
 
 func startMarketplace(t *testing.T) *marketplace {
 	t.Helper()
-	m := &marketplace{t: t, dir: t.TempDir()}
+	m := &marketplace{t: t, root: t, dir: t.TempDir()}
 	m.openStores("127.0.0.1:0")
 	var err error
 	m.products, err = products.Open(ctxT(t, 10*time.Second), config(products.ServiceName, filepath.Join(m.dir, "products"), testLogger(t)),
@@ -99,7 +100,7 @@ func startMarketplace(t *testing.T) *marketplace {
 
 func (m *marketplace) openStores(addr string) {
 	m.t.Helper()
-	cfg := config(stores.ServiceName, filepath.Join(m.dir, "stores"), testLogger(m.t))
+	cfg := config(stores.ServiceName, filepath.Join(m.dir, "stores"), testLogger(m.root))
 	cfg.ListenAddr = addr
 	s, err := stores.Open(ctxT(m.t, 10*time.Second), cfg)
 	if err != nil {
