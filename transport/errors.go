@@ -84,6 +84,10 @@ func FromStatus(err error) error {
 		return fmt.Errorf("%w: %s", context.Canceled, st.Message())
 	case codes.DeadlineExceeded:
 		return fmt.Errorf("%w: %s", context.DeadlineExceeded, st.Message())
+	case codes.Unavailable:
+		// Mostly raised by the local gRPC stack (dial refused, connection
+		// lost), so it is not labelled as the peer's answer.
+		return fmt.Errorf("%w: %s", ErrUnavailable, st.Message())
 	}
 	for _, ec := range errCodes {
 		if st.Code() == ec.code {
