@@ -216,11 +216,37 @@ func (r *Replica) Service() string { return r.opts.Service }
 
 // readTxn returns a read transaction and the row prefix of the generation
 // it must read. Taking both under the lock makes them agree: a transfer's
-// switch happens under the write lock.
+// switch commits and publishes the new cursor under the write lock, so the
+// generation read is never one already handed to the dropper. It is for
+// point reads: the cursor it returns may be older than the rows the
+// transaction sees (apply publishes the cursor after its commit); readers
+// that report a seq use snapshotTxn.
 func (r *Replica) readTxn() (*badger.Txn, []byte, cursor) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	return r.c.db.NewTransaction(false), genPrefix(r.base, r.cur.Gen), r.cur
+}
+
+// snapshotTxn returns a read transaction with the cursor stored in it and
+// the row prefix of that cursor's generation. The cursor is written in the
+// same transaction as the rows it covers, so the rows read through txn are
+// exactly those of the returned cursor's seq.
+func (r *Replica) snapshotTxn() (*badger.Txn, []byte, cursor, error) {
+	txn := r.c.db.NewTransaction(false)
+	var cur cursor
+	item, err := txn.Get(cursorKey(r.base))
+	switch {
+	case errors.Is(err, badger.ErrKeyNotFound): // no copy yet: generation 0 is empty
+	case err != nil:
+		txn.Discard()
+		return nil, nil, cur, err
+	default:
+		if err := item.Value(func(v []byte) error { return msgpack.Unmarshal(v, &cur) }); err != nil {
+			txn.Discard()
+			return nil, nil, cur, fmt.Errorf("decode cursor: %w", err)
+		}
+	}
+	return txn, genPrefix(r.base, cur.Gen), cur, nil
 }
 
 // Get returns the replica's value of key; found is false when it has none.
@@ -251,9 +277,12 @@ func (r *Replica) Scan(prefix []byte, fn func(key, value []byte) bool) (uint64, 
 	if r.c.ctx.Err() != nil {
 		return 0, ErrClosed
 	}
-	txn, gp, cur := r.readTxn()
+	txn, gp, cur, err := r.snapshotTxn()
+	if err != nil {
+		return 0, fmt.Errorf("scan %s: %w", r.opts.Table, err)
+	}
 	defer txn.Discard()
-	err := scanRows(txn, gp, prefix, nil, nil, func(k, v []byte) (bool, error) { return fn(k, v), nil })
+	err = scanRows(txn, gp, prefix, nil, nil, func(k, v []byte) (bool, error) { return fn(k, v), nil })
 	if err != nil {
 		return 0, fmt.Errorf("scan %s: %w", r.opts.Table, err)
 	}
@@ -266,10 +295,13 @@ func (r *Replica) Digest(start, end []byte) (transport.DigestResponse, error) {
 	if r.c.ctx.Err() != nil {
 		return transport.DigestResponse{}, ErrClosed
 	}
-	txn, gp, cur := r.readTxn()
+	txn, gp, cur, err := r.snapshotTxn()
+	if err != nil {
+		return transport.DigestResponse{}, fmt.Errorf("digest %s: %w", r.opts.Table, err)
+	}
 	defer txn.Discard()
 	d := newDigester()
-	err := scanRows(txn, gp, nil, start, end, func(k, v []byte) (bool, error) { d.add(k, v); return true, nil })
+	err = scanRows(txn, gp, nil, start, end, func(k, v []byte) (bool, error) { d.add(k, v); return true, nil })
 	if err != nil {
 		return transport.DigestResponse{}, fmt.Errorf("digest %s: %w", r.opts.Table, err)
 	}

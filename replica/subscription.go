@@ -259,9 +259,11 @@ func (r *Replica) receiveSnapshot(recv func() (*transport.OwnerFrame, error), st
 
 // switchTo makes a completely staged generation the replica's contents.
 func (r *Replica) switchTo(next cursor, rows, nbytes uint64, start time.Time) error {
+	// The lock is held from before the commit until r.cur names the new
+	// generation: once the commit schedules the old generation for
+	// deletion, no reader may pick it (readTxn) any more.
 	r.mu.Lock()
 	old := r.cur
-	r.mu.Unlock()
 	err := r.c.db.Update(func(txn *badger.Txn) error {
 		b, err := msgpack.Marshal(&next)
 		if err != nil {
@@ -279,10 +281,10 @@ func (r *Replica) switchTo(next cursor, rows, nbytes uint64, start time.Time) er
 		return nil
 	})
 	if err != nil {
+		r.mu.Unlock()
 		return fmt.Errorf("switch to transferred replica: %w", err)
 	}
 	took := time.Since(start)
-	r.mu.Lock()
 	r.cur = next
 	r.stats.FullTransfers++
 	r.stats.SnapshotBytes += nbytes
