@@ -1,0 +1,36 @@
+// Package modes holds the replication modes of a table and their
+// configuration; it imports nothing else of replmesh, so the component,
+// the broker, the daemon and replctl share it.
+//
+// A table travels in one of three modes (Mode): Push streams every change
+// as it commits; Pull sends nothing until the consumer asks and then a
+// coalesced delta; Auto switches between the two by the ratio of the
+// owner's write rate to the consumer's read rate (Policy, with RateMeter
+// to measure the rates).
+//
+// The per-table settings come from a YAML file (Parse, Load; ExampleYAML
+// shows one) or the same Go structs (Config, TableConfig) and are resolved
+// field by field: broker override > subscription option > owner's table
+// default > file defaults > built-in defaults (Config.Resolve).
+//
+//	cfg, err := modes.Load("modes.yaml")
+//	if err != nil {
+//		return err // e.g. `modes.yaml: line 12: tables[stores/stores].pull.interval: bad duration "5"…`
+//	}
+//	sub, _ := cfg.Lookup("stores/store_managers")       // this service's subscription option
+//	owner := &modes.TableConfig{Mode: modes.Pull}         // the owner's default, from the broker
+//	override := &modes.TableConfig{Mode: modes.Unset}     // no broker override
+//	s, err := cfg.Resolve(override, sub, owner)          // s.Mode == modes.Auto
+//
+//	if s.Mode == modes.Auto {
+//		policy, _ := modes.NewPolicy(s.Auto, modes.Push)
+//		reads := modes.NewRateMeter(s.Auto.Window)
+//		// on every heartbeat:
+//		reads.Record(now, readCount.Load())
+//		d := policy.Observe(modes.Observation{At: now,
+//			OwnerWriteRate: ownerRate, ConsumerReadRate: reads.Rate()})
+//		if d.Switched {
+//			// send the mode change in-stream; record d.Reason
+//		}
+//	}
+package modes
