@@ -116,18 +116,18 @@ func (p *Policy) Observe(o Observation) Decision {
 		target, cmp, threshold = Push, "<", p.s.LowRatio
 		meets = ratio < p.s.LowRatio
 	}
-	rates := fmt.Sprintf("writes %.4g/s, reads %.4g/s", w, r)
+	rates := fmt.Sprintf("writes %s/s, reads %s/s", num(w), num(r))
 	if !meets {
 		p.holding = false
-		return keep(fmt.Sprintf("staying %s: write/read ratio %.4g is not %s %g (%s)", p.mode, ratio, cmp, threshold, rates))
+		return keep(fmt.Sprintf("staying %s: write/read ratio %s is not %s %g (%s)", p.mode, num(ratio), cmp, threshold, rates))
 	}
 	if !p.holding {
 		p.holding, p.since = true, at
 	}
 	held := at.Sub(p.since)
 	if held < p.s.Window {
-		return keep(fmt.Sprintf("towards %s: write/read ratio %.4g %s %g for %s of %s (%s)",
-			target, ratio, cmp, threshold, held, p.s.Window, rates))
+		return keep(fmt.Sprintf("towards %s: write/read ratio %s %s %g for %s of %s (%s)",
+			target, num(ratio), cmp, threshold, held, p.s.Window, rates))
 	}
 	if p.switched && at.Sub(p.switchedAt) < p.s.MinDwell {
 		return keep(fmt.Sprintf("towards %s: waiting out the minimum dwell of %s since the last switch (%s)",
@@ -136,8 +136,17 @@ func (p *Policy) Observe(o Observation) Decision {
 	p.mode = target
 	p.holding = false
 	p.switched, p.switchedAt = true, at
-	p.reason = fmt.Sprintf("write/read ratio %.4g %s %g for %s (%s)", ratio, cmp, threshold, held, rates)
+	p.reason = fmt.Sprintf("write/read ratio %s %s %g for %s (%s)", num(ratio), cmp, threshold, held, rates)
 	return Decision{Mode: p.mode, Switched: true, Reason: p.reason}
+}
+
+// num formats a rate or ratio for a reason: whole numbers from 1000 up,
+// four significant digits below.
+func num(x float64) string {
+	if math.Abs(x) >= 1000 && !math.IsInf(x, 0) {
+		return fmt.Sprintf("%.0f", x)
+	}
+	return fmt.Sprintf("%.4g", x)
 }
 
 func validRate(x float64) bool { return x >= 0 && !math.IsInf(x, 1) }

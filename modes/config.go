@@ -34,7 +34,7 @@ const (
 // same format (see Parse for the YAML form and ExampleYAML for a sample).
 //
 // Every field of a TableConfig is optional; an unset field is inherited
-// from the next level down (see Resolve).
+// from the next level down (see Config.Resolve).
 type Config struct {
 	// Version is the format version; Parse requires `version: 1` in the
 	// file. A Config built in Go may leave it 0.
@@ -146,8 +146,8 @@ func (a AutoSettings) Validate() error {
 	return v.err()
 }
 
-// Lookup returns the file's own entry for table ("SERVICE/TABLE"), not
-// merged with the file defaults: pass it to Resolve as the level it is
+// Lookup returns a copy of the file's own entry for table
+// ("SERVICE/TABLE"), not merged with the file defaults: pass it to Resolve as the level it is
 // (an owner's table default for the owner, a subscription option for a
 // consumer). A nil Config has no entries.
 func (c *Config) Lookup(table string) (*TableConfig, bool) {

@@ -15,22 +15,22 @@
 //
 //	cfg, err := modes.Load("modes.yaml")
 //	if err != nil {
-//		return err // e.g. `modes.yaml: line 12: tables[stores/stores].pull.interval: bad duration "5"…`
+//		return err // e.g. modes.yaml: line 12: tables[stores/stores].pull.interval: bad duration "5" (…)
 //	}
-//	sub, _ := cfg.Lookup("stores/store_managers")       // this service's subscription option
-//	owner := &modes.TableConfig{Mode: modes.Pull}         // the owner's default, from the broker
-//	override := &modes.TableConfig{Mode: modes.Unset}     // no broker override
-//	s, err := cfg.Resolve(override, sub, owner)          // s.Mode == modes.Auto
+//	sub, _ := cfg.Lookup("stores/store_managers") // this consumer's entry: its subscription option
+//	owner := &modes.TableConfig{Mode: modes.Pull} // the owner's table default, from the broker
+//	var override *modes.TableConfig              // no broker override (replctl mode set) now
+//	s, err := cfg.Resolve(override, sub, owner)   // s.Mode == modes.Auto, from the entry
 //
 //	if s.Mode == modes.Auto {
 //		policy, _ := modes.NewPolicy(s.Auto, modes.Push)
 //		reads := modes.NewRateMeter(s.Auto.Window)
-//		// on every heartbeat:
+//		// on every heartbeat, with the time and the owner's write rate:
 //		reads.Record(now, readCount.Load())
 //		d := policy.Observe(modes.Observation{At: now,
 //			OwnerWriteRate: ownerRate, ConsumerReadRate: reads.Rate()})
 //		if d.Switched {
-//			// send the mode change in-stream; record d.Reason
+//			// switch the subscription in-stream; keep d.Reason for status
 //		}
 //	}
 package modes

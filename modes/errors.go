@@ -9,9 +9,10 @@ import (
 // value or a bad config file, so callers can test with errors.Is.
 var ErrInvalid = errors.New("invalid")
 
-// Error is one problem in a config: where it is and what is wrong. Parse
-// and Load return every problem they find, joined with errors.Join, each
-// one an *Error (use errors.As to get the first). Error wraps ErrInvalid.
+// Error is one problem in a config: where it is and what is wrong. Parse,
+// Load and Validate return every problem they find, sorted by line, joined
+// into one error whose message has one problem per line; each is an *Error
+// (errors.As gets the first). Error wraps ErrInvalid.
 type Error struct {
 	// File is the path given to Load; empty for Parse and Validate.
 	File string

@@ -7,7 +7,7 @@ import (
 // Mode is how a table's changes travel from its owner to a consumer.
 //
 // The zero value is Unset: "not set at this level of the configuration".
-// Resolution (see Resolve) replaces Unset with the next lower level's mode
+// Resolution (see Config.Resolve) replaces Unset with the next lower level's mode
 // and finally with DefaultMode (Push), so a Mode that reaches a running
 // subscription is always Push, Pull or Auto. Unset is never a mode a
 // subscription runs in.
