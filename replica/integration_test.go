@@ -690,6 +690,9 @@ func TestIntegration_BrokenStreams(t *testing.T) {
 		newConsumer(t, "c3", t.TempDir(), owner.Addr()),
 	}
 	for _, cs := range cons {
+		// A short silence limit, for the blackhole below (the owner
+		// heartbeats every 100 ms).
+		cs.tweak = func(c *Config) { c.PeerTimeout = 500 * time.Millisecond }
 		cs.open(t)
 	}
 	w := startWorkload(t, tbl, hist, seed, 3, 0, 200)
@@ -706,14 +709,36 @@ func TestIntegration_BrokenStreams(t *testing.T) {
 			waitUntil(t, 30*time.Second, cs.name+" resuming after the cut", func() bool { return cs.stats().Resumes > resumes[i] })
 		}
 	}
+	// A blackhole: the links stay open but carry nothing, so only the
+	// consumers' silence watchdog can notice. After it fires, the links
+	// come back and the consumers resume.
+	w.progress(t, 50)
+	waitStreaming(t, cons...)
+	resumes := make([]uint64, len(cons))
+	for i, cs := range cons {
+		resumes[i] = cs.stats().Resumes
+		cs.px.Pause()
+	}
+	for _, cs := range cons {
+		waitUntil(t, 30*time.Second, cs.name+" to give up the silent stream", func() bool { return cs.r.Status().State != StateStreaming })
+		if _, _, err := cs.r.Get([]byte("k0000")); err != nil {
+			t.Fatalf("%s: read while cut off: %v", cs.name, err)
+		}
+	}
+	for _, cs := range cons {
+		cs.px.Resume()
+	}
+	for i, cs := range cons {
+		waitUntil(t, 30*time.Second, cs.name+" resuming after the blackhole", func() bool { return cs.stats().Resumes > resumes[i] })
+	}
 	w.progress(t, 50)
 	w.stop()
 	verifyAll(t, tbl, hist, cons...)
 	for _, cs := range cons {
 		st := cs.stats()
-		if st.FullTransfers != 1 || st.Resumes < cuts || st.Reconnects < cuts {
+		if st.FullTransfers != 1 || st.Resumes < cuts+1 || st.Reconnects < cuts+1 {
 			t.Errorf("%s: %d full transfers, %d resumes, %d reconnects; want 1, and at least %d resumes and reconnects",
-				cs.name, st.FullTransfers, st.Resumes, st.Reconnects, cuts)
+				cs.name, st.FullTransfers, st.Resumes, st.Reconnects, cuts+1)
 		}
 	}
 }
