@@ -911,7 +911,11 @@ func readStates(r *Replica) (byDigest, byScan tableState, err error) {
 }
 
 func TestIntegration_TransferAtomicForReaders(t *testing.T) {
-	const rows, valueSize = 20_000, 300
+	const valueSize = 300
+	rows := 20_000
+	if testing.Short() {
+		rows = 5_000
+	}
 	// Small messages make the transfer many chunks; a small log makes the
 	// second transfer necessary; a small memtable makes the staged rows
 	// reach badger while the transfer is still going on.
@@ -946,8 +950,8 @@ func TestIntegration_TransferAtomicForReaders(t *testing.T) {
 
 	cs := newConsumer(t, "c1", t.TempDir(), owner.Addr())
 	cs.tweak = func(c *Config) {
-		c.MemTableSize = 8 << 20
-		c.MaxGroupBytes = 256 << 10
+		c.MemTableSize = 2 << 20 // badger commits a staged batch every ~300 KB
+		c.MaxGroupBytes = 64 << 10
 		c.MaxApplyBytes = 64 << 10
 	}
 	cs.open(t)
