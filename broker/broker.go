@@ -1,0 +1,672 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/vmihailenco/msgpack/v5"
+	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/replmesh/replmesh/transport"
+)
+
+// Broker is one member of the broker cluster: it serves the Broker gRPC
+// service, holds a copy of the registry, and spreads and repairs it with
+// memberlist. Create it with New and stop it with Close.
+type Broker struct {
+	cfg     Config
+	log     *slog.Logger
+	srv     *transport.Server
+	lis     net.Listener
+	grpc    string // advertised gRPC address
+	ml      *memberlist.Memberlist
+	del     *delegate
+	queue   *memberlist.TransmitLimitedQueue
+	metrics *metrics
+
+	ctx    context.Context // canceled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // the loop, the sender, session handlers and their receivers
+	kick   chan struct{}  // wakes the loop
+	large  chan []byte    // records too large for UDP gossip, for the sender
+
+	nlive     atomic.Int32 // len(live), read by memberlist's queue
+	closeOnce sync.Once
+	closing   chan struct{} // closed when Close starts
+
+	// mu guards everything below. Lock order: mu is never held while
+	// calling memberlist (which calls the delegate under its own locks).
+	mu        sync.Mutex
+	shutting  bool
+	reg       *registry
+	rev       uint64
+	sessions  map[instKey]*session
+	watchers  map[string]map[*session]struct{} // service -> sessions that need it
+	live      []member                         // live brokers, sorted by name
+	departed  []member
+	brokers   []string      // gRPC addresses of live brokers, sorted
+	leader    bool          // this broker decides leases and primaries
+	ready     bool          // the registry has been exchanged with the cluster (or none was configured)
+	readyCh   chan struct{} // closed when ready turns true
+	started   time.Time
+	downSince map[instKey]time.Time // instances seen without a live session, since
+	goneAt    map[instKey]time.Time // tombstones, since
+	clearedAt map[string]time.Time  // cleared overrides, since
+	dirty     map[instKey]struct{}  // records whose latest heads are not yet gossiped
+	lastFlush time.Time
+	joining   bool
+	lastJoin  time.Time
+}
+
+// New starts a broker: it opens the gRPC listener and the gossip
+// listeners, joins cfg.Join (in the background if no broker answers at
+// once) and serves until Close. ctx bounds the start only.
+func New(ctx context.Context, cfg Config) (*Broker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	lis, err := transport.Listen(cfg.GRPCAddr)
+	if err != nil {
+		return nil, fmt.Errorf("broker: listen %s: %w", cfg.GRPCAddr, err)
+	}
+	b := &Broker{
+		cfg:       cfg,
+		lis:       lis,
+		grpc:      lis.Addr().String(),
+		kick:      make(chan struct{}, 1),
+		large:     make(chan []byte, 256),
+		closing:   make(chan struct{}),
+		reg:       newRegistry(),
+		sessions:  make(map[instKey]*session),
+		watchers:  make(map[string]map[*session]struct{}),
+		started:   time.Now(),
+		downSince: make(map[instKey]time.Time),
+		goneAt:    make(map[instKey]time.Time),
+		clearedAt: make(map[string]time.Time),
+		dirty:     make(map[instKey]struct{}),
+		readyCh:   make(chan struct{}),
+	}
+	if len(cfg.Join) == 0 {
+		b.setReadyLocked()
+	}
+	if cfg.AdvertiseGRPC != "" {
+		b.grpc = cfg.AdvertiseGRPC
+	}
+	b.ctx, b.cancel = context.WithCancel(context.Background())
+	meta, err := encodeMeta(nodeMeta{GRPC: b.grpc})
+	if err != nil {
+		lis.Close()
+		return nil, err
+	}
+	b.del = &delegate{b: b, meta: meta, nodes: make(map[string]member)}
+
+	// The name defaults to host-port, which needs the gossip port: bind
+	// memberlist first under a provisional name only if we must.
+	if b.cfg.Name == "" {
+		b.cfg.Name, err = defaultName(cfg.BindAddr)
+		if err != nil {
+			lis.Close()
+			return nil, err
+		}
+	}
+	b.log = log.With("broker", b.cfg.Name)
+	b.metrics = newMetrics(b)
+	mc, err := b.memberlistConfig(b.del)
+	if err != nil {
+		lis.Close()
+		return nil, err
+	}
+	b.queue = &memberlist.TransmitLimitedQueue{
+		NumNodes:       func() int { return b.numMembers() },
+		RetransmitMult: mc.RetransmitMult,
+	}
+	b.ml, err = memberlist.Create(mc)
+	if err != nil {
+		lis.Close()
+		return nil, fmt.Errorf("broker: start gossip on %s: %w", cfg.BindAddr, err)
+	}
+
+	b.srv = transport.NewServer(cfg.Transport, grpc.WaitForHandlers(true))
+	transport.RegisterBrokerServer(b.srv, b)
+	b.srv.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	b.srv.Health.SetServingStatus(transport.BrokerServiceName, healthpb.HealthCheckResponse_SERVING)
+
+	b.refreshMembers()
+	b.wg.Add(3)
+	go func() {
+		defer b.wg.Done()
+		if err := b.srv.Serve(lis); err != nil {
+			b.log.Error("grpc serve", "err", err)
+		}
+	}()
+	go b.loop()
+	go b.sender()
+	if len(cfg.Join) > 0 {
+		b.mu.Lock()
+		b.joining, b.lastJoin = true, time.Now()
+		b.mu.Unlock()
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			b.join(b.ctx)
+			b.mu.Lock()
+			b.joining = false
+			b.mu.Unlock()
+		}()
+	}
+	b.log.Info("broker started", "grpc", b.grpc, "gossip", b.GossipAddr(), "join", cfg.Join)
+	return b, nil
+}
+
+func defaultName(bind string) (string, error) {
+	host, err := os.Hostname()
+	if err != nil || !validName(host) {
+		host = "broker"
+	}
+	_, port, err := splitHostPort(bind)
+	if err != nil {
+		return "", err
+	}
+	if port == 0 {
+		// No port to tell brokers on one host apart: add the pid.
+		return host + "-" + strconv.Itoa(os.Getpid()), nil
+	}
+	return host + "-" + strconv.Itoa(port), nil
+}
+
+func encodeMeta(m nodeMeta) ([]byte, error) {
+	buf, err := msgpack.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	if len(buf) > memberlist.MetaMaxSize {
+		return nil, invalid("Config.AdvertiseGRPC", "makes the node meta %d bytes, over memberlist's %d", len(buf), memberlist.MetaMaxSize)
+	}
+	return buf, nil
+}
+
+// Name returns the broker's name in the cluster.
+func (b *Broker) Name() string { return b.cfg.Name }
+
+// GRPCAddr returns the address of the Broker gRPC service (as advertised to
+// components).
+func (b *Broker) GRPCAddr() string { return b.grpc }
+
+// GossipAddr returns the memberlist address other brokers join.
+func (b *Broker) GossipAddr() string {
+	n := b.ml.LocalNode()
+	return net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
+}
+
+// Server returns the broker's gRPC server, on which an embedding
+// coordinator may register more services before traffic arrives.
+func (b *Broker) Server() *grpc.Server { return b.srv.Server }
+
+// Close stops the broker gracefully: health turns NOT_SERVING, the broker
+// leaves the cluster (so the others stop counting on it at once), ends its
+// sessions (components re-home to other brokers) and stops gRPC, waiting at
+// most ShutdownTimeout for streams to finish. Safe to call more than once.
+func (b *Broker) Close() error {
+	var err error
+	b.closeOnce.Do(func() {
+		b.log.Info("broker stopping")
+		b.srv.Health.Shutdown()
+		close(b.closing)
+		b.mu.Lock()
+		b.shutting = true
+		for _, s := range b.sessions {
+			s.end(ErrClosed)
+		}
+		b.mu.Unlock()
+		if lerr := b.ml.Leave(b.cfg.ShutdownTimeout); lerr != nil {
+			b.log.Warn("leave cluster", "err", lerr)
+		}
+		b.srv.GracefulStop(b.cfg.ShutdownTimeout)
+		b.cancel()
+		if serr := b.ml.Shutdown(); serr != nil {
+			err = fmt.Errorf("broker: stop gossip: %w", serr)
+		}
+		b.wg.Wait()
+		b.log.Info("broker stopped")
+	})
+	return err
+}
+
+// setReadyLocked records that the registry has been exchanged with the
+// cluster: sessions are answered and (if leader) decisions taken from now.
+func (b *Broker) setReadyLocked() {
+	if !b.ready {
+		b.ready = true
+		close(b.readyCh)
+	}
+}
+
+// enter registers a goroutine that Close must wait for; false once Close
+// has started.
+func (b *Broker) enter() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.shutting {
+		return false
+	}
+	b.wg.Add(1)
+	return true
+}
+
+func (b *Broker) kickLoop() {
+	select {
+	case b.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (b *Broker) numMembers() int { return max(int(b.nlive.Load()), 1) }
+
+// loop runs the periodic work: membership refresh, lease checks, the
+// deciding broker's grants and promotions, head gossip, tombstone expiry
+// and rejoin attempts.
+func (b *Broker) loop() {
+	defer b.wg.Done()
+	t := time.NewTicker(b.cfg.CheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.ctx.Done():
+			return
+		case <-b.kick:
+		case <-t.C:
+		}
+		b.refreshMembers()
+		b.step(time.Now())
+	}
+}
+
+// refreshMembers reads membership (without holding mu) and installs it.
+func (b *Broker) refreshMembers() {
+	live, departed := b.del.members()
+	addrs := make([]string, 0, len(live))
+	for _, m := range live {
+		if m.GRPC != "" {
+			addrs = append(addrs, m.GRPC)
+		}
+	}
+	slices.Sort(addrs)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.departed = departed
+	if slices.Equal(live, b.live) {
+		return
+	}
+	b.live = live
+	b.nlive.Store(int32(len(live)))
+	leader := len(live) > 0 && live[0].Name == b.cfg.Name
+	if leader != b.leader {
+		b.leader = leader
+		if leader {
+			b.log.Info("this broker now decides leases and primaries", "members", len(live))
+		}
+	}
+	if !slices.Equal(addrs, b.brokers) {
+		b.brokers = addrs
+		b.rev++
+		b.notifyAllLocked()
+	}
+}
+
+// alive reports whether the named broker is a live member.
+func (b *Broker) aliveLocked(name string) bool {
+	for _, m := range b.live {
+		if m.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// step does one round of periodic work at time now.
+func (b *Broker) step(now time.Time) {
+	b.mu.Lock()
+	var out []*broadcast
+	if b.shutting {
+		b.mu.Unlock()
+		return
+	}
+	// Leases: note when each instance was first seen without a live session.
+	for k, rec := range b.reg.instances {
+		if rec.Gone {
+			delete(b.downSince, k)
+			if _, ok := b.goneAt[k]; !ok {
+				b.goneAt[k] = now
+			}
+			continue
+		}
+		delete(b.goneAt, k)
+		if rec.Connected && b.aliveLocked(rec.Session.Broker) {
+			delete(b.downSince, k)
+		} else if _, ok := b.downSince[k]; !ok {
+			b.downSince[k] = now
+		}
+	}
+	if !b.ready && now.Sub(b.started) >= b.cfg.Lease {
+		// Joining has not succeeded for a whole lease: run alone.
+		b.log.Warn("no broker answered for a whole lease; serving with this broker's registry alone")
+		b.setReadyLocked()
+	}
+	if b.leader && b.ready {
+		out = append(out, b.expireLocked(now)...)
+		out = append(out, b.decideLocked()...)
+	}
+	// Heads and positions, coalesced.
+	if len(b.dirty) > 0 && now.Sub(b.lastFlush) >= b.cfg.UpdateInterval {
+		for k := range b.dirty {
+			if rec := b.reg.inst(k); rec != nil {
+				out = append(out, b.instanceBroadcast(rec))
+			}
+		}
+		clear(b.dirty)
+		b.lastFlush = now
+	}
+	// Tombstones: forget them after TombstoneTTL.
+	for k, at := range b.goneAt {
+		if now.Sub(at) >= b.cfg.TombstoneTTL {
+			b.reg.drop(k)
+			delete(b.goneAt, k)
+		}
+	}
+	for k, m := range b.reg.modes {
+		if m.Mode != "" {
+			delete(b.clearedAt, k)
+			continue
+		}
+		at, ok := b.clearedAt[k]
+		if !ok {
+			b.clearedAt[k] = now
+		} else if now.Sub(at) >= b.cfg.TombstoneTTL {
+			delete(b.reg.modes, k)
+			delete(b.clearedAt, k)
+		}
+	}
+	rejoin := len(b.cfg.Join) > 0 && len(b.live) <= 1 && !b.joining && now.Sub(b.lastJoin) >= b.cfg.RejoinInterval
+	if rejoin {
+		b.joining, b.lastJoin = true, now
+	}
+	b.mu.Unlock()
+	b.send(out)
+	if rejoin && b.enter() {
+		go func() {
+			defer b.wg.Done()
+			b.join(b.ctx)
+			b.mu.Lock()
+			b.joining = false
+			b.mu.Unlock()
+		}()
+	}
+}
+
+// expireLocked removes (tombstones) the instances whose session has been
+// gone for a whole lease. Only the deciding broker calls it.
+func (b *Broker) expireLocked(now time.Time) []*broadcast {
+	var out []*broadcast
+	for k, since := range b.downSince {
+		if now.Sub(since) < b.cfg.Lease {
+			continue
+		}
+		rec := b.reg.inst(k)
+		delete(b.downSince, k)
+		if rec == nil || rec.Gone {
+			continue
+		}
+		t := rec.clone()
+		t.Gone, t.Connected = true, false
+		t.Ver = b.reg.next(b.cfg.Name, now.UnixMicro())
+		t.SeenMs = now.UnixMilli()
+		b.reg.store(t)
+		b.goneAt[k] = now
+		delete(b.dirty, k)
+		b.rev++
+		b.metrics.removals.Inc()
+		b.log.Info("instance removed: its lease lapsed", "service", k.Service, "instance", k.Instance,
+			"down", now.Sub(since).Round(time.Millisecond))
+		b.notifyLocked(k.Service)
+		out = append(out, b.instanceBroadcast(t))
+	}
+	return out
+}
+
+// decideLocked grants the primary lease of every owner service that has no
+// present primary: to its first live owner instance, or, when the primary's
+// lease lapsed, to the live standby with the most data (bestStandby), with
+// the epoch bumped. Only the deciding broker calls it.
+func (b *Broker) decideLocked() []*broadcast {
+	var out []*broadcast
+	for svc, insts := range b.reg.bySvc {
+		o := b.reg.owners[svc]
+		if o != nil {
+			if p := insts[o.Primary]; p != nil && !p.Gone && p.Owner {
+				continue // the primary is present (its lease holds)
+			}
+		}
+		var cands []*instanceRec
+		for _, rec := range insts {
+			if rec.Owner && !rec.Gone && rec.Connected && b.aliveLocked(rec.Session.Broker) {
+				cands = append(cands, rec)
+			}
+		}
+		best := bestStandby(cands)
+		if best == nil {
+			continue
+		}
+		no := &ownerRec{Service: svc, Epoch: 1, Primary: best.Instance}
+		old := ""
+		if o != nil {
+			no.Epoch = o.Epoch + 1
+			old = o.Primary
+		}
+		b.reg.mergeOwner(no)
+		b.rev++
+		if old == "" {
+			b.metrics.grants.Inc()
+			b.log.Info("primary granted", "service", svc, "primary", best.Instance, "epoch", no.Epoch)
+		} else {
+			b.metrics.promotions.Inc()
+			b.log.Info("standby promoted", "service", svc, "primary", best.Instance, "epoch", no.Epoch,
+				"previous", old, "head_sum", best.headSum())
+		}
+		b.notifyLocked(svc)
+		out = append(out, ownerBroadcast(no))
+	}
+	return out
+}
+
+// merge applies records received from another broker.
+func (b *Broker) merge(g *gossipMsg) {
+	now := time.Now()
+	b.mu.Lock()
+	var out []*broadcast
+	changed := false
+	decide := false
+	for _, rec := range g.Instances {
+		old, kept := b.reg.mergeInstance(rec)
+		if !kept {
+			continue
+		}
+		changed = true
+		if topoChanged(old, rec) {
+			b.notifyLocked(rec.Service)
+			decide = true
+		}
+		if bc := b.authorityLocked(rec, now); bc != nil {
+			out = append(out, bc)
+		}
+	}
+	for _, o := range g.Owners {
+		if b.reg.mergeOwner(o) {
+			changed = true
+			decide = true
+			b.notifyLocked(o.Service)
+		}
+	}
+	for _, m := range g.Modes {
+		if b.reg.mergeMode(m) {
+			changed = true
+			b.notifyLocked(m.Service)
+		}
+	}
+	if changed {
+		b.rev++
+	}
+	b.mu.Unlock()
+	b.send(out)
+	if decide {
+		b.kickLoop()
+	}
+}
+
+// authorityLocked enforces that the broker holding a session is the
+// authority on its instance's record. rec has just been merged.
+func (b *Broker) authorityLocked(rec *instanceRec, now time.Time) *broadcast {
+	if b.shutting {
+		return nil
+	}
+	k := rec.key()
+	s := b.sessions[k]
+	switch {
+	case s != nil && rec.Session == s.id:
+		if rec.Gone || !rec.Connected {
+			// Removed or marked disconnected behind our back (a partition):
+			// the session is open here, so re-assert it.
+			return b.writeLocked(s, rec, now, true)
+		}
+	case s != nil && rec.Session.compare(s.id) > 0:
+		// The component opened a newer session elsewhere.
+		b.dropSessionLocked(s)
+		s.end(ErrSuperseded)
+	case s == nil && rec.Session.Broker == b.cfg.Name && rec.Connected && !rec.Gone:
+		// A record says this broker holds a session it does not hold (this
+		// broker restarted under the same name): it is disconnected.
+		d := rec.clone()
+		d.Connected = false
+		d.SeenMs = now.UnixMilli()
+		d.Ver = b.reg.next(b.cfg.Name, now.UnixMicro())
+		b.reg.store(d)
+		return b.instanceBroadcast(d)
+	}
+	return nil
+}
+
+// writeLocked writes a new version of the record of s's instance, based
+// on rec, connected, and returns its broadcast.
+func (b *Broker) writeLocked(s *session, rec *instanceRec, now time.Time, topo bool) *broadcast {
+	n := rec.clone()
+	n.Session = s.id
+	n.Connected, n.Gone = true, false
+	n.SeenMs = now.UnixMilli()
+	n.Ver = b.reg.next(b.cfg.Name, now.UnixMicro())
+	b.reg.store(n)
+	b.rev++
+	if topo {
+		b.notifyLocked(n.Service)
+	}
+	delete(b.dirty, n.key())
+	return b.instanceBroadcast(n)
+}
+
+func (b *Broker) localState() ([]byte, error) {
+	b.mu.Lock()
+	g := b.reg.snapshot()
+	b.mu.Unlock()
+	// Records are never modified once stored, so encoding outside the lock
+	// is safe.
+	return encodeGossip(g)
+}
+
+func (b *Broker) instanceBroadcast(rec *instanceRec) *broadcast {
+	return &broadcast{name: "i/" + rec.Service + "/" + rec.Instance, msg: mustEncode(&gossipMsg{Instances: []*instanceRec{rec}})}
+}
+
+func ownerBroadcast(o *ownerRec) *broadcast {
+	return &broadcast{name: "o/" + o.Service, msg: mustEncode(&gossipMsg{Owners: []*ownerRec{o}})}
+}
+
+func modeBroadcast(m *modeRec) *broadcast {
+	return &broadcast{name: "m/" + m.key(), msg: mustEncode(&gossipMsg{Modes: []*modeRec{m}})}
+}
+
+func mustEncode(g *gossipMsg) []byte {
+	buf, err := encodeGossip(g)
+	if err != nil {
+		// Records are plain structs of strings and numbers: encoding cannot fail.
+		panic(fmt.Sprintf("broker: encode gossip: %v", err))
+	}
+	return buf
+}
+
+// send queues broadcasts: small ones for UDP gossip, large ones for the
+// sender, which delivers them to every member over TCP.
+func (b *Broker) send(out []*broadcast) {
+	for _, bc := range out {
+		b.metrics.gossipOut.Inc()
+		if len(bc.msg) <= maxBroadcast {
+			b.queue.QueueBroadcast(bc)
+			continue
+		}
+		select {
+		case b.large <- bc.msg:
+		default:
+			// The push/pull exchange repairs what is dropped here.
+			b.log.Warn("large gossip queue full; relying on state exchange", "record", bc.name)
+		}
+	}
+}
+
+// sender delivers large records to every other member over TCP.
+func (b *Broker) sender() {
+	defer b.wg.Done()
+	for {
+		select {
+		case <-b.ctx.Done():
+			return
+		case msg := <-b.large:
+			live, _ := b.del.members()
+			for _, m := range live {
+				if m.Name == b.cfg.Name {
+					continue
+				}
+				if err := b.ml.SendReliable(m.node(), msg); err != nil && b.ctx.Err() == nil {
+					b.log.Debug("send record", "to", m.Name, "err", err)
+				}
+			}
+		}
+	}
+}
+
+// notifyLocked wakes the local sessions that need the service's topology.
+func (b *Broker) notifyLocked(service string) {
+	for s := range b.watchers[service] {
+		s.wakeUp()
+	}
+}
+
+func (b *Broker) notifyAllLocked() {
+	for _, s := range b.sessions {
+		s.wakeUp()
+	}
+}

@@ -1,0 +1,206 @@
+package broker
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/replmesh/replmesh/transport"
+)
+
+// Well-known default addresses of a broker on one host. replctl talks to
+// DefaultGRPCAddr when given no address.
+const (
+	DefaultGRPCAddr   = "127.0.0.1:7400"
+	DefaultGossipAddr = "127.0.0.1:7401"
+	DefaultHTTPAddr   = "127.0.0.1:7402"
+)
+
+// Config configures a broker. Start from DefaultConfig (production
+// timings, well-known ports) or LocalConfig (fast timings, port 0).
+type Config struct {
+	// Name is this broker's name, unique in the cluster. Empty: the host
+	// name and the gossip port ("host-7401").
+	Name string
+
+	// GRPCAddr is where the Broker gRPC service listens; port 0 picks a
+	// free port (read it back with Broker.GRPCAddr).
+	GRPCAddr string
+	// AdvertiseGRPC is the gRPC address other brokers hand to components
+	// for re-homing. Empty: the bound address (which must then not be a
+	// wildcard address such as 0.0.0.0 for other hosts to use it).
+	AdvertiseGRPC string
+
+	// BindAddr is the memberlist (gossip) address, "host:port", TCP and
+	// UDP; port 0 picks a free port (read it back with Broker.GossipAddr).
+	BindAddr string
+	// AdvertiseAddr is the gossip address announced to other brokers
+	// ("host:port"); empty: memberlist's choice from BindAddr.
+	AdvertiseAddr string
+	// Join lists gossip addresses of brokers to join. When none answers,
+	// the broker runs alone and retries every RejoinInterval for as long as
+	// it has no other member.
+	Join []string
+	// GossipKey, when set, encrypts gossip (AES-128/192/256: 16, 24 or 32
+	// bytes). Every broker of the cluster needs the same key.
+	GossipKey []byte
+	// ClusterLabel, when set, is carried on every gossip packet; brokers
+	// with another label are ignored (at most 255 bytes).
+	ClusterLabel string
+	// Gossip is the base memberlist configuration (timings). Nil:
+	// memberlist.DefaultLANConfig. Name, addresses, delegates, key, label and
+	// logger are set from the fields above; the value is copied, not kept.
+	Gossip *memberlist.Config
+
+	// Token, when set, must be presented in every Register.
+	Token string
+	// Transport: TLS and message size limit of the gRPC server.
+	Transport transport.Options
+
+	// Lease is how long an instance may be without a session (on any
+	// broker) before it is removed; for a primary, it is also how long the
+	// service waits before a standby is promoted.
+	Lease time.Duration
+	// Heartbeat is the interval of the broker's heartbeats on sessions.
+	Heartbeat time.Duration
+	// RegisterTimeout bounds the wait for a session's Register frame.
+	RegisterTimeout time.Duration
+	// CheckInterval is how often leases are checked and (on the deciding
+	// broker) primaries granted and promoted.
+	CheckInterval time.Duration
+	// UpdateInterval coalesces the gossip of table heads and replica
+	// positions: each instance's latest report is spread at most this often.
+	// Changes to the topology (registrations, addresses, tables, roles) are
+	// spread at once.
+	UpdateInterval time.Duration
+	// TombstoneTTL is how long a removed instance is remembered, so that a
+	// broker which missed the removal cannot bring it back.
+	TombstoneTTL time.Duration
+	// RejoinInterval is how often a broker that is alone retries Join.
+	RejoinInterval time.Duration
+	// ShutdownTimeout bounds Close: leaving the cluster and draining gRPC.
+	ShutdownTimeout time.Duration
+
+	// Logger receives the broker's logs (and memberlist's, at the matching
+	// level); nil discards them.
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns production timings and the well-known local
+// addresses (DefaultGRPCAddr, DefaultGossipAddr).
+func DefaultConfig() Config {
+	return Config{
+		GRPCAddr:        DefaultGRPCAddr,
+		BindAddr:        DefaultGossipAddr,
+		Gossip:          memberlist.DefaultLANConfig(),
+		Lease:           5 * time.Second,
+		Heartbeat:       2 * time.Second,
+		RegisterTimeout: 10 * time.Second,
+		CheckInterval:   100 * time.Millisecond,
+		UpdateInterval:  time.Second,
+		TombstoneTTL:    time.Hour,
+		RejoinInterval:  10 * time.Second,
+		ShutdownTimeout: 5 * time.Second,
+	}
+}
+
+// LocalConfig returns fast timings for tests and one-host demos
+// (memberlist.DefaultLocalConfig with faster gossip, a 1s lease) and
+// 127.0.0.1 port 0 for both listeners.
+func LocalConfig(name string) Config {
+	c := DefaultConfig()
+	c.Name = name
+	c.GRPCAddr = "127.0.0.1:0"
+	c.BindAddr = "127.0.0.1:0"
+	g := memberlist.DefaultLocalConfig()
+	g.GossipInterval = 20 * time.Millisecond
+	g.ProbeInterval = 200 * time.Millisecond
+	g.ProbeTimeout = 100 * time.Millisecond
+	g.PushPullInterval = 2 * time.Second
+	c.Gossip = g
+	c.Lease = time.Second
+	c.Heartbeat = 100 * time.Millisecond
+	c.RegisterTimeout = 2 * time.Second
+	c.CheckInterval = 10 * time.Millisecond
+	c.UpdateInterval = 50 * time.Millisecond
+	c.TombstoneTTL = time.Minute
+	c.RejoinInterval = 200 * time.Millisecond
+	c.ShutdownTimeout = 2 * time.Second
+	return c
+}
+
+func invalid(field, format string, args ...any) error {
+	return fmt.Errorf("%w: %s "+format, append([]any{ErrInvalidConfig, field}, args...)...)
+}
+
+// splitHostPort parses "host:port" with a numeric port in 0..65535.
+func splitHostPort(a string) (string, int, error) {
+	host, p, err := net.SplitHostPort(a)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("bad port %q", p)
+	}
+	return host, port, nil
+}
+
+// Validate reports the first unusable field.
+func (c *Config) Validate() error {
+	if c.Name != "" && !validName(c.Name) {
+		return invalid("Config.Name", "%q must be 1-128 characters of A-Z a-z 0-9 _ . -", c.Name)
+	}
+	if _, _, err := splitHostPort(c.GRPCAddr); err != nil {
+		return invalid("Config.GRPCAddr", "%q: %v", c.GRPCAddr, err)
+	}
+	if c.AdvertiseGRPC != "" {
+		if _, port, err := splitHostPort(c.AdvertiseGRPC); err != nil || port == 0 {
+			return invalid("Config.AdvertiseGRPC", "%q must be host:port with a port", c.AdvertiseGRPC)
+		}
+	}
+	if _, _, err := splitHostPort(c.BindAddr); err != nil {
+		return invalid("Config.BindAddr", "%q: %v", c.BindAddr, err)
+	}
+	if c.AdvertiseAddr != "" {
+		if _, port, err := splitHostPort(c.AdvertiseAddr); err != nil || port == 0 {
+			return invalid("Config.AdvertiseAddr", "%q must be host:port with a port", c.AdvertiseAddr)
+		}
+	}
+	for _, j := range c.Join {
+		if j == "" {
+			return invalid("Config.Join", "has an empty address")
+		}
+	}
+	switch len(c.GossipKey) {
+	case 0, 16, 24, 32:
+	default:
+		return invalid("Config.GossipKey", "is %d bytes; it must be 16, 24 or 32", len(c.GossipKey))
+	}
+	if len(c.ClusterLabel) > memberlist.LabelMaxSize {
+		return invalid("Config.ClusterLabel", "is longer than %d bytes", memberlist.LabelMaxSize)
+	}
+	checks := []struct {
+		name string
+		bad  bool
+	}{
+		{"Config.Lease", c.Lease <= 0},
+		{"Config.Heartbeat", c.Heartbeat <= 0},
+		{"Config.RegisterTimeout", c.RegisterTimeout <= 0},
+		{"Config.CheckInterval", c.CheckInterval <= 0 || c.CheckInterval > c.Lease},
+		{"Config.UpdateInterval", c.UpdateInterval <= 0},
+		{"Config.TombstoneTTL", c.TombstoneTTL < c.Lease},
+		{"Config.RejoinInterval", c.RejoinInterval <= 0},
+		{"Config.ShutdownTimeout", c.ShutdownTimeout <= 0},
+	}
+	for _, ch := range checks {
+		if ch.bad {
+			return invalid(ch.name, "is out of range")
+		}
+	}
+	return nil
+}

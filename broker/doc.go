@@ -1,0 +1,78 @@
+// Package broker is the replmesh registry and discovery service: it tells
+// components who owns which tables and where, grants the primary lease of
+// each owner service, and is never on the data path. Brokers form a cluster
+// with hashicorp/memberlist; the daemon is cmd/replbroker, and the package
+// can be embedded in a service coordinator.
+//
+// # Usage
+//
+//	cfg := broker.DefaultConfig()          // or LocalConfig("b1") for tests
+//	cfg.Name = "b1"
+//	cfg.Join = []string{"10.0.0.2:7401"}   // gossip addresses of other brokers
+//	b, err := broker.New(ctx, cfg)
+//	if err != nil { ... }
+//	defer b.Close()
+//	fmt.Println(b.GRPCAddr(), b.GossipAddr())
+//
+// # Sessions
+//
+// A component opens one Session stream (transport.BrokerClient.Session) with
+// any broker and sends a Register first: service, instance, replication
+// address, whether it is an owner instance (a primary candidate) with the
+// tables it holds, and its subscriptions. The broker answers with a
+// transport.Topology: the ServiceOwner of every service it subscribes to and
+// of its own service, the mode overrides of those services, its own role and
+// epoch, and the gRPC addresses of the live brokers. It then pushes a new
+// Topology each time that view changes (only then: heads and positions
+// moving do not count, which is why the tables in a pushed Topology carry no
+// Head) and sends heartbeats. Later SessionUpdate frames report table heads
+// and subscription positions.
+//
+// The stream is the liveness lease. When it ends (or the broker holding it
+// dies), the instance stays registered for Config.Lease; a component that
+// opens a session on any broker within the lease keeps its registration.
+// After the lease the instance is removed on every broker and the change is
+// pushed to every component that needs it.
+//
+// # Primary lease and promotion
+//
+// Instances that register with Owner=true are the primary candidates of
+// their service. Exactly one broker decides: the live memberlist member with
+// the smallest name (every broker computes the same from membership), once
+// it has exchanged the registry with the cluster. It grants the primary to
+// the first connected owner instance of a service that has none (epoch 1).
+// When the primary's lease lapses it promotes the connected standby whose
+// tables' heads have the greatest sum (ties: the smaller instance name) and
+// bumps the epoch. A primary whose lease lapses with no standby keeps the
+// lease until another owner instance connects (which is then granted it with
+// the next epoch) or it comes back itself (same epoch). An instance that
+// comes back after it was replaced is a standby: roles are derived from the
+// owner record, which names one instance per epoch.
+//
+// # Convergence
+//
+// Every broker holds the whole registry. Changes are spread by memberlist
+// broadcasts (records too large for a UDP packet go to every member over
+// TCP) and repaired by memberlist's periodic push/pull state exchange. Merges
+// keep the greater record under a total order (see registry.go), so every
+// broker ends with the same registry whatever the order of delivery:
+// instance records by (session start, session broker, write clock, writer);
+// owner records by epoch, then the smaller primary name; overrides by write
+// clock. The broker holding a session is the authority on its instance's
+// record: if a merge marks it disconnected or removed while the session is
+// open, the broker writes it again; if a newer session for the same instance
+// appears elsewhere, the older session is ended with ErrSuperseded.
+//
+// # Partitions
+//
+// Brokers do not run a consensus protocol. During a network partition each
+// side has its own deciding broker, and each may promote a standby of the
+// same service: two primaries can then accept writes, one per side. The
+// epoch fences the stale one at the consumers that follow the broker cluster
+// (a change with an older epoch is refused), and when the partition heals the
+// owner records merge to the greater one (higher epoch; at equal epochs, the
+// smaller instance name), so every broker and component converges on one
+// primary; writes accepted by the losing side during the partition are not
+// part of the winner's history. Use a lease longer than expected network
+// hiccups, and min_sync_standbys, to make this rare.
+package broker

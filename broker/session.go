@@ -1,0 +1,475 @@
+package broker
+
+import (
+	"cmp"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/replmesh/replmesh/transport"
+)
+
+// session is one open Session stream on this broker.
+type session struct {
+	key instKey
+	id  sessionID
+
+	wake    chan struct{} // cap 1: the topology may have changed
+	done    chan struct{} // closed by end
+	endOnce sync.Once
+	endErr  error
+
+	lastFrame atomic.Int64 // unix ms of the last frame received
+
+	// guarded by Broker.mu
+	interest []string
+
+	// owned by the handler goroutine
+	last *transport.Topology
+}
+
+func (s *session) wakeUp() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// end asks the handler to finish the stream with err.
+func (s *session) end(err error) {
+	s.endOnce.Do(func() {
+		s.endErr = err
+		close(s.done)
+	})
+}
+
+// Session serves one component's Session stream (see transport.Register
+// and DESIGN.md "Wire protocol"). The first frame must be a Register; the
+// broker answers with the component's topology, then pushes a new one each
+// time it changes (and only then), and sends heartbeats every
+// Config.Heartbeat. While the stream is open the instance is alive; after
+// it ends the instance stays registered for Config.Lease, during which the
+// component may open a session on any broker to keep it.
+func (b *Broker) Session(stream transport.SessionServer) error {
+	if !b.enter() {
+		return ErrClosed
+	}
+	defer b.wg.Done()
+	ctx := stream.Context()
+
+	frames := make(chan *transport.SessionRequest)
+	recvErr := make(chan error, 1)
+	stop := make(chan struct{})
+	defer close(stop)
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		for {
+			f, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case frames <- f:
+			case <-stop:
+				return
+			}
+		}
+	}()
+
+	timer := time.NewTimer(b.cfg.RegisterTimeout)
+	var first *transport.SessionRequest
+	select {
+	case first = <-frames:
+		timer.Stop()
+	case err := <-recvErr:
+		timer.Stop()
+		if errors.Is(err, io.EOF) {
+			return badRequest("session closed before its Register frame")
+		}
+		return err
+	case <-timer.C:
+		return badRequest("no Register frame within %s", b.cfg.RegisterTimeout)
+	case <-ctx.Done():
+		timer.Stop()
+		return ctx.Err()
+	case <-b.closing:
+		timer.Stop()
+		return ErrClosed
+	}
+	reg, err := b.checkRegister(first)
+	if err != nil {
+		b.log.Info("session refused", "err", err)
+		return err
+	}
+	// A broker that has not yet exchanged the registry with the cluster
+	// would hand out a partial topology (an owner told it is a standby):
+	// wait until it has.
+	select {
+	case <-b.readyCh:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-b.closing:
+		return ErrClosed
+	}
+	s, topo, err := b.open(reg)
+	if err != nil {
+		return err
+	}
+	defer b.closeSession(s)
+	log := b.log.With("service", reg.Service, "instance", reg.Instance)
+	log.Debug("session opened", "addr", reg.Addr, "owner", reg.Owner, "role", topo.Role)
+	if err := b.push(stream, s, topo); err != nil {
+		return err
+	}
+
+	hb := time.NewTicker(b.cfg.Heartbeat)
+	defer hb.Stop()
+	for {
+		select {
+		case f := <-frames:
+			s.lastFrame.Store(time.Now().UnixMilli())
+			if err := b.handleFrame(s, f); err != nil {
+				log.Info("session ended by a bad frame", "err", err)
+				return err
+			}
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				log.Debug("session closed by the component")
+				return nil
+			}
+			return err
+		case <-s.wake:
+			topo, err := b.view(s)
+			if err != nil {
+				return err
+			}
+			if !topoEqual(s.last, topo) {
+				if err := b.push(stream, s, topo); err != nil {
+					return err
+				}
+			}
+		case <-hb.C:
+			if err := stream.Send(&transport.SessionResponse{Kind: transport.SessionHeartbeat, Broker: b.cfg.Name}); err != nil {
+				return err
+			}
+		case <-s.done:
+			log.Debug("session ended by the broker", "err", s.endErr)
+			return s.endErr
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (b *Broker) push(stream transport.SessionServer, s *session, topo *transport.Topology) error {
+	if err := stream.Send(&transport.SessionResponse{Kind: transport.SessionTopology, Broker: b.cfg.Name, Topology: topo}); err != nil {
+		return err
+	}
+	s.last = topo
+	b.metrics.pushes.Inc()
+	return nil
+}
+
+// topoEqual compares two topologies, ignoring the revision.
+func topoEqual(a, b *transport.Topology) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	x, y := *a, *b
+	x.Revision, y.Revision = 0, 0
+	return reflect.DeepEqual(x, y)
+}
+
+// checkRegister validates a session's first frame and returns its Register
+// with tables and subscriptions sorted.
+func (b *Broker) checkRegister(f *transport.SessionRequest) (*transport.Register, error) {
+	if f.Kind != transport.SessionRegister || f.Register == nil {
+		return nil, badRequest("the first Session frame must be a Register (kind %d with a Register), got kind %d", transport.SessionRegister, f.Kind)
+	}
+	r := *f.Register
+	if err := transport.CheckVersion(r.Version); err != nil {
+		return nil, err
+	}
+	if b.cfg.Token != "" && subtle.ConstantTimeCompare([]byte(r.Token), []byte(b.cfg.Token)) != 1 {
+		return nil, fmt.Errorf("%w: bad or missing session token for %s/%s", transport.ErrPermission, r.Service, r.Instance)
+	}
+	r.Token = ""
+	if err := checkName("Register.Service", r.Service); err != nil {
+		return nil, err
+	}
+	if err := checkName("Register.Instance", r.Instance); err != nil {
+		return nil, err
+	}
+	if r.Addr != "" {
+		if err := checkAddr("Register.Addr", r.Addr); err != nil {
+			return nil, err
+		}
+	} else if r.Owner {
+		return nil, badRequest("owner instance %s/%s registers no address", r.Service, r.Instance)
+	}
+	var err error
+	if r.Tables, err = checkTables(r.Tables); err != nil {
+		return nil, err
+	}
+	if r.Subscriptions, err = checkSubs(r.Subscriptions); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+func checkTables(in []transport.TableInfo) ([]transport.TableInfo, error) {
+	if len(in) > maxTables {
+		return nil, badRequest("%d tables, at most %d", len(in), maxTables)
+	}
+	if len(in) == 0 {
+		return nil, nil
+	}
+	out := slices.Clone(in)
+	slices.SortFunc(out, func(a, b transport.TableInfo) int { return strings.Compare(a.Table, b.Table) })
+	for i, t := range out {
+		if err := checkName("table", t.Table); err != nil {
+			return nil, err
+		}
+		if err := checkMode("mode of table "+t.Table, t.Mode); err != nil {
+			return nil, err
+		}
+		if len(t.LogID) > 128 {
+			return nil, badRequest("log id of table %s is too long", t.Table)
+		}
+		if i > 0 && out[i-1].Table == t.Table {
+			return nil, badRequest("table %s listed twice", t.Table)
+		}
+	}
+	return out, nil
+}
+
+func checkSubs(in []transport.SubInfo) ([]transport.SubInfo, error) {
+	if len(in) > maxSubs {
+		return nil, badRequest("%d subscriptions, at most %d", len(in), maxSubs)
+	}
+	if len(in) == 0 {
+		return nil, nil
+	}
+	out := slices.Clone(in)
+	slices.SortFunc(out, func(a, b transport.SubInfo) int {
+		return cmp.Or(strings.Compare(a.Service, b.Service), strings.Compare(a.Table, b.Table))
+	})
+	for i, s := range out {
+		if err := checkName("subscription service", s.Service); err != nil {
+			return nil, err
+		}
+		if err := checkName("subscription table", s.Table); err != nil {
+			return nil, err
+		}
+		if err := checkMode("mode of subscription "+s.Service+"/"+s.Table, s.Mode); err != nil {
+			return nil, err
+		}
+		if len(s.State) > 64 {
+			return nil, badRequest("state of subscription %s/%s is too long", s.Service, s.Table)
+		}
+		if i > 0 && out[i-1].Service == s.Service && out[i-1].Table == s.Table {
+			return nil, badRequest("subscription %s/%s listed twice", s.Service, s.Table)
+		}
+	}
+	return out, nil
+}
+
+// open registers a new session and returns its first topology.
+func (b *Broker) open(r *transport.Register) (*session, *transport.Topology, error) {
+	now := time.Now()
+	b.mu.Lock()
+	if b.shutting {
+		b.mu.Unlock()
+		return nil, nil, ErrClosed
+	}
+	k := instKey{r.Service, r.Instance}
+	start := now.UnixNano()
+	if prev := b.reg.inst(k); prev != nil && prev.Session.Start >= start {
+		start = prev.Session.Start + 1
+	}
+	s := &session{
+		key:  k,
+		id:   sessionID{Start: start, Broker: b.cfg.Name},
+		wake: make(chan struct{}, 1),
+		done: make(chan struct{}),
+	}
+	s.lastFrame.Store(now.UnixMilli())
+	if old := b.sessions[k]; old != nil {
+		b.dropSessionLocked(old)
+		old.end(ErrSuperseded)
+	}
+	b.sessions[k] = s
+	rec := &instanceRec{
+		Service:   r.Service,
+		Instance:  r.Instance,
+		Addr:      r.Addr,
+		Owner:     r.Owner,
+		Tables:    r.Tables,
+		Subs:      r.Subscriptions,
+		Session:   s.id,
+		Connected: true,
+		SeenMs:    now.UnixMilli(),
+		Ver:       b.reg.next(b.cfg.Name, now.UnixMicro()),
+	}
+	b.reg.store(rec)
+	b.watchLocked(s, rec.interest())
+	delete(b.downSince, k)
+	delete(b.goneAt, k)
+	delete(b.dirty, k)
+	b.rev++
+	b.notifyLocked(rec.Service)
+	out := []*broadcast{b.instanceBroadcast(rec)}
+	if b.leader && b.ready {
+		// Grant at once when this broker decides, so a lone owner learns
+		// it is primary from its first topology.
+		out = append(out, b.decideLocked()...)
+	}
+	topo := b.reg.topology(rec, b.brokers, b.rev)
+	b.mu.Unlock()
+	b.send(out)
+	b.kickLoop()
+	return s, topo, nil
+}
+
+// view returns the current topology of s's instance.
+func (b *Broker) view(s *session) (*transport.Topology, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	rec := b.reg.inst(s.key)
+	if rec == nil || rec.Session != s.id {
+		return nil, ErrSuperseded
+	}
+	return b.reg.topology(rec, b.brokers, b.rev), nil
+}
+
+// handleFrame handles a frame after the Register.
+func (b *Broker) handleFrame(s *session, f *transport.SessionRequest) error {
+	switch f.Kind {
+	case transport.SessionHeartbeat:
+		return nil
+	case transport.SessionUpdate:
+		return b.update(s, f)
+	case transport.SessionRegister:
+		return badRequest("Register sent twice on one session")
+	default:
+		return badRequest("unexpected Session frame kind %d from a component", f.Kind)
+	}
+}
+
+// update applies a SessionUpdate: new table heads and/or subscription
+// positions. A list that is absent is left as it was. Changes of heads and
+// positions only are gossiped at most every UpdateInterval; anything that
+// changes a topology is gossiped and pushed at once.
+func (b *Broker) update(s *session, f *transport.SessionRequest) error {
+	tables, err := checkTables(f.Tables)
+	if err != nil {
+		return err
+	}
+	subs, err := checkSubs(f.Subscriptions)
+	if err != nil {
+		return err
+	}
+	if tables == nil && subs == nil {
+		return nil
+	}
+	now := time.Now()
+	b.mu.Lock()
+	rec := b.reg.inst(s.key)
+	if rec == nil || rec.Session != s.id {
+		b.mu.Unlock()
+		return ErrSuperseded
+	}
+	n := rec.clone()
+	if tables != nil {
+		n.Tables = tables
+	}
+	if subs != nil {
+		n.Subs = subs
+	}
+	n.SeenMs = now.UnixMilli()
+	n.Ver = b.reg.next(b.cfg.Name, now.UnixMicro())
+	b.reg.store(n)
+	b.rev++
+	var out []*broadcast
+	topo := topoChanged(rec, n)
+	if topo {
+		b.watchLocked(s, n.interest())
+		b.notifyLocked(n.Service)
+		s.wakeUp()
+		delete(b.dirty, s.key)
+		out = append(out, b.instanceBroadcast(n))
+	} else {
+		b.dirty[s.key] = struct{}{}
+	}
+	b.mu.Unlock()
+	b.send(out)
+	if topo {
+		b.kickLoop()
+	}
+	return nil
+}
+
+// closeSession forgets s; if its instance's record is still s's, it is
+// marked disconnected and its lease starts running.
+func (b *Broker) closeSession(s *session) {
+	now := time.Now()
+	b.mu.Lock()
+	var out []*broadcast
+	if b.dropSessionLocked(s) && !b.shutting {
+		if rec := b.reg.inst(s.key); rec != nil && rec.Session == s.id && rec.Connected && !rec.Gone {
+			d := rec.clone()
+			d.Connected = false
+			d.SeenMs = now.UnixMilli()
+			d.Ver = b.reg.next(b.cfg.Name, now.UnixMicro())
+			b.reg.store(d)
+			b.downSince[s.key] = now
+			delete(b.dirty, s.key)
+			b.rev++
+			out = append(out, b.instanceBroadcast(d))
+		}
+	}
+	b.mu.Unlock()
+	b.send(out)
+	b.kickLoop()
+}
+
+// dropSessionLocked removes s from the session tables; false if it was not
+// there any more.
+func (b *Broker) dropSessionLocked(s *session) bool {
+	if b.sessions[s.key] != s {
+		return false
+	}
+	delete(b.sessions, s.key)
+	b.watchLocked(s, nil)
+	return true
+}
+
+// watchLocked makes s the watcher of exactly svcs.
+func (b *Broker) watchLocked(s *session, svcs []string) {
+	for _, svc := range s.interest {
+		if w := b.watchers[svc]; w != nil {
+			delete(w, s)
+			if len(w) == 0 {
+				delete(b.watchers, svc)
+			}
+		}
+	}
+	s.interest = svcs
+	for _, svc := range svcs {
+		w := b.watchers[svc]
+		if w == nil {
+			w = make(map[*session]struct{})
+			b.watchers[svc] = w
+		}
+		w[s] = struct{}{}
+	}
+}
