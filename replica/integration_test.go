@@ -128,12 +128,6 @@ func (h *history) record(last uint64, ws []Write) {
 	}
 }
 
-func (h *history) len() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.chs)
-}
-
 // model rebuilds the table at seq upto from the acknowledged writes. Every
 // seq up to upto must have been acknowledged, and none after it.
 func (h *history) model(t testing.TB, upto uint64) map[string]string {
@@ -514,10 +508,10 @@ func (cs *consumer) close(t testing.TB) {
 
 func (cs *consumer) stats() Stats { return cs.r.Status().Stats }
 
-// verifyAll stops nothing: it waits for every consumer to reach the owner's
-// head, then checks each replica's Digest against the owner's, its rows and
-// its OnChange events against the model rebuilt from hist, and the owner's
-// own rows against the model.
+// verifyAll expects the owner to be quiet (writers stopped). It checks the
+// owner's rows against the model rebuilt from hist, waits for every
+// consumer to reach the owner's head, then checks each replica's Digest
+// against the owner's, and its rows and OnChange events against the model.
 func verifyAll(t testing.TB, tbl *OwnedTable, hist *history, cons ...*consumer) {
 	t.Helper()
 	head := tbl.Head()
