@@ -182,6 +182,10 @@ type propRun struct {
 	// holds seq and keeps the changes seq+1..pos pending.
 	pos        uint64
 	ownerEpoch uint64
+	// bounds is the owner's epoch history: the seq where each epoch began.
+	// A change's epoch is fixed by it (changes carry the epoch they were
+	// written in); a bump starts the new epoch after what was delivered.
+	bounds []transport.EpochStart
 
 	// OnChange bookkeeping: the seq the events have reached.
 	evSeq   uint64
@@ -211,6 +215,7 @@ func runApplyProperty(t *testing.T, seed uint64) {
 	// Start as Subscribe does on a first start: a full transfer, here at a
 	// random group end of the owner's history.
 	p.ownerEpoch = 1 + rng.Uint64N(3)
+	p.bounds = []transport.EpochStart{{Epoch: p.ownerEpoch, Seq: 1}}
 	p.logID = fmt.Sprintf("log%x", rng.Uint64())
 	p.transfer(p.h.ends[rng.IntN(min(len(p.h.ends), 50))], "ok")
 	p.check("initial transfer")
@@ -305,7 +310,11 @@ func (p *propRun) expect(f *transport.OwnerFrame) (newPos uint64, wantErr error)
 func (p *propRun) step(step int) {
 	rng, h := p.rng, p.h
 	frame := func(from, to uint64) *transport.OwnerFrame {
-		return &transport.OwnerFrame{Kind: transport.KindChanges, Epoch: p.ownerEpoch, HeadSeq: h.head(), Changes: h.slice(from, min(to, h.head()))}
+		chs := h.slice(from, min(to, h.head()))
+		for i := range chs {
+			chs[i].Epoch = epochOf(p.bounds, chs[i].Seq)
+		}
+		return &transport.OwnerFrame{Kind: transport.KindChanges, Epoch: p.ownerEpoch, HeadSeq: h.head(), Changes: chs}
 	}
 	var f *transport.OwnerFrame
 	var kind string
@@ -355,6 +364,10 @@ func (p *propRun) step(step int) {
 	case k < 82:
 		kind = "epoch-bump" // an owner failover: later frames carry the new epoch
 		p.ownerEpoch++
+		for len(p.bounds) > 0 && p.bounds[len(p.bounds)-1].Seq >= p.pos+1 {
+			p.bounds = p.bounds[:len(p.bounds)-1]
+		}
+		p.bounds = append(p.bounds, transport.EpochStart{Epoch: p.ownerEpoch, Seq: p.pos + 1})
 		p.counts[kind]++
 		return
 	case k < 88:
@@ -410,7 +423,7 @@ func (p *propRun) step(step int) {
 		p.pos = newPos
 		p.seq = h.boundary(newPos)
 		if p.seq != oldSeq {
-			p.epoch = max(p.epoch, f.Epoch)
+			p.epoch = epochOf(p.bounds, p.seq)
 		}
 		if applied != (p.seq != oldSeq) {
 			p.t.Fatalf("%s: applied = %v, but the replica's seq went from %d to %d", what, applied, oldSeq, p.seq)
@@ -432,7 +445,8 @@ func (p *propRun) reconnect() {
 func (p *propRun) transfer(to uint64, mode string) {
 	rows := p.h.states[to]
 	keys := slices.Sorted(maps.Keys(rows))
-	frames := []*transport.OwnerFrame{{Kind: transport.KindSnapshotBegin, Seq: to, HeadSeq: to, Epoch: p.ownerEpoch}}
+	snapEpoch := epochOf(p.bounds, to) // the epoch of the snapshot's last change, as the owner sends it
+	frames := []*transport.OwnerFrame{{Kind: transport.KindSnapshotBegin, Seq: to, HeadSeq: to, Epoch: snapEpoch}}
 	for len(keys) > 0 || p.rng.IntN(4) == 0 {
 		n := min(len(keys), p.rng.IntN(6))
 		f := &transport.OwnerFrame{Kind: transport.KindRows}
@@ -442,7 +456,7 @@ func (p *propRun) transfer(to uint64, mode string) {
 		keys = keys[n:]
 		frames = append(frames, f)
 	}
-	end := &transport.OwnerFrame{Kind: transport.KindSnapshotEnd, Seq: to, HeadSeq: to, Epoch: p.ownerEpoch}
+	end := &transport.OwnerFrame{Kind: transport.KindSnapshotEnd, Seq: to, HeadSeq: to, Epoch: snapEpoch}
 	errBroken := errors.New("stream broken")
 	var wantErr error
 	switch mode {
@@ -479,7 +493,7 @@ func (p *propRun) transfer(to uint64, mode string) {
 	if err != nil {
 		p.t.Fatalf("%s: %v", what, err)
 	}
-	p.seq, p.pos, p.epoch = to, to, p.ownerEpoch
+	p.seq, p.pos, p.epoch = to, to, snapEpoch
 	if p.r.cur.Gen <= p.gen {
 		p.t.Fatalf("%s: the transfer went into generation %d, not a fresh one after %d", what, p.r.cur.Gen, p.gen)
 	}

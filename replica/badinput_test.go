@@ -467,9 +467,9 @@ func fakeRows() []transport.Row {
 func fakeChanges() []transport.Change {
 	now := time.Now().UnixNano()
 	return []transport.Change{
-		{Seq: 11, Op: transport.OpPut, Key: []byte("k10"), Value: []byte("v10"), Time: now, TxnEnd: true},
-		{Seq: 12, Op: transport.OpPut, Key: []byte("k11"), Value: []byte("v11"), Time: now},
-		{Seq: 13, Op: transport.OpDelete, Key: []byte("k00"), Time: now, TxnEnd: true},
+		{Seq: 11, Op: transport.OpPut, Key: []byte("k10"), Value: []byte("v10"), Time: now, TxnEnd: true, Epoch: fakeEpoch},
+		{Seq: 12, Op: transport.OpPut, Key: []byte("k11"), Value: []byte("v11"), Time: now, Epoch: fakeEpoch},
+		{Seq: 13, Op: transport.OpDelete, Key: []byte("k00"), Time: now, TxnEnd: true, Epoch: fakeEpoch},
 	}
 }
 
@@ -510,7 +510,7 @@ func sendGood(open *transport.Open, s transport.SubscribeServer) error {
 }
 
 func change(seq uint64, op transport.Op, key, value string) transport.Change {
-	c := transport.Change{Seq: seq, Op: op, Key: []byte(key), Time: time.Now().UnixNano(), TxnEnd: true}
+	c := transport.Change{Seq: seq, Op: op, Key: []byte(key), Time: time.Now().UnixNano(), TxnEnd: true, Epoch: fakeEpoch}
 	if value != "" {
 		c.Value = []byte(value)
 	}

@@ -113,11 +113,15 @@ func (c *Component) buildGroup(pending []*pendingWrite) *group {
 		for _, pw := range g.writes {
 			t := pw.table
 			ti := idx(t)
+			t.mu.Lock()
+			epoch := t.meta.Epoch
+			t.mu.Unlock()
 			for i := range pw.changes {
 				ch := &pw.changes[i]
 				ch.Seq = t.next
 				t.next++
 				ch.Time = now
+				ch.Epoch = epoch
 				ch.TxnEnd = i == len(pw.changes)-1
 				rowKey := concat(t.rowPrefix, ch.Key)
 				var err error

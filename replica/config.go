@@ -44,6 +44,10 @@ type Config struct {
 	Durability Durability
 	// Logger receives the component's logs; nil discards them.
 	Logger *slog.Logger
+	// Brokers are the gRPC addresses of the broker cluster (any subset).
+	// Empty: no broker; owners are always primary and replicas need
+	// SubscribeOptions.Addr.
+	Brokers []string
 	// Transport: message size limit and TLS for both serving and dialing.
 	Transport transport.Options
 

@@ -50,30 +50,33 @@ func concat(a, b []byte) []byte {
 	return k
 }
 
-// Log entries: op (1), txnEnd (1), time (8, BE), key length (uvarint), key, value.
+// Log entries: op (1), txnEnd (1), time (8, BE), epoch (8, BE), key length
+// (uvarint), key, value.
 func encodeLogEntry(c *transport.Change) []byte {
-	b := make([]byte, 0, 10+binary.MaxVarintLen32+len(c.Key)+len(c.Value))
+	b := make([]byte, 0, 18+binary.MaxVarintLen32+len(c.Key)+len(c.Value))
 	end := byte(0)
 	if c.TxnEnd {
 		end = 1
 	}
 	b = append(b, byte(c.Op), end)
 	b = binary.BigEndian.AppendUint64(b, uint64(c.Time))
+	b = binary.BigEndian.AppendUint64(b, c.Epoch)
 	b = binary.AppendUvarint(b, uint64(len(c.Key)))
 	b = append(b, c.Key...)
 	return append(b, c.Value...)
 }
 
 func decodeLogEntry(seq uint64, b []byte) (transport.Change, error) {
-	if len(b) < 11 {
+	if len(b) < 19 {
 		return transport.Change{}, fmt.Errorf("log entry %d: short (%d bytes)", seq, len(b))
 	}
-	c := transport.Change{Seq: seq, Op: transport.Op(b[0]), TxnEnd: b[1] == 1, Time: int64(binary.BigEndian.Uint64(b[2:10]))}
-	kl, n := binary.Uvarint(b[10:])
-	if n <= 0 || uint64(len(b)-10-n) < kl {
+	c := transport.Change{Seq: seq, Op: transport.Op(b[0]), TxnEnd: b[1] == 1,
+		Time: int64(binary.BigEndian.Uint64(b[2:10])), Epoch: binary.BigEndian.Uint64(b[10:18])}
+	kl, n := binary.Uvarint(b[18:])
+	if n <= 0 || uint64(len(b)-18-n) < kl {
 		return transport.Change{}, fmt.Errorf("log entry %d: bad key length", seq)
 	}
-	rest := b[10+n:]
+	rest := b[18+n:]
 	c.Key = rest[:kl:kl]
 	if v := rest[kl:]; len(v) > 0 || c.Op == transport.OpPut {
 		c.Value = v

@@ -114,7 +114,7 @@ func (t *OwnedTable) trim(now time.Time) error {
 				tooOld := false
 				if r.MaxAge > 0 && !overBytes {
 					if err := item.Value(func(v []byte) error {
-						if len(v) >= 10 {
+						if len(v) >= 18 {
 							tooOld = int64(binary.BigEndian.Uint64(v[2:10])) < cutoff
 						}
 						return nil

@@ -57,6 +57,7 @@ type Stats struct {
 	Reconnects     uint64 // streams that ended and were re-opened
 	Applied        uint64 // changes applied
 	Duplicates     uint64 // changes received again and skipped
+	Truncations    uint64 // times the replica held changes the owner's history lost (failover), replaced by a full transfer
 	SnapshotRows   uint64 // rows received in full transfers
 	SnapshotBytes  uint64 // key+value bytes received in full transfers
 	LastTransferNs int64  // duration of the last full transfer

@@ -84,10 +84,10 @@ func (s *sender) run() error {
 	ctx := s.stream.Context()
 	meta, _ := s.t.state()
 	o := s.open
-	resume := o.LogID == meta.LogID && o.Epoch <= meta.Epoch && o.Seq+1 >= meta.First && o.Seq <= meta.Head
+	resume := resumable(meta, o.LogID, o.Seq, o.Epoch)
 	if err := s.send(&transport.OwnerFrame{Kind: transport.KindStart, HeadSeq: meta.Head, Start: &transport.Start{
 		Version: transport.ProtocolVersion, LogID: meta.LogID, Epoch: meta.Epoch,
-		HeadSeq: meta.Head, FirstSeq: meta.First, Resume: resume,
+		HeadSeq: meta.Head, FirstSeq: meta.First, Resume: resume, Epochs: meta.Epochs,
 	}}); err != nil {
 		return err
 	}
@@ -196,7 +196,10 @@ func (s *sender) sendSnapshot() (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if err := s.send(&transport.OwnerFrame{Kind: transport.KindSnapshotBegin, Seq: m.Head, HeadSeq: m.Head, Epoch: m.Epoch}); err != nil {
+	// The frame's Epoch is the epoch of the snapshot's last change: the
+	// consumer's cursor epoch after the transfer.
+	snapEpoch := epochOf(m.Epochs, m.Head)
+	if err := s.send(&transport.OwnerFrame{Kind: transport.KindSnapshotBegin, Seq: m.Head, HeadSeq: m.Head, Epoch: snapEpoch}); err != nil {
 		return 0, err
 	}
 	start := time.Now()
@@ -244,7 +247,7 @@ func (s *sender) sendSnapshot() (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("snapshot of %s: %w", s.t.name, err)
 	}
-	if err := s.send(&transport.OwnerFrame{Kind: transport.KindSnapshotEnd, Seq: m.Head, HeadSeq: m.Head, Epoch: m.Epoch}); err != nil {
+	if err := s.send(&transport.OwnerFrame{Kind: transport.KindSnapshotEnd, Seq: m.Head, HeadSeq: m.Head, Epoch: snapEpoch}); err != nil {
 		return 0, err
 	}
 	s.log.Info("full transfer sent", "seq", m.Head, "rows", total, "bytes", bytes, "took", time.Since(start))

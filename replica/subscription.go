@@ -119,13 +119,35 @@ func (r *Replica) session() (progressed bool, err error) {
 		if st.Epoch < cur.Epoch {
 			return false, fmt.Errorf("%w: owner is at epoch %d, replica at %d", ErrStaleEpoch, st.Epoch, cur.Epoch)
 		}
-		if st.HeadSeq < cur.Seq {
-			derr := &DivergedError{Table: r.opts.Table, ReplicaLogID: cur.LogID, ReplicaSeq: cur.Seq, OwnerLogID: st.LogID, OwnerHead: st.HeadSeq}
-			r.mu.Lock()
-			r.state = StateDiverged
-			r.mu.Unlock()
-			r.log.Error("owner history diverged; keeping the replica", "err", derr)
-			return false, derr
+		if !st.Resume {
+			diverged := false
+			switch {
+			case st.LogID != cur.LogID:
+				// A new history: taken with a full transfer, unless it is
+				// shorter than what the replica holds (the owner lost its
+				// data): then keep serving and wait.
+				diverged = st.HeadSeq < cur.Seq
+			case cur.Seq >= epochEnd(st.Epochs, cur.Epoch):
+				// The replica holds changes of its epoch past the point
+				// where that epoch ended in the owner's history: they were
+				// written by a deposed primary (or lost by an owner that
+				// restarted) and are not part of the history any more.
+				r.mu.Lock()
+				r.stats.Truncations++
+				r.mu.Unlock()
+				r.log.Warn("replica holds changes the owner's history does not; replacing it with a full transfer",
+					"replica_seq", cur.Seq, "replica_epoch", cur.Epoch, "epoch_ended_at", epochEnd(st.Epochs, cur.Epoch)-1, "owner_epoch", st.Epoch)
+			default:
+				diverged = st.HeadSeq < cur.Seq
+			}
+			if diverged {
+				derr := &DivergedError{Table: r.opts.Table, ReplicaLogID: cur.LogID, ReplicaSeq: cur.Seq, OwnerLogID: st.LogID, OwnerHead: st.HeadSeq}
+				r.mu.Lock()
+				r.state = StateDiverged
+				r.mu.Unlock()
+				r.log.Error("owner history diverged; keeping the replica", "err", derr)
+				return false, derr
+			}
 		}
 	}
 	if st.Resume {
@@ -250,7 +272,7 @@ func (r *Replica) receiveSnapshot(recv func() (*transport.OwnerFrame, error), st
 			if err := wb.Flush(); err != nil {
 				return fmt.Errorf("stage rows: %w", err)
 			}
-			return r.switchTo(cursor{LogID: st.LogID, Epoch: max(epoch, st.Epoch), Seq: seq, Gen: gen, Time: time.Now().UnixNano()}, rows, nbytes, start)
+			return r.switchTo(cursor{LogID: st.LogID, Epoch: epoch, Seq: seq, Gen: gen, Time: time.Now().UnixNano()}, rows, nbytes, start)
 		default:
 			return fmt.Errorf("%w: unexpected %s frame during a transfer", transport.ErrBadRequest, f.Kind)
 		}
@@ -313,9 +335,9 @@ func (r *Replica) applyFrame(f *transport.OwnerFrame) (bool, error) {
 	if f.Epoch < cur.Epoch {
 		return false, fmt.Errorf("%w: changes of epoch %d, replica is at epoch %d", ErrStaleEpoch, f.Epoch, cur.Epoch)
 	}
-	last := cur.Seq
+	last, lastEpoch := cur.Seq, cur.Epoch
 	if n := len(r.pending); n > 0 {
-		last = r.pending[n-1].Seq
+		last, lastEpoch = r.pending[n-1].Seq, r.pending[n-1].Epoch
 	}
 	// Changes at or below last were received before (a resent prefix):
 	// skip them. The rest must continue last with no gap.
@@ -334,7 +356,13 @@ func (r *Replica) applyFrame(f *transport.OwnerFrame) (bool, error) {
 		if ch.Seq != last+1 {
 			return false, fmt.Errorf("%w: got seq %d after %d", ErrGap, ch.Seq, last)
 		}
-		last = ch.Seq
+		if ch.Epoch < lastEpoch {
+			return false, fmt.Errorf("%w: change %d of epoch %d follows epoch %d", ErrStaleEpoch, ch.Seq, ch.Epoch, lastEpoch)
+		}
+		if ch.Epoch > f.Epoch {
+			return false, fmt.Errorf("%w: change %d of epoch %d in a frame of epoch %d", transport.ErrBadRequest, ch.Seq, ch.Epoch, f.Epoch)
+		}
+		last, lastEpoch = ch.Seq, ch.Epoch
 	}
 	// The batch to apply is the pending tail of an earlier frame plus this
 	// frame's changes. Its backing array is handed to OnChange callbacks,
@@ -357,7 +385,6 @@ func (r *Replica) applyFrame(f *transport.OwnerFrame) (bool, error) {
 	if end < 0 {
 		return false, nil
 	}
-	epoch := max(cur.Epoch, f.Epoch)
 	// Commit in pieces of about 1 MiB, each ending on a commit-group
 	// boundary, to stay far under badger's transaction size limit.
 	for from := 0; from <= end; {
@@ -371,7 +398,7 @@ func (r *Replica) applyFrame(f *transport.OwnerFrame) (bool, error) {
 		if to > end {
 			to = end
 		}
-		if err := r.apply(batch[from:to+1:to+1], epoch); err != nil {
+		if err := r.apply(batch[from : to+1 : to+1]); err != nil {
 			// Nothing of this piece is durable; the stream restarts from
 			// the cursor, so the received remainder is dropped too.
 			r.pending = nil
@@ -385,12 +412,12 @@ func (r *Replica) applyFrame(f *transport.OwnerFrame) (bool, error) {
 // apply writes changes (whole commit groups, in seq order, continuing the
 // cursor) and the new cursor in one transaction, then wakes waiters and
 // calls the OnChange callbacks.
-func (r *Replica) apply(chs []transport.Change, epoch uint64) error {
+func (r *Replica) apply(chs []transport.Change) error {
 	r.mu.RLock()
 	next := r.cur
 	r.mu.RUnlock()
 	lastCh := chs[len(chs)-1]
-	next.Seq, next.Time, next.Epoch = lastCh.Seq, lastCh.Time, epoch
+	next.Seq, next.Time, next.Epoch = lastCh.Seq, lastCh.Time, lastCh.Epoch
 	prefix := genPrefix(r.base, next.Gen)
 	txn := r.c.db.NewTransaction(true)
 	defer txn.Discard()

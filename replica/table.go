@@ -41,6 +41,8 @@ type ownerMeta struct {
 	Epoch uint64 `msgpack:"ep"`
 	Head  uint64 `msgpack:"head"`  // seq of the newest change
 	First uint64 `msgpack:"first"` // oldest seq still in the log (Head+1 when empty)
+	// Epochs is the epoch history: where each epoch began.
+	Epochs []transport.EpochStart `msgpack:"eps"`
 }
 
 // OwnedTable is a table this component owns and writes. Its methods are safe
@@ -104,17 +106,39 @@ func (c *Component) Own(name string, opts ...TableOptions) (*OwnedTable, error) 
 	err := c.db.Update(func(txn *badger.Txn) error {
 		item, err := txn.Get(t.metaKey)
 		if errors.Is(err, badger.ErrKeyNotFound) {
-			t.meta = ownerMeta{LogID: newLogID(), Epoch: 1, Head: 0, First: 1}
+			t.meta = ownerMeta{LogID: newLogID(), Epoch: 1, Head: 0, First: 1,
+				Epochs: []transport.EpochStart{{Epoch: 1, Seq: 1}}}
 			b, _ := msgpack.Marshal(&t.meta)
 			return txn.Set(t.metaKey, b)
 		}
 		if err != nil {
 			return err
 		}
-		return item.Value(func(v []byte) error { return msgpack.Unmarshal(v, &t.meta) })
+		if err := item.Value(func(v []byte) error { return msgpack.Unmarshal(v, &t.meta) }); err != nil {
+			return err
+		}
+		if len(c.cfg.Brokers) > 0 {
+			return nil // the broker assigns the epoch with the primary lease
+		}
+		// Without a broker every start of the owner is a new epoch: a
+		// consumer that holds changes this owner lost (an async-durability
+		// machine crash) is then detected by the epoch history instead of
+		// silently resuming over different changes at the same seqs.
+		t.meta.Epoch++
+		t.meta.Epochs = appendEpoch(t.meta.Epochs, t.meta.Epoch, t.meta.Head+1)
+		b, err := msgpack.Marshal(&t.meta)
+		if err != nil {
+			return err
+		}
+		return txn.Set(t.metaKey, b)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("own %s: load meta: %w", name, err)
+	}
+	// The new epoch must be durable before any change of it is: an epoch
+	// number lost in a crash and reused would make two histories look alike.
+	if err := c.db.Sync(); err != nil {
+		return nil, fmt.Errorf("own %s: sync meta: %w", name, err)
 	}
 	t.next = t.meta.Head + 1
 	t.meta.First, t.logSize = t.measureLog(t.meta.Head)

@@ -92,6 +92,19 @@ type Open struct {
 	Seq      uint64 `msgpack:"seq"` // last seq the consumer has durably applied
 	Epoch    uint64 `msgpack:"ep"`
 	Mode     string `msgpack:"mode"` // ModePush or ModePull; empty means push
+	// Standby: the consumer is a standby instance of the owner's service
+	// (its acks count towards min_sync_standbys, and it is sent changes
+	// before they are confirmed on the standbys).
+	Standby bool `msgpack:"sb,omitempty"`
+}
+
+// EpochStart records that epoch Epoch began at seq Seq in a table's log.
+// An owner's list of them (oldest first) tells where each epoch ended, so a
+// consumer that holds changes of an epoch beyond that end (written by a
+// deposed primary and lost in a failover) is detected.
+type EpochStart struct {
+	Epoch uint64 `msgpack:"e"`
+	Seq   uint64 `msgpack:"s"`
 }
 
 // Start is the owner's answer to Open. With Resume the changes after the
@@ -103,6 +116,8 @@ type Start struct {
 	HeadSeq  uint64 `msgpack:"head"`
 	FirstSeq uint64 `msgpack:"first"` // oldest seq still in the owner's log
 	Resume   bool   `msgpack:"resume"`
+	// Epochs is the owner's epoch history (standbys copy it).
+	Epochs []EpochStart `msgpack:"eps,omitempty"`
 }
 
 // ConsumerFrame is every message a consumer sends on a Subscribe stream.
@@ -141,6 +156,7 @@ type Change struct {
 	Value  []byte // nil for OpDelete
 	Time   int64  // commit time, unix nanoseconds
 	TxnEnd bool   // last change of its commit group (Apply)
+	Epoch  uint64 // the owner epoch the change was written in
 }
 
 // Size is an estimate of the change's encoded size, used to bound batches.
@@ -159,9 +175,9 @@ var (
 	_ msgpack.CustomDecoder = (*Row)(nil)
 )
 
-// EncodeMsgpack writes the change as a 6-element array.
+// EncodeMsgpack writes the change as a 7-element array.
 func (c *Change) EncodeMsgpack(e *msgpack.Encoder) error {
-	if err := e.EncodeArrayLen(6); err != nil {
+	if err := e.EncodeArrayLen(7); err != nil {
 		return err
 	}
 	if err := e.EncodeUint(c.Seq); err != nil {
@@ -179,7 +195,10 @@ func (c *Change) EncodeMsgpack(e *msgpack.Encoder) error {
 	if err := e.EncodeInt(c.Time); err != nil {
 		return err
 	}
-	return e.EncodeBool(c.TxnEnd)
+	if err := e.EncodeBool(c.TxnEnd); err != nil {
+		return err
+	}
+	return e.EncodeUint(c.Epoch)
 }
 
 // DecodeMsgpack reads the array written by EncodeMsgpack.
@@ -188,8 +207,8 @@ func (c *Change) DecodeMsgpack(d *msgpack.Decoder) error {
 	if err != nil {
 		return err
 	}
-	if n != 6 {
-		return fmt.Errorf("change: want 6 fields, got %d", n)
+	if n != 7 {
+		return fmt.Errorf("change: want 7 fields, got %d", n)
 	}
 	if c.Seq, err = d.DecodeUint64(); err != nil {
 		return err
@@ -211,7 +230,10 @@ func (c *Change) DecodeMsgpack(d *msgpack.Decoder) error {
 	if c.Time, err = d.DecodeInt64(); err != nil {
 		return err
 	}
-	c.TxnEnd, err = d.DecodeBool()
+	if c.TxnEnd, err = d.DecodeBool(); err != nil {
+		return err
+	}
+	c.Epoch, err = d.DecodeUint64()
 	return err
 }
 

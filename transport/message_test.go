@@ -332,16 +332,18 @@ func TestChange_DecodeRejectsMalformed(t *testing.T) {
 	}{
 		{"empty array", []any{}},
 		{"five fields", []any{1, 1, k, v, 0}},
-		{"seven fields", []any{1, 1, k, v, 0, false, 0}},
+		{"six fields", []any{1, 1, k, v, 0, false}},
+		{"eight fields", []any{1, 1, k, v, 0, false, 1, 0}},
+		{"epoch is a string", []any{1, 1, k, v, 0, false, "1"}},
 		{"map instead of array", map[string]any{"Seq": 1, "Op": 1, "Key": k}},
 		{"scalar", 7},
-		{"seq is a string", []any{"1", 1, k, v, 0, false}},
-		{"op is a string", []any{1, "put", k, v, 0, false}},
-		{"key is a number", []any{1, 1, 7, v, 0, false}},
-		{"value is a bool", []any{1, 1, k, true, 0, false}},
-		{"time is a string", []any{1, 1, k, v, "now", false}},
-		{"txn end is a number", []any{1, 1, k, v, 0, 1}},
-		{"key is an array", []any{1, 1, []any{1}, v, 0, false}},
+		{"seq is a string", []any{"1", 1, k, v, 0, false, 1}},
+		{"op is a string", []any{1, "put", k, v, 0, false, 1}},
+		{"key is a number", []any{1, 1, 7, v, 0, false, 1}},
+		{"value is a bool", []any{1, 1, k, true, 0, false, 1}},
+		{"time is a string", []any{1, 1, k, v, "now", false, 1}},
+		{"txn end is a number", []any{1, 1, k, v, 0, 1, 1}},
+		{"key is an array", []any{1, 1, []any{1}, v, 0, false, 1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -386,13 +388,13 @@ func TestRow_DecodeRejectsMalformed(t *testing.T) {
 
 // The encoders write the compact array forms the decoders expect.
 func TestChangeAndRow_EncodeAsArrays(t *testing.T) {
-	c := &Change{Seq: 1, Op: OpPut, Key: []byte("k"), Value: []byte("v"), Time: 2, TxnEnd: true}
+	c := &Change{Seq: 1, Op: OpPut, Key: []byte("k"), Value: []byte("v"), Time: 2, TxnEnd: true, Epoch: 3}
 	b, err := Marshal(c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// fixarray(6), seq, op, bin8 "k", bin8 "v", time, true
-	want := []byte{0x96, 0x01, 0x01, 0xc4, 0x01, 'k', 0xc4, 0x01, 'v', 0x02, 0xc3}
+	// fixarray(7), seq, op, bin8 "k", bin8 "v", time, true, epoch
+	want := []byte{0x97, 0x01, 0x01, 0xc4, 0x01, 'k', 0xc4, 0x01, 'v', 0x02, 0xc3, 0x03}
 	if !bytes.Equal(b, want) {
 		t.Errorf("Marshal(%+v) = %x, want %x", c, b, want)
 	}
