@@ -39,7 +39,10 @@ type Broker struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the loop, the sender, session handlers and their receivers
 	kick   chan struct{}  // wakes the loop
-	large  chan []byte    // records too large for UDP gossip, for the sender
+	direct chan struct{}  // wakes the sender
+
+	directMu sync.Mutex
+	directQ  map[string]*broadcast // records for the sender, latest per record
 
 	nlive     atomic.Int32 // len(live), read by memberlist's queue
 	closeOnce sync.Once
@@ -92,7 +95,8 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		lis:       lis,
 		grpc:      lis.Addr().String(),
 		kick:      make(chan struct{}, 1),
-		large:     make(chan []byte, 256),
+		direct:    make(chan struct{}, 1),
+		directQ:   make(map[string]*broadcast),
 		closing:   make(chan struct{}),
 		reg:       newRegistry(),
 		sessions:  make(map[instKey]*session),
@@ -372,7 +376,7 @@ func (b *Broker) step(now time.Time) {
 	}
 	if b.leader && b.ready {
 		out = append(out, b.expireLocked(now)...)
-		out = append(out, b.decideLocked()...)
+		out = append(out, b.decideLocked("")...)
 	}
 	// Heads and positions, coalesced.
 	if len(b.dirty) > 0 && now.Sub(b.lastFlush) >= b.cfg.UpdateInterval {
@@ -452,12 +456,16 @@ func (b *Broker) expireLocked(now time.Time) []*broadcast {
 }
 
 // decideLocked grants the primary lease of every owner service that has no
-// present primary: to its first live owner instance, or, when the primary's
-// lease lapsed, to the live standby with the most data (bestStandby), with
-// the epoch bumped. Only the deciding broker calls it.
-func (b *Broker) decideLocked() []*broadcast {
+// present primary (or of the one named service, if not ""): to its first
+// live owner instance, or, when the primary's lease lapsed, to the live
+// standby with the most data (bestStandby), with the epoch bumped. Only the
+// deciding broker calls it.
+func (b *Broker) decideLocked(only string) []*broadcast {
 	var out []*broadcast
 	for svc, insts := range b.reg.bySvc {
+		if only != "" && svc != only {
+			continue
+		}
 		o := b.reg.owners[svc]
 		if o != nil {
 			if p := insts[o.Primary]; p != nil && !p.Gone && p.Owner {
@@ -599,15 +607,19 @@ func (b *Broker) localState() ([]byte, error) {
 }
 
 func (b *Broker) instanceBroadcast(rec *instanceRec) *broadcast {
-	return &broadcast{name: "i/" + rec.Service + "/" + rec.Instance, msg: mustEncode(&gossipMsg{Instances: []*instanceRec{rec}})}
+	return newBroadcast("i/"+rec.Service+"/"+rec.Instance, &gossipMsg{Instances: []*instanceRec{rec}})
 }
 
 func ownerBroadcast(o *ownerRec) *broadcast {
-	return &broadcast{name: "o/" + o.Service, msg: mustEncode(&gossipMsg{Owners: []*ownerRec{o}})}
+	return newBroadcast("o/"+o.Service, &gossipMsg{Owners: []*ownerRec{o}})
 }
 
 func modeBroadcast(m *modeRec) *broadcast {
-	return &broadcast{name: "m/" + m.key(), msg: mustEncode(&gossipMsg{Modes: []*modeRec{m}})}
+	return newBroadcast("m/"+m.key(), &gossipMsg{Modes: []*modeRec{m}})
+}
+
+func newBroadcast(name string, g *gossipMsg) *broadcast {
+	return &broadcast{name: name, rec: g, msg: mustEncode(g)}
 }
 
 func mustEncode(g *gossipMsg) []byte {
@@ -619,39 +631,82 @@ func mustEncode(g *gossipMsg) []byte {
 	return buf
 }
 
-// send queues broadcasts: small ones for UDP gossip, large ones for the
-// sender, which delivers them to every member over TCP.
+// send spreads records. Normally they go to memberlist's broadcast queue
+// (UDP gossip, a few records per packet per gossip round). A record too
+// large for a packet, and every record while the queue is backed up (a
+// burst of registrations, say after a broker restart), goes instead to the
+// sender, which delivers the latest version of each, batched, to every
+// member over TCP.
 func (b *Broker) send(out []*broadcast) {
+	if len(out) == 0 {
+		return
+	}
+	b.metrics.gossipOut.Add(float64(len(out)))
+	backedUp := b.queue.NumQueued() >= maxQueued
+	var direct []*broadcast
 	for _, bc := range out {
-		b.metrics.gossipOut.Inc()
-		if len(bc.msg) <= maxBroadcast {
+		if !backedUp && len(bc.msg) <= maxBroadcast {
 			b.queue.QueueBroadcast(bc)
 			continue
 		}
-		select {
-		case b.large <- bc.msg:
-		default:
-			// The push/pull exchange repairs what is dropped here.
-			b.log.Warn("large gossip queue full; relying on state exchange", "record", bc.name)
-		}
+		direct = append(direct, bc)
+	}
+	if len(direct) == 0 {
+		return
+	}
+	b.directMu.Lock()
+	for _, bc := range direct {
+		b.directQ[bc.name] = bc
+	}
+	b.directMu.Unlock()
+	select {
+	case b.direct <- struct{}{}:
+	default:
 	}
 }
 
-// sender delivers large records to every other member over TCP.
+// sender delivers the records handed over by send to every other member
+// over TCP, in batches of at most maxDirectBatch bytes.
 func (b *Broker) sender() {
 	defer b.wg.Done()
 	for {
 		select {
 		case <-b.ctx.Done():
 			return
-		case msg := <-b.large:
-			live, _ := b.del.members()
-			for _, m := range live {
-				if m.Name == b.cfg.Name {
-					continue
-				}
-				if err := b.ml.SendReliable(m.node(), msg); err != nil && b.ctx.Err() == nil {
-					b.log.Debug("send record", "to", m.Name, "err", err)
+		case <-b.direct:
+		}
+		b.directMu.Lock()
+		q := b.directQ
+		b.directQ = make(map[string]*broadcast)
+		b.directMu.Unlock()
+		var batches [][]byte
+		g, size := &gossipMsg{}, 0
+		flush := func() {
+			if size > 0 {
+				batches = append(batches, mustEncode(g))
+				g, size = &gossipMsg{}, 0
+			}
+		}
+		for _, bc := range q {
+			g.Instances = append(g.Instances, bc.rec.Instances...)
+			g.Owners = append(g.Owners, bc.rec.Owners...)
+			g.Modes = append(g.Modes, bc.rec.Modes...)
+			if size += len(bc.msg); size >= maxDirectBatch {
+				flush()
+			}
+		}
+		flush()
+		live, _ := b.del.members()
+		for _, m := range live {
+			if m.Name == b.cfg.Name {
+				continue
+			}
+			for _, msg := range batches {
+				if err := b.ml.SendReliable(m.node(), msg); err != nil {
+					if b.ctx.Err() == nil {
+						b.log.Debug("send records", "to", m.Name, "err", err)
+					}
+					break
 				}
 			}
 		}

@@ -24,8 +24,14 @@ const gossipVersion byte = 1
 
 // maxBroadcast is the largest record payload spread by UDP gossip; larger
 // records (instances with many tables or subscriptions) are sent to every
-// member over TCP instead.
-const maxBroadcast = 1000
+// member over TCP instead. maxQueued is the broadcast queue depth from which
+// records go over TCP too (UDP gossip carries only a few records per round),
+// in batches of up to maxDirectBatch bytes.
+const (
+	maxBroadcast   = 1000
+	maxQueued      = 32
+	maxDirectBatch = 256 << 10
+)
 
 // nodeMeta is what a broker announces about itself in memberlist.
 type nodeMeta struct {
@@ -91,7 +97,8 @@ func decodeGossip(b []byte) (*gossipMsg, error) {
 // same record replaces an older one still in the queue.
 type broadcast struct {
 	name string
-	msg  []byte
+	rec  *gossipMsg // the one record
+	msg  []byte     // rec, encoded
 }
 
 func (b *broadcast) Invalidates(o memberlist.Broadcast) bool {

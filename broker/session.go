@@ -331,7 +331,7 @@ func (b *Broker) open(r *transport.Register) (*session, *transport.Topology, err
 	if b.leader && b.ready {
 		// Grant at once when this broker decides, so a lone owner learns
 		// it is primary from its first topology.
-		out = append(out, b.decideLocked()...)
+		out = append(out, b.decideLocked(rec.Service)...)
 	}
 	topo := b.reg.topology(rec, b.brokers, b.rev)
 	b.mu.Unlock()

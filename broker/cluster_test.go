@@ -1,0 +1,170 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/replmesh/replmesh/transport"
+)
+
+func TestBroker_LateJoinerReceivesTheRegistry(t *testing.T) {
+	bs := startCluster(t, 2, nil)
+	mustConnect(t, bs[0].GRPCAddr(), ownerReg("stores", "s1", "127.0.0.1:9001", 3))
+	mustConnect(t, bs[1].GRPCAddr(), consumerReg("products", "p1", "stores"))
+	if _, err := bs[1].SetMode(ctxT(t, waitLong), &transport.SetModeRequest{Version: transport.ProtocolVersion, Service: "stores", Table: "stores_t0", Mode: "pull"}); err != nil {
+		t.Fatal(err)
+	}
+	waitEverywhere(t, bs, "registrations", func(st *transport.StatusResponse) bool {
+		return len(st.Instances) == 2 && st.Overrides["stores/stores_t0"] == "pull"
+	})
+	// b3 joins after the broadcasts are long gone: the join's state exchange
+	// gives it everything, so a component registering there at once gets the
+	// full topology.
+	b3 := startBroker(t, "b3", []string{bs[1].GossipAddr()}, nil)
+	c := mustConnect(t, b3.GRPCAddr(), consumerReg("orders", "o1", "stores"))
+	if o := owner(c.last, "stores"); o.Primary.Instance != "s1" || o.Epoch != 1 || c.last.Overrides["stores/stores_t0"] != "pull" {
+		t.Fatalf("first topology on the late joiner: %+v", c.last)
+	}
+	waitUntil(t, waitLong, "identical registries", func() bool {
+		return string(b3.stateForTest()) == string(bs[0].stateForTest()) && string(bs[1].stateForTest()) == string(bs[0].stateForTest())
+	})
+}
+
+func TestBroker_LargeRecordsTravelOverTCP(t *testing.T) {
+	bs := startCluster(t, 3, nil)
+	r := consumerReg("reports", "r1")
+	for i := range 200 {
+		r.Subscriptions = append(r.Subscriptions, transport.SubInfo{Service: fmt.Sprintf("service-%03d", i), Table: "some_table_name"})
+	}
+	if n := len(mustEncode(&gossipMsg{Instances: []*instanceRec{{Service: r.Service, Instance: r.Instance, Subs: r.Subscriptions}}})); n <= maxBroadcast {
+		t.Fatalf("record is %d bytes; the test needs one over %d", n, maxBroadcast)
+	}
+	mustConnect(t, bs[0].GRPCAddr(), r)
+	waitEverywhere(t, bs, "the large record", func(st *transport.StatusResponse) bool {
+		i := findInstance(st, "reports", "r1")
+		return i != nil && len(i.Subscriptions) == 200
+	})
+}
+
+func TestBroker_NewerSessionSupersedesOlder(t *testing.T) {
+	bs := startCluster(t, 2, nil)
+	old := mustConnect(t, bs[0].GRPCAddr(), ownerReg("stores", "s1", "127.0.0.1:9001", 1))
+	waitEverywhere(t, bs, "s1 on b1", func(st *transport.StatusResponse) bool {
+		i := findInstance(st, "stores", "s1")
+		return i != nil && i.Broker == "b1"
+	})
+	// The component opens a new session elsewhere without closing the old
+	// one (its old connection is half-open): the old one is ended.
+	n := mustConnect(t, bs[1].GRPCAddr(), ownerReg("stores", "s1", "127.0.0.1:9002", 1))
+	err := old.waitEnd()
+	if !errors.Is(err, transport.ErrUnavailable) || !strings.Contains(err.Error(), "superseded") {
+		t.Fatalf("old session ended with %v, want superseded (ErrUnavailable)", err)
+	}
+	waitEverywhere(t, bs, "s1 on b2 at its new address", func(st *transport.StatusResponse) bool {
+		i := findInstance(st, "stores", "s1")
+		return i != nil && i.Broker == "b2" && i.Addr == "127.0.0.1:9002" && i.Role == transport.RolePrimary
+	})
+	if n.last.Role != transport.RolePrimary {
+		t.Fatalf("new session's role %q", n.last.Role)
+	}
+	// Same on one broker.
+	again := mustConnect(t, bs[1].GRPCAddr(), ownerReg("stores", "s1", "127.0.0.1:9003", 1))
+	if err := n.waitEnd(); !errors.Is(err, transport.ErrUnavailable) {
+		t.Fatalf("session replaced on the same broker ended with %v", err)
+	}
+	if again.last.Role != transport.RolePrimary {
+		t.Fatalf("role %q", again.last.Role)
+	}
+}
+
+func TestBroker_RestartedBrokerDisownsSessionsItLost(t *testing.T) {
+	long := func(c *Config) { c.Lease = time.Minute }
+	bs := startCluster(t, 2, long)
+	s := mustConnect(t, bs[1].GRPCAddr(), ownerReg("stores", "s1", "127.0.0.1:9001", 1))
+	waitEverywhere(t, bs, "s1 on b2", func(st *transport.StatusResponse) bool {
+		i := findInstance(st, "stores", "s1")
+		return i != nil && i.Broker == "b2"
+	})
+	connected := func(b *Broker) bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		rec := b.reg.inst(instKey{"stores", "s1"})
+		return rec != nil && rec.Connected
+	}
+	// b2 stops (a broker that is shutting down writes nothing, so b1 still
+	// holds "s1 is connected on b2"), and a new b2 (same name, new ports)
+	// joins: it is the authority on sessions named b2, holds none for s1,
+	// and says so.
+	bs[1].Close()
+	s.shut()
+	if !connected(bs[0]) {
+		t.Fatal("b1 already holds s1 as disconnected; the test needs the stale record")
+	}
+	b2 := startBroker(t, "b2", []string{bs[0].GossipAddr()}, long)
+	waitMembers(t, []*Broker{bs[0], b2}, 2)
+	waitUntil(t, waitLong, "s1 disconnected on b1 and the new b2", func() bool { return !connected(bs[0]) && !connected(b2) })
+	if st := status(t, bs[0]); findInstance(st, "stores", "s1") == nil {
+		t.Fatal("s1 removed before its lease lapsed")
+	}
+}
+
+func TestBroker_GossipKeyAndLabel(t *testing.T) {
+	key := []byte("0123456789abcdef")
+	secure := func(c *Config) { c.GossipKey = key; c.ClusterLabel = "prod" }
+	bs := startCluster(t, 2, secure)
+	mustConnect(t, bs[0].GRPCAddr(), consumerReg("products", "p1", "stores"))
+	waitEverywhere(t, bs, "p1", func(st *transport.StatusResponse) bool { return findInstance(st, "products", "p1") != nil })
+
+	for name, mutate := range map[string]func(*Config){
+		"no key":      func(c *Config) { c.ClusterLabel = "prod" },
+		"other key":   func(c *Config) { c.GossipKey = []byte("fedcba9876543210"); c.ClusterLabel = "prod" },
+		"other label": func(c *Config) { c.GossipKey = key; c.ClusterLabel = "test" },
+	} {
+		t.Run(name, func(t *testing.T) {
+			x := startBroker(t, "x-"+strings.ReplaceAll(name, " ", "-"), nil, mutate)
+			if n, err := x.ml.Join([]string{bs[0].GossipAddr()}); err == nil || n != 0 {
+				t.Fatalf("joined a cluster with another key or label: n=%d err=%v", n, err)
+			}
+		})
+	}
+}
+
+func TestConfig_Validate(t *testing.T) {
+	tests := []struct {
+		field  string
+		mutate func(*Config)
+	}{
+		{"Config.Name", func(c *Config) { c.Name = "a b" }},
+		{"Config.GRPCAddr", func(c *Config) { c.GRPCAddr = "nowhere" }},
+		{"Config.BindAddr", func(c *Config) { c.BindAddr = "127.0.0.1:99999" }},
+		{"Config.AdvertiseAddr", func(c *Config) { c.AdvertiseAddr = "10.0.0.1:0" }},
+		{"Config.AdvertiseGRPC", func(c *Config) { c.AdvertiseGRPC = "10.0.0.1" }},
+		{"Config.Join", func(c *Config) { c.Join = []string{""} }},
+		{"Config.GossipKey", func(c *Config) { c.GossipKey = []byte("short") }},
+		{"Config.ClusterLabel", func(c *Config) { c.ClusterLabel = strings.Repeat("x", 256) }},
+		{"Config.Lease", func(c *Config) { c.Lease = 0 }},
+		{"Config.CheckInterval", func(c *Config) { c.CheckInterval = 2 * c.Lease }},
+		{"Config.TombstoneTTL", func(c *Config) { c.TombstoneTTL = c.Lease / 2 }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.field, func(t *testing.T) {
+			cfg := LocalConfig("b1")
+			tt.mutate(&cfg)
+			err := cfg.Validate()
+			if !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), tt.field) {
+				t.Fatalf("got %v, want ErrInvalidConfig naming %s", err, tt.field)
+			}
+			if _, err := New(ctxT(t, waitLong), cfg); !errors.Is(err, ErrInvalidConfig) {
+				t.Fatalf("New: %v", err)
+			}
+		})
+	}
+	for name, cfg := range map[string]Config{"default": DefaultConfig(), "local": LocalConfig("")} {
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("%s config: %v", name, err)
+		}
+	}
+}

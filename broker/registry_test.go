@@ -1,0 +1,247 @@
+package broker
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/replmesh/replmesh/transport"
+)
+
+// randomRecords returns records as several brokers might write them for a
+// few instances, services and tables: sessions on different brokers,
+// several writes per session, tombstones, concurrent promotions to the same
+// epoch, set and cleared overrides.
+func randomRecords(rng *rand.Rand) *gossipMsg {
+	g := &gossipMsg{}
+	brokers := []string{"b1", "b2", "b3"}
+	for range 60 {
+		svc := fmt.Sprintf("s%d", rng.IntN(3))
+		rec := &instanceRec{
+			Service:   svc,
+			Instance:  fmt.Sprintf("i%d", rng.IntN(3)),
+			Addr:      fmt.Sprintf("127.0.0.1:%d", 9000+rng.IntN(5)),
+			Owner:     rng.IntN(2) == 0,
+			Session:   sessionID{Start: int64(rng.IntN(4)), Broker: brokers[rng.IntN(3)]},
+			Ver:       version{Clock: uint64(rng.IntN(6)), Broker: brokers[rng.IntN(3)]},
+			Connected: rng.IntN(2) == 0,
+			Gone:      rng.IntN(5) == 0,
+			Tables:    []transport.TableInfo{{Table: "t", Head: uint64(rng.IntN(100))}},
+		}
+		g.Instances = append(g.Instances, rec)
+	}
+	for range 20 {
+		g.Owners = append(g.Owners, &ownerRec{
+			Service: fmt.Sprintf("s%d", rng.IntN(3)),
+			Epoch:   uint64(rng.IntN(4)),
+			Primary: fmt.Sprintf("i%d", rng.IntN(3)),
+		})
+	}
+	modeNames := []string{"", "push", "pull", "auto"}
+	for range 20 {
+		g.Modes = append(g.Modes, &modeRec{
+			Service: fmt.Sprintf("s%d", rng.IntN(3)),
+			Table:   "t",
+			Mode:    modeNames[rng.IntN(4)],
+			Ver:     version{Clock: uint64(rng.IntN(5)), Broker: brokers[rng.IntN(3)]},
+		})
+	}
+	return g
+}
+
+// Records written with the same (session, version) by one broker always
+// have the same content; the generator does not know that, so keep only
+// the first of each such pair to stay within the model.
+func dedupe(g *gossipMsg) {
+	type ik struct {
+		k instKey
+		s sessionID
+		v version
+	}
+	seen := map[ik]bool{}
+	var insts []*instanceRec
+	for _, r := range g.Instances {
+		k := ik{r.key(), r.Session, r.Ver}
+		if !seen[k] {
+			seen[k] = true
+			insts = append(insts, r)
+		}
+	}
+	g.Instances = insts
+	type mk struct {
+		k string
+		v version
+	}
+	mseen := map[mk]bool{}
+	var ms []*modeRec
+	for _, m := range g.Modes {
+		k := mk{m.key(), m.Ver}
+		if !mseen[k] {
+			mseen[k] = true
+			ms = append(ms, m)
+		}
+	}
+	g.Modes = ms
+}
+
+func TestRegistry_MergeIsOrderIndependent(t *testing.T) {
+	for seed := uint64(1); seed <= 200; seed++ {
+		rng := rand.New(rand.NewPCG(seed, 7))
+		g := randomRecords(rng)
+		dedupe(g)
+		var want []byte
+		for run := range 4 {
+			// Deliver in a random order, split into random batches, with
+			// random duplicates, as broadcasts and state exchanges would.
+			r := newRegistry()
+			order := rng.Perm(len(g.Instances) + len(g.Owners) + len(g.Modes))
+			for _, i := range order {
+				for range 1 + rng.IntN(2) {
+					switch {
+					case i < len(g.Instances):
+						r.mergeInstance(g.Instances[i])
+					case i < len(g.Instances)+len(g.Owners):
+						r.mergeOwner(g.Owners[i-len(g.Instances)])
+					default:
+						r.mergeMode(g.Modes[i-len(g.Instances)-len(g.Owners)])
+					}
+				}
+			}
+			got := mustEncode(r.snapshot())
+			if run == 0 {
+				want = got
+				continue
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("seed %d: registries differ after merging the same records in another order", seed)
+			}
+		}
+	}
+}
+
+func TestRegistry_MergeRules(t *testing.T) {
+	t.Run("newer session wins over a later write of an older session", func(t *testing.T) {
+		r := newRegistry()
+		newer := &instanceRec{Service: "s", Instance: "i", Addr: "new:1", Session: sessionID{Start: 20, Broker: "b2"}, Ver: version{Clock: 1, Broker: "b2"}, Connected: true}
+		stale := &instanceRec{Service: "s", Instance: "i", Addr: "old:1", Session: sessionID{Start: 10, Broker: "b1"}, Ver: version{Clock: 99, Broker: "b1"}}
+		r.mergeInstance(newer)
+		if _, kept := r.mergeInstance(stale); kept {
+			t.Fatal("a stale session's disconnect replaced a newer session")
+		}
+		if got := r.inst(instKey{"s", "i"}).Addr; got != "new:1" {
+			t.Fatalf("addr %q", got)
+		}
+	})
+	t.Run("within a session the later write wins", func(t *testing.T) {
+		r := newRegistry()
+		s := sessionID{Start: 10, Broker: "b1"}
+		r.mergeInstance(&instanceRec{Service: "s", Instance: "i", Session: s, Ver: version{Clock: 5, Broker: "b1"}, Gone: true})
+		r.mergeInstance(&instanceRec{Service: "s", Instance: "i", Session: s, Ver: version{Clock: 4, Broker: "b1"}, Connected: true})
+		if rec := r.inst(instKey{"s", "i"}); !rec.Gone {
+			t.Fatal("an older write replaced the tombstone")
+		}
+		if r.clock != 5 {
+			t.Fatalf("clock %d after merging clock 5, want 5", r.clock)
+		}
+		if v := r.next("b3", 0); v.Clock != 6 {
+			t.Fatalf("next write clock %d, want 6", v.Clock)
+		}
+	})
+	t.Run("owner: higher epoch, then smaller primary", func(t *testing.T) {
+		for _, order := range [][]int{{0, 1, 2}, {2, 1, 0}, {1, 2, 0}} {
+			recs := []*ownerRec{{Service: "s", Epoch: 2, Primary: "c"}, {Service: "s", Epoch: 2, Primary: "b"}, {Service: "s", Epoch: 1, Primary: "a"}}
+			r := newRegistry()
+			for _, i := range order {
+				r.mergeOwner(recs[i])
+			}
+			if o := r.owners["s"]; o.Epoch != 2 || o.Primary != "b" {
+				t.Fatalf("order %v: owner %+v, want epoch 2 primary b", order, o)
+			}
+		}
+	})
+	t.Run("cleared override wins over an older set", func(t *testing.T) {
+		r := newRegistry()
+		r.mergeMode(&modeRec{Service: "s", Table: "t", Mode: "", Ver: version{Clock: 3, Broker: "b1"}})
+		r.mergeMode(&modeRec{Service: "s", Table: "t", Mode: "pull", Ver: version{Clock: 2, Broker: "b2"}})
+		if ov := r.overrides(); ov != nil {
+			t.Fatalf("overrides %v, want none", ov)
+		}
+	})
+}
+
+func TestRegistry_BestStandby(t *testing.T) {
+	rec := func(inst string, heads ...uint64) *instanceRec {
+		r := &instanceRec{Service: "s", Instance: inst, Owner: true}
+		for _, h := range heads {
+			r.Tables = append(r.Tables, transport.TableInfo{Table: fmt.Sprint(len(r.Tables)), Head: h})
+		}
+		return r
+	}
+	tests := []struct {
+		name  string
+		cands []*instanceRec
+		want  string
+	}{
+		{"none", nil, ""},
+		{"greatest sum", []*instanceRec{rec("a", 5, 5), rec("b", 9, 2), rec("c", 1, 1)}, "b"},
+		{"tie goes to the smaller name", []*instanceRec{rec("c", 4), rec("a", 2, 2), rec("b", 4)}, "a"},
+		{"no tables", []*instanceRec{rec("z"), rec("y")}, "y"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := ""
+			if b := bestStandby(tt.cands); b != nil {
+				got = b.Instance
+			}
+			if got != tt.want {
+				t.Fatalf("got %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestGossip_DecodeRejectsGarbage(t *testing.T) {
+	good := mustEncode(&gossipMsg{Instances: []*instanceRec{{Service: "s", Instance: "i"}}})
+	if _, err := decodeGossip(good); err != nil {
+		t.Fatalf("good payload: %v", err)
+	}
+	bad := [][]byte{
+		nil,
+		{gossipVersion + 1},
+		append([]byte{gossipVersion}, 0xc1),
+		mustEncode(&gossipMsg{Instances: []*instanceRec{{Service: "", Instance: "i"}}}),
+		mustEncode(&gossipMsg{Owners: []*ownerRec{{Service: "a b"}}}),
+		mustEncode(&gossipMsg{Modes: []*modeRec{{Service: "s", Table: "t", Mode: "fast"}}}),
+		append([]byte{}, good[:len(good)-3]...),
+	}
+	for i, b := range bad {
+		if _, err := decodeGossip(b); err == nil {
+			t.Errorf("payload %d decoded without error", i)
+		}
+	}
+}
+
+func FuzzDecodeGossip(f *testing.F) {
+	f.Add(mustEncode(randomRecords(rand.New(rand.NewPCG(1, 2)))))
+	f.Add([]byte{gossipVersion})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		g, err := decodeGossip(b)
+		if err != nil {
+			return
+		}
+		r := newRegistry()
+		for _, rec := range g.Instances {
+			r.mergeInstance(rec)
+		}
+		for _, o := range g.Owners {
+			r.mergeOwner(o)
+		}
+		for _, m := range g.Modes {
+			r.mergeMode(m)
+		}
+		for _, s := range r.services() {
+			r.serviceOwner(s, true)
+		}
+	})
+}
