@@ -482,12 +482,22 @@ func (b *Broker) decideLocked(only string) []*broadcast {
 		if best == nil {
 			continue
 		}
-		no := &ownerRec{Service: svc, Epoch: 1, Primary: best.Instance}
+		// The new epoch is above every epoch known for the service, the
+		// ones its instances report included: after all brokers restarted
+		// (an empty registry) a grant must not reuse an epoch the owners'
+		// histories already hold, or consumers would refuse the primary.
+		var maxEpoch uint64
+		for _, rec := range insts {
+			for _, t := range rec.Tables {
+				maxEpoch = max(maxEpoch, t.Epoch)
+			}
+		}
 		old := ""
 		if o != nil {
-			no.Epoch = o.Epoch + 1
+			maxEpoch = max(maxEpoch, o.Epoch)
 			old = o.Primary
 		}
+		no := &ownerRec{Service: svc, Epoch: maxEpoch + 1, Primary: best.Instance}
 		b.reg.mergeOwner(no)
 		b.rev++
 		if old == "" {

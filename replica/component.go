@@ -42,6 +42,13 @@ type Component struct {
 	owned    map[string]*OwnedTable
 	replicas map[string]*Replica
 	conns    map[string]*grpc.ClientConn
+	// Broker state: the last topology, this instance's role, and the
+	// followers that keep a standby's tables in step with the primary.
+	topo       *transport.Topology
+	role       role
+	followers  map[string]*Replica
+	roleMu     sync.Mutex // serializes role changes; taken before mu
+	brokerKick chan struct{}
 
 	closeOnce sync.Once
 	closeErr  error
@@ -85,6 +92,8 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 		commitDone: make(chan struct{}),
 		dropKick:   make(chan struct{}, 1),
 		conns:      map[string]*grpc.ClientConn{},
+		followers:  map[string]*Replica{},
+		brokerKick: make(chan struct{}, 1),
 		owned:      map[string]*OwnedTable{},
 		replicas:   map[string]*Replica{},
 	}
@@ -107,6 +116,10 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 				log.Error("replication server stopped", "err", err)
 			}
 		}()
+	}
+	if len(cfg.Brokers) > 0 {
+		c.wg.Add(1)
+		go c.brokerLoop()
 	}
 	c.wg.Add(3)
 	go c.commitLoop()
@@ -134,8 +147,11 @@ func (c *Component) Close() error {
 	c.closeOnce.Do(func() {
 		c.mu.Lock()
 		c.closed = true
-		reps := make([]*Replica, 0, len(c.replicas))
+		reps := make([]*Replica, 0, len(c.replicas)+len(c.followers))
 		for _, r := range c.replicas {
+			reps = append(reps, r)
+		}
+		for _, r := range c.followers {
 			reps = append(reps, r)
 		}
 		c.mu.Unlock()

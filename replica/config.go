@@ -48,6 +48,20 @@ type Config struct {
 	// Empty: no broker; owners are always primary and replicas need
 	// SubscribeOptions.Addr.
 	Brokers []string
+	// BrokerToken is presented to the brokers when they require one.
+	BrokerToken string
+	// Owner marks an instance of an owner service: with Brokers, it writes
+	// its tables only while the broker grants it the primary lease, and
+	// keeps them as a standby (a copy of the primary's, same log id and
+	// seqs) otherwise, ready to take over. Without Brokers an owner is
+	// always primary.
+	Owner bool
+	// MinSyncStandbys: a write returns only once this many standbys hold
+	// it durably (0: do not wait). Needs Brokers and Owner.
+	MinSyncStandbys int
+	// SyncTimeout bounds the wait for MinSyncStandbys; a write that times
+	// out is committed on the primary but reported as ErrNotReplicated.
+	SyncTimeout time.Duration
 	// Transport: message size limit and TLS for both serving and dialing.
 	Transport transport.Options
 
@@ -111,6 +125,7 @@ func DefaultConfig() Config {
 		Retention:       Retention{MaxChanges: 1_000_000, MaxBytes: 1 << 30, MaxAge: 24 * time.Hour},
 		TrimInterval:    10 * time.Second,
 		PeerTimeout:     10 * time.Second,
+		SyncTimeout:     5 * time.Second,
 		ReconnectMin:    50 * time.Millisecond,
 		ReconnectMax:    5 * time.Second,
 		MemTableSize:    32 << 20,
@@ -163,6 +178,8 @@ func (c *Config) Validate() error {
 		{"Config.TailBytes", c.TailBytes < 0},
 		{"Config.TrimInterval", c.TrimInterval <= 0},
 		{"Config.PeerTimeout", c.PeerTimeout <= 0},
+		{"Config.MinSyncStandbys", c.MinSyncStandbys < 0 || c.MinSyncStandbys > 0 && (len(c.Brokers) == 0 || !c.Owner)},
+		{"Config.SyncTimeout", c.MinSyncStandbys > 0 && c.SyncTimeout <= 0},
 		{"Config.ReconnectMin", c.ReconnectMin <= 0},
 		{"Config.ReconnectMax", c.ReconnectMax < c.ReconnectMin},
 		{"Config.MemTableSize", c.MemTableSize < 1<<20},

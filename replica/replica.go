@@ -121,6 +121,13 @@ type Replica struct {
 	seqCh      chan struct{} // closed and replaced whenever cur changes
 	ready      chan struct{} // closed once the replica holds a complete copy
 
+	// standby is set on a standby's follower: the copy is the owned table.
+	standby *OwnedTable
+	// kick wakes the reconnect loop early (topology changed).
+	kick       chan struct{}
+	sessAddr   string             // address of the current stream
+	sessCancel context.CancelFunc // ends the current stream
+
 	cbMu    sync.RWMutex
 	cbs     map[int]func(Event)
 	nextCB  int
@@ -137,8 +144,8 @@ func (c *Component) Subscribe(ctx context.Context, opts SubscribeOptions) (*Repl
 	if err := validName("SubscribeOptions.Table", opts.Table); err != nil {
 		return nil, err
 	}
-	if opts.Addr == "" {
-		return nil, fmt.Errorf("%w: SubscribeOptions.Addr is empty", ErrInvalid)
+	if opts.Addr == "" && len(c.cfg.Brokers) == 0 {
+		return nil, fmt.Errorf("%w: SubscribeOptions.Addr is empty and no broker is configured", ErrInvalid)
 	}
 	key := opts.Service + "/" + opts.Table
 	c.mu.Lock()
@@ -157,6 +164,7 @@ func (c *Component) Subscribe(ctx context.Context, opts SubscribeOptions) (*Repl
 		done:  make(chan struct{}),
 		seqCh: make(chan struct{}),
 		ready: make(chan struct{}),
+		kick:  make(chan struct{}, 1),
 		cbs:   map[int]func(Event){},
 	}
 	if err := r.load(); err != nil {
@@ -172,6 +180,13 @@ func (c *Component) Subscribe(ctx context.Context, opts SubscribeOptions) (*Repl
 // load reads the cursor and queues the leftovers of an unfinished transfer
 // for deletion.
 func (r *Replica) load() error {
+	if r.standby != nil {
+		r.cur = r.standby.replicatedCursor()
+		if r.cur.LogID != "" {
+			close(r.ready)
+		}
+		return nil
+	}
 	err := r.c.db.Update(func(txn *badger.Txn) error {
 		item, err := txn.Get(cursorKey(r.base))
 		switch {

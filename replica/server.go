@@ -49,6 +49,11 @@ func (s *replicationServer) Subscribe(stream transport.SubscribeServer) error {
 	if err := t.allowed(open.Service); err != nil {
 		return err
 	}
+	if len(s.c.cfg.Brokers) > 0 && !t.writable.Load() {
+		// Only the primary serves: a standby's copy may lag, and a deposed
+		// primary's may hold changes the new primary's history does not.
+		return t.checkWritable()
+	}
 	if open.Mode == transport.ModePull {
 		return fmt.Errorf("%w: pull mode is not served by this owner", transport.ErrBadRequest)
 	}

@@ -46,6 +46,8 @@ func (r *Replica) loop() {
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
+		case <-r.kick:
+			t.Stop()
 		case <-r.ctx.Done():
 			t.Stop()
 			return
@@ -59,7 +61,19 @@ func (r *Replica) loop() {
 func (r *Replica) session() (progressed bool, err error) {
 	ctx, cancel := context.WithCancel(r.ctx)
 	defer cancel()
-	conn, err := r.c.conn(r.opts.Addr)
+	addr, minEpoch, err := r.resolve()
+	if err != nil {
+		return false, err
+	}
+	r.mu.Lock()
+	r.sessAddr, r.sessCancel = addr, cancel
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.sessAddr, r.sessCancel = "", nil
+		r.mu.Unlock()
+	}()
+	conn, err := r.c.conn(addr)
 	if err != nil {
 		return false, err
 	}
@@ -97,6 +111,7 @@ func (r *Replica) session() (progressed bool, err error) {
 	err = stream.Send(&transport.ConsumerFrame{Kind: transport.KindOpen, Open: &transport.Open{
 		Version: transport.ProtocolVersion, Service: r.c.cfg.Service, Instance: r.c.cfg.Instance,
 		Table: r.opts.Table, LogID: cur.LogID, Seq: cur.Seq, Epoch: cur.Epoch, Mode: transport.ModePush,
+		Standby: r.standby != nil,
 	}})
 	if err != nil {
 		return false, transport.FromStatus(err)
@@ -115,6 +130,10 @@ func (r *Replica) session() (progressed bool, err error) {
 	r.mu.Lock()
 	r.ownerHead = st.HeadSeq
 	r.mu.Unlock()
+	if st.Epoch < minEpoch {
+		// The broker knows a newer primary: this one was deposed.
+		return false, fmt.Errorf("%w: owner at %s is at epoch %d, the broker's primary is at epoch %d", ErrStaleEpoch, addr, st.Epoch, minEpoch)
+	}
 	if cur.LogID != "" && !accept {
 		if st.Epoch < cur.Epoch {
 			return false, fmt.Errorf("%w: owner is at epoch %d, replica at %d", ErrStaleEpoch, st.Epoch, cur.Epoch)
@@ -165,7 +184,7 @@ func (r *Replica) session() (progressed bool, err error) {
 			return false, err
 		}
 		r.mu.Lock()
-		r.accept = false
+		r.accept = r.standby != nil // a standby always takes its primary's history
 		r.state = StateStreaming
 		r.mu.Unlock()
 	}
@@ -219,6 +238,9 @@ func (r *Replica) receiveSnapshot(recv func() (*transport.OwnerFrame, error), st
 		return fmt.Errorf("%w: expected snapshot-begin, got %s", transport.ErrBadRequest, f.Kind)
 	}
 	seq, epoch := f.Seq, f.Epoch
+	if r.standby != nil {
+		return r.receiveStandbySnapshot(recv, st, seq, epoch, start)
+	}
 	var gen uint64
 	err = r.c.db.Update(func(txn *badger.Txn) error {
 		stage, err := readStage(txn, r.base)
@@ -286,22 +308,10 @@ func (r *Replica) switchTo(next cursor, rows, nbytes uint64, start time.Time) er
 	// deletion, no reader may pick it (readTxn) any more.
 	r.mu.Lock()
 	old := r.cur
-	err := r.c.db.Update(func(txn *badger.Txn) error {
-		b, err := msgpack.Marshal(&next)
-		if err != nil {
-			return err
-		}
-		if err := txn.Set(cursorKey(r.base), b); err != nil {
-			return err
-		}
-		if err := txn.Delete(stageKey(r.base)); err != nil {
-			return err
-		}
-		if old.Gen != next.Gen {
-			return txn.Set(dropMarker(genPrefix(r.base, old.Gen)), nil)
-		}
-		return nil
-	})
+	var err error
+	if r.standby == nil {
+		err = r.commitSwitch(old, next)
+	}
 	if err != nil {
 		r.mu.Unlock()
 		return fmt.Errorf("switch to transferred replica: %w", err)
@@ -323,6 +333,69 @@ func (r *Replica) switchTo(next cursor, rows, nbytes uint64, start time.Time) er
 	r.log.Info("full transfer complete", "seq", next.Seq, "rows", rows, "bytes", nbytes, "took", took)
 	r.notify(Event{Reset: true, Seq: next.Seq})
 	return nil
+}
+
+// commitSwitch writes the new cursor, ends the staging and schedules the old
+// generation for deletion, in one transaction.
+func (r *Replica) commitSwitch(old, next cursor) error {
+	return r.c.db.Update(func(txn *badger.Txn) error {
+		b, err := msgpack.Marshal(&next)
+		if err != nil {
+			return err
+		}
+		if err := txn.Set(cursorKey(r.base), b); err != nil {
+			return err
+		}
+		if err := txn.Delete(stageKey(r.base)); err != nil {
+			return err
+		}
+		if old.Gen != next.Gen {
+			return txn.Set(dropMarker(genPrefix(r.base, old.Gen)), nil)
+		}
+		return nil
+	})
+}
+
+// receiveStandbySnapshot is receiveSnapshot for a standby's follower: the
+// rows go into the owned table (see standby.go).
+func (r *Replica) receiveStandbySnapshot(recv func() (*transport.OwnerFrame, error), st *transport.Start, seq, epoch uint64, start time.Time) error {
+	x, err := r.standby.beginTransfer(seq)
+	if err != nil {
+		return err
+	}
+	defer x.abort()
+	r.log.Info("standby full transfer begins", "seq", seq, "log_id", st.LogID)
+	var rows, nbytes uint64
+	for {
+		f, err := recv()
+		if err != nil {
+			return err
+		}
+		switch f.Kind {
+		case transport.KindRows:
+			for i := range f.Rows {
+				row := &f.Rows[i]
+				if len(row.Key) == 0 || len(row.Key) > transport.MaxKeySize {
+					return fmt.Errorf("%w: snapshot row with a key of %d bytes", transport.ErrBadRequest, len(row.Key))
+				}
+				if err := x.put(row.Key, row.Value); err != nil {
+					return fmt.Errorf("stage rows: %w", err)
+				}
+				rows++
+				nbytes += uint64(len(row.Key) + len(row.Value))
+			}
+		case transport.KindSnapshotEnd:
+			if f.Seq != seq {
+				return fmt.Errorf("%w: snapshot-end at %d for a snapshot at %d", transport.ErrBadRequest, f.Seq, seq)
+			}
+			if err := x.finish(st); err != nil {
+				return err
+			}
+			return r.switchTo(cursor{LogID: st.LogID, Epoch: epoch, Seq: seq, Time: time.Now().UnixNano()}, rows, nbytes, start)
+		default:
+			return fmt.Errorf("%w: unexpected %s frame during a transfer", transport.ErrBadRequest, f.Kind)
+		}
+	}
 }
 
 // applyFrame checks a batch of changes against the replica's position and
@@ -418,6 +491,12 @@ func (r *Replica) apply(chs []transport.Change) error {
 	r.mu.RUnlock()
 	lastCh := chs[len(chs)-1]
 	next.Seq, next.Time, next.Epoch = lastCh.Seq, lastCh.Time, lastCh.Epoch
+	if r.standby != nil {
+		if err := r.standby.applyReplicated(chs); err != nil {
+			return fmt.Errorf("apply %s on the standby: %w", r.opts.Table, err)
+		}
+		return r.applied(next, chs)
+	}
 	prefix := genPrefix(r.base, next.Gen)
 	txn := r.c.db.NewTransaction(true)
 	defer txn.Discard()
@@ -443,6 +522,11 @@ func (r *Replica) apply(chs []transport.Change) error {
 	if err := txn.Commit(); err != nil {
 		return fmt.Errorf("apply %s: %w", r.opts.Table, err)
 	}
+	return r.applied(next, chs)
+}
+
+// applied publishes a durable apply: the cursor, waiters, callbacks.
+func (r *Replica) applied(next cursor, chs []transport.Change) error {
 	r.mu.Lock()
 	r.cur = next
 	r.stats.Applied += uint64(len(chs))
@@ -573,4 +657,36 @@ func (c *Component) conn(addr string) (*grpc.ClientConn, error) {
 	}
 	c.conns[addr] = cc
 	return cc, nil
+}
+
+// resolve returns the address of the owner to stream from, and the lowest
+// epoch that owner may have: the configured address, or the primary the
+// broker names (with its epoch).
+func (r *Replica) resolve() (string, uint64, error) {
+	if r.opts.Addr != "" {
+		return r.opts.Addr, 0, nil
+	}
+	so, ok := r.c.serviceOwner(r.opts.Service)
+	if !ok || so.Primary.Addr == "" {
+		return "", 0, fmt.Errorf("%w: no primary of service %s is known (waiting for a broker)", transport.ErrUnavailable, r.opts.Service)
+	}
+	if so.Primary.Instance == r.c.cfg.Instance {
+		return "", 0, fmt.Errorf("%w: this instance is the primary of %s", transport.ErrUnavailable, r.opts.Service)
+	}
+	return so.Primary.Addr, so.Epoch, nil
+}
+
+// redirect drops the current stream if it goes to another address than the
+// one the topology now names, and cuts a backoff short.
+func (r *Replica) redirect() {
+	addr, _, err := r.resolve()
+	r.mu.Lock()
+	if r.sessCancel != nil && (err != nil || addr != r.sessAddr) {
+		r.sessCancel()
+	}
+	r.mu.Unlock()
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/replmesh/replmesh/transport"
@@ -55,6 +56,7 @@ type OwnedTable struct {
 	logPrefix []byte
 	tail      *tail
 	allow     map[string]bool // services allowed to subscribe; nil: all
+	writable  atomic.Bool     // this instance is the table's primary
 
 	mu      sync.Mutex
 	meta    ownerMeta     // durable state as of the last commit
@@ -78,6 +80,28 @@ func (c *Component) Own(name string, opts ...TableOptions) (*OwnedTable, error) 
 	if err := validName("table", name); err != nil {
 		return nil, err
 	}
+	if len(c.cfg.Brokers) > 0 && !c.cfg.Owner {
+		return nil, fmt.Errorf("%w: own %s: with Brokers, an owner instance needs Config.Owner (the broker grants the primary lease)", ErrInvalid, name)
+	}
+	t, err := c.own(name, opts)
+	if err != nil {
+		return nil, err
+	}
+	if len(c.cfg.Brokers) == 0 {
+		t.writable.Store(true)
+		return t, nil
+	}
+	c.roleMu.Lock()
+	defer c.roleMu.Unlock()
+	c.mu.Lock()
+	r := c.role
+	c.mu.Unlock()
+	c.applyRole(t, r)
+	c.kickBroker()
+	return t, nil
+}
+
+func (c *Component) own(name string, opts []TableOptions) (*OwnedTable, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
@@ -177,7 +201,7 @@ func (t *OwnedTable) measureLog(head uint64) (first uint64, size int64) {
 
 // allowed reports whether service may read the table.
 func (t *OwnedTable) allowed(service string) error {
-	if t.allow != nil && !t.allow[service] {
+	if t.allow != nil && !t.allow[service] && service != t.c.cfg.Service {
 		return fmt.Errorf("%w: service %q may not read table %s", transport.ErrPermission, service, t.name)
 	}
 	return nil
@@ -297,6 +321,9 @@ func (t *OwnedTable) Submit(ctx context.Context, ws ...Write) (*Pending, error) 
 		}
 		pw.changes[i] = ch
 		pw.size += ch.Size()
+	}
+	if err := t.checkWritable(); err != nil {
+		return nil, err
 	}
 	if pw.size > t.c.cfg.MaxApplyBytes {
 		return nil, fmt.Errorf("%w: %s: apply of %d bytes (max %d)", ErrTooLarge, t.name, pw.size, t.c.cfg.MaxApplyBytes)

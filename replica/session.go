@@ -1,0 +1,206 @@
+package replica
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/replmesh/replmesh/transport"
+)
+
+// The broker session: the component registers with one broker of the
+// cluster, learns from it where the owners of its subscriptions are and
+// (for an owner instance) whether it is primary, and reports its tables'
+// heads and its replicas' positions. The broker is never on the data path:
+// while no broker answers, established streams go on, reads are served and
+// a primary keeps writing; only new information (a moved owner, a
+// promotion) waits.
+
+// kickBroker asks the session to report the component's state now.
+func (c *Component) kickBroker() {
+	select {
+	case c.brokerKick <- struct{}{}:
+	default:
+	}
+}
+
+// brokerAddrs is the configured brokers followed by the ones the cluster
+// reported, without duplicates.
+func (c *Component) brokerAddrs() []string {
+	addrs := slices.Clone(c.cfg.Brokers)
+	c.mu.Lock()
+	if c.topo != nil {
+		for _, b := range c.topo.Brokers {
+			if !slices.Contains(addrs, b) {
+				addrs = append(addrs, b)
+			}
+		}
+	}
+	c.mu.Unlock()
+	return addrs
+}
+
+// brokerLoop keeps one session open, moving to the next broker when one
+// fails.
+func (c *Component) brokerLoop() {
+	defer c.wg.Done()
+	backoff := c.cfg.ReconnectMin
+	for i := 0; ; i++ {
+		addrs := c.brokerAddrs()
+		addr := addrs[i%len(addrs)]
+		progressed, err := c.brokerSession(addr)
+		if c.ctx.Err() != nil {
+			return
+		}
+		if progressed {
+			backoff = c.cfg.ReconnectMin
+		}
+		c.log.Info("broker session ended", "broker", addr, "err", err)
+		t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
+		select {
+		case <-t.C:
+		case <-c.done():
+			t.Stop()
+			return
+		}
+		backoff = min(2*backoff, c.cfg.ReconnectMax)
+	}
+}
+
+func (c *Component) register() *transport.Register {
+	return &transport.Register{
+		Version: transport.ProtocolVersion, Token: c.cfg.BrokerToken,
+		Service: c.cfg.Service, Instance: c.cfg.Instance, Addr: c.Addr(),
+		Owner: c.cfg.Owner, Tables: c.tableInfos(), Subscriptions: c.subInfos(),
+	}
+}
+
+// tableInfos reports the owned tables with their heads (a standby's copies
+// included: the broker promotes the most advanced standby).
+func (c *Component) tableInfos() []transport.TableInfo {
+	c.mu.Lock()
+	tables := make([]*OwnedTable, 0, len(c.owned))
+	for _, t := range c.owned {
+		tables = append(tables, t)
+	}
+	c.mu.Unlock()
+	slices.SortFunc(tables, func(a, b *OwnedTable) int { return cmpString(a.name, b.name) })
+	out := make([]transport.TableInfo, 0, len(tables))
+	for _, t := range tables {
+		m, _ := t.state()
+		out = append(out, transport.TableInfo{Table: t.name, Mode: transport.ModePush, LogID: m.LogID, Epoch: m.Epoch, Head: m.Head})
+	}
+	return out
+}
+
+// subInfos reports the replicas with their positions.
+func (c *Component) subInfos() []transport.SubInfo {
+	c.mu.Lock()
+	reps := make([]*Replica, 0, len(c.replicas))
+	for _, r := range c.replicas {
+		reps = append(reps, r)
+	}
+	c.mu.Unlock()
+	slices.SortFunc(reps, func(a, b *Replica) int {
+		return cmpString(a.opts.Service+"/"+a.opts.Table, b.opts.Service+"/"+b.opts.Table)
+	})
+	out := make([]transport.SubInfo, 0, len(reps))
+	for _, r := range reps {
+		st := r.Status()
+		si := transport.SubInfo{Service: st.Service, Table: st.Table, Mode: transport.ModePush, Seq: st.Seq, Lag: st.Lag.Seqs, State: st.State.String()}
+		if st.Lag.Staleness > 0 {
+			si.StaleMs = st.Lag.Staleness.Milliseconds()
+		}
+		out = append(out, si)
+	}
+	return out
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// brokerSession runs one session with the broker at addr until it fails.
+func (c *Component) brokerSession(addr string) (progressed bool, err error) {
+	ctx, cancel := context.WithCancel(c.ctx)
+	defer cancel()
+	conn, err := c.conn(addr)
+	if err != nil {
+		return false, err
+	}
+	stream, err := transport.NewBrokerClient(conn).Session(ctx)
+	if err != nil {
+		return false, err
+	}
+	watchdog := time.AfterFunc(c.cfg.PeerTimeout, cancel)
+	defer watchdog.Stop()
+	recv := func() (*transport.SessionResponse, error) {
+		f, err := stream.Recv()
+		if err != nil {
+			if ctx.Err() != nil && c.ctx.Err() == nil {
+				return nil, fmt.Errorf("%w: no frame from broker %s for %s", transport.ErrUnavailable, addr, c.cfg.PeerTimeout)
+			}
+			return nil, transport.FromStatus(err)
+		}
+		watchdog.Reset(c.cfg.PeerTimeout)
+		return f, nil
+	}
+	if err := stream.Send(&transport.SessionRequest{Kind: transport.SessionRegister, Register: c.register()}); err != nil {
+		return false, transport.FromStatus(err)
+	}
+	f, err := recv()
+	if err != nil {
+		return false, err
+	}
+	if f.Kind != transport.SessionTopology || f.Topology == nil {
+		return false, fmt.Errorf("%w: broker's first frame is kind %d, want a topology", transport.ErrBadRequest, f.Kind)
+	}
+	c.log.Info("broker session open", "broker", addr, "name", f.Broker, "role", f.Topology.Role, "epoch", f.Topology.Epoch)
+	c.applyTopology(f.Topology)
+
+	// One goroutine sends (updates on a timer and when kicked); this one
+	// receives.
+	sendDone := make(chan struct{})
+	defer func() { cancel(); <-sendDone }()
+	go func() {
+		defer close(sendDone)
+		tk := time.NewTicker(c.cfg.Heartbeat)
+		defer tk.Stop()
+		for {
+			select {
+			case <-tk.C:
+			case <-c.brokerKick:
+			case <-ctx.Done():
+				return
+			}
+			err := stream.Send(&transport.SessionRequest{Kind: transport.SessionUpdate, Tables: c.tableInfos(), Subscriptions: c.subInfos()})
+			if err != nil {
+				cancel()
+				return
+			}
+		}
+	}()
+	for {
+		f, err := recv()
+		if err != nil {
+			return true, err
+		}
+		switch f.Kind {
+		case transport.SessionTopology:
+			if f.Topology != nil {
+				c.applyTopology(f.Topology)
+			}
+		case transport.SessionHeartbeat:
+		default:
+			return true, fmt.Errorf("%w: unexpected session frame kind %d", transport.ErrBadRequest, f.Kind)
+		}
+	}
+}

@@ -1,0 +1,198 @@
+package replica
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/replmesh/replmesh/transport"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// A standby instance of an owner service keeps each of its tables as a
+// copy of the primary's, in the owner's own format (rows with their seq,
+// the change log, the meta with the same log id and epoch history), so that
+// it can take over as primary at once, and its consumers resume from their
+// cursors. The copy is filled by a follower: a Replica whose storage is the
+// owned table (Replica.standby) instead of a replica generation.
+
+// replicatedCursor is where a standby's copy of t stands, as a replica
+// cursor: the position it resumes from.
+func (t *OwnedTable) replicatedCursor() cursor {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.meta.LogID == "" {
+		return cursor{}
+	}
+	return cursor{LogID: t.meta.LogID, Seq: t.meta.Head, Epoch: epochOf(t.meta.Epochs, t.meta.Head)}
+}
+
+// ownTransfer is a full transfer into a standby's owned table.
+type ownTransfer struct {
+	t   *OwnedTable
+	seq uint64
+	wb  *badger.WriteBatch
+}
+
+// beginTransfer empties the table and marks it incomplete (empty log id)
+// durably, so that a standby that crashes mid-transfer restarts it and never
+// takes over with half a table.
+func (t *OwnedTable) beginTransfer(seq uint64) (*ownTransfer, error) {
+	t.mu.Lock()
+	m := t.meta
+	t.mu.Unlock()
+	m.LogID, m.Head, m.First, m.Epochs = "", 0, 1, nil
+	if err := t.writeMeta(m); err != nil {
+		return nil, fmt.Errorf("stage transfer of %s: %w", t.name, err)
+	}
+	t.mu.Lock()
+	t.meta = m
+	t.next = 1
+	t.logSize = 0
+	t.mu.Unlock()
+	t.tail.reset(1)
+	for _, p := range [][]byte{t.rowPrefix, t.logPrefix} {
+		if err := t.c.deletePrefix(p); err != nil {
+			return nil, fmt.Errorf("stage transfer of %s: clear: %w", t.name, err)
+		}
+	}
+	return &ownTransfer{t: t, seq: seq, wb: t.c.db.NewWriteBatch()}, nil
+}
+
+func (x *ownTransfer) put(key, value []byte) error {
+	return x.wb.Set(concat(x.t.rowPrefix, key), encodeOwnRow(x.seq, value))
+}
+
+func (x *ownTransfer) abort() { x.wb.Cancel() }
+
+// finish makes the copy complete: the meta names the primary's history at
+// the snapshot's seq.
+func (x *ownTransfer) finish(st *transport.Start) error {
+	t := x.t
+	if err := x.wb.Flush(); err != nil {
+		return fmt.Errorf("stage rows: %w", err)
+	}
+	var hist []transport.EpochStart
+	for _, e := range st.Epochs {
+		if e.Seq <= x.seq {
+			hist = append(hist, e)
+		}
+	}
+	t.mu.Lock()
+	m := t.meta
+	t.mu.Unlock()
+	m.LogID, m.Head, m.First, m.Epochs = st.LogID, x.seq, x.seq+1, hist
+	m.Epoch = max(m.Epoch, epochOf(hist, x.seq))
+	if err := t.writeMeta(m); err != nil {
+		return fmt.Errorf("finish transfer of %s: %w", t.name, err)
+	}
+	t.mu.Lock()
+	t.meta = m
+	t.next = x.seq + 1
+	t.signalLocked()
+	t.mu.Unlock()
+	t.tail.reset(x.seq + 1)
+	return nil
+}
+
+func (t *OwnedTable) writeMeta(m ownerMeta) error {
+	b, err := msgpack.Marshal(&m)
+	if err != nil {
+		return err
+	}
+	return t.c.db.Update(func(txn *badger.Txn) error { return txn.Set(t.metaKey, b) })
+}
+
+// signalLocked wakes everyone waiting for the table to change.
+func (t *OwnedTable) signalLocked() {
+	close(t.headCh)
+	t.headCh = make(chan struct{})
+}
+
+// applyReplicated writes changes received from the primary (whole commit
+// groups, continuing the copy) exactly as the primary wrote them: rows, log
+// entries with the same seqs and epochs, and the meta, in one transaction.
+func (t *OwnedTable) applyReplicated(chs []transport.Change) error {
+	t.mu.Lock()
+	m := t.meta
+	t.mu.Unlock()
+	txn := t.c.db.NewTransaction(true)
+	defer txn.Discard()
+	var logBytes int64
+	for i := range chs {
+		ch := &chs[i]
+		rowKey := concat(t.rowPrefix, ch.Key)
+		var err error
+		if ch.Op == transport.OpDelete {
+			err = txn.Delete(rowKey)
+		} else {
+			err = txn.Set(rowKey, encodeOwnRow(ch.Seq, ch.Value))
+		}
+		if err != nil {
+			return err
+		}
+		entry := encodeLogEntry(ch)
+		logBytes += int64(len(entry))
+		if err := txn.Set(ownLogKey(t.logPrefix, ch.Seq), entry); err != nil {
+			return err
+		}
+		if n := len(m.Epochs); n == 0 || ch.Epoch > m.Epochs[n-1].Epoch {
+			m.Epochs = appendEpoch(m.Epochs, ch.Epoch, ch.Seq)
+		}
+	}
+	m.Head = chs[len(chs)-1].Seq
+	m.Epoch = max(m.Epoch, chs[len(chs)-1].Epoch)
+	b, err := msgpack.Marshal(&m)
+	if err != nil {
+		return err
+	}
+	if err := txn.Set(t.metaKey, b); err != nil {
+		return err
+	}
+	if err := txn.Commit(); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	first := t.meta.First
+	t.meta = m
+	t.meta.First = first
+	t.next = m.Head + 1
+	t.logSize += logBytes
+	t.tail.append(chs)
+	t.signalLocked()
+	t.mu.Unlock()
+	return nil
+}
+
+// promote makes a standby's copy the primary's table at epoch: the epoch
+// begins after the copy's head and is synced before any write of it.
+func (t *OwnedTable) promote(epoch uint64) error {
+	t.mu.Lock()
+	m := t.meta
+	t.mu.Unlock()
+	if m.LogID == "" {
+		return fmt.Errorf("table %s holds an incomplete copy (a transfer was interrupted): it cannot take over", t.name)
+	}
+	if epoch < m.Epoch {
+		return fmt.Errorf("table %s is at epoch %d, newer than the granted epoch %d", t.name, m.Epoch, epoch)
+	}
+	if epoch > m.Epoch {
+		m.Epoch = epoch
+		m.Epochs = appendEpoch(m.Epochs, epoch, m.Head+1)
+		if err := t.writeMeta(m); err != nil {
+			return err
+		}
+		if err := t.c.db.Sync(); err != nil {
+			return err
+		}
+	}
+	t.mu.Lock()
+	t.meta.Epoch, t.meta.Epochs = m.Epoch, m.Epochs
+	t.next = t.meta.Head + 1
+	t.signalLocked()
+	t.mu.Unlock()
+	t.c.log.Info("table is primary", "table", t.name, "epoch", epoch, "head", m.Head)
+	return nil
+}
+
+var _ = time.Now
