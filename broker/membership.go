@@ -42,7 +42,7 @@ type nodeMeta struct {
 type member struct {
 	Name   string
 	GRPC   string // gRPC address ("" if its meta is unreadable)
-	State  string // alive, dead, left
+	State  string // alive or gone
 	IP     string // gossip address
 	Port   uint16
 	Gossip string // gossip address, host:port
@@ -170,13 +170,9 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 func (d *delegate) NotifyJoin(n *memberlist.Node)   { d.note(n, "alive") }
 func (d *delegate) NotifyUpdate(n *memberlist.Node) { d.note(n, "alive") }
 
-func (d *delegate) NotifyLeave(n *memberlist.Node) {
-	state := "dead"
-	if n.State == memberlist.StateLeft {
-		state = "left"
-	}
-	d.note(n, state)
-}
+// NotifyLeave: the broker died or left. (memberlist does not keep
+// Node.State up to date, so the two cannot be told apart here.)
+func (d *delegate) NotifyLeave(n *memberlist.Node) { d.note(n, "gone") }
 
 func (d *delegate) note(n *memberlist.Node, state string) {
 	var meta nodeMeta

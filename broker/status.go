@@ -30,8 +30,8 @@ func (b *Broker) Lookup(ctx context.Context, req *transport.LookupRequest) (*tra
 }
 
 // Status returns this broker's view of the cluster: the brokers (live ones,
-// then those that died or left), every owner service, every present
-// instance and the mode overrides.
+// State "alive", then those that died or left, State "gone"), every owner
+// service, every present instance and the mode overrides.
 func (b *Broker) Status(ctx context.Context, req *transport.StatusRequest) (*transport.StatusResponse, error) {
 	if err := transport.CheckVersion(req.Version); err != nil {
 		return nil, err

@@ -1,0 +1,395 @@
+package main
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/replmesh/replmesh/broker"
+)
+
+// fileConfig is the YAML config file. Every key is optional; flags given
+// on the command line override it.
+type fileConfig struct {
+	Name            string        `yaml:"name"`
+	GRPCAddr        string        `yaml:"grpc_addr"`
+	AdvertiseGRPC   string        `yaml:"advertise_grpc"`
+	GossipAddr      string        `yaml:"gossip_addr"`
+	AdvertiseGossip string        `yaml:"advertise_gossip"`
+	HTTPAddr        string        `yaml:"http_addr"`
+	Join            []string      `yaml:"join"`
+	GossipKey       string        `yaml:"gossip_key"` // base64 of 16, 24 or 32 bytes
+	GossipKeyFile   string        `yaml:"gossip_key_file"`
+	ClusterLabel    string        `yaml:"cluster_label"`
+	GossipProfile   string        `yaml:"gossip_profile"` // lan (default), wan, local
+	Token           string        `yaml:"token"`
+	TokenFile       string        `yaml:"token_file"`
+	Lease           time.Duration `yaml:"lease"`
+	Heartbeat       time.Duration `yaml:"heartbeat"`
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	LogLevel        string        `yaml:"log_level"`  // debug, info, warn, error
+	LogFormat       string        `yaml:"log_format"` // text, json
+	TLS             tlsConfig     `yaml:"tls"`
+}
+
+type tlsConfig struct {
+	Cert     string `yaml:"cert"`      // server certificate (PEM)
+	Key      string `yaml:"key"`       // its key (PEM)
+	ClientCA string `yaml:"client_ca"` // when set, clients need a certificate signed by it (mTLS)
+}
+
+// exampleConfig documents every key (printed by -print-config).
+const exampleConfig = `# replbroker configuration. Every key is optional; command-line flags override.
+name: ""                      # unique in the cluster; default: <hostname>-<gossip port>
+grpc_addr: 127.0.0.1:7400     # Broker gRPC service (components, replctl)
+advertise_grpc: ""            # gRPC address handed to components; default: grpc_addr
+gossip_addr: 127.0.0.1:7401   # memberlist, TCP and UDP
+advertise_gossip: ""          # gossip address announced to other brokers
+http_addr: 127.0.0.1:7402     # /metrics, /api/status, status page at /; "off" disables
+join: []                      # gossip addresses of other brokers
+gossip_key: ""                # base64 of a 16, 24 or 32-byte AES key
+gossip_key_file: ""           # or a file holding it
+cluster_label: ""             # brokers with another label are ignored
+gossip_profile: lan           # memberlist timings: lan, wan or local
+token: ""                     # shared token components present in Register
+token_file: ""                # or a file holding it
+lease: 5s                     # how long an instance may be without a session
+heartbeat: 2s                 # broker heartbeats on sessions
+shutdown_timeout: 5s          # bound on graceful stop
+log_level: info               # debug, info, warn, error
+log_format: text              # text or json
+tls:
+  cert: ""                    # PEM certificate of the gRPC server
+  key: ""
+  client_ca: ""               # require client certificates signed by this CA
+`
+
+// loadFile reads a config file strictly: an unknown key is an error that
+// names the file, its line and the keys that are known.
+func loadFile(path string) (*fileConfig, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	var doc yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return &fileConfig{}, nil // empty file
+		}
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	var more yaml.Node
+	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("config %s: more than one YAML document", path)
+	}
+	if err := checkKeys(path, &doc, "", fileConfig{}); err != nil {
+		return nil, err
+	}
+	var fc fileConfig
+	if err := doc.Decode(&fc); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return &fc, nil
+}
+
+// checkKeys reports the first unknown or repeated key of the mapping n
+// against the yaml tags of the struct v (recursing into nested structs).
+func checkKeys(path string, n *yaml.Node, prefix string, v any) error {
+	if n.Kind == yaml.DocumentNode && len(n.Content) == 1 {
+		n = n.Content[0]
+	}
+	if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" {
+		return nil
+	}
+	if n.Kind != yaml.MappingNode {
+		return fmt.Errorf("config %s:%d: %s must be a mapping of keys", path, n.Line, orTop(prefix))
+	}
+	known := map[string]any{}
+	var names []string
+	switch v.(type) {
+	case fileConfig:
+		for _, f := range []struct {
+			k string
+			v any
+		}{
+			{"name", nil}, {"grpc_addr", nil}, {"advertise_grpc", nil}, {"gossip_addr", nil}, {"advertise_gossip", nil},
+			{"http_addr", nil}, {"join", nil}, {"gossip_key", nil}, {"gossip_key_file", nil}, {"cluster_label", nil},
+			{"gossip_profile", nil}, {"token", nil}, {"token_file", nil}, {"lease", nil}, {"heartbeat", nil},
+			{"shutdown_timeout", nil}, {"log_level", nil}, {"log_format", nil}, {"tls", tlsConfig{}},
+		} {
+			known[f.k] = f.v
+			names = append(names, f.k)
+		}
+	case tlsConfig:
+		for _, k := range []string{"cert", "key", "client_ca"} {
+			known[k] = nil
+			names = append(names, k)
+		}
+	}
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, val := n.Content[i], n.Content[i+1]
+		sub, ok := known[k.Value]
+		if !ok {
+			return fmt.Errorf("config %s:%d: unknown key %q%s (known keys: %s)", path, k.Line, prefix+k.Value,
+				suggestIn(prefix), strings.Join(names, ", "))
+		}
+		if seen[k.Value] {
+			return fmt.Errorf("config %s:%d: key %q given twice", path, k.Line, prefix+k.Value)
+		}
+		seen[k.Value] = true
+		if sub != nil {
+			if err := checkKeys(path, val, prefix+k.Value+".", sub); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func orTop(prefix string) string {
+	if prefix == "" {
+		return "the file"
+	}
+	return strings.TrimSuffix(prefix, ".")
+}
+
+func suggestIn(prefix string) string {
+	if prefix == "" {
+		return ""
+	}
+	return " in " + strings.TrimSuffix(prefix, ".")
+}
+
+// parseArgs parses the command line and the config file it names, flags
+// overriding the file, and returns the broker config and the HTTP address
+// ("" when disabled).
+func parseArgs(args []string, stderr io.Writer) (broker.Config, string, *slog.Logger, error) {
+	fs := flag.NewFlagSet("replbroker", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: replbroker [flags]\n\n"+
+			"Runs one replmesh broker. With no flags it serves a one-node cluster on\n"+
+			"localhost: gRPC %s, gossip %s, HTTP %s.\n\nflags:\n",
+			broker.DefaultGRPCAddr, broker.DefaultGossipAddr, broker.DefaultHTTPAddr)
+		fs.PrintDefaults()
+	}
+	var (
+		configPath  = fs.String("config", "", "YAML config `file` (unknown keys are an error; flags override it)")
+		printConfig = fs.Bool("print-config", false, "print a commented config file with every key and exit")
+		name        = fs.String("name", "", "broker `name`, unique in the cluster (default <hostname>-<gossip port>)")
+		grpcAddr    = fs.String("grpc", broker.DefaultGRPCAddr, "gRPC listen `address` (components, replctl)")
+		advGRPC     = fs.String("advertise-grpc", "", "gRPC `address` handed to components (default: the listen address)")
+		gossipAddr  = fs.String("gossip", broker.DefaultGossipAddr, "memberlist (gossip) listen `address`, TCP and UDP")
+		advGossip   = fs.String("advertise-gossip", "", "gossip `address` announced to other brokers")
+		httpAddr    = fs.String("http", broker.DefaultHTTPAddr, "HTTP `address` for /metrics, /api/status and the status page; \"off\" disables")
+		join        = fs.String("join", "", "comma-separated gossip `addresses` of brokers to join")
+		gossipKey   = fs.String("gossip-key", "", "gossip encryption `key`, base64 of 16, 24 or 32 bytes")
+		gossipKeyF  = fs.String("gossip-key-file", "", "`file` holding the base64 gossip key")
+		label       = fs.String("cluster-label", "", "cluster `label`; brokers with another label are ignored")
+		profile     = fs.String("gossip-profile", "lan", "memberlist timings: lan, wan or local")
+		token       = fs.String("token", "", "shared `token` required in every Register")
+		tokenFile   = fs.String("token-file", "", "`file` holding the shared token")
+		lease       = fs.Duration("lease", broker.DefaultConfig().Lease, "how long an instance may be without a session before it is removed")
+		heartbeat   = fs.Duration("heartbeat", broker.DefaultConfig().Heartbeat, "interval of broker heartbeats on sessions")
+		shutdown    = fs.Duration("shutdown-timeout", broker.DefaultConfig().ShutdownTimeout, "bound on the graceful stop")
+		logLevel    = fs.String("log-level", "info", "log `level`: debug, info, warn, error")
+		logFormat   = fs.String("log-format", "text", "log format: text or json")
+		tlsCert     = fs.String("tls-cert", "", "PEM certificate `file` of the gRPC server (enables TLS)")
+		tlsKey      = fs.String("tls-key", "", "PEM key `file` of the gRPC server")
+		tlsCA       = fs.String("tls-client-ca", "", "PEM CA `file`: require client certificates signed by it (mTLS)")
+	)
+	if err := fs.Parse(args); err != nil {
+		return broker.Config{}, "", nil, err
+	}
+	if fs.NArg() > 0 {
+		return broker.Config{}, "", nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if *printConfig {
+		fmt.Fprint(stderr, exampleConfig)
+		return broker.Config{}, "", nil, errPrinted
+	}
+
+	// Start from the file, then let every flag given on the command line win.
+	fc := fileConfig{}
+	if *configPath != "" {
+		f, err := loadFile(*configPath)
+		if err != nil {
+			return broker.Config{}, "", nil, err
+		}
+		fc = *f
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	// A flag given wins; otherwise the file's value, or else the flag's default.
+	str := func(flagName string, dst *string, val string) {
+		if set[flagName] || *dst == "" {
+			*dst = val
+		}
+	}
+	str("name", &fc.Name, *name)
+	str("grpc", &fc.GRPCAddr, *grpcAddr)
+	str("advertise-grpc", &fc.AdvertiseGRPC, *advGRPC)
+	str("gossip", &fc.GossipAddr, *gossipAddr)
+	str("advertise-gossip", &fc.AdvertiseGossip, *advGossip)
+	str("http", &fc.HTTPAddr, *httpAddr)
+	str("gossip-key", &fc.GossipKey, *gossipKey)
+	str("gossip-key-file", &fc.GossipKeyFile, *gossipKeyF)
+	str("cluster-label", &fc.ClusterLabel, *label)
+	str("gossip-profile", &fc.GossipProfile, *profile)
+	str("token", &fc.Token, *token)
+	str("token-file", &fc.TokenFile, *tokenFile)
+	str("log-level", &fc.LogLevel, *logLevel)
+	str("log-format", &fc.LogFormat, *logFormat)
+	str("tls-cert", &fc.TLS.Cert, *tlsCert)
+	str("tls-key", &fc.TLS.Key, *tlsKey)
+	str("tls-client-ca", &fc.TLS.ClientCA, *tlsCA)
+	if set["join"] {
+		fc.Join = nil
+		for _, j := range strings.Split(*join, ",") {
+			if j = strings.TrimSpace(j); j != "" {
+				fc.Join = append(fc.Join, j)
+			}
+		}
+	}
+	dur := func(flagName string, dst *time.Duration, val time.Duration) {
+		if set[flagName] || *dst == 0 {
+			*dst = val
+		}
+	}
+	dur("lease", &fc.Lease, *lease)
+	dur("heartbeat", &fc.Heartbeat, *heartbeat)
+	dur("shutdown-timeout", &fc.ShutdownTimeout, *shutdown)
+
+	log, err := newLogger(fc.LogLevel, fc.LogFormat, stderr)
+	if err != nil {
+		return broker.Config{}, "", nil, err
+	}
+	cfg, err := brokerConfig(&fc)
+	if err != nil {
+		return broker.Config{}, "", nil, err
+	}
+	cfg.Logger = log
+	httpA := fc.HTTPAddr
+	if httpA == "off" {
+		httpA = ""
+	}
+	return cfg, httpA, log, nil
+}
+
+var errPrinted = errors.New("printed")
+
+func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("log format %q: want text or json", format)
+}
+
+// brokerConfig turns the combined settings into a broker.Config.
+func brokerConfig(fc *fileConfig) (broker.Config, error) {
+	cfg := broker.DefaultConfig()
+	cfg.Name = fc.Name
+	cfg.GRPCAddr = fc.GRPCAddr
+	cfg.AdvertiseGRPC = fc.AdvertiseGRPC
+	cfg.BindAddr = fc.GossipAddr
+	cfg.AdvertiseAddr = fc.AdvertiseGossip
+	cfg.Join = slices.Clone(fc.Join)
+	cfg.ClusterLabel = fc.ClusterLabel
+	cfg.Lease = fc.Lease
+	cfg.Heartbeat = fc.Heartbeat
+	cfg.ShutdownTimeout = fc.ShutdownTimeout
+	switch fc.GossipProfile {
+	case "", "lan":
+		cfg.Gossip = memberlist.DefaultLANConfig()
+	case "wan":
+		cfg.Gossip = memberlist.DefaultWANConfig()
+	case "local":
+		local := broker.LocalConfig("")
+		cfg.Gossip = local.Gossip
+	default:
+		return cfg, fmt.Errorf("gossip profile %q: want lan, wan or local", fc.GossipProfile)
+	}
+	if cfg.CheckInterval > cfg.Lease {
+		cfg.CheckInterval = cfg.Lease
+	}
+	if cfg.TombstoneTTL < cfg.Lease {
+		cfg.TombstoneTTL = cfg.Lease
+	}
+
+	key := fc.GossipKey
+	if fc.GossipKeyFile != "" {
+		if key != "" {
+			return cfg, errors.New("gossip key: give gossip_key or gossip_key_file, not both")
+		}
+		b, err := os.ReadFile(fc.GossipKeyFile)
+		if err != nil {
+			return cfg, fmt.Errorf("gossip key: %w", err)
+		}
+		key = strings.TrimSpace(string(b))
+	}
+	if key != "" {
+		k, err := base64.StdEncoding.DecodeString(key)
+		if err != nil {
+			return cfg, fmt.Errorf("gossip key: not base64: %w", err)
+		}
+		cfg.GossipKey = k
+	}
+	cfg.Token = fc.Token
+	if fc.TokenFile != "" {
+		if cfg.Token != "" {
+			return cfg, errors.New("token: give token or token_file, not both")
+		}
+		b, err := os.ReadFile(fc.TokenFile)
+		if err != nil {
+			return cfg, fmt.Errorf("token: %w", err)
+		}
+		cfg.Token = strings.TrimSpace(string(b))
+	}
+	if fc.TLS.Cert != "" || fc.TLS.Key != "" || fc.TLS.ClientCA != "" {
+		if fc.TLS.Cert == "" || fc.TLS.Key == "" {
+			return cfg, errors.New("tls: cert and key are both required")
+		}
+		cert, err := tls.LoadX509KeyPair(fc.TLS.Cert, fc.TLS.Key)
+		if err != nil {
+			return cfg, fmt.Errorf("tls: %w", err)
+		}
+		tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		if fc.TLS.ClientCA != "" {
+			pem, err := os.ReadFile(fc.TLS.ClientCA)
+			if err != nil {
+				return cfg, fmt.Errorf("tls: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return cfg, fmt.Errorf("tls: no certificate in %s", fc.TLS.ClientCA)
+			}
+			tc.ClientCAs = pool
+			tc.ClientAuth = tls.RequireAndVerifyClientCert
+		}
+		cfg.Transport.TLS = tc
+	}
+	return cfg, cfg.Validate()
+}

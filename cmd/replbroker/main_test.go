@@ -1,0 +1,376 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/replmesh/replmesh/broker"
+	"github.com/replmesh/replmesh/transport"
+)
+
+// binDir holds the binary built for the tests; removed when they end.
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "replbroker-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// binary builds replbroker once (per test run) into a temporary directory.
+func binary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binPath = filepath.Join(binDir, "replbroker")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = errors.New(string(out))
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("go build: %v", buildErr)
+	}
+	return binPath
+}
+
+// proc is a running replbroker.
+type proc struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	lines  chan string
+	mu     sync.Mutex
+	stderr strings.Builder
+	done   chan struct{}
+	err    error // from Wait, once done is closed
+	// from the "replbroker serving" log line
+	GRPC, Gossip, HTTP, Name, Lease string
+}
+
+func start(t *testing.T, args ...string) *proc {
+	t.Helper()
+	p := startNoWait(t, args...)
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case line, ok := <-p.lines:
+			if !ok {
+				<-p.done
+				t.Fatalf("replbroker exited before serving (%v):\n%s", p.err, p.log())
+			}
+			var rec map[string]any
+			if json.Unmarshal([]byte(line), &rec) != nil || rec["msg"] != "replbroker serving" {
+				continue
+			}
+			p.GRPC, _ = rec["grpc"].(string)
+			p.Gossip, _ = rec["gossip"].(string)
+			p.HTTP, _ = rec["http"].(string)
+			p.Name, _ = rec["name"].(string)
+			p.Lease, _ = rec["lease"].(string)
+			return p
+		case <-deadline:
+			t.Fatalf("replbroker did not report serving:\n%s", p.log())
+		}
+	}
+}
+
+func startNoWait(t *testing.T, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(binary(t), args...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{t: t, cmd: cmd, lines: make(chan string, 1024), done: make(chan struct{})}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.stderr.WriteString(sc.Text() + "\n")
+			p.mu.Unlock()
+			select {
+			case p.lines <- sc.Text():
+			default:
+			}
+		}
+		close(p.lines)
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	return p
+}
+
+func (p *proc) log() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stderr.String()
+}
+
+// stop sends SIGTERM and checks that the process exits 0 within d.
+func (p *proc) stop(d time.Duration) {
+	p.t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		p.t.Fatal(err)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(d):
+		p.t.Fatalf("replbroker did not exit within %s of SIGTERM:\n%s", d, p.log())
+	}
+	if p.err != nil {
+		p.t.Fatalf("replbroker exited with %v after SIGTERM:\n%s", p.err, p.log())
+	}
+}
+
+// wait waits for the process to exit (with an error, for bad configs).
+func (p *proc) wait(d time.Duration) error {
+	p.t.Helper()
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(d):
+		p.t.Fatalf("replbroker still running after %s:\n%s", d, p.log())
+		return nil
+	}
+}
+
+func local(name string, extra ...string) []string {
+	return append([]string{"-name", name, "-grpc", "127.0.0.1:0", "-gossip", "127.0.0.1:0", "-http", "127.0.0.1:0",
+		"-log-format", "json", "-gossip-profile", "local"}, extra...)
+}
+
+func apiStatus(t *testing.T, httpAddr string) *transport.StatusResponse {
+	t.Helper()
+	var st transport.StatusResponse
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get("http://" + httpAddr + "/api/status")
+		if err == nil {
+			err = func() error {
+				defer resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					return errors.New(resp.Status)
+				}
+				return json.NewDecoder(resp.Body).Decode(&st)
+			}()
+			if err == nil {
+				return &st
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET /api/status: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s %v", url, resp.Status, err)
+	}
+	return string(b)
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestReplbroker_ServesAndStopsOnSIGTERM(t *testing.T) {
+	p := start(t, local("t1")...)
+	st := apiStatus(t, p.HTTP)
+	if st.Broker != "t1" || len(st.Brokers) != 1 || st.Brokers[0].Addr != p.GRPC {
+		t.Fatalf("status: %+v", st)
+	}
+
+	cc, err := transport.Dial(p.GRPC, transport.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	h, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{Service: transport.BrokerServiceName})
+	if err != nil || h.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health: %v %v", h, err)
+	}
+
+	// A component registers: it shows in /api/status, on the page and in
+	// the metrics.
+	sctx, scancel := context.WithCancel(ctx)
+	stream, err := transport.NewBrokerClient(cc).Session(sctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := &transport.Register{Version: transport.ProtocolVersion, Service: "products", Instance: "p1",
+		Subscriptions: []transport.SubInfo{{Service: "stores", Table: "stores", Seq: 12, Lag: 3}}}
+	if err := stream.Send(&transport.SessionRequest{Kind: transport.SessionRegister, Register: reg}); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := stream.Recv(); err != nil || f.Topology == nil || f.Broker != "t1" {
+		t.Fatalf("first frame: %+v %v", f, err)
+	}
+	st = apiStatus(t, p.HTTP)
+	if len(st.Instances) != 1 || st.Instances[0].Instance != "p1" || st.Instances[0].Broker != "t1" {
+		t.Fatalf("status instances: %+v", st.Instances)
+	}
+	if page := get(t, "http://"+p.HTTP+"/"); !strings.Contains(page, "products/p1") || !strings.Contains(page, "stores/stores") {
+		t.Fatalf("status page does not show the subscription:\n%s", page)
+	}
+	if m := get(t, "http://"+p.HTTP+"/metrics"); !strings.Contains(m, "replmesh_broker_sessions_open 1") || !strings.Contains(m, "go_goroutines") {
+		t.Fatalf("metrics:\n%s", m)
+	}
+
+	// SIGTERM: the session is ended by the broker, the process exits 0.
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); !errors.Is(transport.FromStatus(err), transport.ErrUnavailable) {
+		t.Fatalf("session at SIGTERM: %v, want ErrUnavailable", err)
+	}
+	scancel()
+	p.stop(15 * time.Second)
+	for _, want := range []string{`"msg":"broker stopping"`, `"msg":"replbroker stopped"`} {
+		if !strings.Contains(p.log(), want) {
+			t.Errorf("log lacks %s:\n%s", want, p.log())
+		}
+	}
+}
+
+func TestReplbroker_JoinsACluster(t *testing.T) {
+	a := start(t, local("a")...)
+	b := start(t, local("b", "-join", a.Gossip)...)
+	for _, p := range []*proc{a, b} {
+		waitUntil(t, p.Name+" sees two brokers", func() bool { return len(apiStatus(t, p.HTTP).Brokers) == 2 })
+	}
+	b.stop(15 * time.Second)
+	waitUntil(t, "a sees b leave", func() bool {
+		for _, br := range apiStatus(t, a.HTTP).Brokers {
+			if br.Name == "b" {
+				return br.State == "gone"
+			}
+		}
+		return false
+	})
+	a.stop(15 * time.Second)
+}
+
+func TestReplbroker_ConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	t.Run("flags override the file", func(t *testing.T) {
+		cfg := write("ok.yaml", "name: fromfile\nlease: 7s\ntoken: s3cret\ngrpc_addr: 127.0.0.1:0\n")
+		p := start(t, local("fromflag", "-config", cfg)...)
+		if p.Name != "fromflag" || p.Lease != "7s" {
+			t.Fatalf("name %q lease %q, want fromflag (flag) and 7s (file)", p.Name, p.Lease)
+		}
+		if st := apiStatus(t, p.HTTP); st.Broker != "fromflag" {
+			t.Fatalf("status broker %q", st.Broker)
+		}
+		p.stop(15 * time.Second)
+	})
+	for _, tc := range []struct {
+		name, body, want string
+	}{
+		{"unknown key", "name: x\nlease: 2s\nleese: 3s\n", `:3: unknown key "leese"`},
+		{"unknown nested key", "tls:\n  cert: a.pem\n  keyfile: b.pem\n", `:3: unknown key "tls.keyfile" in tls`},
+		{"duplicate key", "name: x\nname: y\n", `:2: key "name" given twice`},
+		{"bad duration", "lease: soon\n", "line 1: cannot unmarshal !!str `soon` into time.Duration"},
+		{"bad gossip key", "gossip_key: c2hvcnQ=\n", "Config.GossipKey"},
+		{"bad profile", "gossip_profile: fast\n", "gossip profile"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := startNoWait(t, "-grpc", "127.0.0.1:0", "-gossip", "127.0.0.1:0", "-http", "127.0.0.1:0",
+				"-config", write(strings.ReplaceAll(tc.name, " ", "_")+".yaml", tc.body))
+			if err := p.wait(15 * time.Second); err == nil {
+				t.Fatal("replbroker started with a bad config")
+			}
+			if !strings.Contains(p.log(), tc.want) {
+				t.Fatalf("error does not say %q:\n%s", tc.want, p.log())
+			}
+		})
+	}
+}
+
+func TestParseArgs_Defaults(t *testing.T) {
+	cfg, httpAddr, _, err := parseArgs(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.GRPCAddr != broker.DefaultGRPCAddr || cfg.BindAddr != broker.DefaultGossipAddr || httpAddr != broker.DefaultHTTPAddr {
+		t.Fatalf("defaults: grpc %s gossip %s http %s", cfg.GRPCAddr, cfg.BindAddr, httpAddr)
+	}
+	if len(cfg.Join) != 0 || cfg.Token != "" || cfg.Lease != broker.DefaultConfig().Lease {
+		t.Fatalf("defaults: %+v", cfg)
+	}
+	cfg, httpAddr, _, err = parseArgs([]string{"-http", "off", "-join", "10.0.0.1:7401, 10.0.0.2:7401", "-gossip-key", "MDEyMzQ1Njc4OWFiY2RlZg=="}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if httpAddr != "" || len(cfg.Join) != 2 || cfg.Join[1] != "10.0.0.2:7401" || string(cfg.GossipKey) != "0123456789abcdef" {
+		t.Fatalf("flags: http %q join %v key %q", httpAddr, cfg.Join, cfg.GossipKey)
+	}
+}
