@@ -28,6 +28,10 @@ var (
 	ErrDiverged = errors.New("replica: owner history diverged")
 	// ErrStaleEpoch: a change or owner from an older epoch was refused.
 	ErrStaleEpoch = errors.New("replica: stale epoch")
+	// ErrNotReplicated: Config.MinSyncStandbys standbys did not confirm a
+	// write (either none was written: too few standbys connected; or it is
+	// committed on the primary but unconfirmed when SyncTimeout ran out).
+	ErrNotReplicated = errors.New("replica: not confirmed by enough standbys")
 	// ErrGap: a received batch did not continue the replica's seq.
 	ErrGap = errors.New("replica: seq gap")
 )

@@ -104,16 +104,23 @@ func (c *Component) setRole(nr role) {
 		c.mu.Unlock()
 		return
 	}
-	c.role = nr
 	tables := make([]*OwnedTable, 0, len(c.owned))
 	for _, t := range c.owned {
 		tables = append(tables, t)
+	}
+	if nr.name != transport.RolePrimary {
+		c.role = nr // refuse writes before the tables change hands
 	}
 	c.mu.Unlock()
 	c.log.Info("role", "role", nr.name, "epoch", nr.epoch, "primary", nr.primary.Instance, "was", old.name)
 	for _, t := range tables {
 		c.applyRole(t, nr)
 	}
+	// Published last for a promotion: Role() says primary once the tables
+	// take writes.
+	c.mu.Lock()
+	c.role = nr
+	c.mu.Unlock()
 }
 
 // applyRole puts one owned table in line with role r. The caller holds

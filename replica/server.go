@@ -107,6 +107,11 @@ func (s *sender) run() error {
 		}
 	}
 
+	standby := o.Standby && o.Service == s.c.cfg.Service
+	if standby {
+		s.t.sync.track(s)
+		defer s.t.sync.untrack(s)
+	}
 	recvErr := make(chan error, 1)
 	go func() {
 		for {
@@ -116,7 +121,11 @@ func (s *sender) run() error {
 				return
 			}
 			switch f.Kind {
-			case transport.KindAck, transport.KindHeartbeat:
+			case transport.KindAck:
+				if standby {
+					s.t.sync.ack(s, f.Seq, s.c.cfg.MinSyncStandbys)
+				}
+			case transport.KindHeartbeat:
 			default:
 				recvErr <- fmt.Errorf("%w: unexpected %s frame from consumer", transport.ErrBadRequest, f.Kind)
 				return

@@ -57,6 +57,7 @@ type OwnedTable struct {
 	tail      *tail
 	allow     map[string]bool // services allowed to subscribe; nil: all
 	writable  atomic.Bool     // this instance is the table's primary
+	sync      *syncState      // standbys' acknowledgements (MinSyncStandbys)
 
 	mu      sync.Mutex
 	meta    ownerMeta     // durable state as of the last commit
@@ -117,6 +118,7 @@ func (c *Component) own(name string, opts []TableOptions) (*OwnedTable, error) {
 		rowPrefix: ownRowPrefix(name),
 		logPrefix: ownLogPrefix(name),
 		tail:      newTail(c.cfg.TailChanges, c.cfg.TailBytes),
+		sync:      newSyncState(),
 		headCh:    make(chan struct{}),
 	}
 	for _, o := range opts {
@@ -260,6 +262,7 @@ type Pending struct {
 	done   chan struct{}
 	seq    uint64
 	err    error
+	table  *OwnedTable // for the wait on synchronous standbys
 }
 
 // Done is closed when the write is committed or has failed.
@@ -270,6 +273,11 @@ func (p *Pending) Done() <-chan struct{} { return p.done }
 func (p *Pending) Wait(ctx context.Context) (uint64, error) {
 	select {
 	case <-p.done:
+		if p.err == nil && p.table != nil {
+			if err := p.table.syncWait(ctx, p.seq); err != nil {
+				return p.seq, err
+			}
+		}
 		return p.seq, p.err
 	case <-ctx.Done():
 		return 0, ctx.Err()
@@ -325,6 +333,10 @@ func (t *OwnedTable) Submit(ctx context.Context, ws ...Write) (*Pending, error) 
 	if err := t.checkWritable(); err != nil {
 		return nil, err
 	}
+	if err := t.checkStandbys(); err != nil {
+		return nil, err
+	}
+	pw.Pending.table = t
 	if pw.size > t.c.cfg.MaxApplyBytes {
 		return nil, fmt.Errorf("%w: %s: apply of %d bytes (max %d)", ErrTooLarge, t.name, pw.size, t.c.cfg.MaxApplyBytes)
 	}
