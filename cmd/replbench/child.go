@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
+	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -19,8 +22,8 @@ const (
 	childEnv   = "REPLBENCH_CHILD"
 	envAddr    = "REPLBENCH_ADDR"
 	envDir     = "REPLBENCH_DIR"
-	envSeq     = "REPLBENCH_SEQ"
 	envVerbose = "REPLBENCH_VERBOSE"
+	envHeap    = "REPLBENCH_HEAPPROFILE"
 
 	childTransfer = "transfer"
 )
@@ -32,6 +35,12 @@ type childResult struct {
 	Seq     uint64  `json:"seq"`
 	ReadyNs float64 `json:"ready_ns"` // Subscribe to Ready
 	PeakRSS int64   `json:"peak_rss"` // VmHWM in bytes at Ready (0: unknown)
+	// At Ready: resident anonymous and file-backed memory (badger's
+	// mmapped tables are file-backed), and the Go heap in use (badger
+	// allocates its memtables and table buffers there).
+	RssAnon   int64  `json:"rss_anon"`
+	RssFile   int64  `json:"rss_file"`
+	HeapInuse uint64 `json:"heap_inuse"`
 }
 
 // childMain runs the child named by childEnv and returns the exit code.
@@ -77,9 +86,18 @@ func childTransferRun() error {
 	}
 	took := time.Since(start)
 	st := r.Status()
+	proc := procStatus("VmHWM", "RssAnon", "RssFile")
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
 	res := childResult{
 		Rows: st.Stats.SnapshotRows, Bytes: st.Stats.SnapshotBytes, Seq: st.Seq,
-		ReadyNs: float64(took), PeakRSS: vmHWM(),
+		ReadyNs: float64(took), PeakRSS: proc["VmHWM"], RssAnon: proc["RssAnon"], RssFile: proc["RssFile"],
+		HeapInuse: ms.HeapInuse,
+	}
+	if path := os.Getenv(envHeap); path != "" {
+		if err := writeHeapProfile(path); err != nil {
+			return err
+		}
 	}
 	if err := c.Close(); err != nil {
 		return fmt.Errorf("close: %w", err)
@@ -87,25 +105,38 @@ func childTransferRun() error {
 	return json.NewEncoder(os.Stdout).Encode(res)
 }
 
-// vmHWM returns this process's peak resident set size in bytes from
-// /proc/self/status (0 where there is no /proc).
-func vmHWM() int64 {
+// procStatus returns the named memory fields of /proc/self/status in
+// bytes (none where there is no /proc).
+func procStatus(names ...string) map[string]int64 {
+	out := map[string]int64{}
 	f, err := os.Open("/proc/self/status")
 	if err != nil {
-		return 0
+		return out
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:")
-		if !ok {
+		name, rest, ok := strings.Cut(sc.Text(), ":")
+		if !ok || !slices.Contains(names, name) {
 			continue
 		}
 		kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-		if err != nil {
-			return 0
+		if err == nil {
+			out[name] = kb << 10
 		}
-		return kb << 10
 	}
-	return 0
+	return out
+}
+
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	runtime.GC()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		f.Close()
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	return f.Close()
 }

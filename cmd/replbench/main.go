@@ -82,7 +82,9 @@ type options struct {
 	output     string
 	quick      bool
 	cpuProfile string
-	verbose    bool
+	// childHeapProfile: the transfer consumer's heap profile at Ready.
+	childHeapProfile string
+	verbose          bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -107,6 +109,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.output, "o", "text", "output format: text or json")
 	fs.BoolVar(&o.quick, "quick", false, "small sizes for a smoke test (explicit size flags still win)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
+	fs.StringVar(&o.childHeapProfile, "transfer-heapprofile", "", "write the transfer consumer's heap profile, taken at Ready, to this file")
 	fs.BoolVar(&o.verbose, "v", false, "log the components' warnings and errors to stderr")
 	if err := fs.Parse(args); err != nil {
 		return o, err

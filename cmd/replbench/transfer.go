@@ -60,11 +60,18 @@ func (b *bench) runTransfer(ctx context.Context) (err error) {
 			}
 		}
 	}()
-	res, maxrss, err := b.runChild(ctx, childTransfer, map[string]string{
+	env := map[string]string{
 		envAddr: owner.Addr(),
 		envDir:  filepath.Join(dir, "consumer"),
-		envSeq:  fmt.Sprint(head),
-	})
+	}
+	if b.opts.childHeapProfile != "" {
+		abs, err := filepath.Abs(b.opts.childHeapProfile)
+		if err != nil {
+			return err
+		}
+		env[envHeap] = abs
+	}
+	res, maxrss, err := b.runChild(ctx, childTransfer, env)
 	close(stopSampling)
 	<-sampled
 	if err != nil {
@@ -89,7 +96,9 @@ func (b *bench) runTransfer(ctx context.Context) (err error) {
 	// VmHWM is the child's own. rusage's maxrss is only a fallback: on
 	// Linux it also counts the parent's memory, which the child shared
 	// between fork and exec.
-	peak, peakNote := float64(res.PeakRSS), "VmHWM of the consumer process at Ready"
+	peak := float64(res.PeakRSS)
+	peakNote := fmt.Sprintf("VmHWM of the consumer process at Ready; then: anon %.0f MB, file-backed %.0f MB, Go heap in use %.0f MB",
+		float64(res.RssAnon)/1e6, float64(res.RssFile)/1e6, float64(res.HeapInuse)/1e6)
 	if peak == 0 {
 		peak, peakNote = float64(maxrss), "rusage maxrss of the consumer process (may include the parent's RSS at fork)"
 	}
