@@ -41,10 +41,11 @@ const (
 	KindAck                            // consumer -> owner: everything up to Seq is durable
 	KindPull                           // consumer -> owner: send a coalesced delta (pull mode)
 	KindMode                           // consumer -> owner: switch this subscription's mode
+	KindDelta                          // owner -> consumer: a pull's coalesced delta up to Seq (apply atomically)
 )
 
 var kindNames = [...]string{"invalid", "open", "start", "snapshot-begin", "rows", "snapshot-end",
-	"changes", "heartbeat", "ack", "pull", "mode"}
+	"changes", "heartbeat", "ack", "pull", "mode", "delta"}
 
 func (k FrameKind) String() string {
 	if int(k) < len(kindNames) {
@@ -118,6 +119,9 @@ type Start struct {
 	Resume   bool   `msgpack:"resume"`
 	// Epochs is the owner's epoch history (standbys copy it).
 	Epochs []EpochStart `msgpack:"eps,omitempty"`
+	// Mode is the owner's default mode for the table ("push", "pull",
+	// "auto"; empty: push), the lowest level of the mode precedence.
+	Mode string `msgpack:"mode,omitempty"`
 }
 
 // ConsumerFrame is every message a consumer sends on a Subscribe stream.

@@ -426,7 +426,8 @@ func TestFrameKind_String(t *testing.T) {
 		{KindAck, "ack"},
 		{KindPull, "pull"},
 		{KindMode, "mode"},
-		{KindMode + 1, "kind(11)"},
+		{KindDelta, "delta"},
+		{KindDelta + 1, "kind(12)"},
 		{255, "kind(255)"},
 	}
 	for _, tt := range tests {
@@ -439,7 +440,7 @@ func TestFrameKind_String(t *testing.T) {
 // The frame kinds and ops are on the wire: their numbers must never change.
 func TestWireNumbers(t *testing.T) {
 	kinds := []FrameKind{KindInvalid, KindOpen, KindStart, KindSnapshotBegin, KindRows,
-		KindSnapshotEnd, KindChanges, KindHeartbeat, KindAck, KindPull, KindMode}
+		KindSnapshotEnd, KindChanges, KindHeartbeat, KindAck, KindPull, KindMode, KindDelta}
 	for i, k := range kinds {
 		if got, want := uint8(k), uint8(i); got != want {
 			t.Errorf("%v = %d, want %d", k, got, want)
