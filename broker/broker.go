@@ -30,6 +30,7 @@ type Broker struct {
 	srv     *transport.Server
 	lis     net.Listener
 	grpc    string // advertised gRPC address
+	gossip  string // gossip address
 	ml      *memberlist.Memberlist
 	del     *delegate
 	queue   *memberlist.TransmitLimitedQueue
@@ -147,6 +148,9 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		lis.Close()
 		return nil, fmt.Errorf("broker: start gossip on %s: %w", cfg.BindAddr, err)
 	}
+	// Read once, now: memberlist keeps writing its nodes later.
+	self := b.ml.LocalNode()
+	b.gossip = net.JoinHostPort(self.Addr.String(), strconv.Itoa(int(self.Port)))
 
 	b.srv = transport.NewServer(cfg.Transport, grpc.WaitForHandlers(true))
 	transport.RegisterBrokerServer(b.srv, b)
@@ -215,10 +219,7 @@ func (b *Broker) Name() string { return b.cfg.Name }
 func (b *Broker) GRPCAddr() string { return b.grpc }
 
 // GossipAddr returns the memberlist address other brokers join.
-func (b *Broker) GossipAddr() string {
-	n := b.ml.LocalNode()
-	return net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
-}
+func (b *Broker) GossipAddr() string { return b.gossip }
 
 // Server returns the broker's gRPC server, on which an embedding
 // coordinator may register more services before traffic arrives.
@@ -240,7 +241,7 @@ func (b *Broker) Close() error {
 			s.end(ErrClosed)
 		}
 		b.mu.Unlock()
-		if lerr := b.ml.Leave(b.cfg.ShutdownTimeout); lerr != nil {
+		if lerr := b.ml.Leave(b.leaveTimeout()); lerr != nil {
 			b.log.Warn("leave cluster", "err", lerr)
 		}
 		b.srv.GracefulStop(b.cfg.ShutdownTimeout)
@@ -261,6 +262,18 @@ func (b *Broker) setReadyLocked() {
 		b.ready = true
 		close(b.readyCh)
 	}
+}
+
+// leaveTimeout bounds the wait for the leave message to go out: ten gossip
+// rounds (at least 250ms, at most ShutdownTimeout). It goes out in one or
+// two rounds when any other broker is reachable; when none is (the others
+// stopped first), waiting longer is futile.
+func (b *Broker) leaveTimeout() time.Duration {
+	g := memberlist.DefaultLANConfig().GossipInterval
+	if b.cfg.Gossip != nil {
+		g = b.cfg.Gossip.GossipInterval
+	}
+	return min(max(10*g, 250*time.Millisecond), b.cfg.ShutdownTimeout)
 }
 
 // enter registers a goroutine that Close must wait for; false once Close

@@ -168,3 +168,18 @@ func TestConfig_Validate(t *testing.T) {
 		}
 	}
 }
+
+func TestBroker_StateExchangeRepairsLostBroadcasts(t *testing.T) {
+	bs := startCluster(t, 3, func(c *Config) { c.Gossip.PushPullInterval = 200 * time.Millisecond })
+	// A record that b1 holds but never broadcast (as if every packet of
+	// the broadcast had been lost): only the periodic push/pull exchange
+	// can bring it to b2 and b3.
+	now := time.Now()
+	bs[0].mu.Lock()
+	m := &modeRec{Service: "stores", Table: "stores_t0", Mode: "pull", Ver: bs[0].reg.next("b1", now.UnixMicro())}
+	bs[0].reg.mergeMode(m)
+	bs[0].mu.Unlock()
+	waitEverywhere(t, bs, "the unbroadcast override", func(st *transport.StatusResponse) bool {
+		return st.Overrides["stores/stores_t0"] == "pull"
+	})
+}

@@ -28,6 +28,13 @@
 // Head) and sends heartbeats. Later SessionUpdate frames report table heads
 // and subscription positions.
 //
+// A ServiceOwner names the primary for as long as that instance is
+// registered, that is until its lease lapses, even while its session is
+// momentarily gone (a component re-homing, a broker dying): consumers keep
+// streaming from it peer to peer, so a broker hiccup never changes where
+// they read. Primary.Instance is "" once the primary has been removed and no
+// standby could take over.
+//
 // The stream is the liveness lease. When it ends (or the broker holding it
 // dies), the instance stays registered for Config.Lease; a component that
 // opens a session on any broker within the lease keeps its registration.
