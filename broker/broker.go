@@ -522,7 +522,14 @@ func (b *Broker) decideLocked(only string) []*broadcast {
 				"previous", old, "head_sum", best.headSum())
 		}
 		b.notifyLocked(svc)
-		out = append(out, ownerBroadcast(no))
+		// The lapsed primary's tombstone travels with the new owner record,
+		// so that no broker shows the new primary beside the old one still
+		// listed as a standby.
+		g := &gossipMsg{Owners: []*ownerRec{no}}
+		if p := insts[old]; p != nil && p.Gone {
+			g.Instances = []*instanceRec{p}
+		}
+		out = append(out, newBroadcast("o/"+svc, g))
 	}
 	return out
 }
@@ -631,10 +638,6 @@ func (b *Broker) localState() ([]byte, error) {
 
 func (b *Broker) instanceBroadcast(rec *instanceRec) *broadcast {
 	return newBroadcast("i/"+rec.Service+"/"+rec.Instance, &gossipMsg{Instances: []*instanceRec{rec}})
-}
-
-func ownerBroadcast(o *ownerRec) *broadcast {
-	return newBroadcast("o/"+o.Service, &gossipMsg{Owners: []*ownerRec{o}})
 }
 
 func modeBroadcast(m *modeRec) *broadcast {
