@@ -118,24 +118,28 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	meta, err := encodeMeta(nodeMeta{GRPC: b.grpc})
 	if err != nil {
+		b.cancel()
 		lis.Close()
 		return nil, err
 	}
 	b.del = &delegate{b: b, meta: meta, nodes: make(map[string]member)}
 
-	// The name defaults to host-port, which needs the gossip port: bind
-	// memberlist first under a provisional name only if we must.
 	if b.cfg.Name == "" {
 		b.cfg.Name, err = defaultName(cfg.BindAddr)
 		if err != nil {
+			b.cancel()
 			lis.Close()
 			return nil, err
 		}
 	}
 	b.log = log.With("broker", b.cfg.Name)
+	if host, _, _ := net.SplitHostPort(b.grpc); net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified() {
+		b.log.Warn("the gRPC address handed to components is a wildcard address; set Config.AdvertiseGRPC", "addr", b.grpc)
+	}
 	b.metrics = newMetrics(b)
 	mc, err := b.memberlistConfig(b.del)
 	if err != nil {
+		b.cancel()
 		lis.Close()
 		return nil, err
 	}
@@ -145,6 +149,7 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 	}
 	b.ml, err = memberlist.Create(mc)
 	if err != nil {
+		b.cancel()
 		lis.Close()
 		return nil, fmt.Errorf("broker: start gossip on %s: %w", cfg.BindAddr, err)
 	}
