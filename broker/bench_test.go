@@ -174,3 +174,34 @@ func BenchmarkMemory1000Instances(b *testing.B) {
 		b.StartTimer()
 	}
 }
+
+// BenchmarkPromotion measures the broker's share of a failover: from the
+// primary's session ending (its process died) to the standby, whose
+// session is on another broker of a 3-broker cluster, being told it is
+// primary. It is the lease (LocalConfig: 1s) plus at most one
+// CheckInterval plus one gossip hop; the metric "over-lease-ms" is the part
+// beyond the lease.
+func BenchmarkPromotion(b *testing.B) {
+	bs := startCluster(b, 3, func(c *Config) { c.Logger = nil })
+	lease := bs[0].cfg.Lease
+	var over time.Duration
+	for i := range b.N {
+		b.StopTimer()
+		svc := fmt.Sprintf("svc%d", i)
+		p := mustConnect(b, bs[1].GRPCAddr(), ownerReg(svc, "a", "127.0.0.1:9001", 5))
+		p.waitTopo("a primary", func(tp *transport.Topology) bool { return tp.Role == transport.RolePrimary })
+		s := mustConnect(b, bs[2].GRPCAddr(), ownerReg(svc, "b", "127.0.0.1:9002", 5))
+		s.waitTopo("b standby of a", func(tp *transport.Topology) bool {
+			return tp.Role == transport.RoleStandby && owner(tp, svc).Primary.Instance == "a"
+		})
+		b.StartTimer()
+		t0 := time.Now()
+		p.shut()
+		s.waitTopo("b primary", func(tp *transport.Topology) bool { return tp.Role == transport.RolePrimary })
+		over += time.Since(t0) - lease
+		b.StopTimer()
+		s.shut()
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(over.Milliseconds())/float64(b.N), "over-lease-ms")
+}
