@@ -18,7 +18,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 )
 
-// newTestReplica builds a Replica exactly as Component.Subscribe does
+// newTestReplica builds a Replica as Component.Subscribe does
 // (loading its durable cursor and queueing an unfinished transfer for
 // deletion) but does not start its stream loop: tests drive the apply path
 // directly, or register OnChange before startTestReplica so that no event
@@ -26,16 +26,7 @@ import (
 func newTestReplica(t testing.TB, c *Component, opts SubscribeOptions) *Replica {
 	t.Helper()
 	key := opts.Service + "/" + opts.Table
-	r := &Replica{
-		c:     c,
-		opts:  opts,
-		base:  replicaBase(opts.Service, opts.Table),
-		log:   c.log.With("replica", key),
-		done:  make(chan struct{}),
-		seqCh: make(chan struct{}),
-		ready: make(chan struct{}),
-		cbs:   map[int]func(Event){},
-	}
+	r := c.newReplica(opts, c.log.With("replica", key), nil)
 	if err := r.load(); err != nil {
 		t.Fatalf("load replica %s: %v", key, err)
 	}

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/transport"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -22,6 +24,10 @@ type SubscribeOptions struct {
 	// Addr is the owner's replication address. (With a broker, the address
 	// is learned from it; Addr stays useful for tests and small setups.)
 	Addr string
+	// Modes is the subscription's mode option (push, pull or auto, with
+	// pull and auto tuning). It overrides the owner's table default and is
+	// overridden by the broker's (replctl mode set). Nil: no preference.
+	Modes *modes.TableConfig
 }
 
 // State is where a replica's subscription stands.
@@ -57,6 +63,7 @@ type Stats struct {
 	Reconnects     uint64 // streams that ended and were re-opened
 	Applied        uint64 // changes applied
 	Duplicates     uint64 // changes received again and skipped
+	Pulls          uint64 // pull answers applied (deltas and in-stream transfers)
 	Truncations    uint64 // times the replica held changes the owner's history lost (failover), replaced by a full transfer
 	SnapshotRows   uint64 // rows received in full transfers
 	SnapshotBytes  uint64 // key+value bytes received in full transfers
@@ -75,6 +82,13 @@ type Status struct {
 	Lag       Lag
 	Stats     Stats
 	LastErr   error
+	// Mode is what the stream runs now (push or pull); ModeConfigured is
+	// the resolved configuration (push, pull or auto); ModeReason says why
+	// the last switch happened; ModeSwitches counts switches.
+	Mode           string
+	ModeConfigured string
+	ModeReason     string
+	ModeSwitches   uint64
 }
 
 // Lag says how far a replica is behind its owner.
@@ -128,6 +142,12 @@ type Replica struct {
 	sessAddr   string             // address of the current stream
 	sessCancel context.CancelFunc // ends the current stream
 
+	modes    modeState     // guarded by mu
+	reads    atomic.Uint64 // Get/Scan calls, for auto mode's read rate
+	modeKick chan struct{} // the effective mode changed: tell the owner
+	pullKick chan struct{} // a read found the replica too stale: pull
+	sendMu   sync.Mutex    // serializes sends on the stream
+
 	cbMu    sync.RWMutex
 	cbs     map[int]func(Event)
 	nextCB  int
@@ -156,16 +176,15 @@ func (c *Component) Subscribe(ctx context.Context, opts SubscribeOptions) (*Repl
 	if _, ok := c.replicas[key]; ok {
 		return nil, fmt.Errorf("subscribe %s: %w", key, ErrExists)
 	}
-	r := &Replica{
-		c:     c,
-		opts:  opts,
-		base:  replicaBase(opts.Service, opts.Table),
-		log:   c.log.With("replica", key),
-		done:  make(chan struct{}),
-		seqCh: make(chan struct{}),
-		ready: make(chan struct{}),
-		kick:  make(chan struct{}, 1),
-		cbs:   map[int]func(Event){},
+	if opts.Modes != nil {
+		if err := opts.Modes.Validate(); err != nil {
+			return nil, fmt.Errorf("%w: SubscribeOptions.Modes: %v", ErrInvalid, err)
+		}
+	}
+	r := c.newReplica(opts, c.log.With("replica", key), nil)
+	if c.topo != nil {
+		r.modes.override, _ = modes.ParseMode(c.topo.Overrides[key])
+		r.resolveModesLocked(time.Now(), "subscribed")
 	}
 	if err := r.load(); err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", key, err)
@@ -175,6 +194,34 @@ func (c *Component) Subscribe(ctx context.Context, opts SubscribeOptions) (*Repl
 	c.wg.Add(1)
 	go r.loop()
 	return r, nil
+}
+
+// newReplica builds a replica (or, with standby set, a standby's
+// follower) that is not started yet.
+func (c *Component) newReplica(opts SubscribeOptions, log *slog.Logger, standby *OwnedTable) *Replica {
+	r := &Replica{
+		c:        c,
+		opts:     opts,
+		base:     replicaBase(opts.Service, opts.Table),
+		log:      log,
+		done:     make(chan struct{}),
+		seqCh:    make(chan struct{}),
+		ready:    make(chan struct{}),
+		kick:     make(chan struct{}, 1),
+		modeKick: make(chan struct{}, 1),
+		pullKick: make(chan struct{}, 1),
+		cbs:      map[int]func(Event){},
+		standby:  standby,
+		accept:   standby != nil, // a standby always takes its primary's history
+	}
+	r.modes.sub = opts.Modes
+	if standby != nil {
+		r.modes.sub = &modes.TableConfig{Mode: modes.Push} // standbys stay current
+	}
+	r.modes.readMeter = modes.NewRateMeter(rateWindow)
+	r.modes.pullCh = make(chan struct{})
+	r.resolveModesLocked(time.Now(), "subscribed")
+	return r
 }
 
 // load reads the cursor and queues the leftovers of an unfinished transfer
@@ -271,6 +318,7 @@ func (r *Replica) Get(key []byte) (value []byte, found bool, err error) {
 	if r.c.ctx.Err() != nil {
 		return nil, false, ErrClosed
 	}
+	r.noteRead()
 	txn, prefix, _ := r.readTxn()
 	defer txn.Discard()
 	item, err := txn.Get(concat(prefix, key))
@@ -293,6 +341,7 @@ func (r *Replica) Scan(prefix []byte, fn func(key, value []byte) bool) (uint64, 
 	if r.c.ctx.Err() != nil {
 		return 0, ErrClosed
 	}
+	r.noteRead()
 	txn, gp, cur, err := r.snapshotTxn()
 	if err != nil {
 		return 0, fmt.Errorf("scan %s: %w", r.opts.Table, err)
@@ -360,6 +409,8 @@ func (r *Replica) Status() Status {
 		Service: r.opts.Service, Table: r.opts.Table, State: r.state,
 		LogID: r.cur.LogID, Epoch: r.cur.Epoch, Seq: r.cur.Seq, OwnerHead: r.ownerHead,
 		Lag: r.lagLocked(time.Now()), Stats: r.stats, LastErr: r.lastErr,
+		Mode: r.modes.effective, ModeConfigured: r.modes.settings.Mode.String(),
+		ModeReason: r.modes.reason, ModeSwitches: r.modes.switches,
 	}
 }
 

@@ -73,11 +73,15 @@ func (c *Component) applyTopology(topo *transport.Topology) {
 	for _, r := range c.replicas {
 		reps = append(reps, r)
 	}
+	nrep := len(reps)
 	for _, r := range c.followers {
 		reps = append(reps, r)
 	}
 	c.mu.Unlock()
-	for _, r := range reps {
+	for i, r := range reps {
+		if i < nrep {
+			r.setOverride(topo.Overrides[r.opts.Service+"/"+r.opts.Table])
+		}
 		r.redirect()
 	}
 	if !c.cfg.Owner {
@@ -150,18 +154,7 @@ func (c *Component) startFollower(t *OwnedTable) {
 	if c.closed || c.followers[t.name] != nil {
 		return
 	}
-	r := &Replica{
-		c:       c,
-		opts:    SubscribeOptions{Service: c.cfg.Service, Table: t.name},
-		log:     c.log.With("standby_of", t.name),
-		done:    make(chan struct{}),
-		seqCh:   make(chan struct{}),
-		ready:   make(chan struct{}),
-		kick:    make(chan struct{}, 1),
-		cbs:     map[int]func(Event){},
-		standby: t,
-		accept:  true,
-	}
+	r := c.newReplica(SubscribeOptions{Service: c.cfg.Service, Table: t.name}, c.log.With("standby_of", t.name), t)
 	_ = r.load()
 	r.ctx, r.cancel = context.WithCancel(c.ctx)
 	c.followers[t.name] = r

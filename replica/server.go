@@ -1,15 +1,22 @@
 package replica
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/transport"
 )
+
+// rateWindow is the window over which write and read rates are measured
+// for auto mode.
+const rateWindow = 5 * time.Second
 
 // replicationServer serves the replication service for the component's
 // owned tables.
@@ -54,15 +61,13 @@ func (s *replicationServer) Subscribe(stream transport.SubscribeServer) error {
 		// primary's may hold changes the new primary's history does not.
 		return t.checkWritable()
 	}
-	if open.Mode == transport.ModePull {
-		return fmt.Errorf("%w: pull mode is not served by this owner", transport.ErrBadRequest)
-	}
 	snd := &sender{
 		c:      s.c,
 		t:      t,
 		stream: stream,
 		open:   open,
 		log:    s.c.log.With("table", t.name, "consumer", open.Service+"/"+open.Instance),
+		rate:   modes.NewRateMeter(rateWindow),
 	}
 	return snd.run()
 }
@@ -78,6 +83,7 @@ type sender struct {
 	}
 	lastSend time.Time
 	buf      []transport.Change
+	rate     *modes.RateMeter // the table's write rate (changes/s), for auto mode
 }
 
 func (s *sender) send(f *transport.OwnerFrame) error {
@@ -92,7 +98,7 @@ func (s *sender) run() error {
 	resume := resumable(meta, o.LogID, o.Seq, o.Epoch)
 	if err := s.send(&transport.OwnerFrame{Kind: transport.KindStart, HeadSeq: meta.Head, Start: &transport.Start{
 		Version: transport.ProtocolVersion, LogID: meta.LogID, Epoch: meta.Epoch,
-		HeadSeq: meta.Head, FirstSeq: meta.First, Resume: resume, Epochs: meta.Epochs,
+		HeadSeq: meta.Head, FirstSeq: meta.First, Resume: resume, Epochs: meta.Epochs, Mode: s.t.defaultMode,
 	}}); err != nil {
 		return err
 	}
@@ -112,6 +118,10 @@ func (s *sender) run() error {
 		s.t.sync.track(s)
 		defer s.t.sync.untrack(s)
 	}
+	// The receiver goroutine hands mode switches and pull requests to the
+	// sending loop below; it never sends.
+	modeCh := make(chan string, 1)
+	pullCh := make(chan struct{}, 1)
 	recvErr := make(chan error, 1)
 	go func() {
 		for {
@@ -126,6 +136,21 @@ func (s *sender) run() error {
 					s.t.sync.ack(s, f.Seq, s.c.cfg.MinSyncStandbys)
 				}
 			case transport.KindHeartbeat:
+			case transport.KindPull:
+				select {
+				case pullCh <- struct{}{}:
+				default:
+				}
+			case transport.KindMode:
+				if f.Mode != transport.ModePush && f.Mode != transport.ModePull {
+					recvErr <- fmt.Errorf("%w: unknown mode %q", transport.ErrBadRequest, f.Mode)
+					return
+				}
+				select {
+				case <-modeCh:
+				default:
+				}
+				modeCh <- f.Mode
 			default:
 				recvErr <- fmt.Errorf("%w: unexpected %s frame from consumer", transport.ErrBadRequest, f.Kind)
 				return
@@ -133,6 +158,7 @@ func (s *sender) run() error {
 		}
 	}()
 
+	pull := o.Mode == transport.ModePull
 	hb := time.NewTicker(s.c.cfg.Heartbeat)
 	defer hb.Stop()
 	budget := s.c.cfg.Transport.ChunkBudget()
@@ -144,7 +170,8 @@ func (s *sender) run() error {
 	}
 	for {
 		meta, headCh := s.t.state()
-		if linger != nil && next <= meta.Head && meta.Head-next+1 < uint64(s.c.cfg.BatchMaxChanges) {
+		s.rate.Record(time.Now(), meta.Head)
+		if !pull && linger != nil && next <= meta.Head && meta.Head-next+1 < uint64(s.c.cfg.BatchMaxChanges) {
 			// A partial batch: give it up to Linger to fill.
 			now := time.Now()
 			if lingerUntil.IsZero() {
@@ -164,14 +191,15 @@ func (s *sender) run() error {
 			}
 		}
 		lingerUntil = time.Time{}
-		if next <= meta.Head {
+		if !pull && next <= meta.Head {
 			var err error
 			s.buf, err = s.t.readChanges(next, s.c.cfg.BatchMaxChanges, budget, s.buf[:0])
 			if err != nil {
 				return err
 			}
 			if len(s.buf) > 0 {
-				if err := s.send(&transport.OwnerFrame{Kind: transport.KindChanges, HeadSeq: meta.Head, Epoch: meta.Epoch, Changes: s.buf}); err != nil {
+				if err := s.send(&transport.OwnerFrame{Kind: transport.KindChanges, HeadSeq: meta.Head, Epoch: meta.Epoch,
+					Rate: s.rate.Rate(), Changes: s.buf}); err != nil {
 					return err
 				}
 				next = s.buf[len(s.buf)-1].Seq + 1
@@ -179,11 +207,25 @@ func (s *sender) run() error {
 				continue
 			}
 		}
+		var commits <-chan struct{}
+		if !pull {
+			commits = headCh // in pull mode a commit alone sends nothing
+		}
 		select {
-		case <-headCh:
+		case <-commits:
+		case m := <-modeCh:
+			if (m == transport.ModePull) != pull {
+				pull = m == transport.ModePull
+				s.log.Info("subscriber switches mode", "mode", m, "at", next-1)
+			}
+		case <-pullCh:
+			var err error
+			if next, err = s.sendDelta(next); err != nil {
+				return err
+			}
 		case now := <-hb.C:
 			if now.Sub(s.lastSend) >= s.c.cfg.Heartbeat/2 {
-				if err := s.send(&transport.OwnerFrame{Kind: transport.KindHeartbeat, HeadSeq: meta.Head, Time: now.UnixNano()}); err != nil {
+				if err := s.send(&transport.OwnerFrame{Kind: transport.KindHeartbeat, HeadSeq: meta.Head, Time: now.UnixNano(), Rate: s.rate.Rate()}); err != nil {
 					return err
 				}
 			}
@@ -198,6 +240,65 @@ func (s *sender) run() error {
 			return fmt.Errorf("%w: owner is shutting down", transport.ErrUnavailable)
 		}
 	}
+}
+
+// sendDelta answers a pull: the latest change of every key changed since
+// next (deletes included), read from the log, in one frame the consumer
+// applies atomically. A consumer behind the log, or a delta larger than a
+// message, gets a full transfer in the stream instead. It returns the seq
+// after the delta.
+func (s *sender) sendDelta(next uint64) (uint64, error) {
+	meta, _ := s.t.state()
+	if next < meta.First {
+		s.log.Info("pull behind the log; full transfer", "from", next, "first", meta.First)
+		return s.sendSnapshot()
+	}
+	// A delta is applied in one consumer transaction: keep it far under
+	// badger's transaction limit.
+	budget := min(s.c.cfg.Transport.ChunkBudget(), 1<<20)
+	var out []transport.Change
+	index := map[string]int{}
+	size := 0
+	to := next - 1
+	for to < meta.Head {
+		var err error
+		s.buf, err = s.t.readChanges(to+1, s.c.cfg.BatchMaxChanges, budget, s.buf[:0])
+		if errors.Is(err, transport.ErrResync) {
+			return s.sendSnapshot()
+		}
+		if err != nil {
+			return 0, err
+		}
+		if len(s.buf) == 0 {
+			break
+		}
+		for _, ch := range s.buf {
+			if i, ok := index[string(ch.Key)]; ok {
+				size += ch.Size() - out[i].Size()
+				out[i] = ch
+			} else {
+				index[string(ch.Key)] = len(out)
+				out = append(out, ch)
+				size += ch.Size()
+			}
+		}
+		to = s.buf[len(s.buf)-1].Seq
+		clear(s.buf)
+		if size > budget {
+			s.log.Info("pull delta larger than a message; full transfer", "from", next, "bytes", size)
+			return s.sendSnapshot()
+		}
+	}
+	for i := range out {
+		out[i].TxnEnd = false
+	}
+	if n := len(out); n > 0 {
+		out[n-1].TxnEnd = true
+	}
+	slices.SortFunc(out, func(a, b transport.Change) int { return cmp.Compare(a.Seq, b.Seq) })
+	err := s.send(&transport.OwnerFrame{Kind: transport.KindDelta, Seq: to, HeadSeq: meta.Head, Epoch: meta.Epoch,
+		Rate: s.rate.Rate(), Changes: out})
+	return to + 1, err
 }
 
 // sendSnapshot streams the table's rows from one read transaction (a

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/transport"
 	"github.com/vmihailenco/msgpack/v5"
 	"google.golang.org/grpc"
@@ -106,11 +107,11 @@ func (r *Replica) session() (progressed bool, err error) {
 	}
 
 	r.mu.RLock()
-	cur, accept := r.cur, r.accept
+	cur, accept, mode := r.cur, r.accept, r.modes.effective
 	r.mu.RUnlock()
 	err = stream.Send(&transport.ConsumerFrame{Kind: transport.KindOpen, Open: &transport.Open{
 		Version: transport.ProtocolVersion, Service: r.c.cfg.Service, Instance: r.c.cfg.Instance,
-		Table: r.opts.Table, LogID: cur.LogID, Seq: cur.Seq, Epoch: cur.Epoch, Mode: transport.ModePush,
+		Table: r.opts.Table, LogID: cur.LogID, Seq: cur.Seq, Epoch: cur.Epoch, Mode: mode,
 		Standby: r.standby != nil,
 	}})
 	if err != nil {
@@ -127,9 +128,15 @@ func (r *Replica) session() (progressed bool, err error) {
 	if err := transport.CheckVersion(st.Version); err != nil {
 		return false, err
 	}
+	ownerMode, _ := modes.ParseMode(st.Mode)
 	r.mu.Lock()
 	r.ownerHead = st.HeadSeq
+	r.modes.ownerDefault = ownerMode
+	modeChanged := r.resolveModesLocked(time.Now(), "owner's table default "+orNone(st.Mode))
 	r.mu.Unlock()
+	if modeChanged {
+		r.kickMode() // sent by control once the stream runs
+	}
 	if st.Epoch < minEpoch {
 		// The broker knows a newer primary: this one was deposed.
 		return false, fmt.Errorf("%w: owner at %s is at epoch %d, the broker's primary is at epoch %d", ErrStaleEpoch, addr, st.Epoch, minEpoch)
@@ -189,6 +196,18 @@ func (r *Replica) session() (progressed bool, err error) {
 		r.mu.Unlock()
 	}
 	r.pending = nil
+	r.mu.Lock()
+	r.modes.stream = stream
+	r.mu.Unlock()
+	ctlDone := make(chan struct{})
+	go func() { defer close(ctlDone); r.control(ctx, cancel) }()
+	defer func() {
+		cancel()
+		<-ctlDone
+		r.mu.Lock()
+		r.modes.stream = nil
+		r.mu.Unlock()
+	}()
 	if err := r.ack(stream); err != nil {
 		return true, err
 	}
@@ -197,7 +216,37 @@ func (r *Replica) session() (progressed bool, err error) {
 		if err != nil {
 			return true, err
 		}
+		if f.Rate > 0 || f.Kind == transport.KindHeartbeat {
+			r.mu.Lock()
+			r.modes.ownerRate = f.Rate
+			r.mu.Unlock()
+		}
 		switch f.Kind {
+		case transport.KindDelta:
+			if err := r.applyDelta(f); err != nil {
+				return true, err
+			}
+			r.pulled()
+			if err := r.ack(stream); err != nil {
+				return true, err
+			}
+		case transport.KindSnapshotBegin:
+			// A pull answered with a full transfer (the consumer was behind
+			// the log, or the delta was too large).
+			first := f
+			if err := r.receiveSnapshot(func() (*transport.OwnerFrame, error) {
+				if first != nil {
+					f, first = first, nil
+					return f, nil
+				}
+				return recv()
+			}, st); err != nil {
+				return true, err
+			}
+			r.pulled()
+			if err := r.ack(stream); err != nil {
+				return true, err
+			}
 		case transport.KindChanges:
 			applied, err := r.applyFrame(f)
 			if err != nil {
@@ -222,7 +271,56 @@ func (r *Replica) ack(stream transport.SubscribeClient) error {
 	r.mu.RLock()
 	seq := r.cur.Seq
 	r.mu.RUnlock()
+	r.sendMu.Lock()
+	defer r.sendMu.Unlock()
 	return transport.FromStatus(stream.Send(&transport.ConsumerFrame{Kind: transport.KindAck, Seq: seq}))
+}
+
+// applyDelta applies a pull's coalesced delta atomically: the replica goes
+// from its seq straight to the delta's, with the latest value of every key
+// changed in between.
+func (r *Replica) applyDelta(f *transport.OwnerFrame) error {
+	r.mu.RLock()
+	cur := r.cur
+	r.mu.RUnlock()
+	if len(r.pending) > 0 {
+		return fmt.Errorf("%w: delta while a commit group is incomplete", transport.ErrBadRequest)
+	}
+	if f.Epoch < cur.Epoch {
+		return fmt.Errorf("%w: delta of epoch %d, replica is at epoch %d", ErrStaleEpoch, f.Epoch, cur.Epoch)
+	}
+	if f.Seq < cur.Seq {
+		return fmt.Errorf("%w: delta up to seq %d, replica holds %d", transport.ErrBadRequest, f.Seq, cur.Seq)
+	}
+	var prev uint64
+	for i := range f.Changes {
+		ch := &f.Changes[i]
+		if err := ch.Validate(); err != nil {
+			return err
+		}
+		if ch.Seq <= cur.Seq || ch.Seq > f.Seq || ch.Seq <= prev {
+			return fmt.Errorf("%w: delta change at seq %d outside (%d, %d] or out of order", transport.ErrBadRequest, ch.Seq, cur.Seq, f.Seq)
+		}
+		if ch.Epoch < cur.Epoch || ch.Epoch > f.Epoch {
+			return fmt.Errorf("%w: delta change %d of epoch %d (replica %d, owner %d)", ErrStaleEpoch, ch.Seq, ch.Epoch, cur.Epoch, f.Epoch)
+		}
+		prev = ch.Seq
+	}
+	if len(f.Changes) == 0 {
+		if f.Seq != cur.Seq {
+			return fmt.Errorf("%w: empty delta up to seq %d, replica holds %d", transport.ErrBadRequest, f.Seq, cur.Seq)
+		}
+		r.mu.Lock()
+		if cur.Seq >= r.ownerHead {
+			r.caughtUpAt = time.Now()
+		}
+		r.mu.Unlock()
+		return nil
+	}
+	if last := f.Changes[len(f.Changes)-1].Seq; last != f.Seq {
+		return fmt.Errorf("%w: delta up to seq %d ends with change %d", transport.ErrBadRequest, f.Seq, last)
+	}
+	return r.apply(f.Changes)
 }
 
 // receiveSnapshot writes a full transfer into a fresh generation and

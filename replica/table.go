@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/transport"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -49,15 +50,16 @@ type ownerMeta struct {
 // OwnedTable is a table this component owns and writes. Its methods are safe
 // for concurrent use.
 type OwnedTable struct {
-	c         *Component
-	name      string
-	metaKey   []byte
-	rowPrefix []byte
-	logPrefix []byte
-	tail      *tail
-	allow     map[string]bool // services allowed to subscribe; nil: all
-	writable  atomic.Bool     // this instance is the table's primary
-	sync      *syncState      // standbys' acknowledgements (MinSyncStandbys)
+	c           *Component
+	name        string
+	metaKey     []byte
+	rowPrefix   []byte
+	logPrefix   []byte
+	tail        *tail
+	allow       map[string]bool // services allowed to subscribe; nil: all
+	writable    atomic.Bool     // this instance is the table's primary
+	sync        *syncState      // standbys' acknowledgements (MinSyncStandbys)
+	defaultMode string          // TableOptions.Mode, sent to consumers in Start
 
 	mu      sync.Mutex
 	meta    ownerMeta     // durable state as of the last commit
@@ -73,6 +75,10 @@ type TableOptions struct {
 	// name the consumer presents, so it is authoritative only together with
 	// mTLS (transport.Options.TLS) that binds names to certificates.
 	AllowServices []string
+	// Mode is the table's default replication mode (the lowest level of the
+	// precedence: subscription options and broker overrides win). Unset:
+	// push.
+	Mode modes.Mode
 }
 
 // Own declares a table owned by this component, loading its state from the
@@ -122,6 +128,9 @@ func (c *Component) own(name string, opts []TableOptions) (*OwnedTable, error) {
 		headCh:    make(chan struct{}),
 	}
 	for _, o := range opts {
+		if o.Mode != modes.Unset {
+			t.defaultMode = o.Mode.String()
+		}
 		for _, svc := range o.AllowServices {
 			if t.allow == nil {
 				t.allow = map[string]bool{}

@@ -1,0 +1,303 @@
+package replica
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/replmesh/replmesh/modes"
+	"github.com/replmesh/replmesh/transport"
+)
+
+// Modes. Each subscription runs in push mode (the owner streams every
+// change) or pull mode (the owner sends nothing until asked, then a
+// coalesced delta). The configured mode is resolved per field from, in
+// order of precedence: the broker's override (replctl mode set), the
+// subscription's option (SubscribeOptions.Modes, SetModes), the owner's
+// table default (TableOptions.Mode, sent in Start), the built-in default
+// (push). Auto mode lets a pure policy (modes.Policy) pick push or pull from
+// the owner's write rate and this replica's read rate; every switch happens
+// in the stream, with no reconnect and no resync.
+
+// modeState is a replica's mode bookkeeping, guarded by Replica.mu.
+type modeState struct {
+	sub          *modes.TableConfig // subscription option (SubscribeOptions.Modes / SetModes)
+	override     modes.Mode         // broker override (Unset: none)
+	ownerDefault modes.Mode         // from the owner's Start (Unset: none)
+	settings     modes.Settings     // resolved
+	policy       *modes.Policy      // auto mode only
+	effective    string             // transport.ModePush or ModePull: what the stream runs
+	reason       string             // why the last switch happened
+	switches     uint64
+	ownerRate    float64          // owner's write rate, from its frames
+	readMeter    *modes.RateMeter // this replica's read rate
+	pullGen      uint64           // pull answers applied
+	pullCh       chan struct{}    // closed and replaced on each pull answer
+	stream       transport.SubscribeClient
+}
+
+// resolveModesLocked recomputes the settings and the effective mode; it
+// reports whether the effective mode changed. r.mu is held.
+func (r *Replica) resolveModesLocked(now time.Time, why string) bool {
+	m := &r.modes
+	var override, owner *modes.TableConfig
+	if m.override != modes.Unset {
+		override = &modes.TableConfig{Mode: m.override}
+	}
+	if m.ownerDefault != modes.Unset {
+		owner = &modes.TableConfig{Mode: m.ownerDefault}
+	}
+	s, err := modes.ResolveLayers(override, m.sub, owner)
+	if err != nil {
+		r.log.Error("mode settings do not resolve; keeping the previous ones", "err", err)
+		return false
+	}
+	m.settings = s
+	want := m.effective
+	switch s.Mode {
+	case modes.Pull:
+		want, m.policy = transport.ModePull, nil
+	case modes.Auto:
+		if m.policy == nil || m.policy.Settings() != s.Auto {
+			start := modes.Push
+			if m.effective == transport.ModePull {
+				start = modes.Pull
+			}
+			p, err := modes.NewPolicy(s.Auto, start)
+			if err != nil {
+				r.log.Error("auto mode settings invalid", "err", err)
+				return false
+			}
+			m.policy = p
+		}
+		want = m.policy.Mode().String()
+	default:
+		want, m.policy = transport.ModePush, nil
+	}
+	if want == m.effective {
+		return false
+	}
+	if m.effective != "" {
+		m.switches++
+	}
+	m.effective = want
+	m.reason = why
+	return true
+}
+
+// observeLocked feeds the auto policy; it reports whether the effective
+// mode changed. r.mu is held.
+func (r *Replica) observeLocked(now time.Time) bool {
+	m := &r.modes
+	m.readMeter.Record(now, r.reads.Load())
+	if m.policy == nil {
+		return false
+	}
+	d := m.policy.Observe(modes.Observation{At: now, OwnerWriteRate: m.ownerRate, ConsumerReadRate: m.readMeter.Rate()})
+	if !d.Switched {
+		return false
+	}
+	m.effective = d.Mode.String()
+	m.reason = "auto: " + d.Reason
+	m.switches++
+	return true
+}
+
+// Mode returns the mode the subscription runs now ("push" or "pull"), the
+// configured mode ("push", "pull" or "auto") and the reason for the last
+// switch.
+func (r *Replica) Mode() (effective, configured, reason string) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.modes.effective, r.modes.settings.Mode.String(), r.modes.reason
+}
+
+// SetModes replaces the subscription's mode option (a config reload); it
+// takes effect on the live stream.
+func (r *Replica) SetModes(tc *modes.TableConfig) error {
+	if tc != nil {
+		if err := tc.Validate(); err != nil {
+			return fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+	}
+	r.mu.Lock()
+	r.modes.sub = tc
+	changed := r.resolveModesLocked(time.Now(), "subscription option changed")
+	r.mu.Unlock()
+	if changed {
+		r.kickMode()
+	}
+	return nil
+}
+
+// setOverride takes the broker's override for this table ("" clears it).
+func (r *Replica) setOverride(s string) {
+	m, err := modes.ParseMode(s)
+	if s == "" {
+		m, err = modes.Unset, nil
+	}
+	if err != nil {
+		r.log.Warn("ignoring an invalid mode override", "mode", s)
+		return
+	}
+	r.mu.Lock()
+	if r.modes.override == m {
+		r.mu.Unlock()
+		return
+	}
+	r.modes.override = m
+	changed := r.resolveModesLocked(time.Now(), "broker override "+orNone(s))
+	r.mu.Unlock()
+	if changed {
+		r.kickMode()
+	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "cleared"
+	}
+	return s
+}
+
+func (r *Replica) kickMode() {
+	select {
+	case r.modeKick <- struct{}{}:
+	default:
+	}
+}
+
+// sendFrame sends on the current stream (several goroutines send: the
+// session's acks, pulls, mode switches).
+func (r *Replica) sendFrame(f *transport.ConsumerFrame) error {
+	r.sendMu.Lock()
+	defer r.sendMu.Unlock()
+	r.mu.RLock()
+	s := r.modes.stream
+	r.mu.RUnlock()
+	if s == nil {
+		return fmt.Errorf("%w: no stream to the owner of %s", transport.ErrUnavailable, r.opts.Table)
+	}
+	return transport.FromStatus(s.Send(f))
+}
+
+// control runs beside a session's receive loop: it sends pulls (on the
+// interval, on Refresh and on stale reads) and mode switches (auto
+// decisions, overrides, option changes).
+func (r *Replica) control(ctx context.Context, cancel context.CancelFunc) {
+	tick := time.NewTicker(r.c.cfg.Heartbeat)
+	defer tick.Stop()
+	var pullT *time.Timer
+	var pullC <-chan time.Time
+	armPull := func() {
+		r.mu.RLock()
+		pull, every := r.modes.effective == transport.ModePull, r.modes.settings.Pull.Interval
+		r.mu.RUnlock()
+		if pullT != nil {
+			pullT.Stop()
+			pullC = nil
+		}
+		if pull && every > 0 {
+			pullT = time.NewTimer(every)
+			pullC = pullT.C
+		}
+	}
+	defer func() {
+		if pullT != nil {
+			pullT.Stop()
+		}
+	}()
+	armPull()
+	fail := func(err error) {
+		if err != nil {
+			r.log.Info("control send failed", "err", err)
+			cancel()
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.pullKick:
+			fail(r.sendFrame(&transport.ConsumerFrame{Kind: transport.KindPull}))
+			armPull()
+		case <-pullC:
+			fail(r.sendFrame(&transport.ConsumerFrame{Kind: transport.KindPull}))
+			armPull()
+		case <-r.modeKick:
+			r.mu.RLock()
+			m := r.modes.effective
+			r.mu.RUnlock()
+			fail(r.sendFrame(&transport.ConsumerFrame{Kind: transport.KindMode, Mode: m}))
+			r.log.Info("mode switched", "mode", m)
+			armPull()
+		case now := <-tick.C:
+			r.mu.Lock()
+			changed := r.observeLocked(now)
+			r.mu.Unlock()
+			if changed {
+				r.kickMode()
+			}
+		}
+	}
+}
+
+// Refresh brings the replica up to the owner's state: in pull mode it pulls
+// and waits for the delta; in push mode it waits for the changes the owner
+// has announced.
+func (r *Replica) Refresh(ctx context.Context) error {
+	r.mu.RLock()
+	pull, gen, ch, head := r.modes.effective == transport.ModePull, r.modes.pullGen, r.modes.pullCh, r.ownerHead
+	r.mu.RUnlock()
+	if !pull {
+		return r.WaitFor(ctx, head)
+	}
+	if err := r.sendFrame(&transport.ConsumerFrame{Kind: transport.KindPull}); err != nil {
+		return fmt.Errorf("refresh %s: %w", r.opts.Table, err)
+	}
+	for {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("refresh %s: %w", r.opts.Table, ctx.Err())
+		case <-r.done:
+			return ErrClosed
+		}
+		r.mu.RLock()
+		g, c := r.modes.pullGen, r.modes.pullCh
+		r.mu.RUnlock()
+		if g > gen {
+			return nil
+		}
+		ch = c
+	}
+}
+
+// pulled records an applied pull answer (a delta or an in-stream transfer).
+func (r *Replica) pulled() {
+	r.mu.Lock()
+	r.stats.Pulls++
+	r.modes.pullGen++
+	close(r.modes.pullCh)
+	r.modes.pullCh = make(chan struct{})
+	r.mu.Unlock()
+}
+
+// noteRead counts a read (auto mode's read rate) and, in pull mode, asks
+// for a pull when the replica is staler than MaxStaleness; it never waits.
+func (r *Replica) noteRead() {
+	r.reads.Add(1)
+	r.mu.RLock()
+	pull, maxSt := r.modes.effective == transport.ModePull, r.modes.settings.Pull.MaxStaleness
+	var st time.Duration
+	if pull && maxSt > 0 {
+		st = r.lagLocked(time.Now()).Staleness
+	}
+	r.mu.RUnlock()
+	if pull && maxSt > 0 && (st > maxSt || st < 0) {
+		select {
+		case r.pullKick <- struct{}{}:
+		default:
+		}
+	}
+}
