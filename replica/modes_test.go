@@ -160,6 +160,7 @@ func TestModes_SwitchUnderWrites(t *testing.T) {
 	waitUntil(t, 10*time.Second, "pull mode", func() bool { eff, _, _ := r.Mode(); return eff == "pull" })
 	for range 3 {
 		at := r.Seq()
+		waitUntil(t, 10*time.Second, "a write the replica lacks", func() bool { return tbl.Head() > at })
 		if err := r.Refresh(ctx); err != nil {
 			t.Fatal(err)
 		}
