@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/transport"
 )
 
@@ -62,6 +63,12 @@ type Config struct {
 	// SyncTimeout bounds the wait for MinSyncStandbys; a write that times
 	// out is committed on the primary but reported as ErrNotReplicated.
 	SyncTimeout time.Duration
+	// Modes is the per-table mode configuration (the YAML file of package
+	// modes): for a table this component owns, its entry is the owner's
+	// default (mode and retention); for a table it subscribes to, its entry
+	// is the subscription option when SubscribeOptions.Modes is nil.
+	// Entries are keyed "SERVICE/TABLE". Reload with Component.ReloadModes.
+	Modes *modes.Config
 	// Transport: message size limit and TLS for both serving and dialing.
 	Transport transport.Options
 
@@ -195,6 +202,11 @@ func (c *Config) Validate() error {
 	if int64(3*c.MaxGroupBytes) > c.MemTableSize*15/100 {
 		return fmt.Errorf("%w: Config.MaxGroupBytes (%d) is too large for Config.MemTableSize (%d): need 3*MaxGroupBytes <= 15%% of MemTableSize",
 			ErrInvalid, c.MaxGroupBytes, c.MemTableSize)
+	}
+	if c.Modes != nil {
+		if err := c.Modes.Validate(); err != nil {
+			return fmt.Errorf("%w: Config.Modes: %v", ErrInvalid, err)
+		}
 	}
 	if c.MaxApplyBytes > c.Transport.ChunkBudget() {
 		return fmt.Errorf("%w: Config.MaxApplyBytes (%d) must fit in one message chunk (%d)", ErrInvalid, c.MaxApplyBytes, c.Transport.ChunkBudget())

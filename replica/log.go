@@ -91,8 +91,8 @@ func (c *Component) trimLoop() {
 // first seq is published before the entries are deleted, so a reader that
 // races with the deletion sees ErrResync, never a gap.
 func (t *OwnedTable) trim(now time.Time) error {
-	r := t.c.cfg.Retention
 	t.mu.Lock()
+	r := t.retention
 	first, head, size := t.meta.First, t.meta.Head, t.logSize
 	t.mu.Unlock()
 	newFirst := first

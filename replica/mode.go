@@ -301,3 +301,83 @@ func (r *Replica) noteRead() {
 		}
 	}
 }
+
+// fileModes returns the mode config file's entry for service/table merged
+// over the file's defaults, or nil when the file says nothing.
+func fileModes(cfg *modes.Config, service, table string) *modes.TableConfig {
+	if cfg == nil {
+		return nil
+	}
+	entry, ok := cfg.Lookup(service + "/" + table)
+	if !ok {
+		if cfg.Defaults == (modes.TableConfig{}) {
+			return nil
+		}
+		d := cfg.Defaults
+		return &d
+	}
+	m := modes.Merge(entry, &cfg.Defaults)
+	return &m
+}
+
+// ReloadModes applies a new mode configuration file to the live component:
+// replicas without an explicit SubscribeOptions.Modes take their new entry
+// (switching in-stream), owned tables their new default mode and retention.
+func (c *Component) ReloadModes(cfg *modes.Config) error {
+	if cfg != nil {
+		if err := cfg.Validate(); err != nil {
+			return fmt.Errorf("%w: reload modes: %v", ErrInvalid, err)
+		}
+	}
+	c.mu.Lock()
+	c.cfg.Modes = cfg
+	reps := make([]*Replica, 0, len(c.replicas))
+	for _, r := range c.replicas {
+		reps = append(reps, r)
+	}
+	tables := make([]*OwnedTable, 0, len(c.owned))
+	for _, t := range c.owned {
+		tables = append(tables, t)
+	}
+	c.mu.Unlock()
+	for _, t := range tables {
+		t.applyFileModes(cfg)
+	}
+	for _, r := range reps {
+		if r.opts.Modes != nil {
+			continue // the program's own option wins over the file
+		}
+		if err := r.SetModes(fileModes(cfg, r.opts.Service, r.opts.Table)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// applyFileModes takes the table's default mode and retention from the
+// owner's mode file (an explicit TableOptions.Mode wins for the mode).
+func (t *OwnedTable) applyFileModes(cfg *modes.Config) {
+	tc := fileModes(cfg, t.c.cfg.Service, t.name)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.explicitMode {
+		t.defaultMode = ""
+		if tc != nil && tc.Mode != modes.Unset {
+			t.defaultMode = tc.Mode.String()
+		}
+	}
+	ret := t.c.cfg.Retention
+	if tc != nil {
+		r := tc.Retention
+		if r.MaxChanges != nil {
+			ret.MaxChanges = *r.MaxChanges
+		}
+		if r.MaxBytes != nil {
+			ret.MaxBytes = *r.MaxBytes
+		}
+		if r.MaxAge != nil {
+			ret.MaxAge = *r.MaxAge
+		}
+	}
+	t.retention = ret
+}

@@ -1,12 +1,16 @@
 package replica
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/transport"
 )
@@ -326,5 +330,89 @@ func TestRead_Policies(t *testing.T) {
 	}
 	if v, err := read(Cached); v != "v1" || err != nil {
 		t.Fatalf("cached with the owner down = %q, %v", v, err)
+	}
+}
+
+// The mode file: an owner's entry is its table default, a consumer's entry
+// its subscription option; a reload switches live subscriptions.
+func TestModes_File(t *testing.T) {
+	file, err := modes.Parse([]byte(`version: 1
+tables:
+  stores/t:
+    mode: pull
+    pull: {interval: 0s, max_staleness: 0s}
+    retention: {max_changes: 10}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := LocalConfig("stores", "s1")
+	cfg.Modes = file
+	cfg.Logger = testLogger(t)
+	owner, err := Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mustClose(t, owner)
+	tbl, _ := owner.Own("t")
+	if got := tbl.ownerMode(); got != "pull" {
+		t.Fatalf("owner default from the file = %q, want pull", got)
+	}
+	tbl.mu.Lock()
+	ret := tbl.retention
+	tbl.mu.Unlock()
+	if ret.MaxChanges != 10 {
+		t.Fatalf("retention from the file = %+v", ret)
+	}
+	ccfg := LocalConfig("products", "p1")
+	ccfg.Modes = &modes.Config{Version: 1, Tables: map[string]modes.TableConfig{"stores/t": {Mode: modes.Push}}}
+	ccfg.Logger = testLogger(t)
+	cons, err := Open(context.Background(), ccfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mustClose(t, cons)
+	ctx := ctxT(t, 20*time.Second)
+	r, _ := cons.Subscribe(ctx, SubscribeOptions{Service: "stores", Table: "t", Addr: owner.Addr()})
+	<-r.Ready()
+	if eff, _, _ := r.Mode(); eff != "push" {
+		t.Fatalf("consumer file says push, mode is %s", eff)
+	}
+	if err := cons.ReloadModes(&modes.Config{Version: 1}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "owner default after the reload", func() bool { eff, _, _ := r.Mode(); return eff == "pull" })
+}
+
+// The auto mode's choice and the switches are visible in the metrics.
+func TestMetrics_ModeAndLag(t *testing.T) {
+	owner := openComponent(t, "stores", "s1", "", "")
+	defer mustClose(t, owner)
+	cons := openComponent(t, "products", "p1", "", "")
+	defer mustClose(t, cons)
+	tbl, _ := owner.Own("t")
+	ctx := ctxT(t, 20*time.Second)
+	r, _ := cons.Subscribe(ctx, SubscribeOptions{Service: "stores", Table: "t", Addr: owner.Addr(), Modes: pullOnDemand()})
+	<-r.Ready()
+	if _, err := tbl.Put(ctx, []byte("k"), []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "lag known", func() bool { return r.Lag().Seqs == 1 })
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(cons.Metrics(), owner.Metrics())
+	want := `
+# HELP replmesh_replica_lag_seqs Owner head minus replica seq.
+# TYPE replmesh_replica_lag_seqs gauge
+replmesh_replica_lag_seqs{component="products/p1",service="stores",table="t"} 1
+# HELP replmesh_replica_mode 1 for the mode the subscription's stream runs.
+# TYPE replmesh_replica_mode gauge
+replmesh_replica_mode{component="products/p1",mode="pull",service="stores",table="t"} 1
+replmesh_replica_mode{component="products/p1",mode="push",service="stores",table="t"} 0
+# HELP replmesh_table_head_seq Seq of the newest change committed to an owned table.
+# TYPE replmesh_table_head_seq gauge
+replmesh_table_head_seq{component="stores/s1",table="t"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "replmesh_replica_lag_seqs", "replmesh_replica_mode", "replmesh_table_head_seq"); err != nil {
+		t.Fatal(err)
 	}
 }

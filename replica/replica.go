@@ -182,10 +182,15 @@ func (c *Component) Subscribe(ctx context.Context, opts SubscribeOptions) (*Repl
 		}
 	}
 	r := c.newReplica(opts, c.log.With("replica", key), nil)
+	if opts.Modes == nil {
+		// The mode file's entry is the subscription option, re-read on
+		// ReloadModes; an explicit option is the program's and stays.
+		r.modes.sub = fileModes(c.cfg.Modes, opts.Service, opts.Table)
+	}
 	if c.topo != nil {
 		r.modes.override, _ = modes.ParseMode(c.topo.Overrides[key])
-		r.resolveModesLocked(time.Now(), "subscribed")
 	}
+	r.resolveModesLocked(time.Now(), "subscribed")
 	if err := r.load(); err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", key, err)
 	}

@@ -83,7 +83,11 @@ type sender struct {
 	}
 	lastSend time.Time
 	buf      []transport.Change
-	rate     *modes.RateMeter // the table's write rate (changes/s), for auto mode
+	// gated: with MinSyncStandbys, this subscriber (a consumer, not a
+	// standby) is sent only the changes that many standbys have confirmed
+	// (capHead).
+	gated bool
+	rate  *modes.RateMeter // the table's write rate (changes/s), for auto mode
 }
 
 func (s *sender) send(f *transport.OwnerFrame) error {
@@ -98,7 +102,7 @@ func (s *sender) run() error {
 	resume := resumable(meta, o.LogID, o.Seq, o.Epoch)
 	if err := s.send(&transport.OwnerFrame{Kind: transport.KindStart, HeadSeq: meta.Head, Start: &transport.Start{
 		Version: transport.ProtocolVersion, LogID: meta.LogID, Epoch: meta.Epoch,
-		HeadSeq: meta.Head, FirstSeq: meta.First, Resume: resume, Epochs: meta.Epochs, Mode: s.t.defaultMode,
+		HeadSeq: meta.Head, FirstSeq: meta.First, Resume: resume, Epochs: meta.Epochs, Mode: s.t.ownerMode(),
 	}}); err != nil {
 		return err
 	}
@@ -118,6 +122,7 @@ func (s *sender) run() error {
 		s.t.sync.track(s)
 		defer s.t.sync.untrack(s)
 	}
+	s.gated = s.c.cfg.MinSyncStandbys > 0 && !standby
 	// The receiver goroutine hands mode switches and pull requests to the
 	// sending loop below; it never sends.
 	modeCh := make(chan string, 1)
@@ -171,6 +176,7 @@ func (s *sender) run() error {
 	for {
 		meta, headCh := s.t.state()
 		s.rate.Record(time.Now(), meta.Head)
+		confirmed := s.capHead(&meta)
 		if !pull && linger != nil && next <= meta.Head && meta.Head-next+1 < uint64(s.c.cfg.BatchMaxChanges) {
 			// A partial batch: give it up to Linger to fill.
 			now := time.Now()
@@ -182,6 +188,8 @@ func (s *sender) run() error {
 				select {
 				case <-linger.C:
 				case <-headCh:
+					continue
+				case <-confirmed:
 					continue
 				case <-ctx.Done():
 					return ctx.Err()
@@ -197,6 +205,7 @@ func (s *sender) run() error {
 			if err != nil {
 				return err
 			}
+			s.buf = capChanges(s.buf, meta.Head)
 			if len(s.buf) > 0 {
 				if err := s.send(&transport.OwnerFrame{Kind: transport.KindChanges, HeadSeq: meta.Head, Epoch: meta.Epoch,
 					Rate: s.rate.Rate(), Changes: s.buf}); err != nil {
@@ -207,12 +216,13 @@ func (s *sender) run() error {
 				continue
 			}
 		}
-		var commits <-chan struct{}
+		var commits, moved <-chan struct{}
 		if !pull {
-			commits = headCh // in pull mode a commit alone sends nothing
+			commits, moved = headCh, confirmed // in pull mode a commit alone sends nothing
 		}
 		select {
 		case <-commits:
+		case <-moved:
 		case m := <-modeCh:
 			if (m == transport.ModePull) != pull {
 				pull = m == transport.ModePull
@@ -242,6 +252,30 @@ func (s *sender) run() error {
 	}
 }
 
+// capHead caps m.Head at what the subscriber may be sent. With
+// MinSyncStandbys, a consumer gets only the changes that many standbys have
+// confirmed (the sync watermark): whichever standby is promoted then holds
+// every change a consumer has applied, so the consumer resumes on it, and
+// no consumer ever reads a change that is lost with the primary. It returns
+// a channel closed when the watermark moves (nil when not gated).
+func (s *sender) capHead(m *ownerMeta) <-chan struct{} {
+	if !s.gated {
+		return nil
+	}
+	var moved <-chan struct{}
+	m.Head, moved = s.t.sync.visible(m.Head)
+	return moved
+}
+
+// capChanges drops the changes past head (read beyond what may be sent).
+// head is a commit group's end: standbys confirm whole groups.
+func capChanges(chs []transport.Change, head uint64) []transport.Change {
+	for len(chs) > 0 && chs[len(chs)-1].Seq > head {
+		chs = chs[:len(chs)-1]
+	}
+	return chs
+}
+
 // sendDelta answers a pull: the latest change of every key changed since
 // next (deletes included), read from the log, in one frame the consumer
 // applies atomically. A consumer behind the log, or a delta larger than a
@@ -249,6 +283,7 @@ func (s *sender) run() error {
 // after the delta.
 func (s *sender) sendDelta(next uint64) (uint64, error) {
 	meta, _ := s.t.state()
+	s.capHead(&meta)
 	if next < meta.First {
 		s.log.Info("pull behind the log; full transfer", "from", next, "first", meta.First)
 		return s.sendSnapshot()
@@ -269,6 +304,7 @@ func (s *sender) sendDelta(next uint64) (uint64, error) {
 		if err != nil {
 			return 0, err
 		}
+		s.buf = capChanges(s.buf, meta.Head)
 		if len(s.buf) == 0 {
 			break
 		}

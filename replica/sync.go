@@ -63,6 +63,14 @@ func (s *syncState) ack(snd *sender, seq uint64, need int) {
 	}
 }
 
+// visible caps head at the watermark: what consumers may be sent (see
+// sender.capHead). The channel is closed when the watermark moves.
+func (s *syncState) visible(head uint64) (uint64, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return min(head, s.mark), s.moved
+}
+
 // standbys is the number of connected standby streams.
 func (s *syncState) standbys() int {
 	s.mu.Lock()

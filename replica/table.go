@@ -50,16 +50,18 @@ type ownerMeta struct {
 // OwnedTable is a table this component owns and writes. Its methods are safe
 // for concurrent use.
 type OwnedTable struct {
-	c           *Component
-	name        string
-	metaKey     []byte
-	rowPrefix   []byte
-	logPrefix   []byte
-	tail        *tail
-	allow       map[string]bool // services allowed to subscribe; nil: all
-	writable    atomic.Bool     // this instance is the table's primary
-	sync        *syncState      // standbys' acknowledgements (MinSyncStandbys)
-	defaultMode string          // TableOptions.Mode, sent to consumers in Start
+	c            *Component
+	name         string
+	metaKey      []byte
+	rowPrefix    []byte
+	logPrefix    []byte
+	tail         *tail
+	allow        map[string]bool // services allowed to subscribe; nil: all
+	writable     atomic.Bool     // this instance is the table's primary
+	sync         *syncState      // standbys' acknowledgements (MinSyncStandbys)
+	defaultMode  string          // the owner's default mode, sent to consumers in Start (guarded by mu)
+	explicitMode bool            // TableOptions.Mode was given (it wins over the mode file)
+	retention    Retention       // this table's log retention (guarded by mu)
 
 	mu      sync.Mutex
 	meta    ownerMeta     // durable state as of the last commit
@@ -129,7 +131,7 @@ func (c *Component) own(name string, opts []TableOptions) (*OwnedTable, error) {
 	}
 	for _, o := range opts {
 		if o.Mode != modes.Unset {
-			t.defaultMode = o.Mode.String()
+			t.defaultMode, t.explicitMode = o.Mode.String(), true
 		}
 		for _, svc := range o.AllowServices {
 			if t.allow == nil {
@@ -177,6 +179,7 @@ func (c *Component) own(name string, opts []TableOptions) (*OwnedTable, error) {
 	}
 	t.next = t.meta.Head + 1
 	t.meta.First, t.logSize = t.measureLog(t.meta.Head)
+	t.applyFileModes(c.cfg.Modes)
 	t.tail.reset(t.meta.Head + 1)
 	c.owned[name] = t
 	c.log.Info("table owned", "table", name, "log_id", t.meta.LogID, "head", t.meta.Head, "first", t.meta.First)
@@ -476,4 +479,11 @@ func scanRows(txn *badger.Txn, base, prefix, start, end []byte, fn func(k, v []b
 		}
 	}
 	return nil
+}
+
+// ownerMode is the table's default mode as sent in Start ("" for push).
+func (t *OwnedTable) ownerMode() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.defaultMode
 }
