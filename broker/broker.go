@@ -400,7 +400,9 @@ func (b *Broker) step(now time.Time) {
 	if len(b.dirty) > 0 && now.Sub(b.lastFlush) >= b.cfg.UpdateInterval {
 		for k := range b.dirty {
 			if rec := b.reg.inst(k); rec != nil {
-				out = append(out, b.instanceBroadcast(rec))
+				bc := b.instanceBroadcast(rec)
+				bc.refresh = true
+				out = append(out, bc)
 			}
 		}
 		clear(b.dirty)
@@ -662,12 +664,16 @@ func mustEncode(g *gossipMsg) []byte {
 	return buf
 }
 
-// send spreads records. Normally they go to memberlist's broadcast queue
-// (UDP gossip, a few records per packet per gossip round). A record too
-// large for a packet, and every record while the queue is backed up (a
-// burst of registrations, say after a broker restart), goes instead to the
-// sender, which delivers the latest version of each, batched, to every
-// member over TCP.
+// send spreads records. Each goes to memberlist's broadcast queue (UDP
+// gossip piggybacked on memberlist's own packets, a few records per packet).
+// That alone is probabilistic: a record is sent in at most
+// RetransmitMult*log10(n+1) packets, some of them probes, and a member can
+// be missed, which the push/pull exchange repairs only every
+// PushPullInterval (30s on a LAN). So every record that changes a topology
+// or a decision (all but the coalesced head and position refreshes) is also
+// handed to the sender, which delivers it to every live member over TCP; so
+// is a record too large for a packet, and every record while the queue is
+// backed up (a burst of registrations, say after a broker restart).
 func (b *Broker) send(out []*broadcast) {
 	if len(out) == 0 {
 		return
@@ -676,11 +682,13 @@ func (b *Broker) send(out []*broadcast) {
 	backedUp := b.queue.NumQueued() >= maxQueued
 	var direct []*broadcast
 	for _, bc := range out {
-		if !backedUp && len(bc.msg) <= maxBroadcast {
+		udp := !backedUp && len(bc.msg) <= maxBroadcast
+		if udp {
 			b.queue.QueueBroadcast(bc)
-			continue
 		}
-		direct = append(direct, bc)
+		if !udp || !bc.refresh {
+			direct = append(direct, bc)
+		}
 	}
 	if len(direct) == 0 {
 		return

@@ -59,8 +59,11 @@
 // # Convergence
 //
 // Every broker holds the whole registry. Changes are spread by memberlist
-// broadcasts (records too large for a UDP packet go to every member over
-// TCP) and repaired by memberlist's periodic push/pull state exchange. Merges
+// broadcasts; because UDP gossip may miss a member, every change that
+// matters to a topology or a decision is also sent to each live member over
+// TCP (as are records too large for a packet and bursts), while the frequent
+// head and position refreshes rely on gossip alone. memberlist's periodic
+// push/pull state exchange repairs whatever was missed. Merges
 // keep the greater record under a total order (see registry.go), so every
 // broker ends with the same registry whatever the order of delivery:
 // instance records by (session start, session broker, write clock, writer);

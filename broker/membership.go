@@ -96,9 +96,10 @@ func decodeGossip(b []byte) (*gossipMsg, error) {
 // broadcast is one record queued for UDP gossip; a newer broadcast of the
 // same record replaces an older one still in the queue.
 type broadcast struct {
-	name string
-	rec  *gossipMsg // the one record
-	msg  []byte     // rec, encoded
+	name    string
+	rec     *gossipMsg // the one record
+	msg     []byte     // rec, encoded
+	refresh bool       // heads and positions only: UDP gossip is enough
 }
 
 func (b *broadcast) Invalidates(o memberlist.Broadcast) bool {
