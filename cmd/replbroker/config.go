@@ -220,7 +220,7 @@ func parseArgs(args []string, stderr io.Writer) (broker.Config, string, *slog.Lo
 		return broker.Config{}, "", nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
 	if *printConfig {
-		fmt.Fprint(stderr, exampleConfig)
+		fmt.Fprint(os.Stdout, exampleConfig)
 		return broker.Config{}, "", nil, errPrinted
 	}
 

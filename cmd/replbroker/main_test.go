@@ -374,3 +374,20 @@ func TestParseArgs_Defaults(t *testing.T) {
 		t.Fatalf("flags: http %q join %v key %q", httpAddr, cfg.Join, cfg.GossipKey)
 	}
 }
+
+func TestExampleConfigLoads(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "broker.yaml")
+	if err := os.WriteFile(path, []byte(exampleConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fc, err := loadFile(path)
+	if err != nil {
+		t.Fatalf("the -print-config example does not load: %v", err)
+	}
+	if fc.GRPCAddr != broker.DefaultGRPCAddr || fc.Lease != 5*time.Second {
+		t.Fatalf("example: %+v", fc)
+	}
+	if _, _, _, err := parseArgs([]string{"-config", path}, io.Discard); err != nil {
+		t.Fatalf("the example config is not usable: %v", err)
+	}
+}
