@@ -602,6 +602,8 @@ func (b *Broker) authorityLocked(rec *instanceRec, now time.Time) *broadcast {
 		}
 	case s != nil && rec.Session.compare(s.id) > 0:
 		// The component opened a newer session elsewhere.
+		b.log.Info("session superseded by a newer one (two processes with one instance id fight this way)",
+			"service", k.Service, "instance", k.Instance, "newer_on", rec.Session.Broker)
 		b.dropSessionLocked(s)
 		s.end(ErrSuperseded)
 	case s == nil && rec.Session.Broker == b.cfg.Name && rec.Connected && !rec.Gone:

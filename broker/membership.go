@@ -166,6 +166,13 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 		return
 	}
 	d.b.merge(g)
+	if join {
+		// A join's state exchange (either side): this broker now holds the
+		// cluster's registry.
+		d.b.mu.Lock()
+		d.b.setReadyLocked()
+		d.b.mu.Unlock()
+	}
 }
 
 func (d *delegate) NotifyJoin(n *memberlist.Node)   { d.note(n, "alive") }
