@@ -205,7 +205,9 @@ func (s *sender) run() error {
 			if err != nil {
 				return err
 			}
-			s.buf = capChanges(s.buf, meta.Head)
+			if s.gated {
+				s.buf = capChanges(s.buf, meta.Head)
+			}
 			if len(s.buf) > 0 {
 				if err := s.send(&transport.OwnerFrame{Kind: transport.KindChanges, HeadSeq: meta.Head, Epoch: meta.Epoch,
 					Rate: s.rate.Rate(), Changes: s.buf}); err != nil {
@@ -304,7 +306,9 @@ func (s *sender) sendDelta(next uint64) (uint64, error) {
 		if err != nil {
 			return 0, err
 		}
-		s.buf = capChanges(s.buf, meta.Head)
+		if s.gated {
+			s.buf = capChanges(s.buf, meta.Head)
+		}
 		if len(s.buf) == 0 {
 			break
 		}
