@@ -1,0 +1,550 @@
+// Command replctl inspects and steers a replmesh deployment: it asks a
+// broker for the registry (who owns which tables, where, at which epoch and
+// seq, and how far behind every replica is), reads and follows tables live
+// on their owners, proves that owner instances hold equal tables, and sets
+// the run-time mode override of a table.
+//
+// Usage:
+//
+//	replctl [flags] COMMAND [flags] [ARGS]
+//
+// Commands:
+//
+//	status                      brokers, services (primary, epoch, standbys),
+//	                            instances (role, broker, last seen), tables
+//	                            (owner, epoch, head seq) and mode overrides
+//	tables                      the tables section of status
+//	consumers                   every subscription: consumer, table, mode,
+//	                            applied seq, lag in seqs and seconds, state
+//	get SERVICE/TABLE KEY...    live read on the primary: the values and the
+//	                            seq they were read at (-hex, -raw, -key-hex)
+//	tail SERVICE/TABLE          follow the table's changes live (-n N stops
+//	                            after N changes, -from SEQ starts after SEQ)
+//	verify SERVICE/TABLE        Digest on the primary and on every standby,
+//	                            compared at equal seqs; consumers' positions
+//	                            checked against the primary's seq (-wait D)
+//	mode set SERVICE/TABLE MODE set the broker override (push, pull or auto;
+//	                            "clear" removes it)
+//	mode list                   the overrides in force
+//
+// Flags may come before or after the command:
+//
+//	-broker ADDRS   broker gRPC address(es), comma-separated, tried in order
+//	                (default $REPLMESH_BROKER, else 127.0.0.1:7400, the
+//	                address a replbroker started with no flags serves)
+//	-o text|json    output format; json is stable for scripts
+//	-timeout D      bound on each call (default 10s)
+//	-service NAME   the service name presented to owners for their tables'
+//	                access lists (default "replctl")
+//	-tls, -tls-ca FILE, -tls-cert FILE, -tls-key FILE, -tls-server-name NAME
+//	                TLS (mTLS with a client certificate) on every link
+//
+// Exit codes: 0 success; 1 a check failed (get: a key is missing; verify:
+// an owner instance differs or could not be compared, or a consumer
+// diverged); 2 usage error; 3 the command could not be carried out (a broker
+// or owner unreachable, permission denied, unknown service or table).
+// Errors go to stderr, prefixed "replctl: ".
+//
+// The JSON forms: status prints transport.StatusResponse as encoding/json
+// renders it (the same document as replbroker's /api/status); the other
+// commands print the structs documented in this package (tableRow,
+// consumerRow, getResult, changeLine one per line for tail, verifyReport,
+// modeResult), with snake_case keys. Keys and values appear as "key" /
+// "value" when they are valid UTF-8 and always as "key_hex" / "value_hex".
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/replmesh/replmesh/transport"
+)
+
+// DefaultBroker is the broker address used when neither -broker nor
+// REPLMESH_BROKER is given: replbroker's default gRPC address.
+const DefaultBroker = "127.0.0.1:7400"
+
+// EnvBroker names the environment variable holding the default -broker.
+const EnvBroker = "REPLMESH_BROKER"
+
+// Exit codes.
+const (
+	exitOK     = 0
+	exitFailed = 1 // a check failed
+	exitUsage  = 2
+	exitError  = 3 // the command could not be carried out
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
+	stop()
+	os.Exit(code)
+}
+
+// exitError carries an exit code; a nil err means the message was already
+// printed.
+type exitErr struct {
+	code int
+	err  error
+}
+
+func (e *exitErr) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit %d", e.code)
+	}
+	return e.err.Error()
+}
+
+func (e *exitErr) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error {
+	return &exitErr{code: exitUsage, err: fmt.Errorf(format, args...)}
+}
+
+// checkFailed reports a failed check (exit 1); err may be nil when the
+// output already says what failed.
+func checkFailed(err error) error { return &exitErr{code: exitFailed, err: err} }
+
+// command is one replctl command.
+type command struct {
+	name    string
+	args    string
+	summary string
+	run     func(c *cli, ctx context.Context, args []string) error
+}
+
+var commands []command
+
+func init() {
+	commands = []command{
+		{"status", "", "brokers, services, instances, tables and mode overrides", (*cli).status},
+		{"tables", "", "tables with owner, epoch, head seq and standbys' heads", (*cli).tables},
+		{"consumers", "", "every subscription with its mode, applied seq, lag and state", (*cli).consumers},
+		{"get", "SERVICE/TABLE KEY...", "live read of keys on the table's primary", (*cli).get},
+		{"tail", "SERVICE/TABLE", "follow the table's changes live", (*cli).tail},
+		{"verify", "SERVICE/TABLE", "compare digests of the owner instances; check consumers' positions", (*cli).verify},
+		{"mode", "set SERVICE/TABLE MODE | list", "set (push, pull, auto, clear) or list the broker's mode overrides", (*cli).mode},
+	}
+}
+
+// cli holds the common flags and the open connections of one invocation.
+type cli struct {
+	stdout, stderr io.Writer
+
+	brokerFlag    string
+	output        string
+	timeout       time.Duration
+	service       string
+	useTLS        bool
+	tlsCA         string
+	tlsCert       string
+	tlsKey        string
+	tlsServerName string
+
+	topts transport.Options
+	conns map[string]*conn
+}
+
+// conn is one gRPC connection.
+type conn struct {
+	closer interface{ Close() error }
+	broker *transport.BrokerClient
+	repl   *transport.ReplicationClient
+}
+
+// run executes one replctl invocation and returns its exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	c := &cli{stdout: stdout, stderr: stderr, conns: map[string]*conn{}}
+	defer c.close()
+	err := c.main(ctx, args, getenv)
+	if err == nil {
+		return exitOK
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	code := exitError
+	var ee *exitErr
+	if errors.As(err, &ee) {
+		code = ee.code
+		err = ee.err
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "replctl: %v\n", err)
+		if code == exitUsage {
+			fmt.Fprintln(stderr, "run 'replctl -h' for usage")
+		}
+	}
+	return code
+}
+
+func (c *cli) main(ctx context.Context, args []string, getenv func(string) string) error {
+	c.brokerFlag = DefaultBroker
+	if env := strings.TrimSpace(getenv(EnvBroker)); env != "" {
+		c.brokerFlag = env
+	}
+	c.output = "text"
+	c.timeout = 10 * time.Second
+	c.service = "replctl"
+
+	fs := c.flagSet("replctl")
+	fs.Usage = func() { c.usage(fs) }
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return &exitErr{code: exitUsage}
+	}
+	if fs.NArg() == 0 {
+		c.usage(fs)
+		return &exitErr{code: exitUsage}
+	}
+	name, rest := fs.Arg(0), fs.Args()[1:]
+	if name == "help" {
+		c.usage(fs)
+		return nil
+	}
+	for _, cmd := range commands {
+		if cmd.name == name {
+			return cmd.run(c, ctx, rest)
+		}
+	}
+	return usagef("unknown command %q (commands: %s)", name, commandNames())
+}
+
+func commandNames() string {
+	names := make([]string, len(commands))
+	for i, c := range commands {
+		names[i] = c.name
+	}
+	return strings.Join(names, ", ")
+}
+
+func (c *cli) usage(fs *flag.FlagSet) {
+	w := c.stderr
+	fmt.Fprintf(w, "usage: replctl [flags] COMMAND [flags] [ARGS]\n\ncommands:\n")
+	for _, cmd := range commands {
+		fmt.Fprintf(w, "  %-10s %-30s %s\n", cmd.name, cmd.args, cmd.summary)
+	}
+	fmt.Fprintf(w, "\nexit codes: 0 ok, 1 check failed, 2 usage error, 3 could not be carried out\n\nflags (before or after the command):\n")
+	fs.PrintDefaults()
+}
+
+// flagSet returns a flag set holding the common flags (bound to c, with
+// their current values as defaults, so flags given before the command
+// stay in force).
+func (c *cli) flagSet(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(c.stderr)
+	fs.StringVar(&c.brokerFlag, "broker", c.brokerFlag, "broker gRPC `addresses`, comma-separated, tried in order ($"+EnvBroker+")")
+	fs.StringVar(&c.output, "o", c.output, "output `format`: text or json")
+	fs.DurationVar(&c.timeout, "timeout", c.timeout, "bound on each call")
+	fs.StringVar(&c.service, "service", c.service, "service `name` presented to owners (for tables restricted to some services)")
+	fs.BoolVar(&c.useTLS, "tls", c.useTLS, "use TLS (implied by the other -tls flags)")
+	fs.StringVar(&c.tlsCA, "tls-ca", c.tlsCA, "PEM CA `file` to verify brokers and owners (default: system roots)")
+	fs.StringVar(&c.tlsCert, "tls-cert", c.tlsCert, "PEM client certificate `file` (mTLS)")
+	fs.StringVar(&c.tlsKey, "tls-key", c.tlsKey, "PEM key `file` of the client certificate")
+	fs.StringVar(&c.tlsServerName, "tls-server-name", c.tlsServerName, "server `name` to verify instead of the dialed host")
+	return fs
+}
+
+// parse parses a command's flags, which may be mixed with its positional
+// arguments ("--" ends the flags), and checks the common ones. It returns
+// the positional arguments.
+func (c *cli) parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, &exitErr{code: exitUsage}
+		}
+		rest := fs.Args()
+		consumed := len(args) - len(rest)
+		if consumed > 0 && args[consumed-1] == "--" {
+			pos = append(pos, rest...)
+			break
+		}
+		if len(rest) == 0 {
+			break
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+	switch c.output {
+	case "text", "json":
+	default:
+		return nil, usagef("-o %q: want text or json", c.output)
+	}
+	if c.timeout <= 0 {
+		return nil, usagef("-timeout must be positive")
+	}
+	if c.service == "" {
+		return nil, usagef("-service must not be empty")
+	}
+	if err := c.setupTLS(); err != nil {
+		return nil, &exitErr{code: exitUsage, err: err}
+	}
+	return pos, nil
+}
+
+func (c *cli) setupTLS() error {
+	if !c.useTLS && c.tlsCA == "" && c.tlsCert == "" && c.tlsKey == "" && c.tlsServerName == "" {
+		return nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.tlsServerName}
+	if c.tlsCA != "" {
+		pem, err := os.ReadFile(c.tlsCA)
+		if err != nil {
+			return fmt.Errorf("-tls-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("-tls-ca %s: no PEM certificate in it", c.tlsCA)
+		}
+		cfg.RootCAs = pool
+	}
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		return errors.New("-tls-cert and -tls-key go together")
+	}
+	if c.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
+		if err != nil {
+			return fmt.Errorf("-tls-cert/-tls-key: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	c.topts.TLS = cfg
+	return nil
+}
+
+func (c *cli) brokers() []string {
+	var out []string
+	for _, a := range strings.Split(c.brokerFlag, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func (c *cli) dial(addr string) (*conn, error) {
+	if cn := c.conns[addr]; cn != nil {
+		return cn, nil
+	}
+	cc, err := transport.Dial(addr, c.topts)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	cn := &conn{closer: cc, broker: transport.NewBrokerClient(cc), repl: transport.NewReplicationClient(cc)}
+	c.conns[addr] = cn
+	return cn, nil
+}
+
+func (c *cli) close() {
+	for _, cn := range c.conns {
+		cn.closer.Close()
+	}
+	clear(c.conns)
+}
+
+// callBroker runs call against the brokers in order until one answers
+// (a broker that cannot be reached is skipped; any answer, even an error,
+// ends the search).
+func (c *cli) callBroker(ctx context.Context, what string, call func(context.Context, *transport.BrokerClient) error) error {
+	addrs := c.brokers()
+	if len(addrs) == 0 {
+		return usagef("-broker is empty")
+	}
+	var errs []string
+	hint := ""
+	for _, addr := range addrs {
+		cn, err := c.dial(addr)
+		if err != nil {
+			errs = append(errs, err.Error())
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, c.timeout)
+		err = call(cctx, cn.broker)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		switch {
+		case errors.Is(err, transport.ErrUnavailable):
+			msg := shortError(err)
+			errs = append(errs, fmt.Sprintf("cannot reach broker %s: %s", addr, msg))
+			hint = brokerHint(msg)
+			continue
+		case errors.Is(err, context.DeadlineExceeded):
+			errs = append(errs, fmt.Sprintf("broker %s did not answer within %s", addr, c.timeout))
+			hint = brokerHint("")
+			continue
+		}
+		return fmt.Errorf("%s: broker %s: %w", what, addr, err)
+	}
+	if hint == "" {
+		hint = brokerHint("")
+	}
+	return fmt.Errorf("%s%s", strings.Join(errs, "; "), hint)
+}
+
+func (c *cli) brokerStatus(ctx context.Context) (*transport.StatusResponse, error) {
+	var st *transport.StatusResponse
+	err := c.callBroker(ctx, "status", func(ctx context.Context, b *transport.BrokerClient) error {
+		var err error
+		st, err = b.Status(ctx, &transport.StatusRequest{Version: transport.ProtocolVersion})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	sortStatus(st)
+	return st, nil
+}
+
+// sortStatus puts every list of st in a stable order.
+func sortStatus(st *transport.StatusResponse) {
+	sort.SliceStable(st.Owners, func(i, j int) bool { return st.Owners[i].Service < st.Owners[j].Service })
+	for i := range st.Owners {
+		o := &st.Owners[i]
+		sort.SliceStable(o.Standbys, func(a, b int) bool { return o.Standbys[a].Instance < o.Standbys[b].Instance })
+		sort.SliceStable(o.Tables, func(a, b int) bool { return o.Tables[a].Table < o.Tables[b].Table })
+	}
+	sort.SliceStable(st.Instances, func(i, j int) bool {
+		a, b := st.Instances[i], st.Instances[j]
+		if a.Service != b.Service {
+			return a.Service < b.Service
+		}
+		return a.Instance < b.Instance
+	})
+}
+
+// lookup asks the brokers where service's tables are served.
+func (c *cli) lookup(ctx context.Context, service string) (transport.ServiceOwner, error) {
+	var owner transport.ServiceOwner
+	err := c.callBroker(ctx, "lookup", func(ctx context.Context, b *transport.BrokerClient) error {
+		r, err := b.Lookup(ctx, &transport.LookupRequest{Version: transport.ProtocolVersion, Service: service})
+		if err != nil {
+			return err
+		}
+		owner = r.Owner
+		return nil
+	})
+	if errors.Is(err, transport.ErrUnknownTable) {
+		return owner, fmt.Errorf("the broker knows no service %q (see replctl status)", service)
+	}
+	return owner, err
+}
+
+// primaryOf looks up service and returns its primary, or an error saying
+// that there is none.
+func (c *cli) primaryOf(ctx context.Context, service string) (transport.ServiceOwner, error) {
+	owner, err := c.lookup(ctx, service)
+	if err != nil {
+		return owner, err
+	}
+	if owner.Primary.Instance == "" {
+		sb := "none"
+		if len(owner.Standbys) > 0 {
+			var names []string
+			for _, s := range owner.Standbys {
+				names = append(names, s.Instance)
+			}
+			sb = strings.Join(names, ", ")
+		}
+		return owner, fmt.Errorf("service %q has no live primary (standbys: %s); retry once one is promoted", service, sb)
+	}
+	if owner.Primary.Addr == "" {
+		return owner, fmt.Errorf("primary %s of service %q registered no replication address", owner.Primary.Instance, service)
+	}
+	return owner, nil
+}
+
+// ownerError words an error returned by an owner instance. The result
+// still wraps err (errors.Is works on it).
+func (c *cli) ownerError(service, table string, ep transport.Endpoint, err error) error {
+	where := fmt.Sprintf("%s (%s at %s)", service+"/"+table, ep.Instance, ep.Addr)
+	var re *transport.RemoteError
+	msg := shortError(err)
+	if errors.As(err, &re) {
+		msg = re.Msg // the owner's own words
+	}
+	switch {
+	case errors.Is(err, transport.ErrPermission):
+		msg = fmt.Sprintf("permission denied: %s (the table is restricted to some services; pass -service NAME to act as one of them)", msg)
+	case errors.Is(err, transport.ErrUnknownTable):
+		msg = fmt.Sprintf("no such table: %s", msg)
+	case errors.Is(err, transport.ErrUnavailable):
+		for strings.HasPrefix(msg, "unavailable: ") {
+			msg = strings.TrimPrefix(msg, "unavailable: ")
+		}
+		msg = fmt.Sprintf("owner unavailable: %s", msg)
+	case errors.Is(err, context.DeadlineExceeded):
+		msg = fmt.Sprintf("the owner did not answer within %s", c.timeout)
+	case errors.Is(err, transport.ErrNotPrimary):
+		msg = fmt.Sprintf("not the primary (a failover under way?): %s", msg)
+	}
+	return &wordedError{msg: where + ": " + msg, err: err}
+}
+
+// wordedError is an error with a message of its own, wrapping the error it
+// explains.
+type wordedError struct {
+	msg string
+	err error
+}
+
+func (e *wordedError) Error() string { return e.msg }
+func (e *wordedError) Unwrap() error { return e.err }
+
+// shortError drops the gRPC plumbing from a connection error's message:
+// "unavailable: connection error: desc = \"transport: Error while
+// dialing: dial tcp ...: connection refused\"" becomes "dial tcp ...:
+// connection refused".
+func shortError(err error) string {
+	msg := err.Error()
+	if _, after, ok := strings.Cut(msg, "Error while dialing: "); ok {
+		return strings.TrimSuffix(after, `"`)
+	}
+	if _, after, ok := strings.Cut(msg, `connection error: desc = "`); ok {
+		return strings.TrimPrefix(strings.TrimSuffix(after, `"`), "transport: ")
+	}
+	return msg
+}
+
+// brokerHint guesses what to do about a broker that cannot be reached.
+func brokerHint(msg string) string {
+	switch {
+	case strings.Contains(msg, "server preface"):
+		return " (does the broker serve TLS? pass -tls-ca FILE, or -tls)"
+	case strings.Contains(msg, "certificate"):
+		return " (pass -tls-ca with the CA that signed the broker's certificate, or -tls-server-name)"
+	}
+	return " (is replbroker running? set -broker or $" + EnvBroker + ")"
+}
+
+// parseTableRef splits SERVICE/TABLE.
+func parseTableRef(s string) (service, table string, err error) {
+	service, table, ok := strings.Cut(s, "/")
+	if !ok || service == "" || table == "" || strings.Contains(table, "/") {
+		return "", "", usagef("%q: want SERVICE/TABLE", s)
+	}
+	return service, table, nil
+}

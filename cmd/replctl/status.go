@@ -1,0 +1,355 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/replmesh/replmesh/modes"
+	"github.com/replmesh/replmesh/transport"
+)
+
+func (c *cli) status(ctx context.Context, args []string) error {
+	fs := c.cmdFlags("status", "")
+	pos, err := c.parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return usagef("status takes no arguments, got %q", pos)
+	}
+	st, err := c.brokerStatus(ctx)
+	if err != nil {
+		return err
+	}
+	if c.output == "json" {
+		return writeJSON(c.stdout, st)
+	}
+	w := c.stdout
+	now := time.Now()
+
+	fmt.Fprintf(w, "BROKERS (answered by %s)\n", st.Broker)
+	t := newTable(w, "NAME", "ADDR", "STATE")
+	for _, b := range st.Brokers {
+		t.row(b.Name, b.Addr, b.State)
+	}
+	t.flush()
+
+	fmt.Fprintln(w, "\nSERVICES")
+	t = newTable(w, "SERVICE", "PRIMARY", "ADDR", "EPOCH", "STANDBYS")
+	for _, o := range st.Owners {
+		var sb []string
+		for _, s := range o.Standbys {
+			sb = append(sb, fmt.Sprintf("%s (%s)", s.Instance, s.Addr))
+		}
+		primary := o.Primary.Instance
+		if primary == "" {
+			primary = "(none)"
+		}
+		t.row(o.Service, primary, o.Primary.Addr, u64(o.Epoch), strings.Join(sb, ", "))
+	}
+	t.flush()
+
+	fmt.Fprintln(w, "\nINSTANCES")
+	t = newTable(w, "SERVICE", "INSTANCE", "ADDR", "ROLE", "BROKER", "LAST SEEN")
+	for _, in := range st.Instances {
+		t.row(in.Service, in.Instance, in.Addr, in.Role, in.Broker, age(now, in.LastSeenMs))
+	}
+	t.flush()
+
+	fmt.Fprintln(w, "\nTABLES")
+	printTables(w, tableRows(st))
+
+	if len(st.Overrides) > 0 {
+		fmt.Fprintln(w, "\nMODE OVERRIDES")
+		printOverrides(w, st.Overrides)
+	}
+	return nil
+}
+
+// tableRow is one table of an owner service (the JSON form of "tables").
+type tableRow struct {
+	Service string `json:"service"`
+	Table   string `json:"table"`
+	// Owner and Addr name the service's primary ("" when none is alive).
+	Owner string `json:"owner"`
+	Addr  string `json:"addr"`
+	Epoch uint64 `json:"epoch"` // the table's epoch on the primary
+	Head  uint64 `json:"head"`  // seq of the newest change, as last reported
+	LogID string `json:"log_id"`
+	// Mode is the mode the table runs in unless a subscription asks for
+	// another: the broker override if set (ModeSource "override"), else
+	// the owner's default ("owner"), else push ("default").
+	Mode       string        `json:"mode"`
+	ModeSource string        `json:"mode_source"`
+	Standbys   []standbyHead `json:"standbys"`
+}
+
+// standbyHead is a standby's copy of a table.
+type standbyHead struct {
+	Instance string `json:"instance"`
+	Head     uint64 `json:"head"`
+	LogID    string `json:"log_id"`
+}
+
+func tableRows(st *transport.StatusResponse) []tableRow {
+	rows := []tableRow{}
+	for _, o := range st.Owners {
+		for _, ti := range o.Tables {
+			r := tableRow{Service: o.Service, Table: ti.Table, Owner: o.Primary.Instance, Addr: o.Primary.Addr,
+				Epoch: ti.Epoch, Head: ti.Head, LogID: ti.LogID, Standbys: []standbyHead{}}
+			r.Mode, r.ModeSource = effectiveMode(st.Overrides[o.Service+"/"+ti.Table], "", ti.Mode)
+			for _, in := range st.Instances {
+				if in.Service != o.Service || in.Role != transport.RoleStandby {
+					continue
+				}
+				for _, sti := range in.Tables {
+					if sti.Table == ti.Table {
+						r.Standbys = append(r.Standbys, standbyHead{Instance: in.Instance, Head: sti.Head, LogID: sti.LogID})
+					}
+				}
+			}
+			rows = append(rows, r)
+		}
+	}
+	return rows
+}
+
+func printTables(w io.Writer, rows []tableRow) {
+	t := newTable(w, "TABLE", "OWNER", "EPOCH", "HEAD", "MODE", "STANDBYS", "LOG")
+	for _, r := range rows {
+		var sb []string
+		for _, s := range r.Standbys {
+			h := fmt.Sprintf("%s@%d", s.Instance, s.Head)
+			if s.LogID != r.LogID {
+				h += " (other log " + s.LogID + ")"
+			}
+			sb = append(sb, h)
+		}
+		mode := r.Mode
+		if r.ModeSource == "override" {
+			mode += " (override)"
+		}
+		owner := r.Owner
+		if owner == "" {
+			owner = "(none)"
+		}
+		t.row(r.Service+"/"+r.Table, owner, u64(r.Epoch), u64(r.Head), mode, strings.Join(sb, ", "), r.LogID)
+	}
+	t.flush()
+}
+
+func printOverrides(w io.Writer, ovr map[string]string) {
+	keys := make([]string, 0, len(ovr))
+	for k := range ovr {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	t := newTable(w, "TABLE", "MODE")
+	for _, k := range keys {
+		t.row(k, ovr[k])
+	}
+	t.flush()
+}
+
+// effectiveMode applies the precedence broker override > subscription
+// option > owner's table default > push, and says which level won.
+func effectiveMode(override, sub, owner string) (mode, source string) {
+	for _, l := range []struct{ m, src string }{{override, "override"}, {sub, "subscription"}, {owner, "owner"}} {
+		if m, err := modes.ParseMode(l.m); err == nil {
+			return m.String(), l.src
+		}
+	}
+	return modes.Push.String(), "default"
+}
+
+func (c *cli) tables(ctx context.Context, args []string) error {
+	fs := c.cmdFlags("tables", "")
+	pos, err := c.parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return usagef("tables takes no arguments, got %q", pos)
+	}
+	st, err := c.brokerStatus(ctx)
+	if err != nil {
+		return err
+	}
+	rows := tableRows(st)
+	if c.output == "json" {
+		return writeJSON(c.stdout, rows)
+	}
+	printTables(c.stdout, rows)
+	return nil
+}
+
+// consumerRow is one subscription (the JSON form of "consumers").
+type consumerRow struct {
+	Service  string `json:"service"` // the consumer's service
+	Instance string `json:"instance"`
+	Role     string `json:"role"`
+	Broker   string `json:"broker"`        // broker holding its session
+	Owner    string `json:"owner_service"` // the table's owner service
+	Table    string `json:"table"`
+	// Mode is the subscription's mode after precedence (see tableRow);
+	// Requested is the mode the subscription asked for ("" = owner's).
+	Mode       string `json:"mode"`
+	ModeSource string `json:"mode_source"`
+	Requested  string `json:"requested_mode"`
+	Seq        uint64 `json:"seq"`      // applied seq
+	Head       uint64 `json:"head"`     // the owner's head as the broker last heard it
+	Lag        uint64 `json:"lag"`      // owner head minus applied seq, as the consumer last heard it
+	StaleMs    int64  `json:"stale_ms"` // how old the replica's data is, in milliseconds
+	State      string `json:"state"`
+}
+
+func consumerRows(st *transport.StatusResponse) []consumerRow {
+	heads := map[string]transport.TableInfo{}
+	for _, o := range st.Owners {
+		for _, ti := range o.Tables {
+			heads[o.Service+"/"+ti.Table] = ti
+		}
+	}
+	rows := []consumerRow{}
+	for _, in := range st.Instances {
+		for _, s := range in.Subscriptions {
+			key := s.Service + "/" + s.Table
+			ti := heads[key]
+			r := consumerRow{Service: in.Service, Instance: in.Instance, Role: in.Role, Broker: in.Broker,
+				Owner: s.Service, Table: s.Table, Requested: s.Mode, Seq: s.Seq, Head: ti.Head, Lag: s.Lag,
+				StaleMs: s.StaleMs, State: s.State}
+			r.Mode, r.ModeSource = effectiveMode(st.Overrides[key], s.Mode, ti.Mode)
+			rows = append(rows, r)
+		}
+	}
+	sort.SliceStable(rows, func(i, j int) bool {
+		a, b := rows[i], rows[j]
+		if a.Owner+"/"+a.Table != b.Owner+"/"+b.Table {
+			return a.Owner+"/"+a.Table < b.Owner+"/"+b.Table
+		}
+		if a.Service != b.Service {
+			return a.Service < b.Service
+		}
+		return a.Instance < b.Instance
+	})
+	return rows
+}
+
+func (c *cli) consumers(ctx context.Context, args []string) error {
+	fs := c.cmdFlags("consumers", "")
+	pos, err := c.parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return usagef("consumers takes no arguments, got %q", pos)
+	}
+	st, err := c.brokerStatus(ctx)
+	if err != nil {
+		return err
+	}
+	rows := consumerRows(st)
+	if c.output == "json" {
+		return writeJSON(c.stdout, rows)
+	}
+	t := newTable(c.stdout, "CONSUMER", "TABLE", "MODE", "SEQ", "HEAD", "LAG", "STALE", "STATE")
+	for _, r := range rows {
+		mode := r.Mode
+		if r.ModeSource == "override" {
+			mode += " (override)"
+		}
+		t.row(r.Service+"/"+r.Instance, r.Owner+"/"+r.Table, mode, u64(r.Seq), u64(r.Head), u64(r.Lag),
+			duration(time.Duration(r.StaleMs)*time.Millisecond), r.State)
+	}
+	return t.flush()
+}
+
+// modeResult is the JSON form of "mode set".
+type modeResult struct {
+	Service  string `json:"service"`
+	Table    string `json:"table"`
+	Mode     string `json:"mode"` // "" when the override was cleared
+	Revision uint64 `json:"revision"`
+}
+
+func (c *cli) mode(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return usagef("mode: want 'mode set SERVICE/TABLE MODE' or 'mode list'")
+	}
+	switch args[0] {
+	case "set":
+		return c.modeSet(ctx, args[1:])
+	case "list":
+		return c.modeList(ctx, args[1:])
+	}
+	return usagef("mode %q: want 'mode set SERVICE/TABLE MODE' or 'mode list'", args[0])
+}
+
+func (c *cli) modeSet(ctx context.Context, args []string) error {
+	fs := c.cmdFlags("mode set", "SERVICE/TABLE push|pull|auto|clear")
+	pos, err := c.parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 2 {
+		return usagef("mode set: want SERVICE/TABLE MODE, got %d arguments", len(pos))
+	}
+	service, table, err := parseTableRef(pos[0])
+	if err != nil {
+		return err
+	}
+	mode := ""
+	if pos[1] != "clear" {
+		m, err := modes.ParseMode(pos[1])
+		if err != nil {
+			return usagef("mode set: %v, or clear to remove the override", err)
+		}
+		mode = m.String()
+	}
+	var res *transport.SetModeResponse
+	err = c.callBroker(ctx, "mode set", func(ctx context.Context, b *transport.BrokerClient) error {
+		var err error
+		res, err = b.SetMode(ctx, &transport.SetModeRequest{Version: transport.ProtocolVersion, Service: service, Table: table, Mode: mode})
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if c.output == "json" {
+		return writeJSON(c.stdout, modeResult{Service: service, Table: table, Mode: mode, Revision: res.Revision})
+	}
+	if mode == "" {
+		fmt.Fprintf(c.stdout, "mode override of %s/%s cleared (registry revision %d)\n", service, table, res.Revision)
+	} else {
+		fmt.Fprintf(c.stdout, "mode of %s/%s set to %s (registry revision %d)\n", service, table, mode, res.Revision)
+	}
+	return nil
+}
+
+func (c *cli) modeList(ctx context.Context, args []string) error {
+	fs := c.cmdFlags("mode list", "")
+	pos, err := c.parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return usagef("mode list takes no arguments, got %q", pos)
+	}
+	st, err := c.brokerStatus(ctx)
+	if err != nil {
+		return err
+	}
+	ovr := st.Overrides
+	if ovr == nil {
+		ovr = map[string]string{}
+	}
+	if c.output == "json" {
+		return writeJSON(c.stdout, ovr)
+	}
+	printOverrides(c.stdout, ovr)
+	return nil
+}
