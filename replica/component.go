@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
 	"github.com/replmesh/replmesh/transport"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health/grpc_health_v1"
@@ -76,7 +77,8 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 		WithBlockCacheSize(cfg.BlockCacheSize).
 		WithIndexCacheSize(16 << 20).
 		WithNumCompactors(2).
-		WithValueThreshold(1 << 10)
+		WithValueThreshold(1 << 10).
+		WithCompression(options.None) // rows and log entries are small: compression costs more CPU than it saves
 	db, err := badger.Open(opts)
 	if err != nil {
 		return nil, fmt.Errorf("open component: badger: %w", err)
