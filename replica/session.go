@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/transport"
 )
 
@@ -90,7 +91,7 @@ func (c *Component) tableInfos() []transport.TableInfo {
 	out := make([]transport.TableInfo, 0, len(tables))
 	for _, t := range tables {
 		m, _ := t.state()
-		out = append(out, transport.TableInfo{Table: t.name, Mode: transport.ModePush, LogID: m.LogID, Epoch: m.Epoch, Head: m.Head})
+		out = append(out, transport.TableInfo{Table: t.name, Mode: t.ownerMode(), LogID: m.LogID, Epoch: m.Epoch, Head: m.Head})
 	}
 	return out
 }
@@ -109,13 +110,24 @@ func (c *Component) subInfos() []transport.SubInfo {
 	out := make([]transport.SubInfo, 0, len(reps))
 	for _, r := range reps {
 		st := r.Status()
-		si := transport.SubInfo{Service: st.Service, Table: st.Table, Mode: transport.ModePush, Seq: st.Seq, Lag: st.Lag.Seqs, State: st.State.String()}
+		si := transport.SubInfo{Service: st.Service, Table: st.Table, Mode: r.requestedMode(), Seq: st.Seq, Lag: st.Lag.Seqs, State: st.State.String()}
 		if st.Lag.Staleness > 0 {
 			si.StaleMs = st.Lag.Staleness.Milliseconds()
 		}
 		out = append(out, si)
 	}
 	return out
+}
+
+// requestedMode is the mode the subscription's own option asks for (""
+// when it leaves the mode to the owner's default), as SubInfo reports it.
+func (r *Replica) requestedMode() string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if r.modes.sub == nil || r.modes.sub.Mode == modes.Unset {
+		return ""
+	}
+	return r.modes.sub.Mode.String()
 }
 
 func cmpString(a, b string) int {

@@ -29,6 +29,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/replmesh/replmesh/broker"
+	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/replica"
 	"github.com/replmesh/replmesh/transport"
 )
@@ -294,7 +295,7 @@ func startMesh(t *testing.T) *mesh {
 		if mg, err = c.Own("managers"); err != nil {
 			t.Fatal(err)
 		}
-		if sec, err = c.Own("secrets", replica.TableOptions{AllowServices: []string{"products"}}); err != nil {
+		if sec, err = c.Own("secrets", replica.TableOptions{AllowServices: []string{"products"}, Mode: modes.Push}); err != nil {
 			t.Fatal(err)
 		}
 		return mg, sec
@@ -315,7 +316,8 @@ func startMesh(t *testing.T) *mesh {
 	if m.repManagers, err = m.consumer.Subscribe(ctxT(t, 5*time.Second), replica.SubscribeOptions{Service: "stores", Table: "managers"}); err != nil {
 		t.Fatal(err)
 	}
-	if m.repSecrets, err = m.consumer.Subscribe(ctxT(t, 5*time.Second), replica.SubscribeOptions{Service: "stores", Table: "secrets"}); err != nil {
+	if m.repSecrets, err = m.consumer.Subscribe(ctxT(t, 5*time.Second), replica.SubscribeOptions{Service: "stores", Table: "secrets",
+		Modes: &modes.TableConfig{Mode: modes.Push}}); err != nil {
 		t.Fatal(err)
 	}
 	return m
@@ -564,8 +566,11 @@ func TestReplctl(t *testing.T) {
 		}
 		r := rows[0]
 		if r.Service != "stores" || r.Table != "managers" || r.Owner != m.primaryName || r.Head != head || r.LogID != logID ||
-			r.Mode != "push" || len(r.Standbys) != 1 || r.Standbys[0].Instance != m.standbyName || r.Standbys[0].Head != head {
+			r.Mode != "push" || r.ModeSource != "default" || len(r.Standbys) != 1 || r.Standbys[0].Instance != m.standbyName || r.Standbys[0].Head != head {
 			t.Fatalf("managers: %+v", r)
+		}
+		if r := rows[1]; r.Table != "secrets" || r.Mode != "push" || r.ModeSource != "owner" {
+			t.Fatalf("secrets (an explicit owner default): %+v", r)
 		}
 	})
 
@@ -577,11 +582,11 @@ func TestReplctl(t *testing.T) {
 		}
 		r := rows[0]
 		if r.Service != "products" || r.Instance != "p1" || r.Owner != "stores" || r.Table != "managers" || r.Seq != head ||
-			r.Head != head || r.Lag != 0 || r.State != "streaming" || r.Mode != "push" {
+			r.Head != head || r.Lag != 0 || r.State != "streaming" || r.Mode != "push" || r.ModeSource != "default" || r.Requested != "" {
 			t.Fatalf("p1 on managers: %+v", r)
 		}
-		if rows[1].Table != "secrets" || rows[1].Seq != m.secrets.Head() {
-			t.Fatalf("p1 on secrets: %+v", rows[1])
+		if r := rows[1]; r.Table != "secrets" || r.Seq != m.secrets.Head() || r.ModeSource != "subscription" || r.Requested != "push" {
+			t.Fatalf("p1 on secrets (an explicit subscription mode): %+v", r)
 		}
 		out := ctlOK(t, br, "consumers").stdout
 		if !strings.HasPrefix(out, "CONSUMER ") || !strings.Contains(out, "products/p1") || !strings.Contains(out, "stores/managers") ||
