@@ -300,7 +300,10 @@ func crashConsumerChild(t *testing.T, logger *slog.Logger, dir, addr string, sig
 		prev := ""
 		for {
 			st := r.Status()
-			line := fmt.Sprintf("status %s %d %d %d %d", st.State, st.Stats.SnapshotRows, st.Seq, st.Stats.FullTransfers, st.Stats.Resumes)
+			line := fmt.Sprintf("status %s %d %d %d %d %d", st.State, st.Stats.SnapshotRows, st.Seq, st.Stats.FullTransfers, st.Stats.Resumes, st.Stats.Reconnects)
+			if st.LastErr != nil {
+				line += " " + strings.ReplaceAll(st.LastErr.Error(), "\n", " ")
+			}
 			if line != prev {
 				crashOut("%s", line)
 				prev = line
@@ -357,6 +360,9 @@ type crashChild struct {
 	snapRows  uint64
 	seq       uint64
 	transfers uint64
+	// the last status line: state, snapshot rows, seq, transfers, resumes,
+	// reconnects, last error
+	lastStatus string
 }
 
 type crashEvent struct {
@@ -420,6 +426,7 @@ func (c *crashChild) parse(line string) {
 			return
 		}
 		c.state, c.snapRows, c.seq, c.transfers = f[1], num(2), num(3), num(4)
+		c.lastStatus = rest
 	default:
 		c.bad = append(c.bad, "unknown line: "+line)
 	}
@@ -489,11 +496,15 @@ func (h *crashHarness) fail(c *crashChild, format string, args ...any) {
 	h.t.Helper()
 	c.mu.Lock()
 	out := c.output.String()
+	last := fmt.Sprintf("head %d, last ack %d", c.startHead, c.maxAck)
+	if c.role == "consumer" {
+		last = fmt.Sprintf("%s (%d events)", c.lastStatus, len(c.events))
+	}
 	c.mu.Unlock()
 	if len(out) > 8000 {
 		out = "..." + out[len(out)-8000:]
 	}
-	h.t.Fatalf("%s run %d: %s\n--- its output:\n%s", c.role, c.run, fmt.Sprintf(format, args...), out)
+	h.t.Fatalf("%s run %d: %s\n--- its last report: %s\n--- its output:\n%s", c.role, c.run, fmt.Sprintf(format, args...), last, out)
 }
 
 // waitFor polls cond (called under c.mu) until it holds, failing early if
@@ -685,8 +696,8 @@ func TestReplica_CrashRestart(t *testing.T) {
 	}
 	t.Logf("owner killed after %d snapshot rows had reached the consumer", locked(cons, func() uint64 { return cons.snapRows }))
 	owner = h.startOwner()
-	h.waitFor(cons, 120*time.Second, "the full transfer to complete", func() bool { return cons.transfers == 1 && cons.state == "streaming" })
-	t.Logf("full transfer done after %s", time.Since(began).Round(time.Millisecond))
+	h.waitFor(cons, time.Duration(bulk/400)*time.Second, "the full transfer to complete", func() bool { return cons.transfers == 1 && cons.state == "streaming" })
+	t.Logf("full transfer done after %s; consumer status: %s", time.Since(began).Round(time.Millisecond), locked(cons, func() string { return cons.lastStatus }))
 
 	// 3. Kill cycles while changes stream: the consumer, the owner, or both
 	// at once, each as often, in a random order.
@@ -698,7 +709,7 @@ func TestReplica_CrashRestart(t *testing.T) {
 	for i, kind := range kinds {
 		// Let the stream make progress first: the owner writes, the
 		// consumer applies.
-		fromAck := locked(owner, func() uint64 { return owner.maxAck })
+		fromAck := locked(owner, func() uint64 { return max(owner.maxAck, owner.startHead) })
 		fromApplied := locked(cons, cons.lastApplied)
 		h.ownerAcked(owner, fromAck+300)
 		h.waitFor(cons, 60*time.Second, "the consumer to apply more changes", func() bool { return cons.lastApplied() >= fromApplied+200 })
@@ -717,7 +728,7 @@ func TestReplica_CrashRestart(t *testing.T) {
 	}
 
 	// 4. The owner stops writing; the consumer converges; both stop cleanly.
-	from := locked(owner, func() uint64 { return owner.maxAck })
+	from := locked(owner, func() uint64 { return max(owner.maxAck, owner.startHead) })
 	h.ownerAcked(owner, from+200)
 	if err := owner.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
 		t.Fatal(err)

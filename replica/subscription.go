@@ -83,18 +83,22 @@ func (r *Replica) session() (progressed bool, err error) {
 		return false, err
 	}
 	// Watchdog: an owner that says nothing for PeerTimeout (it heartbeats
-	// far more often) is gone; drop the stream.
+	// far more often) is gone; drop the stream. Only the time spent waiting
+	// for the owner counts: the time this replica takes to write what it
+	// received (a slow disk, a large transfer chunk) must not look like a
+	// silent owner, or a slow replica could restart a full transfer forever.
 	watchdog := time.AfterFunc(r.c.cfg.PeerTimeout, cancel)
 	defer watchdog.Stop()
 	recv := func() (*transport.OwnerFrame, error) {
+		watchdog.Reset(r.c.cfg.PeerTimeout)
 		f, err := stream.Recv()
+		watchdog.Stop()
 		if err != nil {
 			if ctx.Err() != nil && r.ctx.Err() == nil {
 				return nil, fmt.Errorf("%w: no frame from owner for %s", transport.ErrUnavailable, r.c.cfg.PeerTimeout)
 			}
 			return nil, transport.FromStatus(err)
 		}
-		watchdog.Reset(r.c.cfg.PeerTimeout)
 		r.mu.Lock()
 		if f.HeadSeq > r.ownerHead {
 			r.ownerHead = f.HeadSeq
