@@ -19,6 +19,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/replmesh/replmesh/broker"
+	"github.com/replmesh/replmesh/modes"
 )
 
 // fileConfig is the YAML config file. Every key is optional; flags given
@@ -179,6 +180,12 @@ func suggestIn(prefix string) string {
 // overriding the file, and returns the broker config and the HTTP address
 // ("" when disabled).
 func parseArgs(args []string, stderr io.Writer) (broker.Config, string, *slog.Logger, error) {
+	cfg, httpA, log, _, err := parseArgsModes(args, stderr)
+	return cfg, httpA, log, err
+}
+
+// parseArgsModes is parseArgs that also returns the -modes file, loaded.
+func parseArgsModes(args []string, stderr io.Writer) (broker.Config, string, *slog.Logger, *modes.Config, error) {
 	fs := flag.NewFlagSet("replbroker", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -198,6 +205,7 @@ func parseArgs(args []string, stderr io.Writer) (broker.Config, string, *slog.Lo
 		advGossip   = fs.String("advertise-gossip", "", "gossip `address` announced to other brokers")
 		httpAddr    = fs.String("http", broker.DefaultHTTPAddr, "HTTP `address` for /metrics, /api/status and the status page; \"off\" disables")
 		join        = fs.String("join", "", "comma-separated gossip `addresses` of brokers to join")
+		modesPath   = fs.String("modes", "", "per-table mode config `file` (the modes YAML); its modes are set as broker overrides")
 		gossipKey   = fs.String("gossip-key", "", "gossip encryption `key`, base64 of 16, 24 or 32 bytes")
 		gossipKeyF  = fs.String("gossip-key-file", "", "`file` holding the base64 gossip key")
 		label       = fs.String("cluster-label", "", "cluster `label`; brokers with another label are ignored")
@@ -214,14 +222,14 @@ func parseArgs(args []string, stderr io.Writer) (broker.Config, string, *slog.Lo
 		tlsCA       = fs.String("tls-client-ca", "", "PEM CA `file`: require client certificates signed by it (mTLS)")
 	)
 	if err := fs.Parse(args); err != nil {
-		return broker.Config{}, "", nil, err
+		return broker.Config{}, "", nil, nil, err
 	}
 	if fs.NArg() > 0 {
-		return broker.Config{}, "", nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
+		return broker.Config{}, "", nil, nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
 	if *printConfig {
 		fmt.Fprint(os.Stdout, exampleConfig)
-		return broker.Config{}, "", nil, errPrinted
+		return broker.Config{}, "", nil, nil, errPrinted
 	}
 
 	// Start from the file, then let every flag given on the command line win.
@@ -229,7 +237,7 @@ func parseArgs(args []string, stderr io.Writer) (broker.Config, string, *slog.Lo
 	if *configPath != "" {
 		f, err := loadFile(*configPath)
 		if err != nil {
-			return broker.Config{}, "", nil, err
+			return broker.Config{}, "", nil, nil, err
 		}
 		fc = *f
 	}
@@ -277,18 +285,25 @@ func parseArgs(args []string, stderr io.Writer) (broker.Config, string, *slog.Lo
 
 	log, err := newLogger(fc.LogLevel, fc.LogFormat, stderr)
 	if err != nil {
-		return broker.Config{}, "", nil, err
+		return broker.Config{}, "", nil, nil, err
 	}
 	cfg, err := brokerConfig(&fc)
 	if err != nil {
-		return broker.Config{}, "", nil, err
+		return broker.Config{}, "", nil, nil, err
 	}
 	cfg.Logger = log
 	httpA := fc.HTTPAddr
 	if httpA == "off" {
 		httpA = ""
 	}
-	return cfg, httpA, log, nil
+	var mf *modes.Config
+	if *modesPath != "" {
+		var err error
+		if mf, err = modes.Load(*modesPath); err != nil {
+			return broker.Config{}, "", nil, nil, err
+		}
+	}
+	return cfg, httpA, log, mf, nil
 }
 
 var errPrinted = errors.New("printed")

@@ -36,6 +36,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -43,6 +44,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/replmesh/replmesh/broker"
+	"github.com/replmesh/replmesh/modes"
+	"github.com/replmesh/replmesh/transport"
 )
 
 func main() {
@@ -59,7 +62,7 @@ func main() {
 
 // run starts the broker and serves until ctx is done.
 func run(ctx context.Context, args []string, stderr io.Writer) error {
-	cfg, httpAddr, log, err := parseArgs(args, stderr)
+	cfg, httpAddr, log, modeFile, err := parseArgsModes(args, stderr)
 	if err != nil {
 		return err
 	}
@@ -67,6 +70,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	b, err := broker.New(startCtx, cfg)
 	cancel()
 	if err != nil {
+		return err
+	}
+	if err := applyModeFile(ctx, b, modeFile); err != nil {
+		b.Close()
 		return err
 	}
 	reg := b.Metrics()
@@ -115,5 +122,25 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return cerr
 	}
 	log.Info("replbroker stopped")
+	return nil
+}
+
+// applyModeFile sets every table mode of the -modes file as a broker
+// override (the top of the precedence: override > subscription option >
+// owner default). Brokers of a cluster started with the same file agree.
+func applyModeFile(ctx context.Context, b *broker.Broker, mf *modes.Config) error {
+	if mf == nil {
+		return nil
+	}
+	for name, tc := range mf.Tables {
+		if tc.Mode == modes.Unset {
+			continue
+		}
+		svc, table, _ := strings.Cut(name, "/")
+		_, err := b.SetMode(ctx, &transport.SetModeRequest{Version: transport.ProtocolVersion, Service: svc, Table: table, Mode: tc.Mode.String()})
+		if err != nil {
+			return fmt.Errorf("mode file: %s: %w", name, err)
+		}
+	}
 	return nil
 }

@@ -391,3 +391,38 @@ func TestExampleConfigLoads(t *testing.T) {
 		t.Fatalf("the example config is not usable: %v", err)
 	}
 }
+
+// -modes loads the per-table mode file and sets its modes as overrides.
+func TestModesFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "modes.yaml")
+	if err := os.WriteFile(path, []byte("version: 1\ntables:\n  stores/store_managers:\n    mode: pull\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, _, _, mf, err := parseArgsModes([]string{"-modes", path}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := broker.LocalConfig("m1")
+	b, err := broker.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := applyModeFile(context.Background(), b, mf); err != nil {
+		t.Fatal(err)
+	}
+	st, err := b.Status(context.Background(), &transport.StatusRequest{Version: transport.ProtocolVersion})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.Overrides["stores/store_managers"]; got != "pull" {
+		t.Fatalf("override = %q, want pull (overrides %v)", got, st.Overrides)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(bad, []byte("version: 1\ntables:\n  stores/x:\n    mode: sideways\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, _, err := parseArgsModes([]string{"-modes", bad}, io.Discard); err == nil || !strings.Contains(err.Error(), "line 4") {
+		t.Fatalf("bad mode file: %v, want an error naming line 4", err)
+	}
+}
