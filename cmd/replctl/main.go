@@ -27,7 +27,8 @@
 //	                            "clear" removes it)
 //	mode list                   the overrides in force
 //
-// Flags may come before or after the command:
+// Flags may come before or after the command and among its arguments; "--"
+// ends them (for a KEY that begins with "-"):
 //
 //	-broker ADDRS   broker gRPC address(es), comma-separated, tried in order
 //	                (default $REPLMESH_BROKER, else 127.0.0.1:7400, the
@@ -174,6 +175,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	}
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
+	}
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		fmt.Fprintln(stderr, "replctl: interrupted")
+		return exitError
 	}
 	code := exitError
 	var ee *exitErr

@@ -493,6 +493,7 @@ func writeCert(t *testing.T, dir string) (caFile, certFile, keyFile string) {
 
 func TestReplctl(t *testing.T) {
 	m := startMesh(t)
+	put(t, m.managers, "-dash", "d")
 	for i := range 10 {
 		put(t, m.managers, fmt.Sprintf("k%d", i), fmt.Sprintf("v%d", i))
 	}
@@ -623,6 +624,9 @@ func TestReplctl(t *testing.T) {
 		if out := ctlOK(t, br, "get", "-key-hex", "-raw", "stores/managers", "6b33").stdout; out != "v3" {
 			t.Errorf("get -key-hex: %q", out)
 		}
+		if out := ctlOK(t, br, "get", "stores/managers", "-raw", "--", "-dash").stdout; out != "d" {
+			t.Errorf("get of a key that begins with -: %q", out)
+		}
 
 		// A missing key is a failed check (exit 1), with a clear message.
 		r := ctl(t, nil, br, "get", "stores/managers", "nope")
@@ -657,7 +661,7 @@ func TestReplctl(t *testing.T) {
 	t.Run("verify", func(t *testing.T) {
 		var rep verifyReport
 		r := ctlJSON(t, &rep, br, "verify", "stores/managers")
-		if !rep.OK || rep.Seq != head || rep.LogID != logID || rep.Primary != m.primaryName || rep.Rows != 12 {
+		if !rep.OK || rep.Seq != head || rep.LogID != logID || rep.Primary != m.primaryName || rep.Rows != 13 {
 			t.Fatalf("verify: %+v", rep)
 		}
 		got := map[string]string{}
@@ -679,7 +683,7 @@ func TestReplctl(t *testing.T) {
 		found := false
 		for _, l := range strings.Split(r.stdout, "\n") {
 			f := strings.Fields(l)
-			if len(f) == 6 && f[0] == "stores/"+m.standbyName && f[1] == "standby" && f[2] == strconv.FormatUint(head, 10) && f[3] == "12" && f[5] == "equal" {
+			if len(f) == 6 && f[0] == "stores/"+m.standbyName && f[1] == "standby" && f[2] == strconv.FormatUint(head, 10) && f[3] == "13" && f[5] == "equal" {
 				found = true
 			}
 		}
@@ -783,6 +787,10 @@ func TestReplctl(t *testing.T) {
 		}
 		if out := ctlOK(t, br, "mode", "list").stdout; !strings.Contains(out, "stores/managers  pull") {
 			t.Fatalf("mode list:\n%s", out)
+		}
+		if out := ctlOK(t, br, "status").stdout; !strings.Contains(out, "MODE OVERRIDES\nTABLE            MODE\nstores/managers  pull\n") ||
+			!strings.Contains(out, "pull (override)") {
+			t.Fatalf("status after mode set:\n%s", out)
 		}
 		if out := ctlOK(t, br, "mode", "set", "stores/managers", "clear").stdout; !strings.Contains(out, "mode override of stores/managers cleared") {
 			t.Fatalf("mode set clear: %q", out)
