@@ -19,7 +19,7 @@ test-short:
 
 # Micro-benchmarks (go test -bench) and the replbench table.
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./replica/ ./transport/
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 3x ./replica/ ./transport/ ./broker/
 	$(GO) run ./cmd/replbench
 
 replbench:
@@ -30,7 +30,7 @@ demo:
 
 # Runs every fuzz target briefly (FUZZTIME each).
 fuzz:
-	@set -e; for pkg in ./transport; do \
+	@set -e; for pkg in ./transport ./broker; do \
 		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
 			echo "fuzz $$pkg $$f"; \
 			$(GO) test $$pkg -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME); \
