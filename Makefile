@@ -19,7 +19,8 @@ test-short:
 
 # Micro-benchmarks (go test -bench) and the replbench table.
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime 3x ./replica/ ./transport/ ./broker/
+	$(GO) test -run '^$$' -bench . -benchmem ./replica/ ./transport/
+	$(GO) test -run '^$$' -bench . -benchtime 10x ./broker/
 	$(GO) run ./cmd/replbench
 
 replbench:
