@@ -8,12 +8,15 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/replmesh/replmesh/broker"
 	"github.com/replmesh/replmesh/examples/marketplace/products"
 	"github.com/replmesh/replmesh/examples/marketplace/stores"
 	"github.com/replmesh/replmesh/replica"
+	"github.com/replmesh/replmesh/transport"
 	"go.uber.org/goleak"
 )
 
@@ -25,15 +28,26 @@ func TestMain(m *testing.M) {
 	)
 }
 
-// testLogger routes warnings and errors to t.Log.
+// testLogger routes warnings and errors to t.Log until the test and its
+// cleanups are over (the broker's memberlist may log while winding down).
 func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	w := &tWriter{t: t}
+	t.Cleanup(func() { w.mu.Lock(); w.over = true; w.mu.Unlock() })
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
-type tWriter struct{ t testing.TB }
+type tWriter struct {
+	t    testing.TB
+	mu   sync.Mutex
+	over bool
+}
 
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(string(bytes.TrimRight(p, "\n")))
+func (w *tWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.over {
+		w.t.Log(string(bytes.TrimRight(p, "\n")))
+	}
 	return len(p), nil
 }
 
@@ -43,8 +57,9 @@ func ctxT(t testing.TB, d time.Duration) context.Context {
 	return ctx
 }
 
-// TestDemo runs the demo program's scenario as `go run` does and checks
-// that it meets its own expectations and says so.
+// TestDemo runs the demo program's scenario as `go run` does (a broker,
+// a stores primary and standby, products subscribed through the broker)
+// and checks that it meets its own expectations and says so.
 func TestDemo(t *testing.T) {
 	var out bytes.Buffer
 	if err := run(ctxT(t, time.Minute), &out, testLogger(t), t.TempDir()); err != nil {
@@ -57,6 +72,16 @@ func TestDemo(t *testing.T) {
 		`state=connecting`,
 		`full transfers 1 -> 1, resumes 0 -> 1`,
 		`carol adds "lamp shade"   to S1 -> ALLOWED`,
+		// step 5: the standby takes over.
+		`stores:   stores-1 (primary, epoch`,
+		`stores:   stores-2 took over as primary (epoch`,
+		`revoke bob on stores-2 with no standby -> refused: replica: not confirmed by enough standbys`,
+		`stores-1 restarted on its data dir: standby (epoch`,
+		`a write there -> refused: not primary: stores/stores-1 is a standby; the primary is stores-2`,
+		`on stores-2, confirmed by standby stores-1`,
+		`products: denies bob`,
+		`bob   adds "ceiling fan"  to S1 -> DENIED: bob is not a manager of store S1`,
+		`full transfers 1 -> 1, resumes 1 -> 2`,
 		`all expectations met`,
 	} {
 		if !strings.Contains(out.String(), want) {
@@ -65,7 +90,8 @@ func TestDemo(t *testing.T) {
 	}
 }
 
-// marketplace is the two services of the scenario, for tests.
+// marketplace is the two services of the scenario without a broker
+// (products is given stores' address), for tests.
 type marketplace struct {
 	t        *testing.T // the running (sub)test
 	root     *testing.T // the test that owns the services (they log to it)
@@ -79,7 +105,7 @@ func startMarketplace(t *testing.T) *marketplace {
 	m := &marketplace{t: t, root: t, dir: t.TempDir()}
 	m.openStores("127.0.0.1:0")
 	var err error
-	m.products, err = products.Open(ctxT(t, 10*time.Second), config(products.ServiceName, filepath.Join(m.dir, "products"), testLogger(t)),
+	m.products, err = products.Open(ctxT(t, 10*time.Second), config(products.ServiceName, "products-1", filepath.Join(m.dir, "products"), nil, testLogger(t)),
 		products.Options{StoresAddr: m.stores.Addr()})
 	if err != nil {
 		t.Fatal(err)
@@ -100,7 +126,7 @@ func startMarketplace(t *testing.T) *marketplace {
 
 func (m *marketplace) openStores(addr string) {
 	m.t.Helper()
-	cfg := config(stores.ServiceName, filepath.Join(m.dir, "stores"), testLogger(m.root))
+	cfg := storesConfig(stores1, m.dir, nil, testLogger(m.root))
 	cfg.ListenAddr = addr
 	s, err := stores.Open(ctxT(m.t, 10*time.Second), cfg)
 	if err != nil {
@@ -268,7 +294,7 @@ func TestAuthorize_NotReady(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	_ = ln.Close() // nothing listens there: the replica never gets a copy
-	p, err := products.Open(ctxT(t, 10*time.Second), config(products.ServiceName, "", testLogger(t)), products.Options{StoresAddr: addr})
+	p, err := products.Open(ctxT(t, 10*time.Second), config(products.ServiceName, "products-1", "", nil, testLogger(t)), products.Options{StoresAddr: addr})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,7 +312,7 @@ func TestAuthorize_NotReady(t *testing.T) {
 }
 
 func TestStores_Errors(t *testing.T) {
-	s, err := stores.Open(ctxT(t, 10*time.Second), config(stores.ServiceName, "", testLogger(t)))
+	s, err := stores.Open(ctxT(t, 10*time.Second), config(stores.ServiceName, stores1, "", nil, testLogger(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -316,5 +342,57 @@ func TestStores_Errors(t *testing.T) {
 	got, err := s.Managers("S1")
 	if err != nil || len(got) != 1 || got[0] != "alice" {
 		t.Fatalf("Managers(S1) = %v, %v; want [alice]", got, err)
+	}
+}
+
+// With a broker, two stores instances are a primary and a standby
+// (min_sync_standbys 1): alone, the primary refuses a write before writing
+// anything (a zero Commit); with the standby, a write returns once the
+// standby holds it; the standby refuses writes, naming the primary.
+func TestStores_PrimaryAndStandby(t *testing.T) {
+	bcfg := broker.LocalConfig("b1")
+	bcfg.Logger = testLogger(t)
+	b, err := broker.New(ctxT(t, 10*time.Second), bcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx := ctxT(t, time.Minute)
+	dir, brokers := t.TempDir(), []string{b.GRPCAddr()}
+	s1, err := stores.Open(ctx, storesConfig(stores1, dir, brokers, testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s1.Close()
+	if _, _, err := waitRole(ctx, s1, transport.RolePrimary, 0); err != nil {
+		t.Fatal(err)
+	}
+	c, err := s1.CreateStore(ctx, "S1", "Lamps & Co")
+	if !errors.Is(err, replica.ErrNotReplicated) || c != (stores.Commit{}) {
+		t.Fatalf("write with no standby: %v, %v; want a zero Commit and ErrNotReplicated", c, err)
+	}
+	if _, found, _ := s1.Store("S1"); found {
+		t.Fatal("a write refused for want of a standby was written")
+	}
+
+	s2, err := stores.Open(ctx, storesConfig(stores2, dir, brokers, testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	_, epoch := s1.Component().Role()
+	if _, _, err := waitRole(ctx, s2, transport.RoleStandby, epoch); err != nil {
+		t.Fatal(err)
+	}
+	c, err = (&demo{}).commit(ctx, func(ctx context.Context) (stores.Commit, error) { return s1.CreateStore(ctx, "S1", "Lamps & Co") })
+	if err != nil || c.Seq == 0 {
+		t.Fatalf("write with a standby: %v, %v", c, err)
+	}
+	if st, found, err := s2.Store("S1"); err != nil || !found || st.Name != "Lamps & Co" {
+		t.Fatalf("the standby does not hold an acknowledged write: %+v, %v, %v", st, found, err)
+	}
+	_, err = s2.AddManager(ctx, "S1", "alice")
+	if !errors.Is(err, transport.ErrNotPrimary) || !strings.Contains(err.Error(), "the primary is "+stores1) {
+		t.Fatalf("write on the standby: %v, want ErrNotPrimary naming %s", err, stores1)
 	}
 }

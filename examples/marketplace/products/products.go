@@ -43,7 +43,9 @@ func ProductKey(storeID, productID string) string { return storeID + "/" + produ
 
 // Options configure the service.
 type Options struct {
-	// StoresAddr is the Stores service's replication address.
+	// StoresAddr is the Stores service's replication address. Empty: the
+	// component's brokers (Config.Brokers) say where the Stores primary
+	// is, and the replicas follow it when it moves (a standby takes over).
 	StoresAddr string
 }
 
@@ -128,8 +130,10 @@ type Service struct {
 
 // Open opens the service's component with cfg (cfg.Service is set to
 // ServiceName), declares its table and subscribes to the Stores service's
-// tables at opts.StoresAddr. It returns at once; the replicas fill in the
-// background (WaitReady, WaitFor).
+// tables at opts.StoresAddr (or through the brokers). It returns at once;
+// the replicas fill in the background (WaitReady, WaitFor). With
+// cfg.Brokers, set cfg.Owner: the service owns table `products`, and the
+// broker grants it the primary lease.
 func Open(ctx context.Context, cfg replica.Config, opts Options) (*Service, error) {
 	cfg.Service = ServiceName
 	c, err := replica.Open(ctx, cfg)
@@ -181,7 +185,9 @@ func (s *Service) Component() *replica.Component { return s.c }
 // resume on the next Open.
 func (s *Service) Close() error { return s.c.Close() }
 
-// WaitReady blocks until both replicas hold a complete copy of their table.
+// WaitReady blocks until both replicas hold a complete copy of their table
+// and (with brokers) the instance holds the primary lease of its own
+// table, so that AddProduct can write.
 func (s *Service) WaitReady(ctx context.Context) error {
 	for _, r := range []*replica.Replica{s.storesR, s.mgrsR} {
 		select {
@@ -190,7 +196,19 @@ func (s *Service) WaitReady(ctx context.Context) error {
 			return fmt.Errorf("products: wait for replica %s: %w", r.Table(), ctx.Err())
 		}
 	}
-	return nil
+	// The component has no notification of its role: poll it.
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if role, _ := s.c.Role(); role == "primary" {
+			return nil
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return fmt.Errorf("products: wait for the primary lease: %w", ctx.Err())
+		}
+	}
 }
 
 // WaitFor blocks until the replica of commit's table holds commit: after

@@ -8,6 +8,13 @@
 // to another service can hand it the Commit and that service can wait until
 // its replica holds the change (read-your-writes across services).
 //
+// Several instances of the service may run (Config.Owner with
+// Config.Brokers): the broker grants one of them the primary lease, and the
+// others are standbys that keep a copy of its tables, refuse writes
+// (replica's ErrNotPrimary, naming the primary), and take over when the
+// primary goes away. With Config.MinSyncStandbys a write returns only once
+// a standby holds it.
+//
 // The schema (row types, table names, key layout) is exported so consumers
 // decode the replicated rows with the same types.
 package stores
@@ -59,6 +66,11 @@ func ManagersPrefix(storeID string) string { return storeID + "/" }
 
 // Commit names one committed change: the table it went to and its seq in
 // that table. Seqs are per table, so both are needed to wait for it.
+//
+// A write that fails with replica.ErrNotReplicated (min_sync_standbys)
+// still returns its Commit when it was committed on the primary and only
+// the standby's confirmation is missing; a zero Commit means nothing was
+// written (no standby was connected) and the write may be retried.
 type Commit struct {
 	Table string
 	Seq   uint64
@@ -99,7 +111,9 @@ type Service struct {
 // Open opens the service's replication component with cfg (cfg.Service is
 // set to ServiceName) and declares its tables. A cfg.DataDir that held the
 // service before resumes its tables' histories; consumers then resume
-// their replicas instead of copying them again.
+// their replicas instead of copying them again. With cfg.Brokers, set
+// cfg.Owner: the instance writes only once the broker grants it the
+// primary lease (Component().Role()).
 func Open(ctx context.Context, cfg replica.Config) (*Service, error) {
 	cfg.Service = ServiceName
 	c, err := replica.Open(ctx, cfg)
@@ -130,6 +144,9 @@ func New(c *replica.Component) (*Service, error) {
 // Component is the service's replication component.
 func (s *Service) Component() *replica.Component { return s.c }
 
+// Instance is the instance's name (Config.Instance).
+func (s *Service) Instance() string { return s.c.Config().Instance }
+
 // Addr is the address consumers subscribe to.
 func (s *Service) Addr() string { return s.c.Addr() }
 
@@ -153,9 +170,18 @@ func (s *Service) CreateStore(ctx context.Context, id, name string) (Commit, err
 	}
 	seq, err := s.stores.Put(ctx, StoreKey(id), Store{ID: id, Name: name, CreatedAt: time.Now().UnixNano()})
 	if err != nil {
-		return Commit{}, fmt.Errorf("stores: create %s: %w", id, err)
+		return commitOf(TableStores, seq), fmt.Errorf("stores: create %s: %w", id, err)
 	}
 	return Commit{Table: TableStores, Seq: seq}, nil
+}
+
+// commitOf is the Commit of a failed write that returned seq: zero when
+// nothing was committed.
+func commitOf(table string, seq uint64) Commit {
+	if seq == 0 {
+		return Commit{}
+	}
+	return Commit{Table: table, Seq: seq}
 }
 
 // Store returns store id as the owner holds it.
@@ -181,7 +207,7 @@ func (s *Service) AddManager(ctx context.Context, storeID, userID string) (Commi
 	}
 	seq, err := s.managers.Put(ctx, ManagerKey(storeID, userID), Manager{StoreID: storeID, UserID: userID, AddedAt: time.Now().UnixNano()})
 	if err != nil {
-		return Commit{}, fmt.Errorf("stores: add manager %s to %s: %w", userID, storeID, err)
+		return commitOf(TableManagers, seq), fmt.Errorf("stores: add manager %s to %s: %w", userID, storeID, err)
 	}
 	return Commit{Table: TableManagers, Seq: seq}, nil
 }
@@ -200,7 +226,7 @@ func (s *Service) RevokeManager(ctx context.Context, storeID, userID string) (Co
 	defer s.mu.Unlock()
 	seq, err := s.managers.Delete(ctx, ManagerKey(storeID, userID))
 	if err != nil {
-		return Commit{}, fmt.Errorf("stores: revoke manager %s of %s: %w", userID, storeID, err)
+		return commitOf(TableManagers, seq), fmt.Errorf("stores: revoke manager %s of %s: %w", userID, storeID, err)
 	}
 	return Commit{Table: TableManagers, Seq: seq}, nil
 }
