@@ -58,15 +58,26 @@ func TestMain(m *testing.M) {
 var (
 	buildOnce sync.Once
 	buildErr  error
+	// raceBuild: the tests run under -race (race_test.go), and so does
+	// the replctl binary they build.
+	raceBuild bool
 )
 
 // binaries builds replctl and replbroker once per test run.
 func binaries(t *testing.T) (ctl, brk string) {
 	t.Helper()
 	buildOnce.Do(func() {
-		out, err := exec.Command("go", "build", "-o", binDir+string(filepath.Separator), ".", "../replbroker").CombinedOutput()
-		if err != nil {
-			buildErr = errors.New(string(out))
+		dir := binDir + string(filepath.Separator)
+		builds := [][]string{{"build", "-o", dir, ".", "../replbroker"}}
+		if raceBuild {
+			builds = [][]string{{"build", "-o", dir, "../replbroker"}, {"build", "-race", "-o", dir, "."}}
+		}
+		for _, args := range builds {
+			out, err := exec.Command("go", args...).CombinedOutput()
+			if err != nil {
+				buildErr = fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+				return
+			}
 		}
 	})
 	if buildErr != nil {
@@ -90,9 +101,13 @@ func (r result) String() string {
 func env(extra ...string) []string {
 	var out []string
 	for _, e := range os.Environ() {
-		if !strings.HasPrefix(e, EnvBroker+"=") {
+		if !strings.HasPrefix(e, EnvBroker+"=") && !strings.HasPrefix(e, "GORACE=") {
 			out = append(out, e)
 		}
+	}
+	if raceBuild {
+		// A race-enabled binary sleeps 1s at exit by default.
+		out = append(out, "GORACE=atexit_sleep_ms=50")
 	}
 	return append(out, extra...)
 }
@@ -122,6 +137,9 @@ func ctl(t *testing.T, environ []string, args ...string) result {
 		t.Fatalf("replctl %v: %v", args, err)
 	}
 	t.Logf("replctl %s -> %d", strings.Join(args, " "), r.code)
+	if strings.Contains(r.stderr, "DATA RACE") {
+		t.Fatalf("replctl %v: the race detector fired:\n%s", args, r.stderr)
+	}
 	if os.Getenv("REPLCTL_TEST_SHOW") != "" {
 		t.Logf("stdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)
 	}
@@ -872,6 +890,9 @@ func (tp *tailProc) wait(t *testing.T) result {
 		t.Fatalf("tail still running; stdout:\n%s", tp.stdout.String())
 	}
 	r := result{stdout: tp.stdout.String(), stderr: tp.stderr.String()}
+	if strings.Contains(r.stderr, "DATA RACE") {
+		t.Fatalf("tail: the race detector fired:\n%s", r.stderr)
+	}
 	var ee *exec.ExitError
 	if errors.As(tp.err, &ee) {
 		r.code = ee.ExitCode()
