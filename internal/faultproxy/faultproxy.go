@@ -1,7 +1,9 @@
 // Package faultproxy is a TCP proxy for tests that breaks the links going
 // through it on demand: it resets every open connection (CutAll), holds
 // every byte and every new connection (Pause, a blackhole until Resume),
-// and can be pointed at a new target (SetTarget).
+// and can be pointed at a new target (SetTarget). It also makes a link slow
+// (SetDelay: one-way latency; SetBandwidth: a byte rate per direction) and
+// counts the bytes it forwards (Bytes).
 //
 // A test puts a Proxy between a client and a server and gives the client
 // Addr instead of the server's address:
@@ -26,11 +28,20 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
-// bufSize is the most a proxied connection holds in one direction while
-// paused; beyond it the sender's kernel buffers fill and it blocks.
-const bufSize = 32 << 10
+// A proxied connection reads at most bufSize bytes at a time and queues at
+// most queueLen such chunks per direction for delivery (they wait there for
+// a pause to end, for their delay, or for bandwidth); beyond that the
+// proxy stops reading, the sender's kernel buffers fill and it blocks.
+const (
+	bufSize  = 32 << 10
+	queueLen = 64
+	// maxBurst bounds one write under a bandwidth limit, so that a limited
+	// link trickles instead of sending a whole chunk at once.
+	maxBurst = 4 << 10
+)
 
 // Proxy forwards the TCP connections it accepts to a target address.
 type Proxy struct {
@@ -45,6 +56,49 @@ type Proxy struct {
 	closed  bool
 
 	held atomic.Int64 // goroutines held by a pause (for tests)
+
+	delay atomic.Int64 // one-way latency in nanoseconds (SetDelay)
+	up    direction    // client -> target
+	down  direction    // target -> client
+}
+
+// direction is the bandwidth limit and byte count of one direction of
+// every link of a proxy.
+type direction struct {
+	bytes atomic.Int64
+
+	mu   sync.Mutex
+	rate int64     // bytes per second; 0: unlimited
+	next time.Time // when the next byte may be sent under rate
+}
+
+// reserve books n bytes and returns when they may be sent.
+func (d *direction) reserve(n int) time.Time {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := time.Now()
+	if d.rate <= 0 {
+		return now
+	}
+	start := d.next
+	if start.Before(now) {
+		start = now
+	}
+	d.next = start.Add(time.Duration(float64(n) / float64(d.rate) * float64(time.Second)))
+	return start
+}
+
+func (d *direction) limited() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.rate > 0
+}
+
+func (d *direction) setRate(r int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.rate = max(r, 0)
+	d.next = time.Time{}
 }
 
 // link is one proxied connection: the accepted client side and, once
@@ -97,6 +151,32 @@ func (p *Proxy) SetTarget(addr string) {
 	defer p.mu.Unlock()
 	p.target = addr
 }
+
+// SetDelay delays every byte by d in each direction (one-way latency; a
+// round trip takes 2d more). Bytes already queued keep the delay they were
+// read with. 0 removes the delay.
+func (p *Proxy) SetDelay(d time.Duration) { p.delay.Store(int64(max(d, 0))) }
+
+// Delay returns the one-way latency set by SetDelay.
+func (p *Proxy) Delay() time.Duration { return time.Duration(p.delay.Load()) }
+
+// SetBandwidth limits each direction (all links of the proxy together) to
+// bytesPerSec; 0 removes the limit.
+func (p *Proxy) SetBandwidth(bytesPerSec int64) {
+	p.up.setRate(bytesPerSec)
+	p.down.setRate(bytesPerSec)
+}
+
+// Bandwidth returns the limit set by SetBandwidth (0: none).
+func (p *Proxy) Bandwidth() int64 {
+	p.up.mu.Lock()
+	defer p.up.mu.Unlock()
+	return p.up.rate
+}
+
+// Bytes returns how many bytes the proxy has delivered from clients to the
+// target (up) and back (down), over all links since it started.
+func (p *Proxy) Bytes() (up, down int64) { return p.up.bytes.Load(), p.down.bytes.Load() }
 
 // CutAll resets every open connection (both sides see a TCP reset) and
 // keeps accepting new ones.
@@ -258,38 +338,112 @@ func (p *Proxy) serve(l *link) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		p.pump(l, s, l.client)
+		p.pump(l, s, l.client, &p.up)
 	}()
-	p.pump(l, l.client, s)
+	p.pump(l, l.client, s, &p.down)
 	wg.Wait()
 }
 
-// pump copies src to dst, holding each chunk while the proxy is paused. An
-// orderly end of src half-closes dst; any failure resets the whole link.
-func (p *Proxy) pump(l *link, dst, src net.Conn) {
-	buf := make([]byte, bufSize)
+// chunk is one read of a link, queued for delivery.
+type chunk struct {
+	b   []byte
+	at  time.Time // when it was read
+	eof bool      // src ended in order: half-close dst
+}
+
+// pump copies src to dst: it reads chunks and queues them for deliver. An
+// orderly end of src half-closes dst (after the queued bytes); any failure
+// resets the whole link.
+func (p *Proxy) pump(l *link, dst, src net.Conn, dir *direction) {
+	q := make(chan chunk, queueLen)
+	delivered := make(chan struct{})
+	go func() {
+		defer close(delivered)
+		p.deliver(l, dst, q, dir)
+	}()
+	defer func() {
+		close(q)
+		<-delivered
+	}()
 	for {
+		buf := make([]byte, bufSize)
 		n, err := src.Read(buf)
 		if n > 0 {
-			if !p.gate(l) {
-				l.close(true)
-				return
-			}
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				l.close(true)
+			select {
+			case q <- chunk{b: buf[:n], at: time.Now()}:
+			case <-l.ctx.Done():
 				return
 			}
 		}
 		if errors.Is(err, io.EOF) {
+			select {
+			case q <- chunk{eof: true}:
+			case <-l.ctx.Done():
+			}
+			return
+		}
+		if err != nil {
+			l.close(true)
+			return
+		}
+	}
+}
+
+// deliver writes the queued chunks to dst, each after its delay, while the
+// proxy is not paused, within the bandwidth of dir.
+func (p *Proxy) deliver(l *link, dst net.Conn, q <-chan chunk, dir *direction) {
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	wait := func(until time.Time) bool {
+		d := time.Until(until)
+		if d <= 0 {
+			return true
+		}
+		if timer == nil {
+			timer = time.NewTimer(d)
+		} else {
+			timer.Reset(d)
+		}
+		select {
+		case <-timer.C:
+			return true
+		case <-l.ctx.Done():
+			return false
+		case <-p.done:
+			return false
+		}
+	}
+	for c := range q {
+		if c.eof {
 			if tc, ok := dst.(*net.TCPConn); ok && tc.CloseWrite() == nil {
 				return
 			}
 			l.close(true)
 			return
 		}
-		if err != nil {
+		if !wait(c.at.Add(p.Delay())) || !p.gate(l) {
 			l.close(true)
 			return
+		}
+		for b := c.b; len(b) > 0; {
+			n := len(b)
+			if dir.limited() {
+				n = min(n, maxBurst)
+				if !wait(dir.reserve(n)) {
+					l.close(true)
+					return
+				}
+			}
+			if _, err := dst.Write(b[:n]); err != nil {
+				l.close(true)
+				return
+			}
+			dir.bytes.Add(int64(n))
+			b = b[n:]
 		}
 	}
 }

@@ -304,3 +304,91 @@ func TestProxy_Close(t *testing.T) {
 	}
 	// goleak (TestMain) checks that no goroutine of the proxy is left.
 }
+
+func TestProxy_Delay(t *testing.T) {
+	srv := newEchoServer(t, "a")
+	p := newProxy(t, srv.addr())
+	c := dial(t, p.Addr())
+	c.roundTrip(t, "warm", "a:warm")
+	const d = 100 * time.Millisecond
+	p.SetDelay(d)
+	if p.Delay() != d {
+		t.Fatalf("Delay() = %v, want %v", p.Delay(), d)
+	}
+	// A round trip crosses the proxy twice: at least 2d.
+	start := time.Now()
+	c.roundTrip(t, "slow", "a:slow")
+	if took := time.Since(start); took < 2*d {
+		t.Fatalf("round trip with a %v delay took %v, want >= %v", d, took, 2*d)
+	}
+	// Back to no delay: a round trip no longer waits 2d (loopback is far
+	// faster; allow a loaded machine a wide margin).
+	p.SetDelay(0)
+	start = time.Now()
+	c.roundTrip(t, "fast", "a:fast")
+	if took := time.Since(start); took >= 2*d {
+		t.Logf("round trip without delay took %v (a slow machine?)", took)
+	}
+}
+
+func TestProxy_Bandwidth(t *testing.T) {
+	srv := newEchoServer(t, "a")
+	p := newProxy(t, srv.addr())
+	c := dial(t, p.Addr())
+	c.roundTrip(t, "warm", "a:warm")
+	const rate = 200 << 10 // bytes per second
+	p.SetBandwidth(rate)
+	if p.Bandwidth() != rate {
+		t.Fatalf("Bandwidth() = %d, want %d", p.Bandwidth(), rate)
+	}
+	// 100 KiB each way at 200 KiB/s: about half a second per direction,
+	// the two overlapping at most partly.
+	line := strings.Repeat("x", 100<<10)
+	start := time.Now()
+	c.roundTrip(t, line, "a:"+line)
+	if took := time.Since(start); took < 400*time.Millisecond {
+		t.Fatalf("100 KiB round trip at %d B/s took %v, want >= 400ms", rate, took)
+	}
+	p.SetBandwidth(0)
+	c.roundTrip(t, "after", "a:after")
+}
+
+func TestProxy_Bytes(t *testing.T) {
+	srv := newEchoServer(t, "a")
+	p := newProxy(t, srv.addr())
+	if up, down := p.Bytes(); up != 0 || down != 0 {
+		t.Fatalf("Bytes() = %d, %d before any traffic", up, down)
+	}
+	c := dial(t, p.Addr())
+	c.roundTrip(t, "hello", "a:hello") // 6 bytes up, 8 down
+	waitFor(t, "the byte counts", func() bool {
+		up, down := p.Bytes()
+		return up == 6 && down == 8
+	})
+}
+
+func TestProxy_DelayedBytesSurvivePause(t *testing.T) {
+	srv := newEchoServer(t, "a")
+	p := newProxy(t, srv.addr())
+	c := dial(t, p.Addr())
+	c.roundTrip(t, "1", "a:1")
+	p.SetDelay(20 * time.Millisecond)
+	p.Pause()
+	c.send(t, "held")
+	waitFor(t, "the held chunk", func() bool { return p.held.Load() == 1 })
+	p.Resume()
+	if got, err := c.recv(); err != nil || got != "a:held" {
+		t.Fatalf("after Resume: got %q, %v; want a:held", got, err)
+	}
+	// An orderly close still travels behind the delayed bytes.
+	c.send(t, "last")
+	if err := c.c.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.recv(); err != nil || got != "a:last" {
+		t.Fatalf("got %q, %v; want a:last", got, err)
+	}
+	if _, err := c.recv(); !errors.Is(err, io.EOF) {
+		t.Fatalf("after close-write: err = %v, want EOF", err)
+	}
+}
