@@ -186,6 +186,9 @@ func (t *OwnedTable) promote(epoch uint64) error {
 			return err
 		}
 	}
+	// What the copy holds was confirmed by the old primary's standbys (or is
+	// this instance's own): the watermark starts at its head.
+	t.sync.reset(m.Head)
 	t.mu.Lock()
 	t.meta.Epoch, t.meta.Epochs = m.Epoch, m.Epochs
 	t.next = t.meta.Head + 1

@@ -71,6 +71,18 @@ func (s *syncState) visible(head uint64) (uint64, <-chan struct{}) {
 	return min(head, s.mark), s.moved
 }
 
+// reset starts the watermark afresh at mark: a table that becomes primary
+// (again) must not trust acknowledgements of another history. Standby
+// streams still connected are forgotten too; they reconnect to the primary.
+func (s *syncState) reset(mark uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	clear(s.acks)
+	s.mark = mark
+	close(s.moved)
+	s.moved = make(chan struct{})
+}
+
 // standbys is the number of connected standby streams.
 func (s *syncState) standbys() int {
 	s.mu.Lock()
