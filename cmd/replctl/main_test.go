@@ -914,6 +914,9 @@ func writeUntil(t *testing.T, tb *replica.OwnedTable, prefix string, stop func()
 		}
 		key := fmt.Sprintf("%s-%d", prefix, i)
 		seq, err := tb.Put(ctx, []byte(key), []byte("x-"+key))
+		if errors.Is(err, transport.ErrNotPrimary) {
+			continue // a promotion is still settling
+		}
 		if err != nil {
 			t.Fatalf("put %s: %v", key, err)
 		}

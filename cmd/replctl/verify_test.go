@@ -165,7 +165,7 @@ func TestVerify_Outcomes(t *testing.T) {
 		behind := good
 		behind.Seq = 4
 		standby.set(behind, nil)
-		rep := run(t, 1, "-wait", "300ms")
+		rep := run(t, 1, "-wait", "1s")
 		if got := result(rep, standbyName); got.Result != resUnverified || rep.Rounds < 2 {
 			t.Fatalf("standby: %+v after %d rounds", got, rep.Rounds)
 		}
