@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"testing"
@@ -131,14 +132,22 @@ func TestDiscovery_AllBrokersDown(t *testing.T) {
 	owner := component(t, "stores", "s1", t.TempDir(), "", []string{addr}, true, nil)
 	defer owner.Close()
 	tbl, _ := owner.Own("managers")
-	other, _ := owner.Own("stores")
+	// A second owner service the consumer has not subscribed to yet: its
+	// cached topology does not know where it is.
+	billing := component(t, "billing", "b1", t.TempDir(), "", []string{addr}, true, nil)
+	defer billing.Close()
+	other, _ := billing.Own("invoices")
 	cons := component(t, "products", "p1", t.TempDir(), "", []string{addr}, false, nil)
 	defer cons.Close()
 	r, err := cons.Subscribe(ctxT(t, 5*time.Second), replica.SubscribeOptions{Service: "stores", Table: "managers"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 20*time.Second, "owner is primary", func() bool { role, _ := owner.Role(); return role == "primary" })
+	waitUntil(t, 20*time.Second, "owners are primary", func() bool {
+		r1, _ := owner.Role()
+		r2, _ := billing.Role()
+		return r1 == "primary" && r2 == "primary"
+	})
 	put(t, tbl, 20, "a")
 	converge(t, tbl, r)
 
@@ -149,15 +158,20 @@ func TestDiscovery_AllBrokersDown(t *testing.T) {
 	if _, ok, err := r.Get([]byte("a0001")); err != nil || !ok {
 		t.Fatalf("read with no broker: %v, %v", ok, err)
 	}
-	// A new subscription waits for a broker.
-	late, err := cons.Subscribe(ctxT(t, 5*time.Second), replica.SubscribeOptions{Service: "stores", Table: "stores"})
+	// A new subscription to a service the consumer has not seen waits for a
+	// broker (one to a service in its last topology would start at once).
+	late, err := cons.Subscribe(ctxT(t, 5*time.Second), replica.SubscribeOptions{Service: "billing", Table: "invoices"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	put(t, other, 10, "s")
+	waitUntil(t, 20*time.Second, "the late subscription tried and waited", func() bool {
+		st := late.Status()
+		return st.Stats.Reconnects >= 2 && errors.Is(st.LastErr, transport.ErrUnavailable)
+	})
 	select {
 	case <-late.Ready():
-		t.Fatal("a subscription made with no broker up was served: where did it learn the owner's address?")
+		t.Fatal("a subscription to an unknown service made with no broker up was served: where did it learn the owner's address?")
 	default:
 	}
 	b = start()
