@@ -110,7 +110,8 @@ func (c *Component) subInfos() []transport.SubInfo {
 	out := make([]transport.SubInfo, 0, len(reps))
 	for _, r := range reps {
 		st := r.Status()
-		si := transport.SubInfo{Service: st.Service, Table: st.Table, Mode: r.requestedMode(), Seq: st.Seq, Lag: st.Lag.Seqs, State: st.State.String()}
+		si := transport.SubInfo{Service: st.Service, Table: st.Table, Mode: r.requestedMode(), Seq: st.Seq, Lag: st.Lag.Seqs,
+			State: st.State.String(), Running: st.Mode, Reason: st.ModeReason}
 		if st.Lag.Staleness > 0 {
 			si.StaleMs = st.Lag.Staleness.Milliseconds()
 		}

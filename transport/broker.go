@@ -49,6 +49,8 @@ type SubInfo struct {
 	Lag     uint64 `msgpack:"lag,omitempty"`   // owner head minus applied seq, as last heard
 	StaleMs int64  `msgpack:"stale,omitempty"` // staleness in milliseconds
 	State   string `msgpack:"st,omitempty"`    // replica state (streaming, diverged, ...)
+	Running string `msgpack:"run,omitempty"`   // the mode the stream runs now (push or pull; auto picks one)
+	Reason  string `msgpack:"why,omitempty"`   // why the last mode switch happened
 }
 
 // Register is a component's first Session frame.

@@ -200,10 +200,12 @@ type consumerRow struct {
 	Mode       string `json:"mode"`
 	ModeSource string `json:"mode_source"`
 	Requested  string `json:"requested_mode"`
-	Seq        uint64 `json:"seq"`      // applied seq
-	Head       uint64 `json:"head"`     // the owner's head as the broker last heard it
-	Lag        uint64 `json:"lag"`      // owner head minus applied seq, as the consumer last heard it
-	StaleMs    int64  `json:"stale_ms"` // how old the replica's data is, in milliseconds
+	Running    string `json:"running_mode"`          // what the stream runs now (auto picks push or pull)
+	Reason     string `json:"mode_reason,omitempty"` // why the last switch happened
+	Seq        uint64 `json:"seq"`                   // applied seq
+	Head       uint64 `json:"head"`                  // the owner's head as the broker last heard it
+	Lag        uint64 `json:"lag"`                   // owner head minus applied seq, as the consumer last heard it
+	StaleMs    int64  `json:"stale_ms"`              // how old the replica's data is, in milliseconds
 	State      string `json:"state"`
 }
 
@@ -221,7 +223,7 @@ func consumerRows(st *transport.StatusResponse) []consumerRow {
 			ti := heads[key]
 			r := consumerRow{Service: in.Service, Instance: in.Instance, Role: in.Role, Broker: in.Broker,
 				Owner: s.Service, Table: s.Table, Requested: s.Mode, Seq: s.Seq, Head: ti.Head, Lag: s.Lag,
-				StaleMs: s.StaleMs, State: s.State}
+				StaleMs: s.StaleMs, State: s.State, Running: s.Running, Reason: s.Reason}
 			r.Mode, r.ModeSource = effectiveMode(st.Overrides[key], s.Mode, ti.Mode)
 			rows = append(rows, r)
 		}
@@ -261,6 +263,9 @@ func (c *cli) consumers(ctx context.Context, args []string) error {
 		mode := r.Mode
 		if r.ModeSource == "override" {
 			mode += " (override)"
+		}
+		if r.Running != "" && r.Running != r.Mode {
+			mode += " -> " + r.Running
 		}
 		t.row(r.Service+"/"+r.Instance, r.Owner+"/"+r.Table, mode, u64(r.Seq), u64(r.Head), u64(r.Lag),
 			duration(time.Duration(r.StaleMs)*time.Millisecond), r.State)
