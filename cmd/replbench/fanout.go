@@ -116,6 +116,7 @@ func (b *bench) runFanout(ctx context.Context) error {
 // last seq. The rate is changes / (first write .. last consumer caught up).
 func (b *bench) fanout(ctx context.Context, kind string, n int) (err error) {
 	name := fmt.Sprintf("fanout %s x%d", kind, n)
+	settle()
 	b.progress("%s: %d changes over %d keys, window %d", name, b.opts.changes, b.opts.keys, b.opts.window)
 	g, err := b.newRig(ctx, fmt.Sprintf("fanout-%s-%d", kind, n), kind, n)
 	if err != nil {
@@ -200,6 +201,7 @@ func (b *bench) runPaced(ctx context.Context) error {
 func (b *bench) pacedRun(ctx context.Context, kind string) (err error) {
 	name := "paced " + kind
 	n := max(1, int(b.opts.paced.Seconds()*float64(b.opts.rate)))
+	settle()
 	b.progress("%s: %d changes at %d/s", name, n, b.opts.rate)
 	g, err := b.newRig(ctx, "paced-"+kind, kind, 1)
 	if err != nil {

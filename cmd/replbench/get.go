@@ -24,6 +24,7 @@ func (b *bench) runGet(ctx context.Context) error {
 func (b *bench) getRun(ctx context.Context, kind string) (err error) {
 	name := "get " + kind
 	n := b.opts.getRows
+	settle()
 	b.progress("%s: replica of %d rows", name, n)
 	g, err := b.newRig(ctx, "get-"+kind, kind, 1)
 	if err != nil {

@@ -64,9 +64,6 @@ func (b *bench) runLoopback(ctx context.Context) error {
 		return fmt.Errorf("read %d bytes, wrote %d", r.n, written)
 	}
 	bps := float64(r.n) / r.end.Sub(start).Seconds()
-	b.mu.Lock()
-	b.loopbackBps = bps
-	b.mu.Unlock()
 	b.add(result{
 		Workload: "loopback", Figure: "TCP throughput", Value: bps, Unit: unitBytesPerSec, payloadBps: bps,
 		Notes: fmt.Sprintf("one writer, 64 KiB writes, %.1f GB in %.2f s: the ceiling", float64(r.n)/1e9, r.end.Sub(start).Seconds()),

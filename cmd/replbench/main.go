@@ -81,6 +81,7 @@ type options struct {
 	dataDir    string
 	output     string
 	quick      bool
+	count      int
 	cpuProfile string
 	// childHeapProfile: the transfer consumer's heap profile at Ready.
 	childHeapProfile string
@@ -107,6 +108,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.loopback, "loopback", 1500*time.Millisecond, "loopback: how long the TCP writer runs")
 	fs.StringVar(&o.dataDir, "datadir", "", "where on-disk databases are created (default: a temporary directory); removed at exit")
 	fs.StringVar(&o.output, "o", "text", "output format: text or json")
+	fs.IntVar(&o.count, "count", 3, "runs of each workload; the table shows each figure's median (the issue's Redis/NATS figures are medians of 3)")
 	fs.BoolVar(&o.quick, "quick", false, "small sizes for a smoke test (explicit size flags still win)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	fs.StringVar(&o.childHeapProfile, "transfer-heapprofile", "", "write the transfer consumer's heap profile, taken at Ready, to this file")
@@ -131,6 +133,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 			{"missed", &o.missed, 5_000},
 			{"getrows", &o.getRows, 5_000},
 			{"getops", &o.getOps, 100_000},
+			{"count", &o.count, 1},
 		}
 		for _, q := range quick {
 			if !set[q.name] {
@@ -171,7 +174,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		v    int
 	}{
 		{"changes", o.changes}, {"keys", o.keys}, {"window", o.window}, {"valuesize", o.valueSize},
-		{"rows", o.rows}, {"missed", o.missed}, {"getrows", o.getRows}, {"getops", o.getOps}, {"rate", o.rate},
+		{"rows", o.rows}, {"missed", o.missed}, {"getrows", o.getRows}, {"getops", o.getOps}, {"rate", o.rate}, {"count", o.count},
 	}
 	for _, p := range positive {
 		if p.v < 1 {
@@ -250,18 +253,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if ctx.Err() != nil {
 			break
 		}
-		start := time.Now()
-		b.progress("%s: start", w)
-		if err := workloads[w](ctx); err != nil {
-			err = fmt.Errorf("%s: %w", w, err)
-			b.progress("%v", err)
-			b.add(result{Workload: w, Figure: "error", Notes: err.Error()})
-			if firstErr == nil {
-				firstErr = err
+		for i := range o.count {
+			if ctx.Err() != nil {
+				break
 			}
-			continue
+			settle()
+			start := time.Now()
+			b.progress("%s: start (run %d of %d)", w, i+1, o.count)
+			if err := workloads[w](ctx); err != nil {
+				err = fmt.Errorf("%s: %w", w, err)
+				b.progress("%v", err)
+				b.add(result{Workload: w, Figure: "error", Notes: err.Error()})
+				if firstErr == nil {
+					firstErr = err
+				}
+				break
+			}
+			b.progress("%s: done in %.1f s", w, time.Since(start).Seconds())
 		}
-		b.progress("%s: done in %.1f s", w, time.Since(start).Seconds())
 	}
 	if firstErr == nil && ctx.Err() != nil {
 		firstErr = ctx.Err()

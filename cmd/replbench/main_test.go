@@ -97,7 +97,7 @@ func TestRun_EveryWorkloadAtTinySize(t *testing.T) {
 
 func TestRun_TextTable(t *testing.T) {
 	var out, progress bytes.Buffer
-	if err := run(context.Background(), []string{"-workloads", "loopback", "-loopback", "50ms"}, &out, &progress); err != nil {
+	if err := run(context.Background(), []string{"-workloads", "loopback", "-loopback", "50ms", "-count", "3"}, &out, &progress); err != nil {
 		t.Fatalf("run: %v\n%s", err, progress.String())
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
@@ -143,5 +143,28 @@ func TestParseFlags_Rejects(t *testing.T) {
 	}
 	if o.changes != 7 || o.rows != 20_000 || len(o.workloads) != len(workloadOrder) {
 		t.Errorf("-quick -changes 7: changes=%d rows=%d workloads=%v", o.changes, o.rows, o.workloads)
+	}
+}
+
+func TestMedians(t *testing.T) {
+	rs := []result{
+		{Workload: "a", Figure: "x", Value: 5, Unit: unitCount, Notes: "run 1"},
+		{Workload: "a", Figure: "y", Value: 1, Unit: unitCount},
+		{Workload: "a", Figure: "x", Value: 1, Unit: unitCount, Notes: "run 2"},
+		{Workload: "a", Figure: "error", Notes: "boom"},
+		{Workload: "a", Figure: "x", Value: 3, Unit: unitCount, Notes: "run 3"},
+	}
+	got := medians(rs)
+	if len(got) != 3 {
+		t.Fatalf("got %d results, want 3: %+v", len(got), got)
+	}
+	if got[0].Figure != "error" {
+		t.Errorf("errors are not kept: %+v", got)
+	}
+	if x := got[1]; x.Figure != "x" || x.Value != 3 || x.Notes != "median of 3 runs, 1 .. 5; run 3" {
+		t.Errorf("median of x = %+v, want the run with value 3 and the spread in its notes", x)
+	}
+	if y := got[2]; y.Figure != "y" || y.Value != 1 || y.Notes != "" {
+		t.Errorf("single run y = %+v, want it unchanged", y)
 	}
 }

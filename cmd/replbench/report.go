@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -67,12 +68,11 @@ type bench struct {
 	stderr io.Writer
 	logger *slog.Logger
 
-	mu          sync.Mutex
-	results     []result
-	loopbackBps float64
-	started     time.Time
-	loadStart   string // /proc/loadavg when the run began and ended: other
-	loadEnd     string // processes on the machine skew every figure
+	mu        sync.Mutex
+	results   []result
+	started   time.Time
+	loadStart string // /proc/loadavg when the run began and ended: other
+	loadEnd   string // processes on the machine skew every figure
 }
 
 // loadAvg returns the 1, 5 and 15 minute load averages ("" where unknown).
@@ -107,18 +107,59 @@ func (b *bench) progress(format string, a ...any) {
 	fmt.Fprintf(b.stderr, "replbench %6.1fs  %s\n", time.Since(b.started).Seconds(), fmt.Sprintf(format, a...))
 }
 
-// finish fills in the fractions of loopback throughput.
+// finish reduces repeated runs to their medians and fills in the fractions
+// of loopback throughput.
 func (b *bench) finish() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.loopbackBps <= 0 {
+	b.results = medians(b.results)
+	var loopback float64
+	for _, r := range b.results {
+		if r.Workload == "loopback" && r.Figure != "error" {
+			loopback = r.Value
+		}
+	}
+	if loopback <= 0 {
 		return
 	}
 	for i := range b.results {
 		if r := &b.results[i]; r.payloadBps > 0 {
-			r.OfLoopback = r.payloadBps / b.loopbackBps
+			r.OfLoopback = r.payloadBps / loopback
 		}
 	}
+}
+
+// medians reduces the results of repeated runs (same workload and figure)
+// to the run with the median value, in the order figures first appeared;
+// its notes say the spread. Errors are all kept.
+func medians(rs []result) []result {
+	var order []string
+	groups := map[string][]result{}
+	var out []result
+	for _, r := range rs {
+		if r.Figure == "error" {
+			out = append(out, r)
+			continue
+		}
+		k := r.Workload + "\x00" + r.Figure
+		if _, ok := groups[k]; !ok {
+			order = append(order, k)
+		}
+		groups[k] = append(groups[k], r)
+	}
+	for _, k := range order {
+		g := groups[k]
+		if len(g) == 1 {
+			out = append(out, g[0])
+			continue
+		}
+		slices.SortStableFunc(g, func(a, b result) int { return cmp.Compare(a.Value, b.Value) })
+		m := g[(len(g)-1)/2]
+		spread := fmt.Sprintf("median of %d runs, %s .. %s", len(g), formatValue(g[0].Value, m.Unit), formatValue(g[len(g)-1].Value, m.Unit))
+		m.Notes = describe(slices.DeleteFunc([]string{spread, m.Notes}, func(s string) bool { return s == "" })...)
+		out = append(out, m)
+	}
+	return out
 }
 
 // header describes the machine and the sizes.
@@ -128,7 +169,7 @@ func (b *bench) header() map[string]any {
 		"go": runtime.Version(), "os": runtime.GOOS, "arch": runtime.GOARCH, "cpus": runtime.NumCPU(),
 		"value_bytes": o.valueSize, "changes": o.changes, "keys": o.keys, "window": o.window,
 		"rows": o.rows, "missed": o.missed, "getrows": o.getRows, "rate": o.rate, "paced_s": o.paced.Seconds(),
-		"quick": o.quick, "loadavg_start": b.loadStart, "loadavg_end": b.loadEnd,
+		"quick": o.quick, "count": o.count, "loadavg_start": b.loadStart, "loadavg_end": b.loadEnd,
 	}
 }
 
@@ -146,8 +187,8 @@ func (b *bench) writeText(w io.Writer) error {
 	o := b.opts
 	fmt.Fprintf(w, "replbench: %s %s/%s, %d CPUs, loopback 127.0.0.1, %d-byte values, owner on disk (async)\n",
 		runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), o.valueSize)
-	fmt.Fprintf(w, "sizes: changes=%d keys=%d window=%d rows=%d missed=%d getrows=%d paced=%d/s for %s%s\n",
-		o.changes, o.keys, o.window, o.rows, o.missed, o.getRows, o.rate, o.paced, map[bool]string{true: " (quick)"}[o.quick])
+	fmt.Fprintf(w, "sizes: changes=%d keys=%d window=%d rows=%d missed=%d getrows=%d paced=%d/s for %s; each figure the median of %d runs%s\n",
+		o.changes, o.keys, o.window, o.rows, o.missed, o.getRows, o.rate, o.paced, o.count, map[bool]string{true: " (quick)"}[o.quick])
 	if b.loadStart != "" {
 		fmt.Fprintf(w, "load average (1/5/15 min): %s at start, %s at end; figures are only meaningful on an otherwise idle machine\n", b.loadStart, b.loadEnd)
 	}

@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -99,6 +101,14 @@ func closeAll(cs ...*replica.Component) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// settle collects the garbage of earlier runs (badger's memtables live in
+// the Go heap) and returns it to the OS, so every configuration starts
+// from the same state.
+func settle() {
+	runtime.GC()
+	debug.FreeOSMemory()
 }
 
 // payload hands out pseudo-random values of one size from a fixed pool
