@@ -58,3 +58,9 @@ check-tidy:
 	rm -rf $$d
 
 ci: lint check-tidy test demo
+
+# The marketplace as separate processes on localhost: a broker, a stores
+# primary and standby, two products instances, a scripted scenario (curl).
+.PHONY: marketplace
+marketplace:
+	./examples/marketplace/run.sh

@@ -232,6 +232,10 @@ func (s *Service) Status(table string) (replica.Status, error) {
 	return r.Status(), nil
 }
 
+// Replica returns the replica of the Stores table named table, for status
+// pages and tools (Ready, Status, Mode); decisions go through Authorize.
+func (s *Service) Replica(table string) (*replica.Replica, error) { return s.replica(table) }
+
 func (s *Service) replica(table string) (*replica.Replica, error) {
 	switch table {
 	case stores.TableStores:

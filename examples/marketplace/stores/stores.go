@@ -23,6 +23,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -102,6 +103,7 @@ type Service struct {
 	c        *replica.Component
 	stores   *replica.Table[Store]
 	managers *replica.Table[Manager]
+	tables   []*replica.OwnedTable // stores, store_managers
 
 	// mu serializes the read-check-write operations (a store must exist
 	// before it gets managers, an id is created once).
@@ -138,8 +140,14 @@ func New(c *replica.Component) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stores: %w", err)
 	}
-	return &Service{c: c, stores: replica.Typed[Store](st), managers: replica.Typed[Manager](mt)}, nil
+	return &Service{c: c, stores: replica.Typed[Store](st), managers: replica.Typed[Manager](mt),
+		tables: []*replica.OwnedTable{st, mt}}, nil
 }
+
+// Tables returns the service's owned tables, `stores` then
+// `store_managers` (on a standby: its copies of the primary's), for status
+// pages: their heads and log ids.
+func (s *Service) Tables() []*replica.OwnedTable { return slices.Clone(s.tables) }
 
 // Component is the service's replication component.
 func (s *Service) Component() *replica.Component { return s.c }

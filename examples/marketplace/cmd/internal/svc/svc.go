@@ -1,0 +1,208 @@
+// Package svc holds what the marketplace's service binaries (cmd/stores and
+// cmd/products) share: the common flags and the replica.Config built from
+// them (with the per-table mode file of package modes), the slog logger,
+// JSON answers, and the HTTP server's life cycle with a graceful stop.
+package svc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/replmesh/replmesh/broker"
+	"github.com/replmesh/replmesh/modes"
+	"github.com/replmesh/replmesh/replica"
+)
+
+// Flags are the flags every service binary takes.
+type Flags struct {
+	Instance        string
+	Listen          string
+	HTTP            string
+	Data            string
+	Brokers         string
+	Modes           string
+	MinSyncStandbys int
+	SyncTimeout     time.Duration
+	Durability      string
+	LogFormat       string
+	LogLevel        string
+}
+
+// Register declares the common flags on fs with the given defaults for
+// -instance and -http.
+func Register(fs *flag.FlagSet, instance, httpAddr string) *Flags {
+	f := &Flags{}
+	fs.StringVar(&f.Instance, "instance", instance, "instance `name`, unique in the service")
+	fs.StringVar(&f.Listen, "listen", "127.0.0.1:0", "replication (gRPC) listen `address`; port 0 picks a free port (the broker tells peers which)")
+	fs.StringVar(&f.HTTP, "http", httpAddr, "HTTP API listen `address`")
+	fs.StringVar(&f.Data, "data", "", "data `dir` (badger); empty: in memory, lost at exit")
+	fs.StringVar(&f.Brokers, "brokers", broker.DefaultGRPCAddr, "comma-separated gRPC `addresses` of brokers")
+	fs.StringVar(&f.Modes, "modes", "", "per-table mode config `file` (the modes YAML the broker reads too)")
+	fs.IntVar(&f.MinSyncStandbys, "min-sync-standbys", 0, "a write returns only once this many standbys hold it")
+	fs.DurationVar(&f.SyncTimeout, "sync-timeout", 5*time.Second, "bound on the wait for -min-sync-standbys")
+	fs.StringVar(&f.Durability, "durability", "sync", "write durability: sync (fsync before a write returns) or async")
+	fs.StringVar(&f.LogFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&f.LogLevel, "log-level", "info", "log `level`: debug, info, warn, error")
+	return f
+}
+
+// Logger returns the slog logger the flags ask for, writing to w.
+func (f *Flags) Logger(w io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(f.LogLevel)); err != nil {
+		return nil, fmt.Errorf("-log-level %q: want debug, info, warn or error", f.LogLevel)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch f.LogFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("-log-format %q: want text or json", f.LogFormat)
+}
+
+// Config builds the component config of an owner instance of service
+// (Config.Owner: the broker grants the primary lease), loading the -modes
+// file when one is given.
+func (f *Flags) Config(service string, log *slog.Logger) (replica.Config, error) {
+	cfg := replica.DefaultConfig()
+	cfg.Service = service
+	cfg.Instance = f.Instance
+	cfg.ListenAddr = f.Listen
+	cfg.DataDir = f.Data
+	cfg.Logger = log
+	for _, b := range strings.Split(f.Brokers, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			cfg.Brokers = append(cfg.Brokers, b)
+		}
+	}
+	if len(cfg.Brokers) == 0 {
+		return cfg, errors.New("-brokers: at least one broker address is needed")
+	}
+	cfg.Owner = true
+	cfg.MinSyncStandbys = f.MinSyncStandbys
+	cfg.SyncTimeout = f.SyncTimeout
+	switch f.Durability {
+	case "sync":
+		cfg.Durability = replica.Sync
+	case "async":
+		cfg.Durability = replica.Async
+	default:
+		return cfg, fmt.Errorf("-durability %q: want sync or async", f.Durability)
+	}
+	// Notice a returning or moved owner quickly (the default backs off to 5s).
+	cfg.ReconnectMax = time.Second
+	if f.Modes != "" {
+		m, err := modes.Load(f.Modes)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Modes = m
+	}
+	return cfg, cfg.Validate()
+}
+
+// Registry returns a Prometheus registry with the component's collector and
+// the Go and process collectors.
+func Registry(c *replica.Component) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c.Metrics(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// MetricsHandler serves reg in the Prometheus text format.
+func MetricsHandler(reg *prometheus.Registry) http.Handler {
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
+}
+
+// WriteJSON answers code with v as JSON.
+func WriteJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v)
+}
+
+// ErrorBody is the JSON body of every error answer.
+type ErrorBody struct {
+	Error string `json:"error"`
+}
+
+// WriteError answers code with {"error": msg}.
+func WriteError(w http.ResponseWriter, code int, msg string) {
+	WriteJSON(w, code, ErrorBody{Error: msg})
+}
+
+// MaxBody bounds a request body.
+const MaxBody = 64 << 10
+
+// ReadJSON decodes the request body into v (unknown fields are an error);
+// on failure it answers 400 and returns false.
+func ReadJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		WriteError(w, http.StatusBadRequest, "bad JSON body: "+err.Error())
+		return false
+	}
+	return true
+}
+
+// Duration is a time.Duration that marshals as a string ("1.5s") in JSON.
+type Duration time.Duration
+
+// MarshalText writes the duration as time.Duration.String does.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// Serve serves h on addr until ctx is done, then shuts the server down
+// gracefully (bounded by ShutdownTimeout). ready is called with the bound
+// address once the listener is open.
+func Serve(ctx context.Context, log *slog.Logger, addr string, h http.Handler, ready func(addr string)) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("http listen %s: %w", addr, err)
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	ready(ln.Addr().String())
+	select {
+	case <-ctx.Done():
+		log.Info("stopping", "reason", "signal")
+	case err := <-errc:
+		return fmt.Errorf("http server: %w", err)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("http shutdown timed out; closing connections", "err", err)
+		_ = srv.Close()
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("http server: %w", err)
+	}
+	return nil
+}
+
+// ShutdownTimeout bounds the HTTP server's graceful stop.
+const ShutdownTimeout = 5 * time.Second
