@@ -16,7 +16,6 @@ root=$(pwd)
 bin="$root/bin"
 modes="$root/examples/marketplace/config/modes.yaml"
 base=${MARKETPLACE_PORT_BASE:-27400}
-deadline=$((SECONDS + 60)) # the whole run, build included
 
 if ! command -v curl >/dev/null 2>&1; then
 	echo "run.sh: curl is needed for the scenario (install it, e.g. apt-get install curl)" >&2
@@ -133,6 +132,7 @@ expect() {
 echo "== build (go build -o bin/)"
 mkdir -p "$bin"
 go build -o "$bin/" ./cmd/replbroker ./examples/marketplace/cmd/stores ./examples/marketplace/cmd/products
+deadline=$((SECONDS + 45)) # bounds the run after the build (a first build may take minutes)
 
 broker_grpc=127.0.0.1:$base
 broker_http=127.0.0.1:$((base + 2))
