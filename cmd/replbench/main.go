@@ -16,13 +16,17 @@
 //	get       local Replica.Get on a replica of -getrows rows: ns/op p50, mean, allocs/op
 //
 // The owner always keeps its table and log on disk with async durability,
-// as in the comparison runs. Databases live under -datadir (default
+// as in the comparison runs. Each workload runs -count times (3:
+// the Redis/NATS figures are medians of 3) and the table shows each
+// figure's median with its spread. The machine's load average at start and
+// end is printed too: other processes skew every figure. Databases live under -datadir (default
 // a temporary directory); everything replbench creates there is removed.
 //
 //	go run ./cmd/replbench                      # the full run (a few minutes)
 //	go run ./cmd/replbench -quick               # small sizes, a smoke test
 //	go run ./cmd/replbench -o json              # for machines
-//	go run ./cmd/replbench -workloads fanout -consumers 1 -replicas mem -cpuprofile cpu.out
+//	go run ./cmd/replbench -workloads fanout -consumers 1 -replicas mem -count 1 -cpuprofile cpu.out
+//	go run ./cmd/replbench -workloads transfer -count 1 -transfer-heapprofile heap.out
 package main
 
 import (
