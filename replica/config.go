@@ -100,6 +100,9 @@ type Config struct {
 	// long (owners heartbeat every Heartbeat) drops the stream and reconnects.
 	PeerTimeout time.Duration
 	// ReconnectMin and ReconnectMax bound a replica's reconnect backoff.
+	// ReconnectMax is also the longest a replica may take to notice that a
+	// restarted owner is back (1s by default: a dial a second per
+	// subscription while an owner is down is cheap).
 	ReconnectMin time.Duration
 	ReconnectMax time.Duration
 
@@ -134,7 +137,7 @@ func DefaultConfig() Config {
 		PeerTimeout:     10 * time.Second,
 		SyncTimeout:     5 * time.Second,
 		ReconnectMin:    50 * time.Millisecond,
-		ReconnectMax:    5 * time.Second,
+		ReconnectMax:    time.Second,
 		MemTableSize:    32 << 20,
 		BlockCacheSize:  32 << 20,
 	}

@@ -144,6 +144,7 @@ type Replica struct {
 
 	modes    modeState     // guarded by mu
 	reads    atomic.Uint64 // Get/Scan calls, for auto mode's read rate
+	genPfx   atomic.Pointer[genPfx]
 	modeKick chan struct{} // the effective mode changed: tell the owner
 	pullKick chan struct{} // a read found the replica too stale: pull
 	sendMu   sync.Mutex    // serializes sends on the stream
@@ -292,7 +293,18 @@ func (r *Replica) Service() string { return r.opts.Service }
 func (r *Replica) readTxn() (*badger.Txn, []byte, cursor) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	return r.c.db.NewTransaction(false), genPrefix(r.base, r.cur.Gen), r.cur
+	p := r.genPfx.Load()
+	if p == nil || p.gen != r.cur.Gen {
+		p = &genPfx{gen: r.cur.Gen, prefix: genPrefix(r.base, r.cur.Gen)}
+		r.genPfx.Store(p)
+	}
+	return r.c.db.NewTransaction(false), p.prefix, r.cur
+}
+
+// genPfx caches the row prefix of one generation (point reads are hot).
+type genPfx struct {
+	gen    uint64
+	prefix []byte
 }
 
 // snapshotTxn returns a read transaction with the cursor stored in it and
