@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/replmesh/replmesh/internal/testutil"
 	"go.uber.org/goleak"
 )
 
@@ -19,17 +20,7 @@ func TestMain(m *testing.M) {
 }
 
 // testLogger routes logs to t.Log.
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(string(bytes.TrimRight(p, "\n")))
-	return len(p), nil
-}
+func testLogger(t testing.TB) *slog.Logger { return testutil.Logger(t) }
 
 // openComponent opens a component with fast timers; dir "" is in memory.
 func openComponent(t testing.TB, service, instance, dir, addr string) *Component {
@@ -58,20 +49,10 @@ func mustClose(t testing.TB, c *Component) {
 // waitUntil polls cond until it is true or the deadline passes.
 func waitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	testutil.WaitUntil(t, d, what, cond)
 }
 
-func ctxT(t testing.TB, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
+func ctxT(t testing.TB, d time.Duration) context.Context { return testutil.Context(t, d) }
 
 // mustConverge waits until r holds the owner's head and its digest equals
 // the owner's.

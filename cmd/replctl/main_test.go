@@ -29,6 +29,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/replmesh/replmesh/broker"
+	"github.com/replmesh/replmesh/internal/testutil"
 	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/replica"
 	"github.com/replmesh/replmesh/transport"
@@ -220,43 +221,13 @@ func startBroker(t *testing.T, name string, extra ...string) string {
 	return ""
 }
 
-// tWriter routes component logs to t.Log until the test is over.
-type tWriter struct {
-	t    testing.TB
-	mu   sync.Mutex
-	over bool
-}
+func testLogger(t testing.TB) *slog.Logger { return testutil.Logger(t) }
 
-func (w *tWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.over {
-		w.t.Log(string(bytes.TrimRight(p, "\n")))
-	}
-	return len(p), nil
-}
-
-func testLogger(t testing.TB) *slog.Logger {
-	w := &tWriter{t: t}
-	t.Cleanup(func() { w.mu.Lock(); w.over = true; w.mu.Unlock() })
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
-
-func ctxT(t testing.TB, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
+func ctxT(t testing.TB, d time.Duration) context.Context { return testutil.Context(t, d) }
 
 func waitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.WaitUntil(t, d, what, cond)
 }
 
 // component opens a replica.Component registered with the broker.

@@ -5,11 +5,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/replmesh/replmesh/broker"
+	"github.com/replmesh/replmesh/internal/testutil"
 	"github.com/replmesh/replmesh/replica"
 	"go.uber.org/goleak"
 )
@@ -21,45 +21,13 @@ func TestMain(m *testing.M) {
 	)
 }
 
-// tWriter routes logs to t.Log until the test and its cleanups are over;
-// a background goroutine that logs later (memberlist winding down) is not
-// allowed to reach t.Log then.
-type tWriter struct {
-	t    testing.TB
-	mu   sync.Mutex
-	over bool
-}
+func testLogger(t testing.TB) *slog.Logger { return testutil.Logger(t) }
 
-func (w *tWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.over {
-		w.t.Log(string(bytes.TrimRight(p, "\n")))
-	}
-	return len(p), nil
-}
-
-func testLogger(t testing.TB) *slog.Logger {
-	w := &tWriter{t: t}
-	t.Cleanup(func() { w.mu.Lock(); w.over = true; w.mu.Unlock() })
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
-
-func ctxT(t testing.TB, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
+func ctxT(t testing.TB, d time.Duration) context.Context { return testutil.Context(t, d) }
 
 func waitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.WaitUntil(t, d, what, cond)
 }
 
 // startBrokers starts n brokers b1..bn with fast timers; b2.. join b1.

@@ -1,0 +1,59 @@
+// Package testutil holds the helpers the test suites of several packages
+// share: a logger that writes to t.Log, condition polling with a deadline
+// (tests wait for conditions, never sleep), and a context bounded by the
+// test.
+package testutil
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Logger returns a slog logger that writes to t.Log at Warn level and
+// above. Lines logged after the test and its cleanups have finished (a
+// background goroutine winding down) are dropped instead of reaching t.Log,
+// which would panic.
+func Logger(t testing.TB) *slog.Logger {
+	w := &writer{t: t}
+	t.Cleanup(func() { w.mu.Lock(); w.over = true; w.mu.Unlock() })
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+type writer struct {
+	t    testing.TB
+	mu   sync.Mutex
+	over bool
+}
+
+func (w *writer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.over {
+		w.t.Log(string(bytes.TrimRight(p, "\n")))
+	}
+	return len(p), nil
+}
+
+// WaitUntil polls cond every few milliseconds until it is true, and fails
+// the test naming what when d passes first.
+func WaitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// Context returns a context that ends after d or with the test.
+func Context(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
