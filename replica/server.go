@@ -18,6 +18,18 @@ import (
 // for auto mode.
 const rateWindow = 5 * time.Second
 
+// maxFrameBytes bounds the payload of one change batch or snapshot chunk
+// (below the transport's chunk budget). A consumer drops a stream that
+// delivers no frame for PeerTimeout, so a frame must cross the slowest link
+// in less than that: with whole 4 MiB chunks a consumer behind a link under
+// about 400 KB/s (PeerTimeout 10s) re-started its full transfer forever.
+// 64 KiB frames need only 6.4 KB/s for the default timeout and cost no
+// measurable throughput on fast links.
+const maxFrameBytes = 64 << 10
+
+// frameBudget is the payload budget of one frame the owner sends.
+func frameBudget(o transport.Options) int { return min(o.ChunkBudget(), maxFrameBytes) }
+
 // replicationServer serves the replication service for the component's
 // owned tables.
 type replicationServer struct{ c *Component }
@@ -166,7 +178,7 @@ func (s *sender) run() error {
 	pull := o.Mode == transport.ModePull
 	hb := time.NewTicker(s.c.cfg.Heartbeat)
 	defer hb.Stop()
-	budget := s.c.cfg.Transport.ChunkBudget()
+	budget := frameBudget(s.c.cfg.Transport)
 	var linger *time.Timer
 	var lingerUntil time.Time
 	if s.c.cfg.Linger > 0 {
@@ -358,7 +370,7 @@ func (s *sender) sendSnapshot() (uint64, error) {
 		return 0, err
 	}
 	start := time.Now()
-	budget := s.c.cfg.Transport.ChunkBudget()
+	budget := frameBudget(s.c.cfg.Transport)
 	rows := make([]transport.Row, 0, 1024)
 	arena := make([]byte, 0, budget+budget/4)
 	var total, bytes int
