@@ -49,6 +49,8 @@ func childMain() int {
 	switch kind := os.Getenv(childEnv); kind {
 	case childTransfer:
 		err = childTransferRun()
+	case childModes:
+		err = childModesRun()
 	default:
 		err = fmt.Errorf("unknown child workload %q", kind)
 	}

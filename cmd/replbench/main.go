@@ -14,6 +14,10 @@
 //	resume    -missed changes missed, then the consumer restarts, or the owner does:
 //	          time to caught up
 //	get       local Replica.Get on a replica of -getrows rows: ns/op p50, mean, allocs/op
+//	modes     issue 4: a hot and a cold table in push, pull and auto mode: bytes and
+//	          messages on the wire, consumer CPU, read staleness (see modes.go)
+//	authz     issue 5: marketplace authorization checks, local vs live, revocation
+//	          latency to 1 and 4 products instances, decisions/s per core (see authz.go)
 //
 // The owner always keeps its table and log on disk with async durability,
 // as in the issue's comparison runs. Each workload runs -count times (3:
@@ -64,7 +68,7 @@ func main() {
 
 // workloadOrder is the order workloads run in: loopback first, since the
 // other figures are reported as fractions of it.
-var workloadOrder = []string{"loopback", "fanout", "paced", "transfer", "resume", "get"}
+var workloadOrder = []string{"loopback", "fanout", "paced", "transfer", "resume", "get", "modes", "authz"}
 
 // options are the parsed flags.
 type options struct {
@@ -248,6 +252,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"transfer": b.runTransfer,
 		"resume":   b.runResume,
 		"get":      b.runGet,
+		"modes":    b.runModes,
+		"authz":    b.runAuthz,
 	}
 	var firstErr error
 	for _, w := range workloadOrder {
