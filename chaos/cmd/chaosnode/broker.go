@@ -1,0 +1,26 @@
+package main
+
+import (
+	"context"
+
+	"github.com/replmesh/replmesh/broker"
+	"github.com/replmesh/replmesh/transport"
+)
+
+// startBroker starts a broker with fast timings (broker.LocalConfig) on
+// fixed addresses, so that a restarted broker is found where it was.
+func (n *node) startBroker(ctx context.Context, listen, gossip string, join []string, _ string) error {
+	cfg := broker.LocalConfig(n.name)
+	cfg.GRPCAddr, cfg.BindAddr, cfg.Join = listen, gossip, join
+	cfg.Logger = n.log
+	b, err := broker.New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	n.brk, n.addr = b, b.GRPCAddr()
+	return nil
+}
+
+func brokerStatusRequest() *transport.StatusRequest {
+	return &transport.StatusRequest{Version: transport.ProtocolVersion}
+}

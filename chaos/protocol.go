@@ -1,0 +1,224 @@
+package chaos
+
+import (
+	"time"
+
+	"github.com/replmesh/replmesh/transport"
+)
+
+// The control protocol between the harness and a chaosnode process: one
+// JSON object a line. The harness writes Requests to the node's stdin; the
+// node writes to stdout first a Ready line, then one Response per Request
+// (matched by ID; requests are served concurrently, so answers may come in
+// any order). Logs go to stderr.
+
+// Node roles (chaosnode -role).
+const (
+	RoleBroker   = "broker"
+	RoleOwner    = "owner"
+	RoleConsumer = "consumer"
+)
+
+// Request operations.
+const (
+	OpWrite   = "write"   // owner: Apply the Writes (one atomic commit group)
+	OpStatus  = "status"  // all: NodeStatus
+	OpDigest  = "digest"  // owner, consumer: the table's digest
+	OpDump    = "dump"    // owner, consumer: every row
+	OpRead    = "read"    // consumer: Read(Key) from the local replica
+	OpHistory = "history" // owner (primary): the table's change log and epoch history
+	OpLink    = "link"    // component: set the faults of the link to Link.Addr
+	OpQuit    = "quit"    // all: close cleanly and exit
+)
+
+// Write outcomes (Response.Class).
+const (
+	// ClassOK: the write was acknowledged (Seq is its last seq).
+	ClassOK = "ok"
+	// ClassFailed: the write was refused before anything was written
+	// (not the primary, too few standbys).
+	ClassFailed = "failed"
+	// ClassUnknown: the write may or may not have been committed
+	// (committed on the primary but not confirmed by a standby, timed out,
+	// the node went away).
+	ClassUnknown = "unknown"
+)
+
+// Ready is the first line a node prints.
+type Ready struct {
+	Ready bool   `json:"ready"`
+	Role  string `json:"role"`
+	Name  string `json:"name"`
+	Pid   int    `json:"pid"`
+	Addr  string `json:"addr,omitempty"` // component replication or broker gRPC address
+}
+
+// Request is one command to a node.
+type Request struct {
+	ID     uint64     `json:"id"`
+	Op     string     `json:"op"`
+	Writes []WriteOp  `json:"writes,omitempty"`
+	Key    string     `json:"key,omitempty"`
+	Link   *LinkFault `json:"link,omitempty"`
+}
+
+// WriteOp is one write of an OpWrite.
+type WriteOp struct {
+	Key    string `json:"k"`
+	Value  []byte `json:"v,omitempty"`
+	Delete bool   `json:"d,omitempty"`
+}
+
+// LinkFault is the state of a node's outgoing link to one address. Every
+// gRPC connection a chaosnode makes goes through a proxy of its own per
+// destination address (see chaosnode), so these faults hit exactly the
+// traffic between the node and that destination, in both directions.
+type LinkFault struct {
+	Addr   string        `json:"addr"`
+	Paused bool          `json:"paused,omitempty"` // blackhole: nothing goes through, connections stay open
+	Cut    bool          `json:"cut,omitempty"`    // reset every open connection now (not a state)
+	Delay  time.Duration `json:"delay,omitempty"`  // one-way latency
+	Rate   int64         `json:"rate,omitempty"`   // bytes per second per direction; 0: unlimited
+}
+
+// Response answers one Request.
+type Response struct {
+	ID  uint64 `json:"id"`
+	Err string `json:"err,omitempty"`
+
+	// OpWrite
+	Class string `json:"class,omitempty"`
+	Seq   uint64 `json:"seq,omitempty"`
+	Epoch uint64 `json:"epoch,omitempty"` // the writer's role epoch when the write returned
+
+	Status  *NodeStatus `json:"status,omitempty"`
+	Digest  *Digest     `json:"digest,omitempty"`
+	Rows    []Row       `json:"rows,omitempty"`
+	History *History    `json:"history,omitempty"`
+
+	// OpRead
+	Value []byte `json:"value,omitempty"`
+	Found bool   `json:"found,omitempty"`
+	Ready bool   `json:"ready,omitempty"`
+	State string `json:"state,omitempty"`
+}
+
+// NodeStatus is a node's state.
+type NodeStatus struct {
+	Role string `json:"role"`
+	// Owner instances.
+	OwnerRole string `json:"owner_role,omitempty"` // primary, standby or ""
+	Epoch     uint64 `json:"epoch,omitempty"`
+	Head      uint64 `json:"head,omitempty"`
+	LogID     string `json:"log_id,omitempty"`
+	// Consumers.
+	Replica *ReplicaStatus `json:"replica,omitempty"`
+	// Components: their outgoing links.
+	Links []LinkStatus `json:"links,omitempty"`
+	// Brokers: the owner service's primary and epoch in this broker's
+	// registry, and the live brokers it sees.
+	Primary      string `json:"primary,omitempty"`
+	PrimaryEpoch uint64 `json:"primary_epoch,omitempty"`
+	Members      int    `json:"members,omitempty"`
+}
+
+// ReplicaStatus is a consumer's replica.Status, flattened.
+type ReplicaStatus struct {
+	State         string `json:"state"`
+	Ready         bool   `json:"ready"`
+	LogID         string `json:"log_id"`
+	Epoch         uint64 `json:"epoch"`
+	Seq           uint64 `json:"seq"`
+	OwnerHead     uint64 `json:"owner_head"`
+	LastErr       string `json:"last_err,omitempty"`
+	FullTransfers uint64 `json:"full_transfers"`
+	Resumes       uint64 `json:"resumes"`
+	Reconnects    uint64 `json:"reconnects"`
+	Applied       uint64 `json:"applied"`
+	Duplicates    uint64 `json:"duplicates"`
+	Truncations   uint64 `json:"truncations"`
+	// Reads is the number of reads the node's reader made; ReadViolations
+	// lists what it saw that a consistent replica never shows (capped).
+	Reads          uint64   `json:"reads"`
+	ReadViolations []string `json:"read_violations,omitempty"`
+}
+
+// LinkStatus is one outgoing link of a node.
+type LinkStatus struct {
+	LinkFault
+	Proxy string `json:"proxy"`
+	Up    int64  `json:"up"`   // bytes delivered to the destination
+	Down  int64  `json:"down"` // bytes delivered back
+}
+
+// Digest is a table digest (transport.DigestResponse).
+type Digest struct {
+	LogID string `json:"log_id"`
+	Seq   uint64 `json:"seq"`
+	Rows  uint64 `json:"rows"`
+	Hash  []byte `json:"hash"`
+}
+
+// Equal reports whether two digests describe the same table at the same seq.
+func (d Digest) Equal(o Digest) bool {
+	return d.LogID == o.LogID && d.Seq == o.Seq && d.Rows == o.Rows && string(d.Hash) == string(o.Hash)
+}
+
+// Row is one row of a dump.
+type Row struct {
+	Key   string `json:"k"`
+	Value []byte `json:"v"`
+}
+
+// History is an owner's change log as its Subscribe stream serves it.
+type History struct {
+	LogID  string                 `json:"log_id"`
+	Epochs []transport.EpochStart `json:"epochs"`
+	First  uint64                 `json:"first"` // the first seq in Changes
+	Head   uint64                 `json:"head"`
+	// Complete: Changes start at seq 1 (the log was never trimmed or
+	// replaced by a transfer on this instance).
+	Complete bool            `json:"complete"`
+	Changes  []HistoryChange `json:"changes"`
+}
+
+// HistoryChange is one change of a History.
+type HistoryChange struct {
+	Seq    uint64 `json:"s"`
+	Epoch  uint64 `json:"e"`
+	Delete bool   `json:"d,omitempty"`
+	Key    string `json:"k"`
+	Value  []byte `json:"v,omitempty"`
+	TxnEnd bool   `json:"t,omitempty"`
+}
+
+// Apply-log records, one a line, written by a consumer for every event of
+// its replica (see chaosnode): the harness checks seq order from them.
+//
+//	S <seq> <epoch>                       the process started; its durable cursor
+//	C <seq> <epoch> <txnend 0|1> <p|d> <key>  one applied change
+//	E <seq>                               the end of one OnChange event
+//	R <seq> <epoch>                       a full transfer replaced the replica at seq
+//	T <seq> <rows>                        a read made while a full transfer ran (it saw the old copy)
+//	V <text>                              a read saw what a consistent replica never shows
+//	W                                     the harness wiped the data dir (a fresh replica follows)
+const (
+	RecStart        = "S"
+	RecChange       = "C"
+	RecEnd          = "E"
+	RecReset        = "R"
+	RecTransferRead = "T"
+	RecViolation    = "V"
+	RecWipe         = "W"
+)
+
+// Well-known keys of the workload: both sentinels are written in the
+// table's first commit group and never changed, so a read that sees rows
+// but not both saw a copy cut short; the rows of a group (GroupPrefix +
+// "<writer>/<n>/<i>", i < GroupSize) are written by one Apply.
+const (
+	FirstKey    = "!first"
+	LastKey     = "~last"
+	GroupPrefix = "g/"
+	GroupSize   = 3
+)

@@ -1,0 +1,459 @@
+package chaos
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/replmesh/replmesh/transport"
+)
+
+// violations collects what a check found, with a few examples per kind.
+type violations struct {
+	counts   map[string]int
+	examples map[string][]string
+	// known issues: counted and reported, not failing the run unless
+	// REPLMESH_CHAOS_STRICT is set.
+	known    map[string]int
+	knownEx  map[string][]string
+	lostOps  map[int]bool // ids of the acknowledged writes found missing
+	splitOps map[int]bool // ids of the writes lost to the known split-brain window
+}
+
+func newViolations() *violations {
+	return &violations{counts: map[string]int{}, examples: map[string][]string{},
+		known: map[string]int{}, knownEx: map[string][]string{}, lostOps: map[int]bool{}, splitOps: map[int]bool{}}
+}
+
+// kSplitBrain: an acknowledged write lost because the primary that
+// acknowledged it had been replaced (its lease lapsed at the brokers while
+// it could still reach a standby that had not heard of the promotion).
+const kSplitBrain = "acknowledged by a deposed primary, lost in the failover"
+
+func (v *violations) addKnown(kind, format string, args ...any) {
+	v.known[kind]++
+	if len(v.knownEx[kind]) < 5 {
+		v.knownEx[kind] = append(v.knownEx[kind], fmt.Sprintf(format, args...))
+	}
+}
+
+// lost records that acknowledged write o is missing (at where): a known
+// issue when a deposed primary acknowledged it, a violation otherwise.
+func (v *violations) lost(o *op, h *History, format string, args ...any) {
+	if deposedLoss(o, h) {
+		v.splitOps[o.id] = true
+		v.addKnown(kSplitBrain, format+fmt.Sprintf(" [acknowledged by %s at epoch %d; the final history has epoch %d at seq %d]",
+			o.node, o.epoch, epochOf(h.Epochs, o.seq), o.seq), args...)
+		return
+	}
+	v.lostOps[o.id] = true
+	v.add(vLost, format, args...)
+}
+
+// deposedLoss reports whether acknowledged write o was acknowledged by a
+// primary whose epoch the final history had already replaced at o's seq.
+func deposedLoss(o *op, h *History) bool {
+	return h != nil && o.class == ClassOK && o.seq > 0 && o.epoch < epochOf(h.Epochs, o.seq)
+}
+
+// Kinds of violations (all must stay 0).
+const (
+	vLost       = "lost"         // an acknowledged write missing from the final state or history
+	vDuplicated = "duplicated"   // a change applied twice, or a unique write twice in the history
+	vOutOfOrder = "out-of-order" // a gap or a step back in a consumer's applied seqs, epochs going down
+	vStaleEpoch = "stale-epoch"  // a change applied with an epoch the final history does not give its seq
+	vAtomicity  = "atomicity"    // part of one Apply visible or applied without the rest
+	vPhantom    = "phantom"      // a row no write explains, or a failed write applied
+	vRead       = "read"         // a consumer read that a consistent replica never returns
+	vDiverged   = "diverged"     // a replica's rows differ from the primary's after convergence
+	vHistory    = "history"      // the primary's own log is inconsistent
+)
+
+func (v *violations) add(kind, format string, args ...any) {
+	v.counts[kind]++
+	if len(v.examples[kind]) < 5 {
+		v.examples[kind] = append(v.examples[kind], fmt.Sprintf(format, args...))
+	}
+}
+
+func (v *violations) total() int {
+	n := 0
+	for _, c := range v.counts {
+		n += c
+	}
+	return n
+}
+
+func (v *violations) merge(o *violations) {
+	for k, c := range o.known {
+		v.known[k] += c
+	}
+	for k, ex := range o.knownEx {
+		for _, e := range ex {
+			if len(v.knownEx[k]) < 5 {
+				v.knownEx[k] = append(v.knownEx[k], e)
+			}
+		}
+	}
+	for k := range o.lostOps {
+		v.lostOps[k] = true
+	}
+	for k := range o.splitOps {
+		v.splitOps[k] = true
+	}
+	for k, c := range o.counts {
+		v.counts[k] += c
+	}
+	for k, ex := range o.examples {
+		for _, e := range ex {
+			if len(v.examples[k]) < 5 {
+				v.examples[k] = append(v.examples[k], e)
+			}
+		}
+	}
+}
+
+func (v *violations) String() string {
+	var b strings.Builder
+	kinds := make([]string, 0, len(v.counts))
+	for k := range v.counts {
+		kinds = append(kinds, k)
+	}
+	slices.Sort(kinds)
+	for _, k := range kinds {
+		fmt.Fprintf(&b, "%s: %d\n", k, v.counts[k])
+		for _, e := range v.examples[k] {
+			fmt.Fprintf(&b, "    %s\n", e)
+		}
+	}
+	return b.String()
+}
+
+// rowMap turns a dump into a map.
+func rowMap(rows []Row) map[string][]byte {
+	m := make(map[string][]byte, len(rows))
+	for _, r := range rows {
+		m[r.Key] = r.Value
+	}
+	return m
+}
+
+// checkState checks a table's final rows (where) against the write
+// history: every acknowledged write is there (or, for an overwritten key,
+// a version no older), no failed write is, every Apply is all or nothing,
+// and every row comes from a write that may have happened.
+func checkState(v *violations, where string, ops []*op, rows map[string][]byte, h *History) {
+	known := map[string]bool{} // keys some not-failed write wrote
+	type version struct {
+		o     *op
+		value []byte
+		del   bool
+	}
+	over := map[string][]version{}
+	for _, o := range ops {
+		if o.kind == opOverwrite {
+			w := o.writes[0]
+			over[o.key] = append(over[o.key], version{o: o, value: w.Value, del: w.Delete})
+			if o.class != ClassFailed {
+				known[o.key] = true
+			}
+			continue
+		}
+		present := 0
+		for _, w := range o.writes {
+			got, ok := rows[w.Key]
+			if ok && bytes.Equal(got, w.Value) {
+				present++
+			}
+			if o.class != ClassFailed {
+				known[w.Key] = true
+			}
+		}
+		switch {
+		case o.kind == opSentinel:
+			if o.class == ClassOK && present != len(o.writes) {
+				v.add(vLost, "%s: acknowledged sentinel write (op %d, seq %d) missing", where, o.id, o.seq)
+			}
+		case o.class == ClassOK && present != len(o.writes):
+			v.lost(o, h, "%s: acknowledged %s write of %s (op %d, seq %d, to %s) missing: %d of %d rows there",
+				where, o.kind, o.writes[0].Key, o.id, o.seq, o.node, present, len(o.writes))
+		case o.class == ClassFailed && present > 0:
+			v.add(vPhantom, "%s: failed %s write of %s (op %d, to %s: %s) is there", where, o.kind, o.writes[0].Key, o.id, o.node, o.err)
+		case present != 0 && present != len(o.writes):
+			v.add(vAtomicity, "%s: %d of the %d rows of %s write %s (op %d, %s)", where, present, len(o.writes), o.kind, o.writes[0].Key, o.id, o.class)
+		}
+	}
+	for k, vs := range over {
+		// The last acknowledged version, not counting those a deposed
+		// primary acknowledged (they may be lost: see kSplitBrain).
+		acked, split := -1, -1
+		for i, x := range vs {
+			switch {
+			case x.o.class == ClassOK && deposedLoss(x.o, h):
+				split = i
+			case x.o.class == ClassOK:
+				acked = i
+			}
+		}
+		got, ok := rows[k]
+		match := func(x version) bool {
+			if x.del {
+				return !ok
+			}
+			return ok && bytes.Equal(got, x.value)
+		}
+		good := acked < 0 && !ok // never acknowledged, and absent
+		tainted := false
+		for i, x := range vs {
+			tainted = tainted || x.o.tainted
+			if x.o.class != ClassFailed && (i >= acked || x.o.tainted) && match(x) {
+				good = true
+			}
+		}
+		if !good && tainted {
+			for _, x := range vs {
+				if x.o.class != ClassFailed && match(x) {
+					good = true
+				}
+			}
+		}
+		if !good {
+			last := "none"
+			if acked >= 0 {
+				last = fmt.Sprintf("version %d (op %d, seq %d)", vs[acked].o.version, vs[acked].o.id, vs[acked].o.seq)
+				v.lostOps[vs[acked].o.id] = true
+			}
+			v.add(vLost, "%s: overwritten key %s holds %q (present %v); last acknowledged: %s", where, k, got, ok, last)
+		} else if split > acked && !match(vs[split]) {
+			x := vs[split].o
+			v.splitOps[x.id] = true
+			v.addKnown(kSplitBrain, "%s: overwritten key %s lost version %d (op %d, seq %d) [acknowledged by %s at epoch %d; the final history has epoch %d at seq %d]",
+				where, k, x.version, x.id, x.seq, x.node, x.epoch, epochOf(h.Epochs, x.seq), x.seq)
+		}
+	}
+	for k := range rows {
+		if !known[k] {
+			v.add(vPhantom, "%s: row %s was written by no write that may have happened", where, k)
+		}
+	}
+}
+
+// checkHistory checks the final primary's change log: contiguous, epochs
+// as its epoch history says and never going down, every acknowledged write
+// at the seq it was acknowledged with, every unique key once, and (when
+// the log is complete) replaying it gives the primary's rows.
+func checkHistory(v *violations, h *History, ops []*op, rows map[string][]byte) (checked int) {
+	if h == nil {
+		return 0
+	}
+	bySeq := make(map[uint64]*HistoryChange, len(h.Changes))
+	var prevEpoch uint64
+	seen := map[string]uint64{}
+	for i := range h.Changes {
+		c := &h.Changes[i]
+		bySeq[c.Seq] = c
+		if want := epochOf(h.Epochs, c.Seq); c.Epoch != want {
+			v.add(vHistory, "history: seq %d has epoch %d, its epoch history says %d", c.Seq, c.Epoch, want)
+		}
+		if c.Epoch < prevEpoch {
+			v.add(vHistory, "history: seq %d of epoch %d after epoch %d", c.Seq, c.Epoch, prevEpoch)
+		}
+		prevEpoch = c.Epoch
+		if strings.HasPrefix(c.Key, "u/") || strings.HasPrefix(c.Key, GroupPrefix) || strings.HasPrefix(c.Key, "b/") {
+			if s, dup := seen[c.Key]; dup {
+				v.add(vDuplicated, "history: %s written at seq %d and again at %d", c.Key, s, c.Seq)
+			}
+			seen[c.Key] = c.Seq
+		}
+	}
+	for _, o := range ops {
+		if o.class != ClassOK {
+			continue
+		}
+		if o.seq < h.First || o.seq > h.Head {
+			continue // before the log this instance holds
+		}
+		checked++
+		c := bySeq[o.seq]
+		w := o.writes[len(o.writes)-1]
+		if c == nil || c.Key != w.Key || c.Delete != w.Delete || (!w.Delete && !bytes.Equal(c.Value, w.Value)) {
+			got := "nothing"
+			if c != nil {
+				got = fmt.Sprintf("%s (epoch %d)", c.Key, c.Epoch)
+			}
+			v.lost(o, h, "history: acknowledged write of %s (op %d, to %s) at seq %d, the history has %s there", w.Key, o.id, o.node, o.seq, got)
+		}
+	}
+	if h.Complete {
+		replay := map[string][]byte{}
+		for _, c := range h.Changes {
+			if c.Delete {
+				delete(replay, c.Key)
+			} else {
+				replay[c.Key] = c.Value
+			}
+		}
+		if !sameRows(replay, rows) {
+			v.add(vHistory, "history: replaying the primary's log (%d changes) does not give its rows (%d rows vs %d)", len(h.Changes), len(replay), len(rows))
+		}
+	}
+	return checked
+}
+
+func sameRows(a, b map[string][]byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, va := range a {
+		vb, ok := b[k]
+		if !ok || !bytes.Equal(va, vb) {
+			return false
+		}
+	}
+	return true
+}
+
+func epochOf(hist []transport.EpochStart, seq uint64) uint64 {
+	var e uint64
+	for _, h := range hist {
+		if h.Seq > seq {
+			break
+		}
+		e = h.Epoch
+	}
+	return e
+}
+
+// applyStats is what one consumer's apply log says.
+type applyStats struct {
+	changes       int // C records
+	events        int
+	resets        int // R records: full transfers
+	rewinds       int // resets to a lower seq (a replica holding changes the history lost)
+	transferReads int // T records
+	starts, wipes int
+}
+
+// appliedChange is one C record.
+type appliedChange struct {
+	seq, epoch uint64
+	del        bool
+	key        string
+}
+
+// checkApplyLog reads a consumer's apply log: within each run of the
+// replica (between starts, transfers and wipes) applied seqs go up by
+// exactly one, epochs never go down, every event ends on a commit group's
+// end; every applied change agrees with the final history (its epoch, and
+// its key when the history holds that seq); and it carries the reader's
+// violations.
+func checkApplyLog(v *violations, name, path string, h *History) (applyStats, error) {
+	var st applyStats
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return st, err
+	}
+	if i := bytes.LastIndexByte(b, '\n'); i+1 < len(b) {
+		b = b[:i+1] // a record cut short by a SIGKILL
+	}
+	var bySeq map[uint64]*HistoryChange
+	if h != nil {
+		bySeq = make(map[uint64]*HistoryChange, len(h.Changes))
+		for i := range h.Changes {
+			bySeq[h.Changes[i].Seq] = &h.Changes[i]
+		}
+	}
+	var last, lastEpoch uint64
+	midGroup := false // the last change did not end its commit group
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	line := 0
+	num := func(f []string, i int) uint64 {
+		if i >= len(f) {
+			return 0
+		}
+		x, _ := strconv.ParseUint(f[i], 10, 64)
+		return x
+	}
+	for sc.Scan() {
+		line++
+		text := sc.Text()
+		f := strings.Fields(text)
+		if len(f) == 0 {
+			continue
+		}
+		where := fmt.Sprintf("%s apply log line %d", name, line)
+		switch f[0] {
+		case RecStart:
+			st.starts++
+			s, e := num(f, 1), num(f, 2)
+			if s < last {
+				v.add(vOutOfOrder, "%s: restarted at seq %d, but it had applied up to %d", where, s, last)
+			}
+			last, lastEpoch, midGroup = s, e, false
+		case RecWipe:
+			st.wipes++
+			last, lastEpoch, midGroup = 0, 0, false
+		case RecReset:
+			st.resets++
+			s, e := num(f, 1), num(f, 2)
+			if s < last {
+				st.rewinds++
+			}
+			last, lastEpoch, midGroup = s, e, false
+		case RecChange:
+			if len(f) < 6 {
+				v.add(vOutOfOrder, "%s: short record %q", where, text)
+				continue
+			}
+			st.changes++
+			c := appliedChange{seq: num(f, 1), epoch: num(f, 2), del: f[4] == "d", key: f[5]}
+			switch {
+			case c.seq == last+1:
+			case c.seq <= last:
+				v.add(vDuplicated, "%s: seq %d applied again (had %d)", where, c.seq, last)
+			default:
+				v.add(vOutOfOrder, "%s: seq %d applied after %d (gap)", where, c.seq, last)
+			}
+			if c.epoch < lastEpoch {
+				v.add(vOutOfOrder, "%s: seq %d of epoch %d applied after epoch %d", where, c.seq, c.epoch, lastEpoch)
+			}
+			last, lastEpoch = max(last, c.seq), max(lastEpoch, c.epoch)
+			midGroup = f[3] != "1"
+			if h != nil {
+				if want := epochOf(h.Epochs, c.seq); c.seq <= h.Head && c.epoch != want {
+					v.add(vStaleEpoch, "%s: seq %d applied with epoch %d; the final history has epoch %d there", where, c.seq, c.epoch, want)
+				}
+				if hc := bySeq[c.seq]; hc != nil && (hc.Key != c.key || hc.Delete != c.del) {
+					v.add(vStaleEpoch, "%s: seq %d applied as %s (epoch %d); the final history has %s (epoch %d) there",
+						where, c.seq, c.key, c.epoch, hc.Key, hc.Epoch)
+				}
+			}
+		case RecEnd:
+			st.events++
+			if midGroup {
+				v.add(vAtomicity, "%s: an applied batch ends at seq %d in the middle of a commit group", where, num(f, 1))
+			}
+		case RecTransferRead:
+			st.transferReads++
+		case RecViolation:
+			v.add(vRead, "%s: %s", name, strings.TrimPrefix(text, RecViolation+" "))
+		default:
+			v.add(vOutOfOrder, "%s: unknown record %q", where, text)
+		}
+	}
+	return st, sc.Err()
+}
+
+// countLines counts the lines of the file at path that contain s.
+func countLines(path, s string) int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	return bytes.Count(b, []byte(s))
+}
