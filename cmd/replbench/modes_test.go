@@ -16,7 +16,7 @@ func init() {
 	modesTestSizes = &modesSizes{
 		HotRate: 1000, HotKeys: 50, HotReads: 10,
 		ColdRate: 10, ColdKeys: 50, ColdReads: 500,
-		Warmup: 100 * time.Millisecond, Measure: 300 * time.Millisecond, SettleMax: 20 * time.Second,
+		Warmup: 100 * time.Millisecond, Measure: 500 * time.Millisecond, SettleMax: 20 * time.Second,
 		PullInterval: 100 * time.Millisecond, MaxStaleness: 100 * time.Millisecond,
 		AutoRatio: 10, AutoWindow: 500 * time.Millisecond,
 	}
@@ -77,6 +77,12 @@ func TestRun_ModesAndAuthz(t *testing.T) {
 		}
 		if r := row("modes "+table+" push", modesMsgs); r.Value <= 0 {
 			t.Errorf("%s push: no messages counted on the wire: %+v", table, r)
+		}
+	}
+	// Even at this size a pull carries each changed key once: fewer bytes.
+	for _, mode := range []string{"pull", "auto"} {
+		if r := row("modes hot "+mode, modesRatio); r.Value <= 1 || r.OK == nil {
+			t.Errorf("hot %s: push moved %v times its bytes (verdict %v), want > 1", mode, r.Value, r.OK)
 		}
 	}
 	if r := row("modes hot push", modesCPU); r.Value <= 0 {
