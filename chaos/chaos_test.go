@@ -65,7 +65,7 @@ func suite(t *testing.T, base uint64) []scenario {
 	smoke := scenario{
 		name: "smoke", seed: seed(1), sp: spec{brokers: 1, owners: 2, consumers: 1},
 		bulk: 100, writers: 2, pace: 20 * time.Millisecond, duration: 6 * time.Second,
-		faults: []string{fKillPrimary, fKillConsumer, fReset, fPartition},
+		faults: []string{fKillPrimary, fKillConsumer, fReset, fPartition}, ordered: true,
 	}
 	short := []scenario{
 		{
@@ -114,6 +114,11 @@ func suite(t *testing.T, base uint64) []scenario {
 			name: "retention", seed: seed(24), sp: spec{brokers: 2, owners: 3, consumers: 2, retention: 300},
 			bulk: 300, writers: 3, pace: 10 * time.Millisecond, duration: 30 * time.Second,
 			faults: []string{fKillConsumer, fPartition, fSlowLink, fKillPrimary},
+		},
+		{
+			name: "lease-long", seed: seed(26), sp: spec{brokers: 3, owners: 3, consumers: 2},
+			bulk: 100, writers: 3, pace: 15 * time.Millisecond, duration: 30 * time.Second,
+			faults: []string{fPrimaryLosesBrokers, fKillPrimary},
 		},
 		{
 			name: "mixed", seed: seed(25), sp: spec{brokers: 3, owners: 3, consumers: 3},

@@ -1,5 +1,99 @@
-// Package chaos is replmesh's fault-injection suite: it runs real
-// processes (brokers, owner instances, consumers: the chaosnode binary),
-// drives a write workload with a recorded history, injects faults, and
-// checks every guarantee of the design.
+// Package chaos is replmesh's fault-injection suite. It runs real
+// processes, breaks them, and checks every guarantee of DESIGN.md
+// ("Guarantees") against a recorded history of writes.
+//
+// # Running it
+//
+//	go test ./chaos                          # one small smoke scenario (part of make test)
+//	make chaos-short                         # a seeded subset, about two minutes (CI)
+//	make chaos                               # everything, with the real-network level as root
+//	REPLMESH_CHAOS=short go test ./chaos     # what make chaos-short runs
+//	REPLMESH_CHAOS=full REPLMESH_CHAOS_NETNS=1 REPLMESH_CHAOS_REPORT=report.txt go test -timeout 30m ./chaos
+//
+// REPLMESH_CHAOS_SEED sets the base seed (each scenario's seed is derived
+// from it and printed in the report), REPLMESH_CHAOS_ONLY runs only the
+// scenarios whose name contains it, REPLMESH_CHAOS_KEEP keeps every run's
+// directory (logs and apply logs; a failed run's is always kept), and
+// REPLMESH_CHAOS_STRICT=1 makes the known issues listed in the report fail
+// their scenario.
+//
+// # Processes
+//
+// The tests build cmd/chaosnode with go build and start one process per
+// node: brokers (broker.New), owner instances of service "stores" (table
+// "items", sync durability, min_sync_standbys 1; the broker makes one
+// primary, the others standbys) and consumers that follow the table
+// through the brokers. The harness talks to each process over its
+// stdin/stdout (Request, Response): writes, status, digest, dump, reads,
+// the primary's change log (History), link faults. It SIGKILLs and
+// restarts them at will; nodes keep their addresses and data directories
+// across restarts.
+//
+// # Faults
+//
+// Portable level (everywhere, including go test): every gRPC connection a
+// node makes goes through a fault proxy of its own per destination
+// (internal/faultproxy), so the harness can blackhole (pause), reset, delay
+// and bandwidth-limit the traffic between any two processes that talk:
+// component and broker, consumer and owner, standby and primary. Faults:
+// SIGKILL and restart of the primary, a standby, a consumer, a broker;
+// SIGKILL in the middle of a full transfer (of a wiped consumer, of a
+// wiped standby, and of the primary sending one); partitions between two
+// processes, the primary isolated from everyone, the primary cut from every
+// broker long enough for a promotion while a standby hears of it late;
+// connection resets; a slow link (delay and bandwidth) for a consumer; a
+// consumer's disk filled and freed (a size-capped tmpfs, root only).
+//
+// Real-network level (REPLMESH_CHAOS_NETNS=1, root, ip and nft): every
+// node runs in a network namespace of its own, joined by veth pairs to a
+// bridge in a hub namespace, with addresses 10.77.0.x that exist only in
+// those namespaces; partitions are nftables drop rules inside them, which
+// also split the brokers' memberlist gossip (UDP), out of reach of a TCP
+// proxy. Latency and bandwidth still come from the proxies. The namespaces
+// are deleted after each scenario, on failure, on SIGINT/SIGTERM, and (if a
+// run was killed) by the next run.
+//
+// Duplicated and reordered frames cannot be produced honestly at the
+// process level: every stream is gRPC over HTTP/2 over TCP, which orders
+// and deduplicates bytes, and a proxy that duplicated or reordered bytes
+// would only break HTTP/2 framing (the connection fails; nothing reaches
+// the replica). The replica's handling of duplicated, reordered and gapped
+// frames is tested at the frame level by replica/badinput_test.go and
+// replica/apply_property_test.go; here, reconnects after resets and kills
+// make owners resume streams at the consumer's cursor, and the consumers
+// count any change they receive twice.
+//
+// # Checks
+//
+// The workload (workload.go) writes unique keys, keys overwritten one
+// version at a time, atomic groups of rows, and bulk rows, and records
+// each write as invoked, then ok (with its seq and the primary's epoch),
+// failed (nothing was written) or unknown. After the faults the harness
+// heals everything and checks (verify.go):
+//
+//   - progress: a write is acknowledged within 30 s of the last fault;
+//   - convergence: every consumer's and standby's Digest equals the
+//     primary's (the time from the heal is reported);
+//   - every acknowledged write is in the primary's rows and every
+//     consumer's, and in the primary's change log at the seq it was
+//     acknowledged with; no failed write is; every group is all or
+//     nothing; every row comes from a write; overwritten keys hold a
+//     version no older than the last acknowledged one;
+//   - per consumer (its apply log): applied seqs go up by exactly one, with
+//     no gap and no duplicate, epochs never go down, every applied batch
+//     ends on a commit group's end, and every applied change has the epoch
+//     (and key) the final history has at its seq: no change of a stale
+//     epoch was accepted;
+//   - the consumers read their replica all the time and check each read:
+//     nothing before Ready, never a copy cut short, never part of a group,
+//     during a full transfer the old copy at the cursor's seq, never a step
+//     back without a transfer;
+//   - the primary's own log: contiguous, epochs as its epoch history says,
+//     each unique key once, and replaying it gives its rows.
+//
+// The report (report.go) gives, per scenario and in total: the seed, the
+// writes invoked/ok/failed/unknown, the changes and reads checked, the
+// lost/duplicated/out-of-order/stale-epoch counts (all must be 0),
+// convergence and per-fault catch-up times (max, p99), resyncs (full
+// transfers), promotions, and how often each fault fired.
 package chaos

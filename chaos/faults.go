@@ -53,6 +53,7 @@ type injector struct {
 	catchups []time.Duration // per fault: heal -> every replica holds the primary's head at the heal
 	findings []string        // guarantees seen broken while a fault was on
 	notes    []string        // what some faults saw, for the report
+	windows  []splitWindow   // when a primary was cut off from every broker
 	known    []string        // known issues seen (reported, not failing the run unless REPLMESH_CHAOS_STRICT)
 	gen      atomic.Int64    // bumped when a fault begins
 	wg       sync.WaitGroup
@@ -73,14 +74,19 @@ func (in *injector) pick(ns []*node) *node {
 	return ns[in.rng.IntN(len(ns))]
 }
 
-// run injects faults of the given kinds, one after another, for d.
-func (in *injector) run(ctx context.Context, kinds []string, d time.Duration) error {
+// run injects faults of the given kinds, one after another, for d: in a
+// seeded random order, or (ordered) each in turn.
+func (in *injector) run(ctx context.Context, kinds []string, d time.Duration, ordered bool) error {
+	defer in.wg.Wait() // the catch-up measurements
 	end := time.Now().Add(d)
-	for time.Now().Before(end) {
+	for i := 0; time.Now().Before(end); i++ {
 		if err := sleepCtx(ctx, in.between(200*time.Millisecond, 1200*time.Millisecond)); err != nil {
 			return err
 		}
-		k := kinds[in.rng.IntN(len(kinds))]
+		k := kinds[i%len(kinds)]
+		if !ordered {
+			k = kinds[in.rng.IntN(len(kinds))]
+		}
 		in.gen.Add(1)
 		began := time.Now()
 		fired, err := in.inject(ctx, k)
@@ -96,7 +102,6 @@ func (in *injector) run(ctx context.Context, kinds []string, d time.Duration) er
 		in.logf("fault %s done in %s", k, time.Since(began).Round(time.Millisecond))
 		in.measureCatchup()
 	}
-	in.wg.Wait()
 	return nil
 }
 
@@ -239,11 +244,22 @@ func (in *injector) inject(ctx context.Context, kind string) (fired bool, err er
 		if p == nil {
 			return false, nil
 		}
+		pst, err := p.status(ctx)
+		if err != nil || pst.OwnerRole != "primary" {
+			return false, nil
+		}
+		w := splitWindow{node: p.name, epoch: pst.Epoch, from: time.Now()}
 		for _, b := range cl.brokers {
 			if err := cl.partition(ctx, p, b); err != nil {
 				return true, err
 			}
 		}
+		defer func() {
+			w.to = time.Now()
+			in.mu.Lock()
+			in.windows = append(in.windows, w)
+			in.mu.Unlock()
+		}()
 		// One standby hears from the brokers late (a slow link), so it
 		// may still be following the old primary when the other is
 		// promoted.

@@ -234,8 +234,14 @@ func (n *node) stop(d time.Duration) error {
 		case <-ctx.Done():
 		}
 	}
+	// A goroutine dump to its log (Go prints one on SIGQUIT), then SIGKILL.
+	_ = p.cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-p.exited:
+	case <-time.After(3 * time.Second):
+	}
 	p.kill()
-	return fmt.Errorf("%s did not quit within %s (%v); killed", n.name, d, err)
+	return fmt.Errorf("%s did not quit within %s (%v); killed (goroutine dump in %s)", n.name, d, err, n.logPath())
 }
 
 // call sends req to n's process and waits for the answer.

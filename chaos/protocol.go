@@ -197,7 +197,7 @@ type HistoryChange struct {
 //
 //	S <seq> <epoch>                       the process started; its durable cursor
 //	C <seq> <epoch> <txnend 0|1> <p|d> <key>  one applied change
-//	E <seq>                               the end of one OnChange event
+//	E <seq> <unix ns>                     the end of one OnChange event, and when it was logged
 //	R <seq> <epoch>                       a full transfer replaced the replica at seq
 //	T <seq> <rows>                        a read made while a full transfer ran (it saw the old copy)
 //	V <text>                              a read saw what a consistent replica never shows

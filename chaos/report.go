@@ -90,7 +90,11 @@ func report(level string, results []*result, took time.Duration) string {
 			fmt.Fprintf(&b, "  KNOWN ISSUE: %s\n", k)
 		}
 		for _, k := range slices.Sorted(maps.Keys(r.v.known)) {
-			fmt.Fprintf(&b, "  KNOWN ISSUE: %d x %s (%d writes), e.g.:\n", r.v.known[k], k, len(r.v.splitOps))
+			what := fmt.Sprintf("%d x %s", r.v.known[k], k)
+			if k == kSplitBrain {
+				what += fmt.Sprintf(" (%d writes)", len(r.v.splitOps))
+			}
+			fmt.Fprintf(&b, "  KNOWN ISSUE: %s, e.g.:\n", what)
 			for _, e := range r.v.knownEx[k] {
 				fmt.Fprintf(&b, "    %s\n", e)
 			}

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/replmesh/replmesh/transport"
 )
@@ -29,6 +30,12 @@ func newViolations() *violations {
 		known: map[string]int{}, knownEx: map[string][]string{}, lostOps: map[int]bool{}, splitOps: map[int]bool{}}
 }
 
+// kStaleApply: a consumer applied a change of a primary cut off from the
+// brokers after its successor's epoch began (the consumer had not heard of
+// it yet); the change is not in the final history and the consumer later
+// replaced it with a full transfer.
+const kStaleApply = "change of a deposed primary applied before the consumer heard of the promotion"
+
 // kSplitBrain: an acknowledged write lost because the primary that
 // acknowledged it had been replaced (its lease lapsed at the brokers while
 // it could still reach a standby that had not heard of the promotion).
@@ -41,23 +48,58 @@ func (v *violations) addKnown(kind, format string, args ...any) {
 	}
 }
 
+// truth is what the checks compare against: the final primary's history
+// and the windows in which a primary was cut off from every broker.
+type truth struct {
+	h       *History
+	windows []splitWindow
+}
+
+// splitWindow is a time during which primary node (at epoch) had no broker:
+// the brokers let its lease lapse and promoted another instance while it
+// went on taking writes (fPrimaryLosesBrokers).
+type splitWindow struct {
+	node     string
+	epoch    uint64
+	from, to time.Time
+}
+
+// splitMargin extends a window past its heal: the deposed primary learns
+// of its successor only when its broker session is back.
+const splitMargin = 3 * time.Second
+
+// deposed reports whether something node did at epoch at time at falls in
+// a split window, with the final history holding a later epoch at seq.
+func (t *truth) deposed(node string, epoch, seq uint64, at time.Time) bool {
+	if t == nil || t.h == nil || epoch >= epochOf(t.h.Epochs, seq) {
+		return false
+	}
+	for _, w := range t.windows {
+		if (node == "" || w.node == node) && w.epoch == epoch && !at.Before(w.from) && !at.After(w.to.Add(splitMargin)) {
+			return true
+		}
+	}
+	return false
+}
+
+// deposedLoss reports whether acknowledged write o was acknowledged by a
+// primary cut off from the brokers, after its epoch had been replaced at
+// o's seq in the final history: the known split-brain window (kSplitBrain).
+func (t *truth) deposedLoss(o *op) bool {
+	return o.class == ClassOK && o.seq > 0 && t.deposed(o.node, o.epoch, o.seq, o.done)
+}
+
 // lost records that acknowledged write o is missing (at where): a known
 // issue when a deposed primary acknowledged it, a violation otherwise.
-func (v *violations) lost(o *op, h *History, format string, args ...any) {
-	if deposedLoss(o, h) {
+func (v *violations) lost(o *op, t *truth, format string, args ...any) {
+	if t.deposedLoss(o) {
 		v.splitOps[o.id] = true
-		v.addKnown(kSplitBrain, format+fmt.Sprintf(" [acknowledged by %s at epoch %d; the final history has epoch %d at seq %d]",
-			o.node, o.epoch, epochOf(h.Epochs, o.seq), o.seq), args...)
+		v.addKnown(kSplitBrain, format+fmt.Sprintf(" [acknowledged by %s at epoch %d while cut off from the brokers; the final history has epoch %d at seq %d]",
+			o.node, o.epoch, epochOf(t.h.Epochs, o.seq), o.seq), args...)
 		return
 	}
 	v.lostOps[o.id] = true
 	v.add(vLost, format, args...)
-}
-
-// deposedLoss reports whether acknowledged write o was acknowledged by a
-// primary whose epoch the final history had already replaced at o's seq.
-func deposedLoss(o *op, h *History) bool {
-	return h != nil && o.class == ClassOK && o.seq > 0 && o.epoch < epochOf(h.Epochs, o.seq)
 }
 
 // Kinds of violations (all must stay 0).
@@ -146,7 +188,7 @@ func rowMap(rows []Row) map[string][]byte {
 // history: every acknowledged write is there (or, for an overwritten key,
 // a version no older), no failed write is, every Apply is all or nothing,
 // and every row comes from a write that may have happened.
-func checkState(v *violations, where string, ops []*op, rows map[string][]byte, h *History) {
+func checkState(v *violations, where string, ops []*op, rows map[string][]byte, t *truth) {
 	known := map[string]bool{} // keys some not-failed write wrote
 	type version struct {
 		o     *op
@@ -179,7 +221,7 @@ func checkState(v *violations, where string, ops []*op, rows map[string][]byte, 
 				v.add(vLost, "%s: acknowledged sentinel write (op %d, seq %d) missing", where, o.id, o.seq)
 			}
 		case o.class == ClassOK && present != len(o.writes):
-			v.lost(o, h, "%s: acknowledged %s write of %s (op %d, seq %d, to %s) missing: %d of %d rows there",
+			v.lost(o, t, "%s: acknowledged %s write of %s (op %d, seq %d, to %s) missing: %d of %d rows there",
 				where, o.kind, o.writes[0].Key, o.id, o.seq, o.node, present, len(o.writes))
 		case o.class == ClassFailed && present > 0:
 			v.add(vPhantom, "%s: failed %s write of %s (op %d, to %s: %s) is there", where, o.kind, o.writes[0].Key, o.id, o.node, o.err)
@@ -193,7 +235,7 @@ func checkState(v *violations, where string, ops []*op, rows map[string][]byte, 
 		acked, split := -1, -1
 		for i, x := range vs {
 			switch {
-			case x.o.class == ClassOK && deposedLoss(x.o, h):
+			case t.deposedLoss(x.o):
 				split = i
 			case x.o.class == ClassOK:
 				acked = i
@@ -231,8 +273,8 @@ func checkState(v *violations, where string, ops []*op, rows map[string][]byte, 
 		} else if split > acked && !match(vs[split]) {
 			x := vs[split].o
 			v.splitOps[x.id] = true
-			v.addKnown(kSplitBrain, "%s: overwritten key %s lost version %d (op %d, seq %d) [acknowledged by %s at epoch %d; the final history has epoch %d at seq %d]",
-				where, k, x.version, x.id, x.seq, x.node, x.epoch, epochOf(h.Epochs, x.seq), x.seq)
+			v.addKnown(kSplitBrain, "%s: overwritten key %s lost version %d (op %d, seq %d) [acknowledged by %s at epoch %d while cut off from the brokers; the final history has epoch %d at seq %d]",
+				where, k, x.version, x.id, x.seq, x.node, x.epoch, epochOf(t.h.Epochs, x.seq), x.seq)
 		}
 	}
 	for k := range rows {
@@ -246,7 +288,8 @@ func checkState(v *violations, where string, ops []*op, rows map[string][]byte, 
 // as its epoch history says and never going down, every acknowledged write
 // at the seq it was acknowledged with, every unique key once, and (when
 // the log is complete) replaying it gives the primary's rows.
-func checkHistory(v *violations, h *History, ops []*op, rows map[string][]byte) (checked int) {
+func checkHistory(v *violations, t *truth, ops []*op, rows map[string][]byte) (checked int) {
+	h := t.h
 	if h == nil {
 		return 0
 	}
@@ -285,7 +328,7 @@ func checkHistory(v *violations, h *History, ops []*op, rows map[string][]byte) 
 			if c != nil {
 				got = fmt.Sprintf("%s (epoch %d)", c.Key, c.Epoch)
 			}
-			v.lost(o, h, "history: acknowledged write of %s (op %d, to %s) at seq %d, the history has %s there", w.Key, o.id, o.node, o.seq, got)
+			v.lost(o, t, "history: acknowledged write of %s (op %d, to %s) at seq %d, the history has %s there", w.Key, o.id, o.node, o.seq, got)
 		}
 	}
 	if h.Complete {
@@ -334,6 +377,7 @@ type applyStats struct {
 	events        int
 	resets        int // R records: full transfers
 	rewinds       int // resets to a lower seq (a replica holding changes the history lost)
+	knownStale    int // changes of a deposed primary applied before the consumer heard of its successor
 	transferReads int // T records
 	starts, wipes int
 }
@@ -351,7 +395,8 @@ type appliedChange struct {
 // end; every applied change agrees with the final history (its epoch, and
 // its key when the history holds that seq); and it carries the reader's
 // violations.
-func checkApplyLog(v *violations, name, path string, h *History) (applyStats, error) {
+func checkApplyLog(v *violations, name, path string, t *truth) (applyStats, error) {
+	h := t.h
 	var st applyStats
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -369,6 +414,36 @@ func checkApplyLog(v *violations, name, path string, h *History) (applyStats, er
 	}
 	var last, lastEpoch uint64
 	midGroup := false // the last change did not end its commit group
+	// The changes of the current event, checked against the final history
+	// at its end record, which carries the time of the apply.
+	type pendingChange struct {
+		c     appliedChange
+		where string
+	}
+	var pending []pendingChange
+	checkPending := func(at time.Time) {
+		for _, p := range pending {
+			c := p.c
+			if h == nil || c.seq > h.Head {
+				continue
+			}
+			want := epochOf(h.Epochs, c.seq)
+			hc := bySeq[c.seq]
+			bad := c.epoch != want || hc != nil && (hc.Key != c.key || hc.Delete != c.del)
+			switch {
+			case !bad:
+			case t.deposed("", c.epoch, c.seq, at):
+				st.knownStale++
+				v.addKnown(kStaleApply, "%s: seq %d applied as %s at epoch %d; the final history has epoch %d there", p.where, c.seq, c.key, c.epoch, want)
+			case c.epoch != want:
+				v.add(vStaleEpoch, "%s: seq %d applied with epoch %d; the final history has epoch %d there", p.where, c.seq, c.epoch, want)
+			default:
+				v.add(vStaleEpoch, "%s: seq %d applied as %s (epoch %d); the final history has %s (epoch %d) there",
+					p.where, c.seq, c.key, c.epoch, hc.Key, hc.Epoch)
+			}
+		}
+		pending = pending[:0]
+	}
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	line := 0
@@ -424,20 +499,17 @@ func checkApplyLog(v *violations, name, path string, h *History) (applyStats, er
 			}
 			last, lastEpoch = max(last, c.seq), max(lastEpoch, c.epoch)
 			midGroup = f[3] != "1"
-			if h != nil {
-				if want := epochOf(h.Epochs, c.seq); c.seq <= h.Head && c.epoch != want {
-					v.add(vStaleEpoch, "%s: seq %d applied with epoch %d; the final history has epoch %d there", where, c.seq, c.epoch, want)
-				}
-				if hc := bySeq[c.seq]; hc != nil && (hc.Key != c.key || hc.Delete != c.del) {
-					v.add(vStaleEpoch, "%s: seq %d applied as %s (epoch %d); the final history has %s (epoch %d) there",
-						where, c.seq, c.key, c.epoch, hc.Key, hc.Epoch)
-				}
-			}
+			pending = append(pending, pendingChange{c, where})
 		case RecEnd:
 			st.events++
 			if midGroup {
 				v.add(vAtomicity, "%s: an applied batch ends at seq %d in the middle of a commit group", where, num(f, 1))
 			}
+			at := time.Time{}
+			if ns := num(f, 2); ns > 0 {
+				at = time.Unix(0, int64(ns))
+			}
+			checkPending(at)
 		case RecTransferRead:
 			st.transferReads++
 		case RecViolation:
@@ -446,6 +518,7 @@ func checkApplyLog(v *violations, name, path string, h *History) (applyStats, er
 			v.add(vOutOfOrder, "%s: unknown record %q", where, text)
 		}
 	}
+	checkPending(time.Time{}) // an event cut short by a SIGKILL
 	return st, sc.Err()
 }
 

@@ -112,7 +112,7 @@ func (cs *consumer) onChange(e replica.Event) {
 		fmt.Fprintf(&b, "%s %d %d %d %s %s\n", chaos.RecChange, ch.Seq, ch.Epoch, end, op, ch.Key)
 	}
 	if !e.Reset {
-		fmt.Fprintf(&b, "%s %d\n", chaos.RecEnd, e.Seq)
+		fmt.Fprintf(&b, "%s %d %d\n", chaos.RecEnd, e.Seq, time.Now().UnixNano())
 	}
 	cs.writeLog(b.String())
 }
