@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -51,8 +52,50 @@ type Component struct {
 	roleMu     sync.Mutex // serializes role changes; taken before mu
 	brokerKick chan struct{}
 
+	// reads keeps the database open while a read is in flight (see
+	// readGate).
+	reads readGate
+
 	closeOnce sync.Once
 	closeErr  error
+}
+
+// readGate lets Close wait for the reads in flight before it closes the
+// database: badger's DB.Close unmaps every table file even under an open
+// iterator, so a Get, Scan or Digest racing Close read unmapped memory and
+// crashed the process (SIGSEGV). A read enters and leaves the gate; once
+// Close has shut it, a read gets ErrClosed. It is an atomic counter rather
+// than a lock, so that a read nested in another (a Get in a Scan callback)
+// cannot deadlock with Close.
+type readGate struct {
+	n        atomic.Int64  // reads in flight, minus gateShut once shut
+	drained  chan struct{} // closed when the gate is shut and empty
+	drainOne sync.Once
+}
+
+const gateShut = 1 << 62
+
+// enter admits a read; the caller must call leave when done, also when
+// enter fails.
+func (g *readGate) enter() error {
+	if g.n.Add(1) < 0 {
+		return ErrClosed
+	}
+	return nil
+}
+
+func (g *readGate) leave() {
+	if g.n.Add(-1) == -gateShut {
+		g.drainOne.Do(func() { close(g.drained) })
+	}
+}
+
+// shut refuses new reads and waits for those in flight.
+func (g *readGate) shut() {
+	if g.n.Add(-gateShut) == -gateShut {
+		g.drainOne.Do(func() { close(g.drained) })
+	}
+	<-g.drained
 }
 
 // Open opens the database, starts the group committer, the log trimmer and
@@ -98,6 +141,7 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 		brokerKick: make(chan struct{}, 1),
 		owned:      map[string]*OwnedTable{},
 		replicas:   map[string]*Replica{},
+		reads:      readGate{drained: make(chan struct{})},
 	}
 	if cfg.ListenAddr != "" {
 		ln, err := transport.Listen(cfg.ListenAddr)
@@ -168,6 +212,7 @@ func (c *Component) Close() error {
 		for _, cc := range c.conns {
 			_ = cc.Close()
 		}
+		c.reads.shut()
 		c.closeErr = c.db.Close()
 		c.log.Info("component closed")
 	})

@@ -26,6 +26,10 @@ func (t *OwnedTable) readChanges(from uint64, maxN, maxBytes int, dst []transpor
 	if from > head {
 		return dst, nil
 	}
+	defer t.c.reads.leave()
+	if t.c.reads.enter() != nil {
+		return dst, fmt.Errorf("%w: owner is shutting down", transport.ErrUnavailable)
+	}
 	err := t.c.db.View(func(txn *badger.Txn) error {
 		o := badger.DefaultIteratorOptions
 		o.Prefix = t.logPrefix

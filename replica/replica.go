@@ -335,6 +335,10 @@ func (r *Replica) Get(key []byte) (value []byte, found bool, err error) {
 	if r.c.ctx.Err() != nil {
 		return nil, false, ErrClosed
 	}
+	defer r.c.reads.leave()
+	if err := r.c.reads.enter(); err != nil {
+		return nil, false, err
+	}
 	r.noteRead()
 	txn, prefix, _ := r.readTxn()
 	defer txn.Discard()
@@ -358,6 +362,10 @@ func (r *Replica) Scan(prefix []byte, fn func(key, value []byte) bool) (uint64, 
 	if r.c.ctx.Err() != nil {
 		return 0, ErrClosed
 	}
+	defer r.c.reads.leave()
+	if err := r.c.reads.enter(); err != nil {
+		return 0, err
+	}
 	r.noteRead()
 	txn, gp, cur, err := r.snapshotTxn()
 	if err != nil {
@@ -376,6 +384,10 @@ func (r *Replica) Scan(prefix []byte, fn func(key, value []byte) bool) (uint64, 
 func (r *Replica) Digest(start, end []byte) (transport.DigestResponse, error) {
 	if r.c.ctx.Err() != nil {
 		return transport.DigestResponse{}, ErrClosed
+	}
+	defer r.c.reads.leave()
+	if err := r.c.reads.enter(); err != nil {
+		return transport.DigestResponse{}, err
 	}
 	txn, gp, cur, err := r.snapshotTxn()
 	if err != nil {

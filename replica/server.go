@@ -357,6 +357,10 @@ func (s *sender) sendDelta(next uint64) (uint64, error) {
 // consistent snapshot at the seq it reads from the meta in the same
 // transaction) and returns the seq after it.
 func (s *sender) sendSnapshot() (uint64, error) {
+	defer s.c.reads.leave()
+	if s.c.reads.enter() != nil {
+		return 0, fmt.Errorf("%w: owner is shutting down", transport.ErrUnavailable)
+	}
 	txn := s.c.db.NewTransaction(false)
 	defer txn.Discard()
 	m, err := s.t.readMeta(txn)
@@ -437,6 +441,10 @@ func (s *replicationServer) Get(ctx context.Context, req *transport.GetRequest) 
 		return nil, fmt.Errorf("%w: get of %d keys (max 10000)", transport.ErrTooLarge, len(req.Keys))
 	}
 	out := &transport.GetResponse{Values: make([]transport.Value, len(req.Keys))}
+	defer s.c.reads.leave()
+	if s.c.reads.enter() != nil {
+		return nil, fmt.Errorf("%w: owner is shutting down", transport.ErrUnavailable)
+	}
 	err = s.c.db.View(func(txn *badger.Txn) error {
 		m, err := t.readMeta(txn)
 		if err != nil {

@@ -364,6 +364,10 @@ func (t *OwnedTable) Submit(ctx context.Context, ws ...Write) (*Pending, error) 
 
 // Get reads the table's current value of key.
 func (t *OwnedTable) Get(key []byte) ([]byte, bool, error) {
+	defer t.c.reads.leave()
+	if err := t.c.reads.enter(); err != nil {
+		return nil, false, err
+	}
 	var out []byte
 	found := false
 	err := t.c.db.View(func(txn *badger.Txn) error {
@@ -391,6 +395,10 @@ func (t *OwnedTable) Get(key []byte) ([]byte, bool, error) {
 // one consistent seq (returned). fn must not retain key or value; returning
 // false stops the scan.
 func (t *OwnedTable) Scan(prefix []byte, fn func(key, value []byte) bool) (uint64, error) {
+	defer t.c.reads.leave()
+	if err := t.c.reads.enter(); err != nil {
+		return 0, err
+	}
 	var seq uint64
 	err := t.c.db.View(func(txn *badger.Txn) error {
 		m, err := t.readMeta(txn)
@@ -425,6 +433,10 @@ func (t *OwnedTable) readMeta(txn *badger.Txn) (ownerMeta, error) {
 // Digest hashes the rows with start <= key < end (nil end: no bound) at the
 // table's current seq.
 func (t *OwnedTable) Digest(start, end []byte) (transport.DigestResponse, error) {
+	defer t.c.reads.leave()
+	if err := t.c.reads.enter(); err != nil {
+		return transport.DigestResponse{}, err
+	}
 	var out transport.DigestResponse
 	err := t.c.db.View(func(txn *badger.Txn) error {
 		m, err := t.readMeta(txn)
