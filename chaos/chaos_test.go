@@ -97,17 +97,17 @@ func suite(t *testing.T, base uint64) []scenario {
 	full := []scenario{
 		{
 			name: "kills-long", seed: seed(21), sp: spec{brokers: 3, owners: 3, consumers: 3},
-			bulk: 500, writers: 3, pace: 10 * time.Millisecond, duration: 45 * time.Second,
+			bulk: 500, writers: 3, pace: 10 * time.Millisecond, duration: 35 * time.Second,
 			faults: []string{fKillPrimary, fKillStandby, fKillConsumer, fKillBroker},
 		},
 		{
 			name: "partitions-long", seed: seed(22), sp: spec{brokers: 3, owners: 3, consumers: 3},
-			bulk: 500, writers: 3, pace: 10 * time.Millisecond, duration: 45 * time.Second,
+			bulk: 500, writers: 3, pace: 10 * time.Millisecond, duration: 35 * time.Second,
 			faults: []string{fPartition, fReset, fIsolatePrimary, fSlowLink},
 		},
 		{
 			name: "transfers-long", seed: seed(23), sp: spec{brokers: 2, owners: 3, consumers: 2},
-			bulk: 5000, writers: 2, pace: 15 * time.Millisecond, duration: 40 * time.Second,
+			bulk: 5000, writers: 2, pace: 15 * time.Millisecond, duration: 30 * time.Second,
 			faults: []string{fKillConsumerTransfer, fKillPrimaryTransfer, fKillStandbyTransfer, fSlowLink},
 		},
 		{
@@ -122,7 +122,7 @@ func suite(t *testing.T, base uint64) []scenario {
 		},
 		{
 			name: "mixed", seed: seed(25), sp: spec{brokers: 3, owners: 3, consumers: 3},
-			bulk: 1000, writers: 3, pace: 10 * time.Millisecond, duration: 60 * time.Second,
+			bulk: 1000, writers: 3, pace: 10 * time.Millisecond, duration: 45 * time.Second,
 			faults: []string{fKillPrimary, fKillStandby, fKillConsumer, fKillBroker, fKillConsumerTransfer,
 				fKillPrimaryTransfer, fKillStandbyTransfer, fPartition, fIsolatePrimary, fReset, fSlowLink, fDiskFull},
 			diskFull: true,
@@ -216,7 +216,7 @@ func netnsScenarios(base uint64) []scenario {
 	return []scenario{
 		{
 			name: "netns-partitions", seed: seed(31), sp: spec{brokers: 3, owners: 3, consumers: 2},
-			bulk: 300, writers: 3, pace: 15 * time.Millisecond, duration: 40 * time.Second,
+			bulk: 300, writers: 3, pace: 15 * time.Millisecond, duration: 30 * time.Second,
 			faults: []string{fPartition, fIsolatePrimary, fPartitionBrokers, fReset, fSlowLink},
 		},
 		{

@@ -193,7 +193,7 @@ func runScenarioErr(ctx context.Context, sc scenario, bin, root string, rn *real
 	res.historyLen = len(hist.Changes)
 	res.finalEpoch = epochOf(hist.Epochs, hist.Head)
 	if !hist.Complete {
-		res.notes = append(res.notes, fmt.Sprintf("the final primary's log starts at seq %d (its copy began with a full transfer): acknowledged writes before it are checked in the rows only", hist.First))
+		res.notes = append(res.notes, fmt.Sprintf("the final primary's log starts at seq %d (trimmed by retention, or its copy began with a full transfer): acknowledged writes before it are checked in the rows only", hist.First))
 	}
 	res.historyChecked = checkHistory(res.v, tr, ops, prim)
 	for _, c := range cl.consumers {

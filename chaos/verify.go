@@ -141,12 +141,6 @@ func (v *violations) merge(o *violations) {
 			}
 		}
 	}
-	for k := range o.lostOps {
-		v.lostOps[k] = true
-	}
-	for k := range o.splitOps {
-		v.splitOps[k] = true
-	}
 	for k, c := range o.counts {
 		v.counts[k] += c
 	}
