@@ -35,20 +35,33 @@ func (c *Component) commitLoop() {
 		c.failQueued()
 	}()
 	pending := make([]*pendingWrite, 0, 256)
+	var held *pendingWrite // a barrier that ended the last drain
 	for {
 		var first *pendingWrite
 		var resultCh chan error
 		if inflight != nil {
 			resultCh = inflight.result
 		}
-		select {
-		case first = <-c.writes:
-		case err := <-resultCh:
-			c.finishGroup(inflight, err)
-			inflight = nil
+		if held != nil {
+			first, held = held, nil
+		} else {
+			select {
+			case first = <-c.writes:
+			case err := <-resultCh:
+				c.finishGroup(inflight, err)
+				inflight = nil
+				continue
+			case <-c.done():
+				return
+			}
+		}
+		if first.barrier != nil {
+			if inflight != nil {
+				finish()
+			}
+			first.barrier()
+			close(first.done)
 			continue
-		case <-c.done():
-			return
 		}
 		pending = append(pending[:0], first)
 		n, size := len(first.changes), first.size
@@ -56,6 +69,10 @@ func (c *Component) commitLoop() {
 		for n < c.cfg.MaxGroupChanges && size < c.cfg.MaxGroupBytes {
 			select {
 			case pw := <-c.writes:
+				if pw.barrier != nil {
+					held = pw
+					break drain
+				}
 				pending = append(pending, pw)
 				n += len(pw.changes)
 				size += pw.size
@@ -198,6 +215,29 @@ func (c *Component) finishGroup(g *group, err error) {
 	}
 	for _, pw := range g.writes {
 		close(pw.done)
+	}
+}
+
+// inCommitter runs fn in the committer goroutine once every group queued
+// before it is committed and finished, and before any group queued after it
+// is built; it returns once fn has run, or ErrClosed.
+func (c *Component) inCommitter(fn func()) error {
+	pw := &pendingWrite{Pending: Pending{closed: c.commitDone, done: make(chan struct{})}, barrier: fn}
+	select {
+	case c.writes <- pw:
+	case <-c.done():
+		return ErrClosed
+	}
+	select {
+	case <-pw.done:
+		return pw.err
+	case <-c.commitDone:
+		select {
+		case <-pw.done:
+			return pw.err
+		default:
+			return ErrClosed
+		}
 	}
 }
 

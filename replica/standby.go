@@ -166,7 +166,26 @@ func (t *OwnedTable) applyReplicated(chs []transport.Change) error {
 
 // promote makes a standby's copy the primary's table at epoch: the epoch
 // begins after the copy's head and is synced before any write of it.
+//
+// A table that is already the primary's (a broker that lost its registry
+// re-grants the lease with a new epoch) is promoted by the committer, between
+// groups: a group in flight holds seqs past the durable head, which the new
+// epoch must begin after, and whose meta write must not be overtaken by this
+// one (a head going back, then seqs used twice: replicas that diverge at
+// equal seqs).
 func (t *OwnedTable) promote(epoch uint64) error {
+	if t.writable.Load() {
+		var err error
+		if cerr := t.c.inCommitter(func() { err = t.promoteNow(epoch) }); cerr != nil {
+			return cerr
+		}
+		return err
+	}
+	return t.promoteNow(epoch)
+}
+
+// promoteNow is promote with no commit group of t in flight.
+func (t *OwnedTable) promoteNow(epoch uint64) error {
 	t.mu.Lock()
 	m := t.meta
 	t.mu.Unlock()

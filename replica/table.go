@@ -312,6 +312,10 @@ type pendingWrite struct {
 	table   *OwnedTable
 	changes []transport.Change
 	size    int
+	// barrier, when set, makes this no write but a function the committer
+	// runs once every group before it is committed and finished, before any
+	// group after it is built (see Component.inCommitter).
+	barrier func()
 }
 
 // Submit queues writes for the next group commit and returns without
