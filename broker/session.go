@@ -27,6 +27,7 @@ type session struct {
 	endErr  error
 
 	lastFrame atomic.Int64 // unix ms of the last frame received
+	lastPing  atomic.Int64 // the newest SessionRequest.Ping received (echoed as Pong)
 
 	// guarded by Broker.mu
 	interest []string
@@ -56,7 +57,11 @@ func (s *session) end(err error) {
 // time it changes (and only then), and sends heartbeats every
 // Config.Heartbeat. While the stream is open the instance is alive; after
 // it ends the instance stays registered for Config.Lease, during which the
-// component may open a session on any broker to keep it.
+// component may open a session on any broker to keep it. A stream that
+// delivers no frame for half the lease (a blackholed link, which TCP and
+// gRPC keepalives notice only much later) is ended by the broker, so the
+// lease starts running then. Every frame carrying a Ping is answered at
+// once with a heartbeat echoing it (see transport.SessionResponse.Pong).
 func (b *Broker) Session(stream transport.SessionServer) error {
 	if !b.enter() {
 		return ErrClosed
@@ -125,6 +130,7 @@ func (b *Broker) Session(stream transport.SessionServer) error {
 		return err
 	}
 	defer b.closeSession(s)
+	s.notePing(first.Ping)
 	log := b.log.With("service", reg.Service, "instance", reg.Instance)
 	log.Debug("session opened", "addr", reg.Addr, "owner", reg.Owner, "role", topo.Role)
 	if err := b.push(stream, s, topo); err != nil {
@@ -140,6 +146,12 @@ func (b *Broker) Session(stream transport.SessionServer) error {
 			if err := b.handleFrame(s, f); err != nil {
 				log.Info("session ended by a bad frame", "err", err)
 				return err
+			}
+			if f.Ping > 0 {
+				s.notePing(f.Ping)
+				if err := stream.Send(b.response(s, transport.SessionHeartbeat, nil)); err != nil {
+					return err
+				}
 			}
 		case err := <-recvErr:
 			if errors.Is(err, io.EOF) {
@@ -158,7 +170,11 @@ func (b *Broker) Session(stream transport.SessionServer) error {
 				}
 			}
 		case <-hb.C:
-			if err := stream.Send(&transport.SessionResponse{Kind: transport.SessionHeartbeat, Broker: b.cfg.Name}); err != nil {
+			if silent := time.Since(time.UnixMilli(s.lastFrame.Load())); silent > b.cfg.Lease/2 {
+				log.Info("session ended: no frame from the component", "silent", silent.Round(time.Millisecond))
+				return fmt.Errorf("%w: no frame from %s/%s for %s", transport.ErrUnavailable, reg.Service, reg.Instance, silent.Round(time.Millisecond))
+			}
+			if err := stream.Send(b.response(s, transport.SessionHeartbeat, nil)); err != nil {
 				return err
 			}
 		case <-s.done:
@@ -170,8 +186,34 @@ func (b *Broker) Session(stream transport.SessionServer) error {
 	}
 }
 
+// notePing records the newest Ping received on s.
+func (s *session) notePing(ping int64) {
+	for {
+		old := s.lastPing.Load()
+		if ping <= old || s.lastPing.CompareAndSwap(old, ping) {
+			return
+		}
+	}
+}
+
+// response builds a frame for s: the pong, the lease and whether this
+// broker holds s's instance primary ride on every frame, so that a primary
+// renews its lease from whatever it receives.
+func (b *Broker) response(s *session, kind transport.SessionKind, topo *transport.Topology) *transport.SessionResponse {
+	f := &transport.SessionResponse{Kind: kind, Broker: b.cfg.Name, Topology: topo,
+		Pong: s.lastPing.Load(), LeaseMs: b.cfg.Lease.Milliseconds()}
+	b.mu.Lock()
+	if o := b.reg.owners[s.key.Service]; o != nil && o.Primary == s.key.Instance {
+		if rec := b.reg.inst(s.key); rec != nil && rec.Session == s.id && !rec.Gone {
+			f.PrimaryEpoch = o.Epoch
+		}
+	}
+	b.mu.Unlock()
+	return f
+}
+
 func (b *Broker) push(stream transport.SessionServer, s *session, topo *transport.Topology) error {
-	if err := stream.Send(&transport.SessionResponse{Kind: transport.SessionTopology, Broker: b.cfg.Name, Topology: topo}); err != nil {
+	if err := stream.Send(b.response(s, transport.SessionTopology, topo)); err != nil {
 		return err
 	}
 	s.last = topo

@@ -51,6 +51,7 @@ type Component struct {
 	followers  map[string]*Replica
 	roleMu     sync.Mutex // serializes role changes; taken before mu
 	brokerKick chan struct{}
+	lease      primaryLease // with MinSyncStandbys: see lease.go
 
 	// reads keeps the database open while a read is in flight (see
 	// readGate).
@@ -138,6 +139,7 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 		dropKick:   make(chan struct{}, 1),
 		conns:      map[string]*grpc.ClientConn{},
 		followers:  map[string]*Replica{},
+		lease:      primaryLease{origin: time.Now()},
 		brokerKick: make(chan struct{}, 1),
 		owned:      map[string]*OwnedTable{},
 		replicas:   map[string]*Replica{},

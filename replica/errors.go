@@ -32,6 +32,10 @@ var (
 	// write (either none was written: too few standbys connected; or it is
 	// committed on the primary but unconfirmed when SyncTimeout ran out).
 	ErrNotReplicated = errors.New("replica: not confirmed by enough standbys")
+	// ErrNoLease: with Config.MinSyncStandbys, the primary's lease is not
+	// confirmed by a broker (none answered for half the broker's lease), so
+	// it does not acknowledge writes: another standby may be promoted.
+	ErrNoLease = errors.New("replica: primary lease not confirmed by a broker")
 	// ErrGap: a received batch did not continue the replica's seq.
 	ErrGap = errors.New("replica: seq gap")
 )

@@ -17,7 +17,8 @@ import (
 // heads and its replicas' positions. The broker is never on the data path:
 // while no broker answers, established streams go on, reads are served and
 // a primary keeps writing; only new information (a moved owner, a
-// promotion) waits.
+// promotion) waits. (The exception is a primary with MinSyncStandbys: it
+// acknowledges writes only under a lease a broker confirmed; see lease.go.)
 
 // kickBroker asks the session to report the component's state now.
 func (c *Component) kickBroker() {
@@ -166,7 +167,7 @@ func (c *Component) brokerSession(addr string) (progressed bool, err error) {
 		watchdog.Reset(c.cfg.PeerTimeout)
 		return f, nil
 	}
-	if err := stream.Send(&transport.SessionRequest{Kind: transport.SessionRegister, Register: c.register()}); err != nil {
+	if err := stream.Send(&transport.SessionRequest{Kind: transport.SessionRegister, Register: c.register(), Ping: c.lease.ping()}); err != nil {
 		return false, transport.FromStatus(err)
 	}
 	f, err := recv()
@@ -178,6 +179,7 @@ func (c *Component) brokerSession(addr string) (progressed bool, err error) {
 	}
 	c.log.Info("broker session open", "broker", addr, "name", f.Broker, "role", f.Topology.Role, "epoch", f.Topology.Epoch)
 	c.applyTopology(f.Topology)
+	c.lease.renew(f)
 
 	// One goroutine sends (updates on a timer and when kicked); this one
 	// receives.
@@ -194,7 +196,7 @@ func (c *Component) brokerSession(addr string) (progressed bool, err error) {
 			case <-ctx.Done():
 				return
 			}
-			err := stream.Send(&transport.SessionRequest{Kind: transport.SessionUpdate, Tables: c.tableInfos(), Subscriptions: c.subInfos()})
+			err := stream.Send(&transport.SessionRequest{Kind: transport.SessionUpdate, Tables: c.tableInfos(), Subscriptions: c.subInfos(), Ping: c.lease.ping()})
 			if err != nil {
 				cancel()
 				return
@@ -215,5 +217,6 @@ func (c *Component) brokerSession(addr string) (progressed bool, err error) {
 		default:
 			return true, fmt.Errorf("%w: unexpected session frame kind %d", transport.ErrBadRequest, f.Kind)
 		}
+		c.lease.renew(f)
 	}
 }

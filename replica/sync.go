@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"sync"
-	"time"
 )
 
 // Synchronous standbys (Config.MinSyncStandbys): the primary tracks, per
@@ -122,6 +121,12 @@ func (t *OwnedTable) syncWait(ctx context.Context, seq uint64) error {
 		return fmt.Errorf("%w: seq %d of %s is committed on the primary but not confirmed by %d standby(s): %v",
 			ErrNotReplicated, seq, t.name, need, err)
 	}
+	// Confirmed, but by now another standby may have been promoted: only
+	// a lease still held makes the acknowledgement true.
+	if err := t.c.checkLease(t.name); err != nil {
+		return fmt.Errorf("%w: seq %d of %s is committed and confirmed by %d standby(s), but %w",
+			ErrNotReplicated, seq, t.name, need, err)
+	}
 	return nil
 }
 
@@ -136,7 +141,8 @@ func (t *OwnedTable) checkStandbys() error {
 		return fmt.Errorf("%w: %d standby(s) connected to %s, %d required (min_sync_standbys); nothing was written",
 			ErrNotReplicated, n, t.name, need)
 	}
+	if err := t.c.checkLease(t.name); err != nil {
+		return fmt.Errorf("%w; nothing was written", err)
+	}
 	return nil
 }
-
-var _ = time.Second

@@ -73,6 +73,12 @@ type SessionRequest struct {
 	Register      *Register   `msgpack:"reg,omitempty"`    // SessionRegister
 	Tables        []TableInfo `msgpack:"tables,omitempty"` // SessionUpdate
 	Subscriptions []SubInfo   `msgpack:"subs,omitempty"`   // SessionUpdate
+	// Ping is the component's clock when it sent the frame (nanoseconds
+	// on a monotonic clock of its own, > 0; 0 = none). The broker echoes
+	// the newest Ping it received as SessionResponse.Pong: the component
+	// learns that the broker heard from it no earlier than that time,
+	// which is what a primary's lease is measured from.
+	Ping int64 `msgpack:"ping,omitempty"`
 }
 
 // Endpoint is one instance of a service as the broker knows it.
@@ -107,6 +113,16 @@ type SessionResponse struct {
 	Kind     SessionKind `msgpack:"k"`
 	Broker   string      `msgpack:"b"` // the answering broker's name
 	Topology *Topology   `msgpack:"topo,omitempty"`
+	// Pong echoes the newest SessionRequest.Ping the broker received on
+	// this session (0 = none yet).
+	Pong int64 `msgpack:"pong,omitempty"`
+	// LeaseMs is the broker's lease (Config.Lease) in milliseconds: an
+	// instance's registration, and a primary's lease, lapse that long
+	// after the broker last heard from it.
+	LeaseMs int64 `msgpack:"lease,omitempty"`
+	// PrimaryEpoch is the service epoch of which this broker holds the
+	// instance to be the primary, 0 when it does not hold it primary.
+	PrimaryEpoch uint64 `msgpack:"pep,omitempty"`
 }
 
 // LookupRequest asks where a service's tables are served.
