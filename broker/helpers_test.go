@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -133,6 +134,18 @@ type fakeComp struct {
 	wg     sync.WaitGroup
 	last   *transport.Topology
 	seen   []*transport.Topology // every topology received since the stream opened
+	silent bool                  // send no heartbeats (a blackholed component)
+	sendMu sync.Mutex            // one Send at a time
+	pings  atomic.Int64          // the last Ping sent
+	// lastBeat is the last heartbeat received.
+	lastBeat atomic.Pointer[transport.SessionResponse]
+}
+
+// send sends f on the current stream.
+func (c *fakeComp) send(f *transport.SessionRequest) error {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	return c.stream.Send(f)
 }
 
 // connect opens a session on the broker at addr and returns the component
@@ -181,6 +194,26 @@ func (c *fakeComp) openWith(addr string, first *transport.SessionRequest) error 
 	c.addr, c.cc, c.stream, c.cancel = addr, cc, stream, cancel
 	c.frames = make(chan *transport.SessionResponse, 4096)
 	c.errc = make(chan error, 1)
+	if !c.silent {
+		// Heartbeats, as a component sends them: the broker ends a
+		// session silent for half its lease.
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			tk := time.NewTicker(50 * time.Millisecond)
+			defer tk.Stop()
+			for {
+				select {
+				case <-tk.C:
+					if c.send(&transport.SessionRequest{Kind: transport.SessionHeartbeat, Ping: c.pings.Add(1)}) != nil {
+						return
+					}
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
@@ -189,6 +222,10 @@ func (c *fakeComp) openWith(addr string, first *transport.SessionRequest) error 
 			if err != nil {
 				c.errc <- transport.FromStatus(err)
 				return
+			}
+			if f.Kind == transport.SessionHeartbeat {
+				c.lastBeat.Store(f)
+				continue
 			}
 			select {
 			case c.frames <- f:
@@ -306,7 +343,7 @@ func (c *fakeComp) waitEnd() error {
 // update sends a SessionUpdate.
 func (c *fakeComp) update(tables []transport.TableInfo, subs []transport.SubInfo) {
 	c.t.Helper()
-	if err := c.stream.Send(&transport.SessionRequest{Kind: transport.SessionUpdate, Tables: tables, Subscriptions: subs}); err != nil {
+	if err := c.send(&transport.SessionRequest{Kind: transport.SessionUpdate, Tables: tables, Subscriptions: subs}); err != nil {
 		c.t.Fatalf("send update: %v", err)
 	}
 }

@@ -44,17 +44,34 @@ type primaryLease struct {
 func (l *primaryLease) ping() int64 { return int64(time.Since(l.origin)) + 1 }
 
 // renew extends the lease from a broker frame that holds this instance
-// primary.
-func (l *primaryLease) renew(f *transport.SessionResponse) {
+// primary. It reports whether the lease had lapsed (or was never held)
+// and holds now.
+func (l *primaryLease) renew(f *transport.SessionResponse) (regained bool) {
 	if f.Pong <= 0 || f.LeaseMs <= 0 || f.PrimaryEpoch == 0 {
-		return
+		return false
 	}
 	until := f.Pong + (time.Duration(f.LeaseMs) * time.Millisecond / 2).Nanoseconds()
 	for {
 		old := l.until.Load()
-		if until <= old || l.until.CompareAndSwap(old, until) {
-			return
+		if until <= old {
+			return false
 		}
+		if l.until.CompareAndSwap(old, until) {
+			now := int64(time.Since(l.origin))
+			return old <= now && until > now
+		}
+	}
+}
+
+// renewLease applies a broker frame to the lease; when it regains the
+// lease, the standbys' acknowledgements received meanwhile move the sync
+// watermarks.
+func (c *Component) renewLease(f *transport.SessionResponse) {
+	if !c.lease.renew(f) || c.cfg.MinSyncStandbys <= 0 {
+		return
+	}
+	for _, t := range c.ownedTables() {
+		t.sync.advance(c.cfg.MinSyncStandbys)
 	}
 }
 

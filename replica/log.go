@@ -76,19 +76,24 @@ func (c *Component) trimLoop() {
 		case <-c.done():
 			return
 		case now := <-tk.C:
-			c.mu.Lock()
-			tables := make([]*OwnedTable, 0, len(c.owned))
-			for _, t := range c.owned {
-				tables = append(tables, t)
-			}
-			c.mu.Unlock()
-			for _, t := range tables {
+			for _, t := range c.ownedTables() {
 				if err := t.trim(now); err != nil {
 					c.log.Error("trim log", "table", t.name, "err", err)
 				}
 			}
 		}
 	}
+}
+
+// ownedTables returns the owned tables (in no particular order).
+func (c *Component) ownedTables() []*OwnedTable {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	tables := make([]*OwnedTable, 0, len(c.owned))
+	for _, t := range c.owned {
+		tables = append(tables, t)
+	}
+	return tables
 }
 
 // trim drops the oldest log entries beyond the retention limits. The new

@@ -150,7 +150,7 @@ func (s *sender) run() error {
 			switch f.Kind {
 			case transport.KindAck:
 				if standby {
-					s.t.sync.ack(s, f.Seq, s.c.cfg.MinSyncStandbys)
+					s.t.sync.ack(s, f.Seq, s.c.cfg.MinSyncStandbys, s.c.lease.left() > 0)
 				}
 			case transport.KindHeartbeat:
 			case transport.KindPull:

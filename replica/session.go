@@ -82,12 +82,7 @@ func (c *Component) register() *transport.Register {
 // tableInfos reports the owned tables with their heads (a standby's copies
 // included: the broker promotes the most advanced standby).
 func (c *Component) tableInfos() []transport.TableInfo {
-	c.mu.Lock()
-	tables := make([]*OwnedTable, 0, len(c.owned))
-	for _, t := range c.owned {
-		tables = append(tables, t)
-	}
-	c.mu.Unlock()
+	tables := c.ownedTables()
 	slices.SortFunc(tables, func(a, b *OwnedTable) int { return cmpString(a.name, b.name) })
 	out := make([]transport.TableInfo, 0, len(tables))
 	for _, t := range tables {
@@ -179,7 +174,7 @@ func (c *Component) brokerSession(addr string) (progressed bool, err error) {
 	}
 	c.log.Info("broker session open", "broker", addr, "name", f.Broker, "role", f.Topology.Role, "epoch", f.Topology.Epoch)
 	c.applyTopology(f.Topology)
-	c.lease.renew(f)
+	c.renewLease(f)
 
 	// One goroutine sends (updates on a timer and when kicked); this one
 	// receives.
@@ -217,6 +212,6 @@ func (c *Component) brokerSession(addr string) (progressed bool, err error) {
 		default:
 			return true, fmt.Errorf("%w: unexpected session frame kind %d", transport.ErrBadRequest, f.Kind)
 		}
-		c.lease.renew(f)
+		c.renewLease(f)
 	}
 }

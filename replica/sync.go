@@ -39,14 +39,32 @@ func (s *syncState) untrack(snd *sender) {
 	delete(s.acks, snd)
 }
 
-// ack records that a standby holds seq durably and moves the watermark.
-func (s *syncState) ack(snd *sender, seq uint64, need int) {
+// ack records that a standby holds seq durably and, when leased (the
+// primary's lease holds, see lease.go), moves the watermark. Without the
+// lease the acknowledgement is kept but the watermark stays: a change
+// confirmed then is neither acknowledged to its writer nor sent to
+// consumers, since another standby may be promoted without it.
+func (s *syncState) ack(snd *sender, seq uint64, need int, leased bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.acks[snd]; !ok || seq <= s.acks[snd] {
 		return
 	}
 	s.acks[snd] = seq
+	if leased {
+		s.advanceLocked(need)
+	}
+}
+
+// advance moves the watermark to what the standbys have acknowledged, once
+// the lease holds again.
+func (s *syncState) advance(need int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.advanceLocked(need)
+}
+
+func (s *syncState) advanceLocked(need int) {
 	if need <= 0 || len(s.acks) < need {
 		return
 	}

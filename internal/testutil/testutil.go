@@ -8,19 +8,27 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"os"
 	"sync"
 	"testing"
 	"time"
 )
 
 // Logger returns a slog logger that writes to t.Log at Warn level and
-// above. Lines logged after the test and its cleanups have finished (a
+// above (at Info or Debug when REPLMESH_TEST_LOG says "info" or "debug"). Lines logged after the test and its cleanups have finished (a
 // background goroutine winding down) are dropped instead of reaching t.Log,
 // which would panic.
 func Logger(t testing.TB) *slog.Logger {
 	w := &writer{t: t}
 	t.Cleanup(func() { w.mu.Lock(); w.over = true; w.mu.Unlock() })
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	level := slog.LevelWarn
+	switch os.Getenv("REPLMESH_TEST_LOG") {
+	case "info":
+		level = slog.LevelInfo
+	case "debug":
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 }
 
 type writer struct {

@@ -1,0 +1,88 @@
+package broker
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/replmesh/replmesh/transport"
+)
+
+// A session that delivers nothing (a blackholed link: TCP stays up, and
+// gRPC keepalive would notice only after many seconds) is ended by the
+// broker after half its lease, so the lease starts running then.
+func TestSession_SilentSessionEndedAfterHalfTheLease(t *testing.T) {
+	const lease = time.Second
+	b := startBroker(t, "b1", nil, func(c *Config) { c.Lease = lease })
+	c := &fakeComp{t: t, reg: ownerReg("stores", "s1", "127.0.0.1:9001", 5), silent: true}
+	c.reg.Version = transport.ProtocolVersion
+	opened := time.Now()
+	if err := c.open(b.GRPCAddr()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.close)
+	err := c.waitEnd()
+	took := time.Since(opened)
+	if !errors.Is(err, transport.ErrUnavailable) {
+		t.Fatalf("silent session ended with %v, want ErrUnavailable (no frame)", err)
+	}
+	if took < lease/2 {
+		t.Fatalf("silent session ended after %v, before half the lease", took)
+	}
+	t.Logf("silent session ended after %v: %v", took.Round(time.Millisecond), err)
+
+	// A component that heartbeats keeps its session well past the lease.
+	h := mustConnect(t, b.GRPCAddr(), ownerReg("stores", "s2", "127.0.0.1:9002", 5))
+	deadline := time.Now().Add(3 * lease)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-h.errc:
+			t.Fatalf("heartbeating session ended: %v", err)
+		case <-time.After(deadline.Sub(time.Now())):
+		}
+	}
+}
+
+// Every heartbeat echoes the newest Ping with the lease, and names the
+// service epoch only to the instance the broker holds primary.
+func TestSession_PongLeaseAndPrimaryEpoch(t *testing.T) {
+	const lease = 1200 * time.Millisecond
+	b := startBroker(t, "b1", nil, func(c *Config) { c.Lease = lease })
+	p := mustConnect(t, b.GRPCAddr(), ownerReg("stores", "s1", "127.0.0.1:9001", 5))
+	p.waitTopo("s1 primary", func(tp *transport.Topology) bool { return tp.Role == transport.RolePrimary })
+	s := mustConnect(t, b.GRPCAddr(), ownerReg("stores", "s2", "127.0.0.1:9002", 3))
+	s.waitTopo("s2 standby", func(tp *transport.Topology) bool { return tp.Role == transport.RoleStandby })
+	cons := mustConnect(t, b.GRPCAddr(), consumerReg("products", "p1", "stores"))
+
+	tests := []struct {
+		name  string
+		c     *fakeComp
+		epoch uint64
+	}{
+		{"primary", p, p.last.Epoch},
+		{"standby", s, 0},
+		{"consumer", cons, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sent := tt.c.pings.Load()
+			var f *transport.SessionResponse
+			waitUntil(t, waitLong, "a heartbeat echoing a ping sent now", func() bool {
+				f = tt.c.lastBeat.Load()
+				return f != nil && f.Pong > sent
+			})
+			if f.LeaseMs != lease.Milliseconds() {
+				t.Errorf("LeaseMs = %d, want %d", f.LeaseMs, lease.Milliseconds())
+			}
+			if f.Pong > tt.c.pings.Load() {
+				t.Errorf("Pong %d is newer than any Ping sent (%d)", f.Pong, tt.c.pings.Load())
+			}
+			if f.PrimaryEpoch != tt.epoch {
+				t.Errorf("PrimaryEpoch = %d, want %d", f.PrimaryEpoch, tt.epoch)
+			}
+		})
+	}
+	if p.last.Epoch == 0 {
+		t.Fatal("primary's topology has epoch 0")
+	}
+}
