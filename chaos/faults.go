@@ -53,7 +53,6 @@ type injector struct {
 	catchups []time.Duration // per fault: heal -> every replica holds the primary's head at the heal
 	findings []string        // guarantees seen broken while a fault was on
 	notes    []string        // what some faults saw, for the report
-	windows  []splitWindow   // when a primary was cut off from every broker
 	known    []string        // known issues seen (reported, not failing the run unless REPLMESH_CHAOS_STRICT)
 	gen      atomic.Int64    // bumped when a fault begins
 	wg       sync.WaitGroup
@@ -238,7 +237,7 @@ func (in *injector) inject(ctx context.Context, kind string) (fired bool, err er
 		return true, nil
 	case fPrimaryLosesBrokers:
 		// The primary still reaches its standbys and consumers; the
-		// brokers see its session die (gRPC keepalive, about 15 s), let
+		// brokers end its silent session after half a lease, let
 		// its lease lapse and promote a standby.
 		p := cl.currentPrimary()
 		if p == nil {
@@ -248,18 +247,11 @@ func (in *injector) inject(ctx context.Context, kind string) (fired bool, err er
 		if err != nil || pst.OwnerRole != "primary" {
 			return false, nil
 		}
-		w := splitWindow{node: p.name, epoch: pst.Epoch, from: time.Now()}
 		for _, b := range cl.brokers {
 			if err := cl.partition(ctx, p, b); err != nil {
 				return true, err
 			}
 		}
-		defer func() {
-			w.to = time.Now()
-			in.mu.Lock()
-			in.windows = append(in.windows, w)
-			in.mu.Unlock()
-		}()
 		// One standby hears from the brokers late (a slow link), so it
 		// may still be following the old primary when the other is
 		// promoted.

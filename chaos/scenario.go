@@ -186,9 +186,7 @@ func runScenarioErr(ctx context.Context, sc scenario, bin, root string, rn *real
 		return fmt.Errorf("history of %s: %v %s", primary, err, hr.Err)
 	}
 	hist := hr.History
-	in.mu.Lock()
-	tr := &truth{h: hist, windows: slices.Clone(in.windows)}
-	in.mu.Unlock()
+	tr := &truth{h: hist}
 	checkState(res.v, "primary "+primary.name, ops, prim, tr)
 	res.historyLen = len(hist.Changes)
 	res.finalEpoch = epochOf(hist.Epochs, hist.Head)

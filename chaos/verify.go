@@ -21,25 +21,13 @@ type violations struct {
 	// REPLMESH_CHAOS_STRICT is set.
 	known    map[string]int
 	knownEx  map[string][]string
-	lostOps  map[int]bool // ids of the acknowledged writes found missing
-	splitOps map[int]bool // ids of the writes lost to the known split-brain window
+	lostOps map[int]bool // ids of the acknowledged writes found missing
 }
 
 func newViolations() *violations {
 	return &violations{counts: map[string]int{}, examples: map[string][]string{},
-		known: map[string]int{}, knownEx: map[string][]string{}, lostOps: map[int]bool{}, splitOps: map[int]bool{}}
+		known: map[string]int{}, knownEx: map[string][]string{}, lostOps: map[int]bool{}}
 }
-
-// kStaleApply: a consumer applied a change of a primary cut off from the
-// brokers after its successor's epoch began (the consumer had not heard of
-// it yet); the change is not in the final history and the consumer later
-// replaced it with a full transfer.
-const kStaleApply = "change of a deposed primary applied before the consumer heard of the promotion"
-
-// kSplitBrain: an acknowledged write lost because the primary that
-// acknowledged it had been replaced (its lease lapsed at the brokers while
-// it could still reach a standby that had not heard of the promotion).
-const kSplitBrain = "acknowledged by a deposed primary, lost in the failover"
 
 func (v *violations) addKnown(kind, format string, args ...any) {
 	v.known[kind]++
@@ -48,56 +36,16 @@ func (v *violations) addKnown(kind, format string, args ...any) {
 	}
 }
 
-// truth is what the checks compare against: the final primary's history
-// and the windows in which a primary was cut off from every broker.
+// truth is what the checks compare against: the final primary's history.
 type truth struct {
-	h       *History
-	windows []splitWindow
+	h *History
 }
 
-// splitWindow is a time during which primary node (at epoch) had no broker:
-// the brokers let its lease lapse and promoted another instance while it
-// went on taking writes (fPrimaryLosesBrokers).
-type splitWindow struct {
-	node     string
-	epoch    uint64
-	from, to time.Time
-}
-
-// splitMargin extends a window past its heal: the deposed primary learns
-// of its successor only when its broker session is back.
-const splitMargin = 3 * time.Second
-
-// deposed reports whether something node did at epoch at time at falls in
-// a split window, with the final history holding a later epoch at seq.
-func (t *truth) deposed(node string, epoch, seq uint64, at time.Time) bool {
-	if t == nil || t.h == nil || epoch >= epochOf(t.h.Epochs, seq) {
-		return false
-	}
-	for _, w := range t.windows {
-		if (node == "" || w.node == node) && w.epoch == epoch && !at.Before(w.from) && !at.After(w.to.Add(splitMargin)) {
-			return true
-		}
-	}
-	return false
-}
-
-// deposedLoss reports whether acknowledged write o was acknowledged by a
-// primary cut off from the brokers, after its epoch had been replaced at
-// o's seq in the final history: the known split-brain window (kSplitBrain).
-func (t *truth) deposedLoss(o *op) bool {
-	return o.class == ClassOK && o.seq > 0 && t.deposed(o.node, o.epoch, o.seq, o.done)
-}
-
-// lost records that acknowledged write o is missing (at where): a known
-// issue when a deposed primary acknowledged it, a violation otherwise.
-func (v *violations) lost(o *op, t *truth, format string, args ...any) {
-	if t.deposedLoss(o) {
-		v.splitOps[o.id] = true
-		v.addKnown(kSplitBrain, format+fmt.Sprintf(" [acknowledged by %s at epoch %d while cut off from the brokers; the final history has epoch %d at seq %d]",
-			o.node, o.epoch, epochOf(t.h.Epochs, o.seq), o.seq), args...)
-		return
-	}
+// lost records that acknowledged write o is missing (at where). Since a
+// primary with min_sync_standbys acknowledges only under a lease a broker
+// confirmed (replica/lease.go), no window excuses it: even a write
+// acknowledged by a primary cut off from the brokers must survive.
+func (v *violations) lost(o *op, format string, args ...any) {
 	v.lostOps[o.id] = true
 	v.add(vLost, format, args...)
 }
@@ -215,7 +163,7 @@ func checkState(v *violations, where string, ops []*op, rows map[string][]byte, 
 				v.add(vLost, "%s: acknowledged sentinel write (op %d, seq %d) missing", where, o.id, o.seq)
 			}
 		case o.class == ClassOK && present != len(o.writes):
-			v.lost(o, t, "%s: acknowledged %s write of %s (op %d, seq %d, to %s) missing: %d of %d rows there",
+			v.lost(o, "%s: acknowledged %s write of %s (op %d, seq %d, to %s) missing: %d of %d rows there",
 				where, o.kind, o.writes[0].Key, o.id, o.seq, o.node, present, len(o.writes))
 		case o.class == ClassFailed && present > 0:
 			v.add(vPhantom, "%s: failed %s write of %s (op %d, to %s: %s) is there", where, o.kind, o.writes[0].Key, o.id, o.node, o.err)
@@ -224,14 +172,10 @@ func checkState(v *violations, where string, ops []*op, rows map[string][]byte, 
 		}
 	}
 	for k, vs := range over {
-		// The last acknowledged version, not counting those a deposed
-		// primary acknowledged (they may be lost: see kSplitBrain).
-		acked, split := -1, -1
+		// The last acknowledged version.
+		acked := -1
 		for i, x := range vs {
-			switch {
-			case t.deposedLoss(x.o):
-				split = i
-			case x.o.class == ClassOK:
+			if x.o.class == ClassOK {
 				acked = i
 			}
 		}
@@ -264,11 +208,6 @@ func checkState(v *violations, where string, ops []*op, rows map[string][]byte, 
 				v.lostOps[vs[acked].o.id] = true
 			}
 			v.add(vLost, "%s: overwritten key %s holds %q (present %v); last acknowledged: %s", where, k, got, ok, last)
-		} else if split > acked && !match(vs[split]) {
-			x := vs[split].o
-			v.splitOps[x.id] = true
-			v.addKnown(kSplitBrain, "%s: overwritten key %s lost version %d (op %d, seq %d) [acknowledged by %s at epoch %d while cut off from the brokers; the final history has epoch %d at seq %d]",
-				where, k, x.version, x.id, x.seq, x.node, x.epoch, epochOf(t.h.Epochs, x.seq), x.seq)
 		}
 	}
 	for k := range rows {
@@ -322,7 +261,7 @@ func checkHistory(v *violations, t *truth, ops []*op, rows map[string][]byte) (c
 			if c != nil {
 				got = fmt.Sprintf("%s (epoch %d)", c.Key, c.Epoch)
 			}
-			v.lost(o, t, "history: acknowledged write of %s (op %d, to %s) at seq %d, the history has %s there", w.Key, o.id, o.node, o.seq, got)
+			v.lost(o, "history: acknowledged write of %s (op %d, to %s) at seq %d, the history has %s there", w.Key, o.id, o.node, o.seq, got)
 		}
 	}
 	if h.Complete {
@@ -371,7 +310,6 @@ type applyStats struct {
 	events        int
 	resets        int // R records: full transfers
 	rewinds       int // resets to a lower seq (a replica holding changes the history lost)
-	knownStale    int // changes of a deposed primary applied before the consumer heard of its successor
 	transferReads int // T records
 	starts, wipes int
 }
@@ -426,9 +364,6 @@ func checkApplyLog(v *violations, name, path string, t *truth) (applyStats, erro
 			bad := c.epoch != want || hc != nil && (hc.Key != c.key || hc.Delete != c.del)
 			switch {
 			case !bad:
-			case t.deposed("", c.epoch, c.seq, at):
-				st.knownStale++
-				v.addKnown(kStaleApply, "%s: seq %d applied as %s at epoch %d; the final history has epoch %d there", p.where, c.seq, c.key, c.epoch, want)
 			case c.epoch != want:
 				v.add(vStaleEpoch, "%s: seq %d applied with epoch %d; the final history has epoch %d there", p.where, c.seq, c.epoch, want)
 			default:
