@@ -19,8 +19,8 @@ type violations struct {
 	examples map[string][]string
 	// known issues: counted and reported, not failing the run unless
 	// REPLMESH_CHAOS_STRICT is set.
-	known    map[string]int
-	knownEx  map[string][]string
+	known   map[string]int
+	knownEx map[string][]string
 	lostOps map[int]bool // ids of the acknowledged writes found missing
 }
 
