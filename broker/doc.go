@@ -39,7 +39,17 @@
 // dies), the instance stays registered for Config.Lease; a component that
 // opens a session on any broker within the lease keeps its registration.
 // After the lease the instance is removed on every broker and the change is
-// pushed to every component that needs it.
+// pushed to every component that needs it. A stream that delivers no frame
+// for half the lease (a blackholed link that TCP keeps open) is ended by the
+// broker, so the lease starts running then.
+//
+// Every frame a component sends may carry a Ping (its own monotonic clock);
+// the broker answers it at once and echoes the newest one on every frame as
+// Pong, with its lease and, to the instance it holds primary, the epoch. The
+// broker heard from the instance no earlier than the echoed ping, so it
+// cannot promote another instance before ping + lease: a primary that
+// acknowledges writes only until ping + lease/2 (replica, with
+// min_sync_standbys) never acknowledges one its successor lacks.
 //
 // # Primary lease and promotion
 //
