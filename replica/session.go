@@ -173,16 +173,24 @@ func (c *Component) brokerSession(addr string) (progressed bool, err error) {
 		return false, fmt.Errorf("%w: broker's first frame is kind %d, want a topology", transport.ErrBadRequest, f.Kind)
 	}
 	c.log.Info("broker session open", "broker", addr, "name", f.Broker, "role", f.Topology.Role, "epoch", f.Topology.Epoch)
-	c.applyTopology(f.Topology)
+	// The lease first: a write that sees the new role must see the lease
+	// the same frame confirms.
 	c.renewLease(f)
+	c.applyTopology(f.Topology)
 
 	// One goroutine sends (updates on a timer and when kicked); this one
-	// receives.
+	// receives. The broker ends a session silent for half its lease, and a
+	// primary's lease runs from its last echoed ping: send at least five
+	// times a lease, whatever Heartbeat says.
+	interval := c.cfg.Heartbeat
+	if f.LeaseMs > 0 {
+		interval = min(interval, time.Duration(f.LeaseMs)*time.Millisecond/5)
+	}
 	sendDone := make(chan struct{})
 	defer func() { cancel(); <-sendDone }()
 	go func() {
 		defer close(sendDone)
-		tk := time.NewTicker(c.cfg.Heartbeat)
+		tk := time.NewTicker(interval)
 		defer tk.Stop()
 		for {
 			select {
@@ -205,13 +213,14 @@ func (c *Component) brokerSession(addr string) (progressed bool, err error) {
 		}
 		switch f.Kind {
 		case transport.SessionTopology:
+			c.renewLease(f)
 			if f.Topology != nil {
 				c.applyTopology(f.Topology)
 			}
 		case transport.SessionHeartbeat:
+			c.renewLease(f)
 		default:
 			return true, fmt.Errorf("%w: unexpected session frame kind %d", transport.ErrBadRequest, f.Kind)
 		}
-		c.renewLease(f)
 	}
 }

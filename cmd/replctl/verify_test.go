@@ -88,7 +88,25 @@ func register(t *testing.T, brokerAddr string, reg *transport.Register) {
 			}
 		}
 	}()
-	t.Cleanup(func() { cancel(); <-drained; cc.Close() })
+	// Heartbeats, as a component sends them: a broker ends a session that
+	// sends nothing for half its lease.
+	beating := make(chan struct{})
+	go func() {
+		defer close(beating)
+		tk := time.NewTicker(50 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-tk.C:
+				if stream.Send(&transport.SessionRequest{Kind: transport.SessionHeartbeat}) != nil {
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-drained; <-beating; cc.Close() })
 }
 
 // verify compares owner instances by their digests at equal seqs and
