@@ -71,7 +71,7 @@ func suite(t *testing.T, base uint64) []scenario {
 		{
 			name: "kills", seed: seed(11), sp: spec{brokers: 2, owners: 3, consumers: 2},
 			bulk: 200, writers: 3, pace: 15 * time.Millisecond, duration: 20 * time.Second,
-			faults: []string{fKillPrimary, fKillStandby, fKillConsumer, fKillBroker},
+			faults: []string{fKillPrimary, fKillStandby, fKillConsumer, fKillBroker, fDupReorder},
 		},
 		{
 			name: "partitions", seed: seed(12), sp: spec{brokers: 2, owners: 3, consumers: 2},
@@ -98,7 +98,7 @@ func suite(t *testing.T, base uint64) []scenario {
 		{
 			name: "kills-long", seed: seed(21), sp: spec{brokers: 3, owners: 3, consumers: 3},
 			bulk: 500, writers: 3, pace: 10 * time.Millisecond, duration: 35 * time.Second,
-			faults: []string{fKillPrimary, fKillStandby, fKillConsumer, fKillBroker},
+			faults: []string{fKillPrimary, fKillStandby, fKillConsumer, fKillBroker, fDupReorder},
 		},
 		{
 			name: "partitions-long", seed: seed(22), sp: spec{brokers: 3, owners: 3, consumers: 3},
@@ -124,7 +124,7 @@ func suite(t *testing.T, base uint64) []scenario {
 			name: "mixed", seed: seed(25), sp: spec{brokers: 3, owners: 3, consumers: 3},
 			bulk: 1000, writers: 3, pace: 10 * time.Millisecond, duration: 45 * time.Second,
 			faults: []string{fKillPrimary, fKillStandby, fKillConsumer, fKillBroker, fKillConsumerTransfer,
-				fKillPrimaryTransfer, fKillStandbyTransfer, fPartition, fIsolatePrimary, fReset, fSlowLink, fDiskFull},
+				fKillPrimaryTransfer, fKillStandbyTransfer, fPartition, fIsolatePrimary, fReset, fSlowLink, fDiskFull, fDupReorder},
 			diskFull: true,
 		},
 	}

@@ -25,9 +25,9 @@
 // primary, the others standbys) and consumers that follow the table
 // through the brokers. The harness talks to each process over its
 // stdin/stdout (Request, Response): writes, status, digest, dump, reads,
-// the primary's change log (History), link faults. It SIGKILLs and
-// restarts them at will; nodes keep their addresses and data directories
-// across restarts.
+// the primary's change log (History), link and frame faults. It SIGKILLs
+// and restarts them at will; nodes keep their addresses and data
+// directories across restarts.
 //
 // # Faults
 //
@@ -42,7 +42,8 @@
 // processes, the primary isolated from everyone, the primary cut from every
 // broker long enough for a promotion while a standby hears of it late;
 // connection resets; a slow link (delay and bandwidth) for a consumer; a
-// consumer's disk filled and freed (a size-capped tmpfs, root only).
+// consumer's disk filled and freed (a size-capped tmpfs, root only);
+// duplicated and reordered frames on a consumer's stream (below).
 //
 // Real-network level (REPLMESH_CHAOS_NETNS=1, root, ip and nft): every
 // node runs in a network namespace of its own, joined by veth pairs to a
@@ -53,15 +54,29 @@
 // are deleted after each scenario, on failure, on SIGINT/SIGTERM, and (if a
 // run was killed) by the next run.
 //
-// Duplicated and reordered frames cannot be produced honestly at the
-// process level: every stream is gRPC over HTTP/2 over TCP, which orders
-// and deduplicates bytes, and a proxy that duplicated or reordered bytes
-// would only break HTTP/2 framing (the connection fails; nothing reaches
-// the replica). The replica's handling of duplicated, reordered and gapped
-// frames is tested at the frame level by replica/badinput_test.go and
-// replica/apply_property_test.go; here, reconnects after resets and kills
-// make owners resume streams at the consumer's cursor, and the consumers
-// count any change they receive twice.
+// Duplicated and reordered frames (dup-reorder-frames) are injected at
+// the gRPC message level, inside the consumer process: TCP and HTTP/2
+// never deliver bytes twice or out of order (a proxy that duplicated or
+// reordered bytes would only break HTTP/2 framing, and nothing would
+// reach the replica). Every consumer gives its replica a gRPC client
+// stream interceptor (transport.Options.DialOptions) that sits above
+// HTTP/2, under the replica's code, on its Subscribe streams; while the
+// harness switches it on (OpFrames), for a few seconds on one consumer
+// as the workload runs, the replica receives some of the owner's frames
+// twice in a row and some pairs of consecutive frames in reverse order,
+// exactly as a misbehaving owner would send them. Only the frames of a
+// running stream (changes, heartbeats, deltas) are touched, not the
+// opening nor a full transfer's: a transfer's rows carry no seq and its
+// end frame no row count, so a rows frame moved behind the end frame is
+// accepted (the replica switches to a copy missing those rows), a
+// weakness of the protocol that this fault would only rediscover at
+// random. The replica must skip every duplicate
+// (its change seqs are at or below its cursor) and see every swap of two
+// changes frames as a gap (drop the stream, resume from its seq): the
+// fault counts what it injected (FrameStatus) and the gaps the replica
+// logged, and the apply-log checks below prove nothing was applied twice
+// or out of order. The frame-level unit tests (replica/badinput_test.go,
+// replica/apply_property_test.go) cover the same handling in isolation.
 //
 // # Checks
 //

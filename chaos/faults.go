@@ -27,6 +27,7 @@ const (
 	fReset                = "reset"                      // reset every connection of one process
 	fSlowLink             = "slow-link"                  // delay and bandwidth-limit one consumer's links to the owners
 	fDiskFull             = "disk-full"                  // fill a consumer's (tmpfs) data file system, then free it
+	fDupReorder           = "dup-reorder-frames"         // duplicate and swap the frames one consumer's replica receives
 )
 
 // Fault parameters.
@@ -39,6 +40,9 @@ const (
 	fSlowDelayMin = 30 * time.Millisecond  // slow link: one-way delay range
 	fSlowDelayMax = 150 * time.Millisecond //
 	fDiskFullSize = "64m"                  // the disk-full consumer's tmpfs
+	fFramesMin    = 2 * time.Second        // dup-reorder: how long the fault is on
+	fFramesMax    = 5 * time.Second        //
+	fFramesCap    = 15 * time.Second       // dup-reorder: on at most this long waiting for both kinds of injection
 )
 
 // injector injects faults into a cluster at seeded random moments.
@@ -48,14 +52,16 @@ type injector struct {
 	logf func(string, ...any)
 	disk *diskFull // the consumer with a tmpfs data dir (nil: not available)
 
-	mu       sync.Mutex
-	counts   map[string]int
-	catchups []time.Duration // per fault: heal -> every replica holds the primary's head at the heal
-	findings []string        // guarantees seen broken while a fault was on
-	notes    []string        // what some faults saw, for the report
-	known    []string        // known issues seen (reported, not failing the run unless REPLMESH_CHAOS_STRICT)
-	gen      atomic.Int64    // bumped when a fault begins
-	wg       sync.WaitGroup
+	mu         sync.Mutex
+	counts     map[string]int
+	catchups   []time.Duration // per fault: heal -> every replica holds the primary's head at the heal
+	findings   []string        // guarantees seen broken while a fault was on
+	notes      []string        // what some faults saw, for the report
+	known      []string        // known issues seen (reported, not failing the run unless REPLMESH_CHAOS_STRICT)
+	frames     frameTotals     // what the dup-reorder fault injected, over the scenario
+	framesNote int             // 1 + the index of its note in notes (0: none yet)
+	gen        atomic.Int64    // bumped when a fault begins
+	wg         sync.WaitGroup
 }
 
 func newInjector(cl *cluster, seed uint64, logf func(string, ...any)) *injector {
@@ -326,6 +332,8 @@ func (in *injector) inject(ctx context.Context, kind string) (fired bool, err er
 			return false, nil
 		}
 		return true, in.disk.run(ctx, in)
+	case fDupReorder:
+		return in.dupReorder(ctx)
 	}
 	return false, fmt.Errorf("unknown fault %q", kind)
 }
@@ -503,4 +511,139 @@ func (in *injector) standbyTransfer(ctx context.Context) (bool, error) {
 		}
 	}
 	return true, in.slow(ctx, s, cl.owners, LinkFault{})
+}
+
+// dupReorder switches on the frame fault of one consumer (FrameFault: its
+// replica receives some frames of its Subscribe stream twice, and some
+// pairs of consecutive frames in reverse order) while the workload runs,
+// at least until both a duplicate and a swap of two changes frames reached
+// the replica, then off. The replica must skip every duplicate and see
+// every such swap as a gap (drop the stream, resume from its seq); the
+// apply log check proves nothing was applied twice or out of order.
+func (in *injector) dupReorder(ctx context.Context) (bool, error) {
+	var up []*node
+	for _, c := range in.cl.consumers {
+		if c.up() {
+			up = append(up, c)
+		}
+	}
+	c := in.pick(up)
+	if c == nil {
+		return false, nil
+	}
+	before, err := c.status(ctx)
+	if err != nil {
+		return true, err
+	}
+	if before.Frames == nil || before.Replica == nil {
+		return true, fmt.Errorf("%s reports no frame fault", c)
+	}
+	gaps0 := countLines(c.logPath(), gapLog)
+	f := FrameFault{Dup: 0.05 + 0.15*in.rng.Float64(), Swap: 0.02 + 0.06*in.rng.Float64()}
+	d := in.between(fFramesMin, fFramesMax)
+	if err := in.setFrames(ctx, c, f); err != nil {
+		return true, err
+	}
+	in.logf("dup-reorder frames to %s: dup %.2f, swap %.2f, for %s", c, f.Dup, f.Swap, d)
+	began := time.Now()
+	if err := sleepCtx(ctx, d); err != nil {
+		return true, err
+	}
+	// Keep it on until both kinds of injection reached the replica.
+	var st *NodeStatus
+	for {
+		if st, err = c.status(ctx); err != nil {
+			return true, err
+		}
+		if st.Frames.Duplicated > before.Frames.Duplicated && st.Frames.SwappedChanges > before.Frames.SwappedChanges {
+			break
+		}
+		if time.Since(began) > fFramesCap {
+			_ = in.setFrames(ctx, c, FrameFault{})
+			return true, fmt.Errorf("the frame fault on %s injected nothing that reached its replica in %s: %+v (before %+v)", c, fFramesCap, *st.Frames, *before.Frames)
+		}
+		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
+			return true, err
+		}
+	}
+	if err := in.setFrames(ctx, c, FrameFault{}); err != nil {
+		return true, err
+	}
+	on := time.Since(began)
+	// Every swap of two changes frames must end its stream on a seq gap;
+	// the replica logs it as the stream ends, then resumes (wait for the
+	// last one).
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for {
+		if st, err = c.status(wctx); err == nil {
+			if countLines(c.logPath(), gapLog)-gaps0 >= int(st.Frames.SwappedChanges-before.Frames.SwappedChanges) &&
+				st.Replica.State == "streaming" {
+				break
+			}
+		}
+		if sleepCtx(wctx, 20*time.Millisecond) != nil {
+			break
+		}
+	}
+	if st, err = c.status(ctx); err != nil {
+		return true, err
+	}
+	fb, fa, rb, ra := before.Frames, st.Frames, before.Replica, st.Replica
+	t := frameTotals{fired: 1, on: on, frames: fa.Frames - fb.Frames, dups: fa.Duplicated - fb.Duplicated,
+		swaps: fa.Swapped - fb.Swapped, swapsCh: fa.SwappedChanges - fb.SwappedChanges,
+		skipped: ra.Duplicates - rb.Duplicates, gaps: uint64(countLines(c.logPath(), gapLog) - gaps0), resumes: ra.Resumes - rb.Resumes}
+	in.logf("dup-reorder frames to %s off (dup %.2f, swap %.2f): %s", c, f.Dup, f.Swap, t)
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.frames.add(t)
+	note := fmt.Sprintf("%s: %s", fDupReorder, in.frames)
+	if in.framesNote == 0 {
+		in.notes = append(in.notes, note)
+		in.framesNote = len(in.notes)
+	} else {
+		in.notes[in.framesNote-1] = note
+	}
+	if t.gaps < t.swapsCh {
+		in.findings = append(in.findings, fmt.Sprintf("%s: the replica saw only %d seq gaps for %d swapped changes frames: it accepted a reordered frame (%s)", c, t.gaps, t.swapsCh, t))
+	}
+	return true, nil
+}
+
+// frameTotals is what the frame fault injected and how the replica took it:
+// for one firing, or summed over a scenario's.
+type frameTotals struct {
+	fired                        int
+	on                           time.Duration
+	frames, dups, swaps, swapsCh uint64 // injected (see FrameStatus)
+	skipped, gaps, resumes       uint64 // the replica's reaction
+}
+
+func (t *frameTotals) add(o frameTotals) {
+	t.fired += o.fired
+	t.on += o.on
+	t.frames, t.dups, t.swaps, t.swapsCh = t.frames+o.frames, t.dups+o.dups, t.swaps+o.swaps, t.swapsCh+o.swapsCh
+	t.skipped, t.gaps, t.resumes = t.skipped+o.skipped, t.gaps+o.gaps, t.resumes+o.resumes
+}
+
+func (t frameTotals) String() string {
+	return fmt.Sprintf("on %s over %d firing(s); of %d frames received, %d delivered twice and %d pairs swapped (%d of two changes frames); "+
+		"the replica skipped %d changes received twice, dropped its stream on %d seq gaps and resumed it %d times",
+		t.on.Round(100*time.Millisecond), t.fired, t.frames, t.dups, t.swaps, t.swapsCh, t.skipped, t.gaps, t.resumes)
+}
+
+// gapLog is what a replica's log says when a received batch did not
+// continue its seq (replica.ErrGap).
+const gapLog = "seq gap"
+
+// setFrames sets the frame fault of consumer c.
+func (in *injector) setFrames(ctx context.Context, c *node, f FrameFault) error {
+	r, err := c.call(ctx, Request{Op: OpFrames, Frames: &f})
+	if err != nil {
+		return err
+	}
+	if r.Err != "" {
+		return fmt.Errorf("%s frames: %s", c, r.Err)
+	}
+	return nil
 }

@@ -28,6 +28,7 @@ const (
 	OpRead    = "read"    // consumer: Read(Key) from the local replica
 	OpHistory = "history" // owner (primary): the table's change log and epoch history
 	OpLink    = "link"    // component: set the faults of the link to Link.Addr
+	OpFrames  = "frames"  // consumer: set the frame fault of its Subscribe streams (Frames)
 	OpQuit    = "quit"    // all: close cleanly and exit
 )
 
@@ -55,11 +56,12 @@ type Ready struct {
 
 // Request is one command to a node.
 type Request struct {
-	ID     uint64     `json:"id"`
-	Op     string     `json:"op"`
-	Writes []WriteOp  `json:"writes,omitempty"`
-	Key    string     `json:"key,omitempty"`
-	Link   *LinkFault `json:"link,omitempty"`
+	ID     uint64      `json:"id"`
+	Op     string      `json:"op"`
+	Writes []WriteOp   `json:"writes,omitempty"`
+	Key    string      `json:"key,omitempty"`
+	Link   *LinkFault  `json:"link,omitempty"`
+	Frames *FrameFault `json:"frames,omitempty"`
 }
 
 // WriteOp is one write of an OpWrite.
@@ -79,6 +81,30 @@ type LinkFault struct {
 	Cut    bool          `json:"cut,omitempty"`    // reset every open connection now (not a state)
 	Delay  time.Duration `json:"delay,omitempty"`  // one-way latency
 	Rate   int64         `json:"rate,omitempty"`   // bytes per second per direction; 0: unlimited
+}
+
+// FrameFault is the state of a consumer's frame fault. Every frame an
+// owner sends on the consumer's Subscribe streams goes through a gRPC
+// client interceptor in the consumer process (see chaosnode), above
+// HTTP/2: with probability Dup the replica receives the frame twice in a
+// row, with probability Swap it receives the frame and the next one in
+// reverse order. Only the frames of a running stream (changes, heartbeats,
+// deltas) are touched, not the opening nor a full transfer's. Zero is off.
+type FrameFault struct {
+	Dup  float64 `json:"dup,omitempty"`
+	Swap float64 `json:"swap,omitempty"`
+}
+
+// FrameStatus is a consumer's frame fault and what it did since the
+// process started.
+type FrameStatus struct {
+	FrameFault
+	Frames     uint64 `json:"frames"`     // frames received from owners
+	Duplicated uint64 `json:"duplicated"` // frames delivered twice
+	Swapped    uint64 `json:"swapped"`    // pairs of consecutive frames delivered in reverse order
+	// SwappedChanges counts the swaps of two frames that both carried
+	// changes: the replica must see each one as a gap.
+	SwappedChanges uint64 `json:"swapped_changes"`
 }
 
 // Response answers one Request.
@@ -113,6 +139,7 @@ type NodeStatus struct {
 	LogID     string `json:"log_id,omitempty"`
 	// Consumers.
 	Replica *ReplicaStatus `json:"replica,omitempty"`
+	Frames  *FrameStatus   `json:"frames,omitempty"`
 	// Components: their outgoing links.
 	Links []LinkStatus `json:"links,omitempty"`
 	// Brokers: the owner service's primary and epoch in this broker's

@@ -39,6 +39,11 @@ type Options struct {
 	MaxMessageSize int
 	// TLS enables TLS (mTLS when it carries client certificates / ClientCAs).
 	TLS *tls.Config
+	// DialOptions are appended to every Dial made with these options, after
+	// its own and before the caller's extra ones: interceptors (use
+	// grpc.WithChainStreamInterceptor / WithChainUnaryInterceptor so they
+	// compose), stats handlers. NewServer ignores them.
+	DialOptions []grpc.DialOption
 }
 
 func (o Options) maxMsg() int {
@@ -102,8 +107,9 @@ func (s *Server) GracefulStop(d time.Duration) {
 func Listen(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
 
 // Dial returns a client connection to addr with the msgpack codec forced,
-// size limits and keepalive matched to NewServer. It does not block: the
-// connection is made on first use and re-made after failures.
+// size limits and keepalive matched to NewServer, then o.DialOptions and
+// extra. It does not block: the connection is made on first use and re-made
+// after failures.
 func Dial(addr string, o Options, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
 	creds := insecure.NewCredentials()
 	if o.TLS != nil {
@@ -122,5 +128,6 @@ func Dial(addr string, o Options, extra ...grpc.DialOption) (*grpc.ClientConn, e
 			PermitWithoutStream: true,
 		}),
 	}
+	opts = append(opts, o.DialOptions...)
 	return grpc.NewClient("passthrough:///"+addr, append(opts, extra...)...)
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/replmesh/replmesh/chaos"
 	"github.com/replmesh/replmesh/replica"
+	"google.golang.org/grpc"
 )
 
 // consumer follows the owner service's table through the brokers, logs
@@ -44,6 +45,8 @@ func (n *node) startConsumer(ctx context.Context, dir string, brokers []string, 
 	cfg.MemTableSize, cfg.BlockCacheSize = 8<<20, 1<<20
 	cfg.MaxGroupBytes, cfg.MaxApplyBytes = 256<<10, 256<<10
 	cfg.Logger = n.log
+	n.frames = &frameFaults{}
+	cfg.Transport.DialOptions = append(cfg.Transport.DialOptions, grpc.WithChainStreamInterceptor(n.frames.intercept))
 	c, err := replica.Open(ctx, cfg)
 	if err != nil {
 		return err

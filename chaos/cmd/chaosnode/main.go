@@ -7,8 +7,10 @@
 // line, see chaos.Request and chaos.Response), SIGKILLs and restarts it.
 // Every gRPC connection it makes goes through a fault proxy of its own per
 // destination (links.go), which the harness pauses, cuts or slows. A
-// consumer writes an apply log (every applied change's seq and epoch, see
-// chaos.RecChange) and runs a reader that checks every read it makes.
+// consumer's Subscribe streams can duplicate and reorder the frames they
+// receive (frames.go). A consumer writes an apply log (every applied
+// change's seq and epoch, see chaos.RecChange) and runs a reader that
+// checks every read it makes.
 //
 // It is built by the chaos tests with go build; it is not meant to be run
 // by hand.
@@ -106,6 +108,7 @@ type node struct {
 	role, name string
 	svc        string // the owner service
 	links      *links
+	frames     *frameFaults // consumers: the frame fault of the Subscribe streams
 	log        *slog.Logger
 	addr       string
 
@@ -166,6 +169,9 @@ func (n *node) handle(req *chaos.Request) (resp chaos.Response) {
 	case req.Op == chaos.OpLink && req.Link != nil:
 		n.links.set(*req.Link)
 		return chaos.Response{}
+	case req.Op == chaos.OpFrames && req.Frames != nil && n.frames != nil:
+		n.frames.set(*req.Frames)
+		return chaos.Response{}
 	case n.own != nil:
 		return n.handleOwner(req)
 	case n.cons != nil:
@@ -203,6 +209,7 @@ func (n *node) status() (*chaos.NodeStatus, error) {
 		st.Head, st.LogID = n.own.Head(), n.own.LogID()
 	case n.cons != nil:
 		st.Replica = n.cons.status()
+		st.Frames = n.frames.status()
 	}
 	return st, nil
 }
