@@ -418,7 +418,7 @@ func (s *sender) sendSnapshot() (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("snapshot of %s: %w", s.t.name, err)
 	}
-	if err := s.send(&transport.OwnerFrame{Kind: transport.KindSnapshotEnd, Seq: m.Head, HeadSeq: m.Head, Epoch: snapEpoch}); err != nil {
+	if err := s.send(&transport.OwnerFrame{Kind: transport.KindSnapshotEnd, Seq: m.Head, HeadSeq: m.Head, Epoch: snapEpoch, Count: uint64(total)}); err != nil {
 		return 0, err
 	}
 	s.log.Info("full transfer sent", "seq", m.Head, "rows", total, "bytes", bytes, "took", time.Since(start))

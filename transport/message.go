@@ -144,6 +144,10 @@ type OwnerFrame struct {
 	Rate    float64    `msgpack:"wr,omitempty"` // KindHeartbeat: owner write rate (changes/s)
 	Rows    RowList    `msgpack:"r,omitempty"`  // KindRows
 	Changes ChangeList `msgpack:"c,omitempty"`  // KindChanges
+	// Count is, on KindSnapshotEnd, the number of rows the transfer sent:
+	// a consumer that received another number (a frame lost or reordered
+	// on the way) refuses the copy instead of serving it as complete.
+	Count uint64 `msgpack:"n,omitempty"`
 }
 
 // Row is one key and value of a snapshot.

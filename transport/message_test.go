@@ -69,7 +69,7 @@ func sampleOwnerFrames() []sample[OwnerFrame] {
 			{Key: []byte{}, Value: nil},
 			{Key: nil, Value: []byte{0xc1, 0x00}},
 		}}},
-		{"snapshot-end", OwnerFrame{Kind: KindSnapshotEnd, Seq: 50, HeadSeq: 52}},
+		{"snapshot-end", OwnerFrame{Kind: KindSnapshotEnd, Seq: 50, HeadSeq: 52, Count: 1234}},
 		{"changes", OwnerFrame{Kind: KindChanges, HeadSeq: math.MaxUint64, Epoch: 3, Changes: sampleChanges()}},
 		{"changes-nil-empty", OwnerFrame{Kind: KindChanges, HeadSeq: 7, Epoch: 1, Changes: []Change{
 			{Seq: 5, Op: OpDelete},
