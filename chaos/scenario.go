@@ -49,7 +49,7 @@ type result struct {
 	rewinds                      int
 	transferReads                int
 	reads                        uint64
-	duplicatesSkipped            uint64 // changes received again (after reconnects) and skipped by consumers
+	duplicatesSkipped            uint64 // changes received again (after reconnects, or duplicated by the dup-reorder fault) and skipped by consumers
 	promotions                   int
 	finalEpoch                   uint64
 	faults                       map[string]int
@@ -248,7 +248,9 @@ func converge(ctx context.Context, cl *cluster, primary *node) (Digest, error) {
 	for {
 		last = last[:0]
 		want, err := primary.digest(ctx)
-		if err == nil {
+		if err != nil {
+			last = append(last, fmt.Sprintf("primary %s: digest: %v", primary, err))
+		} else {
 			st, serr := primary.status(ctx)
 			ok := serr == nil && st.Head == want.Seq && st.OwnerRole == "primary"
 			if !ok {
