@@ -80,6 +80,15 @@ func (c *Component) commitLoop() {
 				break drain
 			}
 		}
+		if err := c.disk.admit(groupCost(pending)); err != nil {
+			// Refused before any seq is assigned: nothing is written.
+			for _, pw := range pending {
+				pw.seq, pw.err = 0, err
+				close(pw.done)
+			}
+			clear(pending)
+			continue
+		}
 		g := c.buildGroup(pending)
 		if inflight != nil {
 			prevErr := <-inflight.result
@@ -99,6 +108,18 @@ func (c *Component) commitLoop() {
 		inflight = g
 		clear(pending)
 	}
+}
+
+// groupCost is what a group adds to badger's files: a row and a log entry
+// per change, and each touched table's meta.
+func groupCost(pending []*pendingWrite) writeCost {
+	var w writeCost
+	for _, pw := range pending {
+		c := changesCost(pw.changes, 2)
+		w.n += c.n + entryOverhead
+		w.vlog += c.vlog
+	}
+	return w
 }
 
 // group is one group commit in flight.

@@ -35,6 +35,10 @@ type Component struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	// disk refuses writes while the data dir is short of space (nil in
+	// memory; see diskspace.go).
+	disk *diskGuard
+
 	writes     chan *pendingWrite
 	commitDone chan struct{} // closed when the committer has stopped
 	dropKick   chan struct{}
@@ -121,8 +125,17 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 		WithBlockCacheSize(cfg.BlockCacheSize).
 		WithIndexCacheSize(16 << 20).
 		WithNumCompactors(2).
-		WithValueThreshold(1 << 10).
+		WithValueThreshold(valueThreshold).
 		WithCompression(options.None) // rows and log entries are small: compression costs more CPU than it saves
+	var disk *diskGuard
+	if cfg.DataDir != "" {
+		// On a full file system badger would fault while opening (it maps
+		// new log files): refuse with an error instead.
+		disk = newDiskGuard(cfg.DataDir, cfg.MemTableSize, log)
+		if err := disk.checkOpen(); err != nil {
+			return nil, fmt.Errorf("open component: %w", err)
+		}
+	}
 	db, err := badger.Open(opts)
 	if err != nil {
 		return nil, fmt.Errorf("open component: badger: %w", err)
@@ -144,6 +157,11 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 		owned:      map[string]*OwnedTable{},
 		replicas:   map[string]*Replica{},
 		reads:      readGate{drained: make(chan struct{})},
+		disk:       disk,
+	}
+	if disk != nil {
+		disk.onRecover = c.kickDropper // a drop refused for lack of space goes on
+		disk.refresh()                 // preallocate the logs badger just opened
 	}
 	if cfg.ListenAddr != "" {
 		ln, err := transport.Listen(cfg.ListenAddr)
@@ -168,6 +186,10 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 	if len(cfg.Brokers) > 0 {
 		c.wg.Add(1)
 		go c.brokerLoop()
+	}
+	if disk != nil {
+		c.wg.Add(1)
+		go func() { defer c.wg.Done(); disk.run(c.done()) }()
 	}
 	c.wg.Add(3)
 	go c.commitLoop()
@@ -215,6 +237,7 @@ func (c *Component) Close() error {
 			_ = cc.Close()
 		}
 		c.reads.shut()
+		c.disk.closing() // room for the flush in db.Close
 		c.closeErr = c.db.Close()
 		c.log.Info("component closed")
 	})

@@ -16,7 +16,10 @@ import (
 // replmesh_replica_resumes_total, replmesh_replica_reconnects_total,
 // replmesh_replica_pulls_total, replmesh_replica_snapshot_bytes_total,
 // replmesh_replica_mode (1 for the mode the stream runs, label mode),
-// replmesh_replica_mode_switches_total, replmesh_replica_diverged.
+// replmesh_replica_mode_switches_total, replmesh_replica_diverged. With a
+// data dir: replmesh_disk_free_bytes, replmesh_disk_reserve_bytes,
+// replmesh_disk_full (1 while writes are refused for lack of space),
+// replmesh_disk_refused_total.
 func (c *Component) Metrics() prometheus.Collector {
 	return &collector{c: c, d: newDescs(c.cfg.Service + "/" + c.cfg.Instance)}
 }
@@ -30,6 +33,7 @@ type descs struct {
 	tableHead, tableFirst, tableEpoch, tablePrimary                        *prometheus.Desc
 	seq, ownerHead, lag, stale, applied, transfers, resumes, reconn, pulls *prometheus.Desc
 	snapBytes, mode, switches, diverged                                    *prometheus.Desc
+	diskFree, diskReserve, diskFull, diskRefused                           *prometheus.Desc
 }
 
 // newDescs builds the descriptors with a const label naming the component
@@ -58,13 +62,18 @@ func newDescs(component string) descs {
 		mode:         d("replmesh_replica_mode", "1 for the mode the subscription's stream runs.", append(rl, "mode")),
 		switches:     d("replmesh_replica_mode_switches_total", "Mode switches of the subscription.", rl),
 		diverged:     d("replmesh_replica_diverged", "1 while the owner's history does not contain the replica's.", rl),
+		diskFree:     d("replmesh_disk_free_bytes", "Free space of the data dir's file system, as last measured.", nil),
+		diskReserve:  d("replmesh_disk_reserve_bytes", "Free space below which writes are refused.", nil),
+		diskFull:     d("replmesh_disk_full", "1 while writes and applies are refused for lack of space.", nil),
+		diskRefused:  d("replmesh_disk_refused_total", "Writes, applies and transfer chunks refused for lack of space.", nil),
 	}
 }
 
 func (x *collector) Describe(ch chan<- *prometheus.Desc) {
 	d := &x.d
 	for _, desc := range []*prometheus.Desc{d.tableHead, d.tableFirst, d.tableEpoch, d.tablePrimary, d.seq, d.ownerHead, d.lag, d.stale,
-		d.applied, d.transfers, d.resumes, d.reconn, d.pulls, d.snapBytes, d.mode, d.switches, d.diverged} {
+		d.applied, d.transfers, d.resumes, d.reconn, d.pulls, d.snapBytes, d.mode, d.switches, d.diverged,
+		d.diskFree, d.diskReserve, d.diskFull, d.diskRefused} {
 		ch <- desc
 	}
 }
@@ -86,6 +95,16 @@ func (x *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter := func(desc *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, v, labels...)
+	}
+	if ds := c.disk.status(); ds.on {
+		full := 0.0
+		if ds.full {
+			full = 1
+		}
+		gauge(d.diskFree, float64(ds.free))
+		gauge(d.diskReserve, float64(ds.reserve))
+		gauge(d.diskFull, full)
+		counter(d.diskRefused, float64(ds.refused))
 	}
 	for _, t := range tables {
 		m, _ := t.state()

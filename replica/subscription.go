@@ -3,6 +3,7 @@ package replica
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
@@ -17,7 +18,9 @@ import (
 
 // loop keeps one stream to the owner open, reconnecting with jittered
 // exponential backoff; the backoff restarts after a stream that made
-// progress.
+// progress, unless it ended because the data dir is short of space: then
+// the replica backs off (serving reads, reporting ErrDiskFull) until the
+// disk guard admits writes again, and resumes from its seq.
 func (r *Replica) loop() {
 	defer r.c.wg.Done()
 	defer close(r.done)
@@ -33,7 +36,8 @@ func (r *Replica) loop() {
 		if r.ctx.Err() != nil {
 			return
 		}
-		if progressed {
+		diskFull := errors.Is(err, ErrDiskFull)
+		if progressed && !diskFull {
 			backoff = r.c.cfg.ReconnectMin
 		}
 		r.mu.Lock()
@@ -42,12 +46,20 @@ func (r *Replica) loop() {
 			r.state = StateConnecting
 		}
 		r.mu.Unlock()
-		r.log.Info("stream ended; reconnecting", "err", err, "backoff", backoff)
+		var spaceBack <-chan struct{}
+		if diskFull {
+			spaceBack = r.c.disk.waitCh()
+			r.log.Debug("cannot apply: data dir short of space; retrying", "err", err, "backoff", backoff)
+		} else {
+			r.log.Info("stream ended; reconnecting", "err", err, "backoff", backoff)
+		}
 		wait := backoff/2 + rand.N(backoff/2+1)
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
 		case <-r.kick:
+			t.Stop()
+		case <-spaceBack:
 			t.Stop()
 		case <-r.ctx.Done():
 			t.Stop()
@@ -60,6 +72,10 @@ func (r *Replica) loop() {
 // session runs one stream: open, resume or full transfer, then changes
 // until the stream fails. progressed reports whether it got past the start.
 func (r *Replica) session() (progressed bool, err error) {
+	// No stream while nothing received could be written.
+	if err := r.c.disk.admit(writeCost{}); err != nil {
+		return false, fmt.Errorf("apply %s: %w", r.opts.Table, err)
+	}
 	ctx, cancel := context.WithCancel(r.ctx)
 	defer cancel()
 	addr, minEpoch, err := r.resolve()
@@ -375,6 +391,9 @@ func (r *Replica) receiveSnapshot(recv func() (*transport.OwnerFrame, error), st
 		}
 		switch f.Kind {
 		case transport.KindRows:
+			if err := r.c.disk.admit(rowsCost(f.Rows)); err != nil {
+				return fmt.Errorf("stage rows: %w", err)
+			}
 			for i := range f.Rows {
 				row := &f.Rows[i]
 				if len(row.Key) == 0 || len(row.Key) > transport.MaxKeySize {
@@ -475,6 +494,9 @@ func (r *Replica) receiveStandbySnapshot(recv func() (*transport.OwnerFrame, err
 		}
 		switch f.Kind {
 		case transport.KindRows:
+			if err := r.c.disk.admit(rowsCost(f.Rows)); err != nil {
+				return fmt.Errorf("stage rows: %w", err)
+			}
 			for i := range f.Rows {
 				row := &f.Rows[i]
 				if len(row.Key) == 0 || len(row.Key) > transport.MaxKeySize {
@@ -593,6 +615,15 @@ func (r *Replica) apply(chs []transport.Change) error {
 	r.mu.RUnlock()
 	lastCh := chs[len(chs)-1]
 	next.Seq, next.Time, next.Epoch = lastCh.Seq, lastCh.Time, lastCh.Epoch
+	copies := 1 // a replica's rows
+	if r.standby != nil {
+		copies = 2 // a standby's rows and log entries
+	}
+	cost := changesCost(chs, copies)
+	cost.n += entryOverhead // the cursor or meta
+	if err := r.c.disk.admit(cost); err != nil {
+		return fmt.Errorf("apply %s: %w", r.opts.Table, err)
+	}
 	if r.standby != nil {
 		if err := r.standby.applyReplicated(chs); err != nil {
 			return fmt.Errorf("apply %s on the standby: %w", r.opts.Table, err)
@@ -715,6 +746,13 @@ func (c *Component) deletePrefix(p []byte) error {
 		})
 		if err != nil || len(keys) == 0 {
 			return err
+		}
+		var cost writeCost
+		for _, k := range keys {
+			cost.add(len(k), 0, 1)
+		}
+		if err := c.disk.admit(cost); err != nil {
+			return err // the marker stays: retried when space is back
 		}
 		wb := c.db.NewWriteBatch()
 		for _, k := range keys {
