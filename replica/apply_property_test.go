@@ -372,11 +372,13 @@ func (p *propRun) step(step int) {
 		to := h.boundary(min(p.pos+rng.Uint64N(30), h.head()))
 		to = max(to, p.seq)
 		mode := "ok"
-		switch rng.IntN(4) {
+		switch rng.IntN(5) {
 		case 0:
 			mode = "bad-end"
 		case 1:
 			mode = "broken"
+		case 2:
+			mode = "lost-rows"
 		}
 		p.counts[kind+"-"+mode]++
 		p.transfer(to, mode)
@@ -431,8 +433,9 @@ func (p *propRun) reconnect() {
 }
 
 // transfer runs a full transfer of the owner's table at seq to through
-// Replica.receiveSnapshot. mode "bad-end" ends it with a wrong seq and
-// "broken" breaks the stream half-way; both must leave the replica as it was.
+// Replica.receiveSnapshot. mode "bad-end" ends it with a wrong seq,
+// "lost-rows" drops a rows frame (its count gives it away), and "broken"
+// breaks the stream half-way; each must leave the replica as it was.
 func (p *propRun) transfer(to uint64, mode string) {
 	rows := p.h.states[to]
 	keys := slices.Sorted(maps.Keys(rows))
@@ -447,12 +450,28 @@ func (p *propRun) transfer(to uint64, mode string) {
 		keys = keys[n:]
 		frames = append(frames, f)
 	}
-	end := &transport.OwnerFrame{Kind: transport.KindSnapshotEnd, Seq: to, HeadSeq: to, Epoch: snapEpoch}
+	end := &transport.OwnerFrame{Kind: transport.KindSnapshotEnd, Seq: to, HeadSeq: to, Epoch: snapEpoch, Count: uint64(len(rows))}
 	errBroken := errors.New("stream broken")
 	var wantErr error
 	switch mode {
 	case "bad-end":
 		end.Seq = to + 1 + p.rng.Uint64N(5)
+		wantErr = transport.ErrBadRequest
+	case "lost-rows":
+		// A rows frame lost (or reordered behind the end) on the way: the
+		// end frame's count gives it away.
+		var withRows []int
+		for i, f := range frames {
+			if len(f.Rows) > 0 {
+				withRows = append(withRows, i)
+			}
+		}
+		if len(withRows) == 0 {
+			end.Count++ // nothing to lose: the owner claims a row it never sent
+		} else {
+			i := withRows[p.rng.IntN(len(withRows))]
+			frames = slices.Delete(frames, i, i+1)
+		}
 		wantErr = transport.ErrBadRequest
 	case "broken":
 		frames = frames[:1+p.rng.IntN(len(frames))]

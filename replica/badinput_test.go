@@ -497,7 +497,7 @@ func sendGood(open *transport.Open, s transport.SubscribeServer) error {
 		{Kind: transport.KindSnapshotBegin, Seq: 10, HeadSeq: fakeSeq, Epoch: fakeEpoch},
 		{Kind: transport.KindRows, Rows: fakeRows()[:4]},
 		{Kind: transport.KindRows, Rows: fakeRows()[4:]},
-		{Kind: transport.KindSnapshotEnd, Seq: 10, HeadSeq: fakeSeq, Epoch: fakeEpoch},
+		{Kind: transport.KindSnapshotEnd, Seq: 10, HeadSeq: fakeSeq, Epoch: fakeEpoch, Count: uint64(len(fakeRows()))},
 		{Kind: transport.KindChanges, HeadSeq: fakeSeq, Epoch: fakeEpoch, Changes: fakeChanges()[:2]},
 		{Kind: transport.KindChanges, HeadSeq: fakeSeq, Epoch: fakeEpoch, Changes: fakeChanges()[2:]},
 	}
@@ -565,6 +565,19 @@ func TestBadInput_Consumer(t *testing.T) {
 				{Kind: transport.KindSnapshotBegin, Seq: 30, HeadSeq: 30, Epoch: fakeEpoch},
 				{Kind: transport.KindRows, Rows: []transport.Row{{Key: []byte("k01"), Value: []byte("replaced")}, {Key: []byte("zz"), Value: []byte("new")}}},
 				{Kind: transport.KindSnapshotEnd, Seq: 31, HeadSeq: 30, Epoch: fakeEpoch},
+			} {
+				if err := s.Send(f); err != nil {
+					return err
+				}
+			}
+			return nil
+		}},
+		{name: "snapshot-end counting other rows (a rows frame lost)", want: transport.ErrBadRequest, fresh: true, bad: func(_ *transport.Open, s transport.SubscribeServer) error {
+			for _, f := range []*transport.OwnerFrame{
+				{Kind: transport.KindStart, HeadSeq: 30, Start: &transport.Start{Version: transport.ProtocolVersion, LogID: "otherlog", Epoch: fakeEpoch, HeadSeq: 30, FirstSeq: 1}},
+				{Kind: transport.KindSnapshotBegin, Seq: 30, HeadSeq: 30, Epoch: fakeEpoch},
+				{Kind: transport.KindRows, Rows: []transport.Row{{Key: []byte("k01"), Value: []byte("replaced")}}},
+				{Kind: transport.KindSnapshotEnd, Seq: 30, HeadSeq: 30, Epoch: fakeEpoch, Count: 2},
 			} {
 				if err := s.Send(f); err != nil {
 					return err

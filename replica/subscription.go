@@ -409,8 +409,8 @@ func (r *Replica) receiveSnapshot(recv func() (*transport.OwnerFrame, error), st
 			r.stats.SnapshotRows += uint64(len(f.Rows))
 			r.mu.Unlock()
 		case transport.KindSnapshotEnd:
-			if f.Seq != seq {
-				return fmt.Errorf("%w: snapshot-end at %d for a snapshot at %d", transport.ErrBadRequest, f.Seq, seq)
+			if err := checkSnapshotEnd(f, seq, rows); err != nil {
+				return err
 			}
 			if err := wb.Flush(); err != nil {
 				return fmt.Errorf("stage rows: %w", err)
@@ -420,6 +420,20 @@ func (r *Replica) receiveSnapshot(recv func() (*transport.OwnerFrame, error), st
 			return fmt.Errorf("%w: unexpected %s frame during a transfer", transport.ErrBadRequest, f.Kind)
 		}
 	}
+}
+
+// checkSnapshotEnd refuses a transfer's end frame for another snapshot, or
+// one that counts other rows than were received (a rows frame lost,
+// repeated or reordered on the way): the staged copy is then dropped
+// instead of going live incomplete, and the transfer starts again.
+func checkSnapshotEnd(f *transport.OwnerFrame, seq, rows uint64) error {
+	if f.Seq != seq {
+		return fmt.Errorf("%w: snapshot-end at %d for a snapshot at %d", transport.ErrBadRequest, f.Seq, seq)
+	}
+	if f.Count != rows {
+		return fmt.Errorf("%w: snapshot-end at %d counts %d rows, %d were received", transport.ErrBadRequest, seq, f.Count, rows)
+	}
+	return nil
 }
 
 // switchTo makes a completely staged generation the replica's contents.
@@ -509,8 +523,8 @@ func (r *Replica) receiveStandbySnapshot(recv func() (*transport.OwnerFrame, err
 				nbytes += uint64(len(row.Key) + len(row.Value))
 			}
 		case transport.KindSnapshotEnd:
-			if f.Seq != seq {
-				return fmt.Errorf("%w: snapshot-end at %d for a snapshot at %d", transport.ErrBadRequest, f.Seq, seq)
+			if err := checkSnapshotEnd(f, seq, rows); err != nil {
+				return err
 			}
 			if err := x.finish(st); err != nil {
 				return err
