@@ -86,7 +86,7 @@ func suite(t *testing.T, base uint64) []scenario {
 		{
 			name: "transfers", seed: seed(13), sp: spec{brokers: 1, owners: 3, consumers: 2},
 			bulk: 3000, writers: 2, pace: 20 * time.Millisecond, duration: 15 * time.Second,
-			faults: []string{fKillConsumerTransfer, fKillPrimaryTransfer, fKillStandbyTransfer},
+			faults: []string{fKillConsumerTransfer, fKillPrimaryTransfer, fKillStandbyTransfer, fDupReorder},
 		},
 		{
 			name: "disk-full", seed: seed(14), sp: spec{brokers: 1, owners: 2, consumers: 2},
@@ -108,7 +108,7 @@ func suite(t *testing.T, base uint64) []scenario {
 		{
 			name: "transfers-long", seed: seed(23), sp: spec{brokers: 2, owners: 3, consumers: 2},
 			bulk: 5000, writers: 2, pace: 15 * time.Millisecond, duration: 30 * time.Second,
-			faults: []string{fKillConsumerTransfer, fKillPrimaryTransfer, fKillStandbyTransfer, fSlowLink},
+			faults: []string{fKillConsumerTransfer, fKillPrimaryTransfer, fKillStandbyTransfer, fSlowLink, fDupReorder},
 		},
 		{
 			name: "retention", seed: seed(24), sp: spec{brokers: 2, owners: 3, consumers: 2, retention: 300},

@@ -209,6 +209,12 @@ func (cl *cluster) args(n *node) []string {
 		b, _ := json.Marshal(fs)
 		a = append(a, "-links", string(b))
 	}
+	n.mu.Lock()
+	if f := n.startFrames; f != nil {
+		b, _ := json.Marshal(f)
+		a = append(a, "-frames", string(b))
+	}
+	n.mu.Unlock()
 	return a
 }
 

@@ -607,8 +607,79 @@ func (in *injector) dupReorder(ctx context.Context) (bool, error) {
 	if t.gaps < t.swapsCh {
 		in.findings = append(in.findings, fmt.Sprintf("%s: the replica saw only %d seq gaps for %d swapped changes frames: it accepted a reordered frame (%s)", c, t.gaps, t.swapsCh, t))
 	}
-	return true, nil
+	in.mu.Unlock()
+	err = in.transferUnderFrames(ctx, c)
+	in.mu.Lock()
+	return true, err
 }
+
+// transferUnderFrames wipes consumer c and restarts it with the frame fault
+// on from its first frame, so that its full transfer's frames are
+// duplicated and swapped too. A transfer whose end frame counts other rows
+// than arrived must be refused and run again; the replica must end up
+// streaming a complete copy (the scenario's final digests and the reads
+// checked during the transfer show whether it did).
+func (in *injector) transferUnderFrames(ctx context.Context, c *node) error {
+	// Rates high enough that a transfer of a dozen frames is hit; once a
+	// transfer has been refused the fault goes off and the next one runs
+	// clean.
+	f := FrameFault{Dup: 0.05 + 0.1*in.rng.Float64(), Swap: 0.1 + 0.1*in.rng.Float64()}
+	refused0 := countLines(c.logPath(), refusedTransferLog)
+	c.kill()
+	if err := c.wipe(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.startFrames = &f
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.startFrames = nil
+		c.mu.Unlock()
+	}()
+	in.logf("%s wiped and restarted with dup %.2f, swap %.2f from its first frame: a full transfer under the frame fault", c, f.Dup, f.Swap)
+	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	err := c.start(sctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, fRecoverWait)
+	defer cancel()
+	var st *NodeStatus
+	for {
+		if st, err = c.status(wctx); err != nil {
+			return err
+		}
+		if st.Replica != nil && st.Replica.State == "streaming" || countLines(c.logPath(), refusedTransferLog) > refused0 {
+			break
+		}
+		if err := sleepCtx(wctx, 20*time.Millisecond); err != nil {
+			return fmt.Errorf("%s: no transfer ended under the frame fault: %w", c, err)
+		}
+	}
+	if err := in.setFrames(ctx, c, FrameFault{}); err != nil {
+		return err
+	}
+	if err := in.waitConsumer(ctx, c, fRecoverWait, "streaming"); err != nil {
+		return err
+	}
+	if st, err = c.status(ctx); err != nil {
+		return err
+	}
+	refused := countLines(c.logPath(), refusedTransferLog) - refused0
+	note := fmt.Sprintf("%s: full transfer of %s under the fault: %d frames received, %d delivered twice, %d pairs swapped; %d transfer(s) refused for a wrong row count, %d completed",
+		fDupReorder, c, st.Frames.Frames, st.Frames.Duplicated, st.Frames.Swapped, refused, st.Replica.FullTransfers)
+	in.logf("%s", note)
+	in.mu.Lock()
+	in.notes = append(in.notes, note)
+	in.mu.Unlock()
+	return nil
+}
+
+// refusedTransferLog is what a replica's log says when a transfer's end
+// frame counts other rows than it received.
+const refusedTransferLog = "were received"
 
 // frameTotals is what the frame fault injected and how the replica took it:
 // for one firing, or summed over a scenario's.

@@ -37,6 +37,8 @@ type node struct {
 	proc  *proc
 	nruns int  // processes started so far
 	wiped bool // the data dir was wiped since the last start (a W record is due)
+	// startFrames is the frame fault a consumer starts with (nil: none).
+	startFrames *FrameFault
 }
 
 // proc is one running chaosnode process.

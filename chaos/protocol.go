@@ -88,8 +88,8 @@ type LinkFault struct {
 // client interceptor in the consumer process (see chaosnode), above
 // HTTP/2: with probability Dup the replica receives the frame twice in a
 // row, with probability Swap it receives the frame and the next one in
-// reverse order. Only the frames of a running stream (changes, heartbeats,
-// deltas) are touched, not the opening nor a full transfer's. Zero is off.
+// reverse order. Every frame but the opening Start may be touched, a full
+// transfer's included. Zero is off.
 type FrameFault struct {
 	Dup  float64 `json:"dup,omitempty"`
 	Swap float64 `json:"swap,omitempty"`

@@ -37,7 +37,7 @@ type consumer struct {
 	wg     sync.WaitGroup
 }
 
-func (n *node) startConsumer(ctx context.Context, dir string, brokers []string, service, table, applyLog string) error {
+func (n *node) startConsumer(ctx context.Context, dir string, brokers []string, service, table, applyLog string, frames chaos.FrameFault) error {
 	cfg := replica.LocalConfig("products", n.name)
 	cfg.ListenAddr = "" // a pure consumer serves nothing
 	cfg.DataDir, cfg.Durability = dataDir(dir), replica.Sync
@@ -46,6 +46,7 @@ func (n *node) startConsumer(ctx context.Context, dir string, brokers []string, 
 	cfg.MaxGroupBytes, cfg.MaxApplyBytes = 256<<10, 256<<10
 	cfg.Logger = n.log
 	n.frames = &frameFaults{}
+	n.frames.set(frames) // from the first frame: a full transfer under the fault
 	cfg.Transport.DialOptions = append(cfg.Transport.DialOptions, grpc.WithChainStreamInterceptor(n.frames.intercept))
 	c, err := replica.Open(ctx, cfg)
 	if err != nil {

@@ -20,13 +20,11 @@ import (
 // the process where such frames can be made; the harness switches it on
 // and off (OpFrames) and reads its counters in the node's status.
 //
-// Only the frames of a running stream are touched (changes, heartbeats,
-// deltas), never those of the opening or of a full transfer (see
-// chaos.FrameFault): a transfer's end frame carries no row count, so a
-// rows frame swapped behind it is accepted and its rows are missing from
-// the replica for good (the transfers scenario shows it at once when the
-// transfer frames are included). That is a protocol weakness to fix on
-// both ends, not something for this fault to hit at random.
+// Every frame but the opening one (Start) may be touched: changes,
+// heartbeats, deltas, and a full transfer's begin, rows and end frames. A
+// transfer's end frame counts the rows sent, so a rows frame swapped
+// behind it (or repeated) makes the replica refuse the copy and start the
+// transfer again instead of serving it incomplete.
 
 // subscribeMethod is the full gRPC name of the replication Subscribe stream.
 const subscribeMethod = "/" + transport.ReplicationServiceName + "/Subscribe"
@@ -88,10 +86,10 @@ type heldFrame struct {
 }
 
 // tampered reports whether the fault may duplicate or reorder a frame of
-// this kind: the frames of a running stream, which carry seqs (or none)
-// and which the replica checks against its cursor.
+// this kind: every kind but the opening Start (which only makes the replica
+// reconnect at once).
 func tampered(k transport.FrameKind) bool {
-	return k == transport.KindChanges || k == transport.KindHeartbeat || k == transport.KindDelta
+	return k != transport.KindStart
 }
 
 func carriesChanges(f *transport.OwnerFrame) bool {

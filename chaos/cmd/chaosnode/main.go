@@ -37,19 +37,20 @@ import (
 
 func main() {
 	var (
-		role      = flag.String("role", "", "broker, owner or consumer")
-		name      = flag.String("name", "", "broker name or instance id")
-		dir       = flag.String("dir", "", "data dir (components)")
-		listen    = flag.String("listen", "", "gRPC address: the broker's, or an owner's replication address")
-		gossip    = flag.String("gossip", "", "broker: memberlist bind address")
-		join      = flag.String("join", "", "broker: comma-separated gossip addresses to join")
-		brokers   = flag.String("brokers", "", "components: comma-separated broker gRPC addresses")
-		service   = flag.String("service", "stores", "the owner service")
-		table     = flag.String("table", "items", "the owned / consumed table")
-		retention = flag.Uint64("retention", 0, "owner: keep at most this many changes in the log (0: default)")
-		applyLog  = flag.String("applylog", "", "consumer: append the apply log to this file")
-		linksJSON = flag.String("links", "", "JSON list of chaos.LinkFault to apply from the start")
-		logLevel  = flag.String("loglevel", "info", "debug, info, warn or error")
+		role       = flag.String("role", "", "broker, owner or consumer")
+		name       = flag.String("name", "", "broker name or instance id")
+		dir        = flag.String("dir", "", "data dir (components)")
+		listen     = flag.String("listen", "", "gRPC address: the broker's, or an owner's replication address")
+		gossip     = flag.String("gossip", "", "broker: memberlist bind address")
+		join       = flag.String("join", "", "broker: comma-separated gossip addresses to join")
+		brokers    = flag.String("brokers", "", "components: comma-separated broker gRPC addresses")
+		service    = flag.String("service", "stores", "the owner service")
+		table      = flag.String("table", "items", "the owned / consumed table")
+		retention  = flag.Uint64("retention", 0, "owner: keep at most this many changes in the log (0: default)")
+		applyLog   = flag.String("applylog", "", "consumer: append the apply log to this file")
+		linksJSON  = flag.String("links", "", "JSON list of chaos.LinkFault to apply from the start")
+		framesJSON = flag.String("frames", "", "consumer: JSON chaos.FrameFault to apply from the start")
+		logLevel   = flag.String("loglevel", "info", "debug, info, warn or error")
 	)
 	flag.Parse()
 
@@ -57,6 +58,12 @@ func main() {
 	if *linksJSON != "" {
 		if err := json.Unmarshal([]byte(*linksJSON), &initial); err != nil {
 			fatal("bad -links: %v", err)
+		}
+	}
+	var frames chaos.FrameFault
+	if *framesJSON != "" {
+		if err := json.Unmarshal([]byte(*framesJSON), &frames); err != nil {
+			fatal("bad -frames: %v", err)
 		}
 	}
 	lk := newLinks(initial)
@@ -77,7 +84,7 @@ func main() {
 	case chaos.RoleOwner:
 		err = n.startOwner(ctx, *listen, *dir, splitList(*brokers), *service, *table, *retention)
 	case chaos.RoleConsumer:
-		err = n.startConsumer(ctx, *dir, splitList(*brokers), *service, *table, *applyLog)
+		err = n.startConsumer(ctx, *dir, splitList(*brokers), *service, *table, *applyLog, frames)
 	default:
 		err = fmt.Errorf("unknown -role %q", *role)
 	}
