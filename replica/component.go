@@ -103,6 +103,38 @@ func (g *readGate) shut() {
 	<-g.drained
 }
 
+// In memory, badger has no value log: a value above its ValueThreshold is
+// refused, so an in-memory component raises the threshold to badger's
+// maximum and holds smaller values than the protocol allows (its log entries
+// carry the value plus a few dozen bytes of metadata).
+const (
+	memValueThreshold = 1 << 20
+	memMaxValue       = memValueThreshold - 1<<10
+)
+
+func threshold(inMemory bool) int64 {
+	if inMemory {
+		return memValueThreshold
+	}
+	return valueThreshold
+}
+
+// maxValue is the largest value this component stores.
+func (c *Component) maxValue() int {
+	if c.cfg.DataDir == "" {
+		return memMaxValue
+	}
+	return transport.MaxValueSize
+}
+
+// memNote explains an in-memory component's smaller value limit.
+func (c *Component) memNote() string {
+	if c.cfg.DataDir == "" {
+		return ", in memory: no Config.DataDir"
+	}
+	return ""
+}
+
 // Open opens the database, starts the group committer, the log trimmer and
 // (when ListenAddr is set) the replication server.
 func Open(ctx context.Context, cfg Config) (*Component, error) {
@@ -125,7 +157,7 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 		WithBlockCacheSize(cfg.BlockCacheSize).
 		WithIndexCacheSize(16 << 20).
 		WithNumCompactors(2).
-		WithValueThreshold(valueThreshold).
+		WithValueThreshold(threshold(cfg.DataDir == "")).
 		WithCompression(options.None) // rows and log entries are small: compression costs more CPU than it saves
 	var disk *diskGuard
 	if cfg.DataDir != "" {
