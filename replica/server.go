@@ -367,6 +367,19 @@ func (s *sender) sendSnapshot() (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
+	// A snapshot holds the table at its head, and rows cannot be cut back
+	// to the sync watermark: a gated consumer's transfer waits until the
+	// standbys have confirmed that head, or a consumer could hold changes
+	// the promoted standby lacks.
+	if s.gated {
+		ctx, cancel := context.WithTimeout(s.stream.Context(), s.c.cfg.SyncTimeout)
+		err := s.t.sync.wait(ctx, s.c.done(), m.Head)
+		cancel()
+		if err != nil {
+			return 0, fmt.Errorf("%w: full transfer of %s at seq %d: not confirmed by %d standby(s) within %s: %v",
+				transport.ErrUnavailable, s.t.name, m.Head, s.c.cfg.MinSyncStandbys, s.c.cfg.SyncTimeout, err)
+		}
+	}
 	// The frame's Epoch is the epoch of the snapshot's last change: the
 	// consumer's cursor epoch after the transfer.
 	snapEpoch := epochOf(m.Epochs, m.Head)

@@ -205,9 +205,15 @@ func (t *OwnedTable) promoteNow(epoch uint64) error {
 			return err
 		}
 	}
-	// What the copy holds was confirmed by the old primary's standbys (or is
-	// this instance's own): the watermark starts at its head.
-	t.sync.reset(m.Head)
+	// A copy taking over: what it holds was confirmed by the old primary's
+	// standbys (or is this instance's own), so the watermark starts at its
+	// head. A table already primary (a new epoch granted to the same
+	// instance, its role applied again) keeps its watermark: its head may
+	// hold changes no standby has confirmed yet, which consumers must not
+	// be sent.
+	if !t.writable.Load() {
+		t.sync.reset(m.Head)
+	}
 	t.mu.Lock()
 	t.meta.Epoch, t.meta.Epochs = m.Epoch, m.Epochs
 	t.next = t.meta.Head + 1
