@@ -353,6 +353,19 @@ func (b *Broker) refreshMembers() {
 	}
 }
 
+// quorumLocked reports whether this broker sees a majority of the brokers
+// it has ever known (live and departed) alive. Only then does it decide
+// leases and promotions or confirm a primary's lease: a broker cut off
+// with a minority of the cluster cannot promote a second primary, and the
+// primary whose session it holds stops being confirmed (and, with
+// min_sync_standbys, stops acknowledging writes) while the majority side
+// takes over. Departed brokers count until they come back, so losing half
+// of the cluster or more stops grants and promotions (as with any
+// majority-based system) until brokers return.
+func (b *Broker) quorumLocked() bool {
+	return len(b.live) > (len(b.live)+len(b.departed))/2
+}
+
 // alive reports whether the named broker is a live member.
 func (b *Broker) aliveLocked(name string) bool {
 	for _, m := range b.live {
@@ -392,7 +405,7 @@ func (b *Broker) step(now time.Time) {
 		b.log.Warn("no broker answered for a whole lease; serving with this broker's registry alone")
 		b.setReadyLocked()
 	}
-	if b.leader && b.ready {
+	if b.leader && b.ready && b.quorumLocked() {
 		out = append(out, b.expireLocked(now)...)
 		out = append(out, b.decideLocked("")...)
 	}

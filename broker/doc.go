@@ -85,14 +85,17 @@
 //
 // # Partitions
 //
-// Brokers do not run a consensus protocol. During a network partition each
-// side has its own deciding broker, and each may promote a standby of the
-// same service: two primaries can then accept writes, one per side. The
-// epoch fences the stale one at the consumers that follow the broker cluster
-// (a change with an older epoch is refused), and when the partition heals the
-// owner records merge to the greater one (higher epoch; at equal epochs, the
-// smaller instance name), so every broker and component converges on one
-// primary; writes accepted by the losing side during the partition are not
-// part of the winner's history. Use a lease longer than expected network
-// hiccups, and min_sync_standbys, to make this rare.
+// Brokers do not run a consensus protocol, but a broker decides leases and
+// promotions, and confirms a primary's lease, only while it sees a majority
+// of the brokers it has ever known alive (departed ones count until they
+// come back). A broker cut off with a minority therefore promotes nobody,
+// and the primary whose session it holds is no longer confirmed: with
+// min_sync_standbys it stops acknowledging writes after half a lease while
+// the majority side promotes a standby after a whole one. When the
+// partition heals the owner records merge to the greater one (higher epoch;
+// at equal epochs, the smaller instance name). The margin is timing, not
+// consensus: membership changes are noticed by memberlist's failure
+// detector on each side, so use a lease well above its detection time.
+// Losing half of the brokers or more stops grants and promotions until they
+// return.
 package broker

@@ -86,3 +86,52 @@ func TestSession_PongLeaseAndPrimaryEpoch(t *testing.T) {
 		t.Fatal("primary's topology has epoch 0")
 	}
 }
+
+// A broker that sees only a minority of the cluster neither confirms a
+// primary's lease nor promotes a standby: the majority side may be doing
+// so. Once a majority is back it does both again.
+func TestSession_NoQuorumNoLeaseNoPromotion(t *testing.T) {
+	const lease = time.Second
+	bs := startCluster(t, 3, func(c *Config) { c.Lease = lease })
+	p := mustConnect(t, bs[0].GRPCAddr(), ownerReg("stores", "s1", "127.0.0.1:9001", 5))
+	p.waitTopo("s1 primary", func(tp *transport.Topology) bool { return tp.Role == transport.RolePrimary })
+	s := mustConnect(t, bs[0].GRPCAddr(), ownerReg("stores", "s2", "127.0.0.1:9002", 5))
+	s.waitTopo("s2 standby", func(tp *transport.Topology) bool { return tp.Role == transport.RoleStandby })
+	beat := func(c *fakeComp, what string, cond func(*transport.SessionResponse) bool) {
+		t.Helper()
+		sent := c.pings.Load()
+		waitUntil(t, waitLong, what, func() bool {
+			f := c.lastBeat.Load()
+			return f != nil && f.Pong > sent && cond(f)
+		})
+	}
+	beat(p, "the lease confirmed with a majority", func(f *transport.SessionResponse) bool { return f.PrimaryEpoch > 0 })
+
+	// b1 is left with a minority (b2 and b3 gone).
+	bs[1].Close()
+	bs[2].Close()
+	waitUntil(t, waitLong, "b1 sees b2 and b3 gone", func() bool {
+		bs[0].mu.Lock()
+		defer bs[0].mu.Unlock()
+		return len(bs[0].live) == 1 && len(bs[0].departed) == 2
+	})
+	beat(p, "no lease confirmed without a majority", func(f *transport.SessionResponse) bool { return f.PrimaryEpoch == 0 })
+
+	// The primary goes away: no promotion while b1 has no majority.
+	p.shut()
+	deadline := time.Now().Add(3 * lease)
+	for time.Now().Before(deadline) {
+		for _, tp := range s.drain() {
+			if tp.Role == transport.RolePrimary {
+				t.Fatal("a standby was promoted by a broker without a majority")
+			}
+		}
+		beat(s, "a heartbeat to the standby", func(*transport.SessionResponse) bool { return true })
+	}
+
+	// A majority again (b2 back): s2 is promoted.
+	b2 := startBroker(t, "b2", []string{bs[0].GossipAddr()}, func(c *Config) { c.Lease = lease })
+	waitMembers(t, []*Broker{bs[0], b2}, 2)
+	s.waitTopo("s2 promoted once a majority is back", func(tp *transport.Topology) bool { return tp.Role == transport.RolePrimary })
+	beat(s, "the new primary's lease confirmed", func(f *transport.SessionResponse) bool { return f.PrimaryEpoch > 0 })
+}

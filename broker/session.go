@@ -203,7 +203,7 @@ func (b *Broker) response(s *session, kind transport.SessionKind, topo *transpor
 	f := &transport.SessionResponse{Kind: kind, Broker: b.cfg.Name, Topology: topo,
 		Pong: s.lastPing.Load(), LeaseMs: b.cfg.Lease.Milliseconds()}
 	b.mu.Lock()
-	if o := b.reg.owners[s.key.Service]; o != nil && o.Primary == s.key.Instance {
+	if o := b.reg.owners[s.key.Service]; o != nil && o.Primary == s.key.Instance && b.quorumLocked() {
 		if rec := b.reg.inst(s.key); rec != nil && rec.Session == s.id && !rec.Gone {
 			f.PrimaryEpoch = o.Epoch
 		}
@@ -370,7 +370,7 @@ func (b *Broker) open(r *transport.Register) (*session, *transport.Topology, err
 	b.rev++
 	b.notifyLocked(rec.Service)
 	out := []*broadcast{b.instanceBroadcast(rec)}
-	if b.leader && b.ready {
+	if b.leader && b.ready && b.quorumLocked() {
 		// Grant at once when this broker decides, so a lone owner learns
 		// it is primary from its first topology.
 		out = append(out, b.decideLocked(rec.Service)...)
