@@ -69,6 +69,9 @@ type Broker struct {
 	clearedAt map[string]time.Time  // cleared overrides, since
 	dirty     map[instKey]struct{}  // records whose latest heads are not yet gossiped
 	lastFlush time.Time
+	lastBeat  time.Time            // when this broker last queued its beat
+	heard     map[string]time.Time // broker name -> when its last beat arrived
+	liveSince map[string]time.Time // broker name -> when it became a live member
 	joining   bool
 	lastJoin  time.Time
 }
@@ -106,6 +109,8 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		downSince: make(map[instKey]time.Time),
 		goneAt:    make(map[instKey]time.Time),
 		clearedAt: make(map[string]time.Time),
+		heard:     make(map[string]time.Time),
+		liveSince: make(map[string]time.Time),
 		dirty:     make(map[instKey]struct{}),
 		readyCh:   make(chan struct{}),
 	}
@@ -331,8 +336,17 @@ func (b *Broker) refreshMembers() {
 		}
 	}
 	slices.Sort(addrs)
+	now := time.Now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	for _, m := range live {
+		if _, ok := b.liveSince[m.Name]; !ok {
+			b.liveSince[m.Name] = now
+		}
+	}
+	for _, m := range departed {
+		delete(b.liveSince, m.Name)
+	}
 	b.departed = departed
 	if slices.Equal(live, b.live) {
 		return
@@ -353,17 +367,32 @@ func (b *Broker) refreshMembers() {
 	}
 }
 
-// quorumLocked reports whether this broker sees a majority of the brokers
-// it has ever known (live and departed) alive. Only then does it decide
-// leases and promotions or confirm a primary's lease: a broker cut off
-// with a minority of the cluster cannot promote a second primary, and the
-// primary whose session it holds stops being confirmed (and, with
-// min_sync_standbys, stops acknowledging writes) while the majority side
-// takes over. Departed brokers count until they come back, so losing half
-// of the cluster or more stops grants and promotions (as with any
+// quorumLocked reports whether this broker hears a majority of the brokers
+// it has ever known (live and departed; itself included): members whose
+// beat arrived within a quarter of the lease. Only then does it decide
+// leases and promotions or confirm a primary's lease. A broker cut off with
+// a minority stops confirming within a quarter of a lease, so the primary
+// whose session it holds stops acknowledging (min_sync_standbys) within
+// three quarters of one, before the majority side can have promoted a
+// standby (a whole lease after it lost the broker). memberlist's failure
+// detector is not used for this: a minority member has nobody to confirm
+// its suspicions and declares its peers dead seconds after the majority
+// declared it dead. Departed brokers count until they come back, so losing
+// half of the cluster or more stops grants and promotions (as with any
 // majority-based system) until brokers return.
 func (b *Broker) quorumLocked() bool {
-	return len(b.live) > (len(b.live)+len(b.departed))/2
+	now := time.Now()
+	heard := 0
+	for _, m := range b.live {
+		if m.Name == b.cfg.Name {
+			heard++
+		} else if at, ok := b.heard[m.Name]; ok && now.Sub(at) <= b.cfg.Lease/4 {
+			heard++
+		} else if at, ok := b.liveSince[m.Name]; ok && now.Sub(at) <= b.cfg.Lease/4 {
+			heard++ // joined a moment ago: its beats are on their way
+		}
+	}
+	return heard > (len(b.live)+len(b.departed))/2
 }
 
 // alive reports whether the named broker is a live member.
@@ -404,6 +433,10 @@ func (b *Broker) step(now time.Time) {
 		// Joining has not succeeded for a whole lease: run alone.
 		b.log.Warn("no broker answered for a whole lease; serving with this broker's registry alone")
 		b.setReadyLocked()
+	}
+	if len(b.live) > 1 && now.Sub(b.lastBeat) >= b.cfg.Lease/10 {
+		b.lastBeat = now
+		out = append(out, newBroadcast("beat/"+b.cfg.Name, &gossipMsg{Beat: b.cfg.Name}))
 	}
 	if b.leader && b.ready && b.quorumLocked() {
 		out = append(out, b.expireLocked(now)...)
@@ -558,6 +591,9 @@ func (b *Broker) decideLocked(only string) []*broadcast {
 func (b *Broker) merge(g *gossipMsg) {
 	now := time.Now()
 	b.mu.Lock()
+	if g.Beat != "" {
+		b.heard[g.Beat] = now
+	}
 	var out []*broadcast
 	changed := false
 	decide := false

@@ -86,16 +86,19 @@
 // # Partitions
 //
 // Brokers do not run a consensus protocol, but a broker decides leases and
-// promotions, and confirms a primary's lease, only while it sees a majority
-// of the brokers it has ever known alive (departed ones count until they
-// come back). A broker cut off with a minority therefore promotes nobody,
-// and the primary whose session it holds is no longer confirmed: with
-// min_sync_standbys it stops acknowledging writes after half a lease while
-// the majority side promotes a standby after a whole one. When the
-// partition heals the owner records merge to the greater one (higher epoch;
-// at equal epochs, the smaller instance name). The margin is timing, not
-// consensus: membership changes are noticed by memberlist's failure
-// detector on each side, so use a lease well above its detection time.
-// Losing half of the brokers or more stops grants and promotions until they
-// return.
+// promotions, and confirms a primary's lease, only while it hears a
+// majority of the brokers it has ever known (departed ones count until they
+// come back): every broker gossips a beat every tenth of a lease, and a
+// member counts if its beat arrived within a quarter of one. A broker cut
+// off with a minority therefore stops confirming within a quarter of a
+// lease and promotes nobody; the primary whose session it holds stops
+// acknowledging writes (min_sync_standbys) half a lease after its last
+// confirmation, while the majority side promotes a standby only a whole
+// lease after it lost that broker. (memberlist's own failure detector is
+// not used for this: a minority member has nobody to confirm its
+// suspicions and declares its peers dead seconds after the majority has
+// declared it dead.) When the partition heals the owner records merge to
+// the greater one (higher epoch; at equal epochs, the smaller instance
+// name). Losing half of the brokers or more stops grants and promotions
+// until they return.
 package broker

@@ -402,6 +402,10 @@ type gossipMsg struct {
 	Instances []*instanceRec `msgpack:"i,omitempty"`
 	Owners    []*ownerRec    `msgpack:"o,omitempty"`
 	Modes     []*modeRec     `msgpack:"m,omitempty"`
+	// Beat names the broker that sent it: brokers beat every tenth of a
+	// lease, and a broker counts toward its quorum the members it heard a
+	// beat from within a quarter of a lease (see Broker.quorumLocked).
+	Beat string `msgpack:"beat,omitempty"`
 }
 
 // snapshot returns every record, in a deterministic order.
