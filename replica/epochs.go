@@ -2,6 +2,7 @@ package replica
 
 import (
 	"math"
+	"slices"
 
 	"github.com/replmesh/replmesh/transport"
 )
@@ -37,7 +38,9 @@ func epochOf(hist []transport.EpochStart, seq uint64) uint64 {
 
 // appendEpoch records that epoch e begins at seq. An epoch that began at the
 // same seq (it wrote nothing) is replaced, so restarts without writes do not
-// grow the history.
+// grow the history. It returns a new slice and never writes into hist's
+// array: copies of a table's meta share it (a sender encoding a Start
+// frame raced a promotion replacing the last entry in place).
 func appendEpoch(hist []transport.EpochStart, e, seq uint64) []transport.EpochStart {
 	if n := len(hist); n > 0 {
 		last := hist[n-1]
@@ -48,7 +51,7 @@ func appendEpoch(hist []transport.EpochStart, e, seq uint64) []transport.EpochSt
 			hist = hist[:n-1]
 		}
 	}
-	hist = append(hist, transport.EpochStart{Epoch: e, Seq: seq})
+	hist = append(slices.Clip(hist), transport.EpochStart{Epoch: e, Seq: seq})
 	if len(hist) > maxEpochHistory {
 		hist = append([]transport.EpochStart(nil), hist[len(hist)-maxEpochHistory:]...)
 	}
