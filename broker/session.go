@@ -203,10 +203,9 @@ func (b *Broker) response(s *session, kind transport.SessionKind, topo *transpor
 	f := &transport.SessionResponse{Kind: kind, Broker: b.cfg.Name, Topology: topo,
 		Pong: s.lastPing.Load(), LeaseMs: b.cfg.Lease.Milliseconds()}
 	b.mu.Lock()
-	if o := b.reg.owners[s.key.Service]; o != nil && o.Primary == s.key.Instance && b.quorumLocked() {
-		if rec := b.reg.inst(s.key); rec != nil && rec.Session == s.id && !rec.Gone {
-			f.PrimaryEpoch = o.Epoch
-		}
+	if rec := b.reg.inst(s.key); rec != nil && rec.Session == s.id && !rec.Gone &&
+		b.reg.role(rec) == transport.RolePrimary && b.quorumLocked() {
+		f.PrimaryEpoch = b.reg.epoch(s.key.Service)
 	}
 	b.mu.Unlock()
 	return f

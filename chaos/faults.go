@@ -595,7 +595,6 @@ func (in *injector) dupReorder(ctx context.Context) (bool, error) {
 		skipped: ra.Duplicates - rb.Duplicates, gaps: uint64(countLines(c.logPath(), gapLog) - gaps0), resumes: ra.Resumes - rb.Resumes}
 	in.logf("dup-reorder frames to %s off (dup %.2f, swap %.2f): %s", c, f.Dup, f.Swap, t)
 	in.mu.Lock()
-	defer in.mu.Unlock()
 	in.frames.add(t)
 	note := fmt.Sprintf("%s: %s", fDupReorder, in.frames)
 	if in.framesNote == 0 {
@@ -608,9 +607,7 @@ func (in *injector) dupReorder(ctx context.Context) (bool, error) {
 		in.findings = append(in.findings, fmt.Sprintf("%s: the replica saw only %d seq gaps for %d swapped changes frames: it accepted a reordered frame (%s)", c, t.gaps, t.swapsCh, t))
 	}
 	in.mu.Unlock()
-	err = in.transferUnderFrames(ctx, c)
-	in.mu.Lock()
-	return true, err
+	return true, in.transferUnderFrames(ctx, c)
 }
 
 // transferUnderFrames wipes consumer c and restarts it with the frame fault

@@ -119,20 +119,13 @@ func threshold(inMemory bool) int64 {
 	return valueThreshold
 }
 
-// maxValue is the largest value this component stores.
-func (c *Component) maxValue() int {
+// valueLimit is the largest value this component stores, and the reason
+// when it is below the protocol's.
+func (c *Component) valueLimit() (int, string) {
 	if c.cfg.DataDir == "" {
-		return memMaxValue
+		return memMaxValue, ", in memory: no Config.DataDir"
 	}
-	return transport.MaxValueSize
-}
-
-// memNote explains an in-memory component's smaller value limit.
-func (c *Component) memNote() string {
-	if c.cfg.DataDir == "" {
-		return ", in memory: no Config.DataDir"
-	}
-	return ""
+	return transport.MaxValueSize, ""
 }
 
 // Open opens the database, starts the group committer, the log trimmer and

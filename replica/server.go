@@ -372,10 +372,7 @@ func (s *sender) sendSnapshot() (uint64, error) {
 	// standbys have confirmed that head, or a consumer could hold changes
 	// the promoted standby lacks.
 	if s.gated {
-		ctx, cancel := context.WithTimeout(s.stream.Context(), s.c.cfg.SyncTimeout)
-		err := s.t.sync.wait(ctx, s.c.done(), m.Head)
-		cancel()
-		if err != nil {
+		if err := s.t.waitConfirmed(s.stream.Context(), m.Head); err != nil {
 			return 0, fmt.Errorf("%w: full transfer of %s at seq %d: not confirmed by %d standby(s) within %s: %v",
 				transport.ErrUnavailable, s.t.name, m.Head, s.c.cfg.MinSyncStandbys, s.c.cfg.SyncTimeout, err)
 		}

@@ -126,6 +126,14 @@ func (s *syncState) wait(ctx context.Context, done <-chan struct{}, seq uint64) 
 	}
 }
 
+// waitConfirmed blocks until the sync watermark reaches seq, for at most
+// SyncTimeout.
+func (t *OwnedTable) waitConfirmed(ctx context.Context, seq uint64) error {
+	ctx, cancel := context.WithTimeout(ctx, t.c.cfg.SyncTimeout)
+	defer cancel()
+	return t.sync.wait(ctx, t.c.done(), seq)
+}
+
 // syncWait waits, for a committed write, until MinSyncStandbys standbys
 // hold it, bounded by SyncTimeout.
 func (t *OwnedTable) syncWait(ctx context.Context, seq uint64) error {
@@ -133,9 +141,7 @@ func (t *OwnedTable) syncWait(ctx context.Context, seq uint64) error {
 	if need <= 0 {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, t.c.cfg.SyncTimeout)
-	defer cancel()
-	if err := t.sync.wait(ctx, t.c.done(), seq); err != nil {
+	if err := t.waitConfirmed(ctx, seq); err != nil {
 		return fmt.Errorf("%w: seq %d of %s is committed on the primary but not confirmed by %d standby(s): %v",
 			ErrNotReplicated, seq, t.name, need, err)
 	}

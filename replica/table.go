@@ -333,8 +333,8 @@ func (t *OwnedTable) Submit(ctx context.Context, ws ...Write) (*Pending, error) 
 		if len(w.Key) > transport.MaxKeySize {
 			return nil, fmt.Errorf("%w: %s: key of %d bytes (max %d)", ErrTooLarge, t.name, len(w.Key), transport.MaxKeySize)
 		}
-		if max := t.c.maxValue(); len(w.Value) > max {
-			return nil, fmt.Errorf("%w: %s: value of %d bytes (max %d%s)", ErrTooLarge, t.name, len(w.Value), max, t.c.memNote())
+		if limit, why := t.c.valueLimit(); len(w.Value) > limit {
+			return nil, fmt.Errorf("%w: %s: value of %d bytes (max %d%s)", ErrTooLarge, t.name, len(w.Value), limit, why)
 		}
 		ch := transport.Change{Op: transport.OpPut, Key: bytes.Clone(w.Key), Value: bytes.Clone(w.Value)}
 		if ch.Value == nil {
