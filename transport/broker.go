@@ -33,24 +33,31 @@ const (
 // TableInfo describes one table held by an owner instance: on the primary
 // its own table, on a standby its copy of the primary's.
 type TableInfo struct {
-	Table string `msgpack:"t"`
-	Mode  string `msgpack:"mode,omitempty"` // the owner's default mode for the table
-	LogID string `msgpack:"log,omitempty"`
-	Epoch uint64 `msgpack:"ep,omitempty"`
-	Head  uint64 `msgpack:"head,omitempty"` // seq of the newest change held
+	Table string `msgpack:"t" json:"table"`
+	Mode  string `msgpack:"mode,omitempty" json:"mode"` // the owner's default mode for the table
+	LogID string `msgpack:"log,omitempty" json:"log_id"`
+	Epoch uint64 `msgpack:"ep,omitempty" json:"epoch"`
+	Head  uint64 `msgpack:"head,omitempty" json:"head"` // seq of the newest change held
 }
 
 // SubInfo describes one subscription of a component.
 type SubInfo struct {
-	Service string `msgpack:"svc"` // owner service
-	Table   string `msgpack:"t"`
-	Mode    string `msgpack:"mode,omitempty"`  // requested mode ("" = owner's default)
-	Seq     uint64 `msgpack:"seq,omitempty"`   // applied seq (updates)
-	Lag     uint64 `msgpack:"lag,omitempty"`   // owner head minus applied seq, as last heard
-	StaleMs int64  `msgpack:"stale,omitempty"` // staleness in milliseconds
-	State   string `msgpack:"st,omitempty"`    // replica state (streaming, diverged, ...)
-	Running string `msgpack:"run,omitempty"`   // the mode the stream runs now (push or pull; auto picks one)
-	Reason  string `msgpack:"why,omitempty"`   // why the last mode switch happened
+	Service string `msgpack:"svc" json:"service"` // owner service
+	Table   string `msgpack:"t" json:"table"`
+	Mode    string `msgpack:"mode,omitempty" json:"mode"`      // requested mode ("" = owner's default)
+	Seq     uint64 `msgpack:"seq,omitempty" json:"seq"`        // applied seq (updates)
+	Lag     uint64 `msgpack:"lag,omitempty" json:"lag"`        // owner head minus applied seq, as last heard
+	StaleMs int64  `msgpack:"stale,omitempty" json:"stale_ms"` // staleness in milliseconds
+	State   string `msgpack:"st,omitempty" json:"state"`       // replica state (streaming, diverged, ...)
+	Running string `msgpack:"run,omitempty" json:"running"`    // the mode the stream runs now (push or pull; auto picks one)
+	Reason  string `msgpack:"why,omitempty" json:"reason"`     // why the last mode switch happened
+	// Full-transfer progress, while State is "transferring" (all zero
+	// otherwise). Percent and ETA follow from these.
+	XferRows     uint64  `msgpack:"xr,omitempty" json:"transfer_rows"`          // rows received so far
+	XferExpected uint64  `msgpack:"xe,omitempty" json:"transfer_rows_expected"` // rows the owner announced at SnapshotBegin (0: unknown)
+	XferBytes    uint64  `msgpack:"xb,omitempty" json:"transfer_bytes"`         // key+value bytes received so far
+	XferRate     float64 `msgpack:"xrr,omitempty" json:"transfer_rows_per_sec"` // rows per second since the transfer began
+	XferEtaMs    int64   `msgpack:"xeta,omitempty" json:"transfer_eta_ms"`      // estimated milliseconds to completion (0: unknown)
 }
 
 // Register is a component's first Session frame.
@@ -83,29 +90,29 @@ type SessionRequest struct {
 
 // Endpoint is one instance of a service as the broker knows it.
 type Endpoint struct {
-	Instance string `msgpack:"inst"`
-	Addr     string `msgpack:"addr"`
-	Role     string `msgpack:"role"`
+	Instance string `msgpack:"inst" json:"instance"`
+	Addr     string `msgpack:"addr" json:"addr"`
+	Role     string `msgpack:"role" json:"role"`
 }
 
 // ServiceOwner says where a service's tables are served.
 type ServiceOwner struct {
-	Service  string      `msgpack:"svc"`
-	Primary  Endpoint    `msgpack:"primary"` // Instance "" when no primary is alive
-	Epoch    uint64      `msgpack:"ep"`      // bumped on every promotion
-	Standbys []Endpoint  `msgpack:"standbys,omitempty"`
-	Tables   []TableInfo `msgpack:"tables,omitempty"` // the primary's tables, as last reported
+	Service  string      `msgpack:"svc" json:"service"`
+	Primary  Endpoint    `msgpack:"primary" json:"primary"` // Instance "" when no primary is alive
+	Epoch    uint64      `msgpack:"ep" json:"epoch"`        // bumped on every promotion
+	Standbys []Endpoint  `msgpack:"standbys,omitempty" json:"standbys"`
+	Tables   []TableInfo `msgpack:"tables,omitempty" json:"tables"` // the primary's tables, as last reported
 }
 
 // Topology is what a component needs to know: where the services it
 // consumes are, the mode overrides, and its own role.
 type Topology struct {
-	Revision  uint64            `msgpack:"rev"`           // grows with every registry change this broker has seen
-	Owners    []ServiceOwner    `msgpack:"owners"`        // the services this component consumes (and its own)
-	Overrides map[string]string `msgpack:"ovr,omitempty"` // "service/table" -> mode, set with replctl mode set
-	Role      string            `msgpack:"role"`          // this instance's role
-	Epoch     uint64            `msgpack:"ep,omitempty"`  // this instance's service epoch
-	Brokers   []string          `msgpack:"brokers"`       // gRPC addresses of the live brokers, for re-homing
+	Revision  uint64            `msgpack:"rev" json:"revision"`            // grows with every registry change this broker has seen
+	Owners    []ServiceOwner    `msgpack:"owners" json:"owners"`           // the services this component consumes (and its own)
+	Overrides map[string]string `msgpack:"ovr,omitempty" json:"overrides"` // "service/table" -> mode, set with replctl mode set
+	Role      string            `msgpack:"role" json:"role"`               // this instance's role
+	Epoch     uint64            `msgpack:"ep,omitempty" json:"epoch"`      // this instance's service epoch
+	Brokers   []string          `msgpack:"brokers" json:"brokers"`         // gRPC addresses of the live brokers, for re-homing
 }
 
 // SessionResponse is every frame a broker sends on a Session stream.
@@ -133,7 +140,7 @@ type LookupRequest struct {
 
 // LookupResponse answers LookupRequest.
 type LookupResponse struct {
-	Owner ServiceOwner `msgpack:"owner"`
+	Owner ServiceOwner `msgpack:"owner" json:"owner"`
 }
 
 // StatusRequest asks a broker for the whole registry (tools).
@@ -143,30 +150,30 @@ type StatusRequest struct {
 
 // BrokerInfo is one broker of the cluster.
 type BrokerInfo struct {
-	Name  string `msgpack:"name"`
-	Addr  string `msgpack:"addr"` // gRPC address
-	State string `msgpack:"state"`
+	Name  string `msgpack:"name" json:"name"`
+	Addr  string `msgpack:"addr" json:"addr"` // gRPC address
+	State string `msgpack:"state" json:"state"`
 }
 
 // InstanceInfo is one registered instance.
 type InstanceInfo struct {
-	Service       string      `msgpack:"svc"`
-	Instance      string      `msgpack:"inst"`
-	Addr          string      `msgpack:"addr"`
-	Role          string      `msgpack:"role"`
-	Broker        string      `msgpack:"b"`    // broker holding its session
-	LastSeenMs    int64       `msgpack:"seen"` // unix ms of its last session frame
-	Tables        []TableInfo `msgpack:"tables,omitempty"`
-	Subscriptions []SubInfo   `msgpack:"subs,omitempty"`
+	Service       string      `msgpack:"svc" json:"service"`
+	Instance      string      `msgpack:"inst" json:"instance"`
+	Addr          string      `msgpack:"addr" json:"addr"`
+	Role          string      `msgpack:"role" json:"role"`
+	Broker        string      `msgpack:"b" json:"broker"`          // broker holding its session
+	LastSeenMs    int64       `msgpack:"seen" json:"last_seen_ms"` // unix ms of its last session frame
+	Tables        []TableInfo `msgpack:"tables,omitempty" json:"tables"`
+	Subscriptions []SubInfo   `msgpack:"subs,omitempty" json:"subscriptions"`
 }
 
 // StatusResponse answers StatusRequest.
 type StatusResponse struct {
-	Broker    string            `msgpack:"b"`
-	Brokers   []BrokerInfo      `msgpack:"brokers"`
-	Owners    []ServiceOwner    `msgpack:"owners"`
-	Instances []InstanceInfo    `msgpack:"instances"`
-	Overrides map[string]string `msgpack:"ovr,omitempty"`
+	Broker    string            `msgpack:"b" json:"broker"`
+	Brokers   []BrokerInfo      `msgpack:"brokers" json:"brokers"`
+	Owners    []ServiceOwner    `msgpack:"owners" json:"owners"`
+	Instances []InstanceInfo    `msgpack:"instances" json:"instances"`
+	Overrides map[string]string `msgpack:"ovr,omitempty" json:"overrides"`
 }
 
 // SetModeRequest sets (or, with Mode "", clears) the broker override of a
@@ -180,7 +187,7 @@ type SetModeRequest struct {
 
 // SetModeResponse answers SetModeRequest.
 type SetModeResponse struct {
-	Revision uint64 `msgpack:"rev"`
+	Revision uint64 `msgpack:"rev" json:"revision"`
 }
 
 // SessionServer is the broker's end of a Session stream.

@@ -146,7 +146,9 @@ type OwnerFrame struct {
 	Changes ChangeList `msgpack:"c,omitempty"`  // KindChanges
 	// Count is, on KindSnapshotEnd, the number of rows the transfer sent:
 	// a consumer that received another number (a frame lost or reordered
-	// on the way) refuses the copy instead of serving it as complete.
+	// on the way) refuses the copy instead of serving it as complete. On
+	// KindSnapshotBegin it is the number of rows the owner expects to send
+	// (0 = unknown; an older owner), for progress reports only.
 	Count uint64 `msgpack:"n,omitempty"`
 }
 
