@@ -1,36 +1,68 @@
-# Thin wrappers over the go command. `make test` is what CI runs.
-GO      ?= go
-PKGS    ?= ./...
+# Thin wrappers over the go command. `make help` lists the targets;
+# `make test` is what the README and CI run.
+GO       ?= go
+PKGS     ?= ./...
+BIN      ?= bin
 FUZZTIME ?= 10s
 
-.PHONY: build test testrace test-short bench replbench demo fuzz lint vet fmt tidy check-tidy ci
+# The binaries `make build` puts into $(BIN)/.
+CMDS := ./cmd/replbroker ./cmd/replctl ./cmd/replbench \
+	./examples/marketplace/cmd/stores ./examples/marketplace/cmd/products
 
-build:
+.DEFAULT_GOAL := build
+
+.PHONY: help build install test testrace test-short stress bench replbench demo \
+	fuzz lint vet staticcheck fmt tidy check-tidy ci
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+build: ## compile everything; put replbroker, replctl, replbench, stores and products into bin/
 	$(GO) build $(PKGS)
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ $(CMDS)
+	@echo "built: $$(cd $(BIN) && ls | tr '\n' ' ')(in $(BIN)/)"
 
-# The default suite: everything under the race detector.
-test:
-	$(GO) test -race -timeout 20m $(PKGS)
+install: ## go install replbroker and replctl into GOPATH/bin (go env GOPATH)
+	$(GO) install ./cmd/replbroker ./cmd/replctl
+
+# The race detector needs cgo, and cgo a C compiler: `go env CGO_ENABLED`
+# says 0 when none is found. Without one the suite runs without -race and
+# says so; REPLMESH_REQUIRE_RACE=1 (CI) makes that an error instead.
+RACE = $(shell [ "$$($(GO) env CGO_ENABLED 2>/dev/null)" = 1 ] && echo -race)
+
+test: ## the test suite, under the race detector where cgo works
+	@if [ -z "$(RACE)" ]; then \
+		if [ "$$REPLMESH_REQUIRE_RACE" = 1 ]; then \
+			echo "make test: the race detector needs cgo and no C compiler was found (install gcc)"; exit 1; fi; \
+		echo "make test: no C compiler found (go env CGO_ENABLED is 0), so the race detector cannot run:"; \
+		echo "           running the suite WITHOUT -race (install gcc to get it)"; \
+	fi
+	$(GO) test $(RACE) -timeout 20m $(PKGS)
 
 testrace: test
 
-test-short:
+test-short: ## the suite without the slow tests and without -race
 	$(GO) test -short $(PKGS)
 
-# Micro-benchmarks (go test -bench) and the replbench table.
-bench:
+# The suite STRESS_COUNT times (-count) while a busy loop per core keeps the
+# machine loaded, as a shared CI machine is; the load stops by itself.
+STRESS_COUNT ?= 3
+stress: ## the suite with -count=3 under a CPU hog on every core (finds timing-bound tests)
+	GO="$(GO)" RACE="$(RACE)" STRESS_COUNT=$(STRESS_COUNT) PKGS="$(PKGS)" ./.ci/stress
+
+bench: ## micro-benchmarks and the replbench table
 	$(GO) test -run '^$$' -bench . -benchmem ./replica/ ./transport/
 	$(GO) test -run '^$$' -bench . -benchtime 10x ./broker/
 	$(GO) run ./cmd/replbench
 
-replbench:
+replbench: ## the replbench table (fan-out, transfer, resume, reads, modes, authz)
 	$(GO) run ./cmd/replbench
 
-demo:
+demo: ## the marketplace demo in one process, on embedded defaults
 	$(GO) run ./examples/marketplace
 
-# Runs every fuzz target briefly (FUZZTIME each).
-fuzz:
+fuzz: ## every fuzz target for FUZZTIME (10s) each
 	@set -e; for pkg in ./transport ./broker; do \
 		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
 			echo "fuzz $$pkg $$f"; \
@@ -38,36 +70,41 @@ fuzz:
 		done; \
 	done
 
-lint: vet
+lint: vet staticcheck ## go vet, gofmt and staticcheck (pinned in go.mod as a tool)
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 vet:
 	$(GO) vet $(PKGS)
 
-fmt:
+staticcheck:
+	$(GO) tool staticcheck $(PKGS)
+
+fmt: ## gofmt -w
 	gofmt -w .
 
-tidy:
+tidy: ## go mod tidy
 	$(GO) mod tidy
 
 # Fails when go.mod/go.sum are not tidy.
-check-tidy:
+check-tidy: ## fail when go.mod/go.sum are not tidy
 	@d=$$(mktemp -d); cp go.mod go.sum $$d/; $(GO) mod tidy; \
 	if ! cmp -s go.mod $$d/go.mod || ! cmp -s go.sum $$d/go.sum; then \
 		cp $$d/go.mod $$d/go.sum .; rm -rf $$d; echo "go.mod/go.sum not tidy: run make tidy"; exit 1; fi; \
 	rm -rf $$d
 
-ci: lint check-tidy test demo
+ci: ## what CI runs (.ci/run)
+	./.ci/run
 
 # The marketplace as separate processes on localhost: a broker, a stores
-# primary and standby, two products instances, a scripted scenario (curl).
+# primary and standby, two products instances, a scripted scenario (curl);
+# everything is stopped at its end (make cluster-up leaves a cluster running).
 .PHONY: marketplace
-marketplace:
+marketplace: ## the marketplace as processes, a scripted scenario, then stopped
 	./examples/marketplace/run.sh
 
 # The chaos suite (chaos/): real processes (brokers, owner instances,
-# consumers), faults, and every guarantee of DESIGN.md checked; the report
-# goes to CHAOS_REPORT and is printed at the end.
+# consumers), faults, and every guarantee of docs/design.md checked; the
+# report goes to CHAOS_REPORT and is printed at the end.
 #   chaos        the full suite (several minutes, bounded), with the
 #                real-network level (network namespaces, nftables) when
 #                run as root; nftables is installed with apt-get if missing.
@@ -77,7 +114,7 @@ marketplace:
 CHAOS_REPORT ?= $(or $(TMPDIR),/tmp)/replmesh-chaos-report.txt
 
 .PHONY: chaos chaos-short
-chaos:
+chaos: ## the full chaos suite (real processes, faults, every guarantee checked)
 	@if [ "$$(id -u)" = 0 ] && command -v ip >/dev/null 2>&1 && ! command -v nft >/dev/null 2>&1; then \
 		echo "installing nftables for the real-network level"; \
 		apt-get install -y nftables >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get install -y nftables >/dev/null 2>&1; } || \
@@ -88,7 +125,7 @@ chaos:
 		$(GO) test -count=1 -timeout 30m -run '^TestChaos$$' ./chaos/; \
 		status=$$?; cat $(CHAOS_REPORT) 2>/dev/null; exit $$status
 
-chaos-short:
+chaos-short: ## a seeded two-minute subset of the chaos suite (CI runs it)
 	@rm -f $(CHAOS_REPORT)
 	REPLMESH_CHAOS=short REPLMESH_CHAOS_REPORT=$(CHAOS_REPORT) \
 		$(GO) test -count=1 -timeout 15m -run '^TestChaos$$' ./chaos/; \

@@ -38,7 +38,7 @@ func TestSession_SilentSessionEndedAfterHalfTheLease(t *testing.T) {
 		select {
 		case err := <-h.errc:
 			t.Fatalf("heartbeating session ended: %v", err)
-		case <-time.After(deadline.Sub(time.Now())):
+		case <-time.After(time.Until(deadline)):
 		}
 	}
 }

@@ -49,10 +49,9 @@ type cluster struct {
 
 // monitorStats is what the monitor saw over the run.
 type monitorStats struct {
-	promotions   int      // times the primary (highest epoch) changed
-	splitBrain   []string // two primaries at the same epoch
-	maxEpoch     uint64
-	standbyAhead []string
+	promotions int      // times the primary (highest epoch) changed
+	splitBrain []string // two primaries at the same epoch
+	maxEpoch   uint64
 }
 
 // linkKey names the link from a node to a destination address.

@@ -29,13 +29,6 @@ func newViolations() *violations {
 		known: map[string]int{}, knownEx: map[string][]string{}, lostOps: map[int]bool{}}
 }
 
-func (v *violations) addKnown(kind, format string, args ...any) {
-	v.known[kind]++
-	if len(v.knownEx[kind]) < 5 {
-		v.knownEx[kind] = append(v.knownEx[kind], fmt.Sprintf(format, args...))
-	}
-}
-
 // truth is what the checks compare against: the final primary's history.
 type truth struct {
 	h *History

@@ -32,7 +32,6 @@ func ownLogKey(prefix []byte, seq uint64) []byte {
 func replicaBase(service, table string) string { return "c/" + service + "/" + table + "/" }
 func cursorKey(base string) []byte             { return []byte(base + "cur") }
 func stageKey(base string) []byte              { return []byte(base + "stage") }
-func dropPrefix(base string) []byte            { return []byte(base + "drop/") }
 
 func genPrefix(base string, gen uint64) []byte {
 	p := make([]byte, len(base)+2+8+1)

@@ -53,7 +53,7 @@ func (r *Replica) resolveModesLocked(now time.Time, why string) bool {
 		return false
 	}
 	m.settings = s
-	want := m.effective
+	var want string
 	switch s.Mode {
 	case modes.Pull:
 		want, m.policy = transport.ModePull, nil
