@@ -153,9 +153,23 @@ func (p *proc) log() string {
 // stop sends SIGTERM and checks that the process exits 0 within d.
 func (p *proc) stop(d time.Duration) {
 	p.t.Helper()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		p.t.Fatal(err)
+	p.signal(syscall.SIGTERM)
+	p.stopped(d)
+}
+
+// signal sends sig to the process, which must still be running.
+func (p *proc) signal(sig os.Signal) {
+	p.t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		p.t.Fatalf("signal %v: %v", sig, err)
 	}
+}
+
+// stopped checks that the process, already signalled, exits 0 within d.
+// It sends nothing: a second signal would race the exit (and its reap,
+// which makes Signal fail with "process already finished").
+func (p *proc) stopped(d time.Duration) {
+	p.t.Helper()
 	select {
 	case <-p.done:
 	case <-time.After(d):
@@ -279,14 +293,14 @@ func TestReplbroker_ServesAndStopsOnSIGTERM(t *testing.T) {
 	}
 
 	// SIGTERM: the session is ended by the broker, the process exits 0.
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
+	// One signal only: the broker may be gone by the time the session
+	// ends here.
+	p.signal(syscall.SIGTERM)
 	if _, err := stream.Recv(); !errors.Is(transport.FromStatus(err), transport.ErrUnavailable) {
 		t.Fatalf("session at SIGTERM: %v, want ErrUnavailable", err)
 	}
 	scancel()
-	p.stop(15 * time.Second)
+	p.stopped(15 * time.Second)
 	for _, want := range []string{`"msg":"broker stopping"`, `"msg":"replbroker stopped"`} {
 		if !strings.Contains(p.log(), want) {
 			t.Errorf("log lacks %s:\n%s", want, p.log())
