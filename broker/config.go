@@ -65,7 +65,8 @@ type Config struct {
 	// broker) before it is removed; for a primary, it is also how long the
 	// service waits before a standby is promoted.
 	Lease time.Duration
-	// Heartbeat is the interval of the broker's heartbeats on sessions.
+	// Heartbeat is the interval of the broker's heartbeats on sessions,
+	// and of its checks for a silent session; at most Lease/2.
 	Heartbeat time.Duration
 	// RegisterTimeout bounds the wait for a session's Register frame.
 	RegisterTimeout time.Duration
@@ -133,8 +134,25 @@ func LocalConfig(name string) Config {
 	return c
 }
 
+// ConfigError is the error Validate (and New) return for an unusable
+// field: which field, and what is wrong with it, including the values it
+// accepts. It wraps ErrInvalidConfig.
+type ConfigError struct {
+	// Field is the field's name, "Config.Lease".
+	Field string
+	// Problem follows the field's name in the message: "is 0s; it must be
+	// more than 0". It names other fields the same way ("Config.Lease").
+	Problem string
+}
+
+func (e *ConfigError) Error() string {
+	return ErrInvalidConfig.Error() + ": " + e.Field + " " + e.Problem
+}
+
+func (e *ConfigError) Unwrap() error { return ErrInvalidConfig }
+
 func invalid(field, format string, args ...any) error {
-	return fmt.Errorf("%w: %s "+format, append([]any{ErrInvalidConfig, field}, args...)...)
+	return &ConfigError{Field: field, Problem: fmt.Sprintf(format, args...)}
 }
 
 // splitHostPort parses "host:port" with a numeric port in 0..65535.
@@ -184,22 +202,32 @@ func (c *Config) Validate() error {
 	if len(c.ClusterLabel) > memberlist.LabelMaxSize {
 		return invalid("Config.ClusterLabel", "is longer than %d bytes", memberlist.LabelMaxSize)
 	}
+	// Durations, each with the range it accepts. Heartbeat: the broker
+	// checks a session for silence on its heartbeat ticks once the session
+	// has been silent for half a lease, so a heartbeat of at most half the
+	// lease ends a silent session within one lease.
+	positive := "it must be more than 0"
 	checks := []struct {
 		name string
+		v    time.Duration
 		bad  bool
+		want string
 	}{
-		{"Config.Lease", c.Lease <= 0},
-		{"Config.Heartbeat", c.Heartbeat <= 0},
-		{"Config.RegisterTimeout", c.RegisterTimeout <= 0},
-		{"Config.CheckInterval", c.CheckInterval <= 0 || c.CheckInterval > c.Lease},
-		{"Config.UpdateInterval", c.UpdateInterval <= 0},
-		{"Config.TombstoneTTL", c.TombstoneTTL < c.Lease},
-		{"Config.RejoinInterval", c.RejoinInterval <= 0},
-		{"Config.ShutdownTimeout", c.ShutdownTimeout <= 0},
+		{"Config.Lease", c.Lease, c.Lease <= 0, positive},
+		{"Config.Heartbeat", c.Heartbeat, c.Heartbeat <= 0 || c.Heartbeat > c.Lease/2,
+			fmt.Sprintf("it must be more than 0 and at most half of Config.Lease (%v): %v or less", c.Lease, c.Lease/2)},
+		{"Config.RegisterTimeout", c.RegisterTimeout, c.RegisterTimeout <= 0, positive},
+		{"Config.CheckInterval", c.CheckInterval, c.CheckInterval <= 0 || c.CheckInterval > c.Lease,
+			fmt.Sprintf("it must be more than 0 and at most Config.Lease (%v)", c.Lease)},
+		{"Config.UpdateInterval", c.UpdateInterval, c.UpdateInterval <= 0, positive},
+		{"Config.TombstoneTTL", c.TombstoneTTL, c.TombstoneTTL < c.Lease,
+			fmt.Sprintf("it must be at least Config.Lease (%v)", c.Lease)},
+		{"Config.RejoinInterval", c.RejoinInterval, c.RejoinInterval <= 0, positive},
+		{"Config.ShutdownTimeout", c.ShutdownTimeout, c.ShutdownTimeout <= 0, positive},
 	}
 	for _, ch := range checks {
 		if ch.bad {
-			return invalid(ch.name, "is out of range")
+			return invalid(ch.name, "is %v; %s", ch.v, ch.want)
 		}
 	}
 	return nil

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -44,6 +45,10 @@ type fileConfig struct {
 	LogLevel        string        `yaml:"log_level"`  // debug, info, warn, error
 	LogFormat       string        `yaml:"log_format"` // text, json
 	TLS             tlsConfig     `yaml:"tls"`
+
+	// present holds the top-level keys the file gives, so that an explicit
+	// zero ("lease: 0s") is refused rather than taken for "not set".
+	present map[string]bool
 }
 
 type tlsConfig struct {
@@ -68,7 +73,7 @@ gossip_profile: lan           # memberlist timings: lan, wan or local
 token: ""                     # shared token components present in Register
 token_file: ""                # or a file holding it
 lease: 5s                     # how long an instance may be without a session
-heartbeat: 2s                 # broker heartbeats on sessions
+heartbeat: 2s                 # broker heartbeats on sessions; at most half the lease
 shutdown_timeout: 5s          # bound on graceful stop
 log_level: info               # debug, info, warn, error
 log_format: text              # text or json
@@ -103,6 +108,14 @@ func loadFile(path string) (*fileConfig, error) {
 	var fc fileConfig
 	if err := doc.Decode(&fc); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	fc.present = map[string]bool{}
+	if top := doc.Content[0]; top.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(top.Content); i += 2 {
+			if top.Content[i+1].ShortTag() != "!!null" {
+				fc.present[top.Content[i].Value] = true
+			}
+		}
 	}
 	return &fc, nil
 }
@@ -153,6 +166,11 @@ func checkKeys(path string, n *yaml.Node, prefix string, v any) error {
 			return fmt.Errorf("config %s:%d: key %q given twice", path, k.Line, prefix+k.Value)
 		}
 		seen[k.Value] = true
+		if durationKeys[k.Value] && prefix == "" {
+			if err := checkDuration(val); err != nil {
+				return fmt.Errorf("config %s:%d: %s: %w", path, val.Line, k.Value, err)
+			}
+		}
 		if sub != nil {
 			if err := checkKeys(path, val, prefix+k.Value+".", sub); err != nil {
 				return err
@@ -160,6 +178,103 @@ func checkKeys(path string, n *yaml.Node, prefix string, v any) error {
 		}
 	}
 	return nil
+}
+
+// durationKeys are the top-level keys holding a time.Duration.
+var durationKeys = map[string]bool{"lease": true, "heartbeat": true, "shutdown_timeout": true}
+
+// checkDuration refuses a YAML value that is not a Go duration, saying how
+// to write one: yaml.v3 would report "cannot unmarshal !!int `5` into
+// time.Duration", naming neither the key nor the unit it lacks.
+func checkDuration(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return errors.New("is not a duration: write it as a number with a unit, such as \"5s\" or \"500ms\"")
+	}
+	switch n.ShortTag() {
+	case "!!str":
+		_, err := parseDuration(n.Value)
+		return err
+	case "!!null":
+		return nil // unset
+	}
+	return notDuration(n.Value)
+}
+
+// parseDuration is time.ParseDuration with an error that says how to write
+// a duration.
+func parseDuration(v string) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, notDuration(v)
+	}
+	return d, nil
+}
+
+func notDuration(v string) error {
+	if _, err := strconv.ParseFloat(v, 64); err == nil {
+		return fmt.Errorf("%s is not a duration: write %q (seconds) or give another unit (ms, m, h)", v, v+"s")
+	}
+	return fmt.Errorf("%q is not a duration: write it as a number with a unit, such as \"5s\" or \"500ms\"", v)
+}
+
+// durationFlag is a duration flag whose parse error says how to write one.
+type durationFlag struct{ d *time.Duration }
+
+func (f durationFlag) String() string {
+	if f.d == nil {
+		return ""
+	}
+	return f.d.String()
+}
+
+func (f durationFlag) Set(v string) error {
+	d, err := parseDuration(v)
+	if err != nil {
+		return err
+	}
+	*f.d = d
+	return nil
+}
+
+func durationVar(fs *flag.FlagSet, name string, value time.Duration, usage string) *time.Duration {
+	d := new(time.Duration)
+	*d = value
+	fs.Var(durationFlag{d}, name, usage)
+	return d
+}
+
+// settingNames maps the broker.Config fields a user sets to the flag and
+// the config-file key that set them, for errors from broker.Config.Validate.
+var settingNames = map[string]struct{ flag, key string }{
+	"Config.Name":            {"-name", "name"},
+	"Config.GRPCAddr":        {"-grpc", "grpc_addr"},
+	"Config.AdvertiseGRPC":   {"-advertise-grpc", "advertise_grpc"},
+	"Config.BindAddr":        {"-gossip", "gossip_addr"},
+	"Config.AdvertiseAddr":   {"-advertise-gossip", "advertise_gossip"},
+	"Config.Join":            {"-join", "join"},
+	"Config.GossipKey":       {"-gossip-key", "gossip_key"},
+	"Config.ClusterLabel":    {"-cluster-label", "cluster_label"},
+	"Config.Lease":           {"-lease", "lease"},
+	"Config.Heartbeat":       {"-heartbeat", "heartbeat"},
+	"Config.ShutdownTimeout": {"-shutdown-timeout", "shutdown_timeout"},
+}
+
+// settingError restates a broker.ConfigError in the words of the command
+// line: "heartbeat (flag -heartbeat, config key heartbeat) is 10s; it must
+// be more than 0 and at most half of lease (1s): 500ms or less".
+func settingError(err error) error {
+	var ce *broker.ConfigError
+	if !errors.As(err, &ce) {
+		return err
+	}
+	field, problem := ce.Field, ce.Problem
+	for f, n := range settingNames {
+		problem = strings.ReplaceAll(problem, f+" ", n.key+" ")
+	}
+	if n, ok := settingNames[field]; ok {
+		field = fmt.Sprintf("%s (flag %s, config key %s)", n.key, n.flag, n.key)
+	}
+	return fmt.Errorf("invalid config: %s %s", field, problem)
 }
 
 func orTop(prefix string) string {
@@ -212,9 +327,9 @@ func parseArgsModes(args []string, stderr io.Writer) (broker.Config, string, *sl
 		profile     = fs.String("gossip-profile", "lan", "memberlist timings: lan, wan or local")
 		token       = fs.String("token", "", "shared `token` required in every Register")
 		tokenFile   = fs.String("token-file", "", "`file` holding the shared token")
-		lease       = fs.Duration("lease", broker.DefaultConfig().Lease, "how long an instance may be without a session before it is removed")
-		heartbeat   = fs.Duration("heartbeat", broker.DefaultConfig().Heartbeat, "interval of broker heartbeats on sessions")
-		shutdown    = fs.Duration("shutdown-timeout", broker.DefaultConfig().ShutdownTimeout, "bound on the graceful stop")
+		lease       = durationVar(fs, "lease", broker.DefaultConfig().Lease, "how long an instance may be without a session before it is removed")
+		heartbeat   = durationVar(fs, "heartbeat", broker.DefaultConfig().Heartbeat, "interval of broker heartbeats on sessions; at most half the lease")
+		shutdown    = durationVar(fs, "shutdown-timeout", broker.DefaultConfig().ShutdownTimeout, "bound on the graceful stop")
 		logLevel    = fs.String("log-level", "info", "log `level`: debug, info, warn, error")
 		logFormat   = fs.String("log-format", "text", "log format: text or json")
 		tlsCert     = fs.String("tls-cert", "", "PEM certificate `file` of the gRPC server (enables TLS)")
@@ -274,14 +389,14 @@ func parseArgsModes(args []string, stderr io.Writer) (broker.Config, string, *sl
 			}
 		}
 	}
-	dur := func(flagName string, dst *time.Duration, val time.Duration) {
-		if set[flagName] || *dst == 0 {
+	dur := func(flagName, key string, dst *time.Duration, val time.Duration) {
+		if set[flagName] || !fc.present[key] {
 			*dst = val
 		}
 	}
-	dur("lease", &fc.Lease, *lease)
-	dur("heartbeat", &fc.Heartbeat, *heartbeat)
-	dur("shutdown-timeout", &fc.ShutdownTimeout, *shutdown)
+	dur("lease", "lease", &fc.Lease, *lease)
+	dur("heartbeat", "heartbeat", &fc.Heartbeat, *heartbeat)
+	dur("shutdown-timeout", "shutdown_timeout", &fc.ShutdownTimeout, *shutdown)
 
 	log, err := newLogger(fc.LogLevel, fc.LogFormat, stderr)
 	if err != nil {
@@ -406,5 +521,5 @@ func brokerConfig(fc *fileConfig) (broker.Config, error) {
 		}
 		cfg.Transport.TLS = tc
 	}
-	return cfg, cfg.Validate()
+	return cfg, settingError(cfg.Validate())
 }

@@ -352,8 +352,10 @@ func TestReplbroker_ConfigFile(t *testing.T) {
 		{"unknown key", "name: x\nlease: 2s\nleese: 3s\n", `:3: unknown key "leese"`},
 		{"unknown nested key", "tls:\n  cert: a.pem\n  keyfile: b.pem\n", `:3: unknown key "tls.keyfile" in tls`},
 		{"duplicate key", "name: x\nname: y\n", `:2: key "name" given twice`},
-		{"bad duration", "lease: soon\n", "line 1: cannot unmarshal !!str `soon` into time.Duration"},
-		{"bad gossip key", "gossip_key: c2hvcnQ=\n", "Config.GossipKey"},
+		{"bad duration", "lease: soon\n", `:1: lease: "soon" is not a duration: write it as a number with a unit, such as "5s"`},
+		{"duration without unit", "name: x\nlease: 5\n", `:2: lease: 5 is not a duration: write "5s"`},
+		{"heartbeat above half the lease", "lease: 1s\nheartbeat: 10s\n", "heartbeat (flag -heartbeat, config key heartbeat) is 10s; it must be more than 0 and at most half of lease (1s): 500ms or less"},
+		{"bad gossip key", "gossip_key: c2hvcnQ=\n", "gossip_key (flag -gossip-key, config key gossip_key) is 5 bytes; it must be 16, 24 or 32"},
 		{"bad profile", "gossip_profile: fast\n", "gossip profile"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -366,6 +368,73 @@ func TestReplbroker_ConfigFile(t *testing.T) {
 				t.Fatalf("error does not say %q:\n%s", tc.want, p.log())
 			}
 		})
+	}
+}
+
+// A setting out of range, from a flag or from the file, is refused with a
+// message naming the setting (flag and key) and the values it accepts.
+func TestParseArgs_BadSettings(t *testing.T) {
+	dir, n := t.TempDir(), 0
+	file := func(body string) string {
+		n++
+		path := filepath.Join(dir, fmt.Sprintf("c%d.yaml", n))
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string // each must be in the error
+	}{
+		{"zero lease flag", []string{"-lease", "0s"},
+			[]string{"lease (flag -lease, config key lease) is 0s", "it must be more than 0"}},
+		{"negative lease flag", []string{"-lease", "-2s"},
+			[]string{"flag -lease", "is -2s", "it must be more than 0"}},
+		{"zero lease in the file", []string{"-config", file("lease: 0s\n")},
+			[]string{"config key lease", "is 0s", "it must be more than 0"}},
+		{"heartbeat not below the lease", []string{"-heartbeat", "10s", "-lease", "1s"},
+			[]string{"heartbeat (flag -heartbeat, config key heartbeat) is 10s", "at most half of lease (1s): 500ms or less"}},
+		{"heartbeat just above half the lease", []string{"-heartbeat", "2600ms"},
+			[]string{"flag -heartbeat", "is 2.6s", "at most half of lease (5s): 2.5s or less"}},
+		{"heartbeat from the file, lease from a flag", []string{"-config", file("heartbeat: 3s\n"), "-lease", "2s"},
+			[]string{"config key heartbeat", "is 3s", "at most half of lease (2s)"}},
+		{"zero shutdown timeout", []string{"-shutdown-timeout", "0s"},
+			[]string{"shutdown_timeout (flag -shutdown-timeout, config key shutdown_timeout) is 0s", "it must be more than 0"}},
+		{"lease flag without unit", []string{"-lease", "5"},
+			[]string{"-lease", `5 is not a duration: write "5s"`}},
+		{"lease key without unit", []string{"-config", file("lease: 5\n")},
+			[]string{":1: lease: 5", `write "5s"`}},
+		{"fractional heartbeat key", []string{"-config", file("heartbeat: 0.5\n")},
+			[]string{":1: heartbeat: 0.5", `write "0.5s"`}},
+		{"shutdown key as a word", []string{"-config", file("shutdown_timeout: soon\n")},
+			[]string{":1: shutdown_timeout:", `"soon" is not a duration`, `"500ms"`}},
+		{"duration key as a list", []string{"-config", file("lease: [1, 2]\n")},
+			[]string{":1: lease:", "is not a duration"}},
+		{"short gossip key", []string{"-gossip-key", "c2hvcnQ="},
+			[]string{"gossip_key (flag -gossip-key, config key gossip_key) is 5 bytes; it must be 16, 24 or 32"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var stderr strings.Builder
+			_, _, _, err := parseArgs(tc.args, &stderr)
+			if err == nil {
+				t.Fatalf("parseArgs(%q) accepted the setting", tc.args)
+			}
+			got := err.Error() + "\n" + stderr.String()
+			for _, w := range tc.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("error does not say %q:\n%s", w, got)
+				}
+			}
+		})
+	}
+	// At the boundary, and with the defaults and the local profile, the
+	// settings are accepted.
+	for _, args := range [][]string{nil, {"-lease", "1s", "-heartbeat", "500ms"}, {"-gossip-profile", "local"}, {"-config", file("lease: 9s\nheartbeat: 4500ms\n")}} {
+		if _, _, _, err := parseArgs(args, io.Discard); err != nil {
+			t.Errorf("parseArgs(%q): %v", args, err)
+		}
 	}
 }
 
