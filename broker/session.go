@@ -52,7 +52,7 @@ func (s *session) end(err error) {
 }
 
 // Session serves one component's Session stream (see transport.Register
-// and DESIGN.md "Wire protocol"). The first frame must be a Register; the
+// and docs/design.md, "Wire protocol"). The first frame must be a Register; the
 // broker answers with the component's topology, then pushes a new one each
 // time it changes (and only then), and sends heartbeats every
 // Config.Heartbeat. While the stream is open the instance is alive; after

@@ -1,5 +1,5 @@
 // Package chaos is replmesh's fault-injection suite. It runs real
-// processes, breaks them, and checks every guarantee of DESIGN.md
+// processes, breaks them, and checks every guarantee of docs/design.md
 // ("Guarantees") against a recorded history of writes.
 //
 // # Running it

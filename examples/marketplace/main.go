@@ -1,5 +1,5 @@
 // Command marketplace is the replmesh quickstart: the marketplace scenario
-// of the design (DESIGN.md, "The problem it solves") run in one process.
+// of the design (docs/design.md, "What replmesh is") run in one process.
 //
 //	go run ./examples/marketplace        (or: make demo)
 //

@@ -1,4 +1,4 @@
-// Package depcheck holds the test that keeps the import rules of DESIGN.md
+// Package depcheck holds the test that keeps the import rules of docs/design.md
 // checkable: transport and modes import nothing of ours, replica and broker
 // never import each other, only replica imports badger and only broker
 // imports memberlist.
@@ -43,7 +43,7 @@ func TestImportRules(t *testing.T) {
 				}
 				for _, f := range tt.forbidden {
 					if strings.HasPrefix(d, f) {
-						t.Errorf("%s imports %s, which DESIGN.md forbids", tt.pkg, d)
+						t.Errorf("%s imports %s, which docs/design.md forbids", tt.pkg, d)
 					}
 				}
 			}
