@@ -40,6 +40,7 @@ var ReplicationServiceDesc = grpc.ServiceDesc{
 	Methods: []grpc.MethodDesc{
 		{MethodName: "Get", Handler: getHandler},
 		{MethodName: "Digest", Handler: digestHandler},
+		{MethodName: "Keys", Handler: keysHandler}, // served by a KeysServer (keys.go)
 	},
 	Streams: []grpc.StreamDesc{
 		{StreamName: "Subscribe", Handler: subscribeHandler, ServerStreams: true, ClientStreams: true},
