@@ -20,11 +20,8 @@ func (s *replicationServer) Keys(ctx context.Context, req *transport.KeysRequest
 	if err != nil {
 		return nil, err
 	}
-	t, err := s.c.ownedTable(req.Table)
+	t, err := s.readableTable(req.Table, req.Service)
 	if err != nil {
-		return nil, err
-	}
-	if err := t.allowed(req.Service); err != nil {
 		return nil, err
 	}
 	budget := keysBudget(s.c.cfg.Transport)
@@ -70,6 +67,16 @@ func (s *replicationServer) Keys(ctx context.Context, req *transport.KeysRequest
 		return nil, fmt.Errorf("keys %s: %w", t.name, err)
 	}
 	return out, nil
+}
+
+// readableTable returns the owned table named table if service may read
+// it (the access check of every unary read).
+func (s *replicationServer) readableTable(table, service string) (*OwnedTable, error) {
+	t, err := s.c.ownedTable(table)
+	if err != nil {
+		return nil, err
+	}
+	return t, t.allowed(service)
 }
 
 // keysBudget is the key bytes one Keys page may carry: MaxKeysBytes, or
