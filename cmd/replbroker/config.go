@@ -299,8 +299,30 @@ func parseArgs(args []string, stderr io.Writer) (broker.Config, string, *slog.Lo
 	return cfg, httpA, log, err
 }
 
-// parseArgsModes is parseArgs that also returns the -modes file, loaded.
-func parseArgsModes(args []string, stderr io.Writer) (broker.Config, string, *slog.Logger, *modes.Config, error) {
+// modeFile is the -modes file: where it is and the table modes it gives.
+type modeFile struct {
+	path  string
+	modes map[string]modes.Mode // "service/table" -> mode; tables that set no mode are left out
+}
+
+// loadModeFile reads and checks the -modes file.
+func loadModeFile(path string) (*modeFile, error) {
+	mc, err := modes.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	mf := &modeFile{path: path, modes: map[string]modes.Mode{}}
+	for name, tc := range mc.Tables {
+		if tc.Mode != modes.Unset {
+			mf.modes[name] = tc.Mode
+		}
+	}
+	return mf, nil
+}
+
+// parseArgsModes is parseArgs that also returns the -modes file, loaded
+// (nil without -modes).
+func parseArgsModes(args []string, stderr io.Writer) (broker.Config, string, *slog.Logger, *modeFile, error) {
 	fs := flag.NewFlagSet("replbroker", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -320,7 +342,7 @@ func parseArgsModes(args []string, stderr io.Writer) (broker.Config, string, *sl
 		advGossip   = fs.String("advertise-gossip", "", "gossip `address` announced to other brokers")
 		httpAddr    = fs.String("http", broker.DefaultHTTPAddr, "HTTP `address` for /metrics, /api/status and the status page; \"off\" disables")
 		join        = fs.String("join", "", "comma-separated gossip `addresses` of brokers to join")
-		modesPath   = fs.String("modes", "", "per-table mode config `file` (the modes YAML); its modes are set as broker overrides")
+		modesPath   = fs.String("modes", "", "per-table mode config `file` (the modes YAML); its modes are set as broker overrides, again on SIGHUP")
 		gossipKey   = fs.String("gossip-key", "", "gossip encryption `key`, base64 of 16, 24 or 32 bytes")
 		gossipKeyF  = fs.String("gossip-key-file", "", "`file` holding the base64 gossip key")
 		label       = fs.String("cluster-label", "", "cluster `label`; brokers with another label are ignored")
@@ -411,10 +433,10 @@ func parseArgsModes(args []string, stderr io.Writer) (broker.Config, string, *sl
 	if httpA == "off" {
 		httpA = ""
 	}
-	var mf *modes.Config
+	var mf *modeFile
 	if *modesPath != "" {
 		var err error
-		if mf, err = modes.Load(*modesPath); err != nil {
+		if mf, err = loadModeFile(*modesPath); err != nil {
 			return broker.Config{}, "", nil, nil, err
 		}
 	}

@@ -20,6 +20,14 @@
 //	replbroker -name b2 -grpc 10.0.0.2:7400 -gossip 10.0.0.2:7401 -join 10.0.0.1:7401
 //	replbroker -config /etc/replmesh/broker.yaml
 //
+// -modes FILE sets the table modes of a per-table mode file (the modes
+// YAML) as broker overrides. On SIGHUP it reads the file again and applies
+// what changed: a table added or whose mode changed gets the file's mode; a
+// table removed from the file has its override cleared, unless the
+// override was changed since (replctl mode set), which then stays. Each
+// change is logged. A file that does not load is logged and the modes in
+// force stay as they are.
+//
 // On SIGTERM or SIGINT it reports NOT_SERVING on health, leaves the cluster
 // (the other brokers stop counting on it at once), ends its sessions (the
 // components re-home to other brokers) and stops.
@@ -32,10 +40,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -51,7 +61,10 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
+	// At once: SIGHUP's default action ends the process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	if err := run(ctx, os.Args[1:], os.Stderr, hup); err != nil {
 		if errors.Is(err, flag.ErrHelp) || errors.Is(err, errPrinted) {
 			return
 		}
@@ -60,8 +73,9 @@ func main() {
 	}
 }
 
-// run starts the broker and serves until ctx is done.
-func run(ctx context.Context, args []string, stderr io.Writer) error {
+// run starts the broker and serves until ctx is done, reloading the
+// -modes file on every value from reload.
+func run(ctx context.Context, args []string, stderr io.Writer, reload <-chan os.Signal) error {
 	cfg, httpAddr, log, modeFile, err := parseArgsModes(args, stderr)
 	if err != nil {
 		return err
@@ -103,11 +117,24 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	log.Info("replbroker serving", "name", b.Name(), "grpc", b.GRPCAddr(), "gossip", b.GossipAddr(), "http", boundHTTP,
 		"join", cfg.Join, "lease", cfg.Lease.String())
 
-	select {
-	case <-ctx.Done():
-		log.Info("replbroker stopping", "reason", "signal")
-	case err := <-httpErr:
-		log.Error("http server failed", "err", err)
+serve:
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("replbroker stopping", "reason", "signal")
+			break serve
+		case err := <-httpErr:
+			log.Error("http server failed", "err", err)
+			break serve
+		case <-reload:
+			if modeFile == nil {
+				log.Info("SIGHUP: no -modes file to reload")
+				continue
+			}
+			rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			modeFile = reloadModeFile(rctx, b, log, modeFile)
+			cancel()
+		}
 	}
 	// Health NOT_SERVING, leave the cluster, end sessions, stop gRPC.
 	cerr := b.Close()
@@ -128,19 +155,110 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 // applyModeFile sets every table mode of the -modes file as a broker
 // override (the top of the precedence: override > subscription option >
 // owner default). Brokers of a cluster started with the same file agree.
-func applyModeFile(ctx context.Context, b *broker.Broker, mf *modes.Config) error {
+func applyModeFile(ctx context.Context, b *broker.Broker, mf *modeFile) error {
 	if mf == nil {
 		return nil
 	}
-	for name, tc := range mf.Tables {
-		if tc.Mode == modes.Unset {
-			continue
-		}
-		svc, table, _ := strings.Cut(name, "/")
-		_, err := b.SetMode(ctx, &transport.SetModeRequest{Version: transport.ProtocolVersion, Service: svc, Table: table, Mode: tc.Mode.String()})
-		if err != nil {
+	for _, name := range slices.Sorted(maps.Keys(mf.modes)) {
+		if err := setOverride(ctx, b, name, mf.modes[name].String()); err != nil {
 			return fmt.Errorf("mode file: %s: %w", name, err)
 		}
 	}
 	return nil
+}
+
+// setOverride sets the broker override of table ("service/table") to mode,
+// or clears it when mode is "".
+func setOverride(ctx context.Context, b *broker.Broker, table, mode string) error {
+	svc, tbl, _ := strings.Cut(table, "/")
+	_, err := b.SetMode(ctx, &transport.SetModeRequest{Version: transport.ProtocolVersion, Service: svc, Table: tbl, Mode: mode})
+	return err
+}
+
+// modeChange is one difference between two loads of the -modes file.
+type modeChange struct {
+	table    string // "service/table"
+	from, to string // the mode before and after; "" for a table not in that load
+}
+
+// diffModes lists what changed from old to new, sorted by table.
+func diffModes(old, new map[string]modes.Mode) []modeChange {
+	var out []modeChange
+	for name, m := range new {
+		if was, ok := old[name]; !ok || was != m {
+			c := modeChange{table: name, to: m.String()}
+			if ok {
+				c.from = was.String()
+			}
+			out = append(out, c)
+		}
+	}
+	for name, was := range old {
+		if _, ok := new[name]; !ok {
+			out = append(out, modeChange{table: name, from: was.String()})
+		}
+	}
+	slices.SortFunc(out, func(a, b modeChange) int { return strings.Compare(a.table, b.table) })
+	return out
+}
+
+// reloadModeFile reads the -modes file again and applies what changed
+// since cur, logging each change; it returns what is now in force. A file
+// that does not load changes nothing. A table removed from the file has
+// its override cleared only if it is still the file's: one set since with
+// replctl stays.
+func reloadModeFile(ctx context.Context, b *broker.Broker, log *slog.Logger, cur *modeFile) *modeFile {
+	next, err := loadModeFile(cur.path)
+	if err != nil {
+		log.Error("modes file not reloaded; the modes in force stay", "file", cur.path, "err", err)
+		return cur
+	}
+	changes := diffModes(cur.modes, next.modes)
+	if len(changes) == 0 {
+		log.Info("modes file reloaded: nothing changed", "file", cur.path, "tables", len(next.modes))
+		return next
+	}
+	st, err := b.Status(ctx, &transport.StatusRequest{Version: transport.ProtocolVersion})
+	if err != nil {
+		log.Error("modes file not reloaded; the modes in force stay", "file", cur.path, "err", err)
+		return cur
+	}
+	overrides := st.Overrides
+	applied := maps.Clone(cur.modes) // what is in force: the old file, as far as changes fail
+	var added, removed, changed, failed int
+	for _, c := range changes {
+		if c.to == "" && overrides[c.table] != c.from {
+			// Changed (or cleared) since the file set it: not the file's any more.
+			log.Info("modes file: table removed; its override was changed since and stays",
+				"table", c.table, "file_mode", c.from, "override", overrides[c.table])
+			delete(applied, c.table)
+			removed++
+			continue
+		}
+		if err := setOverride(ctx, b, c.table, c.to); err != nil {
+			log.Error("modes file: change not applied", "table", c.table, "from", c.from, "to", c.to, "err", err)
+			failed++
+			continue
+		}
+		switch {
+		case c.to == "":
+			log.Info("modes file: table removed; override cleared", "table", c.table, "mode", c.from)
+			delete(applied, c.table)
+			removed++
+		case c.from == "":
+			log.Info("modes file: table added", "table", c.table, "mode", c.to)
+			applied[c.table] = next.modes[c.table]
+			added++
+		default:
+			log.Info("modes file: mode changed", "table", c.table, "from", c.from, "to", c.to)
+			applied[c.table] = next.modes[c.table]
+			changed++
+		}
+	}
+	level := slog.LevelInfo
+	if failed > 0 {
+		level = slog.LevelError
+	}
+	log.Log(ctx, level, "modes file reloaded", "file", cur.path, "added", added, "removed", removed, "changed", changed, "failed", failed)
+	return &modeFile{path: cur.path, modes: applied}
 }

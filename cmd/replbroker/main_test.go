@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,6 +23,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/replmesh/replmesh/broker"
+	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/transport"
 )
 
@@ -508,4 +511,115 @@ func TestModesFile(t *testing.T) {
 	if _, _, _, _, err := parseArgsModes([]string{"-modes", bad}, io.Discard); err == nil || !strings.Contains(err.Error(), "line 4") {
 		t.Fatalf("bad mode file: %v, want an error naming line 4", err)
 	}
+}
+
+func TestDiffModes(t *testing.T) {
+	const push, pull, auto = modes.Push, modes.Pull, modes.Auto
+	for _, tc := range []struct {
+		name     string
+		old, new map[string]modes.Mode
+		want     []modeChange
+	}{
+		{"nothing", nil, nil, nil},
+		{"same", map[string]modes.Mode{"s/a": pull}, map[string]modes.Mode{"s/a": pull}, nil},
+		{"added", nil, map[string]modes.Mode{"s/a": pull}, []modeChange{{table: "s/a", to: "pull"}}},
+		{"removed", map[string]modes.Mode{"s/a": pull}, nil, []modeChange{{table: "s/a", from: "pull"}}},
+		{"changed", map[string]modes.Mode{"s/a": pull}, map[string]modes.Mode{"s/a": auto}, []modeChange{{table: "s/a", from: "pull", to: "auto"}}},
+		{"all, sorted by table",
+			map[string]modes.Mode{"s/c": push, "s/b": pull, "s/d": auto},
+			map[string]modes.Mode{"s/a": auto, "s/b": push, "s/d": auto},
+			[]modeChange{{table: "s/a", to: "auto"}, {table: "s/b", from: "pull", to: "push"}, {table: "s/c", from: "push"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := diffModes(tc.old, tc.new); !slices.Equal(got, tc.want) {
+				t.Fatalf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+// waitLog waits until the process has logged want.
+func (p *proc) waitLog(want string) {
+	p.t.Helper()
+	waitUntil(p.t, "the log line "+want, func() bool { return strings.Contains(p.log(), want) })
+}
+
+// SIGHUP reloads the -modes file: what changed is applied and logged, an
+// override changed since with replctl stays, a bad file changes nothing,
+// and the broker goes on serving (SIGHUP used to end it, exit 129).
+func TestReplbroker_SIGHUPReloadsModes(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "modes.yaml")
+	writeModes := func(body string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte("version: 1\ntables:\n"+body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeModes("  s/removed: {mode: pull}\n  s/changed: {mode: push}\n  s/kept: {mode: auto}\n  s/same: {mode: pull}\n  s/overridden: {mode: pull}\n")
+	p := start(t, local("hup", "-modes", path)...)
+	overrides := func() map[string]string { return apiStatus(t, p.HTTP).Overrides }
+	want := map[string]string{"s/removed": "pull", "s/changed": "push", "s/kept": "auto", "s/same": "pull", "s/overridden": "pull"}
+	if got := overrides(); !maps.Equal(got, want) {
+		t.Fatalf("overrides at start: %v, want %v", got, want)
+	}
+	// An operator changes one of the file's overrides.
+	cc, err := transport.Dial(p.GRPC, transport.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := transport.NewBrokerClient(cc).SetMode(ctx, &transport.SetModeRequest{Version: transport.ProtocolVersion,
+		Service: "s", Table: "overridden", Mode: "push"}); err != nil {
+		t.Fatal(err)
+	}
+
+	writeModes("  s/changed: {mode: pull}\n  s/kept: {mode: auto}\n  s/same: {mode: pull}\n  s/added: {mode: auto}\n")
+	p.signal(syscall.SIGHUP)
+	p.waitLog(`"msg":"modes file reloaded"`)
+	want = map[string]string{"s/changed": "pull", "s/kept": "auto", "s/same": "pull", "s/added": "auto", "s/overridden": "push"}
+	if got := overrides(); !maps.Equal(got, want) {
+		t.Fatalf("overrides after the reload: %v, want %v", got, want)
+	}
+	for _, line := range []string{
+		`"msg":"modes file: table added","table":"s/added","mode":"auto"`,
+		`"msg":"modes file: table removed; override cleared","table":"s/removed","mode":"pull"`,
+		`"msg":"modes file: mode changed","table":"s/changed","from":"push","to":"pull"`,
+		`"msg":"modes file: table removed; its override was changed since and stays","table":"s/overridden","file_mode":"pull","override":"push"`,
+		`"added":1,"removed":2,"changed":1,"failed":0`,
+	} {
+		if !strings.Contains(p.log(), line) {
+			t.Errorf("log lacks %s", line)
+		}
+	}
+	if strings.Contains(p.log(), `"table":"s/same"`) || strings.Contains(p.log(), `"table":"s/kept"`) {
+		t.Errorf("the log names a table that did not change:\n%s", p.log())
+	}
+
+	// A bad file: logged, nothing changes, the broker goes on.
+	if err := os.WriteFile(path, []byte("version: 1\ntables:\n  s/changed:\n    mode: sideways\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.signal(syscall.SIGHUP)
+	p.waitLog(`"msg":"modes file not reloaded; the modes in force stay"`)
+	if got := overrides(); !maps.Equal(got, want) {
+		t.Fatalf("overrides after a bad file: %v, want %v", got, want)
+	}
+	// Fixed again: only what differs from the modes in force is applied.
+	writeModes("  s/changed: {mode: pull}\n  s/kept: {mode: auto}\n  s/same: {mode: pull}\n  s/added: {mode: auto}\n")
+	p.signal(syscall.SIGHUP)
+	p.waitLog(`"msg":"modes file reloaded: nothing changed"`)
+	p.stop(15 * time.Second)
+}
+
+// Without -modes, SIGHUP is logged and changes nothing.
+func TestReplbroker_SIGHUPWithoutModesFile(t *testing.T) {
+	p := start(t, local("hup0")...)
+	p.signal(syscall.SIGHUP)
+	p.waitLog(`"msg":"SIGHUP: no -modes file to reload"`)
+	if st := apiStatus(t, p.HTTP); st.Broker != "hup0" {
+		t.Fatalf("status after SIGHUP: %+v", st)
+	}
+	p.stop(15 * time.Second)
 }
