@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/replmesh/replmesh/broker"
@@ -250,6 +251,20 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// dial connects to a broker's gRPC address, and returns the connection and
+// a context bounding the test's calls; both end with the test.
+func dial(t *testing.T, addr string) (*grpc.ClientConn, context.Context) {
+	t.Helper()
+	cc, err := transport.Dial(addr, transport.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return cc, ctx
+}
+
 func TestReplbroker_ServesAndStopsOnSIGTERM(t *testing.T) {
 	p := start(t, local("t1")...)
 	st := apiStatus(t, p.HTTP)
@@ -257,13 +272,7 @@ func TestReplbroker_ServesAndStopsOnSIGTERM(t *testing.T) {
 		t.Fatalf("status: %+v", st)
 	}
 
-	cc, err := transport.Dial(p.GRPC, transport.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	cc, ctx := dial(t, p.GRPC)
 	h, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{Service: transport.BrokerServiceName})
 	if err != nil || h.Status != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("health: %v %v", h, err)
@@ -563,13 +572,7 @@ func TestReplbroker_SIGHUPReloadsModes(t *testing.T) {
 		t.Fatalf("overrides at start: %v, want %v", got, want)
 	}
 	// An operator changes one of the file's overrides.
-	cc, err := transport.Dial(p.GRPC, transport.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	cc, ctx := dial(t, p.GRPC)
 	if _, err := transport.NewBrokerClient(cc).SetMode(ctx, &transport.SetModeRequest{Version: transport.ProtocolVersion,
 		Service: "s", Table: "overridden", Mode: "push"}); err != nil {
 		t.Fatal(err)
