@@ -132,8 +132,8 @@ port_busy() {
 		hex=$(printf '%04X' "$port")
 		# TCP: a socket in LISTEN state (0A); UDP: any bound socket.
 		awk -v p=":$hex" 'FNR > 1 && substr($2, length($2) - 4) == p && (FILENAME ~ /udp/ || $4 == "0A") { found = 1 } END { exit !found }' \
-			/proc/net/tcp /proc/net/tcp6 /proc/net/udp /proc/net/udp6 2>/dev/null
-		return
+			/proc/net/tcp /proc/net/tcp6 /proc/net/udp /proc/net/udp6 2>/dev/null && return 0
+		return 1
 	fi
 	# Elsewhere: can we connect to it?
 	(exec 3<>"/dev/tcp/$host/$port") 2>/dev/null
@@ -166,9 +166,13 @@ cmdline_matches() {
 	[[ -r $want ]] || return 1
 	kill -0 "$pid" 2>/dev/null || return 1
 	if [[ -r /proc/$pid/cmdline ]]; then
-		# Through a pipe: cmp -s trusts the size of /proc files, which is 0.
-		cat "/proc/$pid/cmdline" 2>/dev/null | cmp -s "$want" -
-		return
+		# Compared as text (arguments hold no newline): cmp and cat do not
+		# read /proc files reliably (their size is 0).
+		got=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+		# (A bare "return" would not do: in the EXIT trap it returns the
+		# status the script exited with.)
+		[[ -n $got && $got == "$(tr '\0' '\n' <"$want")" ]] && return 0
+		return 1
 	fi
 	got=$(ps -ww -o args= -p "$pid" 2>/dev/null) || return 1
 	[[ $got == "$(tr '\0' ' ' <"$want" | sed 's/ $//')" ]]
@@ -200,11 +204,8 @@ start() {
 	} >>"$dir/logs/$name.log"
 	nohup "${cmd[@]}" </dev/null >>"$dir/logs/$name.log" 2>&1 &
 	pid=$!
-	# Replace an older line of NAME (a restart), keep the others.
-	{
-		recorded | awk -v n="$name" '$1 != n'
-		echo "$name $pid"
-	} >"$dir/pids.new"
+	# A restart replaces the line of NAME in place; a new NAME is appended.
+	recorded | awk -v n="$name" -v p="$pid" '$1 == n { $2 = p; done = 1 } { print } END { if (!done) print n, p }' >"$dir/pids.new"
 	mv "$dir/pids.new" "$dir/pids"
 	started+=("$name")
 	# Until the child has exec'd the binary, its command line is nohup's or
@@ -235,7 +236,7 @@ stop() {
 		echo "  $name (pid $pid) did not stop within ${stop_timeout}s: SIGKILL"
 		kill -KILL "$pid" 2>/dev/null || true
 		for ((n = 0; n < 50; n++)); do
-			kill -0 "$pid" 2>/dev/null || break
+			cmdline_matches "$pid" "$name" || break
 			sleep 0.1
 		done
 	else
@@ -245,8 +246,8 @@ stop() {
 
 # stop_recorded: stops every recorded process, newest first.
 stop_recorded() {
-	local lines=() i name pid
-	mapfile -t lines < <(recorded)
+	local lines=() line i name pid
+	while read -r line; do lines+=("$line"); done < <(recorded)
 	for ((i = ${#lines[@]} - 1; i >= 0; i--)); do
 		read -r name pid <<<"${lines[i]}"
 		stop "$name" "$pid"
@@ -404,8 +405,9 @@ cmd_up() {
 	if [[ -d $dir ]] && [[ -n $(ls -A "$dir") ]] && [[ ! -f $dir/$marker ]]; then
 		die "$dir exists, is not empty and holds no cluster ($marker): name another directory"
 	fi
-	mkdir -p "$dir"
-	dir=$(cd "$dir" && pwd -P)
+	if [[ -d $dir ]]; then
+		dir=$(cd "$dir" && pwd -P)
+	fi
 	local running
 	running=$(alive_pids)
 	if [[ -n $running ]]; then
@@ -421,6 +423,8 @@ cmd_up() {
 		rm -f "$dir/pids"
 	fi
 	check_ports
+	mkdir -p "$dir"
+	dir=$(cd "$dir" && pwd -P)
 	write_env
 	trap on_exit EXIT
 	trap 'exit 130' INT TERM
@@ -460,8 +464,7 @@ write_env() {
 		done
 		for name in stores-1 stores-2 products-1 products-2; do
 			svc_ports "$name"
-			local var=${name^^}
-			echo "${var//-/_}=http://$http"
+			echo "$(tr 'a-z-' 'A-Z_' <<<"$name")=http://$http"
 		done
 		echo "export REPLMESH_BROKER"
 	} >"$dir/$marker"
