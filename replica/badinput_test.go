@@ -436,12 +436,19 @@ func (f *fakeOwner) count() int {
 // serveFake serves f on a fresh 127.0.0.1 port until the test ends.
 func serveFake(t *testing.T, f *fakeOwner) string {
 	t.Helper()
+	return serveTest(t, func(srv *transport.Server) { transport.RegisterReplicationServer(srv, f) })
+}
+
+// serveTest serves the services register adds on a fresh 127.0.0.1 port
+// until the test ends, and returns the address.
+func serveTest(t *testing.T, register func(*transport.Server)) string {
+	t.Helper()
 	ln, err := transport.Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := transport.NewServer(transport.Options{})
-	transport.RegisterReplicationServer(srv, f)
+	register(srv)
 	done := make(chan struct{})
 	go func() { defer close(done); _ = srv.Serve(ln) }()
 	t.Cleanup(func() { srv.GracefulStop(time.Second); <-done })
@@ -648,10 +655,13 @@ func TestBadInput_Consumer(t *testing.T) {
 				t.Fatal(err)
 			}
 			// The replica refuses the bad input again on every reconnect.
+			// (The status is taken once: a stream that resumes before its
+			// bad frame clears LastErr for a moment.)
+			var st Status
 			waitUntil(t, 20*time.Second, "the replica to refuse the bad input on three streams", func() bool {
-				return fake.count() >= 4 && errors.Is(r.Status().LastErr, tc.want)
+				st = r.Status()
+				return fake.count() >= 4 && errors.Is(st.LastErr, tc.want)
 			})
-			st := r.Status()
 			if !errors.Is(st.LastErr, tc.want) {
 				t.Fatalf("LastErr = %v, want %v", st.LastErr, tc.want)
 			}

@@ -63,6 +63,8 @@ type Component struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	hooks hooks // test knobs, set before any Subscribe
 }
 
 // readGate lets Close wait for the reads in flight before it closes the

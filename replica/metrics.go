@@ -14,7 +14,11 @@ import (
 // replmesh_replica_lag_seqs, replmesh_replica_staleness_seconds,
 // replmesh_replica_changes_applied_total, replmesh_replica_full_transfers_total,
 // replmesh_replica_resumes_total, replmesh_replica_reconnects_total,
-// replmesh_replica_pulls_total, replmesh_replica_snapshot_bytes_total,
+// replmesh_replica_pulls_total, replmesh_replica_snapshot_rows_total,
+// replmesh_replica_snapshot_bytes_total, the running full transfer's
+// replmesh_replica_transfer_rows, replmesh_replica_transfer_rows_expected,
+// replmesh_replica_transfer_bytes and replmesh_replica_transfer_eta_seconds
+// (all 0 while none runs; the rate is rate(snapshot_rows_total)),
 // replmesh_replica_mode (1 for the mode the stream runs, label mode),
 // replmesh_replica_mode_switches_total, replmesh_replica_diverged. With a
 // data dir: replmesh_disk_free_bytes, replmesh_disk_reserve_bytes,
@@ -32,7 +36,8 @@ type collector struct {
 type descs struct {
 	tableHead, tableFirst, tableEpoch, tablePrimary                        *prometheus.Desc
 	seq, ownerHead, lag, stale, applied, transfers, resumes, reconn, pulls *prometheus.Desc
-	snapBytes, mode, switches, diverged                                    *prometheus.Desc
+	snapRows, snapBytes, mode, switches, diverged                          *prometheus.Desc
+	xferRows, xferExpected, xferBytes, xferETA                             *prometheus.Desc
 	diskFree, diskReserve, diskFull, diskRefused                           *prometheus.Desc
 }
 
@@ -52,13 +57,18 @@ func newDescs(component string) descs {
 		seq:          d("replmesh_replica_seq", "Seq the replica holds.", rl),
 		ownerHead:    d("replmesh_replica_owner_head_seq", "Owner's head seq as last heard.", rl),
 		lag:          d("replmesh_replica_lag_seqs", "Owner head minus replica seq.", rl),
-		stale:        d("replmesh_replica_staleness_seconds", "Time since the replica was last known to hold the owner's head (-1: never).", rl),
+		stale:        d("replmesh_replica_staleness_seconds", "Time since the replica was last known to hold the owner's head (never caught up: since it was subscribed).", rl),
 		applied:      d("replmesh_replica_changes_applied_total", "Changes applied to the replica.", rl),
 		transfers:    d("replmesh_replica_full_transfers_total", "Full state transfers completed.", rl),
 		resumes:      d("replmesh_replica_resumes_total", "Streams resumed from the cursor.", rl),
 		reconn:       d("replmesh_replica_reconnects_total", "Streams re-opened after ending.", rl),
 		pulls:        d("replmesh_replica_pulls_total", "Pull answers applied.", rl),
+		snapRows:     d("replmesh_replica_snapshot_rows_total", "Rows received in full transfers.", rl),
 		snapBytes:    d("replmesh_replica_snapshot_bytes_total", "Key and value bytes received in full transfers.", rl),
+		xferRows:     d("replmesh_replica_transfer_rows", "Rows received so far by the running full transfer (0: none runs).", rl),
+		xferExpected: d("replmesh_replica_transfer_rows_expected", "Rows the owner announced for the running full transfer (0: none runs, or unknown).", rl),
+		xferBytes:    d("replmesh_replica_transfer_bytes", "Key and value bytes received so far by the running full transfer.", rl),
+		xferETA:      d("replmesh_replica_transfer_eta_seconds", "Estimated time until the running full transfer's last row arrives (0: none runs, or unknown).", rl),
 		mode:         d("replmesh_replica_mode", "1 for the mode the subscription's stream runs.", append(rl, "mode")),
 		switches:     d("replmesh_replica_mode_switches_total", "Mode switches of the subscription.", rl),
 		diverged:     d("replmesh_replica_diverged", "1 while the owner's history does not contain the replica's.", rl),
@@ -72,7 +82,8 @@ func newDescs(component string) descs {
 func (x *collector) Describe(ch chan<- *prometheus.Desc) {
 	d := &x.d
 	for _, desc := range []*prometheus.Desc{d.tableHead, d.tableFirst, d.tableEpoch, d.tablePrimary, d.seq, d.ownerHead, d.lag, d.stale,
-		d.applied, d.transfers, d.resumes, d.reconn, d.pulls, d.snapBytes, d.mode, d.switches, d.diverged,
+		d.applied, d.transfers, d.resumes, d.reconn, d.pulls, d.snapRows, d.snapBytes, d.mode, d.switches, d.diverged,
+		d.xferRows, d.xferExpected, d.xferBytes, d.xferETA,
 		d.diskFree, d.diskReserve, d.diskFull, d.diskRefused} {
 		ch <- desc
 	}
@@ -123,17 +134,22 @@ func (x *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(d.seq, float64(st.Seq), l...)
 		gauge(d.ownerHead, float64(st.OwnerHead), l...)
 		gauge(d.lag, float64(st.Lag.Seqs), l...)
-		stale := -1.0
-		if st.Lag.Staleness >= 0 {
-			stale = st.Lag.Staleness.Seconds()
-		}
-		gauge(d.stale, stale, l...)
+		gauge(d.stale, st.Lag.Staleness.Seconds(), l...)
 		counter(d.applied, float64(st.Stats.Applied), l...)
 		counter(d.transfers, float64(st.Stats.FullTransfers), l...)
 		counter(d.resumes, float64(st.Stats.Resumes), l...)
 		counter(d.reconn, float64(st.Stats.Reconnects), l...)
 		counter(d.pulls, float64(st.Stats.Pulls), l...)
+		counter(d.snapRows, float64(st.Stats.SnapshotRows), l...)
 		counter(d.snapBytes, float64(st.Stats.SnapshotBytes), l...)
+		var x TransferProgress
+		if st.Lag.Transfer != nil {
+			x = *st.Lag.Transfer
+		}
+		gauge(d.xferRows, float64(x.Rows), l...)
+		gauge(d.xferExpected, float64(x.ExpectedRows), l...)
+		gauge(d.xferBytes, float64(x.Bytes), l...)
+		gauge(d.xferETA, x.ETA.Seconds(), l...)
 		for _, m := range []string{"push", "pull"} {
 			v := 0.0
 			if st.Mode == m {

@@ -294,7 +294,7 @@ func (r *Replica) noteRead() {
 		st = r.lagLocked(time.Now()).Staleness
 	}
 	r.mu.RUnlock()
-	if pull && maxSt > 0 && (st > maxSt || st < 0) {
+	if pull && maxSt > 0 && st > maxSt {
 		select {
 		case r.pullKick <- struct{}{}:
 		default:

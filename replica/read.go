@@ -55,7 +55,7 @@ var ErrStale = errors.New("replica: stale read")
 type StaleError struct {
 	Table     string
 	Seq       uint64        // the replica's seq the value was read at
-	Staleness time.Duration // how long since the replica was known current (-1: never)
+	Staleness time.Duration // how long since the replica was known current (see Lag.Staleness)
 	Err       error
 }
 
@@ -76,7 +76,7 @@ func (r *Replica) Read(ctx context.Context, key []byte, p ReadPolicy) (value []b
 		r.mu.RLock()
 		streaming := r.state == StateStreaming
 		r.mu.RUnlock()
-		if streaming && lag.Staleness >= 0 && lag.Staleness <= p.maxAge {
+		if streaming && lag.Staleness <= p.maxAge {
 			return r.Get(key)
 		}
 		v, ok, lerr := r.readLive(ctx, key)

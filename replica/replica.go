@@ -70,7 +70,8 @@ type Stats struct {
 	LastTransferNs int64  // duration of the last full transfer
 }
 
-// Status is a snapshot of a replica's state for tools and tests.
+// Status is a snapshot of a replica's state for tools and tests. While a
+// full transfer runs, Lag.Transfer reports its progress.
 type Status struct {
 	Service   string
 	Table     string
@@ -81,7 +82,11 @@ type Status struct {
 	OwnerHead uint64
 	Lag       Lag
 	Stats     Stats
-	LastErr   error
+	// LastErr is why the last stream ended or could not start (the owner
+	// unreachable, a refused frame, ...). It stays through a reconnect and
+	// a full transfer (a transfer that keeps failing says why), and is
+	// cleared once a stream is streaming again (resumed, or transferred).
+	LastErr error
 	// Mode is what the stream runs now (push or pull); ModeConfigured is
 	// the resolved configuration (push, pull or auto); ModeReason says why
 	// the last switch happened; ModeSwitches counts switches.
@@ -97,8 +102,15 @@ type Lag struct {
 	Seqs uint64
 	// Staleness is how long ago the replica was last known to hold the
 	// owner's head: 0 while caught up and in touch; it grows while the
-	// owner is unreachable, since nobody can say what was missed.
+	// owner is unreachable, since nobody can say what was missed. It is
+	// never negative: a replica not yet caught up since it was subscribed
+	// (a first transfer, or a copy loaded from disk still catching up)
+	// counts from when the subscription began, or from the commit time of
+	// the newest change it holds when that is older.
 	Staleness time.Duration
+	// Transfer is the progress of the running full state transfer; nil
+	// when none runs.
+	Transfer *TransferProgress
 }
 
 // Event is delivered to OnChange callbacks after a batch is durable.
@@ -129,6 +141,8 @@ type Replica struct {
 	state      State
 	ownerHead  uint64
 	caughtUpAt time.Time // last time the replica was known to hold the owner's head
+	subscribed time.Time // when the subscription began (the staleness base until caught up)
+	xfer       *transfer // the running full transfer, nil when none
 	lastErr    error
 	accept     bool // AcceptNewHistory was called
 	stats      Stats
@@ -219,6 +233,8 @@ func (c *Component) newReplica(opts SubscribeOptions, log *slog.Logger, standby 
 		cbs:      map[int]func(Event){},
 		standby:  standby,
 		accept:   standby != nil, // a standby always takes its primary's history
+		// The staleness base until the replica first catches up.
+		subscribed: time.Now(),
 	}
 	r.modes.sub = opts.Modes
 	if standby != nil {
@@ -417,15 +433,22 @@ func (r *Replica) Lag() Lag {
 }
 
 func (r *Replica) lagLocked(now time.Time) Lag {
-	var l Lag
+	l := Lag{Transfer: r.transferLocked(now)}
 	if r.ownerHead > r.cur.Seq {
 		l.Seqs = r.ownerHead - r.cur.Seq
 	}
-	if r.caughtUpAt.IsZero() {
-		return Lag{Seqs: l.Seqs, Staleness: -1}
+	since := r.caughtUpAt
+	if since.IsZero() {
+		// Never caught up since subscribed: stale since the subscription
+		// began, or since the newest change held was committed (a copy
+		// loaded from disk) if that is older.
+		since = r.subscribed
+		if t := time.Unix(0, r.cur.Time); r.cur.Time != 0 && t.Before(since) {
+			since = t
+		}
 	}
-	if st := now.Sub(r.caughtUpAt); l.Seqs > 0 || r.state != StateStreaming {
-		l.Staleness = st
+	if l.Seqs > 0 || r.state != StateStreaming || r.caughtUpAt.IsZero() {
+		l.Staleness = max(now.Sub(since), 0)
 	}
 	return l
 }
@@ -559,6 +582,16 @@ func (r *Replica) setState(s State, err error) {
 	if err != nil {
 		r.lastErr = err
 	}
+}
+
+// streaming marks the stream healthy: resumed or transferred, following
+// the change stream. The error of an earlier stream is over.
+func (r *Replica) streaming() {
+	r.mu.Lock()
+	r.state = StateStreaming
+	r.lastErr = nil
+	r.mu.Unlock()
+	r.c.kickBroker()
 }
 
 // readStage returns the generation of an unfinished transfer (0: none).

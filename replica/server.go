@@ -378,9 +378,14 @@ func (s *sender) sendSnapshot() (uint64, error) {
 		}
 	}
 	// The frame's Epoch is the epoch of the snapshot's last change: the
-	// consumer's cursor epoch after the transfer.
+	// consumer's cursor epoch after the transfer. Its Count announces the
+	// rows to come, for the consumer's progress report.
 	snapEpoch := epochOf(m.Epochs, m.Head)
-	if err := s.send(&transport.OwnerFrame{Kind: transport.KindSnapshotBegin, Seq: m.Head, HeadSeq: m.Head, Epoch: snapEpoch}); err != nil {
+	expected, err := s.countRows(txn)
+	if err != nil {
+		return 0, fmt.Errorf("snapshot of %s: count rows: %w", s.t.name, err)
+	}
+	if err := s.send(&transport.OwnerFrame{Kind: transport.KindSnapshotBegin, Seq: m.Head, HeadSeq: m.Head, Epoch: snapEpoch, Count: expected}); err != nil {
 		return 0, err
 	}
 	start := time.Now()
@@ -433,6 +438,36 @@ func (s *sender) sendSnapshot() (uint64, error) {
 	}
 	s.log.Info("full transfer sent", "seq", m.Head, "rows", total, "bytes", bytes, "took", time.Since(start))
 	return m.Head + 1, nil
+}
+
+// countRows counts the rows a snapshot's read transaction holds, keys only
+// (no value is read: about a fifth of a second for 400k rows, against the
+// seconds their transfer takes). The commit path writes rows blindly,
+// without knowing whether a put creates its key, so no count is kept with
+// the table; counting the snapshot's own transaction is exact. The consumer
+// drops a stream silent for PeerTimeout, so a table too large to count in
+// half of that since the last frame sent is announced as unknown (0).
+func (s *sender) countRows(txn *badger.Txn) (uint64, error) {
+	deadline := s.lastSend.Add(s.c.cfg.PeerTimeout / 2)
+	o := badger.DefaultIteratorOptions
+	o.PrefetchValues = false
+	o.Prefix = s.t.rowPrefix
+	it := txn.NewIterator(o)
+	defer it.Close()
+	var n uint64
+	for it.Rewind(); it.Valid(); it.Next() {
+		n++
+		if n%4096 == 0 {
+			if err := s.stream.Context().Err(); err != nil {
+				return 0, err
+			}
+			if time.Now().After(deadline) {
+				s.log.Info("full transfer: too many rows to count in time; announcing an unknown count", "counted", n)
+				return 0, nil
+			}
+		}
+	}
+	return n, nil
 }
 
 // Get reads keys from an owned table at one seq.

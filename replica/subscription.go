@@ -202,8 +202,8 @@ func (r *Replica) session() (progressed bool, err error) {
 		}
 		r.mu.Lock()
 		r.stats.Resumes++
-		r.state = StateStreaming
 		r.mu.Unlock()
+		r.streaming()
 		r.log.Info("resumed", "seq", cur.Seq, "owner_head", st.HeadSeq)
 	} else {
 		r.setState(StateTransferring, nil)
@@ -212,8 +212,8 @@ func (r *Replica) session() (progressed bool, err error) {
 		}
 		r.mu.Lock()
 		r.accept = r.standby != nil // a standby always takes its primary's history
-		r.state = StateStreaming
 		r.mu.Unlock()
+		r.streaming()
 	}
 	r.pending = nil
 	r.mu.Lock()
@@ -263,6 +263,7 @@ func (r *Replica) session() (progressed bool, err error) {
 			}, st); err != nil {
 				return true, err
 			}
+			r.streaming()
 			r.pulled()
 			if err := r.ack(stream); err != nil {
 				return true, err
@@ -345,7 +346,8 @@ func (r *Replica) applyDelta(f *transport.OwnerFrame) error {
 
 // receiveSnapshot writes a full transfer into a fresh generation and
 // switches the cursor to it in one transaction: readers see the old replica
-// until the new one is complete.
+// until the new one is complete. The replica is StateTransferring from the
+// transfer's first frame until it returns; the caller makes it streaming.
 func (r *Replica) receiveSnapshot(recv func() (*transport.OwnerFrame, error), st *transport.Start) error {
 	start := time.Now()
 	f, err := recv()
@@ -355,9 +357,11 @@ func (r *Replica) receiveSnapshot(recv func() (*transport.OwnerFrame, error), st
 	if f.Kind != transport.KindSnapshotBegin {
 		return fmt.Errorf("%w: expected snapshot-begin, got %s", transport.ErrBadRequest, f.Kind)
 	}
+	r.transferBegins(f)
+	defer r.transferEnds()
 	seq, epoch := f.Seq, f.Epoch
 	if r.standby != nil {
-		return r.receiveStandbySnapshot(recv, st, seq, epoch, start)
+		return r.receiveStandbySnapshot(recv, st, f, start)
 	}
 	var gen uint64
 	err = r.c.db.Update(func(txn *badger.Txn) error {
@@ -379,45 +383,55 @@ func (r *Replica) receiveSnapshot(recv func() (*transport.OwnerFrame, error), st
 		return fmt.Errorf("stage transfer: %w", err)
 	}
 	r.c.kickDropper()
-	r.log.Info("full transfer begins", "seq", seq, "log_id", st.LogID, "gen", gen)
+	r.log.Info("full transfer begins", "seq", seq, "log_id", st.LogID, "gen", gen, "rows_expected", f.Count)
 	prefix := genPrefix(r.base, gen)
 	wb := r.c.db.NewWriteBatch()
 	defer wb.Cancel()
-	var rows, nbytes uint64
+	rows, nbytes, err := r.receiveRows(recv, seq, func(k, v []byte) error { return wb.Set(concat(prefix, k), v) })
+	if err != nil {
+		return err
+	}
+	if err := wb.Flush(); err != nil {
+		return fmt.Errorf("stage rows: %w", err)
+	}
+	return r.switchTo(cursor{LogID: st.LogID, Epoch: epoch, Seq: seq, Gen: gen, Time: time.Now().UnixNano()}, rows, nbytes, start)
+}
+
+// receiveRows stages the rows frames of the transfer of the snapshot at seq
+// with put, counting them into the transfer's progress, until its
+// snapshot-end frame; it returns the rows and key+value bytes received.
+func (r *Replica) receiveRows(recv func() (*transport.OwnerFrame, error), seq uint64, put func(key, value []byte) error) (rows, nbytes uint64, err error) {
 	for {
 		f, err := recv()
 		if err != nil {
-			return err
+			return 0, 0, err
 		}
 		switch f.Kind {
 		case transport.KindRows:
 			if err := r.c.disk.admit(rowsCost(f.Rows)); err != nil {
-				return fmt.Errorf("stage rows: %w", err)
+				return 0, 0, fmt.Errorf("stage rows: %w", err)
 			}
+			var n uint64
 			for i := range f.Rows {
 				row := &f.Rows[i]
 				if len(row.Key) == 0 || len(row.Key) > transport.MaxKeySize {
-					return fmt.Errorf("%w: snapshot row with a key of %d bytes", transport.ErrBadRequest, len(row.Key))
+					return 0, 0, fmt.Errorf("%w: snapshot row with a key of %d bytes", transport.ErrBadRequest, len(row.Key))
 				}
-				if err := wb.Set(concat(prefix, row.Key), row.Value); err != nil {
-					return fmt.Errorf("stage rows: %w", err)
+				if err := put(row.Key, row.Value); err != nil {
+					return 0, 0, fmt.Errorf("stage rows: %w", err)
 				}
-				rows++
-				nbytes += uint64(len(row.Key) + len(row.Value))
+				n += uint64(len(row.Key) + len(row.Value))
 			}
-			r.mu.Lock()
-			r.stats.SnapshotRows += uint64(len(f.Rows))
-			r.mu.Unlock()
+			rows += uint64(len(f.Rows))
+			nbytes += n
+			r.transferred(uint64(len(f.Rows)), n)
 		case transport.KindSnapshotEnd:
 			if err := checkSnapshotEnd(f, seq, rows); err != nil {
-				return err
+				return 0, 0, err
 			}
-			if err := wb.Flush(); err != nil {
-				return fmt.Errorf("stage rows: %w", err)
-			}
-			return r.switchTo(cursor{LogID: st.LogID, Epoch: epoch, Seq: seq, Gen: gen, Time: time.Now().UnixNano()}, rows, nbytes, start)
+			return rows, nbytes, nil
 		default:
-			return fmt.Errorf("%w: unexpected %s frame during a transfer", transport.ErrBadRequest, f.Kind)
+			return 0, 0, fmt.Errorf("%w: unexpected %s frame during a transfer", transport.ErrBadRequest, f.Kind)
 		}
 	}
 }
@@ -493,47 +507,22 @@ func (r *Replica) commitSwitch(old, next cursor) error {
 
 // receiveStandbySnapshot is receiveSnapshot for a standby's follower: the
 // rows go into the owned table (see standby.go).
-func (r *Replica) receiveStandbySnapshot(recv func() (*transport.OwnerFrame, error), st *transport.Start, seq, epoch uint64, start time.Time) error {
+func (r *Replica) receiveStandbySnapshot(recv func() (*transport.OwnerFrame, error), st *transport.Start, begin *transport.OwnerFrame, start time.Time) error {
+	seq := begin.Seq
 	x, err := r.standby.beginTransfer(seq)
 	if err != nil {
 		return err
 	}
 	defer x.abort()
-	r.log.Info("standby full transfer begins", "seq", seq, "log_id", st.LogID)
-	var rows, nbytes uint64
-	for {
-		f, err := recv()
-		if err != nil {
-			return err
-		}
-		switch f.Kind {
-		case transport.KindRows:
-			if err := r.c.disk.admit(rowsCost(f.Rows)); err != nil {
-				return fmt.Errorf("stage rows: %w", err)
-			}
-			for i := range f.Rows {
-				row := &f.Rows[i]
-				if len(row.Key) == 0 || len(row.Key) > transport.MaxKeySize {
-					return fmt.Errorf("%w: snapshot row with a key of %d bytes", transport.ErrBadRequest, len(row.Key))
-				}
-				if err := x.put(row.Key, row.Value); err != nil {
-					return fmt.Errorf("stage rows: %w", err)
-				}
-				rows++
-				nbytes += uint64(len(row.Key) + len(row.Value))
-			}
-		case transport.KindSnapshotEnd:
-			if err := checkSnapshotEnd(f, seq, rows); err != nil {
-				return err
-			}
-			if err := x.finish(st); err != nil {
-				return err
-			}
-			return r.switchTo(cursor{LogID: st.LogID, Epoch: epoch, Seq: seq, Time: time.Now().UnixNano()}, rows, nbytes, start)
-		default:
-			return fmt.Errorf("%w: unexpected %s frame during a transfer", transport.ErrBadRequest, f.Kind)
-		}
+	r.log.Info("standby full transfer begins", "seq", seq, "log_id", st.LogID, "rows_expected", begin.Count)
+	rows, nbytes, err := r.receiveRows(recv, seq, x.put)
+	if err != nil {
+		return err
 	}
+	if err := x.finish(st); err != nil {
+		return err
+	}
+	return r.switchTo(cursor{LogID: st.LogID, Epoch: begin.Epoch, Seq: seq, Time: time.Now().UnixNano()}, rows, nbytes, start)
 }
 
 // applyFrame checks a batch of changes against the replica's position and
