@@ -44,22 +44,41 @@ func (c *Component) brokerAddrs() []string {
 	return addrs
 }
 
+// brokerLogEvery is how often a broker that stays unreachable is logged
+// again (see sessionLog).
+const brokerLogEvery = 30 * time.Second
+
 // brokerLoop keeps one session open, moving to the next broker when one
-// fails.
+// fails. A session that ended after it opened is logged at INFO; attempts
+// that fail before a session opens are logged as sessionLog says.
 func (c *Component) brokerLoop() {
 	defer c.wg.Done()
 	backoff := c.cfg.ReconnectMin
+	fails := sessionLog{every: brokerLogEvery}
 	for i := 0; ; i++ {
 		addrs := c.brokerAddrs()
 		addr := addrs[i%len(addrs)]
-		progressed, err := c.brokerSession(addr)
+		progressed, err := c.brokerSession(addr, func() {
+			if n, since, ok := fails.opened(); ok {
+				c.log.Info("broker reachable again", "broker", addr, "failed_attempts", n, "unreachable_for", time.Since(since).Round(time.Millisecond))
+			}
+		})
 		if c.ctx.Err() != nil {
 			return
 		}
 		if progressed {
 			backoff = c.cfg.ReconnectMin
+			c.log.Info("broker session ended", "broker", addr, "err", err)
+		} else {
+			now := time.Now()
+			c.log.Debug("broker session failed", "broker", addr, "err", err)
+			if line, suppressed := fails.failed(now); line && fails.failures == 1 {
+				c.log.Warn("broker unreachable; retrying", "broker", addr, "err", err)
+			} else if line {
+				c.log.Warn("broker still unreachable; retrying", "broker", addr, "err", err,
+					"failed_attempts", fails.failures, "suppressed", suppressed, "unreachable_for", now.Sub(fails.since).Round(time.Millisecond))
+			}
 		}
-		c.log.Info("broker session ended", "broker", addr, "err", err)
 		t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
 		select {
 		case <-t.C:
@@ -69,6 +88,42 @@ func (c *Component) brokerLoop() {
 		}
 		backoff = min(2*backoff, c.cfg.ReconnectMax)
 	}
+}
+
+// sessionLog decides which failed broker session attempts are logged: the
+// first failure at once, then at most one line every `every`, counting
+// the failures it did not log; and whether an open session is a recovery.
+// It reads no clock: the caller passes the time.
+type sessionLog struct {
+	every      time.Duration
+	failures   int       // consecutive failed attempts
+	suppressed int       // failures since the last line
+	since      time.Time // first failure of the run
+	last       time.Time // last line
+}
+
+// failed records a failed attempt at now. It reports whether to log it
+// and how many failures went unlogged before it (0 for the first).
+func (l *sessionLog) failed(now time.Time) (line bool, suppressed int) {
+	l.failures++
+	if l.failures == 1 {
+		l.since, l.last, l.suppressed = now, now, 0
+		return true, 0
+	}
+	if now.Sub(l.last) < l.every {
+		l.suppressed++
+		return false, 0
+	}
+	suppressed, l.suppressed, l.last = l.suppressed, 0, now
+	return true, suppressed
+}
+
+// opened records that a session opened. ok reports a recovery: failures
+// came before it, the first at since.
+func (l *sessionLog) opened() (failures int, since time.Time, ok bool) {
+	failures, since = l.failures, l.since
+	*l = sessionLog{every: l.every}
+	return failures, since, failures > 0
 }
 
 func (c *Component) register() *transport.Register {
@@ -137,8 +192,9 @@ func cmpString(a, b string) int {
 	return 0
 }
 
-// brokerSession runs one session with the broker at addr until it fails.
-func (c *Component) brokerSession(addr string) (progressed bool, err error) {
+// brokerSession runs one session with the broker at addr until it fails;
+// opened is called when the broker has answered the registration.
+func (c *Component) brokerSession(addr string, opened func()) (progressed bool, err error) {
 	ctx, cancel := context.WithCancel(c.ctx)
 	defer cancel()
 	conn, err := c.conn(addr)
@@ -173,6 +229,7 @@ func (c *Component) brokerSession(addr string) (progressed bool, err error) {
 		return false, fmt.Errorf("%w: broker's first frame is kind %d, want a topology", transport.ErrBadRequest, f.Kind)
 	}
 	c.log.Info("broker session open", "broker", addr, "name", f.Broker, "role", f.Topology.Role, "epoch", f.Topology.Epoch)
+	opened()
 	// The lease first: a write that sees the new role must see the lease
 	// the same frame confirms.
 	c.renewLease(f)
