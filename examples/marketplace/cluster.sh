@@ -166,8 +166,8 @@ cmdline_matches() {
 	[[ -r $want ]] || return 1
 	kill -0 "$pid" 2>/dev/null || return 1
 	if [[ -r /proc/$pid/cmdline ]]; then
-		# Compared as text (arguments hold no newline): cmp and cat do not
-		# read /proc files reliably (their size is 0).
+		# Compared as text (no argument holds a newline); cmp -s would
+		# trust the size of the /proc file, which is 0.
 		got=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
 		# (A bare "return" would not do: in the EXIT trap it returns the
 		# status the script exited with.)
@@ -224,7 +224,11 @@ start() {
 stop() {
 	local name=$1 pid=$2 n
 	if ! cmdline_matches "$pid" "$name"; then
-		echo "  $name (pid $pid) is not running"
+		if kill -0 "$pid" 2>/dev/null; then
+			echo "  $name (pid $pid) is not running; pid $pid is now another process: left alone"
+		else
+			echo "  $name (pid $pid) is not running"
+		fi
 		return 0
 	fi
 	kill -TERM "$pid" 2>/dev/null || true
