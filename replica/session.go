@@ -163,8 +163,10 @@ func (c *Component) subInfos() []transport.SubInfo {
 		st := r.Status()
 		si := transport.SubInfo{Service: st.Service, Table: st.Table, Mode: r.requestedMode(), Seq: st.Seq, Lag: st.Lag.Seqs,
 			State: st.State.String(), Running: st.Mode, Reason: st.ModeReason}
-		if st.Lag.Staleness > 0 {
-			si.StaleMs = st.Lag.Staleness.Milliseconds()
+		si.StaleMs = st.Lag.Staleness.Milliseconds()
+		if x := st.Lag.Transfer; x != nil {
+			si.XferRows, si.XferExpected, si.XferBytes, si.XferRate = x.Rows, x.ExpectedRows, x.Bytes, x.Rate
+			si.XferEtaMs = x.ETA.Milliseconds()
 		}
 		out = append(out, si)
 	}
