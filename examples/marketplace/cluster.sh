@@ -525,6 +525,15 @@ cmd_down() {
 		return 0
 	fi
 	dir=$(cd "$dir" && pwd -P)
+	if [[ -z $(ls -A "$dir") ]]; then
+		# An up that found its ports taken leaves an empty DIR (e.g. mktemp -d).
+		echo "no cluster in $dir (empty): nothing to stop"
+		if ((purge)); then
+			rmdir "$dir"
+			echo "removed $dir"
+		fi
+		return 0
+	fi
 	if [[ ! -f $dir/$marker ]]; then
 		die "$dir holds no cluster ($marker missing): not touching it"
 	fi
