@@ -3,7 +3,9 @@
 # cluster-up / make cluster-down; docs/quickstart.md walks through it):
 # three brokers joined into one cluster, a stores primary and standby, and
 # two products instances (examples/marketplace/cmd/*), all on 127.0.0.1 and
-# all reading examples/marketplace/config/modes.yaml.
+# all reading examples/marketplace/config/modes.yaml. The brokers run with a
+# 2s lease (a dead stores primary is replaced after about 2s); stores runs
+# with -min-sync-standbys 1 (a write returns once the standby holds it).
 #
 #   cluster.sh up [DIR]                starts it and waits until it is ready
 #   cluster.sh status [DIR]            which recorded processes are alive
@@ -48,9 +50,10 @@ stop_timeout=${REPLMESH_CLUSTER_STOP_TIMEOUT:-10}
 host=127.0.0.1
 marker=cluster.env
 
+# usage [CODE]: prints the comment above and exits with CODE (default 2).
 usage() {
 	sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//' >&2
-	exit 2
+	exit "${1:-2}"
 }
 
 die() {
@@ -607,7 +610,7 @@ args=()
 for a in "$@"; do
 	case $a in
 	-purge | --purge) purge=1 ;;
-	-h | --help) usage ;;
+	-h | --help) usage 0 ;;
 	-*) die "unknown flag $a (run $prog -h)" ;;
 	*) args+=("$a") ;;
 	esac
@@ -626,6 +629,6 @@ start)
 	dir=${args[1]:-$default_dir}
 	cmd_start "${args[0]}"
 	;;
--h | --help | help) usage ;;
+-h | --help | help) usage 0 ;;
 *) die "unknown command $action (up, down, status, start; -h for help)" ;;
 esac
