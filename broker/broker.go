@@ -74,6 +74,8 @@ type Broker struct {
 	liveSince map[string]time.Time // broker name -> when it became a live member
 	joining   bool
 	lastJoin  time.Time
+
+	joins joinLog // logs join attempts; its own lock
 }
 
 // New starts a broker: it opens the gRPC listener and the gossip
@@ -113,6 +115,7 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		liveSince: make(map[string]time.Time),
 		dirty:     make(map[instKey]struct{}),
 		readyCh:   make(chan struct{}),
+		joins:     joinLog{every: joinLogEvery},
 	}
 	if len(cfg.Join) == 0 {
 		b.setReadyLocked()
@@ -430,8 +433,15 @@ func (b *Broker) step(now time.Time) {
 		}
 	}
 	if !b.ready && now.Sub(b.started) >= b.cfg.Lease {
-		// Joining has not succeeded for a whole lease: run alone.
-		b.log.Warn("no broker answered for a whole lease; serving with this broker's registry alone")
+		// Joining has not succeeded for a whole lease: run alone. Said
+		// once: it stays so until a broker answers ("joined the broker
+		// cluster").
+		if len(b.live) <= 1 {
+			b.log.Warn("no broker of the cluster is reachable: this broker decides leases and primaries alone, "+
+				"from its own registry, until one answers; retrying", "join", b.cfg.Join, "waited", b.cfg.Lease, "retry_every", b.cfg.RejoinInterval)
+		} else {
+			b.log.Warn("no registry exchange with the cluster for a whole lease; serving with this broker's registry")
+		}
 		b.setReadyLocked()
 	}
 	if len(b.live) > 1 && now.Sub(b.lastBeat) >= b.cfg.Lease/10 {

@@ -273,21 +273,101 @@ func (b *Broker) memberlistConfig(d *delegate) (*memberlist.Config, error) {
 	return &mc, nil
 }
 
-// joinLoop is run in a goroutine by the broker loop when the broker is
-// alone and has addresses to join.
+// joinLogEvery is how often an address of Config.Join that stays
+// unreachable is logged again (see joinLog).
+const joinLogEvery = time.Minute
+
+// join tries every address of Config.Join, one at a time so that each
+// failure is logged on its own line (see joinLog). It is run in a
+// goroutine at start and, while the broker is alone, every RejoinInterval.
 func (b *Broker) join(ctx context.Context) {
 	start := time.Now()
-	n, err := b.ml.Join(b.cfg.Join)
-	if ctx.Err() != nil {
-		return
+	contacted := 0
+	for _, addr := range b.cfg.Join {
+		n, err := b.ml.Join([]string{addr})
+		if ctx.Err() != nil {
+			return
+		}
+		switch {
+		case n > 0:
+			err = nil
+		case err == nil:
+			err = errors.New("no broker answered")
+		}
+		b.joins.attempt(b.log, addr, err, time.Now())
+		contacted += n
 	}
-	if n > 0 {
-		b.log.Info("joined the broker cluster", "contacted", n, "took", time.Since(start))
+	if contacted > 0 {
+		b.log.Info("joined the broker cluster", "contacted", contacted, "took", time.Since(start))
 		b.mu.Lock()
 		b.setReadyLocked()
 		b.mu.Unlock()
 		b.kickLoop()
+	}
+}
+
+// joinLog logs the join attempts of each address of Config.Join: a
+// failure at WARN at once, then at most one line every `every` while the
+// address stays unreachable, counting the failures not logged; the first
+// success after failures at INFO. Every failure also shows at DEBUG.
+type joinLog struct {
+	every time.Duration
+
+	mu    sync.Mutex
+	addrs map[string]*joinRun // addresses failing now
+}
+
+// joinRun is a run of failures of one address.
+type joinRun struct {
+	failures, unlogged int
+	since, logged      time.Time
+}
+
+// attempt records one join attempt of addr at now (err nil: it joined)
+// and logs what it should.
+func (l *joinLog) attempt(log *slog.Logger, addr string, err error, now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	run := l.addrs[addr]
+	if err == nil {
+		if run != nil {
+			log.Info("reached a broker to join", "addr", addr, "failed_attempts", run.failures,
+				"unreachable_for", now.Sub(run.since).Round(time.Millisecond))
+			delete(l.addrs, addr)
+		}
 		return
 	}
-	b.log.Warn("could not join any broker; running alone and retrying", "join", b.cfg.Join, "err", err)
+	msg := oneLine(err)
+	log.Debug("join attempt failed", "addr", addr, "err", msg)
+	switch {
+	case run == nil:
+		if l.addrs == nil {
+			l.addrs = make(map[string]*joinRun)
+		}
+		l.addrs[addr] = &joinRun{failures: 1, since: now, logged: now}
+		log.Warn("cannot reach a broker to join; retrying", "addr", addr, "err", msg)
+	case now.Sub(run.logged) >= l.every:
+		run.failures++
+		log.Warn("still cannot reach a broker to join; retrying", "addr", addr, "err", msg, "failed_attempts", run.failures,
+			"not_logged", run.unlogged, "unreachable_for", now.Sub(run.since).Round(time.Millisecond))
+		run.unlogged, run.logged = 0, now
+	default:
+		run.failures++
+		run.unlogged++
+	}
+}
+
+// oneLine flattens an error that spans lines (memberlist's Join returns a
+// go-multierror: "1 error occurred:\n\t* Failed to join ...") to one line.
+func oneLine(err error) string {
+	var parts []string
+	for _, line := range strings.Split(err.Error(), "\n") {
+		line = strings.TrimSpace(line)
+		line = strings.TrimSpace(strings.TrimPrefix(line, "* "))
+		if line == "" || strings.HasSuffix(line, "occurred:") {
+			continue
+		}
+		parts = append(parts, line)
+	}
+	return strings.Join(parts, "; ")
 }
