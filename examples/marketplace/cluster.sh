@@ -91,12 +91,13 @@ command_of() {
 		n=${name#broker-}
 		cmd=("$bin/replbroker" -name "$name" -grpc "$(broker_grpc "$n")" -gossip "$(broker_gossip "$n")"
 			-http "$(broker_http "$n")" -gossip-profile local -lease 2s -heartbeat 500ms -modes "$modes_file")
-		# Join the brokers started before this one.
-		if ((n == 2)); then
-			cmd+=(-join "$(broker_gossip 1)")
-		elif ((n == 3)); then
-			cmd+=(-join "$(broker_gossip 1),$(broker_gossip 2)")
-		fi
+		# Every broker joins the two others (those started before it at
+		# first; any of them when it is started again alone).
+		local j join=()
+		for j in 1 2 3; do
+			((j == n)) || join+=("$(broker_gossip "$j")")
+		done
+		cmd+=(-join "$(IFS=,; echo "${join[*]}")")
 		;;
 	stores-*)
 		svc_ports "$name"
@@ -374,7 +375,7 @@ fail() {
 # shows the end of every log.
 on_exit() {
 	local code=$?
-	trap - EXIT INT TERM
+	trap - EXIT INT TERM PIPE
 	if ((code != 0)) && ((${#started[@]} > 0)); then
 		echo >&2
 		echo "== the cluster did not come up; last lines of each log:" >&2
@@ -435,6 +436,7 @@ cmd_up() {
 	write_env
 	trap on_exit EXIT
 	trap 'exit 130' INT TERM
+	trap 'exit 141' PIPE # stdout closed (cluster.sh up | head): stop too
 	deadline=$((SECONDS + ready_timeout))
 
 	echo "== starting a replmesh cluster; data and logs in $dir"
@@ -455,7 +457,7 @@ cmd_up() {
 	start products-2
 	wait_until "the cluster ready" cluster_ready
 	echo "  products-1 and products-2 stream stores/stores and stores/store_managers"
-	trap - EXIT INT TERM
+	trap - EXIT INT TERM PIPE
 	echo
 	print_summary
 }
