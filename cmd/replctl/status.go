@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -210,6 +211,7 @@ func (c *cli) mode(ctx context.Context, args []string) error {
 
 func (c *cli) modeSet(ctx context.Context, args []string) error {
 	fs := c.cmdFlags("mode set", "SERVICE/TABLE push|pull|auto|clear")
+	strict := fs.Bool("strict", false, "refuse (exit 1) a table the broker does not know, instead of warning and setting it")
 	pos, err := c.parse(fs, args)
 	if err != nil {
 		return err
@@ -228,6 +230,19 @@ func (c *cli) modeSet(ctx context.Context, args []string) error {
 			return usagef("mode set: %v, or clear to remove the override", err)
 		}
 		mode = m.String()
+		// An unknown table is allowed (its owner may register later), but
+		// it is more often a typo: say so.
+		st, err := c.brokerStatus(ctx)
+		if err != nil {
+			return err
+		}
+		switch why := unknownTable(st, service, table); {
+		case why == "":
+		case *strict:
+			return checkFailed(fmt.Errorf("mode set: %s; override not set (-strict)", why))
+		default:
+			fmt.Fprintf(c.stderr, "replctl: warning: %s; the override is set anyway and applies if the table appears (-strict refuses)\n", why)
+		}
 	}
 	var res *transport.SetModeResponse
 	err = c.callBroker(ctx, "mode set", func(ctx context.Context, b *transport.BrokerClient) error {
@@ -247,6 +262,42 @@ func (c *cli) modeSet(ctx context.Context, args []string) error {
 		fmt.Fprintf(c.stdout, "mode of %s/%s set to %s (registry revision %d)\n", service, table, mode, res.Revision)
 	}
 	return nil
+}
+
+// unknownTable says why service/table is unknown to the broker whose
+// status is st ("" when an instance of the service reports the table).
+func unknownTable(st *transport.StatusResponse, service, table string) string {
+	known := false
+	var tables []string
+	add := func(ts []transport.TableInfo) {
+		for _, t := range ts {
+			if !slices.Contains(tables, t.Table) {
+				tables = append(tables, t.Table)
+			}
+		}
+	}
+	for _, o := range st.Owners {
+		if o.Service == service {
+			known = true
+			add(o.Tables)
+		}
+	}
+	for _, in := range st.Instances {
+		if in.Service == service {
+			known = true
+			add(in.Tables)
+		}
+	}
+	switch {
+	case slices.Contains(tables, table):
+		return ""
+	case !known:
+		return fmt.Sprintf("the broker knows no service %q", service)
+	case len(tables) == 0:
+		return fmt.Sprintf("service %q owns no table known to the broker, so not %q", service, table)
+	}
+	slices.Sort(tables)
+	return fmt.Sprintf("service %q has no table %q (its tables: %s)", service, table, strings.Join(tables, ", "))
 }
 
 func (c *cli) modeList(ctx context.Context, args []string) error {
