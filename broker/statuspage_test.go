@@ -4,32 +4,17 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"regexp"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/chromedp/chromedp"
 
 	"github.com/replmesh/replmesh/internal/browsertest"
 	"github.com/replmesh/replmesh/transport"
 )
 
 // serveStatus serves b.StatusHandler on 127.0.0.1 and returns its base URL.
-func serveStatus(t testing.TB, b *Broker) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: b.StatusHandler(), ReadHeaderTimeout: 10 * time.Second}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.Serve(ln) }()
-	t.Cleanup(func() { srv.Close(); <-done })
-	return "http://" + ln.Addr().String()
-}
+func serveStatus(t testing.TB, b *Broker) string { return browsertest.Serve(t, b.StatusHandler()) }
 
 func httpGet(t testing.TB, url string) (*http.Response, string) {
 	t.Helper()
@@ -186,27 +171,9 @@ func TestStatusPage_Browser(t *testing.T) {
 		Addr:          `<img src=x onerror="window.pwned=1">:1`,
 		Subscriptions: []transport.SubInfo{{Service: "stores", Table: "stores", State: "<b>bold</b>\x1b[31m\u202e", Reason: "<script>window.pwned=2</script>"}}})
 
-	ctx, cancel := br.Timeout(60 * time.Second)
-	defer cancel()
-	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/")); err != nil {
-		t.Fatalf("navigate: %v", err)
-	}
-	// A mark on the page's window: a reload would lose it.
-	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.testMark = true`)); err != nil {
-		t.Fatal(err)
-	}
-	navs := br.Navigations()
+	br.Open(base + "/")
+	waitFor := br.WaitFor
 
-	// waitFor polls the JavaScript expression expr until it is true (or
-	// the test's browser deadline passes).
-	waitFor := func(what, expr string) {
-		t.Helper()
-		if _, err := chromedp.Run(ctx, chromedp.Poll[bool](expr, chromedp.WithPollingInterval(50*time.Millisecond),
-			chromedp.WithPollingTimeout(0))); err != nil {
-			page, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.body.innerText`))
-			t.Fatalf("page never showed %s: %v\n%s\nproblems: %v", what, err, page, br.Problems())
-		}
-	}
 	// cell is an expression for the text of the cell of class cls in the
 	// subscription row of consumer and table ("" when there is none).
 	const subRow = `(function(consumer, table) {
@@ -238,13 +205,11 @@ func TestStatusPage_Browser(t *testing.T) {
 
 	// Markup and control characters arrive as text.
 	waitFor("the hostile values as text", cell("evil/e1", "stores/stores", "state")+` === "<b>bold</b>\\u001b[31m\\u202e"`)
-	if got, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelectorAll("img").length + "/" + document.scripts.length + "/" +
-		[...document.querySelectorAll("b")].filter(e => e.textContent === "bold").length + "/" + String(window.pwned)`)); err != nil || got != "0/1/0/undefined" {
-		t.Fatalf("markup from the registry became elements or ran: %q %v", got, err)
+	if got := br.Text(`document.querySelectorAll("img").length + "/" + document.scripts.length + "/" +
+		[...document.querySelectorAll("b")].filter(e => e.textContent === "bold").length + "/" + String(window.pwned)`); got != "0/1/0/undefined" {
+		t.Fatalf("markup from the registry became elements or ran: %q (images/scripts/bold/pwned)", got)
 	}
-	if got, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.querySelector("#instances").textContent.includes('<img src=x onerror="window.pwned=1">:1')`)); err != nil || !got {
-		t.Fatalf("the hostile address is not shown as text: %v %v", got, err)
-	}
+	waitFor("the hostile address as text", `document.querySelector("#instances").textContent.includes('<img src=x onerror="window.pwned=1">:1')`)
 
 	// The registry moves on; the page follows in place.
 	consumer.update(nil, []transport.SubInfo{
@@ -264,11 +229,8 @@ func TestStatusPage_Browser(t *testing.T) {
 	waitFor("the new head and lag", cell("products/p1", "stores/managers", "head")+` === "45" && `+
 		cell("products/p1", "stores/managers", "behind")+` === "5"`)
 
-	if got, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.testMark === true`)); err != nil || !got {
-		t.Fatalf("the page was reloaded (mark lost: %v %v)", got, err)
-	}
-	if n := br.Navigations(); n != navs {
-		t.Fatalf("main-frame navigations went from %d to %d: the page reloaded", navs, n)
+	if br.Reloaded() {
+		t.Fatal("the page reloaded; it must update in place")
 	}
 	br.Check()
 }

@@ -9,14 +9,19 @@
 // skipped, unless REPLMESH_REQUIRE_BROWSER=1 (CI), when it fails.
 //
 //	b := browsertest.Start(t)
-//	if err := chromedp.Do(b.Ctx, chromedp.Navigate(url)); err != nil { ... }
-//	n, err := chromedp.Run(b.Ctx, chromedp.Poll[int]("document.querySelectorAll('tr').length > 3"))
+//	b.Open(browsertest.Serve(t, handler) + "/")
+//	b.WaitFor("three rows", `document.querySelectorAll("tr").length === 3`)
+//	... // change what the page shows
+//	b.WaitFor("four rows", `document.querySelectorAll("tr").length === 4`)
+//	if b.Reloaded() { t.Fatal("the page reloaded") }
 //	b.Check() // no exception, no console error
 package browsertest
 
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -67,6 +72,7 @@ type Browser struct {
 	mu          sync.Mutex
 	problems    []string // exceptions and console errors, in order
 	navigations int      // main-frame navigations
+	opened      int      // navigations when Open returned
 }
 
 // Start starts a fresh browser (its own profile directory) for t and
@@ -186,4 +192,68 @@ func (b *Browser) Check() {
 // test), for one action.
 func (b *Browser) Timeout(d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(b.Ctx, d)
+}
+
+// WaitFor polls the JavaScript expression expr in the page until it is
+// true; after a minute it fails the test, showing the page's text.
+func (b *Browser) WaitFor(what, expr string) {
+	b.t.Helper()
+	ctx, cancel := b.Timeout(time.Minute)
+	defer cancel()
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](expr, chromedp.WithPollingInterval(50*time.Millisecond),
+		chromedp.WithPollingTimeout(0))); err != nil {
+		b.t.Fatalf("the page never showed %s: %v\npage:\n%s\nproblems: %v", what, err, b.Text(`document.body.innerText`), b.Problems())
+	}
+}
+
+// Text evaluates the JavaScript string expression expr in the page; an
+// error comes back as the text "(error)".
+func (b *Browser) Text(expr string) string {
+	ctx, cancel := b.Timeout(10 * time.Second)
+	defer cancel()
+	s, err := chromedp.Run(ctx, chromedp.Evaluate[string](expr))
+	if err != nil {
+		return fmt.Sprintf("(%v)", err)
+	}
+	return s
+}
+
+// Open loads url in the tab and marks the page's window, for Reloaded.
+func (b *Browser) Open(url string) {
+	b.t.Helper()
+	ctx, cancel := b.Timeout(time.Minute)
+	defer cancel()
+	if err := chromedp.Do(ctx, chromedp.Navigate(url)); err != nil {
+		b.t.Fatalf("open %s: %v", url, err)
+	}
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.browsertestMark = true`)); err != nil {
+		b.t.Fatalf("mark %s: %v", url, err)
+	}
+	b.mu.Lock()
+	b.opened = b.navigations
+	b.mu.Unlock()
+}
+
+// Reloaded says whether the page opened by Open has been left or reloaded
+// since: its main frame navigated, or its window lost Open's mark.
+func (b *Browser) Reloaded() bool {
+	b.mu.Lock()
+	navigated := b.navigations != b.opened
+	b.mu.Unlock()
+	return navigated || b.Text(`String(window.browsertestMark === true)`) != "true"
+}
+
+// Serve serves h on 127.0.0.1 (a free port) until the test ends and
+// returns its base URL.
+func Serve(t testing.TB, h http.Handler) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close(); <-done })
+	return "http://" + ln.Addr().String()
 }
