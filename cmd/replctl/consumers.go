@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"math"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/replmesh/replmesh/transport"
@@ -28,6 +31,65 @@ type consumerRow struct {
 	Lag        uint64 `json:"lag"`                   // owner head minus applied seq, as the consumer last heard it
 	StaleMs    int64  `json:"stale_ms"`              // how old the replica's data is, in milliseconds
 	State      string `json:"state"`
+	// A full transfer's progress while State is "transferring" (zero
+	// otherwise): rows received, rows the owner announced (0: unknown, an
+	// older owner), their percentage (0 when unknown), key and value bytes
+	// received, rows per second and the estimated time left.
+	TransferRows     uint64  `json:"transfer_rows"`
+	TransferExpected uint64  `json:"transfer_rows_expected"`
+	TransferPercent  float64 `json:"transfer_percent"`
+	TransferBytes    uint64  `json:"transfer_bytes"`
+	TransferRate     float64 `json:"transfer_rows_per_sec"`
+	TransferEtaMs    int64   `json:"transfer_eta_ms"`
+}
+
+// stateTransferring is the replica state of a full transfer under way.
+const stateTransferring = "transferring"
+
+// transferring reports whether the row is a full transfer under way.
+func (r *consumerRow) transferring() bool { return r.State == stateTransferring }
+
+// progress renders a full transfer's progress: "transferring
+// 120000/400000 30% 85k rows/s ETA 3s" (what is unknown is left out).
+func (r *consumerRow) progress() string {
+	s := r.State + " " + u64(r.TransferRows)
+	if r.TransferExpected > 0 {
+		s += fmt.Sprintf("/%d %d%%", r.TransferExpected, int(r.TransferPercent))
+	} else {
+		s += " rows"
+	}
+	if r.TransferRate > 0 {
+		s += " " + quantity(r.TransferRate) + " rows/s"
+	}
+	if r.TransferEtaMs > 0 {
+		s += " ETA " + eta(time.Duration(r.TransferEtaMs)*time.Millisecond)
+	}
+	return s
+}
+
+// percent is the share of expected that done is, at most 100 (0 when
+// expected is unknown).
+func percent(done, expected uint64) float64 {
+	if expected == 0 {
+		return 0
+	}
+	return min(100, math.Floor(float64(done)*1000/float64(expected))/10)
+}
+
+// quantity renders a rate compactly: 850, 85k, 1.2M.
+func quantity(v float64) string {
+	switch {
+	case v < 1e3:
+		return strconv.FormatFloat(v, 'f', 0, 64)
+	case v < 1e6:
+		return strconv.FormatFloat(v/1e3, 'f', 0, 64) + "k"
+	}
+	return strconv.FormatFloat(v/1e6, 'f', 1, 64) + "M"
+}
+
+// eta renders a time left in whole seconds, rounded up: 3s, 1m5s, 2h0m0s.
+func eta(d time.Duration) string {
+	return max(time.Second, (d + time.Second - 1).Truncate(time.Second)).String()
 }
 
 func consumerRows(st *transport.StatusResponse) []consumerRow {
@@ -45,6 +107,11 @@ func consumerRows(st *transport.StatusResponse) []consumerRow {
 			r := consumerRow{Service: in.Service, Instance: in.Instance, Role: in.Role, Broker: in.Broker,
 				Owner: s.Service, Table: s.Table, Requested: s.Mode, Seq: s.Seq, Head: ti.Head, Lag: s.Lag,
 				StaleMs: s.StaleMs, State: s.State, Running: s.Running, Reason: s.Reason}
+			if r.transferring() {
+				r.TransferRows, r.TransferExpected, r.TransferBytes = s.XferRows, s.XferExpected, s.XferBytes
+				r.TransferRate, r.TransferEtaMs = s.XferRate, s.XferEtaMs
+				r.TransferPercent = percent(s.XferRows, s.XferExpected)
+			}
 			r.Mode, r.ModeSource = effectiveMode(st.Overrides[key], s.Mode, ti.Mode)
 			rows = append(rows, r)
 		}
@@ -88,8 +155,17 @@ func (c *cli) consumers(ctx context.Context, args []string) error {
 		if r.Running != "" && r.Running != r.Mode {
 			mode += " -> " + r.Running
 		}
-		t.row(r.Service+"/"+r.Instance, r.Owner+"/"+r.Table, mode, u64(r.Seq), u64(r.Head), u64(r.Lag),
-			duration(time.Duration(r.StaleMs)*time.Millisecond), r.State)
+		seq, lag, state := u64(r.Seq), u64(r.Lag), r.State
+		if r.transferring() {
+			// The lag of a replica being copied says little; how far the
+			// copy is says more. Seq stays when an older copy serves.
+			lag, state = "", r.progress()
+			if r.Seq == 0 {
+				seq = ""
+			}
+		}
+		t.row(r.Service+"/"+r.Instance, r.Owner+"/"+r.Table, mode, seq, u64(r.Head), lag,
+			duration(time.Duration(r.StaleMs)*time.Millisecond), state)
 	}
 	return t.flush()
 }

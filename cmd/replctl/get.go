@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"strings"
 
@@ -28,12 +29,15 @@ type getValue struct {
 	Found    bool    `json:"found"`
 	Value    *string `json:"value,omitempty"` // when found and valid UTF-8
 	ValueHex *string `json:"value_hex,omitempty"`
+	// ValueMsgpack is the value decoded from msgpack, as JSON, when it is
+	// one msgpack object and not printable text (see msgpackJSON).
+	ValueMsgpack json.RawMessage `json:"value_msgpack,omitempty"`
 }
 
 func (c *cli) get(ctx context.Context, args []string) error {
 	fs := c.cmdFlags("get", "SERVICE/TABLE KEY...")
-	asHex := fs.Bool("hex", false, "print values (and keys) as hex")
-	raw := fs.Bool("raw", false, "print only the value's bytes, nothing else (one key)")
+	asHex := fs.Bool("hex", false, "print values (and keys) as hex, with no msgpack decoding")
+	raw := fs.Bool("raw", false, "write only the value's bytes as stored, nothing else: no decoding, no escaping (one key)")
 	keyHex := fs.Bool("key-hex", false, "the KEY arguments are hex")
 	pos, err := c.parse(fs, args)
 	if err != nil {
@@ -50,25 +54,18 @@ func (c *cli) get(ctx context.Context, args []string) error {
 		return usagef("get -raw: one key, text output only")
 	}
 	keys := make([][]byte, 0, len(pos)-1)
-	for _, k := range pos[1:] {
-		if *keyHex {
-			b, err := hex.DecodeString(strings.TrimPrefix(k, "0x"))
-			if err != nil {
-				return usagef("get -key-hex: key %q: %v", k, err)
-			}
-			k = string(b)
+	for _, arg := range pos[1:] {
+		k, err := keyArg("get", arg, *keyHex)
+		if err != nil {
+			return err
 		}
-		if k == "" {
+		if len(k) == 0 {
 			return usagef("get: empty key")
 		}
-		keys = append(keys, []byte(k))
+		keys = append(keys, k)
 	}
 
-	owner, err := c.primaryOf(ctx, service)
-	if err != nil {
-		return err
-	}
-	cn, err := c.dial(owner.Primary.Addr)
+	owner, cn, err := c.primaryConn(ctx, service)
 	if err != nil {
 		return err
 	}
@@ -92,6 +89,7 @@ func (c *cli) get(ctx context.Context, args []string) error {
 			h := hex.EncodeToString(v.Value)
 			gv.ValueHex = &h
 			gv.Value = textOrNil(v.Value)
+			gv.ValueMsgpack, _ = msgpackJSON(v.Value)
 		} else {
 			missing = append(missing, showBytes(k, *asHex))
 		}
@@ -110,12 +108,12 @@ func (c *cli) get(ctx context.Context, args []string) error {
 			}
 		}
 	default:
-		fmt.Fprintf(c.stdout, "%s/%s at seq %d on %s (log %s)\n", service, table, resp.Seq, owner.Primary.Instance, resp.LogID)
+		textf(c.stdout, "%s/%s at seq %d on %s (log %s)\n", service, table, resp.Seq, owner.Primary.Instance, resp.LogID)
 		t := newTable(c.stdout, "KEY", "VALUE")
 		for i, k := range keys {
 			val := "(not found)"
 			if v := resp.Values[i]; v.Found {
-				val = showBytes(v.Value, *asHex)
+				val = showValue(v.Value, *asHex)
 			}
 			t.row(showBytes(k, *asHex), val)
 		}

@@ -18,6 +18,8 @@
 //	                            applied seq, lag in seqs and seconds, state
 //	get SERVICE/TABLE KEY...    live read on the primary: the values and the
 //	                            seq they were read at (-hex, -raw, -key-hex)
+//	keys SERVICE/TABLE [PREFIX] the table's keys on the primary, in key
+//	                            order (-limit N, default 1000; 0: all)
 //	tail SERVICE/TABLE          follow the table's changes live (-n N stops
 //	                            after N changes, -from SEQ starts after SEQ)
 //	verify SERVICE/TABLE        Digest on the primary and on every standby,
@@ -49,15 +51,25 @@
 // The JSON forms: status prints transport.StatusResponse as encoding/json
 // renders it (the same document as replbroker's /api/status); the other
 // commands print the structs documented in this package (tableRow,
-// consumerRow, getResult, changeLine one per line for tail, verifyReport,
-// modeResult), with snake_case keys. Keys and values appear as "key" /
-// "value" when they are valid UTF-8 and always as "key_hex" / "value_hex".
+// consumerRow, getResult, keysResult, changeLine one per line for tail,
+// verifyReport, modeResult). Every key is snake_case. Keys and values
+// appear as "key" / "value" when they are valid UTF-8, always as "key_hex"
+// / "value_hex", and a value that is msgpack (a typed table's) also as
+// "value_msgpack", decoded to JSON.
+//
+// Values in text: printable text as it is (quoted when it holds blanks),
+// a msgpack value as compact JSON, anything else as 0x-hex; -hex shows
+// hex only, and get -raw writes the stored bytes and nothing else. Every
+// name, address, state, error, key and value printed as text has its
+// control and other non-printable characters escaped (\x1b, \a, \u202e),
+// so that a registration cannot drive the terminal; JSON escapes them too.
 package main
 
 import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -134,6 +146,7 @@ func init() {
 		{"tables", "", "tables with owner, epoch, head seq and standbys' heads", (*cli).tables},
 		{"consumers", "", "every subscription with its mode, applied seq, lag and state", (*cli).consumers},
 		{"get", "SERVICE/TABLE KEY...", "live read of keys on the table's primary", (*cli).get},
+		{"keys", "SERVICE/TABLE [PREFIX]", "list the table's keys (with PREFIX) on its primary, in order", (*cli).keys},
 		{"tail", "SERVICE/TABLE", "follow the table's changes live", (*cli).tail},
 		{"verify", "SERVICE/TABLE", "compare digests of the owner instances; check consumers' positions", (*cli).verify},
 		{"mode", "set SERVICE/TABLE MODE | list", "set (push, pull, auto, clear) or list the broker's mode overrides", (*cli).mode},
@@ -187,7 +200,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		err = ee.err
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "replctl: %v\n", err)
+		textf(stderr, "replctl: %v\n", err)
 		if code == exitUsage {
 			fmt.Fprintln(stderr, "run 'replctl -h' for usage")
 		}
@@ -482,6 +495,30 @@ func (c *cli) primaryOf(ctx context.Context, service string) (transport.ServiceO
 	return owner, nil
 }
 
+// primaryConn looks up service's primary and returns it with a connection
+// to it.
+func (c *cli) primaryConn(ctx context.Context, service string) (transport.ServiceOwner, *conn, error) {
+	owner, err := c.primaryOf(ctx, service)
+	if err != nil {
+		return owner, nil, err
+	}
+	cn, err := c.dial(owner.Primary.Addr)
+	return owner, cn, err
+}
+
+// keyArg returns a KEY (or PREFIX) argument's bytes: the argument itself,
+// or with asHex the bytes it spells in hex (an optional 0x before).
+func keyArg(cmd, arg string, asHex bool) ([]byte, error) {
+	if !asHex {
+		return []byte(arg), nil
+	}
+	b, err := hex.DecodeString(strings.TrimPrefix(arg, "0x"))
+	if err != nil {
+		return nil, usagef("%s -key-hex: %q: %v", cmd, arg, err)
+	}
+	return b, nil
+}
+
 // ownerError words an error returned by an owner instance. The result
 // still wraps err (errors.Is works on it).
 func (c *cli) ownerError(service, table string, ep transport.Endpoint, err error) error {
@@ -505,6 +542,8 @@ func (c *cli) ownerError(service, table string, ep transport.Endpoint, err error
 		msg = fmt.Sprintf("the owner did not answer within %s", c.timeout)
 	case errors.Is(err, transport.ErrNotPrimary):
 		msg = fmt.Sprintf("not the primary (a failover under way?): %s", msg)
+	case errors.Is(err, transport.ErrUnimplemented):
+		msg = fmt.Sprintf("the owner does not serve this call (an older build?): %s", msg)
 	}
 	return &wordedError{msg: where + ": " + msg, err: err}
 }

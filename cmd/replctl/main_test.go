@@ -647,6 +647,29 @@ func TestReplctl(t *testing.T) {
 		}
 	})
 
+	t.Run("keys", func(t *testing.T) {
+		// On the real owner: in key order, with a prefix, in pages.
+		var want []string
+		for i := range 10 {
+			want = append(want, fmt.Sprintf("k%d", i))
+		}
+		if out := ctlOK(t, br, "keys", "stores/managers", "k").stdout; out != strings.Join(want, "\n")+"\n" {
+			t.Fatalf("keys with prefix k:\n%s", out)
+		}
+		var kr keysResult
+		ctlJSON(t, &kr, br, "keys", "-limit", "0", "stores/managers")
+		if len(kr.Keys) != 13 || *kr.Keys[0].Key != "-dash" || kr.Seq != head || kr.LogID != logID || kr.More || kr.Instance != m.primaryName {
+			t.Fatalf("keys -limit 0: %+v", kr)
+		}
+		if r := ctl(t, nil, br, "keys", "stores/nosuch"); r.code != exitError || !strings.Contains(r.stderr, "no such table") ||
+			!strings.Contains(r.stderr, "(the tables of stores: managers, secrets)") {
+			t.Fatalf("keys of an unknown table: %v", r)
+		}
+		if r := ctl(t, nil, br, "keys", "stores/secrets"); r.code != exitError || !strings.Contains(r.stderr, "permission denied") {
+			t.Fatalf("keys of a restricted table: %v", r)
+		}
+	})
+
 	t.Run("verify", func(t *testing.T) {
 		var rep verifyReport
 		r := ctlJSON(t, &rep, br, "verify", "stores/managers")

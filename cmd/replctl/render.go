@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 	"unicode"
+	"unicode/utf16"
 	"unicode/utf8"
 )
 
@@ -36,25 +37,130 @@ func newTable(w io.Writer, header ...string) *table {
 	return t
 }
 
+// row writes one row; every cell goes through escape.
 func (t *table) row(cols ...string) {
 	for i, c := range cols {
 		if c == "" {
-			cols[i] = "-"
+			c = "-"
 		}
+		cols[i] = escape(c)
 	}
 	fmt.Fprintln(t.tw, strings.Join(cols, "\t"))
 }
 
 func (t *table) flush() error { return t.tw.Flush() }
 
-// writeJSON writes v as indented JSON followed by a newline.
+// writeJSON writes v as indented JSON followed by a newline (see
+// jsonSafe).
 func writeJSON(w io.Writer, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
-	_, err = w.Write(append(b, '\n'))
+	_, err = w.Write(append(jsonSafe(b), '\n'))
 	return err
+}
+
+// writeJSONLine writes v as JSON on one line (see jsonSafe).
+func writeJSONLine(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(jsonSafe(b), '\n'))
+	return err
+}
+
+// escape makes s safe to print on a terminal: every rune that is not
+// printable (ESC, BEL, other control characters, line breaks, tabs,
+// bidirectional and other format characters) becomes its Go escape
+// (\x1b, \a, \n, \t, \u202e) and every byte that is not UTF-8 becomes \xNN;
+// the rest is kept as it is. Every piece of text replctl prints that it did
+// not write itself (names, addresses, states and errors from the registry
+// and from owners, keys, values) goes through it: table cells (table.row),
+// formatted lines (textf) and the final error message (run).
+func escape(s string) string {
+	if printable(s) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n <= 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case unicode.IsPrint(r):
+			b.WriteString(s[i : i+n])
+		default:
+			q := strconv.QuoteRune(r) // '\x1b', '\a', '\u202e'
+			b.WriteString(q[1 : len(q)-1])
+		}
+		i += n
+	}
+	return b.String()
+}
+
+// printable reports whether s is valid UTF-8 made of printable runes only
+// (the ASCII space is printable; other blanks are not).
+func printable(s string) bool {
+	for _, r := range s {
+		if r == utf8.RuneError || !unicode.IsPrint(r) {
+			return false // (a real U+FFFD takes the slow path too)
+		}
+	}
+	return true
+}
+
+// textf writes a formatted line of text: the strings, errors and Stringers
+// among args go through escape first (the format itself is replctl's own).
+// It returns the write's error.
+func textf(w io.Writer, format string, args ...any) error {
+	safe := make([]any, len(args))
+	for i, a := range args {
+		switch v := a.(type) {
+		case string:
+			safe[i] = escape(v)
+		case error:
+			safe[i] = escape(v.Error())
+		case fmt.Stringer:
+			safe[i] = escape(v.String())
+		default:
+			safe[i] = a
+		}
+	}
+	_, err := fmt.Fprintf(w, format, safe...)
+	return err
+}
+
+// jsonSafe rewrites the runes of JSON text b that a terminal could act on
+// and encoding/json leaves as they are (DEL, C1 controls, format
+// characters such as U+202E) as \uXXXX escapes, so that -o json output is
+// as safe to print as text. Such runes can only stand inside strings
+// (encoding/json writes no other whitespace than space and newline), where
+// the escape means the same rune: the document is unchanged.
+func jsonSafe(b []byte) []byte {
+	var out []byte
+	for i := 0; i < len(b); {
+		r, n := utf8.DecodeRune(b[i:])
+		if r == '\n' || (r != utf8.RuneError || n > 1) && unicode.IsPrint(r) {
+			if out != nil {
+				out = append(out, b[i:i+n]...)
+			}
+		} else {
+			if out == nil {
+				out = append(make([]byte, 0, len(b)+16), b[:i]...)
+			}
+			// encoding/json writes valid UTF-8 only, so r is a real rune.
+			for _, u := range utf16.Encode([]rune{r}) {
+				out = fmt.Appendf(out, `\u%04x`, u)
+			}
+		}
+		i += n
+	}
+	if out == nil {
+		return b
+	}
+	return out
 }
 
 // showBytes renders a key or value for a human: plain when it is printable

@@ -32,7 +32,7 @@ func (c *cli) status(ctx context.Context, args []string) error {
 	w := c.stdout
 	now := time.Now()
 
-	fmt.Fprintf(w, "BROKERS (answered by %s)\n", st.Broker)
+	textf(w, "BROKERS (answered by %s)\n", st.Broker)
 	t := newTable(w, "NAME", "ADDR", "STATE")
 	for _, b := range st.Brokers {
 		t.row(b.Name, b.Addr, b.State)
@@ -84,9 +84,12 @@ type tableRow struct {
 	// Mode is the mode the table runs in unless a subscription asks for
 	// another: the broker override if set (ModeSource "override"), else
 	// the owner's default ("owner"), else push ("default").
-	Mode       string        `json:"mode"`
-	ModeSource string        `json:"mode_source"`
-	Standbys   []standbyHead `json:"standbys"`
+	Mode       string `json:"mode"`
+	ModeSource string `json:"mode_source"`
+	// RunningModes are the modes its subscriptions' streams run now
+	// (auto picks push or pull per subscription), sorted, each once.
+	RunningModes []string      `json:"running_modes"`
+	Standbys     []standbyHead `json:"standbys"`
 }
 
 // standbyHead is a standby's copy of a table.
@@ -103,6 +106,7 @@ func tableRows(st *transport.StatusResponse) []tableRow {
 			r := tableRow{Service: o.Service, Table: ti.Table, Owner: o.Primary.Instance, Addr: o.Primary.Addr,
 				Epoch: ti.Epoch, Head: ti.Head, LogID: ti.LogID, Standbys: []standbyHead{}}
 			r.Mode, r.ModeSource = effectiveMode(st.Overrides[o.Service+"/"+ti.Table], "", ti.Mode)
+			r.RunningModes = runningModes(st, o.Service, ti.Table)
 			for _, in := range st.Instances {
 				if in.Service != o.Service || in.Role != transport.RoleStandby {
 					continue
@@ -119,6 +123,23 @@ func tableRows(st *transport.StatusResponse) []tableRow {
 	return rows
 }
 
+// runningModes returns the modes the subscriptions of service/table run,
+// sorted, each once (never nil).
+func runningModes(st *transport.StatusResponse, service, table string) []string {
+	seen := map[string]bool{}
+	out := []string{}
+	for _, in := range st.Instances {
+		for _, s := range in.Subscriptions {
+			if s.Service == service && s.Table == table && s.Running != "" && !seen[s.Running] {
+				seen[s.Running] = true
+				out = append(out, s.Running)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
 func printTables(w io.Writer, rows []tableRow) {
 	t := newTable(w, "TABLE", "OWNER", "EPOCH", "HEAD", "MODE", "STANDBYS", "LOG")
 	for _, r := range rows {
@@ -133,6 +154,9 @@ func printTables(w io.Writer, rows []tableRow) {
 		mode := r.Mode
 		if r.ModeSource == "override" {
 			mode += " (override)"
+		}
+		if len(r.RunningModes) > 1 || len(r.RunningModes) == 1 && r.RunningModes[0] != r.Mode {
+			mode += " -> " + strings.Join(r.RunningModes, ", ")
 		}
 		owner := r.Owner
 		if owner == "" {

@@ -33,8 +33,11 @@ type changeLine struct {
 	KeyHex   string  `json:"key_hex"`
 	Value    *string `json:"value,omitempty"`
 	ValueHex *string `json:"value_hex,omitempty"` // puts only
-	Time     string  `json:"time"`                // commit time, RFC 3339 in UTC
-	TxnEnd   bool    `json:"txn_end"`             // last change of its commit group
+	// ValueMsgpack is the value decoded from msgpack, as JSON (see
+	// getValue).
+	ValueMsgpack json.RawMessage `json:"value_msgpack,omitempty"`
+	Time         string          `json:"time"`    // commit time, RFC 3339 in UTC
+	TxnEnd       bool            `json:"txn_end"` // last change of its commit group
 }
 
 // position is where a tail stands in a table's history: the last seq
@@ -64,7 +67,7 @@ func (c *cli) tail(ctx context.Context, args []string) error {
 	fs := c.cmdFlags("tail", "SERVICE/TABLE")
 	n := fs.Int("n", 0, "stop after `N` changes (0: follow until interrupted)")
 	from := fs.Int64("from", -1, "print the changes after `SEQ` (default: the table's head when tail starts)")
-	asHex := fs.Bool("hex", false, "print keys and values as hex")
+	asHex := fs.Bool("hex", false, "print keys and values as hex, with no msgpack decoding")
 	pos, err := c.parse(fs, args)
 	if err != nil {
 		return err
@@ -88,11 +91,7 @@ func (c *cli) tail(ctx context.Context, args []string) error {
 	// The start point: the table's head (or -from) in the primary's
 	// current history. The epoch is a first guess, corrected from the
 	// owner's epoch history if the owner does not resume at it.
-	owner, err := c.primaryOf(ctx, service)
-	if err != nil {
-		return err
-	}
-	cn, err := c.dial(owner.Primary.Addr)
+	owner, cn, err := c.primaryConn(ctx, service)
 	if err != nil {
 		return err
 	}
@@ -133,7 +132,7 @@ func (tl *tailer) run(ctx context.Context, ep transport.Endpoint) error {
 		if tl.printed > before {
 			backoff = 100 * time.Millisecond
 		}
-		fmt.Fprintf(tl.c.stderr, "replctl: tail %s/%s: %v; reconnecting\n", tl.service, tl.table, err)
+		textf(tl.c.stderr, "replctl: tail %s/%s: %v; reconnecting\n", tl.service, tl.table, err)
 		for {
 			t := time.NewTimer(backoff)
 			select {
@@ -151,7 +150,7 @@ func (tl *tailer) run(ctx context.Context, ep transport.Endpoint) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			fmt.Fprintf(tl.c.stderr, "replctl: tail %s/%s: %v; retrying\n", tl.service, tl.table, lerr)
+			textf(tl.c.stderr, "replctl: tail %s/%s: %v; retrying\n", tl.service, tl.table, lerr)
 		}
 	}
 }
@@ -256,7 +255,7 @@ func (tl *tailer) stream(ctx context.Context, cn *conn, ep transport.Endpoint, m
 			}
 			if next != tl.pos {
 				if warning != "" {
-					fmt.Fprintf(tl.c.stderr, "replctl: tail %s/%s: %s\n", tl.service, tl.table, warning)
+					textf(tl.c.stderr, "replctl: tail %s/%s: %s\n", tl.service, tl.table, warning)
 				}
 				tl.pos = next
 				return true, nil
@@ -270,7 +269,7 @@ func (tl *tailer) stream(ctx context.Context, cn *conn, ep transport.Endpoint, m
 	}
 	tl.connected = true
 	if tl.notices {
-		fmt.Fprintf(tl.c.stderr, "replctl: tailing %s/%s on %s (%s) after seq %d (head %d); Ctrl-C stops\n",
+		textf(tl.c.stderr, "replctl: tailing %s/%s on %s (%s) after seq %d (head %d); Ctrl-C stops\n",
 			tl.service, tl.table, ep.Instance, ep.Addr, tl.pos.Seq, st.HeadSeq)
 	}
 	if err := ack(); err != nil {
@@ -341,7 +340,7 @@ func (tl *tailer) skipSnapshot(recv func() (*transport.OwnerFrame, error), st *t
 				return fmt.Errorf("%w: snapshot-end at %d for a snapshot at %d", transport.ErrBadRequest, f.Seq, seq)
 			}
 			if tl.printed > 0 || tl.fromFlag || seq != tl.pos.Seq {
-				fmt.Fprintf(tl.c.stderr, "replctl: tail %s/%s: the owner could not resume after seq %d; continuing after its snapshot at seq %d\n",
+				textf(tl.c.stderr, "replctl: tail %s/%s: the owner could not resume after seq %d; continuing after its snapshot at seq %d\n",
 					tl.service, tl.table, tl.pos.Seq, seq)
 			}
 			tl.pos = position{LogID: st.LogID, Seq: seq, Epoch: f.Epoch}
@@ -447,20 +446,15 @@ func (tl *tailer) print(ch *transport.Change) error {
 			h := hex.EncodeToString(ch.Value)
 			cl.ValueHex = &h
 			cl.Value = textOrNil(ch.Value)
+			cl.ValueMsgpack, _ = msgpackJSON(ch.Value)
 		}
-		b, err := json.Marshal(cl)
-		if err != nil {
-			return err
-		}
-		_, err = w.Write(append(b, '\n'))
-		return err
+		return writeJSONLine(w, cl)
 	}
 	val := "-"
 	if ch.Op == transport.OpPut {
-		val = showBytes(ch.Value, tl.asHex)
+		val = showValue(ch.Value, tl.asHex)
 	}
-	_, err := fmt.Fprintf(w, "%d %s %s %s %s\n", ch.Seq, ch.Op, showBytes(ch.Key, tl.asHex), val, tm.Format("2006-01-02T15:04:05.000Z07:00"))
-	return err
+	return textf(w, "%d %s %s %s %s\n", ch.Seq, ch.Op, showBytes(ch.Key, tl.asHex), val, tm.Format("2006-01-02T15:04:05.000Z07:00"))
 }
 
 // isTerminal reports whether w is a terminal (for notices and progress).

@@ -251,7 +251,7 @@ func endpointNames(eps []transport.Endpoint) string {
 }
 
 func printVerify(w io.Writer, rep *verifyReport) {
-	fmt.Fprintf(w, "verify %s/%s: primary %s at seq %d (log %s, %d rows)\n", rep.Service, rep.Table, rep.Primary, rep.Seq, rep.LogID, rep.Rows)
+	textf(w, "verify %s/%s: primary %s at seq %d (log %s, %d rows)\n", rep.Service, rep.Table, rep.Primary, rep.Seq, rep.LogID, rep.Rows)
 	t := newTable(w, "INSTANCE", "ROLE", "SEQ", "ROWS", "HASH", "RESULT")
 	for _, in := range rep.Instances {
 		rows, hash := "", ""
@@ -326,7 +326,7 @@ func (p *progress) set(msg string) {
 func (p *progress) draw() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	line := fmt.Sprintf("%s [%s] %s", p.label, duration(time.Since(p.start)), p.msg)
+	line := escape(fmt.Sprintf("%s [%s] %s", p.label, duration(time.Since(p.start)), p.msg))
 	pad := ""
 	if n := p.lastLen - len(line); n > 0 {
 		pad = strings.Repeat(" ", n)

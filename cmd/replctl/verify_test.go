@@ -48,16 +48,7 @@ func (f *fakeOwner) set(d transport.DigestResponse, err error) {
 func serveFake(t *testing.T) (*fakeOwner, string) {
 	t.Helper()
 	f := &fakeOwner{}
-	srv := transport.NewServer(transport.Options{})
-	transport.RegisterReplicationServer(srv, f)
-	lis, err := transport.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() { srv.Serve(lis); close(served) }()
-	t.Cleanup(func() { srv.Stop(); <-served })
-	return f, lis.Addr().String()
+	return f, serve(t, func(s *transport.Server) { transport.RegisterReplicationServer(s, f) })
 }
 
 // register holds a broker session for reg until the test ends.
