@@ -105,8 +105,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, reload <-chan os.
 		boundHTTP = lis.Addr().String()
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-		mux.HandleFunc("GET /api/status", statusJSON(b))
-		mux.HandleFunc("GET /{$}", statusPage(b))
+		mux.Handle("/", b.StatusHandler()) // the status page at / and /api/status
 		srv = &http.Server{
 			Handler:           mux,
 			ReadHeaderTimeout: 10 * time.Second,
