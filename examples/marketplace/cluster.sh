@@ -41,6 +41,11 @@
 set -euo pipefail
 
 prog=$(basename "$0")
+die() {
+	echo "$prog: $*" >&2
+	exit 2
+}
+
 root=$(cd "$(dirname "$0")/../.." && pwd -P)
 bin=${REPLMESH_BIN:-$root/bin}
 modes_file=$root/examples/marketplace/config/modes.yaml
@@ -49,16 +54,15 @@ ready_timeout=${REPLMESH_CLUSTER_TIMEOUT:-60}
 stop_timeout=${REPLMESH_CLUSTER_STOP_TIMEOUT:-10}
 host=127.0.0.1
 marker=cluster.env
+[[ $base =~ ^[0-9]+$ ]] && ((base >= 1024 && base + 43 <= 65535)) ||
+	die "REPLMESH_CLUSTER_PORT_BASE=$base: want a port from 1024 to 65492 (the cluster uses BASE to BASE+43)"
+[[ $ready_timeout =~ ^[0-9]+$ ]] || die "REPLMESH_CLUSTER_TIMEOUT=$ready_timeout: want whole seconds"
+[[ $stop_timeout =~ ^[0-9]+$ ]] || die "REPLMESH_CLUSTER_STOP_TIMEOUT=$stop_timeout: want whole seconds"
 
 # usage [CODE]: prints the comment above and exits with CODE (default 2).
 usage() {
 	sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//' >&2
 	exit "${1:-2}"
-}
-
-die() {
-	echo "$prog: $*" >&2
-	exit 2
 }
 
 # ---------------------------------------------------------------------------
@@ -113,7 +117,7 @@ command_of() {
 	esac
 }
 
-# ports_in_use: every port of the cluster, "PORT WHAT" per line.
+# all_ports: every port of the cluster, "PORT WHAT" per line.
 all_ports() {
 	local n name
 	for n in 1 2 3; do
@@ -131,12 +135,15 @@ all_ports() {
 # port_busy PORT: true when something listens on TCP PORT or holds UDP
 # PORT, on any address (a listener on 0.0.0.0 blocks 127.0.0.1 too).
 port_busy() {
-	local port=$1 hex
+	local port=$1 hex f files=()
 	if [[ -r /proc/net/tcp ]]; then
 		hex=$(printf '%04X' "$port")
+		for f in /proc/net/tcp /proc/net/tcp6 /proc/net/udp /proc/net/udp6; do
+			[[ -r $f ]] && files+=("$f") # no tcp6/udp6 without IPv6
+		done
 		# TCP: a socket in LISTEN state (0A); UDP: any bound socket.
 		awk -v p=":$hex" 'FNR > 1 && substr($2, length($2) - 4) == p && (FILENAME ~ /udp/ || $4 == "0A") { found = 1 } END { exit !found }' \
-			/proc/net/tcp /proc/net/tcp6 /proc/net/udp /proc/net/udp6 2>/dev/null && return 0
+			"${files[@]}" && return 0
 		return 1
 	fi
 	# Elsewhere: can we connect to it?
@@ -406,7 +413,6 @@ check_binaries() {
 
 cmd_up() {
 	check_binaries
-	[[ $ready_timeout =~ ^[0-9]+$ ]] || die "REPLMESH_CLUSTER_TIMEOUT=$ready_timeout: want whole seconds"
 	if [[ -e $dir && ! -d $dir ]]; then
 		die "$dir exists and is not a directory"
 	fi
@@ -504,8 +510,9 @@ print_summary() {
 	done < <(recorded)
 	epoch=$(awk -F= '$1 ~ /^owners\.[0-9]+\.service$/ && $2 == "stores" { split($1, a, "."); o = a[2] }
 		$1 ~ /^owners\.[0-9]+\.epoch$/ { split($1, a, "."); e[a[2]] = $2 } END { print e[o] }' <<<"$flat")
-	local rel=$0
+	local rel=$0 via_make="make cluster-down"
 	[[ $rel == "$root"/* ]] && rel=./${rel#"$root"/}
+	[[ $dir == "$(cd "$default_dir" 2>/dev/null && pwd -P)" ]] || via_make+=" CLUSTER_DIR=$dir"
 	cat <<EOF
 
 stores epoch $epoch. Logs: $dir/logs/NAME.log; pids: $dir/pids.
@@ -520,7 +527,7 @@ The cluster keeps running. Next (docs/quickstart.md walks through it):
   curl -s 'http://$host:$((base + 42))/authorize?store=S1&user=alice'
   bin/replctl verify stores/store_managers
 
-Stop it: $rel down $dir   (or make cluster-down; -purge also removes the data)
+Stop it: $rel down $dir   (or $via_make; down -purge also removes the data)
 EOF
 }
 
