@@ -6,7 +6,8 @@
 // The browser is REPLMESH_BROWSER when set, else the first of
 // chromium-headless-shell, chromium and headless_shell on PATH
 // (.ci/install-browser installs one). Without a browser the test is
-// skipped, unless REPLMESH_REQUIRE_BROWSER=1 (CI), when it fails.
+// skipped, unless REPLMESH_REQUIRE_BROWSER=1 (CI), when it fails; a
+// REPLMESH_BROWSER that names no executable fails too.
 //
 //	b := browsertest.Start(t)
 //	b.Open(browsertest.Serve(t, handler) + "/")
@@ -77,14 +78,16 @@ type Browser struct {
 
 // Start starts a fresh browser (its own profile directory) for t and
 // stops it when t ends. It skips t when no browser is found, or fails it
-// when REPLMESH_REQUIRE_BROWSER=1.
+// when REPLMESH_REQUIRE_BROWSER=1 or REPLMESH_BROWSER names none.
 func Start(t testing.TB) *Browser {
 	t.Helper()
 	path, err := Find()
-	if err != nil {
-		if os.Getenv(EnvRequire) == "1" {
-			t.Fatalf("%v (%s=1)", err, EnvRequire)
-		}
+	switch {
+	case err != nil && os.Getenv(EnvBrowser) != "":
+		t.Fatal(err) // asked for a browser that is not there
+	case err != nil && os.Getenv(EnvRequire) == "1":
+		t.Fatalf("%v (%s=1)", err, EnvRequire)
+	case err != nil:
 		t.Skipf("skipped: %v", err)
 	}
 	opts := []chromedp.ExecAllocatorOption{
