@@ -102,6 +102,7 @@ func everyCommand() [][]string {
 		{"verify", "-wait", "0s", "stores/managers"},
 		{"mode", "list"},
 		{"mode", "set", "stores/managers", "push"},
+		{"mode", "set", "stores/nosuch", "push"}, // warns, naming the service's tables
 	}
 }
 

@@ -265,7 +265,7 @@ func (c *cli) modeSet(ctx context.Context, args []string) error {
 		case *strict:
 			return checkFailed(fmt.Errorf("mode set: %s; override not set (-strict)", why))
 		default:
-			fmt.Fprintf(c.stderr, "replctl: warning: %s; the override is set anyway and applies if the table appears (-strict refuses)\n", why)
+			_ = textf(c.stderr, "replctl: warning: %s; the override is set anyway and applies if the table appears (-strict refuses)\n", why)
 		}
 	}
 	var res *transport.SetModeResponse
