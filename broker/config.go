@@ -89,6 +89,23 @@ type Config struct {
 	// Logger receives the broker's logs (and memberlist's, at the matching
 	// level); nil discards them.
 	Logger *slog.Logger
+
+	// silence, when set, replaces Lease/2 as how long a session may
+	// deliver no frame before the broker ends it (see Broker.Session). For
+	// the package's tests: a loaded test machine can hold back the
+	// heartbeats of the in-process fake components for longer than half of
+	// a sub-second test lease, and the tests that are not about silent
+	// sessions must not lose theirs to it.
+	silence time.Duration
+}
+
+// silenceCutoff is how long a session may deliver no frame before the
+// broker ends it: half the lease (or the tests' silence).
+func (c *Config) silenceCutoff() time.Duration {
+	if c.silence > 0 {
+		return c.silence
+	}
+	return c.Lease / 2
 }
 
 // DefaultConfig returns production timings and the well-known local

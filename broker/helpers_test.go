@@ -37,11 +37,16 @@ func ctxT(t testing.TB, d time.Duration) context.Context { return testutil.Conte
 const waitLong = 20 * time.Second
 
 // startBroker starts a broker with LocalConfig; mutate may change it.
+// Its sessions are not ended for silence (Config.silence): the fake
+// components heartbeat every 50ms, but a loaded machine can hold their
+// frames back for longer than half of the tests' sub-second leases. The
+// tests of that cutoff set silence back to 0 (half the lease).
 func startBroker(t testing.TB, name string, join []string, mutate func(*Config)) *Broker {
 	t.Helper()
 	cfg := LocalConfig(name)
 	cfg.Join = join
 	cfg.Logger = testLogger(t)
+	cfg.silence = time.Hour
 	if mutate != nil {
 		mutate(&cfg)
 	}
@@ -337,6 +342,16 @@ func (c *fakeComp) waitEnd() error {
 		case <-timer.C:
 			c.t.Fatalf("%s/%s: session did not end", c.reg.Service, c.reg.Instance)
 		}
+	}
+}
+
+// mustBeOpen fails the test if the session has ended.
+func (c *fakeComp) mustBeOpen() {
+	c.t.Helper()
+	select {
+	case err := <-c.errc:
+		c.t.Fatalf("%s/%s: session ended early: %v", c.reg.Service, c.reg.Instance, err)
+	default:
 	}
 }
 

@@ -170,7 +170,7 @@ func (b *Broker) Session(stream transport.SessionServer) error {
 				}
 			}
 		case <-hb.C:
-			if silent := time.Since(time.UnixMilli(s.lastFrame.Load())); silent > b.cfg.Lease/2 {
+			if silent := time.Since(time.UnixMilli(s.lastFrame.Load())); silent > b.cfg.silenceCutoff() {
 				log.Info("session ended: no frame from the component", "silent", silent.Round(time.Millisecond))
 				return fmt.Errorf("%w: no frame from %s/%s for %s", transport.ErrUnavailable, reg.Service, reg.Instance, silent.Round(time.Millisecond))
 			}
