@@ -102,6 +102,30 @@ ci: ## what CI runs (.ci/run)
 marketplace: ## the marketplace as processes, a scripted scenario, then stopped
 	./examples/marketplace/run.sh
 
+# A multi-node cluster on this machine, left running (docs/quickstart.md):
+# 3 brokers, a stores primary and standby, 2 products instances, on
+# 127.0.0.1 ports 27600-27643 (REPLMESH_CLUSTER_PORT_BASE moves them).
+# CLUSTER_DIR (default $TMPDIR/replmesh-cluster) holds data, logs and pids.
+CLUSTER_DIR ?=
+
+.PHONY: cluster-up cluster-down cluster-status cluster-smoke
+cluster-up: build ## start 3 brokers, stores primary+standby, 2 products; leave them running
+	./examples/marketplace/cluster.sh up $(CLUSTER_DIR)
+
+cluster-down: ## stop exactly the processes cluster-up started (data and logs kept)
+	./examples/marketplace/cluster.sh down $(CLUSTER_DIR)
+
+cluster-status: ## which processes of the cluster are alive
+	./examples/marketplace/cluster.sh status $(CLUSTER_DIR)
+
+# CI: the cluster comes up (bounded), replctl reads it, the stores copies
+# agree, everything stops and the directory is removed.
+cluster-smoke: build ## cluster-up in a temporary directory, replctl status and verify, cluster-down
+	@d=$$(mktemp -d "$${TMPDIR:-/tmp}/replmesh-cluster-smoke.XXXXXX"); \
+	REPLMESH_CLUSTER_TIMEOUT=60 timeout 120 ./examples/marketplace/cluster.sh up "$$d" && \
+		. "$$d/cluster.env" && timeout 30 $(BIN)/replctl status && timeout 30 $(BIN)/replctl verify stores/store_managers; \
+	status=$$?; timeout 120 ./examples/marketplace/cluster.sh down -purge "$$d" || status=1; exit $$status
+
 # The chaos suite (chaos/): real processes (brokers, owner instances,
 # consumers), faults, and every guarantee of docs/design.md checked; the
 # report goes to CHAOS_REPORT and is printed at the end.
