@@ -64,13 +64,13 @@
 // harness switches it on (OpFrames), for a few seconds on one consumer
 // as the workload runs, the replica receives some of the owner's frames
 // twice in a row and some pairs of consecutive frames in reverse order,
-// exactly as a misbehaving owner would send them. Only the frames of a
-// running stream (changes, heartbeats, deltas) are touched, not the
-// opening nor a full transfer's: a transfer's rows carry no seq and its
-// end frame no row count, so a rows frame moved behind the end frame is
-// accepted (the replica switches to a copy missing those rows), a
-// weakness of the protocol that this fault would only rediscover at
-// random. The replica must skip every duplicate
+// exactly as a misbehaving owner would send them. The frames of a
+// running stream (changes, heartbeats, deltas) and of a full transfer
+// are touched, not the opening: a transfer's end frame carries the number
+// of rows sent, so a copy missing a rows frame (moved behind the end
+// frame) or holding one twice is refused and transferred again; the
+// fault ends with a consumer wiped and re-transferred under it. The
+// replica must skip every duplicate
 // (its change seqs are at or below its cursor) and see every swap of two
 // changes frames as a gap (drop the stream, resume from its seq): the
 // fault counts what it injected (FrameStatus) and the gaps the replica
