@@ -110,7 +110,7 @@ func TestRun_TextTable(t *testing.T) {
 	if head == "" {
 		t.Fatalf("no table header in:\n%s", out.String())
 	}
-	for _, col := range []string{"figure", "value", "target", "ok?", "of loopback", "redis/nats (issue)", "notes"} {
+	for _, col := range []string{"figure", "value", "target", "ok?", "of loopback", "redis/nats (quoted)", "notes"} {
 		if !strings.Contains(head, col) {
 			t.Errorf("header %q lacks column %q", head, col)
 		}

@@ -64,7 +64,7 @@ const (
 	modesRatio = "push bytes ÷ these"
 	modesHot   = "hot"
 	modesCold  = "cold"
-	modesIssue = "target: issue 4"
+	modesIssue = "target: the modes goal"
 
 	kbPerSec  = "kB/s"
 	msgPerSec = "msg/s"

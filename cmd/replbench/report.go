@@ -192,9 +192,9 @@ func (b *bench) writeText(w io.Writer) error {
 	if b.loadStart != "" {
 		fmt.Fprintf(w, "load average (1/5/15 min): %s at start, %s at end; figures are only meaningful on an otherwise idle machine\n", b.loadStart, b.loadEnd)
 	}
-	fmt.Fprintf(w, "target: issue 2; redis/nats: the issue's figures for those systems on this machine (quoted, not measured here)\n\n")
+	fmt.Fprintf(w, "target: the project's goal; redis/nats: figures measured earlier for those systems on this machine (quoted, not measured here)\n\n")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "workload\tfigure\tvalue\ttarget\tok?\tof loopback\tredis/nats (issue)\tnotes")
+	fmt.Fprintln(tw, "workload\tfigure\tvalue\ttarget\tok?\tof loopback\tredis/nats (quoted)\tnotes")
 	for _, r := range b.results {
 		val, tgt, ok, frac := "-", "", "", ""
 		if r.Figure != "error" {
