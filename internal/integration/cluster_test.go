@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"testing"
@@ -116,14 +117,55 @@ func converge(t testing.TB, owner *replica.OwnedTable, r *replica.Replica) {
 	}
 }
 
+// put writes n keys (prefix0000, ...) with the value prefix and returns the
+// last seq.
 func put(t testing.TB, tbl *replica.OwnedTable, n int, prefix string) uint64 {
 	t.Helper()
 	var seq uint64
 	for i := range n {
-		var err error
-		if seq, err = tbl.Put(ctxT(t, 10*time.Second), fmt.Appendf(nil, "%s%04d", prefix, i), []byte(prefix)); err != nil {
-			t.Fatal(err)
-		}
+		seq = putOne(t, tbl, fmt.Appendf(nil, "%s%04d", prefix, i), []byte(prefix))
 	}
 	return seq
+}
+
+// putOne writes key and returns its seq once the write is acknowledged. On
+// a primary with MinSyncStandbys a write may be refused or left unconfirmed
+// for a while (no standby connected yet, or the lease not renewed in time
+// on a loaded machine: ErrNotReplicated, ErrNoLease); it is written again,
+// same key and value, until it is acknowledged.
+func putOne(t testing.TB, tbl *replica.OwnedTable, key, value []byte) uint64 {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		seq, err := tbl.Put(ctxT(t, 30*time.Second), key, value)
+		if err == nil {
+			return seq
+		}
+		if !errors.Is(err, replica.ErrNotReplicated) && !errors.Is(err, replica.ErrNoLease) || time.Now().After(deadline) {
+			t.Fatalf("put %s: %v", key, err)
+		}
+		time.Sleep(5 * time.Millisecond) // the interval between attempts, not synchronization
+	}
+}
+
+// waitFollowing waits until the primary table can acknowledge a write
+// (with MinSyncStandbys: a standby is connected and the lease holds) and
+// every standby copy holds the primary's head, so each has connected to
+// the primary. A write made before that fails with ErrNotReplicated
+// ("0 standby(s) connected").
+func waitFollowing(t testing.TB, primary *replica.OwnedTable, standbys ...*replica.OwnedTable) {
+	t.Helper()
+	waitUntil(t, 30*time.Second, "a write acknowledged by "+primary.Name()+"'s primary", func() bool {
+		_, err := primary.Put(ctxT(t, 30*time.Second), []byte("probe/following"), []byte("1"))
+		return err == nil
+	})
+	waitUntil(t, 30*time.Second, "every standby holding the primary's head", func() bool {
+		h := primary.Head()
+		for _, s := range standbys {
+			if s.Head() != h {
+				return false
+			}
+		}
+		return true
+	})
 }

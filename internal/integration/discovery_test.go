@@ -16,7 +16,7 @@ import (
 // ("service/instance") as connected.
 func registered(t testing.TB, b *broker.Broker, want ...string) bool {
 	t.Helper()
-	st, err := b.Status(ctxT(t, 5*time.Second), &transport.StatusRequest{Version: transport.ProtocolVersion})
+	st, err := b.Status(ctxT(t, 30*time.Second), &transport.StatusRequest{Version: transport.ProtocolVersion})
 	if err != nil {
 		return false
 	}
@@ -55,11 +55,11 @@ func TestDiscovery_ConvergeRehomeFollow(t *testing.T) {
 	defer c1.Close()
 	c2 := component(t, "billing", "x1", "", "", all[2:3], false, nil)
 	defer c2.Close()
-	r1, err := c1.Subscribe(ctxT(t, 5*time.Second), replica.SubscribeOptions{Service: "stores", Table: "managers"})
+	r1, err := c1.Subscribe(ctxT(t, 30*time.Second), replica.SubscribeOptions{Service: "stores", Table: "managers"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r2, err := c2.Subscribe(ctxT(t, 5*time.Second), replica.SubscribeOptions{Service: "stores", Table: "managers"})
+	r2, err := c2.Subscribe(ctxT(t, 30*time.Second), replica.SubscribeOptions{Service: "stores", Table: "managers"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +139,7 @@ func TestDiscovery_AllBrokersDown(t *testing.T) {
 	other, _ := billing.Own("invoices")
 	cons := component(t, "products", "p1", t.TempDir(), "", []string{addr}, false, nil)
 	defer cons.Close()
-	r, err := cons.Subscribe(ctxT(t, 5*time.Second), replica.SubscribeOptions{Service: "stores", Table: "managers"})
+	r, err := cons.Subscribe(ctxT(t, 30*time.Second), replica.SubscribeOptions{Service: "stores", Table: "managers"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +160,7 @@ func TestDiscovery_AllBrokersDown(t *testing.T) {
 	}
 	// A new subscription to a service the consumer has not seen waits for a
 	// broker (one to a service in its last topology would start at once).
-	late, err := cons.Subscribe(ctxT(t, 5*time.Second), replica.SubscribeOptions{Service: "billing", Table: "invoices"})
+	late, err := cons.Subscribe(ctxT(t, 30*time.Second), replica.SubscribeOptions{Service: "billing", Table: "invoices"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -523,7 +523,7 @@ func (h *foHarness) consumer() *foConsumer {
 	h.t.Helper()
 	c := component(h.t, "products", "p1", h.t.TempDir(), "", h.brokers, false, nil)
 	h.t.Cleanup(func() { c.Close() })
-	r, err := c.Subscribe(ctxT(h.t, 5*time.Second), replica.SubscribeOptions{Service: foService, Table: foTable})
+	r, err := c.Subscribe(ctxT(h.t, 30*time.Second), replica.SubscribeOptions{Service: foService, Table: foTable})
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -567,7 +567,7 @@ func (h *foHarness) brokersAgree(bs []*broker.Broker, primary string, epoch uint
 	h.t.Helper()
 	for i, br := range bs {
 		waitUntil(h.t, 20*time.Second, fmt.Sprintf("broker b%d to name %s primary at epoch %d", i+1, primary, epoch), func() bool {
-			st, err := br.Status(ctxT(h.t, 5*time.Second), &transport.StatusRequest{Version: transport.ProtocolVersion})
+			st, err := br.Status(ctxT(h.t, 30*time.Second), &transport.StatusRequest{Version: transport.ProtocolVersion})
 			if err != nil {
 				return false
 			}

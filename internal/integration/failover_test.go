@@ -37,13 +37,13 @@ func TestFailover_InProcess(t *testing.T) {
 	if p == b {
 		primary, standby, tp, ts = b, a, tb, ta
 	}
-	if _, err := ts.Put(ctxT(t, 5*time.Second), []byte("x"), []byte("y")); !errors.Is(err, transport.ErrNotPrimary) {
+	if _, err := ts.Put(ctxT(t, 30*time.Second), []byte("x"), []byte("y")); !errors.Is(err, transport.ErrNotPrimary) {
 		t.Fatalf("write on the standby = %v, want ErrNotPrimary", err)
 	}
 
 	c := component(t, "products", "p1", t.TempDir(), "", grpcAddrs(bs[2]), false, nil)
 	defer c.Close()
-	r, err := c.Subscribe(ctxT(t, 5*time.Second), replica.SubscribeOptions{Service: "stores", Table: "managers"})
+	r, err := c.Subscribe(ctxT(t, 30*time.Second), replica.SubscribeOptions{Service: "stores", Table: "managers"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +68,7 @@ func TestFailover_InProcess(t *testing.T) {
 	})
 	var first time.Time
 	waitUntil(t, 30*time.Second, "a write accepted by the new primary", func() bool {
-		_, err := ts.Put(ctxT(t, 5*time.Second), []byte("after-failover"), []byte("1"))
+		_, err := ts.Put(ctxT(t, 30*time.Second), []byte("after-failover"), []byte("1"))
 		if err == nil {
 			first = time.Now()
 		}
@@ -107,7 +107,7 @@ func TestFailover_MinSyncStandbys(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitUntil(t, 20*time.Second, "a is primary", func() bool { r, _ := a.Role(); return r == "primary" })
-	if _, err := ta.Put(ctxT(t, 5*time.Second), []byte("k"), []byte("v")); !errors.Is(err, replica.ErrNotReplicated) {
+	if _, err := ta.Put(ctxT(t, 30*time.Second), []byte("k"), []byte("v")); !errors.Is(err, replica.ErrNotReplicated) {
 		t.Fatalf("write with no standby = %v, want ErrNotReplicated", err)
 	}
 	if h := ta.Head(); h != 0 {
@@ -123,14 +123,11 @@ func TestFailover_MinSyncStandbys(t *testing.T) {
 	// write returns.
 	var acked []uint64
 	waitUntil(t, 20*time.Second, "standby connected", func() bool {
-		_, err := ta.Put(ctxT(t, 5*time.Second), []byte("probe"), []byte("1"))
+		_, err := ta.Put(ctxT(t, 30*time.Second), []byte("probe"), []byte("1"))
 		return err == nil
 	})
 	for i := range 50 {
-		seq, err := ta.Put(ctxT(t, 15*time.Second), []byte{byte('a' + i%26), byte(i)}, []byte("v"))
-		if err != nil {
-			t.Fatalf("write %d: %v", i, err)
-		}
+		seq := putOne(t, ta, []byte{byte('a' + i%26), byte(i)}, []byte("v"))
 		if h := tb.Head(); h < seq {
 			t.Fatalf("write at seq %d acknowledged while the standby holds only %d", seq, h)
 		}

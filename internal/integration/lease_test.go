@@ -57,9 +57,12 @@ func TestLease_PrimaryCutFromBrokersLosesNoAcknowledgedWrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Both standbys follow a and confirm its writes.
+	// Both standbys follow a and confirm its writes: wait for their
+	// connection before writing (a write with no standby connected is
+	// refused).
+	waitFollowing(t, ta, tb, tc)
 	put(t, ta, 50, "before")
-	waitUntil(t, 20*time.Second, "standbys caught up", func() bool {
+	waitUntil(t, 30*time.Second, "standbys caught up", func() bool {
 		return tb.Head() == ta.Head() && tc.Head() == ta.Head()
 	})
 	_, epoch0 := a.Role()
@@ -96,7 +99,7 @@ func TestLease_PrimaryCutFromBrokersLosesNoAcknowledgedWrite(t *testing.T) {
 			mu.Unlock()
 		}
 	}()
-	waitUntil(t, 20*time.Second, "writes acknowledged before the cut", func() bool {
+	waitUntil(t, 30*time.Second, "writes acknowledged before the cut", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(acked) >= 20

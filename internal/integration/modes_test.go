@@ -21,7 +21,7 @@ func TestModes_BrokerOverride(t *testing.T) {
 	}
 	cons := component(t, "products", "p1", "", "", grpcAddrs(bs[1]), false, nil)
 	defer cons.Close()
-	r, err := cons.Subscribe(ctxT(t, 5*time.Second), replica.SubscribeOptions{Service: "stores", Table: "managers"})
+	r, err := cons.Subscribe(ctxT(t, 30*time.Second), replica.SubscribeOptions{Service: "stores", Table: "managers"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +38,7 @@ func TestModes_BrokerOverride(t *testing.T) {
 	bc := transport.NewBrokerClient(conn)
 	set := func(mode string) {
 		t.Helper()
-		if _, err := bc.SetMode(ctxT(t, 5*time.Second), &transport.SetModeRequest{Version: transport.ProtocolVersion, Service: "stores", Table: "managers", Mode: mode}); err != nil {
+		if _, err := bc.SetMode(ctxT(t, 30*time.Second), &transport.SetModeRequest{Version: transport.ProtocolVersion, Service: "stores", Table: "managers", Mode: mode}); err != nil {
 			t.Fatalf("SetMode(%q): %v", mode, err)
 		}
 	}
