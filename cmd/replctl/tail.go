@@ -9,7 +9,6 @@ import (
 	"io"
 	"math"
 	"os"
-	"sync/atomic"
 	"time"
 
 	"github.com/replmesh/replmesh/transport"
@@ -22,6 +21,25 @@ const peerTimeout = 15 * time.Second
 // maxReopen bounds how often one connection re-opens its stream to find a
 // resumable position before it takes the owner's snapshot instead.
 const maxReopen = 3
+
+// Reconnecting after a stream ends: the wait between attempts doubles from
+// minRetry up to maxRetry (and starts over after a stream that got going);
+// failed attempts are reported on stderr at most once per noticeEvery.
+const (
+	minRetry    = 100 * time.Millisecond
+	maxRetry    = 5 * time.Second
+	noticeEvery = 5 * time.Second
+)
+
+// brokerRecheck is how often a running tail asks the brokers where the
+// primary is. A deposed primary may keep its streams open (and, as a
+// standby with min_sync_standbys, send nothing more): the brokers are the
+// only ones to say that the table has moved.
+const brokerRecheck = 2 * time.Second
+
+// errDeposed: the owner a stream reached is older than the primary the
+// brokers name (or than the changes printed): a failover is under way.
+var errDeposed = errors.New("a deposed primary")
 
 // changeLine is the JSON form of one change printed by "tail" (one object
 // per line).
@@ -61,6 +79,12 @@ type tailer struct {
 	pos       position
 	printed   int
 	connected bool // a stream got going at least once
+	started   int  // streams that got going
+	retry     retryNotice
+	// watch asks the brokers where the primary is while a stream runs
+	// (watchPrimary, another goroutine): a cli of its own, so that the
+	// two never share a connection map.
+	watch *cli
 }
 
 func (c *cli) tail(ctx context.Context, args []string) error {
@@ -86,7 +110,8 @@ func (c *cli) tail(ctx context.Context, args []string) error {
 		return err
 	}
 	tl := &tailer{c: c, service: service, table: table, instance: fmt.Sprintf("replctl-%d", os.Getpid()),
-		limit: *n, fromFlag: *from >= 0, asHex: *asHex, notices: isTerminal(c.stderr)}
+		limit: *n, fromFlag: *from >= 0, asHex: *asHex, notices: isTerminal(c.stderr),
+		retry: retryNotice{every: noticeEvery}}
 
 	// The start point: the table's head (or -from) in the primary's
 	// current history. The epoch is a first guess, corrected from the
@@ -113,27 +138,32 @@ func (c *cli) tail(ctx context.Context, args []string) error {
 		}
 		tl.pos.Seq = uint64(*from)
 	}
-	return tl.run(ctx, owner.Primary)
+	return tl.run(ctx, owner)
 }
 
-// run follows the table until the limit is reached or ctx ends, moving to
-// the new primary when the stream breaks.
-func (tl *tailer) run(ctx context.Context, ep transport.Endpoint) error {
-	backoff := 100 * time.Millisecond
+// run follows the table until the limit is reached or ctx ends. When a
+// stream ends, or the brokers name another primary while it runs, it asks
+// the brokers where the primary is now and resumes there after the last
+// change printed, waiting a bounded, growing time between attempts.
+func (tl *tailer) run(ctx context.Context, owner transport.ServiceOwner) error {
+	tl.watch = &cli{stdout: io.Discard, stderr: io.Discard, brokerFlag: tl.c.brokerFlag, timeout: tl.c.timeout,
+		service: tl.c.service, topts: tl.c.topts, conns: map[string]*conn{}}
+	defer tl.watch.close()
+	backoff := minRetry
 	for {
-		before := tl.printed
-		err := tl.follow(ctx, ep)
+		started := tl.started
+		err := tl.follow(ctx, owner)
 		if err == nil || ctx.Err() != nil {
 			return nil // the limit was reached, or interrupted: a normal end
 		}
-		if !tl.connected || fatalTailError(err) {
+		if fatalTailError(err, tl.connected) || !tl.connected && !failingOver(err) {
 			return err
 		}
-		if tl.printed > before {
-			backoff = 100 * time.Millisecond
+		if tl.started > started {
+			backoff = minRetry
 		}
-		textf(tl.c.stderr, "replctl: tail %s/%s: %v; reconnecting\n", tl.service, tl.table, err)
 		for {
+			tl.retry.failed(tl.c.stderr, time.Now(), tl.service+"/"+tl.table, err, backoff)
 			t := time.NewTimer(backoff)
 			select {
 			case <-t.C:
@@ -141,24 +171,75 @@ func (tl *tailer) run(ctx context.Context, ep transport.Endpoint) error {
 				t.Stop()
 				return nil
 			}
-			backoff = min(2*backoff, 5*time.Second)
-			owner, lerr := tl.c.primaryOf(ctx, tl.service)
-			if lerr == nil {
-				ep = owner.Primary
+			backoff = min(2*backoff, maxRetry)
+			owner, err = tl.c.primaryOf(ctx, tl.service)
+			if err == nil {
 				break
 			}
 			if ctx.Err() != nil {
 				return nil
 			}
-			textf(tl.c.stderr, "replctl: tail %s/%s: %v; retrying\n", tl.service, tl.table, lerr)
 		}
 	}
+}
+
+// failingOver reports whether err says that a failover is under way (the
+// owner reached is no longer, or not yet, the primary): worth retrying
+// even before a first stream got going.
+func failingOver(err error) bool {
+	return errors.Is(err, errDeposed) || errors.Is(err, transport.ErrNotPrimary)
+}
+
+// retryNotice reports failed attempts to follow the table on stderr at a
+// bounded pace: the first failure at once, then at most one line per
+// every, counting the attempts not reported; and, once a stream goes
+// again, where it resumed.
+type retryNotice struct {
+	every    time.Duration
+	failures int       // failed attempts since the last stream got going
+	quiet    int       // failures not reported since the last line
+	last     time.Time // when the last line was written
+}
+
+// failed reports a failed attempt at now; the next one is in next.
+func (n *retryNotice) failed(w io.Writer, now time.Time, table string, err error, next time.Duration) {
+	n.failures++
+	if n.failures > 1 && now.Sub(n.last) < n.every {
+		n.quiet++
+		return
+	}
+	if n.failures == 1 {
+		textf(w, "replctl: tail %s: %v; reconnecting\n", table, err)
+	} else {
+		textf(w, "replctl: tail %s: %v; still reconnecting (%d attempts failed, %d not shown; next in %s)\n",
+			table, err, n.failures, n.quiet, next)
+	}
+	n.quiet, n.last = 0, now
+}
+
+// resumed reports that a stream got going again (after failed attempts:
+// said always, else only with notices) and starts the count over.
+func (n *retryNotice) resumed(w io.Writer, notices bool, table string, ep transport.Endpoint, seq, head uint64) {
+	switch {
+	case n.failures > 0:
+		textf(w, "replctl: tail %s: resumed on %s (%s) after seq %d (head %d)\n", table, ep.Instance, ep.Addr, seq, head)
+	case notices:
+		textf(w, "replctl: tailing %s on %s (%s) after seq %d (head %d); Ctrl-C stops\n", table, ep.Instance, ep.Addr, seq, head)
+	}
+	*n = retryNotice{every: n.every}
 }
 
 // errTrimmed: the changes asked for with -from are no longer in the log.
 var errTrimmed = errors.New("no longer in the owner's log")
 
-func fatalTailError(err error) bool {
+// fatalTailError reports whether err ends the tail instead of a
+// reconnection. connected says a stream got going before: an owner that
+// does not know the table then is one still starting (it serves before
+// it owns its tables), which a failover may reach first.
+func fatalTailError(err error, connected bool) bool {
+	if connected && errors.Is(err, transport.ErrUnknownTable) {
+		return false
+	}
 	for _, e := range []error{transport.ErrPermission, transport.ErrUnknownTable, transport.ErrBadRequest,
 		transport.ErrProtocolVersion, errTrimmed} {
 		if errors.Is(err, e) {
@@ -168,15 +249,21 @@ func fatalTailError(err error) bool {
 	return false
 }
 
-// follow runs streams to the owner at ep: it returns nil once the limit is
-// reached, or the error that ended the stream.
-func (tl *tailer) follow(ctx context.Context, ep transport.Endpoint) error {
-	cn, err := tl.c.dial(ep.Addr)
+// follow runs streams to owner's primary: it returns nil once the limit is
+// reached, or the error that ended the stream. Each call dials a new
+// connection and closes it on return: a connection that failed is never
+// used again, so gRPC's reconnect backoff (which grows to two minutes)
+// does not decide when a restarted owner is reached.
+func (tl *tailer) follow(ctx context.Context, owner transport.ServiceOwner) error {
+	ep := owner.Primary
+	cc, err := transport.Dial(ep.Addr, tl.c.topts)
 	if err != nil {
-		return err
+		return fmt.Errorf("dial %s: %w", ep.Addr, err)
 	}
+	defer cc.Close()
+	repl := transport.NewReplicationClient(cc)
 	for attempt := 0; ; attempt++ {
-		reopen, err := tl.stream(ctx, cn, ep, attempt < maxReopen)
+		reopen, err := tl.stream(ctx, repl, ep, owner.Epoch, attempt < maxReopen)
 		if err != nil {
 			return tl.c.ownerError(tl.service, tl.table, ep, err)
 		}
@@ -186,26 +273,30 @@ func (tl *tailer) follow(ctx context.Context, ep transport.Endpoint) error {
 	}
 }
 
-// stream runs one Subscribe stream. With mayReopen, an owner that does not
+// stream runs one Subscribe stream to the owner at ep, which the brokers
+// named primary at epoch minEpoch. With mayReopen, an owner that does not
 // resume at tl.pos makes it move tl.pos to a position it will resume at
 // and return reopen; otherwise the owner's full transfer is skipped and
 // the changes after it are printed.
-func (tl *tailer) stream(ctx context.Context, cn *conn, ep transport.Endpoint, mayReopen bool) (reopen bool, err error) {
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stream, err := cn.repl.Subscribe(sctx)
+func (tl *tailer) stream(ctx context.Context, repl *transport.ReplicationClient, ep transport.Endpoint, minEpoch uint64, mayReopen bool) (reopen bool, err error) {
+	// sctx ends with the stream; its cause says why when this side ended
+	// it (a silent owner, or a primary that moved).
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stream, err := repl.Subscribe(sctx)
 	if err != nil {
 		return false, err
 	}
 	defer stream.CloseSend()
-	var silent atomic.Bool
-	watchdog := time.AfterFunc(peerTimeout, func() { silent.Store(true); cancel() })
+	watchdog := time.AfterFunc(peerTimeout, func() {
+		cancel(fmt.Errorf("%w: no frame from the owner for %s", transport.ErrUnavailable, peerTimeout))
+	})
 	defer watchdog.Stop()
 	recv := func() (*transport.OwnerFrame, error) {
 		f, err := stream.Recv()
 		if err != nil {
-			if ctx.Err() == nil && sctx.Err() != nil && silent.Load() {
-				return nil, fmt.Errorf("%w: no frame from the owner for %s", transport.ErrUnavailable, peerTimeout)
+			if ctx.Err() == nil && sctx.Err() != nil {
+				return nil, context.Cause(sctx)
 			}
 			if errors.Is(err, io.EOF) {
 				return nil, fmt.Errorf("%w: the owner ended the stream", transport.ErrUnavailable)
@@ -218,9 +309,9 @@ func (tl *tailer) stream(ctx context.Context, cn *conn, ep transport.Endpoint, m
 	ack := func() error {
 		err := stream.Send(&transport.ConsumerFrame{Kind: transport.KindAck, Seq: tl.pos.Seq})
 		if errors.Is(err, io.EOF) {
-			// The stream is over; Recv tells why.
-			_, err = recv()
-			return err
+			// The stream is over. The next recv returns what the owner
+			// sent before it ended it (changes to print), then why.
+			return nil
 		}
 		return transport.FromStatus(err)
 	}
@@ -243,9 +334,13 @@ func (tl *tailer) stream(ctx context.Context, cn *conn, ep transport.Endpoint, m
 	if err := transport.CheckVersion(st.Version); err != nil {
 		return false, err
 	}
+	if st.Epoch < minEpoch {
+		return false, fmt.Errorf("%w: the owner is at epoch %d, the brokers' primary at epoch %d: %w",
+			transport.ErrUnavailable, st.Epoch, minEpoch, errDeposed)
+	}
 	if tl.printed > 0 && st.Epoch < tl.pos.Epoch {
-		return false, fmt.Errorf("%w: the owner is at epoch %d, older than the changes printed (epoch %d): a deposed primary",
-			transport.ErrUnavailable, st.Epoch, tl.pos.Epoch)
+		return false, fmt.Errorf("%w: the owner is at epoch %d, older than the changes printed (epoch %d): %w",
+			transport.ErrUnavailable, st.Epoch, tl.pos.Epoch, errDeposed)
 	}
 	if !st.Resume {
 		if mayReopen {
@@ -268,13 +363,17 @@ func (tl *tailer) stream(ctx context.Context, cn *conn, ep transport.Endpoint, m
 		}
 	}
 	tl.connected = true
-	if tl.notices {
-		textf(tl.c.stderr, "replctl: tailing %s/%s on %s (%s) after seq %d (head %d); Ctrl-C stops\n",
-			tl.service, tl.table, ep.Instance, ep.Addr, tl.pos.Seq, st.HeadSeq)
-	}
+	tl.started++
+	tl.retry.resumed(tl.c.stderr, tl.notices, tl.service+"/"+tl.table, ep, tl.pos.Seq, st.HeadSeq)
 	if err := ack(); err != nil {
 		return false, err
 	}
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		tl.watchPrimary(sctx, ep, st.Epoch, cancel)
+	}()
+	defer func() { cancel(nil); <-watched }()
 	for {
 		f, err := recv()
 		if err != nil {
@@ -313,6 +412,33 @@ func (tl *tailer) stream(ctx context.Context, cn *conn, ep transport.Endpoint, m
 			}
 		default:
 			return false, fmt.Errorf("%w: unexpected %s frame from the owner", transport.ErrBadRequest, f.Kind)
+		}
+	}
+}
+
+// watchPrimary asks the brokers every brokerRecheck where the primary is,
+// until ctx ends, and ends the stream (through cancel, with the reason)
+// once they name another instance than ep, or ep at a newer epoch than
+// epoch, the one its stream started at. A broker that does not answer, or
+// names no primary (a promotion under way), changes nothing: the stream
+// needs no broker, and ends by itself if its owner is gone.
+func (tl *tailer) watchPrimary(ctx context.Context, ep transport.Endpoint, epoch uint64, cancel context.CancelCauseFunc) {
+	t := time.NewTicker(brokerRecheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
+		owner, err := tl.watch.lookup(ctx, tl.service)
+		p := owner.Primary
+		if err != nil || p.Instance == "" || p.Addr == "" {
+			continue
+		}
+		if p.Instance != ep.Instance || p.Addr != ep.Addr || owner.Epoch > epoch {
+			cancel(fmt.Errorf("%w: the brokers name %s (%s) primary at epoch %d now", transport.ErrUnavailable, p.Instance, p.Addr, owner.Epoch))
+			return
 		}
 	}
 }

@@ -3,12 +3,17 @@ package main
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
+	"net"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/replmesh/replmesh/internal/faultproxy"
+	"github.com/replmesh/replmesh/replica"
 	"github.com/replmesh/replmesh/transport"
 )
 
@@ -96,18 +101,126 @@ func TestTail_FollowsFailover(t *testing.T) {
 	waitUntil(t, 30*time.Second, "standby promoted", func() bool { r, _ := standby.Role(); return r == transport.RolePrimary })
 	after := writeUntil(t, ts, "post", func() bool { return tail.stdout.contains(`"key":"post-`) })
 	maps.Copy(written, after)
+	r := stopTail(t, tail)
+	if !strings.Contains(r.stderr, "reconnecting") || !strings.Contains(r.stderr, "resumed on "+standbyName(a, standby)) {
+		t.Errorf("tail did not say it reconnects and where it resumed: %q", r.stderr)
+	}
+	checkTailed(t, r.stdout, written)
+}
+
+// standbyName returns the instance name of c, "a" or "b" (a is the
+// component given).
+func standbyName(a, c *replica.Component) string {
+	if c == a {
+		return "a"
+	}
+	return "b"
+}
+
+// A primary cut off from the brokers is deposed (its lease lapses, the
+// standby is promoted) but stays up and keeps the tail's stream open; when
+// it reaches the brokers again it is a standby, and with
+// min_sync_standbys 1 it sends its subscribers nothing more. The tail must
+// learn from the brokers that the primary moved, leave the deposed one and
+// resume on the new primary after the last change it printed.
+func TestTail_LeavesDeposedPrimary(t *testing.T) {
+	// a reaches the broker only through px, which the broker also hands
+	// out as its address (so that a cannot re-home around the cut); b
+	// and the tail reach it directly.
+	brokerAddr := freeAddr(t)
+	px, err := faultproxy.New(brokerAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { px.Close() })
+	startBroker(t, "bd", "-grpc", brokerAddr, "-advertise-grpc", px.Addr())
+
+	a := syncOwner(t, px.Addr(), "a")
+	ta, err := a.Own("managers")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 20*time.Second, "a primary", func() bool { r, _ := a.Role(); return r == transport.RolePrimary })
+	b := syncOwner(t, brokerAddr, "b")
+	tb, err := b.Own("managers")
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, ta, "first", "1") // goes through once b follows a
+	_, epoch0 := a.Role()
+
+	tail := startTail(t, "-broker", brokerAddr, "-o", "json", "stores/managers")
+	written := writeUntil(t, ta, "pre", func() bool { return tail.stdout.contains("\n") })
+	waitUntil(t, 20*time.Second, "b caught up", func() bool { return tb.Head() == ta.Head() })
+
+	px.Pause()
+	waitUntil(t, 30*time.Second, "b promoted", func() bool { r, e := b.Role(); return r == transport.RolePrimary && e > epoch0 })
+	px.Resume()
+	waitUntil(t, 30*time.Second, "a standby of b", func() bool { r, _ := a.Role(); return r == transport.RoleStandby })
+	// Writes on b wait for a to confirm them: the first one goes through
+	// once a follows b.
+	written[put(t, tb, "post-first", "x")] = "post-first"
+	after := writeUntil(t, tb, "post", func() bool { return tail.stdout.contains(`"key":"post-`) })
+	maps.Copy(written, after)
+	r := stopTail(t, tail)
+	if !strings.Contains(r.stderr, "resumed on b") {
+		t.Errorf("tail did not say it moved to b: %q", r.stderr)
+	}
+	checkTailed(t, r.stdout, written)
+}
+
+// freeAddr returns a loopback address with a port that was free a moment
+// ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// syncOwner opens an owner instance of stores whose writes wait for one
+// standby (min_sync_standbys 1, as in the quickstart cluster).
+func syncOwner(t *testing.T, brokerAddr, instance string) *replica.Component {
+	t.Helper()
+	cfg := replica.LocalConfig("stores", instance)
+	cfg.Brokers = []string{brokerAddr}
+	cfg.Owner = true
+	cfg.MinSyncStandbys = 1
+	cfg.SyncTimeout = 2 * time.Second
+	cfg.Logger = testLogger(t)
+	c, err := replica.Open(ctxT(t, 20*time.Second), cfg)
+	if err != nil {
+		t.Fatalf("open stores/%s: %v", instance, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// stopTail interrupts a running tail and returns what it printed; it
+// must exit 0.
+func stopTail(t *testing.T, tail *tailProc) result {
+	t.Helper()
 	tail.cmd.Process.Signal(os.Interrupt)
 	r := tail.wait(t)
+	t.Logf("tail stderr:\n%s", r.stderr)
 	if r.code != 0 {
 		t.Fatalf("tail: %v", r)
 	}
-	t.Logf("tail stderr:\n%s", r.stderr)
-	if !strings.Contains(r.stderr, "reconnecting") {
-		t.Errorf("tail did not say it reconnects: %q", r.stderr)
-	}
+	return r
+}
+
+// checkTailed checks the JSON lines a tail printed: each change is the
+// one written at its seq (written: key by seq), the seqs follow each other
+// with no gap and no repeat, and the changes are of two epochs, the old
+// primary's and then a newer one.
+func checkTailed(t *testing.T, stdout string, written map[uint64]string) {
+	t.Helper()
 	var prev uint64
 	var epochs []uint64
-	for i, l := range strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n") {
+	for i, l := range strings.Split(strings.TrimSuffix(stdout, "\n"), "\n") {
 		var cl changeLine
 		if err := json.Unmarshal([]byte(l), &cl); err != nil {
 			t.Fatalf("line %d %q: %v", i, l, err)
@@ -125,5 +238,143 @@ func TestTail_FollowsFailover(t *testing.T) {
 	}
 	if len(epochs) != 2 || epochs[1] <= epochs[0] {
 		t.Fatalf("epochs of the printed changes %v, want the old primary's then a newer one", epochs)
+	}
+}
+
+// The tail against a scripted owner, one behaviour per Subscribe: an
+// owner at an older epoch than the brokers' primary (deposed; its change
+// must not be printed), then the primary, which sends seq 8 and ends the
+// stream, then an instance that does not know the table yet (still
+// starting), then the primary again, which must be asked to resume after
+// 8 and sends 9.
+func TestTail_RetriesThroughFailover(t *testing.T) {
+	const logID = "L1"
+	change := func(seq uint64, key string) transport.Change {
+		return transport.Change{Seq: seq, Op: transport.OpPut, Key: []byte(key), Value: []byte("v"), Epoch: 2, TxnEnd: true}
+	}
+	var (
+		mu    sync.Mutex
+		calls int
+		opens []transport.Open
+	)
+	start := func(s transport.SubscribeServer, epoch, head uint64) error {
+		return s.Send(&transport.OwnerFrame{Kind: transport.KindStart, HeadSeq: head, Start: &transport.Start{
+			Version: transport.ProtocolVersion, LogID: logID, Epoch: epoch, HeadSeq: head, FirstSeq: 1, Resume: true}})
+	}
+	send := func(s transport.SubscribeServer, epoch uint64, chs ...transport.Change) error {
+		return s.Send(&transport.OwnerFrame{Kind: transport.KindChanges, HeadSeq: chs[len(chs)-1].Seq, Epoch: epoch, Changes: chs})
+	}
+	hold := func(s transport.SubscribeServer) error {
+		for {
+			if _, err := s.Recv(); err != nil {
+				return nil
+			}
+		}
+	}
+	owner := &funcOwner{
+		GetFunc: func(*transport.GetRequest) (*transport.GetResponse, error) {
+			return &transport.GetResponse{Seq: 7, LogID: logID}, nil
+		},
+		SubscribeFunc: func(s transport.SubscribeServer) error {
+			f, err := s.Recv()
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			calls++
+			call := calls
+			opens = append(opens, *f.Open)
+			mu.Unlock()
+			switch call {
+			case 1: // deposed: epoch 1 while the brokers' primary is at 2
+				stale := change(8, "stale")
+				stale.Epoch = 1
+				if err := start(s, 1, 8); err != nil {
+					return err
+				}
+				if err := send(s, 1, stale); err != nil {
+					return err
+				}
+				return hold(s)
+			case 2:
+				if err := start(s, 2, 8); err != nil {
+					return err
+				}
+				if err := send(s, 2, change(8, "k8")); err != nil {
+					return err
+				}
+				return fmt.Errorf("%w: owner is shutting down", transport.ErrUnavailable)
+			case 3:
+				return fmt.Errorf("%w: %q is not owned by stores/a", transport.ErrUnknownTable, "managers")
+			default:
+				if err := start(s, 2, 9); err != nil {
+					return err
+				}
+				if err := send(s, 2, change(9, "k9")); err != nil {
+					return err
+				}
+				return hold(s)
+			}
+		},
+	}
+	ownerAddr := serveOwner(t, owner)
+	brokerAddr := serveBroker(t, transport.StatusResponse{Owners: []transport.ServiceOwner{{
+		Service: "stores", Epoch: 2, Primary: transport.Endpoint{Instance: "a", Addr: ownerAddr, Role: transport.RolePrimary}}}})
+
+	r := runCtl(t, "-broker", brokerAddr, "-o", "json", "tail", "-n", "2", "stores/managers")
+	if r.code != 0 {
+		t.Fatalf("tail: %v", r)
+	}
+	var keys []string
+	for _, l := range strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n") {
+		var cl changeLine
+		if err := json.Unmarshal([]byte(l), &cl); err != nil {
+			t.Fatalf("line %q: %v", l, err)
+		}
+		keys = append(keys, fmt.Sprintf("%d=%s", cl.Seq, *cl.Key))
+	}
+	if got, want := strings.Join(keys, " "), "8=k8 9=k9"; got != want {
+		t.Errorf("printed %s, want %s\n%s", got, want, r)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(opens) != 4 {
+		t.Fatalf("%d subscriptions, want 4", len(opens))
+	}
+	for i, want := range []uint64{7, 7, 8, 8} {
+		if got := opens[i].Seq; got != want {
+			t.Errorf("subscription %d opened after seq %d, want %d", i+1, got, want)
+		}
+	}
+	for _, want := range []string{"the brokers' primary at epoch 2", "resumed on a"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr does not say %q:\n%s", want, r.stderr)
+		}
+	}
+}
+
+// Failed attempts are reported at once, then at most once per interval
+// with a count of those not shown; a stream that goes again says where it
+// resumed, and the next failure is reported at once.
+func TestRetryNotice(t *testing.T) {
+	var w strings.Builder
+	n := retryNotice{every: 5 * time.Second}
+	t0 := time.Unix(1000, 0)
+	ep := transport.Endpoint{Instance: "b", Addr: "addr-b"}
+	errDown := errors.New("down")
+	n.failed(&w, t0, "s/t", errDown, 100*time.Millisecond)
+	n.failed(&w, t0.Add(time.Second), "s/t", errDown, 200*time.Millisecond)
+	n.failed(&w, t0.Add(4*time.Second), "s/t", errDown, 400*time.Millisecond)
+	n.failed(&w, t0.Add(5*time.Second), "s/t", errDown, 800*time.Millisecond)
+	n.failed(&w, t0.Add(6*time.Second), "s/t", errDown, time.Second)
+	n.resumed(&w, false, "s/t", ep, 41, 50)
+	n.resumed(&w, false, "s/t", ep, 42, 50) // nothing failed since: quiet
+	n.failed(&w, t0.Add(7*time.Second), "s/t", errDown, 100*time.Millisecond)
+	want := "replctl: tail s/t: down; reconnecting\n" +
+		"replctl: tail s/t: down; still reconnecting (4 attempts failed, 2 not shown; next in 800ms)\n" +
+		"replctl: tail s/t: resumed on b (addr-b) after seq 41 (head 50)\n" +
+		"replctl: tail s/t: down; reconnecting\n"
+	if got := w.String(); got != want {
+		t.Errorf("notices:\n%s\nwant:\n%s", got, want)
 	}
 }
