@@ -534,52 +534,65 @@ func (b *Broker) expireLocked(now time.Time) []*broadcast {
 // decideLocked grants the primary lease of every owner service that has no
 // present primary (or of the one named service, if not ""): to its first
 // live owner instance, or, when the primary's lease lapsed, to the live
-// standby with the most data (bestStandby), with the epoch bumped. Only the
-// deciding broker calls it.
+// standby with the most data (bestStandby), with the epoch bumped. A
+// present primary is granted a new epoch when an instance of its service
+// reports data of an epoch above the grant's. Only the deciding broker
+// calls it.
 func (b *Broker) decideLocked(only string) []*broadcast {
 	var out []*broadcast
 	for svc, insts := range b.reg.bySvc {
 		if only != "" && svc != only {
 			continue
 		}
-		o := b.reg.owners[svc]
-		if o != nil {
-			if p := insts[o.Primary]; p != nil && !p.Gone && p.Owner {
-				continue // the primary is present (its lease holds)
-			}
-		}
-		var cands []*instanceRec
-		for _, rec := range insts {
-			if rec.Owner && !rec.Gone && rec.Connected && b.aliveLocked(rec.Session.Broker) {
-				cands = append(cands, rec)
-			}
-		}
-		best := bestStandby(cands)
-		if best == nil {
-			continue
-		}
 		// The new epoch is above every epoch known for the service, the
-		// ones its instances report included: after all brokers restarted
-		// (an empty registry) a grant must not reuse an epoch the owners'
-		// histories already hold, or consumers would refuse the primary.
+		// ones its instances report included (those their data held when
+		// they registered and their tables' since): after all brokers
+		// restarted (an empty registry) a grant must not reuse an epoch the
+		// owners' histories already hold, or two histories would carry one
+		// epoch and the primary could not take over at it.
 		var maxEpoch uint64
 		for _, rec := range insts {
-			for _, t := range rec.Tables {
-				maxEpoch = max(maxEpoch, t.Epoch)
-			}
+			maxEpoch = max(maxEpoch, rec.maxEpoch())
 		}
+		o := b.reg.owners[svc]
+		var best *instanceRec
 		old := ""
 		if o != nil {
-			maxEpoch = max(maxEpoch, o.Epoch)
 			old = o.Primary
+			if p := insts[o.Primary]; p != nil && !p.Gone && p.Owner {
+				if maxEpoch <= o.Epoch {
+					continue // the primary is present (its lease holds)
+				}
+				// Its lease holds, but an instance reports an epoch above
+				// the grant (made while that data was not yet reported):
+				// grant it again, above every epoch reported.
+				best = p
+			}
+			maxEpoch = max(maxEpoch, o.Epoch)
+		}
+		if best == nil {
+			var cands []*instanceRec
+			for _, rec := range insts {
+				if rec.Owner && !rec.Gone && rec.Connected && b.aliveLocked(rec.Session.Broker) {
+					cands = append(cands, rec)
+				}
+			}
+			if best = bestStandby(cands); best == nil {
+				continue
+			}
 		}
 		no := &ownerRec{Service: svc, Epoch: maxEpoch + 1, Primary: best.Instance}
 		b.reg.mergeOwner(no)
 		b.rev++
-		if old == "" {
+		switch old {
+		case "":
 			b.metrics.grants.Inc()
 			b.log.Info("primary granted", "service", svc, "primary", best.Instance, "epoch", no.Epoch)
-		} else {
+		case best.Instance:
+			b.metrics.grants.Inc()
+			b.log.Warn("primary granted again at a new epoch: an instance reports an epoch above the grant",
+				"service", svc, "primary", best.Instance, "epoch", no.Epoch, "was", o.Epoch)
+		default:
 			b.metrics.promotions.Inc()
 			b.log.Info("standby promoted", "service", svc, "primary", best.Instance, "epoch", no.Epoch,
 				"previous", old, "head_sum", best.headSum())

@@ -72,6 +72,7 @@ type instanceRec struct {
 	Owner     bool                  `msgpack:"own,omitempty"`
 	Tables    []transport.TableInfo `msgpack:"tables,omitempty"`
 	Subs      []transport.SubInfo   `msgpack:"subs,omitempty"`
+	Epoch     uint64                `msgpack:"ep,omitempty"` // Register.Epoch: the highest epoch its data held when it registered
 	Session   sessionID             `msgpack:"sess"`
 	Ver       version               `msgpack:"ver"`
 	Connected bool                  `msgpack:"conn,omitempty"` // the session is open on Session.Broker
@@ -106,6 +107,16 @@ func (r *instanceRec) interest() []string {
 	}
 	slices.Sort(s)
 	return slices.Compact(s)
+}
+
+// maxEpoch is the highest epoch the instance's data is known to carry:
+// the one it registered with and those of the tables it reports.
+func (r *instanceRec) maxEpoch() uint64 {
+	e := r.Epoch
+	for _, t := range r.Tables {
+		e = max(e, t.Epoch)
+	}
+	return e
 }
 
 // headSum is the sum of the heads of the instance's tables: the measure by

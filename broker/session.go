@@ -356,6 +356,7 @@ func (b *Broker) open(r *transport.Register) (*session, *transport.Topology, err
 		Owner:     r.Owner,
 		Tables:    r.Tables,
 		Subs:      r.Subscriptions,
+		Epoch:     r.Epoch,
 		Session:   s.id,
 		Connected: true,
 		SeenMs:    now.UnixMilli(),

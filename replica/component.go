@@ -56,6 +56,10 @@ type Component struct {
 	roleMu     sync.Mutex // serializes role changes; taken before mu
 	brokerKick chan struct{}
 	lease      primaryLease // with MinSyncStandbys: see lease.go
+	// storedEpoch is the highest epoch the owned tables in the database
+	// carried at Open (opened with Own or not), reported in every Register
+	// (transport.Register.Epoch). Set before the broker session starts.
+	storedEpoch uint64
 
 	// reads keeps the database open while a read is in flight (see
 	// readGate).
@@ -167,6 +171,15 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open component: badger: %w", err)
 	}
+	// Read before the broker session registers: the tables are opened
+	// (Own) after Open returns, usually after the first Register.
+	var epoch uint64
+	if len(cfg.Brokers) > 0 && cfg.Owner {
+		if epoch, err = storedEpoch(db); err != nil {
+			_ = db.Close()
+			return nil, fmt.Errorf("open component: read the owned tables' epochs: %w", err)
+		}
+	}
 	cctx, cancel := context.WithCancel(context.Background())
 	c := &Component{
 		cfg:        cfg,
@@ -185,6 +198,8 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 		replicas:   map[string]*Replica{},
 		reads:      readGate{drained: make(chan struct{})},
 		disk:       disk,
+
+		storedEpoch: epoch,
 	}
 	if disk != nil {
 		disk.onRecover = c.kickDropper // a drop refused for lack of space goes on

@@ -2,6 +2,7 @@ package replica
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/replmesh/replmesh/transport"
@@ -135,6 +136,12 @@ func (c *Component) applyRole(t *OwnedTable, r role) {
 		c.stopFollower(t)
 		if err := t.promote(r.epoch); err != nil {
 			t.writable.Store(false)
+			if errors.Is(err, errGrantBehind) {
+				// Report the table's epoch now: the broker grants above it.
+				c.log.Warn("waiting for a newer grant to take over table", "table", t.name, "err", err)
+				c.kickBroker()
+				return
+			}
 			c.log.Error("cannot take over table", "table", t.name, "err", err)
 			return
 		}

@@ -131,6 +131,7 @@ func (c *Component) register() *transport.Register {
 		Version: transport.ProtocolVersion, Token: c.cfg.BrokerToken,
 		Service: c.cfg.Service, Instance: c.cfg.Instance, Addr: c.Addr(),
 		Owner: c.cfg.Owner, Tables: c.tableInfos(), Subscriptions: c.subInfos(),
+		Epoch: c.storedEpoch,
 	}
 }
 

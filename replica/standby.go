@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -164,6 +165,13 @@ func (t *OwnedTable) applyReplicated(chs []transport.Change) error {
 	return nil
 }
 
+// errGrantBehind: the broker granted the primary lease at an epoch below
+// the one a table already carries (a broker cluster that lost its registry
+// granted before it heard of that epoch). Taking writes at it would reuse
+// an epoch of the table's history; the table waits for a newer grant, which
+// the broker makes once it sees the table's epoch (tableInfos).
+var errGrantBehind = errors.New("granted epoch is behind the table's")
+
 // promote makes a standby's copy the primary's table at epoch: the epoch
 // begins after the copy's head and is synced before any write of it.
 //
@@ -193,7 +201,7 @@ func (t *OwnedTable) promoteNow(epoch uint64) error {
 		return fmt.Errorf("table %s holds an incomplete copy (a transfer was interrupted): it cannot take over", t.name)
 	}
 	if epoch < m.Epoch {
-		return fmt.Errorf("table %s is at epoch %d, newer than the granted epoch %d", t.name, m.Epoch, epoch)
+		return fmt.Errorf("%w: table %s is at epoch %d, newer than the granted epoch %d", errGrantBehind, t.name, m.Epoch, epoch)
 	}
 	if epoch > m.Epoch {
 		m.Epoch = epoch

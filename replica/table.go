@@ -186,6 +186,46 @@ func (c *Component) own(name string, opts []TableOptions) (*OwnedTable, error) {
 	return t, nil
 }
 
+// storedEpoch returns the highest epoch any owned table in the database
+// carries (its meta's Epoch), whether or not it has been opened with Own
+// yet: what an owner instance reports to the broker from its first frame,
+// so that a broker that lost its registry grants above it. It reads one
+// meta per table and skips the tables' rows and logs.
+func storedEpoch(db *badger.DB) (uint64, error) {
+	var epoch uint64
+	err := db.View(func(txn *badger.Txn) error {
+		o := badger.DefaultIteratorOptions
+		o.PrefetchValues = false
+		o.Prefix = []byte("o/")
+		it := txn.NewIterator(o)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); {
+			k := it.Item().Key()
+			i := bytes.IndexByte(k[2:], '/')
+			if i < 0 {
+				it.Next() // not a table's key
+				continue
+			}
+			table := string(k[2 : 2+i])
+			item, err := txn.Get(ownMetaKey(table))
+			if err == nil {
+				var m ownerMeta
+				if err := item.Value(func(v []byte) error { return msgpack.Unmarshal(v, &m) }); err != nil {
+					return fmt.Errorf("meta of table %s: %w", table, err)
+				}
+				epoch = max(epoch, m.Epoch)
+			} else if !errors.Is(err, badger.ErrKeyNotFound) {
+				return err
+			}
+			// Past every key of the table: what follows "o/<table>/" is
+			// never 0xff (l, m or r).
+			it.Seek([]byte("o/" + table + "/\xff"))
+		}
+		return nil
+	})
+	return epoch, err
+}
+
 func newLogID() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])

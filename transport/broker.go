@@ -72,6 +72,14 @@ type Register struct {
 	Owner         bool        `msgpack:"own,omitempty"`
 	Tables        []TableInfo `msgpack:"tables,omitempty"`
 	Subscriptions []SubInfo   `msgpack:"subs,omitempty"`
+	// Epoch is the highest epoch the owner instance's data holds, in any
+	// table of its data dir, opened yet or not (0: none, or not an owner).
+	// An owner registers as soon as it opens, usually before it has opened
+	// its tables, so Tables alone may not show the epochs its data carries;
+	// a broker grants the service's primary lease above this epoch too (a
+	// broker cluster restarted with an empty registry must not reuse an
+	// epoch the histories hold).
+	Epoch uint64 `msgpack:"ep,omitempty"`
 }
 
 // SessionRequest is every frame a component sends on a Session stream.
