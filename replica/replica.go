@@ -585,11 +585,18 @@ func (r *Replica) setState(s State, err error) {
 }
 
 // streaming marks the stream healthy: resumed or transferred, following
-// the change stream. The error of an earlier stream is over.
+// the change stream. The error of an earlier stream is over. A replica that
+// holds the owner's head as of the stream's start (or a frame since) is
+// caught up now, not at the owner's first heartbeat, which may be a whole
+// Heartbeat away: until then an idle replica would report the time since
+// Subscribe (or since its last change) as staleness.
 func (r *Replica) streaming() {
 	r.mu.Lock()
 	r.state = StateStreaming
 	r.lastErr = nil
+	if r.cur.Seq >= r.ownerHead {
+		r.caughtUpAt = time.Now()
+	}
 	r.mu.Unlock()
 	r.c.kickBroker()
 }
