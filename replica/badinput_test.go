@@ -283,7 +283,7 @@ func TestBadInput_Owner(t *testing.T) {
 			t.Run("malformed/"+method+"/"+m.name, func(t *testing.T) {
 				before := b.state(t)
 				var out []byte
-				err := b.cc.Invoke(ctxT(t, 10*time.Second), "/"+transport.ReplicationServiceName+"/"+method, m.payload, &out, grpc.ForceCodecV2(rawCodec{}))
+				err := b.cc.Invoke(ctxT(t, 30*time.Second), "/"+transport.ReplicationServiceName+"/"+method, m.payload, &out, grpc.ForceCodecV2(rawCodec{}))
 				if err = transport.FromStatus(err); !errors.Is(err, transport.ErrBadRequest) {
 					t.Fatalf("err = %v, want %v", err, transport.ErrBadRequest)
 				}
@@ -292,7 +292,7 @@ func TestBadInput_Owner(t *testing.T) {
 		}
 		t.Run("malformed/Subscribe/"+m.name, func(t *testing.T) {
 			before := b.state(t)
-			ctx := ctxT(t, 10*time.Second)
+			ctx := ctxT(t, 30*time.Second)
 			s, err := b.cc.NewStream(ctx, &transport.ReplicationServiceDesc.Streams[0], "/"+transport.ReplicationServiceName+"/Subscribe", grpc.ForceCodecV2(rawCodec{}))
 			if err != nil {
 				t.Fatal(err)
@@ -339,7 +339,7 @@ func TestBadInput_Owner(t *testing.T) {
 	for _, u := range unary {
 		t.Run("Get/"+u.name, func(t *testing.T) {
 			before := b.state(t)
-			resp, err := b.client.Get(ctxT(t, 10*time.Second), u.get, big)
+			resp, err := b.client.Get(ctxT(t, 30*time.Second), u.get, big)
 			if !errors.Is(err, u.want) {
 				t.Fatalf("Get = %+v, %v; want %v", resp, err, u.want)
 			}
@@ -350,7 +350,7 @@ func TestBadInput_Owner(t *testing.T) {
 		}
 		t.Run("Digest/"+u.name, func(t *testing.T) {
 			before := b.state(t)
-			resp, err := b.client.Digest(ctxT(t, 10*time.Second), u.dig, big)
+			resp, err := b.client.Digest(ctxT(t, 30*time.Second), u.dig, big)
 			if !errors.Is(err, u.want) {
 				t.Fatalf("Digest = %+v, %v; want %v", resp, err, u.want)
 			}
@@ -361,14 +361,14 @@ func TestBadInput_Owner(t *testing.T) {
 	// The same connection still works for good requests: the bad ones
 	// above did not poison it.
 	t.Run("good requests still answered", func(t *testing.T) {
-		resp, err := b.client.Get(ctxT(t, 10*time.Second), &transport.GetRequest{Version: transport.ProtocolVersion, Service: "products", Table: "secrets", Keys: [][]byte{[]byte("secret/01"), []byte("missing")}})
+		resp, err := b.client.Get(ctxT(t, 30*time.Second), &transport.GetRequest{Version: transport.ProtocolVersion, Service: "products", Table: "secrets", Keys: [][]byte{[]byte("secret/01"), []byte("missing")}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(resp.Values) != 2 || !resp.Values[0].Found || string(resp.Values[0].Value) != "s3cr3t" || resp.Values[1].Found {
 			t.Fatalf("Get = %+v", resp)
 		}
-		d, err := b.client.Digest(ctxT(t, 10*time.Second), &transport.DigestRequest{Version: transport.ProtocolVersion, Service: "products", Table: "items"})
+		d, err := b.client.Digest(ctxT(t, 30*time.Second), &transport.DigestRequest{Version: transport.ProtocolVersion, Service: "products", Table: "items"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -650,7 +650,7 @@ func TestBadInput_Consumer(t *testing.T) {
 			addr := serveFake(t, fake)
 			c := openComponent(t, "products", "p1", "", "")
 			defer mustClose(t, c)
-			r, err := c.Subscribe(ctxT(t, 10*time.Second), SubscribeOptions{Service: "stores", Table: "items", Addr: addr})
+			r, err := c.Subscribe(ctxT(t, 30*time.Second), SubscribeOptions{Service: "stores", Table: "items", Addr: addr})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -707,7 +707,7 @@ func TestBadInput_Consumer(t *testing.T) {
 		addr := serveFake(t, fake)
 		c := openComponent(t, "products", "p1", "", "")
 		defer mustClose(t, c)
-		r, err := c.Subscribe(ctxT(t, 10*time.Second), SubscribeOptions{Service: "stores", Table: "items", Addr: addr})
+		r, err := c.Subscribe(ctxT(t, 30*time.Second), SubscribeOptions{Service: "stores", Table: "items", Addr: addr})
 		if err != nil {
 			t.Fatal(err)
 		}

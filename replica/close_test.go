@@ -42,7 +42,7 @@ func TestComponent_ReadsRacingClose(t *testing.T) {
 				for j := range ws {
 					ws[j] = Write{Key: fmt.Appendf(nil, "k%06d", i+j), Value: val}
 				}
-				if _, err := tbl.Apply(ctxT(t, 10*time.Second), ws...); err != nil {
+				if _, err := tbl.Apply(ctxT(t, 30*time.Second), ws...); err != nil {
 					t.Fatal(err)
 				}
 			}

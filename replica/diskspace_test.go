@@ -490,12 +490,12 @@ func TestDiskFull_ReplicaServesReadsAndResumes(t *testing.T) {
 	stopWriter := sync.OnceFunc(func() { close(stop); wg.Wait() })
 	t.Cleanup(stopWriter)
 	seq0 := r.Seq()
-	waitUntil(t, 10*time.Second, "the replica follows the writes", func() bool { return r.Seq() > seq0+20 })
+	waitUntil(t, 30*time.Second, "the replica follows the writes", func() bool { return r.Seq() > seq0+20 })
 	before := r.Status().Stats
 
 	filler := filepath.Join(mnt, "filler")
 	t.Logf("disk full after %d MiB of filler", fillDisk(t, filler)>>20)
-	waitUntil(t, 10*time.Second, "the replica reports the lack of space", func() bool {
+	waitUntil(t, 30*time.Second, "the replica reports the lack of space", func() bool {
 		return errors.Is(r.Status().LastErr, ErrDiskFull)
 	})
 	st := r.Status()
@@ -508,7 +508,7 @@ func TestDiskFull_ReplicaServesReadsAndResumes(t *testing.T) {
 	}
 	// It applies nothing more while full, and keeps serving what it has.
 	held := r.Seq()
-	waitUntil(t, 10*time.Second, "the owner writes on", func() bool { return tbl.Head() > held+200 })
+	waitUntil(t, 30*time.Second, "the owner writes on", func() bool { return tbl.Head() > held+200 })
 	if got := r.Seq(); got != held {
 		t.Errorf("replica applied up to %d on a full disk (held %d)", got, held)
 	}
@@ -575,7 +575,7 @@ func TestDiskFull_OwnerRefusesWrites(t *testing.T) {
 	// Writes admitted before the guard measured land in preallocated
 	// space; from its next measurement on, writes are refused.
 	i := 0
-	waitUntil(t, 10*time.Second, "a write refused for lack of space", func() bool {
+	waitUntil(t, 30*time.Second, "a write refused for lack of space", func() bool {
 		i++
 		_, err := tbl.Put(ctx, fmt.Appendf(nil, "late%d", i), []byte("x"))
 		return errors.Is(err, ErrDiskFull)

@@ -8,7 +8,10 @@ import (
 )
 
 func TestPrimaryLease_Renew(t *testing.T) {
-	const lease = 2 * time.Second
+	// A frame renews the lease for half of it after the ping: long enough
+	// that no pause of a loaded machine between the ping and the checks
+	// below lets a renewed lease lapse (with a 2s lease, a 1s pause did).
+	const lease = 2 * time.Minute
 	tests := []struct {
 		name     string
 		frame    func(ping int64) *transport.SessionResponse

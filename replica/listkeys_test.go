@@ -131,7 +131,7 @@ func TestOwnedTable_KeysByteBudget(t *testing.T) {
 	cfg.Transport.MaxMessageSize = 256 << 10 // a key budget of 128 KiB
 	cfg.MaxGroupBytes, cfg.MaxApplyBytes = 100<<10, 100<<10
 	cfg.Logger = testLogger(t)
-	owner, err := Open(ctxT(t, 10*time.Second), cfg)
+	owner, err := Open(ctxT(t, 30*time.Second), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -69,7 +69,7 @@ func TestPull_OnDemandCoalesced(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Nothing was pushed: the owner's heartbeats say how far behind we are.
-	waitUntil(t, 10*time.Second, "the owner's head known", func() bool { return r.Status().OwnerHead == tbl.Head() })
+	waitUntil(t, 30*time.Second, "the owner's head known", func() bool { return r.Status().OwnerHead == tbl.Head() })
 	if got := r.Seq(); got != at {
 		t.Fatalf("replica moved from %d to %d without a pull", at, got)
 	}
@@ -161,10 +161,10 @@ func TestModes_SwitchUnderWrites(t *testing.T) {
 	if err := r.SetModes(pullOnDemand()); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 10*time.Second, "pull mode", func() bool { eff, _, _ := r.Mode(); return eff == "pull" })
+	waitUntil(t, 30*time.Second, "pull mode", func() bool { eff, _, _ := r.Mode(); return eff == "pull" })
 	for range 3 {
 		at := r.Seq()
-		waitUntil(t, 10*time.Second, "a write the replica lacks", func() bool { return tbl.Head() > at })
+		waitUntil(t, 30*time.Second, "a write the replica lacks", func() bool { return tbl.Head() > at })
 		if err := r.Refresh(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -175,7 +175,7 @@ func TestModes_SwitchUnderWrites(t *testing.T) {
 	if err := r.SetModes(&modes.TableConfig{Mode: modes.Push}); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 10*time.Second, "push mode", func() bool { eff, _, _ := r.Mode(); return eff == "push" })
+	waitUntil(t, 30*time.Second, "push mode", func() bool { eff, _, _ := r.Mode(); return eff == "push" })
 	waitSeq(r.Seq() + 100) // pushed again
 	close(stop)
 	wg.Wait()
@@ -201,14 +201,14 @@ func TestModes_Precedence(t *testing.T) {
 	ctx := ctxT(t, 20*time.Second)
 	r1, _ := cons.Subscribe(ctx, SubscribeOptions{Service: "stores", Table: "pulled", Addr: owner.Addr()})
 	r2, _ := cons.Subscribe(ctx, SubscribeOptions{Service: "stores", Table: "pushed", Addr: owner.Addr(), Modes: &modes.TableConfig{Mode: modes.Push}})
-	waitUntil(t, 10*time.Second, "owner default applied", func() bool { eff, _, _ := r1.Mode(); return eff == "pull" })
+	waitUntil(t, 30*time.Second, "owner default applied", func() bool { eff, _, _ := r1.Mode(); return eff == "pull" })
 	if eff, _, _ := r2.Mode(); eff != "push" {
 		t.Fatalf("subscription option push lost to the owner default: %s", eff)
 	}
 	r2.setOverride("pull") // as a broker override does
-	waitUntil(t, 10*time.Second, "override applied", func() bool { eff, _, _ := r2.Mode(); return eff == "pull" })
+	waitUntil(t, 30*time.Second, "override applied", func() bool { eff, _, _ := r2.Mode(); return eff == "pull" })
 	r2.setOverride("")
-	waitUntil(t, 10*time.Second, "override cleared", func() bool { eff, _, _ := r2.Mode(); return eff == "push" })
+	waitUntil(t, 30*time.Second, "override cleared", func() bool { eff, _, _ := r2.Mode(); return eff == "push" })
 }
 
 // Auto mode: a hot table (many writes, no reads) settles on pull; when the
@@ -293,7 +293,7 @@ func TestRead_Policies(t *testing.T) {
 	if _, err := tbl.Put(ctx, []byte("k"), []byte("v2")); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 10*time.Second, "lag known", func() bool { return r.Lag().Seqs == 1 })
+	waitUntil(t, 30*time.Second, "lag known", func() bool { return r.Lag().Seqs == 1 })
 	read := func(p ReadPolicy) (string, error) {
 		v, _, err := r.Read(ctx, []byte("k"), p)
 		return string(v), err
@@ -316,7 +316,7 @@ func TestRead_Policies(t *testing.T) {
 	}
 	ownerClosed = true
 	mustClose(t, owner)
-	waitUntil(t, 10*time.Second, "owner gone", func() bool { return r.Status().State != StateStreaming })
+	waitUntil(t, 30*time.Second, "owner gone", func() bool { return r.Status().State != StateStreaming })
 	v, err := read(Fresh(time.Nanosecond))
 	var se *StaleError
 	if v != "v1" || !errors.Is(err, ErrStale) || !errors.As(err, &se) || se.Seq != r.Seq() || se.Staleness <= 0 {
@@ -381,7 +381,7 @@ tables:
 	if err := cons.ReloadModes(&modes.Config{Version: 1}); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 10*time.Second, "owner default after the reload", func() bool { eff, _, _ := r.Mode(); return eff == "pull" })
+	waitUntil(t, 30*time.Second, "owner default after the reload", func() bool { eff, _, _ := r.Mode(); return eff == "pull" })
 }
 
 // The auto mode's choice and the switches are visible in the metrics.
@@ -397,7 +397,7 @@ func TestMetrics_ModeAndLag(t *testing.T) {
 	if _, err := tbl.Put(ctx, []byte("k"), []byte("v")); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 10*time.Second, "lag known", func() bool { return r.Lag().Seqs == 1 })
+	waitUntil(t, 30*time.Second, "lag known", func() bool { return r.Lag().Seqs == 1 })
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(cons.Metrics(), owner.Metrics())
 	want := `

@@ -142,7 +142,7 @@ func holdTransfer(t *testing.T, rows int, tweak func(*Config)) *heldTransfer {
 func TestTransfer_ProgressWhileHeld(t *testing.T) {
 	h := holdTransfer(t, 3000, nil)
 	var p TransferProgress
-	waitUntil(t, 10*time.Second, "a transfer rate", func() bool {
+	waitUntil(t, 30*time.Second, "a transfer rate", func() bool {
 		l := h.r.Lag()
 		if l.Transfer == nil {
 			t.Fatalf("no transfer progress in Lag %+v", l)
@@ -185,7 +185,7 @@ func TestTransfer_ProgressWhileHeld(t *testing.T) {
 
 	h.release()
 	mustConverge(t, h.tbl, h.r)
-	waitUntil(t, 10*time.Second, "the transfer report to end", func() bool {
+	waitUntil(t, 30*time.Second, "the transfer report to end", func() bool {
 		st := h.r.Status()
 		return st.State == StateStreaming && st.Lag.Transfer == nil
 	})
@@ -201,7 +201,7 @@ func TestMetrics_TransferProgress(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(h.cons.Metrics())
 	var p TransferProgress
-	waitUntil(t, 10*time.Second, "a transfer rate", func() bool { p = *h.r.Lag().Transfer; return p.Rate > 0 })
+	waitUntil(t, 30*time.Second, "a transfer rate", func() bool { p = *h.r.Lag().Transfer; return p.Rate > 0 })
 	got := gatherReplica(t, reg)
 	want := map[string]float64{
 		"replmesh_replica_transfer_rows":          float64(p.Rows),
@@ -223,7 +223,7 @@ func TestMetrics_TransferProgress(t *testing.T) {
 
 	h.release()
 	mustConverge(t, h.tbl, h.r)
-	waitUntil(t, 10*time.Second, "the transfer gauges to clear", func() bool {
+	waitUntil(t, 30*time.Second, "the transfer gauges to clear", func() bool {
 		got := gatherReplica(t, reg)
 		return got["replmesh_replica_transfer_rows"] == 0 && got["replmesh_replica_transfer_rows_expected"] == 0 &&
 			got["replmesh_replica_transfer_bytes"] == 0 && got["replmesh_replica_transfer_eta_seconds"] == 0 &&
@@ -269,7 +269,7 @@ func TestTransfer_ProgressUnknownCount(t *testing.T) {
 			}
 		})
 	}
-	r, err := c.Subscribe(ctxT(t, 10*time.Second), SubscribeOptions{Service: "stores", Table: "items", Addr: addr})
+	r, err := c.Subscribe(ctxT(t, 30*time.Second), SubscribeOptions{Service: "stores", Table: "items", Addr: addr})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,7 +279,7 @@ func TestTransfer_ProgressUnknownCount(t *testing.T) {
 	if p == nil || p.Rows != 4 || p.ExpectedRows != 0 || p.Percent() != 0 || p.ETA != 0 {
 		t.Fatalf("progress %+v, want 4 rows of an unknown total, no percent, no ETA", p)
 	}
-	waitUntil(t, 10*time.Second, "the transfer to complete", func() bool { return r.Seq() == fakeSeq })
+	waitUntil(t, 30*time.Second, "the transfer to complete", func() bool { return r.Seq() == fakeSeq })
 }
 
 // The owner announces the exact row count of the snapshot in SnapshotBegin

@@ -25,7 +25,7 @@ func TestOwnedTable_PromoteWhileWriting(t *testing.T) {
 	}
 	cons := openComponent(t, "products", "p1", "", "")
 	defer mustClose(t, cons)
-	r, err := cons.Subscribe(ctxT(t, 5*time.Second), SubscribeOptions{Service: "stores", Table: "items", Addr: owner.Addr()})
+	r, err := cons.Subscribe(ctxT(t, 30*time.Second), SubscribeOptions{Service: "stores", Table: "items", Addr: owner.Addr()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func TestOwnedTable_PromoteWhileWriting(t *testing.T) {
 			t.Fatal(err)
 		}
 		head := tbl.Head()
-		waitUntil(t, 10*time.Second, "a commit after the promotion", func() bool { return tbl.Head() > head })
+		waitUntil(t, 30*time.Second, "a commit after the promotion", func() bool { return tbl.Head() > head })
 	}
 	close(stop)
 	wg.Wait()

@@ -87,7 +87,7 @@ func TestOwnedTable_InputLimits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := ctxT(t, 10*time.Second)
+	ctx := ctxT(t, 30*time.Second)
 	tests := []struct {
 		name string
 		ws   []Write
@@ -206,7 +206,7 @@ func TestOwnedTable_TrimByCountBytesAge(t *testing.T) {
 			}
 			defer mustClose(t, c)
 			tbl, _ := c.Own("t")
-			ctx := ctxT(t, 10*time.Second)
+			ctx := ctxT(t, 30*time.Second)
 			for i := range 100 {
 				if _, err := tbl.Put(ctx, fmt.Appendf(nil, "key%05d", i), make([]byte, 40)); err != nil {
 					t.Fatal(err)

@@ -105,7 +105,7 @@ func startMarketplace(t *testing.T) *marketplace {
 	m := &marketplace{t: t, root: t, dir: t.TempDir()}
 	m.openStores("127.0.0.1:0")
 	var err error
-	m.products, err = products.Open(ctxT(t, 10*time.Second), config(products.ServiceName, "products-1", filepath.Join(m.dir, "products"), nil, testLogger(t)),
+	m.products, err = products.Open(ctxT(t, 30*time.Second), config(products.ServiceName, "products-1", filepath.Join(m.dir, "products"), nil, testLogger(t)),
 		products.Options{StoresAddr: m.stores.Addr()})
 	if err != nil {
 		t.Fatal(err)
@@ -118,7 +118,7 @@ func startMarketplace(t *testing.T) *marketplace {
 			t.Errorf("close stores: %v", err)
 		}
 	})
-	if err := m.products.WaitReady(ctxT(t, 10*time.Second)); err != nil {
+	if err := m.products.WaitReady(ctxT(t, 30*time.Second)); err != nil {
 		t.Fatal(err)
 	}
 	return m
@@ -128,7 +128,7 @@ func (m *marketplace) openStores(addr string) {
 	m.t.Helper()
 	cfg := storesConfig(stores1, m.dir, nil, testLogger(m.root))
 	cfg.ListenAddr = addr
-	s, err := stores.Open(ctxT(m.t, 10*time.Second), cfg)
+	s, err := stores.Open(ctxT(m.t, 30*time.Second), cfg)
 	if err != nil {
 		m.t.Fatalf("open stores: %v", err)
 	}
@@ -141,7 +141,7 @@ func (m *marketplace) commit(c stores.Commit, err error) stores.Commit {
 	if err != nil {
 		m.t.Fatalf("stores write: %v", err)
 	}
-	if err := m.products.WaitFor(ctxT(m.t, 10*time.Second), c); err != nil {
+	if err := m.products.WaitFor(ctxT(m.t, 30*time.Second), c); err != nil {
 		m.t.Fatalf("products wait for %s: %v", c, err)
 	}
 	return c
@@ -161,7 +161,7 @@ func (m *marketplace) mustDecide(user, store string, want products.Code) {
 	if d.Reason == "" || !strings.Contains(d.Reason, user) && want != products.UnknownStore {
 		m.t.Fatalf("reason %q does not name the user %s", d.Reason, user)
 	}
-	p, seq, err := m.products.AddProduct(ctxT(m.t, 10*time.Second), user, store, products.Product{Name: "lamp", PriceCents: 100})
+	p, seq, err := m.products.AddProduct(ctxT(m.t, 30*time.Second), user, store, products.Product{Name: "lamp", PriceCents: 100})
 	if want == products.Allowed {
 		if err != nil {
 			m.t.Fatalf("add product as %s to %s: %v", user, store, err)
@@ -192,14 +192,14 @@ func (m *marketplace) managersStatus() replica.Status {
 // waitState waits until the store_managers replica is in state want.
 func (m *marketplace) waitState(want replica.State) replica.Status {
 	m.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		st := m.managersStatus()
 		if st.State == want {
 			return st
 		}
 		if time.Now().After(deadline) {
-			m.t.Fatalf("replica state is %s after 10s, want %s (last error %v)", st.State, want, st.LastErr)
+			m.t.Fatalf("replica state is %s after 30s, want %s (last error %v)", st.State, want, st.LastErr)
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
@@ -294,7 +294,7 @@ func TestAuthorize_NotReady(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	_ = ln.Close() // nothing listens there: the replica never gets a copy
-	p, err := products.Open(ctxT(t, 10*time.Second), config(products.ServiceName, "products-1", "", nil, testLogger(t)), products.Options{StoresAddr: addr})
+	p, err := products.Open(ctxT(t, 30*time.Second), config(products.ServiceName, "products-1", "", nil, testLogger(t)), products.Options{StoresAddr: addr})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -306,18 +306,18 @@ func TestAuthorize_NotReady(t *testing.T) {
 	if d.Code != products.NotReady || d.Allowed() {
 		t.Fatalf("decision without a replica = %s (%s), want %s", d.Code, d.Reason, products.NotReady)
 	}
-	if _, _, err := p.AddProduct(ctxT(t, 10*time.Second), "alice", "S1", products.Product{Name: "x"}); !errors.Is(err, products.ErrDenied) {
+	if _, _, err := p.AddProduct(ctxT(t, 30*time.Second), "alice", "S1", products.Product{Name: "x"}); !errors.Is(err, products.ErrDenied) {
 		t.Fatalf("AddProduct without a replica: %v, want ErrDenied", err)
 	}
 }
 
 func TestStores_Errors(t *testing.T) {
-	s, err := stores.Open(ctxT(t, 10*time.Second), config(stores.ServiceName, stores1, "", nil, testLogger(t)))
+	s, err := stores.Open(ctxT(t, 30*time.Second), config(stores.ServiceName, stores1, "", nil, testLogger(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	ctx := ctxT(t, 10*time.Second)
+	ctx := ctxT(t, 30*time.Second)
 	if _, err := s.AddManager(ctx, "S1", "alice"); !errors.Is(err, stores.ErrNoStore) {
 		t.Fatalf("AddManager on a missing store: %v, want ErrNoStore", err)
 	}
@@ -352,7 +352,7 @@ func TestStores_Errors(t *testing.T) {
 func TestStores_PrimaryAndStandby(t *testing.T) {
 	bcfg := broker.LocalConfig("b1")
 	bcfg.Logger = testLogger(t)
-	b, err := broker.New(ctxT(t, 10*time.Second), bcfg)
+	b, err := broker.New(ctxT(t, 30*time.Second), bcfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -428,7 +428,7 @@ func TestServices(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				deadline := acked.Add(10 * time.Second)
+				deadline := acked.Add(30 * time.Second)
 				tick := time.NewTicker(200 * time.Microsecond)
 				defer tick.Stop()
 				for ; ; <-tick.C {
@@ -438,7 +438,7 @@ func TestServices(t *testing.T) {
 						return
 					}
 					if time.Now().After(deadline) {
-						errs[i] = fmt.Errorf("%s still answers %d %s %v 10s after the revoke", p.name, a.code, a.raw, err)
+						errs[i] = fmt.Errorf("%s still answers %d %s %v 30s after the revoke", p.name, a.code, a.raw, err)
 						return
 					}
 				}
