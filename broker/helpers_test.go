@@ -47,6 +47,15 @@ func startBroker(t testing.TB, name string, join []string, mutate func(*Config))
 	cfg.Join = join
 	cfg.Logger = testLogger(t)
 	cfg.silence = time.Hour
+	// Nor is a broker declared dead for answering a probe late: with
+	// LocalConfig's 100ms probe timeout a loaded machine (load 20) keeps
+	// the brokers suspecting each other, and the deciding broker passes
+	// over the standbys whose sessions are on a broker it holds dead (and
+	// removes them after a lease). The tests stop brokers with Close,
+	// which leaves the cluster at once; none waits for a failure detector.
+	cfg.Gossip.ProbeInterval = 2 * time.Second
+	cfg.Gossip.ProbeTimeout = time.Second
+	cfg.Gossip.SuspicionMult = 6
 	if mutate != nil {
 		mutate(&cfg)
 	}
