@@ -145,10 +145,12 @@ func TestFailoverKillChild(t *testing.T) {
 				switch {
 				case err == nil:
 					foOut("ack %d %s", seq, key)
-				case errors.Is(err, transport.ErrNotPrimary), errors.Is(err, replica.ErrNotReplicated):
-					// Not the primary, or no standby to confirm: try again
-					// shortly, with a new key (a write that timed out
-					// waiting for the standby is committed all the same).
+				case errors.Is(err, transport.ErrNotPrimary), errors.Is(err, replica.ErrNotReplicated), errors.Is(err, replica.ErrNoLease):
+					// Not the primary, no standby to confirm, or no broker
+					// confirmed the lease in time (a loaded machine delays
+					// the pongs): try again shortly, with a new key (a
+					// write that timed out waiting for the standby is
+					// committed all the same).
 					select {
 					case <-time.After(5 * time.Millisecond):
 					case <-pause:
