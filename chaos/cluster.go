@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -14,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/replmesh/replmesh/internal/freeport"
 )
 
 // spec is the shape of a cluster.
@@ -63,12 +64,11 @@ type linkKey struct {
 // newCluster lays out the nodes; nothing runs yet.
 func newCluster(root, bin string, sp spec, rn *realNet, logf func(string, ...any)) (*cluster, error) {
 	cl := &cluster{logf: logf, sp: sp, root: root, bin: bin, net: rn, links: map[linkKey]LinkFault{}, roles: map[string]string{}}
-	used := map[int]bool{}
 	port := func() (int, error) {
 		if rn != nil {
 			return 0, nil
 		}
-		return freePort(used)
+		return freeport.Pick()
 	}
 	mk := func(role, name string) (*node, error) {
 		n := &node{cl: cl, name: name, role: role, dir: filepath.Join(root, name), logDir: filepath.Join(root, "logs")}
@@ -124,40 +124,6 @@ func (cl *cluster) hostPort(n *node, port, fixed int) string {
 		return net.JoinHostPort(n.ip, strconv.Itoa(fixed))
 	}
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-}
-
-// freePort picks a port below the kernel's ephemeral range (so no
-// outgoing connection or port-0 listener can take it while its node is
-// down) that is free for TCP and UDP now.
-func freePort(used map[int]bool) (int, error) {
-	lo := 20000
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if v, err := strconv.Atoi(f[0]); err == nil && v > lo+2000 {
-				lo = v - 12000
-			}
-		}
-	}
-	for range 1000 {
-		p := lo + rand.IntN(10000)
-		if used[p] {
-			continue
-		}
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			continue
-		}
-		pc, err := net.ListenPacket("udp", addr)
-		ln.Close()
-		if err != nil {
-			continue
-		}
-		pc.Close()
-		used[p] = true
-		return p, nil
-	}
-	return 0, errors.New("chaos: no free port")
 }
 
 func (cl *cluster) all() []*node {

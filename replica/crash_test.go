@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -25,6 +24,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/replmesh/replmesh/internal/testutil"
 	"github.com/replmesh/replmesh/transport"
 )
 
@@ -864,17 +864,5 @@ func (h *crashHarness) verifyDirs(head uint64) {
 	t.Logf("owner and replica equal the replayed workload: %s", digestString(owner))
 }
 
-// freeAddr returns a 127.0.0.1 address that was free a moment ago; the
-// owner runs must all listen on the same one.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	if err := ln.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return addr
-}
+// freeAddr is an address a process can be restarted on (testutil.FreeAddr).
+func freeAddr(t testing.TB) string { return testutil.FreeAddr(t) }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net"
 	"os"
 	"strings"
 	"sync"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/replmesh/replmesh/internal/faultproxy"
+	"github.com/replmesh/replmesh/internal/testutil"
 	"github.com/replmesh/replmesh/replica"
 	"github.com/replmesh/replmesh/transport"
 )
@@ -169,17 +169,8 @@ func TestTail_LeavesDeposedPrimary(t *testing.T) {
 	checkTailed(t, r.stdout, written)
 }
 
-// freeAddr returns a loopback address with a port that was free a moment
-// ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
+// freeAddr is an address a process can be restarted on (testutil.FreeAddr).
+func freeAddr(t testing.TB) string { return testutil.FreeAddr(t) }
 
 // syncOwner opens an owner instance of stores whose writes wait for one
 // standby (min_sync_standbys 1, as in the quickstart cluster).

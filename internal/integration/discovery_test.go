@@ -3,11 +3,11 @@ package integration
 import (
 	"errors"
 	"fmt"
-	"net"
 	"testing"
 	"time"
 
 	"github.com/replmesh/replmesh/broker"
+	"github.com/replmesh/replmesh/internal/testutil"
 	"github.com/replmesh/replmesh/replica"
 	"github.com/replmesh/replmesh/transport"
 )
@@ -103,15 +103,8 @@ func TestDiscovery_ConvergeRehomeFollow(t *testing.T) {
 	}
 }
 
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
+// freeAddr is an address a process can be restarted on (testutil.FreeAddr).
+func freeAddr(t testing.TB) string { return testutil.FreeAddr(t) }
 
 // The broker is never on the data path: with every broker down, replicas
 // read, established streams deliver and the primary commits; a subscription

@@ -1,7 +1,7 @@
 // Package testutil holds the helpers the test suites of several packages
 // share: a logger that writes to t.Log, condition polling with a deadline
-// (tests wait for conditions, never sleep), and a context bounded by the
-// test.
+// (tests wait for conditions, never sleep), a context bounded by the
+// test, and loopback addresses a process can come back on.
 package testutil
 
 import (
@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/replmesh/replmesh/internal/freeport"
 )
 
 // Logger returns a slog logger that writes to t.Log at Warn level and
@@ -64,4 +66,17 @@ func Context(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// FreeAddr returns a 127.0.0.1 address free now, below the kernel's
+// ephemeral range (see internal/freeport): for a process the test stops
+// and starts again on the same address, which a port from 127.0.0.1:0
+// cannot promise (an outgoing connection may take it meanwhile).
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	addr, err := freeport.Addr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return addr
 }
