@@ -77,7 +77,7 @@ func TestResumable(t *testing.T) {
 // takes a full transfer of the owner's actual state.
 func TestReplica_OwnerLostTail(t *testing.T) {
 	dir := t.TempDir()
-	owner := openComponent(t, "stores", "s1", dir, "")
+	owner := openComponent(t, "stores", "s1", dir, freeAddr(t)) // restarted on it
 	addr := owner.Addr()
 	tbl, _ := owner.Own("t")
 	ctx := ctxT(t, 30*time.Second)

@@ -621,7 +621,7 @@ func TestIntegration_ConsumerRestart(t *testing.T) {
 func TestIntegration_OwnerRestart(t *testing.T) {
 	seed := itSeed(t)
 	dir := t.TempDir()
-	owner := openComponent(t, itOwner, "s1", dir, "")
+	owner := openComponent(t, itOwner, "s1", dir, freeAddr(t)) // restarted on it
 	addr := owner.Addr()
 	t.Cleanup(func() { _ = owner.Close() })
 	tbl := mustOwn(t, owner)

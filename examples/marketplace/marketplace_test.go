@@ -15,6 +15,7 @@ import (
 	"github.com/replmesh/replmesh/broker"
 	"github.com/replmesh/replmesh/examples/marketplace/products"
 	"github.com/replmesh/replmesh/examples/marketplace/stores"
+	"github.com/replmesh/replmesh/internal/testutil"
 	"github.com/replmesh/replmesh/replica"
 	"github.com/replmesh/replmesh/transport"
 	"go.uber.org/goleak"
@@ -103,7 +104,7 @@ type marketplace struct {
 func startMarketplace(t *testing.T) *marketplace {
 	t.Helper()
 	m := &marketplace{t: t, root: t, dir: t.TempDir()}
-	m.openStores("127.0.0.1:0")
+	m.openStores(testutil.FreeAddr(t)) // stores is restarted on it
 	var err error
 	m.products, err = products.Open(ctxT(t, 30*time.Second), config(products.ServiceName, "products-1", filepath.Join(m.dir, "products"), nil, testLogger(t)),
 		products.Options{StoresAddr: m.stores.Addr()})
