@@ -37,7 +37,7 @@ type getValue struct {
 func (c *cli) get(ctx context.Context, args []string) error {
 	fs := c.cmdFlags("get", "SERVICE/TABLE KEY...")
 	asHex := fs.Bool("hex", false, "print values (and keys) as hex, with no msgpack decoding")
-	raw := fs.Bool("raw", false, "write only the value's bytes as stored, nothing else: no decoding, no escaping (one key)")
+	raw := fs.Bool("raw", false, "no msgpack decoding: one key in text output writes the value's bytes as stored, nothing else (no escaping); several keys or -o json show raw hex, as -hex")
 	keyHex := fs.Bool("key-hex", false, "the KEY arguments are hex")
 	pos, err := c.parse(fs, args)
 	if err != nil {
@@ -50,8 +50,10 @@ func (c *cli) get(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	// -raw means no decoding: the stored bytes themselves where they can
+	// be written as they are (one value, text output), raw hex elsewhere.
 	if *raw && (len(pos) != 2 || c.output == "json") {
-		return usagef("get -raw: one key, text output only")
+		*raw, *asHex = false, true
 	}
 	keys := make([][]byte, 0, len(pos)-1)
 	for _, arg := range pos[1:] {
@@ -89,7 +91,9 @@ func (c *cli) get(ctx context.Context, args []string) error {
 			h := hex.EncodeToString(v.Value)
 			gv.ValueHex = &h
 			gv.Value = textOrNil(v.Value)
-			gv.ValueMsgpack, _ = msgpackJSON(v.Value)
+			if !*asHex {
+				gv.ValueMsgpack, _ = msgpackJSON(v.Value)
+			}
 		} else {
 			missing = append(missing, showBytes(k, *asHex))
 		}

@@ -59,7 +59,9 @@
 //
 // Values in text: printable text as it is (quoted when it holds blanks),
 // a msgpack value as compact JSON, anything else as 0x-hex; -hex shows
-// hex only, and get -raw writes the stored bytes and nothing else. Every
+// hex only; -raw decodes nothing: get -raw of one key in text writes the
+// stored bytes and nothing else, and shows raw hex elsewhere (several
+// keys, -o json, tail). Every
 // name, address, state, error, key and value printed as text has its
 // control and other non-printable characters escaped (\x1b, \a, \u202e),
 // so that a registration cannot drive the terminal; JSON escapes them too.

@@ -299,7 +299,20 @@ func TestGetAndTail_Values(t *testing.T) {
 	if r := runCtl(t, br, "get", "-raw", "stores/managers", "m1"); r.stdout != m1 {
 		t.Errorf("get -raw: %q, want the stored %q", r.stdout, m1)
 	}
+	// -raw is no decoding: raw hex where the stored bytes cannot be
+	// written as they are (several keys, JSON, a tail).
+	if r := runCtl(t, br, "get", "-raw", "stores/managers", "m1", "k1"); !strings.Contains(r.stdout, "0x6d31  0x83a573746f7265a27331a475736572a5616c696365a16e03") || !strings.Contains(r.stdout, "0x6b31  0x7631") {
+		t.Errorf("get -raw with two keys: %v", r)
+	}
 	var g getResult
+	if r := runCtl(t, br, "-o", "json", "get", "-raw", "stores/managers", "m1"); json.Unmarshal([]byte(r.stdout), &g) != nil ||
+		g.Values[0].ValueMsgpack != nil || *g.Values[0].ValueHex != "83a573746f7265a27331a475736572a5616c696365a16e03" {
+		t.Errorf("get -raw -o json: %v", r)
+	}
+	if r := runCtl(t, br, "tail", "-raw", "-n", "4", "stores/managers"); !strings.Contains(r.stdout, "11 put 0x6d31 0x83a573746f7265a27331a475736572a5616c696365a16e03 ") {
+		t.Errorf("tail -raw: %v", r)
+	}
+	g = getResult{}
 	if r := runCtl(t, br, "-o", "json", "get", "stores/managers", "m1", "k1"); json.Unmarshal([]byte(r.stdout), &g) != nil ||
 		compactJSON(g.Values[0].ValueMsgpack) != `{"store":"s1","user":"alice","n":3}` || g.Values[1].ValueMsgpack != nil || *g.Values[1].Value != "v1" {
 		t.Errorf("get -o json: %v", r)

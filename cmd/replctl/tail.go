@@ -92,6 +92,7 @@ func (c *cli) tail(ctx context.Context, args []string) error {
 	n := fs.Int("n", 0, "stop after `N` changes (0: follow until interrupted)")
 	from := fs.Int64("from", -1, "print the changes after `SEQ` (default: the table's head when tail starts)")
 	asHex := fs.Bool("hex", false, "print keys and values as hex, with no msgpack decoding")
+	raw := fs.Bool("raw", false, "no msgpack decoding: keys and values as raw hex (the same as -hex; a stream of values has no room for their bytes as stored)")
 	pos, err := c.parse(fs, args)
 	if err != nil {
 		return err
@@ -110,7 +111,7 @@ func (c *cli) tail(ctx context.Context, args []string) error {
 		return err
 	}
 	tl := &tailer{c: c, service: service, table: table, instance: fmt.Sprintf("replctl-%d", os.Getpid()),
-		limit: *n, fromFlag: *from >= 0, asHex: *asHex, notices: isTerminal(c.stderr),
+		limit: *n, fromFlag: *from >= 0, asHex: *asHex || *raw, notices: isTerminal(c.stderr),
 		retry: retryNotice{every: noticeEvery}}
 
 	// The start point: the table's head (or -from) in the primary's
@@ -572,7 +573,9 @@ func (tl *tailer) print(ch *transport.Change) error {
 			h := hex.EncodeToString(ch.Value)
 			cl.ValueHex = &h
 			cl.Value = textOrNil(ch.Value)
-			cl.ValueMsgpack, _ = msgpackJSON(ch.Value)
+			if !tl.asHex {
+				cl.ValueMsgpack, _ = msgpackJSON(ch.Value)
+			}
 		}
 		return writeJSONLine(w, cl)
 	}
