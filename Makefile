@@ -63,7 +63,7 @@ demo: ## the marketplace demo in one process, on embedded defaults
 	$(GO) run ./examples/marketplace
 
 fuzz: ## every fuzz target for FUZZTIME (10s) each
-	@set -e; for pkg in ./transport ./broker; do \
+	@set -e; for pkg in ./transport ./broker ./cmd/replctl; do \
 		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
 			echo "fuzz $$pkg $$f"; \
 			$(GO) test $$pkg -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME); \

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"slices"
@@ -580,6 +581,12 @@ func (b *Broker) decideLocked(only string) []*broadcast {
 			if best = bestStandby(cands); best == nil {
 				continue
 			}
+		}
+		if maxEpoch >= math.MaxUint64-1 {
+			// Reports are bounded by MaxEpoch; a record this high came
+			// from elsewhere (gossip): granting would wrap to 0 and
+			// repeat on every step.
+			continue
 		}
 		no := &ownerRec{Service: svc, Epoch: maxEpoch + 1, Primary: best.Instance}
 		b.reg.mergeOwner(no)

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"math"
 	"slices"
 	"testing"
 	"time"
@@ -327,6 +328,20 @@ func TestBroker_BadRegisterFrames(t *testing.T) {
 		{"duplicate table", reg(func(r *transport.Register) { r.Tables = append(r.Tables, r.Tables[0]) }), transport.ErrBadRequest},
 		{"bad subscription", reg(func(r *transport.Register) {
 			r.Subscriptions = []transport.SubInfo{{Service: "users", Table: "a/b"}}
+		}), transport.ErrBadRequest},
+		// An epoch near 2^64 would wrap the next grant to 0 (and the broker
+		// would grant again on every step).
+		{"epoch above the limit", reg(func(r *transport.Register) { r.Epoch = MaxEpoch + 1 }), transport.ErrBadRequest},
+		{"table epoch above the limit", reg(func(r *transport.Register) { r.Tables[0].Epoch = math.MaxUint64 }), transport.ErrBadRequest},
+		// JSON (/api/status) has no NaN or infinity.
+		{"NaN transfer rate", reg(func(r *transport.Register) {
+			r.Subscriptions = []transport.SubInfo{{Service: "users", Table: "t", XferRate: math.NaN()}}
+		}), transport.ErrBadRequest},
+		{"infinite transfer rate", reg(func(r *transport.Register) {
+			r.Subscriptions = []transport.SubInfo{{Service: "users", Table: "t", XferRate: math.Inf(1)}}
+		}), transport.ErrBadRequest},
+		{"negative transfer rate", reg(func(r *transport.Register) {
+			r.Subscriptions = []transport.SubInfo{{Service: "users", Table: "t", XferRate: -1}}
 		}), transport.ErrBadRequest},
 	}
 	for _, tt := range tests {

@@ -37,6 +37,12 @@ const (
 	maxSubs   = 1024
 )
 
+// MaxEpoch is the largest epoch an instance may report (in Register.Epoch
+// and TableInfo.Epoch) and so the largest a broker grants: a new epoch is
+// one above every epoch reported, and a report near 2^64 would wrap the
+// next grant to 0 and have the broker grant again on every step.
+const MaxEpoch = 1 << 62
+
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,128}$`)
 
 // validName reports whether s is a usable service, instance, table or

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"reflect"
 	"slices"
 	"strings"
@@ -257,6 +258,9 @@ func (b *Broker) checkRegister(f *transport.SessionRequest) (*transport.Register
 	} else if r.Owner {
 		return nil, badRequest("owner instance %s/%s registers no address", r.Service, r.Instance)
 	}
+	if r.Epoch > MaxEpoch {
+		return nil, badRequest("Register.Epoch %d is above the largest epoch a broker grants (%d)", r.Epoch, uint64(MaxEpoch))
+	}
 	var err error
 	if r.Tables, err = checkTables(r.Tables); err != nil {
 		return nil, err
@@ -285,6 +289,9 @@ func checkTables(in []transport.TableInfo) ([]transport.TableInfo, error) {
 		}
 		if len(t.LogID) > 128 {
 			return nil, badRequest("log id of table %s is too long", t.Table)
+		}
+		if t.Epoch > MaxEpoch {
+			return nil, badRequest("epoch %d of table %s is above the largest epoch a broker grants (%d)", t.Epoch, t.Table, uint64(MaxEpoch))
 		}
 		if i > 0 && out[i-1].Table == t.Table {
 			return nil, badRequest("table %s listed twice", t.Table)
@@ -316,6 +323,12 @@ func checkSubs(in []transport.SubInfo) ([]transport.SubInfo, error) {
 		}
 		if len(s.State) > 64 {
 			return nil, badRequest("state of subscription %s/%s is too long", s.Service, s.Table)
+		}
+		// The rate is rendered as JSON (/api/status), which has no NaN
+		// or infinity: one bad report would break the status of the
+		// whole cluster.
+		if math.IsNaN(s.XferRate) || math.IsInf(s.XferRate, 0) || s.XferRate < 0 {
+			return nil, badRequest("transfer rate of subscription %s/%s is %v, not a finite rate", s.Service, s.Table, s.XferRate)
 		}
 		if i > 0 && out[i-1].Service == s.Service && out[i-1].Table == s.Table {
 			return nil, badRequest("subscription %s/%s listed twice", s.Service, s.Table)

@@ -65,13 +65,18 @@ func (b *Broker) StatusHandler() http.Handler {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
+		// Encoded whole before anything is written, so that a value JSON
+		// cannot hold is a 500 that says so, not a 200 with half a body.
+		body, err := json.MarshalIndent(st, "", "  ")
+		if err != nil {
+			http.Error(w, "encode status: "+err.Error(), http.StatusInternalServerError)
+			return
+		}
 		h := w.Header()
 		h.Set("Content-Type", "application/json")
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("Cache-Control", "no-store")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(st)
+		_, _ = w.Write(append(body, '\n'))
 	})
 	return mux
 }
