@@ -1,49 +1,15 @@
 package broker
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/replmesh/replmesh/internal/testutil"
 )
-
-// jsonLog collects a broker's JSON log lines.
-type jsonLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *jsonLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-// records returns the records whose message starts with prefix.
-func (l *jsonLog) records(t *testing.T, prefix string) []map[string]any {
-	t.Helper()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []map[string]any
-	for _, line := range bytes.Split(l.buf.Bytes(), []byte("\n")) {
-		if len(line) == 0 {
-			continue
-		}
-		var rec map[string]any
-		if err := json.Unmarshal(line, &rec); err != nil {
-			t.Fatalf("log line %q: %v", line, err)
-		}
-		if msg, _ := rec["msg"].(string); strings.HasPrefix(msg, prefix) {
-			out = append(out, rec)
-		}
-	}
-	return out
-}
 
 // deadAddrs returns n 127.0.0.1 addresses nobody listens on (for now).
 func deadAddrs(t *testing.T, n int) []string {
@@ -67,20 +33,20 @@ func deadAddrs(t *testing.T, n int) []string {
 // multi-line error every RejoinInterval.
 func TestBroker_UnreachableJoinLogged(t *testing.T) {
 	dead := deadAddrs(t, 2)
-	logs := &jsonLog{}
+	logs := &testutil.LogBuffer{}
 	b := startBroker(t, "b1", dead, func(c *Config) {
 		c.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		c.Gossip.TCPTimeout = 200 * time.Millisecond
 	})
 	const attempts = 8 // per address
 	waitUntil(t, waitLong, "8 join attempts per address", func() bool {
-		return len(logs.records(t, "join attempt failed")) >= attempts*len(dead)
+		return len(logs.Records(t, testutil.MsgPrefix("join attempt failed"))) >= attempts*len(dead)
 	})
 	waitUntil(t, waitLong, "the broker deciding alone", func() bool { return b.isReady() })
 
-	failed := logs.records(t, "join attempt failed")
-	first := logs.records(t, "cannot reach a broker to join")
-	again := logs.records(t, "still cannot reach a broker to join")
+	failed := logs.Records(t, testutil.MsgPrefix("join attempt failed"))
+	first := logs.Records(t, testutil.MsgPrefix("cannot reach a broker to join"))
+	again := logs.Records(t, testutil.MsgPrefix("still cannot reach a broker to join"))
 	for _, addr := range dead {
 		n := 0
 		for _, r := range first {
@@ -104,11 +70,11 @@ func TestBroker_UnreachableJoinLogged(t *testing.T) {
 	if lines := len(first) + len(again); lines > len(dead)+len(failed)/4 {
 		t.Errorf("%d lines for %d failed attempts", lines, len(failed))
 	}
-	alone := logs.records(t, "no broker of the cluster is reachable: this broker decides leases and primaries alone")
+	alone := logs.Records(t, testutil.MsgPrefix("no broker of the cluster is reachable: this broker decides leases and primaries alone"))
 	if len(alone) != 1 || alone[0]["level"] != "WARN" {
 		t.Errorf("deciding alone said %d times: %v", len(alone), alone)
 	}
-	if old := logs.records(t, "could not join any broker"); len(old) > 0 {
+	if old := logs.Records(t, testutil.MsgPrefix("could not join any broker")); len(old) > 0 {
 		t.Errorf("the multi-address line is still logged: %v", old)
 	}
 }
@@ -122,11 +88,11 @@ func (b *Broker) isReady() bool {
 // When a -join address comes to life, the broker joins it and says so once.
 func TestBroker_JoinRecoveryLogged(t *testing.T) {
 	dead := deadAddrs(t, 1)
-	logs := &jsonLog{}
+	logs := &testutil.LogBuffer{}
 	b1 := startBroker(t, "b1", dead, func(c *Config) {
 		c.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})
-	waitUntil(t, waitLong, "2 join attempts", func() bool { return len(logs.records(t, "join attempt failed")) >= 2 })
+	waitUntil(t, waitLong, "2 join attempts", func() bool { return len(logs.Records(t, testutil.MsgPrefix("join attempt failed"))) >= 2 })
 	cfg := LocalConfig("b2")
 	cfg.BindAddr = dead[0]
 	cfg.Logger = testLogger(t)
@@ -136,8 +102,8 @@ func TestBroker_JoinRecoveryLogged(t *testing.T) {
 	}
 	t.Cleanup(func() { b2.Close() })
 	waitMembers(t, []*Broker{b1, b2}, 2)
-	waitUntil(t, waitLong, "the recovery line", func() bool { return len(logs.records(t, "reached a broker to join")) > 0 })
-	rec := logs.records(t, "reached a broker to join")
+	waitUntil(t, waitLong, "the recovery line", func() bool { return len(logs.Records(t, testutil.MsgPrefix("reached a broker to join"))) > 0 })
+	rec := logs.Records(t, testutil.MsgPrefix("reached a broker to join"))
 	if len(rec) != 1 || rec[0]["level"] != "INFO" || rec[0]["addr"] != dead[0] || rec[0]["failed_attempts"].(float64) < 2 {
 		t.Fatalf("recovery: %v", rec)
 	}

@@ -1,15 +1,14 @@
 package replica
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/replmesh/replmesh/transport"
+
+	"github.com/replmesh/replmesh/internal/testutil"
 )
 
 func TestSessionLog(t *testing.T) {
@@ -71,46 +70,11 @@ func TestSessionLog(t *testing.T) {
 	}
 }
 
-// logBuffer is a slog.Handler target that keeps JSON log lines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// records returns the logged records with the given messages.
-func (b *logBuffer) records(t *testing.T, msgs ...string) []map[string]any {
-	t.Helper()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var out []map[string]any
-	for _, line := range bytes.Split(b.buf.Bytes(), []byte("\n")) {
-		if len(line) == 0 {
-			continue
-		}
-		var rec map[string]any
-		if err := json.Unmarshal(line, &rec); err != nil {
-			t.Fatalf("log line %q: %v", line, err)
-		}
-		for _, m := range msgs {
-			if rec["msg"] == m {
-				out = append(out, rec)
-			}
-		}
-	}
-	return out
-}
-
 // openLogging opens a component whose only broker is addr; it logs (from
 // DEBUG up) into the returned buffer. The caller closes it.
-func openLogging(t *testing.T, addr string) (*Component, *logBuffer) {
+func openLogging(t *testing.T, addr string) (*Component, *testutil.LogBuffer) {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &testutil.LogBuffer{}
 	cfg := LocalConfig("products", "p1")
 	cfg.Brokers = []string{addr}
 	cfg.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -132,11 +96,11 @@ func TestComponent_UnreachableBrokerLogsBounded(t *testing.T) {
 
 	const attempts = 30
 	waitUntil(t, 60*time.Second, "30 failed attempts", func() bool {
-		return len(logs.records(t, "broker session failed")) >= attempts
+		return len(logs.Records(t, testutil.Msg("broker session failed"))) >= attempts
 	})
-	failed := len(logs.records(t, "broker session failed"))
-	first := logs.records(t, "broker unreachable; retrying")
-	again := logs.records(t, "broker still unreachable; retrying")
+	failed := len(logs.Records(t, testutil.Msg("broker session failed")))
+	first := logs.Records(t, testutil.Msg("broker unreachable; retrying"))
+	again := logs.Records(t, testutil.Msg("broker still unreachable; retrying"))
 	if len(first) != 1 || first[0]["level"] != "WARN" || first[0]["broker"] != dead {
 		t.Fatalf("first failure: %v, want one WARN line naming %s", first, dead)
 	}
@@ -154,7 +118,7 @@ func TestComponent_UnreachableBrokerLogsBounded(t *testing.T) {
 		t.Fatalf("the lines account for %d failures, only %d happened", counted, failed)
 	}
 	for _, msg := range []string{"broker session ended", "broker reachable again"} {
-		if r := logs.records(t, msg); len(r) > 0 {
+		if r := logs.Records(t, testutil.Msg(msg)); len(r) > 0 {
 			t.Fatalf("logged %q with no broker ever reached: %v", msg, r)
 		}
 	}
@@ -185,7 +149,7 @@ func TestComponent_BrokerRecoveryLoggedOnce(t *testing.T) {
 	addr := freeAddr(t)
 	c, logs := openLogging(t, addr)
 	waitUntil(t, 60*time.Second, "3 failed attempts", func() bool {
-		return len(logs.records(t, "broker session failed")) >= 3
+		return len(logs.Records(t, testutil.Msg("broker session failed"))) >= 3
 	})
 
 	lis, err := transport.Listen(addr)
@@ -200,10 +164,10 @@ func TestComponent_BrokerRecoveryLoggedOnce(t *testing.T) {
 	defer mustClose(t, c)
 
 	waitUntil(t, 60*time.Second, "the recovery line", func() bool {
-		return len(logs.records(t, "broker reachable again")) > 0
+		return len(logs.Records(t, testutil.Msg("broker reachable again"))) > 0
 	})
-	failed := len(logs.records(t, "broker session failed"))
-	rec := logs.records(t, "broker reachable again")
+	failed := len(logs.Records(t, testutil.Msg("broker session failed")))
+	rec := logs.Records(t, testutil.Msg("broker reachable again"))
 	if len(rec) != 1 || rec[0]["level"] != "INFO" || rec[0]["broker"] != addr {
 		t.Fatalf("recovery: %v, want one INFO line naming %s", rec, addr)
 	}

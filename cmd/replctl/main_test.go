@@ -773,7 +773,7 @@ func TestReplctl(t *testing.T) {
 
 	t.Run("tail until SIGINT", func(t *testing.T) {
 		tp := startTail(t, br, "stores/managers")
-		writeUntil(t, m.managers, "sig", func() bool { return tp.stdout.contains("\n") })
+		writeUntil(t, m.managers, "sig", func() bool { return strings.Contains(tp.stdout.String(), "\n") })
 		tp.cmd.Process.Signal(os.Interrupt)
 		r := tp.wait(t)
 		if r.code != 0 || !strings.Contains(r.stdout, " put sig") {
@@ -818,8 +818,8 @@ func TestReplctl(t *testing.T) {
 // tailProc is a running "replctl tail".
 type tailProc struct {
 	cmd    *exec.Cmd
-	stdout *lockedBuffer
-	stderr *lockedBuffer
+	stdout *testutil.LogBuffer
+	stderr *testutil.LogBuffer
 	done   chan struct{} // closed when the process has exited
 	err    error
 }
@@ -834,30 +834,10 @@ func (tp *tailProc) exited() bool {
 	}
 }
 
-// lockedBuffer collects a process's output while it runs.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *lockedBuffer) contains(s string) bool { return strings.Contains(b.String(), s) }
-
 func startTail(t *testing.T, args ...string) *tailProc {
 	t.Helper()
 	bin, _ := binaries(t)
-	tp := &tailProc{stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, done: make(chan struct{})}
+	tp := &tailProc{stdout: &testutil.LogBuffer{}, stderr: &testutil.LogBuffer{}, done: make(chan struct{})}
 	tp.cmd = exec.Command(bin, append([]string{"tail"}, args...)...)
 	tp.cmd.Env = env()
 	tp.cmd.Stdout, tp.cmd.Stderr = tp.stdout, tp.stderr

@@ -93,13 +93,13 @@ func TestTail_FollowsFailover(t *testing.T) {
 	put(t, tp, "first", "1")
 
 	tail := startTail(t, "-broker", brokerAddr, "-o", "json", "stores/managers")
-	written := writeUntil(t, tp, "pre", func() bool { return tail.stdout.contains("\n") })
+	written := writeUntil(t, tp, "pre", func() bool { return strings.Contains(tail.stdout.String(), "\n") })
 	// The standby holds everything the tail may have printed: no change
 	// is lost in the failover.
 	waitUntil(t, 20*time.Second, "standby caught up", func() bool { return ts.Head() == tp.Head() })
 	primary.Close()
 	waitUntil(t, 30*time.Second, "standby promoted", func() bool { r, _ := standby.Role(); return r == transport.RolePrimary })
-	after := writeUntil(t, ts, "post", func() bool { return tail.stdout.contains(`"key":"post-`) })
+	after := writeUntil(t, ts, "post", func() bool { return strings.Contains(tail.stdout.String(), `"key":"post-`) })
 	maps.Copy(written, after)
 	r := stopTail(t, tail)
 	if !strings.Contains(r.stderr, "reconnecting") || !strings.Contains(r.stderr, "resumed on "+standbyName(a, standby)) {
@@ -150,7 +150,7 @@ func TestTail_LeavesDeposedPrimary(t *testing.T) {
 	_, epoch0 := a.Role()
 
 	tail := startTail(t, "-broker", brokerAddr, "-o", "json", "stores/managers")
-	written := writeUntil(t, ta, "pre", func() bool { return tail.stdout.contains("\n") })
+	written := writeUntil(t, ta, "pre", func() bool { return strings.Contains(tail.stdout.String(), "\n") })
 	waitUntil(t, 20*time.Second, "b caught up", func() bool { return tb.Head() == ta.Head() })
 
 	px.Pause()
@@ -160,7 +160,7 @@ func TestTail_LeavesDeposedPrimary(t *testing.T) {
 	// Writes on b wait for a to confirm them: the first one goes through
 	// once a follows b.
 	written[put(t, tb, "post-first", "x")] = "post-first"
-	after := writeUntil(t, tb, "post", func() bool { return tail.stdout.contains(`"key":"post-`) })
+	after := writeUntil(t, tb, "post", func() bool { return strings.Contains(tail.stdout.String(), `"key":"post-`) })
 	maps.Copy(written, after)
 	r := stopTail(t, tail)
 	if !strings.Contains(r.stderr, "resumed on b") {

@@ -7,8 +7,11 @@ package testutil
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"log/slog"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -79,4 +82,57 @@ func FreeAddr(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return addr
+}
+
+// LogBuffer collects what a logger or a process writes, safely while it
+// runs: a slog.NewJSONHandler target whose records a test can read back,
+// or a child process's stdout or stderr.
+type LogBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+// Write appends p.
+func (b *LogBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// String returns everything written so far.
+func (b *LogBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// Records parses the JSON records written so far (one per line, as
+// slog.NewJSONHandler writes them) and returns those whose message
+// satisfies match.
+func (b *LogBuffer) Records(t testing.TB, match func(msg string) bool) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for _, line := range strings.Split(b.String(), "\n") {
+		if line == "" {
+			continue
+		}
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if msg, _ := rec["msg"].(string); match(msg) {
+			out = append(out, rec)
+		}
+	}
+	return out
+}
+
+// Msg matches a message equal to one of msgs.
+func Msg(msgs ...string) func(string) bool {
+	return func(m string) bool { return slices.Contains(msgs, m) }
+}
+
+// MsgPrefix matches a message that starts with prefix.
+func MsgPrefix(prefix string) func(string) bool {
+	return func(m string) bool { return strings.HasPrefix(m, prefix) }
 }
