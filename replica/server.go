@@ -475,11 +475,8 @@ func (s *replicationServer) Get(ctx context.Context, req *transport.GetRequest) 
 	if err := transport.CheckVersion(req.Version); err != nil {
 		return nil, err
 	}
-	t, err := s.c.ownedTable(req.Table)
+	t, err := s.readableTable(req.Table, req.Service)
 	if err != nil {
-		return nil, err
-	}
-	if err := t.allowed(req.Service); err != nil {
 		return nil, err
 	}
 	if len(req.Keys) > 10000 {
@@ -527,11 +524,8 @@ func (s *replicationServer) Digest(ctx context.Context, req *transport.DigestReq
 	if err := transport.CheckVersion(req.Version); err != nil {
 		return nil, err
 	}
-	t, err := s.c.ownedTable(req.Table)
+	t, err := s.readableTable(req.Table, req.Service)
 	if err != nil {
-		return nil, err
-	}
-	if err := t.allowed(req.Service); err != nil {
 		return nil, err
 	}
 	d, err := t.Digest(req.Start, req.End)
