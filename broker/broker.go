@@ -25,7 +25,25 @@ import (
 // Broker is one member of the broker cluster: it serves the Broker gRPC
 // service, holds a copy of the registry, and spreads and repairs it with
 // memberlist. Create it with New and stop it with Close.
+//
+// Concurrency. The fields fall in four groups, by what protects them:
+//
+//   - set by New and never written after it returns (read without a lock);
+//   - atomics and channels, safe on their own;
+//   - directQ, guarded by directMu;
+//   - the broker's state (registry, sessions, membership as last read, and
+//     the clocks of the periodic steps), guarded by mu.
+//
+// Lock order: mu and directMu are never held together (send runs after mu
+// is released). No broker lock is held while calling memberlist, which
+// calls the delegate (and through it merge and localState, which take mu)
+// under its own locks; so memberlist's locks come before mu, never after
+// (as do Prometheus's: the gauges take mu when gathered). The delegate's
+// own mu (membership events) and joins' lock are leaves: nothing else is
+// taken while either is held. Under mu the broker waits for no other
+// goroutine: it wakes and ends sessions (non-blocking), logs and counts.
 type Broker struct {
+	// Set by New, then read-only.
 	cfg     Config
 	log     *slog.Logger
 	srv     *transport.Server
@@ -36,53 +54,59 @@ type Broker struct {
 	del     *delegate
 	queue   *memberlist.TransmitLimitedQueue
 	metrics *metrics
+	started time.Time       // when New ran: joining gives up a lease after it
+	ctx     context.Context // canceled by Close
+	cancel  context.CancelFunc
 
-	ctx    context.Context // canceled by Close
-	cancel context.CancelFunc
-	wg     sync.WaitGroup // the loop, the sender, session handlers and their receivers
-	kick   chan struct{}  // wakes the loop
-	direct chan struct{}  // wakes the sender
+	// Safe on their own.
+	wg        sync.WaitGroup // the loop, the sender, joins, session handlers and their receivers
+	kick      chan struct{}  // cap 1: wakes the loop
+	direct    chan struct{}  // cap 1: wakes the sender
+	closeOnce sync.Once
+	closing   chan struct{} // closed when Close starts
+	readyCh   chan struct{} // closed (under mu) when ready turns true
+	nlive     atomic.Int32  // len(live), read by memberlist's queue, which must not take mu
+	joins     joinLog       // logs join attempts; its own lock
 
 	directMu sync.Mutex
 	directQ  map[string]*broadcast // records for the sender, latest per record
 
-	nlive     atomic.Int32 // len(live), read by memberlist's queue
-	closeOnce sync.Once
-	closing   chan struct{} // closed when Close starts
+	// mu guards every field below.
+	mu       sync.Mutex
+	shutting bool // Close has started: no new session, no write
 
-	// mu guards everything below. Lock order: mu is never held while
-	// calling memberlist (which calls the delegate under its own locks).
-	mu        sync.Mutex
-	shutting  bool
-	reg       *registry
-	rev       uint64
-	sessions  map[instKey]*session
-	watchers  map[string]map[*session]struct{} // service -> sessions that need it
-	live      []member                         // live brokers, sorted by name
-	departed  []member
-	brokers   []string      // gRPC addresses of live brokers, sorted
-	leader    bool          // this broker decides leases and primaries
-	ready     bool          // the registry has been exchanged with the cluster (or none was configured)
-	readyCh   chan struct{} // closed when ready turns true
-	started   time.Time
+	// The registry and what sessions are told of it. rev counts changes of
+	// a topology; it stays under mu (not an atomic) because every topology
+	// pairs it with the registry state it describes.
+	reg      *registry
+	rev      uint64
+	sessions map[instKey]*session
+	watchers map[string]map[*session]struct{} // service -> sessions that need it
+
+	// Membership as refreshMembers last installed it, and who is heard.
+	live      []member             // live brokers, sorted by name
+	departed  []member             // brokers that died or left, sorted by name
+	brokers   []string             // gRPC addresses of live brokers, sorted
+	leader    bool                 // this broker decides leases and primaries
+	ready     bool                 // the registry has been exchanged with the cluster (or none was configured)
+	heard     map[string]time.Time // broker name -> when its last beat arrived
+	liveSince map[string]time.Time // broker name -> when it became a live member
+
+	// The clocks of the periodic steps (see step).
 	downSince map[instKey]time.Time // instances seen without a live session, since
 	goneAt    map[instKey]time.Time // tombstones, since
 	clearedAt map[string]time.Time  // cleared overrides, since
 	dirty     map[instKey]struct{}  // records whose latest heads are not yet gossiped
-	lastFlush time.Time
-	lastBeat  time.Time            // when this broker last queued its beat
-	heard     map[string]time.Time // broker name -> when its last beat arrived
-	liveSince map[string]time.Time // broker name -> when it became a live member
-	joining   bool
-	lastJoin  time.Time
-
-	joins joinLog // logs join attempts; its own lock
+	lastFlush time.Time             // when dirty was last gossiped
+	lastBeat  time.Time             // when this broker last queued its beat
+	joining   bool                  // a join is running
+	lastJoin  time.Time             // when the last join started
 }
 
 // New starts a broker: it opens the gRPC listener and the gossip
 // listeners, joins cfg.Join (in the background if no broker answers at
 // once) and serves until Close. ctx bounds the start only.
-func New(ctx context.Context, cfg Config) (*Broker, error) {
+func New(ctx context.Context, cfg Config) (_ *Broker, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -125,19 +149,22 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		b.grpc = cfg.AdvertiseGRPC
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
+	// The one cleanup path. Every failure returns before memberlist runs,
+	// so the context and the listener are all there is to release.
+	defer func() {
+		if err != nil {
+			b.cancel()
+			lis.Close()
+		}
+	}()
 	meta, err := encodeMeta(nodeMeta{GRPC: b.grpc})
 	if err != nil {
-		b.cancel()
-		lis.Close()
 		return nil, err
 	}
 	b.del = &delegate{b: b, meta: meta, nodes: make(map[string]member)}
 
 	if b.cfg.Name == "" {
-		b.cfg.Name, err = defaultName(cfg.BindAddr)
-		if err != nil {
-			b.cancel()
-			lis.Close()
+		if b.cfg.Name, err = defaultName(cfg.BindAddr); err != nil {
 			return nil, err
 		}
 	}
@@ -148,18 +175,13 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 	b.metrics = newMetrics(b)
 	mc, err := b.memberlistConfig(b.del)
 	if err != nil {
-		b.cancel()
-		lis.Close()
 		return nil, err
 	}
 	b.queue = &memberlist.TransmitLimitedQueue{
 		NumNodes:       func() int { return b.numMembers() },
 		RetransmitMult: mc.RetransmitMult,
 	}
-	b.ml, err = memberlist.Create(mc)
-	if err != nil {
-		b.cancel()
-		lis.Close()
+	if b.ml, err = memberlist.Create(mc); err != nil {
 		return nil, fmt.Errorf("broker: start gossip on %s: %w", cfg.BindAddr, err)
 	}
 	// Read once, now: memberlist keeps writing its nodes later.
@@ -171,7 +193,7 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 	b.srv.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	b.srv.Health.SetServingStatus(transport.BrokerServiceName, healthpb.HealthCheckResponse_SERVING)
 
-	b.refreshMembers()
+	b.refreshMembers(time.Now())
 	b.wg.Add(3)
 	go func() {
 		defer b.wg.Done()
@@ -186,13 +208,7 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		b.joining, b.lastJoin = true, time.Now()
 		b.mu.Unlock()
 		b.wg.Add(1)
-		go func() {
-			defer b.wg.Done()
-			b.join(b.ctx)
-			b.mu.Lock()
-			b.joining = false
-			b.mu.Unlock()
-		}()
+		go b.joinThenIdle()
 	}
 	b.log.Info("broker started", "grpc", b.grpc, "gossip", b.GossipAddr(), "join", cfg.Join)
 	return b, nil
@@ -311,9 +327,8 @@ func (b *Broker) kickLoop() {
 
 func (b *Broker) numMembers() int { return max(int(b.nlive.Load()), 1) }
 
-// loop runs the periodic work: membership refresh, lease checks, the
-// deciding broker's grants and promotions, head gossip, tombstone expiry
-// and rejoin attempts.
+// loop runs the periodic work: membership refresh, then step, every
+// CheckInterval and whenever kicked. Both read one clock reading.
 func (b *Broker) loop() {
 	defer b.wg.Done()
 	t := time.NewTicker(b.cfg.CheckInterval)
@@ -325,13 +340,15 @@ func (b *Broker) loop() {
 		case <-b.kick:
 		case <-t.C:
 		}
-		b.refreshMembers()
-		b.step(time.Now())
+		now := time.Now()
+		b.refreshMembers(now)
+		b.step(now)
 	}
 }
 
-// refreshMembers reads membership (without holding mu) and installs it.
-func (b *Broker) refreshMembers() {
+// refreshMembers reads membership (without holding mu) and installs it;
+// brokers seen live for the first time are noted live since now.
+func (b *Broker) refreshMembers(now time.Time) {
 	live, departed := b.del.members()
 	addrs := make([]string, 0, len(live))
 	for _, m := range live {
@@ -340,7 +357,6 @@ func (b *Broker) refreshMembers() {
 		}
 	}
 	slices.Sort(addrs)
-	now := time.Now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for _, m := range live {
@@ -372,10 +388,9 @@ func (b *Broker) refreshMembers() {
 }
 
 // quorumLocked reports whether this broker hears a majority of the brokers
-// it has ever known (live and departed; itself included): members whose
-// beat arrived within a quarter of the lease. Only then does it decide
-// leases and promotions or confirm a primary's lease. A broker cut off with
-// a minority stops confirming within a quarter of a lease, so the primary
+// it has ever known at now (see quorum). Only then does it decide leases
+// and promotions or confirm a primary's lease. A broker cut off with a
+// minority stops confirming within a quarter of a lease, so the primary
 // whose session it holds stops acknowledging (min_sync_standbys) within
 // three quarters of one, before the majority side can have promoted a
 // standby (a whole lease after it lost the broker). memberlist's failure
@@ -384,22 +399,31 @@ func (b *Broker) refreshMembers() {
 // declared it dead. Departed brokers count until they come back, so losing
 // half of the cluster or more stops grants and promotions (as with any
 // majority-based system) until brokers return.
-func (b *Broker) quorumLocked() bool {
-	now := time.Now()
-	heard := 0
-	for _, m := range b.live {
-		if m.Name == b.cfg.Name {
-			heard++
-		} else if at, ok := b.heard[m.Name]; ok && now.Sub(at) <= b.cfg.Lease/4 {
-			heard++
-		} else if at, ok := b.liveSince[m.Name]; ok && now.Sub(at) <= b.cfg.Lease/4 {
-			heard++ // joined a moment ago: its beats are on their way
-		}
-	}
-	return heard > (len(b.live)+len(b.departed))/2
+func (b *Broker) quorumLocked(now time.Time) bool {
+	return quorum(b.cfg.Name, b.live, b.departed, b.heard, b.liveSince, b.cfg.Lease/4, now)
 }
 
-// alive reports whether the named broker is a live member.
+// quorum reports whether self hears a majority of the brokers it has ever
+// known (live and departed, itself included): itself, and each live member
+// whose last beat arrived (heard), or which became live (liveSince), at
+// most window before now. It reads no clock.
+func quorum(self string, live, departed []member, heard, liveSince map[string]time.Time, window time.Duration, now time.Time) bool {
+	recent := func(at map[string]time.Time, name string) bool {
+		t, ok := at[name]
+		return ok && now.Sub(t) <= window
+	}
+	n := 0
+	for _, m := range live {
+		// A member that joined a moment ago counts: its beats are on
+		// their way.
+		if m.Name == self || recent(heard, m.Name) || recent(liveSince, m.Name) {
+			n++
+		}
+	}
+	return n > (len(live)+len(departed))/2
+}
+
+// aliveLocked reports whether the named broker is a live member.
 func (b *Broker) aliveLocked(name string) bool {
 	for _, m := range b.live {
 		if m.Name == name {
@@ -409,15 +433,35 @@ func (b *Broker) aliveLocked(name string) bool {
 	return false
 }
 
-// step does one round of periodic work at time now.
+// step does one round of periodic work at time now, under mu, in this
+// order; then, without mu, it sends what the round wrote and starts a
+// rejoin if one is due. Every step reads now, never the clock.
 func (b *Broker) step(now time.Time) {
 	b.mu.Lock()
-	var out []*broadcast
 	if b.shutting {
 		b.mu.Unlock()
 		return
 	}
-	// Leases: note when each instance was first seen without a live session.
+	b.trackLeasesLocked(now)
+	b.stopWaitingForClusterLocked(now)
+	var out []*broadcast
+	out = append(out, b.beatLocked(now)...)
+	out = append(out, b.decideRoundLocked(now)...)
+	out = append(out, b.flushHeadsLocked(now)...)
+	b.forgetTombstonesLocked(now)
+	b.forgetClearedOverridesLocked(now)
+	rejoin := b.rejoinDueLocked(now)
+	b.mu.Unlock()
+	b.send(out)
+	if rejoin && b.enter() {
+		go b.joinThenIdle()
+	}
+}
+
+// trackLeasesLocked notes when each instance was first seen without a live
+// session (downSince: its lease runs from then) and when each was first
+// seen removed (goneAt: its tombstone ages from then).
+func (b *Broker) trackLeasesLocked(now time.Time) {
 	for k, rec := range b.reg.instances {
 		if rec.Gone {
 			delete(b.downSince, k)
@@ -433,45 +477,79 @@ func (b *Broker) step(now time.Time) {
 			b.downSince[k] = now
 		}
 	}
-	if !b.ready && now.Sub(b.started) >= b.cfg.Lease {
-		// Joining has not succeeded for a whole lease: run alone. Said
-		// once: it stays so until a broker answers ("joined the broker
-		// cluster").
-		if len(b.live) <= 1 {
-			b.log.Warn("no broker of the cluster is reachable: this broker decides leases and primaries alone, "+
-				"from its own registry, until one answers; retrying", "join", b.cfg.Join, "waited", b.cfg.Lease, "retry_every", b.cfg.RejoinInterval)
-		} else {
-			b.log.Warn("no registry exchange with the cluster for a whole lease; serving with this broker's registry")
+}
+
+// stopWaitingForClusterLocked makes the broker ready when joining has not
+// succeeded for a whole lease: it runs alone.
+func (b *Broker) stopWaitingForClusterLocked(now time.Time) {
+	if b.ready || now.Sub(b.started) < b.cfg.Lease {
+		return
+	}
+	// Said once: it stays so until a broker answers ("joined the broker
+	// cluster").
+	if len(b.live) <= 1 {
+		b.log.Warn("no broker of the cluster is reachable: this broker decides leases and primaries alone, "+
+			"from its own registry, until one answers; retrying", "join", b.cfg.Join, "waited", b.cfg.Lease, "retry_every", b.cfg.RejoinInterval)
+	} else {
+		b.log.Warn("no registry exchange with the cluster for a whole lease; serving with this broker's registry")
+	}
+	b.setReadyLocked()
+}
+
+// beatLocked returns this broker's beat every tenth of a lease while it
+// has peers: the others count it toward their quorum.
+func (b *Broker) beatLocked(now time.Time) []*broadcast {
+	if len(b.live) <= 1 || now.Sub(b.lastBeat) < b.cfg.Lease/10 {
+		return nil
+	}
+	b.lastBeat = now
+	return []*broadcast{newBroadcast("beat/"+b.cfg.Name, &gossipMsg{Beat: b.cfg.Name})}
+}
+
+// decideRoundLocked, on the deciding broker once it is ready and while it
+// hears a majority, removes the instances whose lease lapsed and grants
+// the primaries that are due.
+func (b *Broker) decideRoundLocked(now time.Time) []*broadcast {
+	if !b.leader || !b.ready || !b.quorumLocked(now) {
+		return nil
+	}
+	out := b.expireLocked(now)
+	return append(out, b.decideLocked("")...)
+}
+
+// flushHeadsLocked gossips the records whose heads and positions changed
+// (dirty), coalesced: at most every UpdateInterval.
+func (b *Broker) flushHeadsLocked(now time.Time) []*broadcast {
+	if len(b.dirty) == 0 || now.Sub(b.lastFlush) < b.cfg.UpdateInterval {
+		return nil
+	}
+	var out []*broadcast
+	for k := range b.dirty {
+		if rec := b.reg.inst(k); rec != nil {
+			bc := b.instanceBroadcast(rec)
+			bc.refresh = true
+			out = append(out, bc)
 		}
-		b.setReadyLocked()
 	}
-	if len(b.live) > 1 && now.Sub(b.lastBeat) >= b.cfg.Lease/10 {
-		b.lastBeat = now
-		out = append(out, newBroadcast("beat/"+b.cfg.Name, &gossipMsg{Beat: b.cfg.Name}))
-	}
-	if b.leader && b.ready && b.quorumLocked() {
-		out = append(out, b.expireLocked(now)...)
-		out = append(out, b.decideLocked("")...)
-	}
-	// Heads and positions, coalesced.
-	if len(b.dirty) > 0 && now.Sub(b.lastFlush) >= b.cfg.UpdateInterval {
-		for k := range b.dirty {
-			if rec := b.reg.inst(k); rec != nil {
-				bc := b.instanceBroadcast(rec)
-				bc.refresh = true
-				out = append(out, bc)
-			}
-		}
-		clear(b.dirty)
-		b.lastFlush = now
-	}
-	// Tombstones: forget them after TombstoneTTL.
+	clear(b.dirty)
+	b.lastFlush = now
+	return out
+}
+
+// forgetTombstonesLocked drops the removed instances' records
+// TombstoneTTL after they were first seen removed.
+func (b *Broker) forgetTombstonesLocked(now time.Time) {
 	for k, at := range b.goneAt {
 		if now.Sub(at) >= b.cfg.TombstoneTTL {
 			b.reg.drop(k)
 			delete(b.goneAt, k)
 		}
 	}
+}
+
+// forgetClearedOverridesLocked drops the cleared mode overrides (Mode "")
+// TombstoneTTL after they were first seen cleared.
+func (b *Broker) forgetClearedOverridesLocked(now time.Time) {
 	for k, m := range b.reg.modes {
 		if m.Mode != "" {
 			delete(b.clearedAt, k)
@@ -485,21 +563,27 @@ func (b *Broker) step(now time.Time) {
 			delete(b.clearedAt, k)
 		}
 	}
-	rejoin := len(b.cfg.Join) > 0 && len(b.live) <= 1 && !b.joining && now.Sub(b.lastJoin) >= b.cfg.RejoinInterval
-	if rejoin {
-		b.joining, b.lastJoin = true, now
+}
+
+// rejoinDueLocked reports whether a join of Config.Join is due (this
+// broker is alone, none is running, and the last started RejoinInterval
+// ago or more) and, if so, marks one running from now.
+func (b *Broker) rejoinDueLocked(now time.Time) bool {
+	if len(b.cfg.Join) == 0 || len(b.live) > 1 || b.joining || now.Sub(b.lastJoin) < b.cfg.RejoinInterval {
+		return false
 	}
+	b.joining, b.lastJoin = true, now
+	return true
+}
+
+// joinThenIdle joins Config.Join and marks no join running. The caller
+// has counted it in wg and set joining.
+func (b *Broker) joinThenIdle() {
+	defer b.wg.Done()
+	b.join(b.ctx)
+	b.mu.Lock()
+	b.joining = false
 	b.mu.Unlock()
-	b.send(out)
-	if rejoin && b.enter() {
-		go func() {
-			defer b.wg.Done()
-			b.join(b.ctx)
-			b.mu.Lock()
-			b.joining = false
-			b.mu.Unlock()
-		}()
-	}
 }
 
 // expireLocked removes (tombstones) the instances whose session has been
@@ -532,63 +616,26 @@ func (b *Broker) expireLocked(now time.Time) []*broadcast {
 	return out
 }
 
-// decideLocked grants the primary lease of every owner service that has no
-// present primary (or of the one named service, if not ""): to its first
-// live owner instance, or, when the primary's lease lapsed, to the live
-// standby with the most data (bestStandby), with the epoch bumped. A
-// present primary is granted a new epoch when an instance of its service
-// reports data of an epoch above the grant's. Only the deciding broker
-// calls it.
+// decideLocked grants the primary lease of every owner service that is
+// due one (see nextGrant), or of the one named service if only is not "",
+// and records, logs and counts each grant. Only the deciding broker calls
+// it.
 func (b *Broker) decideLocked(only string) []*broadcast {
 	var out []*broadcast
 	for svc, insts := range b.reg.bySvc {
 		if only != "" && svc != only {
 			continue
 		}
-		// The new epoch is above every epoch known for the service, the
-		// ones its instances report included (those their data held when
-		// they registered and their tables' since): after all brokers
-		// restarted (an empty registry) a grant must not reuse an epoch the
-		// owners' histories already hold, or two histories would carry one
-		// epoch and the primary could not take over at it.
-		var maxEpoch uint64
-		for _, rec := range insts {
-			maxEpoch = max(maxEpoch, rec.maxEpoch())
-		}
 		o := b.reg.owners[svc]
-		var best *instanceRec
+		best, epoch, ok := nextGrant(insts, o, b.aliveLocked)
+		if !ok {
+			continue
+		}
 		old := ""
 		if o != nil {
 			old = o.Primary
-			if p := insts[o.Primary]; p != nil && !p.Gone && p.Owner {
-				if maxEpoch <= o.Epoch {
-					continue // the primary is present (its lease holds)
-				}
-				// Its lease holds, but an instance reports an epoch above
-				// the grant (made while that data was not yet reported):
-				// grant it again, above every epoch reported.
-				best = p
-			}
-			maxEpoch = max(maxEpoch, o.Epoch)
 		}
-		if best == nil {
-			var cands []*instanceRec
-			for _, rec := range insts {
-				if rec.Owner && !rec.Gone && rec.Connected && b.aliveLocked(rec.Session.Broker) {
-					cands = append(cands, rec)
-				}
-			}
-			if best = bestStandby(cands); best == nil {
-				continue
-			}
-		}
-		if maxEpoch >= math.MaxUint64-1 {
-			// Reports are bounded by MaxEpoch; a record this high came
-			// from elsewhere (gossip): granting would wrap to 0 and
-			// repeat on every step.
-			continue
-		}
-		no := &ownerRec{Service: svc, Epoch: maxEpoch + 1, Primary: best.Instance}
+		no := &ownerRec{Service: svc, Epoch: epoch, Primary: best.Instance}
 		b.reg.mergeOwner(no)
 		b.rev++
 		switch old {
@@ -615,6 +662,60 @@ func (b *Broker) decideLocked(only string) []*broadcast {
 		out = append(out, newBroadcast("o/"+svc, g))
 	}
 	return out
+}
+
+// nextGrant decides the primary lease of one owner service from its
+// instance records (by instance name) and its owner record (nil if it has
+// none): ok is false when the service is not due a grant. alive reports
+// whether a broker is a live member. It reads no clock and changes
+// nothing.
+//
+// A present primary (registered, an owner instance) keeps its lease; it is
+// granted again at a new epoch when an instance of its service reports
+// data of an epoch above the grant's (a grant made before that data was
+// reported). A service with no present primary is granted to the connected
+// owner instance with the most data (bestStandby): its first owner, or a
+// standby promoted when the primary's lease lapsed.
+//
+// The new epoch is above every epoch known for the service, the ones its
+// instances report included (those their data held when they registered
+// and their tables'): after all brokers restarted (an empty registry) a
+// grant must not reuse an epoch the owners' histories already hold, or two
+// histories would carry one epoch and the primary could not take over at
+// it.
+func nextGrant(insts map[string]*instanceRec, o *ownerRec, alive func(broker string) bool) (primary *instanceRec, epoch uint64, ok bool) {
+	var maxEpoch uint64
+	for _, rec := range insts {
+		maxEpoch = max(maxEpoch, rec.maxEpoch())
+	}
+	var best *instanceRec
+	if o != nil {
+		if p := insts[o.Primary]; p != nil && !p.Gone && p.Owner {
+			if maxEpoch <= o.Epoch {
+				return nil, 0, false // the primary is present (its lease holds)
+			}
+			best = p
+		}
+		maxEpoch = max(maxEpoch, o.Epoch)
+	}
+	if best == nil {
+		var cands []*instanceRec
+		for _, rec := range insts {
+			if rec.Owner && !rec.Gone && rec.Connected && alive(rec.Session.Broker) {
+				cands = append(cands, rec)
+			}
+		}
+		if best = bestStandby(cands); best == nil {
+			return nil, 0, false
+		}
+	}
+	if maxEpoch >= math.MaxUint64-1 {
+		// Reports are bounded by MaxEpoch; a record this high came from
+		// elsewhere (gossip): granting would wrap to 0 and repeat on every
+		// step.
+		return nil, 0, false
+	}
+	return best, maxEpoch + 1, true
 }
 
 // merge applies records received from another broker.

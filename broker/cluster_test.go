@@ -118,13 +118,17 @@ func TestBroker_GossipKeyAndLabel(t *testing.T) {
 	mustConnect(t, bs[0].GRPCAddr(), consumerReg("products", "p1", "stores"))
 	waitEverywhere(t, bs, "p1", func(st *transport.StatusResponse) bool { return findInstance(st, "products", "p1") != nil })
 
-	for name, mutate := range map[string]func(*Config){
-		"no key":      func(c *Config) { c.ClusterLabel = "prod" },
-		"other key":   func(c *Config) { c.GossipKey = []byte("fedcba9876543210"); c.ClusterLabel = "prod" },
-		"other label": func(c *Config) { c.GossipKey = key; c.ClusterLabel = "test" },
-	} {
-		t.Run(name, func(t *testing.T) {
-			x := startBroker(t, "x-"+strings.ReplaceAll(name, " ", "-"), nil, mutate)
+	tests := []struct {
+		name   string
+		mutate func(*Config)
+	}{
+		{"no key", func(c *Config) { c.ClusterLabel = "prod" }},
+		{"other key", func(c *Config) { c.GossipKey = []byte("fedcba9876543210"); c.ClusterLabel = "prod" }},
+		{"other label", func(c *Config) { c.GossipKey = key; c.ClusterLabel = "test" }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			x := startBroker(t, "x-"+strings.ReplaceAll(tt.name, " ", "-"), nil, tt.mutate)
 			if n, err := x.ml.Join([]string{bs[0].GossipAddr()}); err == nil || n != 0 {
 				t.Fatalf("joined a cluster with another key or label: n=%d err=%v", n, err)
 			}
@@ -162,10 +166,15 @@ func TestConfig_Validate(t *testing.T) {
 			}
 		})
 	}
-	for name, cfg := range map[string]Config{"default": DefaultConfig(), "local": LocalConfig("")} {
-		if err := cfg.Validate(); err != nil {
-			t.Errorf("%s config: %v", name, err)
-		}
+	for _, tt := range []struct {
+		name string
+		cfg  Config
+	}{{"default", DefaultConfig()}, {"local", LocalConfig("")}} {
+		t.Run(tt.name+" is valid", func(t *testing.T) {
+			if err := tt.cfg.Validate(); err != nil {
+				t.Errorf("%s config: %v", tt.name, err)
+			}
+		})
 	}
 }
 

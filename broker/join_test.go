@@ -110,14 +110,17 @@ func TestBroker_JoinRecoveryLogged(t *testing.T) {
 }
 
 func TestOneLine(t *testing.T) {
-	for _, tc := range []struct{ in, want string }{
-		{"plain", "plain"},
-		{"1 error occurred:\n\t* Failed to join 127.0.0.1:1: dial tcp 127.0.0.1:1: connect: connection refused\n\n",
+	tests := []struct{ name, in, want string }{
+		{"one line", "plain", "plain"},
+		{"memberlist's one error", "1 error occurred:\n\t* Failed to join 127.0.0.1:1: dial tcp 127.0.0.1:1: connect: connection refused\n\n",
 			"Failed to join 127.0.0.1:1: dial tcp 127.0.0.1:1: connect: connection refused"},
-		{"2 errors occurred:\n\t* a\n\t* b\n\n", "a; b"},
-	} {
-		if got := oneLine(errors.New(tc.in)); got != tc.want {
-			t.Errorf("oneLine(%q) = %q, want %q", tc.in, got, tc.want)
-		}
+		{"memberlist's two errors", "2 errors occurred:\n\t* a\n\t* b\n\n", "a; b"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := oneLine(errors.New(tt.in)); got != tt.want {
+				t.Errorf("oneLine(%q) = %q, want %q", tt.in, got, tt.want)
+			}
+		})
 	}
 }

@@ -415,7 +415,7 @@ type gossipMsg struct {
 	Modes     []*modeRec     `msgpack:"m,omitempty"`
 	// Beat names the broker that sent it: brokers beat every tenth of a
 	// lease, and a broker counts toward its quorum the members it heard a
-	// beat from within a quarter of a lease (see Broker.quorumLocked).
+	// beat from within a quarter of a lease (see quorum).
 	Beat string `msgpack:"beat,omitempty"`
 }
 

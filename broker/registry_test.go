@@ -206,19 +206,24 @@ func TestGossip_DecodeRejectsGarbage(t *testing.T) {
 	if _, err := decodeGossip(good); err != nil {
 		t.Fatalf("good payload: %v", err)
 	}
-	bad := [][]byte{
-		nil,
-		{gossipVersion + 1},
-		append([]byte{gossipVersion}, 0xc1),
-		mustEncode(&gossipMsg{Instances: []*instanceRec{{Service: "", Instance: "i"}}}),
-		mustEncode(&gossipMsg{Owners: []*ownerRec{{Service: "a b"}}}),
-		mustEncode(&gossipMsg{Modes: []*modeRec{{Service: "s", Table: "t", Mode: "fast"}}}),
-		append([]byte{}, good[:len(good)-3]...),
+	bad := []struct {
+		name    string
+		payload []byte
+	}{
+		{"empty", nil},
+		{"another version", []byte{gossipVersion + 1}},
+		{"not msgpack", append([]byte{gossipVersion}, 0xc1)},
+		{"instance without a service", mustEncode(&gossipMsg{Instances: []*instanceRec{{Service: "", Instance: "i"}}})},
+		{"owner with a bad service name", mustEncode(&gossipMsg{Owners: []*ownerRec{{Service: "a b"}}})},
+		{"unknown mode", mustEncode(&gossipMsg{Modes: []*modeRec{{Service: "s", Table: "t", Mode: "fast"}}})},
+		{"truncated", append([]byte{}, good[:len(good)-3]...)},
 	}
-	for i, b := range bad {
-		if _, err := decodeGossip(b); err == nil {
-			t.Errorf("payload %d decoded without error", i)
-		}
+	for _, tt := range bad {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := decodeGossip(tt.payload); err == nil {
+				t.Errorf("payload %q decoded without error", tt.name)
+			}
+		})
 	}
 }
 

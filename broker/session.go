@@ -205,7 +205,7 @@ func (b *Broker) response(s *session, kind transport.SessionKind, topo *transpor
 		Pong: s.lastPing.Load(), LeaseMs: b.cfg.Lease.Milliseconds()}
 	b.mu.Lock()
 	if rec := b.reg.inst(s.key); rec != nil && rec.Session == s.id && !rec.Gone &&
-		b.reg.role(rec) == transport.RolePrimary && b.quorumLocked() {
+		b.reg.role(rec) == transport.RolePrimary && b.quorumLocked(time.Now()) {
 		f.PrimaryEpoch = b.reg.epoch(s.key.Service)
 	}
 	b.mu.Unlock()
@@ -383,7 +383,7 @@ func (b *Broker) open(r *transport.Register) (*session, *transport.Topology, err
 	b.rev++
 	b.notifyLocked(rec.Service)
 	out := []*broadcast{b.instanceBroadcast(rec)}
-	if b.leader && b.ready && b.quorumLocked() {
+	if b.leader && b.ready && b.quorumLocked(now) {
 		// Grant at once when this broker decides, so a lone owner learns
 		// it is primary from its first topology.
 		out = append(out, b.decideLocked(rec.Service)...)

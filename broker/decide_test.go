@@ -1,0 +1,161 @@
+package broker
+
+import (
+	"math"
+	"testing"
+	"time"
+
+	"github.com/replmesh/replmesh/transport"
+)
+
+func TestQuorum(t *testing.T) {
+	const window = 250 * time.Millisecond
+	now := time.Unix(1000, 0)
+	ago := func(d time.Duration) time.Time { return now.Add(-d) }
+	members := func(names ...string) []member {
+		var out []member
+		for _, n := range names {
+			out = append(out, member{Name: n})
+		}
+		return out
+	}
+	tests := []struct {
+		name      string
+		live      []string
+		departed  []string
+		heard     map[string]time.Time
+		liveSince map[string]time.Time
+		want      bool
+	}{
+		{name: "alone", live: []string{"b1"}, want: true},
+		{name: "peer heard", live: []string{"b1", "b2"},
+			heard: map[string]time.Time{"b2": ago(100 * time.Millisecond)}, want: true},
+		{name: "peer silent: half is no majority", live: []string{"b1", "b2"},
+			heard: map[string]time.Time{"b2": ago(time.Second)}, liveSince: map[string]time.Time{"b2": ago(time.Minute)}, want: false},
+		{name: "peer never heard", live: []string{"b1", "b2"}, want: false},
+		{name: "peer heard exactly a window ago", live: []string{"b1", "b2"},
+			heard: map[string]time.Time{"b2": ago(window)}, want: true},
+		{name: "peer heard just over a window ago", live: []string{"b1", "b2"},
+			heard: map[string]time.Time{"b2": ago(window + time.Nanosecond)}, want: false},
+		{name: "peer live a moment, its beats on their way", live: []string{"b1", "b2"},
+			liveSince: map[string]time.Time{"b2": ago(10 * time.Millisecond)}, want: true},
+		{name: "a beat that arrived after now (while the step waited for the lock)", live: []string{"b1", "b2"},
+			heard: map[string]time.Time{"b2": now.Add(time.Millisecond)}, want: true},
+		{name: "two of three", live: []string{"b1", "b2", "b3"},
+			heard: map[string]time.Time{"b3": ago(time.Millisecond)}, want: true},
+		{name: "minority: the departed count", live: []string{"b1"}, departed: []string{"b2", "b3"}, want: false},
+		{name: "a departed broker's beat does not count", live: []string{"b1"}, departed: []string{"b2"},
+			heard: map[string]time.Time{"b2": ago(time.Millisecond)}, want: false},
+		{name: "three of five", live: []string{"b1", "b2", "b3"}, departed: []string{"b4", "b5"},
+			heard: map[string]time.Time{"b2": ago(time.Millisecond), "b3": ago(time.Millisecond)}, want: true},
+		{name: "two of four", live: []string{"b1", "b2"}, departed: []string{"b3", "b4"},
+			heard: map[string]time.Time{"b2": ago(time.Millisecond)}, want: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := quorum("b1", members(tt.live...), members(tt.departed...), tt.heard, tt.liveSince, window, now)
+			if got != tt.want {
+				t.Fatalf("quorum = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestNextGrant(t *testing.T) {
+	type inst struct {
+		name      string
+		broker    string // session broker; "dead" is not a live member
+		owner     bool
+		connected bool
+		gone      bool
+		epoch     uint64   // Register.Epoch
+		tables    []uint64 // table epochs
+		heads     []uint64
+	}
+	owner := func(name string, heads ...uint64) inst {
+		return inst{name: name, broker: "b1", owner: true, connected: true, heads: heads}
+	}
+	with := func(i inst, f func(*inst)) inst { f(&i); return i }
+	tests := []struct {
+		name        string
+		insts       []inst
+		owner       *ownerRec // nil: none yet
+		wantPrimary string    // "": no grant
+		wantEpoch   uint64
+	}{
+		{name: "no owner instance", insts: []inst{{name: "c1", broker: "b1", connected: true}}},
+		{name: "first owner, epoch 1", insts: []inst{owner("s1")}, wantPrimary: "s1", wantEpoch: 1},
+		{name: "first of several: the most data", insts: []inst{owner("s1", 3), owner("s2", 7)}, wantPrimary: "s2", wantEpoch: 1},
+		{name: "above the epoch its data held at register",
+			insts: []inst{with(owner("s1"), func(i *inst) { i.epoch = 5 })}, wantPrimary: "s1", wantEpoch: 6},
+		{name: "above a table's epoch",
+			insts: []inst{with(owner("s1"), func(i *inst) { i.tables = []uint64{2, 3} })}, wantPrimary: "s1", wantEpoch: 4},
+		{name: "present primary keeps its lease", owner: &ownerRec{Epoch: 2, Primary: "s1"},
+			insts: []inst{owner("s1"), owner("s2", 9)}},
+		{name: "disconnected primary keeps its lease until it lapses", owner: &ownerRec{Epoch: 2, Primary: "s1"},
+			insts: []inst{with(owner("s1"), func(i *inst) { i.connected = false }), owner("s2", 9)}},
+		{name: "present primary granted again above a reported epoch", owner: &ownerRec{Epoch: 2, Primary: "s1"},
+			insts: []inst{owner("s1"), with(owner("s2"), func(i *inst) { i.epoch = 5 })}, wantPrimary: "s1", wantEpoch: 6},
+		{name: "a reported epoch at the grant's changes nothing", owner: &ownerRec{Epoch: 2, Primary: "s1"},
+			insts: []inst{owner("s1"), with(owner("s2"), func(i *inst) { i.tables = []uint64{2} })}},
+		{name: "lapsed primary: the standby with the most data", owner: &ownerRec{Epoch: 2, Primary: "s1"},
+			insts:       []inst{with(owner("s1", 20), func(i *inst) { i.gone = true }), owner("s2", 5), owner("s3", 9)},
+			wantPrimary: "s3", wantEpoch: 3},
+		{name: "lapsed primary: a tie goes to the smaller name", owner: &ownerRec{Epoch: 2, Primary: "s1"},
+			insts:       []inst{with(owner("s1"), func(i *inst) { i.gone = true }), owner("s3", 4), owner("s2", 2, 2)},
+			wantPrimary: "s2", wantEpoch: 3},
+		{name: "a primary record naming no present instance", owner: &ownerRec{Epoch: 4, Primary: "s9"},
+			insts: []inst{owner("s2")}, wantPrimary: "s2", wantEpoch: 5},
+		{name: "a primary record naming an instance that is no owner", owner: &ownerRec{Epoch: 4, Primary: "s1"},
+			insts: []inst{with(owner("s1"), func(i *inst) { i.owner = false }), owner("s2")}, wantPrimary: "s2", wantEpoch: 5},
+		{name: "no candidate: standbys on a dead broker, disconnected or gone", owner: &ownerRec{Epoch: 2, Primary: "s1"},
+			insts: []inst{
+				with(owner("s1"), func(i *inst) { i.gone = true }),
+				with(owner("s2", 9), func(i *inst) { i.broker = "dead" }),
+				with(owner("s3", 9), func(i *inst) { i.connected = false }),
+				with(owner("s4", 9), func(i *inst) { i.gone = true }),
+			}},
+		{name: "the standby on a live broker, not the one with more data on a dead one", owner: &ownerRec{Epoch: 2, Primary: "s1"},
+			insts: []inst{with(owner("s1"), func(i *inst) { i.gone = true }),
+				with(owner("s2", 9), func(i *inst) { i.broker = "dead" }), owner("s3", 1)},
+			wantPrimary: "s3", wantEpoch: 3},
+		{name: "the last epoch a grant may take", owner: &ownerRec{Epoch: math.MaxUint64 - 2, Primary: "s1"},
+			insts:       []inst{with(owner("s1"), func(i *inst) { i.gone = true }), owner("s2")},
+			wantPrimary: "s2", wantEpoch: math.MaxUint64 - 1},
+		{name: "no grant that would wrap: owner record", owner: &ownerRec{Epoch: math.MaxUint64 - 1, Primary: "s1"},
+			insts: []inst{with(owner("s1"), func(i *inst) { i.gone = true }), owner("s2")}},
+		{name: "no grant that would wrap: reported epoch",
+			insts: []inst{with(owner("s1"), func(i *inst) { i.tables = []uint64{math.MaxUint64} })}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			insts := make(map[string]*instanceRec)
+			for _, i := range tt.insts {
+				rec := &instanceRec{Service: "s", Instance: i.name, Owner: i.owner, Connected: i.connected, Gone: i.gone,
+					Epoch: i.epoch, Session: sessionID{Start: 1, Broker: i.broker}}
+				for n, e := range i.tables {
+					rec.Tables = append(rec.Tables, transport.TableInfo{Table: "e" + string(rune('0'+n)), Epoch: e})
+				}
+				for n, h := range i.heads {
+					rec.Tables = append(rec.Tables, transport.TableInfo{Table: "h" + string(rune('0'+n)), Head: h})
+				}
+				insts[i.name] = rec
+			}
+			if tt.owner != nil {
+				tt.owner.Service = "s"
+			}
+			alive := func(broker string) bool { return broker != "dead" }
+			best, epoch, ok := nextGrant(insts, tt.owner, alive)
+			got := ""
+			if ok {
+				got = best.Instance
+			}
+			if got != tt.wantPrimary || (ok && epoch != tt.wantEpoch) {
+				t.Fatalf("nextGrant = %q at epoch %d (ok %v), want %q at epoch %d", got, epoch, ok, tt.wantPrimary, tt.wantEpoch)
+			}
+			if ok && best != insts[tt.wantPrimary] {
+				t.Fatal("the primary is not the service's own record")
+			}
+		})
+	}
+}
