@@ -69,9 +69,9 @@ type Broker struct {
 	directMu sync.Mutex
 	directQ  map[string]*broadcast // records for the sender, latest per record
 
-	// mu guards every field below.
+	// mu guards every field below, and each session's interest.
 	mu       sync.Mutex
-	shutting bool // Close has started: no new session, no write
+	shutting bool // Close has started: sessions are refused and ended, step does nothing
 
 	// The registry and what sessions are told of it. rev counts changes of
 	// a topology; it stays under mu (not an atomic) because every topology

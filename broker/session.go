@@ -203,9 +203,10 @@ func (s *session) notePing(ping int64) {
 func (b *Broker) response(s *session, kind transport.SessionKind, topo *transport.Topology) *transport.SessionResponse {
 	f := &transport.SessionResponse{Kind: kind, Broker: b.cfg.Name, Topology: topo,
 		Pong: s.lastPing.Load(), LeaseMs: b.cfg.Lease.Milliseconds()}
+	now := time.Now()
 	b.mu.Lock()
 	if rec := b.reg.inst(s.key); rec != nil && rec.Session == s.id && !rec.Gone &&
-		b.reg.role(rec) == transport.RolePrimary && b.quorumLocked(time.Now()) {
+		b.reg.role(rec) == transport.RolePrimary && b.quorumLocked(now) {
 		f.PrimaryEpoch = b.reg.epoch(s.key.Service)
 	}
 	b.mu.Unlock()
