@@ -1,24 +1,20 @@
 package replica
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"maps"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -329,18 +325,13 @@ func crashConsumerChild(t *testing.T, logger *slog.Logger, dir, addr string, sig
 	crashOut("closed")
 }
 
-// crashChild is one child process as the parent sees it.
+// crashChild is one child process as the parent sees it: the process (a
+// testutil.Child, whose lock guards the fields below) and what its reports
+// said.
 type crashChild struct {
-	t      *testing.T
-	role   string
-	run    int
-	cmd    *exec.Cmd
-	exited chan struct{}
-
-	mu      sync.Mutex
-	waitErr error
-	output  bytes.Buffer // everything but @crash lines, and stderr
-	bad     []string
+	*testutil.Child
+	role string
+	run  int
 
 	// owner
 	startHead uint64
@@ -371,35 +362,22 @@ type crashEvent struct {
 	n           uint64
 }
 
-func (c *crashChild) Write(p []byte) (int, error) { // stderr
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.output.Write(p)
-}
-
-func (c *crashChild) parse(line string) {
-	rest, ok := strings.CutPrefix(line, crashOutPrefix)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !ok {
-		c.output.WriteString(line + "\n")
-		return
-	}
+// parse handles one report line (without its prefix; "bad" lines are
+// the Child's), under the child's lock.
+func (c *crashChild) parse(rest string, _ time.Time) {
 	f := strings.Fields(rest)
 	num := func(i int) uint64 {
 		if i >= len(f) {
-			c.bad = append(c.bad, "short line: "+line)
+			c.Problem("short line: " + crashOutPrefix + rest)
 			return 0
 		}
 		v, err := strconv.ParseUint(f[i], 10, 64)
 		if err != nil {
-			c.bad = append(c.bad, "bad number in: "+line)
+			c.Problem("bad number in: " + crashOutPrefix + rest)
 		}
 		return v
 	}
 	switch f[0] {
-	case "bad":
-		c.bad = append(c.bad, rest)
 	case "start":
 		c.startHead, c.started = num(1), true
 		if len(f) > 2 {
@@ -422,14 +400,23 @@ func (c *crashChild) parse(line string) {
 		c.events = append(c.events, crashEvent{first: num(1), last: num(2), n: num(3)})
 	case "status":
 		if len(f) < 6 {
-			c.bad = append(c.bad, "short status: "+line)
+			c.Problem("short status: " + crashOutPrefix + rest)
 			return
 		}
 		c.state, c.snapRows, c.seq, c.transfers = f[1], num(2), num(3), num(4)
 		c.lastStatus = rest
 	default:
-		c.bad = append(c.bad, "unknown line: "+line)
+		c.Problem("unknown line: " + crashOutPrefix + rest)
 	}
+}
+
+// report is the child's last report, for failure messages (under the
+// child's lock).
+func (c *crashChild) report() string {
+	if c.role == "consumer" {
+		return fmt.Sprintf("%s (%d events)", c.lastStatus, len(c.events))
+	}
+	return fmt.Sprintf("head %d, last ack %d", c.startHead, c.maxAck)
 }
 
 // crashHarness starts, kills and checks the children.
@@ -447,40 +434,7 @@ type crashHarness struct {
 
 func (h *crashHarness) start(role, dir string) *crashChild {
 	h.t.Helper()
-	c := &crashChild{t: h.t, role: role, exited: make(chan struct{})}
-	c.cmd = exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1", "-test.timeout=10m")
-	c.cmd.Env = append(os.Environ(),
-		crashRoleEnv+"="+role, crashDirEnv+"="+dir, crashAddrEnv+"="+h.addr,
-		crashBulkEnv+"="+strconv.FormatUint(h.bulk, 10))
-	c.cmd.Stderr = c
-	out, err := c.cmd.StdoutPipe()
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	if err := c.cmd.Start(); err != nil {
-		h.t.Fatalf("start %s: %v", role, err)
-	}
-	go func() {
-		sc := bufio.NewScanner(out)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			c.parse(sc.Text())
-		}
-		_, _ = io.Copy(io.Discard, out)
-		err := c.cmd.Wait()
-		c.mu.Lock()
-		c.waitErr = err
-		c.mu.Unlock()
-		close(c.exited)
-	}()
-	h.t.Cleanup(func() {
-		select {
-		case <-c.exited:
-		default:
-			_ = c.cmd.Process.Kill()
-			<-c.exited
-		}
-	})
+	c := &crashChild{role: role}
 	if role == "owner" {
 		c.run = len(h.owners) + 1
 		h.owners = append(h.owners, c)
@@ -488,64 +442,36 @@ func (h *crashHarness) start(role, dir string) *crashChild {
 		c.run = len(h.consumers) + 1
 		h.consumers = append(h.consumers, c)
 	}
+	c.Child = testutil.NewChild(h.t, testutil.ChildSpec{
+		Name: fmt.Sprintf("%s run %d", role, c.run),
+		Args: testutil.SelfArgs("TestCrashChild", 10*time.Minute),
+		Env: append(os.Environ(),
+			crashRoleEnv+"="+role, crashDirEnv+"="+dir, crashAddrEnv+"="+h.addr,
+			crashBulkEnv+"="+strconv.FormatUint(h.bulk, 10)),
+		Prefix: crashOutPrefix,
+		Report: c.parse,
+		State:  c.report,
+	})
+	c.Start()
 	return c
 }
 
 // fail reports a failure with the child's output.
 func (h *crashHarness) fail(c *crashChild, format string, args ...any) {
 	h.t.Helper()
-	c.mu.Lock()
-	out := c.output.String()
-	last := fmt.Sprintf("head %d, last ack %d", c.startHead, c.maxAck)
-	if c.role == "consumer" {
-		last = fmt.Sprintf("%s (%d events)", c.lastStatus, len(c.events))
-	}
-	c.mu.Unlock()
-	if len(out) > 8000 {
-		out = "..." + out[len(out)-8000:]
-	}
-	h.t.Fatalf("%s run %d: %s\n--- its last report: %s\n--- its output:\n%s", c.role, c.run, fmt.Sprintf(format, args...), last, out)
+	c.Fatalf(format, args...)
 }
 
-// waitFor polls cond (called under c.mu) until it holds, failing early if
-// the child reports a problem or exits.
+// waitFor polls cond (called under the child's lock) until it holds,
+// failing early if the child reports a problem or exits.
 func (h *crashHarness) waitFor(c *crashChild, d time.Duration, what string, cond func() bool) {
 	h.t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		c.mu.Lock()
-		ok, bad := cond(), slices.Clone(c.bad)
-		c.mu.Unlock()
-		if len(bad) > 0 {
-			h.fail(c, "reported: %s", strings.Join(bad, "; "))
-		}
-		if ok {
-			return
-		}
-		select {
-		case <-c.exited:
-			h.fail(c, "exited (%v) while waiting for %s", c.waitErr, what)
-		default:
-		}
-		if time.Now().After(deadline) {
-			h.fail(c, "timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	c.WaitFor(d, what, cond)
 }
 
 func (h *crashHarness) kill(c *crashChild) {
 	h.t.Helper()
-	if err := c.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		h.fail(c, "kill: %v", err)
-	}
-	<-c.exited
-	c.mu.Lock()
-	bad := slices.Clone(c.bad)
-	c.mu.Unlock()
-	if len(bad) > 0 {
-		h.fail(c, "reported: %s", strings.Join(bad, "; "))
-	}
+	c.Kill()
 	h.t.Logf("%s run %d killed", c.role, c.run)
 }
 
@@ -553,20 +479,8 @@ func (h *crashHarness) kill(c *crashChild) {
 // goleak and race checks).
 func (h *crashHarness) stop(c *crashChild) {
 	h.t.Helper()
-	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		h.fail(c, "signal: %v", err)
-	}
-	select {
-	case <-c.exited:
-	case <-time.After(60 * time.Second):
-		h.fail(c, "did not exit within 60s of SIGTERM")
-	}
-	c.mu.Lock()
-	err, closed, bad := c.waitErr, c.closed, slices.Clone(c.bad)
-	c.mu.Unlock()
-	if err != nil || !closed || len(bad) > 0 {
-		h.fail(c, "unclean exit: %v (closed %v, reported %q)", err, closed, bad)
-	}
+	c.Signal(syscall.SIGTERM)
+	c.ExpectCleanExit(60*time.Second, "SIGTERM", func() bool { return c.closed })
 }
 
 // startOwner starts an owner run and checks that it holds every write an
@@ -605,11 +519,7 @@ func (h *crashHarness) startConsumer() *crashChild {
 }
 
 // locked returns f's result under the child's lock.
-func locked[T any](c *crashChild, f func() T) T {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return f()
-}
+func locked[T any](c *crashChild, f func() T) T { return testutil.Locked(c.Child, f) }
 
 // lastApplied is the seq the consumer run has reported reaching (its
 // starting cursor when it reported nothing). Callers hold c.mu or know the
@@ -730,9 +640,7 @@ func TestReplica_CrashRestart(t *testing.T) {
 	// 4. The owner stops writing; the consumer converges; both stop cleanly.
 	from := locked(owner, func() uint64 { return max(owner.maxAck, owner.startHead) })
 	h.ownerAcked(owner, from+200)
-	if err := owner.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
-		t.Fatal(err)
-	}
+	owner.Signal(syscall.SIGUSR1)
 	h.waitFor(owner, 60*time.Second, "the owner to stop writing", func() bool { return owner.isDone })
 	head := locked(owner, func() uint64 { return owner.done })
 	h.acked = max(h.acked, locked(owner, func() uint64 { return owner.maxAck }))
@@ -757,9 +665,9 @@ func (h *crashHarness) checkConsumerRuns(head uint64) {
 	resets := 0
 	var prev *crashChild
 	for _, c := range h.consumers {
-		c.mu.Lock()
+		c.Lock()
 		evs, cur, log := slices.Clone(c.events), c.cursorSeq, c.cursorLog
-		c.mu.Unlock()
+		c.Unlock()
 		if (cur != 0 || log != "") && log != h.owners[0].logID {
 			h.fail(c, "starts with a cursor of log %s, the owner's is %s", log, h.owners[0].logID)
 		}

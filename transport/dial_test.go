@@ -33,7 +33,7 @@ func TestDial_OptionsInterceptors(t *testing.T) {
 		grpc.WithChainUnaryInterceptor(unary("options")),
 		grpc.WithChainStreamInterceptor(stream),
 	}}
-	cc, err := Dial(addr, o, grpc.WithChainUnaryInterceptor(unary("extra")))
+	cc, err := Dial(addr, o, grpc.WithChainUnaryInterceptor(unary("extra")), bufnet.DialOption())
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}

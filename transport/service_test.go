@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/replmesh/replmesh/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -51,13 +53,14 @@ func (f *fakeReplication) Digest(ctx context.Context, in *DigestRequest) (*Diges
 	return f.DigestFunc(ctx, in)
 }
 
-// startServer serves srv on a fresh 127.0.0.1 port until the test ends.
+// bufnet is the in-memory network of the tests: they need streams, not a
+// network (dial it with bufnet.DialOption()).
+var bufnet testutil.BufNet
+
+// startServer serves srv on a fresh bufnet address until the test ends.
 func startServer(t *testing.T, o Options, srv ReplicationServer) string {
 	t.Helper()
-	lis, err := Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
+	lis, addr := bufnet.Listen()
 	s := NewServer(o)
 	RegisterReplicationServer(s, srv)
 	served := make(chan error, 1)
@@ -68,14 +71,14 @@ func startServer(t *testing.T, o Options, srv ReplicationServer) string {
 			t.Errorf("serve: %v", err)
 		}
 	})
-	return lis.Addr().String()
+	return addr
 }
 
 // dial returns a replication client of addr, closed when the test ends
 // (before the server stops: cleanups run last-in first-out).
 func dial(t *testing.T, addr string, o Options) (*ReplicationClient, *grpc.ClientConn) {
 	t.Helper()
-	cc, err := Dial(addr, o)
+	cc, err := Dial(addr, o, bufnet.DialOption())
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
@@ -435,7 +438,7 @@ func TestServer_Health(t *testing.T) {
 
 	// An ordinary probe: a plain gRPC client speaking protobuf.
 	t.Run("plain client", func(t *testing.T) {
-		cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()), bufnet.DialOption())
 		if err != nil {
 			t.Fatalf("NewClient: %v", err)
 		}

@@ -133,17 +133,21 @@ func TestParseFlags_Rejects(t *testing.T) {
 		{"-changes", "0"},
 		{"extra"},
 	} {
-		if _, err := parseFlags(args, &bytes.Buffer{}); err == nil {
-			t.Errorf("parseFlags(%q) accepted", args)
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			if _, err := parseFlags(args, &bytes.Buffer{}); err == nil {
+				t.Errorf("parseFlags(%q) accepted", args)
+			}
+		})
+	}
+	t.Run("accepted: -quick -changes 7", func(t *testing.T) {
+		o, err := parseFlags([]string{"-quick", "-changes", "7"}, &bytes.Buffer{})
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	o, err := parseFlags([]string{"-quick", "-changes", "7"}, &bytes.Buffer{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if o.changes != 7 || o.rows != 20_000 || len(o.workloads) != len(workloadOrder) {
-		t.Errorf("-quick -changes 7: changes=%d rows=%d workloads=%v", o.changes, o.rows, o.workloads)
-	}
+		if o.changes != 7 || o.rows != 20_000 || len(o.workloads) != len(workloadOrder) {
+			t.Errorf("-quick -changes 7: changes=%d rows=%d workloads=%v", o.changes, o.rows, o.workloads)
+		}
+	})
 }
 
 func TestMedians(t *testing.T) {

@@ -446,10 +446,20 @@ func TestParseArgs_BadSettings(t *testing.T) {
 	}
 	// At the boundary, and with the defaults and the local profile, the
 	// settings are accepted.
-	for _, args := range [][]string{nil, {"-lease", "1s", "-heartbeat", "500ms"}, {"-gossip-profile", "local"}, {"-config", file("lease: 9s\nheartbeat: 4500ms\n")}} {
-		if _, _, _, err := parseArgs(args, io.Discard); err != nil {
-			t.Errorf("parseArgs(%q): %v", args, err)
-		}
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"defaults", nil},
+		{"heartbeat half the lease", []string{"-lease", "1s", "-heartbeat", "500ms"}},
+		{"local profile", []string{"-gossip-profile", "local"}},
+		{"heartbeat half the lease in the file", []string{"-config", file("lease: 9s\nheartbeat: 4500ms\n")}},
+	} {
+		t.Run("accepted/"+tc.name, func(t *testing.T) {
+			if _, _, _, err := parseArgs(tc.args, io.Discard); err != nil {
+				t.Errorf("parseArgs(%q): %v", tc.args, err)
+			}
+		})
 	}
 }
 

@@ -157,6 +157,21 @@ func ctlOK(t *testing.T, args ...string) result {
 	return r
 }
 
+// ctlError runs replctl (with environ, nil: env()) and fails the test
+// unless it exits with exitError and says each of want on stderr.
+func ctlError(t *testing.T, environ []string, want []string, args ...string) {
+	t.Helper()
+	r := ctl(t, environ, args...)
+	if r.code != exitError {
+		t.Fatalf("replctl %q: exit %d, want %d: %v", args, r.code, exitError, r)
+	}
+	for _, w := range want {
+		if !strings.Contains(r.stderr, w) {
+			t.Fatalf("replctl %q: stderr does not say %q: %v", args, w, r)
+		}
+	}
+}
+
 // ctlJSON runs replctl -o json and decodes its output into v.
 func ctlJSON(t *testing.T, v any, args ...string) result {
 	t.Helper()
@@ -392,14 +407,22 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"status", "-nosuchflag"}, "flag provided but not defined"},
 		{[]string{"-tls-ca", "/nonexistent/ca.pem", "status"}, "-tls-ca"},
 	} {
-		r := ctl(t, nil, tc.args...)
-		if r.code != exitUsage || !strings.Contains(r.stderr, tc.want) || r.stdout != "" {
-			t.Errorf("replctl %q: want exit 2 and %q on stderr, got %v", tc.args, tc.want, r)
+		name := strings.Join(tc.args, " ")
+		if name == "" {
+			name = "no arguments"
 		}
+		t.Run(name, func(t *testing.T) {
+			r := ctl(t, nil, tc.args...)
+			if r.code != exitUsage || !strings.Contains(r.stderr, tc.want) || r.stdout != "" {
+				t.Errorf("replctl %q: want exit 2 and %q on stderr, got %v", tc.args, tc.want, r)
+			}
+		})
 	}
-	if r := ctl(t, nil, "-h"); r.code != 0 || !strings.Contains(r.stderr, "verify") {
-		t.Errorf("replctl -h: %v", r)
-	}
+	t.Run("-h", func(t *testing.T) {
+		if r := ctl(t, nil, "-h"); r.code != 0 || !strings.Contains(r.stderr, "verify") {
+			t.Errorf("replctl -h: %v", r)
+		}
+	})
 }
 
 func TestUnreachableBroker(t *testing.T) {
@@ -409,15 +432,19 @@ func TestUnreachableBroker(t *testing.T) {
 	}
 	addr := lis.Addr().String()
 	lis.Close() // nothing listens there now
-	r := ctl(t, nil, "-broker", addr, "status")
-	if r.code != exitError || !strings.Contains(r.stderr, "replctl: cannot reach broker "+addr) ||
-		!strings.Contains(r.stderr, "is replbroker running?") {
-		t.Fatalf("status against a closed port: %v", r)
-	}
-	// REPLMESH_BROKER is the default -broker.
-	r = ctl(t, env(EnvBroker+"="+addr), "consumers")
-	if r.code != exitError || !strings.Contains(r.stderr, "cannot reach broker "+addr) {
-		t.Fatalf("consumers with %s=%s: %v", EnvBroker, addr, r)
+	for _, tc := range []struct {
+		name string
+		env  []string // nil: env()
+		args []string
+		want []string // each must be on stderr
+	}{
+		{"status against a closed port", nil, []string{"-broker", addr, "status"},
+			[]string{"replctl: cannot reach broker " + addr, "is replbroker running?"}},
+		// REPLMESH_BROKER is the default -broker.
+		{"consumers with " + EnvBroker, env(EnvBroker + "=" + addr), []string{"consumers"},
+			[]string{"cannot reach broker " + addr}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { ctlError(t, tc.env, tc.want, tc.args...) })
 	}
 }
 
@@ -432,13 +459,17 @@ func TestTLS(t *testing.T) {
 	if st.Broker != "bt" {
 		t.Fatalf("status over TLS: %+v", st)
 	}
-	if r := ctl(t, nil, "-broker", addr, "-timeout", "2s", "status"); r.code != exitError || !strings.Contains(r.stderr, "broker "+addr) ||
-		!strings.Contains(r.stderr, "does the broker serve TLS?") {
-		t.Fatalf("plaintext against a TLS broker: %v", r)
-	}
-	if r := ctl(t, nil, "-broker", addr, "-tls", "-timeout", "2s", "status"); r.code != exitError || !strings.Contains(r.stderr, "certificate signed by unknown authority") ||
-		!strings.Contains(r.stderr, "pass -tls-ca") {
-		t.Fatalf("TLS without the CA: %v", r)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string // each must be on stderr
+	}{
+		{"plaintext against a TLS broker", []string{"-broker", addr, "-timeout", "2s", "status"},
+			[]string{"broker " + addr, "does the broker serve TLS?"}},
+		{"TLS without the CA", []string{"-broker", addr, "-tls", "-timeout", "2s", "status"},
+			[]string{"certificate signed by unknown authority", "pass -tls-ca"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { ctlError(t, nil, tc.want, tc.args...) })
 	}
 }
 

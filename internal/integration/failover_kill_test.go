@@ -7,10 +7,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -21,6 +19,7 @@ import (
 	"time"
 
 	"github.com/replmesh/replmesh/broker"
+	"github.com/replmesh/replmesh/internal/testutil"
 	"github.com/replmesh/replmesh/replica"
 	"github.com/replmesh/replmesh/transport"
 )
@@ -217,26 +216,22 @@ commands:
 	foOut("closed")
 }
 
-// foChild is one owner process as the parent sees it.
+// foChild is one owner process as the parent sees it: the process (a
+// testutil.Child, whose lock guards the fields below) and what its reports
+// said.
 type foChild struct {
+	*testutil.Child
 	name    string // instance
 	run     int
-	cmd     *exec.Cmd
-	stdin   io.WriteCloser
-	exited  chan struct{}
 	replies chan string // answers to commands
 
-	mu      sync.Mutex
-	waitErr error
-	output  bytes.Buffer // stderr and unprefixed stdout
-	bad     []string
-	opened  bool
-	logID   string
-	role    string
-	epoch   uint64
-	roles   []foRole
-	acks    []foAck
-	closed  bool
+	opened bool
+	logID  string
+	role   string
+	epoch  uint64
+	roles  []foRole
+	acks   []foAck
+	closed bool
 }
 
 type foRole struct {
@@ -252,37 +247,23 @@ type foAck struct {
 	at  time.Time // the parent's clock when the line was read
 }
 
-func (c *foChild) String() string { return fmt.Sprintf("%s (run %d)", c.name, c.run) }
-
-func (c *foChild) Write(p []byte) (int, error) { // stderr
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.output.Write(p)
-}
-
-func (c *foChild) parse(line string, at time.Time) {
-	rest, ok := strings.CutPrefix(line, foOutPrefix)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !ok {
-		c.output.WriteString(line + "\n")
-		return
-	}
+// parse handles one report line (without its prefix; "bad" lines are the
+// Child's), under the child's lock.
+func (c *foChild) parse(rest string, at time.Time) {
+	line := foOutPrefix + rest
 	f := strings.Fields(rest)
 	num := func(i int) uint64 {
 		if i >= len(f) {
-			c.bad = append(c.bad, "short line: "+line)
+			c.Problem("short line: " + line)
 			return 0
 		}
 		v, err := strconv.ParseUint(f[i], 10, 64)
 		if err != nil {
-			c.bad = append(c.bad, "bad number in: "+line)
+			c.Problem("bad number in: " + line)
 		}
 		return v
 	}
 	switch f[0] {
-	case "bad":
-		c.bad = append(c.bad, rest)
 	case "open":
 		c.opened = true
 		if len(f) > 4 {
@@ -293,7 +274,7 @@ func (c *foChild) parse(line string, at time.Time) {
 		c.roles = append(c.roles, foRole{role: c.role, epoch: c.epoch, head: num(3), at: at})
 	case "ack":
 		if len(f) < 3 {
-			c.bad = append(c.bad, "short line: "+line)
+			c.Problem("short line: " + line)
 			return
 		}
 		c.acks = append(c.acks, foAck{seq: num(1), key: f[2], at: at})
@@ -301,21 +282,17 @@ func (c *foChild) parse(line string, at time.Time) {
 		select {
 		case c.replies <- rest:
 		default:
-			c.bad = append(c.bad, "unexpected answer: "+line)
+			c.Problem("unexpected answer: " + line)
 		}
 	case "closed":
 		c.closed = true
 	default:
-		c.bad = append(c.bad, "unknown line: "+line)
+		c.Problem("unknown line: " + line)
 	}
 }
 
 // get returns f's result under the child's lock.
-func get[T any](c *foChild, f func() T) T {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return f()
-}
+func get[T any](c *foChild, f func() T) T { return testutil.Locked(c.Child, f) }
 
 // foHarness starts, commands, kills and stops the owner processes.
 type foHarness struct {
@@ -327,43 +304,21 @@ type foHarness struct {
 func (h *foHarness) start(name, dir string) *foChild {
 	h.t.Helper()
 	h.runs[name]++
-	c := &foChild{name: name, run: h.runs[name], exited: make(chan struct{}), replies: make(chan string, 1)}
-	c.cmd = exec.Command(os.Args[0], "-test.run=^TestFailoverKillChild$", "-test.count=1", "-test.timeout=5m")
-	c.cmd.Env = append(os.Environ(),
-		foRoleEnv+"=owner", foInstanceEnv+"="+name, foRunEnv+"="+strconv.Itoa(c.run),
-		foDirEnv+"="+dir, foBrokersEnv+"="+strings.Join(h.brokers, ","))
-	c.cmd.Stderr = c
-	out, err := c.cmd.StdoutPipe()
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	if c.stdin, err = c.cmd.StdinPipe(); err != nil {
-		h.t.Fatal(err)
-	}
-	if err := c.cmd.Start(); err != nil {
-		h.t.Fatalf("start %s: %v", c, err)
-	}
-	go func() {
-		sc := bufio.NewScanner(out)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			c.parse(sc.Text(), time.Now())
-		}
-		_, _ = io.Copy(io.Discard, out)
-		err := c.cmd.Wait()
-		c.mu.Lock()
-		c.waitErr = err
-		c.mu.Unlock()
-		close(c.exited)
-	}()
-	h.t.Cleanup(func() {
-		select {
-		case <-c.exited:
-		default:
-			_ = c.cmd.Process.Kill()
-			<-c.exited
-		}
+	c := &foChild{name: name, run: h.runs[name], replies: make(chan string, 1)}
+	c.Child = testutil.NewChild(h.t, testutil.ChildSpec{
+		Name: fmt.Sprintf("%s (run %d)", name, c.run),
+		Args: testutil.SelfArgs("TestFailoverKillChild", 5*time.Minute),
+		Env: append(os.Environ(),
+			foRoleEnv+"=owner", foInstanceEnv+"="+name, foRunEnv+"="+strconv.Itoa(c.run),
+			foDirEnv+"="+dir, foBrokersEnv+"="+strings.Join(h.brokers, ",")),
+		Stdin:  true,
+		Prefix: foOutPrefix,
+		Report: c.parse,
+		State: func() string {
+			return fmt.Sprintf("role %s epoch %d, %d acks", c.role, c.epoch, len(c.acks))
+		},
 	})
+	c.Start()
 	h.waitFor(c, 60*time.Second, "it to open its component", func() bool { return c.opened })
 	return c
 }
@@ -371,54 +326,31 @@ func (h *foHarness) start(name, dir string) *foChild {
 // fail reports a failure with the child's output.
 func (h *foHarness) fail(c *foChild, format string, args ...any) {
 	h.t.Helper()
-	c.mu.Lock()
-	out := c.output.String()
-	last := fmt.Sprintf("role %s epoch %d, %d acks", c.role, c.epoch, len(c.acks))
-	c.mu.Unlock()
-	if len(out) > 8000 {
-		out = "..." + out[len(out)-8000:]
-	}
-	h.t.Fatalf("%s: %s\n--- its state: %s\n--- its output:\n%s", c, fmt.Sprintf(format, args...), last, out)
+	c.Fatalf(format, args...)
 }
 
 // check fails if the child reported a problem or exited.
 func (h *foHarness) check(c *foChild) {
 	h.t.Helper()
-	if bad := get(c, func() []string { return slices.Clone(c.bad) }); len(bad) > 0 {
-		h.fail(c, "reported: %s", strings.Join(bad, "; "))
-	}
-	select {
-	case <-c.exited:
-		h.fail(c, "exited: %v", get(c, func() error { return c.waitErr }))
-	default:
-	}
+	c.Check()
 }
 
-// waitFor polls cond (called under the child's lock) until it holds,
+// waitFor waits until cond (called under the child's lock) holds,
 // failing early if the child reports a problem or exits.
 func (h *foHarness) waitFor(c *foChild, d time.Duration, what string, cond func() bool) {
 	h.t.Helper()
-	deadline := time.Now().Add(d)
-	for !get(c, cond) {
-		h.check(c)
-		if time.Now().After(deadline) {
-			h.fail(c, "timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	c.WaitFor(d, what, cond)
 }
 
 // command sends cmd and returns the child's answer.
 func (h *foHarness) command(c *foChild, cmd string) string {
 	h.t.Helper()
-	if _, err := io.WriteString(c.stdin, cmd+"\n"); err != nil {
-		h.fail(c, "command %q: %v", cmd, err)
-	}
+	c.Send(cmd)
 	select {
 	case ans := <-c.replies:
 		return ans
-	case <-c.exited:
-		h.fail(c, "exited (%v) before answering %q", get(c, func() error { return c.waitErr }), cmd)
+	case <-c.Exited():
+		h.fail(c, "exited (%v) before answering %q", c.Err(), cmd)
 	case <-time.After(30 * time.Second):
 		h.fail(c, "no answer to %q within 30s", cmd)
 	}
@@ -448,36 +380,13 @@ func (h *foHarness) digest(c *foChild) transport.DigestResponse {
 // kill SIGKILLs the child and waits until its output is read to the end.
 func (h *foHarness) kill(c *foChild) {
 	h.t.Helper()
-	if err := c.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		h.fail(c, "kill: %v", err)
-	}
-	<-c.exited
-	if bad := get(c, func() []string { return slices.Clone(c.bad) }); len(bad) > 0 {
-		h.fail(c, "reported: %s", strings.Join(bad, "; "))
-	}
+	c.Kill()
 }
 
-// waitStopped waits until the SIGSTOPped child has stopped (Linux: its
-// state in /proc is T).
+// waitStopped waits until the SIGSTOPped child has stopped.
 func (h *foHarness) waitStopped(c *foChild) {
 	h.t.Helper()
-	path := fmt.Sprintf("/proc/%d/stat", c.cmd.Process.Pid)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			h.t.Logf("cannot tell whether %s has stopped: %v", c, err)
-			return
-		}
-		// The state follows the command name in parentheses.
-		if i := bytes.LastIndexByte(b, ')'); i >= 0 && bytes.HasPrefix(b[i+1:], []byte(" T")) {
-			return
-		}
-		if time.Now().After(deadline) {
-			h.fail(c, "not stopped 10s after SIGSTOP: %s", b)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	c.WaitStopped(10 * time.Second)
 }
 
 // quit asks the child to stop and expects a clean exit (which includes the
@@ -485,20 +394,8 @@ func (h *foHarness) waitStopped(c *foChild) {
 func (h *foHarness) quit(c *foChild) {
 	h.t.Helper()
 	h.check(c)
-	if _, err := io.WriteString(c.stdin, "quit\n"); err != nil {
-		h.fail(c, "quit: %v", err)
-	}
-	select {
-	case <-c.exited:
-	case <-time.After(60 * time.Second):
-		h.fail(c, "did not exit within 60s of quit")
-	}
-	c.mu.Lock()
-	err, closed, bad := c.waitErr, c.closed, slices.Clone(c.bad)
-	c.mu.Unlock()
-	if err != nil || !closed || len(bad) > 0 {
-		h.fail(c, "unclean exit: %v (closed %v, reported %q)", err, closed, bad)
-	}
+	c.Send("quit")
+	c.ExpectCleanExit(60*time.Second, "quit", func() bool { return c.closed })
 }
 
 func sameDigest(a, b transport.DigestResponse) bool {
@@ -822,9 +719,7 @@ func TestFailover_KillPrimaryWithStandbyBehind(t *testing.T) {
 
 	// Freeze the standby; wait until the primary has committed a change
 	// after that (it cannot be on the standby).
-	if err := b.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
-		h.fail(b, "SIGSTOP: %v", err)
-	}
+	b.Signal(syscall.SIGSTOP)
 	h.waitStopped(b)
 	frozen := h.digest(a).Seq
 	deadline := time.Now().Add(30 * time.Second)

@@ -1,7 +1,10 @@
 // Package testutil holds the helpers the test suites of several packages
 // share: a logger that writes to t.Log, condition polling with a deadline
 // (tests wait for conditions, never sleep), a context bounded by the
-// test, and loopback addresses a process can come back on.
+// test, loopback addresses a process can come back on, a locked buffer for
+// logs and output, and Child: a child process (the test binary re-executed
+// in a role, or any command) read line by line, waited on, signalled and
+// killed.
 package testutil
 
 import (
