@@ -35,7 +35,9 @@ type DevCA struct {
 // behind accepts a certificate issued just now.
 const clockSkew = 5 * time.Minute
 
-// NewDevCA creates a CA for trustDomain valid for validity from now.
+// NewDevCA creates a CA for trustDomain valid for validity from now. Its
+// common name carries the start of its key's ID, so that the CAs of two
+// setups tell apart in error messages.
 func NewDevCA(trustDomain string, validity time.Duration) (*DevCA, error) {
 	td, err := spiffeid.TrustDomainFromString(trustDomain)
 	if err != nil {
@@ -59,7 +61,7 @@ func NewDevCA(trustDomain string, validity time.Duration) (*DevCA, error) {
 	now := time.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: "replmesh dev CA " + td.Name(), Organization: []string{"replmesh"}},
+		Subject:               pkix.Name{CommonName: fmt.Sprintf("replmesh dev CA %s %x", td.Name(), skid[:4]), Organization: []string{"replmesh"}},
 		NotBefore:             now.Add(-clockSkew),
 		NotAfter:              now.Add(validity),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
