@@ -28,6 +28,13 @@
 //	mode set SERVICE/TABLE MODE set the broker override (push, pull or auto;
 //	                            "clear" removes it)
 //	mode list                   the overrides in force
+//	tls ca create               write a development CA (ca.pem, ca-key.pem;
+//	                            -dir, -trust-domain, -days, -force)
+//	tls cert create             write a certificate and key signed by it,
+//	                            with the SPIFFE ID of -service S -instance I,
+//	                            -admin NAME, -operator NAME or -broker NAME
+//	                            (-ca-dir, -dir, -name, -days, -ip, -dns,
+//	                            -force)
 //
 // Flags may come before or after the command and among its arguments; "--"
 // ends them (for a KEY that begins with "-"):
@@ -52,7 +59,7 @@
 // renders it (the same document as replbroker's /api/status); the other
 // commands print the structs documented in this package (tableRow,
 // consumerRow, getResult, keysResult, changeLine one per line for tail,
-// verifyReport, modeResult). Every key is snake_case. Keys and values
+// verifyReport, modeResult, tlsResult). Every key is snake_case. Keys and values
 // appear as "key" / "value" when they are valid UTF-8, always as "key_hex"
 // / "value_hex", and a value that is msgpack (a typed table's) also as
 // "value_msgpack", decoded to JSON.
@@ -152,6 +159,7 @@ func init() {
 		{"tail", "SERVICE/TABLE", "follow the table's changes live", (*cli).tail},
 		{"verify", "SERVICE/TABLE", "compare digests of the owner instances; check consumers' positions", (*cli).verify},
 		{"mode", "set SERVICE/TABLE MODE | list", "set (push, pull, auto, clear) or list the broker's mode overrides", (*cli).mode},
+		{"tls", "ca create | cert create", "write a development CA, or a certificate with a replmesh identity", (*cli).tls},
 	}
 }
 
