@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"time"
 
@@ -503,7 +502,7 @@ func replan(st *transport.Start, pos position, printed, fromFlag bool) (next pos
 		// The epoch was a guess: take the owner's word for it.
 		next.Epoch = epochOf(st.Epochs, next.Seq, st.Epoch)
 	default:
-		if end := epochEnd(st.Epochs, next.Epoch); next.Seq >= end {
+		if end := st.Epochs.End(next.Epoch); next.Seq >= end {
 			// Changes of our epoch past the point where that epoch ended
 			// in the owner's history: a deposed primary wrote them and
 			// they are lost. The history goes on after end-1.
@@ -534,33 +533,13 @@ func replan(st *transport.Start, pos position, printed, fromFlag bool) (next pos
 }
 
 // epochOf returns the epoch in which seq was written according to the
-// epoch history hist (oldest first), or dflt when hist says nothing.
-func epochOf(hist []transport.EpochStart, seq, dflt uint64) uint64 {
-	e, found := uint64(0), false
-	for _, h := range hist {
-		if h.Seq > seq {
-			break
-		}
-		e, found = h.Epoch, true
+// epoch history hist, or dflt when hist is empty (an owner that sends
+// none: the epoch it is at is the best guess).
+func epochOf(hist transport.EpochHistory, seq, dflt uint64) uint64 {
+	if len(hist) == 0 {
+		return dflt
 	}
-	if !found {
-		if len(hist) == 0 {
-			return dflt
-		}
-		return 0
-	}
-	return e
-}
-
-// epochEnd returns the first seq after epoch e in hist (where the next
-// epoch began), or MaxUint64 when e is the newest epoch there.
-func epochEnd(hist []transport.EpochStart, e uint64) uint64 {
-	for _, h := range hist {
-		if h.Epoch > e {
-			return h.Seq
-		}
-	}
-	return math.MaxUint64
+	return hist.EpochOf(seq)
 }
 
 func (tl *tailer) print(ch *transport.Change) error {

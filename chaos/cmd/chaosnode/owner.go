@@ -119,18 +119,7 @@ func (n *node) history() (*chaos.History, error) {
 	if h.Complete {
 		return h, nil
 	}
-	return n.readLog(ctx, logID, h.First-1, epochOf(h.Epochs, h.First-1))
-}
-
-func epochOf(hist []transport.EpochStart, seq uint64) uint64 {
-	var e uint64
-	for _, h := range hist {
-		if h.Seq > seq {
-			break
-		}
-		e = h.Epoch
-	}
-	return e
+	return n.readLog(ctx, logID, h.First-1, h.Epochs.EpochOf(h.First-1))
 }
 
 // readLog opens a stream at (logID, from, epoch). When the owner resumes
