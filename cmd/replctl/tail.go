@@ -283,25 +283,35 @@ func (tl *tailer) stream(ctx context.Context, repl *transport.ReplicationClient,
 	// it (a silent owner, or a primary that moved).
 	sctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	stream, err := repl.Subscribe(sctx)
-	if err != nil {
-		return false, err
-	}
-	defer stream.CloseSend()
 	watchdog := time.AfterFunc(peerTimeout, func() {
 		cancel(fmt.Errorf("%w: no frame from the owner for %s", transport.ErrUnavailable, peerTimeout))
 	})
 	defer watchdog.Stop()
+	// streamErr says why the stream failed: the cause this side gave when
+	// it ended it, or the owner's end of it.
+	streamErr := func(err error) error {
+		if ctx.Err() == nil && sctx.Err() != nil {
+			return context.Cause(sctx)
+		}
+		if errors.Is(err, io.EOF) {
+			return fmt.Errorf("%w: the owner ended the stream", transport.ErrUnavailable)
+		}
+		return err
+	}
+	stream, st, err := repl.OpenSubscribe(sctx, &transport.Open{
+		Version: transport.ProtocolVersion, Service: tl.c.service, Instance: tl.instance, Table: tl.table,
+		LogID: tl.pos.LogID, Seq: tl.pos.Seq, Epoch: tl.pos.Epoch, Mode: transport.ModePush,
+	})
+	if err != nil {
+		return false, streamErr(err)
+	}
+	defer stream.Close()
+	defer stream.CloseSend()
+	watchdog.Reset(peerTimeout)
 	recv := func() (*transport.OwnerFrame, error) {
 		f, err := stream.Recv()
 		if err != nil {
-			if ctx.Err() == nil && sctx.Err() != nil {
-				return nil, context.Cause(sctx)
-			}
-			if errors.Is(err, io.EOF) {
-				return nil, fmt.Errorf("%w: the owner ended the stream", transport.ErrUnavailable)
-			}
-			return nil, transport.FromStatus(err)
+			return nil, streamErr(err)
 		}
 		watchdog.Reset(peerTimeout)
 		return f, nil
@@ -313,27 +323,9 @@ func (tl *tailer) stream(ctx context.Context, repl *transport.ReplicationClient,
 			// sent before it ended it (changes to print), then why.
 			return nil
 		}
-		return transport.FromStatus(err)
+		return err
 	}
 
-	err = stream.Send(&transport.ConsumerFrame{Kind: transport.KindOpen, Open: &transport.Open{
-		Version: transport.ProtocolVersion, Service: tl.c.service, Instance: tl.instance, Table: tl.table,
-		LogID: tl.pos.LogID, Seq: tl.pos.Seq, Epoch: tl.pos.Epoch, Mode: transport.ModePush,
-	}})
-	if err != nil {
-		return false, transport.FromStatus(err)
-	}
-	f, err := recv()
-	if err != nil {
-		return false, err
-	}
-	if f.Kind != transport.KindStart || f.Start == nil {
-		return false, fmt.Errorf("%w: the owner's first frame is %s, want start", transport.ErrBadRequest, f.Kind)
-	}
-	st := f.Start
-	if err := transport.CheckVersion(st.Version); err != nil {
-		return false, err
-	}
 	if st.Epoch < minEpoch {
 		return false, fmt.Errorf("%w: the owner is at epoch %d, the brokers' primary at epoch %d: %w",
 			transport.ErrUnavailable, st.Epoch, minEpoch, errDeposed)
