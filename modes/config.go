@@ -311,6 +311,9 @@ func (c *Config) validate(v *validator, checkVersion bool) {
 	}
 }
 
+// nameRE is transport.ValidName's rule (1-128 characters of A-Z a-z 0-9
+// _ . -). modes imports nothing of replmesh, so it holds the rule again;
+// TestTableNames_AgreeWithTransport keeps the two the same.
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,128}$`)
 
 // checkTableName returns "" for a good "SERVICE/TABLE" name, else why not.
