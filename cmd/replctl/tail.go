@@ -149,7 +149,7 @@ func (tl *tailer) run(ctx context.Context, owner transport.ServiceOwner) error {
 	tl.watch = &cli{stdout: io.Discard, stderr: io.Discard, brokerFlag: tl.c.brokerFlag, timeout: tl.c.timeout,
 		service: tl.c.service, topts: tl.c.topts, conns: map[string]*conn{}}
 	defer tl.watch.close()
-	backoff := minRetry
+	backoff := transport.Backoff{Min: minRetry, Max: maxRetry}
 	for {
 		started := tl.started
 		err := tl.follow(ctx, owner)
@@ -160,18 +160,17 @@ func (tl *tailer) run(ctx context.Context, owner transport.ServiceOwner) error {
 			return err
 		}
 		if tl.started > started {
-			backoff = minRetry
+			backoff.Reset()
 		}
 		for {
-			tl.retry.failed(tl.c.stderr, time.Now(), tl.service+"/"+tl.table, err, backoff)
-			t := time.NewTimer(backoff)
+			tl.retry.failed(tl.c.stderr, time.Now(), tl.service+"/"+tl.table, err, backoff.Current())
+			t := time.NewTimer(backoff.Next())
 			select {
 			case <-t.C:
 			case <-ctx.Done():
 				t.Stop()
 				return nil
 			}
-			backoff = min(2*backoff, maxRetry)
 			owner, err = tl.c.primaryOf(ctx, tl.service)
 			if err == nil {
 				break
