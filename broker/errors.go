@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"regexp"
 
 	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/transport"
@@ -43,19 +42,18 @@ const (
 // next grant to 0 and have the broker grant again on every step.
 const MaxEpoch = 1 << 62
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,128}$`)
-
 // validName reports whether s is a usable service, instance, table or
-// broker name: 1-128 characters of A-Z a-z 0-9 _ . -
-func validName(s string) bool { return nameRE.MatchString(s) }
+// broker name (transport.ValidName: the one rule).
+func validName(s string) bool { return transport.ValidName(s) }
 
 func badRequest(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{transport.ErrBadRequest}, args...)...)
 }
 
+// checkName is transport.CheckName as a bad request.
 func checkName(what, s string) error {
-	if !validName(s) {
-		return badRequest("%s %q must be 1-128 characters of A-Z a-z 0-9 _ . -", what, s)
+	if err := transport.CheckName(what, s); err != nil {
+		return fmt.Errorf("%w: %w", transport.ErrBadRequest, err)
 	}
 	return nil
 }

@@ -200,7 +200,7 @@ type Row struct {
 // History is an owner's change log as its Subscribe stream serves it.
 type History struct {
 	LogID  string                 `json:"log_id"`
-	Epochs []transport.EpochStart `json:"epochs"`
+	Epochs transport.EpochHistory `json:"epochs"`
 	First  uint64                 `json:"first"` // the first seq in Changes
 	Head   uint64                 `json:"head"`
 	// Complete: Changes start at seq 1 (the log was never trimmed or

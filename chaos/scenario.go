@@ -189,7 +189,7 @@ func runScenarioErr(ctx context.Context, sc scenario, bin, root string, rn *real
 	tr := &truth{h: hist}
 	checkState(res.v, "primary "+primary.name, ops, prim, tr)
 	res.historyLen = len(hist.Changes)
-	res.finalEpoch = epochOf(hist.Epochs, hist.Head)
+	res.finalEpoch = hist.Epochs.EpochOf(hist.Head)
 	if !hist.Complete {
 		res.notes = append(res.notes, fmt.Sprintf("the final primary's log starts at seq %d (trimmed by retention, or its copy began with a full transfer): acknowledged writes before it are checked in the rows only", hist.First))
 	}

@@ -9,8 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/replmesh/replmesh/transport"
 )
 
 // violations collects what a check found, with a few examples per kind.
@@ -225,7 +223,7 @@ func checkHistory(v *violations, t *truth, ops []*op, rows map[string][]byte) (c
 	for i := range h.Changes {
 		c := &h.Changes[i]
 		bySeq[c.Seq] = c
-		if want := epochOf(h.Epochs, c.Seq); c.Epoch != want {
+		if want := h.Epochs.EpochOf(c.Seq); c.Epoch != want {
 			v.add(vHistory, "history: seq %d has epoch %d, its epoch history says %d", c.Seq, c.Epoch, want)
 		}
 		if c.Epoch < prevEpoch {
@@ -286,17 +284,6 @@ func sameRows(a, b map[string][]byte) bool {
 	return true
 }
 
-func epochOf(hist []transport.EpochStart, seq uint64) uint64 {
-	var e uint64
-	for _, h := range hist {
-		if h.Seq > seq {
-			break
-		}
-		e = h.Epoch
-	}
-	return e
-}
-
 // applyStats is what one consumer's apply log says.
 type applyStats struct {
 	changes       int // C records
@@ -352,7 +339,7 @@ func checkApplyLog(v *violations, name, path string, t *truth) (applyStats, erro
 			if h == nil || c.seq > h.Head {
 				continue
 			}
-			want := epochOf(h.Epochs, c.seq)
+			want := h.Epochs.EpochOf(c.seq)
 			hc := bySeq[c.seq]
 			bad := c.epoch != want || hc != nil && (hc.Key != c.key || hc.Delete != c.del)
 			switch {

@@ -84,7 +84,7 @@ func TestCheckState_UnknownGroupIsAllOrNothing(t *testing.T) {
 
 func TestCheckApplyLog(t *testing.T) {
 	hist := &History{
-		Epochs: []transport.EpochStart{{Epoch: 1, Seq: 1}, {Epoch: 2, Seq: 4}},
+		Epochs: transport.EpochHistory{{Epoch: 1, Seq: 1}, {Epoch: 2, Seq: 4}},
 		First:  1, Head: 5, Complete: true,
 		Changes: []HistoryChange{
 			{Seq: 1, Epoch: 1, Key: "a", TxnEnd: true}, {Seq: 2, Epoch: 1, Key: "b", TxnEnd: true},
@@ -139,7 +139,7 @@ func TestCheckApplyLog(t *testing.T) {
 // (a deposed primary's) is a violation, however it came about: lease
 // fencing leaves no window in which it is expected.
 func TestCheckApplyLog_StaleEpochChange(t *testing.T) {
-	hist := &History{Epochs: []transport.EpochStart{{Epoch: 1, Seq: 1}, {Epoch: 2, Seq: 3}}, First: 1, Head: 3, Complete: true,
+	hist := &History{Epochs: transport.EpochHistory{{Epoch: 1, Seq: 1}, {Epoch: 2, Seq: 3}}, First: 1, Head: 3, Complete: true,
 		Changes: []HistoryChange{{Seq: 1, Epoch: 1, Key: "a", TxnEnd: true}, {Seq: 2, Epoch: 1, Key: "b", TxnEnd: true}, {Seq: 3, Epoch: 2, Key: "c", TxnEnd: true}}}
 	at := time.Unix(1000, 0)
 	log := "S 2 1\nC 3 1 1 p x\nE 3 " + strconv.FormatInt(at.UnixNano(), 10) + "\n"
@@ -157,7 +157,7 @@ func TestCheckApplyLog_StaleEpochChange(t *testing.T) {
 }
 
 func TestCheckHistory(t *testing.T) {
-	hist := &History{Epochs: []transport.EpochStart{{Epoch: 1, Seq: 1}}, First: 1, Head: 2, Complete: true,
+	hist := &History{Epochs: transport.EpochHistory{{Epoch: 1, Seq: 1}}, First: 1, Head: 2, Complete: true,
 		Changes: []HistoryChange{{Seq: 1, Epoch: 1, Key: "u/0/1", Value: []byte("a"), TxnEnd: true}, {Seq: 2, Epoch: 1, Key: "u/0/2", Value: []byte("b"), TxnEnd: true}}}
 	rows := map[string][]byte{"u/0/1": []byte("a"), "u/0/2": []byte("b")}
 	ops := []*op{okOp(1, opUnique, 1, w("u/0/1", "a")), okOp(2, opUnique, 2, w("u/0/2", "b"))}

@@ -112,11 +112,31 @@ type AutoSettings struct {
 	MinDwell time.Duration // >= 0
 }
 
-// Retention is the resolved RetentionConfig; zero fields are unlimited.
+// Retention says how much change log an owner keeps for a table: the
+// resolved RetentionConfig. A consumer whose seq is older than the log's
+// first entry gets a full transfer. Zero fields are unlimited. It is the
+// one retention type: a component's config holds one as its default for
+// every owned table, and a modes file's entry overrides it field by field
+// (RetentionConfig.Over).
 type Retention struct {
 	MaxChanges uint64
 	MaxBytes   int64
 	MaxAge     time.Duration
+}
+
+// DefaultRetention returns the built-in retention: 1,000,000 changes,
+// 1 GiB, 24h (DefaultMaxChanges, DefaultMaxBytes, DefaultMaxAge).
+func DefaultRetention() Retention {
+	return Retention{MaxChanges: DefaultMaxChanges, MaxBytes: DefaultMaxBytes, MaxAge: DefaultMaxAge}
+}
+
+// Over returns base with each field that c sets replaced by c's value: a
+// file entry's retention over a component's default.
+func (c RetentionConfig) Over(base Retention) Retention {
+	set(&base.MaxChanges, c.MaxChanges)
+	set(&base.MaxBytes, c.MaxBytes)
+	set(&base.MaxAge, c.MaxAge)
+	return base
 }
 
 // DefaultSettings returns the built-in defaults: push; pull every second
@@ -128,7 +148,7 @@ func DefaultSettings() Settings {
 		Pull: PullSettings{Interval: DefaultPullInterval, MaxStaleness: DefaultMaxStaleness},
 		Auto: AutoSettings{Ratio: DefaultRatio, LowRatio: DefaultRatio / 2,
 			Window: DefaultWindow, MinDwell: DefaultWindow},
-		Retention: Retention{MaxChanges: DefaultMaxChanges, MaxBytes: DefaultMaxBytes, MaxAge: DefaultMaxAge},
+		Retention: DefaultRetention(),
 	}
 }
 
@@ -208,9 +228,7 @@ func settle(m TableConfig) Settings {
 	set(&s.Auto.LowRatio, m.Auto.LowRatio)
 	s.Auto.MinDwell = s.Auto.Window
 	set(&s.Auto.MinDwell, m.Auto.MinDwell)
-	set(&s.Retention.MaxChanges, m.Retention.MaxChanges)
-	set(&s.Retention.MaxBytes, m.Retention.MaxBytes)
-	set(&s.Retention.MaxAge, m.Retention.MaxAge)
+	s.Retention = m.Retention.Over(s.Retention)
 	return s
 }
 
@@ -311,6 +329,9 @@ func (c *Config) validate(v *validator, checkVersion bool) {
 	}
 }
 
+// nameRE is transport.ValidName's rule (1-128 characters of A-Z a-z 0-9
+// _ . -). modes imports nothing of replmesh, so it holds the rule again;
+// TestTableNames_AgreeWithTransport keeps the two the same.
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,128}$`)
 
 // checkTableName returns "" for a good "SERVICE/TABLE" name, else why not.

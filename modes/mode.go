@@ -71,20 +71,40 @@ func (m Mode) MarshalText() ([]byte, error) {
 	return []byte(modeNames[m]), nil
 }
 
-// UnmarshalText implements encoding.TextUnmarshaler: the empty string is
-// Unset, anything else goes through ParseMode. (The YAML config file is
-// stricter: it rejects an empty mode; leave the key out to inherit.)
+// UnmarshalText implements encoding.TextUnmarshaler with ParseWire's
+// rules: the empty string is Unset, anything else goes through ParseMode.
+// (The YAML config file is stricter: it rejects an empty mode; leave the
+// key out to inherit.)
 func (m *Mode) UnmarshalText(b []byte) error {
-	if len(b) == 0 {
-		*m = Unset
-		return nil
-	}
-	v, err := ParseMode(string(b))
+	v, err := ParseWire(string(b))
 	if err != nil {
 		return err
 	}
 	*m = v
 	return nil
+}
+
+// ParseWire parses a mode as it travels in a message: the mode fields of
+// the transport frames (Open.Mode, Start.Mode, ConsumerFrame.Mode) and of
+// the broker's messages (overrides, registered table and subscription
+// modes). The empty string is Unset ("not set": the next level decides;
+// for Open it means push); anything else goes through ParseMode, whose
+// error names the bad value. Wire is its inverse: ParseWire(m.Wire())
+// returns m for Unset, Push, Pull and Auto.
+func ParseWire(s string) (Mode, error) {
+	if s == "" {
+		return Unset, nil
+	}
+	return ParseMode(s)
+}
+
+// Wire returns m as it travels in a message (see ParseWire): "" for
+// Unset, else its text form.
+func (m Mode) Wire() string {
+	if m == Unset {
+		return ""
+	}
+	return m.String()
 }
 
 // Set implements flag.Value with the same rules as UnmarshalText, so

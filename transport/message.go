@@ -100,7 +100,7 @@ type Open struct {
 }
 
 // EpochStart records that epoch Epoch began at seq Seq in a table's log.
-// An owner's list of them (oldest first) tells where each epoch ended, so a
+// An owner's list of them (oldest first, an EpochHistory) tells where each epoch ended, so a
 // consumer that holds changes of an epoch beyond that end (written by a
 // deposed primary and lost in a failover) is detected.
 type EpochStart struct {
@@ -118,7 +118,7 @@ type Start struct {
 	FirstSeq uint64 `msgpack:"first"` // oldest seq still in the owner's log
 	Resume   bool   `msgpack:"resume"`
 	// Epochs is the owner's epoch history (standbys copy it).
-	Epochs []EpochStart `msgpack:"eps,omitempty"`
+	Epochs EpochHistory `msgpack:"eps,omitempty"`
 	// Mode is the owner's default mode for the table ("push", "pull",
 	// "auto"; empty: push), the lowest level of the mode precedence.
 	Mode string `msgpack:"mode,omitempty"`

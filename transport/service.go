@@ -105,7 +105,9 @@ func NewReplicationClient(cc grpc.ClientConnInterface) *ReplicationClient {
 	return &ReplicationClient{cc: cc}
 }
 
-// Subscribe opens a Subscribe stream. The caller sends Open first.
+// Subscribe opens a raw Subscribe stream: the caller sends Open first,
+// checks the Start and maps the stream's status errors itself (FromStatus).
+// OpenSubscribe does all three; prefer it.
 func (c *ReplicationClient) Subscribe(ctx context.Context, opts ...grpc.CallOption) (SubscribeClient, error) {
 	s, err := c.cc.NewStream(ctx, &ReplicationServiceDesc.Streams[0], "/"+ReplicationServiceName+"/Subscribe", opts...)
 	if err != nil {

@@ -181,10 +181,12 @@ func printOverrides(w io.Writer, ovr map[string]string) {
 }
 
 // effectiveMode applies the precedence broker override > subscription
-// option > owner's table default > push, and says which level won.
+// option > owner's table default > push to the modes the broker reports
+// (wire strings), and says which level won. A level that is not set, or
+// holds a mode this build does not know, does not win.
 func effectiveMode(override, sub, owner string) (mode, source string) {
 	for _, l := range []struct{ m, src string }{{override, "override"}, {sub, "subscription"}, {owner, "owner"}} {
-		if m, err := modes.ParseMode(l.m); err == nil {
+		if m, err := modes.ParseWire(l.m); err == nil && m != modes.Unset {
 			return m.String(), l.src
 		}
 	}
@@ -247,13 +249,11 @@ func (c *cli) modeSet(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	mode := ""
+	var m modes.Mode // Unset: clear the override
 	if pos[1] != "clear" {
-		m, err := modes.ParseMode(pos[1])
-		if err != nil {
+		if m, err = modes.ParseMode(pos[1]); err != nil {
 			return usagef("mode set: %v, or clear to remove the override", err)
 		}
-		mode = m.String()
 		// An unknown table is allowed (its owner may register later), but
 		// it is more often a typo: say so.
 		st, err := c.brokerStatus(ctx)
@@ -268,6 +268,7 @@ func (c *cli) modeSet(ctx context.Context, args []string) error {
 			_ = textf(c.stderr, "replctl: warning: %s; the override is set anyway and applies if the table appears (-strict refuses)\n", why)
 		}
 	}
+	mode := m.Wire()
 	var res *transport.SetModeResponse
 	err = c.callBroker(ctx, "mode set", func(ctx context.Context, b *transport.BrokerClient) error {
 		var err error

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"time"
 
@@ -150,7 +149,7 @@ func (tl *tailer) run(ctx context.Context, owner transport.ServiceOwner) error {
 	tl.watch = &cli{stdout: io.Discard, stderr: io.Discard, brokerFlag: tl.c.brokerFlag, timeout: tl.c.timeout,
 		service: tl.c.service, topts: tl.c.topts, conns: map[string]*conn{}}
 	defer tl.watch.close()
-	backoff := minRetry
+	backoff := transport.Backoff{Min: minRetry, Max: maxRetry}
 	for {
 		started := tl.started
 		err := tl.follow(ctx, owner)
@@ -161,18 +160,17 @@ func (tl *tailer) run(ctx context.Context, owner transport.ServiceOwner) error {
 			return err
 		}
 		if tl.started > started {
-			backoff = minRetry
+			backoff.Reset()
 		}
 		for {
-			tl.retry.failed(tl.c.stderr, time.Now(), tl.service+"/"+tl.table, err, backoff)
-			t := time.NewTimer(backoff)
+			tl.retry.failed(tl.c.stderr, time.Now(), tl.service+"/"+tl.table, err, backoff.Current())
+			t := time.NewTimer(backoff.Next())
 			select {
 			case <-t.C:
 			case <-ctx.Done():
 				t.Stop()
 				return nil
 			}
-			backoff = min(2*backoff, maxRetry)
 			owner, err = tl.c.primaryOf(ctx, tl.service)
 			if err == nil {
 				break
@@ -284,25 +282,35 @@ func (tl *tailer) stream(ctx context.Context, repl *transport.ReplicationClient,
 	// it (a silent owner, or a primary that moved).
 	sctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	stream, err := repl.Subscribe(sctx)
-	if err != nil {
-		return false, err
-	}
-	defer stream.CloseSend()
 	watchdog := time.AfterFunc(peerTimeout, func() {
 		cancel(fmt.Errorf("%w: no frame from the owner for %s", transport.ErrUnavailable, peerTimeout))
 	})
 	defer watchdog.Stop()
+	// streamErr says why the stream failed: the cause this side gave when
+	// it ended it, or the owner's end of it.
+	streamErr := func(err error) error {
+		if ctx.Err() == nil && sctx.Err() != nil {
+			return context.Cause(sctx)
+		}
+		if errors.Is(err, io.EOF) {
+			return fmt.Errorf("%w: the owner ended the stream", transport.ErrUnavailable)
+		}
+		return err
+	}
+	stream, st, err := repl.OpenSubscribe(sctx, &transport.Open{
+		Version: transport.ProtocolVersion, Service: tl.c.service, Instance: tl.instance, Table: tl.table,
+		LogID: tl.pos.LogID, Seq: tl.pos.Seq, Epoch: tl.pos.Epoch, Mode: transport.ModePush,
+	})
+	if err != nil {
+		return false, streamErr(err)
+	}
+	defer stream.Close()
+	defer stream.CloseSend()
+	watchdog.Reset(peerTimeout)
 	recv := func() (*transport.OwnerFrame, error) {
 		f, err := stream.Recv()
 		if err != nil {
-			if ctx.Err() == nil && sctx.Err() != nil {
-				return nil, context.Cause(sctx)
-			}
-			if errors.Is(err, io.EOF) {
-				return nil, fmt.Errorf("%w: the owner ended the stream", transport.ErrUnavailable)
-			}
-			return nil, transport.FromStatus(err)
+			return nil, streamErr(err)
 		}
 		watchdog.Reset(peerTimeout)
 		return f, nil
@@ -314,27 +322,9 @@ func (tl *tailer) stream(ctx context.Context, repl *transport.ReplicationClient,
 			// sent before it ended it (changes to print), then why.
 			return nil
 		}
-		return transport.FromStatus(err)
+		return err
 	}
 
-	err = stream.Send(&transport.ConsumerFrame{Kind: transport.KindOpen, Open: &transport.Open{
-		Version: transport.ProtocolVersion, Service: tl.c.service, Instance: tl.instance, Table: tl.table,
-		LogID: tl.pos.LogID, Seq: tl.pos.Seq, Epoch: tl.pos.Epoch, Mode: transport.ModePush,
-	}})
-	if err != nil {
-		return false, transport.FromStatus(err)
-	}
-	f, err := recv()
-	if err != nil {
-		return false, err
-	}
-	if f.Kind != transport.KindStart || f.Start == nil {
-		return false, fmt.Errorf("%w: the owner's first frame is %s, want start", transport.ErrBadRequest, f.Kind)
-	}
-	st := f.Start
-	if err := transport.CheckVersion(st.Version); err != nil {
-		return false, err
-	}
 	if st.Epoch < minEpoch {
 		return false, fmt.Errorf("%w: the owner is at epoch %d, the brokers' primary at epoch %d: %w",
 			transport.ErrUnavailable, st.Epoch, minEpoch, errDeposed)
@@ -503,7 +493,7 @@ func replan(st *transport.Start, pos position, printed, fromFlag bool) (next pos
 		// The epoch was a guess: take the owner's word for it.
 		next.Epoch = epochOf(st.Epochs, next.Seq, st.Epoch)
 	default:
-		if end := epochEnd(st.Epochs, next.Epoch); next.Seq >= end {
+		if end := st.Epochs.End(next.Epoch); next.Seq >= end {
 			// Changes of our epoch past the point where that epoch ended
 			// in the owner's history: a deposed primary wrote them and
 			// they are lost. The history goes on after end-1.
@@ -534,33 +524,13 @@ func replan(st *transport.Start, pos position, printed, fromFlag bool) (next pos
 }
 
 // epochOf returns the epoch in which seq was written according to the
-// epoch history hist (oldest first), or dflt when hist says nothing.
-func epochOf(hist []transport.EpochStart, seq, dflt uint64) uint64 {
-	e, found := uint64(0), false
-	for _, h := range hist {
-		if h.Seq > seq {
-			break
-		}
-		e, found = h.Epoch, true
+// epoch history hist, or dflt when hist is empty (an owner that sends
+// none: the epoch it is at is the best guess).
+func epochOf(hist transport.EpochHistory, seq, dflt uint64) uint64 {
+	if len(hist) == 0 {
+		return dflt
 	}
-	if !found {
-		if len(hist) == 0 {
-			return dflt
-		}
-		return 0
-	}
-	return e
-}
-
-// epochEnd returns the first seq after epoch e in hist (where the next
-// epoch began), or MaxUint64 when e is the newest epoch there.
-func epochEnd(hist []transport.EpochStart, e uint64) uint64 {
-	for _, h := range hist {
-		if h.Epoch > e {
-			return h.Seq
-		}
-	}
-	return math.MaxUint64
+	return hist.EpochOf(seq)
 }
 
 func (tl *tailer) print(ch *transport.Change) error {

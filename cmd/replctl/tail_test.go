@@ -18,7 +18,7 @@ import (
 )
 
 func TestReplan(t *testing.T) {
-	hist := []transport.EpochStart{{Epoch: 1, Seq: 1}, {Epoch: 2, Seq: 8}}
+	hist := transport.EpochHistory{{Epoch: 1, Seq: 1}, {Epoch: 2, Seq: 8}}
 	start := func(head, first uint64) *transport.Start {
 		return &transport.Start{Version: transport.ProtocolVersion, LogID: "L", Epoch: 2, HeadSeq: head, FirstSeq: first, Epochs: hist}
 	}

@@ -119,18 +119,7 @@ func (n *node) history() (*chaos.History, error) {
 	if h.Complete {
 		return h, nil
 	}
-	return n.readLog(ctx, logID, h.First-1, epochOf(h.Epochs, h.First-1))
-}
-
-func epochOf(hist []transport.EpochStart, seq uint64) uint64 {
-	var e uint64
-	for _, h := range hist {
-		if h.Seq > seq {
-			break
-		}
-		e = h.Epoch
-	}
-	return e
+	return n.readLog(ctx, logID, h.First-1, h.Epochs.EpochOf(h.First-1))
 }
 
 // readLog opens a stream at (logID, from, epoch). When the owner resumes
@@ -144,25 +133,14 @@ func (n *node) readLog(ctx context.Context, logID string, from, epoch uint64) (*
 		return nil, err
 	}
 	defer conn.Close()
-	stream, err := transport.NewReplicationClient(conn).Subscribe(ctx)
+	stream, st, err := transport.NewReplicationClient(conn).OpenSubscribe(ctx, &transport.Open{
+		Version: transport.ProtocolVersion, Service: "chaos-audit", Instance: n.name + "-audit",
+		Table: n.own.Name(), LogID: logID, Seq: from, Epoch: epoch,
+	})
 	if err != nil {
 		return nil, err
 	}
-	err = stream.Send(&transport.ConsumerFrame{Kind: transport.KindOpen, Open: &transport.Open{
-		Version: transport.ProtocolVersion, Service: "chaos-audit", Instance: n.name + "-audit",
-		Table: n.own.Name(), LogID: logID, Seq: from, Epoch: epoch,
-	}})
-	if err != nil {
-		return nil, transport.FromStatus(err)
-	}
-	f, err := stream.Recv()
-	if err != nil {
-		return nil, transport.FromStatus(err)
-	}
-	if f.Kind != transport.KindStart || f.Start == nil {
-		return nil, fmt.Errorf("history: first frame is %s", f.Kind)
-	}
-	st := f.Start
+	defer stream.Close()
 	h := &chaos.History{LogID: st.LogID, Epochs: st.Epochs, First: st.FirstSeq, Head: st.HeadSeq}
 	if !st.Resume {
 		return h, nil
@@ -172,7 +150,7 @@ func (n *node) readLog(ctx context.Context, logID string, from, epoch uint64) (*
 	for last < st.HeadSeq {
 		f, err := stream.Recv()
 		if err != nil {
-			return nil, fmt.Errorf("history at seq %d of %d: %w", last, st.HeadSeq, transport.FromStatus(err))
+			return nil, fmt.Errorf("history at seq %d of %d: %w", last, st.HeadSeq, err)
 		}
 		switch f.Kind {
 		case transport.KindChanges:
