@@ -4,12 +4,13 @@ import (
 	_ "embed"
 	"fmt"
 	"math"
-	"regexp"
 	"sort"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/replmesh/replmesh/transport"
 )
 
 // Version is the config file format this package reads and writes.
@@ -329,11 +330,6 @@ func (c *Config) validate(v *validator, checkVersion bool) {
 	}
 }
 
-// nameRE is transport.ValidName's rule (1-128 characters of A-Z a-z 0-9
-// _ . -). modes imports nothing of replmesh, so it holds the rule again;
-// TestTableNames_AgreeWithTransport keeps the two the same.
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,128}$`)
-
 // checkTableName returns "" for a good "SERVICE/TABLE" name, else why not.
 func checkTableName(name string) string {
 	svc, tbl, ok := strings.Cut(name, "/")
@@ -341,8 +337,8 @@ func checkTableName(name string) string {
 		return fmt.Sprintf("table name %q must be SERVICE/TABLE", name)
 	}
 	for _, part := range []string{svc, tbl} {
-		if !nameRE.MatchString(part) {
-			return fmt.Sprintf("bad name %q in %q (want 1 to 128 of A-Z a-z 0-9 _ . -)", part, name)
+		if !transport.ValidName(part) {
+			return fmt.Sprintf("bad name %q in %q (want %s)", part, name, transport.NameRule)
 		}
 	}
 	return ""

@@ -267,7 +267,7 @@ func TestParse_Invalid(t *testing.T) {
 		{"empty table", "version: 1\ntables:\n  a/: {}\n",
 			[]string{`line 3: tables[a/]: bad name "" in "a/"`}},
 		{"space in name", "version: 1\ntables:\n  \"my svc/t\": {}\n",
-			[]string{`line 3: tables[my svc/t]: bad name "my svc" in "my svc/t" (want 1 to 128 of A-Z a-z 0-9 _ . -)`}},
+			[]string{`line 3: tables[my svc/t]: bad name "my svc" in "my svc/t" (want 1-128 characters of A-Z a-z 0-9 _ . -)`}},
 		{"name too long", "version: 1\ntables:\n  a/" + strings.Repeat("x", 129) + ": {}\n",
 			[]string{`line 3: tables[a/` + strings.Repeat("x", 129) + `]: bad name`}},
 

@@ -9,8 +9,7 @@ import (
 )
 
 // The table names of a modes file follow transport.ValidName, the one
-// name rule: modes holds the rule again only because it imports nothing
-// of replmesh. (A test may import transport; the package may not.)
+// name rule, in both halves of SERVICE/TABLE.
 func TestTableNames_AgreeWithTransport(t *testing.T) {
 	names := []string{"stores", "AZaz09_.-", "a", ".", strings.Repeat("x", 128), strings.Repeat("x", 129),
 		"", "a b", "host:1", "a\n", "\na", "café", "a\x00", "a\xff", "a*", "a+b"}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"regexp"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -89,13 +88,11 @@ type Identity struct {
 // It wraps ErrPermission, so it crosses the wire as PermissionDenied.
 var ErrNoIdentity = fmt.Errorf("no verified identity: %w", ErrPermission)
 
-// identityNameRE is the project's name rule for services, instances,
-// tables and brokers (the same as broker's, modes' and replica's nameRE).
-var identityNameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,128}$`)
-
+// checkIdentityName is CheckName, and also refuses "." and "..", which
+// SPIFFE does not allow as path segments.
 func checkIdentityName(what, s string) error {
-	if !identityNameRE.MatchString(s) {
-		return fmt.Errorf("%s %q must be 1-128 characters of A-Z a-z 0-9 _ . -", what, s)
+	if err := CheckName(what, s); err != nil {
+		return err
 	}
 	if s == "." || s == ".." {
 		return fmt.Errorf("%s %q cannot be a SPIFFE path segment", what, s)

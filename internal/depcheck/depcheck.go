@@ -8,8 +8,9 @@
 //
 //   - helpers: internal/... (but the suites below). They import only other
 //     helpers.
-//   - bottom: transport, modes. They import nothing of ours but helpers,
-//     and not each other.
+//   - bottom: transport, then modes. They import nothing of ours but
+//     helpers, except that modes may use transport (its name rule); transport
+//     never imports modes.
 //   - middle: replica, broker. They import the bottom and helpers, and
 //     never each other (they meet only through transport).
 //   - top: cmd/<name>, examples/<name>, chaos, and the test suites
@@ -158,6 +159,8 @@ func Check(mod string, pkgs []Package) []string {
 				// helpers import one another
 			case fl == Middle:
 				bad("%s imports %s: replica and broker never import each other", from, to)
+			case fl == Bottom && ft == "modes" && tt == "transport":
+				// modes sits on transport (one name rule)
 			case fl == Bottom:
 				bad("%s imports %s: the bottom packages import nothing of ours but helpers", from, to)
 			case Exceptions[ft] != tt:

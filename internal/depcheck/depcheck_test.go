@@ -117,6 +117,7 @@ func TestCheck(t *testing.T) {
 		// Allowed.
 		{"bottom imports a helper and third-party", Package{Path: m("transport"), Imports: []string{m("internal/testutil"), grpc}}, nil},
 		{"bottom test imports itself", Package{Path: m("modes"), Imports: []string{m("modes")}}, nil},
+		{"modes sits on transport", Package{Path: m("modes"), Imports: []string{m("transport")}}, nil},
 		{"helper imports a helper", Package{Path: m("internal/testutil"), Imports: []string{m("internal/freeport")}}, nil},
 		{"middle imports the bottom", Package{Path: m("replica"), Imports: []string{m("transport"), m("modes"), m("internal/faultproxy")}}, nil},
 		{"middle subpackage imports its parent", Package{Path: m("replica/sink"), Imports: []string{m("replica")}}, nil},
