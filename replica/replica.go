@@ -600,23 +600,3 @@ func (r *Replica) streaming() {
 	r.mu.Unlock()
 	r.c.kickBroker()
 }
-
-// readStage returns the generation of an unfinished transfer (0: none).
-func readStage(txn *badger.Txn, base string) (uint64, error) {
-	item, err := txn.Get(stageKey(base))
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	var g uint64
-	err = item.Value(func(v []byte) error {
-		if len(v) != 8 {
-			return fmt.Errorf("stage marker of %d bytes", len(v))
-		}
-		g = beUint64(v)
-		return nil
-	})
-	return g, err
-}
