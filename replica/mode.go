@@ -168,7 +168,7 @@ func (r *Replica) kickMode() {
 }
 
 // sendFrame sends on the current stream (several goroutines send: the
-// session's acks, pulls, mode switches).
+// stream's acks, pulls, mode switches).
 func (r *Replica) sendFrame(f *transport.ConsumerFrame) error {
 	r.sendMu.Lock()
 	defer r.sendMu.Unlock()
@@ -181,7 +181,7 @@ func (r *Replica) sendFrame(f *transport.ConsumerFrame) error {
 	return transport.FromStatus(s.Send(f))
 }
 
-// control runs beside a session's receive loop: it sends pulls (on the
+// control runs beside a stream's receive loop: it sends pulls (on the
 // interval, on Refresh and on stale reads) and mode switches (auto
 // decisions, overrides, option changes).
 func (r *Replica) control(ctx context.Context, cancel context.CancelFunc) {

@@ -152,9 +152,9 @@ type Replica struct {
 	// standby is set on a standby's follower: the copy is the owned table.
 	standby *OwnedTable
 	// kick wakes the reconnect loop early (topology changed).
-	kick       chan struct{}
-	sessAddr   string             // address of the current stream
-	sessCancel context.CancelFunc // ends the current stream
+	kick         chan struct{}
+	streamAddr   string             // address of the current stream
+	streamCancel context.CancelFunc // ends the current stream
 
 	modes    modeState     // guarded by mu
 	reads    atomic.Uint64 // Get/Scan calls, for auto mode's read rate

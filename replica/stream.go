@@ -27,7 +27,7 @@ func (r *Replica) loop() {
 			r.stats.Reconnects++
 			r.mu.Unlock()
 		}
-		progressed, err := r.session()
+		progressed, err := r.runStream()
 		if r.ctx.Err() != nil {
 			return
 		}
@@ -64,9 +64,9 @@ func (r *Replica) loop() {
 	}
 }
 
-// session runs one stream: open, resume or full transfer, then changes
-// until the stream fails. progressed reports whether it got past the start.
-func (r *Replica) session() (progressed bool, err error) {
+// runStream runs one stream to the owner: open, resume or full transfer,
+// then changes until the stream fails. progressed reports whether it got past the start.
+func (r *Replica) runStream() (progressed bool, err error) {
 	// No stream while nothing received could be written.
 	if err := r.c.disk.admit(writeCost{}); err != nil {
 		return false, fmt.Errorf("apply %s: %w", r.opts.Table, err)
@@ -78,11 +78,11 @@ func (r *Replica) session() (progressed bool, err error) {
 		return false, err
 	}
 	r.mu.Lock()
-	r.sessAddr, r.sessCancel = addr, cancel
+	r.streamAddr, r.streamCancel = addr, cancel
 	r.mu.Unlock()
 	defer func() {
 		r.mu.Lock()
-		r.sessAddr, r.sessCancel = "", nil
+		r.streamAddr, r.streamCancel = "", nil
 		r.mu.Unlock()
 	}()
 	conn, err := r.c.conn(addr)
@@ -314,8 +314,8 @@ func (r *Replica) resolve() (string, uint64, error) {
 func (r *Replica) redirect() {
 	addr, _, err := r.resolve()
 	r.mu.Lock()
-	if r.sessCancel != nil && (err != nil || addr != r.sessAddr) {
-		r.sessCancel()
+	if r.streamCancel != nil && (err != nil || addr != r.streamAddr) {
+		r.streamCancel()
 	}
 	r.mu.Unlock()
 	select {
