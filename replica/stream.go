@@ -65,7 +65,8 @@ func (r *Replica) loop() {
 }
 
 // runStream runs one stream to the owner: open, resume or full transfer,
-// then changes until the stream fails. progressed reports whether it got past the start.
+// then changes until the stream fails. progressed reports whether it got
+// past the start.
 func (r *Replica) runStream() (progressed bool, err error) {
 	// No stream while nothing received could be written.
 	if err := r.c.disk.admit(writeCost{}); err != nil {
@@ -77,21 +78,57 @@ func (r *Replica) runStream() (progressed bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	r.mu.Lock()
-	r.streamAddr, r.streamCancel = addr, cancel
-	r.mu.Unlock()
-	defer func() {
-		r.mu.Lock()
-		r.streamAddr, r.streamCancel = "", nil
-		r.mu.Unlock()
-	}()
-	conn, err := r.c.conn(addr)
+	r.setStreamTarget(addr, cancel)
+	defer r.setStreamTarget("", nil)
+	s, err := r.openStream(ctx, cancel, addr)
 	if err != nil {
 		return false, err
 	}
-	stream, err := transport.NewReplicationClient(conn).Subscribe(ctx)
+	defer s.watchdog.Stop()
+	st, err := s.handshake()
 	if err != nil {
 		return false, err
+	}
+	if err := s.begin(st, addr, minEpoch); err != nil {
+		return false, err
+	}
+	return true, s.follow(st)
+}
+
+// setStreamTarget records the address of the current stream and how to end
+// it (for redirect); "" and nil when none runs.
+func (r *Replica) setStreamTarget(addr string, cancel context.CancelFunc) {
+	r.mu.Lock()
+	r.streamAddr, r.streamCancel = addr, cancel
+	r.mu.Unlock()
+}
+
+// ownerStream is one stream to the owner, seen from the replica: the
+// frames it receives (through the watchdog) and the position the replica
+// opened it at.
+type ownerStream struct {
+	r      *Replica
+	ctx    context.Context // ends with cancel, the watchdog or the replica
+	cancel context.CancelFunc
+	stream transport.SubscribeClient
+	// watchdog ends a stream on which the owner says nothing for
+	// PeerTimeout (see openStream).
+	watchdog *time.Timer
+	// opened and accept are the replica's cursor and AcceptNewHistory as
+	// sent in Open: what the start decision compares with the owner's Start.
+	opened cursor
+	accept bool
+}
+
+// openStream dials the owner at addr and opens a Subscribe stream.
+func (r *Replica) openStream(ctx context.Context, cancel context.CancelFunc, addr string) (*ownerStream, error) {
+	conn, err := r.c.conn(addr)
+	if err != nil {
+		return nil, err
+	}
+	stream, err := transport.NewReplicationClient(conn).Subscribe(ctx)
+	if err != nil {
+		return nil, err
 	}
 	// Watchdog: an owner that says nothing for PeerTimeout (it heartbeats
 	// far more often) is gone; drop the stream. Only the time spent waiting
@@ -99,49 +136,59 @@ func (r *Replica) runStream() (progressed bool, err error) {
 	// received (a slow disk, a large transfer chunk) must not look like a
 	// silent owner, or a slow replica could restart a full transfer forever.
 	watchdog := time.AfterFunc(r.c.cfg.PeerTimeout, cancel)
-	defer watchdog.Stop()
-	recv := func() (*transport.OwnerFrame, error) {
-		watchdog.Reset(r.c.cfg.PeerTimeout)
-		f, err := stream.Recv()
-		watchdog.Stop()
-		if err != nil {
-			if ctx.Err() != nil && r.ctx.Err() == nil {
-				return nil, fmt.Errorf("%w: no frame from owner for %s", transport.ErrUnavailable, r.c.cfg.PeerTimeout)
-			}
-			return nil, transport.FromStatus(err)
-		}
-		r.mu.Lock()
-		if f.HeadSeq > r.ownerHead {
-			r.ownerHead = f.HeadSeq
-		}
-		if r.state == StateStreaming && r.cur.Seq >= f.HeadSeq {
-			r.caughtUpAt = time.Now()
-		}
-		r.mu.Unlock()
-		return f, nil
-	}
+	return &ownerStream{r: r, ctx: ctx, cancel: cancel, stream: stream, watchdog: watchdog}, nil
+}
 
+// recv receives the owner's next frame, with the watchdog running while it
+// waits, and notes the owner's head.
+func (s *ownerStream) recv() (*transport.OwnerFrame, error) {
+	r := s.r
+	s.watchdog.Reset(r.c.cfg.PeerTimeout)
+	f, err := s.stream.Recv()
+	s.watchdog.Stop()
+	if err != nil {
+		if s.ctx.Err() != nil && r.ctx.Err() == nil {
+			return nil, fmt.Errorf("%w: no frame from owner for %s", transport.ErrUnavailable, r.c.cfg.PeerTimeout)
+		}
+		return nil, transport.FromStatus(err)
+	}
+	r.mu.Lock()
+	if f.HeadSeq > r.ownerHead {
+		r.ownerHead = f.HeadSeq
+	}
+	if r.state == StateStreaming && r.cur.Seq >= f.HeadSeq {
+		r.caughtUpAt = time.Now()
+	}
+	r.mu.Unlock()
+	return f, nil
+}
+
+// handshake sends Open (the replica's position and mode) and receives the
+// owner's Start, taking the owner's table default mode from it.
+func (s *ownerStream) handshake() (*transport.Start, error) {
+	r := s.r
 	r.mu.RLock()
 	cur, accept, mode := r.cur, r.accept, r.modes.effective
 	r.mu.RUnlock()
-	err = stream.Send(&transport.ConsumerFrame{Kind: transport.KindOpen, Open: &transport.Open{
+	s.opened, s.accept = cur, accept
+	err := s.stream.Send(&transport.ConsumerFrame{Kind: transport.KindOpen, Open: &transport.Open{
 		Version: transport.ProtocolVersion, Service: r.c.cfg.Service, Instance: r.c.cfg.Instance,
 		Table: r.opts.Table, LogID: cur.LogID, Seq: cur.Seq, Epoch: cur.Epoch, Mode: mode,
 		Standby: r.standby != nil,
 	}})
 	if err != nil {
-		return false, transport.FromStatus(err)
+		return nil, transport.FromStatus(err)
 	}
-	f, err := recv()
+	f, err := s.recv()
 	if err != nil {
-		return false, err
+		return nil, err
 	}
 	if f.Kind != transport.KindStart || f.Start == nil {
-		return false, fmt.Errorf("%w: owner's first frame is %s, want start", transport.ErrBadRequest, f.Kind)
+		return nil, fmt.Errorf("%w: owner's first frame is %s, want start", transport.ErrBadRequest, f.Kind)
 	}
 	st := f.Start
 	if err := transport.CheckVersion(st.Version); err != nil {
-		return false, err
+		return nil, err
 	}
 	ownerMode, _ := modes.ParseMode(st.Mode)
 	r.mu.Lock()
@@ -152,58 +199,41 @@ func (r *Replica) runStream() (progressed bool, err error) {
 	if modeChanged {
 		r.kickMode() // sent by control once the stream runs
 	}
-	if st.Epoch < minEpoch {
-		// The broker knows a newer primary: this one was deposed.
-		return false, fmt.Errorf("%w: owner at %s is at epoch %d, the broker's primary is at epoch %d", ErrStaleEpoch, addr, st.Epoch, minEpoch)
-	}
-	if cur.LogID != "" && !accept {
-		if st.Epoch < cur.Epoch {
-			return false, fmt.Errorf("%w: owner is at epoch %d, replica at %d", ErrStaleEpoch, st.Epoch, cur.Epoch)
-		}
-		if !st.Resume {
-			diverged := false
-			switch {
-			case st.LogID != cur.LogID:
-				// A new history: taken with a full transfer, unless it is
-				// shorter than what the replica holds (the owner lost its
-				// data): then keep serving and wait.
-				diverged = st.HeadSeq < cur.Seq
-			case cur.Seq >= epochEnd(st.Epochs, cur.Epoch):
-				// The replica holds changes of its epoch past the point
-				// where that epoch ended in the owner's history: they were
-				// written by a deposed primary (or lost by an owner that
-				// restarted) and are not part of the history any more.
-				r.mu.Lock()
-				r.stats.Truncations++
-				r.mu.Unlock()
-				r.log.Warn("replica holds changes the owner's history does not; replacing it with a full transfer",
-					"replica_seq", cur.Seq, "replica_epoch", cur.Epoch, "epoch_ended_at", epochEnd(st.Epochs, cur.Epoch)-1, "owner_epoch", st.Epoch)
-			default:
-				diverged = st.HeadSeq < cur.Seq
-			}
-			if diverged {
-				derr := &DivergedError{Table: r.opts.Table, ReplicaLogID: cur.LogID, ReplicaSeq: cur.Seq, OwnerLogID: st.LogID, OwnerHead: st.HeadSeq}
-				r.mu.Lock()
-				r.state = StateDiverged
-				r.mu.Unlock()
-				r.log.Error("owner history diverged; keeping the replica", "err", derr)
-				return false, derr
-			}
-		}
-	}
-	if st.Resume {
-		if st.LogID != cur.LogID {
-			return false, fmt.Errorf("%w: owner resumes log %s, replica has %s", transport.ErrBadRequest, st.LogID, cur.LogID)
-		}
+	return st, nil
+}
+
+// begin acts on the start decision (decideStart): it resumes, or runs the
+// full transfer, or ends the stream (a refused owner, a diverged history).
+func (s *ownerStream) begin(st *transport.Start, addr string, minEpoch uint64) error {
+	r, cur := s.r, s.opened
+	d := decideStart(startInput{Cursor: cur, Accept: s.accept, Start: st, MinEpoch: minEpoch, Owner: addr})
+	switch d.Action {
+	case startRefused:
+		return d.Err
+	case startDiverged:
+		derr := &DivergedError{Table: r.opts.Table, ReplicaLogID: cur.LogID, ReplicaSeq: cur.Seq, OwnerLogID: st.LogID, OwnerHead: st.HeadSeq}
+		r.mu.Lock()
+		r.state = StateDiverged
+		r.mu.Unlock()
+		r.log.Error("owner history diverged; keeping the replica", "err", derr)
+		return derr
+	case startResume:
 		r.mu.Lock()
 		r.stats.Resumes++
 		r.mu.Unlock()
 		r.streaming()
 		r.log.Info("resumed", "seq", cur.Seq, "owner_head", st.HeadSeq)
-	} else {
+	case startTruncate:
+		r.mu.Lock()
+		r.stats.Truncations++
+		r.mu.Unlock()
+		r.log.Warn("replica holds changes the owner's history does not; replacing it with a full transfer",
+			"replica_seq", cur.Seq, "replica_epoch", cur.Epoch, "epoch_ended_at", d.EpochEnd-1, "owner_epoch", st.Epoch)
+		fallthrough
+	case startTransfer:
 		r.setState(StateTransferring, nil)
-		if err := r.receiveSnapshot(recv, st); err != nil {
-			return false, err
+		if err := r.receiveSnapshot(s.recv, st); err != nil {
+			return err
 		}
 		r.mu.Lock()
 		r.accept = r.standby != nil // a standby always takes its primary's history
@@ -211,76 +241,90 @@ func (r *Replica) runStream() (progressed bool, err error) {
 		r.streaming()
 	}
 	r.pending = nil
+	return nil
+}
+
+// follow runs the stream once it has started: the control goroutine beside
+// it (pulls, mode switches), an ack of the start, then the owner's frames
+// until the stream fails.
+func (s *ownerStream) follow(st *transport.Start) error {
+	r := s.r
 	r.mu.Lock()
-	r.modes.stream = stream
+	r.modes.stream = s.stream
 	r.mu.Unlock()
 	ctlDone := make(chan struct{})
-	go func() { defer close(ctlDone); r.control(ctx, cancel) }()
+	go func() { defer close(ctlDone); r.control(s.ctx, s.cancel) }()
 	defer func() {
-		cancel()
+		s.cancel()
 		<-ctlDone
 		r.mu.Lock()
 		r.modes.stream = nil
 		r.mu.Unlock()
 	}()
-	if err := r.ack(stream); err != nil {
-		return true, err
+	if err := r.ack(s.stream); err != nil {
+		return err
 	}
 	for {
-		f, err := recv()
+		f, err := s.recv()
 		if err != nil {
-			return true, err
+			return err
 		}
-		if f.Rate > 0 || f.Kind == transport.KindHeartbeat {
-			r.mu.Lock()
-			r.modes.ownerRate = f.Rate
-			r.mu.Unlock()
-		}
-		switch f.Kind {
-		case transport.KindDelta:
-			if err := r.applyDelta(f); err != nil {
-				return true, err
-			}
-			r.pulled()
-			if err := r.ack(stream); err != nil {
-				return true, err
-			}
-		case transport.KindSnapshotBegin:
-			// A pull answered with a full transfer (the consumer was behind
-			// the log, or the delta was too large).
-			first := f
-			if err := r.receiveSnapshot(func() (*transport.OwnerFrame, error) {
-				if first != nil {
-					f, first = first, nil
-					return f, nil
-				}
-				return recv()
-			}, st); err != nil {
-				return true, err
-			}
-			r.streaming()
-			r.pulled()
-			if err := r.ack(stream); err != nil {
-				return true, err
-			}
-		case transport.KindChanges:
-			applied, err := r.applyFrame(f)
-			if err != nil {
-				return true, err
-			}
-			if applied {
-				if err := r.ack(stream); err != nil {
-					return true, err
-				}
-			}
-		case transport.KindHeartbeat:
-			if err := r.ack(stream); err != nil {
-				return true, err
-			}
-		default:
-			return true, fmt.Errorf("%w: unexpected %s frame from owner", transport.ErrBadRequest, f.Kind)
+		if err := s.handle(f, st); err != nil {
+			return err
 		}
 	}
+}
+
+// handle acts on one frame of a running stream: a pull's delta or full
+// transfer, changes, a heartbeat; each is acknowledged once applied.
+func (s *ownerStream) handle(f *transport.OwnerFrame, st *transport.Start) error {
+	r := s.r
+	if f.Rate > 0 || f.Kind == transport.KindHeartbeat {
+		r.mu.Lock()
+		r.modes.ownerRate = f.Rate
+		r.mu.Unlock()
+	}
+	switch f.Kind {
+	case transport.KindDelta:
+		if err := r.applyDelta(f); err != nil {
+			return err
+		}
+		r.pulled()
+	case transport.KindSnapshotBegin:
+		if err := s.pulledTransfer(f, st); err != nil {
+			return err
+		}
+		r.pulled()
+	case transport.KindChanges:
+		applied, err := r.applyFrame(f)
+		if err != nil || !applied {
+			return err
+		}
+	case transport.KindHeartbeat:
+	default:
+		return fmt.Errorf("%w: unexpected %s frame from owner", transport.ErrBadRequest, f.Kind)
+	}
+	return r.ack(s.stream)
+}
+
+// pulledTransfer receives a pull answered with a full transfer (the
+// consumer was behind the log, or the delta was too large), whose first
+// frame is begin.
+func (s *ownerStream) pulledTransfer(begin *transport.OwnerFrame, st *transport.Start) error {
+	first := begin
+	err := s.r.receiveSnapshot(func() (*transport.OwnerFrame, error) {
+		if first != nil {
+			f := first
+			first = nil
+			return f, nil
+		}
+		return s.recv()
+	}, st)
+	if err != nil {
+		return err
+	}
+	s.r.streaming()
+	return nil
 }
 
 func (r *Replica) ack(stream transport.SubscribeClient) error {
