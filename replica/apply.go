@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/replmesh/replmesh/transport"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // applyDelta applies a pull's coalesced delta atomically: the replica goes
@@ -140,53 +139,21 @@ func (r *Replica) applyFrame(f *transport.OwnerFrame) (bool, error) {
 }
 
 // apply writes changes (whole commit groups, in seq order, continuing the
-// cursor) and the new cursor in one transaction, then wakes waiters and
-// calls the OnChange callbacks.
+// cursor) and the new cursor into the sink atomically, then wakes waiters
+// and calls the OnChange callbacks.
 func (r *Replica) apply(chs []transport.Change) error {
 	r.mu.RLock()
 	next := r.cur
 	r.mu.RUnlock()
 	lastCh := chs[len(chs)-1]
 	next.Seq, next.Time, next.Epoch = lastCh.Seq, lastCh.Time, lastCh.Epoch
-	copies := 1 // a replica's rows
-	if r.standby != nil {
-		copies = 2 // a standby's rows and log entries
-	}
-	cost := changesCost(chs, copies)
+	cost := changesCost(chs, r.sink.copies())
 	cost.n += entryOverhead // the cursor or meta
 	if err := r.c.disk.admit(cost); err != nil {
 		return fmt.Errorf("apply %s: %w", r.opts.Table, err)
 	}
-	if r.standby != nil {
-		if err := r.standby.applyReplicated(chs); err != nil {
-			return fmt.Errorf("apply %s on the standby: %w", r.opts.Table, err)
-		}
-		return r.applied(next, chs)
-	}
-	prefix := genPrefix(r.base, next.Gen)
-	txn := r.c.db.NewTransaction(true)
-	defer txn.Discard()
-	for i := range chs {
-		ch := &chs[i]
-		var err error
-		if ch.Op == transport.OpDelete {
-			err = txn.Delete(concat(prefix, ch.Key))
-		} else {
-			err = txn.Set(concat(prefix, ch.Key), ch.Value)
-		}
-		if err != nil {
-			return fmt.Errorf("apply %s: %w", r.opts.Table, err)
-		}
-	}
-	b, err := msgpack.Marshal(&next)
-	if err != nil {
+	if err := r.sink.apply(next, chs); err != nil {
 		return err
-	}
-	if err := txn.Set(cursorKey(r.base), b); err != nil {
-		return fmt.Errorf("apply %s: %w", r.opts.Table, err)
-	}
-	if err := txn.Commit(); err != nil {
-		return fmt.Errorf("apply %s: %w", r.opts.Table, err)
 	}
 	return r.applied(next, chs)
 }

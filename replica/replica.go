@@ -149,8 +149,9 @@ type Replica struct {
 	seqCh      chan struct{} // closed and replaced whenever cur changes
 	ready      chan struct{} // closed once the replica holds a complete copy
 
-	// standby is set on a standby's follower: the copy is the owned table.
-	standby *OwnedTable
+	// sink is where the stream writes: the generation store of a
+	// consumer's replica, or a standby's owned copy (a follower).
+	sink sink
 	// kick wakes the reconnect loop early (topology changed).
 	kick         chan struct{}
 	streamAddr   string             // address of the current stream
@@ -231,13 +232,16 @@ func (c *Component) newReplica(opts SubscribeOptions, log *slog.Logger, standby 
 		modeKick: make(chan struct{}, 1),
 		pullKick: make(chan struct{}, 1),
 		cbs:      map[int]func(Event){},
-		standby:  standby,
-		accept:   standby != nil, // a standby always takes its primary's history
 		// The staleness base until the replica first catches up.
 		subscribed: time.Now(),
 	}
-	r.modes.sub = opts.Modes
+	r.sink = &genStore{c: c, base: r.base, table: opts.Table, log: log}
 	if standby != nil {
+		r.sink = &ownedCopy{t: standby, log: log}
+	}
+	r.accept = r.sink.standby() // a standby always takes its primary's history
+	r.modes.sub = opts.Modes
+	if r.sink.standby() {
 		r.modes.sub = &modes.TableConfig{Mode: modes.Push} // standbys stay current
 	}
 	r.modes.readMeter = modes.NewRateMeter(rateWindow)
@@ -249,43 +253,14 @@ func (c *Component) newReplica(opts SubscribeOptions, log *slog.Logger, standby 
 // load reads the cursor and queues the leftovers of an unfinished transfer
 // for deletion.
 func (r *Replica) load() error {
-	if r.standby != nil {
-		r.cur = r.standby.replicatedCursor()
-		if r.cur.LogID != "" {
-			close(r.ready)
-		}
-		return nil
-	}
-	err := r.c.db.Update(func(txn *badger.Txn) error {
-		item, err := txn.Get(cursorKey(r.base))
-		switch {
-		case errors.Is(err, badger.ErrKeyNotFound):
-		case err != nil:
-			return err
-		default:
-			if err := item.Value(func(v []byte) error { return msgpack.Unmarshal(v, &r.cur) }); err != nil {
-				return fmt.Errorf("decode cursor: %w", err)
-			}
-		}
-		stage, err := readStage(txn, r.base)
-		if err != nil {
-			return err
-		}
-		if stage > r.cur.Gen {
-			if err := txn.Set(dropMarker(genPrefix(r.base, stage)), nil); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	cur, err := r.sink.load()
 	if err != nil {
 		return err
 	}
+	r.cur = cur
 	if r.cur.LogID != "" {
 		close(r.ready)
-		r.log.Info("replica loaded", "log_id", r.cur.LogID, "seq", r.cur.Seq, "epoch", r.cur.Epoch)
 	}
-	r.c.kickDropper()
 	return nil
 }
 

@@ -174,7 +174,7 @@ func (s *ownerStream) handshake() (*transport.Start, error) {
 	err := s.stream.Send(&transport.ConsumerFrame{Kind: transport.KindOpen, Open: &transport.Open{
 		Version: transport.ProtocolVersion, Service: r.c.cfg.Service, Instance: r.c.cfg.Instance,
 		Table: r.opts.Table, LogID: cur.LogID, Seq: cur.Seq, Epoch: cur.Epoch, Mode: mode,
-		Standby: r.standby != nil,
+		Standby: r.sink.standby(),
 	}})
 	if err != nil {
 		return nil, transport.FromStatus(err)
@@ -236,7 +236,7 @@ func (s *ownerStream) begin(st *transport.Start, addr string, minEpoch uint64) e
 			return err
 		}
 		r.mu.Lock()
-		r.accept = r.standby != nil // a standby always takes its primary's history
+		r.accept = r.sink.standby() // a standby always takes its primary's history
 		r.mu.Unlock()
 		r.streaming()
 	}

@@ -1,19 +1,17 @@
 package replica
 
 import (
-	"encoding/binary"
 	"fmt"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
 	"github.com/replmesh/replmesh/transport"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
-// receiveSnapshot writes a full transfer into a fresh generation and
-// switches the cursor to it in one transaction: readers see the old replica
-// until the new one is complete. The replica is StateTransferring from the
-// transfer's first frame until it returns; the caller makes it streaming.
+// receiveSnapshot writes a full transfer into a fresh copy staged in the
+// sink and switches the replica to it atomically: readers see the old
+// replica until the new one is complete. The replica is StateTransferring
+// from the transfer's first frame until it returns; the caller makes it
+// streaming.
 func (r *Replica) receiveSnapshot(recv func() (*transport.OwnerFrame, error), st *transport.Start) error {
 	start := time.Now()
 	f, err := recv()
@@ -25,42 +23,24 @@ func (r *Replica) receiveSnapshot(recv func() (*transport.OwnerFrame, error), st
 	}
 	r.transferBegins(f)
 	defer r.transferEnds()
-	seq, epoch := f.Seq, f.Epoch
-	if r.standby != nil {
-		return r.receiveStandbySnapshot(recv, st, f, start)
-	}
-	var gen uint64
-	err = r.c.db.Update(func(txn *badger.Txn) error {
-		stage, err := readStage(txn, r.base)
-		if err != nil {
-			return err
-		}
-		r.mu.RLock()
-		gen = max(stage, r.cur.Gen) + 1
-		r.mu.RUnlock()
-		if stage > 0 && stage != r.cur.Gen {
-			if err := txn.Set(dropMarker(genPrefix(r.base, stage)), nil); err != nil {
-				return err
-			}
-		}
-		return txn.Set(stageKey(r.base), binary.BigEndian.AppendUint64(nil, gen))
-	})
-	if err != nil {
-		return fmt.Errorf("stage transfer: %w", err)
-	}
-	r.c.kickDropper()
-	r.log.Info("full transfer begins", "seq", seq, "log_id", st.LogID, "gen", gen, "rows_expected", f.Count)
-	prefix := genPrefix(r.base, gen)
-	wb := r.c.db.NewWriteBatch()
-	defer wb.Cancel()
-	rows, nbytes, err := r.receiveRows(recv, seq, func(k, v []byte) error { return wb.Set(concat(prefix, k), v) })
+	r.mu.RLock()
+	cur := r.cur
+	r.mu.RUnlock()
+	x, err := r.sink.beginTransfer(st, f, cur)
 	if err != nil {
 		return err
 	}
-	if err := wb.Flush(); err != nil {
-		return fmt.Errorf("stage rows: %w", err)
+	defer x.abort()
+	rows, nbytes, err := r.receiveRows(recv, f.Seq, x.put)
+	if err != nil {
+		return err
 	}
-	return r.switchTo(cursor{LogID: st.LogID, Epoch: epoch, Seq: seq, Gen: gen, Time: time.Now().UnixNano()}, rows, nbytes, start)
+	next, err := x.finish(cursor{LogID: st.LogID, Epoch: f.Epoch, Seq: f.Seq})
+	if err != nil {
+		return err
+	}
+	next.Time = time.Now().UnixNano()
+	return r.switchTo(x, next, rows, nbytes, start)
 }
 
 // receiveRows stages the rows frames of the transfer of the snapshot at seq
@@ -116,18 +96,14 @@ func checkSnapshotEnd(f *transport.OwnerFrame, seq, rows uint64) error {
 	return nil
 }
 
-// switchTo makes a completely staged generation the replica's contents.
-func (r *Replica) switchTo(next cursor, rows, nbytes uint64, start time.Time) error {
+// switchTo makes a finished transfer the replica's contents.
+func (r *Replica) switchTo(x stagedTransfer, next cursor, rows, nbytes uint64, start time.Time) error {
 	// The lock is held from before the commit until r.cur names the new
 	// generation: once the commit schedules the old generation for
 	// deletion, no reader may pick it (readTxn) any more.
 	r.mu.Lock()
 	old := r.cur
-	var err error
-	if r.standby == nil {
-		err = r.commitSwitch(old, next)
-	}
-	if err != nil {
+	if err := x.switchIn(old, next); err != nil {
 		r.mu.Unlock()
 		return fmt.Errorf("switch to transferred replica: %w", err)
 	}
@@ -148,45 +124,4 @@ func (r *Replica) switchTo(next cursor, rows, nbytes uint64, start time.Time) er
 	r.log.Info("full transfer complete", "seq", next.Seq, "rows", rows, "bytes", nbytes, "took", took)
 	r.notify(Event{Reset: true, Seq: next.Seq})
 	return nil
-}
-
-// commitSwitch writes the new cursor, ends the staging and schedules the old
-// generation for deletion, in one transaction.
-func (r *Replica) commitSwitch(old, next cursor) error {
-	return r.c.db.Update(func(txn *badger.Txn) error {
-		b, err := msgpack.Marshal(&next)
-		if err != nil {
-			return err
-		}
-		if err := txn.Set(cursorKey(r.base), b); err != nil {
-			return err
-		}
-		if err := txn.Delete(stageKey(r.base)); err != nil {
-			return err
-		}
-		if old.Gen != next.Gen {
-			return txn.Set(dropMarker(genPrefix(r.base, old.Gen)), nil)
-		}
-		return nil
-	})
-}
-
-// receiveStandbySnapshot is receiveSnapshot for a standby's follower: the
-// rows go into the owned table (see standby.go).
-func (r *Replica) receiveStandbySnapshot(recv func() (*transport.OwnerFrame, error), st *transport.Start, begin *transport.OwnerFrame, start time.Time) error {
-	seq := begin.Seq
-	x, err := r.standby.beginTransfer(seq)
-	if err != nil {
-		return err
-	}
-	defer x.abort()
-	r.log.Info("standby full transfer begins", "seq", seq, "log_id", st.LogID, "rows_expected", begin.Count)
-	rows, nbytes, err := r.receiveRows(recv, seq, x.put)
-	if err != nil {
-		return err
-	}
-	if err := x.finish(st); err != nil {
-		return err
-	}
-	return r.switchTo(cursor{LogID: st.LogID, Epoch: begin.Epoch, Seq: seq, Time: time.Now().UnixNano()}, rows, nbytes, start)
 }
