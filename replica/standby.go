@@ -157,21 +157,11 @@ func (t *OwnedTable) applyReplicated(chs []transport.Change) error {
 	var logBytes int64
 	for i := range chs {
 		ch := &chs[i]
-		rowKey := concat(t.rowPrefix, ch.Key)
-		var err error
-		if ch.Op == transport.OpDelete {
-			err = txn.Delete(rowKey)
-		} else {
-			err = txn.Set(rowKey, encodeOwnRow(ch.Seq, ch.Value))
-		}
+		n, err := t.writeChange(txn, ch)
 		if err != nil {
 			return err
 		}
-		entry := encodeLogEntry(ch)
-		logBytes += int64(len(entry))
-		if err := txn.Set(ownLogKey(t.logPrefix, ch.Seq), entry); err != nil {
-			return err
-		}
+		logBytes += n
 		if n := len(m.Epochs); n == 0 || ch.Epoch > m.Epochs[n-1].Epoch {
 			m.Epochs = appendEpoch(m.Epochs, ch.Epoch, ch.Seq)
 		}
