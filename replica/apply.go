@@ -73,9 +73,7 @@ func (r *Replica) applyFrame(f *transport.OwnerFrame) (bool, error) {
 	fresh := f.Changes
 	for len(fresh) > 0 && fresh[0].Seq <= last {
 		fresh = fresh[1:]
-		r.mu.Lock()
-		r.stats.Duplicates++
-		r.mu.Unlock()
+		r.stats.duplicates.Add(1)
 	}
 	for i := range fresh {
 		ch := &fresh[i]
@@ -162,7 +160,7 @@ func (r *Replica) apply(chs []transport.Change) error {
 func (r *Replica) applied(next cursor, chs []transport.Change) error {
 	r.mu.Lock()
 	r.cur = next
-	r.stats.Applied += uint64(len(chs))
+	r.stats.applied.Add(uint64(len(chs)))
 	if next.Seq >= r.ownerHead {
 		r.caughtUpAt = time.Now()
 	}

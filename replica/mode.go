@@ -276,7 +276,7 @@ func (r *Replica) Refresh(ctx context.Context) error {
 // pulled records an applied pull answer (a delta or an in-stream transfer).
 func (r *Replica) pulled() {
 	r.mu.Lock()
-	r.stats.Pulls++
+	r.stats.pulls.Add(1)
 	r.modes.pullGen++
 	close(r.modes.pullCh)
 	r.modes.pullCh = make(chan struct{})

@@ -126,6 +126,13 @@ type Event struct {
 
 // Replica is a local, durable, consistent copy of one table of another
 // service. Reads never touch the network.
+//
+// Locks. A Replica has three mutexes; when they nest, they are taken in
+// the order cbMu → sendMu → mu (an OnChange callback may call Refresh,
+// which sends; sendFrame reads the stream under mu while it holds sendMu).
+// mu is innermost: nothing else of the package is locked while it is held.
+// Counters that only count are atomics (stats), and so are reads and
+// genPfx; the fields the stream goroutine alone uses (pending) need no lock.
 type Replica struct {
 	c    *Component
 	opts SubscribeOptions
@@ -136,38 +143,73 @@ type Replica struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	mu         sync.RWMutex
-	cur        cursor
-	state      State
-	ownerHead  uint64
-	caughtUpAt time.Time // last time the replica was known to hold the owner's head
-	subscribed time.Time // when the subscription began (the staleness base until caught up)
-	xfer       *transfer // the running full transfer, nil when none
-	lastErr    error
-	accept     bool // AcceptNewHistory was called
-	stats      Stats
-	seqCh      chan struct{} // closed and replaced whenever cur changes
-	ready      chan struct{} // closed once the replica holds a complete copy
-
-	// sink is where the stream writes: the generation store of a
-	// consumer's replica, or a standby's owned copy (a follower).
-	sink sink
-	// kick wakes the reconnect loop early (topology changed).
-	kick         chan struct{}
+	// mu guards the fields from here to modes. They change only in the
+	// stream goroutine (and cur only with the sink written), but are read
+	// by any reader.
+	mu           sync.RWMutex
+	cur          cursor
+	state        State
+	ownerHead    uint64
+	caughtUpAt   time.Time // last time the replica was known to hold the owner's head
+	subscribed   time.Time // when the subscription began (the staleness base until caught up)
+	xfer         *transfer // the running full transfer, nil when none
+	lastErr      error
+	accept       bool               // AcceptNewHistory was called (always set on a standby)
+	seqCh        chan struct{}      // closed and replaced whenever cur changes
 	streamAddr   string             // address of the current stream
 	streamCancel context.CancelFunc // ends the current stream
+	modes        modeState
 
-	modes    modeState     // guarded by mu
+	stats    counters      // what the subscription has done (Stats); atomics
 	reads    atomic.Uint64 // Get/Scan calls, for auto mode's read rate
 	genPfx   atomic.Pointer[genPfx]
+	ready    chan struct{} // closed once the replica holds a complete copy
+	kick     chan struct{} // wakes the reconnect loop early (topology changed)
 	modeKick chan struct{} // the effective mode changed: tell the owner
 	pullKick chan struct{} // a read found the replica too stale: pull
-	sendMu   sync.Mutex    // serializes sends on the stream
 
-	cbMu    sync.RWMutex
-	cbs     map[int]func(Event)
-	nextCB  int
-	pending []transport.Change // received changes waiting for their TxnEnd
+	// sink is where the stream writes: the generation store of a
+	// consumer's replica, or a standby's owned copy (a follower). Set
+	// before the stream starts.
+	sink sink
+	// pending are received changes waiting for their TxnEnd; the stream
+	// goroutine's alone.
+	pending []transport.Change
+
+	// sendMu serializes sends on the stream (acks, pulls, mode switches).
+	sendMu sync.Mutex
+
+	// cbMu guards the OnChange callbacks; notify holds it (read) while
+	// they run.
+	cbMu   sync.RWMutex
+	cbs    map[int]func(Event)
+	nextCB int
+}
+
+// counters are a replica's Stats as atomics: most of the sites that count
+// hold no lock. Sites that count while they publish the cursor (applied,
+// switchTo, transferred) keep counting under mu, so a Status taken under
+// mu sees the counters and the cursor agree there as before.
+type counters struct {
+	fullTransfers, resumes, reconnects, applied, duplicates, pulls,
+	truncations, snapshotRows, snapshotBytes atomic.Uint64
+	lastTransferNs atomic.Int64
+}
+
+// snapshot returns the counters as Stats.
+func (c *counters) snapshot() Stats {
+	return Stats{
+		FullTransfers:  c.fullTransfers.Load(),
+		Resumes:        c.resumes.Load(),
+		Reconnects:     c.reconnects.Load(),
+		Applied:        c.applied.Load(),
+		Duplicates:     c.duplicates.Load(),
+		Pulls:          c.pulls.Load(),
+		Truncations:    c.truncations.Load(),
+		SnapshotRows:   c.snapshotRows.Load(),
+		SnapshotBytes:  c.snapshotBytes.Load(),
+		LastTransferNs: c.lastTransferNs.Load(),
+	}
 }
 
 // Subscribe starts following table opts.Table of service opts.Service. It
@@ -435,7 +477,7 @@ func (r *Replica) Status() Status {
 	return Status{
 		Service: r.opts.Service, Table: r.opts.Table, State: r.state,
 		LogID: r.cur.LogID, Epoch: r.cur.Epoch, Seq: r.cur.Seq, OwnerHead: r.ownerHead,
-		Lag: r.lagLocked(time.Now()), Stats: r.stats, LastErr: r.lastErr,
+		Lag: r.lagLocked(time.Now()), Stats: r.stats.snapshot(), LastErr: r.lastErr,
 		Mode: r.modes.effective, ModeConfigured: r.modes.settings.Mode.String(),
 		ModeReason: r.modes.reason, ModeSwitches: r.modes.switches,
 	}

@@ -23,9 +23,7 @@ func (r *Replica) loop() {
 	backoff := r.c.cfg.ReconnectMin
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
-			r.mu.Lock()
-			r.stats.Reconnects++
-			r.mu.Unlock()
+			r.stats.reconnects.Add(1)
 		}
 		progressed, err := r.runStream()
 		if r.ctx.Err() != nil {
@@ -218,15 +216,11 @@ func (s *ownerStream) begin(st *transport.Start, addr string, minEpoch uint64) e
 		r.log.Error("owner history diverged; keeping the replica", "err", derr)
 		return derr
 	case startResume:
-		r.mu.Lock()
-		r.stats.Resumes++
-		r.mu.Unlock()
+		r.stats.resumes.Add(1)
 		r.streaming()
 		r.log.Info("resumed", "seq", cur.Seq, "owner_head", st.HeadSeq)
 	case startTruncate:
-		r.mu.Lock()
-		r.stats.Truncations++
-		r.mu.Unlock()
+		r.stats.truncations.Add(1)
 		r.log.Warn("replica holds changes the owner's history does not; replacing it with a full transfer",
 			"replica_seq", cur.Seq, "replica_epoch", cur.Epoch, "epoch_ended_at", d.EpochEnd-1, "owner_epoch", st.Epoch)
 		fallthrough

@@ -109,9 +109,9 @@ func (r *Replica) switchTo(x stagedTransfer, next cursor, rows, nbytes uint64, s
 	}
 	took := time.Since(start)
 	r.cur = next
-	r.stats.FullTransfers++
-	r.stats.SnapshotBytes += nbytes
-	r.stats.LastTransferNs = int64(took)
+	r.stats.fullTransfers.Add(1)
+	r.stats.snapshotBytes.Add(nbytes)
+	r.stats.lastTransferNs.Store(int64(took))
 	close(r.seqCh)
 	r.seqCh = make(chan struct{})
 	select {
