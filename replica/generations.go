@@ -13,10 +13,6 @@ import (
 
 func beUint64(b []byte) uint64 { return binary.BigEndian.Uint64(b) }
 
-// dropMarker is the key that schedules the deletion of every key under
-// prefix (an abandoned or replaced replica generation).
-func dropMarker(prefix []byte) []byte { return concat([]byte("x/drop/"), prefix) }
-
 // kickDropper wakes the background deleter of replaced generations.
 func (c *Component) kickDropper() {
 	select {
@@ -45,12 +41,12 @@ func (c *Component) dropMarked() error {
 	var prefixes [][]byte
 	err := c.db.View(func(txn *badger.Txn) error {
 		o := badger.DefaultIteratorOptions
-		o.Prefix = []byte("x/drop/")
+		o.Prefix = []byte(dropMarkers)
 		o.PrefetchValues = false
 		it := txn.NewIterator(o)
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
-			prefixes = append(prefixes, it.Item().KeyCopy(nil)[len("x/drop/"):])
+			prefixes = append(prefixes, it.Item().KeyCopy(nil)[len(dropMarkers):])
 		}
 		return nil
 	})

@@ -215,7 +215,15 @@ func (c *counters) snapshot() Stats {
 // Subscribe starts following table opts.Table of service opts.Service. It
 // returns at once: the replica loads its cursor, then resumes or takes a
 // full transfer in the background. Ready tells when it holds a full copy.
+//
+// ctx bounds the call, not the replica: Subscribe returns ctx's error (and
+// subscribes nothing) when ctx is done before it starts or before the
+// replica's stream would start, and the replica follows its owner until
+// Close.
 func (c *Component) Subscribe(ctx context.Context, opts SubscribeOptions) (*Replica, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("subscribe %s/%s: %w", opts.Service, opts.Table, err)
+	}
 	if err := validName("SubscribeOptions.Service", opts.Service); err != nil {
 		return nil, err
 	}
@@ -250,6 +258,9 @@ func (c *Component) Subscribe(ctx context.Context, opts SubscribeOptions) (*Repl
 	}
 	r.resolveModesLocked(time.Now(), "subscribed")
 	if err := r.load(); err != nil {
+		return nil, fmt.Errorf("subscribe %s: %w", key, err)
+	}
+	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", key, err)
 	}
 	r.ctx, r.cancel = context.WithCancel(c.ctx)

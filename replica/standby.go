@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"time"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/replmesh/replmesh/transport"
@@ -255,5 +254,3 @@ func (t *OwnedTable) promoteNow(epoch uint64) error {
 	t.c.log.Info("table is primary", "table", t.name, "epoch", epoch, "head", m.Head)
 	return nil
 }
-
-var _ = time.Now
