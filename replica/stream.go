@@ -330,6 +330,81 @@ func (r *Replica) ack(stream transport.SubscribeClient) error {
 	return transport.FromStatus(stream.Send(&transport.ConsumerFrame{Kind: transport.KindAck, Seq: seq}))
 }
 
+// sendFrame sends on the current stream (several goroutines send: the
+// stream's acks, pulls, mode switches).
+func (r *Replica) sendFrame(f *transport.ConsumerFrame) error {
+	r.sendMu.Lock()
+	defer r.sendMu.Unlock()
+	r.mu.RLock()
+	s := r.modes.stream
+	r.mu.RUnlock()
+	if s == nil {
+		return fmt.Errorf("%w: no stream to the owner of %s", transport.ErrUnavailable, r.opts.Table)
+	}
+	return transport.FromStatus(s.Send(f))
+}
+
+// control runs beside a stream's receive loop: it sends pulls (on the
+// interval, on Refresh and on stale reads) and mode switches (auto
+// decisions, overrides, option changes).
+func (r *Replica) control(ctx context.Context, cancel context.CancelFunc) {
+	tick := time.NewTicker(r.c.cfg.Heartbeat)
+	defer tick.Stop()
+	var pullT *time.Timer
+	var pullC <-chan time.Time
+	armPull := func() {
+		r.mu.RLock()
+		pull, every := r.modes.effective == transport.ModePull, r.modes.settings.Pull.Interval
+		r.mu.RUnlock()
+		if pullT != nil {
+			pullT.Stop()
+			pullC = nil
+		}
+		if pull && every > 0 {
+			pullT = time.NewTimer(every)
+			pullC = pullT.C
+		}
+	}
+	defer func() {
+		if pullT != nil {
+			pullT.Stop()
+		}
+	}()
+	armPull()
+	fail := func(err error) {
+		if err != nil {
+			r.log.Info("control send failed", "err", err)
+			cancel()
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.pullKick:
+			fail(r.sendFrame(&transport.ConsumerFrame{Kind: transport.KindPull}))
+			armPull()
+		case <-pullC:
+			fail(r.sendFrame(&transport.ConsumerFrame{Kind: transport.KindPull}))
+			armPull()
+		case <-r.modeKick:
+			r.mu.RLock()
+			m := r.modes.effective
+			r.mu.RUnlock()
+			fail(r.sendFrame(&transport.ConsumerFrame{Kind: transport.KindMode, Mode: m}))
+			r.log.Info("mode switched", "mode", m)
+			armPull()
+		case now := <-tick.C:
+			r.mu.Lock()
+			changed := r.observeLocked(now)
+			r.mu.Unlock()
+			if changed {
+				r.kickMode()
+			}
+		}
+	}
+}
+
 // resolve returns the address of the owner to stream from, and the lowest
 // epoch that owner may have: the configured address, or the primary the
 // broker names (with its epoch).
