@@ -64,7 +64,7 @@ func testSeed(t testing.TB) (seed uint64, fixed bool) {
 
 // TestReplica_ApplyProperty feeds a replica random, adversarially framed
 // change streams through its real apply path (applyFrame and
-// receiveSnapshot, the code Replica.session calls) and checks it against a
+// receiveSnapshot, the code Replica.runStream calls) and checks it against a
 // map model after every frame: the replica always equals the owner's table
 // at the seq of the last complete commit group it was given, its durable
 // cursor agrees, bad frames (gaps, stale epochs, invalid changes, broken or
@@ -406,7 +406,7 @@ func (p *propRun) step(step int) {
 		if applied {
 			p.t.Fatalf("%s: refused frame reports applied", what)
 		}
-		// A refused frame ends the stream (Replica.session returns) and
+		// A refused frame ends the stream (Replica.runStream returns) and
 		// the next stream resends from the cursor; what is durable and
 		// readable must not have moved.
 		p.reconnect()
@@ -425,7 +425,7 @@ func (p *propRun) step(step int) {
 	p.check(what)
 }
 
-// reconnect models a new stream: Replica.session drops the changes waiting
+// reconnect models a new stream: Replica.runStream drops the changes waiting
 // for their group's end, and the owner resends from the cursor.
 func (p *propRun) reconnect() {
 	p.r.pending = p.r.pending[:0]
@@ -489,7 +489,7 @@ func (p *propRun) transfer(to uint64, mode string) {
 		frames = frames[1:]
 		return f, nil
 	}
-	// A transfer starts a new stream (Replica.session).
+	// A transfer starts a new stream (Replica.runStream).
 	p.reconnect()
 	st := &transport.Start{Version: transport.ProtocolVersion, LogID: p.logID, Epoch: p.ownerEpoch, HeadSeq: to}
 	err := p.r.receiveSnapshot(recv, st)

@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
-	"github.com/replmesh/replmesh/transport"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -161,21 +160,11 @@ func (c *Component) buildGroup(pending []*pendingWrite) *group {
 				ch.Time = now
 				ch.Epoch = epoch
 				ch.TxnEnd = i == len(pw.changes)-1
-				rowKey := concat(t.rowPrefix, ch.Key)
-				var err error
-				if ch.Op == transport.OpDelete {
-					err = g.txn.Delete(rowKey)
-				} else {
-					err = g.txn.Set(rowKey, encodeOwnRow(ch.Seq, ch.Value))
-				}
+				n, err := t.writeChange(g.txn, ch)
 				if err != nil {
 					return err
 				}
-				entry := encodeLogEntry(ch)
-				g.logBytes[ti] += int64(len(entry))
-				if err := g.txn.Set(ownLogKey(t.logPrefix, ch.Seq), entry); err != nil {
-					return err
-				}
+				g.logBytes[ti] += n
 			}
 			pw.seq = t.next - 1
 		}

@@ -136,8 +136,16 @@ func (c *Component) valueLimit() (int, string) {
 
 // Open opens the database, starts the group committer, the log trimmer and
 // (when ListenAddr is set) the replication server.
+//
+// ctx bounds the opening, not the component: Open returns ctx's error
+// (having closed what it opened) when ctx is done before it starts or once
+// the database is open (badger's own open, which replays its logs, cannot
+// be interrupted). The open component lives until Close.
 func Open(ctx context.Context, cfg Config) (*Component, error) {
 	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("open component: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("open component: %w", err)
 	}
 	log := cfg.Logger
@@ -170,6 +178,10 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 	db, err := badger.Open(opts)
 	if err != nil {
 		return nil, fmt.Errorf("open component: badger: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("open component: %w", err)
 	}
 	// Read before the broker session registers: the tables are opened
 	// (Own) after Open returns, usually after the first Register.

@@ -16,7 +16,10 @@ import (
 //	c/<svc>/<table>/cur        replica cursor (cursor, msgpack)
 //	c/<svc>/<table>/stage      generation of an unfinished full transfer
 //	c/<svc>/<table>/g/<gen:8 BE>/<key>   replica row of one generation
-//	c/<svc>/<table>/drop/<gen:8 BE>      a generation waiting to be deleted
+//	x/drop/<prefix>            every key under <prefix> waits to be deleted
+//	                           (dropMarker, generations.go); <prefix> is a
+//	                           replaced or abandoned replica generation,
+//	                           c/<svc>/<table>/g/<gen:8 BE>/
 
 func ownMetaKey(table string) []byte   { return []byte("o/" + table + "/m") }
 func ownRowPrefix(table string) []byte { return []byte("o/" + table + "/r/") }
@@ -41,6 +44,13 @@ func genPrefix(base string, gen uint64) []byte {
 	p[n+8] = '/'
 	return p
 }
+
+// dropMarkers is the prefix of the drop markers.
+const dropMarkers = "x/drop/"
+
+// dropMarker is the key that schedules the deletion of every key under
+// prefix (an abandoned or replaced replica generation).
+func dropMarker(prefix []byte) []byte { return concat([]byte(dropMarkers), prefix) }
 
 func concat(a, b []byte) []byte {
 	k := make([]byte, len(a)+len(b))

@@ -9,6 +9,28 @@ import (
 	"github.com/replmesh/replmesh/transport"
 )
 
+// writeChange writes one change of t into txn as the owner stores it: the
+// row (carrying the change's seq) or its deletion, and the change's log
+// entry. It returns the log entry's size. The primary's group commit and a
+// standby's replicated apply both write through it, so a standby's copy is
+// byte for byte the primary's.
+func (t *OwnedTable) writeChange(txn *badger.Txn, ch *transport.Change) (logBytes int64, err error) {
+	rowKey := concat(t.rowPrefix, ch.Key)
+	if ch.Op == transport.OpDelete {
+		err = txn.Delete(rowKey)
+	} else {
+		err = txn.Set(rowKey, encodeOwnRow(ch.Seq, ch.Value))
+	}
+	if err != nil {
+		return 0, err
+	}
+	entry := encodeLogEntry(ch)
+	if err := txn.Set(ownLogKey(t.logPrefix, ch.Seq), entry); err != nil {
+		return 0, err
+	}
+	return int64(len(entry)), nil
+}
+
 // readChanges returns the committed changes from seq from on (at most about
 // maxN changes and maxBytes bytes, never splitting a commit group), from the
 // in-memory tail when it still holds them, else from the durable log. It

@@ -167,81 +167,6 @@ func (r *Replica) kickMode() {
 	}
 }
 
-// sendFrame sends on the current stream (several goroutines send: the
-// session's acks, pulls, mode switches).
-func (r *Replica) sendFrame(f *transport.ConsumerFrame) error {
-	r.sendMu.Lock()
-	defer r.sendMu.Unlock()
-	r.mu.RLock()
-	s := r.modes.stream
-	r.mu.RUnlock()
-	if s == nil {
-		return fmt.Errorf("%w: no stream to the owner of %s", transport.ErrUnavailable, r.opts.Table)
-	}
-	return transport.FromStatus(s.Send(f))
-}
-
-// control runs beside a session's receive loop: it sends pulls (on the
-// interval, on Refresh and on stale reads) and mode switches (auto
-// decisions, overrides, option changes).
-func (r *Replica) control(ctx context.Context, cancel context.CancelFunc) {
-	tick := time.NewTicker(r.c.cfg.Heartbeat)
-	defer tick.Stop()
-	var pullT *time.Timer
-	var pullC <-chan time.Time
-	armPull := func() {
-		r.mu.RLock()
-		pull, every := r.modes.effective == transport.ModePull, r.modes.settings.Pull.Interval
-		r.mu.RUnlock()
-		if pullT != nil {
-			pullT.Stop()
-			pullC = nil
-		}
-		if pull && every > 0 {
-			pullT = time.NewTimer(every)
-			pullC = pullT.C
-		}
-	}
-	defer func() {
-		if pullT != nil {
-			pullT.Stop()
-		}
-	}()
-	armPull()
-	fail := func(err error) {
-		if err != nil {
-			r.log.Info("control send failed", "err", err)
-			cancel()
-		}
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-r.pullKick:
-			fail(r.sendFrame(&transport.ConsumerFrame{Kind: transport.KindPull}))
-			armPull()
-		case <-pullC:
-			fail(r.sendFrame(&transport.ConsumerFrame{Kind: transport.KindPull}))
-			armPull()
-		case <-r.modeKick:
-			r.mu.RLock()
-			m := r.modes.effective
-			r.mu.RUnlock()
-			fail(r.sendFrame(&transport.ConsumerFrame{Kind: transport.KindMode, Mode: m}))
-			r.log.Info("mode switched", "mode", m)
-			armPull()
-		case now := <-tick.C:
-			r.mu.Lock()
-			changed := r.observeLocked(now)
-			r.mu.Unlock()
-			if changed {
-				r.kickMode()
-			}
-		}
-	}
-}
-
 // Refresh brings the replica up to the owner's state: in pull mode it pulls
 // and waits for the delta; in push mode it waits for the changes the owner
 // has announced.
@@ -276,7 +201,7 @@ func (r *Replica) Refresh(ctx context.Context) error {
 // pulled records an applied pull answer (a delta or an in-stream transfer).
 func (r *Replica) pulled() {
 	r.mu.Lock()
-	r.stats.Pulls++
+	r.stats.pulls.Add(1)
 	r.modes.pullGen++
 	close(r.modes.pullCh)
 	r.modes.pullCh = make(chan struct{})

@@ -102,7 +102,7 @@ func (r *Replica) transferred(rows, nbytes uint64) {
 		every = r.c.hooks.transferLogEvery
 	}
 	r.mu.Lock()
-	r.stats.SnapshotRows += rows
+	r.stats.snapshotRows.Add(rows)
 	x := r.xfer
 	var p TransferProgress
 	logNow := false

@@ -30,22 +30,6 @@ type SubscribeOptions struct {
 	Modes *modes.TableConfig
 }
 
-// State is where a replica's subscription stands.
-type State int
-
-// Replica states.
-const (
-	StateConnecting   State = iota // no stream: dialing, or backing off after a failure
-	StateTransferring              // receiving a full state transfer
-	StateStreaming                 // resumed or transferred; following the change stream
-	StateDiverged                  // the owner's history does not contain the replica's; waiting
-	StateClosed                    // unsubscribed or component closed
-)
-
-func (s State) String() string {
-	return [...]string{"connecting", "transferring", "streaming", "diverged", "closed"}[s]
-}
-
 // cursor is a replica's durable position, written in the same badger
 // transaction as the rows it covers: it is never ahead of the data.
 type cursor struct {
@@ -54,63 +38,6 @@ type cursor struct {
 	Seq   uint64 `msgpack:"seq"`
 	Gen   uint64 `msgpack:"gen"` // generation holding the rows (see keys.go)
 	Time  int64  `msgpack:"tm"`  // commit time of the change at Seq
-}
-
-// Stats count what a replica's subscription has done since it was opened.
-type Stats struct {
-	FullTransfers  uint64 // full state transfers completed
-	Resumes        uint64 // streams resumed from the cursor without a transfer
-	Reconnects     uint64 // streams that ended and were re-opened
-	Applied        uint64 // changes applied
-	Duplicates     uint64 // changes received again and skipped
-	Pulls          uint64 // pull answers applied (deltas and in-stream transfers)
-	Truncations    uint64 // times the replica held changes the owner's history lost (failover), replaced by a full transfer
-	SnapshotRows   uint64 // rows received in full transfers
-	SnapshotBytes  uint64 // key+value bytes received in full transfers
-	LastTransferNs int64  // duration of the last full transfer
-}
-
-// Status is a snapshot of a replica's state for tools and tests. While a
-// full transfer runs, Lag.Transfer reports its progress.
-type Status struct {
-	Service   string
-	Table     string
-	State     State
-	LogID     string
-	Epoch     uint64
-	Seq       uint64
-	OwnerHead uint64
-	Lag       Lag
-	Stats     Stats
-	// LastErr is why the last stream ended or could not start (the owner
-	// unreachable, a refused frame, ...). It stays through a reconnect and
-	// a full transfer (a transfer that keeps failing says why), and is
-	// cleared once a stream is streaming again (resumed, or transferred).
-	LastErr error
-	// Mode is what the stream runs now (push or pull); ModeConfigured is
-	// the resolved configuration (push, pull or auto); ModeReason says why
-	// the last switch happened; ModeSwitches counts switches.
-	Mode           string
-	ModeConfigured string
-	ModeReason     string
-	ModeSwitches   uint64
-}
-
-// Lag says how far a replica is behind its owner.
-type Lag struct {
-	// Seqs is the owner's head (as last heard) minus the replica's seq.
-	Seqs uint64
-	// Staleness is how long ago the replica was last known to hold the
-	// owner's head: 0 while caught up and in touch; it grows while the
-	// owner is unreachable, since nobody can say what was missed. It is
-	// never negative: a replica not yet caught up since it was subscribed
-	// (a first transfer, or a copy loaded from disk still catching up)
-	// counts from when the subscription began, or from the commit time of
-	// the newest change it holds when that is older.
-	Staleness time.Duration
-	// Transfer is the progress of the running full state transfer; nil
-	// when none runs.
-	Transfer *TransferProgress
 }
 
 // Event is delivered to OnChange callbacks after a batch is durable.
@@ -126,6 +53,13 @@ type Event struct {
 
 // Replica is a local, durable, consistent copy of one table of another
 // service. Reads never touch the network.
+//
+// Locks. A Replica has three mutexes; when they nest, they are taken in
+// the order cbMu → sendMu → mu (an OnChange callback may call Refresh,
+// which sends; sendFrame reads the stream under mu while it holds sendMu).
+// mu is innermost: nothing else of the package is locked while it is held.
+// Counters that only count are atomics (stats), and so are reads and
+// genPfx; the fields the stream goroutine alone uses (pending) need no lock.
 type Replica struct {
 	c    *Component
 	opts SubscribeOptions
@@ -136,43 +70,61 @@ type Replica struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	mu         sync.RWMutex
-	cur        cursor
-	state      State
-	ownerHead  uint64
-	caughtUpAt time.Time // last time the replica was known to hold the owner's head
-	subscribed time.Time // when the subscription began (the staleness base until caught up)
-	xfer       *transfer // the running full transfer, nil when none
-	lastErr    error
-	accept     bool // AcceptNewHistory was called
-	stats      Stats
-	seqCh      chan struct{} // closed and replaced whenever cur changes
-	ready      chan struct{} // closed once the replica holds a complete copy
+	// mu guards the fields from here to modes. They change only in the
+	// stream goroutine (and cur only with the sink written), but are read
+	// by any reader.
+	mu           sync.RWMutex
+	cur          cursor
+	state        State
+	ownerHead    uint64
+	caughtUpAt   time.Time // last time the replica was known to hold the owner's head
+	subscribed   time.Time // when the subscription began (the staleness base until caught up)
+	xfer         *transfer // the running full transfer, nil when none
+	lastErr      error
+	accept       bool               // AcceptNewHistory was called (always set on a standby)
+	seqCh        chan struct{}      // closed and replaced whenever cur changes
+	streamAddr   string             // address of the current stream
+	streamCancel context.CancelFunc // ends the current stream
+	modes        modeState
 
-	// standby is set on a standby's follower: the copy is the owned table.
-	standby *OwnedTable
-	// kick wakes the reconnect loop early (topology changed).
-	kick       chan struct{}
-	sessAddr   string             // address of the current stream
-	sessCancel context.CancelFunc // ends the current stream
-
-	modes    modeState     // guarded by mu
+	stats    counters      // what the subscription has done (Stats); atomics
 	reads    atomic.Uint64 // Get/Scan calls, for auto mode's read rate
 	genPfx   atomic.Pointer[genPfx]
+	ready    chan struct{} // closed once the replica holds a complete copy
+	kick     chan struct{} // wakes the reconnect loop early (topology changed)
 	modeKick chan struct{} // the effective mode changed: tell the owner
 	pullKick chan struct{} // a read found the replica too stale: pull
-	sendMu   sync.Mutex    // serializes sends on the stream
 
-	cbMu    sync.RWMutex
-	cbs     map[int]func(Event)
-	nextCB  int
-	pending []transport.Change // received changes waiting for their TxnEnd
+	// sink is where the stream writes: the generation store of a
+	// consumer's replica, or a standby's owned copy (a follower). Set
+	// before the stream starts.
+	sink sink
+	// pending are received changes waiting for their TxnEnd; the stream
+	// goroutine's alone.
+	pending []transport.Change
+
+	// sendMu serializes sends on the stream (acks, pulls, mode switches).
+	sendMu sync.Mutex
+
+	// cbMu guards the OnChange callbacks; notify holds it (read) while
+	// they run.
+	cbMu   sync.RWMutex
+	cbs    map[int]func(Event)
+	nextCB int
 }
 
 // Subscribe starts following table opts.Table of service opts.Service. It
 // returns at once: the replica loads its cursor, then resumes or takes a
 // full transfer in the background. Ready tells when it holds a full copy.
+//
+// ctx bounds the call, not the replica: Subscribe returns ctx's error (and
+// subscribes nothing) when ctx is done before it starts or before the
+// replica's stream would start, and the replica follows its owner until
+// Close.
 func (c *Component) Subscribe(ctx context.Context, opts SubscribeOptions) (*Replica, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("subscribe %s/%s: %w", opts.Service, opts.Table, err)
+	}
 	if err := validName("SubscribeOptions.Service", opts.Service); err != nil {
 		return nil, err
 	}
@@ -209,6 +161,9 @@ func (c *Component) Subscribe(ctx context.Context, opts SubscribeOptions) (*Repl
 	if err := r.load(); err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", key, err)
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("subscribe %s: %w", key, err)
+	}
 	r.ctx, r.cancel = context.WithCancel(c.ctx)
 	c.replicas[key] = r
 	c.wg.Add(1)
@@ -231,13 +186,16 @@ func (c *Component) newReplica(opts SubscribeOptions, log *slog.Logger, standby 
 		modeKick: make(chan struct{}, 1),
 		pullKick: make(chan struct{}, 1),
 		cbs:      map[int]func(Event){},
-		standby:  standby,
-		accept:   standby != nil, // a standby always takes its primary's history
 		// The staleness base until the replica first catches up.
 		subscribed: time.Now(),
 	}
-	r.modes.sub = opts.Modes
+	r.sink = &genStore{c: c, base: r.base, table: opts.Table, log: log}
 	if standby != nil {
+		r.sink = &ownedCopy{t: standby, log: log}
+	}
+	r.accept = r.sink.standby() // a standby always takes its primary's history
+	r.modes.sub = opts.Modes
+	if r.sink.standby() {
 		r.modes.sub = &modes.TableConfig{Mode: modes.Push} // standbys stay current
 	}
 	r.modes.readMeter = modes.NewRateMeter(rateWindow)
@@ -249,43 +207,14 @@ func (c *Component) newReplica(opts SubscribeOptions, log *slog.Logger, standby 
 // load reads the cursor and queues the leftovers of an unfinished transfer
 // for deletion.
 func (r *Replica) load() error {
-	if r.standby != nil {
-		r.cur = r.standby.replicatedCursor()
-		if r.cur.LogID != "" {
-			close(r.ready)
-		}
-		return nil
-	}
-	err := r.c.db.Update(func(txn *badger.Txn) error {
-		item, err := txn.Get(cursorKey(r.base))
-		switch {
-		case errors.Is(err, badger.ErrKeyNotFound):
-		case err != nil:
-			return err
-		default:
-			if err := item.Value(func(v []byte) error { return msgpack.Unmarshal(v, &r.cur) }); err != nil {
-				return fmt.Errorf("decode cursor: %w", err)
-			}
-		}
-		stage, err := readStage(txn, r.base)
-		if err != nil {
-			return err
-		}
-		if stage > r.cur.Gen {
-			if err := txn.Set(dropMarker(genPrefix(r.base, stage)), nil); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	cur, err := r.sink.load()
 	if err != nil {
 		return err
 	}
+	r.cur = cur
 	if r.cur.LogID != "" {
 		close(r.ready)
-		r.log.Info("replica loaded", "log_id", r.cur.LogID, "seq", r.cur.Seq, "epoch", r.cur.Epoch)
 	}
-	r.c.kickDropper()
 	return nil
 }
 
@@ -425,47 +354,6 @@ func (r *Replica) Seq() uint64 {
 	return r.cur.Seq
 }
 
-// Lag says how far the replica is behind its owner, as last heard.
-func (r *Replica) Lag() Lag {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	return r.lagLocked(time.Now())
-}
-
-func (r *Replica) lagLocked(now time.Time) Lag {
-	l := Lag{Transfer: r.transferLocked(now)}
-	if r.ownerHead > r.cur.Seq {
-		l.Seqs = r.ownerHead - r.cur.Seq
-	}
-	since := r.caughtUpAt
-	if since.IsZero() {
-		// Never caught up since subscribed: stale since the subscription
-		// began, or since the newest change held was committed (a copy
-		// loaded from disk) if that is older.
-		since = r.subscribed
-		if t := time.Unix(0, r.cur.Time); r.cur.Time != 0 && t.Before(since) {
-			since = t
-		}
-	}
-	if l.Seqs > 0 || r.state != StateStreaming || r.caughtUpAt.IsZero() {
-		l.Staleness = max(now.Sub(since), 0)
-	}
-	return l
-}
-
-// Status returns the replica's state, position, lag and counters.
-func (r *Replica) Status() Status {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	return Status{
-		Service: r.opts.Service, Table: r.opts.Table, State: r.state,
-		LogID: r.cur.LogID, Epoch: r.cur.Epoch, Seq: r.cur.Seq, OwnerHead: r.ownerHead,
-		Lag: r.lagLocked(time.Now()), Stats: r.stats, LastErr: r.lastErr,
-		Mode: r.modes.effective, ModeConfigured: r.modes.settings.Mode.String(),
-		ModeReason: r.modes.reason, ModeSwitches: r.modes.switches,
-	}
-}
-
 // WaitFor blocks until the replica holds seq (read-your-writes across
 // services: the owner returns the seq of a write, the reader waits for it).
 func (r *Replica) WaitFor(ctx context.Context, seq uint64) error {
@@ -573,50 +461,4 @@ func (r *Replica) Close() error {
 func (r *Replica) stop() {
 	r.cancel()
 	<-r.done
-}
-
-func (r *Replica) setState(s State, err error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.state = s
-	if err != nil {
-		r.lastErr = err
-	}
-}
-
-// streaming marks the stream healthy: resumed or transferred, following
-// the change stream. The error of an earlier stream is over. A replica that
-// holds the owner's head as of the stream's start (or a frame since) is
-// caught up now, not at the owner's first heartbeat, which may be a whole
-// Heartbeat away: until then an idle replica would report the time since
-// Subscribe (or since its last change) as staleness.
-func (r *Replica) streaming() {
-	r.mu.Lock()
-	r.state = StateStreaming
-	r.lastErr = nil
-	if r.cur.Seq >= r.ownerHead {
-		r.caughtUpAt = time.Now()
-	}
-	r.mu.Unlock()
-	r.c.kickBroker()
-}
-
-// readStage returns the generation of an unfinished transfer (0: none).
-func readStage(txn *badger.Txn, base string) (uint64, error) {
-	item, err := txn.Get(stageKey(base))
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	var g uint64
-	err = item.Value(func(v []byte) error {
-		if len(v) != 8 {
-			return fmt.Errorf("stage marker of %d bytes", len(v))
-		}
-		g = beUint64(v)
-		return nil
-	})
-	return g, err
 }

@@ -3,7 +3,7 @@ package replica
 import (
 	"errors"
 	"fmt"
-	"time"
+	"log/slog"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/replmesh/replmesh/transport"
@@ -14,8 +14,38 @@ import (
 // copy of the primary's, in the owner's own format (rows with their seq,
 // the change log, the meta with the same log id and epoch history), so that
 // it can take over as primary at once, and its consumers resume from their
-// cursors. The copy is filled by a follower: a Replica whose storage is the
-// owned table (Replica.standby) instead of a replica generation.
+// cursors. The copy is filled by a follower: a Replica whose sink is the
+// owned table (ownedCopy) instead of a replica generation (genStore).
+
+// ownedCopy is the sink of a standby's follower: the standby's own owned
+// table, written in the owner's format.
+type ownedCopy struct {
+	t   *OwnedTable
+	log *slog.Logger
+}
+
+func (o *ownedCopy) standby() bool { return true }
+
+func (o *ownedCopy) copies() int { return 2 } // a standby's rows and log entries
+
+func (o *ownedCopy) load() (cursor, error) { return o.t.replicatedCursor(), nil }
+
+func (o *ownedCopy) beginTransfer(st *transport.Start, begin *transport.OwnerFrame, _ cursor) (stagedTransfer, error) {
+	x, err := o.t.beginTransfer(begin.Seq)
+	if err != nil {
+		return nil, err
+	}
+	x.st = st
+	o.log.Info("standby full transfer begins", "seq", begin.Seq, "log_id", st.LogID, "rows_expected", begin.Count)
+	return x, nil
+}
+
+func (o *ownedCopy) apply(_ cursor, chs []transport.Change) error {
+	if err := o.t.applyReplicated(chs); err != nil {
+		return fmt.Errorf("apply %s on the standby: %w", o.t.name, err)
+	}
+	return nil
+}
 
 // replicatedCursor is where a standby's copy of t stands, as a replica
 // cursor: the position it resumes from.
@@ -31,6 +61,7 @@ func (t *OwnedTable) replicatedCursor() cursor {
 // ownTransfer is a full transfer into a standby's owned table.
 type ownTransfer struct {
 	t   *OwnedTable
+	st  *transport.Start // the primary's Start: its history
 	seq uint64
 	wb  *badger.WriteBatch
 }
@@ -67,11 +98,12 @@ func (x *ownTransfer) put(key, value []byte) error {
 func (x *ownTransfer) abort() { x.wb.Cancel() }
 
 // finish makes the copy complete: the meta names the primary's history at
-// the snapshot's seq.
-func (x *ownTransfer) finish(st *transport.Start) error {
-	t := x.t
+// the snapshot's seq. The copy is live from then on (the owned table has
+// no second copy to switch from): switchIn has nothing left to do.
+func (x *ownTransfer) finish(next cursor) (cursor, error) {
+	t, st := x.t, x.st
 	if err := x.wb.Flush(); err != nil {
-		return fmt.Errorf("stage rows: %w", err)
+		return cursor{}, fmt.Errorf("stage rows: %w", err)
 	}
 	var hist []transport.EpochStart
 	for _, e := range st.Epochs {
@@ -85,7 +117,7 @@ func (x *ownTransfer) finish(st *transport.Start) error {
 	m.LogID, m.Head, m.First, m.Epochs = st.LogID, x.seq, x.seq+1, hist
 	m.Epoch = max(m.Epoch, epochOf(hist, x.seq))
 	if err := t.writeMeta(m); err != nil {
-		return fmt.Errorf("finish transfer of %s: %w", t.name, err)
+		return cursor{}, fmt.Errorf("finish transfer of %s: %w", t.name, err)
 	}
 	t.mu.Lock()
 	t.meta = m
@@ -93,8 +125,10 @@ func (x *ownTransfer) finish(st *transport.Start) error {
 	t.signalLocked()
 	t.mu.Unlock()
 	t.tail.reset(x.seq + 1)
-	return nil
+	return next, nil
 }
+
+func (x *ownTransfer) switchIn(old, next cursor) error { return nil }
 
 func (t *OwnedTable) writeMeta(m ownerMeta) error {
 	b, err := msgpack.Marshal(&m)
@@ -122,21 +156,11 @@ func (t *OwnedTable) applyReplicated(chs []transport.Change) error {
 	var logBytes int64
 	for i := range chs {
 		ch := &chs[i]
-		rowKey := concat(t.rowPrefix, ch.Key)
-		var err error
-		if ch.Op == transport.OpDelete {
-			err = txn.Delete(rowKey)
-		} else {
-			err = txn.Set(rowKey, encodeOwnRow(ch.Seq, ch.Value))
-		}
+		n, err := t.writeChange(txn, ch)
 		if err != nil {
 			return err
 		}
-		entry := encodeLogEntry(ch)
-		logBytes += int64(len(entry))
-		if err := txn.Set(ownLogKey(t.logPrefix, ch.Seq), entry); err != nil {
-			return err
-		}
+		logBytes += n
 		if n := len(m.Epochs); n == 0 || ch.Epoch > m.Epochs[n-1].Epoch {
 			m.Epochs = appendEpoch(m.Epochs, ch.Epoch, ch.Seq)
 		}
@@ -230,5 +254,3 @@ func (t *OwnedTable) promoteNow(epoch uint64) error {
 	t.c.log.Info("table is primary", "table", t.name, "epoch", epoch, "head", m.Head)
 	return nil
 }
-
-var _ = time.Now

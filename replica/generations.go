@@ -1,0 +1,272 @@
+package replica
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/replmesh/replmesh/transport"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+func beUint64(b []byte) uint64 { return binary.BigEndian.Uint64(b) }
+
+// kickDropper wakes the background deleter of replaced generations.
+func (c *Component) kickDropper() {
+	select {
+	case c.dropKick <- struct{}{}:
+	default:
+	}
+}
+
+// dropLoop deletes the generations named by drop markers, in the background
+// so a full transfer's switch never waits for the old copy's deletion.
+func (c *Component) dropLoop() {
+	defer c.wg.Done()
+	for {
+		select {
+		case <-c.dropKick:
+		case <-c.done():
+			return
+		}
+		if err := c.dropMarked(); err != nil && c.ctx.Err() == nil {
+			c.log.Error("delete replaced replica generation", "err", err)
+		}
+	}
+}
+
+func (c *Component) dropMarked() error {
+	var prefixes [][]byte
+	err := c.db.View(func(txn *badger.Txn) error {
+		o := badger.DefaultIteratorOptions
+		o.Prefix = []byte(dropMarkers)
+		o.PrefetchValues = false
+		it := txn.NewIterator(o)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			prefixes = append(prefixes, it.Item().KeyCopy(nil)[len(dropMarkers):])
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, p := range prefixes {
+		if err := c.deletePrefix(p); err != nil {
+			return err
+		}
+		if err := c.db.Update(func(txn *badger.Txn) error { return txn.Delete(dropMarker(p)) }); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Component) deletePrefix(p []byte) error {
+	for {
+		var keys [][]byte
+		err := c.db.View(func(txn *badger.Txn) error {
+			o := badger.DefaultIteratorOptions
+			o.Prefix = p
+			o.PrefetchValues = false
+			it := txn.NewIterator(o)
+			defer it.Close()
+			for it.Rewind(); it.Valid() && len(keys) < 10000; it.Next() {
+				keys = append(keys, it.Item().KeyCopy(nil))
+			}
+			return nil
+		})
+		if err != nil || len(keys) == 0 {
+			return err
+		}
+		var cost writeCost
+		for _, k := range keys {
+			cost.add(len(k), 0, 1)
+		}
+		if err := c.disk.admit(cost); err != nil {
+			return err // the marker stays: retried when space is back
+		}
+		wb := c.db.NewWriteBatch()
+		for _, k := range keys {
+			if err := wb.Delete(k); err != nil {
+				wb.Cancel()
+				return err
+			}
+		}
+		if err := wb.Flush(); err != nil {
+			return err
+		}
+		if c.ctx.Err() != nil {
+			return c.ctx.Err()
+		}
+	}
+}
+
+// readStage returns the generation of an unfinished transfer (0: none).
+func readStage(txn *badger.Txn, base string) (uint64, error) {
+	item, err := txn.Get(stageKey(base))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	var g uint64
+	err = item.Value(func(v []byte) error {
+		if len(v) != 8 {
+			return fmt.Errorf("stage marker of %d bytes", len(v))
+		}
+		g = beUint64(v)
+		return nil
+	})
+	return g, err
+}
+
+// genStore is the sink of a consumer's replica: rows in generations (see
+// keys.go), the cursor naming the live one. A full transfer writes a fresh
+// generation and switches the cursor to it in one transaction; the old one
+// is deleted in the background (dropLoop).
+type genStore struct {
+	c     *Component
+	base  string // the replica's key prefix (replicaBase)
+	table string
+	log   *slog.Logger
+}
+
+func (g *genStore) standby() bool { return false }
+
+func (g *genStore) copies() int { return 1 } // a replica's rows
+
+func (g *genStore) load() (cursor, error) {
+	var cur cursor
+	err := g.c.db.Update(func(txn *badger.Txn) error {
+		item, err := txn.Get(cursorKey(g.base))
+		switch {
+		case errors.Is(err, badger.ErrKeyNotFound):
+		case err != nil:
+			return err
+		default:
+			if err := item.Value(func(v []byte) error { return msgpack.Unmarshal(v, &cur) }); err != nil {
+				return fmt.Errorf("decode cursor: %w", err)
+			}
+		}
+		stage, err := readStage(txn, g.base)
+		if err != nil {
+			return err
+		}
+		if stage > cur.Gen {
+			if err := txn.Set(dropMarker(genPrefix(g.base, stage)), nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return cursor{}, err
+	}
+	if cur.LogID != "" {
+		g.log.Info("replica loaded", "log_id", cur.LogID, "seq", cur.Seq, "epoch", cur.Epoch)
+	}
+	g.c.kickDropper()
+	return cur, nil
+}
+
+// beginTransfer records the fresh generation as the stage (scheduling an
+// abandoned earlier stage for deletion) before any of its rows is written.
+func (g *genStore) beginTransfer(st *transport.Start, begin *transport.OwnerFrame, cur cursor) (stagedTransfer, error) {
+	var gen uint64
+	err := g.c.db.Update(func(txn *badger.Txn) error {
+		stage, err := readStage(txn, g.base)
+		if err != nil {
+			return err
+		}
+		gen = max(stage, cur.Gen) + 1
+		if stage > 0 && stage != cur.Gen {
+			if err := txn.Set(dropMarker(genPrefix(g.base, stage)), nil); err != nil {
+				return err
+			}
+		}
+		return txn.Set(stageKey(g.base), binary.BigEndian.AppendUint64(nil, gen))
+	})
+	if err != nil {
+		return nil, fmt.Errorf("stage transfer: %w", err)
+	}
+	g.c.kickDropper()
+	g.log.Info("full transfer begins", "seq", begin.Seq, "log_id", st.LogID, "gen", gen, "rows_expected", begin.Count)
+	return &genTransfer{g: g, gen: gen, prefix: genPrefix(g.base, gen), wb: g.c.db.NewWriteBatch()}, nil
+}
+
+// genTransfer is a full transfer into a fresh generation.
+type genTransfer struct {
+	g      *genStore
+	gen    uint64
+	prefix []byte
+	wb     *badger.WriteBatch
+}
+
+func (x *genTransfer) put(key, value []byte) error { return x.wb.Set(concat(x.prefix, key), value) }
+
+func (x *genTransfer) abort() { x.wb.Cancel() }
+
+func (x *genTransfer) finish(next cursor) (cursor, error) {
+	if err := x.wb.Flush(); err != nil {
+		return cursor{}, fmt.Errorf("stage rows: %w", err)
+	}
+	next.Gen = x.gen
+	return next, nil
+}
+
+// switchIn writes the new cursor, ends the staging and schedules the old
+// generation for deletion, in one transaction.
+func (x *genTransfer) switchIn(old, next cursor) error {
+	g := x.g
+	return g.c.db.Update(func(txn *badger.Txn) error {
+		b, err := msgpack.Marshal(&next)
+		if err != nil {
+			return err
+		}
+		if err := txn.Set(cursorKey(g.base), b); err != nil {
+			return err
+		}
+		if err := txn.Delete(stageKey(g.base)); err != nil {
+			return err
+		}
+		if old.Gen != next.Gen {
+			return txn.Set(dropMarker(genPrefix(g.base, old.Gen)), nil)
+		}
+		return nil
+	})
+}
+
+// apply writes the changes into the cursor's generation and the cursor, in
+// one transaction.
+func (g *genStore) apply(next cursor, chs []transport.Change) error {
+	prefix := genPrefix(g.base, next.Gen)
+	txn := g.c.db.NewTransaction(true)
+	defer txn.Discard()
+	for i := range chs {
+		ch := &chs[i]
+		var err error
+		if ch.Op == transport.OpDelete {
+			err = txn.Delete(concat(prefix, ch.Key))
+		} else {
+			err = txn.Set(concat(prefix, ch.Key), ch.Value)
+		}
+		if err != nil {
+			return fmt.Errorf("apply %s: %w", g.table, err)
+		}
+	}
+	b, err := msgpack.Marshal(&next)
+	if err != nil {
+		return err
+	}
+	if err := txn.Set(cursorKey(g.base), b); err != nil {
+		return fmt.Errorf("apply %s: %w", g.table, err)
+	}
+	if err := txn.Commit(); err != nil {
+		return fmt.Errorf("apply %s: %w", g.table, err)
+	}
+	return nil
+}

@@ -1,0 +1,412 @@
+package replica
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/replmesh/replmesh/modes"
+	"github.com/replmesh/replmesh/transport"
+)
+
+// maxFrameBytes bounds the payload of one change batch or snapshot chunk
+// (below the transport's chunk budget). A consumer drops a stream that
+// delivers no frame for PeerTimeout, so a frame must cross the slowest link
+// in less than that: with whole 4 MiB chunks a consumer behind a link under
+// about 400 KB/s (PeerTimeout 10s) re-started its full transfer forever.
+// 64 KiB frames need only 6.4 KB/s for the default timeout and cost no
+// measurable throughput on fast links.
+const maxFrameBytes = 64 << 10
+
+// frameBudget is the payload budget of one frame the owner sends.
+func frameBudget(o transport.Options) int { return min(o.ChunkBudget(), maxFrameBytes) }
+
+type sender struct {
+	c      *Component
+	t      *OwnedTable
+	stream transport.SubscribeServer
+	open   *transport.Open
+	log    interface {
+		Info(string, ...any)
+		Debug(string, ...any)
+	}
+	lastSend time.Time
+	buf      []transport.Change
+	// gated: with MinSyncStandbys, this subscriber (a consumer, not a
+	// standby) is sent only the changes that many standbys have confirmed
+	// (capHead).
+	gated bool
+	rate  *modes.RateMeter // the table's write rate (changes/s), for auto mode
+}
+
+func (s *sender) send(f *transport.OwnerFrame) error {
+	s.lastSend = time.Now()
+	return s.stream.Send(f)
+}
+
+func (s *sender) run() error {
+	ctx := s.stream.Context()
+	meta, _ := s.t.state()
+	o := s.open
+	resume := resumable(meta, o.LogID, o.Seq, o.Epoch)
+	if err := s.send(&transport.OwnerFrame{Kind: transport.KindStart, HeadSeq: meta.Head, Start: &transport.Start{
+		Version: transport.ProtocolVersion, LogID: meta.LogID, Epoch: meta.Epoch,
+		HeadSeq: meta.Head, FirstSeq: meta.First, Resume: resume, Epochs: meta.Epochs, Mode: s.t.ownerMode(),
+	}}); err != nil {
+		return err
+	}
+	next := o.Seq + 1
+	if resume {
+		s.log.Info("subscriber resumes", "from", next, "head", meta.Head)
+	} else {
+		s.log.Info("subscriber needs full transfer", "consumer_log", o.LogID, "consumer_seq", o.Seq, "head", meta.Head)
+		var err error
+		if next, err = s.sendSnapshot(); err != nil {
+			return err
+		}
+	}
+
+	standby := o.Standby && o.Service == s.c.cfg.Service
+	if standby {
+		s.t.sync.track(s)
+		defer s.t.sync.untrack(s)
+	}
+	s.gated = s.c.cfg.MinSyncStandbys > 0 && !standby
+	// The receiver goroutine hands mode switches and pull requests to the
+	// sending loop below; it never sends.
+	modeCh := make(chan string, 1)
+	pullCh := make(chan struct{}, 1)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			f, err := s.stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			switch f.Kind {
+			case transport.KindAck:
+				if standby {
+					s.t.sync.ack(s, f.Seq, s.c.cfg.MinSyncStandbys, s.c.lease.left() > 0)
+				}
+			case transport.KindHeartbeat:
+			case transport.KindPull:
+				select {
+				case pullCh <- struct{}{}:
+				default:
+				}
+			case transport.KindMode:
+				if f.Mode != transport.ModePush && f.Mode != transport.ModePull {
+					recvErr <- fmt.Errorf("%w: unknown mode %q", transport.ErrBadRequest, f.Mode)
+					return
+				}
+				select {
+				case <-modeCh:
+				default:
+				}
+				modeCh <- f.Mode
+			default:
+				recvErr <- fmt.Errorf("%w: unexpected %s frame from consumer", transport.ErrBadRequest, f.Kind)
+				return
+			}
+		}
+	}()
+
+	pull := o.Mode == transport.ModePull
+	hb := time.NewTicker(s.c.cfg.Heartbeat)
+	defer hb.Stop()
+	budget := frameBudget(s.c.cfg.Transport)
+	var linger *time.Timer
+	var lingerUntil time.Time
+	if s.c.cfg.Linger > 0 {
+		linger = time.NewTimer(s.c.cfg.Linger)
+		defer linger.Stop()
+	}
+	for {
+		meta, headCh := s.t.state()
+		s.rate.Record(time.Now(), meta.Head)
+		confirmed := s.capHead(&meta)
+		if !pull && linger != nil && next <= meta.Head && meta.Head-next+1 < uint64(s.c.cfg.BatchMaxChanges) {
+			// A partial batch: give it up to Linger to fill.
+			now := time.Now()
+			if lingerUntil.IsZero() {
+				lingerUntil = now.Add(s.c.cfg.Linger)
+				linger.Reset(s.c.cfg.Linger)
+			}
+			if now.Before(lingerUntil) {
+				select {
+				case <-linger.C:
+				case <-headCh:
+					continue
+				case <-confirmed:
+					continue
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-s.c.done():
+					return fmt.Errorf("%w: owner is shutting down", transport.ErrUnavailable)
+				}
+			}
+		}
+		lingerUntil = time.Time{}
+		if !pull && next <= meta.Head {
+			var err error
+			s.buf, err = s.t.readChanges(next, s.c.cfg.BatchMaxChanges, budget, s.buf[:0])
+			if err != nil {
+				return err
+			}
+			if s.gated {
+				s.buf = capChanges(s.buf, meta.Head)
+			}
+			if len(s.buf) > 0 {
+				if err := s.send(&transport.OwnerFrame{Kind: transport.KindChanges, HeadSeq: meta.Head, Epoch: meta.Epoch,
+					Rate: s.rate.Rate(), Changes: s.buf}); err != nil {
+					return err
+				}
+				next = s.buf[len(s.buf)-1].Seq + 1
+				clear(s.buf)
+				continue
+			}
+		}
+		var commits, moved <-chan struct{}
+		if !pull {
+			commits, moved = headCh, confirmed // in pull mode a commit alone sends nothing
+		}
+		select {
+		case <-commits:
+		case <-moved:
+		case m := <-modeCh:
+			if (m == transport.ModePull) != pull {
+				pull = m == transport.ModePull
+				s.log.Info("subscriber switches mode", "mode", m, "at", next-1)
+			}
+		case <-pullCh:
+			var err error
+			if next, err = s.sendDelta(next); err != nil {
+				return err
+			}
+		case now := <-hb.C:
+			if now.Sub(s.lastSend) >= s.c.cfg.Heartbeat/2 {
+				if err := s.send(&transport.OwnerFrame{Kind: transport.KindHeartbeat, HeadSeq: meta.Head, Time: now.UnixNano(), Rate: s.rate.Rate()}); err != nil {
+					return err
+				}
+			}
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.c.done():
+			return fmt.Errorf("%w: owner is shutting down", transport.ErrUnavailable)
+		}
+	}
+}
+
+// capHead caps m.Head at what the subscriber may be sent. With
+// MinSyncStandbys, a consumer gets only the changes that many standbys have
+// confirmed (the sync watermark): whichever standby is promoted then holds
+// every change a consumer has applied, so the consumer resumes on it, and
+// no consumer ever reads a change that is lost with the primary. It returns
+// a channel closed when the watermark moves (nil when not gated).
+func (s *sender) capHead(m *ownerMeta) <-chan struct{} {
+	if !s.gated {
+		return nil
+	}
+	var moved <-chan struct{}
+	m.Head, moved = s.t.sync.visible(m.Head)
+	return moved
+}
+
+// capChanges drops the changes past head (read beyond what may be sent).
+// head is a commit group's end: standbys confirm whole groups.
+func capChanges(chs []transport.Change, head uint64) []transport.Change {
+	for len(chs) > 0 && chs[len(chs)-1].Seq > head {
+		chs = chs[:len(chs)-1]
+	}
+	return chs
+}
+
+// sendDelta answers a pull: the latest change of every key changed since
+// next (deletes included), read from the log, in one frame the consumer
+// applies atomically. A consumer behind the log, or a delta larger than a
+// message, gets a full transfer in the stream instead. It returns the seq
+// after the delta.
+func (s *sender) sendDelta(next uint64) (uint64, error) {
+	meta, _ := s.t.state()
+	s.capHead(&meta)
+	if next < meta.First {
+		s.log.Info("pull behind the log; full transfer", "from", next, "first", meta.First)
+		return s.sendSnapshot()
+	}
+	// A delta is applied in one consumer transaction: keep it far under
+	// badger's transaction limit.
+	budget := min(s.c.cfg.Transport.ChunkBudget(), 1<<20)
+	var out []transport.Change
+	index := map[string]int{}
+	size := 0
+	to := next - 1
+	for to < meta.Head {
+		var err error
+		s.buf, err = s.t.readChanges(to+1, s.c.cfg.BatchMaxChanges, budget, s.buf[:0])
+		if errors.Is(err, transport.ErrResync) {
+			return s.sendSnapshot()
+		}
+		if err != nil {
+			return 0, err
+		}
+		if s.gated {
+			s.buf = capChanges(s.buf, meta.Head)
+		}
+		if len(s.buf) == 0 {
+			break
+		}
+		for _, ch := range s.buf {
+			if i, ok := index[string(ch.Key)]; ok {
+				size += ch.Size() - out[i].Size()
+				out[i] = ch
+			} else {
+				index[string(ch.Key)] = len(out)
+				out = append(out, ch)
+				size += ch.Size()
+			}
+		}
+		to = s.buf[len(s.buf)-1].Seq
+		clear(s.buf)
+		if size > budget {
+			s.log.Info("pull delta larger than a message; full transfer", "from", next, "bytes", size)
+			return s.sendSnapshot()
+		}
+	}
+	for i := range out {
+		out[i].TxnEnd = false
+	}
+	if n := len(out); n > 0 {
+		out[n-1].TxnEnd = true
+	}
+	slices.SortFunc(out, func(a, b transport.Change) int { return cmp.Compare(a.Seq, b.Seq) })
+	err := s.send(&transport.OwnerFrame{Kind: transport.KindDelta, Seq: to, HeadSeq: meta.Head, Epoch: meta.Epoch,
+		Rate: s.rate.Rate(), Changes: out})
+	return to + 1, err
+}
+
+// sendSnapshot streams the table's rows from one read transaction (a
+// consistent snapshot at the seq it reads from the meta in the same
+// transaction) and returns the seq after it.
+func (s *sender) sendSnapshot() (uint64, error) {
+	defer s.c.reads.leave()
+	if s.c.reads.enter() != nil {
+		return 0, fmt.Errorf("%w: owner is shutting down", transport.ErrUnavailable)
+	}
+	txn := s.c.db.NewTransaction(false)
+	defer txn.Discard()
+	m, err := s.t.readMeta(txn)
+	if err != nil {
+		return 0, err
+	}
+	// A snapshot holds the table at its head, and rows cannot be cut back
+	// to the sync watermark: a gated consumer's transfer waits until the
+	// standbys have confirmed that head, or a consumer could hold changes
+	// the promoted standby lacks.
+	if s.gated {
+		if err := s.t.waitConfirmed(s.stream.Context(), m.Head); err != nil {
+			return 0, fmt.Errorf("%w: full transfer of %s at seq %d: not confirmed by %d standby(s) within %s: %v",
+				transport.ErrUnavailable, s.t.name, m.Head, s.c.cfg.MinSyncStandbys, s.c.cfg.SyncTimeout, err)
+		}
+	}
+	// The frame's Epoch is the epoch of the snapshot's last change: the
+	// consumer's cursor epoch after the transfer. Its Count announces the
+	// rows to come, for the consumer's progress report.
+	snapEpoch := epochOf(m.Epochs, m.Head)
+	expected, err := s.countRows(txn)
+	if err != nil {
+		return 0, fmt.Errorf("snapshot of %s: count rows: %w", s.t.name, err)
+	}
+	if err := s.send(&transport.OwnerFrame{Kind: transport.KindSnapshotBegin, Seq: m.Head, HeadSeq: m.Head, Epoch: snapEpoch, Count: expected}); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	budget := frameBudget(s.c.cfg.Transport)
+	rows := make([]transport.Row, 0, 1024)
+	arena := make([]byte, 0, budget+budget/4)
+	var total, bytes int
+	flush := func() error {
+		if len(rows) == 0 {
+			return nil
+		}
+		err := s.send(&transport.OwnerFrame{Kind: transport.KindRows, Rows: rows})
+		total += len(rows)
+		bytes += len(arena)
+		clear(rows)
+		rows, arena = rows[:0], arena[:0]
+		return err
+	}
+	err = scanRows(txn, s.t.rowPrefix, nil, nil, nil, func(k, v []byte) (bool, error) {
+		_, val, err := decodeOwnRow(v)
+		if err != nil {
+			return false, err
+		}
+		if len(arena)+len(k)+len(val) > cap(arena) {
+			if err := flush(); err != nil {
+				return false, err
+			}
+			if len(k)+len(val) > cap(arena) {
+				arena = make([]byte, 0, len(k)+len(val))
+			}
+		}
+		ks := len(arena)
+		arena = append(arena, k...)
+		vs := len(arena)
+		arena = append(arena, val...)
+		rows = append(rows, transport.Row{Key: arena[ks:vs:vs], Value: arena[vs:len(arena):len(arena)]})
+		if s.stream.Context().Err() != nil {
+			return false, s.stream.Context().Err()
+		}
+		return true, nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	if err != nil {
+		return 0, fmt.Errorf("snapshot of %s: %w", s.t.name, err)
+	}
+	if err := s.send(&transport.OwnerFrame{Kind: transport.KindSnapshotEnd, Seq: m.Head, HeadSeq: m.Head, Epoch: snapEpoch, Count: uint64(total)}); err != nil {
+		return 0, err
+	}
+	s.log.Info("full transfer sent", "seq", m.Head, "rows", total, "bytes", bytes, "took", time.Since(start))
+	return m.Head + 1, nil
+}
+
+// countRows counts the rows a snapshot's read transaction holds, keys only
+// (no value is read: about a fifth of a second for 400k rows, against the
+// seconds their transfer takes). The commit path writes rows blindly,
+// without knowing whether a put creates its key, so no count is kept with
+// the table; counting the snapshot's own transaction is exact. The consumer
+// drops a stream silent for PeerTimeout, so a table too large to count in
+// half of that since the last frame sent is announced as unknown (0).
+func (s *sender) countRows(txn *badger.Txn) (uint64, error) {
+	deadline := s.lastSend.Add(s.c.cfg.PeerTimeout / 2)
+	o := badger.DefaultIteratorOptions
+	o.PrefetchValues = false
+	o.Prefix = s.t.rowPrefix
+	it := txn.NewIterator(o)
+	defer it.Close()
+	var n uint64
+	for it.Rewind(); it.Valid(); it.Next() {
+		n++
+		if n%4096 == 0 {
+			if err := s.stream.Context().Err(); err != nil {
+				return 0, err
+			}
+			if time.Now().After(deadline) {
+				s.log.Info("full transfer: too many rows to count in time; announcing an unknown count", "counted", n)
+				return 0, nil
+			}
+		}
+	}
+	return n, nil
+}
