@@ -136,7 +136,7 @@ func (c *Component) valueLimit() (int, string) {
 }
 
 // Open opens the database, starts the group committer, the log trimmer and
-// (when ListenAddr is set) the replication server.
+// (when Listener or ListenAddr is set) the replication server.
 //
 // ctx bounds the opening, not the component: Open returns ctx's error
 // (having closed what it opened) when ctx is done before it starts or once
@@ -218,12 +218,13 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 		disk.OnRecover = c.kickDropper // a drop refused for lack of space goes on
 		disk.Refresh()                 // preallocate the logs badger just opened
 	}
-	if cfg.ListenAddr != "" {
-		ln, err := transport.Listen(cfg.ListenAddr)
-		if err != nil {
-			cancel()
-			_ = db.Close()
-			return nil, fmt.Errorf("open component: listen %s: %w", cfg.ListenAddr, err)
+	if ln := cfg.Listener; ln != nil || cfg.ListenAddr != "" {
+		if ln == nil {
+			if ln, err = transport.Listen(cfg.ListenAddr); err != nil {
+				cancel()
+				_ = db.Close()
+				return nil, fmt.Errorf("open component: listen %s: %w", cfg.ListenAddr, err)
+			}
 		}
 		c.ln = ln
 		c.server = transport.NewServer(cfg.Transport)
