@@ -146,8 +146,8 @@ func (r *Replica) apply(chs []transport.Change) error {
 	lastCh := chs[len(chs)-1]
 	next.Seq, next.Time, next.Epoch = lastCh.Seq, lastCh.Time, lastCh.Epoch
 	cost := changesCost(chs, r.sink.copies())
-	cost.n += entryOverhead // the cursor or meta
-	if err := r.c.disk.admit(cost); err != nil {
+	cost.Add(0, 0, 1) // the cursor or meta: a small entry
+	if err := r.c.disk.Admit(cost); err != nil {
 		return fmt.Errorf("apply %s: %w", r.opts.Table, err)
 	}
 	if err := r.sink.apply(next, chs); err != nil {

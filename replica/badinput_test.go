@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -447,12 +448,18 @@ func serveTest(t *testing.T, register func(*transport.Server)) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveOn(t, ln, register)
+	return ln.Addr().String()
+}
+
+// serveOn serves the services register adds on ln until the test ends.
+func serveOn(t *testing.T, ln net.Listener, register func(*transport.Server)) {
+	t.Helper()
 	srv := transport.NewServer(transport.Options{})
 	register(srv)
 	done := make(chan struct{})
 	go func() { defer close(done); _ = srv.Serve(ln) }()
 	t.Cleanup(func() { srv.GracefulStop(time.Second); <-done })
-	return ln.Addr().String()
 }
 
 // The fake owner's table: rows k00..k09 at seq 10, then change 11 (put

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/replmesh/replmesh/internal/diskguard"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -79,7 +80,7 @@ func (c *Component) commitLoop() {
 				break drain
 			}
 		}
-		if err := c.disk.admit(groupCost(pending)); err != nil {
+		if err := c.disk.Admit(groupCost(pending)); err != nil {
 			// Refused before any seq is assigned: nothing is written.
 			for _, pw := range pending {
 				pw.seq, pw.err = 0, err
@@ -111,12 +112,13 @@ func (c *Component) commitLoop() {
 
 // groupCost is what a group adds to badger's files: a row and a log entry
 // per change, and each touched table's meta.
-func groupCost(pending []*pendingWrite) writeCost {
-	var w writeCost
+func groupCost(pending []*pendingWrite) diskguard.Cost {
+	var w diskguard.Cost
 	for _, pw := range pending {
-		c := changesCost(pw.changes, 2)
-		w.n += c.n + entryOverhead
-		w.vlog += c.vlog
+		for i := range pw.changes {
+			w.Add(len(pw.changes[i].Key), len(pw.changes[i].Value), 2)
+		}
+		w.Add(0, 0, 1) // the meta: a small entry
 	}
 	return w
 }

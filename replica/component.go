@@ -13,6 +13,7 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
+	"github.com/replmesh/replmesh/internal/diskguard"
 	"github.com/replmesh/replmesh/transport"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health/grpc_health_v1"
@@ -36,8 +37,8 @@ type Component struct {
 	wg     sync.WaitGroup
 
 	// disk refuses writes while the data dir is short of space (nil in
-	// memory; see diskspace.go).
-	disk *diskGuard
+	// memory; see diskfull.go).
+	disk *diskguard.Guard
 
 	writes     chan *pendingWrite
 	commitDone chan struct{} // closed when the committer has stopped
@@ -122,7 +123,7 @@ func threshold(inMemory bool) int64 {
 	if inMemory {
 		return memValueThreshold
 	}
-	return valueThreshold
+	return diskguard.ValueThreshold
 }
 
 // valueLimit is the largest value this component stores, and the reason
@@ -135,7 +136,7 @@ func (c *Component) valueLimit() (int, string) {
 }
 
 // Open opens the database, starts the group committer, the log trimmer and
-// (when ListenAddr is set) the replication server.
+// (when Listener or ListenAddr is set) the replication server.
 //
 // ctx bounds the opening, not the component: Open returns ctx's error
 // (having closed what it opened) when ctx is done before it starts or once
@@ -166,12 +167,12 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 		WithNumCompactors(2).
 		WithValueThreshold(threshold(cfg.DataDir == "")).
 		WithCompression(options.None) // rows and log entries are small: compression costs more CPU than it saves
-	var disk *diskGuard
+	var disk *diskguard.Guard
 	if cfg.DataDir != "" {
 		// On a full file system badger would fault while opening (it maps
 		// new log files): refuse with an error instead.
-		disk = newDiskGuard(cfg.DataDir, cfg.MemTableSize, log)
-		if err := disk.checkOpen(); err != nil {
+		disk = diskguard.New(cfg.DataDir, cfg.MemTableSize, log)
+		if err := disk.CheckOpen(); err != nil {
 			return nil, fmt.Errorf("open component: %w", err)
 		}
 	}
@@ -214,15 +215,16 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 		storedEpoch: epoch,
 	}
 	if disk != nil {
-		disk.onRecover = c.kickDropper // a drop refused for lack of space goes on
-		disk.refresh()                 // preallocate the logs badger just opened
+		disk.OnRecover = c.kickDropper // a drop refused for lack of space goes on
+		disk.Refresh()                 // preallocate the logs badger just opened
 	}
-	if cfg.ListenAddr != "" {
-		ln, err := transport.Listen(cfg.ListenAddr)
-		if err != nil {
-			cancel()
-			_ = db.Close()
-			return nil, fmt.Errorf("open component: listen %s: %w", cfg.ListenAddr, err)
+	if ln := cfg.Listener; ln != nil || cfg.ListenAddr != "" {
+		if ln == nil {
+			if ln, err = transport.Listen(cfg.ListenAddr); err != nil {
+				cancel()
+				_ = db.Close()
+				return nil, fmt.Errorf("open component: listen %s: %w", cfg.ListenAddr, err)
+			}
 		}
 		c.ln = ln
 		c.server = transport.NewServer(cfg.Transport)
@@ -243,7 +245,7 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 	}
 	if disk != nil {
 		c.wg.Add(1)
-		go func() { defer c.wg.Done(); disk.run(c.done()) }()
+		go func() { defer c.wg.Done(); disk.Run(c.done()) }()
 	}
 	c.wg.Add(3)
 	go c.commitLoop()
@@ -291,7 +293,7 @@ func (c *Component) Close() error {
 			_ = cc.Close()
 		}
 		c.reads.shut()
-		c.disk.closing() // room for the flush in db.Close
+		c.disk.Closing() // room for the flush in db.Close
 		c.closeErr = c.db.Close()
 		c.log.Info("component closed")
 	})

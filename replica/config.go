@@ -3,6 +3,7 @@ package replica
 import (
 	"fmt"
 	"log/slog"
+	"net"
 	"regexp"
 	"time"
 
@@ -39,6 +40,12 @@ type Config struct {
 	// picks a free port (read it back with Component.Addr). Empty: the
 	// component serves nothing (a pure consumer).
 	ListenAddr string
+	// Listener, when set, is where the replication service is served
+	// instead of ListenAddr, and Component.Addr reports its address: for
+	// tests (an in-memory network) and for embedding in a process that
+	// makes its own listeners. The component closes it at Close; a failed
+	// Open leaves it to the caller.
+	Listener net.Listener
 	// DataDir holds the badger database. Empty: in memory (tests, demos).
 	DataDir string
 	// Durability of owner writes and replica applies.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/replmesh/replmesh/internal/diskguard"
 	"github.com/replmesh/replmesh/transport"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -81,11 +82,11 @@ func (c *Component) deletePrefix(p []byte) error {
 		if err != nil || len(keys) == 0 {
 			return err
 		}
-		var cost writeCost
+		var cost diskguard.Cost
 		for _, k := range keys {
-			cost.add(len(k), 0, 1)
+			cost.Add(len(k), 0, 1)
 		}
-		if err := c.disk.admit(cost); err != nil {
+		if err := c.disk.Admit(cost); err != nil {
 			return err // the marker stays: retried when space is back
 		}
 		wb := c.db.NewWriteBatch()

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"net"
 	"testing"
 	"time"
 
 	"github.com/replmesh/replmesh/internal/testutil"
+	"github.com/replmesh/replmesh/transport"
 	"go.uber.org/goleak"
 )
 
@@ -37,6 +39,58 @@ func openComponent(t testing.TB, service, instance, dir, addr string) *Component
 	}
 	return c
 }
+
+// memNet is an in-memory network (testutil.BufNet) for the tests that need
+// a stream between components but not the network: a component joined to
+// it serves on a listener of its own (Config.Listener) and dials the
+// others through it (Config.Transport.DialOptions). The tests about the
+// network (restarts on an address, the fault proxy, real sockets) stay on
+// TCP.
+type memNet struct{ bn testutil.BufNet }
+
+// join puts the component cfg configures on the network.
+func (n *memNet) join(cfg *Config) {
+	ln, addr := n.bn.Listen()
+	cfg.Listener = memListener{ln, memAddr(addr)}
+	cfg.Transport = n.options(cfg.Transport)
+}
+
+// options returns o dialing through the network, for a client of its own.
+func (n *memNet) options(o transport.Options) transport.Options {
+	o.DialOptions = append(o.DialOptions[:len(o.DialOptions):len(o.DialOptions)], n.bn.DialOption())
+	return o
+}
+
+// open opens a component on the network like openComponent; dir "" is in
+// memory.
+func (n *memNet) open(t testing.TB, service, instance, dir string) *Component {
+	t.Helper()
+	return openWith(t, service, instance, dir, "", n.join)
+}
+
+// serve serves the services register adds on the network until the test
+// ends, and returns the address.
+func (n *memNet) serve(t *testing.T, register func(*transport.Server)) string {
+	t.Helper()
+	ln, addr := n.bn.Listen()
+	serveOn(t, ln, register)
+	return addr
+}
+
+// memListener is a listener of a memNet that reports its address on the
+// network (a bufconn listener's own Addr is "bufconn" for all of them).
+type memListener struct {
+	net.Listener
+	addr memAddr
+}
+
+func (l memListener) Addr() net.Addr { return l.addr }
+
+// memAddr is an address on a memNet.
+type memAddr string
+
+func (memAddr) Network() string  { return "bufnet" }
+func (a memAddr) String() string { return string(a) }
 
 // mustClose closes c and fails the test on error.
 func mustClose(t testing.TB, c *Component) {

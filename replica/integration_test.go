@@ -31,6 +31,7 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/replmesh/replmesh/internal/faultproxy"
+	"google.golang.org/grpc"
 )
 
 const (
@@ -461,14 +462,18 @@ func (c *eventChecker) check(t testing.TB, head uint64, want map[string]string) 
 // ---- consumers ----
 
 // consumer is one consumer component with one replica of the test table,
-// reached through its own proxy.
+// reached through its own proxy, or on a memNet (newMemConsumer).
 type consumer struct {
 	name string
 	dir  string // "" in memory
 	px   *faultproxy.Proxy
-	c    *Component
-	r    *Replica
-	chk  *eventChecker
+	// mem and owner, without px: the consumer is on mem and subscribes to
+	// owner directly.
+	mem   *memNet
+	owner string
+	c     *Component
+	r     *Replica
+	chk   *eventChecker
 	// tweak, when set, adjusts the consumer's config.
 	tweak func(*Config)
 }
@@ -483,17 +488,63 @@ func newConsumer(t testing.TB, name, dir, ownerAddr string) *consumer {
 	return cs
 }
 
+// newMemConsumer is a consumer on mem, with no proxy, for the tests that
+// need no faults on its stream.
+func newMemConsumer(t testing.TB, mem *memNet, name, dir, ownerAddr string) *consumer {
+	cs := &consumer{name: name, dir: dir, mem: mem, owner: ownerAddr, chk: newEventChecker(name)}
+	t.Cleanup(func() {
+		if cs.c != nil {
+			_ = cs.c.Close()
+		}
+	})
+	return cs
+}
+
 // open opens the consumer's component and subscribes to the test table. The
-// proxy is paused meanwhile, so the checker is attached before any frame
-// can reach the replica.
+// proxy is paused meanwhile (on a memNet, the stream waits), so the checker
+// is attached before any frame can reach the replica.
 func (cs *consumer) open(t testing.TB) {
 	t.Helper()
+	if cs.px == nil {
+		cs.openMem(t)
+		return
+	}
 	cs.c = openWith(t, "products", cs.name, cs.dir, "", cs.tweak)
 	if !cs.px.Paused() { // else the caller holds the proxy and resumes it
 		cs.px.Pause()
 		defer cs.px.Resume()
 	}
 	r, err := cs.c.Subscribe(context.Background(), SubscribeOptions{Service: itOwner, Table: itTable, Addr: cs.px.Addr()})
+	if err != nil {
+		t.Fatalf("%s: subscribe: %v", cs.name, err)
+	}
+	cs.r = r
+	cs.chk.attach(r)
+}
+
+// openMem is open on a memNet: the consumer's streams wait for the
+// checker as they wait for a paused proxy.
+func (cs *consumer) openMem(t testing.TB) {
+	t.Helper()
+	attached := make(chan struct{})
+	hold := grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn,
+		method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		select {
+		case <-attached:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		return streamer(ctx, desc, cc, method, opts...)
+	})
+	cs.c = openWith(t, "products", cs.name, cs.dir, "", func(c *Config) {
+		cs.mem.join(c)
+		c.Transport.DialOptions = append(c.Transport.DialOptions, hold)
+		if cs.tweak != nil {
+			cs.tweak(c)
+		}
+	})
+	defer close(attached)
+	r, err := cs.c.Subscribe(context.Background(), SubscribeOptions{Service: itOwner, Table: itTable, Addr: cs.owner})
 	if err != nil {
 		t.Fatalf("%s: subscribe: %v", cs.name, err)
 	}
@@ -548,14 +599,15 @@ func waitStreaming(t testing.TB, cons ...*consumer) {
 
 func TestIntegration_RandomWorkload(t *testing.T) {
 	seed := itSeed(t)
-	owner := openComponent(t, itOwner, "s1", t.TempDir(), "")
+	var mem memNet
+	owner := mem.open(t, itOwner, "s1", t.TempDir())
 	defer mustClose(t, owner)
 	tbl := mustOwn(t, owner)
 	hist := newHistory()
 	cons := []*consumer{
-		newConsumer(t, "c1", t.TempDir(), owner.Addr()),
-		newConsumer(t, "c2", "", owner.Addr()),
-		newConsumer(t, "c3", t.TempDir(), owner.Addr()),
+		newMemConsumer(t, &mem, "c1", t.TempDir(), owner.Addr()),
+		newMemConsumer(t, &mem, "c2", "", owner.Addr()),
+		newMemConsumer(t, &mem, "c3", t.TempDir(), owner.Addr()),
 	}
 	const writers, ops = 4, 400
 	cons[0].open(t) // before any write
@@ -1113,10 +1165,11 @@ func TestIntegration_TransferAtomicForReaders(t *testing.T) {
 // writes key "n" = seq (one change per commit), so the row a reader sees
 // must name the seq the read reports.
 func TestIntegration_ReadsAtOneSeq(t *testing.T) {
-	owner := openComponent(t, itOwner, "s1", "", "")
+	var mem memNet
+	owner := mem.open(t, itOwner, "s1", "")
 	defer mustClose(t, owner)
 	tbl := mustOwn(t, owner)
-	cs := newConsumer(t, "c1", "", owner.Addr())
+	cs := newMemConsumer(t, &mem, "c1", "", owner.Addr())
 	cs.open(t)
 	ctx := ctxT(t, time.Minute)
 	const writes = 2000

@@ -13,7 +13,8 @@ import (
 // The owner lists a table's keys in key order, page by page, each page at
 // one seq; access checks and unknown tables answer as for Get.
 func TestOwnedTable_KeysPages(t *testing.T) {
-	owner := openComponent(t, "stores", "s1", "", "127.0.0.1:0")
+	var mem memNet
+	owner := mem.open(t, "stores", "s1", "")
 	t.Cleanup(func() { mustClose(t, owner) })
 	ctx := ctxT(t, 20*time.Second)
 	items, err := owner.Own("items")
@@ -37,7 +38,7 @@ func TestOwnedTable_KeysPages(t *testing.T) {
 		}
 	}
 	head := items.Head()
-	cc, err := transport.Dial(owner.Addr(), transport.Options{})
+	cc, err := transport.Dial(owner.Addr(), mem.options(transport.Options{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,10 +128,12 @@ func TestOwnedTable_KeysPages(t *testing.T) {
 // A page stops at its byte budget (with at least one key), so a table of
 // large keys needs more, smaller pages rather than one giant message.
 func TestOwnedTable_KeysByteBudget(t *testing.T) {
+	var mem memNet
 	cfg := LocalConfig("stores", "s1")
 	cfg.Transport.MaxMessageSize = 256 << 10 // a key budget of 128 KiB
 	cfg.MaxGroupBytes, cfg.MaxApplyBytes = 100<<10, 100<<10
 	cfg.Logger = testLogger(t)
+	mem.join(&cfg)
 	owner, err := Open(ctxT(t, 30*time.Second), cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -107,15 +107,15 @@ func (x *collector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(desc *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, v, labels...)
 	}
-	if ds := c.disk.status(); ds.on {
+	if ds := c.disk.Status(); ds.On {
 		full := 0.0
-		if ds.full {
+		if ds.Full {
 			full = 1
 		}
-		gauge(d.diskFree, float64(ds.free))
-		gauge(d.diskReserve, float64(ds.reserve))
+		gauge(d.diskFree, float64(ds.Free))
+		gauge(d.diskReserve, float64(ds.Reserve))
 		gauge(d.diskFull, full)
-		counter(d.diskRefused, float64(ds.refused))
+		counter(d.diskRefused, float64(ds.Refused))
 	}
 	for _, t := range tables {
 		m, _ := t.state()

@@ -26,9 +26,10 @@ func pullOnDemand() *modes.TableConfig {
 // the owner's state, and a key written 10,000 times between two pulls
 // crosses the wire once.
 func TestPull_OnDemandCoalesced(t *testing.T) {
-	owner := openComponent(t, "stores", "s1", "", "")
+	var mem memNet
+	owner := mem.open(t, "stores", "s1", "")
 	defer mustClose(t, owner)
-	cons := openComponent(t, "products", "p1", t.TempDir(), "")
+	cons := mem.open(t, "products", "p1", t.TempDir())
 	defer mustClose(t, cons)
 	tbl, _ := owner.Own("t")
 	ctx := ctxT(t, 30*time.Second)
@@ -106,9 +107,10 @@ func TestPull_OnDemandCoalesced(t *testing.T) {
 
 // A pull interval pulls by itself.
 func TestPull_Interval(t *testing.T) {
-	owner := openComponent(t, "stores", "s1", "", "")
+	var mem memNet
+	owner := mem.open(t, "stores", "s1", "")
 	defer mustClose(t, owner)
-	cons := openComponent(t, "products", "p1", "", "")
+	cons := mem.open(t, "products", "p1", "")
 	defer mustClose(t, cons)
 	tbl, _ := owner.Own("t")
 	ctx := ctxT(t, 30*time.Second)
@@ -129,9 +131,10 @@ func TestPull_Interval(t *testing.T) {
 // push -> pull -> push while the owner writes: no reconnect, no resync, and
 // the replica ends equal to the owner.
 func TestModes_SwitchUnderWrites(t *testing.T) {
-	owner := openComponent(t, "stores", "s1", "", "")
+	var mem memNet
+	owner := mem.open(t, "stores", "s1", "")
 	defer mustClose(t, owner)
-	cons := openComponent(t, "products", "p1", "", "")
+	cons := mem.open(t, "products", "p1", "")
 	defer mustClose(t, cons)
 	tbl, _ := owner.Own("t")
 	ctx := ctxT(t, 60*time.Second)
@@ -188,9 +191,10 @@ func TestModes_SwitchUnderWrites(t *testing.T) {
 
 // The owner's table default is the lowest level: a subscription option wins.
 func TestModes_Precedence(t *testing.T) {
-	owner := openComponent(t, "stores", "s1", "", "")
+	var mem memNet
+	owner := mem.open(t, "stores", "s1", "")
 	defer mustClose(t, owner)
-	cons := openComponent(t, "products", "p1", "", "")
+	cons := mem.open(t, "products", "p1", "")
 	defer mustClose(t, cons)
 	if _, err := owner.Own("pulled", TableOptions{Mode: modes.Pull}); err != nil {
 		t.Fatal(err)
@@ -215,9 +219,10 @@ func TestModes_Precedence(t *testing.T) {
 // writes stop and reads come, it goes back to push; each switch is
 // explained.
 func TestModes_Auto(t *testing.T) {
-	owner := openComponent(t, "stores", "s1", "", "")
+	var mem memNet
+	owner := mem.open(t, "stores", "s1", "")
 	defer mustClose(t, owner)
-	cons := openComponent(t, "products", "p1", "", "")
+	cons := mem.open(t, "products", "p1", "")
 	defer mustClose(t, cons)
 	tbl, _ := owner.Own("t")
 	ctx := ctxT(t, 60*time.Second)
@@ -273,14 +278,15 @@ func TestModes_Auto(t *testing.T) {
 // owner, Fresh goes live when the replica is too old and falls back to the
 // cached value with a StaleError when the owner is down.
 func TestRead_Policies(t *testing.T) {
-	owner := openComponent(t, "stores", "s1", "", "")
+	var mem memNet
+	owner := mem.open(t, "stores", "s1", "")
 	ownerClosed := false
 	defer func() {
 		if !ownerClosed {
 			mustClose(t, owner)
 		}
 	}()
-	cons := openComponent(t, "products", "p1", "", "")
+	cons := mem.open(t, "products", "p1", "")
 	defer mustClose(t, cons)
 	tbl, _ := owner.Own("t")
 	ctx := ctxT(t, 30*time.Second)
@@ -336,6 +342,7 @@ func TestRead_Policies(t *testing.T) {
 // The mode file: an owner's entry is its table default, a consumer's entry
 // its subscription option; a reload switches live subscriptions.
 func TestModes_File(t *testing.T) {
+	var mem memNet
 	file, err := modes.Parse([]byte(`version: 1
 tables:
   stores/t:
@@ -349,6 +356,7 @@ tables:
 	cfg := LocalConfig("stores", "s1")
 	cfg.Modes = file
 	cfg.Logger = testLogger(t)
+	mem.join(&cfg)
 	owner, err := Open(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -367,6 +375,7 @@ tables:
 	ccfg := LocalConfig("products", "p1")
 	ccfg.Modes = &modes.Config{Version: 1, Tables: map[string]modes.TableConfig{"stores/t": {Mode: modes.Push}}}
 	ccfg.Logger = testLogger(t)
+	mem.join(&ccfg)
 	cons, err := Open(context.Background(), ccfg)
 	if err != nil {
 		t.Fatal(err)
@@ -386,9 +395,10 @@ tables:
 
 // The auto mode's choice and the switches are visible in the metrics.
 func TestMetrics_ModeAndLag(t *testing.T) {
-	owner := openComponent(t, "stores", "s1", "", "")
+	var mem memNet
+	owner := mem.open(t, "stores", "s1", "")
 	defer mustClose(t, owner)
-	cons := openComponent(t, "products", "p1", "", "")
+	cons := mem.open(t, "products", "p1", "")
 	defer mustClose(t, cons)
 	tbl, _ := owner.Own("t")
 	ctx := ctxT(t, 20*time.Second)

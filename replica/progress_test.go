@@ -254,9 +254,10 @@ func gatherReplica(t *testing.T, reg *prometheus.Registry) map[string]float64 {
 // An owner older than the row announcement (SnapshotBegin without a count)
 // makes the progress report an unknown total: no percent, no ETA.
 func TestTransfer_ProgressUnknownCount(t *testing.T) {
+	var mem memNet
 	fake := &fakeOwner{script: func(n int, open *transport.Open, s transport.SubscribeServer) error { return sendGood(open, s) }}
-	addr := serveFake(t, fake)
-	c := openComponent(t, "products", "p1", "", "")
+	addr := mem.serve(t, func(srv *transport.Server) { transport.RegisterReplicationServer(srv, fake) })
+	c := mem.open(t, "products", "p1", "")
 	defer mustClose(t, c)
 	held, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once

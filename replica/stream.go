@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/replmesh/replmesh/internal/diskguard"
 	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/transport"
 )
@@ -41,7 +42,7 @@ func (r *Replica) loop() {
 		r.mu.Unlock()
 		var spaceBack <-chan struct{}
 		if diskFull {
-			spaceBack = r.c.disk.waitCh()
+			spaceBack = r.c.disk.Wait()
 			r.log.Debug("cannot apply: data dir short of space; retrying", "err", err, "backoff", backoff)
 		} else {
 			r.log.Info("stream ended; reconnecting", "err", err, "backoff", backoff)
@@ -67,7 +68,7 @@ func (r *Replica) loop() {
 // past the start.
 func (r *Replica) runStream() (progressed bool, err error) {
 	// No stream while nothing received could be written.
-	if err := r.c.disk.admit(writeCost{}); err != nil {
+	if err := r.c.disk.Admit(diskguard.Cost{}); err != nil {
 		return false, fmt.Errorf("apply %s: %w", r.opts.Table, err)
 	}
 	ctx, cancel := context.WithCancel(r.ctx)

@@ -54,7 +54,7 @@ func (r *Replica) receiveRows(recv func() (*transport.OwnerFrame, error), seq ui
 		}
 		switch f.Kind {
 		case transport.KindRows:
-			if err := r.c.disk.admit(rowsCost(f.Rows)); err != nil {
+			if err := r.c.disk.Admit(rowsCost(f.Rows)); err != nil {
 				return 0, 0, fmt.Errorf("stage rows: %w", err)
 			}
 			var n uint64

@@ -118,7 +118,8 @@ func TestOwnedTable_InputLimits(t *testing.T) {
 }
 
 func TestComponent_CloseIdempotentAndRefuses(t *testing.T) {
-	c := openComponent(t, "stores", "s1", t.TempDir(), "")
+	var mem memNet
+	c := mem.open(t, "stores", "s1", t.TempDir())
 	tbl, err := c.Own("t")
 	if err != nil {
 		t.Fatal(err)
@@ -235,15 +236,16 @@ func TestOwnedTable_TrimByCountBytesAge(t *testing.T) {
 }
 
 func TestTyped_RoundTrip(t *testing.T) {
+	var mem memNet
 	type Manager struct {
 		Store string
 		User  string
 		Since time.Time
 		Roles []string
 	}
-	owner := openComponent(t, "stores", "s1", "", "")
+	owner := mem.open(t, "stores", "s1", "")
 	defer mustClose(t, owner)
-	cons := openComponent(t, "products", "p1", "", "")
+	cons := mem.open(t, "products", "p1", "")
 	defer mustClose(t, cons)
 	ot, _ := owner.Own("store_managers")
 	w := Typed[Manager](ot)
@@ -278,9 +280,10 @@ func TestTyped_RoundTrip(t *testing.T) {
 }
 
 func TestReplica_OnChangeAndWatch(t *testing.T) {
-	owner := openComponent(t, "stores", "s1", "", "")
+	var mem memNet
+	owner := mem.open(t, "stores", "s1", "")
 	defer mustClose(t, owner)
-	cons := openComponent(t, "products", "p1", "", "")
+	cons := mem.open(t, "products", "p1", "")
 	defer mustClose(t, cons)
 	ot, _ := owner.Own("t")
 	ctx := ctxT(t, 20*time.Second)
@@ -351,15 +354,17 @@ func TestReplica_OnChangeAndWatch(t *testing.T) {
 }
 
 func TestSender_LingerBatchesTrickle(t *testing.T) {
+	var mem memNet
 	cfg := LocalConfig("stores", "s1")
 	cfg.Linger = time.Second
 	cfg.Logger = testLogger(t)
+	mem.join(&cfg)
 	owner, err := Open(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer mustClose(t, owner)
-	cons := openComponent(t, "products", "p1", "", "")
+	cons := mem.open(t, "products", "p1", "")
 	defer mustClose(t, cons)
 	ot, _ := owner.Own("t")
 	ctx := ctxT(t, 20*time.Second)

@@ -1,4 +1,4 @@
-package replica
+package diskguard
 
 import (
 	"errors"
@@ -6,8 +6,8 @@ import (
 	"syscall"
 )
 
-// errDiskUnsupported: this system has no statfs or fallocate here.
-var errDiskUnsupported = errors.New("not supported on this system")
+// errUnsupported: this system has no statfs or fallocate here.
+var errUnsupported = errors.New("not supported on this system")
 
 // statfsFree returns the bytes an unprivileged user may still allocate on
 // the file system holding dir.
