@@ -33,7 +33,7 @@ type modeState struct {
 	readMeter    *modes.RateMeter // this replica's read rate
 	pullGen      uint64           // pull answers applied
 	pullCh       chan struct{}    // closed and replaced on each pull answer
-	stream       transport.SubscribeClient
+	stream       *transport.ClientSubscription
 }
 
 // resolveModesLocked recomputes the settings and the effective mode; it
