@@ -321,7 +321,7 @@ func (s *sender) sendSnapshot() (uint64, error) {
 	// The frame's Epoch is the epoch of the snapshot's last change: the
 	// consumer's cursor epoch after the transfer. Its Count announces the
 	// rows to come, for the consumer's progress report.
-	snapEpoch := epochOf(m.Epochs, m.Head)
+	snapEpoch := m.Epochs.EpochOf(m.Head)
 	expected, err := s.countRows(txn)
 	if err != nil {
 		return 0, fmt.Errorf("snapshot of %s: count rows: %w", s.t.name, err)

@@ -44,7 +44,7 @@ type ownerMeta struct {
 	Head  uint64 `msgpack:"head"`  // seq of the newest change
 	First uint64 `msgpack:"first"` // oldest seq still in the log (Head+1 when empty)
 	// Epochs is the epoch history: where each epoch began.
-	Epochs []transport.EpochStart `msgpack:"eps"`
+	Epochs transport.EpochHistory `msgpack:"eps"`
 }
 
 // OwnedTable is a table this component owns and writes. Its methods are safe
@@ -162,7 +162,7 @@ func (c *Component) own(name string, opts []TableOptions) (*OwnedTable, error) {
 		// machine crash) is then detected by the epoch history instead of
 		// silently resuming over different changes at the same seqs.
 		t.meta.Epoch++
-		t.meta.Epochs = appendEpoch(t.meta.Epochs, t.meta.Epoch, t.meta.Head+1)
+		t.meta.Epochs = t.meta.Epochs.Append(t.meta.Epoch, t.meta.Head+1)
 		b, err := msgpack.Marshal(&t.meta)
 		if err != nil {
 			return err
