@@ -3,7 +3,6 @@ package replica
 import (
 	"fmt"
 	"log/slog"
-	"regexp"
 	"time"
 
 	"github.com/replmesh/replmesh/modes"
@@ -156,11 +155,11 @@ func LocalConfig(service, instance string) Config {
 	return c
 }
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,128}$`)
-
+// validName checks a configured name against transport's one name rule
+// (transport.CheckName), as an ErrInvalid that names the field.
 func validName(what, s string) error {
-	if !nameRE.MatchString(s) {
-		return fmt.Errorf("%w: %s %q must be 1-128 characters of A-Z a-z 0-9 _ . -", ErrInvalid, what, s)
+	if err := transport.CheckName(what, s); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	return nil
 }
