@@ -3,7 +3,6 @@ package replica
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"time"
 
@@ -53,7 +52,7 @@ const brokerLogEvery = 30 * time.Second
 // that fail before a session opens are logged as sessionLog says.
 func (c *Component) brokerLoop() {
 	defer c.wg.Done()
-	backoff := c.cfg.ReconnectMin
+	backoff := transport.Backoff{Min: c.cfg.ReconnectMin, Max: c.cfg.ReconnectMax, Jitter: true}
 	fails := sessionLog{every: brokerLogEvery}
 	for i := 0; ; i++ {
 		addrs := c.brokerAddrs()
@@ -67,7 +66,7 @@ func (c *Component) brokerLoop() {
 			return
 		}
 		if progressed {
-			backoff = c.cfg.ReconnectMin
+			backoff.Reset()
 			c.log.Info("broker session ended", "broker", addr, "err", err)
 		} else {
 			now := time.Now()
@@ -79,14 +78,13 @@ func (c *Component) brokerLoop() {
 					"failed_attempts", fails.failures, "suppressed", suppressed, "unreachable_for", now.Sub(fails.since).Round(time.Millisecond))
 			}
 		}
-		t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
+		t := time.NewTimer(backoff.Next())
 		select {
 		case <-t.C:
 		case <-c.done():
 			t.Stop()
 			return
 		}
-		backoff = min(2*backoff, c.cfg.ReconnectMax)
 	}
 }
 

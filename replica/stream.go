@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
 
 	"github.com/replmesh/replmesh/modes"
@@ -20,7 +19,7 @@ func (r *Replica) loop() {
 	defer r.c.wg.Done()
 	defer close(r.done)
 	defer r.setState(StateClosed, nil)
-	backoff := r.c.cfg.ReconnectMin
+	backoff := transport.Backoff{Min: r.c.cfg.ReconnectMin, Max: r.c.cfg.ReconnectMax, Jitter: true}
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			r.stats.reconnects.Add(1)
@@ -31,7 +30,7 @@ func (r *Replica) loop() {
 		}
 		diskFull := errors.Is(err, ErrDiskFull)
 		if progressed && !diskFull {
-			backoff = r.c.cfg.ReconnectMin
+			backoff.Reset()
 		}
 		r.mu.Lock()
 		r.lastErr = err
@@ -42,12 +41,11 @@ func (r *Replica) loop() {
 		var spaceBack <-chan struct{}
 		if diskFull {
 			spaceBack = r.c.disk.waitCh()
-			r.log.Debug("cannot apply: data dir short of space; retrying", "err", err, "backoff", backoff)
+			r.log.Debug("cannot apply: data dir short of space; retrying", "err", err, "backoff", backoff.Current())
 		} else {
-			r.log.Info("stream ended; reconnecting", "err", err, "backoff", backoff)
+			r.log.Info("stream ended; reconnecting", "err", err, "backoff", backoff.Current())
 		}
-		wait := backoff/2 + rand.N(backoff/2+1)
-		t := time.NewTimer(wait)
+		t := time.NewTimer(backoff.Next())
 		select {
 		case <-t.C:
 		case <-r.kick:
@@ -58,7 +56,6 @@ func (r *Replica) loop() {
 			t.Stop()
 			return
 		}
-		backoff = min(2*backoff, r.c.cfg.ReconnectMax)
 	}
 }
 
