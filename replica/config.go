@@ -112,12 +112,9 @@ type Config struct {
 
 // Retention says how much change log an owner keeps. A consumer whose seq
 // is older than the log's first entry gets a full transfer. Zero fields
-// are unlimited.
-type Retention struct {
-	MaxChanges uint64
-	MaxBytes   int64
-	MaxAge     time.Duration
-}
+// are unlimited. It is modes.Retention, the one retention type: a mode
+// file's entry overrides Config.Retention field by field.
+type Retention = modes.Retention
 
 // DefaultConfig returns a config with production defaults; Service and
 // Instance must still be set.
@@ -131,7 +128,7 @@ func DefaultConfig() Config {
 		Heartbeat:       time.Second,
 		TailChanges:     1 << 16,
 		TailBytes:       32 << 20,
-		Retention:       Retention{MaxChanges: 1_000_000, MaxBytes: 1 << 30, MaxAge: 24 * time.Hour},
+		Retention:       modes.DefaultRetention(),
 		TrimInterval:    10 * time.Second,
 		PeerTimeout:     10 * time.Second,
 		SyncTimeout:     5 * time.Second,

@@ -293,16 +293,7 @@ func (t *OwnedTable) applyFileModes(cfg *modes.Config) {
 	}
 	ret := t.c.cfg.Retention
 	if tc != nil {
-		r := tc.Retention
-		if r.MaxChanges != nil {
-			ret.MaxChanges = *r.MaxChanges
-		}
-		if r.MaxBytes != nil {
-			ret.MaxBytes = *r.MaxBytes
-		}
-		if r.MaxAge != nil {
-			ret.MaxAge = *r.MaxAge
-		}
+		ret = tc.Retention.Over(ret)
 	}
 	t.retention = ret
 }

@@ -46,6 +46,15 @@ func TestConfig_Validate(t *testing.T) {
 	}
 }
 
+// The default retention stays what it was before Retention became
+// modes.Retention.
+func TestDefaultConfig_Retention(t *testing.T) {
+	want := Retention{MaxChanges: 1_000_000, MaxBytes: 1 << 30, MaxAge: 24 * time.Hour}
+	if got := DefaultConfig().Retention; got != want {
+		t.Fatalf("DefaultConfig().Retention = %+v, want %+v", got, want)
+	}
+}
+
 // The name errors keep their text now that the rule is transport's.
 func TestValidName_Message(t *testing.T) {
 	tests := []struct {
