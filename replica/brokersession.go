@@ -141,7 +141,7 @@ func (c *Component) tableInfos() []transport.TableInfo {
 	out := make([]transport.TableInfo, 0, len(tables))
 	for _, t := range tables {
 		m, _ := t.state()
-		out = append(out, transport.TableInfo{Table: t.name, Mode: t.ownerMode(), LogID: m.LogID, Epoch: m.Epoch, Head: m.Head})
+		out = append(out, transport.TableInfo{Table: t.name, Mode: t.ownerMode().Wire(), LogID: m.LogID, Epoch: m.Epoch, Head: m.Head})
 	}
 	return out
 }
@@ -160,7 +160,7 @@ func (c *Component) subInfos() []transport.SubInfo {
 	out := make([]transport.SubInfo, 0, len(reps))
 	for _, r := range reps {
 		st := r.Status()
-		si := transport.SubInfo{Service: st.Service, Table: st.Table, Mode: r.requestedMode(), Seq: st.Seq, Lag: st.Lag.Seqs,
+		si := transport.SubInfo{Service: st.Service, Table: st.Table, Mode: r.requestedMode().Wire(), Seq: st.Seq, Lag: st.Lag.Seqs,
 			State: st.State.String(), Running: st.Mode, Reason: st.ModeReason}
 		si.StaleMs = st.Lag.Staleness.Milliseconds()
 		if x := st.Lag.Transfer; x != nil {
@@ -172,15 +172,16 @@ func (c *Component) subInfos() []transport.SubInfo {
 	return out
 }
 
-// requestedMode is the mode the subscription's own option asks for (""
-// when it leaves the mode to the owner's default), as SubInfo reports it.
-func (r *Replica) requestedMode() string {
+// requestedMode is the mode the subscription's own option asks for
+// (Unset when it leaves the mode to the owner's default), as SubInfo
+// reports it.
+func (r *Replica) requestedMode() modes.Mode {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	if r.modes.sub == nil || r.modes.sub.Mode == modes.Unset {
-		return ""
+	if r.modes.sub == nil {
+		return modes.Unset
 	}
-	return r.modes.sub.Mode.String()
+	return r.modes.sub.Mode
 }
 
 func cmpString(a, b string) int {

@@ -355,7 +355,7 @@ tables:
 	}
 	defer mustClose(t, owner)
 	tbl, _ := owner.Own("t")
-	if got := tbl.ownerMode(); got != "pull" {
+	if got := tbl.ownerMode(); got != modes.Pull {
 		t.Fatalf("owner default from the file = %q, want pull", got)
 	}
 	tbl.mu.Lock()

@@ -132,7 +132,7 @@ func (r *Replica) openStream(ctx context.Context, cancel context.CancelFunc, add
 		watchdog: time.AfterFunc(r.c.cfg.PeerTimeout, cancel)}
 	sub, st, err := transport.NewReplicationClient(conn).OpenSubscribe(ctx, &transport.Open{
 		Version: transport.ProtocolVersion, Service: r.c.cfg.Service, Instance: r.c.cfg.Instance,
-		Table: r.opts.Table, LogID: cur.LogID, Seq: cur.Seq, Epoch: cur.Epoch, Mode: mode,
+		Table: r.opts.Table, LogID: cur.LogID, Seq: cur.Seq, Epoch: cur.Epoch, Mode: mode.Wire(),
 		Standby: r.sink.standby(),
 	})
 	s.watchdog.Stop()
@@ -140,7 +140,11 @@ func (r *Replica) openStream(ctx context.Context, cancel context.CancelFunc, add
 		return nil, nil, s.silent(err)
 	}
 	s.sub = sub
-	ownerMode, _ := modes.ParseMode(st.Mode)
+	ownerMode, err := modes.ParseWire(st.Mode)
+	if err != nil {
+		sub.Close()
+		return nil, nil, fmt.Errorf("%w: start: owner's table default: %v", transport.ErrBadRequest, err)
+	}
 	r.mu.Lock()
 	r.ownerHead = st.HeadSeq
 	r.modes.ownerDefault = ownerMode
@@ -343,7 +347,7 @@ func (r *Replica) control(ctx context.Context, cancel context.CancelFunc) {
 	var pullC <-chan time.Time
 	armPull := func() {
 		r.mu.RLock()
-		pull, every := r.modes.effective == transport.ModePull, r.modes.settings.Pull.Interval
+		pull, every := r.modes.effective == modes.Pull, r.modes.settings.Pull.Interval
 		r.mu.RUnlock()
 		if pullT != nil {
 			pullT.Stop()
@@ -380,8 +384,8 @@ func (r *Replica) control(ctx context.Context, cancel context.CancelFunc) {
 			r.mu.RLock()
 			m := r.modes.effective
 			r.mu.RUnlock()
-			fail(r.sendFrame(&transport.ConsumerFrame{Kind: transport.KindMode, Mode: m}))
-			r.log.Info("mode switched", "mode", m)
+			fail(r.sendFrame(&transport.ConsumerFrame{Kind: transport.KindMode, Mode: m.Wire()}))
+			r.log.Info("mode switched", "mode", m.String())
 			armPull()
 		case now := <-tick.C:
 			r.mu.Lock()

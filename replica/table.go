@@ -59,7 +59,7 @@ type OwnedTable struct {
 	allow        map[string]bool // services allowed to subscribe; nil: all
 	writable     atomic.Bool     // this instance is the table's primary
 	sync         *syncState      // standbys' acknowledgements (MinSyncStandbys)
-	defaultMode  string          // the owner's default mode, sent to consumers in Start (guarded by mu)
+	defaultMode  modes.Mode      // the owner's default mode, sent to consumers in Start (Unset: none; guarded by mu)
 	explicitMode bool            // TableOptions.Mode was given (it wins over the mode file)
 	retention    Retention       // this table's log retention (guarded by mu)
 
@@ -131,7 +131,7 @@ func (c *Component) own(name string, opts []TableOptions) (*OwnedTable, error) {
 	}
 	for _, o := range opts {
 		if o.Mode != modes.Unset {
-			t.defaultMode, t.explicitMode = o.Mode.String(), true
+			t.defaultMode, t.explicitMode = o.Mode, true
 		}
 		for _, svc := range o.AllowServices {
 			if t.allow == nil {
@@ -406,8 +406,9 @@ func (t *OwnedTable) Submit(ctx context.Context, ws ...Write) (*Pending, error) 
 	}
 }
 
-// ownerMode is the table's default mode as sent in Start ("" for push).
-func (t *OwnedTable) ownerMode() string {
+// ownerMode is the table's default mode, sent in Start (Unset: none, so
+// push unless the consumer asks otherwise).
+func (t *OwnedTable) ownerMode() modes.Mode {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.defaultMode
