@@ -3,6 +3,7 @@ package replica
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -149,10 +150,7 @@ func (c *Component) tableInfos() []transport.TableInfo {
 // subInfos reports the replicas with their positions.
 func (c *Component) subInfos() []transport.SubInfo {
 	c.mu.Lock()
-	reps := make([]*Replica, 0, len(c.replicas))
-	for _, r := range c.replicas {
-		reps = append(reps, r)
-	}
+	reps := slices.Collect(maps.Values(c.replicas))
 	c.mu.Unlock()
 	slices.SortFunc(reps, func(a, b *Replica) int {
 		return cmpString(a.opts.Service+"/"+a.opts.Table, b.opts.Service+"/"+b.opts.Table)

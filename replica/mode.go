@@ -3,6 +3,8 @@ package replica
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/replmesh/replmesh/modes"
@@ -265,14 +267,8 @@ func (c *Component) ReloadModes(cfg *modes.Config) error {
 	}
 	c.mu.Lock()
 	c.cfg.Modes = cfg
-	reps := make([]*Replica, 0, len(c.replicas))
-	for _, r := range c.replicas {
-		reps = append(reps, r)
-	}
-	tables := make([]*OwnedTable, 0, len(c.owned))
-	for _, t := range c.owned {
-		tables = append(tables, t)
-	}
+	reps := slices.Collect(maps.Values(c.replicas))
+	tables := slices.Collect(maps.Values(c.owned))
 	c.mu.Unlock()
 	for _, t := range tables {
 		t.applyFileModes(cfg)
