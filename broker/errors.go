@@ -61,10 +61,7 @@ func checkName(what, s string) error {
 // checkMode accepts a mode as it travels on the wire: "push", "pull",
 // "auto", or "" (not set).
 func checkMode(what, m string) error {
-	if m == "" {
-		return nil
-	}
-	if _, err := modes.ParseMode(m); err != nil {
+	if _, err := modes.ParseWire(m); err != nil {
 		return badRequest("%s %q must be push, pull or auto", what, m)
 	}
 	return nil

@@ -176,7 +176,7 @@ type propRun struct {
 	// bounds is the owner's epoch history: the seq where each epoch began.
 	// A change's epoch is fixed by it (changes carry the epoch they were
 	// written in); a bump starts the new epoch after what was delivered.
-	bounds []transport.EpochStart
+	bounds transport.EpochHistory
 
 	// OnChange bookkeeping: the seq the events have reached.
 	evSeq   uint64
@@ -206,7 +206,7 @@ func runApplyProperty(t *testing.T, seed uint64) {
 	// Start as Subscribe does on a first start: a full transfer, here at a
 	// random group end of the owner's history.
 	p.ownerEpoch = 1 + rng.Uint64N(3)
-	p.bounds = []transport.EpochStart{{Epoch: p.ownerEpoch, Seq: 1}}
+	p.bounds = transport.EpochHistory{{Epoch: p.ownerEpoch, Seq: 1}}
 	p.logID = fmt.Sprintf("log%x", rng.Uint64())
 	p.transfer(p.h.ends[rng.IntN(min(len(p.h.ends), 50))], "ok")
 	p.check("initial transfer")
@@ -303,7 +303,7 @@ func (p *propRun) step(step int) {
 	frame := func(from, to uint64) *transport.OwnerFrame {
 		chs := h.slice(from, min(to, h.head()))
 		for i := range chs {
-			chs[i].Epoch = epochOf(p.bounds, chs[i].Seq)
+			chs[i].Epoch = p.bounds.EpochOf(chs[i].Seq)
 		}
 		return &transport.OwnerFrame{Kind: transport.KindChanges, Epoch: p.ownerEpoch, HeadSeq: h.head(), Changes: chs}
 	}
@@ -416,7 +416,7 @@ func (p *propRun) step(step int) {
 		p.pos = newPos
 		p.seq = h.boundary(newPos)
 		if p.seq != oldSeq {
-			p.epoch = epochOf(p.bounds, p.seq)
+			p.epoch = p.bounds.EpochOf(p.seq)
 		}
 		if applied != (p.seq != oldSeq) {
 			p.t.Fatalf("%s: applied = %v, but the replica's seq went from %d to %d", what, applied, oldSeq, p.seq)
@@ -439,7 +439,7 @@ func (p *propRun) reconnect() {
 func (p *propRun) transfer(to uint64, mode string) {
 	rows := p.h.states[to]
 	keys := slices.Sorted(maps.Keys(rows))
-	snapEpoch := epochOf(p.bounds, to) // the epoch of the snapshot's last change, as the owner sends it
+	snapEpoch := p.bounds.EpochOf(to) // the epoch of the snapshot's last change, as the owner sends it
 	frames := []*transport.OwnerFrame{{Kind: transport.KindSnapshotBegin, Seq: to, HeadSeq: to, Epoch: snapEpoch}}
 	for len(keys) > 0 || p.rng.IntN(4) == 0 {
 		n := min(len(keys), p.rng.IntN(6))

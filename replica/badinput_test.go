@@ -249,6 +249,21 @@ func TestBadInput_Owner(t *testing.T) {
 		b.survived(t, before)
 	})
 
+	// A Mode frame switches between push and pull only: anything else,
+	// "" and auto included, ends the stream.
+	for _, mode := range []string{"turbo", "auto", ""} {
+		t.Run(fmt.Sprintf("subscribe/mode frame %q", mode), func(t *testing.T) {
+			before := b.state(t)
+			o := validOpen("items")
+			o.LogID, o.Seq, o.Epoch = b.items.LogID(), b.items.Head(), 1
+			_, err := b.subscribeFrames(t, openFrame(o), &transport.ConsumerFrame{Kind: transport.KindMode, Mode: mode})
+			if !errors.Is(err, transport.ErrBadRequest) || !strings.Contains(err.Error(), fmt.Sprintf("unknown mode %q", mode)) {
+				t.Fatalf("err = %v, want %v naming mode %q", err, transport.ErrBadRequest, mode)
+			}
+			b.survived(t, before)
+		})
+	}
+
 	t.Run("subscribe/oversized open", func(t *testing.T) {
 		before := b.state(t)
 		o := validOpen("items")
@@ -622,6 +637,11 @@ func TestBadInput_Consumer(t *testing.T) {
 		{name: "start with a protocol version too new", want: transport.ErrProtocolVersion, fresh: true, bad: func(_ *transport.Open, s transport.SubscribeServer) error {
 			return s.Send(&transport.OwnerFrame{Kind: transport.KindStart, HeadSeq: fakeSeq, Start: &transport.Start{
 				Version: transport.ProtocolVersion + 1, LogID: fakeLog, Epoch: fakeEpoch, HeadSeq: fakeSeq, FirstSeq: 1, Resume: true}})
+		}},
+		// A malformed owner's table default is a protocol error, not "none".
+		{name: "start with an unknown table default mode", want: transport.ErrBadRequest, fresh: true, bad: func(_ *transport.Open, s transport.SubscribeServer) error {
+			return s.Send(&transport.OwnerFrame{Kind: transport.KindStart, HeadSeq: fakeSeq, Start: &transport.Start{
+				Version: transport.ProtocolVersion, LogID: fakeLog, Epoch: fakeEpoch, HeadSeq: fakeSeq, FirstSeq: 1, Resume: true, Mode: "turbo"}})
 		}},
 		{name: "resume of another log", want: transport.ErrBadRequest, fresh: true, bad: func(_ *transport.Open, s transport.SubscribeServer) error {
 			return s.Send(&transport.OwnerFrame{Kind: transport.KindStart, HeadSeq: fakeSeq, Start: &transport.Start{

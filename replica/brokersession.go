@@ -3,7 +3,7 @@ package replica
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
+	"maps"
 	"slices"
 	"time"
 
@@ -53,7 +53,7 @@ const brokerLogEvery = 30 * time.Second
 // that fail before a session opens are logged as sessionLog says.
 func (c *Component) brokerLoop() {
 	defer c.wg.Done()
-	backoff := c.cfg.ReconnectMin
+	backoff := transport.Backoff{Min: c.cfg.ReconnectMin, Max: c.cfg.ReconnectMax, Jitter: true}
 	fails := sessionLog{every: brokerLogEvery}
 	for i := 0; ; i++ {
 		addrs := c.brokerAddrs()
@@ -67,7 +67,7 @@ func (c *Component) brokerLoop() {
 			return
 		}
 		if progressed {
-			backoff = c.cfg.ReconnectMin
+			backoff.Reset()
 			c.log.Info("broker session ended", "broker", addr, "err", err)
 		} else {
 			now := time.Now()
@@ -79,14 +79,13 @@ func (c *Component) brokerLoop() {
 					"failed_attempts", fails.failures, "suppressed", suppressed, "unreachable_for", now.Sub(fails.since).Round(time.Millisecond))
 			}
 		}
-		t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
+		t := time.NewTimer(backoff.Next())
 		select {
 		case <-t.C:
 		case <-c.done():
 			t.Stop()
 			return
 		}
-		backoff = min(2*backoff, c.cfg.ReconnectMax)
 	}
 }
 
@@ -143,7 +142,7 @@ func (c *Component) tableInfos() []transport.TableInfo {
 	out := make([]transport.TableInfo, 0, len(tables))
 	for _, t := range tables {
 		m, _ := t.state()
-		out = append(out, transport.TableInfo{Table: t.name, Mode: t.ownerMode(), LogID: m.LogID, Epoch: m.Epoch, Head: m.Head})
+		out = append(out, transport.TableInfo{Table: t.name, Mode: t.ownerMode().Wire(), LogID: m.LogID, Epoch: m.Epoch, Head: m.Head})
 	}
 	return out
 }
@@ -151,10 +150,7 @@ func (c *Component) tableInfos() []transport.TableInfo {
 // subInfos reports the replicas with their positions.
 func (c *Component) subInfos() []transport.SubInfo {
 	c.mu.Lock()
-	reps := make([]*Replica, 0, len(c.replicas))
-	for _, r := range c.replicas {
-		reps = append(reps, r)
-	}
+	reps := slices.Collect(maps.Values(c.replicas))
 	c.mu.Unlock()
 	slices.SortFunc(reps, func(a, b *Replica) int {
 		return cmpString(a.opts.Service+"/"+a.opts.Table, b.opts.Service+"/"+b.opts.Table)
@@ -162,7 +158,7 @@ func (c *Component) subInfos() []transport.SubInfo {
 	out := make([]transport.SubInfo, 0, len(reps))
 	for _, r := range reps {
 		st := r.Status()
-		si := transport.SubInfo{Service: st.Service, Table: st.Table, Mode: r.requestedMode(), Seq: st.Seq, Lag: st.Lag.Seqs,
+		si := transport.SubInfo{Service: st.Service, Table: st.Table, Mode: r.requestedMode().Wire(), Seq: st.Seq, Lag: st.Lag.Seqs,
 			State: st.State.String(), Running: st.Mode, Reason: st.ModeReason}
 		si.StaleMs = st.Lag.Staleness.Milliseconds()
 		if x := st.Lag.Transfer; x != nil {
@@ -174,15 +170,16 @@ func (c *Component) subInfos() []transport.SubInfo {
 	return out
 }
 
-// requestedMode is the mode the subscription's own option asks for (""
-// when it leaves the mode to the owner's default), as SubInfo reports it.
-func (r *Replica) requestedMode() string {
+// requestedMode is the mode the subscription's own option asks for
+// (Unset when it leaves the mode to the owner's default), as SubInfo
+// reports it.
+func (r *Replica) requestedMode() modes.Mode {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	if r.modes.sub == nil || r.modes.sub.Mode == modes.Unset {
-		return ""
+	if r.modes.sub == nil {
+		return modes.Unset
 	}
-	return r.modes.sub.Mode.String()
+	return r.modes.sub.Mode
 }
 
 func cmpString(a, b string) int {

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"regexp"
 	"time"
 
 	"github.com/replmesh/replmesh/modes"
@@ -120,12 +119,9 @@ type Config struct {
 
 // Retention says how much change log an owner keeps. A consumer whose seq
 // is older than the log's first entry gets a full transfer. Zero fields
-// are unlimited.
-type Retention struct {
-	MaxChanges uint64
-	MaxBytes   int64
-	MaxAge     time.Duration
-}
+// are unlimited. It is modes.Retention, the one retention type: a mode
+// file's entry overrides Config.Retention field by field.
+type Retention = modes.Retention
 
 // DefaultConfig returns a config with production defaults; Service and
 // Instance must still be set.
@@ -139,7 +135,7 @@ func DefaultConfig() Config {
 		Heartbeat:       time.Second,
 		TailChanges:     1 << 16,
 		TailBytes:       32 << 20,
-		Retention:       Retention{MaxChanges: 1_000_000, MaxBytes: 1 << 30, MaxAge: 24 * time.Hour},
+		Retention:       modes.DefaultRetention(),
 		TrimInterval:    10 * time.Second,
 		PeerTimeout:     10 * time.Second,
 		SyncTimeout:     5 * time.Second,
@@ -163,11 +159,11 @@ func LocalConfig(service, instance string) Config {
 	return c
 }
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,128}$`)
-
+// validName checks a configured name against transport's one name rule
+// (transport.CheckName), as an ErrInvalid that names the field.
 func validName(what, s string) error {
-	if !nameRE.MatchString(s) {
-		return fmt.Errorf("%w: %s %q must be 1-128 characters of A-Z a-z 0-9 _ . -", ErrInvalid, what, s)
+	if err := transport.CheckName(what, s); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	return nil
 }

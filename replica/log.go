@@ -3,6 +3,8 @@ package replica
 import (
 	"encoding/binary"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -111,11 +113,7 @@ func (c *Component) trimLoop() {
 func (c *Component) ownedTables() []*OwnedTable {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	tables := make([]*OwnedTable, 0, len(c.owned))
-	for _, t := range c.owned {
-		tables = append(tables, t)
-	}
-	return tables
+	return slices.Collect(maps.Values(c.owned))
 }
 
 // trim drops the oldest log entries beyond the retention limits. The new

@@ -3,6 +3,8 @@ package replica
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/replmesh/replmesh/modes"
@@ -26,14 +28,14 @@ type modeState struct {
 	ownerDefault modes.Mode         // from the owner's Start (Unset: none)
 	settings     modes.Settings     // resolved
 	policy       *modes.Policy      // auto mode only
-	effective    string             // transport.ModePush or ModePull: what the stream runs
+	effective    modes.Mode         // Push or Pull: what the stream runs (Unset until first resolved)
 	reason       string             // why the last switch happened
 	switches     uint64
 	ownerRate    float64          // owner's write rate, from its frames
 	readMeter    *modes.RateMeter // this replica's read rate
 	pullGen      uint64           // pull answers applied
 	pullCh       chan struct{}    // closed and replaced on each pull answer
-	stream       transport.SubscribeClient
+	stream       *transport.ClientSubscription
 }
 
 // resolveModesLocked recomputes the settings and the effective mode; it
@@ -53,14 +55,14 @@ func (r *Replica) resolveModesLocked(now time.Time, why string) bool {
 		return false
 	}
 	m.settings = s
-	var want string
+	var want modes.Mode
 	switch s.Mode {
 	case modes.Pull:
-		want, m.policy = transport.ModePull, nil
+		want, m.policy = modes.Pull, nil
 	case modes.Auto:
 		if m.policy == nil || m.policy.Settings() != s.Auto {
 			start := modes.Push
-			if m.effective == transport.ModePull {
+			if m.effective == modes.Pull {
 				start = modes.Pull
 			}
 			p, err := modes.NewPolicy(s.Auto, start)
@@ -70,14 +72,14 @@ func (r *Replica) resolveModesLocked(now time.Time, why string) bool {
 			}
 			m.policy = p
 		}
-		want = m.policy.Mode().String()
+		want = m.policy.Mode()
 	default:
-		want, m.policy = transport.ModePush, nil
+		want, m.policy = modes.Push, nil
 	}
 	if want == m.effective {
 		return false
 	}
-	if m.effective != "" {
+	if m.effective != modes.Unset {
 		m.switches++
 	}
 	m.effective = want
@@ -97,7 +99,7 @@ func (r *Replica) observeLocked(now time.Time) bool {
 	if !d.Switched {
 		return false
 	}
-	m.effective = d.Mode.String()
+	m.effective = d.Mode
 	m.reason = "auto: " + d.Reason
 	m.switches++
 	return true
@@ -109,7 +111,7 @@ func (r *Replica) observeLocked(now time.Time) bool {
 func (r *Replica) Mode() (effective, configured, reason string) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	return r.modes.effective, r.modes.settings.Mode.String(), r.modes.reason
+	return r.modes.effective.Wire(), r.modes.settings.Mode.String(), r.modes.reason
 }
 
 // SetModes replaces the subscription's mode option (a config reload); it
@@ -130,14 +132,11 @@ func (r *Replica) SetModes(tc *modes.TableConfig) error {
 	return nil
 }
 
-// setOverride takes the broker's override for this table ("" clears it).
+// setOverride takes the broker's override for this table ("" clears it);
+// an invalid one is logged and changes nothing.
 func (r *Replica) setOverride(s string) {
-	m, err := modes.ParseMode(s)
-	if s == "" {
-		m, err = modes.Unset, nil
-	}
-	if err != nil {
-		r.log.Warn("ignoring an invalid mode override", "mode", s)
+	m, ok := r.parseOverride(s)
+	if !ok {
 		return
 	}
 	r.mu.Lock()
@@ -151,6 +150,18 @@ func (r *Replica) setOverride(s string) {
 	if changed {
 		r.kickMode()
 	}
+}
+
+// parseOverride parses the broker's override for this table as it
+// arrives in a topology ("" is Unset: none). ok is false, and the value
+// logged, when it is not a mode.
+func (r *Replica) parseOverride(s string) (m modes.Mode, ok bool) {
+	m, err := modes.ParseWire(s)
+	if err != nil {
+		r.log.Warn("ignoring an invalid mode override", "mode", s)
+		return modes.Unset, false
+	}
+	return m, true
 }
 
 func orNone(s string) string {
@@ -172,7 +183,7 @@ func (r *Replica) kickMode() {
 // has announced.
 func (r *Replica) Refresh(ctx context.Context) error {
 	r.mu.RLock()
-	pull, gen, ch, head := r.modes.effective == transport.ModePull, r.modes.pullGen, r.modes.pullCh, r.ownerHead
+	pull, gen, ch, head := r.modes.effective == modes.Pull, r.modes.pullGen, r.modes.pullCh, r.ownerHead
 	r.mu.RUnlock()
 	if !pull {
 		return r.WaitFor(ctx, head)
@@ -213,7 +224,7 @@ func (r *Replica) pulled() {
 func (r *Replica) noteRead() {
 	r.reads.Add(1)
 	r.mu.RLock()
-	pull, maxSt := r.modes.effective == transport.ModePull, r.modes.settings.Pull.MaxStaleness
+	pull, maxSt := r.modes.effective == modes.Pull, r.modes.settings.Pull.MaxStaleness
 	var st time.Duration
 	if pull && maxSt > 0 {
 		st = r.lagLocked(time.Now()).Staleness
@@ -256,14 +267,8 @@ func (c *Component) ReloadModes(cfg *modes.Config) error {
 	}
 	c.mu.Lock()
 	c.cfg.Modes = cfg
-	reps := make([]*Replica, 0, len(c.replicas))
-	for _, r := range c.replicas {
-		reps = append(reps, r)
-	}
-	tables := make([]*OwnedTable, 0, len(c.owned))
-	for _, t := range c.owned {
-		tables = append(tables, t)
-	}
+	reps := slices.Collect(maps.Values(c.replicas))
+	tables := slices.Collect(maps.Values(c.owned))
 	c.mu.Unlock()
 	for _, t := range tables {
 		t.applyFileModes(cfg)
@@ -286,23 +291,14 @@ func (t *OwnedTable) applyFileModes(cfg *modes.Config) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if !t.explicitMode {
-		t.defaultMode = ""
-		if tc != nil && tc.Mode != modes.Unset {
-			t.defaultMode = tc.Mode.String()
+		t.defaultMode = modes.Unset
+		if tc != nil {
+			t.defaultMode = tc.Mode
 		}
 	}
 	ret := t.c.cfg.Retention
 	if tc != nil {
-		r := tc.Retention
-		if r.MaxChanges != nil {
-			ret.MaxChanges = *r.MaxChanges
-		}
-		if r.MaxBytes != nil {
-			ret.MaxBytes = *r.MaxBytes
-		}
-		if r.MaxAge != nil {
-			ret.MaxAge = *r.MaxAge
-		}
+		ret = tc.Retention.Over(ret)
 	}
 	t.retention = ret
 }

@@ -363,14 +363,15 @@ tables:
 	}
 	defer mustClose(t, owner)
 	tbl, _ := owner.Own("t")
-	if got := tbl.ownerMode(); got != "pull" {
+	if got := tbl.ownerMode(); got != modes.Pull {
 		t.Fatalf("owner default from the file = %q, want pull", got)
 	}
 	tbl.mu.Lock()
 	ret := tbl.retention
 	tbl.mu.Unlock()
-	if ret.MaxChanges != 10 {
-		t.Fatalf("retention from the file = %+v", ret)
+	// The file's field over the component's default, the others kept.
+	if want := (Retention{MaxChanges: 10, MaxBytes: cfg.Retention.MaxBytes, MaxAge: cfg.Retention.MaxAge}); ret != want {
+		t.Fatalf("retention from the file = %+v, want %+v", ret, want)
 	}
 	ccfg := LocalConfig("products", "p1")
 	ccfg.Modes = &modes.Config{Version: 1, Tables: map[string]modes.TableConfig{"stores/t": {Mode: modes.Push}}}

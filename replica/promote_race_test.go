@@ -80,7 +80,7 @@ func TestOwnedTable_PromoteWhileWriting(t *testing.T) {
 			if ch.Seq != prev+1 {
 				t.Fatalf("log has seq %d after %d", ch.Seq, prev)
 			}
-			if want := epochOf(m.Epochs, ch.Seq); ch.Epoch != want {
+			if want := m.Epochs.EpochOf(ch.Seq); ch.Epoch != want {
 				t.Fatalf("seq %d has epoch %d, the epoch history says %d", ch.Seq, ch.Epoch, want)
 			}
 			prev = ch.Seq

@@ -155,7 +155,7 @@ func (c *Component) Subscribe(ctx context.Context, opts SubscribeOptions) (*Repl
 		r.modes.sub = fileModes(c.cfg.Modes, opts.Service, opts.Table)
 	}
 	if c.topo != nil {
-		r.modes.override, _ = modes.ParseMode(c.topo.Overrides[key])
+		r.modes.override, _ = r.parseOverride(c.topo.Overrides[key]) // invalid: logged, none
 	}
 	r.resolveModesLocked(time.Now(), "subscribed")
 	if err := r.load(); err != nil {

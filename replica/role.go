@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 
 	"github.com/replmesh/replmesh/transport"
 )
@@ -70,14 +72,9 @@ func (c *Component) applyTopology(topo *transport.Topology) {
 		return
 	}
 	c.topo = topo
-	reps := make([]*Replica, 0, len(c.replicas)+len(c.followers))
-	for _, r := range c.replicas {
-		reps = append(reps, r)
-	}
+	reps := slices.Collect(maps.Values(c.replicas))
 	nrep := len(reps)
-	for _, r := range c.followers {
-		reps = append(reps, r)
-	}
+	reps = slices.AppendSeq(reps, maps.Values(c.followers))
 	c.mu.Unlock()
 	for i, r := range reps {
 		if i < nrep {
@@ -109,10 +106,7 @@ func (c *Component) setRole(nr role) {
 		c.mu.Unlock()
 		return
 	}
-	tables := make([]*OwnedTable, 0, len(c.owned))
-	for _, t := range c.owned {
-		tables = append(tables, t)
-	}
+	tables := slices.Collect(maps.Values(c.owned))
 	if nr.name != transport.RolePrimary {
 		c.role = nr // refuse writes before the tables change hands
 	}

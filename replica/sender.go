@@ -30,7 +30,10 @@ type sender struct {
 	t      *OwnedTable
 	stream transport.SubscribeServer
 	open   *transport.Open
-	log    interface {
+	// mode is what the subscriber runs, Push or Pull: Open.Mode at first,
+	// then each Mode frame.
+	mode modes.Mode
+	log  interface {
 		Info(string, ...any)
 		Debug(string, ...any)
 	}
@@ -55,7 +58,7 @@ func (s *sender) run() error {
 	resume := resumable(meta, o.LogID, o.Seq, o.Epoch)
 	if err := s.send(&transport.OwnerFrame{Kind: transport.KindStart, HeadSeq: meta.Head, Start: &transport.Start{
 		Version: transport.ProtocolVersion, LogID: meta.LogID, Epoch: meta.Epoch,
-		HeadSeq: meta.Head, FirstSeq: meta.First, Resume: resume, Epochs: meta.Epochs, Mode: s.t.ownerMode(),
+		HeadSeq: meta.Head, FirstSeq: meta.First, Resume: resume, Epochs: meta.Epochs, Mode: s.t.ownerMode().Wire(),
 	}}); err != nil {
 		return err
 	}
@@ -78,7 +81,7 @@ func (s *sender) run() error {
 	s.gated = s.c.cfg.MinSyncStandbys > 0 && !standby
 	// The receiver goroutine hands mode switches and pull requests to the
 	// sending loop below; it never sends.
-	modeCh := make(chan string, 1)
+	modeCh := make(chan modes.Mode, 1)
 	pullCh := make(chan struct{}, 1)
 	recvErr := make(chan error, 1)
 	go func() {
@@ -100,7 +103,8 @@ func (s *sender) run() error {
 				default:
 				}
 			case transport.KindMode:
-				if f.Mode != transport.ModePush && f.Mode != transport.ModePull {
+				m, err := modes.ParseWire(f.Mode)
+				if err != nil || (m != modes.Push && m != modes.Pull) {
 					recvErr <- fmt.Errorf("%w: unknown mode %q", transport.ErrBadRequest, f.Mode)
 					return
 				}
@@ -108,7 +112,7 @@ func (s *sender) run() error {
 				case <-modeCh:
 				default:
 				}
-				modeCh <- f.Mode
+				modeCh <- m
 			default:
 				recvErr <- fmt.Errorf("%w: unexpected %s frame from consumer", transport.ErrBadRequest, f.Kind)
 				return
@@ -116,7 +120,6 @@ func (s *sender) run() error {
 		}
 	}()
 
-	pull := o.Mode == transport.ModePull
 	hb := time.NewTicker(s.c.cfg.Heartbeat)
 	defer hb.Stop()
 	budget := frameBudget(s.c.cfg.Transport)
@@ -130,7 +133,7 @@ func (s *sender) run() error {
 		meta, headCh := s.t.state()
 		s.rate.Record(time.Now(), meta.Head)
 		confirmed := s.capHead(&meta)
-		if !pull && linger != nil && next <= meta.Head && meta.Head-next+1 < uint64(s.c.cfg.BatchMaxChanges) {
+		if !s.pulls() && linger != nil && next <= meta.Head && meta.Head-next+1 < uint64(s.c.cfg.BatchMaxChanges) {
 			// A partial batch: give it up to Linger to fill.
 			now := time.Now()
 			if lingerUntil.IsZero() {
@@ -152,7 +155,7 @@ func (s *sender) run() error {
 			}
 		}
 		lingerUntil = time.Time{}
-		if !pull && next <= meta.Head {
+		if !s.pulls() && next <= meta.Head {
 			var err error
 			s.buf, err = s.t.readChanges(next, s.c.cfg.BatchMaxChanges, budget, s.buf[:0])
 			if err != nil {
@@ -172,16 +175,16 @@ func (s *sender) run() error {
 			}
 		}
 		var commits, moved <-chan struct{}
-		if !pull {
+		if !s.pulls() {
 			commits, moved = headCh, confirmed // in pull mode a commit alone sends nothing
 		}
 		select {
 		case <-commits:
 		case <-moved:
 		case m := <-modeCh:
-			if (m == transport.ModePull) != pull {
-				pull = m == transport.ModePull
-				s.log.Info("subscriber switches mode", "mode", m, "at", next-1)
+			if m != s.mode {
+				s.mode = m
+				s.log.Info("subscriber switches mode", "mode", m.String(), "at", next-1)
 			}
 		case <-pullCh:
 			var err error
@@ -206,6 +209,10 @@ func (s *sender) run() error {
 		}
 	}
 }
+
+// pulls reports whether the subscriber runs in pull mode: the owner sends
+// nothing until asked.
+func (s *sender) pulls() bool { return s.mode == modes.Pull }
 
 // capHead caps m.Head at what the subscriber may be sent. With
 // MinSyncStandbys, a consumer gets only the changes that many standbys have
@@ -321,7 +328,7 @@ func (s *sender) sendSnapshot() (uint64, error) {
 	// The frame's Epoch is the epoch of the snapshot's last change: the
 	// consumer's cursor epoch after the transfer. Its Count announces the
 	// rows to come, for the consumer's progress report.
-	snapEpoch := epochOf(m.Epochs, m.Head)
+	snapEpoch := m.Epochs.EpochOf(m.Head)
 	expected, err := s.countRows(txn)
 	if err != nil {
 		return 0, fmt.Errorf("snapshot of %s: count rows: %w", s.t.name, err)

@@ -46,6 +46,10 @@ func (s *replicationServer) Subscribe(stream transport.SubscribeServer) error {
 		return err
 	}
 	open := first.Open
+	mode, err := openMode(open)
+	if err != nil {
+		return err
+	}
 	t, err := s.c.ownedTable(open.Table)
 	if err != nil {
 		return err
@@ -63,10 +67,24 @@ func (s *replicationServer) Subscribe(stream transport.SubscribeServer) error {
 		t:      t,
 		stream: stream,
 		open:   open,
+		mode:   mode,
 		log:    s.c.log.With("table", t.name, "consumer", open.Service+"/"+open.Instance),
 		rate:   modes.NewRateMeter(rateWindow),
 	}
 	return snd.run()
+}
+
+// openMode is the mode a consumer opens its stream in: Open.Mode parsed
+// (Validate lets only "", push and pull through), "" being push.
+func openMode(o *transport.Open) (modes.Mode, error) {
+	m, err := modes.ParseWire(o.Mode)
+	if err != nil {
+		return modes.Unset, fmt.Errorf("%w: open: %v", transport.ErrBadRequest, err)
+	}
+	if m == modes.Unset {
+		m = modes.Push
+	}
+	return m, nil
 }
 
 // Get reads keys from an owned table at one seq.

@@ -55,7 +55,7 @@ func (t *OwnedTable) replicatedCursor() cursor {
 	if t.meta.LogID == "" {
 		return cursor{}
 	}
-	return cursor{LogID: t.meta.LogID, Seq: t.meta.Head, Epoch: epochOf(t.meta.Epochs, t.meta.Head)}
+	return cursor{LogID: t.meta.LogID, Seq: t.meta.Head, Epoch: t.meta.Epochs.EpochOf(t.meta.Head)}
 }
 
 // ownTransfer is a full transfer into a standby's owned table.
@@ -105,7 +105,7 @@ func (x *ownTransfer) finish(next cursor) (cursor, error) {
 	if err := x.wb.Flush(); err != nil {
 		return cursor{}, fmt.Errorf("stage rows: %w", err)
 	}
-	var hist []transport.EpochStart
+	var hist transport.EpochHistory
 	for _, e := range st.Epochs {
 		if e.Seq <= x.seq {
 			hist = append(hist, e)
@@ -115,7 +115,7 @@ func (x *ownTransfer) finish(next cursor) (cursor, error) {
 	m := t.meta
 	t.mu.Unlock()
 	m.LogID, m.Head, m.First, m.Epochs = st.LogID, x.seq, x.seq+1, hist
-	m.Epoch = max(m.Epoch, epochOf(hist, x.seq))
+	m.Epoch = max(m.Epoch, hist.EpochOf(x.seq))
 	if err := t.writeMeta(m); err != nil {
 		return cursor{}, fmt.Errorf("finish transfer of %s: %w", t.name, err)
 	}
@@ -162,7 +162,7 @@ func (t *OwnedTable) applyReplicated(chs []transport.Change) error {
 		}
 		logBytes += n
 		if n := len(m.Epochs); n == 0 || ch.Epoch > m.Epochs[n-1].Epoch {
-			m.Epochs = appendEpoch(m.Epochs, ch.Epoch, ch.Seq)
+			m.Epochs = m.Epochs.Append(ch.Epoch, ch.Seq)
 		}
 	}
 	m.Head = chs[len(chs)-1].Seq
@@ -229,7 +229,7 @@ func (t *OwnedTable) promoteNow(epoch uint64) error {
 	}
 	if epoch > m.Epoch {
 		m.Epoch = epoch
-		m.Epochs = appendEpoch(m.Epochs, epoch, m.Head+1)
+		m.Epochs = m.Epochs.Append(epoch, m.Head+1)
 		if err := t.writeMeta(m); err != nil {
 			return err
 		}

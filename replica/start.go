@@ -75,7 +75,7 @@ type startDecision struct {
 //     (Start.HeadSeq < Cursor.Seq) has diverged, a longer one is
 //     transferred;
 //     – the same history in which the replica's epoch ended at or before
-//     the replica's seq (epochEnd of Start.Epochs) is a truncate;
+//     the replica's seq (Start.Epochs.End) is a truncate;
 //     – otherwise the same history shorter than the replica has diverged,
 //     a longer one is transferred (the replica is behind the log);
 //   - an owner that offers a resume of another log id than the cursor's is
@@ -98,7 +98,7 @@ func decideStart(in startInput) startDecision {
 		}
 		if !st.Resume {
 			if st.LogID == cur.LogID {
-				if end := epochEnd(st.Epochs, cur.Epoch); cur.Seq >= end {
+				if end := st.Epochs.End(cur.Epoch); cur.Seq >= end {
 					return startDecision{Action: startTruncate, EpochEnd: end}
 				}
 			}
@@ -121,3 +121,15 @@ func decideStart(in startInput) startDecision {
 }
 
 func refused(err error) startDecision { return startDecision{Action: startRefused, Err: err} }
+
+// resumable reports whether a consumer at (logID, seq, epoch) can continue
+// from seq+1 in the table whose meta is m: same history, seq still in the
+// log, not ahead of the head, and no change of its epoch beyond the point
+// where that epoch ended here.
+func resumable(m ownerMeta, logID string, seq, epoch uint64) bool {
+	return logID == m.LogID &&
+		seq <= m.Head &&
+		seq+1 >= m.First &&
+		epoch <= m.Epoch &&
+		seq < m.Epochs.End(epoch)
+}

@@ -140,7 +140,7 @@ func (r *Replica) Status() Status {
 		Service: r.opts.Service, Table: r.opts.Table, State: r.state,
 		LogID: r.cur.LogID, Epoch: r.cur.Epoch, Seq: r.cur.Seq, OwnerHead: r.ownerHead,
 		Lag: r.lagLocked(time.Now()), Stats: r.stats.snapshot(), LastErr: r.lastErr,
-		Mode: r.modes.effective, ModeConfigured: r.modes.settings.Mode.String(),
+		Mode: r.modes.effective.Wire(), ModeConfigured: r.modes.settings.Mode.String(),
 		ModeReason: r.modes.reason, ModeSwitches: r.modes.switches,
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
 
 	"github.com/replmesh/replmesh/internal/diskguard"
@@ -21,7 +20,7 @@ func (r *Replica) loop() {
 	defer r.c.wg.Done()
 	defer close(r.done)
 	defer r.setState(StateClosed, nil)
-	backoff := r.c.cfg.ReconnectMin
+	backoff := transport.Backoff{Min: r.c.cfg.ReconnectMin, Max: r.c.cfg.ReconnectMax, Jitter: true}
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			r.stats.reconnects.Add(1)
@@ -32,7 +31,7 @@ func (r *Replica) loop() {
 		}
 		diskFull := errors.Is(err, ErrDiskFull)
 		if progressed && !diskFull {
-			backoff = r.c.cfg.ReconnectMin
+			backoff.Reset()
 		}
 		r.mu.Lock()
 		r.lastErr = err
@@ -43,12 +42,11 @@ func (r *Replica) loop() {
 		var spaceBack <-chan struct{}
 		if diskFull {
 			spaceBack = r.c.disk.Wait()
-			r.log.Debug("cannot apply: data dir short of space; retrying", "err", err, "backoff", backoff)
+			r.log.Debug("cannot apply: data dir short of space; retrying", "err", err, "backoff", backoff.Current())
 		} else {
-			r.log.Info("stream ended; reconnecting", "err", err, "backoff", backoff)
+			r.log.Info("stream ended; reconnecting", "err", err, "backoff", backoff.Current())
 		}
-		wait := backoff/2 + rand.N(backoff/2+1)
-		t := time.NewTimer(wait)
+		t := time.NewTimer(backoff.Next())
 		select {
 		case <-t.C:
 		case <-r.kick:
@@ -59,7 +57,6 @@ func (r *Replica) loop() {
 			t.Stop()
 			return
 		}
-		backoff = min(2*backoff, r.c.cfg.ReconnectMax)
 	}
 }
 
@@ -79,15 +76,11 @@ func (r *Replica) runStream() (progressed bool, err error) {
 	}
 	r.setStreamTarget(addr, cancel)
 	defer r.setStreamTarget("", nil)
-	s, err := r.openStream(ctx, cancel, addr)
+	s, st, err := r.openStream(ctx, cancel, addr)
 	if err != nil {
 		return false, err
 	}
-	defer s.watchdog.Stop()
-	st, err := s.handshake()
-	if err != nil {
-		return false, err
-	}
+	defer s.close()
 	if err := s.begin(st, addr, minEpoch); err != nil {
 		return false, err
 	}
@@ -109,7 +102,7 @@ type ownerStream struct {
 	r      *Replica
 	ctx    context.Context // ends with cancel, the watchdog or the replica
 	cancel context.CancelFunc
-	stream transport.SubscribeClient
+	sub    *transport.ClientSubscription
 	// watchdog ends a stream on which the owner says nothing for
 	// PeerTimeout (see openStream).
 	watchdog *time.Timer
@@ -119,23 +112,65 @@ type ownerStream struct {
 	accept bool
 }
 
-// openStream dials the owner at addr and opens a Subscribe stream.
-func (r *Replica) openStream(ctx context.Context, cancel context.CancelFunc, addr string) (*ownerStream, error) {
+// openStream dials the owner at addr and opens a Subscribe stream: it
+// sends Open (the replica's position and mode) and receives the owner's
+// Start (transport.OpenSubscribe), taking the owner's head and table
+// default mode from it.
+func (r *Replica) openStream(ctx context.Context, cancel context.CancelFunc, addr string) (*ownerStream, *transport.Start, error) {
 	conn, err := r.c.conn(addr)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	stream, err := transport.NewReplicationClient(conn).Subscribe(ctx)
-	if err != nil {
-		return nil, err
-	}
+	r.mu.RLock()
+	cur, accept, mode := r.cur, r.accept, r.modes.effective
+	r.mu.RUnlock()
 	// Watchdog: an owner that says nothing for PeerTimeout (it heartbeats
 	// far more often) is gone; drop the stream. Only the time spent waiting
 	// for the owner counts: the time this replica takes to write what it
 	// received (a slow disk, a large transfer chunk) must not look like a
 	// silent owner, or a slow replica could restart a full transfer forever.
-	watchdog := time.AfterFunc(r.c.cfg.PeerTimeout, cancel)
-	return &ownerStream{r: r, ctx: ctx, cancel: cancel, stream: stream, watchdog: watchdog}, nil
+	s := &ownerStream{r: r, ctx: ctx, cancel: cancel, opened: cur, accept: accept,
+		watchdog: time.AfterFunc(r.c.cfg.PeerTimeout, cancel)}
+	sub, st, err := transport.NewReplicationClient(conn).OpenSubscribe(ctx, &transport.Open{
+		Version: transport.ProtocolVersion, Service: r.c.cfg.Service, Instance: r.c.cfg.Instance,
+		Table: r.opts.Table, LogID: cur.LogID, Seq: cur.Seq, Epoch: cur.Epoch, Mode: mode.Wire(),
+		Standby: r.sink.standby(),
+	})
+	s.watchdog.Stop()
+	if err != nil {
+		return nil, nil, s.silent(err)
+	}
+	s.sub = sub
+	ownerMode, err := modes.ParseWire(st.Mode)
+	if err != nil {
+		sub.Close()
+		return nil, nil, fmt.Errorf("%w: start: owner's table default: %v", transport.ErrBadRequest, err)
+	}
+	r.mu.Lock()
+	r.ownerHead = st.HeadSeq
+	r.modes.ownerDefault = ownerMode
+	modeChanged := r.resolveModesLocked(time.Now(), "owner's table default "+orNone(st.Mode))
+	r.mu.Unlock()
+	if modeChanged {
+		r.kickMode() // sent by control once the stream runs
+	}
+	return s, st, nil
+}
+
+// close releases the stream and its watchdog.
+func (s *ownerStream) close() {
+	s.watchdog.Stop()
+	s.sub.Close()
+}
+
+// silent turns the error of a stream the watchdog (or a redirect) ended
+// while the replica runs into ErrUnavailable: the owner said nothing in
+// time. Other errors pass unchanged.
+func (s *ownerStream) silent(err error) error {
+	if s.ctx.Err() != nil && s.r.ctx.Err() == nil {
+		return fmt.Errorf("%w: no frame from owner for %s", transport.ErrUnavailable, s.r.c.cfg.PeerTimeout)
+	}
+	return err
 }
 
 // recv receives the owner's next frame, with the watchdog running while it
@@ -143,13 +178,10 @@ func (r *Replica) openStream(ctx context.Context, cancel context.CancelFunc, add
 func (s *ownerStream) recv() (*transport.OwnerFrame, error) {
 	r := s.r
 	s.watchdog.Reset(r.c.cfg.PeerTimeout)
-	f, err := s.stream.Recv()
+	f, err := s.sub.Recv()
 	s.watchdog.Stop()
 	if err != nil {
-		if s.ctx.Err() != nil && r.ctx.Err() == nil {
-			return nil, fmt.Errorf("%w: no frame from owner for %s", transport.ErrUnavailable, r.c.cfg.PeerTimeout)
-		}
-		return nil, transport.FromStatus(err)
+		return nil, s.silent(err)
 	}
 	r.mu.Lock()
 	if f.HeadSeq > r.ownerHead {
@@ -160,45 +192,6 @@ func (s *ownerStream) recv() (*transport.OwnerFrame, error) {
 	}
 	r.mu.Unlock()
 	return f, nil
-}
-
-// handshake sends Open (the replica's position and mode) and receives the
-// owner's Start, taking the owner's table default mode from it.
-func (s *ownerStream) handshake() (*transport.Start, error) {
-	r := s.r
-	r.mu.RLock()
-	cur, accept, mode := r.cur, r.accept, r.modes.effective
-	r.mu.RUnlock()
-	s.opened, s.accept = cur, accept
-	err := s.stream.Send(&transport.ConsumerFrame{Kind: transport.KindOpen, Open: &transport.Open{
-		Version: transport.ProtocolVersion, Service: r.c.cfg.Service, Instance: r.c.cfg.Instance,
-		Table: r.opts.Table, LogID: cur.LogID, Seq: cur.Seq, Epoch: cur.Epoch, Mode: mode,
-		Standby: r.sink.standby(),
-	}})
-	if err != nil {
-		return nil, transport.FromStatus(err)
-	}
-	f, err := s.recv()
-	if err != nil {
-		return nil, err
-	}
-	if f.Kind != transport.KindStart || f.Start == nil {
-		return nil, fmt.Errorf("%w: owner's first frame is %s, want start", transport.ErrBadRequest, f.Kind)
-	}
-	st := f.Start
-	if err := transport.CheckVersion(st.Version); err != nil {
-		return nil, err
-	}
-	ownerMode, _ := modes.ParseMode(st.Mode)
-	r.mu.Lock()
-	r.ownerHead = st.HeadSeq
-	r.modes.ownerDefault = ownerMode
-	modeChanged := r.resolveModesLocked(time.Now(), "owner's table default "+orNone(st.Mode))
-	r.mu.Unlock()
-	if modeChanged {
-		r.kickMode() // sent by control once the stream runs
-	}
-	return st, nil
 }
 
 // begin acts on the start decision (decideStart): it resumes, or runs the
@@ -245,7 +238,7 @@ func (s *ownerStream) begin(st *transport.Start, addr string, minEpoch uint64) e
 func (s *ownerStream) follow(st *transport.Start) error {
 	r := s.r
 	r.mu.Lock()
-	r.modes.stream = s.stream
+	r.modes.stream = s.sub
 	r.mu.Unlock()
 	ctlDone := make(chan struct{})
 	go func() { defer close(ctlDone); r.control(s.ctx, s.cancel) }()
@@ -256,7 +249,7 @@ func (s *ownerStream) follow(st *transport.Start) error {
 		r.modes.stream = nil
 		r.mu.Unlock()
 	}()
-	if err := r.ack(s.stream); err != nil {
+	if err := r.ack(s.sub); err != nil {
 		return err
 	}
 	for {
@@ -299,7 +292,7 @@ func (s *ownerStream) handle(f *transport.OwnerFrame, st *transport.Start) error
 	default:
 		return fmt.Errorf("%w: unexpected %s frame from owner", transport.ErrBadRequest, f.Kind)
 	}
-	return r.ack(s.stream)
+	return r.ack(s.sub)
 }
 
 // pulledTransfer receives a pull answered with a full transfer (the
@@ -322,13 +315,13 @@ func (s *ownerStream) pulledTransfer(begin *transport.OwnerFrame, st *transport.
 	return nil
 }
 
-func (r *Replica) ack(stream transport.SubscribeClient) error {
+func (r *Replica) ack(stream *transport.ClientSubscription) error {
 	r.mu.RLock()
 	seq := r.cur.Seq
 	r.mu.RUnlock()
 	r.sendMu.Lock()
 	defer r.sendMu.Unlock()
-	return transport.FromStatus(stream.Send(&transport.ConsumerFrame{Kind: transport.KindAck, Seq: seq}))
+	return stream.Send(&transport.ConsumerFrame{Kind: transport.KindAck, Seq: seq})
 }
 
 // sendFrame sends on the current stream (several goroutines send: the
@@ -342,7 +335,7 @@ func (r *Replica) sendFrame(f *transport.ConsumerFrame) error {
 	if s == nil {
 		return fmt.Errorf("%w: no stream to the owner of %s", transport.ErrUnavailable, r.opts.Table)
 	}
-	return transport.FromStatus(s.Send(f))
+	return s.Send(f)
 }
 
 // control runs beside a stream's receive loop: it sends pulls (on the
@@ -355,7 +348,7 @@ func (r *Replica) control(ctx context.Context, cancel context.CancelFunc) {
 	var pullC <-chan time.Time
 	armPull := func() {
 		r.mu.RLock()
-		pull, every := r.modes.effective == transport.ModePull, r.modes.settings.Pull.Interval
+		pull, every := r.modes.effective == modes.Pull, r.modes.settings.Pull.Interval
 		r.mu.RUnlock()
 		if pullT != nil {
 			pullT.Stop()
@@ -392,8 +385,8 @@ func (r *Replica) control(ctx context.Context, cancel context.CancelFunc) {
 			r.mu.RLock()
 			m := r.modes.effective
 			r.mu.RUnlock()
-			fail(r.sendFrame(&transport.ConsumerFrame{Kind: transport.KindMode, Mode: m}))
-			r.log.Info("mode switched", "mode", m)
+			fail(r.sendFrame(&transport.ConsumerFrame{Kind: transport.KindMode, Mode: m.Wire()}))
+			r.log.Info("mode switched", "mode", m.String())
 			armPull()
 		case now := <-tick.C:
 			r.mu.Lock()

@@ -44,7 +44,7 @@ type ownerMeta struct {
 	Head  uint64 `msgpack:"head"`  // seq of the newest change
 	First uint64 `msgpack:"first"` // oldest seq still in the log (Head+1 when empty)
 	// Epochs is the epoch history: where each epoch began.
-	Epochs []transport.EpochStart `msgpack:"eps"`
+	Epochs transport.EpochHistory `msgpack:"eps"`
 }
 
 // OwnedTable is a table this component owns and writes. Its methods are safe
@@ -59,7 +59,7 @@ type OwnedTable struct {
 	allow        map[string]bool // services allowed to subscribe; nil: all
 	writable     atomic.Bool     // this instance is the table's primary
 	sync         *syncState      // standbys' acknowledgements (MinSyncStandbys)
-	defaultMode  string          // the owner's default mode, sent to consumers in Start (guarded by mu)
+	defaultMode  modes.Mode      // the owner's default mode, sent to consumers in Start (Unset: none; guarded by mu)
 	explicitMode bool            // TableOptions.Mode was given (it wins over the mode file)
 	retention    Retention       // this table's log retention (guarded by mu)
 
@@ -131,7 +131,7 @@ func (c *Component) own(name string, opts []TableOptions) (*OwnedTable, error) {
 	}
 	for _, o := range opts {
 		if o.Mode != modes.Unset {
-			t.defaultMode, t.explicitMode = o.Mode.String(), true
+			t.defaultMode, t.explicitMode = o.Mode, true
 		}
 		for _, svc := range o.AllowServices {
 			if t.allow == nil {
@@ -162,7 +162,7 @@ func (c *Component) own(name string, opts []TableOptions) (*OwnedTable, error) {
 		// machine crash) is then detected by the epoch history instead of
 		// silently resuming over different changes at the same seqs.
 		t.meta.Epoch++
-		t.meta.Epochs = appendEpoch(t.meta.Epochs, t.meta.Epoch, t.meta.Head+1)
+		t.meta.Epochs = t.meta.Epochs.Append(t.meta.Epoch, t.meta.Head+1)
 		b, err := msgpack.Marshal(&t.meta)
 		if err != nil {
 			return err
@@ -406,8 +406,9 @@ func (t *OwnedTable) Submit(ctx context.Context, ws ...Write) (*Pending, error) 
 	}
 }
 
-// ownerMode is the table's default mode as sent in Start ("" for push).
-func (t *OwnedTable) ownerMode() string {
+// ownerMode is the table's default mode, sent in Start (Unset: none, so
+// push unless the consumer asks otherwise).
+func (t *OwnedTable) ownerMode() modes.Mode {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.defaultMode

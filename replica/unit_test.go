@@ -46,6 +46,39 @@ func TestConfig_Validate(t *testing.T) {
 	}
 }
 
+// The default retention stays what it was before Retention became
+// modes.Retention.
+func TestDefaultConfig_Retention(t *testing.T) {
+	want := Retention{MaxChanges: 1_000_000, MaxBytes: 1 << 30, MaxAge: 24 * time.Hour}
+	if got := DefaultConfig().Retention; got != want {
+		t.Fatalf("DefaultConfig().Retention = %+v, want %+v", got, want)
+	}
+}
+
+// The name errors keep their text now that the rule is transport's.
+func TestValidName_Message(t *testing.T) {
+	tests := []struct {
+		name, what, value, want string
+	}{
+		{"empty", "Config.Service", "", `replica: invalid argument: Config.Service "" must be 1-128 characters of A-Z a-z 0-9 _ . -`},
+		{"slash", "table", "bad/name", `replica: invalid argument: table "bad/name" must be 1-128 characters of A-Z a-z 0-9 _ . -`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := validName(tt.what, tt.value)
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("validName = %v, want ErrInvalid", err)
+			}
+			if got := err.Error(); got != tt.want {
+				t.Fatalf("validName = %q, want %q", got, tt.want)
+			}
+		})
+	}
+	if err := validName("table", "ok.name-1_2"); err != nil {
+		t.Fatalf("validName(ok.name-1_2) = %v", err)
+	}
+}
+
 func contains(s, sub string) bool {
 	return len(sub) == 0 || len(s) >= len(sub) && (s[:len(sub)] == sub || contains(s[1:], sub))
 }
