@@ -66,6 +66,8 @@ type Broker struct {
 	nlive     atomic.Int32  // len(live), read by memberlist's queue, which must not take mu
 	joins     joinLog       // logs join attempts; its own lock
 
+	policy atomic.Pointer[transport.Policy] // the policy in force (see SetPolicy); safe on its own
+
 	directMu sync.Mutex
 	directQ  map[string]*broadcast // records for the sender, latest per record
 
@@ -140,6 +142,7 @@ func New(ctx context.Context, cfg Config) (_ *Broker, err error) {
 		readyCh:   make(chan struct{}),
 		joins:     joinLog{every: joinLogEvery},
 	}
+	b.policy.Store(cfg.Policy)
 	if len(cfg.Join) == 0 {
 		b.setReadyLocked()
 	}
