@@ -6,6 +6,7 @@ import (
 
 	"google.golang.org/grpc/peer"
 
+	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/transport"
 )
 
@@ -16,7 +17,7 @@ import (
 //   - Session: only a service identity S/I may register, and only as
 //     instance I of service S (so it owns only S's tables and is a standby
 //     only of S); every subscription it lists must be one the policy lets
-//     S read (transport.Policy.MayRead), in the Register and in every
+//     S read (modes.AccessPolicy.MayRead), in the Register and in every
 //     update;
 //   - SetMode: admin identities only;
 //   - Status: admin and operator identities;
@@ -142,7 +143,7 @@ func (b *Broker) authorizeLookup(ctx context.Context, service string) (func(tabl
 // the new policy no longer allows are ended with PermissionDenied (their
 // component's next Register is refused the same way until its
 // subscriptions fit). It applies only with Config.RequireIdentity.
-func (b *Broker) SetPolicy(p *transport.Policy) {
+func (b *Broker) SetPolicy(p *modes.AccessPolicy) {
 	b.policy.Store(p)
 	if !b.cfg.RequireIdentity {
 		return
@@ -165,4 +166,4 @@ func (b *Broker) SetPolicy(p *transport.Policy) {
 }
 
 // Policy returns the policy in force.
-func (b *Broker) Policy() *transport.Policy { return b.policy.Load() }
+func (b *Broker) Policy() *modes.AccessPolicy { return b.policy.Load() }

@@ -12,7 +12,7 @@ import (
 // Limits: what one service, one registration and the registry may hold,
 // so that no component (hostile or broken) can take the broker's memory or
 // the cluster's gossip. Each is a Config field; 0 there means the default
-// below. A policy (transport.Policy limits) may set per-service values for
+// below. A policy (modes.AccessPolicy limits) may set per-service values for
 // registrations, tables and subscriptions. Every refusal is counted in
 // replmesh_broker_limit_refusals_total{limit=...}.
 const (

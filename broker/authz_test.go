@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/transport"
 )
 
@@ -232,7 +233,7 @@ func headLead(t *testing.T, b *Broker) uint64 {
 // component switched a live consumer to pull and read the whole registry.
 func TestSecurity_AdminCalls(t *testing.T) {
 	p := newTestPKI(t)
-	policy := transport.NewPolicy()
+	policy := modes.NewAccessPolicy()
 	if err := policy.Allow("stores", "stores", "products"); err != nil {
 		t.Fatal(err)
 	}
@@ -312,7 +313,7 @@ func TestSecurity_AdminCalls(t *testing.T) {
 // the policy changes. Before: any component subscribed to any table.
 func TestSecurity_Subscriptions(t *testing.T) {
 	p := newTestPKI(t)
-	policy := transport.NewPolicy()
+	policy := modes.NewAccessPolicy()
 	if err := policy.Allow("stores", "stores", "products"); err != nil {
 		t.Fatal(err)
 	}
@@ -335,7 +336,7 @@ func TestSecurity_Subscriptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.SetPolicy(transport.NewPolicy())
+	b.SetPolicy(modes.NewAccessPolicy())
 	wantDenied(t, c.waitEnd(), "no longer")
 }
 

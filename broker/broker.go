@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/transport"
 )
 
@@ -66,7 +67,7 @@ type Broker struct {
 	nlive     atomic.Int32  // len(live), read by memberlist's queue, which must not take mu
 	joins     joinLog       // logs join attempts; its own lock
 
-	policy atomic.Pointer[transport.Policy] // the policy in force (see SetPolicy); safe on its own
+	policy atomic.Pointer[modes.AccessPolicy] // the policy in force (see SetPolicy); safe on its own
 
 	directMu sync.Mutex
 	directQ  map[string]*broadcast // records for the sender, latest per record

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/memberlist"
 
+	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/transport"
 )
 
@@ -73,7 +74,7 @@ type Config struct {
 	// Lookup) and may set per-service limits; it applies with
 	// RequireIdentity (the limits always). Nil: every service reads only
 	// its own tables. Replace it at run time with Broker.SetPolicy.
-	Policy *transport.Policy
+	Policy *modes.AccessPolicy
 
 	// Limits; 0 means the default (DefaultMaxRegistrations and so on).
 	// A refusal is counted in replmesh_broker_limit_refusals_total.

@@ -471,7 +471,7 @@ func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 		return nil, fmt.Errorf("grpc: %w (flag -insecure, config key insecure)", err)
 	}
 	if st.policy != "" {
-		if st.cfg.Policy, err = transport.LoadPolicy(st.policy); err != nil {
+		if st.cfg.Policy, err = modes.LoadAccessPolicy(st.policy); err != nil {
 			return nil, err
 		}
 	}

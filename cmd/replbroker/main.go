@@ -202,7 +202,7 @@ func (st *settings) reload(b *broker.Broker) {
 	if st.policy == "" {
 		return
 	}
-	p, err := transport.LoadPolicy(st.policy)
+	p, err := modes.LoadAccessPolicy(st.policy)
 	if err != nil {
 		st.log.Error("policy file not reloaded; the policy in force stays", "file", st.policy, "err", err)
 		return

@@ -1,4 +1,4 @@
-package transport
+package modes
 
 import (
 	"bytes"
@@ -14,28 +14,31 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/replmesh/replmesh/modes"
+	"github.com/replmesh/replmesh/transport"
 )
 
-// PolicyVersion is the policy file format this package reads.
-const PolicyVersion = 1
+// AccessPolicyVersion is the access policy file format ParseAccessPolicy
+// reads.
+const AccessPolicyVersion = 1
 
 // AnyTable in a policy's table name ("stores/*") stands for every table of
 // the service.
 const AnyTable = "*"
 
-// Policy says which services may read which tables (Subscribe, Get, Digest
-// and Keys on the owner; Lookup and subscriptions on the broker), and the
-// limits of each service on the brokers. Authorization is default deny:
-// a service reads another service's table only when the policy lists it
-// as a reader of that table (or of AnyTable of that service); a service
-// always reads its own tables (its standbys do).
+// AccessPolicy says which services may read which tables (Subscribe, Get,
+// Digest and Keys on the owner; Lookup and subscriptions on the broker),
+// and the limits of each service on the brokers. Authorization is default
+// deny: a service reads another service's table only when the policy lists
+// it as a reader of that table (or of AnyTable of that service); a service
+// always reads its own tables (its standbys do). It is not the auto-mode
+// Policy: that one decides push or pull, this one who may read.
 //
-// Build a Policy with NewPolicy and Allow / SetLimits, or read one with
-// ParsePolicy / LoadPolicy; then share it read-only: its methods are safe
-// for concurrent use as long as nobody changes it. A nil *Policy allows
-// each service its own tables only and sets no limits.
-type Policy struct {
+// Build an AccessPolicy with NewAccessPolicy and Allow / SetLimits, or read
+// one with ParseAccessPolicy / LoadAccessPolicy; then share it read-only:
+// its methods are safe for concurrent use as long as nobody changes it. A
+// nil *AccessPolicy allows each service its own tables only and sets no
+// limits.
+type AccessPolicy struct {
 	readers map[string][]string // "SERVICE/TABLE" or "SERVICE/*" -> sorted reader services
 	limits  map[string]Limits   // service -> its limits
 }
@@ -53,26 +56,26 @@ type Limits struct {
 	Subscriptions int
 }
 
-// NewPolicy returns an empty policy: every service reads only its own
-// tables.
-func NewPolicy() *Policy {
-	return &Policy{readers: map[string][]string{}, limits: map[string]Limits{}}
+// NewAccessPolicy returns an empty access policy: every service reads only
+// its own tables.
+func NewAccessPolicy() *AccessPolicy {
+	return &AccessPolicy{readers: map[string][]string{}, limits: map[string]Limits{}}
 }
 
 // Allow lets readers read owner's table (AnyTable: every table of owner).
 // Readers accumulate over calls. Names must be valid service and table
 // names (1-128 characters of A-Z a-z 0-9 _ . -).
-func (p *Policy) Allow(owner, table string, readers ...string) error {
-	if err := checkIdentityName("owner service", owner); err != nil {
+func (p *AccessPolicy) Allow(owner, table string, readers ...string) error {
+	if err := transport.CheckIdentityName("owner service", owner); err != nil {
 		return err
 	}
 	if table != AnyTable {
-		if err := checkIdentityName("table", table); err != nil {
+		if err := transport.CheckIdentityName("table", table); err != nil {
 			return err
 		}
 	}
 	for _, r := range readers {
-		if err := checkIdentityName("reader service", r); err != nil {
+		if err := transport.CheckIdentityName("reader service", r); err != nil {
 			return err
 		}
 	}
@@ -84,8 +87,8 @@ func (p *Policy) Allow(owner, table string, readers ...string) error {
 }
 
 // SetLimits sets the limits of service; negative fields are an error.
-func (p *Policy) SetLimits(service string, l Limits) error {
-	if err := checkIdentityName("service", service); err != nil {
+func (p *AccessPolicy) SetLimits(service string, l Limits) error {
+	if err := transport.CheckIdentityName("service", service); err != nil {
 		return err
 	}
 	if l.Registrations < 0 || l.Tables < 0 || l.Subscriptions < 0 {
@@ -98,7 +101,7 @@ func (p *Policy) SetLimits(service string, l Limits) error {
 // MayRead reports whether service reader may read table of service owner:
 // the owner itself always may; another service when the policy lists it
 // for the table or for AnyTable of owner.
-func (p *Policy) MayRead(owner, table, reader string) bool {
+func (p *AccessPolicy) MayRead(owner, table, reader string) bool {
 	if reader == owner {
 		return true
 	}
@@ -115,7 +118,7 @@ func (p *Policy) MayRead(owner, table, reader string) bool {
 
 // MayReadService reports whether reader may read at least one table of
 // owner (what a broker's Lookup of owner needs).
-func (p *Policy) MayReadService(owner, reader string) bool {
+func (p *AccessPolicy) MayReadService(owner, reader string) bool {
 	if reader == owner {
 		return true
 	}
@@ -135,7 +138,7 @@ func (p *Policy) MayReadService(owner, reader string) bool {
 
 // Readers returns the services the policy lists as readers of owner's
 // table, AnyTable entries included, sorted; the owner is not listed.
-func (p *Policy) Readers(owner, table string) []string {
+func (p *AccessPolicy) Readers(owner, table string) []string {
 	if p == nil {
 		return nil
 	}
@@ -146,7 +149,7 @@ func (p *Policy) Readers(owner, table string) []string {
 
 // Limits returns the limits the policy sets for service, and whether it
 // sets any.
-func (p *Policy) Limits(service string) (Limits, bool) {
+func (p *AccessPolicy) Limits(service string) (Limits, bool) {
 	if p == nil {
 		return Limits{}, false
 	}
@@ -156,24 +159,24 @@ func (p *Policy) Limits(service string) (Limits, bool) {
 
 // Summary returns how many table entries and limit entries p holds (for
 // logs).
-func (p *Policy) Summary() (tables, limits int) {
+func (p *AccessPolicy) Summary() (tables, limits int) {
 	if p == nil {
 		return 0, 0
 	}
 	return len(p.readers), len(p.limits)
 }
 
-// LoadPolicy reads and parses a policy file (see ParsePolicy); errors name
-// the file.
-func LoadPolicy(path string) (*Policy, error) {
+// LoadAccessPolicy reads and parses an access policy file (see
+// ParseAccessPolicy); errors name the file.
+func LoadAccessPolicy(path string) (*AccessPolicy, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("load policy: %w", err)
 	}
-	return parsePolicy(b, path)
+	return parseAccessPolicy(b, path)
 }
 
-// ParsePolicy parses a YAML policy file:
+// ParseAccessPolicy parses a YAML access policy file:
 //
 //	version: 1                    # required
 //	tables:                       # SERVICE/TABLE (or SERVICE/*): who else may read it
@@ -189,15 +192,15 @@ func LoadPolicy(path string) (*Policy, error) {
 // Parsing is strict: an unknown key, a duplicate key, a value of the wrong
 // type, a bad service or table name, an anchor or alias, or another
 // version is an error naming its line. Every problem found is returned,
-// sorted by line and joined; each is a *modes.Error (the modes file's
-// error: file, line, column, key path), wrapping modes.ErrInvalid.
-func ParsePolicy(b []byte) (*Policy, error) { return parsePolicy(b, "") }
+// sorted by line and joined; each is an *Error (as for the modes file:
+// file, line, column, key path), wrapping ErrInvalid.
+func ParseAccessPolicy(b []byte) (*AccessPolicy, error) { return parseAccessPolicy(b, "") }
 
 // maxPolicySize bounds a policy file: it is read whole.
 const maxPolicySize = 4 << 20
 
-func parsePolicy(b []byte, file string) (*Policy, error) {
-	pp := &policyParser{file: file, p: NewPolicy()}
+func parseAccessPolicy(b []byte, file string) (*AccessPolicy, error) {
+	pp := &policyParser{file: file, p: NewAccessPolicy()}
 	if len(b) > maxPolicySize {
 		pp.add(nil, "", "the file is %d bytes, at most %d", len(b), maxPolicySize)
 		return nil, pp.err()
@@ -206,7 +209,7 @@ func parsePolicy(b []byte, file string) (*Policy, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	if err := dec.Decode(&doc); err != nil {
 		if errors.Is(err, io.EOF) {
-			pp.add(nil, "", "empty policy (want at least `version: %d`)", PolicyVersion)
+			pp.add(nil, "", "empty policy (want at least `version: %d`)", AccessPolicyVersion)
 		} else {
 			pp.syntax(err)
 		}
@@ -229,12 +232,12 @@ func parsePolicy(b []byte, file string) (*Policy, error) {
 
 type policyParser struct {
 	file string
-	p    *Policy
-	errs []*modes.Error
+	p    *AccessPolicy
+	errs []*Error
 }
 
 func (pp *policyParser) add(n *yaml.Node, key, format string, args ...any) {
-	e := &modes.Error{File: pp.file, Key: key, Msg: fmt.Sprintf(format, args...)}
+	e := &Error{File: pp.file, Key: key, Msg: fmt.Sprintf(format, args...)}
 	if n != nil {
 		e.Line, e.Column = n.Line, n.Column
 	}
@@ -245,7 +248,7 @@ var policyYAMLLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 
 func (pp *policyParser) syntax(err error) {
 	msg := err.Error()
-	e := &modes.Error{File: pp.file}
+	e := &Error{File: pp.file}
 	if m := policyYAMLLineRE.FindStringSubmatch(msg); m != nil {
 		e.Line, _ = strconv.Atoi(m[1])
 		msg = m[2]
@@ -357,8 +360,8 @@ func (pp *policyParser) document(doc *yaml.Node) {
 		switch k.Value {
 		case "version":
 			hasVersion = true
-			if n, ok := pp.integer(v, "version"); ok && n != PolicyVersion {
-				pp.add(v, "version", "unsupported version %d (want %d)", n, PolicyVersion)
+			if n, ok := pp.integer(v, "version"); ok && n != AccessPolicyVersion {
+				pp.add(v, "version", "unsupported version %d (want %d)", n, AccessPolicyVersion)
 			}
 		case "tables":
 			for _, tf := range pp.mapping(v, "tables") {
@@ -373,7 +376,7 @@ func (pp *policyParser) document(doc *yaml.Node) {
 		}
 	}
 	if !hasVersion {
-		pp.add(root, "version", "missing (want `version: %d` at the top)", PolicyVersion)
+		pp.add(root, "version", "missing (want `version: %d` at the top)", AccessPolicyVersion)
 	}
 }
 
@@ -386,12 +389,12 @@ func (pp *policyParser) table(k, v *yaml.Node) {
 		return
 	}
 	nameOK := true
-	if err := checkIdentityName("service", owner); err != nil {
+	if err := transport.CheckIdentityName("service", owner); err != nil {
 		pp.add(k, key, "%v", err)
 		nameOK = false
 	}
 	if table != AnyTable {
-		if err := checkIdentityName("table", table); err != nil {
+		if err := transport.CheckIdentityName("table", table); err != nil {
 			pp.add(k, key, "%v", err)
 			nameOK = false
 		}
@@ -439,7 +442,7 @@ func (pp *policyParser) names(n *yaml.Node, key string) []string {
 			pp.add(e, key, "want a service name, got %s", policyKind(e))
 			continue
 		}
-		if err := checkIdentityName("service", e.Value); err != nil {
+		if err := transport.CheckIdentityName("service", e.Value); err != nil {
 			pp.add(e, key, "%v", err)
 			continue
 		}
@@ -457,7 +460,7 @@ func (pp *policyParser) names(n *yaml.Node, key string) []string {
 func (pp *policyParser) limit(k, v *yaml.Node) {
 	key := "limits[" + k.Value + "]"
 	nameOK := true
-	if err := checkIdentityName("service", k.Value); err != nil {
+	if err := transport.CheckIdentityName("service", k.Value); err != nil {
 		pp.add(k, key, "%v", err)
 		nameOK = false
 	}

@@ -1,4 +1,4 @@
-package transport
+package modes
 
 import (
 	"errors"
@@ -8,10 +8,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/replmesh/replmesh/modes"
+	"github.com/replmesh/replmesh/internal/testutil"
 )
 
-const examplePolicy = `version: 1
+const exampleAccessPolicy = `version: 1
 tables:
   stores/stores: {readers: [products]}
   stores/store_managers:
@@ -24,8 +24,8 @@ limits:
     subscriptions: 512
 `
 
-func TestParsePolicy_MayRead(t *testing.T) {
-	p, err := ParsePolicy([]byte(examplePolicy))
+func TestParseAccessPolicy_MayRead(t *testing.T) {
+	p, err := ParseAccessPolicy([]byte(exampleAccessPolicy))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,8 +78,8 @@ func TestParsePolicy_MayRead(t *testing.T) {
 	}
 }
 
-func TestPolicy_Nil(t *testing.T) {
-	var p *Policy
+func TestAccessPolicy_Nil(t *testing.T) {
+	var p *AccessPolicy
 	if !p.MayRead("stores", "t", "stores") || p.MayRead("stores", "t", "products") {
 		t.Fatal("a nil policy must allow the owner only")
 	}
@@ -91,8 +91,8 @@ func TestPolicy_Nil(t *testing.T) {
 	}
 }
 
-func TestPolicy_Code(t *testing.T) {
-	p := NewPolicy()
+func TestAccessPolicy_Code(t *testing.T) {
+	p := NewAccessPolicy()
 	if err := p.Allow("stores", "stores", "products"); err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestPolicy_Code(t *testing.T) {
 	}
 }
 
-func TestParsePolicy_Errors(t *testing.T) {
+func TestParseAccessPolicy_Errors(t *testing.T) {
 	tests := []struct {
 		name string
 		in   string
@@ -157,16 +157,16 @@ func TestParsePolicy_Errors(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := ParsePolicy([]byte(tc.in))
+			_, err := ParseAccessPolicy([]byte(tc.in))
 			if err == nil {
 				t.Fatal("accepted")
 			}
-			if !errors.Is(err, modes.ErrInvalid) {
-				t.Fatalf("%v does not wrap modes.ErrInvalid", err)
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("%v does not wrap ErrInvalid", err)
 			}
-			var pe *modes.Error
+			var pe *Error
 			if !errors.As(err, &pe) {
-				t.Fatalf("%v is not a *modes.Error", err)
+				t.Fatalf("%v is not a *Error", err)
 			}
 			if pe.Line != tc.line || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %q (line %d), want line %d and %q", err, pe.Line, tc.line, tc.want)
@@ -175,8 +175,8 @@ func TestParsePolicy_Errors(t *testing.T) {
 	}
 }
 
-func TestParsePolicy_AllErrors(t *testing.T) {
-	_, err := ParsePolicy([]byte("version: 1\ntables:\n  s: {readers: [a]}\n  t/u: {readers: [\"b c\"]}\nfoo: 1\n"))
+func TestParseAccessPolicy_AllErrors(t *testing.T) {
+	_, err := ParseAccessPolicy([]byte("version: 1\ntables:\n  s: {readers: [a]}\n  t/u: {readers: [\"b c\"]}\nfoo: 1\n"))
 	msg := err.Error()
 	for _, want := range []string{"line 3: tables[s]", "line 4: tables[t/u].readers", "line 5: foo"} {
 		if !strings.Contains(msg, want) {
@@ -185,43 +185,43 @@ func TestParsePolicy_AllErrors(t *testing.T) {
 	}
 }
 
-func TestLoadPolicy(t *testing.T) {
+func TestLoadAccessPolicy(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "policy.yaml")
 	if err := os.WriteFile(path, []byte("version: 1\ntables:\n  s/t: {readers: [a]}\n  s/t: {readers: [a]}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err := LoadPolicy(path)
+	_, err := LoadAccessPolicy(path)
 	if err == nil || !strings.HasPrefix(err.Error(), path+": line 4: ") {
-		t.Fatalf("LoadPolicy: %v, want an error starting with the file and line", err)
+		t.Fatalf("LoadAccessPolicy: %v, want an error starting with the file and line", err)
 	}
-	if _, err := LoadPolicy(filepath.Join(t.TempDir(), "missing.yaml")); err == nil {
-		t.Fatal("LoadPolicy of a missing file succeeded")
+	if _, err := LoadAccessPolicy(filepath.Join(t.TempDir(), "missing.yaml")); err == nil {
+		t.Fatal("LoadAccessPolicy of a missing file succeeded")
 	}
 }
 
-// FuzzParsePolicy: parsing arbitrary bytes never panics; it either fails
-// with *modes.Error values wrapping modes.ErrInvalid, or returns a policy
-// whose entries are valid names (Allow accepts them again), allocating a
-// bounded amount per input byte.
-func FuzzParsePolicy(f *testing.F) {
-	f.Add([]byte(examplePolicy))
+// FuzzParseAccessPolicy: parsing arbitrary bytes never panics; it either
+// fails with *Error values wrapping ErrInvalid, or returns a policy whose
+// entries are valid names (Allow accepts them again), allocating a bounded
+// amount per input byte.
+func FuzzParseAccessPolicy(f *testing.F) {
+	f.Add([]byte(exampleAccessPolicy))
 	f.Add([]byte("version: 1\n"))
 	f.Add([]byte("version: 1\ntables:\n  s/*: {readers: [a, b]}\n"))
 	f.Add([]byte("version: 1\nr: &r [a]\ns: *r\n"))
 	f.Add([]byte("version: 1\nlimits: {a: {registrations: 1, tables: 2, subscriptions: 3}}\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		before := heapAllocated()
-		p, err := ParsePolicy(b)
-		if alloc := heapAllocated() - before; alloc > uint64(len(b))*4096+1<<20 {
+		before := testutil.HeapAllocated()
+		p, err := ParseAccessPolicy(b)
+		if alloc := testutil.HeapAllocated() - before; alloc > uint64(len(b))*4096+1<<20 {
 			t.Fatalf("parsing %d bytes allocated %d", len(b), alloc)
 		}
 		if err != nil {
-			if !errors.Is(err, modes.ErrInvalid) {
-				t.Fatalf("error %v does not wrap modes.ErrInvalid", err)
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error %v does not wrap ErrInvalid", err)
 			}
 			return
 		}
-		q := NewPolicy()
+		q := NewAccessPolicy()
 		for k, rs := range p.readers {
 			owner, table, _ := strings.Cut(k, "/")
 			if err := q.Allow(owner, table, rs...); err != nil {
