@@ -1,15 +1,9 @@
 package modes
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
-	"io"
 	"os"
-	"regexp"
 	"slices"
-	"sort"
-	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -200,254 +194,116 @@ func ParseAccessPolicy(b []byte) (*AccessPolicy, error) { return parseAccessPoli
 const maxPolicySize = 4 << 20
 
 func parseAccessPolicy(b []byte, file string) (*AccessPolicy, error) {
-	pp := &policyParser{file: file, p: NewAccessPolicy()}
+	ap := &accessParser{
+		parser: parser{
+			v:       validator{file: file, pos: make(map[string]position)},
+			what:    "policy",
+			version: AccessPolicyVersion,
+			keys:    []string{"version", "tables", "limits"},
+		},
+		p: NewAccessPolicy(),
+	}
 	if len(b) > maxPolicySize {
-		pp.add(nil, "", "the file is %d bytes, at most %d", len(b), maxPolicySize)
-		return nil, pp.err()
+		ap.v.addAt("", position{}, "the file is %d bytes, at most %d", len(b), maxPolicySize)
+		return nil, ap.v.err()
 	}
-	var doc yaml.Node
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	if err := dec.Decode(&doc); err != nil {
-		if errors.Is(err, io.EOF) {
-			pp.add(nil, "", "empty policy (want at least `version: %d`)", AccessPolicyVersion)
-		} else {
-			pp.syntax(err)
-		}
-		return nil, pp.err()
+	doc, ok := ap.decode(b)
+	if !ok {
+		return nil, ap.v.err()
 	}
-	var extra yaml.Node
-	if err := dec.Decode(&extra); err == nil {
-		pp.add(&extra, "", "more than one YAML document")
-		return nil, pp.err()
-	} else if !errors.Is(err, io.EOF) {
-		pp.syntax(err)
-		return nil, pp.err()
-	}
-	pp.document(&doc)
-	if err := pp.err(); err != nil {
-		return nil, err
-	}
-	return pp.p, nil
-}
-
-type policyParser struct {
-	file string
-	p    *AccessPolicy
-	errs []*Error
-}
-
-func (pp *policyParser) add(n *yaml.Node, key, format string, args ...any) {
-	e := &Error{File: pp.file, Key: key, Msg: fmt.Sprintf(format, args...)}
-	if n != nil {
-		e.Line, e.Column = n.Line, n.Column
-	}
-	pp.errs = append(pp.errs, e)
-}
-
-var policyYAMLLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
-
-func (pp *policyParser) syntax(err error) {
-	msg := err.Error()
-	e := &Error{File: pp.file}
-	if m := policyYAMLLineRE.FindStringSubmatch(msg); m != nil {
-		e.Line, _ = strconv.Atoi(m[1])
-		msg = m[2]
-	} else {
-		msg = strings.TrimPrefix(msg, "yaml: ")
-	}
-	e.Msg = "YAML syntax: " + msg
-	pp.errs = append(pp.errs, e)
-}
-
-func (pp *policyParser) err() error {
-	if len(pp.errs) == 0 {
-		return nil
-	}
-	sort.SliceStable(pp.errs, func(i, j int) bool {
-		a, b := pp.errs[i], pp.errs[j]
-		if a.Line != b.Line {
-			return a.Line < b.Line
-		}
-		return a.Column < b.Column
-	})
-	errs := make([]error, len(pp.errs))
-	for i, e := range pp.errs {
-		errs[i] = e
-	}
-	return errors.Join(errs...)
-}
-
-func policyKind(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.AliasNode:
-		return "an alias"
-	case yaml.ScalarNode:
-		if n.ShortTag() == "!!null" {
-			return "nothing"
-		}
-		return fmt.Sprintf("%q", n.Value)
-	}
-	return "something else"
-}
-
-// noAlias reports an anchor or alias on n: a policy is short and explicit,
-// and aliases would let a small file expand into a large one.
-func (pp *policyParser) noAlias(n *yaml.Node, key string) bool {
-	if n.Kind == yaml.AliasNode || n.Anchor != "" {
-		pp.add(n, key, "anchors and aliases are not allowed in a policy file")
-		return false
-	}
-	return true
-}
-
-// mapping returns the key/value pairs of a mapping, reporting duplicate
-// and non-string keys; a null node is an empty mapping.
-func (pp *policyParser) mapping(n *yaml.Node, key string) [][2]*yaml.Node {
-	if !pp.noAlias(n, key) {
-		return nil
-	}
-	if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" {
-		return nil
-	}
-	if n.Kind != yaml.MappingNode {
-		pp.add(n, key, "want a mapping, got %s", policyKind(n))
-		return nil
-	}
-	var out [][2]*yaml.Node
-	seen := map[string]*yaml.Node{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		if !pp.noAlias(k, key) {
-			continue
-		}
-		if k.Kind != yaml.ScalarNode || k.ShortTag() == "!!null" || k.ShortTag() == "!!merge" {
-			pp.add(k, key, "keys must be strings, got %s", policyKind(k))
-			continue
-		}
-		if prev, dup := seen[k.Value]; dup {
-			pp.add(k, joinKey(key, k.Value), "duplicate key %q (first at line %d)", k.Value, prev.Line)
-			continue
-		}
-		seen[k.Value] = k
-		out = append(out, [2]*yaml.Node{k, v})
-	}
-	return out
-}
-
-func joinKey(parent, name string) string {
-	if parent == "" {
-		return name
-	}
-	return parent + "." + name
-}
-
-func (pp *policyParser) document(doc *yaml.Node) {
-	root := doc
-	if doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
-		root = doc.Content[0]
-	}
-	if root.Kind != yaml.MappingNode {
-		pp.add(root, "", "want a mapping with version, tables and limits, got %s", policyKind(root))
-		return
-	}
-	hasVersion := false
-	for _, f := range pp.mapping(root, "") {
-		k, v := f[0], f[1]
+	ap.document(doc, func(k, v *yaml.Node) {
 		switch k.Value {
-		case "version":
-			hasVersion = true
-			if n, ok := pp.integer(v, "version"); ok && n != AccessPolicyVersion {
-				pp.add(v, "version", "unsupported version %d (want %d)", n, AccessPolicyVersion)
-			}
 		case "tables":
-			for _, tf := range pp.mapping(v, "tables") {
-				pp.table(tf[0], tf[1])
+			for _, f := range ap.fields(v, "tables") {
+				ap.table(f.k, f.v)
 			}
 		case "limits":
-			for _, lf := range pp.mapping(v, "limits") {
-				pp.limit(lf[0], lf[1])
+			for _, f := range ap.fields(v, "limits") {
+				ap.limit(f.k, f.v)
 			}
-		default:
-			pp.add(k, k.Value, "unknown key %q (known keys: version, tables, limits)", k.Value)
 		}
+	})
+	if err := ap.v.err(); err != nil {
+		return nil, err
 	}
-	if !hasVersion {
-		pp.add(root, "version", "missing (want `version: %d` at the top)", AccessPolicyVersion)
-	}
+	return ap.p, nil
+}
+
+// accessParser walks an access policy file (the shared parser: no
+// anchors or aliases) into p.
+type accessParser struct {
+	parser
+	p *AccessPolicy
 }
 
 // table parses one tables entry: "SERVICE/TABLE: {readers: [...]}".
-func (pp *policyParser) table(k, v *yaml.Node) {
-	key := "tables[" + k.Value + "]"
+func (ap *accessParser) table(k, v *yaml.Node) {
+	key := childKey("tables", k.Value)
 	owner, table, ok := strings.Cut(k.Value, "/")
 	if !ok {
-		pp.add(k, key, "want SERVICE/TABLE (or SERVICE/*)")
+		ap.errorf(k, key, "want SERVICE/TABLE (or SERVICE/*)")
 		return
 	}
 	nameOK := true
 	if err := transport.CheckIdentityName("service", owner); err != nil {
-		pp.add(k, key, "%v", err)
+		ap.errorf(k, key, "%v", err)
 		nameOK = false
 	}
 	if table != AnyTable {
 		if err := transport.CheckIdentityName("table", table); err != nil {
-			pp.add(k, key, "%v", err)
+			ap.errorf(k, key, "%v", err)
 			nameOK = false
 		}
 	}
 	var readers []string
 	hasReaders := false
-	for _, f := range pp.mapping(v, key) {
-		fk, fv := f[0], f[1]
-		switch fk.Value {
+	for _, f := range ap.fields(v, key) {
+		switch f.k.Value {
 		case "readers":
 			hasReaders = true
-			readers = pp.names(fv, key+".readers")
+			readers = ap.names(f.v, join(key, "readers"))
 		default:
-			pp.add(fk, joinKey(key, fk.Value), "unknown key %q (known keys: readers)", fk.Value)
+			ap.unknown(f.k, key, "readers")
 		}
 	}
 	if !hasReaders {
-		pp.add(k, key, "no readers (write `readers: []` to list none)")
+		ap.errorf(k, key, "no readers (write `readers: []` to list none)")
 	}
 	if nameOK {
 		// The names were checked: Allow cannot fail. An entry with no
 		// readers is kept, so that Summary counts it.
-		if err := pp.p.Allow(owner, table, readers...); err != nil {
-			pp.add(k, key, "%v", err)
+		if err := ap.p.Allow(owner, table, readers...); err != nil {
+			ap.errorf(k, key, "%v", err)
 		}
 	}
 }
 
 // names parses a list of service names, reporting bad and repeated ones.
-func (pp *policyParser) names(n *yaml.Node, key string) []string {
-	if !pp.noAlias(n, key) {
+func (ap *accessParser) names(n *yaml.Node, key string) []string {
+	n, ok := ap.resolve(n, key)
+	if !ok {
 		return nil
 	}
 	if n.Kind != yaml.SequenceNode {
-		pp.add(n, key, "want a list of service names, got %s", policyKind(n))
+		ap.errorf(n, key, "want a list of service names, got %s", kindName(n))
 		return nil
 	}
 	var out []string
 	seen := map[string]int{}
 	for _, e := range n.Content {
-		if !pp.noAlias(e, key) {
+		if _, ok := ap.resolve(e, key); !ok {
 			continue
 		}
 		if e.Kind != yaml.ScalarNode || e.ShortTag() != "!!str" {
-			pp.add(e, key, "want a service name, got %s", policyKind(e))
+			ap.errorf(e, key, "want a service name, got %s", kindName(e))
 			continue
 		}
 		if err := transport.CheckIdentityName("service", e.Value); err != nil {
-			pp.add(e, key, "%v", err)
+			ap.errorf(e, key, "%v", err)
 			continue
 		}
 		if line, dup := seen[e.Value]; dup {
-			pp.add(e, key, "service %q listed twice (first at line %d)", e.Value, line)
+			ap.errorf(e, key, "service %q listed twice (first at line %d)", e.Value, line)
 			continue
 		}
 		seen[e.Value] = e.Line
@@ -457,18 +313,17 @@ func (pp *policyParser) names(n *yaml.Node, key string) []string {
 }
 
 // limit parses one limits entry: "SERVICE: {registrations: N, ...}".
-func (pp *policyParser) limit(k, v *yaml.Node) {
-	key := "limits[" + k.Value + "]"
+func (ap *accessParser) limit(k, v *yaml.Node) {
+	key := childKey("limits", k.Value)
 	nameOK := true
 	if err := transport.CheckIdentityName("service", k.Value); err != nil {
-		pp.add(k, key, "%v", err)
+		ap.errorf(k, key, "%v", err)
 		nameOK = false
 	}
 	var l Limits
-	for _, f := range pp.mapping(v, key) {
-		fk, fv := f[0], f[1]
+	for _, f := range ap.fields(v, key) {
 		var dst *int
-		switch fk.Value {
+		switch f.k.Value {
 		case "registrations":
 			dst = &l.Registrations
 		case "tables":
@@ -476,36 +331,25 @@ func (pp *policyParser) limit(k, v *yaml.Node) {
 		case "subscriptions":
 			dst = &l.Subscriptions
 		default:
-			pp.add(fk, joinKey(key, fk.Value), "unknown key %q (known keys: registrations, tables, subscriptions)", fk.Value)
+			ap.unknown(f.k, key, "registrations, tables, subscriptions")
 			continue
 		}
-		if n, ok := pp.integer(fv, joinKey(key, fk.Value)); ok {
+		fk := join(key, f.k.Value)
+		fv, ok := ap.resolve(f.v, fk)
+		if !ok {
+			continue
+		}
+		if n, ok := ap.integer(fv, fk); ok {
 			if n < 0 || n > 1<<30 {
-				pp.add(fv, joinKey(key, fk.Value), "must be 0 (the broker's default) to %d, got %d", 1<<30, n)
+				ap.errorf(fv, fk, "must be 0 (the broker's default) to %d, got %d", 1<<30, n)
 				continue
 			}
 			*dst = int(n)
 		}
 	}
 	if nameOK {
-		if err := pp.p.SetLimits(k.Value, l); err != nil {
-			pp.add(k, key, "%v", err)
+		if err := ap.p.SetLimits(k.Value, l); err != nil {
+			ap.errorf(k, key, "%v", err)
 		}
 	}
-}
-
-func (pp *policyParser) integer(n *yaml.Node, key string) (int64, bool) {
-	if !pp.noAlias(n, key) {
-		return 0, false
-	}
-	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" {
-		pp.add(n, key, "want an integer, got %s", policyKind(n))
-		return 0, false
-	}
-	var v int64
-	if err := n.Decode(&v); err != nil {
-		pp.add(n, key, "want an integer, got %q", n.Value)
-		return 0, false
-	}
-	return v, true
 }
