@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/transport"
 )
 
@@ -65,6 +66,8 @@ type Broker struct {
 	readyCh   chan struct{} // closed (under mu) when ready turns true
 	nlive     atomic.Int32  // len(live), read by memberlist's queue, which must not take mu
 	joins     joinLog       // logs join attempts; its own lock
+
+	policy atomic.Pointer[modes.AccessPolicy] // the policy in force (see SetPolicy); safe on its own
 
 	directMu sync.Mutex
 	directQ  map[string]*broadcast // records for the sender, latest per record
@@ -140,6 +143,7 @@ func New(ctx context.Context, cfg Config) (_ *Broker, err error) {
 		readyCh:   make(chan struct{}),
 		joins:     joinLog{every: joinLogEvery},
 	}
+	b.policy.Store(cfg.Policy)
 	if len(cfg.Join) == 0 {
 		b.setReadyLocked()
 	}

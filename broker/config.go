@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/memberlist"
 
+	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/transport"
 )
 
@@ -60,6 +61,43 @@ type Config struct {
 	Token string
 	// Transport: TLS and message size limit of the gRPC server.
 	Transport transport.Options
+
+	// RequireIdentity turns authorization on: every gRPC caller is the
+	// identity of its client certificate, and may do only what that
+	// identity may (see Broker.SetPolicy and the package documentation,
+	// "Authorization"). It needs Transport.TLS to require and verify client
+	// certificates (transport.TLSSource.ServerConfig does); replbroker sets
+	// it whenever it serves TLS with a CA bundle. Off (the default), no
+	// call is checked: development and the insecure mode, as before.
+	RequireIdentity bool
+	// Policy says which services may read which tables (subscriptions and
+	// Lookup) and may set per-service limits; it applies with
+	// RequireIdentity (the limits always). Nil: every service reads only
+	// its own tables. Replace it at run time with Broker.SetPolicy.
+	Policy *modes.AccessPolicy
+
+	// Limits; 0 means the default (DefaultMaxRegistrations and so on).
+	// A refusal is counted in replmesh_broker_limit_refusals_total.
+	//
+	// MaxRegistrations bounds the instances of one service registered at
+	// once (a policy may set it per service); MaxInstances those of the
+	// whole registry.
+	MaxRegistrations int
+	MaxInstances     int
+	// MaxTables and MaxSubscriptions bound the tables and subscriptions
+	// one registration lists (a policy may set them per service).
+	MaxTables        int
+	MaxSubscriptions int
+	// MaxTombstones bounds the removed instances remembered; beyond it the
+	// oldest are forgotten before TombstoneTTL.
+	MaxTombstones int
+	// MaxHeadLead bounds how far ahead of the primary's last reported head
+	// a standby's reported head of a table is taken (see DefaultMaxHeadLead).
+	MaxHeadLead uint64
+	// StatusPageSize is the most instances one Status answer carries (the
+	// answer is also kept under half the message limit); a tool follows
+	// StatusResponse.NextPageToken for the rest.
+	StatusPageSize int
 
 	// Lease is how long an instance may be without a session (on any
 	// broker) before it is removed; for a primary, it is also how long the
@@ -247,5 +285,5 @@ func (c *Config) Validate() error {
 			return invalid(ch.name, "is %v; %s", ch.v, ch.want)
 		}
 	}
-	return nil
+	return c.validateLimits()
 }

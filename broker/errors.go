@@ -29,13 +29,6 @@ var (
 	ErrUnknownService = fmt.Errorf("broker: unknown service: %w", transport.ErrUnknownTable)
 )
 
-// Limits on what one instance may register, so that one record stays small
-// enough to gossip.
-const (
-	maxTables = 1024
-	maxSubs   = 1024
-)
-
 // MaxEpoch is the largest epoch an instance may report (in Register.Epoch
 // and TableInfo.Epoch) and so the largest a broker grants: a new epoch is
 // one above every epoch reported, and a report near 2^64 would wrap the

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 
@@ -139,7 +140,8 @@ func waitEverywhere(t testing.TB, bs []*Broker, what string, cond func(*transpor
 type fakeComp struct {
 	t      testing.TB
 	reg    transport.Register
-	addr   string // broker it is connected to
+	topts  transport.Options // how it dials (TLS for the security tests)
+	addr   string            // broker it is connected to
 	cc     *grpc.ClientConn
 	stream transport.SessionClient
 	cancel context.CancelFunc
@@ -191,7 +193,7 @@ func (c *fakeComp) open(addr string) error {
 }
 
 func (c *fakeComp) openWith(addr string, first *transport.SessionRequest) error {
-	cc, err := transport.Dial(addr, transport.Options{})
+	cc, err := transport.Dial(addr, c.topts)
 	if err != nil {
 		return err
 	}
@@ -419,23 +421,39 @@ func (b *Broker) stateForTest() []byte {
 	return mustEncode(g)
 }
 
-// metricValue returns the value of a counter or gauge of the broker.
-func (b *Broker) metricValue(t testing.TB, name string) float64 {
+// metricValue returns the value of a counter or gauge of the broker; with
+// labels (name, value, name, value...) of the one carrying them (0 when
+// none has been counted yet).
+func (b *Broker) metricValue(t testing.TB, name string, labels ...string) float64 {
 	t.Helper()
 	mfs, err := b.Metrics().Gather()
 	if err != nil {
 		t.Fatal(err)
+	}
+	has := func(m *dto.Metric) bool {
+		for i := 0; i+1 < len(labels); i += 2 {
+			if !slices.ContainsFunc(m.GetLabel(), func(l *dto.LabelPair) bool { return l.GetName() == labels[i] && l.GetValue() == labels[i+1] }) {
+				return false
+			}
+		}
+		return true
 	}
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
+			if !has(m) {
+				continue
+			}
 			if m.GetCounter() != nil {
 				return m.GetCounter().GetValue()
 			}
 			return m.GetGauge().GetValue()
 		}
+	}
+	if len(labels) > 0 {
+		return 0
 	}
 	t.Fatalf("no metric %s", name)
 	return 0

@@ -96,6 +96,7 @@ func (b *Broker) step(now time.Time) {
 	out = append(out, b.decideRoundLocked(now)...)
 	out = append(out, b.flushHeadsLocked(now)...)
 	b.forgetTombstonesLocked(now)
+	b.capTombstonesLocked()
 	b.forgetClearedOverridesLocked(now)
 	rejoin := b.rejoinDueLocked(now)
 	b.mu.Unlock()

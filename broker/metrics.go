@@ -14,6 +14,11 @@ type metrics struct {
 	removals   prometheus.Counter
 	gossipIn   prometheus.Counter
 	gossipOut  prometheus.Counter
+
+	denials           *prometheus.CounterVec // by call
+	limited           *prometheus.CounterVec // by limit
+	headsCapped       prometheus.Counter
+	tombstonesDropped prometheus.Counter
 }
 
 func newMetrics(b *Broker) *metrics {
@@ -38,6 +43,14 @@ func newMetrics(b *Broker) *metrics {
 	m.removals = counter("instance_removals_total", "Instances removed by this broker because their lease lapsed.")
 	m.gossipIn = counter("gossip_received_total", "Registry messages received from other brokers.")
 	m.gossipOut = counter("gossip_sent_total", "Registry records queued for gossip.")
+	m.denials = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "authz_denials_total",
+		Help: "Calls refused because the caller's identity may not make them (register, subscribe, lookup, status, setmode)."}, []string{"call"})
+	m.limited = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "limit_refusals_total",
+		Help: "Registrations and reports refused, and tombstones forgotten early, by the limit hit (registrations, instances, tables, subscriptions, tombstones)."}, []string{"limit"})
+	m.reg.MustRegister(m.denials, m.limited)
+	m.headsCapped = counter("standby_heads_capped_total", "Table heads reported by standbys far above the primary's, lowered to Config.MaxHeadLead above it.")
+	m.tombstonesDropped = counter("tombstones_dropped_total", "Tombstones forgotten before Config.TombstoneTTL because more than Config.MaxTombstones were kept.")
+	gauge("tombstones", "Removed instances remembered (tombstones).", func() int { return len(b.goneAt) })
 	gauge("sessions_open", "Component sessions open on this broker.", func() int { return len(b.sessions) })
 	gauge("instances", "Instances in the registry (present, not removed).", func() int {
 		n := 0

@@ -116,6 +116,9 @@ func (b *Broker) Session(stream transport.SessionServer) error {
 		b.log.Info("session refused", "err", err)
 		return err
 	}
+	if err := b.authorizeRegister(ctx, reg); err != nil {
+		return err
+	}
 	// A broker that has not yet exchanged the registry with the cluster
 	// would hand out a partial topology (an owner told it is a standby):
 	// wait until it has.
@@ -263,18 +266,21 @@ func (b *Broker) checkRegister(f *transport.SessionRequest) (*transport.Register
 		return nil, badRequest("Register.Epoch %d is above the largest epoch a broker grants (%d)", r.Epoch, uint64(MaxEpoch))
 	}
 	var err error
-	if r.Tables, err = checkTables(r.Tables); err != nil {
+	if r.Tables, err = b.checkTables(r.Service, r.Tables); err != nil {
 		return nil, err
 	}
-	if r.Subscriptions, err = checkSubs(r.Subscriptions); err != nil {
+	if r.Subscriptions, err = b.checkSubs(r.Service, r.Subscriptions); err != nil {
 		return nil, err
 	}
 	return &r, nil
 }
 
-func checkTables(in []transport.TableInfo) ([]transport.TableInfo, error) {
-	if len(in) > maxTables {
-		return nil, badRequest("%d tables, at most %d", len(in), maxTables)
+// checkTables validates the tables an instance of service reports and
+// returns them sorted; more than its limit (Config.MaxTables, or the
+// policy's) is ErrTooLarge.
+func (b *Broker) checkTables(service string, in []transport.TableInfo) ([]transport.TableInfo, error) {
+	if limit := b.limitsFor(service).tables; len(in) > limit {
+		return nil, b.limited("tables", "%s reports %d tables, at most %d", service, len(in), limit)
 	}
 	if len(in) == 0 {
 		return nil, nil
@@ -294,6 +300,9 @@ func checkTables(in []transport.TableInfo) ([]transport.TableInfo, error) {
 		if t.Epoch > MaxEpoch {
 			return nil, badRequest("epoch %d of table %s is above the largest epoch a broker grants (%d)", t.Epoch, t.Table, uint64(MaxEpoch))
 		}
+		if t.Head > MaxHead {
+			return nil, badRequest("head %d of table %s is above the largest head a broker takes (%d)", t.Head, t.Table, uint64(MaxHead))
+		}
 		if i > 0 && out[i-1].Table == t.Table {
 			return nil, badRequest("table %s listed twice", t.Table)
 		}
@@ -301,9 +310,12 @@ func checkTables(in []transport.TableInfo) ([]transport.TableInfo, error) {
 	return out, nil
 }
 
-func checkSubs(in []transport.SubInfo) ([]transport.SubInfo, error) {
-	if len(in) > maxSubs {
-		return nil, badRequest("%d subscriptions, at most %d", len(in), maxSubs)
+// checkSubs validates the subscriptions an instance of service reports
+// and returns them sorted; more than its limit (Config.MaxSubscriptions,
+// or the policy's) is ErrTooLarge.
+func (b *Broker) checkSubs(service string, in []transport.SubInfo) ([]transport.SubInfo, error) {
+	if limit := b.limitsFor(service).subscriptions; len(in) > limit {
+		return nil, b.limited("subscriptions", "%s reports %d subscriptions, at most %d", service, len(in), limit)
 	}
 	if len(in) == 0 {
 		return nil, nil
@@ -324,6 +336,9 @@ func checkSubs(in []transport.SubInfo) ([]transport.SubInfo, error) {
 		}
 		if len(s.State) > 64 {
 			return nil, badRequest("state of subscription %s/%s is too long", s.Service, s.Table)
+		}
+		if len(s.Running) > maxSubText || len(s.Reason) > maxSubText {
+			return nil, badRequest("running mode or reason of subscription %s/%s is longer than %d bytes", s.Service, s.Table, maxSubText)
 		}
 		// The rate is rendered as JSON (/api/status), which has no NaN
 		// or infinity: one bad report would break the status of the
@@ -347,6 +362,11 @@ func (b *Broker) open(r *transport.Register) (*session, *transport.Topology, err
 		return nil, nil, ErrClosed
 	}
 	k := instKey{r.Service, r.Instance}
+	if err := b.checkRegistrationLocked(k); err != nil {
+		b.mu.Unlock()
+		b.log.Info("session refused", "err", err)
+		return nil, nil, err
+	}
 	start := now.UnixNano()
 	if prev := b.reg.inst(k); prev != nil && prev.Session.Start >= start {
 		start = prev.Session.Start + 1
@@ -376,6 +396,7 @@ func (b *Broker) open(r *transport.Register) (*session, *transport.Topology, err
 		SeenMs:    now.UnixMilli(),
 		Ver:       b.reg.next(b.cfg.Name, now.UnixMicro()),
 	}
+	b.capHeadsLocked(rec)
 	b.reg.store(rec)
 	b.watchLocked(s, rec.interest())
 	delete(b.downSince, k)
@@ -426,13 +447,19 @@ func (b *Broker) handleFrame(s *session, f *transport.SessionRequest) error {
 // positions only are gossiped at most every UpdateInterval; anything that
 // changes a topology is gossiped and pushed at once.
 func (b *Broker) update(s *session, f *transport.SessionRequest) error {
-	tables, err := checkTables(f.Tables)
+	tables, err := b.checkTables(s.key.Service, f.Tables)
 	if err != nil {
 		return err
 	}
-	subs, err := checkSubs(f.Subscriptions)
+	subs, err := b.checkSubs(s.key.Service, f.Subscriptions)
 	if err != nil {
 		return err
+	}
+	if b.cfg.RequireIdentity {
+		// The session was opened by this identity (authorizeRegister).
+		if err := b.authorizeSubs(s.key.Service, s.key.Instance, subs); err != nil {
+			return err
+		}
 	}
 	if tables == nil && subs == nil {
 		return nil
@@ -453,6 +480,7 @@ func (b *Broker) update(s *session, f *transport.SessionRequest) error {
 	}
 	n.SeenMs = now.UnixMilli()
 	n.Ver = b.reg.next(b.cfg.Name, now.UnixMicro())
+	b.capHeadsLocked(n)
 	b.reg.store(n)
 	b.rev++
 	var out []*broadcast

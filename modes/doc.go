@@ -1,5 +1,6 @@
 // Package modes holds the replication modes of a table and their
-// configuration; it imports nothing else of replmesh, so the component,
+// configuration, and the access policy (who may read which table); of
+// replmesh it imports only transport (the name rules), so the component,
 // the broker, the daemon and replctl share it.
 //
 // A table travels in one of three modes (Mode): Push streams every change
@@ -12,6 +13,12 @@
 // shows one) or the same Go structs (Config, TableConfig) and are resolved
 // field by field: broker override > subscription option > owner's table
 // default > file defaults > built-in defaults (Config.Resolve).
+//
+// The access policy (AccessPolicy: which services may read which tables,
+// and per-service limits on the brokers) comes from a YAML file of its own
+// (ParseAccessPolicy, LoadAccessPolicy), parsed as strictly as the modes
+// file and failing with the same *Error, or is built in Go
+// (NewAccessPolicy, Allow, SetLimits).
 //
 //	cfg, err := modes.Load("modes.yaml")
 //	if err != nil {

@@ -1,15 +1,11 @@
 package modes
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
-	"io"
 	"math"
 	"os"
 	"regexp"
 	"strconv"
-	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -53,26 +49,19 @@ func Load(path string) (*Config, error) {
 func Parse(b []byte) (*Config, error) { return parse(b, "") }
 
 func parse(b []byte, file string) (*Config, error) {
-	p := &parser{v: validator{file: file, pos: make(map[string]position)}}
-	var doc yaml.Node
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	if err := dec.Decode(&doc); err != nil {
-		if errors.Is(err, io.EOF) {
-			p.v.addAt("", position{}, "empty config (want at least `version: %d`)", Version)
-			return nil, p.v.err()
-		}
-		return nil, p.syntaxError(err)
+	p := &parser{
+		v:       validator{file: file, pos: make(map[string]position)},
+		what:    "config",
+		version: Version,
+		keys:    []string{"version", "defaults", "tables"},
+		aliases: true,
 	}
-	var extra yaml.Node
-	if err := dec.Decode(&extra); err == nil {
-		p.v.addAt("", position{extra.Line, extra.Column}, "more than one YAML document")
+	doc, ok := p.decode(b)
+	if !ok {
 		return nil, p.v.err()
-	} else if !errors.Is(err, io.EOF) {
-		return nil, p.syntaxError(err)
 	}
-
 	c := &Config{}
-	p.config(&doc, c)
+	p.config(doc, c)
 	c.validate(&p.v, false) // the version was checked while walking
 	if err := p.v.err(); err != nil {
 		return nil, err
@@ -80,160 +69,15 @@ func parse(b []byte, file string) (*Config, error) {
 	return c, nil
 }
 
-var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
-
-// syntaxError turns a YAML syntax error into an *Error with its line.
-func (p *parser) syntaxError(err error) error {
-	msg := err.Error()
-	pos := position{}
-	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
-		pos.line, _ = strconv.Atoi(m[1])
-		msg = m[2]
-	} else {
-		msg = strings.TrimPrefix(msg, "yaml: ")
-	}
-	p.v.addAt("", pos, "YAML syntax: %s", msg)
-	return p.v.err()
-}
-
-type parser struct {
-	v validator
-}
-
-func (p *parser) errorf(n *yaml.Node, key, format string, args ...any) {
-	p.v.addAt(key, position{n.Line, n.Column}, format, args...)
-}
-
-func (p *parser) mark(key string, n *yaml.Node) {
-	p.v.pos[key] = position{n.Line, n.Column}
-}
-
-func deref(n *yaml.Node) *yaml.Node {
-	for i := 0; n.Kind == yaml.AliasNode && n.Alias != nil && i < 64; i++ {
-		n = n.Alias
-	}
-	return n
-}
-
-func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" }
-
-func kindName(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.ScalarNode:
-		if isNull(n) {
-			return "nothing"
-		}
-		return fmt.Sprintf("%q", n.Value)
-	}
-	return "something else"
-}
-
-type pair struct{ k, v *yaml.Node }
-
-// fields returns a mapping's key/value pairs, with merge keys expanded
-// (explicit keys win over merged ones, earlier merge sources over later),
-// reporting non-scalar and duplicate keys. A null node is an empty
-// mapping; anything else that is not a mapping is reported.
-func (p *parser) fields(n *yaml.Node, key string) []pair {
-	return p.fieldsDepth(n, key, 0)
-}
-
-func (p *parser) fieldsDepth(n *yaml.Node, key string, depth int) []pair {
-	n = deref(n)
-	if isNull(n) {
-		return nil
-	}
-	if n.Kind != yaml.MappingNode {
-		p.errorf(n, key, "want a mapping, got %s", kindName(n))
-		return nil
-	}
-	if depth > 16 {
-		p.errorf(n, key, "merge keys nested too deep")
-		return nil
-	}
-	var out, merged []pair
-	seen := make(map[string]*yaml.Node)
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		if k.Kind == yaml.ScalarNode && k.Value == "<<" && k.ShortTag() == "!!merge" {
-			src := deref(v)
-			if src.Kind == yaml.SequenceNode {
-				for _, s := range src.Content {
-					merged = append(merged, p.fieldsDepth(s, key, depth+1)...)
-				}
-			} else {
-				merged = append(merged, p.fieldsDepth(src, key, depth+1)...)
-			}
-			continue
-		}
-		k = deref(k)
-		if k.Kind != yaml.ScalarNode || isNull(k) {
-			p.errorf(k, key, "keys must be strings, got %s", kindName(k))
-			continue
-		}
-		if prev, dup := seen[k.Value]; dup {
-			p.errorf(k, childKey(key, k.Value), "duplicate key %q (first at line %d)", k.Value, prev.Line)
-			continue
-		}
-		seen[k.Value] = k
-		out = append(out, pair{k, v})
-	}
-	for _, m := range merged {
-		if _, ok := seen[m.k.Value]; !ok {
-			seen[m.k.Value] = m.k
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
-// childKey is the key path of name under parent: tables[NAME] for table
-// entries, parent.name otherwise.
-func childKey(parent, name string) string {
-	if parent == "tables" {
-		return "tables[" + name + "]"
-	}
-	return join(parent, name)
-}
-
-func (p *parser) unknown(k *yaml.Node, key string, known string) {
-	p.errorf(k, join(key, k.Value), "unknown key %q (known keys: %s)", k.Value, known)
-}
-
 func (p *parser) config(doc *yaml.Node, c *Config) {
-	root := doc
-	if doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
-		root = doc.Content[0]
-	}
-	root = deref(root)
-	if root.Kind != yaml.MappingNode {
-		p.errorf(root, "", "want a mapping with version, defaults and tables, got %s", kindName(root))
-		return
-	}
-	hasVersion := false
-	for _, f := range p.fields(root, "") {
-		v := deref(f.v)
-		switch f.k.Value {
-		case "version":
-			hasVersion = true
-			p.mark("version", f.k)
-			n, ok := p.integer(v, "version")
-			if ok && n != Version {
-				p.errorf(v, "version", "unsupported version %d (want %d)", n, Version)
-			}
-			c.Version = int(n)
+	c.Version = p.document(doc, func(k, v *yaml.Node) {
+		switch k.Value {
 		case "defaults":
-			p.mark("defaults", f.k)
 			p.table(v, "defaults", &c.Defaults)
 		case "tables":
-			p.mark("tables", f.k)
 			for _, tf := range p.fields(v, "tables") {
 				name := tf.k.Value
-				key := "tables[" + name + "]"
+				key := childKey("tables", name)
 				p.mark(key, tf.k)
 				var t TableConfig
 				p.table(deref(tf.v), key, &t)
@@ -242,13 +86,8 @@ func (p *parser) config(doc *yaml.Node, c *Config) {
 				}
 				c.Tables[name] = t
 			}
-		default:
-			p.unknown(f.k, "", "version, defaults, tables")
 		}
-	}
-	if !hasVersion {
-		p.errorf(root, "version", "missing (want `version: %d` at the top)", Version)
-	}
+	})
 }
 
 func (p *parser) table(n *yaml.Node, key string, t *TableConfig) {
@@ -325,15 +164,6 @@ func (p *parser) table(n *yaml.Node, key string, t *TableConfig) {
 	}
 }
 
-// scalar returns a scalar's text; it reports null and non-scalars.
-func (p *parser) scalar(n *yaml.Node, key string) (string, bool) {
-	if n.Kind != yaml.ScalarNode || isNull(n) {
-		p.errorf(n, key, "want a value, got %s", kindName(n))
-		return "", false
-	}
-	return n.Value, true
-}
-
 func (p *parser) duration(n *yaml.Node, key string) *time.Duration {
 	s, ok := p.scalar(n, key)
 	if !ok {
@@ -362,19 +192,6 @@ func (p *parser) number(n *yaml.Node, key string) *float64 {
 		return nil
 	}
 	return &f
-}
-
-func (p *parser) integer(n *yaml.Node, key string) (int64, bool) {
-	s, ok := p.scalar(n, key)
-	if !ok {
-		return 0, false
-	}
-	var i int64
-	if n.ShortTag() != "!!int" || n.Decode(&i) != nil {
-		p.errorf(n, key, "want an integer, got %q", s)
-		return 0, false
-	}
-	return i, true
 }
 
 var sizeRE = regexp.MustCompile(`^([0-9]+) ?(B|KiB|MiB|GiB|TiB)$`)

@@ -151,9 +151,16 @@ type LookupResponse struct {
 	Owner ServiceOwner `msgpack:"owner" json:"owner"`
 }
 
-// StatusRequest asks a broker for the whole registry (tools).
+// StatusRequest asks a broker for the registry (tools), one page at a
+// time: a large registry does not fit in one message.
 type StatusRequest struct {
 	Version uint32 `msgpack:"v"`
+	// PageToken continues a paged Status: the NextPageToken of the
+	// previous answer ("" = the first page).
+	PageToken string `msgpack:"pt,omitempty"`
+	// PageSize asks for at most this many instances in the answer (0: the
+	// broker's page size; it may send fewer, and never more than its own).
+	PageSize int `msgpack:"ps,omitempty"`
 }
 
 // BrokerInfo is one broker of the cluster.
@@ -182,6 +189,13 @@ type StatusResponse struct {
 	Owners    []ServiceOwner    `msgpack:"owners" json:"owners"`
 	Instances []InstanceInfo    `msgpack:"instances" json:"instances"`
 	Overrides map[string]string `msgpack:"ovr,omitempty" json:"overrides"`
+	// NextPageToken, when not empty, says the registry goes on: ask again
+	// with it as StatusRequest.PageToken. Brokers and Overrides come with
+	// the first page; every page carries the owners and instances that
+	// follow the previous page's, in service and instance order, so a
+	// registry that does not change between the calls is seen whole, each
+	// record once.
+	NextPageToken string `msgpack:"npt,omitempty" json:"next_page_token,omitempty"`
 }
 
 // SetModeRequest sets (or, with Mode "", clears) the broker override of a

@@ -3,18 +3,10 @@ package transport
 import (
 	"bytes"
 	"errors"
-	"runtime/metrics"
 	"testing"
-)
 
-// heapAllocated returns the bytes allocated on the heap so far. Large
-// allocations are counted at once, small ones up to a few pages late, which
-// is precise enough to catch a decoder that trusts a length claim.
-func heapAllocated() uint64 {
-	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
-	metrics.Read(s)
-	return s[0].Value.Uint64()
-}
+	"github.com/replmesh/replmesh/internal/testutil"
+)
 
 // maxAllocPerByte bounds what decoding may allocate per input byte: the
 // largest element is a Change (80 bytes), which msgpack allocates twice when
@@ -40,9 +32,9 @@ func fuzzDecode[T any](f *testing.F, seeds []*T) {
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		v := new(T)
-		before := heapAllocated()
+		before := testutil.HeapAllocated()
 		err := Unmarshal(b, v)
-		if got, limit := heapAllocated()-before, uint64(maxAllocPerByte*len(b)+1<<20); got > limit {
+		if got, limit := testutil.HeapAllocated()-before, uint64(maxAllocPerByte*len(b)+1<<20); got > limit {
 			t.Fatalf("Unmarshal(%x) allocated %d bytes, want at most %d", b, got, limit)
 		}
 		if err != nil {

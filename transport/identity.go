@@ -88,9 +88,10 @@ type Identity struct {
 // It wraps ErrPermission, so it crosses the wire as PermissionDenied.
 var ErrNoIdentity = fmt.Errorf("no verified identity: %w", ErrPermission)
 
-// checkIdentityName is CheckName, and also refuses "." and "..", which
-// SPIFFE does not allow as path segments.
-func checkIdentityName(what, s string) error {
+// CheckIdentityName is CheckName, and also refuses "." and "..", which
+// SPIFFE does not allow as path segments: the rule for every name that
+// can appear in an Identity (and in an access policy naming identities).
+func CheckIdentityName(what, s string) error {
 	if err := CheckName(what, s); err != nil {
 		return err
 	}
@@ -108,17 +109,17 @@ func (id Identity) Validate() error {
 	}
 	switch id.Role {
 	case RoleService:
-		if err := checkIdentityName("service", id.Service); err != nil {
+		if err := CheckIdentityName("service", id.Service); err != nil {
 			return err
 		}
-		if err := checkIdentityName("instance", id.Instance); err != nil {
+		if err := CheckIdentityName("instance", id.Instance); err != nil {
 			return err
 		}
 		if id.Name != "" {
 			return fmt.Errorf("a service identity has no Name (got %q)", id.Name)
 		}
 	case RoleAdmin, RoleOperator, RoleBroker:
-		if err := checkIdentityName(id.Role.String()+" name", id.Name); err != nil {
+		if err := CheckIdentityName(id.Role.String()+" name", id.Name); err != nil {
 			return err
 		}
 		if id.Service != "" || id.Instance != "" {

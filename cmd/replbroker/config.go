@@ -21,6 +21,7 @@ import (
 
 	"github.com/replmesh/replmesh/broker"
 	"github.com/replmesh/replmesh/modes"
+	"github.com/replmesh/replmesh/transport"
 )
 
 // fileConfig is the YAML config file. Every key is optional; flags given
@@ -45,6 +46,8 @@ type fileConfig struct {
 	LogLevel        string        `yaml:"log_level"`  // debug, info, warn, error
 	LogFormat       string        `yaml:"log_format"` // text, json
 	TLS             tlsConfig     `yaml:"tls"`
+	Policy          string        `yaml:"policy"`   // policy file: who may read which tables
+	Insecure        bool          `yaml:"insecure"` // plaintext gRPC on a non-loopback address
 
 	// present holds the top-level keys the file gives, so that an explicit
 	// zero ("lease: 0s") is refused rather than taken for "not set".
@@ -54,7 +57,8 @@ type fileConfig struct {
 type tlsConfig struct {
 	Cert     string `yaml:"cert"`      // server certificate (PEM)
 	Key      string `yaml:"key"`       // its key (PEM)
-	ClientCA string `yaml:"client_ca"` // when set, clients need a certificate signed by it (mTLS)
+	CA       string `yaml:"ca"`        // CA bundle: clients need a certificate signed by it (mTLS with identities)
+	ClientCA string `yaml:"client_ca"` // the former name of ca
 }
 
 // exampleConfig documents every key (printed by -print-config).
@@ -78,9 +82,12 @@ shutdown_timeout: 5s          # bound on graceful stop
 log_level: info               # debug, info, warn, error
 log_format: text              # text or json
 tls:
-  cert: ""                    # PEM certificate of the gRPC server
+  cert: ""                    # PEM certificate of the gRPC server (with a replmesh SPIFFE ID)
   key: ""
-  client_ca: ""               # require client certificates signed by this CA
+  ca: ""                      # CA bundle: require client certificates signed by it and
+                              # authorize every call by the caller's identity
+policy: ""                    # policy file: which services may read which tables, limits
+insecure: false               # allow plaintext gRPC on a non-loopback address
 `
 
 // loadFile reads a config file strictly: an unknown key is an error that
@@ -144,12 +151,13 @@ func checkKeys(path string, n *yaml.Node, prefix string, v any) error {
 			{"http_addr", nil}, {"join", nil}, {"gossip_key", nil}, {"gossip_key_file", nil}, {"cluster_label", nil},
 			{"gossip_profile", nil}, {"token", nil}, {"token_file", nil}, {"lease", nil}, {"heartbeat", nil},
 			{"shutdown_timeout", nil}, {"log_level", nil}, {"log_format", nil}, {"tls", tlsConfig{}},
+			{"policy", nil}, {"insecure", nil},
 		} {
 			known[f.k] = f.v
 			names = append(names, f.k)
 		}
 	case tlsConfig:
-		for _, k := range []string{"cert", "key", "client_ca"} {
+		for _, k := range []string{"cert", "key", "ca", "client_ca"} {
 			known[k] = nil
 			names = append(names, k)
 		}
@@ -323,6 +331,27 @@ func loadModeFile(path string) (*modeFile, error) {
 // parseArgsModes is parseArgs that also returns the -modes file, loaded
 // (nil without -modes).
 func parseArgsModes(args []string, stderr io.Writer) (broker.Config, string, *slog.Logger, *modeFile, error) {
+	st, err := parseSettings(args, stderr)
+	if err != nil {
+		return broker.Config{}, "", nil, nil, err
+	}
+	return st.cfg, st.httpAddr, st.log, st.modes, nil
+}
+
+// settings are what the command line and the config file give.
+type settings struct {
+	cfg      broker.Config
+	httpAddr string // "" when disabled
+	log      *slog.Logger
+	modes    *modeFile            // nil without -modes
+	tls      *transport.TLSSource // nil unless mTLS with identities
+	policy   string               // the -policy file, "" for none
+	insecure bool                 // -insecure
+	tlsNoID  bool                 // mTLS with a certificate that carries no replmesh identity: no authorization
+}
+
+// parseSettings parses the command line and the config file it names.
+func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 	fs := flag.NewFlagSet("replbroker", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -356,17 +385,20 @@ func parseArgsModes(args []string, stderr io.Writer) (broker.Config, string, *sl
 		logFormat   = fs.String("log-format", "text", "log format: text or json")
 		tlsCert     = fs.String("tls-cert", "", "PEM certificate `file` of the gRPC server (enables TLS)")
 		tlsKey      = fs.String("tls-key", "", "PEM key `file` of the gRPC server")
-		tlsCA       = fs.String("tls-client-ca", "", "PEM CA `file`: require client certificates signed by it (mTLS)")
+		tlsCA       = fs.String("tls-ca", "", "PEM CA bundle `file`: require client certificates signed by it (mTLS) and authorize calls by their identity")
+		tlsClientCA = fs.String("tls-client-ca", "", "former name of -tls-ca")
+		policyPath  = fs.String("policy", "", "policy `file`: which services may read which tables, per-service limits; reloaded on SIGHUP")
+		insecure    = fs.Bool("insecure", false, "allow plaintext gRPC on a non-loopback address (a trusted network only)")
 	)
 	if err := fs.Parse(args); err != nil {
-		return broker.Config{}, "", nil, nil, err
+		return nil, err
 	}
 	if fs.NArg() > 0 {
-		return broker.Config{}, "", nil, nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
+		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
 	if *printConfig {
 		fmt.Fprint(os.Stdout, exampleConfig)
-		return broker.Config{}, "", nil, nil, errPrinted
+		return nil, errPrinted
 	}
 
 	// Start from the file, then let every flag given on the command line win.
@@ -374,7 +406,7 @@ func parseArgsModes(args []string, stderr io.Writer) (broker.Config, string, *sl
 	if *configPath != "" {
 		f, err := loadFile(*configPath)
 		if err != nil {
-			return broker.Config{}, "", nil, nil, err
+			return nil, err
 		}
 		fc = *f
 	}
@@ -402,7 +434,12 @@ func parseArgsModes(args []string, stderr io.Writer) (broker.Config, string, *sl
 	str("log-format", &fc.LogFormat, *logFormat)
 	str("tls-cert", &fc.TLS.Cert, *tlsCert)
 	str("tls-key", &fc.TLS.Key, *tlsKey)
-	str("tls-client-ca", &fc.TLS.ClientCA, *tlsCA)
+	str("tls-ca", &fc.TLS.CA, *tlsCA)
+	str("tls-client-ca", &fc.TLS.ClientCA, *tlsClientCA)
+	str("policy", &fc.Policy, *policyPath)
+	if set["insecure"] {
+		fc.Insecure = *insecure
+	}
 	if set["join"] {
 		fc.Join = nil
 		for _, j := range strings.Split(*join, ",") {
@@ -422,25 +459,32 @@ func parseArgsModes(args []string, stderr io.Writer) (broker.Config, string, *sl
 
 	log, err := newLogger(fc.LogLevel, fc.LogFormat, stderr)
 	if err != nil {
-		return broker.Config{}, "", nil, nil, err
+		return nil, err
 	}
-	cfg, err := brokerConfig(&fc)
+	st := &settings{log: log, policy: fc.Policy, insecure: fc.Insecure}
+	st.cfg, st.tls, st.tlsNoID, err = brokerConfig(&fc, log)
 	if err != nil {
-		return broker.Config{}, "", nil, nil, err
+		return nil, err
 	}
-	cfg.Logger = log
-	httpA := fc.HTTPAddr
-	if httpA == "off" {
-		httpA = ""
+	st.cfg.Logger = log
+	if err := transport.CheckTransportSecurity([]string{st.cfg.GRPCAddr, st.cfg.AdvertiseGRPC}, st.cfg.Transport.TLS != nil, st.insecure); err != nil {
+		return nil, fmt.Errorf("grpc: %w (flag -insecure, config key insecure)", err)
 	}
-	var mf *modeFile
-	if *modesPath != "" {
-		var err error
-		if mf, err = loadModeFile(*modesPath); err != nil {
-			return broker.Config{}, "", nil, nil, err
+	if st.policy != "" {
+		if st.cfg.Policy, err = modes.LoadAccessPolicy(st.policy); err != nil {
+			return nil, err
 		}
 	}
-	return cfg, httpA, log, mf, nil
+	st.httpAddr = fc.HTTPAddr
+	if st.httpAddr == "off" {
+		st.httpAddr = ""
+	}
+	if *modesPath != "" {
+		if st.modes, err = loadModeFile(*modesPath); err != nil {
+			return nil, err
+		}
+	}
+	return st, nil
 }
 
 var errPrinted = errors.New("printed")
@@ -460,8 +504,24 @@ func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
 	return nil, fmt.Errorf("log format %q: want text or json", format)
 }
 
-// brokerConfig turns the combined settings into a broker.Config.
-func brokerConfig(fc *fileConfig) (broker.Config, error) {
+// brokerConfig turns the combined settings into a broker.Config. With a
+// certificate, its key and a CA bundle it serves mTLS from a TLSSource
+// (rotated from the files) and requires identities (Config.RequireIdentity);
+// noID reports a certificate without a replmesh identity, served as before
+// (mTLS without authorization).
+func brokerConfig(fc *fileConfig, log *slog.Logger) (cfg broker.Config, src *transport.TLSSource, noID bool, err error) {
+	cfg, err = brokerSettings(fc)
+	if err != nil {
+		return cfg, nil, false, err
+	}
+	if cfg, src, noID, err = brokerTLS(fc, cfg, log); err != nil {
+		return cfg, nil, false, err
+	}
+	return cfg, src, noID, settingError(cfg.Validate())
+}
+
+// brokerSettings turns the combined settings but TLS into a broker.Config.
+func brokerSettings(fc *fileConfig) (broker.Config, error) {
 	cfg := broker.DefaultConfig()
 	cfg.Name = fc.Name
 	cfg.GRPCAddr = fc.GRPCAddr
@@ -520,28 +580,50 @@ func brokerConfig(fc *fileConfig) (broker.Config, error) {
 		}
 		cfg.Token = strings.TrimSpace(string(b))
 	}
-	if fc.TLS.Cert != "" || fc.TLS.Key != "" || fc.TLS.ClientCA != "" {
-		if fc.TLS.Cert == "" || fc.TLS.Key == "" {
-			return cfg, errors.New("tls: cert and key are both required")
+	return cfg, nil
+}
+
+// brokerTLS adds the gRPC server's TLS to cfg (see brokerConfig).
+func brokerTLS(fc *fileConfig, cfg broker.Config, log *slog.Logger) (broker.Config, *transport.TLSSource, bool, error) {
+	ca := fc.TLS.CA
+	if fc.TLS.ClientCA != "" {
+		if ca != "" && ca != fc.TLS.ClientCA {
+			return cfg, nil, false, errors.New("tls: give ca (-tls-ca) or its former name client_ca (-tls-client-ca), not both")
 		}
-		cert, err := tls.LoadX509KeyPair(fc.TLS.Cert, fc.TLS.Key)
-		if err != nil {
-			return cfg, fmt.Errorf("tls: %w", err)
-		}
-		tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-		if fc.TLS.ClientCA != "" {
-			pem, err := os.ReadFile(fc.TLS.ClientCA)
-			if err != nil {
-				return cfg, fmt.Errorf("tls: %w", err)
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return cfg, fmt.Errorf("tls: no certificate in %s", fc.TLS.ClientCA)
-			}
-			tc.ClientCAs = pool
-			tc.ClientAuth = tls.RequireAndVerifyClientCert
-		}
-		cfg.Transport.TLS = tc
+		ca = fc.TLS.ClientCA
 	}
-	return cfg, settingError(cfg.Validate())
+	if fc.TLS.Cert == "" && fc.TLS.Key == "" && ca == "" {
+		return cfg, nil, false, nil
+	}
+	if fc.TLS.Cert == "" || fc.TLS.Key == "" {
+		return cfg, nil, false, errors.New("tls: cert and key are both required")
+	}
+	cert, err := tls.LoadX509KeyPair(fc.TLS.Cert, fc.TLS.Key)
+	if err != nil {
+		return cfg, nil, false, fmt.Errorf("tls: %w", err)
+	}
+	if ca != "" && cert.Leaf != nil && len(cert.Leaf.URIs) > 0 {
+		src, err := transport.NewTLSSource(transport.TLSFiles{CA: ca, Cert: fc.TLS.Cert, Key: fc.TLS.Key}, log)
+		if err != nil {
+			return cfg, nil, false, fmt.Errorf("tls: %w", err)
+		}
+		cfg.Transport.TLS = src.ServerConfig()
+		cfg.RequireIdentity = true
+		return cfg, src, false, nil
+	}
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return cfg, nil, false, fmt.Errorf("tls: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return cfg, nil, false, fmt.Errorf("tls: no certificate in %s", ca)
+		}
+		tc.ClientCAs = pool
+		tc.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	cfg.Transport.TLS = tc
+	return cfg, nil, ca != "", nil
 }

@@ -28,6 +28,18 @@
 // change is logged. A file that does not load is logged and the modes in
 // force stay as they are.
 //
+// Security. With -tls-cert, -tls-key and -tls-ca (a CA bundle; -tls-client-ca
+// is its former name) and a certificate carrying a replmesh SPIFFE ID
+// (`replctl tls cert create -broker NAME`), the gRPC service is mTLS and
+// every call is authorized by the caller's certificate identity
+// (broker.Config.RequireIdentity): an instance registers only as itself,
+// subscribes only to tables the -policy file lets its service read, SetMode
+// needs an admin, Status an admin or operator. The certificates and the
+// bundle are re-read when they change and on SIGHUP, as is the -policy
+// file (a file that does not load leaves the one in force). Without TLS the
+// broker refuses a gRPC address other hosts can reach unless -insecure is
+// given, and then says so at WARN on every start.
+//
 // On SIGTERM or SIGINT it reports NOT_SERVING on health, leaves the cluster
 // (the other brokers stop counting on it at once), ends its sessions (the
 // components re-home to other brokers) and stops.
@@ -76,10 +88,12 @@ func main() {
 // run starts the broker and serves until ctx is done, reloading the
 // -modes file on every value from reload.
 func run(ctx context.Context, args []string, stderr io.Writer, reload <-chan os.Signal) error {
-	cfg, httpAddr, log, modeFile, err := parseArgsModes(args, stderr)
+	st, err := parseSettings(args, stderr)
 	if err != nil {
 		return err
 	}
+	cfg, httpAddr, log, modeFile := st.cfg, st.httpAddr, st.log, st.modes
+	st.warn()
 	startCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	b, err := broker.New(startCtx, cfg)
 	cancel()
@@ -126,6 +140,7 @@ serve:
 			log.Error("http server failed", "err", err)
 			break serve
 		case <-reload:
+			st.reload(b)
 			if modeFile == nil {
 				log.Info("SIGHUP: no -modes file to reload")
 				continue
@@ -149,6 +164,52 @@ serve:
 	}
 	log.Info("replbroker stopped")
 	return nil
+}
+
+// warn logs, at every start, what leaves the gRPC service open: the
+// insecure mode, mTLS whose certificates carry no identity, a policy
+// that applies to no identity.
+func (st *settings) warn() {
+	addrs := []string{st.cfg.GRPCAddr, st.cfg.AdvertiseGRPC}
+	switch {
+	case st.cfg.Transport.TLS == nil && st.insecure:
+		st.log.Warn("insecure mode: the gRPC service is plaintext and authorizes no call; use it on a trusted network only",
+			"grpc", st.cfg.GRPCAddr, "reachable_from_other_hosts", transport.NonLoopback(addrs))
+	case st.tlsNoID:
+		st.log.Warn("the broker's certificate carries no replmesh identity (SPIFFE ID): mTLS without authorization; "+
+			"issue certificates with `replctl tls cert create`", "grpc", st.cfg.GRPCAddr)
+	case st.cfg.Transport.TLS != nil && !st.cfg.RequireIdentity:
+		st.log.Warn("TLS without a CA bundle (-tls-ca): clients are not authenticated and no call is authorized", "grpc", st.cfg.GRPCAddr)
+	}
+	if st.cfg.RequireIdentity {
+		tables, limits := st.cfg.Policy.Summary()
+		st.log.Info("authorization on: calls are checked against the caller's certificate identity",
+			"identity", st.tls.Identity().String(), "policy", st.policy, "policy_tables", tables, "policy_limits", limits)
+		if st.policy == "" {
+			st.log.Warn("no -policy file: every service may read only its own tables")
+		}
+	} else if st.policy != "" {
+		st.log.Warn("the -policy file applies only with mTLS identities (-tls-cert, -tls-key, -tls-ca); only its limits apply", "policy", st.policy)
+	}
+}
+
+// reload re-reads the TLS files and the -policy file (on SIGHUP); what
+// does not load is logged and the material in force stays.
+func (st *settings) reload(b *broker.Broker) {
+	if st.tls != nil {
+		_ = st.tls.Reload() // logged by the source
+	}
+	if st.policy == "" {
+		return
+	}
+	p, err := modes.LoadAccessPolicy(st.policy)
+	if err != nil {
+		st.log.Error("policy file not reloaded; the policy in force stays", "file", st.policy, "err", err)
+		return
+	}
+	b.SetPolicy(p)
+	tables, limits := p.Summary()
+	st.log.Info("policy file reloaded", "file", st.policy, "tables", tables, "limits", limits)
 }
 
 // applyModeFile sets every table mode of the -modes file as a broker

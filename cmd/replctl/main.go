@@ -48,6 +48,12 @@
 //	                access lists (default "replctl")
 //	-tls, -tls-ca FILE, -tls-cert FILE, -tls-key FILE, -tls-server-name NAME
 //	                TLS (mTLS with a client certificate) on every link
+//	                (defaults $REPLMESH_TLS_CA, $REPLMESH_TLS_CERT,
+//	                $REPLMESH_TLS_KEY); a certificate with a replmesh
+//	                identity (replctl tls cert create -admin NAME, or
+//	                -operator for status only) is what brokers that
+//	                require identities accept, and peers are then verified
+//	                by their SPIFFE ID, not their host name
 //
 // Exit codes: 0 success; 1 a check failed (get: a key is missing; verify:
 // an owner instance differs or could not be compared, or a consumer
@@ -79,10 +85,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"sort"
@@ -99,6 +107,15 @@ const DefaultBroker = "127.0.0.1:7400"
 
 // EnvBroker names the environment variable holding the default -broker.
 const EnvBroker = "REPLMESH_BROKER"
+
+// Environment variables holding the defaults of -tls-ca, -tls-cert and
+// -tls-key: the CA bundle and the admin (or operator) certificate replctl
+// presents.
+const (
+	EnvTLSCA   = "REPLMESH_TLS_CA"
+	EnvTLSCert = "REPLMESH_TLS_CERT"
+	EnvTLSKey  = "REPLMESH_TLS_KEY"
+)
 
 // Exit codes.
 const (
@@ -223,6 +240,9 @@ func (c *cli) main(ctx context.Context, args []string, getenv func(string) strin
 	if env := strings.TrimSpace(getenv(EnvBroker)); env != "" {
 		c.brokerFlag = env
 	}
+	c.tlsCA = strings.TrimSpace(getenv(EnvTLSCA))
+	c.tlsCert = strings.TrimSpace(getenv(EnvTLSCert))
+	c.tlsKey = strings.TrimSpace(getenv(EnvTLSKey))
 	c.output = "text"
 	c.timeout = 10 * time.Second
 	c.service = "replctl"
@@ -281,9 +301,9 @@ func (c *cli) flagSet(name string) *flag.FlagSet {
 	fs.DurationVar(&c.timeout, "timeout", c.timeout, "bound on each call")
 	fs.StringVar(&c.service, "service", c.service, "service `name` presented to owners (for tables restricted to some services)")
 	fs.BoolVar(&c.useTLS, "tls", c.useTLS, "use TLS (implied by the other -tls flags)")
-	fs.StringVar(&c.tlsCA, "tls-ca", c.tlsCA, "PEM CA `file` to verify brokers and owners (default: system roots)")
-	fs.StringVar(&c.tlsCert, "tls-cert", c.tlsCert, "PEM client certificate `file` (mTLS)")
-	fs.StringVar(&c.tlsKey, "tls-key", c.tlsKey, "PEM key `file` of the client certificate")
+	fs.StringVar(&c.tlsCA, "tls-ca", c.tlsCA, "PEM CA `file` to verify brokers and owners (default: system roots; $"+EnvTLSCA+")")
+	fs.StringVar(&c.tlsCert, "tls-cert", c.tlsCert, "PEM client certificate `file` (mTLS): an admin or operator certificate for brokers that require identities ($"+EnvTLSCert+")")
+	fs.StringVar(&c.tlsKey, "tls-key", c.tlsKey, "PEM key `file` of the client certificate ($"+EnvTLSKey+")")
 	fs.StringVar(&c.tlsServerName, "tls-server-name", c.tlsServerName, "server `name` to verify instead of the dialed host")
 	return fs
 }
@@ -331,6 +351,18 @@ func (c *cli) parse(fs *flag.FlagSet, args []string) ([]string, error) {
 
 func (c *cli) setupTLS() error {
 	if !c.useTLS && c.tlsCA == "" && c.tlsCert == "" && c.tlsKey == "" && c.tlsServerName == "" {
+		return nil
+	}
+	if c.tlsCA != "" && c.tlsCert != "" && c.tlsKey != "" && c.tlsServerName == "" && hasSPIFFEID(c.tlsCert) {
+		// A replmesh identity (replctl tls cert create -admin NAME): mTLS
+		// as the components speak it, peers verified by their SPIFFE ID
+		// against the bundle (not by host name), files re-read when they
+		// change.
+		src, err := transport.NewTLSSource(transport.TLSFiles{CA: c.tlsCA, Cert: c.tlsCert, Key: c.tlsKey}, slog.New(slog.NewTextHandler(c.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+		if err != nil {
+			return fmt.Errorf("-tls-ca/-tls-cert/-tls-key: %w", err)
+		}
+		c.topts.TLS = src.ClientConfig(nil)
 		return nil
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.tlsServerName}
@@ -433,12 +465,52 @@ func (c *cli) callBroker(ctx context.Context, what string, call func(context.Con
 	return fmt.Errorf("%s%s", strings.Join(errs, "; "), hint)
 }
 
+// hasSPIFFEID reports whether the PEM certificate file carries a URI SAN
+// (a SPIFFE ID); certificates without one keep the host-name TLS of old.
+func hasSPIFFEID(path string) bool {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return false
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	return err == nil && len(cert.URIs) > 0
+}
+
+// maxStatusPages bounds the pages of one status: a broker that never ends
+// them is broken.
+const maxStatusPages = 100000
+
+// brokerStatus reads the whole status from one broker, following its pages
+// (a large registry does not fit in one message).
 func (c *cli) brokerStatus(ctx context.Context) (*transport.StatusResponse, error) {
 	var st *transport.StatusResponse
 	err := c.callBroker(ctx, "status", func(ctx context.Context, b *transport.BrokerClient) error {
-		var err error
-		st, err = b.Status(ctx, &transport.StatusRequest{Version: transport.ProtocolVersion})
-		return err
+		st = nil
+		token := ""
+		for pages := 1; ; pages++ {
+			pg, err := b.Status(ctx, &transport.StatusRequest{Version: transport.ProtocolVersion, PageToken: token})
+			if err != nil {
+				return err
+			}
+			if st == nil {
+				st = pg
+			} else {
+				st.Owners = append(st.Owners, pg.Owners...)
+				st.Instances = append(st.Instances, pg.Instances...)
+			}
+			if pg.NextPageToken == "" {
+				st.NextPageToken = ""
+				return nil
+			}
+			if pg.NextPageToken == token || pages >= maxStatusPages {
+				return fmt.Errorf("the broker's status pages do not end (page %d, token %q)", pages, pg.NextPageToken)
+			}
+			token = pg.NextPageToken
+		}
 	})
 	if err != nil {
 		return nil, err

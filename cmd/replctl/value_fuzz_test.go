@@ -3,11 +3,12 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"runtime/metrics"
 	"testing"
 	"unicode/utf8"
 
 	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/replmesh/replmesh/internal/testutil"
 )
 
 // FuzzMsgpackJSON: replctl decodes whatever value an owner holds. It never
@@ -30,9 +31,9 @@ func FuzzMsgpackJSON(f *testing.F) {
 	f.Add([]byte{0xdd, 0xff, 0xff, 0xff, 0xff}) // array32 claiming 2^32-1 elements
 	f.Add([]byte{0xdf, 0x7f, 0xff, 0xff, 0xff}) // map32
 	f.Fuzz(func(t *testing.T, b []byte) {
-		before := heapAllocated()
+		before := testutil.HeapAllocated()
 		out, ok := msgpackJSON(b)
-		if got, limit := heapAllocated()-before, uint64(512*len(b)+1<<20); got > limit {
+		if got, limit := testutil.HeapAllocated()-before, uint64(512*len(b)+1<<20); got > limit {
 			t.Fatalf("msgpackJSON(%x) allocated %d bytes, want at most %d", b, got, limit)
 		}
 		if !ok {
@@ -46,11 +47,4 @@ func FuzzMsgpackJSON(f *testing.F) {
 			t.Fatalf("msgpackJSON(%x) accepted what msgpack does not read as one value: %v, %d bytes left", b, err, r.Len())
 		}
 	})
-}
-
-// heapAllocated returns the bytes allocated on the heap so far.
-func heapAllocated() uint64 {
-	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
-	metrics.Read(s)
-	return s[0].Value.Uint64()
 }
