@@ -671,6 +671,10 @@ func (b *broadcast) Name() string    { return b.name }
 type delegate struct {
 	b    *Broker
 	meta []byte
+	// keyring holds the gossip keys (nil: gossip is not encrypted). Set by
+	// memberlistConfig; memberlist reads it, the key calls (keyring.go)
+	// change it, both under its own lock.
+	keyring *memberlist.Keyring
 
 	mu    sync.Mutex
 	nodes map[string]member // every broker heard of, by name
@@ -814,7 +818,19 @@ func (b *Broker) memberlistConfig(d *delegate) (*memberlist.Config, error) {
 	mc.SecretKey = nil
 	mc.Keyring = nil
 	if len(b.cfg.GossipKey) > 0 {
-		mc.SecretKey = slices.Clone(b.cfg.GossipKey)
+		keys := [][]byte{slices.Clone(b.cfg.GossipKey)}
+		for _, k := range b.cfg.GossipKeys {
+			keys = append(keys, slices.Clone(k))
+		}
+		kr, err := memberlist.NewKeyring(keys, keys[0])
+		if err != nil {
+			return nil, invalid("Config.GossipKeys", "%v", err)
+		}
+		mc.Keyring, d.keyring = kr, kr
+	} else if !loopbackBind(b.cfg.BindAddr) {
+		// Validate let it through: InsecureGossip is set. Say so on every start.
+		b.log.Warn("gossip is not encrypted: anyone who reaches the gossip address can read and rewrite the registry "+
+			"and join the cluster (Config.InsecureGossip); set a gossip key", "gossip", b.cfg.BindAddr)
 	}
 	mc.Label = b.cfg.ClusterLabel
 	mc.Logger = nil
