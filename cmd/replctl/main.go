@@ -28,6 +28,11 @@
 //	mode set SERVICE/TABLE MODE set the broker override (push, pull or auto;
 //	                            "clear" removes it)
 //	mode list                   the overrides in force
+//	gossip keys [list | add KEY | use KEY | remove KEY]
+//	                            list (by fingerprint) or change the gossip
+//	                            encryption keys of every broker in -broker
+//	                            (KEY: base64; -token or -token-file: the
+//	                            broker's token)
 //
 // Flags may come before or after the command and among its arguments; "--"
 // ends them (for a KEY that begins with "-"):
@@ -52,7 +57,7 @@
 // renders it (the same document as replbroker's /api/status); the other
 // commands print the structs documented in this package (tableRow,
 // consumerRow, getResult, keysResult, changeLine one per line for tail,
-// verifyReport, modeResult). Every key is snake_case. Keys and values
+// verifyReport, modeResult, gossipKeysResult). Every key is snake_case. Keys and values
 // appear as "key" / "value" when they are valid UTF-8, always as "key_hex"
 // / "value_hex", and a value that is msgpack (a typed table's) also as
 // "value_msgpack", decoded to JSON.
@@ -152,6 +157,7 @@ func init() {
 		{"tail", "SERVICE/TABLE", "follow the table's changes live", (*cli).tail},
 		{"verify", "SERVICE/TABLE", "compare digests of the owner instances; check consumers' positions", (*cli).verify},
 		{"mode", "set SERVICE/TABLE MODE | list", "set (push, pull, auto, clear) or list the broker's mode overrides", (*cli).mode},
+		{"gossip", "keys [list|add|use|remove KEY]", "list or change the brokers' gossip keys (rotation)", (*cli).gossip},
 	}
 }
 
