@@ -24,6 +24,11 @@ const (
 	DefaultMaxTables = 1024
 	// DefaultMaxSubscriptions: subscriptions one registration may list.
 	DefaultMaxSubscriptions = 1024
+	// ListCeiling is the most MaxTables and MaxSubscriptions may be set
+	// to, and what the gossip decoder accepts in one record (brokers may
+	// be configured differently; every broker must decode what any other
+	// one admitted).
+	ListCeiling = 1 << 16
 	// DefaultMaxTombstones: removed instances remembered (Config.TombstoneTTL);
 	// past it the oldest tombstones are forgotten early.
 	DefaultMaxTombstones = 16384
@@ -65,6 +70,12 @@ func (c *Config) validateLimits() error {
 		if l.v < 0 {
 			return invalid(l.name, "is %d; it must be 0 (the default) or more", l.v)
 		}
+	}
+	if c.MaxTables > ListCeiling {
+		return invalid("Config.MaxTables", "is %d; it must be at most %d", c.MaxTables, ListCeiling)
+	}
+	if c.MaxSubscriptions > ListCeiling {
+		return invalid("Config.MaxSubscriptions", "is %d; it must be at most %d", c.MaxSubscriptions, ListCeiling)
 	}
 	if c.RequireIdentity && c.Transport.TLS == nil {
 		return invalid("Config.RequireIdentity", "needs TLS with client certificates (Config.Transport.TLS, e.g. transport.TLSSource.ServerConfig)")

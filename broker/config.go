@@ -47,8 +47,23 @@ type Config struct {
 	// it has no other member.
 	Join []string
 	// GossipKey, when set, encrypts gossip (AES-128/192/256: 16, 24 or 32
-	// bytes). Every broker of the cluster needs the same key.
+	// bytes). Every broker of the cluster needs the same key. It is
+	// required when BindAddr is not a loopback address, unless
+	// InsecureGossip is set. It is the key gossip is encrypted with until
+	// Broker.UseGossipKey makes another one primary.
 	GossipKey []byte
+	// GossipKeys are further keys this broker decrypts gossip with (never
+	// encrypts): the new key while a rotation is rolled out, or the old one
+	// while it is retired. Each is 16, 24 or 32 bytes; they need GossipKey.
+	// See Broker.AddGossipKey for a rotation.
+	GossipKeys [][]byte
+	// InsecureGossip lets a broker whose BindAddr is not a loopback address
+	// gossip without a key. Then anyone who reaches the gossip port can
+	// read the registry, write records into it (take a service's primary
+	// lease, point consumers at another address) and join the cluster (and
+	// decide, if its name sorts first). The broker logs a warning on every
+	// start. A loopback bind (one host, development) needs neither.
+	InsecureGossip bool
 	// ClusterLabel, when set, is carried on every gossip packet; brokers
 	// with another label are ignored (at most 255 bytes).
 	ClusterLabel string
@@ -223,6 +238,22 @@ func splitHostPort(a string) (string, int, error) {
 	return host, port, nil
 }
 
+// loopbackBind reports whether the gossip address addr ("host:port")
+// binds a loopback address only: localhost or a loopback IP. An empty host
+// binds every interface; a host name other than localhost may resolve to
+// anything.
+func loopbackBind(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
 // Validate reports the first unusable field.
 func (c *Config) Validate() error {
 	if c.Name != "" && !validName(c.Name) {
@@ -253,6 +284,19 @@ func (c *Config) Validate() error {
 	case 0, 16, 24, 32:
 	default:
 		return invalid("Config.GossipKey", "is %d bytes; it must be 16, 24 or 32", len(c.GossipKey))
+	}
+	for i, k := range c.GossipKeys {
+		if err := checkGossipKey(k); err != nil {
+			return invalid("Config.GossipKeys", "[%d] %v", i, err)
+		}
+	}
+	if len(c.GossipKeys) > 0 && len(c.GossipKey) == 0 {
+		return invalid("Config.GossipKeys", "are set without Config.GossipKey, the key gossip is encrypted with")
+	}
+	if len(c.GossipKey) == 0 && !c.InsecureGossip && !loopbackBind(c.BindAddr) {
+		return invalid("Config.GossipKey", "is not set and Config.BindAddr %q is not a loopback address: anyone "+
+			"who reaches it could read and rewrite the registry and join the cluster; set a key (16, 24 or 32 "+
+			"bytes), or Config.InsecureGossip to gossip in the clear", c.BindAddr)
 	}
 	if len(c.ClusterLabel) > memberlist.LabelMaxSize {
 		return invalid("Config.ClusterLabel", "is longer than %d bytes", memberlist.LabelMaxSize)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"slices"
 	"strconv"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/hashicorp/memberlist"
 	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/replmesh/replmesh/transport"
 )
 
 // gossipVersion is the first byte of every gossip payload (broadcasts,
@@ -64,6 +67,19 @@ func encodeGossip(g *gossipMsg) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
+// decodeGossip decodes a gossip payload. It never trusts a length claim:
+// every count and length is checked against the bytes left before anything
+// is read, slices grow by one element per element decoded and checked (so
+// a record is kept only once its names are valid), and unknown fields are
+// skipped to a bounded depth. What it allocates is therefore bounded by a
+// small multiple of len(b): a payload of a few bytes claiming 2^32 records
+// fails at once instead of allocating gigabytes (msgpack/v5 would grow the
+// slice to the claimed length first, ignoring its own allocation limit).
+//
+// It reads what msgpack/v5 writes for gossipMsg (maps keyed by the msgpack
+// tags, fields in any order, unknown ones skipped), and refuses what no
+// broker writes: a key given twice, a struct written as an array, records
+// with invalid names.
 func decodeGossip(b []byte) (*gossipMsg, error) {
 	if len(b) == 0 {
 		return nil, errors.New("empty gossip payload")
@@ -71,26 +87,560 @@ func decodeGossip(b []byte) (*gossipMsg, error) {
 	if b[0] != gossipVersion {
 		return nil, fmt.Errorf("gossip payload version %d, this build speaks %d", b[0], gossipVersion)
 	}
+	r := gossipReader{b: b, pos: 1}
 	g := new(gossipMsg)
-	if err := msgpack.Unmarshal(b[1:], g); err != nil {
+	if err := r.message(g); err != nil {
 		return nil, fmt.Errorf("decode gossip: %w", err)
 	}
-	for _, r := range g.Instances {
-		if r == nil || !validName(r.Service) || !validName(r.Instance) {
-			return nil, errors.New("decode gossip: bad instance record")
-		}
-	}
-	for _, o := range g.Owners {
-		if o == nil || !validName(o.Service) {
-			return nil, errors.New("decode gossip: bad owner record")
-		}
-	}
-	for _, m := range g.Modes {
-		if m == nil || !validName(m.Service) || !validName(m.Table) || checkMode("mode", m.Mode) != nil {
-			return nil, errors.New("decode gossip: bad mode record")
-		}
-	}
 	return g, nil
+}
+
+// maxGossipNesting bounds how deeply the unknown values a gossip payload
+// may carry nest (gossipMsg itself nests three deep).
+const maxGossipNesting = 32
+
+// gossipReader reads msgpack from a gossip payload, checking every length
+// it reads against the bytes left (see decodeGossip).
+type gossipReader struct {
+	b   []byte
+	pos int
+}
+
+func (r *gossipReader) errorf(format string, args ...any) error {
+	return fmt.Errorf("byte %d: "+format, append([]any{r.pos}, args...)...)
+}
+
+func (r *gossipReader) left() int { return len(r.b) - r.pos }
+
+func (r *gossipReader) code() (byte, error) {
+	if r.pos >= len(r.b) {
+		return 0, r.errorf("unexpected end of data")
+	}
+	c := r.b[r.pos]
+	r.pos++
+	return c, nil
+}
+
+// next returns the next n bytes.
+func (r *gossipReader) next(n int) ([]byte, error) {
+	if n < 0 || n > r.left() {
+		return nil, r.errorf("%d bytes claimed, %d left", n, r.left())
+	}
+	p := r.b[r.pos : r.pos+n]
+	r.pos += n
+	return p, nil
+}
+
+// uintN reads a big-endian unsigned integer of size bytes (1, 2, 4 or 8).
+func (r *gossipReader) uintN(size int) (uint64, error) {
+	p, err := r.next(size)
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	for _, c := range p {
+		n = n<<8 | uint64(c)
+	}
+	return n, nil
+}
+
+// count reads the length of an array (per = 1) or map (per = 2) whose code
+// is c, checking that the bytes left can hold that many objects (each takes
+// at least one byte). It returns -1 for nil and ok false for a code of
+// another type.
+func (r *gossipReader) count(c byte, per int) (n int, ok bool, err error) {
+	var size int
+	switch {
+	case c == 0xc0:
+		return -1, true, nil
+	case per == 1 && c >= 0x90 && c <= 0x9f:
+		n = int(c & 0x0f)
+	case per == 2 && c >= 0x80 && c <= 0x8f:
+		n = int(c & 0x0f)
+	case per == 1 && c == 0xdc, per == 2 && c == 0xde:
+		size = 2
+	case per == 1 && c == 0xdd, per == 2 && c == 0xdf:
+		size = 4
+	default:
+		return 0, false, nil
+	}
+	if size > 0 {
+		v, err := r.uintN(size)
+		if err != nil {
+			return 0, true, err
+		}
+		if v > uint64(r.left()/per) {
+			return 0, true, r.errorf("%d elements claimed, %d bytes left", v, r.left())
+		}
+		n = int(v)
+	}
+	if n > r.left()/per {
+		return 0, true, r.errorf("%d elements claimed, %d bytes left", n, r.left())
+	}
+	return n, true, nil
+}
+
+// bytesLen reads the length of a string or binary whose code is c (-1 for
+// nil), checked against the bytes left.
+func (r *gossipReader) bytesLen(c byte) (int, error) {
+	var size int
+	switch {
+	case c == 0xc0:
+		return -1, nil
+	case c >= 0xa0 && c <= 0xbf:
+		n := int(c & 0x1f)
+		if n > r.left() {
+			return 0, r.errorf("%d bytes claimed, %d left", n, r.left())
+		}
+		return n, nil
+	case c == 0xd9 || c == 0xc4:
+		size = 1
+	case c == 0xda || c == 0xc5:
+		size = 2
+	case c == 0xdb || c == 0xc6:
+		size = 4
+	default:
+		return 0, r.errorf("code 0x%02x where a string belongs", c)
+	}
+	n, err := r.uintN(size)
+	if err != nil {
+		return 0, err
+	}
+	if n > uint64(r.left()) {
+		return 0, r.errorf("%d bytes claimed, %d left", n, r.left())
+	}
+	return int(n), nil
+}
+
+// rawString returns the bytes of a string without copying them (nil for a
+// msgpack nil).
+func (r *gossipReader) rawString() ([]byte, error) {
+	c, err := r.code()
+	if err != nil {
+		return nil, err
+	}
+	n, err := r.bytesLen(c)
+	if err != nil || n < 0 {
+		return nil, err
+	}
+	return r.next(n)
+}
+
+func (r *gossipReader) str() (string, error) {
+	p, err := r.rawString()
+	return string(p), err
+}
+
+// integer reads any msgpack integer (or nil, as 0) as its 64 bits, the way
+// msgpack/v5 decodes into both uint64 and int64 fields.
+func (r *gossipReader) integer() (uint64, error) {
+	c, err := r.code()
+	if err != nil {
+		return 0, err
+	}
+	switch {
+	case c == 0xc0:
+		return 0, nil
+	case c <= 0x7f || c >= 0xe0: // fixints
+		return uint64(int64(int8(c))), nil
+	}
+	switch c {
+	case 0xcc, 0xcd, 0xce, 0xcf: // uint8..uint64
+		return r.uintN(1 << (c - 0xcc))
+	case 0xd0: // int8
+		v, err := r.uintN(1)
+		return uint64(int64(int8(v))), err
+	case 0xd1: // int16
+		v, err := r.uintN(2)
+		return uint64(int64(int16(v))), err
+	case 0xd2: // int32
+		v, err := r.uintN(4)
+		return uint64(int64(int32(v))), err
+	case 0xd3: // int64
+		return r.uintN(8)
+	}
+	return 0, r.errorf("code 0x%02x where an integer belongs", c)
+}
+
+func (r *gossipReader) uint() (uint64, error) { return r.integer() }
+
+func (r *gossipReader) int() (int64, error) {
+	v, err := r.integer()
+	return int64(v), err
+}
+
+// float reads a float64 as msgpack/v5 does: a float32 or float64, or an
+// integer.
+func (r *gossipReader) float() (float64, error) {
+	if r.pos < len(r.b) {
+		switch r.b[r.pos] {
+		case 0xca:
+			r.pos++
+			v, err := r.uintN(4)
+			return float64(math.Float32frombits(uint32(v))), err
+		case 0xcb:
+			r.pos++
+			v, err := r.uintN(8)
+			return math.Float64frombits(v), err
+		}
+	}
+	v, err := r.int()
+	return float64(v), err
+}
+
+func (r *gossipReader) bool() (bool, error) {
+	c, err := r.code()
+	if err != nil {
+		return false, err
+	}
+	switch c {
+	case 0xc0, 0xc2:
+		return false, nil
+	case 0xc3:
+		return true, nil
+	}
+	return false, r.errorf("code 0x%02x where a bool belongs", c)
+}
+
+// skip reads past one value of any type; containers may nest depth more
+// levels.
+func (r *gossipReader) skip(depth int) error {
+	c, err := r.code()
+	if err != nil {
+		return err
+	}
+	for per := 1; per <= 2; per++ {
+		n, ok, err := r.count(c, per)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue
+		}
+		if n > 0 && depth == 0 {
+			return r.errorf("values nested deeper than %d", maxGossipNesting)
+		}
+		for range n * per {
+			if err := r.skip(depth - 1); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var size, fixed int // bytes of length, bytes that follow regardless
+	switch {
+	case c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3:
+		return nil
+	case c >= 0xa0 && c <= 0xbf, c == 0xd9, c == 0xda, c == 0xdb, c == 0xc4, c == 0xc5, c == 0xc6:
+		n, err := r.bytesLen(c)
+		if err != nil {
+			return err
+		}
+		_, err = r.next(n)
+		return err
+	case c == 0xc7, c == 0xc8, c == 0xc9: // ext8..ext32: length, type, data
+		size, fixed = 1<<(c-0xc7), 1
+	case c == 0xcc || c == 0xd0:
+		fixed = 1
+	case c == 0xcd || c == 0xd1:
+		fixed = 2
+	case c == 0xca || c == 0xce || c == 0xd2:
+		fixed = 4
+	case c == 0xcb || c == 0xcf || c == 0xd3:
+		fixed = 8
+	case c >= 0xd4 && c <= 0xd8: // fixext1..16: type, data
+		fixed = 1 + 1<<(c-0xd4)
+	default:
+		return r.errorf("invalid code 0x%02x", c)
+	}
+	n := uint64(0)
+	if size > 0 {
+		if n, err = r.uintN(size); err != nil {
+			return err
+		}
+	}
+	if n > uint64(r.left()) {
+		return r.errorf("%d bytes claimed, %d left", n, r.left())
+	}
+	_, err = r.next(fixed + int(n))
+	return err
+}
+
+// fields reads a struct written as a map: for each key, it calls field
+// with the key's index in names, or skips the value of a key not in names.
+// A key given twice is an error. It returns false for a nil (the zero
+// value).
+func (r *gossipReader) fields(what string, names []string, field func(i int) error) (bool, error) {
+	c, err := r.code()
+	if err != nil {
+		return false, err
+	}
+	n, ok, err := r.count(c, 2)
+	switch {
+	case err != nil:
+		return false, err
+	case !ok:
+		return false, r.errorf("code 0x%02x where a %s belongs", c, what)
+	case n < 0:
+		return false, nil
+	}
+	var seen uint64
+	for range n {
+		key, err := r.rawString()
+		if err != nil {
+			return false, err
+		}
+		i := slices.IndexFunc(names, func(s string) bool { return s == string(key) })
+		if i < 0 {
+			if err := r.skip(maxGossipNesting); err != nil {
+				return false, err
+			}
+			continue
+		}
+		if seen&(1<<i) != 0 {
+			return false, r.errorf("%s field %q given twice", what, key)
+		}
+		seen |= 1 << i
+		if err := field(i); err != nil {
+			return false, fmt.Errorf("%s field %q: %w", what, key, err)
+		}
+	}
+	return true, nil
+}
+
+// list reads an array, calling elem for each element: elem decodes it and
+// appends it only once it is valid, so the slice grows per valid element,
+// never by the length claimed. At most limit elements are accepted. It
+// returns an empty (not nil) slice for an empty array, as msgpack/v5 does.
+func list[T any](r *gossipReader, what string, limit int, elem func(out []T) ([]T, error)) ([]T, error) {
+	c, err := r.code()
+	if err != nil {
+		return nil, err
+	}
+	n, ok, err := r.count(c, 1)
+	switch {
+	case err != nil:
+		return nil, err
+	case !ok:
+		return nil, r.errorf("code 0x%02x where a list of %s belongs", c, what)
+	case n < 0:
+		return nil, nil
+	case n > limit:
+		return nil, r.errorf("%d %s, at most %d", n, what, limit)
+	}
+	out := []T{}
+	for i := range n {
+		if out, err = elem(out); err != nil {
+			return nil, fmt.Errorf("%s %d: %w", what, i, err)
+		}
+	}
+	return out, nil
+}
+
+// The field names (msgpack tags) of the gossiped types, by field index.
+var (
+	gossipMsgFields = []string{"i", "o", "m", "beat"}
+	instanceFields  = []string{"svc", "inst", "addr", "own", "tables", "subs", "ep", "sess", "ver", "conn", "gone", "seen"}
+	ownerFields     = []string{"svc", "ep", "p"}
+	modeFields      = []string{"svc", "t", "mode", "ver"}
+	versionFields   = []string{"c", "b"}
+	sessionFields   = []string{"s", "b"}
+	tableFields     = []string{"t", "mode", "log", "ep", "head"}
+	subFields       = []string{"svc", "t", "mode", "seq", "lag", "stale", "st", "run", "why", "xr", "xe", "xb", "xrr", "xeta"}
+)
+
+func (r *gossipReader) message(g *gossipMsg) error {
+	// Every record takes more than one byte, so no list is longer than the
+	// payload.
+	limit := len(r.b)
+	_, err := r.fields("message", gossipMsgFields, func(i int) (err error) {
+		switch i {
+		case 0:
+			g.Instances, err = list(r, "instances", limit, func(out []*instanceRec) ([]*instanceRec, error) {
+				rec := new(instanceRec)
+				ok, err := r.fields("instance", instanceFields, func(i int) error { return r.instance(rec, i) })
+				if err != nil {
+					return nil, err
+				}
+				if !ok || !validName(rec.Service) || !validName(rec.Instance) {
+					return nil, errors.New("bad instance record")
+				}
+				return append(out, rec), nil
+			})
+		case 1:
+			g.Owners, err = list(r, "owners", limit, func(out []*ownerRec) ([]*ownerRec, error) {
+				o := new(ownerRec)
+				ok, err := r.fields("owner", ownerFields, func(i int) (err error) {
+					switch i {
+					case 0:
+						o.Service, err = r.str()
+					case 1:
+						o.Epoch, err = r.uint()
+					case 2:
+						o.Primary, err = r.str()
+					}
+					return err
+				})
+				if err != nil {
+					return nil, err
+				}
+				if !ok || !validName(o.Service) {
+					return nil, errors.New("bad owner record")
+				}
+				return append(out, o), nil
+			})
+		case 2:
+			g.Modes, err = list(r, "modes", limit, func(out []*modeRec) ([]*modeRec, error) {
+				m := new(modeRec)
+				ok, err := r.fields("mode", modeFields, func(i int) (err error) {
+					switch i {
+					case 0:
+						m.Service, err = r.str()
+					case 1:
+						m.Table, err = r.str()
+					case 2:
+						m.Mode, err = r.str()
+					case 3:
+						err = r.version(&m.Ver)
+					}
+					return err
+				})
+				if err != nil {
+					return nil, err
+				}
+				if !ok || !validName(m.Service) || !validName(m.Table) || checkMode("mode", m.Mode) != nil {
+					return nil, errors.New("bad mode record")
+				}
+				return append(out, m), nil
+			})
+		case 3:
+			g.Beat, err = r.str()
+		}
+		return err
+	})
+	return err
+}
+
+// instance decodes field i of an instance record.
+func (r *gossipReader) instance(rec *instanceRec, i int) (err error) {
+	switch i {
+	case 0:
+		rec.Service, err = r.str()
+	case 1:
+		rec.Instance, err = r.str()
+	case 2:
+		rec.Addr, err = r.str()
+	case 3:
+		rec.Owner, err = r.bool()
+	case 4:
+		// Registrations are limited to MaxTables and MaxSubscriptions, at
+		// most ListCeiling, and their names checked: so are records.
+		rec.Tables, err = list(r, "tables", ListCeiling, func(out []transport.TableInfo) ([]transport.TableInfo, error) {
+			var t transport.TableInfo
+			if _, err := r.fields("table", tableFields, func(i int) error { return r.table(&t, i) }); err != nil {
+				return nil, err
+			}
+			if !validName(t.Table) {
+				return nil, errors.New("bad table name")
+			}
+			return append(out, t), nil
+		})
+	case 5:
+		rec.Subs, err = list(r, "subscriptions", ListCeiling, func(out []transport.SubInfo) ([]transport.SubInfo, error) {
+			var s transport.SubInfo
+			if _, err := r.fields("subscription", subFields, func(i int) error { return r.sub(&s, i) }); err != nil {
+				return nil, err
+			}
+			if !validName(s.Service) || !validName(s.Table) {
+				return nil, errors.New("bad subscription name")
+			}
+			return append(out, s), nil
+		})
+	case 6:
+		rec.Epoch, err = r.uint()
+	case 7:
+		_, err = r.fields("session", sessionFields, func(i int) (err error) {
+			if i == 0 {
+				rec.Session.Start, err = r.int()
+			} else {
+				rec.Session.Broker, err = r.str()
+			}
+			return err
+		})
+	case 8:
+		err = r.version(&rec.Ver)
+	case 9:
+		rec.Connected, err = r.bool()
+	case 10:
+		rec.Gone, err = r.bool()
+	case 11:
+		rec.SeenMs, err = r.int()
+	}
+	return err
+}
+
+func (r *gossipReader) version(v *version) error {
+	_, err := r.fields("version", versionFields, func(i int) (err error) {
+		if i == 0 {
+			v.Clock, err = r.uint()
+		} else {
+			v.Broker, err = r.str()
+		}
+		return err
+	})
+	return err
+}
+
+// table decodes field i of a TableInfo.
+func (r *gossipReader) table(t *transport.TableInfo, i int) (err error) {
+	switch i {
+	case 0:
+		t.Table, err = r.str()
+	case 1:
+		t.Mode, err = r.str()
+	case 2:
+		t.LogID, err = r.str()
+	case 3:
+		t.Epoch, err = r.uint()
+	case 4:
+		t.Head, err = r.uint()
+	}
+	return err
+}
+
+// sub decodes field i of a SubInfo.
+func (r *gossipReader) sub(s *transport.SubInfo, i int) (err error) {
+	switch i {
+	case 0:
+		s.Service, err = r.str()
+	case 1:
+		s.Table, err = r.str()
+	case 2:
+		s.Mode, err = r.str()
+	case 3:
+		s.Seq, err = r.uint()
+	case 4:
+		s.Lag, err = r.uint()
+	case 5:
+		s.StaleMs, err = r.int()
+	case 6:
+		s.State, err = r.str()
+	case 7:
+		s.Running, err = r.str()
+	case 8:
+		s.Reason, err = r.str()
+	case 9:
+		s.XferRows, err = r.uint()
+	case 10:
+		s.XferExpected, err = r.uint()
+	case 11:
+		s.XferBytes, err = r.uint()
+	case 12:
+		s.XferRate, err = r.float()
+	case 13:
+		s.XferEtaMs, err = r.int()
+	}
+	return err
 }
 
 // broadcast is one record queued for UDP gossip; a newer broadcast of the
@@ -121,6 +671,10 @@ func (b *broadcast) Name() string    { return b.name }
 type delegate struct {
 	b    *Broker
 	meta []byte
+	// keyring holds the gossip keys (nil: gossip is not encrypted). Set by
+	// memberlistConfig; memberlist reads it, the key calls (keyring.go)
+	// change it, both under its own lock.
+	keyring *memberlist.Keyring
 
 	mu    sync.Mutex
 	nodes map[string]member // every broker heard of, by name
@@ -264,7 +818,19 @@ func (b *Broker) memberlistConfig(d *delegate) (*memberlist.Config, error) {
 	mc.SecretKey = nil
 	mc.Keyring = nil
 	if len(b.cfg.GossipKey) > 0 {
-		mc.SecretKey = slices.Clone(b.cfg.GossipKey)
+		keys := [][]byte{slices.Clone(b.cfg.GossipKey)}
+		for _, k := range b.cfg.GossipKeys {
+			keys = append(keys, slices.Clone(k))
+		}
+		kr, err := memberlist.NewKeyring(keys, keys[0])
+		if err != nil {
+			return nil, invalid("Config.GossipKeys", "%v", err)
+		}
+		mc.Keyring, d.keyring = kr, kr
+	} else if !loopbackBind(b.cfg.BindAddr) {
+		// Validate let it through: InsecureGossip is set. Say so on every start.
+		b.log.Warn("gossip is not encrypted: anyone who reaches the gossip address can read and rewrite the registry "+
+			"and join the cluster (Config.InsecureGossip); set a gossip key", "gossip", b.cfg.BindAddr)
 	}
 	mc.Label = b.cfg.ClusterLabel
 	mc.Logger = nil

@@ -226,27 +226,3 @@ func TestGossip_DecodeRejectsGarbage(t *testing.T) {
 		})
 	}
 }
-
-func FuzzDecodeGossip(f *testing.F) {
-	f.Add(mustEncode(randomRecords(rand.New(rand.NewPCG(1, 2)))))
-	f.Add([]byte{gossipVersion})
-	f.Fuzz(func(t *testing.T, b []byte) {
-		g, err := decodeGossip(b)
-		if err != nil {
-			return
-		}
-		r := newRegistry()
-		for _, rec := range g.Instances {
-			r.mergeInstance(rec)
-		}
-		for _, o := range g.Owners {
-			r.mergeOwner(o)
-		}
-		for _, m := range g.Modes {
-			r.mergeMode(m)
-		}
-		for _, s := range r.services() {
-			r.serviceOwner(s, true)
-		}
-	})
-}

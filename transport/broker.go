@@ -240,6 +240,7 @@ var BrokerServiceDesc = grpc.ServiceDesc{
 		{MethodName: "Lookup", Handler: unary(func(s BrokerServer, ctx context.Context, in *LookupRequest) (any, error) { return s.Lookup(ctx, in) })},
 		{MethodName: "Status", Handler: unary(func(s BrokerServer, ctx context.Context, in *StatusRequest) (any, error) { return s.Status(ctx, in) })},
 		{MethodName: "SetMode", Handler: unary(func(s BrokerServer, ctx context.Context, in *SetModeRequest) (any, error) { return s.SetMode(ctx, in) })},
+		{MethodName: "GossipKeys", Handler: gossipKeysHandler}, // served by a GossipKeysServer (gossipkeys.go)
 	},
 	Streams: []grpc.StreamDesc{
 		{StreamName: "Session", ServerStreams: true, ClientStreams: true, Handler: func(srv any, stream grpc.ServerStream) error {

@@ -34,8 +34,10 @@ type fileConfig struct {
 	AdvertiseGossip string        `yaml:"advertise_gossip"`
 	HTTPAddr        string        `yaml:"http_addr"`
 	Join            []string      `yaml:"join"`
-	GossipKey       string        `yaml:"gossip_key"` // base64 of 16, 24 or 32 bytes
+	GossipKey       string        `yaml:"gossip_key"`  // base64 of 16, 24 or 32 bytes
+	GossipKeys      []string      `yaml:"gossip_keys"` // base64 keys: the first encrypts, all decrypt (a rotation)
 	GossipKeyFile   string        `yaml:"gossip_key_file"`
+	InsecureGossip  bool          `yaml:"insecure_gossip"`
 	ClusterLabel    string        `yaml:"cluster_label"`
 	GossipProfile   string        `yaml:"gossip_profile"` // lan (default), wan, local
 	Token           string        `yaml:"token"`
@@ -70,8 +72,10 @@ gossip_addr: 127.0.0.1:7401   # memberlist, TCP and UDP
 advertise_gossip: ""          # gossip address announced to other brokers
 http_addr: 127.0.0.1:7402     # /metrics, /api/status, status page at /; "off" disables
 join: []                      # gossip addresses of other brokers
-gossip_key: ""                # base64 of a 16, 24 or 32-byte AES key
-gossip_key_file: ""           # or a file holding it
+gossip_key: ""                # base64 of a 16, 24 or 32-byte AES key; required unless gossip_addr is loopback
+gossip_keys: []               # or several: the first encrypts, the others are accepted too (key rotation; SIGHUP reloads)
+gossip_key_file: ""           # or a file holding them, one per line, the first encrypting
+insecure_gossip: false        # gossip in the clear on a non-loopback gossip_addr (anyone reaching it can rewrite the registry)
 cluster_label: ""             # brokers with another label are ignored
 gossip_profile: lan           # memberlist timings: lan, wan or local
 token: ""                     # shared token components present in Register
@@ -148,7 +152,8 @@ func checkKeys(path string, n *yaml.Node, prefix string, v any) error {
 			v any
 		}{
 			{"name", nil}, {"grpc_addr", nil}, {"advertise_grpc", nil}, {"gossip_addr", nil}, {"advertise_gossip", nil},
-			{"http_addr", nil}, {"join", nil}, {"gossip_key", nil}, {"gossip_key_file", nil}, {"cluster_label", nil},
+			{"http_addr", nil}, {"join", nil}, {"gossip_key", nil}, {"gossip_keys", nil}, {"gossip_key_file", nil},
+			{"insecure_gossip", nil}, {"cluster_label", nil},
 			{"gossip_profile", nil}, {"token", nil}, {"token_file", nil}, {"lease", nil}, {"heartbeat", nil},
 			{"shutdown_timeout", nil}, {"log_level", nil}, {"log_format", nil}, {"tls", tlsConfig{}},
 			{"policy", nil}, {"insecure", nil},
@@ -261,6 +266,8 @@ var settingNames = map[string]struct{ flag, key string }{
 	"Config.AdvertiseAddr":   {"-advertise-gossip", "advertise_gossip"},
 	"Config.Join":            {"-join", "join"},
 	"Config.GossipKey":       {"-gossip-key", "gossip_key"},
+	"Config.GossipKeys":      {"-gossip-key-file", "gossip_keys"},
+	"Config.InsecureGossip":  {"-insecure-gossip", "insecure_gossip"},
 	"Config.ClusterLabel":    {"-cluster-label", "cluster_label"},
 	"Config.Lease":           {"-lease", "lease"},
 	"Config.Heartbeat":       {"-heartbeat", "heartbeat"},
@@ -373,7 +380,8 @@ func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 		join        = fs.String("join", "", "comma-separated gossip `addresses` of brokers to join")
 		modesPath   = fs.String("modes", "", "per-table mode config `file` (the modes YAML); its modes are set as broker overrides, again on SIGHUP")
 		gossipKey   = fs.String("gossip-key", "", "gossip encryption `key`, base64 of 16, 24 or 32 bytes")
-		gossipKeyF  = fs.String("gossip-key-file", "", "`file` holding the base64 gossip key")
+		gossipKeyF  = fs.String("gossip-key-file", "", "`file` holding the base64 gossip key (or keys, one per line: the first encrypts, all decrypt; SIGHUP reloads it)")
+		insecureG   = fs.Bool("insecure-gossip", false, "gossip in the clear on a non-loopback -gossip address (warned at every start)")
 		label       = fs.String("cluster-label", "", "cluster `label`; brokers with another label are ignored")
 		profile     = fs.String("gossip-profile", "lan", "memberlist timings: lan, wan or local")
 		token       = fs.String("token", "", "shared `token` required in every Register")
@@ -439,6 +447,19 @@ func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 	str("policy", &fc.Policy, *policyPath)
 	if set["insecure"] {
 		fc.Insecure = *insecure
+	}
+	if set["gossip-key"] || set["gossip-key-file"] {
+		// A key given on the command line replaces the file's.
+		fc.GossipKeys = nil
+		if !set["gossip-key"] {
+			fc.GossipKey = ""
+		}
+		if !set["gossip-key-file"] {
+			fc.GossipKeyFile = ""
+		}
+	}
+	if set["insecure-gossip"] {
+		fc.InsecureGossip = *insecureG
 	}
 	if set["join"] {
 		fc.Join = nil
@@ -520,6 +541,52 @@ func brokerConfig(fc *fileConfig, log *slog.Logger) (cfg broker.Config, src *tra
 	return cfg, src, noID, settingError(cfg.Validate())
 }
 
+// gossipKeys returns the gossip keys the settings give, decoded, the one
+// gossip is encrypted with first: from gossip_key (flag -gossip-key),
+// gossip_keys, or gossip_key_file (one per line), only one of them.
+func gossipKeys(fc *fileConfig) ([][]byte, error) {
+	var enc []string
+	sources := 0
+	if fc.GossipKey != "" {
+		enc = append(enc, fc.GossipKey)
+		sources++
+	}
+	if len(fc.GossipKeys) > 0 {
+		enc = append(enc, fc.GossipKeys...)
+		sources++
+	}
+	if fc.GossipKeyFile != "" {
+		b, err := os.ReadFile(fc.GossipKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("gossip key: %w", err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if line = strings.TrimSpace(line); line != "" {
+				enc = append(enc, line)
+			}
+		}
+		if len(enc) == 0 {
+			return nil, fmt.Errorf("gossip key: no key in %s", fc.GossipKeyFile)
+		}
+		sources++
+	}
+	if sources > 1 {
+		return nil, errors.New("gossip key: give one of gossip_key, gossip_keys and gossip_key_file")
+	}
+	keys := make([][]byte, 0, len(enc))
+	for i, e := range enc {
+		k, err := base64.StdEncoding.DecodeString(e)
+		if err != nil {
+			if len(enc) == 1 {
+				return nil, fmt.Errorf("gossip key: not base64: %w", err)
+			}
+			return nil, fmt.Errorf("gossip key %d of %d: not base64: %w", i+1, len(enc), err)
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
+}
+
 // brokerSettings turns the combined settings but TLS into a broker.Config.
 func brokerSettings(fc *fileConfig) (broker.Config, error) {
 	cfg := broker.DefaultConfig()
@@ -551,24 +618,14 @@ func brokerSettings(fc *fileConfig) (broker.Config, error) {
 		cfg.TombstoneTTL = cfg.Lease
 	}
 
-	key := fc.GossipKey
-	if fc.GossipKeyFile != "" {
-		if key != "" {
-			return cfg, errors.New("gossip key: give gossip_key or gossip_key_file, not both")
-		}
-		b, err := os.ReadFile(fc.GossipKeyFile)
-		if err != nil {
-			return cfg, fmt.Errorf("gossip key: %w", err)
-		}
-		key = strings.TrimSpace(string(b))
+	keys, err := gossipKeys(fc)
+	if err != nil {
+		return cfg, err
 	}
-	if key != "" {
-		k, err := base64.StdEncoding.DecodeString(key)
-		if err != nil {
-			return cfg, fmt.Errorf("gossip key: not base64: %w", err)
-		}
-		cfg.GossipKey = k
+	if len(keys) > 0 {
+		cfg.GossipKey, cfg.GossipKeys = keys[0], keys[1:]
 	}
+	cfg.InsecureGossip = fc.InsecureGossip
 	cfg.Token = fc.Token
 	if fc.TokenFile != "" {
 		if cfg.Token != "" {

@@ -40,6 +40,15 @@
 // broker refuses a gRPC address other hosts can reach unless -insecure is
 // given, and then says so at WARN on every start.
 //
+// Gossip is encrypted with -gossip-key (gossip_key, gossip_keys or
+// gossip_key_file), which a broker whose -gossip address is not a loopback
+// address requires unless -insecure-gossip is given (then it warns at every
+// start). On SIGHUP the keys are read again from the command line and the
+// config file (gossip_keys, or one per line in gossip_key_file): the first
+// encrypts, all decrypt. A key rotation is three reloads, each on every
+// broker before the next: [old, new], then [new, old], then [new]. replctl
+// gossip keys does the same through the broker's gRPC service (with -token).
+//
 // On SIGTERM or SIGINT it reports NOT_SERVING on health, leaves the cluster
 // (the other brokers stop counting on it at once), ends its sessions (the
 // components re-home to other brokers) and stops.
@@ -141,6 +150,7 @@ serve:
 			break serve
 		case <-reload:
 			st.reload(b)
+			reloadGossipKeys(b, log, args)
 			if modeFile == nil {
 				log.Info("SIGHUP: no -modes file to reload")
 				continue
@@ -210,6 +220,49 @@ func (st *settings) reload(b *broker.Broker) {
 	b.SetPolicy(p)
 	tables, limits := p.Summary()
 	st.log.Info("policy file reloaded", "file", st.policy, "tables", tables, "limits", limits)
+}
+
+// reloadGossipKeys reads the gossip keys from the command line and the
+// config file again and makes them the broker's keyring: the first key
+// encrypts, every key listed decrypts, keys no longer listed are removed.
+// Settings that do not load, or that would turn encryption on or off (a
+// restart does that), change nothing and are logged.
+func reloadGossipKeys(b *broker.Broker, log *slog.Logger, args []string) {
+	running := b.ListGossipKeys() != nil
+	st, err := parseSettings(args, io.Discard)
+	switch {
+	case err != nil:
+		if running {
+			log.Error("gossip keys not reloaded; the keys in force stay", "err", err)
+		}
+		return
+	}
+	cfg := st.cfg
+	switch {
+	case len(cfg.GossipKey) == 0 && !running:
+		return // no encryption before or after: nothing to say
+	case len(cfg.GossipKey) == 0:
+		log.Error("gossip keys not reloaded: the settings give no gossip key; gossip stays encrypted with the keys in force (turning encryption off needs a restart)")
+		return
+	case !running:
+		log.Error("gossip keys not reloaded: this broker started without a gossip key; restart every broker with the key to encrypt gossip")
+		return
+	}
+	keys := append([][]byte{cfg.GossipKey}, cfg.GossipKeys...)
+	changed, err := b.SetGossipKeys(keys)
+	if err != nil {
+		log.Error("gossip keys not reloaded; the keys in force stay", "err", err)
+		return
+	}
+	var fps []string
+	for _, k := range b.ListGossipKeys() {
+		fps = append(fps, broker.GossipKeyFingerprint(k))
+	}
+	if !changed {
+		log.Info("gossip keys reloaded: nothing changed", "keys", fps)
+		return
+	}
+	log.Info("gossip keys reloaded", "primary", fps[0], "keys", fps)
 }
 
 // applyModeFile sets every table mode of the -modes file as a broker

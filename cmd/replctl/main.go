@@ -35,6 +35,11 @@
 //	                            -admin NAME, -operator NAME or -broker NAME
 //	                            (-ca-dir, -dir, -name, -days, -ip, -dns,
 //	                            -force)
+//	gossip keys [list | add KEY | use KEY | remove KEY]
+//	                            list (by fingerprint) or change the gossip
+//	                            encryption keys of every broker in -broker
+//	                            (KEY: base64; -token or -token-file: the
+//	                            broker's token)
 //
 // Flags may come before or after the command and among its arguments; "--"
 // ends them (for a KEY that begins with "-"):
@@ -65,7 +70,7 @@
 // renders it (the same document as replbroker's /api/status); the other
 // commands print the structs documented in this package (tableRow,
 // consumerRow, getResult, keysResult, changeLine one per line for tail,
-// verifyReport, modeResult, tlsResult). Every key is snake_case. Keys and values
+// verifyReport, modeResult, tlsResult, gossipKeysResult). Every key is snake_case. Keys and values
 // appear as "key" / "value" when they are valid UTF-8, always as "key_hex"
 // / "value_hex", and a value that is msgpack (a typed table's) also as
 // "value_msgpack", decoded to JSON.
@@ -177,6 +182,7 @@ func init() {
 		{"verify", "SERVICE/TABLE", "compare digests of the owner instances; check consumers' positions", (*cli).verify},
 		{"mode", "set SERVICE/TABLE MODE | list", "set (push, pull, auto, clear) or list the broker's mode overrides", (*cli).mode},
 		{"tls", "ca create | cert create", "write a development CA, or a certificate with a replmesh identity", (*cli).tls},
+		{"gossip", "keys [list|add|use|remove KEY]", "list or change the brokers' gossip keys (rotation)", (*cli).gossip},
 	}
 }
 
