@@ -323,8 +323,17 @@ func loadModeFile(path string) (*modeFile, error) {
 // parseArgsModes is parseArgs that also returns the -modes file, loaded
 // (nil without -modes).
 func parseArgsModes(args []string, stderr io.Writer) (broker.Config, string, *slog.Logger, *modeFile, error) {
+	return parseArgsWith(args, stderr, nil)
+}
+
+// parseArgsWith is parseArgsModes where more, when not nil, first declares
+// more flags on the flag set (the HTTP server's, httpauth.go).
+func parseArgsWith(args []string, stderr io.Writer, more func(*flag.FlagSet)) (broker.Config, string, *slog.Logger, *modeFile, error) {
 	fs := flag.NewFlagSet("replbroker", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	if more != nil {
+		more(fs)
+	}
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: replbroker [flags]\n\n"+
 			"Runs one replmesh broker. With no flags it serves a one-node cluster on\n"+
