@@ -359,8 +359,17 @@ type settings struct {
 
 // parseSettings parses the command line and the config file it names.
 func parseSettings(args []string, stderr io.Writer) (*settings, error) {
+	return parseSettingsWith(args, stderr, nil)
+}
+
+// parseSettingsWith is parseSettings where more, when not nil, first
+// declares more flags on the flag set (the HTTP server's, httpauth.go).
+func parseSettingsWith(args []string, stderr io.Writer, more func(*flag.FlagSet)) (*settings, error) {
 	fs := flag.NewFlagSet("replbroker", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	if more != nil {
+		more(fs)
+	}
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: replbroker [flags]\n\n"+
 			"Runs one replmesh broker. With no flags it serves a one-node cluster on\n"+

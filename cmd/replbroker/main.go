@@ -12,6 +12,17 @@
 // of every subscription). The gRPC server also serves the standard health
 // service.
 //
+// HTTP is plaintext and unauthenticated by default, for loopback: an -http
+// address other hosts can reach is refused unless it is secured or
+// -http-insecure is given (then a WARN says so on every start). Secure it
+// with HTTPS and client certificates (-http-tls-cert, -http-tls-key,
+// -http-tls-ca: a client presents a certificate with an admin or operator
+// identity; another identity gets 403), with a bearer token
+// (-http-token-file: "Authorization: Bearer TOKEN", or the token as the
+// password of Basic authentication for a browser; otherwise 401), or both
+// (either proves the caller). The certificates and the token file are
+// re-read when they change.
+//
 // Configuration comes from flags and/or a YAML file (-config FILE; unknown
 // keys are an error naming the line; flags given on the command line win).
 // -print-config prints a commented file with every key.
@@ -97,11 +108,11 @@ func main() {
 // run starts the broker and serves until ctx is done, reloading the
 // -modes file on every value from reload.
 func run(ctx context.Context, args []string, stderr io.Writer, reload <-chan os.Signal) error {
-	st, err := parseSettings(args, stderr)
+	st, hs, err := parseSettingsHTTP(args, stderr)
 	if err != nil {
 		return err
 	}
-	cfg, httpAddr, log, modeFile := st.cfg, st.httpAddr, st.log, st.modes
+	cfg, log, modeFile := st.cfg, st.log, st.modes
 	st.warn()
 	startCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	b, err := broker.New(startCtx, cfg)
@@ -119,24 +130,19 @@ func run(ctx context.Context, args []string, stderr io.Writer, reload <-chan os.
 	var srv *http.Server
 	httpErr := make(chan error, 1)
 	boundHTTP := ""
-	if httpAddr != "" {
-		lis, err := net.Listen("tcp", httpAddr)
-		if err != nil {
-			b.Close()
-			return fmt.Errorf("http listen %s: %w", httpAddr, err)
-		}
-		boundHTTP = lis.Addr().String()
+	if hs.addr != "" {
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 		mux.Handle("/", b.StatusHandler()) // the status page at / and /api/status
-		srv = &http.Server{
-			Handler:           mux,
-			ReadHeaderTimeout: 10 * time.Second,
-			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		var lis net.Listener
+		if srv, lis, err = hs.listen(mux, log); err != nil {
+			b.Close()
+			return err
 		}
+		boundHTTP = lis.Addr().String()
 		go func() { httpErr <- srv.Serve(lis) }()
 	}
-	log.Info("replbroker serving", "name", b.Name(), "grpc", b.GRPCAddr(), "gossip", b.GossipAddr(), "http", boundHTTP,
+	log.Info("replbroker serving", "name", b.Name(), "grpc", b.GRPCAddr(), "gossip", b.GossipAddr(), "http", boundHTTP, "http_auth", hs.auth(),
 		"join", cfg.Join, "lease", cfg.Lease.String())
 
 serve:

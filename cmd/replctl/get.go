@@ -37,7 +37,7 @@ type getValue struct {
 func (c *cli) get(ctx context.Context, args []string) error {
 	fs := c.cmdFlags("get", "SERVICE/TABLE KEY...")
 	asHex := fs.Bool("hex", false, "print values (and keys) as hex, with no msgpack decoding")
-	raw := fs.Bool("raw", false, "no msgpack decoding: one key in text output writes the value's bytes as stored, nothing else (no escaping); several keys or -o json show raw hex, as -hex")
+	raw := fs.Bool("raw", false, "no msgpack decoding: one key in text output writes the value's bytes as stored, nothing else (escaped only when stdout is a terminal); several keys or -o json show raw hex, as -hex")
 	keyHex := fs.Bool("key-hex", false, "the KEY arguments are hex")
 	pos, err := c.parse(fs, args)
 	if err != nil {
@@ -107,7 +107,7 @@ func (c *cli) get(ctx context.Context, args []string) error {
 		}
 	case *raw:
 		if resp.Values[0].Found {
-			if _, err := c.stdout.Write(resp.Values[0].Value); err != nil {
+			if err := writeRaw(c.stdout, resp.Values[0].Value); err != nil {
 				return err
 			}
 		}

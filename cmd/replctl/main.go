@@ -223,7 +223,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return exitOK
 	}
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
-		fmt.Fprintln(stderr, "replctl: interrupted")
+		textf(stderr, "replctl: interrupted\n")
 		return exitError
 	}
 	code := exitError
@@ -235,7 +235,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	if err != nil {
 		textf(stderr, "replctl: %v\n", err)
 		if code == exitUsage {
-			fmt.Fprintln(stderr, "run 'replctl -h' for usage")
+			textf(stderr, "run 'replctl -h' for usage\n")
 		}
 	}
 	return code
@@ -288,11 +288,11 @@ func commandNames() string {
 
 func (c *cli) usage(fs *flag.FlagSet) {
 	w := c.stderr
-	fmt.Fprintf(w, "usage: replctl [flags] COMMAND [flags] [ARGS]\n\ncommands:\n")
+	textf(w, "usage: replctl [flags] COMMAND [flags] [ARGS]\n\ncommands:\n")
 	for _, cmd := range commands {
-		fmt.Fprintf(w, "  %-10s %-30s %s\n", cmd.name, cmd.args, cmd.summary)
+		textf(w, "  %-10s %-30s %s\n", cmd.name, cmd.args, cmd.summary)
 	}
-	fmt.Fprintf(w, "\nexit codes: 0 ok, 1 check failed, 2 usage error, 3 could not be carried out\n\nflags (before or after the command):\n")
+	textf(w, "\nexit codes: 0 ok, 1 check failed, 2 usage error, 3 could not be carried out\n\nflags (before or after the command):\n")
 	fs.PrintDefaults()
 }
 

@@ -20,7 +20,7 @@ import (
 func (c *cli) cmdFlags(name, args string) *flag.FlagSet {
 	fs := c.flagSet("replctl " + name)
 	fs.Usage = func() {
-		fmt.Fprintf(c.stderr, "usage: replctl %s [flags] %s\n\nflags:\n", name, args)
+		textf(c.stderr, "usage: replctl %s [flags] %s\n\nflags:\n", name, args)
 		fs.PrintDefaults()
 	}
 	return fs
@@ -111,9 +111,12 @@ func printable(s string) bool {
 	return true
 }
 
-// textf writes a formatted line of text: the strings, errors and Stringers
-// among args go through escape first (the format itself is replctl's own).
-// It returns the write's error.
+// textf writes formatted text, and is with table, writeJSON,
+// writeJSONLine and writeRaw the only way replctl writes to its output
+// (TestOutput_OnePath keeps it so): every argument but numbers and
+// booleans goes through escape first, strings, errors, Stringers and
+// anything else (%v of a slice or struct) alike; the format itself is
+// replctl's own. It returns the write's error.
 func textf(w io.Writer, format string, args ...any) error {
 	safe := make([]any, len(args))
 	for i, a := range args {
@@ -124,11 +127,25 @@ func textf(w io.Writer, format string, args ...any) error {
 			safe[i] = escape(v.Error())
 		case fmt.Stringer:
 			safe[i] = escape(v.String())
-		default:
+		case int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64, float32, float64, bool:
 			safe[i] = a
+		default:
+			safe[i] = escape(fmt.Sprint(a))
 		}
 	}
 	_, err := fmt.Fprintf(w, format, safe...)
+	return err
+}
+
+// writeRaw writes b as it is, for get -raw, whose point is the stored
+// bytes (into a file or a pipe). On a terminal they are escaped as text is,
+// so that a value cannot drive it: redirect the output for the bytes
+// themselves.
+func writeRaw(w io.Writer, b []byte) error {
+	if isTerminal(w) {
+		return textf(w, "%s", string(b))
+	}
+	_, err := w.Write(b)
 	return err
 }
 

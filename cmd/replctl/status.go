@@ -39,7 +39,7 @@ func (c *cli) status(ctx context.Context, args []string) error {
 	}
 	t.flush()
 
-	fmt.Fprintln(w, "\nSERVICES")
+	textf(w, "\nSERVICES\n")
 	t = newTable(w, "SERVICE", "PRIMARY", "ADDR", "EPOCH", "STANDBYS")
 	for _, o := range st.Owners {
 		var sb []string
@@ -54,18 +54,18 @@ func (c *cli) status(ctx context.Context, args []string) error {
 	}
 	t.flush()
 
-	fmt.Fprintln(w, "\nINSTANCES")
+	textf(w, "\nINSTANCES\n")
 	t = newTable(w, "SERVICE", "INSTANCE", "ADDR", "ROLE", "BROKER", "LAST SEEN")
 	for _, in := range st.Instances {
 		t.row(in.Service, in.Instance, in.Addr, in.Role, in.Broker, age(now, in.LastSeenMs))
 	}
 	t.flush()
 
-	fmt.Fprintln(w, "\nTABLES")
+	textf(w, "\nTABLES\n")
 	printTables(w, tableRows(st))
 
 	if len(st.Overrides) > 0 {
-		fmt.Fprintln(w, "\nMODE OVERRIDES")
+		textf(w, "\nMODE OVERRIDES\n")
 		printOverrides(w, st.Overrides)
 	}
 	return nil
@@ -282,9 +282,9 @@ func (c *cli) modeSet(ctx context.Context, args []string) error {
 		return writeJSON(c.stdout, modeResult{Service: service, Table: table, Mode: mode, Revision: res.Revision})
 	}
 	if mode == "" {
-		fmt.Fprintf(c.stdout, "mode override of %s/%s cleared (registry revision %d)\n", service, table, res.Revision)
+		textf(c.stdout, "mode override of %s/%s cleared (registry revision %d)\n", service, table, res.Revision)
 	} else {
-		fmt.Fprintf(c.stdout, "mode of %s/%s set to %s (registry revision %d)\n", service, table, mode, res.Revision)
+		textf(c.stdout, "mode of %s/%s set to %s (registry revision %d)\n", service, table, mode, res.Revision)
 	}
 	return nil
 }

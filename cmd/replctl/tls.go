@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/x509"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"flag"
@@ -220,9 +219,7 @@ func splitList(s string) []string {
 
 func (c *cli) printTLS(r tlsResult, what string) error {
 	if c.output == "json" {
-		enc := json.NewEncoder(c.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(r)
+		return writeJSON(c.stdout, r)
 	}
 	textf(c.stdout, "wrote %s and %s: %s, valid until %s\n", r.CertFile, r.KeyFile, what, r.NotAfter.UTC().Format(time.RFC3339))
 	return nil

@@ -273,9 +273,9 @@ func printVerify(w io.Writer, rep *verifyReport) {
 	}
 	t.flush()
 	if rep.OK {
-		fmt.Fprintf(w, "OK: every owner instance holds the primary's table\n")
+		textf(w, "OK: every owner instance holds the primary's table\n")
 	} else {
-		fmt.Fprintf(w, "FAILED\n")
+		textf(w, "FAILED\n")
 	}
 }
 
@@ -331,7 +331,7 @@ func (p *progress) draw() {
 	if n := p.lastLen - len(line); n > 0 {
 		pad = strings.Repeat(" ", n)
 	}
-	fmt.Fprintf(p.w, "\r%s%s", line, pad)
+	textf(p.w, "\r%s%s", line, pad)
 	p.lastLen = len(line)
 }
 
@@ -344,6 +344,6 @@ func (p *progress) end() {
 	<-p.done
 	p.draw()
 	p.mu.Lock()
-	fmt.Fprintf(p.w, "\r%s\r", strings.Repeat(" ", p.lastLen))
+	textf(p.w, "\r%s\r", strings.Repeat(" ", p.lastLen))
 	p.mu.Unlock()
 }

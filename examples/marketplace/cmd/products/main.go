@@ -105,7 +105,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		log.Info("stopped")
 	}()
 	h := &handler{s: s, log: log}
-	return svc.Serve(ctx, log, f.HTTP, h.mux(svc.MetricsHandler(svc.Registry(s.Component()))), func(addr string) {
+	return f.Serve(ctx, log, h.mux(svc.MetricsHandler(svc.Registry(s.Component()))), func(addr string) {
 		log.Info("products serving", "http", addr, "addr", s.Component().Addr(), "brokers", cfg.Brokers, "data_dir", cfg.DataDir, "modes", f.Modes)
 	})
 }

@@ -97,7 +97,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		log.Info("stopped")
 	}()
 	h := &handler{s: s, log: log, syncTimeout: cfg.SyncTimeout}
-	return svc.Serve(ctx, log, f.HTTP, h.mux(svc.MetricsHandler(svc.Registry(s.Component()))), func(addr string) {
+	return f.Serve(ctx, log, h.mux(svc.MetricsHandler(svc.Registry(s.Component()))), func(addr string) {
 		log.Info("stores serving", "http", addr, "addr", s.Addr(), "brokers", cfg.Brokers, "data_dir", cfg.DataDir,
 			"min_sync_standbys", cfg.MinSyncStandbys, "modes", f.Modes)
 	})

@@ -24,6 +24,7 @@ import (
 	"github.com/replmesh/replmesh/broker"
 	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/replica"
+	"github.com/replmesh/replmesh/transport"
 )
 
 // Flags are the flags every service binary takes.
@@ -39,6 +40,12 @@ type Flags struct {
 	Durability      string
 	LogFormat       string
 	LogLevel        string
+	// HTTPTokenFile names a file holding the bearer token every HTTP
+	// request must carry (-http-token-file); "" serves HTTP open.
+	HTTPTokenFile string
+	// HTTPInsecure lets HTTP serve open on an address other hosts can
+	// reach (-http-insecure).
+	HTTPInsecure bool
 }
 
 // Register declares the common flags on fs with the given defaults for
@@ -56,6 +63,8 @@ func Register(fs *flag.FlagSet, instance, httpAddr string) *Flags {
 	fs.StringVar(&f.Durability, "durability", "sync", "write durability: sync (fsync before a write returns) or async")
 	fs.StringVar(&f.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "log `level`: debug, info, warn, error")
+	fs.StringVar(&f.HTTPTokenFile, "http-token-file", "", "`file` holding a bearer token every HTTP request (the API and /metrics) must carry: Authorization: Bearer TOKEN; re-read when it changes")
+	fs.BoolVar(&f.HTTPInsecure, "http-insecure", false, "serve HTTP without a token on an address other hosts can reach (refused otherwise)")
 	return f
 }
 
@@ -172,14 +181,42 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d)
 
 // Serve serves h on addr until ctx is done, then shuts the server down
 // gracefully (bounded by ShutdownTimeout). ready is called with the bound
-// address once the listener is open.
+// address once the listener is open. It serves h open: Flags.Serve adds
+// the -http-token-file guard.
 func Serve(ctx context.Context, log *slog.Logger, addr string, h http.Handler, ready func(addr string)) error {
+	return serve(ctx, log, addr, nil, h, ready)
+}
+
+// Serve is Serve on the -http address, every request behind the
+// -http-token-file token when one is given (401 otherwise). Without a
+// token, an -http address other hosts can reach is refused unless
+// -http-insecure, which then warns.
+func (f *Flags) Serve(ctx context.Context, log *slog.Logger, h http.Handler, ready func(addr string)) error {
+	g := &transport.HTTPGuard{Realm: "replmesh"}
+	if f.HTTPTokenFile != "" {
+		tok, err := transport.LoadHTTPToken(f.HTTPTokenFile, 0, log)
+		if err != nil {
+			return err
+		}
+		g.Token = tok
+	}
+	if err := g.CheckBind(f.HTTP, f.HTTPInsecure); err != nil {
+		return fmt.Errorf("-http: %w (for HTTP: -http-token-file, or -http-insecure)", err)
+	}
+	if !g.Secured() && len(transport.NonLoopback([]string{f.HTTP})) > 0 {
+		log.Warn("insecure mode: HTTP serves the API and /metrics without authentication on an address other hosts can reach (-http-insecure)", "http", f.HTTP)
+	}
+	return serve(ctx, log, f.HTTP, g, h, ready)
+}
+
+// serve is Serve with h behind g (nil: open).
+func serve(ctx context.Context, log *slog.Logger, addr string, g *transport.HTTPGuard, h http.Handler, ready func(addr string)) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("http listen %s: %w", addr, err)
 	}
 	srv := &http.Server{
-		Handler:           h,
+		Handler:           g.Handler(h),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
