@@ -39,6 +39,7 @@ type Flags struct {
 	Durability      string
 	LogFormat       string
 	LogLevel        string
+	Insecure        bool
 }
 
 // Register declares the common flags on fs with the given defaults for
@@ -56,6 +57,7 @@ func Register(fs *flag.FlagSet, instance, httpAddr string) *Flags {
 	fs.StringVar(&f.Durability, "durability", "sync", "write durability: sync (fsync before a write returns) or async")
 	fs.StringVar(&f.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "log `level`: debug, info, warn, error")
+	fs.BoolVar(&f.Insecure, "insecure", false, "allow plaintext replication on a non-loopback -listen or -brokers address (a trusted network only)")
 	return f
 }
 
@@ -94,6 +96,7 @@ func (f *Flags) Config(service string, log *slog.Logger) (replica.Config, error)
 		return cfg, errors.New("-brokers: at least one broker address is needed")
 	}
 	cfg.Owner = true
+	cfg.Insecure = f.Insecure
 	cfg.MinSyncStandbys = f.MinSyncStandbys
 	cfg.SyncTimeout = f.SyncTimeout
 	switch f.Durability {
