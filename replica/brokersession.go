@@ -197,7 +197,7 @@ func cmpString(a, b string) int {
 func (c *Component) brokerSession(addr string, opened func()) (progressed bool, err error) {
 	ctx, cancel := context.WithCancel(c.ctx)
 	defer cancel()
-	conn, err := c.conn(addr)
+	conn, err := c.conn(brokerPeer(addr))
 	if err != nil {
 		return false, err
 	}

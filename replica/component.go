@@ -14,6 +14,7 @@ import (
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
 	"github.com/replmesh/replmesh/internal/diskguard"
+	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/transport"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health/grpc_health_v1"
@@ -48,7 +49,7 @@ type Component struct {
 	closed   bool
 	owned    map[string]*OwnedTable
 	replicas map[string]*Replica
-	conns    map[string]*grpc.ClientConn
+	conns    map[peerKind]*grpc.ClientConn
 	// Broker state: the last topology, this instance's role, and the
 	// followers that keep a standby's tables in step with the primary.
 	topo       *transport.Topology
@@ -68,6 +69,13 @@ type Component struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	// guard counts refused calls, limits hit and protocol errors, and the
+	// subscriptions of each caller (see authz.go).
+	guard ownerGuard
+	// policy is the access policy in force (Config.AccessPolicy, then
+	// ReloadAccessPolicy).
+	policy atomic.Pointer[modes.AccessPolicy]
 
 	hooks hooks // test knobs, set before any Subscribe
 }
@@ -154,6 +162,9 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	log = log.With("service", cfg.Service, "instance", cfg.Instance)
+	if err := checkSecurity(&cfg, log); err != nil {
+		return nil, fmt.Errorf("open component: %w", err)
+	}
 
 	opts := badger.DefaultOptions(cfg.DataDir).
 		WithInMemory(cfg.DataDir == "").
@@ -203,7 +214,7 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 		writes:     make(chan *pendingWrite, 1024),
 		commitDone: make(chan struct{}),
 		dropKick:   make(chan struct{}, 1),
-		conns:      map[string]*grpc.ClientConn{},
+		conns:      map[peerKind]*grpc.ClientConn{},
 		followers:  map[string]*Replica{},
 		lease:      primaryLease{origin: time.Now()},
 		brokerKick: make(chan struct{}, 1),
@@ -214,6 +225,7 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 
 		storedEpoch: epoch,
 	}
+	c.policy.Store(cfg.AccessPolicy)
 	if disk != nil {
 		disk.OnRecover = c.kickDropper // a drop refused for lack of space goes on
 		disk.Refresh()                 // preallocate the logs badger just opened
@@ -227,7 +239,10 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 			}
 		}
 		c.ln = ln
-		c.server = transport.NewServer(cfg.Transport)
+		c.server = transport.NewServer(c.serverOptions(), grpc.StatsHandler(&connStreams{
+			max: cfg.MaxConcurrentStreams,
+			hit: func() { c.guard.refusals.add(limitConnStreams) },
+		}))
 		transport.RegisterReplicationServer(c.server, &replicationServer{c: c})
 		c.server.Health.SetServingStatus("", grpc_health_v1.HealthCheckResponse_SERVING)
 		c.server.Health.SetServingStatus(transport.ReplicationServiceName, grpc_health_v1.HealthCheckResponse_SERVING)

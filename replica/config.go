@@ -76,7 +76,36 @@ type Config struct {
 	// Entries are keyed "SERVICE/TABLE". Reload with Component.ReloadModes.
 	Modes *modes.Config
 	// Transport: message size limit and TLS for both serving and dialing.
+	// Transport.TLS is a fixed TLS configuration without identities (no
+	// caller is authorized by its certificate); Config.TLS is the
+	// production mode. Give one or the other.
 	Transport transport.Options
+
+	// TLS, when set, runs every link of the component on mTLS with
+	// identities, from one source for the server and every dial (its
+	// certificates and CA bundle rotate from disk, see transport.TLSSource):
+	// the certificate must carry this instance's identity (Service and
+	// Instance; Open refuses another), the owners it dials must present an
+	// identity of the service they own, the brokers a broker identity, and
+	// every caller of the owned tables is authorized by its certificate
+	// (see authz.go): default deny.
+	TLS *transport.TLSSource
+	// AccessPolicy says which services may read which owned tables, in
+	// addition to the table's own TableOptions.AllowServices and to this
+	// service itself (the same policy file the brokers use; nil: none).
+	// Reload with Component.ReloadAccessPolicy.
+	AccessPolicy *modes.AccessPolicy
+	// Insecure lets the component listen on or dial an address other
+	// hosts can reach without TLS (a trusted network only); it is said at
+	// WARN on every Open. Without it such a component does not open.
+	Insecure bool
+	// MaxConcurrentStreams bounds the streams one client connection may
+	// have open on the replication server at once (a client past it waits).
+	MaxConcurrentStreams uint32
+	// MaxCallerSubscriptions bounds the Subscribe streams one caller may
+	// have open on this owner at once: one identity with TLS, one claimed
+	// service without. A stream past it is refused (ResourceExhausted).
+	MaxCallerSubscriptions int
 
 	// MaxGroupChanges and MaxGroupBytes bound one group commit.
 	MaxGroupChanges int
@@ -123,6 +152,17 @@ type Config struct {
 // file's entry overrides Config.Retention field by field.
 type Retention = modes.Retention
 
+// Defaults of the limits a hostile peer meets (see Config).
+const (
+	// DefaultMaxConcurrentStreams is Config.MaxConcurrentStreams' default:
+	// a component opens one stream per subscribed table on its connection
+	// to an owner, plus its reads.
+	DefaultMaxConcurrentStreams = 256
+	// DefaultMaxCallerSubscriptions is Config.MaxCallerSubscriptions'
+	// default.
+	DefaultMaxCallerSubscriptions = 256
+)
+
 // DefaultConfig returns a config with production defaults; Service and
 // Instance must still be set.
 func DefaultConfig() Config {
@@ -143,6 +183,9 @@ func DefaultConfig() Config {
 		ReconnectMax:    time.Second,
 		MemTableSize:    32 << 20,
 		BlockCacheSize:  32 << 20,
+
+		MaxConcurrentStreams:   DefaultMaxConcurrentStreams,
+		MaxCallerSubscriptions: DefaultMaxCallerSubscriptions,
 	}
 }
 
@@ -196,6 +239,8 @@ func (c *Config) Validate() error {
 		{"Config.ReconnectMin", c.ReconnectMin <= 0},
 		{"Config.ReconnectMax", c.ReconnectMax < c.ReconnectMin},
 		{"Config.MemTableSize", c.MemTableSize < 1<<20},
+		{"Config.MaxConcurrentStreams", c.MaxConcurrentStreams == 0},
+		{"Config.MaxCallerSubscriptions", c.MaxCallerSubscriptions <= 0},
 		{"Config.BlockCacheSize", c.BlockCacheSize < 0},
 	}
 	for _, ch := range checks {
@@ -213,6 +258,9 @@ func (c *Config) Validate() error {
 		if err := c.Modes.Validate(); err != nil {
 			return fmt.Errorf("%w: Config.Modes: %v", ErrInvalid, err)
 		}
+	}
+	if c.TLS != nil && c.Transport.TLS != nil {
+		return fmt.Errorf("%w: Config.TLS and Config.Transport.TLS: give one (Config.TLS: mTLS with identities)", ErrInvalid)
 	}
 	if c.MaxApplyBytes > c.Transport.ChunkBudget() {
 		return fmt.Errorf("%w: Config.MaxApplyBytes (%d) must fit in one message chunk (%d)", ErrInvalid, c.MaxApplyBytes, c.Transport.ChunkBudget())

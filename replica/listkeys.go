@@ -20,7 +20,7 @@ func (s *replicationServer) Keys(ctx context.Context, req *transport.KeysRequest
 	if err != nil {
 		return nil, err
 	}
-	t, err := s.readableTable(req.Table, req.Service)
+	t, err := s.readableTable(ctx, callKeys, req.Table, req.Service)
 	if err != nil {
 		return nil, err
 	}
@@ -69,14 +69,18 @@ func (s *replicationServer) Keys(ctx context.Context, req *transport.KeysRequest
 	return out, nil
 }
 
-// readableTable returns the owned table named table if service may read
-// it (the access check of every unary read).
-func (s *replicationServer) readableTable(table, service string) (*OwnedTable, error) {
+// readableTable returns the owned table named table if the caller of ctx,
+// naming service, may read it (the access check of every unary read; see
+// authz.go).
+func (s *replicationServer) readableTable(ctx context.Context, call, table, service string) (*OwnedTable, error) {
 	t, err := s.c.ownedTable(table)
 	if err != nil {
 		return nil, err
 	}
-	return t, t.allowed(service)
+	if _, err := s.c.authorize(ctx, call, t, service, "", false); err != nil {
+		return nil, err
+	}
+	return t, nil
 }
 
 // keysBudget is the key bytes one Keys page may carry: MaxKeysBytes, or

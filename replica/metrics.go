@@ -23,7 +23,12 @@ import (
 // replmesh_replica_mode_switches_total, replmesh_replica_diverged. With a
 // data dir: replmesh_disk_free_bytes, replmesh_disk_reserve_bytes,
 // replmesh_disk_full (1 while writes are refused for lack of space),
-// replmesh_disk_refused_total.
+// replmesh_disk_refused_total. The owner's guard (see authz.go):
+// replmesh_owner_denials_total (label call: subscribe, get, digest, keys),
+// replmesh_owner_limit_refusals_total (label limit: caller_subscriptions,
+// a stream refused by MaxCallerSubscriptions; conn_streams, a connection
+// that reached MaxConcurrentStreams), replmesh_owner_protocol_errors_total
+// (label error: ack_above_head).
 func (c *Component) Metrics() prometheus.Collector {
 	return &collector{c: c, d: newDescs(c.cfg.Service + "/" + c.cfg.Instance)}
 }
@@ -39,6 +44,7 @@ type descs struct {
 	snapRows, snapBytes, mode, switches, diverged                          *prometheus.Desc
 	xferRows, xferExpected, xferBytes, xferETA                             *prometheus.Desc
 	diskFree, diskReserve, diskFull, diskRefused                           *prometheus.Desc
+	denials, limitRefusals, protocolErrors                                 *prometheus.Desc
 }
 
 // newDescs builds the descriptors with a const label naming the component
@@ -76,6 +82,10 @@ func newDescs(component string) descs {
 		diskReserve:  d("replmesh_disk_reserve_bytes", "Free space below which writes are refused.", nil),
 		diskFull:     d("replmesh_disk_full", "1 while writes and applies are refused for lack of space.", nil),
 		diskRefused:  d("replmesh_disk_refused_total", "Writes, applies and transfer chunks refused for lack of space.", nil),
+
+		denials:        d("replmesh_owner_denials_total", "Calls on owned tables refused by authorization.", []string{"call"}),
+		limitRefusals:  d("replmesh_owner_limit_refusals_total", "Streams refused, or connections held back, by a limit.", []string{"limit"}),
+		protocolErrors: d("replmesh_owner_protocol_errors_total", "Streams ended for breaking the protocol.", []string{"error"}),
 	}
 }
 
@@ -84,7 +94,7 @@ func (x *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, desc := range []*prometheus.Desc{d.tableHead, d.tableFirst, d.tableEpoch, d.tablePrimary, d.seq, d.ownerHead, d.lag, d.stale,
 		d.applied, d.transfers, d.resumes, d.reconn, d.pulls, d.snapRows, d.snapBytes, d.mode, d.switches, d.diverged,
 		d.xferRows, d.xferExpected, d.xferBytes, d.xferETA,
-		d.diskFree, d.diskReserve, d.diskFull, d.diskRefused} {
+		d.diskFree, d.diskReserve, d.diskFull, d.diskRefused, d.denials, d.limitRefusals, d.protocolErrors} {
 		ch <- desc
 	}
 }
@@ -106,6 +116,12 @@ func (x *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter := func(desc *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, v, labels...)
+	}
+	for _, g := range []struct {
+		desc *prometheus.Desc
+		set  *counterSet
+	}{{d.denials, &c.guard.denials}, {d.limitRefusals, &c.guard.refusals}, {d.protocolErrors, &c.guard.protocol}} {
+		g.set.each(func(label string, n uint64) { counter(g.desc, float64(n), label) })
 	}
 	if ds := c.disk.Status(); ds.On {
 		full := 0.0

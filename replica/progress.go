@@ -143,4 +143,7 @@ type hooks struct {
 	rowsStaged func(*Replica)
 	// transferLogEvery overrides the progress log interval.
 	transferLogEvery time.Duration
+	// send runs in an owner's sending loop before (returned false) and
+	// after (returned true) each frame goes to the stream.
+	send func(s *sender, f *transport.OwnerFrame, returned bool)
 }

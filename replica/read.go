@@ -98,7 +98,7 @@ func (r *Replica) readLive(ctx context.Context, key []byte) ([]byte, bool, error
 	if err != nil {
 		return nil, false, err
 	}
-	conn, err := r.c.conn(addr)
+	conn, err := r.c.conn(ownerPeer(addr, r.opts.Service))
 	if err != nil {
 		return nil, false, err
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -30,6 +31,13 @@ type sender struct {
 	t      *OwnedTable
 	stream transport.SubscribeServer
 	open   *transport.Open
+	// standby: the stream of a standby of this service (authorize): its
+	// acks count toward MinSyncStandbys.
+	standby bool
+	// sent is the highest seq this stream may acknowledge: the position it
+	// resumed from, then the last seq sent (set before the frame goes out,
+	// read by the receiving goroutine).
+	sent atomic.Uint64
 	// mode is what the subscriber runs, Push or Pull: Open.Mode at first,
 	// then each Mode frame.
 	mode modes.Mode
@@ -48,6 +56,10 @@ type sender struct {
 
 func (s *sender) send(f *transport.OwnerFrame) error {
 	s.lastSend = time.Now()
+	if h := s.c.hooks.send; h != nil {
+		h(s, f, false)
+		defer h(s, f, true)
+	}
 	return s.stream.Send(f)
 }
 
@@ -64,6 +76,7 @@ func (s *sender) run() error {
 	}
 	next := o.Seq + 1
 	if resume {
+		s.sent.Store(o.Seq)
 		s.log.Info("subscriber resumes", "from", next, "head", meta.Head)
 	} else {
 		s.log.Info("subscriber needs full transfer", "consumer_log", o.LogID, "consumer_seq", o.Seq, "head", meta.Head)
@@ -73,7 +86,7 @@ func (s *sender) run() error {
 		}
 	}
 
-	standby := o.Standby && o.Service == s.c.cfg.Service
+	standby := s.standby
 	if standby {
 		s.t.sync.track(s)
 		defer s.t.sync.untrack(s)
@@ -93,6 +106,17 @@ func (s *sender) run() error {
 			}
 			switch f.Kind {
 			case transport.KindAck:
+				// A consumer acks what it applied, a standby what it holds:
+				// never past the head. An ack beyond it is a lie that
+				// would confirm writes no standby holds.
+				if sent := s.sent.Load(); f.Seq > sent {
+					err := fmt.Errorf("%w: ack of seq %d above the head %d of %s (sent to this stream up to %d)",
+						transport.ErrBadRequest, f.Seq, s.t.Head(), s.t.name, sent)
+					s.c.guard.protocol.add(errAckAboveHead)
+					s.c.log.Warn("protocol error: stream ended", "table", s.t.name, "consumer", s.open.Service+"/"+s.open.Instance, "err", err)
+					recvErr <- err
+					return
+				}
 				if standby {
 					s.t.sync.ack(s, f.Seq, s.c.cfg.MinSyncStandbys, s.c.lease.left() > 0)
 				}
@@ -165,6 +189,7 @@ func (s *sender) run() error {
 				s.buf = capChanges(s.buf, meta.Head)
 			}
 			if len(s.buf) > 0 {
+				s.sent.Store(s.buf[len(s.buf)-1].Seq)
 				if err := s.send(&transport.OwnerFrame{Kind: transport.KindChanges, HeadSeq: meta.Head, Epoch: meta.Epoch,
 					Rate: s.rate.Rate(), Changes: s.buf}); err != nil {
 					return err
@@ -296,6 +321,7 @@ func (s *sender) sendDelta(next uint64) (uint64, error) {
 		out[n-1].TxnEnd = true
 	}
 	slices.SortFunc(out, func(a, b transport.Change) int { return cmp.Compare(a.Seq, b.Seq) })
+	s.sent.Store(max(s.sent.Load(), to))
 	err := s.send(&transport.OwnerFrame{Kind: transport.KindDelta, Seq: to, HeadSeq: meta.Head, Epoch: meta.Epoch,
 		Rate: s.rate.Rate(), Changes: out})
 	return to + 1, err
@@ -333,6 +359,7 @@ func (s *sender) sendSnapshot() (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("snapshot of %s: count rows: %w", s.t.name, err)
 	}
+	s.sent.Store(m.Head)
 	if err := s.send(&transport.OwnerFrame{Kind: transport.KindSnapshotBegin, Seq: m.Head, HeadSeq: m.Head, Epoch: snapEpoch, Count: expected}); err != nil {
 		return 0, err
 	}

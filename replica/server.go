@@ -54,7 +54,8 @@ func (s *replicationServer) Subscribe(stream transport.SubscribeServer) error {
 	if err != nil {
 		return err
 	}
-	if err := t.allowed(open.Service); err != nil {
+	acc, err := s.c.authorize(stream.Context(), callSubscribe, t, open.Service, open.Instance, open.Standby)
+	if err != nil {
 		return err
 	}
 	if len(s.c.cfg.Brokers) > 0 && !t.writable.Load() {
@@ -62,14 +63,23 @@ func (s *replicationServer) Subscribe(stream transport.SubscribeServer) error {
 		// primary's may hold changes the new primary's history does not.
 		return t.checkWritable()
 	}
+	if n, ok := s.c.guard.enter(acc.key, s.c.cfg.MaxCallerSubscriptions); !ok {
+		s.c.guard.refusals.add(limitCallerSubscriptions)
+		err := fmt.Errorf("%w: subscribe %s: %s has %d subscriptions open on %s/%s, at most %d (Config.MaxCallerSubscriptions)",
+			transport.ErrTooLarge, t.name, acc.who, n, s.c.cfg.Service, s.c.cfg.Instance, s.c.cfg.MaxCallerSubscriptions)
+		s.c.log.Warn("subscription refused", "err", err)
+		return err
+	}
+	defer s.c.guard.leave(acc.key)
 	snd := &sender{
-		c:      s.c,
-		t:      t,
-		stream: stream,
-		open:   open,
-		mode:   mode,
-		log:    s.c.log.With("table", t.name, "consumer", open.Service+"/"+open.Instance),
-		rate:   modes.NewRateMeter(rateWindow),
+		c:       s.c,
+		t:       t,
+		stream:  stream,
+		open:    open,
+		mode:    mode,
+		standby: acc.standby,
+		log:     s.c.log.With("table", t.name, "consumer", open.Service+"/"+open.Instance),
+		rate:    modes.NewRateMeter(rateWindow),
 	}
 	return snd.run()
 }
@@ -92,7 +102,7 @@ func (s *replicationServer) Get(ctx context.Context, req *transport.GetRequest) 
 	if err := transport.CheckVersion(req.Version); err != nil {
 		return nil, err
 	}
-	t, err := s.readableTable(req.Table, req.Service)
+	t, err := s.readableTable(ctx, callGet, req.Table, req.Service)
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +151,7 @@ func (s *replicationServer) Digest(ctx context.Context, req *transport.DigestReq
 	if err := transport.CheckVersion(req.Version); err != nil {
 		return nil, err
 	}
-	t, err := s.readableTable(req.Table, req.Service)
+	t, err := s.readableTable(ctx, callDigest, req.Table, req.Service)
 	if err != nil {
 		return nil, err
 	}

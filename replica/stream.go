@@ -117,7 +117,7 @@ type ownerStream struct {
 // Start (transport.OpenSubscribe), taking the owner's head and table
 // default mode from it.
 func (r *Replica) openStream(ctx context.Context, cancel context.CancelFunc, addr string) (*ownerStream, *transport.Start, error) {
-	conn, err := r.c.conn(addr)
+	conn, err := r.c.conn(ownerPeer(addr, r.opts.Service))
 	if err != nil {
 		return nil, nil, err
 	}

@@ -73,9 +73,12 @@ type OwnedTable struct {
 // TableOptions configure an owned table.
 type TableOptions struct {
 	// AllowServices lists the services that may subscribe to the table and
-	// read it live; empty allows every service. The check uses the service
-	// name the consumer presents, so it is authoritative only together with
-	// mTLS (transport.Options.TLS) that binds names to certificates.
+	// read it live (Subscribe, Get, Digest, Keys), besides the owner's own
+	// service and those Config.AccessPolicy allows. With Config.TLS the
+	// check is on the caller's certificate identity and a table is read by
+	// nobody else (default deny); without, it is on the service name the
+	// caller presents, and an empty list with no access policy allows
+	// every service.
 	AllowServices []string
 	// Mode is the table's default replication mode (the lowest level of the
 	// precedence: subscription options and broker overrides win). Unset:
@@ -251,14 +254,6 @@ func (t *OwnedTable) measureLog(head uint64) (first uint64, size int64) {
 		return nil
 	})
 	return first, size
-}
-
-// allowed reports whether service may read the table.
-func (t *OwnedTable) allowed(service string) error {
-	if t.allow != nil && !t.allow[service] && service != t.c.cfg.Service {
-		return fmt.Errorf("%w: service %q may not read table %s", transport.ErrPermission, service, t.name)
-	}
-	return nil
 }
 
 // Name is the table's name.

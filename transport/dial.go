@@ -39,6 +39,12 @@ type Options struct {
 	MaxMessageSize int
 	// TLS enables TLS (mTLS when it carries client certificates / ClientCAs).
 	TLS *tls.Config
+	// MaxConcurrentStreams, when > 0, bounds the streams (calls in
+	// flight) one client connection may have open on a server made with
+	// NewServer; a client past it waits for a stream to end (gRPC's
+	// SETTINGS_MAX_CONCURRENT_STREAMS). 0: gRPC's default, unbounded.
+	// Dial ignores it.
+	MaxConcurrentStreams uint32
 	// DialOptions are appended to every Dial made with these options, after
 	// its own and before the caller's extra ones: interceptors (use
 	// grpc.WithChainStreamInterceptor / WithChainUnaryInterceptor so they
@@ -80,6 +86,9 @@ func NewServer(o Options, extra ...grpc.ServerOption) *Server {
 	}
 	if o.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(o.TLS)))
+	}
+	if o.MaxConcurrentStreams > 0 {
+		opts = append(opts, grpc.MaxConcurrentStreams(o.MaxConcurrentStreams))
 	}
 	s := grpc.NewServer(append(opts, extra...)...)
 	h := health.NewServer()

@@ -199,6 +199,9 @@ type cli struct {
 	tlsCert       string
 	tlsKey        string
 	tlsServerName string
+	// instance is the Instance replctl presents in a Subscribe (tail):
+	// its certificate's when it carries a service identity.
+	instance string
 
 	topts transport.Options
 	conns map[string]*conn
@@ -349,13 +352,19 @@ func (c *cli) parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	if c.service == "" {
 		return nil, usagef("-service must not be empty")
 	}
-	if err := c.setupTLS(); err != nil {
+	serviceGiven := false
+	fs.Visit(func(f *flag.Flag) { serviceGiven = serviceGiven || f.Name == "service" })
+	if err := c.setupTLS(serviceGiven); err != nil {
 		return nil, &exitErr{code: exitUsage, err: err}
 	}
 	return pos, nil
 }
 
-func (c *cli) setupTLS() error {
+// setupTLS builds the TLS options from the -tls flags. With a certificate
+// of a service identity, the service replctl presents to owners (get,
+// keys, tail, verify) is the certificate's: owners check the name against
+// it, so a -service naming another is a usage error.
+func (c *cli) setupTLS(serviceGiven bool) error {
 	if !c.useTLS && c.tlsCA == "" && c.tlsCert == "" && c.tlsKey == "" && c.tlsServerName == "" {
 		return nil
 	}
@@ -369,6 +378,12 @@ func (c *cli) setupTLS() error {
 			return fmt.Errorf("-tls-ca/-tls-cert/-tls-key: %w", err)
 		}
 		c.topts.TLS = src.ClientConfig(nil)
+		if id := src.Identity(); id.Role == transport.RoleService {
+			if serviceGiven && c.service != id.Service {
+				return fmt.Errorf("-service %q: the certificate %s is of service %q, the one owners accept", c.service, id, id.Service)
+			}
+			c.service, c.instance = id.Service, id.Instance
+		}
 		return nil
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.tlsServerName}

@@ -109,7 +109,7 @@ func (c *cli) tail(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	tl := &tailer{c: c, service: service, table: table, instance: fmt.Sprintf("replctl-%d", os.Getpid()),
+	tl := &tailer{c: c, service: service, table: table, instance: c.tailInstance(),
 		limit: *n, fromFlag: *from >= 0, asHex: *asHex || *raw, notices: isTerminal(c.stderr),
 		retry: retryNotice{every: noticeEvery}}
 
@@ -564,4 +564,14 @@ func isTerminal(w io.Writer) bool {
 	}
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// tailInstance is the Instance a tail presents in its Subscribe: the
+// certificate's with a service identity (owners check it), else one of
+// this process.
+func (c *cli) tailInstance() string {
+	if c.instance != "" {
+		return c.instance
+	}
+	return fmt.Sprintf("replctl-%d", os.Getpid())
 }

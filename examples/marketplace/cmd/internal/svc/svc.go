@@ -46,6 +46,9 @@ type Flags struct {
 	// HTTPInsecure lets HTTP serve open on an address other hosts can
 	// reach (-http-insecure).
 	HTTPInsecure bool
+	// Insecure allows plaintext replication on a non-loopback -listen or
+	// -brokers address (-insecure).
+	Insecure bool
 }
 
 // Register declares the common flags on fs with the given defaults for
@@ -65,6 +68,7 @@ func Register(fs *flag.FlagSet, instance, httpAddr string) *Flags {
 	fs.StringVar(&f.LogLevel, "log-level", "info", "log `level`: debug, info, warn, error")
 	fs.StringVar(&f.HTTPTokenFile, "http-token-file", "", "`file` holding a bearer token every HTTP request (the API and /metrics) must carry: Authorization: Bearer TOKEN; re-read when it changes")
 	fs.BoolVar(&f.HTTPInsecure, "http-insecure", false, "serve HTTP without a token on an address other hosts can reach (refused otherwise)")
+	fs.BoolVar(&f.Insecure, "insecure", false, "allow plaintext replication on a non-loopback -listen or -brokers address (a trusted network only)")
 	return f
 }
 
@@ -103,6 +107,7 @@ func (f *Flags) Config(service string, log *slog.Logger) (replica.Config, error)
 		return cfg, errors.New("-brokers: at least one broker address is needed")
 	}
 	cfg.Owner = true
+	cfg.Insecure = f.Insecure
 	cfg.MinSyncStandbys = f.MinSyncStandbys
 	cfg.SyncTimeout = f.SyncTimeout
 	switch f.Durability {
