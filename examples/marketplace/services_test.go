@@ -393,17 +393,20 @@ func TestServices(t *testing.T) {
 
 	t.Run("StandbyRefusesWrites", func(t *testing.T) {
 		for _, w := range []struct {
+			name         string
 			method, path string
 			body         any
 		}{
-			{"POST", "/stores", map[string]any{"id": "S2", "name": "Fans"}},
-			{"POST", "/stores/S1/managers", map[string]any{"user": "mallory"}},
-			{"DELETE", "/stores/S1/managers/alice", nil},
+			{"create store", "POST", "/stores", map[string]any{"id": "S2", "name": "Fans"}},
+			{"add manager", "POST", "/stores/S1/managers", map[string]any{"user": "mallory"}},
+			{"revoke manager", "DELETE", "/stores/S1/managers/alice", nil},
 		} {
-			a := expectCode(t, 503, w.method, s2.url()+w.path, w.body)
-			if e := a.str("error"); !strings.Contains(e, "not primary") || !strings.Contains(e, "stores-1") {
-				t.Errorf("%s %s on the standby: %q, want not primary naming stores-1", w.method, w.path, e)
-			}
+			t.Run(w.name, func(t *testing.T) {
+				a := expectCode(t, 503, w.method, s2.url()+w.path, w.body)
+				if e := a.str("error"); !strings.Contains(e, "not primary") || !strings.Contains(e, "stores-1") {
+					t.Errorf("%s %s on the standby: %q, want not primary naming stores-1", w.method, w.path, e)
+				}
+			})
 		}
 		// The standby's copy equals the primary's.
 		h1, h2 := call(t, "GET", s1.url()+"/status", nil), call(t, "GET", s2.url()+"/status", nil)
