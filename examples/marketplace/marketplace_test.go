@@ -21,8 +21,12 @@ import (
 	"go.uber.org/goleak"
 )
 
+// bins holds the service binaries TestServices builds; removed when the
+// tests end.
+var bins testutil.BinDir
+
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
+	bins.Main(m, "marketplace-test",
 		// badger's ristretto cache and glog-style flushers outlive DB.Close briefly.
 		goleak.IgnoreTopFunction("github.com/golang/glog.(*fileSink).flushDaemon"),
 		goleak.IgnoreAnyFunction("github.com/dgraph-io/ristretto/v2/z.(*AllocatorPool).freeupAllocators"),

@@ -27,25 +27,16 @@ import (
 // with -race too (services_race_test.go); the broker is not.
 var svcRaceBuild bool
 
-// serviceBinaries builds replbroker, stores and products into a temporary
-// directory of t and returns it.
+// serviceBinaries builds replbroker, stores and products once per test
+// run into a temporary directory (bins) and returns it.
 func serviceBinaries(t *testing.T) string {
 	t.Helper()
 	start := time.Now()
-	dir := t.TempDir() + string(filepath.Separator)
-	race := []string{}
+	services := []string{"./cmd/stores", "./cmd/products"}
 	if svcRaceBuild {
-		race = []string{"-race"}
+		services = append([]string{"-race"}, services...)
 	}
-	for _, args := range [][]string{
-		{"build", "-o", dir, "../../cmd/replbroker"},
-		append(append([]string{"build"}, race...), "-o", dir, "./cmd/stores", "./cmd/products"),
-	} {
-		out, err := exec.Command("go", args...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
+	dir := bins.Build(t, []string{"../../cmd/replbroker"}, services)
 	t.Logf("built replbroker, stores, products (race=%v) in %s", svcRaceBuild, time.Since(start).Round(time.Millisecond))
 	return dir
 }
