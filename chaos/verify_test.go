@@ -67,18 +67,21 @@ func TestCheckState(t *testing.T) {
 func TestCheckState_UnknownGroupIsAllOrNothing(t *testing.T) {
 	g := &op{id: 1, kind: opGroup, class: ClassUnknown, writes: []WriteOp{w("g/0/1/0", "g"), w("g/0/1/1", "g"), w("g/0/1/2", "g")}}
 	for _, tt := range []struct {
+		name string
 		rows map[string][]byte
 		want int
 	}{
-		{map[string][]byte{}, 0},
-		{map[string][]byte{"g/0/1/0": []byte("g"), "g/0/1/1": []byte("g"), "g/0/1/2": []byte("g")}, 0},
-		{map[string][]byte{"g/0/1/0": []byte("g")}, 1},
+		{"none of the group", map[string][]byte{}, 0},
+		{"all of the group", map[string][]byte{"g/0/1/0": []byte("g"), "g/0/1/1": []byte("g"), "g/0/1/2": []byte("g")}, 0},
+		{"part of the group", map[string][]byte{"g/0/1/0": []byte("g")}, 1},
 	} {
-		v := newViolations()
-		checkState(v, "test", []*op{g}, tt.rows, &truth{})
-		if got := v.counts[vAtomicity]; got != tt.want {
-			t.Errorf("rows %v: %d atomicity violations, want %d", tt.rows, got, tt.want)
-		}
+		t.Run(tt.name, func(t *testing.T) {
+			v := newViolations()
+			checkState(v, "test", []*op{g}, tt.rows, &truth{})
+			if got := v.counts[vAtomicity]; got != tt.want {
+				t.Errorf("rows %v: %d atomicity violations, want %d", tt.rows, got, tt.want)
+			}
+		})
 	}
 }
 

@@ -69,12 +69,14 @@ func TestMode_StringAndValid(t *testing.T) {
 		{Mode(9), "mode(9)", false},
 	}
 	for _, tt := range tests {
-		if got := tt.m.String(); got != tt.str {
-			t.Errorf("Mode(%d).String() = %q, want %q", uint8(tt.m), got, tt.str)
-		}
-		if got := tt.m.Valid(); got != tt.valid {
-			t.Errorf("Mode(%d).Valid() = %v, want %v", uint8(tt.m), got, tt.valid)
-		}
+		t.Run(tt.str, func(t *testing.T) {
+			if got := tt.m.String(); got != tt.str {
+				t.Errorf("Mode(%d).String() = %q, want %q", uint8(tt.m), got, tt.str)
+			}
+			if got := tt.m.Valid(); got != tt.valid {
+				t.Errorf("Mode(%d).Valid() = %v, want %v", uint8(tt.m), got, tt.valid)
+			}
+		})
 	}
 	if Unset != 0 {
 		t.Errorf("the zero Mode must be Unset")

@@ -32,15 +32,25 @@ func TestCodec_UnmarshalSplitBuffers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, cut := range []int{1, len(b) / 2, len(b) - 1} {
-		data := mem.BufferSlice{mem.SliceBuffer(b[:cut]), mem.SliceBuffer(b[cut:])}
-		got := new(OwnerFrame)
-		if err := (Codec{}).Unmarshal(data, got); err != nil {
-			t.Fatalf("cut at %d: %v", cut, err)
-		}
-		if !reflect.DeepEqual(got, want) {
-			t.Errorf("cut at %d:\n got %+v\nwant %+v", cut, got, want)
-		}
+	for _, tc := range []struct {
+		name string
+		cut  int
+	}{
+		{"after the first byte", 1},
+		{"in the middle", len(b) / 2},
+		{"before the last byte", len(b) - 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cut := tc.cut
+			data := mem.BufferSlice{mem.SliceBuffer(b[:cut]), mem.SliceBuffer(b[cut:])}
+			got := new(OwnerFrame)
+			if err := (Codec{}).Unmarshal(data, got); err != nil {
+				t.Fatalf("cut at %d: %v", cut, err)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("cut at %d:\n got %+v\nwant %+v", cut, got, want)
+			}
+		})
 	}
 }
 

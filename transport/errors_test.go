@@ -108,24 +108,34 @@ func TestStatusError_SentinelBeforeContext(t *testing.T) {
 }
 
 func TestStatusError_PlainErrorIsInternal(t *testing.T) {
-	for _, err := range []error{errors.New("disk on fire"), io.EOF, fmt.Errorf("read: %w", io.ErrUnexpectedEOF)} {
-		st := StatusError(err)
-		if got, want := status.Code(st), codes.Internal; got != want {
-			t.Errorf("StatusError(%v) code = %v, want %v", err, got, want)
-		}
-		if got, want := status.Convert(st).Message(), err.Error(); got != want {
-			t.Errorf("StatusError(%v) message = %q, want %q", err, got, want)
-		}
-		// Internal has no sentinel: FromStatus leaves the status error as it is.
-		back := FromStatus(st)
-		if back != st {
-			t.Errorf("FromStatus(%v) = %v, want the status error unchanged", st, back)
-		}
-		for _, ec := range errCodes {
-			if errors.Is(back, ec.err) {
-				t.Errorf("FromStatus(%v) wraps %v", st, ec.err)
+	for _, tc := range []struct {
+		name string
+		err  error
+	}{
+		{"plain", errors.New("disk on fire")},
+		{"io.EOF", io.EOF},
+		{"wrapped io.ErrUnexpectedEOF", fmt.Errorf("read: %w", io.ErrUnexpectedEOF)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.err
+			st := StatusError(err)
+			if got, want := status.Code(st), codes.Internal; got != want {
+				t.Errorf("StatusError(%v) code = %v, want %v", err, got, want)
 			}
-		}
+			if got, want := status.Convert(st).Message(), err.Error(); got != want {
+				t.Errorf("StatusError(%v) message = %q, want %q", err, got, want)
+			}
+			// Internal has no sentinel: FromStatus leaves the status error as it is.
+			back := FromStatus(st)
+			if back != st {
+				t.Errorf("FromStatus(%v) = %v, want the status error unchanged", st, back)
+			}
+			for _, ec := range errCodes {
+				if errors.Is(back, ec.err) {
+					t.Errorf("FromStatus(%v) wraps %v", st, ec.err)
+				}
+			}
+		})
 	}
 }
 

@@ -201,8 +201,10 @@ func (plainAuth) AuthType() string { return "insecure" }
 
 func TestRole_String(t *testing.T) {
 	for r, want := range map[Role]string{RoleService: "service", RoleAdmin: "admin", RoleOperator: "operator", RoleBroker: "broker", 0: "Role(0)"} {
-		if got := r.String(); got != want {
-			t.Errorf("Role(%d).String() = %q, want %q", uint8(r), got, want)
-		}
+		t.Run(want, func(t *testing.T) {
+			if got := r.String(); got != want {
+				t.Errorf("Role(%d).String() = %q, want %q", uint8(r), got, want)
+			}
+		})
 	}
 }

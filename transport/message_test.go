@@ -3,6 +3,7 @@ package transport
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math"
 	"reflect"
 	"strings"
@@ -224,23 +225,26 @@ func TestRoundTrip_OmitEmptyNormalisesToNil(t *testing.T) {
 
 func TestCheckVersion(t *testing.T) {
 	tests := []struct {
+		name    string
 		v       uint32
 		wantErr bool
 	}{
-		{0, true},
-		{MinProtocolVersion, false},
-		{ProtocolVersion, false},
-		{ProtocolVersion + 1, true},
-		{math.MaxUint32, true},
+		{"zero", 0, true},
+		{"oldest supported", MinProtocolVersion, false},
+		{"current", ProtocolVersion, false},
+		{"newer", ProtocolVersion + 1, true},
+		{"largest", math.MaxUint32, true},
 	}
 	for _, tt := range tests {
-		err := CheckVersion(tt.v)
-		if got := err != nil; got != tt.wantErr {
-			t.Errorf("CheckVersion(%d) = %v, want error: %v", tt.v, err, tt.wantErr)
-		}
-		if tt.wantErr && !errors.Is(err, ErrProtocolVersion) {
-			t.Errorf("CheckVersion(%d) = %v, want it to wrap ErrProtocolVersion", tt.v, err)
-		}
+		t.Run(tt.name, func(t *testing.T) {
+			err := CheckVersion(tt.v)
+			if got := err != nil; got != tt.wantErr {
+				t.Errorf("CheckVersion(%d) = %v, want error: %v", tt.v, err, tt.wantErr)
+			}
+			if tt.wantErr && !errors.Is(err, ErrProtocolVersion) {
+				t.Errorf("CheckVersion(%d) = %v, want it to wrap ErrProtocolVersion", tt.v, err)
+			}
+		})
 	}
 }
 
@@ -431,9 +435,11 @@ func TestFrameKind_String(t *testing.T) {
 		{255, "kind(255)"},
 	}
 	for _, tt := range tests {
-		if got := tt.k.String(); got != tt.want {
-			t.Errorf("FrameKind(%d).String() = %q, want %q", uint8(tt.k), got, tt.want)
-		}
+		t.Run(tt.want, func(t *testing.T) {
+			if got := tt.k.String(); got != tt.want {
+				t.Errorf("FrameKind(%d).String() = %q, want %q", uint8(tt.k), got, tt.want)
+			}
+		})
 	}
 }
 
@@ -442,15 +448,19 @@ func TestWireNumbers(t *testing.T) {
 	kinds := []FrameKind{KindInvalid, KindOpen, KindStart, KindSnapshotBegin, KindRows,
 		KindSnapshotEnd, KindChanges, KindHeartbeat, KindAck, KindPull, KindMode, KindDelta}
 	for i, k := range kinds {
-		if got, want := uint8(k), uint8(i); got != want {
-			t.Errorf("%v = %d, want %d", k, got, want)
-		}
+		t.Run("kind "+k.String(), func(t *testing.T) {
+			if got, want := uint8(k), uint8(i); got != want {
+				t.Errorf("%v = %d, want %d", k, got, want)
+			}
+		})
 	}
 	ops := []Op{OpInvalid, OpPut, OpDelete}
 	for i, o := range ops {
-		if got, want := uint8(o), uint8(i); got != want {
-			t.Errorf("%v = %d, want %d", o, got, want)
-		}
+		t.Run("op "+o.String(), func(t *testing.T) {
+			if got, want := uint8(o), uint8(i); got != want {
+				t.Errorf("%v = %d, want %d", o, got, want)
+			}
+		})
 	}
 }
 
@@ -465,9 +475,11 @@ func TestOp_String(t *testing.T) {
 		{9, "op(9)"},
 	}
 	for _, tt := range tests {
-		if got := tt.op.String(); got != tt.want {
-			t.Errorf("Op(%d).String() = %q, want %q", uint8(tt.op), got, tt.want)
-		}
+		t.Run(tt.want, func(t *testing.T) {
+			if got := tt.op.String(); got != tt.want {
+				t.Errorf("Op(%d).String() = %q, want %q", uint8(tt.op), got, tt.want)
+			}
+		})
 	}
 }
 
@@ -482,12 +494,14 @@ func TestSize(t *testing.T) {
 	}
 	// Size is an upper bound of the encoded size for small headers.
 	for _, c := range sampleChanges() {
-		b, err := Marshal(&c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(b) > c.Size() {
-			t.Errorf("change %d encodes to %d bytes, Size() = %d", c.Seq, len(b), c.Size())
-		}
+		t.Run(fmt.Sprintf("change %d", c.Seq), func(t *testing.T) {
+			b, err := Marshal(&c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(b) > c.Size() {
+				t.Errorf("change %d encodes to %d bytes, Size() = %d", c.Seq, len(b), c.Size())
+			}
+		})
 	}
 }

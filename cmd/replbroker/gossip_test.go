@@ -23,14 +23,7 @@ var (
 func b64(k []byte) string { return base64.StdEncoding.EncodeToString(k) }
 
 func TestParseArgs_GossipKeys(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, body string) string {
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
+	write := fileWriter(t)
 	keyFile := write("keys", b64(keyB)+"\n\n"+b64(keyA)+"\n")
 	tests := []struct {
 		name     string

@@ -123,9 +123,11 @@ func TestReplbroker_HTTPClientCertificates(t *testing.T) {
 	for _, path := range []string{"/", "/api/status", "/metrics"} {
 		t.Run(path, func(t *testing.T) {
 			for name, c := range map[string]*http.Client{"admin": admin, "operator": operator} {
-				if a := ask(t, c, base+path, ""); a.err != nil || a.code != http.StatusOK {
-					t.Errorf("%s: %d %v\n%s", name, a.code, a.err, a.body)
-				}
+				t.Run(name, func(t *testing.T) {
+					if a := ask(t, c, base+path, ""); a.err != nil || a.code != http.StatusOK {
+						t.Errorf("%s: %d %v\n%s", name, a.code, a.err, a.body)
+					}
+				})
 			}
 			if a := ask(t, service, base+path, ""); a.err != nil || a.code != http.StatusForbidden ||
 				!strings.Contains(a.body, "replmesh/stores/stores-1 is a service; this endpoint is for admin or operator") {
@@ -159,11 +161,18 @@ func TestReplbroker_HTTPToken(t *testing.T) {
 			if a := ask(t, http.DefaultClient, base+path, "Bearer "+testToken); a.err != nil || a.code != http.StatusOK {
 				t.Errorf("right token: %d %v\n%s", a.code, a.err, a.body)
 			}
-			for _, auth := range []string{"", "Bearer wrong-token-0123456789abcdef", "Basic " + testToken} {
-				a := ask(t, http.DefaultClient, base+path, auth)
-				if a.err != nil || a.code != http.StatusUnauthorized || !strings.Contains(a.www, `Bearer realm="replbroker"`) {
-					t.Errorf("auth %q: %d %v (WWW-Authenticate %q)\n%s", auth, a.code, a.err, a.www, a.body)
-				}
+			for _, tc := range []struct{ name, auth string }{
+				{"no token", ""},
+				{"wrong token", "Bearer wrong-token-0123456789abcdef"},
+				{"basic auth", "Basic " + testToken},
+			} {
+				t.Run(tc.name, func(t *testing.T) {
+					auth := tc.auth
+					a := ask(t, http.DefaultClient, base+path, auth)
+					if a.err != nil || a.code != http.StatusUnauthorized || !strings.Contains(a.www, `Bearer realm="replbroker"`) {
+						t.Errorf("auth %q: %d %v (WWW-Authenticate %q)\n%s", auth, a.code, a.err, a.www, a.body)
+					}
+				})
 			}
 		})
 	}

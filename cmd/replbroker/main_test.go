@@ -19,56 +19,24 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/replmesh/replmesh/broker"
+	"github.com/replmesh/replmesh/internal/testutil"
 	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/transport"
 )
 
-// binDir holds the binary built for the tests; removed when they end.
-var binDir string
+// bins holds the binary built for the tests; removed when they end.
+var bins testutil.BinDir
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "replbroker-test")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binDir = dir
-	code := m.Run()
-	os.RemoveAll(dir)
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
+func TestMain(m *testing.M) { bins.Main(m, "replbroker-test") }
 
 // binary builds replbroker once (per test run) into a temporary directory.
 func binary(t *testing.T) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		binPath = filepath.Join(binDir, "replbroker")
-		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
-		if err != nil {
-			buildErr = errors.New(string(out))
-		}
-	})
-	if buildErr != nil {
-		t.Fatalf("go build: %v", buildErr)
-	}
-	return binPath
+	return filepath.Join(bins.Build(t, []string{"."}), "replbroker")
 }
 
 // proc is a running replbroker.
@@ -341,15 +309,21 @@ func TestReplbroker_JoinsACluster(t *testing.T) {
 	a.stop(15 * time.Second)
 }
 
-func TestReplbroker_ConfigFile(t *testing.T) {
+// fileWriter returns a function that writes body to the file name in a
+// temporary directory of t and returns its path.
+func fileWriter(t *testing.T) func(name, body string) string {
 	dir := t.TempDir()
-	write := func(name, body string) string {
+	return func(name, body string) string {
 		path := filepath.Join(dir, name)
 		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		return path
 	}
+}
+
+func TestReplbroker_ConfigFile(t *testing.T) {
+	write := fileWriter(t)
 	t.Run("flags override the file", func(t *testing.T) {
 		cfg := write("ok.yaml", "name: fromfile\nlease: 7s\ntoken: s3cret\ngrpc_addr: 127.0.0.1:0\n")
 		p := start(t, local("fromflag", "-config", cfg)...)

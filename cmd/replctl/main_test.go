@@ -35,56 +35,26 @@ import (
 	"github.com/replmesh/replmesh/transport"
 )
 
-// binDir holds the binaries built for the tests; removed when they end.
-var binDir string
+// bins holds the binaries built for the tests; removed when they end.
+var bins testutil.BinDir
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "replctl-test")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binDir = dir
-	code := m.Run()
-	os.RemoveAll(dir)
-	if code == 0 {
-		if err := goleak.Find(goleak.IgnoreAnyFunction("github.com/dgraph-io/ristretto/v2/z.(*AllocatorPool).freeupAllocators")); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	bins.Main(m, "replctl-test", goleak.IgnoreAnyFunction("github.com/dgraph-io/ristretto/v2/z.(*AllocatorPool).freeupAllocators"))
 }
 
-var (
-	buildOnce sync.Once
-	buildErr  error
-	// raceBuild: the tests run under -race (race_test.go), and so does
-	// the replctl binary they build.
-	raceBuild bool
-)
+// raceBuild: the tests run under -race (race_test.go), and so does the
+// replctl binary they build.
+var raceBuild bool
 
 // binaries builds replctl and replbroker once per test run.
 func binaries(t *testing.T) (ctl, brk string) {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir := binDir + string(filepath.Separator)
-		builds := [][]string{{"build", "-o", dir, ".", "../replbroker"}}
-		if raceBuild {
-			builds = [][]string{{"build", "-o", dir, "../replbroker"}, {"build", "-race", "-o", dir, "."}}
-		}
-		for _, args := range builds {
-			out, err := exec.Command("go", args...).CombinedOutput()
-			if err != nil {
-				buildErr = fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
-				return
-			}
-		}
-	})
-	if buildErr != nil {
-		t.Fatalf("go build: %v", buildErr)
+	builds := [][]string{{".", "../replbroker"}}
+	if raceBuild {
+		builds = [][]string{{"../replbroker"}, {"-race", "."}}
 	}
-	return filepath.Join(binDir, "replctl"), filepath.Join(binDir, "replbroker")
+	dir := bins.Build(t, builds...)
+	return filepath.Join(dir, "replctl"), filepath.Join(dir, "replbroker")
 }
 
 // result is one finished replctl run.

@@ -259,26 +259,31 @@ func TestConsumers_TransferProgressAndRunningMode(t *testing.T) {
 
 func TestTransferProgressText(t *testing.T) {
 	for _, tc := range []struct {
+		name string
 		r    consumerRow
 		want string
 	}{
-		{consumerRow{State: "transferring", TransferRows: 120000, TransferExpected: 400000, TransferPercent: 30, TransferRate: 85300, TransferEtaMs: 3000},
+		{"known total, rate and ETA", consumerRow{State: "transferring", TransferRows: 120000, TransferExpected: 400000, TransferPercent: 30, TransferRate: 85300, TransferEtaMs: 3000},
 			"transferring 120000/400000 30% 85k rows/s ETA 3s"},
-		{consumerRow{State: "transferring", TransferRows: 0, TransferExpected: 10}, "transferring 0/10 0%"},
-		{consumerRow{State: "transferring", TransferRows: 5, TransferRate: 2_500_000, TransferEtaMs: 65_001}, "transferring 5 rows 2.5M rows/s ETA 1m6s"},
-		{consumerRow{State: "transferring", TransferRows: 5, TransferEtaMs: 10}, "transferring 5 rows ETA 1s"},
+		{"known total, nothing yet", consumerRow{State: "transferring", TransferRows: 0, TransferExpected: 10}, "transferring 0/10 0%"},
+		{"unknown total, rate and ETA", consumerRow{State: "transferring", TransferRows: 5, TransferRate: 2_500_000, TransferEtaMs: 65_001}, "transferring 5 rows 2.5M rows/s ETA 1m6s"},
+		{"unknown total, ETA only", consumerRow{State: "transferring", TransferRows: 5, TransferEtaMs: 10}, "transferring 5 rows ETA 1s"},
 	} {
-		if got := tc.r.progress(); got != tc.want {
-			t.Errorf("progress of %+v = %q, want %q", tc.r, got, tc.want)
-		}
+		t.Run("progress "+tc.name, func(t *testing.T) {
+			if got := tc.r.progress(); got != tc.want {
+				t.Errorf("progress of %+v = %q, want %q", tc.r, got, tc.want)
+			}
+		})
 	}
 	for _, tc := range []struct {
 		done, expected uint64
 		want           float64
 	}{{1, 3, 33.3}, {120000, 400000, 30}, {5, 0, 0}, {11, 10, 100}} {
-		if got := percent(tc.done, tc.expected); got != tc.want {
-			t.Errorf("percent(%d, %d) = %v, want %v", tc.done, tc.expected, got, tc.want)
-		}
+		t.Run(fmt.Sprintf("percent %d of %d", tc.done, tc.expected), func(t *testing.T) {
+			if got := percent(tc.done, tc.expected); got != tc.want {
+				t.Errorf("percent(%d, %d) = %v, want %v", tc.done, tc.expected, got, tc.want)
+			}
+		})
 	}
 }
 

@@ -122,12 +122,14 @@ func TestEscape(t *testing.T) {
 		{"nbsp\u00a0", `nbsp\u00a0`},
 		{`already \x1b escaped`, `already \x1b escaped`}, // printable: unchanged
 	} {
-		if got := escape(tc.in); got != tc.want {
-			t.Errorf("escape(%q) = %s, want %s", tc.in, got, tc.want)
-		}
-		if got := escape(escape(tc.in)); got != escape(tc.in) {
-			t.Errorf("escape is not idempotent on %q: %s", tc.in, got)
-		}
+		t.Run(tc.want, func(t *testing.T) { // the escaped form names the case printably
+			if got := escape(tc.in); got != tc.want {
+				t.Errorf("escape(%q) = %s, want %s", tc.in, got, tc.want)
+			}
+			if got := escape(escape(tc.in)); got != escape(tc.in) {
+				t.Errorf("escape is not idempotent on %q: %s", tc.in, got)
+			}
+		})
 	}
 }
 

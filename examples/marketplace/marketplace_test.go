@@ -21,8 +21,12 @@ import (
 	"go.uber.org/goleak"
 )
 
+// bins holds the service binaries TestServices builds; removed when the
+// tests end.
+var bins testutil.BinDir
+
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
+	bins.Main(m, "marketplace-test",
 		// badger's ristretto cache and glog-style flushers outlive DB.Close briefly.
 		goleak.IgnoreTopFunction("github.com/golang/glog.(*fileSink).flushDaemon"),
 		goleak.IgnoreAnyFunction("github.com/dgraph-io/ristretto/v2/z.(*AllocatorPool).freeupAllocators"),
@@ -328,10 +332,16 @@ func TestStores_Errors(t *testing.T) {
 	if _, err := s.CreateStore(ctx, "S1", "again"); !errors.Is(err, stores.ErrStoreExists) {
 		t.Fatalf("CreateStore twice: %v, want ErrStoreExists", err)
 	}
-	for _, id := range []string{"", "a/b", strings.Repeat("x", 129)} {
-		if _, err := s.CreateStore(ctx, id, "bad"); !errors.Is(err, stores.ErrInvalidID) {
-			t.Fatalf("CreateStore(%q): %v, want ErrInvalidID", id, err)
-		}
+	for _, tc := range []struct{ name, id string }{
+		{"empty", ""},
+		{"with a slash", "a/b"},
+		{"too long", strings.Repeat("x", 129)},
+	} {
+		t.Run("invalid id "+tc.name, func(t *testing.T) {
+			if _, err := s.CreateStore(ctx, tc.id, "bad"); !errors.Is(err, stores.ErrInvalidID) {
+				t.Fatalf("CreateStore(%q): %v, want ErrInvalidID", tc.id, err)
+			}
+		})
 	}
 	c, err := s.RevokeManager(ctx, "S1", "nobody")
 	if err != nil || c.Table != stores.TableManagers || c.Seq == 0 {

@@ -27,25 +27,16 @@ import (
 // with -race too (services_race_test.go); the broker is not.
 var svcRaceBuild bool
 
-// serviceBinaries builds replbroker, stores and products into a temporary
-// directory of t and returns it.
+// serviceBinaries builds replbroker, stores and products once per test
+// run into a temporary directory (bins) and returns it.
 func serviceBinaries(t *testing.T) string {
 	t.Helper()
 	start := time.Now()
-	dir := t.TempDir() + string(filepath.Separator)
-	race := []string{}
+	services := []string{"./cmd/stores", "./cmd/products"}
 	if svcRaceBuild {
-		race = []string{"-race"}
+		services = append([]string{"-race"}, services...)
 	}
-	for _, args := range [][]string{
-		{"build", "-o", dir, "../../cmd/replbroker"},
-		append(append([]string{"build"}, race...), "-o", dir, "./cmd/stores", "./cmd/products"),
-	} {
-		out, err := exec.Command("go", args...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
+	dir := bins.Build(t, []string{"../../cmd/replbroker"}, services)
 	t.Logf("built replbroker, stores, products (race=%v) in %s", svcRaceBuild, time.Since(start).Round(time.Millisecond))
 	return dir
 }
@@ -393,17 +384,20 @@ func TestServices(t *testing.T) {
 
 	t.Run("StandbyRefusesWrites", func(t *testing.T) {
 		for _, w := range []struct {
+			name         string
 			method, path string
 			body         any
 		}{
-			{"POST", "/stores", map[string]any{"id": "S2", "name": "Fans"}},
-			{"POST", "/stores/S1/managers", map[string]any{"user": "mallory"}},
-			{"DELETE", "/stores/S1/managers/alice", nil},
+			{"create store", "POST", "/stores", map[string]any{"id": "S2", "name": "Fans"}},
+			{"add manager", "POST", "/stores/S1/managers", map[string]any{"user": "mallory"}},
+			{"revoke manager", "DELETE", "/stores/S1/managers/alice", nil},
 		} {
-			a := expectCode(t, 503, w.method, s2.url()+w.path, w.body)
-			if e := a.str("error"); !strings.Contains(e, "not primary") || !strings.Contains(e, "stores-1") {
-				t.Errorf("%s %s on the standby: %q, want not primary naming stores-1", w.method, w.path, e)
-			}
+			t.Run(w.name, func(t *testing.T) {
+				a := expectCode(t, 503, w.method, s2.url()+w.path, w.body)
+				if e := a.str("error"); !strings.Contains(e, "not primary") || !strings.Contains(e, "stores-1") {
+					t.Errorf("%s %s on the standby: %q, want not primary naming stores-1", w.method, w.path, e)
+				}
+			})
 		}
 		// The standby's copy equals the primary's.
 		h1, h2 := call(t, "GET", s1.url()+"/status", nil), call(t, "GET", s2.url()+"/status", nil)

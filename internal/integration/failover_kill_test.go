@@ -298,8 +298,27 @@ func get[T any](c *foChild, f func() T) T { return testutil.Locked(c.Child, f) }
 type foHarness struct {
 	t       *testing.T
 	brokers []string
+	root    string // holds the instances' data directories, one per name
 	runs    map[string]int
 }
+
+// startFailover begins a failover test with real processes: it skips in
+// -short mode, starts three brokers, then instance a, and waits until a is
+// primary. It returns the harness, the brokers, a and a's epoch.
+func startFailover(t *testing.T) (*foHarness, []*broker.Broker, *foChild, uint64) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("runs child processes; skipped in -short mode")
+	}
+	bs := startBrokers(t, 3)
+	h := &foHarness{t: t, brokers: grpcAddrs(bs...), root: t.TempDir(), runs: map[string]int{}}
+	a := h.start("a", h.dir("a"))
+	h.waitFor(a, 60*time.Second, "a to become primary", func() bool { return a.role == transport.RolePrimary })
+	return h, bs, a, get(a, func() uint64 { return a.epoch })
+}
+
+// dir is the data directory of instance name, the same on every run of it.
+func (h *foHarness) dir(name string) string { return filepath.Join(h.root, name) }
 
 func (h *foHarness) start(name, dir string) *foChild {
 	h.t.Helper()
@@ -610,21 +629,11 @@ func maxSeq(acks []foAck) uint64 {
 // write after the failover would wait for the killed one's restart
 // (TestFailover_KillPrimaryWithStandbyBehind runs two).
 func TestFailover_KillPrimaryProcess(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs child processes; skipped in -short mode")
-	}
 	began := time.Now()
-	bs := startBrokers(t, 3)
-	root := t.TempDir()
-	h := &foHarness{t: t, brokers: grpcAddrs(bs...), runs: map[string]int{}}
-	dir := func(name string) string { return filepath.Join(root, name) }
-
 	// 1. a starts first and gets the primary lease; b and c become standbys.
-	a := h.start("a", dir("a"))
-	h.waitFor(a, 60*time.Second, "a to become primary", func() bool { return a.role == transport.RolePrimary })
-	epoch1 := get(a, func() uint64 { return a.epoch })
-	b := h.start("b", dir("b"))
-	c := h.start("c", dir("c"))
+	h, bs, a, epoch1 := startFailover(t)
+	b := h.start("b", h.dir("b"))
+	c := h.start("c", h.dir("c"))
 	for _, s := range []*foChild{b, c} {
 		h.waitFor(s, 60*time.Second, "it to become a standby", func() bool { return s.role == transport.RoleStandby && s.epoch == epoch1 })
 	}
@@ -677,7 +686,7 @@ func TestFailover_KillPrimaryProcess(t *testing.T) {
 
 	// 4. The killed instance restarts on its data dir: a standby, not a
 	// second primary.
-	a2 := h.restartAsStandby("a", dir("a"), nw, epoch2)
+	a2 := h.restartAsStandby("a", h.dir("a"), nw, epoch2)
 
 	// 5. More load on the new primary, then everything is compared.
 	h.verify(nw, []*foChild{other, a2}, fc, 200, epoch2, maxSeq(aAcks), aAcks)
@@ -700,19 +709,9 @@ func TestFailover_KillPrimaryProcess(t *testing.T) {
 // back as a standby whose unconfirmed changes are replaced by the new
 // primary's history; every acknowledged write survives.
 func TestFailover_KillPrimaryWithStandbyBehind(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs child processes; skipped in -short mode")
-	}
 	began := time.Now()
-	bs := startBrokers(t, 3)
-	root := t.TempDir()
-	h := &foHarness{t: t, brokers: grpcAddrs(bs...), runs: map[string]int{}}
-	dir := func(name string) string { return filepath.Join(root, name) }
-
-	a := h.start("a", dir("a"))
-	h.waitFor(a, 60*time.Second, "a to become primary", func() bool { return a.role == transport.RolePrimary })
-	epoch1 := get(a, func() uint64 { return a.epoch })
-	b := h.start("b", dir("b"))
+	h, bs, a, epoch1 := startFailover(t)
+	b := h.start("b", h.dir("b"))
 	h.waitFor(b, 60*time.Second, "b to become a standby", func() bool { return b.role == transport.RoleStandby && b.epoch == epoch1 })
 	fc := h.consumer()
 	h.steady(a, fc, 100, epoch1)
@@ -738,7 +737,7 @@ func TestFailover_KillPrimaryWithStandbyBehind(t *testing.T) {
 		frozen, head, len(aAcks), maxSeq(aAcks), consAtKill)
 
 	// The standby restarts first and is promoted with what it holds.
-	b2 := h.start("b", dir("b"))
+	b2 := h.start("b", h.dir("b"))
 	h.waitFor(b2, 30*time.Second, "b to be promoted", func() bool { return b2.role == transport.RolePrimary })
 	promo := get(b2, func() foRole { return b2.roles[len(b2.roles)-1] })
 	epoch2 := promo.epoch
@@ -758,7 +757,7 @@ func TestFailover_KillPrimaryWithStandbyBehind(t *testing.T) {
 
 	// The old primary restarts as a standby; its unconfirmed changes give
 	// way to the new primary's history, and the new primary takes writes.
-	a2 := h.restartAsStandby("a", dir("a"), b2, epoch2)
+	a2 := h.restartAsStandby("a", h.dir("a"), b2, epoch2)
 	h.verify(b2, []*foChild{a2}, fc, 100, epoch2, maxSeq(aAcks), aAcks)
 	h.quit(a2)
 	h.quit(b2)

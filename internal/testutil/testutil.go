@@ -2,9 +2,9 @@
 // share: a logger that writes to t.Log, condition polling with a deadline
 // (tests wait for conditions, never sleep), a context bounded by the
 // test, loopback addresses a process can come back on, a locked buffer for
-// logs and output, and Child: a child process (the test binary re-executed
+// logs and output, Child: a child process (the test binary re-executed
 // in a role, or any command) read line by line, waited on, signalled and
-// killed.
+// killed, and BinDir: the binaries a package's tests build once and run.
 package testutil
 
 import (

@@ -41,14 +41,9 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/replmesh/replmesh/examples/marketplace/cmd/internal/svc"
@@ -58,55 +53,25 @@ import (
 	"github.com/replmesh/replmesh/transport"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return
-		}
-		fmt.Fprintln(os.Stderr, "products:", err)
-		os.Exit(1)
-	}
-}
+func main() { svc.Main("products", run) }
 
 // waitForTimeout bounds the wait for a request's "wait_for" commit.
 const waitForTimeout = 5 * time.Second
 
 // run starts the instance and serves until ctx is done.
 func run(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("products", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	f := svc.Register(fs, "products-1", "127.0.0.1:8091")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments: %v", fs.Args())
-	}
-	log, err := f.Logger(stderr)
+	f, log, cfg, err := svc.Parse(products.ServiceName, "products-1", "127.0.0.1:8091", args, stderr)
 	if err != nil {
 		return err
 	}
-	cfg, err := f.Config(products.ServiceName, log)
-	if err != nil {
-		return err
+	open := func(ctx context.Context) (*products.Service, error) {
+		return products.Open(ctx, cfg, products.Options{}) // no address: the brokers say where stores is
 	}
-	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	s, err := products.Open(octx, cfg, products.Options{}) // no address: the brokers say where stores is
-	cancel()
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err := s.Close(); err != nil {
-			log.Error("close", "err", err)
-		}
-		log.Info("stopped")
-	}()
-	h := &handler{s: s, log: log}
-	return f.Serve(ctx, log, h.mux(svc.MetricsHandler(svc.Registry(s.Component()))), func(addr string) {
-		log.Info("products serving", "http", addr, "addr", s.Component().Addr(), "brokers", cfg.Brokers, "data_dir", cfg.DataDir, "modes", f.Modes)
+	return svc.Run(ctx, log, open, func(s *products.Service) error {
+		h := &handler{s: s, log: log}
+		return f.Serve(ctx, log, h.mux(svc.MetricsHandler(svc.Registry(s.Component()))), func(addr string) {
+			log.Info("products serving", "http", addr, "addr", s.Component().Addr(), "brokers", cfg.Brokers, "data_dir", cfg.DataDir, "modes", f.Modes)
+		})
 	})
 }
 

@@ -37,14 +37,10 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/replmesh/replmesh/examples/marketplace/cmd/internal/svc"
@@ -53,53 +49,21 @@ import (
 	"github.com/replmesh/replmesh/transport"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return
-		}
-		fmt.Fprintln(os.Stderr, "stores:", err)
-		os.Exit(1)
-	}
-}
+func main() { svc.Main("stores", run) }
 
 // run starts the instance and serves until ctx is done.
 func run(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("stores", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	f := svc.Register(fs, "stores-1", "127.0.0.1:8081")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments: %v", fs.Args())
-	}
-	log, err := f.Logger(stderr)
+	f, log, cfg, err := svc.Parse(stores.ServiceName, "stores-1", "127.0.0.1:8081", args, stderr)
 	if err != nil {
 		return err
 	}
-	cfg, err := f.Config(stores.ServiceName, log)
-	if err != nil {
-		return err
-	}
-	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	s, err := stores.Open(octx, cfg)
-	cancel()
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err := s.Close(); err != nil {
-			log.Error("close", "err", err)
-		}
-		log.Info("stopped")
-	}()
-	h := &handler{s: s, log: log, syncTimeout: cfg.SyncTimeout}
-	return f.Serve(ctx, log, h.mux(svc.MetricsHandler(svc.Registry(s.Component()))), func(addr string) {
-		log.Info("stores serving", "http", addr, "addr", s.Addr(), "brokers", cfg.Brokers, "data_dir", cfg.DataDir,
-			"min_sync_standbys", cfg.MinSyncStandbys, "modes", f.Modes)
+	open := func(ctx context.Context) (*stores.Service, error) { return stores.Open(ctx, cfg) }
+	return svc.Run(ctx, log, open, func(s *stores.Service) error {
+		h := &handler{s: s, log: log, syncTimeout: cfg.SyncTimeout}
+		return f.Serve(ctx, log, h.mux(svc.MetricsHandler(svc.Registry(s.Component()))), func(addr string) {
+			log.Info("stores serving", "http", addr, "addr", s.Addr(), "brokers", cfg.Brokers, "data_dir", cfg.DataDir,
+				"min_sync_standbys", cfg.MinSyncStandbys, "modes", f.Modes)
+		})
 	})
 }
 

@@ -1,7 +1,9 @@
 // Package svc holds what the marketplace's service binaries (cmd/stores and
 // cmd/products) share: the common flags and the replica.Config built from
 // them (with the per-table mode file of package modes), the slog logger,
-// JSON answers, and the HTTP server's life cycle with a graceful stop.
+// JSON answers, the HTTP server's life cycle with a graceful stop, and the
+// process around them (run.go: Main, Parse, and Run, which opens and closes
+// the service).
 package svc
 
 import (
