@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/replmesh/replmesh/replica"
 )
 
 // The parent re-executes its own binary with childEnv set to run one side
@@ -24,6 +26,10 @@ const (
 	envDir     = "REPLBENCH_DIR"
 	envVerbose = "REPLBENCH_VERBOSE"
 	envHeap    = "REPLBENCH_HEAPPROFILE"
+	// envTLS: the child's transport.TLSFiles in JSON (unset: plaintext).
+	envTLS = "REPLBENCH_TLS"
+	// envAttack: a hostile child's attack in JSON (see attack).
+	envAttack = "REPLBENCH_ATTACK"
 
 	childTransfer = "transfer"
 )
@@ -51,6 +57,8 @@ func childMain() int {
 		err = childTransferRun()
 	case childModes:
 		err = childModesRun()
+	case childHostile:
+		err = childHostileRun()
 	default:
 		err = fmt.Errorf("unknown child workload %q", kind)
 	}
@@ -71,7 +79,15 @@ func childTransferRun() error {
 	if os.Getenv(envVerbose) != "" {
 		b.logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
-	c, err := b.openConsumer(ctx, "transfer", os.Getenv(envDir))
+	var mutate func(*replica.Config)
+	if files := os.Getenv(envTLS); files != "" {
+		src, err := tlsSourceFromJSON(files, b.logger)
+		if err != nil {
+			return err
+		}
+		mutate = func(c *replica.Config) { c.TLS = src }
+	}
+	c, err := b.openConsumer(ctx, childTransfer, os.Getenv(envDir), mutate)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -56,7 +57,13 @@ type rig struct {
 
 // newRig opens an owner and n consumers of kind "mem" (no data dir) or
 // "disk", and waits until every consumer holds the (empty) table.
-func (b *bench) newRig(ctx context.Context, name, kind string, n int) (_ *rig, err error) {
+func (b *bench) newRig(ctx context.Context, name, kind string, n int) (*rig, error) {
+	return b.newRigWith(ctx, name, kind, n, nil)
+}
+
+// newRigWith is newRig with the security of sec (nil: plaintext, no
+// identities).
+func (b *bench) newRigWith(ctx context.Context, name, kind string, n int, sec *pki) (_ *rig, err error) {
 	dir, err := b.subdir(name)
 	if err != nil {
 		return nil, err
@@ -67,7 +74,7 @@ func (b *bench) newRig(ctx context.Context, name, kind string, n int) (_ *rig, e
 			g.close()
 		}
 	}()
-	g.owner, g.table, err = b.openOwner(ctx, filepath.Join(dir, "owner"), "127.0.0.1:0")
+	g.owner, g.table, err = b.openOwner(ctx, filepath.Join(dir, "owner"), "127.0.0.1:0", sec.owner())
 	if err != nil {
 		return g, err
 	}
@@ -77,7 +84,8 @@ func (b *bench) newRig(ctx context.Context, name, kind string, n int) (_ *rig, e
 		if kind == "disk" {
 			cdir = filepath.Join(dir, fmt.Sprintf("c%02d", i))
 		}
-		c, err := b.openConsumer(ctx, fmt.Sprintf("c%02d", i), cdir)
+		instance := fmt.Sprintf("c%02d", i)
+		c, err := b.openConsumer(ctx, instance, cdir, sec.consumer(instance))
 		if err != nil {
 			return g, err
 		}
@@ -112,15 +120,47 @@ func (b *bench) runFanout(ctx context.Context) error {
 	return nil
 }
 
+// fanoutFigures are what one fan-out run measured.
+type fanoutFigures struct {
+	elapsed, committed time.Duration
+	rate               float64 // changes/s delivered to all
+	p50, p99, max      time.Duration
+	samples            int
+}
+
 // fanout: one writer pipelines -changes Puts; every consumer must hold the
 // last seq. The rate is changes / (first write .. last consumer caught up).
-func (b *bench) fanout(ctx context.Context, kind string, n int) (err error) {
+func (b *bench) fanout(ctx context.Context, kind string, n int) error {
 	name := fmt.Sprintf("fanout %s x%d", kind, n)
-	settle()
-	b.progress("%s: %d changes over %d keys, window %d", name, b.opts.changes, b.opts.keys, b.opts.window)
-	g, err := b.newRig(ctx, fmt.Sprintf("fanout-%s-%d", kind, n), kind, n)
+	f, err := b.measureFanout(ctx, name, kind, n, nil)
 	if err != nil {
 		return err
+	}
+	changes := b.opts.changes
+	goal := goalFor(kind, n)
+	b.add(result{
+		Workload: name, Figure: "changes/s to all", Value: f.rate, Unit: unitChangesPerSec, Target: goal.rate,
+		Reference: goal.rateRef, payloadBps: f.rate * float64(n*b.opts.valueSize),
+		Notes: fmt.Sprintf("%d changes in %.2f s; owner committed them in %.2f s (%s/s)",
+			changes, f.elapsed.Seconds(), f.committed.Seconds(), si(float64(changes)/f.committed.Seconds())),
+	})
+	b.add(result{Workload: name, Figure: "p50 commit-to-applied", Value: float64(f.p50), Unit: unitNanos})
+	b.add(result{
+		Workload: name, Figure: "p99 commit-to-applied", Value: float64(f.p99), Unit: unitNanos, Target: goal.p99,
+		Reference: goal.p99Ref, Notes: fmt.Sprintf("max %s over %d samples", formatDuration(f.max), f.samples),
+	})
+	return nil
+}
+
+// measureFanout runs one fan-out to n consumers of kind with the security
+// of sec (nil: none) and returns its figures.
+func (b *bench) measureFanout(ctx context.Context, name, kind string, n int, sec *pki) (_ fanoutFigures, err error) {
+	var f fanoutFigures
+	settle()
+	b.progress("%s: %d changes over %d keys, window %d", name, b.opts.changes, b.opts.keys, b.opts.window)
+	g, err := b.newRigWith(ctx, strings.ReplaceAll(name, " ", "-"), kind, n, sec)
+	if err != nil {
+		return f, err
 	}
 	defer func() { err = errors.Join(err, g.close()) }()
 
@@ -145,46 +185,34 @@ func (b *bench) fanout(ctx context.Context, kind string, n int) (err error) {
 		})
 	}
 	last, err := b.writePipelined(ctx, g.table, changes, b.opts.keys, 0)
-	committed := time.Since(start)
+	f.committed = time.Since(start)
 	if err != nil {
 		cancel()
 		wg.Wait()
-		return err
+		return f, err
 	}
 	wg.Wait()
 	if err := errors.Join(werrs...); err != nil {
-		return err
+		return f, err
 	}
 	if last != target {
-		return fmt.Errorf("writer's last seq is %d, want %d", last, target)
+		return f, fmt.Errorf("writer's last seq is %d, want %d", last, target)
 	}
-	elapsed := slices.MaxFunc(finish, time.Time.Compare).Sub(start)
+	f.elapsed = slices.MaxFunc(finish, time.Time.Compare).Sub(start)
 	var lat samples
 	for _, p := range probes {
 		if err := p.wait(ctx); err != nil {
-			return err
+			return f, err
 		}
 		lat = append(lat, p.samples()...)
 	}
 	if want := changes * n; len(lat) != want {
-		return fmt.Errorf("callbacks saw %d changes, want %d", len(lat), want)
+		return f, fmt.Errorf("callbacks saw %d changes, want %d", len(lat), want)
 	}
 	ps := lat.percentiles(0.50, 0.99, 1)
-
-	rate := float64(changes) / elapsed.Seconds()
-	goal := goalFor(kind, n)
-	b.add(result{
-		Workload: name, Figure: "changes/s to all", Value: rate, Unit: unitChangesPerSec, Target: goal.rate,
-		Reference: goal.rateRef, payloadBps: rate * float64(n*b.opts.valueSize),
-		Notes: fmt.Sprintf("%d changes in %.2f s; owner committed them in %.2f s (%s/s)",
-			changes, elapsed.Seconds(), committed.Seconds(), si(float64(changes)/committed.Seconds())),
-	})
-	b.add(result{Workload: name, Figure: "p50 commit-to-applied", Value: float64(ps[0]), Unit: unitNanos})
-	b.add(result{
-		Workload: name, Figure: "p99 commit-to-applied", Value: float64(ps[1]), Unit: unitNanos, Target: goal.p99,
-		Reference: goal.p99Ref, Notes: fmt.Sprintf("max %s over %d samples", formatDuration(ps[2]), len(lat)),
-	})
-	return nil
+	f.p50, f.p99, f.max, f.samples = ps[0], ps[1], ps[2], len(lat)
+	f.rate = float64(changes) / f.elapsed.Seconds()
+	return f, nil
 }
 
 func (b *bench) runPaced(ctx context.Context) error {

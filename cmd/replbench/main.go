@@ -18,6 +18,11 @@
 //	          messages on the wire, consumer CPU, read staleness (see modes.go)
 //	authz     issue 5: marketplace authorization checks, local vs live, revocation
 //	          latency to 1 and 4 products instances, decisions/s per core (see authz.go)
+//	security  issue 12: fan-out to 1 and 4 in-memory consumers and the full transfer of
+//	          -security-rows rows, plaintext and mTLS alternately (-tls), each mTLS figure
+//	          with its ratio to plaintext; the memory -hostile attacking streams and
+//	          registrations cost an owner and a broker with the limits on (see security.go,
+//	          hostile.go)
 //
 // The owner always keeps its table and log on disk with async durability,
 // as in the issue's comparison runs. Each workload runs -count times (3:
@@ -31,6 +36,7 @@
 //	go run ./cmd/replbench -o json              # for machines
 //	go run ./cmd/replbench -workloads fanout -consumers 1 -replicas mem -count 1 -cpuprofile cpu.out
 //	go run ./cmd/replbench -workloads transfer -count 1 -transfer-heapprofile heap.out
+//	go run ./cmd/replbench -workloads security -count 3
 package main
 
 import (
@@ -48,6 +54,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/replmesh/replmesh/broker"
 )
 
 func main() {
@@ -68,7 +76,7 @@ func main() {
 
 // workloadOrder is the order workloads run in: loopback first, since the
 // other figures are reported as fractions of it.
-var workloadOrder = []string{"loopback", "fanout", "paced", "transfer", "resume", "get", "modes", "authz"}
+var workloadOrder = []string{"loopback", "fanout", "paced", "transfer", "resume", "get", "modes", "authz", "security"}
 
 // options are the parsed flags.
 type options struct {
@@ -94,6 +102,13 @@ type options struct {
 	// childHeapProfile: the transfer consumer's heap profile at Ready.
 	childHeapProfile string
 	verbose          bool
+	// security: the runs' TLS (false: plaintext, true: mTLS), in order;
+	// the transfer's rows; the attacking streams and registrations, and
+	// the tables each registration lists.
+	tls           []bool
+	securityRows  int
+	hostile       int
+	hostileTables int
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -120,6 +135,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.quick, "quick", false, "small sizes for a smoke test (explicit size flags still win)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	fs.StringVar(&o.childHeapProfile, "transfer-heapprofile", "", "write the transfer consumer's heap profile, taken at Ready, to this file")
+	tlsModes := fs.String("tls", "off,on", "security: plaintext (off) and mTLS (on) runs, alternating in this order")
+	fs.IntVar(&o.securityRows, "security-rows", 200_000, "security: rows of the transfer (an explicit -rows is used when this is not given)")
+	fs.IntVar(&o.hostile, "hostile", 1000, "security: streams and registrations of each hostile peer (0: no hostile peers)")
+	fs.IntVar(&o.hostileTables, "hostile-tables", 1024, "security: tables each hostile registration lists")
 	fs.BoolVar(&o.verbose, "v", false, "log the components' warnings and errors to stderr")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -142,6 +161,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 			{"getrows", &o.getRows, 5_000},
 			{"getops", &o.getOps, 100_000},
 			{"count", &o.count, 1},
+			{"security-rows", &o.securityRows, 20_000},
+			{"hostile", &o.hostile, 300},
 		}
 		for _, q := range quick {
 			if !set[q.name] {
@@ -164,6 +185,28 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 			o.workloads = append(o.workloads, w)
 		}
 	}
+	if set["rows"] && !set["security-rows"] {
+		o.securityRows = o.rows
+	}
+	for _, s := range splitList(*tlsModes) {
+		switch s {
+		case "off", "on":
+			if !slices.Contains(o.tls, s == "on") {
+				o.tls = append(o.tls, s == "on")
+			}
+		default:
+			return o, fmt.Errorf("-tls: unknown setting %q (want off, on)", s)
+		}
+	}
+	if len(o.tls) == 0 {
+		return o, fmt.Errorf("-tls: none selected")
+	}
+	switch {
+	case o.hostile < 0:
+		return o, fmt.Errorf("-hostile must not be negative")
+	case o.hostileTables < 0 || o.hostileTables > broker.DefaultMaxTables:
+		return o, fmt.Errorf("-hostile-tables must be 0..%d (the broker's default limit)", broker.DefaultMaxTables)
+	}
 	for _, s := range splitList(*consumers) {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 {
@@ -183,6 +226,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}{
 		{"changes", o.changes}, {"keys", o.keys}, {"window", o.window}, {"valuesize", o.valueSize},
 		{"rows", o.rows}, {"missed", o.missed}, {"getrows", o.getRows}, {"getops", o.getOps}, {"rate", o.rate}, {"count", o.count},
+		{"security-rows", o.securityRows},
 	}
 	for _, p := range positive {
 		if p.v < 1 {
@@ -254,6 +298,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"get":      b.runGet,
 		"modes":    b.runModes,
 		"authz":    b.runAuthz,
+		"security": b.runSecurity,
 	}
 	var firstErr error
 	for _, w := range workloadOrder {

@@ -29,7 +29,7 @@ func TestMain(m *testing.M) {
 var tinyArgs = []string{
 	"-quick", "-consumers", "1,4", "-changes", "2000", "-keys", "500", "-window", "256",
 	"-rows", "5000", "-missed", "2000", "-getrows", "2000", "-getops", "5000",
-	"-paced", "300ms", "-loopback", "100ms",
+	"-paced", "300ms", "-loopback", "100ms", "-hostile", "20", "-hostile-tables", "8",
 }
 
 func TestRun_EveryWorkloadAtTinySize(t *testing.T) {
@@ -60,6 +60,11 @@ func TestRun_EveryWorkloadAtTinySize(t *testing.T) {
 		"resume owner restart":    {"time to caught up"},
 		"get mem":                 {"Replica.Get p50", "Replica.Get mean", "allocs/op"},
 		"get disk":                {"Replica.Get p50", "Replica.Get mean", "allocs/op"},
+		"security fanout mem x1": {"changes/s to all, plaintext", "changes/s to all, mTLS", "mTLS/plaintext changes/s",
+			"p99 commit-to-applied, mTLS", "mTLS/plaintext p99 latency"},
+		"security fanout mem x4":  {"changes/s to all, plaintext", "changes/s to all, mTLS", "mTLS/plaintext changes/s"},
+		"security transfer":       {"rows/s, plaintext", "rows/s, mTLS", "mTLS/plaintext rows/s"},
+		"security hostile broker": {"registrations by one identity: refused or denied"},
 	}
 	got := map[string]result{}
 	for _, r := range rep.Results {
@@ -131,6 +136,10 @@ func TestParseFlags_Rejects(t *testing.T) {
 		{"-replicas", "ssd"},
 		{"-o", "yaml"},
 		{"-changes", "0"},
+		{"-tls", "maybe"},
+		{"-tls", ","},
+		{"-hostile", "-1"},
+		{"-hostile-tables", "5000"},
 		{"extra"},
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {

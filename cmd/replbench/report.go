@@ -24,6 +24,8 @@ const (
 	unitBytes         = "B"
 	unitNanos         = "ns"
 	unitCount         = "count"
+	unitKB            = "kB"
+	unitRatio         = "ratio"
 )
 
 // target is a figure the issue asks for: Op is ">=" (at least) or "<"
@@ -170,6 +172,7 @@ func (b *bench) header() map[string]any {
 		"value_bytes": o.valueSize, "changes": o.changes, "keys": o.keys, "window": o.window,
 		"rows": o.rows, "missed": o.missed, "getrows": o.getRows, "rate": o.rate, "paced_s": o.paced.Seconds(),
 		"quick": o.quick, "count": o.count, "loadavg_start": b.loadStart, "loadavg_end": b.loadEnd,
+		"tls": o.tls, "security_rows": o.securityRows, "hostile": o.hostile, "hostile_tables": o.hostileTables,
 	}
 }
 
@@ -223,6 +226,10 @@ func formatValue(v float64, unit string) string {
 		return fmt.Sprintf("%.1f MB/s", v/1e6)
 	case unitBytes:
 		return fmt.Sprintf("%.1f MB", v/1e6)
+	case unitKB:
+		return fmt.Sprintf("%.1f kB", v/1e3)
+	case unitRatio:
+		return fmt.Sprintf("%.3f×", v)
 	case unitNanos:
 		return formatDuration(time.Duration(v))
 	case unitCount:

@@ -18,6 +18,7 @@ import (
 // Names used by every workload.
 const (
 	ownerService    = "benchowner"
+	ownerInstance   = "owner"
 	consumerService = "benchconsumer"
 	tableName       = "bench"
 )
@@ -39,6 +40,16 @@ func (b *bench) config(service, instance, dir, listen string) replica.Config {
 	return cfg
 }
 
+// apply returns cfg changed by each non-nil mutate.
+func apply(cfg replica.Config, mutate []func(*replica.Config)) replica.Config {
+	for _, m := range mutate {
+		if m != nil {
+			m(&cfg)
+		}
+	}
+	return cfg
+}
+
 // subdir returns a fresh directory for one workload's databases.
 func (b *bench) subdir(name string) (string, error) {
 	d := filepath.Join(b.dir, name)
@@ -49,9 +60,10 @@ func (b *bench) subdir(name string) (string, error) {
 }
 
 // openOwner opens an owner on disk under dir, listening on addr, and
-// declares the table.
-func (b *bench) openOwner(ctx context.Context, dir, addr string) (*replica.Component, *replica.OwnedTable, error) {
-	c, err := replica.Open(ctx, b.config(ownerService, "owner", dir, addr))
+// declares the table; mutate (nil ones skipped) change its configuration
+// first.
+func (b *bench) openOwner(ctx context.Context, dir, addr string, mutate ...func(*replica.Config)) (*replica.Component, *replica.OwnedTable, error) {
+	c, err := replica.Open(ctx, apply(b.config(ownerService, ownerInstance, dir, addr), mutate))
 	if err != nil {
 		return nil, nil, fmt.Errorf("open owner: %w", err)
 	}
@@ -63,9 +75,10 @@ func (b *bench) openOwner(ctx context.Context, dir, addr string) (*replica.Compo
 	return c, t, nil
 }
 
-// openConsumer opens a consumer that serves nothing; dir "" is in memory.
-func (b *bench) openConsumer(ctx context.Context, instance, dir string) (*replica.Component, error) {
-	c, err := replica.Open(ctx, b.config(consumerService, instance, dir, ""))
+// openConsumer opens a consumer that serves nothing; dir "" is in memory;
+// mutate as for openOwner.
+func (b *bench) openConsumer(ctx context.Context, instance, dir string, mutate ...func(*replica.Config)) (*replica.Component, error) {
+	c, err := replica.Open(ctx, apply(b.config(consumerService, instance, dir, ""), mutate))
 	if err != nil {
 		return nil, fmt.Errorf("open consumer %s: %w", instance, err)
 	}

@@ -10,39 +10,90 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"time"
 )
+
+// transferFigures are what one full transfer measured.
+type transferFigures struct {
+	res                childResult // the consumer's report
+	maxrss             int64       // the consumer's rusage maxrss (0: unknown)
+	loadTook           time.Duration
+	heapBase, heapPeak uint64 // the owner's Go heap in use before and during the transfer
+}
 
 // runTransfer: an owner on disk holds -rows rows; a new consumer with a
 // durable data dir, running as a child process so that its peak memory is
 // its own, subscribes; the figure is Subscribe to Ready.
-func (b *bench) runTransfer(ctx context.Context) (err error) {
-	dir, err := b.subdir("transfer")
+func (b *bench) runTransfer(ctx context.Context) error {
+	f, err := b.measureTransfer(ctx, "transfer", b.opts.rows, nil)
 	if err != nil {
 		return err
 	}
-	defer func() { err = errors.Join(err, os.RemoveAll(dir)) }()
-	owner, tbl, err := b.openOwner(ctx, filepath.Join(dir, "owner"), "127.0.0.1:0")
+	res := f.res
+	secs := res.ReadyNs / 1e9
+	rowsPerSec := float64(res.Rows) / secs
+	bps := float64(res.Bytes) / secs
+	b.add(result{
+		Workload: "transfer", Figure: "rows/s into a durable replica", Value: rowsPerSec, Unit: unitRowsPerSec, Target: atLeast(500e3),
+		Reference: "nats 361k/s, redis 248k/s",
+		Notes: fmt.Sprintf("%d rows in %.2f s, Subscribe to Ready; owner loaded them at %s rows/s",
+			res.Rows, secs, si(float64(b.opts.rows)/f.loadTook.Seconds())),
+	})
+	b.add(result{
+		Workload: "transfer", Figure: "MB/s (keys+values)", Value: bps, Unit: unitBytesPerSec, payloadBps: bps,
+		Notes: fmt.Sprintf("%.1f MB received", float64(res.Bytes)/1e6),
+	})
+	// VmHWM is the child's own. rusage's maxrss is only a fallback: on
+	// Linux it also counts the parent's memory, which the child shared
+	// between fork and exec.
+	peak := float64(res.PeakRSS)
+	peakNote := fmt.Sprintf("VmHWM of the consumer process at Ready; then: anon %.0f MB, file-backed %.0f MB, Go heap in use %.0f MB",
+		float64(res.RssAnon)/1e6, float64(res.RssFile)/1e6, float64(res.HeapInuse)/1e6)
+	if peak == 0 {
+		peak, peakNote = float64(f.maxrss), "rusage maxrss of the consumer process (may include the parent's RSS at fork)"
+	}
+	b.add(result{
+		Workload: "transfer", Figure: "consumer peak RSS", Value: peak, Unit: unitBytes, Target: under(200e6),
+		Reference: "nats holds 538 MB", Notes: peakNote,
+	})
+	b.add(result{
+		Workload: "transfer", Figure: "owner Go heap in use, peak", Value: float64(f.heapPeak), Unit: unitBytes,
+		Notes: fmt.Sprintf("sampled every 50 ms during the transfer; %.1f MB before it", float64(f.heapBase)/1e6),
+	})
+	return nil
+}
+
+// measureTransfer loads rows rows into a new owner and times their full
+// transfer into a new durable consumer process, both with the security of
+// sec (nil: none).
+func (b *bench) measureTransfer(ctx context.Context, name string, rows int, sec *pki) (f transferFigures, err error) {
+	dir, err := b.subdir(strings.ReplaceAll(name, " ", "-"))
 	if err != nil {
-		return err
+		return f, err
+	}
+	defer func() { err = errors.Join(err, os.RemoveAll(dir)) }()
+	owner, tbl, err := b.openOwner(ctx, filepath.Join(dir, "owner"), "127.0.0.1:0", sec.owner())
+	if err != nil {
+		return f, err
 	}
 	defer func() { err = errors.Join(err, closeAll(owner)) }()
 
-	b.progress("transfer: loading %d rows into the owner", b.opts.rows)
+	b.progress("%s: loading %d rows into the owner", name, rows)
 	start := time.Now()
-	head, err := b.loadRows(ctx, tbl, b.opts.rows)
+	head, err := b.loadRows(ctx, tbl, rows)
 	if err != nil {
-		return err
+		return f, err
 	}
-	loadTook := time.Since(start)
-	b.progress("transfer: loaded in %.1f s; starting the consumer process", loadTook.Seconds())
+	f.loadTook = time.Since(start)
+	b.progress("%s: loaded in %.1f s; starting the consumer process", name, f.loadTook.Seconds())
 
 	// Sample the owner's Go heap while the child runs.
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	heapBase := ms.HeapInuse
-	heapPeak := heapBase
+	f.heapBase = ms.HeapInuse
+	heapPeak := f.heapBase
 	stopSampling := make(chan struct{})
 	sampled := make(chan struct{})
 	go func() {
@@ -64,53 +115,32 @@ func (b *bench) runTransfer(ctx context.Context) (err error) {
 		envAddr: owner.Addr(),
 		envDir:  filepath.Join(dir, "consumer"),
 	}
+	if sec != nil {
+		files, err := sec.files(consumerService, childTransfer)
+		if err != nil {
+			return f, err
+		}
+		env[envTLS] = files
+	}
 	if b.opts.childHeapProfile != "" {
 		abs, err := filepath.Abs(b.opts.childHeapProfile)
 		if err != nil {
-			return err
+			return f, err
 		}
 		env[envHeap] = abs
 	}
 	res, maxrss, err := b.runChild(ctx, childTransfer, env)
 	close(stopSampling)
 	<-sampled
+	f.heapPeak = heapPeak
 	if err != nil {
-		return err
+		return f, err
 	}
-	if res.Rows != uint64(b.opts.rows) || res.Seq != head {
-		return fmt.Errorf("consumer received %d rows at seq %d, want %d rows at seq %d", res.Rows, res.Seq, b.opts.rows, head)
+	if res.Rows != uint64(rows) || res.Seq != head {
+		return f, fmt.Errorf("consumer received %d rows at seq %d, want %d rows at seq %d", res.Rows, res.Seq, rows, head)
 	}
-	secs := res.ReadyNs / 1e9
-	rowsPerSec := float64(res.Rows) / secs
-	bps := float64(res.Bytes) / secs
-	b.add(result{
-		Workload: "transfer", Figure: "rows/s into a durable replica", Value: rowsPerSec, Unit: unitRowsPerSec, Target: atLeast(500e3),
-		Reference: "nats 361k/s, redis 248k/s",
-		Notes: fmt.Sprintf("%d rows in %.2f s, Subscribe to Ready; owner loaded them at %s rows/s",
-			res.Rows, secs, si(float64(b.opts.rows)/loadTook.Seconds())),
-	})
-	b.add(result{
-		Workload: "transfer", Figure: "MB/s (keys+values)", Value: bps, Unit: unitBytesPerSec, payloadBps: bps,
-		Notes: fmt.Sprintf("%.1f MB received", float64(res.Bytes)/1e6),
-	})
-	// VmHWM is the child's own. rusage's maxrss is only a fallback: on
-	// Linux it also counts the parent's memory, which the child shared
-	// between fork and exec.
-	peak := float64(res.PeakRSS)
-	peakNote := fmt.Sprintf("VmHWM of the consumer process at Ready; then: anon %.0f MB, file-backed %.0f MB, Go heap in use %.0f MB",
-		float64(res.RssAnon)/1e6, float64(res.RssFile)/1e6, float64(res.HeapInuse)/1e6)
-	if peak == 0 {
-		peak, peakNote = float64(maxrss), "rusage maxrss of the consumer process (may include the parent's RSS at fork)"
-	}
-	b.add(result{
-		Workload: "transfer", Figure: "consumer peak RSS", Value: peak, Unit: unitBytes, Target: under(200e6),
-		Reference: "nats holds 538 MB", Notes: peakNote,
-	})
-	b.add(result{
-		Workload: "transfer", Figure: "owner Go heap in use, peak", Value: float64(heapPeak), Unit: unitBytes,
-		Notes: fmt.Sprintf("sampled every 50 ms during the transfer; %.1f MB before it", float64(heapBase)/1e6),
-	})
-	return nil
+	f.res, f.maxrss = res, maxrss
+	return f, nil
 }
 
 // runChild re-executes this binary as a child workload and decodes the
