@@ -16,8 +16,6 @@
 //	get       local Replica.Get on a replica of -getrows rows: ns/op p50, mean, allocs/op
 //	modes     issue 4: a hot and a cold table in push, pull and auto mode: bytes and
 //	          messages on the wire, consumer CPU, read staleness (see modes.go)
-//	authz     issue 5: marketplace authorization checks, local vs live, revocation
-//	          latency to 1 and 4 products instances, decisions/s per core (see authz.go)
 //	security  issue 12: fan-out to 1 and 4 in-memory consumers and the full transfer of
 //	          -security-rows rows, plaintext and mTLS alternately (-tls), each mTLS figure
 //	          with its ratio to plaintext; the memory -hostile attacking streams and
@@ -76,7 +74,7 @@ func main() {
 
 // workloadOrder is the order workloads run in: loopback first, since the
 // other figures are reported as fractions of it.
-var workloadOrder = []string{"loopback", "fanout", "paced", "transfer", "resume", "get", "modes", "authz", "security"}
+var workloadOrder = []string{"loopback", "fanout", "paced", "transfer", "resume", "get", "modes", "security"}
 
 // options are the parsed flags.
 type options struct {
@@ -297,7 +295,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"resume":   b.runResume,
 		"get":      b.runGet,
 		"modes":    b.runModes,
-		"authz":    b.runAuthz,
 		"security": b.runSecurity,
 	}
 	var firstErr error

@@ -283,16 +283,5 @@ func (s samples) percentiles(ps ...float64) []time.Duration {
 	return out
 }
 
-func (s samples) mean() time.Duration {
-	if len(s) == 0 {
-		return 0
-	}
-	var sum float64
-	for _, v := range s {
-		sum += float64(v)
-	}
-	return time.Duration(sum / float64(len(s)))
-}
-
 // describe says a sample count in words, for notes.
 func describe(parts ...string) string { return strings.Join(parts, "; ") }

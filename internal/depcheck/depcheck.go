@@ -16,8 +16,8 @@
 //   - top: cmd/<name>, examples/<name>, chaos, and the test suites
 //     internal/integration and internal/depcheck. Each is a tree of its
 //     own: it imports anything below, and of the top only its own tree, so
-//     nothing imports cmd or examples. The one exception, named in
-//     Exceptions: cmd/replbench drives the marketplace example's packages.
+//     nothing imports cmd or examples (the marketplace's authorization
+//     benchmark lives in examples/marketplace for that reason).
 //
 // An import always runs down (or within one package's own tree): never up,
 // never across one layer. internal/... is imported only from inside the
@@ -61,12 +61,6 @@ var suites = []string{"internal/integration", "internal/depcheck"}
 var owned = map[string]string{
 	"github.com/dgraph-io/badger":     "replica",
 	"github.com/hashicorp/memberlist": "broker",
-}
-
-// Exceptions are the imports across top-level trees that docs/design.md
-// allows: importer tree -> imported tree.
-var Exceptions = map[string]string{
-	"cmd/replbench": "examples/marketplace", // the authz benchmark runs the marketplace's services
 }
 
 // Place returns the layer of a package, given by its path inside the
@@ -163,7 +157,7 @@ func Check(mod string, pkgs []Package) []string {
 				// modes sits on transport (one name rule)
 			case fl == Bottom:
 				bad("%s imports %s: the bottom packages import nothing of ours but helpers", from, to)
-			case Exceptions[ft] != tt:
+			default:
 				bad("%s imports %s: nothing imports another tree of cmd, examples or chaos", from, to)
 			}
 		}
