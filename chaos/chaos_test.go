@@ -80,7 +80,8 @@ func suite(t *testing.T, base uint64) []scenario {
 		{
 			name: "lease", seed: seed(15), sp: spec{brokers: 2, owners: 3, consumers: 2},
 			bulk: 100, writers: 3, pace: 15 * time.Millisecond, duration: 5 * time.Second,
-			faults: []string{fPrimaryLosesBrokers},
+			// The attacker first, then the lease fault (a promotion).
+			faults: []string{fAttacker, fPrimaryLosesBrokers}, ordered: true,
 		},
 		{
 			name: "transfers", seed: seed(13), sp: spec{brokers: 1, owners: 3, consumers: 2},
@@ -117,13 +118,13 @@ func suite(t *testing.T, base uint64) []scenario {
 		{
 			name: "lease-long", seed: seed(26), sp: spec{brokers: 3, owners: 3, consumers: 2},
 			bulk: 100, writers: 3, pace: 15 * time.Millisecond, duration: 30 * time.Second,
-			faults: []string{fPrimaryLosesBrokers, fKillPrimary},
+			faults: []string{fPrimaryLosesBrokers, fKillPrimary, fAttacker},
 		},
 		{
 			name: "mixed", seed: seed(25), sp: spec{brokers: 3, owners: 3, consumers: 3},
 			bulk: 1000, writers: 3, pace: 10 * time.Millisecond, duration: 45 * time.Second,
 			faults: []string{fKillPrimary, fKillStandby, fKillConsumer, fKillBroker, fKillConsumerTransfer,
-				fKillPrimaryTransfer, fKillStandbyTransfer, fPartition, fIsolatePrimary, fReset, fSlowLink, fDiskFull, fDupReorder},
+				fKillPrimaryTransfer, fKillStandbyTransfer, fPartition, fIsolatePrimary, fReset, fSlowLink, fDiskFull, fDupReorder, fAttacker},
 			diskFull: true,
 		},
 	}

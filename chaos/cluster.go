@@ -34,6 +34,7 @@ type cluster struct {
 	root string // the run's directory
 	bin  string // the chaosnode binary
 	net  *realNet
+	pki  *pki // nil: plaintext (REPLMESH_CHAOS_TLS=0)
 
 	brokers, owners, consumers []*node
 
@@ -64,6 +65,13 @@ type linkKey struct {
 // newCluster lays out the nodes; nothing runs yet.
 func newCluster(root, bin string, sp spec, rn *realNet, logf func(string, ...any)) (*cluster, error) {
 	cl := &cluster{logf: logf, sp: sp, root: root, bin: bin, net: rn, links: map[linkKey]LinkFault{}, roles: map[string]string{}}
+	if tlsOn() {
+		p, err := newPKI(root)
+		if err != nil {
+			return nil, fmt.Errorf("certificates: %w", err)
+		}
+		cl.pki = p
+	}
 	port := func() (int, error) {
 		if rn != nil {
 			return 0, nil
@@ -75,6 +83,11 @@ func newCluster(root, bin string, sp spec, rn *realNet, logf func(string, ...any
 		if rn != nil {
 			n.ip = rn.addNode(name)
 		}
+		sec, err := cl.pki.securityFlags(role, name, rn != nil)
+		if err != nil {
+			return nil, err
+		}
+		n.sec = sec
 		switch role {
 		case RoleBroker:
 			p1, err := port()
@@ -150,6 +163,7 @@ func (cl *cluster) netnsOf(n *node) string {
 // args are the chaosnode flags of n.
 func (cl *cluster) args(n *node) []string {
 	a := []string{"-role", n.role, "-name", n.name, "-loglevel", "info"}
+	a = append(a, n.sec...)
 	switch n.role {
 	case RoleBroker:
 		var join []string

@@ -15,7 +15,21 @@
 // scenarios whose name contains it, REPLMESH_CHAOS_KEEP keeps every run's
 // directory (logs and apply logs; a failed run's is always kept), and
 // REPLMESH_CHAOS_STRICT=1 makes the known issues listed in the report fail
-// their scenario.
+// their scenario. REPLMESH_CHAOS_TLS=0 runs every process in plaintext
+// (see Security below; the default is mTLS).
+//
+// # Security
+//
+// Every process runs as in production, with the security on (security.go):
+// each run makes a development CA (transport.DevCA) in its directory and a
+// certificate per node, and every link is mTLS with identities: brokers
+// (spiffe://TD/replmesh-broker/bN) require the callers' identities, read
+// the access policy (products may read stores/items) and encrypt their
+// gossip with a key of the run; owners (.../replmesh/stores/oN) authorize
+// every caller by its certificate with the same policy; consumers are
+// .../replmesh/products/cN. The fault proxies are TCP proxies: TLS runs
+// through them end to end. REPLMESH_CHAOS_TLS=0 runs plaintext (with the
+// insecure flags at the real-network level), the report says which.
 //
 // # Processes
 //
@@ -43,7 +57,16 @@
 // broker long enough for a promotion while a standby hears of it late;
 // connection resets; a slow link (delay and bandwidth) for a consumer; a
 // consumer's disk filled and freed (a size-capped tmpfs, root only);
-// duplicated and reordered frames on a consumer's stream (below).
+// duplicated and reordered frames on a consumer's stream (below); an
+// attacker (attacker.go): a hostile process with a consumer's certificate
+// (products/mallory) tries, against the live cluster, a Register hijack of
+// the primary's instance, a Subscribe naming the owner's service, a standby
+// Subscribe, an ack of 2^64-1, Status and SetMode on every broker, and on
+// every broker's gossip port an unencrypted forged packet (a fake primary
+// at epoch 2^64-1) and a 10-byte packet claiming 2^32-1 records; each must
+// be refused and change nothing (every broker still runs and names a real
+// owner, at its address, as primary), the report counts the attacks
+// refused, and one that succeeded fails the scenario.
 //
 // Real-network level (REPLMESH_CHAOS_NETNS=1, root, ip and nft): every
 // node runs in a network namespace of its own, joined by veth pairs to a

@@ -28,6 +28,7 @@ const (
 	fSlowLink             = "slow-link"                  // delay and bandwidth-limit one consumer's links to the owners
 	fDiskFull             = "disk-full"                  // fill a consumer's (tmpfs) data file system, then free it
 	fDupReorder           = "dup-reorder-frames"         // duplicate and swap the frames one consumer's replica receives
+	fAttacker             = "attacker"                   // a hostile process attacks the live cluster (security on; see attacker.go)
 )
 
 // Fault parameters.
@@ -60,6 +61,7 @@ type injector struct {
 	known      []string        // known issues seen (reported, not failing the run unless REPLMESH_CHAOS_STRICT)
 	frames     frameTotals     // what the dup-reorder fault injected, over the scenario
 	framesNote int             // 1 + the index of its note in notes (0: none yet)
+	attacks    attackStats     // what the attacker fault tried
 	gen        atomic.Int64    // bumped when a fault begins
 	wg         sync.WaitGroup
 }
@@ -334,6 +336,8 @@ func (in *injector) inject(ctx context.Context, kind string) (fired bool, err er
 		return true, in.disk.run(ctx, in)
 	case fDupReorder:
 		return in.dupReorder(ctx)
+	case fAttacker:
+		return in.attack(ctx)
 	}
 	return false, fmt.Errorf("unknown fault %q", kind)
 }

@@ -17,7 +17,42 @@ const (
 	RoleBroker   = "broker"
 	RoleOwner    = "owner"
 	RoleConsumer = "consumer"
+	// RoleAttacker runs the attacks of the attacker fault once against
+	// the live cluster, prints one AttackReport line and exits.
+	RoleAttacker = "attacker"
 )
+
+// Attacks of the attacker fault (AttackResult.Name).
+const (
+	AttackRegisterHijack   = "register-hijack"     // Register the primary's instance with the attacker's address and certificate
+	AttackSubscribeSpoof   = "subscribe-as-owner"  // Subscribe naming the owner's service, not the caller's
+	AttackStandbySubscribe = "standby-subscribe"   // Subscribe as a standby with a consumer's identity
+	AttackAckAboveHead     = "ack-above-head"      // ack 2^64-1 on a Subscribe stream
+	AttackForgedGossip     = "forged-gossip"       // an unencrypted gossip packet: a fake primary at epoch 2^64-1
+	AttackOversizedGossip  = "oversized-gossip"    // a 10-byte gossip packet claiming 2^32-1 records
+	AttackStatus           = "status-as-service"   // broker Status with a service certificate
+	AttackSetMode          = "set-mode-as-service" // broker SetMode with a service certificate
+)
+
+// AttackResult is what became of one attack. Refused: the peer refused
+// it as it must (PermissionDenied, the stream ended as a protocol error);
+// a packet attack (gossip) is only sent: the harness checks afterwards that
+// nothing changed. Detail says what the peer answered.
+type AttackResult struct {
+	Name    string `json:"name"`
+	Target  string `json:"target"`
+	Refused bool   `json:"refused"`
+	Sent    bool   `json:"sent,omitempty"` // a packet attack: sent, judged by the harness
+	// Skipped: the attack could not be made (the target was away); it
+	// neither succeeded nor was refused.
+	Skipped bool   `json:"skipped,omitempty"`
+	Detail  string `json:"detail"`
+}
+
+// AttackReport is the attacker's one line of output.
+type AttackReport struct {
+	Attacks []AttackResult `json:"attacks"`
+}
 
 // Request operations.
 const (
@@ -146,6 +181,7 @@ type NodeStatus struct {
 	// registry, and the live brokers it sees.
 	Primary      string `json:"primary,omitempty"`
 	PrimaryEpoch uint64 `json:"primary_epoch,omitempty"`
+	PrimaryAddr  string `json:"primary_addr,omitempty"`
 	Members      int    `json:"members,omitempty"`
 }
 

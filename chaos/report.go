@@ -18,7 +18,11 @@ func report(level string, results []*result, took time.Duration) string {
 			passed++
 		}
 	}
-	fmt.Fprintf(&b, "replmesh chaos report (%s level): %d/%d scenarios passed in %s\n\n", level, passed, len(results), took.Round(time.Second))
+	security := "mTLS with identities, access policy, encrypted gossip"
+	if !tlsOn() {
+		security = "plaintext (" + envTLS + "=0)"
+	}
+	fmt.Fprintf(&b, "replmesh chaos report (%s level; %s): %d/%d scenarios passed in %s\n\n", level, security, passed, len(results), took.Round(time.Second))
 	fmt.Fprintf(&b, "%-28s %-20s %-6s %8s %23s %8s %8s %8s %7s %s\n",
 		"scenario", "seed", "result", "took", "writes inv/ok/fail/unk", "changes", "converge", "progress", "resyncs", "faults")
 	all := newViolations()
@@ -27,6 +31,7 @@ func report(level string, results []*result, took time.Duration) string {
 	var conv, cups []time.Duration
 	var maxProgress time.Duration
 	faults := map[string]int{}
+	attacks := attackStats{byName: map[string]int{}}
 	for _, r := range results {
 		res := "PASS"
 		if !r.passed() {
@@ -51,6 +56,10 @@ func report(level string, results []*result, took time.Duration) string {
 			maxProgress = max(maxProgress, r.progress)
 		}
 		cups = append(cups, r.catchups...)
+		attacks.refused, attacks.succeeded, attacks.skipped = attacks.refused+r.attacks.refused, attacks.succeeded+r.attacks.succeeded, attacks.skipped+r.attacks.skipped
+		for k, v := range r.attacks.byName {
+			attacks.byName[k] += v
+		}
 	}
 	fmt.Fprintf(&b, "\nwrites: %d invoked, %d ok, %d failed, %d unknown\n", inv, ok, fail, unk)
 	fmt.Fprintf(&b, "changes checked: %d applied by consumers (seq order, epochs, keys against the final history); %d acknowledged writes found at their seq in the final history; %d final rows checked against the history on every replica\n", changes, hist, rows)
@@ -74,6 +83,14 @@ func report(level string, results []*result, took time.Duration) string {
 		fs = append(fs, fmt.Sprintf("%s %d", k, faults[k]))
 	}
 	fmt.Fprintf(&b, "faults fired: %s\n", strings.Join(fs, ", "))
+	if faults[fAttacker] > 0 {
+		var as []string
+		for _, k := range slices.Sorted(maps.Keys(attacks.byName)) {
+			as = append(as, fmt.Sprintf("%s %d", k, attacks.byName[k]))
+		}
+		fmt.Fprintf(&b, "attacks (attacker fault): %d refused, %d succeeded, %d skipped; refused: %s\n",
+			attacks.refused, attacks.succeeded, attacks.skipped, strings.Join(as, ", "))
+	}
 	for _, r := range results {
 		if r.passed() && len(r.notes) == 0 && len(r.skipped) == 0 && len(r.known) == 0 && len(r.v.known) == 0 {
 			continue

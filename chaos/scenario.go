@@ -54,6 +54,7 @@ type result struct {
 	finalEpoch                   uint64
 	faults                       map[string]int
 	notes                        []string
+	attacks                      attackStats // the attacker fault's attacks
 }
 
 func (r *result) passed() bool {
@@ -126,7 +127,11 @@ func runScenarioErr(ctx context.Context, sc scenario, bin, root string, rn *real
 	maps := in.counts
 	res.faults, res.catchups, res.findings, res.known = maps, slices.Clone(in.catchups), slices.Clone(in.findings), slices.Clone(in.known)
 	res.notes = append(res.notes, dedupe(in.notes)...)
+	res.attacks = in.attacks
 	in.mu.Unlock()
+	if cl.pki == nil && slices.Contains(sc.faults, fAttacker) {
+		res.skipped = append(res.skipped, "attacker: the cluster runs in plaintext ("+envTLS+"=0): there is no security to attack")
+	}
 
 	// Heal everything; every process runs.
 	hctx, hcancel := context.WithTimeout(ctx, 60*time.Second)

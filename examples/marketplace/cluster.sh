@@ -7,6 +7,17 @@
 # 2s lease (a dead stores primary is replaced after about 2s); stores runs
 # with -min-sync-standbys 1 (a write returns once the standby holds it).
 #
+# Security is on: `up` makes a development CA and a certificate per
+# process with `replctl tls` in DIR/tls (kept across down/up), and every
+# link runs on mTLS with identities: brokers with -tls-* (broker
+# certificates), the access policy examples/marketplace/config/policy.yaml
+# and an encrypted gossip (DIR/tls/gossip.key); stores and products with
+# -tls-* (their instance's certificate) and -policy; replctl with the admin
+# certificate DIR/tls/admin-replctl.pem (cluster.env exports
+# REPLMESH_TLS_CA, REPLMESH_TLS_CERT and REPLMESH_TLS_KEY). REPLMESH_INSECURE=1
+# runs `up` in plaintext instead (development on loopback only; it removes
+# DIR/tls).
+#
 #   cluster.sh up [DIR]                starts it and waits until it is ready
 #   cluster.sh status [DIR]            which recorded processes are alive
 #   cluster.sh start NAME [DIR]        starts one recorded process again
@@ -22,6 +33,8 @@
 #   cluster.env     the addresses, as shell variables (. DIR/cluster.env)
 #   logs/NAME.log   one log per process
 #   data/NAME/      the data dir of each stores and products instance
+#   tls/            the dev CA (ca.pem, ca-key.pem), each process's
+#                   certificate and key, the admin's, gossip.key
 #   run/NAME.cmd    each process's command line (NUL-separated), used to
 #                   restart it and to check that a pid still is that process
 #
@@ -49,6 +62,7 @@ die() {
 root=$(cd "$(dirname "$0")/../.." && pwd -P)
 bin=${REPLMESH_BIN:-$root/bin}
 modes_file=$root/examples/marketplace/config/modes.yaml
+policy_file=$root/examples/marketplace/config/policy.yaml
 base=${REPLMESH_CLUSTER_PORT_BASE:-27600}
 ready_timeout=${REPLMESH_CLUSTER_TIMEOUT:-60}
 stop_timeout=${REPLMESH_CLUSTER_STOP_TIMEOUT:-10}
@@ -87,14 +101,55 @@ svc_ports() {
 	esac
 }
 
+# secure: true when the cluster in DIR runs with mTLS (up made its CA).
+secure() { [[ -f $dir/tls/ca.pem ]]; }
+
+# tls_flags CERT: sets tls to the -tls-* flags of certificate CERT
+# (DIR/tls/CERT.pem), nothing in plaintext.
+tls_flags() {
+	tls=()
+	secure || return 0
+	tls=(-tls-ca "$dir/tls/ca.pem" -tls-cert "$dir/tls/$1.pem" -tls-key "$dir/tls/$1-key.pem" -policy "$policy_file")
+}
+
+# make_certs: the dev CA, one certificate per process and the admin's,
+# and a gossip key, in DIR/tls (those present are kept).
+make_certs() {
+	local t=$dir/tls name n
+	mkdir -p "$t"
+	chmod 700 "$t"
+	if [[ ! -f $t/ca.pem ]]; then
+		rm -f "$t"/*.pem # certificates of another CA
+		"$bin/replctl" tls ca create -dir "$t" >/dev/null
+	fi
+	for name in "${names[@]}" admin-replctl; do
+		case $name in
+		broker-*) [[ -f $t/$name.pem ]] || "$bin/replctl" tls cert create -ca-dir "$t" -dir "$t" -broker "$name" -name "$name" >/dev/null ;;
+		admin-*) [[ -f $t/$name.pem ]] || "$bin/replctl" tls cert create -ca-dir "$t" -dir "$t" -admin "${name#admin-}" >/dev/null ;;
+		*)
+			n=${name%-*}
+			[[ -f $t/$name.pem ]] || "$bin/replctl" tls cert create -ca-dir "$t" -dir "$t" -service "$n" -instance "$name" -name "$name" >/dev/null
+			;;
+		esac
+	done
+	if [[ ! -f $t/gossip.key ]]; then
+		(umask 077 && head -c 32 /dev/urandom | base64 >"$t/gossip.key")
+	fi
+	echo "  mTLS on: CA, certificates and gossip key in $t (REPLMESH_INSECURE=1 for plaintext)"
+}
+
 # command_of NAME: sets cmd to the command line of process NAME.
 command_of() {
-	local name=$1 n
+	local name=$1 n tls
 	case $name in
 	broker-*)
 		n=${name#broker-}
 		cmd=("$bin/replbroker" -name "$name" -grpc "$(broker_grpc "$n")" -gossip "$(broker_gossip "$n")"
 			-http "$(broker_http "$n")" -gossip-profile local -lease 2s -heartbeat 500ms -modes "$modes_file")
+		tls_flags "$name"
+		if secure; then
+			cmd+=("${tls[@]}" -gossip-key-file "$dir/tls/gossip.key")
+		fi
 		# Every broker joins the two others (those started before it at
 		# first; any of them when it is started again alone).
 		local j join=()
@@ -107,11 +162,15 @@ command_of() {
 		svc_ports "$name"
 		cmd=("$bin/stores" -instance "$name" -http "$http" -listen "$listen" -data "$dir/data/$name"
 			-brokers "$all_brokers" -modes "$modes_file" -min-sync-standbys 1)
+		tls_flags "$name"
+		cmd+=(${tls[@]+"${tls[@]}"})
 		;;
 	products-*)
 		svc_ports "$name"
 		cmd=("$bin/products" -instance "$name" -http "$http" -listen "$listen" -data "$dir/data/$name"
 			-brokers "$all_brokers" -modes "$modes_file")
+		tls_flags "$name"
+		cmd+=(${tls[@]+"${tls[@]}"})
 		;;
 	*) return 1 ;;
 	esac
@@ -272,7 +331,17 @@ stop_recorded() {
 # ---------------------------------------------------------------------------
 # Readiness, from `replctl -o json status`.
 
-replctl() { "$bin/replctl" -broker "$all_brokers" -timeout 2s "$@"; }
+# rctl ARGS: bin/replctl with the admin certificate when secure.
+rctl() {
+	if secure; then
+		REPLMESH_TLS_CA=$dir/tls/ca.pem REPLMESH_TLS_CERT=$dir/tls/admin-replctl.pem REPLMESH_TLS_KEY=$dir/tls/admin-replctl-key.pem \
+			"$bin/replctl" "$@"
+	else
+		env -u REPLMESH_TLS_CA -u REPLMESH_TLS_CERT -u REPLMESH_TLS_KEY "$bin/replctl" "$@"
+	fi
+}
+
+replctl() { rctl -broker "$all_brokers" -timeout 2s "$@"; }
 
 # flatten: turns the indented JSON of replctl -o json into "path=value"
 # lines (owners.0.primary.instance=stores-1); strings lose their quotes.
@@ -348,7 +417,7 @@ wait_until() {
 }
 
 broker_answers() {
-	"$bin/replctl" -broker "$(broker_grpc "$1")" -timeout 1s -o json status >/dev/null 2>&1 || echo "  broker-$1 does not answer"
+	rctl -broker "$(broker_grpc "$1")" -timeout 1s -o json status >/dev/null 2>&1 || echo "  broker-$1 does not answer"
 }
 
 brokers_joined() {
@@ -439,6 +508,11 @@ cmd_up() {
 	check_ports
 	mkdir -p "$dir"
 	dir=$(cd "$dir" && pwd -P)
+	if [[ ${REPLMESH_INSECURE:-} == 1 ]]; then
+		rm -rf "$dir/tls"
+	else
+		make_certs
+	fi
 	write_env
 	trap on_exit EXIT
 	trap 'exit 130' INT TERM
@@ -481,7 +555,17 @@ write_env() {
 			svc_ports "$name"
 			echo "$(tr 'a-z-' 'A-Z_' <<<"$name")=http://$http"
 		done
-		echo "export REPLMESH_BROKER"
+		if secure; then
+			echo "# replctl as the cluster's admin (mTLS)"
+			echo "REPLMESH_TLS_CA=$dir/tls/ca.pem"
+			echo "REPLMESH_TLS_CERT=$dir/tls/admin-replctl.pem"
+			echo "REPLMESH_TLS_KEY=$dir/tls/admin-replctl-key.pem"
+			echo "export REPLMESH_BROKER REPLMESH_TLS_CA REPLMESH_TLS_CERT REPLMESH_TLS_KEY"
+		else
+			echo "# plaintext (REPLMESH_INSECURE=1): replctl without certificates"
+			echo "unset REPLMESH_TLS_CA REPLMESH_TLS_CERT REPLMESH_TLS_KEY"
+			echo "export REPLMESH_BROKER"
+		fi
 	} >"$dir/$marker"
 }
 
@@ -513,12 +597,15 @@ print_summary() {
 	local rel=$0 via_make="make cluster-down"
 	[[ $rel == "$root"/* ]] && rel=./${rel#"$root"/}
 	[[ $dir == "$(cd "$default_dir" 2>/dev/null && pwd -P)" ]] || via_make+=" CLUSTER_DIR=$dir"
+	local security="mTLS on (certificates in $dir/tls; replctl uses the admin's, see $marker)"
+	secure || security="plaintext (REPLMESH_INSECURE=1)"
 	cat <<EOF
 
-stores epoch $epoch. Logs: $dir/logs/NAME.log; pids: $dir/pids.
+stores epoch $epoch. $security.
+Logs: $dir/logs/NAME.log; pids: $dir/pids.
 The cluster keeps running. Next (docs/quickstart.md walks through it):
 
-  export REPLMESH_BROKER=$all_brokers    # or: . $dir/$marker
+  . $dir/$marker    # REPLMESH_BROKER and replctl's certificate
   bin/replctl status
   bin/replctl consumers
   bin/replctl tail stores/store_managers

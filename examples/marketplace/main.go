@@ -50,7 +50,11 @@
 //
 // This is one process for convenience only: the services and the broker
 // talk to each other over gRPC on 127.0.0.1 exactly as separate processes
-// would.
+// would, and with the security on, as in production: a development CA
+// (transport.DevCA) made at start issues each instance a certificate of
+// its identity (spiffe://replmesh.local/replmesh/SERVICE/INSTANCE) and the
+// broker one of a broker; every link is mTLS, the broker requires
+// identities, and an access policy lets products read stores' tables.
 package main
 
 import (
@@ -69,6 +73,7 @@ import (
 	"github.com/replmesh/replmesh/broker"
 	"github.com/replmesh/replmesh/examples/marketplace/products"
 	"github.com/replmesh/replmesh/examples/marketplace/stores"
+	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/replica"
 	"github.com/replmesh/replmesh/transport"
 )
@@ -130,11 +135,23 @@ func storesConfig(instance, dir string, brokers []string, logger *slog.Logger) r
 	return cfg
 }
 
+// demoPolicy is the access policy of the demo (the broker's and each
+// owner's): products reads stores' tables; each service reads its own.
+func demoPolicy() *modes.AccessPolicy {
+	p := modes.NewAccessPolicy()
+	if err := p.Allow(stores.ServiceName, modes.AnyTable, products.ServiceName); err != nil {
+		panic(err) // constant, valid names
+	}
+	return p
+}
+
 // demo holds the running services and the output.
 type demo struct {
 	out      io.Writer
 	logger   *slog.Logger
 	dir      string
+	ca       *transport.DevCA // issues every certificate of the run
+	policy   *modes.AccessPolicy
 	broker   *broker.Broker
 	primary  *stores.Service // the stores instance that holds the primary lease
 	standby  *stores.Service
@@ -187,18 +204,31 @@ func (d *demo) printf(format string, args ...any) { fmt.Fprintf(d.out, format, a
 // subscribed through the broker, and waits for products' first full
 // transfer.
 func (d *demo) start(ctx context.Context) error {
+	var err error
+	if d.ca, err = transport.NewDevCA(transport.DefaultTrustDomain, time.Hour); err != nil {
+		return err
+	}
+	d.policy = demoPolicy()
 	bcfg := broker.LocalConfig("broker-1") // 127.0.0.1, fast timers: a 1s lease
 	bcfg.Logger = d.logger
-	var err error
+	src, err := d.tlsSource(transport.Identity{Role: transport.RoleBroker, Name: bcfg.Name})
+	if err != nil {
+		return err
+	}
+	bcfg.Transport.TLS, bcfg.RequireIdentity, bcfg.Policy = src.ServerConfig(), true, d.policy
 	if d.broker, err = broker.New(ctx, bcfg); err != nil {
 		return err
 	}
+	d.printf("mTLS     on: a dev CA of trust domain %s issued every certificate; products may read stores' tables (access policy)\n", d.ca.TrustDomain)
 	d.printf("broker   listening on %s (lease %s)\n", d.broker.GRPCAddr(), bcfg.Lease)
 	if err := d.startStores(ctx, true); err != nil {
 		return err
 	}
-	d.products, err = products.Open(ctx, config(products.ServiceName, products.ServiceName+"-1", filepath.Join(d.dir, "products"), d.brokers(), d.logger),
-		products.Options{}) // no address: the broker says where stores is
+	pcfg, err := d.secure(config(products.ServiceName, products.ServiceName+"-1", filepath.Join(d.dir, "products"), d.brokers(), d.logger))
+	if err != nil {
+		return err
+	}
+	d.products, err = products.Open(ctx, pcfg, products.Options{}) // no address: the broker says where stores is
 	if err != nil {
 		return err
 	}
@@ -216,11 +246,45 @@ func (d *demo) start(ctx context.Context) error {
 
 func (d *demo) brokers() []string { return []string{d.broker.GRPCAddr()} }
 
+// tlsSource issues a certificate of id (into the run's directory, where
+// TLSSource reads it) and returns its source.
+func (d *demo) tlsSource(id transport.Identity) (*transport.TLSSource, error) {
+	dir := filepath.Join(d.dir, "tls")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	files, err := d.ca.IssueFiles(dir, transport.LeafRequest{Identity: id, Validity: time.Hour})
+	if err != nil {
+		return nil, err
+	}
+	return transport.NewTLSSource(files, d.logger)
+}
+
+// secure puts cfg's instance on mTLS with a certificate of its identity
+// and the demo's access policy.
+func (d *demo) secure(cfg replica.Config) (replica.Config, error) {
+	src, err := d.tlsSource(transport.Identity{Role: transport.RoleService, Service: cfg.Service, Instance: cfg.Instance})
+	if err != nil {
+		return cfg, err
+	}
+	cfg.TLS, cfg.AccessPolicy = src, d.policy
+	return cfg, nil
+}
+
+// openStores opens a stores instance of the demo (secured, see secure).
+func (d *demo) openStores(ctx context.Context, instance string) (*stores.Service, error) {
+	cfg, err := d.secure(storesConfig(instance, d.dir, d.brokers(), d.logger))
+	if err != nil {
+		return nil, err
+	}
+	return stores.Open(ctx, cfg)
+}
+
 // startStores opens stores-1, waits until it is the primary, then
 // stores-2, and waits until it is its standby and holds its tables.
 func (d *demo) startStores(ctx context.Context, first bool) error {
 	var err error
-	if d.primary, err = stores.Open(ctx, storesConfig(stores1, d.dir, d.brokers(), d.logger)); err != nil {
+	if d.primary, err = d.openStores(ctx, stores1); err != nil {
 		return err
 	}
 	role, epoch, err := waitRole(ctx, d.primary, transport.RolePrimary, 0)
@@ -232,7 +296,7 @@ func (d *demo) startStores(ctx context.Context, first bool) error {
 	} else {
 		d.printf("  stores:   %s restarted on %s (same data dir, new port): %s (epoch %d)\n", stores1, d.primary.Addr(), role, epoch)
 	}
-	if d.standby, err = stores.Open(ctx, storesConfig(stores2, d.dir, d.brokers(), d.logger)); err != nil {
+	if d.standby, err = d.openStores(ctx, stores2); err != nil {
 		return err
 	}
 	if role, epoch, err = waitRole(ctx, d.standby, transport.RoleStandby, epoch); err != nil {
@@ -501,7 +565,7 @@ func (d *demo) step5(ctx context.Context) error {
 	d.printf("  stores:   revoke bob on %s with no standby -> refused: %v\n", next.Instance(), errors.Unwrap(err))
 
 	// The stopped instance restarts on its data dir: a standby now.
-	restarted, err := stores.Open(ctx, storesConfig(old.Instance(), d.dir, d.brokers(), d.logger))
+	restarted, err := d.openStores(ctx, old.Instance())
 	if err != nil {
 		return fmt.Errorf("restart %s: %w", old.Instance(), err)
 	}

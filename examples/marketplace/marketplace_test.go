@@ -71,6 +71,7 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("demo failed: %v\noutput:\n%s", err, out.String())
 	}
 	for _, want := range []string{
+		"mTLS     on: a dev CA",
 		`alice adds "desk lamp"    to S1 -> ALLOWED`,
 		`bob   adds "bicycle"      to S1 -> DENIED: bob is not a manager of store S1`,
 		`alice adds "lava lamp"    to S1 -> DENIED: alice is not a manager of store S1`,

@@ -9,12 +9,19 @@
 #   broker gRPC +0, gossip +1, HTTP +2; stores-1 HTTP +10, stores-2 +11;
 #   products-1 HTTP +20, products-2 +21 (replication ports are picked free).
 # KEEP=1 keeps the data and logs directory.
+#
+# Security is on: a development CA and a certificate per process are made
+# with `replctl tls` in the work directory, the broker serves mTLS with the
+# access policy config/policy.yaml and an encrypted gossip, and stores and
+# products run with their instance's certificate and the same policy.
+# REPLMESH_INSECURE=1 runs everything in plaintext (loopback development).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
 root=$(pwd)
 bin="$root/bin"
 modes="$root/examples/marketplace/config/modes.yaml"
+policy="$root/examples/marketplace/config/policy.yaml"
 base=${MARKETPLACE_PORT_BASE:-27400}
 
 if ! command -v curl >/dev/null 2>&1; then
@@ -131,7 +138,7 @@ expect() {
 
 echo "== build (go build -o bin/)"
 mkdir -p "$bin"
-go build -o "$bin/" ./cmd/replbroker ./examples/marketplace/cmd/stores ./examples/marketplace/cmd/products
+go build -o "$bin/" ./cmd/replbroker ./cmd/replctl ./examples/marketplace/cmd/stores ./examples/marketplace/cmd/products
 deadline=$((SECONDS + 45)) # bounds the run after the build (a first build may take minutes)
 
 broker_grpc=127.0.0.1:$base
@@ -142,17 +149,45 @@ p1=http://127.0.0.1:$((base + 20))
 p2=http://127.0.0.1:$((base + 21))
 common=(-brokers "$broker_grpc" -modes "$modes" -log-format json)
 
+# tls NAME: sets tls to the -tls-* and -policy flags of process NAME
+# (nothing in plaintext).
+tls=()
+tls_flags() {
+	tls=()
+	[[ ${REPLMESH_INSECURE:-} == 1 ]] && return 0
+	tls=(-tls-ca "$work/tls/ca.pem" -tls-cert "$work/tls/$1.pem" -tls-key "$work/tls/$1-key.pem" -policy "$policy")
+}
+
+if [[ ${REPLMESH_INSECURE:-} == 1 ]]; then
+	echo "== plaintext (REPLMESH_INSECURE=1)"
+	broker_security=()
+else
+	echo "== mTLS: a dev CA and certificates (replctl tls) in $work/tls"
+	"$bin/replctl" tls ca create -dir "$work/tls" >/dev/null
+	"$bin/replctl" tls cert create -ca-dir "$work/tls" -dir "$work/tls" -broker broker-1 -name broker-1 >/dev/null
+	for name in stores-1 stores-2 products-1 products-2; do
+		"$bin/replctl" tls cert create -ca-dir "$work/tls" -dir "$work/tls" -service "${name%-*}" -instance "$name" -name "$name" >/dev/null
+	done
+	(umask 077 && head -c 32 /dev/urandom | base64 >"$work/tls/gossip.key")
+	tls_flags broker-1
+	broker_security=("${tls[@]}" -gossip-key-file "$work/tls/gossip.key")
+fi
+
 echo "== start (data and logs in $work)"
 start broker "$bin/replbroker" -name broker-1 -grpc "$broker_grpc" -gossip "127.0.0.1:$((base + 1))" -http "$broker_http" \
-	-gossip-profile local -lease 2s -heartbeat 500ms -modes "$modes" -log-format json
+	-gossip-profile local -lease 2s -heartbeat 500ms -modes "$modes" -log-format json ${broker_security[@]+"${broker_security[@]}"}
 wait_for "broker-1    gRPC $broker_grpc, status http://$broker_http/" "http://$broker_http/api/status" '.'
-start stores-1 "$bin/stores" -instance stores-1 -http "${s1#http://}" -data "$work/stores-1" -min-sync-standbys 1 "${common[@]}"
+tls_flags stores-1
+start stores-1 "$bin/stores" -instance stores-1 -http "${s1#http://}" -data "$work/stores-1" -min-sync-standbys 1 "${common[@]}" ${tls[@]+"${tls[@]}"}
 wait_for "stores-1    $s1: primary" "$s1/status" '"role": "primary"'
-start stores-2 "$bin/stores" -instance stores-2 -http "${s2#http://}" -data "$work/stores-2" -min-sync-standbys 1 "${common[@]}"
+tls_flags stores-2
+start stores-2 "$bin/stores" -instance stores-2 -http "${s2#http://}" -data "$work/stores-2" -min-sync-standbys 1 "${common[@]}" ${tls[@]+"${tls[@]}"}
 wait_for "stores-2    $s2: standby" "$s2/status" '"role": "standby"'
-start products-1 "$bin/products" -instance products-1 -http "${p1#http://}" -data "$work/products-1" "${common[@]}"
+tls_flags products-1
+start products-1 "$bin/products" -instance products-1 -http "${p1#http://}" -data "$work/products-1" "${common[@]}" ${tls[@]+"${tls[@]}"}
 wait_for "products-1  $p1: primary of products, replicas ready" "$p1/status" '"role": "primary"'
-start products-2 "$bin/products" -instance products-2 -http "${p2#http://}" -data "$work/products-2" "${common[@]}"
+tls_flags products-2
+start products-2 "$bin/products" -instance products-2 -http "${p2#http://}" -data "$work/products-2" "${common[@]}" ${tls[@]+"${tls[@]}"}
 wait_for "products-2  $p2: standby of products, replicas ready" "$p2/status" '"role": "standby"'
 
 echo

@@ -13,6 +13,11 @@ func (n *node) startBroker(ctx context.Context, listen, gossip string, join []st
 	cfg := broker.LocalConfig(n.name)
 	cfg.GRPCAddr, cfg.BindAddr, cfg.Join = listen, gossip, join
 	cfg.Logger = n.log
+	if n.sec.tls != nil {
+		cfg.Transport.TLS = n.sec.tls.ServerConfig()
+		cfg.RequireIdentity = true
+	}
+	cfg.Policy, cfg.GossipKey, cfg.InsecureGossip = n.sec.policy, n.sec.gossipKey, n.sec.insecure
 	b, err := broker.New(ctx, cfg)
 	if err != nil {
 		return err

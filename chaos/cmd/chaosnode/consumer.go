@@ -45,6 +45,7 @@ func (n *node) startConsumer(ctx context.Context, dir string, brokers []string, 
 	cfg.MemTableSize, cfg.BlockCacheSize = 8<<20, 1<<20
 	cfg.MaxGroupBytes, cfg.MaxApplyBytes = 256<<10, 256<<10
 	cfg.Logger = n.log
+	cfg.TLS, cfg.Insecure = n.sec.tls, n.sec.insecure
 	n.frames = &frameFaults{}
 	n.frames.set(frames) // from the first frame: a full transfer under the fault
 	cfg.Transport.DialOptions = append(cfg.Transport.DialOptions, grpc.WithChainStreamInterceptor(n.frames.intercept))

@@ -51,6 +51,15 @@ func main() {
 		linksJSON  = flag.String("links", "", "JSON list of chaos.LinkFault to apply from the start")
 		framesJSON = flag.String("frames", "", "consumer: JSON chaos.FrameFault to apply from the start")
 		logLevel   = flag.String("loglevel", "info", "debug, info, warn or error")
+		tlsCA      = flag.String("tls-ca", "", "PEM CA bundle: every link on mTLS with identities (with -tls-cert, -tls-key)")
+		tlsCert    = flag.String("tls-cert", "", "PEM certificate with this node's identity")
+		tlsKey     = flag.String("tls-key", "", "PEM key of -tls-cert")
+		policy     = flag.String("policy", "", "brokers and owners: the access policy file")
+		gossipKey  = flag.String("gossip-key", "", "brokers: base64 gossip encryption key")
+		insecure   = flag.Bool("insecure", false, "plaintext on addresses that are not loopback")
+		ownerAddr  = flag.String("owner", "", "attacker: the primary's replication address")
+		primary    = flag.String("primary", "", "attacker: the primary's instance")
+		gossipTo   = flag.String("gossip-to", "", "attacker: comma-separated gossip addresses of the brokers")
 	)
 	flag.Parse()
 
@@ -75,9 +84,18 @@ func main() {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 
-	n := &node{role: *role, name: *name, svc: *service, links: lk, log: log, out: json.NewEncoder(os.Stdout)}
+	sec, err := loadSecurity(*tlsCA, *tlsCert, *tlsKey, *policy, *gossipKey, *insecure, log)
+	if err != nil {
+		fatal("%v", err)
+	}
+	n := &node{role: *role, name: *name, svc: *service, links: lk, log: log, out: json.NewEncoder(os.Stdout), sec: sec}
+	if *role == chaos.RoleAttacker {
+		n.attack(attackTargets{brokers: splitList(*brokers), gossip: splitList(*gossipTo), owner: *ownerAddr,
+			primary: *primary, service: *service, table: *table})
+		lk.close()
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	var err error
 	switch *role {
 	case chaos.RoleBroker:
 		err = n.startBroker(ctx, *listen, *gossip, splitList(*join), *service)
@@ -118,6 +136,7 @@ type node struct {
 	frames     *frameFaults // consumers: the frame fault of the Subscribe streams
 	log        *slog.Logger
 	addr       string
+	sec        *security
 
 	outMu sync.Mutex
 	out   *json.Encoder
@@ -203,7 +222,7 @@ func (n *node) status() (*chaos.NodeStatus, error) {
 		}
 		for _, o := range bs.Owners {
 			if o.Service == n.svc {
-				st.Primary, st.PrimaryEpoch = o.Primary.Instance, o.Epoch
+				st.Primary, st.PrimaryEpoch, st.PrimaryAddr = o.Primary.Instance, o.Epoch, o.Primary.Addr
 			}
 		}
 		for _, b := range bs.Brokers {

@@ -26,6 +26,7 @@ func (n *node) startOwner(ctx context.Context, listen, dir string, brokers []str
 		cfg.Retention.MaxChanges = retention
 	}
 	cfg.Logger = n.log
+	cfg.TLS, cfg.AccessPolicy, cfg.Insecure = n.sec.tls, n.sec.policy, n.sec.insecure
 	c, err := replica.Open(ctx, cfg)
 	if err != nil {
 		return err
@@ -128,13 +129,19 @@ func (n *node) history() (*chaos.History, error) {
 func (n *node) readLog(ctx context.Context, logID string, from, epoch uint64) (*chaos.History, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	conn, err := transport.Dial(n.addr, transport.Options{})
+	// With mTLS the owner reads its own log as itself (its certificate is
+	// the only identity it has); in plaintext as an auditor.
+	service, instance := "chaos-audit", n.name+"-audit"
+	if n.sec.tls != nil {
+		service, instance = n.svc, n.name
+	}
+	conn, err := transport.Dial(n.addr, n.sec.clientOptions(transport.ExpectService(n.svc)))
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close()
 	stream, st, err := transport.NewReplicationClient(conn).OpenSubscribe(ctx, &transport.Open{
-		Version: transport.ProtocolVersion, Service: "chaos-audit", Instance: n.name + "-audit",
+		Version: transport.ProtocolVersion, Service: service, Instance: instance,
 		Table: n.own.Name(), LogID: logID, Seq: from, Epoch: epoch,
 	})
 	if err != nil {

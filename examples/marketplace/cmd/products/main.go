@@ -34,6 +34,13 @@
 // product. An allowed POST on a standby answers 503 naming the primary
 // (the decision is in the body); a denied one answers 403 everywhere.
 //
+// With -tls-ca, -tls-cert and -tls-key every replication link runs on
+// mTLS, the certificate proving the instance's identity
+// (spiffe://TRUST-DOMAIN/replmesh/SERVICE/INSTANCE, see `replctl tls cert
+// create`); -policy names the access policy file saying which services may
+// read which tables. On SIGHUP it reloads both (the TLS files are also
+// picked up when they change).
+//
 // On SIGTERM or SIGINT it stops the HTTP server gracefully and closes the
 // component (the replicas stay on disk and resume on the next start).
 package main
@@ -68,9 +75,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return products.Open(ctx, cfg, products.Options{}) // no address: the brokers say where stores is
 	}
 	return svc.Run(ctx, log, open, func(s *products.Service) error {
+		defer f.ReloadOnHUP(ctx, s.Component(), log)()
 		h := &handler{s: s, log: log}
 		return f.Serve(ctx, log, h.mux(svc.MetricsHandler(svc.Registry(s.Component()))), func(addr string) {
-			log.Info("products serving", "http", addr, "addr", s.Component().Addr(), "brokers", cfg.Brokers, "data_dir", cfg.DataDir, "modes", f.Modes)
+			log.Info("products serving", "http", addr, "addr", s.Component().Addr(), "brokers", cfg.Brokers, "data_dir", cfg.DataDir, "modes", f.Modes, "mtls", cfg.TLS != nil, "policy", f.Policy)
 		})
 	})
 }

@@ -30,6 +30,13 @@
 // -sync-timeout before answering 503, so that a write sent right after a
 // standby (re)starts goes through.
 //
+// With -tls-ca, -tls-cert and -tls-key every replication link runs on
+// mTLS, the certificate proving the instance's identity
+// (spiffe://TRUST-DOMAIN/replmesh/SERVICE/INSTANCE, see `replctl tls cert
+// create`); -policy names the access policy file saying which services may
+// read which tables. On SIGHUP it reloads both (the TLS files are also
+// picked up when they change).
+//
 // On SIGTERM or SIGINT it stops the HTTP server gracefully and closes the
 // component (its consumers keep their replicas and resume when it returns).
 package main
@@ -59,10 +66,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	open := func(ctx context.Context) (*stores.Service, error) { return stores.Open(ctx, cfg) }
 	return svc.Run(ctx, log, open, func(s *stores.Service) error {
+		defer f.ReloadOnHUP(ctx, s.Component(), log)()
 		h := &handler{s: s, log: log, syncTimeout: cfg.SyncTimeout}
 		return f.Serve(ctx, log, h.mux(svc.MetricsHandler(svc.Registry(s.Component()))), func(addr string) {
 			log.Info("stores serving", "http", addr, "addr", s.Addr(), "brokers", cfg.Brokers, "data_dir", cfg.DataDir,
-				"min_sync_standbys", cfg.MinSyncStandbys, "modes", f.Modes)
+				"min_sync_standbys", cfg.MinSyncStandbys, "modes", f.Modes, "mtls", cfg.TLS != nil, "policy", f.Policy)
 		})
 	})
 }

@@ -16,7 +16,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -51,6 +54,14 @@ type Flags struct {
 	// Insecure allows plaintext replication on a non-loopback -listen or
 	// -brokers address (-insecure).
 	Insecure bool
+	// TLSCA, TLSCert and TLSKey name the CA bundle, this instance's
+	// certificate (with its SPIFFE identity) and key: every replication
+	// link runs on mTLS with identities (replica.Config.TLS). All three or
+	// none.
+	TLSCA, TLSCert, TLSKey string
+	// Policy names the access policy file (replica.Config.AccessPolicy):
+	// which other services may read this service's tables.
+	Policy string
 }
 
 // Register declares the common flags on fs with the given defaults for
@@ -71,6 +82,10 @@ func Register(fs *flag.FlagSet, instance, httpAddr string) *Flags {
 	fs.StringVar(&f.HTTPTokenFile, "http-token-file", "", "`file` holding a bearer token every HTTP request (the API and /metrics) must carry: Authorization: Bearer TOKEN; re-read when it changes")
 	fs.BoolVar(&f.HTTPInsecure, "http-insecure", false, "serve HTTP without a token on an address other hosts can reach (refused otherwise)")
 	fs.BoolVar(&f.Insecure, "insecure", false, "allow plaintext replication on a non-loopback -listen or -brokers address (a trusted network only)")
+	fs.StringVar(&f.TLSCA, "tls-ca", "", "PEM CA bundle `file`: replication runs on mTLS, peers authorized by their certificate's identity (with -tls-cert and -tls-key; reloaded on SIGHUP and when the files change)")
+	fs.StringVar(&f.TLSCert, "tls-cert", "", "PEM certificate `file` of this instance, with its identity spiffe://TRUST-DOMAIN/replmesh/SERVICE/INSTANCE")
+	fs.StringVar(&f.TLSKey, "tls-key", "", "PEM private key `file` of -tls-cert")
+	fs.StringVar(&f.Policy, "policy", "", "access policy `file`: which services may read which of this service's tables (the brokers' policy file; reloaded on SIGHUP)")
 	return f
 }
 
@@ -129,7 +144,98 @@ func (f *Flags) Config(service string, log *slog.Logger) (replica.Config, error)
 		}
 		cfg.Modes = m
 	}
+	if err := f.security(&cfg, log); err != nil {
+		return cfg, err
+	}
 	return cfg, cfg.Validate()
+}
+
+// security sets cfg.TLS from -tls-ca, -tls-cert and -tls-key and
+// cfg.AccessPolicy from -policy.
+func (f *Flags) security(cfg *replica.Config, log *slog.Logger) error {
+	switch n := countSet(f.TLSCA, f.TLSCert, f.TLSKey); n {
+	case 0:
+	case 3:
+		src, err := transport.NewTLSSource(transport.TLSFiles{CA: f.TLSCA, Cert: f.TLSCert, Key: f.TLSKey}, log)
+		if err != nil {
+			return fmt.Errorf("-tls-*: %w", err)
+		}
+		if id := src.Identity(); id.Role != transport.RoleService || id.Service != cfg.Service || id.Instance != cfg.Instance {
+			return fmt.Errorf("-tls-cert: the certificate is %s, want an identity of service %q instance %q", id, cfg.Service, cfg.Instance)
+		}
+		cfg.TLS = src
+	default:
+		return errors.New("-tls-ca, -tls-cert and -tls-key go together")
+	}
+	if f.Policy != "" {
+		p, err := modes.LoadAccessPolicy(f.Policy)
+		if err != nil {
+			return err
+		}
+		cfg.AccessPolicy = p
+	}
+	return nil
+}
+
+func countSet(vals ...string) int {
+	n := 0
+	for _, v := range vals {
+		if v != "" {
+			n++
+		}
+	}
+	return n
+}
+
+// Reload re-reads what the flags name that may change while c runs: the
+// TLS files (-tls-*; a bad set keeps the material in force) and the
+// -policy file (a bad file keeps the policy in force). It returns the
+// first error; the binaries call it on SIGHUP.
+func (f *Flags) Reload(c *replica.Component, log *slog.Logger) error {
+	var first error
+	if src := c.Config().TLS; src != nil {
+		if err := src.Reload(); err != nil { // logged by the source
+			first = fmt.Errorf("reload TLS: %w", err)
+		}
+	}
+	if f.Policy != "" {
+		p, err := modes.LoadAccessPolicy(f.Policy)
+		if err != nil {
+			log.Warn("access policy not reloaded: the policy in force stays", "policy", f.Policy, "err", err)
+			if first == nil {
+				first = err
+			}
+		} else {
+			c.ReloadAccessPolicy(p)
+		}
+	}
+	return first
+}
+
+// ReloadOnHUP calls f.Reload on every SIGHUP until ctx is done (in its
+// own goroutine, which it stops before it returns).
+func (f *Flags) ReloadOnHUP(ctx context.Context, c *replica.Component, log *slog.Logger) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				log.Info("SIGHUP: reloading")
+				_ = f.Reload(c, log)
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(hup)
+		cancel()
+		<-done
+	}
 }
 
 // Registry returns a Prometheus registry with the component's collector and

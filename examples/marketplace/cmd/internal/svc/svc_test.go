@@ -136,3 +136,65 @@ func TestFlagsServe_Bind(t *testing.T) {
 		}
 	})
 }
+
+// The security flags: all three -tls-* or none, the certificate must be
+// this instance's, and -policy loads the policy file; Reload re-reads both.
+func TestFlagsConfig_Security(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := transport.NewDevCA("test.local", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(id transport.Identity) transport.TLSFiles {
+		t.Helper()
+		files, err := ca.IssueFiles(dir, transport.LeafRequest{Identity: id, Validity: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return files
+	}
+	own := issue(transport.Identity{Role: transport.RoleService, Service: "svc", Instance: "t-1"})
+	other := issue(transport.Identity{Role: transport.RoleService, Service: "other", Instance: "t-1"})
+	policy := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(policy, []byte("version: 1\ntables:\n  svc/*: {readers: [other]}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("version: 1\ntables:\n  svc: {readers: [other]}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tls := func(f transport.TLSFiles) []string {
+		return []string{"-tls-ca", f.CA, "-tls-cert", f.Cert, "-tls-key", f.Key}
+	}
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string
+	}{
+		{"none", nil, ""},
+		{"mtls and policy", append(tls(own), "-policy", policy), ""},
+		{"cert without key", []string{"-tls-ca", own.CA, "-tls-cert", own.Cert}, "go together"},
+		{"another service's cert", tls(other), `want an identity of service "svc" instance "t-1"`},
+		{"bad policy", []string{"-policy", bad}, "line 3"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := flags(t, tc.args...).Config("svc", testutil.Logger(t))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("got %v, want an error containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, want := cfg.TLS != nil, len(tc.args) > 0; got != want {
+				t.Errorf("TLS set %v, want %v", got, want)
+			}
+			if got, want := cfg.AccessPolicy.MayRead("svc", "t", "other"), len(tc.args) > 0; got != want {
+				t.Errorf("other may read svc/t: %v, want %v", got, want)
+			}
+		})
+	}
+}
