@@ -51,12 +51,13 @@ STRESS_COUNT ?= 3
 stress: ## the suite with -count=3 under a CPU hog on every core (finds timing-bound tests)
 	GO="$(GO)" RACE="$(RACE)" STRESS_COUNT=$(STRESS_COUNT) PKGS="$(PKGS)" ./.ci/stress
 
-bench: ## micro-benchmarks and the replbench table
+bench: ## micro-benchmarks, the marketplace authorization benchmark and the replbench table
 	$(GO) test -run '^$$' -bench . -benchmem ./replica/ ./transport/
 	$(GO) test -run '^$$' -bench . -benchtime 10x ./broker/
+	$(GO) test -run '^$$' -bench Authz ./examples/marketplace/
 	$(GO) run ./cmd/replbench
 
-replbench: ## the replbench table (fan-out, transfer, resume, reads, modes, authz)
+replbench: ## the replbench table (fan-out, transfer, resume, reads, modes, security: mTLS cost and hostile peers)
 	$(GO) run ./cmd/replbench
 
 demo: ## the marketplace demo in one process, on embedded defaults
@@ -99,7 +100,7 @@ ci: ## what CI runs (.ci/run)
 # primary and standby, two products instances, a scripted scenario (curl);
 # everything is stopped at its end (make cluster-up leaves a cluster running).
 .PHONY: marketplace
-marketplace: ## the marketplace as processes, a scripted scenario, then stopped
+marketplace: ## the marketplace as processes on mTLS, a scripted scenario, then stopped (REPLMESH_INSECURE=1: plaintext)
 	./examples/marketplace/run.sh
 
 # A multi-node cluster on this machine, left running (docs/quickstart.md):
@@ -109,7 +110,7 @@ marketplace: ## the marketplace as processes, a scripted scenario, then stopped
 CLUSTER_DIR ?=
 
 .PHONY: cluster-up cluster-down cluster-status cluster-smoke
-cluster-up: build ## start 3 brokers, stores primary+standby, 2 products; leave them running
+cluster-up: build ## start 3 brokers, stores primary+standby, 2 products on mTLS (certificates in CLUSTER_DIR/tls; REPLMESH_INSECURE=1: plaintext); leave them running
 	./examples/marketplace/cluster.sh up $(CLUSTER_DIR)
 
 cluster-down: ## stop exactly the processes cluster-up started (data and logs kept)
@@ -138,7 +139,7 @@ cluster-smoke: build ## cluster-up in a temporary directory, replctl status and 
 CHAOS_REPORT ?= $(or $(TMPDIR),/tmp)/replmesh-chaos-report.txt
 
 .PHONY: chaos chaos-short
-chaos: ## the full chaos suite (real processes, faults, every guarantee checked)
+chaos: ## the full chaos suite (real processes on mTLS, faults incl. an attacker, every guarantee checked; REPLMESH_CHAOS_TLS=0: plaintext)
 	@if [ "$$(id -u)" = 0 ] && command -v ip >/dev/null 2>&1 && ! command -v nft >/dev/null 2>&1; then \
 		echo "installing nftables for the real-network level"; \
 		apt-get install -y nftables >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get install -y nftables >/dev/null 2>&1; } || \
