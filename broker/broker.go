@@ -212,6 +212,13 @@ func New(ctx context.Context, cfg Config) (_ *Broker, err error) {
 		b.wg.Add(1)
 		go b.joinThenIdle()
 	}
+	if cfg.Transport.TLS == nil {
+		if open := transport.NonLoopback([]string{cfg.GRPCAddr, cfg.AdvertiseGRPC}); len(open) > 0 {
+			// Validate let it through: Insecure is set. Say so on every start.
+			b.log.Warn("insecure mode: the gRPC service is plaintext and other hosts can reach it (Config.Insecure); "+
+				"callers are trusted on their word", "reachable", open)
+		}
+	}
 	b.log.Info("broker started", "grpc", b.grpc, "gossip", b.GossipAddr(), "join", cfg.Join)
 	return b, nil
 }

@@ -64,6 +64,11 @@ type Config struct {
 	// decide, if its name sorts first). The broker logs a warning on every
 	// start. A loopback bind (one host, development) needs neither.
 	InsecureGossip bool
+	// Insecure lets a broker serve its gRPC service in plaintext (no
+	// Transport.TLS) on a GRPCAddr or AdvertiseGRPC other hosts can reach.
+	// Then every caller is trusted on its word (Token aside). The broker
+	// logs a warning on every start. A loopback address needs no TLS.
+	Insecure bool
 	// ClusterLabel, when set, is carried on every gossip packet; brokers
 	// with another label are ignored (at most 255 bytes).
 	ClusterLabel string
@@ -297,6 +302,11 @@ func (c *Config) Validate() error {
 		return invalid("Config.GossipKey", "is not set and Config.BindAddr %q is not a loopback address: anyone "+
 			"who reaches it could read and rewrite the registry and join the cluster; set a key (16, 24 or 32 "+
 			"bytes), or Config.InsecureGossip to gossip in the clear", c.BindAddr)
+	}
+	if c.Transport.TLS == nil && !c.Insecure {
+		if err := transport.CheckTransportSecurity([]string{c.GRPCAddr, c.AdvertiseGRPC}, false, false); err != nil {
+			return invalid("Config.Transport.TLS", "is not set: %v; set TLS, or Config.Insecure to serve in plaintext", err)
+		}
 	}
 	if len(c.ClusterLabel) > memberlist.LabelMaxSize {
 		return invalid("Config.ClusterLabel", "is longer than %d bytes", memberlist.LabelMaxSize)

@@ -52,3 +52,32 @@ func TestConfig_ValidateNamesFieldAndRange(t *testing.T) {
 		t.Fatalf("heartbeat of half the lease: %v", err)
 	}
 }
+
+// A gRPC address other hosts can reach needs TLS, or Insecure (which New
+// then warns about); loopback needs neither.
+func TestConfig_PlaintextGRPCOffLoopback(t *testing.T) {
+	tests := []struct {
+		name     string
+		grpc     string
+		insecure bool
+		wantErr  bool
+	}{
+		{"loopback", "127.0.0.1:0", false, false},
+		{"all interfaces", "0.0.0.0:7400", false, true},
+		{"all interfaces, insecure", "0.0.0.0:7400", true, false},
+		{"other host", "10.1.2.3:7400", false, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := LocalConfig("b1")
+			c.GRPCAddr, c.Insecure = tt.grpc, tt.insecure
+			err := c.Validate()
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("Validate: %v, want error %v", err, tt.wantErr)
+			}
+			if err != nil && !strings.Contains(err.Error(), "Config.Insecure") {
+				t.Fatalf("error %q does not name Config.Insecure", err)
+			}
+		})
+	}
+}

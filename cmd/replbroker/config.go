@@ -497,9 +497,6 @@ func parseSettingsWith(args []string, stderr io.Writer, more func(*flag.FlagSet)
 		return nil, err
 	}
 	st.cfg.Logger = log
-	if err := transport.CheckTransportSecurity([]string{st.cfg.GRPCAddr, st.cfg.AdvertiseGRPC}, st.cfg.Transport.TLS != nil, st.insecure); err != nil {
-		return nil, fmt.Errorf("grpc: %w (flag -insecure, config key insecure)", err)
-	}
 	if st.policy != "" {
 		if st.cfg.Policy, err = modes.LoadAccessPolicy(st.policy); err != nil {
 			return nil, err
@@ -546,6 +543,11 @@ func brokerConfig(fc *fileConfig, log *slog.Logger) (cfg broker.Config, src *tra
 	}
 	if cfg, src, noID, err = brokerTLS(fc, cfg, log); err != nil {
 		return cfg, nil, false, err
+	}
+	// The broker refuses it too (Config.Insecure); checked here first to
+	// name the flag.
+	if err := transport.CheckTransportSecurity([]string{cfg.GRPCAddr, cfg.AdvertiseGRPC}, cfg.Transport.TLS != nil, fc.Insecure); err != nil {
+		return cfg, src, noID, fmt.Errorf("grpc: %w (flag -insecure, config key insecure)", err)
 	}
 	return cfg, src, noID, settingError(cfg.Validate())
 }
@@ -635,6 +637,7 @@ func brokerSettings(fc *fileConfig) (broker.Config, error) {
 		cfg.GossipKey, cfg.GossipKeys = keys[0], keys[1:]
 	}
 	cfg.InsecureGossip = fc.InsecureGossip
+	cfg.Insecure = fc.Insecure
 	cfg.Token = fc.Token
 	if fc.TokenFile != "" {
 		if cfg.Token != "" {

@@ -186,11 +186,10 @@ serve:
 // insecure mode, mTLS whose certificates carry no identity, a policy
 // that applies to no identity.
 func (st *settings) warn() {
-	addrs := []string{st.cfg.GRPCAddr, st.cfg.AdvertiseGRPC}
 	switch {
 	case st.cfg.Transport.TLS == nil && st.insecure:
-		st.log.Warn("insecure mode: the gRPC service is plaintext and authorizes no call; use it on a trusted network only",
-			"grpc", st.cfg.GRPCAddr, "reachable_from_other_hosts", transport.NonLoopback(addrs))
+		// broker.New warns about a plaintext gRPC address other hosts
+		// can reach (Config.Insecure); on loopback there is nothing to say.
 	case st.tlsNoID:
 		st.log.Warn("the broker's certificate carries no replmesh identity (SPIFFE ID): mTLS without authorization; "+
 			"issue certificates with `replctl tls cert create`", "grpc", st.cfg.GRPCAddr)

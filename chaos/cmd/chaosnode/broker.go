@@ -17,7 +17,7 @@ func (n *node) startBroker(ctx context.Context, listen, gossip string, join []st
 		cfg.Transport.TLS = n.sec.tls.ServerConfig()
 		cfg.RequireIdentity = true
 	}
-	cfg.Policy, cfg.GossipKey, cfg.InsecureGossip = n.sec.policy, n.sec.gossipKey, n.sec.insecure
+	cfg.Policy, cfg.GossipKey, cfg.InsecureGossip, cfg.Insecure = n.sec.policy, n.sec.gossipKey, n.sec.insecure, n.sec.insecure
 	b, err := broker.New(ctx, cfg)
 	if err != nil {
 		return err
