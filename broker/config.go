@@ -72,6 +72,20 @@ type Config struct {
 	// logger are set from the fields above; the value is copied, not kept.
 	Gossip *memberlist.Config
 
+	// DataDir is where the broker keeps its Raft log, snapshots and node
+	// id (a badger database in DataDir/raft). A broker restarted with its
+	// data dir comes back as the member it was, with the decided state;
+	// with an empty data dir it joins as a new member. Empty: in memory
+	// only, for a single development broker and tests; an in-memory broker
+	// takes a node id from its name and forgets its votes and log when it
+	// stops, which Raft's safety does not allow for more than one member
+	// at a time: give every broker of a real cluster a data dir.
+	DataDir string
+	// PeerTransport is how this broker dials the others (Raft messages
+	// and joins): their TLS with this broker's client certificate, whose
+	// identity must be a broker's when they require identities.
+	PeerTransport transport.Options
+
 	// Token, when set, must be presented in every Register.
 	Token string
 	// Transport: TLS and message size limit of the gRPC server.
