@@ -257,6 +257,9 @@ func New(ctx context.Context, cfg Config) (_ *Broker, err error) {
 			return nil, fmt.Errorf("broker: start raft: %w", err)
 		}
 	}
+	if cfg.peerTLSMissing() {
+		b.log.Warn("the broker serves TLS but Config.PeerTransport has no TLS: it can serve alone but cannot send raft messages to other brokers, and refuses their joins")
+	}
 	b.log.Info("broker started", "grpc", b.grpc, "gossip", b.GossipAddr(), "join", cfg.Join, "raft_id", fmt.Sprintf("%x", b.raft.id))
 	return b, nil
 }

@@ -119,5 +119,7 @@
 // stop acknowledging writes (with min_sync_standbys) until a majority is
 // back; sessions, topologies and the peer-to-peer streams go on. An
 // in-memory broker (empty DataDir) forgets its raft log and votes when it
-// stops: use one only alone or in tests.
+// stops, so it takes a new node id on every start and joins as a new
+// member, like a broker whose data dir was wiped: it comes back only while
+// a majority of the others is up. Use one alone or in tests.
 package broker

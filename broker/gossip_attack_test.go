@@ -219,10 +219,6 @@ func securedCluster(t *testing.T, key []byte) ([]*Broker, *testutil.LogBuffer) {
 	return bs, logs
 }
 
-// isLeader reports whether b leads the brokers' raft group, and so
-// decides.
-func isLeader(b *Broker) bool { return b.raft.isLeader() }
-
 func liveNames(b *Broker) []string {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"slices"
 	"sync"
@@ -112,14 +111,6 @@ type pendingRead struct {
 	at    time.Duration
 }
 
-// nameID is the Raft node id of an in-memory broker: a hash of its name,
-// so that a restarted in-memory broker comes back as the member it was.
-func nameID(name string) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte(name))
-	return max(h.Sum64(), 1)
-}
-
 func randomID() uint64 {
 	var b [8]byte
 	for {
@@ -140,8 +131,15 @@ func raftTick(lease time.Duration) time.Duration {
 }
 
 // openRaft opens the storage and decides the node id: the one the data
-// dir records; a new random one for a new member with a data dir; the
-// name's hash in memory. fresh reports that the storage held nothing.
+// dir records, else a new random one. fresh reports that the storage held
+// nothing, which is always so in memory.
+//
+// An in-memory broker therefore takes a new id on every start and joins
+// as a new member (RaftJoin removes the voter of its name first), like a
+// broker whose data dir was wiped. It never comes back under an id whose
+// votes and log it lost: a member that did would be sent heartbeats
+// committing past its empty log (raft panics on that) and could vote
+// twice in one term, so it needs a live majority to come back.
 func (b *Broker) openRaft() (*raftNode, bool, error) {
 	store, id, err := openRaftStore(b.cfg.DataDir, badgerLogger{b.log.With("subsystem", "badger")})
 	if err != nil {
@@ -149,11 +147,7 @@ func (b *Broker) openRaft() (*raftNode, bool, error) {
 	}
 	fresh := id == 0
 	if fresh {
-		if b.cfg.DataDir == "" {
-			id = nameID(b.cfg.Name)
-		} else {
-			id = randomID()
-		}
+		id = randomID()
 		if err := store.setID(id); err != nil {
 			store.close()
 			return nil, false, err
@@ -677,14 +671,25 @@ func (l raftLogger) Warningf(format string, v ...any) {
 }
 func (l raftLogger) Error(v ...any)                 { l.log.Error(fmt.Sprint(v...)) }
 func (l raftLogger) Errorf(format string, v ...any) { l.log.Error(fmt.Sprintf(format, v...)) }
-func (l raftLogger) Fatal(v ...any)                 { l.log.Error(fmt.Sprint(v...)); panic(fmt.Sprint(v...)) }
-func (l raftLogger) Fatalf(format string, v ...any) {
-	l.log.Error(fmt.Sprintf(format, v...))
-	panic(fmt.Sprintf(format, v...))
-}
-func (l raftLogger) Panic(v ...any) { panic(fmt.Sprint(v...)) }
-func (l raftLogger) Panicf(format string, v ...any) {
-	panic(fmt.Sprintf(format, v...))
+
+// Fatal, Fatalf, Panic and Panicf: raft calls them when its own state or
+// its log contradicts what the cluster says (a commit index past the end
+// of the log, a log that does not match what it had acknowledged), in
+// its node goroutine, where the broker cannot recover. They are logged
+// as the broker's error, then panic: the process stops. They are not
+// recoverable here: a broker that went on would decide and vote from a
+// log that lost entries it had acknowledged, which can undo a committed
+// grant. With a node id per log (openRaft) only a corrupted or truncated
+// durable log, or a raft bug, gets here; a restart with a wiped data dir
+// rejoins as a new member.
+func (l raftLogger) Fatal(v ...any)                 { l.fatal(fmt.Sprint(v...)) }
+func (l raftLogger) Fatalf(format string, v ...any) { l.fatal(fmt.Sprintf(format, v...)) }
+func (l raftLogger) Panic(v ...any)                 { l.fatal(fmt.Sprint(v...)) }
+func (l raftLogger) Panicf(format string, v ...any) { l.fatal(fmt.Sprintf(format, v...)) }
+
+func (l raftLogger) fatal(msg string) {
+	l.log.Error("raft: fatal: the broker stops (its raft log contradicts the cluster)", "err", msg)
+	panic(msg)
 }
 
 // badgerLogger routes badger's logs to slog, quietly.

@@ -266,3 +266,65 @@ func TestRaft_SnapshotCompactsTheLogAndRestores(t *testing.T) {
 		t.Fatalf("%d overrides after a restart from snapshot and log, want %d", got, n)
 	}
 }
+
+// An in-memory broker forgets its raft log and votes when it stops, so it
+// must never come back under the node id it had: the leader would send it
+// heartbeats committing past its empty log (raft panics on that) and it
+// could vote twice in one term. Each restart takes a new id and joins as
+// a new member in place of the old voter of its name; the decided state
+// reaches it and decisions go on.
+func TestRaft_InMemoryBrokerRestartsAsNewMember(t *testing.T) {
+	bs := startCluster(t, 3, nil)
+	waitVoters(t, bs, 3)
+	seen := map[uint64]bool{}
+	for _, b := range bs {
+		seen[b.raft.id] = true
+	}
+	setMode := func(b *Broker, table string) {
+		t.Helper()
+		if _, err := b.SetMode(ctxT(t, waitLong), &transport.SetModeRequest{Version: transport.ProtocolVersion, Service: "stores", Table: table, Mode: "pull"}); err != nil {
+			t.Fatalf("set mode on %s: %v", b.Name(), err)
+		}
+	}
+	setMode(bs[0], "t0")
+	const restarts = 6
+	for i := range restarts {
+		k := i % len(bs)
+		name := bs[k].Name()
+		outer := t
+		t.Run(fmt.Sprintf("restart %d of %s", i, name), func(t *testing.T) {
+			bs[k].Close()
+			rest := others(bs, bs[k])
+			var join []string
+			for _, b := range rest {
+				join = append(join, b.GossipAddr())
+			}
+			nb := startBroker(outer, name, join, nil) // lives on after the subtest
+			if seen[nb.raft.id] {
+				t.Fatalf("%s came back under raft id %x, which a broker had before", name, nb.raft.id)
+			}
+			seen[nb.raft.id] = true
+			bs[k] = nb
+			// (The restarted broker applies the log from its start: it
+			// holds the old id for a while.)
+			waitUntil(t, waitLong, fmt.Sprintf("%s a voter under its new id everywhere", name), func() bool {
+				for _, b := range bs {
+					b.mu.Lock()
+					m, ok := b.fsm.memberByName(name)
+					k := len(b.fsm.members)
+					b.mu.Unlock()
+					if !ok || m.ID != nb.raft.id || k != 3 || b.raft.leader.Load() == 0 {
+						return false
+					}
+				}
+				return true
+			})
+			waitUntil(t, waitLong, "the decided state on the restarted broker", func() bool {
+				nb.mu.Lock()
+				defer nb.mu.Unlock()
+				return nb.fsm.modes["stores/t0"] != nil
+			})
+			setMode(nb, fmt.Sprintf("t%d", i+1))
+		})
+	}
+}

@@ -221,6 +221,11 @@ func (b *Broker) RaftJoin(ctx context.Context, req *transport.RaftJoinRequest) (
 	if req.ID == 0 {
 		return nil, badRequest("raft join: node id 0")
 	}
+	if b.cfg.peerTLSMissing() {
+		// A voter it cannot send to would cost the cluster its majority.
+		return nil, fmt.Errorf("%w: raft join: broker %s serves TLS but has no Config.PeerTransport.TLS, so it "+
+			"cannot send raft messages to other brokers", transport.ErrUnavailable, b.cfg.Name)
+	}
 	if err := checkName("broker name", req.Name); err != nil {
 		return nil, err
 	}
