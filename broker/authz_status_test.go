@@ -33,7 +33,7 @@ func TestStatus_Paging(t *testing.T) {
 			}
 			b.reg.store(rec)
 		}
-		b.reg.mergeOwner(&ownerRec{Service: svc, Epoch: 1, Primary: "i-00"})
+		b.fsm.owners[svc] = &ownerRec{Service: svc, Epoch: 1, Primary: "i-00"}
 	}
 	b.mu.Unlock()
 	whole := status(t, b) // in process: unpaged

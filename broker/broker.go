@@ -43,6 +43,7 @@ import (
 // goroutine: it wakes and ends sessions (non-blocking), logs and counts.
 type Broker struct {
 	// Set by New, then read-only.
+	raft    *raftNode
 	cfg     Config
 	log     *slog.Logger
 	srv     *transport.Server
@@ -84,24 +85,36 @@ type Broker struct {
 	sessions map[instKey]*session
 	watchers map[string]map[*session]struct{} // service -> sessions that need it
 
-	// Membership as refreshMembers last installed it, and who is heard.
-	live      []member             // live brokers, sorted by name
-	departed  []member             // brokers that died or left, sorted by name
-	brokers   []string             // gRPC addresses of live brokers, sorted
-	leader    bool                 // this broker decides leases and primaries
-	ready     bool                 // the registry has been exchanged with the cluster (or none was configured)
-	heard     map[string]time.Time // broker name -> when its last beat arrived
-	liveSince map[string]time.Time // broker name -> when it became a live member
+	// The decided state (applied by raft's goroutine, under mu) and the
+	// grants applied, newest last (at most raftGrantHistory).
+	fsm    *fsm
+	grants []grantEvent
+
+	// Membership as refreshMembers last installed it.
+	live     []member // live brokers, sorted by name
+	departed []member // brokers that died or left, sorted by name
+	brokers  []string // gRPC addresses of live brokers, sorted
+	ready    bool     // gossipReady and raftReady: sessions are served
+	// gossipReady: the registry has been exchanged with the cluster (or
+	// none was configured); raftReady: the raft node holds the decided
+	// state (see setRaftReadyLocked).
+	gossipReady, raftReady bool
+	liveSince              map[string]time.Time // broker name -> when it became a live member
+	// raftActive, on the raft leader, is the Raft node ids it heard from
+	// within an election timeout (nil elsewhere), as step last read it.
+	raftActive map[uint64]bool
 
 	// The clocks of the periodic steps (see step).
 	downSince map[instKey]time.Time // instances seen without a live session, since
 	goneAt    map[instKey]time.Time // tombstones, since
-	clearedAt map[string]time.Time  // cleared overrides, since
 	dirty     map[instKey]struct{}  // records whose latest heads are not yet gossiped
 	lastFlush time.Time             // when dirty was last gossiped
-	lastBeat  time.Time             // when this broker last queued its beat
 	joining   bool                  // a join is running
 	lastJoin  time.Time             // when the last join started
+	inflight  map[string]time.Time  // service -> when a grant was last proposed for it
+
+	// Registers refused because another live session holds the name.
+	refused map[instKey]*transport.RefusedRegister
 }
 
 // New starts a broker: it opens the gRPC listener and the gossip
@@ -136,13 +149,15 @@ func New(ctx context.Context, cfg Config) (_ *Broker, err error) {
 		started:   time.Now(),
 		downSince: make(map[instKey]time.Time),
 		goneAt:    make(map[instKey]time.Time),
-		clearedAt: make(map[string]time.Time),
-		heard:     make(map[string]time.Time),
 		liveSince: make(map[string]time.Time),
+		inflight:  make(map[string]time.Time),
+		refused:   make(map[instKey]*transport.RefusedRegister),
+		fsm:       newFSM(),
 		dirty:     make(map[instKey]struct{}),
 		readyCh:   make(chan struct{}),
 		joins:     joinLog{every: joinLogEvery},
 	}
+	b.reg.owners, b.reg.modes = b.fsm.owners, b.fsm.modes
 	b.policy.Store(cfg.Policy)
 	if len(cfg.Join) == 0 {
 		b.setReadyLocked()
@@ -159,22 +174,31 @@ func New(ctx context.Context, cfg Config) (_ *Broker, err error) {
 			lis.Close()
 		}
 	}()
-	meta, err := encodeMeta(nodeMeta{GRPC: b.grpc})
-	if err != nil {
-		return nil, err
-	}
-	b.del = &delegate{b: b, meta: meta, nodes: make(map[string]member)}
-
 	if b.cfg.Name == "" {
 		if b.cfg.Name, err = defaultName(cfg.BindAddr); err != nil {
 			return nil, err
 		}
 	}
 	b.log = log.With("broker", b.cfg.Name)
+	b.metrics = newMetrics(b)
+	fresh := false
+	if b.raft, fresh, err = b.openRaft(); err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			b.raft.store.close()
+		}
+	}()
+	meta, err := encodeMeta(nodeMeta{GRPC: b.grpc, Raft: b.raft.id})
+	if err != nil {
+		return nil, err
+	}
+	b.del = &delegate{b: b, meta: meta, nodes: make(map[string]member)}
+
 	if host, _, _ := net.SplitHostPort(b.grpc); net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified() {
 		b.log.Warn("the gRPC address handed to components is a wildcard address; set Config.AdvertiseGRPC", "addr", b.grpc)
 	}
-	b.metrics = newMetrics(b)
 	mc, err := b.memberlistConfig(b.del)
 	if err != nil {
 		return nil, err
@@ -186,17 +210,32 @@ func New(ctx context.Context, cfg Config) (_ *Broker, err error) {
 	if b.ml, err = memberlist.Create(mc); err != nil {
 		return nil, fmt.Errorf("broker: start gossip on %s: %w", cfg.BindAddr, err)
 	}
+	if err = b.raft.start(fresh, len(cfg.Join) == 0); err != nil {
+		b.ml.Shutdown()
+		return nil, fmt.Errorf("broker: start raft: %w", err)
+	}
 	// Read once, now: memberlist keeps writing its nodes later.
 	self := b.ml.LocalNode()
 	b.gossip = net.JoinHostPort(self.Addr.String(), strconv.Itoa(int(self.Port)))
 
 	b.srv = transport.NewServer(cfg.Transport, grpc.WaitForHandlers(true))
 	transport.RegisterBrokerServer(b.srv, b)
+	transport.RegisterRaftServer(b.srv, b)
 	b.srv.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	b.srv.Health.SetServingStatus(transport.BrokerServiceName, healthpb.HealthCheckResponse_SERVING)
 
 	b.refreshMembers(time.Now())
-	b.wg.Add(3)
+	b.wg.Add(5)
+	go b.raft.run(b.ctx)
+	go b.raft.proposer(b.ctx)
+	if fresh && len(cfg.Join) > 0 {
+		b.wg.Add(1)
+		go b.joinRaft()
+	} else {
+		b.mu.Lock()
+		b.setRaftReadyLocked()
+		b.mu.Unlock()
+	}
 	go func() {
 		defer b.wg.Done()
 		if err := b.srv.Serve(lis); err != nil {
@@ -212,6 +251,12 @@ func New(ctx context.Context, cfg Config) (_ *Broker, err error) {
 		b.wg.Add(1)
 		go b.joinThenIdle()
 	}
+	if !fresh || len(cfg.Join) == 0 {
+		if err = b.raft.waitStarted(ctx, b.raft.store.commit); err != nil {
+			b.Close()
+			return nil, fmt.Errorf("broker: start raft: %w", err)
+		}
+	}
 	if cfg.Transport.TLS == nil {
 		if open := transport.NonLoopback([]string{cfg.GRPCAddr, cfg.AdvertiseGRPC}); len(open) > 0 {
 			// Validate let it through: Insecure is set. Say so on every start.
@@ -219,7 +264,10 @@ func New(ctx context.Context, cfg Config) (_ *Broker, err error) {
 				"callers are trusted on their word", "reachable", open)
 		}
 	}
-	b.log.Info("broker started", "grpc", b.grpc, "gossip", b.GossipAddr(), "join", cfg.Join)
+	if cfg.peerTLSMissing() {
+		b.log.Warn("the broker serves TLS but Config.PeerTransport has no TLS: it can serve alone but cannot send raft messages to other brokers, and refuses their joins")
+	}
+	b.log.Info("broker started", "grpc", b.grpc, "gossip", b.GossipAddr(), "join", cfg.Join, "raft_id", fmt.Sprintf("%x", b.raft.id))
 	return b, nil
 }
 
@@ -289,15 +337,30 @@ func (b *Broker) Close() error {
 			err = fmt.Errorf("broker: stop gossip: %w", serr)
 		}
 		b.wg.Wait()
+		b.raft.stop()
 		b.log.Info("broker stopped")
 	})
 	return err
 }
 
 // setReadyLocked records that the registry has been exchanged with the
-// cluster: sessions are answered and (if leader) decisions taken from now.
+// cluster; the broker serves sessions (and, if raft leader, decides) once
+// its raft node is also caught up (setRaftReadyLocked).
 func (b *Broker) setReadyLocked() {
-	if !b.ready {
+	b.gossipReady = true
+	b.openLocked()
+}
+
+// setRaftReadyLocked records that this broker's raft node holds the
+// decided state: at once for a member (restarted or bootstrapped), once
+// it applied its own addition for a new member.
+func (b *Broker) setRaftReadyLocked() {
+	b.raftReady = true
+	b.openLocked()
+}
+
+func (b *Broker) openLocked() {
+	if !b.ready && b.gossipReady && b.raftReady {
 		b.ready = true
 		close(b.readyCh)
 	}
@@ -340,9 +403,6 @@ func (b *Broker) numMembers() int { return max(int(b.nlive.Load()), 1) }
 func (b *Broker) merge(g *gossipMsg) {
 	now := time.Now()
 	b.mu.Lock()
-	if g.Beat != "" {
-		b.heard[g.Beat] = now
-	}
 	var out []*broadcast
 	changed := false
 	decide := false
@@ -360,19 +420,8 @@ func (b *Broker) merge(g *gossipMsg) {
 			out = append(out, bc)
 		}
 	}
-	for _, o := range g.Owners {
-		if b.reg.mergeOwner(o) {
-			changed = true
-			decide = true
-			b.notifyLocked(o.Service)
-		}
-	}
-	for _, m := range g.Modes {
-		if b.reg.mergeMode(m) {
-			changed = true
-			b.notifyLocked(m.Service)
-		}
-	}
+	// Owner records and mode overrides are decided through Raft; any
+	// a broker of an older build gossips are ignored.
 	if changed {
 		b.rev++
 	}
@@ -445,10 +494,6 @@ func (b *Broker) localState() ([]byte, error) {
 
 func (b *Broker) instanceBroadcast(rec *instanceRec) *broadcast {
 	return newBroadcast("i/"+rec.Service+"/"+rec.Instance, &gossipMsg{Instances: []*instanceRec{rec}})
-}
-
-func modeBroadcast(m *modeRec) *broadcast {
-	return newBroadcast("m/"+m.key(), &gossipMsg{Modes: []*modeRec{m}})
 }
 
 func newBroadcast(name string, g *gossipMsg) *broadcast {

@@ -49,34 +49,46 @@ func TestBroker_LargeRecordsTravelOverTCP(t *testing.T) {
 	})
 }
 
-func TestBroker_NewerSessionSupersedesOlder(t *testing.T) {
+func TestBroker_InstanceInUseIsRefused(t *testing.T) {
 	bs := startCluster(t, 2, nil)
 	old := mustConnect(t, bs[0].GRPCAddr(), ownerReg("stores", "s1", "127.0.0.1:9001", 1))
 	waitEverywhere(t, bs, "s1 on b1", func(st *transport.StatusResponse) bool {
 		i := findInstance(st, "stores", "s1")
 		return i != nil && i.Broker == "b1"
 	})
-	// The component opens a new session elsewhere without closing the old
-	// one (its old connection is half-open): the old one is ended.
-	n := mustConnect(t, bs[1].GRPCAddr(), ownerReg("stores", "s1", "127.0.0.1:9002", 1))
-	err := old.waitEnd()
-	if !errors.Is(err, transport.ErrUnavailable) || !strings.Contains(err.Error(), "superseded") {
-		t.Fatalf("old session ended with %v, want superseded (ErrUnavailable)", err)
+	for _, tt := range []struct {
+		name string
+		b    *Broker
+	}{
+		{"on another broker", bs[1]},
+		{"on the same broker", bs[0]},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			// A second process with the same instance name: refused,
+			// naming the holder's address; the holder keeps its session.
+			c := &fakeComp{t: t, reg: ownerReg("stores", "s1", "127.0.0.1:9002", 1)}
+			c.reg.Version = transport.ProtocolVersion
+			err := c.openWith(tt.b.GRPCAddr(), &transport.SessionRequest{Kind: transport.SessionRegister, Register: &c.reg})
+			if !errors.Is(err, transport.ErrInstanceInUse) || !strings.Contains(err.Error(), "127.0.0.1:9001") {
+				t.Fatalf("second Register: %v, want ErrInstanceInUse naming 127.0.0.1:9001", err)
+			}
+			st := status(t, tt.b)
+			if len(st.Refused) != 1 || st.Refused[0].Addr != "127.0.0.1:9002" || st.Refused[0].Holder != "127.0.0.1:9001" {
+				t.Fatalf("Status.Refused = %+v, want the refused 127.0.0.1:9002 held by 127.0.0.1:9001", st.Refused)
+			}
+			select {
+			case err := <-old.errc:
+				t.Fatalf("the holder's session ended: %v", err)
+			default:
+			}
+		})
 	}
-	waitEverywhere(t, bs, "s1 on b2 at its new address", func(st *transport.StatusResponse) bool {
-		i := findInstance(st, "stores", "s1")
-		return i != nil && i.Broker == "b2" && i.Addr == "127.0.0.1:9002" && i.Role == transport.RolePrimary
-	})
+	// Once the holder's session ends, the name is free (within its lease,
+	// on any broker).
+	old.shut()
+	n := mustConnect(t, bs[1].GRPCAddr(), ownerReg("stores", "s1", "127.0.0.1:9003", 1))
 	if n.last.Role != transport.RolePrimary {
-		t.Fatalf("new session's role %q", n.last.Role)
-	}
-	// Same on one broker.
-	again := mustConnect(t, bs[1].GRPCAddr(), ownerReg("stores", "s1", "127.0.0.1:9003", 1))
-	if err := n.waitEnd(); !errors.Is(err, transport.ErrUnavailable) {
-		t.Fatalf("session replaced on the same broker ended with %v", err)
-	}
-	if again.last.Role != transport.RolePrimary {
-		t.Fatalf("role %q", again.last.Role)
+		t.Fatalf("new session's role %q, want primary", n.last.Role)
 	}
 }
 
@@ -185,10 +197,11 @@ func TestBroker_StateExchangeRepairsLostBroadcasts(t *testing.T) {
 	// can bring it to b2 and b3.
 	now := time.Now()
 	bs[0].mu.Lock()
-	m := &modeRec{Service: "stores", Table: "stores_t0", Mode: "pull", Ver: bs[0].reg.next("b1", now.UnixMicro())}
-	bs[0].reg.mergeMode(m)
+	rec := &instanceRec{Service: "products", Instance: "p9", Session: sessionID{Start: now.UnixNano(), Broker: "b1"},
+		Ver: bs[0].reg.next("b1", now.UnixMicro())}
+	bs[0].reg.store(rec)
 	bs[0].mu.Unlock()
-	waitEverywhere(t, bs, "the unbroadcast override", func(st *transport.StatusResponse) bool {
-		return st.Overrides["stores/stores_t0"] == "pull"
+	waitEverywhere(t, bs, "the unbroadcast record", func(st *transport.StatusResponse) bool {
+		return findInstance(st, "products", "p9") != nil
 	})
 }

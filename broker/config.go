@@ -77,6 +77,21 @@ type Config struct {
 	// logger are set from the fields above; the value is copied, not kept.
 	Gossip *memberlist.Config
 
+	// DataDir is where the broker keeps its Raft log, snapshots and node
+	// id (a badger database in DataDir/raft). A broker restarted with its
+	// data dir comes back as the member it was, with the decided state;
+	// with an empty data dir it joins as a new member. Empty: in memory
+	// only, for a single development broker and tests; an in-memory broker
+	// forgets its votes and log when it stops, so it takes a new node id
+	// on every start and rejoins as a new member (it needs the others'
+	// majority to come back): give every broker of a real cluster a data
+	// dir.
+	DataDir string
+	// PeerTransport is how this broker dials the others (Raft messages
+	// and joins): their TLS with this broker's client certificate, whose
+	// identity must be a broker's when they require identities.
+	PeerTransport transport.Options
+
 	// Token, when set, must be presented in every Register.
 	Token string
 	// Transport: TLS and message size limit of the gRPC server.
@@ -230,6 +245,27 @@ func invalid(field, format string, args ...any) error {
 	return &ConfigError{Field: field, Problem: fmt.Sprintf(format, args...)}
 }
 
+// checkPeerTransport refuses a broker that serves TLS, joins other
+// brokers and would dial them in plaintext: its raft messages and its join
+// would never reach a broker that serves TLS. (A broker that joins no one
+// is checked when another asks to join it: RaftJoin.)
+func (c *Config) checkPeerTransport() error {
+	if c.Transport.TLS != nil && c.PeerTransport.TLS == nil && len(c.Join) > 0 {
+		return invalid("Config.PeerTransport", "has no TLS while Config.Transport serves TLS and Config.Join "+
+			"names other brokers: this broker would dial their gRPC (raft messages, joins) in plaintext; set "+
+			"Config.PeerTransport.TLS to a client config with this broker's certificate "+
+			"(transport.TLSSource.ClientConfig(transport.ExpectRole(transport.RoleBroker)))")
+	}
+	return nil
+}
+
+// peerTLSMissing reports whether this broker serves TLS but dials other
+// brokers in plaintext (no Config.PeerTransport.TLS): it can serve alone
+// but cannot take other brokers into its raft group.
+func (c *Config) peerTLSMissing() bool {
+	return c.Transport.TLS != nil && c.PeerTransport.TLS == nil
+}
+
 // splitHostPort parses "host:port" with a numeric port in 0..65535.
 func splitHostPort(a string) (string, int, error) {
 	host, p, err := net.SplitHostPort(a)
@@ -284,6 +320,9 @@ func (c *Config) Validate() error {
 		if j == "" {
 			return invalid("Config.Join", "has an empty address")
 		}
+	}
+	if err := c.checkPeerTransport(); err != nil {
+		return err
 	}
 	switch len(c.GossipKey) {
 	case 0, 16, 24, 32:

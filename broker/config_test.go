@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"crypto/tls"
 	"errors"
 	"strings"
 	"testing"
@@ -77,6 +78,45 @@ func TestConfig_PlaintextGRPCOffLoopback(t *testing.T) {
 			}
 			if err != nil && !strings.Contains(err.Error(), "Config.Insecure") {
 				t.Fatalf("error %q does not name Config.Insecure", err)
+			}
+		})
+	}
+}
+
+// A broker that serves TLS and joins others must dial them with TLS too
+// (Config.PeerTransport): in plaintext its raft messages and its join
+// would never reach a TLS server.
+func TestConfig_ValidatePeerTransport(t *testing.T) {
+	server := &tls.Config{MinVersion: tls.VersionTLS12}
+	client := &tls.Config{MinVersion: tls.VersionTLS12}
+	tests := []struct {
+		name   string
+		mutate func(*Config)
+		ok     bool
+	}{
+		{"plaintext cluster", func(c *Config) { c.Join = []string{"127.0.0.1:7946"} }, true},
+		{"TLS alone", func(c *Config) { c.Transport.TLS = server }, true},
+		{"TLS joining with peer TLS", func(c *Config) {
+			c.Transport.TLS, c.PeerTransport.TLS, c.Join = server, client, []string{"127.0.0.1:7946"}
+		}, true},
+		{"TLS joining without peer TLS", func(c *Config) {
+			c.Transport.TLS, c.Join = server, []string{"127.0.0.1:7946"}
+		}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := LocalConfig("b1")
+			tt.mutate(&cfg)
+			err := cfg.Validate()
+			if tt.ok {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			var ce *ConfigError
+			if !errors.As(err, &ce) || ce.Field != "Config.PeerTransport" {
+				t.Fatalf("got %v, want a *ConfigError for Config.PeerTransport", err)
 			}
 		})
 	}

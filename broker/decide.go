@@ -2,49 +2,15 @@ package broker
 
 import (
 	"math"
+	"slices"
+	"strings"
 	"time"
 )
 
-// The deciding broker's decisions: whether it may decide at all (quorum),
-// which instances' leases lapsed (expireLocked) and which services are due
-// a primary grant (nextGrant, recorded by decideLocked). quorum and
-// nextGrant are pure: they read no clock and change nothing.
-
-// quorumLocked reports whether this broker hears a majority of the brokers
-// it has ever known at now (see quorum). Only then does it decide leases
-// and promotions or confirm a primary's lease. A broker cut off with a
-// minority stops confirming within a quarter of a lease, so the primary
-// whose session it holds stops acknowledging (min_sync_standbys) within
-// three quarters of one, before the majority side can have promoted a
-// standby (a whole lease after it lost the broker). memberlist's failure
-// detector is not used for this: a minority member has nobody to confirm
-// its suspicions and declares its peers dead seconds after the majority
-// declared it dead. Departed brokers count until they come back, so losing
-// half of the cluster or more stops grants and promotions (as with any
-// majority-based system) until brokers return.
-func (b *Broker) quorumLocked(now time.Time) bool {
-	return quorum(b.cfg.Name, b.live, b.departed, b.heard, b.liveSince, b.cfg.Lease/4, now)
-}
-
-// quorum reports whether self hears a majority of the brokers it has ever
-// known (live and departed, itself included): itself, and each live member
-// whose last beat arrived (heard), or which became live (liveSince), at
-// most window before now. It reads no clock.
-func quorum(self string, live, departed []member, heard, liveSince map[string]time.Time, window time.Duration, now time.Time) bool {
-	recent := func(at map[string]time.Time, name string) bool {
-		t, ok := at[name]
-		return ok && now.Sub(t) <= window
-	}
-	n := 0
-	for _, m := range live {
-		// A member that joined a moment ago counts: its beats are on
-		// their way.
-		if m.Name == self || recent(heard, m.Name) || recent(liveSince, m.Name) {
-			n++
-		}
-	}
-	return n > (len(live)+len(departed))/2
-}
+// The raft leader's decisions: which instances' leases lapsed
+// (expireLocked) and which services are due a primary grant (nextGrant,
+// proposed by decideLocked, applied by appliedLocked once committed).
+// nextGrant is pure: it reads no clock and changes nothing.
 
 // expireLocked removes (tombstones) the instances whose session has been
 // gone for a whole lease. Only the deciding broker calls it.
@@ -76,14 +42,20 @@ func (b *Broker) expireLocked(now time.Time) []*broadcast {
 	return out
 }
 
-// decideLocked grants the primary lease of every owner service that is
+// decideLocked decides the primary lease of every owner service that is
 // due one (see nextGrant), or of the one named service if only is not "",
-// and records, logs and counts each grant. Only the deciding broker calls
-// it.
-func (b *Broker) decideLocked(only string) []*broadcast {
-	var out []*broadcast
+// and returns the grants to propose. Nothing changes until a grant is
+// committed and applied (appliedLocked); the state machine refuses a
+// grant decided on a state that has moved on (fsm.checkGrant). A service
+// whose grant was proposed less than an election timeout ago is left
+// alone. Only the raft leader calls it.
+func (b *Broker) decideLocked(only string, now time.Time) []*command {
+	var out []*command
 	for svc, insts := range b.reg.bySvc {
 		if only != "" && svc != only {
+			continue
+		}
+		if at, ok := b.inflight[svc]; ok && now.Sub(at) < raftElectionTicks*b.raft.tick {
 			continue
 		}
 		o := b.reg.owners[svc]
@@ -91,37 +63,50 @@ func (b *Broker) decideLocked(only string) []*broadcast {
 		if !ok {
 			continue
 		}
-		old := ""
+		c := &command{Kind: cmdGrant, Service: svc, Instance: best.Instance, Epoch: epoch, HeadSum: best.headSum()}
 		if o != nil {
-			old = o.Primary
+			c.Prev = o.Epoch
 		}
-		no := &ownerRec{Service: svc, Epoch: epoch, Primary: best.Instance}
-		b.reg.mergeOwner(no)
-		b.rev++
-		switch old {
-		case "":
-			b.metrics.grants.Inc()
-			b.log.Info("primary granted", "service", svc, "primary", best.Instance, "epoch", no.Epoch)
-		case best.Instance:
-			b.metrics.grants.Inc()
-			b.log.Warn("primary granted again at a new epoch: an instance reports an epoch above the grant",
-				"service", svc, "primary", best.Instance, "epoch", no.Epoch, "was", o.Epoch)
-		default:
-			b.metrics.promotions.Inc()
-			b.log.Info("standby promoted", "service", svc, "primary", best.Instance, "epoch", no.Epoch,
-				"previous", old, "head_sum", best.headSum())
-		}
-		b.notifyLocked(svc)
-		// The lapsed primary's tombstone travels with the new owner record,
-		// so that no broker shows the new primary beside the old one still
-		// listed as a standby.
-		g := &gossipMsg{Owners: []*ownerRec{no}}
-		if p := insts[old]; p != nil && p.Gone {
-			g.Instances = []*instanceRec{p}
-		}
-		out = append(out, newBroadcast("o/"+svc, g))
+		b.inflight[svc] = now
+		out = append(out, c)
 	}
+	slices.SortFunc(out, func(a, b *command) int { return strings.Compare(a.Service, b.Service) })
 	return out
+}
+
+// appliedLocked records the effects of a command the decided state has
+// just applied: topologies change; grants are logged and counted by the
+// broker that proposed them, and kept for Grants.
+func (b *Broker) appliedLocked(c *command, ev *grantEvent) {
+	b.rev++
+	b.notifyLocked(c.Service)
+	if ev == nil {
+		if c.Kind == cmdMode {
+			b.log.Info("mode override", "service", c.Service, "table", c.Table, "mode", c.Mode)
+		}
+		return
+	}
+	delete(b.inflight, c.Service)
+	b.grants = append(b.grants, *ev)
+	if n := len(b.grants); n > raftGrantHistory {
+		b.grants = slices.Delete(b.grants, 0, n-raftGrantHistory)
+	}
+	if c.By != b.cfg.Name {
+		return
+	}
+	switch ev.Previous {
+	case "":
+		b.metrics.grants.Inc()
+		b.log.Info("primary granted", "service", c.Service, "primary", c.Instance, "epoch", c.Epoch, "index", ev.Index)
+	case c.Instance:
+		b.metrics.grants.Inc()
+		b.log.Warn("primary granted again at a new epoch: an instance reports an epoch above the grant",
+			"service", c.Service, "primary", c.Instance, "epoch", c.Epoch, "was", c.Prev, "index", ev.Index)
+	default:
+		b.metrics.promotions.Inc()
+		b.log.Info("standby promoted", "service", c.Service, "primary", c.Instance, "epoch", c.Epoch,
+			"previous", ev.Previous, "head_sum", c.HeadSum, "index", ev.Index)
+	}
 }
 
 // nextGrant decides the primary lease of one owner service from its
@@ -176,4 +161,26 @@ func nextGrant(insts map[string]*instanceRec, o *ownerRec, alive func(broker str
 		return nil, 0, false
 	}
 	return best, maxEpoch + 1, true
+}
+
+// Grant is one primary grant the decided state applied: for observers
+// such as a linearizability checker of the grant history.
+type Grant struct {
+	Index    uint64 // the raft log index of the grant
+	Service  string
+	Instance string
+	Epoch    uint64
+	Previous string // the primary it replaced ("" none)
+}
+
+// Grants returns the grants this broker applied, oldest first (the
+// newest 4096 at most, since it started).
+func (b *Broker) Grants() []Grant {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]Grant, len(b.grants))
+	for i, g := range b.grants {
+		out[i] = Grant(g)
+	}
+	return out
 }

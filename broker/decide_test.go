@@ -3,63 +3,9 @@ package broker
 import (
 	"math"
 	"testing"
-	"time"
 
 	"github.com/replmesh/replmesh/transport"
 )
-
-func TestQuorum(t *testing.T) {
-	const window = 250 * time.Millisecond
-	now := time.Unix(1000, 0)
-	ago := func(d time.Duration) time.Time { return now.Add(-d) }
-	members := func(names ...string) []member {
-		var out []member
-		for _, n := range names {
-			out = append(out, member{Name: n})
-		}
-		return out
-	}
-	tests := []struct {
-		name      string
-		live      []string
-		departed  []string
-		heard     map[string]time.Time
-		liveSince map[string]time.Time
-		want      bool
-	}{
-		{name: "alone", live: []string{"b1"}, want: true},
-		{name: "peer heard", live: []string{"b1", "b2"},
-			heard: map[string]time.Time{"b2": ago(100 * time.Millisecond)}, want: true},
-		{name: "peer silent: half is no majority", live: []string{"b1", "b2"},
-			heard: map[string]time.Time{"b2": ago(time.Second)}, liveSince: map[string]time.Time{"b2": ago(time.Minute)}, want: false},
-		{name: "peer never heard", live: []string{"b1", "b2"}, want: false},
-		{name: "peer heard exactly a window ago", live: []string{"b1", "b2"},
-			heard: map[string]time.Time{"b2": ago(window)}, want: true},
-		{name: "peer heard just over a window ago", live: []string{"b1", "b2"},
-			heard: map[string]time.Time{"b2": ago(window + time.Nanosecond)}, want: false},
-		{name: "peer live a moment, its beats on their way", live: []string{"b1", "b2"},
-			liveSince: map[string]time.Time{"b2": ago(10 * time.Millisecond)}, want: true},
-		{name: "a beat that arrived after now (while the step waited for the lock)", live: []string{"b1", "b2"},
-			heard: map[string]time.Time{"b2": now.Add(time.Millisecond)}, want: true},
-		{name: "two of three", live: []string{"b1", "b2", "b3"},
-			heard: map[string]time.Time{"b3": ago(time.Millisecond)}, want: true},
-		{name: "minority: the departed count", live: []string{"b1"}, departed: []string{"b2", "b3"}, want: false},
-		{name: "a departed broker's beat does not count", live: []string{"b1"}, departed: []string{"b2"},
-			heard: map[string]time.Time{"b2": ago(time.Millisecond)}, want: false},
-		{name: "three of five", live: []string{"b1", "b2", "b3"}, departed: []string{"b4", "b5"},
-			heard: map[string]time.Time{"b2": ago(time.Millisecond), "b3": ago(time.Millisecond)}, want: true},
-		{name: "two of four", live: []string{"b1", "b2"}, departed: []string{"b3", "b4"},
-			heard: map[string]time.Time{"b2": ago(time.Millisecond)}, want: false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got := quorum("b1", members(tt.live...), members(tt.departed...), tt.heard, tt.liveSince, window, now)
-			if got != tt.want {
-				t.Fatalf("quorum = %v, want %v", got, tt.want)
-			}
-		})
-	}
-}
 
 func TestNextGrant(t *testing.T) {
 	type inst struct {

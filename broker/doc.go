@@ -54,51 +54,72 @@
 // # Primary lease and promotion
 //
 // Instances that register with Owner=true are the primary candidates of
-// their service. Exactly one broker decides: the live memberlist member with
-// the smallest name (every broker computes the same from membership), once
-// it has exchanged the registry with the cluster. It grants the primary to
-// the first connected owner instance of a service that has none (epoch 1).
-// When the primary's lease lapses it promotes the connected standby whose
-// tables' heads have the greatest sum (ties: the smaller instance name) and
-// bumps the epoch. A primary whose lease lapses with no standby keeps the
-// lease until another owner instance connects (which is then granted it with
-// the next epoch) or it comes back itself (same epoch). An instance that
-// comes back after it was replaced is a standby: roles are derived from the
-// owner record, which names one instance per epoch.
+// their service. The brokers decide through Raft (go.etcd.io/raft/v3): only
+// the raft leader decides, and a decision takes effect only once its log
+// entry is committed by a majority and applied (fsm.go), on every broker in
+// the same order. The leader grants the primary to the first connected
+// owner instance of a service that has none (epoch 1). When the primary's
+// lease lapses it promotes the connected standby whose tables' heads have
+// the greatest sum (ties: the smaller instance name) and bumps the epoch. A
+// primary whose lease lapses with no standby keeps the lease until another
+// owner instance connects (which is then granted it with the next epoch) or
+// it comes back itself (same epoch). An instance that comes back after it
+// was replaced is a standby: roles are derived from the decided owner
+// record, which names one instance per epoch. The state machine refuses a
+// grant that is not above every epoch it recorded for the service, so an
+// epoch is granted exactly once, to one instance, ever. Mode overrides
+// (SetMode) and the broker membership are decided the same way.
 //
-// # Convergence
+// Lease confirmations (PrimaryEpoch in pongs) come only from a broker whose
+// newest ReadIndex round (the raft leader confirming with a quorum that it
+// still leads) was asked under a quarter of a lease ago and is applied: a
+// deposed, paused or cut-off broker stops confirming within a quarter of a
+// lease, before a successor can promote anyone (see raft.go).
 //
-// Every broker holds the whole registry. Changes are spread by memberlist
-// broadcasts; because UDP gossip may miss a member, every change that
-// matters to a topology or a decision is also sent to each live member over
-// TCP (as are records too large for a packet and bursts), while the frequent
-// head and position refreshes rely on gossip alone. memberlist's periodic
-// push/pull state exchange repairs whatever was missed. Merges
-// keep the greater record under a total order (see registry.go), so every
-// broker ends with the same registry whatever the order of delivery:
-// instance records by (session start, session broker, write clock, writer);
-// owner records by epoch, then the smaller primary name; overrides by write
-// clock. The broker holding a session is the authority on its instance's
-// record: if a merge marks it disconnected or removed while the session is
-// open, the broker writes it again; if a newer session for the same instance
-// appears elsewhere, the older session is ended with ErrSuperseded.
+// # Soft state and convergence
 //
-// # Partitions
+// What the brokers observe — instance records: sessions, addresses, table
+// heads, subscription positions — is soft state: every broker holds all of
+// it, spread by memberlist broadcasts; because UDP gossip may miss a
+// member, every change that matters to a topology or a decision is also
+// sent to each live member over TCP (as are records too large for a packet
+// and bursts), while the frequent head and position refreshes rely on
+// gossip alone. memberlist's periodic push/pull state exchange repairs
+// whatever was missed. Merges keep the greater record under a total order
+// (see registry.go): instance records by (session start, session broker,
+// write clock, writer). The broker holding a session is the authority on
+// its instance's record: if a merge marks it disconnected or removed while
+// the session is open, the broker writes it again.
 //
-// Brokers do not run a consensus protocol, but a broker decides leases and
-// promotions, and confirms a primary's lease, only while it hears a
-// majority of the brokers it has ever known (departed ones count until they
-// come back): every broker gossips a beat every tenth of a lease, and a
-// member counts if its beat arrived within a quarter of one. A broker cut
-// off with a minority therefore stops confirming within a quarter of a
-// lease and promotes nobody; the primary whose session it holds stops
-// acknowledging writes (min_sync_standbys) half a lease after its last
-// confirmation, while the majority side promotes a standby only a whole
-// lease after it lost that broker. (memberlist's own failure detector is
-// not used for this: a minority member has nobody to confirm its
-// suspicions and declares its peers dead seconds after the majority has
-// declared it dead.) When the partition heals the owner records merge to
-// the greater one (higher epoch; at equal epochs, the smaller instance
-// name). Losing half of the brokers or more stops grants and promotions
-// until they return.
+// A Register for an instance that holds a live session (open on this
+// broker, or connected on another live broker) is refused with
+// transport.ErrInstanceInUse, naming the holder's address, until that
+// session ends: a second process started with a running instance's name
+// never takes its place. Status lists the refused attempts.
+//
+// # Running a cluster
+//
+// A single broker (no Join, any DataDir) is a one-broker cluster and just
+// works. For a cluster run 3 or 5 brokers, each with its own DataDir:
+//
+//	replbroker -name b1 -data-dir /var/lib/rb -gossip 10.0.0.1:7401 -grpc 10.0.0.1:7400
+//	replbroker -name b2 -data-dir /var/lib/rb -gossip 10.0.0.2:7401 -grpc 10.0.0.2:7400 -join 10.0.0.1:7401
+//	replbroker -name b3 -data-dir /var/lib/rb -gossip 10.0.0.3:7401 -grpc 10.0.0.3:7400 -join 10.0.0.1:7401
+//
+// A broker with Join and an empty data dir asks the cluster (through the
+// raft leader) to add it as a voter; a voter of the same name under another
+// id (the broker lost its data dir) is removed first. A broker restarted
+// with its data dir comes back as the member it was, with the decided
+// state. `replctl broker remove NAME` removes a voter for good: it no
+// longer counts toward the majority.
+//
+// A majority of the voters (2 of 3, 3 of 5) must be up and connected for
+// anything to be decided. Losing a majority stops grants, promotions, mode
+// overrides and membership changes, and lease confirmations, so primaries
+// stop acknowledging writes (with min_sync_standbys) until a majority is
+// back; sessions, topologies and the peer-to-peer streams go on. An
+// in-memory broker (empty DataDir) forgets its raft log and votes when it
+// stops, so it takes a new node id on every start and joins as a new
+// member, like a broker whose data dir was wiped: it comes back only while
+// a majority of the others is up. Use one alone or in tests.
 package broker

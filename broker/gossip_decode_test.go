@@ -247,12 +247,6 @@ func FuzzDecodeGossip(f *testing.F) {
 		for _, rec := range g.Instances {
 			r.mergeInstance(rec)
 		}
-		for _, o := range g.Owners {
-			r.mergeOwner(o)
-		}
-		for _, m := range g.Modes {
-			r.mergeMode(m)
-		}
 		for _, s := range r.services() {
 			r.serviceOwner(s, true)
 		}

@@ -188,8 +188,19 @@ func mustConnect(t testing.TB, addr string, reg transport.Register) *fakeComp {
 	return c
 }
 
+// open opens a session, retrying (as a component does) while the broker
+// refuses it because the instance's previous session, closed a moment
+// ago, still looks live to it (ErrInstanceInUse until the close has
+// spread).
 func (c *fakeComp) open(addr string) error {
-	return c.openWith(addr, &transport.SessionRequest{Kind: transport.SessionRegister, Register: &c.reg})
+	deadline := time.Now().Add(waitLong)
+	for {
+		err := c.openWith(addr, &transport.SessionRequest{Kind: transport.SessionRegister, Register: &c.reg})
+		if !errors.Is(err, transport.ErrInstanceInUse) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(10 * time.Millisecond) // a component's reconnect backoff, not a synchronization
+	}
 }
 
 func (c *fakeComp) openWith(addr string, first *transport.SessionRequest) error {

@@ -70,7 +70,7 @@ func TestBroker_UnreachableJoinLogged(t *testing.T) {
 	if lines := len(first) + len(again); lines > len(dead)+len(failed)/4 {
 		t.Errorf("%d lines for %d failed attempts", lines, len(failed))
 	}
-	alone := logs.Records(t, testutil.MsgPrefix("no broker of the cluster is reachable: this broker decides leases and primaries alone"))
+	alone := logs.Records(t, testutil.MsgPrefix("no broker of the cluster is reachable: this broker serves sessions from its own registry"))
 	if len(alone) != 1 || alone[0]["level"] != "WARN" {
 		t.Errorf("deciding alone said %d times: %v", len(alone), alone)
 	}

@@ -94,7 +94,17 @@ func TestSession_PongLeaseAndPrimaryEpoch(t *testing.T) {
 // so. Once a majority is back it does both again.
 func TestSession_NoQuorumNoLeaseNoPromotion(t *testing.T) {
 	const lease = time.Second
-	bs := startCluster(t, 3, func(c *Config) { c.Lease = lease })
+	// Data dirs: b2 comes back below as the member it was (an in-memory
+	// broker would come back as a new member, which needs a majority).
+	dirs := map[string]string{}
+	withLease := func(c *Config) {
+		c.Lease = lease
+		if dirs[c.Name] == "" {
+			dirs[c.Name] = t.TempDir()
+		}
+		c.DataDir = dirs[c.Name]
+	}
+	bs := startCluster(t, 3, withLease)
 	p := mustConnect(t, bs[0].GRPCAddr(), ownerReg("stores", "s1", "127.0.0.1:9001", 5))
 	p.waitTopo("s1 primary", func(tp *transport.Topology) bool { return tp.Role == transport.RolePrimary })
 	s := mustConnect(t, bs[0].GRPCAddr(), ownerReg("stores", "s2", "127.0.0.1:9002", 5))
@@ -132,7 +142,7 @@ func TestSession_NoQuorumNoLeaseNoPromotion(t *testing.T) {
 	}
 
 	// A majority again (b2 back): s2 is promoted.
-	b2 := startBroker(t, "b2", []string{bs[0].GossipAddr()}, func(c *Config) { c.Lease = lease })
+	b2 := startBroker(t, "b2", []string{bs[0].GossipAddr()}, withLease)
 	waitMembers(t, []*Broker{bs[0], b2}, 2)
 	s.waitTopo("s2 promoted once a majority is back", func(tp *transport.Topology) bool { return tp.Role == transport.RolePrimary })
 	beat(s, "the new primary's lease confirmed", func(f *transport.SessionResponse) bool { return f.PrimaryEpoch > 0 })

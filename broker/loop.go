@@ -7,8 +7,8 @@ import (
 
 // The periodic work of a broker: loop reads membership and runs step every
 // CheckInterval and whenever kicked; step runs its named steps in a fixed
-// order under Broker.mu, all at one clock reading. The decisions (who may
-// decide, what is granted) are in decide.go.
+// order under Broker.mu, all at one clock reading. The decisions (what is
+// granted) are in decide.go; who decides is Raft's (raft.go).
 
 // loop runs the periodic work: membership refresh, then step, every
 // CheckInterval and whenever kicked. Both read one clock reading.
@@ -56,13 +56,6 @@ func (b *Broker) refreshMembers(now time.Time) {
 	}
 	b.live = live
 	b.nlive.Store(int32(len(live)))
-	leader := len(live) > 0 && live[0].Name == b.cfg.Name
-	if leader != b.leader {
-		b.leader = leader
-		if leader {
-			b.log.Info("this broker now decides leases and primaries", "members", len(live))
-		}
-	}
 	if !slices.Equal(addrs, b.brokers) {
 		b.brokers = addrs
 		b.rev++
@@ -70,11 +63,15 @@ func (b *Broker) refreshMembers(now time.Time) {
 	}
 }
 
-// aliveLocked reports whether the named broker is a live member.
+// aliveLocked reports whether the named broker is a live member and, on
+// the raft leader, one it heard from within an election timeout: a
+// broker cut off from the raft leader stops confirming leases within a
+// quarter of a lease (raft.go), so its sessions must not count as live
+// on the deciding side either.
 func (b *Broker) aliveLocked(name string) bool {
 	for _, m := range b.live {
 		if m.Name == name {
-			return true
+			return b.raftActive == nil || m.Raft == 0 || b.raftActive[m.Raft]
 		}
 	}
 	return false
@@ -84,7 +81,10 @@ func (b *Broker) aliveLocked(name string) bool {
 // order; then, without mu, it sends what the round wrote and starts a
 // rejoin if one is due. Every step reads now, never the clock.
 func (b *Broker) step(now time.Time) {
+	active := b.raft.activePeers()
+	leader := b.raft.isLeader()
 	b.mu.Lock()
+	b.raftActive = active
 	if b.shutting {
 		b.mu.Unlock()
 		return
@@ -92,15 +92,19 @@ func (b *Broker) step(now time.Time) {
 	b.trackLeasesLocked(now)
 	b.stopWaitingForClusterLocked(now)
 	var out []*broadcast
-	out = append(out, b.beatLocked(now)...)
-	out = append(out, b.decideRoundLocked(now)...)
+	var grants []*command
+	if leader && b.ready {
+		out = append(out, b.expireLocked(now)...)
+		grants = b.decideLocked("", now)
+	}
 	out = append(out, b.flushHeadsLocked(now)...)
 	b.forgetTombstonesLocked(now)
 	b.capTombstonesLocked()
-	b.forgetClearedOverridesLocked(now)
+	b.forgetRefusalsLocked(now)
 	rejoin := b.rejoinDueLocked(now)
 	b.mu.Unlock()
 	b.send(out)
+	b.raft.enqueue(grants)
 	if rejoin && b.enter() {
 		go b.joinThenIdle()
 	}
@@ -130,39 +134,19 @@ func (b *Broker) trackLeasesLocked(now time.Time) {
 // stopWaitingForClusterLocked makes the broker ready when joining has not
 // succeeded for a whole lease: it runs alone.
 func (b *Broker) stopWaitingForClusterLocked(now time.Time) {
-	if b.ready || now.Sub(b.started) < b.cfg.Lease {
+	if b.gossipReady || now.Sub(b.started) < b.cfg.Lease {
 		return
 	}
 	// Said once: it stays so until a broker answers ("joined the broker
 	// cluster").
 	if len(b.live) <= 1 {
-		b.log.Warn("no broker of the cluster is reachable: this broker decides leases and primaries alone, "+
-			"from its own registry, until one answers; retrying", "join", b.cfg.Join, "waited", b.cfg.Lease, "retry_every", b.cfg.RejoinInterval)
+		b.log.Warn("no broker of the cluster is reachable: this broker serves sessions from its own registry, "+
+			"and decides nothing without a raft majority, until one answers; retrying", "join", b.cfg.Join, "waited", b.cfg.Lease, "retry_every", b.cfg.RejoinInterval)
 	} else {
 		b.log.Warn("no registry exchange with the cluster for a whole lease; serving with this broker's registry")
 	}
 	b.setReadyLocked()
-}
-
-// beatLocked returns this broker's beat every tenth of a lease while it
-// has peers: the others count it toward their quorum.
-func (b *Broker) beatLocked(now time.Time) []*broadcast {
-	if len(b.live) <= 1 || now.Sub(b.lastBeat) < b.cfg.Lease/10 {
-		return nil
-	}
-	b.lastBeat = now
-	return []*broadcast{newBroadcast("beat/"+b.cfg.Name, &gossipMsg{Beat: b.cfg.Name})}
-}
-
-// decideRoundLocked, on the deciding broker once it is ready and while it
-// hears a majority, removes the instances whose lease lapsed and grants
-// the primaries that are due.
-func (b *Broker) decideRoundLocked(now time.Time) []*broadcast {
-	if !b.leader || !b.ready || !b.quorumLocked(now) {
-		return nil
-	}
-	out := b.expireLocked(now)
-	return append(out, b.decideLocked("")...)
+	b.setRaftReadyLocked()
 }
 
 // flushHeadsLocked gossips the records whose heads and positions changed
@@ -195,20 +179,12 @@ func (b *Broker) forgetTombstonesLocked(now time.Time) {
 	}
 }
 
-// forgetClearedOverridesLocked drops the cleared mode overrides (Mode "")
-// TombstoneTTL after they were first seen cleared.
-func (b *Broker) forgetClearedOverridesLocked(now time.Time) {
-	for k, m := range b.reg.modes {
-		if m.Mode != "" {
-			delete(b.clearedAt, k)
-			continue
-		}
-		at, ok := b.clearedAt[k]
-		if !ok {
-			b.clearedAt[k] = now
-		} else if now.Sub(at) >= b.cfg.TombstoneTTL {
-			delete(b.reg.modes, k)
-			delete(b.clearedAt, k)
+// forgetRefusalsLocked drops the refused Registers (see Status) last
+// seen TombstoneTTL ago.
+func (b *Broker) forgetRefusalsLocked(now time.Time) {
+	for k, r := range b.refused {
+		if now.Sub(time.UnixMilli(r.AtMs)) >= b.cfg.TombstoneTTL {
+			delete(b.refused, k)
 		}
 	}
 }

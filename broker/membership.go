@@ -39,6 +39,7 @@ const (
 // nodeMeta is what a broker announces about itself in memberlist.
 type nodeMeta struct {
 	GRPC string `msgpack:"g"`
+	Raft uint64 `msgpack:"r,omitempty"` // its Raft node id
 }
 
 // member is one broker as membership shows it.
@@ -49,6 +50,7 @@ type member struct {
 	IP     string // gossip address
 	Port   uint16
 	Gossip string // gossip address, host:port
+	Raft   uint64 // Raft node id (0 if its meta is unreadable)
 }
 
 // node returns a memberlist node to send to.
@@ -740,7 +742,7 @@ func (d *delegate) note(n *memberlist.Node, state string) {
 	var meta nodeMeta
 	_ = msgpack.Unmarshal(n.Meta, &meta)
 	m := member{Name: n.Name, GRPC: meta.GRPC, State: state, IP: n.Addr.String(), Port: n.Port,
-		Gossip: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))}
+		Gossip: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))), Raft: meta.Raft}
 	d.mu.Lock()
 	d.nodes[n.Name] = m
 	d.mu.Unlock()

@@ -19,6 +19,7 @@ type metrics struct {
 	limited           *prometheus.CounterVec // by limit
 	headsCapped       prometheus.Counter
 	tombstonesDropped prometheus.Counter
+	leaderChanges     prometheus.Counter
 }
 
 func newMetrics(b *Broker) *metrics {
@@ -63,8 +64,9 @@ func newMetrics(b *Broker) *metrics {
 	})
 	gauge("services", "Services in the registry.", func() int { return len(b.reg.bySvc) })
 	gauge("members", "Live brokers in the cluster as this broker sees it.", func() int { return len(b.live) })
-	gauge("leader", "1 if this broker decides leases and primaries.", func() int {
-		if b.leader {
+	m.leaderChanges = counter("raft_leader_elected_total", "Times this broker became the raft leader (the broker that decides leases and primaries).")
+	gauge("leader", "1 if this broker is the raft leader: it decides leases and primaries.", func() int {
+		if b.raft != nil && b.raft.isLeader() {
 			return 1
 		}
 		return 0

@@ -9,20 +9,17 @@ import (
 )
 
 // The registry is the state every broker holds a copy of: one record per
-// instance, one owner record per owner service, one override per table.
-// Copies converge because every merge keeps the greater of two records under
-// a total order that does not depend on who merges or in which order:
+// instance (soft state, spread by gossip), and, read from the decided state
+// (fsm.go, the same maps), one owner record per owner service and one
+// override per table. Copies of the soft state converge because every merge
+// keeps the greater of two records under a total order that does not depend
+// on who merges or in which order:
 //
 //   - instance records (key service/instance) are ordered by
 //     (Session.Start, Session.Broker, Ver.Clock, Ver.Broker): a newer session
 //     wins over everything an older session wrote, and within one session
 //     the later write wins (Ver is a hybrid logical clock, so a broker that
 //     has seen a write always writes after it).
-//   - owner records (key service) are ordered by Epoch; at equal epochs (two
-//     sides of a partition promoted different standbys) the record naming the
-//     lexicographically smaller instance wins.
-//   - mode overrides (key service/table) are ordered by Ver; clearing an
-//     override writes Mode "" (a tombstone), so a clear wins over older sets.
 //
 // The registry itself is a plain value guarded by Broker.mu; it starts no
 // goroutine and reads no clock.
@@ -162,14 +159,6 @@ type ownerRec struct {
 	Primary string `msgpack:"p"` // instance
 }
 
-func (o *ownerRec) compare(p *ownerRec) int {
-	if c := cmp.Compare(o.Epoch, p.Epoch); c != 0 {
-		return c
-	}
-	// Equal epochs: the smaller instance name is the greater record.
-	return strings.Compare(p.Primary, o.Primary)
-}
-
 // modeRec is a broker override of one table's mode; Mode "" clears it.
 type modeRec struct {
 	Service string  `msgpack:"svc"`
@@ -242,25 +231,6 @@ func (r *registry) mergeInstance(rec *instanceRec) (old *instanceRec, kept bool)
 	}
 	r.store(rec)
 	return old, true
-}
-
-// mergeOwner keeps o if it is greater than the owner record held.
-func (r *registry) mergeOwner(o *ownerRec) bool {
-	if cur := r.owners[o.Service]; cur != nil && o.compare(cur) <= 0 {
-		return false
-	}
-	r.owners[o.Service] = o
-	return true
-}
-
-// mergeMode keeps m if it is greater than the override held.
-func (r *registry) mergeMode(m *modeRec) bool {
-	r.observe(m.Ver)
-	if cur := r.modes[m.key()]; cur != nil && m.Ver.compare(cur.Ver) <= 0 {
-		return false
-	}
-	r.modes[m.key()] = m
-	return true
 }
 
 // role is rec's role as the registry sees it.
@@ -413,32 +383,20 @@ type gossipMsg struct {
 	Instances []*instanceRec `msgpack:"i,omitempty"`
 	Owners    []*ownerRec    `msgpack:"o,omitempty"`
 	Modes     []*modeRec     `msgpack:"m,omitempty"`
-	// Beat names the broker that sent it: brokers beat every tenth of a
-	// lease, and a broker counts toward its quorum the members it heard a
-	// beat from within a quarter of a lease (see quorum).
+	// Beat named the sending broker when brokers counted gossip beats
+	// toward a quorum; raft decides now, and a beat is ignored.
 	Beat string `msgpack:"beat,omitempty"`
 }
 
-// snapshot returns every record, in a deterministic order.
+// snapshot returns every instance record (the soft state; owner records
+// and overrides are decided through raft), in a deterministic order.
 func (r *registry) snapshot() *gossipMsg {
-	g := &gossipMsg{
-		Instances: make([]*instanceRec, 0, len(r.instances)),
-		Owners:    make([]*ownerRec, 0, len(r.owners)),
-		Modes:     make([]*modeRec, 0, len(r.modes)),
-	}
+	g := &gossipMsg{Instances: make([]*instanceRec, 0, len(r.instances))}
 	for _, rec := range r.instances {
 		g.Instances = append(g.Instances, rec)
-	}
-	for _, o := range r.owners {
-		g.Owners = append(g.Owners, o)
-	}
-	for _, m := range r.modes {
-		g.Modes = append(g.Modes, m)
 	}
 	slices.SortFunc(g.Instances, func(a, b *instanceRec) int {
 		return cmp.Or(strings.Compare(a.Service, b.Service), strings.Compare(a.Instance, b.Instance))
 	})
-	slices.SortFunc(g.Owners, func(a, b *ownerRec) int { return strings.Compare(a.Service, b.Service) })
-	slices.SortFunc(g.Modes, func(a, b *modeRec) int { return strings.Compare(a.key(), b.key()) })
 	return g
 }

@@ -10,9 +10,9 @@ import (
 )
 
 // randomRecords returns records as several brokers might write them for a
-// few instances, services and tables: sessions on different brokers,
-// several writes per session, tombstones, concurrent promotions to the same
-// epoch, set and cleared overrides.
+// few instances and services: sessions on different brokers, several
+// writes per session, tombstones. (Owner records and overrides are
+// decided through raft, not merged: fsm_test.go.)
 func randomRecords(rng *rand.Rand) *gossipMsg {
 	g := &gossipMsg{}
 	brokers := []string{"b1", "b2", "b3"}
@@ -30,22 +30,6 @@ func randomRecords(rng *rand.Rand) *gossipMsg {
 			Tables:    []transport.TableInfo{{Table: "t", Head: uint64(rng.IntN(100))}},
 		}
 		g.Instances = append(g.Instances, rec)
-	}
-	for range 20 {
-		g.Owners = append(g.Owners, &ownerRec{
-			Service: fmt.Sprintf("s%d", rng.IntN(3)),
-			Epoch:   uint64(rng.IntN(4)),
-			Primary: fmt.Sprintf("i%d", rng.IntN(3)),
-		})
-	}
-	modeNames := []string{"", "push", "pull", "auto"}
-	for range 20 {
-		g.Modes = append(g.Modes, &modeRec{
-			Service: fmt.Sprintf("s%d", rng.IntN(3)),
-			Table:   "t",
-			Mode:    modeNames[rng.IntN(4)],
-			Ver:     version{Clock: uint64(rng.IntN(5)), Broker: brokers[rng.IntN(3)]},
-		})
 	}
 	return g
 }
@@ -69,20 +53,6 @@ func dedupe(g *gossipMsg) {
 		}
 	}
 	g.Instances = insts
-	type mk struct {
-		k string
-		v version
-	}
-	mseen := map[mk]bool{}
-	var ms []*modeRec
-	for _, m := range g.Modes {
-		k := mk{m.key(), m.Ver}
-		if !mseen[k] {
-			mseen[k] = true
-			ms = append(ms, m)
-		}
-	}
-	g.Modes = ms
 }
 
 func TestRegistry_MergeIsOrderIndependent(t *testing.T) {
@@ -95,17 +65,9 @@ func TestRegistry_MergeIsOrderIndependent(t *testing.T) {
 			// Deliver in a random order, split into random batches, with
 			// random duplicates, as broadcasts and state exchanges would.
 			r := newRegistry()
-			order := rng.Perm(len(g.Instances) + len(g.Owners) + len(g.Modes))
-			for _, i := range order {
+			for _, i := range rng.Perm(len(g.Instances)) {
 				for range 1 + rng.IntN(2) {
-					switch {
-					case i < len(g.Instances):
-						r.mergeInstance(g.Instances[i])
-					case i < len(g.Instances)+len(g.Owners):
-						r.mergeOwner(g.Owners[i-len(g.Instances)])
-					default:
-						r.mergeMode(g.Modes[i-len(g.Instances)-len(g.Owners)])
-					}
+					r.mergeInstance(g.Instances[i])
 				}
 			}
 			got := mustEncode(r.snapshot())
@@ -146,26 +108,6 @@ func TestRegistry_MergeRules(t *testing.T) {
 		}
 		if v := r.next("b3", 0); v.Clock != 6 {
 			t.Fatalf("next write clock %d, want 6", v.Clock)
-		}
-	})
-	t.Run("owner: higher epoch, then smaller primary", func(t *testing.T) {
-		for _, order := range [][]int{{0, 1, 2}, {2, 1, 0}, {1, 2, 0}} {
-			recs := []*ownerRec{{Service: "s", Epoch: 2, Primary: "c"}, {Service: "s", Epoch: 2, Primary: "b"}, {Service: "s", Epoch: 1, Primary: "a"}}
-			r := newRegistry()
-			for _, i := range order {
-				r.mergeOwner(recs[i])
-			}
-			if o := r.owners["s"]; o.Epoch != 2 || o.Primary != "b" {
-				t.Fatalf("order %v: owner %+v, want epoch 2 primary b", order, o)
-			}
-		}
-	})
-	t.Run("cleared override wins over an older set", func(t *testing.T) {
-		r := newRegistry()
-		r.mergeMode(&modeRec{Service: "s", Table: "t", Mode: "", Ver: version{Clock: 3, Broker: "b1"}})
-		r.mergeMode(&modeRec{Service: "s", Table: "t", Mode: "pull", Ver: version{Clock: 2, Broker: "b2"}})
-		if ov := r.overrides(); ov != nil {
-			t.Fatalf("overrides %v, want none", ov)
 		}
 	})
 }

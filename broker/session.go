@@ -2,6 +2,7 @@ package broker
 
 import (
 	"cmp"
+	"context"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -202,14 +203,16 @@ func (s *session) notePing(ping int64) {
 
 // response builds a frame for s: the pong, the lease and whether this
 // broker holds s's instance primary ride on every frame, so that a primary
-// renews its lease from whatever it receives.
+// renews its lease from whatever it receives. PrimaryEpoch is set only
+// while this broker's newest quorum confirmation (a ReadIndex round, see
+// raft.go) is under a quarter of a lease old and the decided state it
+// applied names the instance primary.
 func (b *Broker) response(s *session, kind transport.SessionKind, topo *transport.Topology) *transport.SessionResponse {
 	f := &transport.SessionResponse{Kind: kind, Broker: b.cfg.Name, Topology: topo,
 		Pong: s.lastPing.Load(), LeaseMs: b.cfg.Lease.Milliseconds()}
-	now := time.Now()
 	b.mu.Lock()
 	if rec := b.reg.inst(s.key); rec != nil && rec.Session == s.id && !rec.Gone &&
-		b.reg.role(rec) == transport.RolePrimary && b.quorumLocked(now) {
+		b.reg.role(rec) == transport.RolePrimary && b.raft.confirmedWithin(b.cfg.Lease/4) {
 		f.PrimaryEpoch = b.reg.epoch(s.key.Service)
 	}
 	b.mu.Unlock()
@@ -367,6 +370,12 @@ func (b *Broker) open(r *transport.Register) (*session, *transport.Topology, err
 		b.log.Info("session refused", "err", err)
 		return nil, nil, err
 	}
+	if err := b.checkInUseLocked(r, now); err != nil {
+		b.mu.Unlock()
+		b.log.Warn("session refused: the instance name is in use", "service", r.Service, "instance", r.Instance,
+			"addr", r.Addr, "err", err)
+		return nil, nil, err
+	}
 	start := now.UnixNano()
 	if prev := b.reg.inst(k); prev != nil && prev.Session.Start >= start {
 		start = prev.Session.Start + 1
@@ -405,17 +414,73 @@ func (b *Broker) open(r *transport.Register) (*session, *transport.Topology, err
 	b.rev++
 	b.notifyLocked(rec.Service)
 	out := []*broadcast{b.instanceBroadcast(rec)}
-	if b.leader && b.ready && b.quorumLocked(now) {
-		// Grant at once when this broker decides, so a lone owner learns
-		// it is primary from its first topology.
-		out = append(out, b.decideLocked(rec.Service)...)
+	var grants []*command
+	if b.ready && b.raft.isLeader() {
+		// Decide at once when this broker is the raft leader, so a lone
+		// owner learns it is primary from its first topology.
+		grants = b.decideLocked(rec.Service, now)
 	}
 	topo := b.reg.topology(rec, b.brokers, b.rev)
 	b.mu.Unlock()
 	b.send(out)
+	if len(grants) > 0 {
+		ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Lease/2)
+		for _, c := range grants {
+			_ = b.raft.propose(ctx, c)
+		}
+		cancel()
+		if t, err := b.view(s); err == nil {
+			topo = t
+		}
+	}
 	b.kickLoop()
 	return s, topo, nil
 }
+
+// checkInUseLocked refuses (ErrInstanceInUse) a Register for an instance
+// that holds a live session: open on this broker, or connected on another
+// live broker. Two processes with one instance name would otherwise take
+// turns, each new session superseding the other. The name is free again
+// once that session ends (its lease then runs as usual: the instance may
+// come back on any broker within it). The refusal is logged, counted and
+// shown in Status.
+func (b *Broker) checkInUseLocked(r *transport.Register, now time.Time) error {
+	k := instKey{r.Service, r.Instance}
+	rec := b.reg.inst(k)
+	if rec == nil || rec.Gone || !rec.Connected {
+		return nil
+	}
+	if rec.Session.Broker == b.cfg.Name {
+		if s := b.sessions[k]; s == nil || s.id != rec.Session {
+			return nil
+		}
+	} else if !b.aliveLocked(rec.Session.Broker) {
+		return nil
+	}
+	holder := rec.Addr
+	if holder == "" {
+		holder = "(no address)"
+	}
+	ref := b.refused[k]
+	if ref == nil {
+		if len(b.refused) >= maxRefused {
+			for rk := range b.refused {
+				delete(b.refused, rk)
+				break
+			}
+		}
+		ref = &transport.RefusedRegister{Service: r.Service, Instance: r.Instance}
+		b.refused[k] = ref
+	}
+	ref.Addr, ref.Holder, ref.AtMs = r.Addr, holder, now.UnixMilli()
+	ref.Count++
+	b.metrics.limited.WithLabelValues("instance_in_use").Inc()
+	return fmt.Errorf("%w: %s/%s has a live session from %s on broker %s; a second process with this instance name? It may register once that session ends",
+		transport.ErrInstanceInUse, r.Service, r.Instance, holder, rec.Session.Broker)
+}
+
+// maxRefused bounds the refused Registers Status remembers.
+const maxRefused = 256
 
 // view returns the current topology of s's instance.
 func (b *Broker) view(s *session) (*transport.Topology, error) {

@@ -1,11 +1,11 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
 	"strings"
-	"time"
 
 	"google.golang.org/grpc/peer"
 
@@ -63,12 +63,26 @@ func (b *Broker) Status(ctx context.Context, req *transport.StatusRequest) (*tra
 	if err != nil {
 		return nil, err
 	}
+	var rs *transport.RaftStatus
+	if pg.first {
+		rs = b.raft.status()
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.shutting {
 		return nil, ErrClosed
 	}
-	return b.statusLocked(pg), nil
+	st := b.statusLocked(pg)
+	if rs != nil {
+		rs.Members = b.fsm.memberList()
+		for _, m := range rs.Members {
+			if m.ID == rs.Leader {
+				rs.LeaderName = m.Name
+			}
+		}
+		st.Raft = rs
+	}
+	return st, nil
 }
 
 // page is where a Status answer starts and how much it may hold.
@@ -123,6 +137,12 @@ func (b *Broker) statusLocked(pg page) *transport.StatusResponse {
 	}
 	if pg.first {
 		st.Overrides = b.reg.overrides()
+		for _, r := range b.refused {
+			st.Refused = append(st.Refused, *r)
+		}
+		slices.SortFunc(st.Refused, func(a, b transport.RefusedRegister) int {
+			return cmp.Or(strings.Compare(a.Service, b.Service), strings.Compare(a.Instance, b.Instance))
+		})
 		for _, m := range b.live {
 			st.Brokers = append(st.Brokers, transport.BrokerInfo{Name: m.Name, Addr: m.GRPC, State: m.State})
 		}
@@ -199,8 +219,10 @@ func (b *Broker) statusLocked(pg page) *transport.StatusResponse {
 }
 
 // SetMode sets (Mode push, pull or auto) or clears (Mode "") the override
-// of a table's mode and spreads it to every broker; subscribers of the
-// service receive it in their topology.
+// of a table's mode through the brokers' Raft log: it answers once the
+// change is committed and applied here; subscribers of the service
+// receive it in their topology. Without a reachable raft leader (no
+// majority of the brokers) it fails with transport.ErrUnavailable.
 //
 // With Config.RequireIdentity it needs an admin identity.
 func (b *Broker) SetMode(ctx context.Context, req *transport.SetModeRequest) (*transport.SetModeResponse, error) {
@@ -219,19 +241,16 @@ func (b *Broker) SetMode(ctx context.Context, req *transport.SetModeRequest) (*t
 	if err := checkMode("mode", req.Mode); err != nil {
 		return nil, err
 	}
-	now := time.Now()
-	b.mu.Lock()
-	if b.shutting {
-		b.mu.Unlock()
-		return nil, ErrClosed
+	ctx, done, err := b.clusterCall(ctx)
+	if err != nil {
+		return nil, err
 	}
-	m := &modeRec{Service: req.Service, Table: req.Table, Mode: req.Mode, Ver: b.reg.next(b.cfg.Name, now.UnixMicro())}
-	b.reg.mergeMode(m)
-	b.rev++
+	defer done()
+	if err := b.raft.propose(ctx, &command{Kind: cmdMode, Service: req.Service, Table: req.Table, Mode: req.Mode}); err != nil {
+		return nil, err
+	}
+	b.mu.Lock()
 	rev := b.rev
-	b.notifyLocked(req.Service)
 	b.mu.Unlock()
-	b.send([]*broadcast{modeBroadcast(m)})
-	b.log.Info("mode override", "service", req.Service, "table", req.Table, "mode", req.Mode)
 	return &transport.SetModeResponse{Revision: rev}, nil
 }

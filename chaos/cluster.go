@@ -172,7 +172,7 @@ func (cl *cluster) args(n *node) []string {
 				join = append(join, b.gossip)
 			}
 		}
-		a = append(a, "-listen", n.addr, "-gossip", n.gossip)
+		a = append(a, "-dir", n.dir, "-listen", n.addr, "-gossip", n.gossip)
 		if len(join) > 0 {
 			a = append(a, "-join", strings.Join(join, ","))
 		}

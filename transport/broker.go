@@ -196,6 +196,12 @@ type StatusResponse struct {
 	// registry that does not change between the calls is seen whole, each
 	// record once.
 	NextPageToken string `msgpack:"npt,omitempty" json:"next_page_token,omitempty"`
+	// Raft is the answering broker's view of the brokers' Raft group
+	// (first page only).
+	Raft *RaftStatus `msgpack:"raft,omitempty" json:"raft,omitempty"`
+	// Refused lists the Registers this broker refused recently because
+	// another live session held the instance name (first page only).
+	Refused []RefusedRegister `msgpack:"refused,omitempty" json:"refused,omitempty"`
 }
 
 // SetModeRequest sets (or, with Mode "", clears) the broker override of a

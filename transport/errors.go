@@ -29,6 +29,11 @@ var (
 	ErrUnavailable = errors.New("unavailable")
 	// ErrNotPrimary: the instance is not the primary for the table.
 	ErrNotPrimary = errors.New("not primary")
+	// ErrInstanceInUse: a Register names an instance that holds a live
+	// session on a broker (another process with the same instance name);
+	// the message names the holder's address. It is refused until that
+	// session ends.
+	ErrInstanceInUse = errors.New("instance in use")
 )
 
 var errCodes = []struct {
@@ -43,6 +48,7 @@ var errCodes = []struct {
 	{ErrPermission, codes.PermissionDenied},
 	{ErrUnavailable, codes.Unavailable},
 	{ErrNotPrimary, codes.Aborted},
+	{ErrInstanceInUse, codes.AlreadyExists},
 }
 
 // StatusError converts an error returned by a handler into a gRPC status

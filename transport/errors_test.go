@@ -24,6 +24,7 @@ func TestStatusError_FromStatus_RoundTrip(t *testing.T) {
 		{ErrPermission, codes.PermissionDenied},
 		{ErrUnavailable, codes.Unavailable},
 		{ErrNotPrimary, codes.Aborted},
+		{ErrInstanceInUse, codes.AlreadyExists},
 	}
 	if got, want := len(tests), len(errCodes); got != want {
 		t.Fatalf("test covers %d sentinels, errCodes has %d", got, want)

@@ -34,6 +34,7 @@ type fileConfig struct {
 	AdvertiseGossip string        `yaml:"advertise_gossip"`
 	HTTPAddr        string        `yaml:"http_addr"`
 	Join            []string      `yaml:"join"`
+	DataDir         string        `yaml:"data_dir"`    // Raft log and snapshots; "" keeps them in memory
 	GossipKey       string        `yaml:"gossip_key"`  // base64 of 16, 24 or 32 bytes
 	GossipKeys      []string      `yaml:"gossip_keys"` // base64 keys: the first encrypts, all decrypt (a rotation)
 	GossipKeyFile   string        `yaml:"gossip_key_file"`
@@ -71,7 +72,8 @@ advertise_grpc: ""            # gRPC address handed to components; default: grpc
 gossip_addr: 127.0.0.1:7401   # memberlist, TCP and UDP
 advertise_gossip: ""          # gossip address announced to other brokers
 http_addr: 127.0.0.1:7402     # /metrics, /api/status, status page at /; "off" disables
-join: []                      # gossip addresses of other brokers
+join: []                      # gossip addresses of other brokers; a new broker asks to be a raft voter
+data_dir: ""                  # raft log, snapshots, node id; required for a cluster ("" = in memory)
 gossip_key: ""                # base64 of a 16, 24 or 32-byte AES key; required unless gossip_addr is loopback
 gossip_keys: []               # or several: the first encrypts, the others are accepted too (key rotation; SIGHUP reloads)
 gossip_key_file: ""           # or a file holding them, one per line, the first encrypting
@@ -156,7 +158,7 @@ func checkKeys(path string, n *yaml.Node, prefix string, v any) error {
 			{"insecure_gossip", nil}, {"cluster_label", nil},
 			{"gossip_profile", nil}, {"token", nil}, {"token_file", nil}, {"lease", nil}, {"heartbeat", nil},
 			{"shutdown_timeout", nil}, {"log_level", nil}, {"log_format", nil}, {"tls", tlsConfig{}},
-			{"policy", nil}, {"insecure", nil},
+			{"policy", nil}, {"insecure", nil}, {"data_dir", nil},
 		} {
 			known[f.k] = f.v
 			names = append(names, f.k)
@@ -265,6 +267,7 @@ var settingNames = map[string]struct{ flag, key string }{
 	"Config.BindAddr":        {"-gossip", "gossip_addr"},
 	"Config.AdvertiseAddr":   {"-advertise-gossip", "advertise_gossip"},
 	"Config.Join":            {"-join", "join"},
+	"Config.DataDir":         {"-data-dir", "data_dir"},
 	"Config.GossipKey":       {"-gossip-key", "gossip_key"},
 	"Config.GossipKeys":      {"-gossip-key-file", "gossip_keys"},
 	"Config.InsecureGossip":  {"-insecure-gossip", "insecure_gossip"},
@@ -386,7 +389,8 @@ func parseSettingsWith(args []string, stderr io.Writer, more func(*flag.FlagSet)
 		gossipAddr  = fs.String("gossip", broker.DefaultGossipAddr, "memberlist (gossip) listen `address`, TCP and UDP")
 		advGossip   = fs.String("advertise-gossip", "", "gossip `address` announced to other brokers")
 		httpAddr    = fs.String("http", broker.DefaultHTTPAddr, "HTTP `address` for /metrics, /api/status and the status page; \"off\" disables")
-		join        = fs.String("join", "", "comma-separated gossip `addresses` of brokers to join")
+		join        = fs.String("join", "", "comma-separated gossip `addresses` of brokers to join; a broker with a new (empty) data dir asks the cluster to add it as a raft voter")
+		dataDir     = fs.String("data-dir", "", "`directory` of the broker's raft log, snapshots and node id (required for a cluster of brokers; empty: in memory, for a single development broker)")
 		modesPath   = fs.String("modes", "", "per-table mode config `file` (the modes YAML); its modes are set as broker overrides, again on SIGHUP")
 		gossipKey   = fs.String("gossip-key", "", "gossip encryption `key`, base64 of 16, 24 or 32 bytes")
 		gossipKeyF  = fs.String("gossip-key-file", "", "`file` holding the base64 gossip key (or keys, one per line: the first encrypts, all decrypt; SIGHUP reloads it)")
@@ -454,6 +458,7 @@ func parseSettingsWith(args []string, stderr io.Writer, more func(*flag.FlagSet)
 	str("tls-ca", &fc.TLS.CA, *tlsCA)
 	str("tls-client-ca", &fc.TLS.ClientCA, *tlsClientCA)
 	str("policy", &fc.Policy, *policyPath)
+	str("data-dir", &fc.DataDir, *dataDir)
 	if set["insecure"] {
 		fc.Insecure = *insecure
 	}
@@ -607,6 +612,7 @@ func brokerSettings(fc *fileConfig) (broker.Config, error) {
 	cfg.BindAddr = fc.GossipAddr
 	cfg.AdvertiseAddr = fc.AdvertiseGossip
 	cfg.Join = slices.Clone(fc.Join)
+	cfg.DataDir = fc.DataDir
 	cfg.ClusterLabel = fc.ClusterLabel
 	cfg.Lease = fc.Lease
 	cfg.Heartbeat = fc.Heartbeat
@@ -677,10 +683,17 @@ func brokerTLS(fc *fileConfig, cfg broker.Config, log *slog.Logger) (broker.Conf
 			return cfg, nil, false, fmt.Errorf("tls: %w", err)
 		}
 		cfg.Transport.TLS = src.ServerConfig()
+		// Brokers dial one another (raft) as brokers, and accept only
+		// brokers on that side.
+		cfg.PeerTransport.TLS = src.ClientConfig(transport.ExpectRole(transport.RoleBroker))
 		cfg.RequireIdentity = true
 		return cfg, src, false, nil
 	}
 	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	// Brokers dial one another (raft) with the same certificate, trusting
+	// the CA bundle (or the system's roots without one).
+	peer := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	cfg.PeerTransport.TLS = peer
 	if ca != "" {
 		pem, err := os.ReadFile(ca)
 		if err != nil {
@@ -692,6 +705,7 @@ func brokerTLS(fc *fileConfig, cfg broker.Config, log *slog.Logger) (broker.Conf
 		}
 		tc.ClientCAs = pool
 		tc.ClientAuth = tls.RequireAndVerifyClientCert
+		peer.RootCAs = pool
 	}
 	cfg.Transport.TLS = tc
 	return cfg, nil, ca != "", nil

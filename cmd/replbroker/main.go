@@ -27,8 +27,18 @@
 // keys are an error naming the line; flags given on the command line win).
 // -print-config prints a commented file with every key.
 //
-//	replbroker                                   # one node on localhost
-//	replbroker -name b2 -grpc 10.0.0.2:7400 -gossip 10.0.0.2:7401 -join 10.0.0.1:7401
+//	replbroker                                   # one node on localhost, in memory
+//	replbroker -name b1 -data-dir /var/lib/replbroker -grpc 10.0.0.1:7400 -gossip 10.0.0.1:7401
+//	replbroker -name b2 -data-dir /var/lib/replbroker -grpc 10.0.0.2:7400 -gossip 10.0.0.2:7401 -join 10.0.0.1:7401
+//
+// The brokers decide primaries, epochs and mode overrides through Raft
+// (see package broker): the first broker (no -join, empty -data-dir)
+// starts a one-broker cluster; a broker with -join and an empty data dir
+// asks the cluster to add it as a voter; a broker restarted with its data
+// dir comes back as the member it was. Run 3 or 5 brokers, each with a
+// data dir: a majority (2 of 3, 3 of 5) must be up for any decision.
+// `replctl broker remove NAME` retires a broker for good.
+//
 //	replbroker -config /etc/replmesh/broker.yaml
 //
 // -modes FILE sets the table modes of a per-table mode file (the modes

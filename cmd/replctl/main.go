@@ -183,6 +183,7 @@ func init() {
 		{"mode", "set SERVICE/TABLE MODE | list", "set (push, pull, auto, clear) or list the broker's mode overrides", (*cli).mode},
 		{"tls", "ca create | cert create", "write a development CA, or a certificate with a replmesh identity", (*cli).tls},
 		{"gossip", "keys [list|add|use|remove KEY]", "list or change the brokers' gossip keys (rotation)", (*cli).gossip},
+		{"broker", "remove NAME", "remove a broker from the brokers' raft group for good (admin)", (*cli).brokerCmd},
 	}
 }
 

@@ -106,7 +106,10 @@ func newSecureMesh(t *testing.T, o meshOptions) *secureMesh {
 		cfg.Lease = meshLease
 		cfg.GossipKey = m.key
 		cfg.ClusterLabel = meshLabel
-		cfg.Transport.TLS = m.pki.source(roleID(transport.RoleBroker, name)).ServerConfig()
+		src := m.pki.source(roleID(transport.RoleBroker, name))
+		cfg.Transport.TLS = src.ServerConfig()
+		// Raft messages and joins go to the other brokers as this broker.
+		cfg.PeerTransport.TLS = src.ClientConfig(transport.ExpectRole(transport.RoleBroker))
 		cfg.RequireIdentity = true
 		cfg.Policy = policy
 		if i > 1 {

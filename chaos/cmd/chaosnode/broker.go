@@ -8,10 +8,14 @@ import (
 )
 
 // startBroker starts a broker with fast timings (broker.LocalConfig) on
-// fixed addresses, so that a restarted broker is found where it was.
-func (n *node) startBroker(ctx context.Context, listen, gossip string, join []string, _ string) error {
+// fixed addresses, so that a restarted broker is found where it was, and
+// with its raft data in dir, so that a killed broker comes back as the
+// member it was (an in-memory one would come back as a new member, which
+// needs a majority of the others up).
+func (n *node) startBroker(ctx context.Context, listen, gossip string, join []string, dir string) error {
 	cfg := broker.LocalConfig(n.name)
 	cfg.GRPCAddr, cfg.BindAddr, cfg.Join = listen, gossip, join
+	cfg.DataDir = dir
 	cfg.Logger = n.log
 	if n.sec.tls != nil {
 		cfg.Transport.TLS = n.sec.tls.ServerConfig()

@@ -39,7 +39,7 @@ func main() {
 	var (
 		role       = flag.String("role", "", "broker, owner or consumer")
 		name       = flag.String("name", "", "broker name or instance id")
-		dir        = flag.String("dir", "", "data dir (components)")
+		dir        = flag.String("dir", "", "data dir (components; brokers: the raft log)")
 		listen     = flag.String("listen", "", "gRPC address: the broker's, or an owner's replication address")
 		gossip     = flag.String("gossip", "", "broker: memberlist bind address")
 		join       = flag.String("join", "", "broker: comma-separated gossip addresses to join")
@@ -98,7 +98,7 @@ func main() {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	switch *role {
 	case chaos.RoleBroker:
-		err = n.startBroker(ctx, *listen, *gossip, splitList(*join), *service)
+		err = n.startBroker(ctx, *listen, *gossip, splitList(*join), *dir)
 	case chaos.RoleOwner:
 		err = n.startOwner(ctx, *listen, *dir, splitList(*brokers), *service, *table, *retention)
 	case chaos.RoleConsumer:
