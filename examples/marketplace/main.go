@@ -216,6 +216,7 @@ func (d *demo) start(ctx context.Context) error {
 		return err
 	}
 	bcfg.Transport.TLS, bcfg.RequireIdentity, bcfg.Policy = src.ServerConfig(), true, d.policy
+	bcfg.PeerTransport.TLS = src.ClientConfig(transport.ExpectRole(transport.RoleBroker)) // for brokers that would join it
 	if d.broker, err = broker.New(ctx, bcfg); err != nil {
 		return err
 	}

@@ -19,6 +19,9 @@ func (n *node) startBroker(ctx context.Context, listen, gossip string, join []st
 	cfg.Logger = n.log
 	if n.sec.tls != nil {
 		cfg.Transport.TLS = n.sec.tls.ServerConfig()
+		// Raft messages and joins to the other brokers, which present
+		// broker identities.
+		cfg.PeerTransport.TLS = n.sec.tls.ClientConfig(transport.ExpectRole(transport.RoleBroker))
 		cfg.RequireIdentity = true
 	}
 	cfg.Policy, cfg.GossipKey, cfg.InsecureGossip, cfg.Insecure = n.sec.policy, n.sec.gossipKey, n.sec.insecure, n.sec.insecure
