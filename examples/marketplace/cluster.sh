@@ -150,13 +150,19 @@ command_of() {
 		if secure; then
 			cmd+=("${tls[@]}" -gossip-key-file "$dir/tls/gossip.key")
 		fi
-		# Every broker joins the two others (those started before it at
-		# first; any of them when it is started again alone).
-		local j join=()
-		for j in 1 2 3; do
-			((j == n)) || join+=("$(broker_gossip "$j")")
-		done
-		cmd+=(-join "$(IFS=,; echo "${join[*]}")")
+		# Raft: broker-1 starts the cluster (no -join: a one-broker
+		# cluster at first), the others ask to join it (any broker of the
+		# list will do once the cluster runs). Each keeps its raft log in
+		# its data dir, so a broker started again comes back as the member
+		# it was (never a second cluster of its own).
+		cmd+=(-data-dir "$dir/data/$name")
+		if ((n != 1)); then
+			local j join=()
+			for j in 1 2 3; do
+				((j == n)) || join+=("$(broker_gossip "$j")")
+			done
+			cmd+=(-join "$(IFS=,; echo "${join[*]}")")
+		fi
 		;;
 	stores-*)
 		svc_ports "$name"
