@@ -149,6 +149,10 @@ func (b *Broker) Session(stream transport.SessionServer) error {
 	if err != nil {
 		return err
 	}
+	// Registered: what the handshake decoded is in the registry or gone.
+	// The first topology is sent after the turn, so that a component slow
+	// to read it holds no other's handshake back.
+	done()
 	defer b.closeSession(s)
 	s.notePing(first.Ping)
 	log := b.log.With("service", reg.Service, "instance", reg.Instance)
@@ -156,7 +160,6 @@ func (b *Broker) Session(stream transport.SessionServer) error {
 	if err := b.push(stream, s, topo); err != nil {
 		return err
 	}
-	done()
 
 	onFrame := func(f *transport.SessionRequest) error {
 		s.lastFrame.Store(time.Now().UnixMilli())
@@ -629,7 +632,8 @@ func (h *sessionShared) slotsOf(b *Broker) chan struct{} {
 // pending returns the handshakes in progress.
 func (h *sessionShared) pending(b *Broker) int { return len(h.slotsOf(b)) }
 
-// turn waits for the handshake turn of the session of ctx: its identity's
+// turn waits for the handshake turn of the session of ctx (until its
+// Register is registered or refused): its identity's
 // one turn (with RequireIdentity), then one of the broker's
 // MaxPendingSessions slots. A registration that the caller's identity
 // could not make (its service is at its limit) is refused first, without
