@@ -459,6 +459,9 @@ func TestConfig_Limits(t *testing.T) {
 		{"negative registrations", func(c *Config) { c.MaxRegistrations = -1 }, "Config.MaxRegistrations"},
 		{"negative page", func(c *Config) { c.StatusPageSize = -1 }, "Config.StatusPageSize"},
 		{"identity without TLS", func(c *Config) { c.RequireIdentity = true }, "Config.RequireIdentity"},
+		{"negative pending sessions", func(c *Config) { c.MaxPendingSessions = -1 }, "Config.MaxPendingSessions"},
+		{"negative pending per identity", func(c *Config) { c.MaxPendingPerIdentity = -1 }, "Config.MaxPendingPerIdentity"},
+		{"negative pending wait", func(c *Config) { c.PendingSessionWait = -time.Second }, "Config.PendingSessionWait"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

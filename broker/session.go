@@ -632,14 +632,14 @@ func (h *sessionShared) slotsOf(b *Broker) chan struct{} {
 // pending returns the handshakes in progress.
 func (h *sessionShared) pending(b *Broker) int { return len(h.slotsOf(b)) }
 
-// turn waits for the handshake turn of the session of ctx (until its
-// Register is registered or refused): its identity's
-// one turn (with RequireIdentity), then one of the broker's
-// MaxPendingSessions slots. A registration that the caller's identity
-// could not make (its service is at its limit) is refused first, without
-// waiting, and again once the turn has come: its Register is never read.
-// Waiting longer than PendingSessionWait is ResourceExhausted. done gives
-// the turn back; it may be called more than once.
+// turn waits for the handshake turn of the session of ctx, which lasts
+// until its Register is registered or refused: its identity's one turn
+// (with RequireIdentity), then one of the broker's MaxPendingSessions
+// slots. A registration that the caller's identity could not make (its
+// service is at its limit) is refused first, without waiting: its Register
+// is never read. Waiting longer than PendingSessionWait is
+// ResourceExhausted. The returned func gives the turn back; it may be
+// called more than once.
 func (h *sessionShared) turn(ctx context.Context, b *Broker) (_ func(), err error) {
 	c, err := b.caller(ctx)
 	if err != nil {
@@ -712,8 +712,8 @@ func (h *sessionShared) turn(ctx context.Context, b *Broker) (_ func(), err erro
 	case slots <- struct{}{}:
 		held = append(held, func() { <-slots })
 	case <-wait.C:
-		return nil, b.limited("pending_sessions", "session: %d sessions are in their handshake for longer than %s, at most %d at once",
-			cap(slots), orDefault(b.cfg.PendingSessionWait, DefaultPendingSessionWait), cap(slots))
+		return nil, b.limited("pending_sessions", "session: no handshake turn within %s (at most %d sessions in their handshake at once)",
+			orDefault(b.cfg.PendingSessionWait, DefaultPendingSessionWait), cap(slots))
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	case <-b.closing:

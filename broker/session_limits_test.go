@@ -79,7 +79,7 @@ func TestSession_HandshakeLimits(t *testing.T) {
 		waitUntil(t, waitLong, "a session in its handshake", func() bool {
 			return b.metricValue(t, "replmesh_broker_sessions_pending") == 1
 		})
-		waitRefused(t, rawSession(t, b.GRPCAddr(), transport.Options{}), "at most 1 at once")
+		waitRefused(t, rawSession(t, b.GRPCAddr(), transport.Options{}), "at most 1 sessions in their handshake")
 		if got := b.metricValue(t, "replmesh_broker_limit_refusals_total", "limit", "pending_sessions"); got != 1 {
 			t.Fatalf("pending_sessions refusals counted %v, want 1", got)
 		}
