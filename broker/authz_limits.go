@@ -37,6 +37,16 @@ const (
 	DefaultMaxHeadLead = 1 << 20
 	// DefaultStatusPageSize: instances in one Status page.
 	DefaultStatusPageSize = 500
+	// DefaultMaxPendingSessions: sessions in their handshake at once. Each
+	// holds at most one decoded Register (about 300 kB with 1024 tables of
+	// long names).
+	DefaultMaxPendingSessions = 32
+	// DefaultPendingSessionWait: how long a session waits for its
+	// handshake turn before it is refused.
+	DefaultPendingSessionWait = 2 * time.Second
+	// DefaultMaxPendingPerIdentity: sessions of one identity in or
+	// waiting for their handshake (one in it, one waiting).
+	DefaultMaxPendingPerIdentity = 2
 )
 
 // MaxHead is the largest table head (seq) an instance may report: far
@@ -66,10 +76,14 @@ func (c *Config) validateLimits() error {
 		{"Config.MaxRegistrations", c.MaxRegistrations}, {"Config.MaxInstances", c.MaxInstances},
 		{"Config.MaxTables", c.MaxTables}, {"Config.MaxSubscriptions", c.MaxSubscriptions},
 		{"Config.MaxTombstones", c.MaxTombstones}, {"Config.StatusPageSize", c.StatusPageSize},
+		{"Config.MaxPendingSessions", c.MaxPendingSessions}, {"Config.MaxPendingPerIdentity", c.MaxPendingPerIdentity},
 	} {
 		if l.v < 0 {
 			return invalid(l.name, "is %d; it must be 0 (the default) or more", l.v)
 		}
+	}
+	if c.PendingSessionWait < 0 {
+		return invalid("Config.PendingSessionWait", "is %v; it must be 0 (the default) or more", c.PendingSessionWait)
 	}
 	if c.MaxTables > ListCeiling {
 		return invalid("Config.MaxTables", "is %d; it must be at most %d", c.MaxTables, ListCeiling)
@@ -118,6 +132,13 @@ func (b *Broker) checkRegistrationLocked(k instKey) error {
 	if prev := b.reg.inst(k); prev != nil && !prev.Gone {
 		return nil
 	}
+	return b.checkRegistrationLockedPlus(k, 0)
+}
+
+// checkRegistrationLockedPlus is checkRegistrationLocked for a new
+// instance k, with joining more instances of its service (in their
+// handshake) counted as registered.
+func (b *Broker) checkRegistrationLockedPlus(k instKey, joining int) error {
 	perSvc := b.limitsFor(k.Service).registrations
 	n := 0
 	for _, rec := range b.reg.bySvc[k.Service] {
@@ -125,7 +146,11 @@ func (b *Broker) checkRegistrationLocked(k instKey) error {
 			n++
 		}
 	}
-	if n >= perSvc {
+	if n+joining >= perSvc {
+		if joining > 0 {
+			return b.limited("registrations", "register %s: service %s has %d instances registered and %d registering, at most %d",
+				k, k.Service, n, joining, perSvc)
+		}
 		return b.limited("registrations", "register %s: service %s has %d instances registered, at most %d", k, k.Service, n, perSvc)
 	}
 	total := orDefault(b.cfg.MaxInstances, DefaultMaxInstances)
@@ -135,7 +160,7 @@ func (b *Broker) checkRegistrationLocked(k instKey) error {
 			n++
 		}
 	}
-	if n >= total {
+	if n+joining >= total {
 		return b.limited("instances", "register %s: %d instances registered, at most %d", k, n, total)
 	}
 	return nil

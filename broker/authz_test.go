@@ -39,8 +39,8 @@ func newTestPKI(t *testing.T) *testPKI {
 	return &testPKI{t: t, ca: ca, dir: dir}
 }
 
-// source issues a certificate for id and returns a TLSSource of it.
-func (p *testPKI) source(id transport.Identity) *transport.TLSSource {
+// files issues a certificate for id into files.
+func (p *testPKI) files(id transport.Identity) transport.TLSFiles {
 	p.t.Helper()
 	certPEM, keyPEM, err := p.ca.Issue(transport.LeafRequest{Identity: id, Validity: time.Hour})
 	if err != nil {
@@ -53,8 +53,14 @@ func (p *testPKI) source(id transport.Identity) *transport.TLSSource {
 	if err := os.WriteFile(base+"-key.pem", keyPEM, 0o600); err != nil {
 		p.t.Fatal(err)
 	}
-	src, err := transport.NewTLSSource(transport.TLSFiles{CA: filepath.Join(p.dir, "ca.pem"), Cert: base + ".pem", Key: base + "-key.pem",
-		TrustDomain: "replmesh.test", CheckInterval: -1}, testLogger(p.t))
+	return transport.TLSFiles{CA: filepath.Join(p.dir, "ca.pem"), Cert: base + ".pem", Key: base + "-key.pem",
+		TrustDomain: "replmesh.test", CheckInterval: -1}
+}
+
+// source issues a certificate for id and returns a TLSSource of it.
+func (p *testPKI) source(id transport.Identity) *transport.TLSSource {
+	p.t.Helper()
+	src, err := transport.NewTLSSource(p.files(id), testLogger(p.t))
 	if err != nil {
 		p.t.Fatal(err)
 	}
@@ -453,6 +459,9 @@ func TestConfig_Limits(t *testing.T) {
 		{"negative registrations", func(c *Config) { c.MaxRegistrations = -1 }, "Config.MaxRegistrations"},
 		{"negative page", func(c *Config) { c.StatusPageSize = -1 }, "Config.StatusPageSize"},
 		{"identity without TLS", func(c *Config) { c.RequireIdentity = true }, "Config.RequireIdentity"},
+		{"negative pending sessions", func(c *Config) { c.MaxPendingSessions = -1 }, "Config.MaxPendingSessions"},
+		{"negative pending per identity", func(c *Config) { c.MaxPendingPerIdentity = -1 }, "Config.MaxPendingPerIdentity"},
+		{"negative pending wait", func(c *Config) { c.PendingSessionWait = -time.Second }, "Config.PendingSessionWait"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

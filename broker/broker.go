@@ -69,6 +69,7 @@ type Broker struct {
 	joins     joinLog       // logs join attempts; its own lock
 
 	policy atomic.Pointer[modes.AccessPolicy] // the policy in force (see SetPolicy); safe on its own
+	shared sessionShared                      // handshake turns (safe on their own) and shared topologies (under mu); see session.go
 
 	directMu sync.Mutex
 	directQ  map[string]*broadcast // records for the sender, latest per record

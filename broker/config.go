@@ -133,6 +133,19 @@ type Config struct {
 	// answer is also kept under half the message limit); a tool follows
 	// StatusResponse.NextPageToken for the rest.
 	StatusPageSize int
+	// MaxPendingSessions bounds the Session streams in their handshake at
+	// once, broker-wide: from the stream's start until its Register is
+	// answered (the Register is read only once the stream has its turn, so
+	// a flood of sessions cannot have the broker decode thousands of large
+	// Registers at once). An identity (RequireIdentity) has one handshake
+	// at a time. A session waits at most PendingSessionWait for its turn,
+	// then is refused (ResourceExhausted); components retry.
+	MaxPendingSessions int
+	PendingSessionWait time.Duration
+	// MaxPendingPerIdentity bounds the sessions of one identity in or
+	// waiting for their handshake (RequireIdentity): a component opens one
+	// at a time, so more are refused at once.
+	MaxPendingPerIdentity int
 
 	// Lease is how long an instance may be without a session (on any
 	// broker) before it is removed; for a primary, it is also how long the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"slices"
 	"sync"
@@ -212,6 +213,12 @@ func (c *fakeComp) openWith(addr string, first *transport.SessionRequest) error 
 	stream, err := transport.NewBrokerClient(cc).Session(ctx)
 	if err == nil {
 		err = stream.Send(first)
+		if errors.Is(err, io.EOF) {
+			// The broker ended the stream (a refusal before the frame was
+			// read): its status comes with Recv.
+			_, err = stream.Recv()
+			err = transport.FromStatus(err)
+		}
 	}
 	if err != nil {
 		cancel()

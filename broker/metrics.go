@@ -47,12 +47,15 @@ func newMetrics(b *Broker) *metrics {
 	m.denials = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "authz_denials_total",
 		Help: "Calls refused because the caller's identity may not make them (register, subscribe, lookup, status, setmode)."}, []string{"call"})
 	m.limited = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "limit_refusals_total",
-		Help: "Registrations and reports refused, and tombstones forgotten early, by the limit hit (registrations, instances, tables, subscriptions, tombstones)."}, []string{"limit"})
+		Help: "Registrations and reports refused, and tombstones forgotten early, by the limit hit (registrations, instances, tables, subscriptions, tombstones, pending_sessions, identity_sessions)."}, []string{"limit"})
 	m.reg.MustRegister(m.denials, m.limited)
 	m.headsCapped = counter("standby_heads_capped_total", "Table heads reported by standbys far above the primary's, lowered to Config.MaxHeadLead above it.")
 	m.tombstonesDropped = counter("tombstones_dropped_total", "Tombstones forgotten before Config.TombstoneTTL because more than Config.MaxTombstones were kept.")
 	gauge("tombstones", "Removed instances remembered (tombstones).", func() int { return len(b.goneAt) })
 	gauge("sessions_open", "Component sessions open on this broker.", func() int { return len(b.sessions) })
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "sessions_pending",
+		Help: "Sessions in their handshake (Register being read and answered); at most Config.MaxPendingSessions."},
+		func() float64 { return float64(b.shared.pending(b)) }))
 	gauge("instances", "Instances in the registry (present, not removed).", func() int {
 		n := 0
 		for _, r := range b.reg.instances {

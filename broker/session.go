@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"reflect"
 	"slices"
@@ -28,8 +29,8 @@ type session struct {
 	endOnce sync.Once
 	endErr  error
 
-	lastFrame atomic.Int64 // unix ms of the last frame received
-	lastPing  atomic.Int64 // the newest SessionRequest.Ping received (echoed as Pong)
+	lastFrame *atomic.Int64 // unix ms of the last frame received (stored by the stream's receiver)
+	lastPing  atomic.Int64  // the newest SessionRequest.Ping received (echoed as Pong)
 
 	// guarded by Broker.mu
 	interest []string
@@ -71,10 +72,23 @@ func (b *Broker) Session(stream transport.SessionServer) error {
 	defer b.wg.Done()
 	ctx := stream.Context()
 
+	// The handshake's turn comes before the Register is read: gRPC holds
+	// a waiting stream's first frame in its flow-control window (64 KiB),
+	// and decodes it only once Recv is called.
+	done, err := b.shared.turn(ctx, b)
+	if err != nil {
+		return err
+	}
+	defer done()
+
 	frames := make(chan *transport.SessionRequest)
 	recvErr := make(chan error, 1)
 	stop := make(chan struct{})
 	defer close(stop)
+	// The arrival of the last frame, stored by the receiver: a handler busy
+	// sending or waiting for the lock must not take the time it was busy
+	// for silence of the component.
+	arrived := new(atomic.Int64)
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
@@ -84,6 +98,7 @@ func (b *Broker) Session(stream transport.SessionServer) error {
 				recvErr <- err
 				return
 			}
+			arrived.Store(time.Now().UnixMilli())
 			select {
 			case frames <- f:
 			case <-stop:
@@ -130,10 +145,14 @@ func (b *Broker) Session(stream transport.SessionServer) error {
 	case <-b.closing:
 		return ErrClosed
 	}
-	s, topo, err := b.open(reg)
+	s, topo, err := b.open(reg, arrived)
 	if err != nil {
 		return err
 	}
+	// Registered: what the handshake decoded is in the registry or gone.
+	// The first topology is sent after the turn, so that a component slow
+	// to read it holds no other's handshake back.
+	done()
 	defer b.closeSession(s)
 	s.notePing(first.Ping)
 	log := b.log.With("service", reg.Service, "instance", reg.Instance)
@@ -142,21 +161,27 @@ func (b *Broker) Session(stream transport.SessionServer) error {
 		return err
 	}
 
+	onFrame := func(f *transport.SessionRequest) error {
+		s.lastFrame.Store(time.Now().UnixMilli())
+		if err := b.handleFrame(s, f); err != nil {
+			log.Info("session ended by a bad frame", "err", err)
+			return err
+		}
+		if f.Ping > 0 {
+			s.notePing(f.Ping)
+			if err := stream.Send(b.response(s, transport.SessionHeartbeat, nil)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	hb := time.NewTicker(b.cfg.Heartbeat)
 	defer hb.Stop()
 	for {
 		select {
 		case f := <-frames:
-			s.lastFrame.Store(time.Now().UnixMilli())
-			if err := b.handleFrame(s, f); err != nil {
-				log.Info("session ended by a bad frame", "err", err)
+			if err := onFrame(f); err != nil {
 				return err
-			}
-			if f.Ping > 0 {
-				s.notePing(f.Ping)
-				if err := stream.Send(b.response(s, transport.SessionHeartbeat, nil)); err != nil {
-					return err
-				}
 			}
 		case err := <-recvErr:
 			if errors.Is(err, io.EOF) {
@@ -175,9 +200,18 @@ func (b *Broker) Session(stream transport.SessionServer) error {
 				}
 			}
 		case <-hb.C:
+			// A frame handed over while this handler was busy is no
+			// silence either.
+			select {
+			case f := <-frames:
+				if err := onFrame(f); err != nil {
+					return err
+				}
+			default:
+			}
 			if silent := time.Since(time.UnixMilli(s.lastFrame.Load())); silent > b.cfg.silenceCutoff() {
 				log.Info("session ended: no frame from the component", "silent", silent.Round(time.Millisecond))
-				return fmt.Errorf("%w: no frame from %s/%s for %s", transport.ErrUnavailable, reg.Service, reg.Instance, silent.Round(time.Millisecond))
+				return fmt.Errorf("%w: no frame from %s/%s for %s", transport.ErrUnavailable, s.key.Service, s.key.Instance, silent.Round(time.Millisecond))
 			}
 			if err := stream.Send(b.response(s, transport.SessionHeartbeat, nil)); err != nil {
 				return err
@@ -356,8 +390,9 @@ func (b *Broker) checkSubs(service string, in []transport.SubInfo) ([]transport.
 	return out, nil
 }
 
-// open registers a new session and returns its first topology.
-func (b *Broker) open(r *transport.Register) (*session, *transport.Topology, error) {
+// open registers a new session, whose receiver stores the arrival of
+// each frame in arrived, and returns its first topology.
+func (b *Broker) open(r *transport.Register, arrived *atomic.Int64) (*session, *transport.Topology, error) {
 	now := time.Now()
 	b.mu.Lock()
 	if b.shutting {
@@ -381,10 +416,11 @@ func (b *Broker) open(r *transport.Register) (*session, *transport.Topology, err
 		start = prev.Session.Start + 1
 	}
 	s := &session{
-		key:  k,
-		id:   sessionID{Start: start, Broker: b.cfg.Name},
-		wake: make(chan struct{}, 1),
-		done: make(chan struct{}),
+		key:       k,
+		id:        sessionID{Start: start, Broker: b.cfg.Name},
+		wake:      make(chan struct{}, 1),
+		done:      make(chan struct{}),
+		lastFrame: arrived,
 	}
 	s.lastFrame.Store(now.UnixMilli())
 	if old := b.sessions[k]; old != nil {
@@ -406,6 +442,7 @@ func (b *Broker) open(r *transport.Register) (*session, *transport.Topology, err
 		Ver:       b.reg.next(b.cfg.Name, now.UnixMicro()),
 	}
 	b.capHeadsLocked(rec)
+	shareTableNames(rec.Tables, b.tablesOfServiceLocked(rec.Service, k))
 	b.reg.store(rec)
 	b.watchLocked(s, rec.interest())
 	delete(b.downSince, k)
@@ -420,7 +457,7 @@ func (b *Broker) open(r *transport.Register) (*session, *transport.Topology, err
 		// owner learns it is primary from its first topology.
 		grants = b.decideLocked(rec.Service, now)
 	}
-	topo := b.reg.topology(rec, b.brokers, b.rev)
+	topo := b.topologyLocked(rec)
 	b.mu.Unlock()
 	b.send(out)
 	if len(grants) > 0 {
@@ -490,7 +527,7 @@ func (b *Broker) view(s *session) (*transport.Topology, error) {
 	if rec == nil || rec.Session != s.id {
 		return nil, ErrSuperseded
 	}
-	return b.reg.topology(rec, b.brokers, b.rev), nil
+	return b.topologyLocked(rec), nil
 }
 
 // handleFrame handles a frame after the Register.
@@ -538,6 +575,7 @@ func (b *Broker) update(s *session, f *transport.SessionRequest) error {
 	}
 	n := rec.clone()
 	if tables != nil {
+		shareTableNames(tables, rec.Tables)
 		n.Tables = tables
 	}
 	if subs != nil {
@@ -620,5 +658,300 @@ func (b *Broker) watchLocked(s *session, svcs []string) {
 			b.watchers[svc] = w
 		}
 		w[s] = struct{}{}
+	}
+}
+
+// sessionShared is what the sessions of a broker share beyond the
+// registry: the turns of their handshakes, and the owner part of their
+// topologies. The zero value is ready.
+type sessionShared struct {
+	// Handshake turns: slots bounds the handshakes broker-wide (made on
+	// first use, Config.MaxPendingSessions); byID gives each identity one
+	// turn at a time.
+	slotsOnce sync.Once
+	slots     chan struct{}
+	mu        sync.Mutex // guards byID and joining; a leaf
+	byID      map[string]*identityTurn
+	// joining counts, per service and instance, the handshakes of
+	// identities that are not registered yet (see precheckRegistration).
+	joining map[string]map[string]int
+
+	// owners, guarded by Broker.mu: per service, the owner part of the
+	// topologies (see ownerViewLocked).
+	owners map[string]*ownerView
+}
+
+// identityTurn is one identity's handshake turn, and how many of its
+// sessions hold or wait for it.
+type identityTurn struct {
+	turn  chan struct{} // cap 1: held by the identity's handshake
+	users int
+}
+
+func (h *sessionShared) slotsOf(b *Broker) chan struct{} {
+	h.slotsOnce.Do(func() { h.slots = make(chan struct{}, orDefault(b.cfg.MaxPendingSessions, DefaultMaxPendingSessions)) })
+	return h.slots
+}
+
+// pending returns the handshakes in progress.
+func (h *sessionShared) pending(b *Broker) int { return len(h.slotsOf(b)) }
+
+// turn waits for the handshake turn of the session of ctx, which lasts
+// until its Register is registered or refused: its identity's one turn
+// (with RequireIdentity), then one of the broker's MaxPendingSessions
+// slots. A registration that the caller's identity could not make (its
+// service is at its limit) is refused first, without waiting: its Register
+// is never read. Waiting longer than PendingSessionWait is
+// ResourceExhausted. The returned func gives the turn back; it may be
+// called more than once.
+func (h *sessionShared) turn(ctx context.Context, b *Broker) (_ func(), err error) {
+	c, err := b.caller(ctx)
+	if err != nil {
+		return nil, b.deny("register", "register: %v", err)
+	}
+	leave, err := b.precheckRegistration(c)
+	if err != nil {
+		return nil, err
+	}
+	wait := time.NewTimer(orDefault(b.cfg.PendingSessionWait, DefaultPendingSessionWait))
+	defer wait.Stop()
+	var held []func()
+	done := func() {
+		for _, f := range slices.Backward(held) {
+			f()
+		}
+		held = nil
+	}
+	held = append(held, leave)
+	defer func() {
+		if err != nil {
+			done()
+		}
+	}()
+	key := ""
+	if c.checked {
+		key = c.id.String()
+	}
+	if key != "" {
+		h.mu.Lock()
+		if h.byID == nil {
+			h.byID = make(map[string]*identityTurn)
+		}
+		t := h.byID[key]
+		if t == nil {
+			t = &identityTurn{turn: make(chan struct{}, 1)}
+			h.byID[key] = t
+		}
+		if limit := orDefault(b.cfg.MaxPendingPerIdentity, DefaultMaxPendingPerIdentity); t.users >= limit {
+			h.mu.Unlock()
+			return nil, b.limited("identity_sessions", "session of %s: %d sessions of this identity are in or waiting for their handshake, at most %d",
+				c.id, t.users, limit)
+		}
+		t.users++
+		h.mu.Unlock()
+		drop := func() {
+			h.mu.Lock()
+			if t.users--; t.users == 0 {
+				delete(h.byID, key)
+			}
+			h.mu.Unlock()
+		}
+		select {
+		case t.turn <- struct{}{}:
+			held = append(held, func() { <-t.turn; drop() })
+		case <-wait.C:
+			drop()
+			return nil, b.limited("identity_sessions", "session of %s: another session of this identity was in its handshake for longer than %s",
+				c.id, orDefault(b.cfg.PendingSessionWait, DefaultPendingSessionWait))
+		case <-ctx.Done():
+			drop()
+			return nil, ctx.Err()
+		case <-b.closing:
+			drop()
+			return nil, ErrClosed
+		}
+	}
+	slots := h.slotsOf(b)
+	select {
+	case slots <- struct{}{}:
+		held = append(held, func() { <-slots })
+	case <-wait.C:
+		return nil, b.limited("pending_sessions", "session: no handshake turn within %s (at most %d sessions in their handshake at once)",
+			orDefault(b.cfg.PendingSessionWait, DefaultPendingSessionWait), cap(slots))
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-b.closing:
+		return nil, ErrClosed
+	}
+	return done, nil
+}
+
+// precheckRegistration refuses, before its Register is read, a session
+// whose identity is an instance its service cannot register now: the
+// limits of checkRegistrationLocked (which open applies again), counting
+// the handshakes of other new instances of the service as registered.
+// A flood of new instances is so refused at once, holding nothing,
+// rather than waiting for its turn with its Register in gRPC's buffers.
+// An instance that is registered already (a component reconnecting)
+// passes. leave ends the handshake's count.
+func (b *Broker) precheckRegistration(c caller) (leave func(), err error) {
+	if !c.checked || c.id.Role != transport.RoleService {
+		return func() {}, nil
+	}
+	k := instKey{c.id.Service, c.id.Instance}
+	h := &b.shared
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if prev := b.reg.inst(k); prev != nil && !prev.Gone {
+		return func() {}, nil
+	}
+	h.mu.Lock()
+	others := len(h.joining[k.Service])
+	if h.joining[k.Service][k.Instance] > 0 {
+		others-- // this identity counts once, however many sessions it opens
+	}
+	h.mu.Unlock()
+	if err := b.checkRegistrationLockedPlus(k, others); err != nil {
+		b.log.Info("session refused", "err", err)
+		return nil, err
+	}
+	h.mu.Lock()
+	if h.joining == nil {
+		h.joining = make(map[string]map[string]int)
+	}
+	if h.joining[k.Service] == nil {
+		h.joining[k.Service] = make(map[string]int)
+	}
+	h.joining[k.Service][k.Instance]++
+	h.mu.Unlock()
+	return func() {
+		h.mu.Lock()
+		m := h.joining[k.Service]
+		if m[k.Instance]--; m[k.Instance] <= 0 {
+			delete(m, k.Instance)
+			if len(m) == 0 {
+				delete(h.joining, k.Service)
+			}
+		}
+		h.mu.Unlock()
+	}, nil
+}
+
+// ownerView is the owner part of the topologies of one service's
+// instances and of its consumers, and the records it was made from.
+type ownerView struct {
+	owner *ownerRec
+	recs  map[string]*instanceRec
+	so    transport.ServiceOwner
+}
+
+// ownerViewLocked returns registry.serviceOwner(service, false), shared
+// by every topology made while the service's records stay the same (the
+// records are never modified once stored, so the same pointers mean the
+// same view). Without it each topology pushed to each of N instances
+// carried its own copy of the primary's tables: N copies for every
+// change, and one more kept per session to compare the next one with.
+func (b *Broker) ownerViewLocked(service string) transport.ServiceOwner {
+	o, recs := b.reg.owners[service], b.reg.bySvc[service]
+	sh := &b.shared
+	if v := sh.owners[service]; v != nil && v.owner == o && len(v.recs) == len(recs) {
+		same := true
+		for inst, rec := range recs {
+			if v.recs[inst] != rec {
+				same = false
+				break
+			}
+		}
+		if same {
+			return v.so
+		}
+	}
+	so := b.reg.serviceOwner(service, false)
+	if o == nil && len(recs) == 0 {
+		delete(sh.owners, service)
+		return so
+	}
+	if sh.owners == nil {
+		sh.owners = make(map[string]*ownerView)
+	}
+	sh.owners[service] = &ownerView{owner: o, recs: maps.Clone(recs), so: so}
+	if len(sh.owners) > 2*(len(b.reg.bySvc)+len(b.reg.owners))+16 {
+		for svc := range sh.owners {
+			if !b.reg.known(svc) {
+				delete(sh.owners, svc)
+			}
+		}
+	}
+	return so
+}
+
+// topologyLocked is registry.topology(rec, b.brokers, b.rev), with the
+// owner parts shared (ownerViewLocked). Topologies are read, never
+// modified: sent and compared.
+func (b *Broker) topologyLocked(rec *instanceRec) *transport.Topology {
+	t := &transport.Topology{
+		Revision: b.rev,
+		Role:     b.reg.role(rec),
+		Epoch:    b.reg.epoch(rec.Service),
+		Brokers:  b.brokers,
+	}
+	svcs := rec.interest()
+	t.Owners = make([]transport.ServiceOwner, 0, len(svcs))
+	for _, s := range svcs {
+		t.Owners = append(t.Owners, b.ownerViewLocked(s))
+	}
+	for _, m := range b.reg.modes {
+		if m.Mode == "" {
+			continue
+		}
+		if _, ok := slices.BinarySearch(svcs, m.Service); !ok {
+			continue
+		}
+		if t.Overrides == nil {
+			t.Overrides = make(map[string]string)
+		}
+		t.Overrides[m.key()] = m.Mode
+	}
+	return t
+}
+
+// tablesOfServiceLocked returns the tables of another present instance of
+// service than self, the primary's if it has one: the names a new
+// registration of the service most likely repeats.
+func (b *Broker) tablesOfServiceLocked(service string, self instKey) []transport.TableInfo {
+	if o := b.reg.owners[service]; o != nil && o.Primary != self.Instance {
+		if p := b.reg.inst(instKey{service, o.Primary}); p != nil && !p.Gone && len(p.Tables) > 0 {
+			return p.Tables
+		}
+	}
+	for inst, rec := range b.reg.bySvc[service] {
+		if inst != self.Instance && !rec.Gone && len(rec.Tables) > 0 {
+			return rec.Tables
+		}
+	}
+	return nil
+}
+
+// shareTableNames makes the names (and log ids) of dst that ref also
+// lists the strings ref holds, so that the instances of a service keep one
+// copy of their table names, not one each. Both are sorted by table.
+func shareTableNames(dst, ref []transport.TableInfo) {
+	j := 0
+	for i := range dst {
+		for j < len(ref) && ref[j].Table < dst[i].Table {
+			j++
+		}
+		if j == len(ref) {
+			return
+		}
+		if ref[j].Table == dst[i].Table {
+			dst[i].Table = ref[j].Table
+			if ref[j].LogID == dst[i].LogID {
+				dst[i].LogID = ref[j].LogID
+			}
+			if ref[j].Mode == dst[i].Mode {
+				dst[i].Mode = ref[j].Mode
+			}
+		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/metrics"
 	"strings"
 	"sync"
 	"time"
@@ -186,10 +187,22 @@ func settledMemory(ctx context.Context) memory {
 	return prev
 }
 
-// samplePeakHeap samples the heap in use every 10 ms until the returned
-// func is called, which returns the highest reading.
-func samplePeakHeap() func() uint64 {
-	var peak uint64
+// liveHeap returns the live heap as the last GC marked it.
+func liveHeap() uint64 {
+	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(sample)
+	if sample[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return sample[0].Value.Uint64()
+}
+
+// samplePeakHeap samples the heap every 10 ms until the returned func is
+// called, which returns the highest readings of the heap in use (live
+// objects and the garbage not yet collected, which the GC lets grow to
+// about the live heap again) and of the live heap as the last GC marked it.
+func samplePeakHeap() func() (inuse, live uint64) {
+	var peak, peakLive uint64
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
@@ -199,6 +212,7 @@ func samplePeakHeap() func() uint64 {
 			var ms runtime.MemStats
 			runtime.ReadMemStats(&ms)
 			peak = max(peak, ms.HeapInuse)
+			peakLive = max(peakLive, liveHeap())
 			select {
 			case <-t.C:
 			case <-stop:
@@ -206,10 +220,10 @@ func samplePeakHeap() func() uint64 {
 			}
 		}
 	}()
-	return func() uint64 {
+	return func() (uint64, uint64) {
 		close(stop)
 		<-done
-		return peak
+		return peak, peakLive
 	}
 }
 
@@ -245,6 +259,7 @@ func attackNotes(a attack, rep attackReport) string {
 func (b *bench) runAttack(ctx context.Context, name, what string, a attack, limit int, limitName string) error {
 	settle()
 	before := settledMemory(ctx)
+	beforeLive := liveHeap()
 	resetPeakRSS()
 	stopPeak := samplePeakHeap()
 	child, rep, err := b.startHostile(ctx, a)
@@ -253,7 +268,7 @@ func (b *bench) runAttack(ctx context.Context, name, what string, a attack, limi
 		return err
 	}
 	after := settledMemory(ctx)
-	peakHeap := stopPeak()
+	peakHeap, peakLive := stopPeak()
 	peakRSS := procStatus("VmHWM")["VmHWM"]
 	if err := child.stop(); err != nil {
 		return err
@@ -265,8 +280,9 @@ func (b *bench) runAttack(ctx context.Context, name, what string, a attack, limi
 	b.add(result{Workload: name, Figure: what + ": refused or denied", Value: float64(rep.Refused + rep.Denied + rep.Pending), Unit: unitCount,
 		Notes: attackNotes(a, rep)})
 	b.add(result{Workload: name, Figure: what + ": heap growth", Value: heap, Unit: unitBytes,
-		Notes: fmt.Sprintf("Go heap in use after GC, %.1f MB before; during the attack the heap peaked %+.1f MB; RSS %+.1f MB settled, %+.1f MB at its peak",
-			float64(before.heap)/1e6, growth(before.heap, peakHeap)/1e6, growth(uint64(before.rss), uint64(after.rss))/1e6, growth(uint64(before.rss), uint64(peakRSS))/1e6)})
+		Notes: fmt.Sprintf("Go heap in use after GC, %.1f MB before; during the attack the heap peaked %+.1f MB (the live heap at a GC %+.1f MB); RSS %+.1f MB settled, %+.1f MB at its peak",
+			float64(before.heap)/1e6, growth(before.heap, peakHeap)/1e6, growth(beforeLive, peakLive)/1e6,
+			growth(uint64(before.rss), uint64(after.rss))/1e6, growth(uint64(before.rss), uint64(peakRSS))/1e6)})
 	b.add(result{Workload: name, Figure: what + ": heap per attempt", Value: per(heap, a.N), Unit: unitKB,
 		Notes: fmt.Sprintf("over %d attempts", a.N)})
 	if rep.Accepted > 0 {
