@@ -110,12 +110,15 @@ func TestSession_HandshakeLimits(t *testing.T) {
 	t.Run("service at its registration limit", func(t *testing.T) {
 		p := newTestPKI(t)
 		b := startSecureBroker(t, p, func(c *Config) { c.MaxRegistrations = 1 })
-		if _, err := connectAs(t, p, b.GRPCAddr(), svcID("stores", "stores-1"),
-			transport.Register{Service: "stores", Instance: "stores-1", Addr: "127.0.0.1:7001", Owner: true, Tables: storesTables}); err != nil {
+		first, err := connectAs(t, p, b.GRPCAddr(), svcID("stores", "stores-1"),
+			transport.Register{Service: "stores", Instance: "stores-1", Addr: "127.0.0.1:7001", Owner: true, Tables: storesTables})
+		if err != nil {
 			t.Fatal(err)
 		}
 		waitRefused(t, rawSession(t, b.GRPCAddr(), p.opts(svcID("stores", "stores-2"))), "1 instances registered, at most 1")
-		// The registered instance itself may open a session again.
+		// The registered instance itself may open a session again (once
+		// its first one ended: a live holder is never superseded).
+		first.close()
 		if _, err := connectAs(t, p, b.GRPCAddr(), svcID("stores", "stores-1"),
 			transport.Register{Service: "stores", Instance: "stores-1", Addr: "127.0.0.1:7001", Owner: true, Tables: storesTables}); err != nil {
 			t.Fatal(err)
