@@ -2,7 +2,9 @@ package replica
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"time"
@@ -218,9 +220,11 @@ func (c *Component) brokerSession(addr string, opened func()) (progressed bool, 
 		watchdog.Reset(c.cfg.PeerTimeout)
 		return f, nil
 	}
-	if err := stream.Send(&transport.SessionRequest{Kind: transport.SessionRegister, Register: c.register(), Ping: c.lease.ping()}); err != nil {
+	if err := stream.Send(&transport.SessionRequest{Kind: transport.SessionRegister, Register: c.register(), Ping: c.lease.ping()}); err != nil && !errors.Is(err, io.EOF) {
 		return false, transport.FromStatus(err)
 	}
+	// On io.EOF the broker ended the stream before reading the Register
+	// (a handshake limit): recv returns its status.
 	f, err := recv()
 	if err != nil {
 		return false, err
