@@ -3,8 +3,6 @@ package broker
 import (
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -32,29 +30,19 @@ func newTestPKI(t *testing.T) *testPKI {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), ca.CertPEM(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return &testPKI{t: t, ca: ca, dir: dir}
+	return &testPKI{t: t, ca: ca, dir: t.TempDir()}
 }
 
-// files issues a certificate for id into files.
+// files issues a certificate for id into files (DevCA.IssueFiles), read
+// again only on Reload.
 func (p *testPKI) files(id transport.Identity) transport.TLSFiles {
 	p.t.Helper()
-	certPEM, keyPEM, err := p.ca.Issue(transport.LeafRequest{Identity: id, Validity: time.Hour})
+	f, err := p.ca.IssueFiles(p.dir, transport.LeafRequest{Identity: id, Validity: time.Hour})
 	if err != nil {
 		p.t.Fatal(err)
 	}
-	base := filepath.Join(p.dir, strings.NewReplacer("/", "_", ":", "_").Replace(id.String()))
-	if err := os.WriteFile(base+".pem", certPEM, 0o600); err != nil {
-		p.t.Fatal(err)
-	}
-	if err := os.WriteFile(base+"-key.pem", keyPEM, 0o600); err != nil {
-		p.t.Fatal(err)
-	}
-	return transport.TLSFiles{CA: filepath.Join(p.dir, "ca.pem"), Cert: base + ".pem", Key: base + "-key.pem",
-		TrustDomain: "replmesh.test", CheckInterval: -1}
+	f.CheckInterval = -1
+	return f
 }
 
 // source issues a certificate for id and returns a TLSSource of it.
