@@ -244,6 +244,7 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 			hit: func() { c.guard.refusals.add(limitConnStreams) },
 		}))
 		transport.RegisterReplicationServer(c.server, &replicationServer{c: c})
+		transport.RegisterRestoreServer(c.server, &restoreServer{c: c})
 		c.server.Health.SetServingStatus("", grpc_health_v1.HealthCheckResponse_SERVING)
 		c.server.Health.SetServingStatus(transport.ReplicationServiceName, grpc_health_v1.HealthCheckResponse_SERVING)
 		c.wg.Add(1)

@@ -45,6 +45,23 @@ type ownerMeta struct {
 	First uint64 `msgpack:"first"` // oldest seq still in the log (Head+1 when empty)
 	// Epochs is the epoch history: where each epoch began.
 	Epochs transport.EpochHistory `msgpack:"eps"`
+	// Restoring: a restore is writing the table (restore.go). Found at
+	// Own, the restore was interrupted: the table is emptied (a new, empty
+	// history), never served half-filled.
+	Restoring bool `msgpack:"rst,omitempty"`
+	// NeedEpoch: the table was restored and takes writes only at an epoch
+	// above Epoch (the highest its restored history has seen); it reports
+	// Epoch+1 to the broker, which grants above what instances report.
+	NeedEpoch bool `msgpack:"nep,omitempty"`
+}
+
+// reportedEpoch is the epoch the table reports to the broker: its own, or
+// one above it while it waits for a new epoch after a restore.
+func (m ownerMeta) reportedEpoch() uint64 {
+	if m.NeedEpoch {
+		return m.Epoch + 1
+	}
+	return m.Epoch
 }
 
 // OwnedTable is a table this component owns and writes. Its methods are safe
@@ -62,6 +79,14 @@ type OwnedTable struct {
 	defaultMode  modes.Mode      // the owner's default mode, sent to consumers in Start (Unset: none; guarded by mu)
 	explicitMode bool            // TableOptions.Mode was given (it wins over the mode file)
 	retention    Retention       // this table's log retention (guarded by mu)
+
+	// restoring: a restore is writing the table (restore.go): writes,
+	// reads and subscriptions are refused with ErrRestoring. It is set
+	// with restoreMu held for writing; Submit holds it for reading from
+	// its check until the write is queued, so once a restore holds it no
+	// write that passed the check is still on its way to the committer.
+	restoring atomic.Bool
+	restoreMu sync.RWMutex
 
 	mu      sync.Mutex
 	meta    ownerMeta     // durable state as of the last commit
@@ -103,13 +128,7 @@ func (c *Component) Own(name string, opts ...TableOptions) (*OwnedTable, error) 
 		t.writable.Store(true)
 		return t, nil
 	}
-	c.roleMu.Lock()
-	defer c.roleMu.Unlock()
-	c.mu.Lock()
-	r := c.role
-	c.mu.Unlock()
-	c.applyRole(t, r)
-	c.kickBroker()
+	c.applyCurrentRole(t)
 	return t, nil
 }
 
@@ -180,6 +199,15 @@ func (c *Component) own(name string, opts []TableOptions) (*OwnedTable, error) {
 	if err := c.db.Sync(); err != nil {
 		return nil, fmt.Errorf("own %s: sync meta: %w", name, err)
 	}
+	if t.meta.Restoring {
+		// A restore was interrupted (the process died during it): what it
+		// wrote is partial. The table starts empty, a new history, and can
+		// be restored again.
+		c.log.Warn("table holds an interrupted restore: emptied", "table", name)
+		if err := t.resetEmpty(); err != nil {
+			return nil, fmt.Errorf("own %s: clear an interrupted restore: %w", name, err)
+		}
+	}
 	t.next = t.meta.Head + 1
 	t.meta.First, t.logSize = t.measureLog(t.meta.Head)
 	t.applyFileModes(c.cfg.Modes)
@@ -216,7 +244,7 @@ func storedEpoch(db *badger.DB) (uint64, error) {
 				if err := item.Value(func(v []byte) error { return msgpack.Unmarshal(v, &m) }); err != nil {
 					return fmt.Errorf("meta of table %s: %w", table, err)
 				}
-				epoch = max(epoch, m.Epoch)
+				epoch = max(epoch, m.reportedEpoch())
 			} else if !errors.Is(err, badger.ErrKeyNotFound) {
 				return err
 			}
@@ -381,6 +409,8 @@ func (t *OwnedTable) Submit(ctx context.Context, ws ...Write) (*Pending, error) 
 		pw.changes[i] = ch
 		pw.size += ch.Size()
 	}
+	t.restoreMu.RLock()
+	defer t.restoreMu.RUnlock()
 	if err := t.checkWritable(); err != nil {
 		return nil, err
 	}
