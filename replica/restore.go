@@ -386,37 +386,102 @@ func (c *Component) Restore(ctx context.Context, table string, opts RestoreOptio
 			return RestoreResult{}, fmt.Errorf("restore %s: %w", table, t.checkWritable())
 		}
 	}
-	// Submit holds restoreMu (read) from its check until its write is
-	// queued: once the flag is set under the write lock, every write that
-	// passed the check is queued, and beginRestore's barrier sees it
-	// committed before the table is emptied.
-	t.restoreMu.Lock()
-	ok := t.restoring.CompareAndSwap(false, true)
-	t.restoreMu.Unlock()
-	if !ok {
+	if !t.markRestoring() {
 		return RestoreResult{}, fmt.Errorf("restore %s: %w: a restore of it is running", table, ErrRestoring)
 	}
+	defer t.restoring.Store(false)
+	res, err := c.restoreMarked(ctx, t, opts)
+	res.Took = time.Since(began)
+	return res, err
+}
+
+// markRestoring sets t's restoring flag; false if it was set. Submit holds
+// restoreMu (read) from its check until its write is queued: once the flag
+// is set under the write lock, every write that passed the check is
+// queued, and beginRestore's barrier sees it committed before the table
+// is emptied.
+func (t *OwnedTable) markRestoring() bool {
+	t.restoreMu.Lock()
+	defer t.restoreMu.Unlock()
+	return t.restoring.CompareAndSwap(false, true)
+}
+
+// restoreMarked runs a restore of t, whose restoring flag the caller has
+// set (and clears when it is done with the table). A failure once rows
+// began to arrive leaves the table empty.
+func (c *Component) restoreMarked(ctx context.Context, t *OwnedTable, opts RestoreOptions) (RestoreResult, error) {
 	started := false // the table was touched: a failure leaves it empty
-	defer func() {
-		if started && err != nil {
+	res, err := c.restore(ctx, t, opts, &started)
+	if err != nil {
+		if started {
 			if rerr := t.resetEmpty(); rerr != nil {
-				c.log.Error("restore failed and the table could not be emptied", "table", table, "err", rerr)
+				c.log.Error("restore failed and the table could not be emptied", "table", t.name, "err", rerr)
 			}
 			if len(c.cfg.Brokers) > 0 {
 				c.applyCurrentRole(t)
 			}
 		}
-		t.restoring.Store(false)
-	}()
-	res, err := c.restore(ctx, t, opts, &started)
-	res.Took = time.Since(began)
-	if err != nil {
-		c.log.Warn("restore failed", "table", table, "err", err, "table_emptied", started)
+		c.log.Warn("restore failed", "table", t.name, "err", err, "table_emptied", started)
 		return res, err
 	}
-	c.log.Info("table restored", "table", table, "source", res.Plan.Source.Source.String(), "log_id", res.LogID,
-		"seq", res.Seq, "epoch", res.NewEpoch, "rows", res.Rows, "took", res.Took)
+	c.log.Info("table restored", "table", t.name, "source", res.Plan.Source.Source.String(), "log_id", res.LogID,
+		"seq", res.Seq, "epoch", res.NewEpoch, "rows", res.Rows)
 	return res, nil
+}
+
+// startAutoRestore restores t in the background (Config.AutoRestore): t
+// was created empty in a data dir that was empty at Open, and refuses
+// writes (its restoring flag is set) until this is over.
+func (c *Component) startAutoRestore(t *OwnedTable) {
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		defer t.restoring.Store(false)
+		c.autoRestore(t)
+	}()
+}
+
+// autoRestore looks for a replica to restore t from for up to
+// AutoRestoreWait: once this instance is the primary and its service has
+// no standby, the most advanced replica the broker lists. Attempts that
+// find no source are repeated with backoff; a restore that fails is tried
+// again within the same bound.
+func (c *Component) autoRestore(t *OwnedTable) {
+	search, cancel := context.WithTimeout(c.ctx, c.cfg.AutoRestoreWait)
+	defer cancel()
+	backoff := transport.Backoff{Min: c.cfg.ReconnectMin, Max: c.cfg.ReconnectMax, Jitter: true}
+	var last error = errors.New("not the primary yet")
+	for {
+		if role, _ := c.Role(); role == transport.RolePrimary {
+			if so, ok := c.serviceOwner(c.cfg.Service); ok && len(so.Standbys) > 0 {
+				c.log.Info("automatic restore skipped: the service has a standby", "table", t.name, "standbys", len(so.Standbys))
+				return
+			}
+			var plan RestorePlan
+			if plan, last = c.PlanRestore(search, t.name, RestoreOptions{}); last == nil {
+				c.log.Warn("automatic restore from the most advanced replica (Config.AutoRestore)", "table", t.name,
+					"source", plan.Source.Source.String(), "log_id", plan.Source.LogID, "seq", plan.Source.Seq)
+				cands := make([]transport.RestoreSource, 0, len(plan.Positions))
+				for _, p := range plan.Positions {
+					cands = append(cands, p.Source)
+				}
+				if _, last = c.restoreMarked(c.ctx, t, RestoreOptions{Candidates: cands}); last == nil {
+					return
+				}
+			}
+		}
+		tm := time.NewTimer(backoff.Next())
+		select {
+		case <-tm.C:
+		case <-search.Done():
+			tm.Stop()
+			if c.ctx.Err() == nil {
+				c.log.Warn("automatic restore found no replica to restore from: the table starts empty", "table", t.name,
+					"waited", c.cfg.AutoRestoreWait, "last_err", last)
+			}
+			return
+		}
+	}
 }
 
 // progress reports p when opts asks for it.
@@ -455,6 +520,9 @@ func (c *Component) restore(ctx context.Context, t *OwnedTable, opts RestoreOpti
 	watchdog := time.AfterFunc(c.cfg.PeerTimeout, cancel)
 	defer watchdog.Stop()
 	recv := func() (*transport.OwnerFrame, error) {
+		if err := ctx.Err(); err != nil {
+			return nil, err // frames already buffered are not taken once the caller gave up
+		}
 		f, err := stream.Recv()
 		if err != nil {
 			if errors.Is(err, io.EOF) {

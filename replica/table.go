@@ -120,7 +120,7 @@ func (c *Component) Own(name string, opts ...TableOptions) (*OwnedTable, error) 
 	if len(c.cfg.Brokers) > 0 && !c.cfg.Owner {
 		return nil, fmt.Errorf("%w: own %s: with Brokers, an owner instance needs Config.Owner (the broker grants the primary lease)", ErrInvalid, name)
 	}
-	t, err := c.own(name, opts)
+	t, fresh, err := c.own(name, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -129,19 +129,24 @@ func (c *Component) Own(name string, opts ...TableOptions) (*OwnedTable, error) 
 		return t, nil
 	}
 	c.applyCurrentRole(t)
+	if fresh && c.cfg.AutoRestore && c.emptyAtOpen {
+		c.startAutoRestore(t)
+	}
 	return t, nil
 }
 
-func (c *Component) own(name string, opts []TableOptions) (*OwnedTable, error) {
+// own opens the table's state; fresh reports a new, empty history made
+// because the database had none.
+func (c *Component) own(name string, opts []TableOptions) (t *OwnedTable, fresh bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		return nil, ErrClosed
+		return nil, false, ErrClosed
 	}
 	if _, ok := c.owned[name]; ok {
-		return nil, fmt.Errorf("own %s: %w", name, ErrExists)
+		return nil, false, fmt.Errorf("own %s: %w", name, ErrExists)
 	}
-	t := &OwnedTable{
+	t = &OwnedTable{
 		c:         c,
 		name:      name,
 		metaKey:   ownMetaKey(name),
@@ -162,9 +167,10 @@ func (c *Component) own(name string, opts []TableOptions) (*OwnedTable, error) {
 			t.allow[svc] = true
 		}
 	}
-	err := c.db.Update(func(txn *badger.Txn) error {
+	err = c.db.Update(func(txn *badger.Txn) error {
 		item, err := txn.Get(t.metaKey)
 		if errors.Is(err, badger.ErrKeyNotFound) {
+			fresh = true
 			t.meta = ownerMeta{LogID: newLogID(), Epoch: 1, Head: 0, First: 1,
 				Epochs: []transport.EpochStart{{Epoch: 1, Seq: 1}}}
 			b, _ := msgpack.Marshal(&t.meta)
@@ -192,12 +198,12 @@ func (c *Component) own(name string, opts []TableOptions) (*OwnedTable, error) {
 		return txn.Set(t.metaKey, b)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("own %s: load meta: %w", name, err)
+		return nil, false, fmt.Errorf("own %s: load meta: %w", name, err)
 	}
 	// The new epoch must be durable before any change of it is: an epoch
 	// number lost in a crash and reused would make two histories look alike.
 	if err := c.db.Sync(); err != nil {
-		return nil, fmt.Errorf("own %s: sync meta: %w", name, err)
+		return nil, false, fmt.Errorf("own %s: sync meta: %w", name, err)
 	}
 	if t.meta.Restoring {
 		// A restore was interrupted (the process died during it): what it
@@ -205,7 +211,7 @@ func (c *Component) own(name string, opts []TableOptions) (*OwnedTable, error) {
 		// be restored again.
 		c.log.Warn("table holds an interrupted restore: emptied", "table", name)
 		if err := t.resetEmpty(); err != nil {
-			return nil, fmt.Errorf("own %s: clear an interrupted restore: %w", name, err)
+			return nil, false, fmt.Errorf("own %s: clear an interrupted restore: %w", name, err)
 		}
 	}
 	t.next = t.meta.Head + 1
@@ -213,18 +219,20 @@ func (c *Component) own(name string, opts []TableOptions) (*OwnedTable, error) {
 	t.applyFileModes(c.cfg.Modes)
 	t.tail.reset(t.meta.Head + 1)
 	c.owned[name] = t
+	if fresh && c.cfg.AutoRestore && c.emptyAtOpen {
+		t.restoring.Store(true) // writes wait for the automatic restore (startAutoRestore)
+	}
 	c.log.Info("table owned", "table", name, "log_id", t.meta.LogID, "head", t.meta.Head, "first", t.meta.First)
-	return t, nil
+	return t, fresh, nil
 }
 
 // storedEpoch returns the highest epoch any owned table in the database
 // carries (its meta's Epoch), whether or not it has been opened with Own
-// yet: what an owner instance reports to the broker from its first frame,
+// yet, and how many owned tables the database holds: what an owner instance reports to the broker from its first frame,
 // so that a broker that lost its registry grants above it. It reads one
 // meta per table and skips the tables' rows and logs.
-func storedEpoch(db *badger.DB) (uint64, error) {
-	var epoch uint64
-	err := db.View(func(txn *badger.Txn) error {
+func storedEpoch(db *badger.DB) (epoch uint64, tables int, err error) {
+	err = db.View(func(txn *badger.Txn) error {
 		o := badger.DefaultIteratorOptions
 		o.PrefetchValues = false
 		o.Prefix = []byte("o/")
@@ -245,6 +253,7 @@ func storedEpoch(db *badger.DB) (uint64, error) {
 					return fmt.Errorf("meta of table %s: %w", table, err)
 				}
 				epoch = max(epoch, m.reportedEpoch())
+				tables++
 			} else if !errors.Is(err, badger.ErrKeyNotFound) {
 				return err
 			}
@@ -254,7 +263,7 @@ func storedEpoch(db *badger.DB) (uint64, error) {
 		}
 		return nil
 	})
-	return epoch, err
+	return epoch, tables, err
 }
 
 func newLogID() string {

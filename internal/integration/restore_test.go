@@ -170,9 +170,10 @@ func TestRestore_OwnerFromMostAdvancedReplica(t *testing.T) {
 	if res.Plan.Source.Source.Instance != "p2" || res.LogID != oldLog || res.Seq != 100 || res.NewEpoch <= oldEpoch {
 		t.Fatalf("restore result %+v: want p2's log %s at 100 and an epoch above %d", res, oldLog, oldEpoch)
 	}
-	if role, epoch := owner.Role(); role != "primary" || epoch != res.NewEpoch {
-		t.Fatalf("owner role %s epoch %d, want primary at the new epoch %d", role, epoch, res.NewEpoch)
-	}
+	waitUntil(t, 30*time.Second, "the owner primary at the new epoch", func() bool {
+		role, epoch := owner.Role()
+		return role == "primary" && epoch == res.NewEpoch
+	})
 	got, err := tbl.Digest(nil, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -216,4 +217,68 @@ func TestRestore_OwnerFromMostAdvancedReplica(t *testing.T) {
 				o.rc.name, st.FullTransfers, st.Truncations, st.Resumes, o.transfers, o.truncations, o.resumes)
 		}
 	}
+}
+
+// TestRestore_AutoRestore: an owner instance started on an empty data dir
+// with Config.AutoRestore restores its table from the most advanced
+// replica the broker lists; writes wait for it (ErrRestoring). With no
+// replica to restore from, the table starts empty after AutoRestoreWait.
+func TestRestore_AutoRestore(t *testing.T) {
+	brokers := grpcAddrs(startBrokers(t, 1)...)
+	ctx := ctxT(t, 120*time.Second)
+	auto := func(wait time.Duration) func(*replica.Config) {
+		return func(c *replica.Config) { c.AutoRestore, c.AutoRestoreWait = true, wait }
+	}
+
+	t.Run("nothing to restore from: the table starts empty", func(t *testing.T) {
+		owner := component(t, "lonely", "l1", t.TempDir(), "", brokers, true, auto(300*time.Millisecond))
+		defer func() { _ = owner.Close() }()
+		tbl := own(t, owner, "managers")
+		if _, err := tbl.Put(ctx, []byte("k"), []byte("v")); !errors.Is(err, replica.ErrRestoring) {
+			t.Fatalf("a write while the automatic restore looks for a source: %v, want ErrRestoring", err)
+		}
+		waitUntil(t, 30*time.Second, "the table takes writes", func() bool {
+			_, err := tbl.Put(ctx, []byte("k"), []byte("v"))
+			return err == nil
+		})
+	})
+
+	t.Run("restored from the most advanced replica", func(t *testing.T) {
+		owner := component(t, "stores", "s1", t.TempDir(), "", brokers, true, nil)
+		t.Cleanup(func() { _ = owner.Close() })
+		waitRole(t, owner, "primary")
+		tbl := own(t, owner, "managers")
+		put(t, tbl, 40, "a")
+		behind := &restoreConsumer{name: "p1", dir: t.TempDir()}
+		ahead := &restoreConsumer{name: "p2", dir: t.TempDir()}
+		behind.start(t, brokers)
+		ahead.start(t, brokers)
+		converge(t, tbl, behind.r)
+		behind.stop(t)
+		head := put(t, tbl, 60, "b")
+		converge(t, tbl, ahead.r)
+		want, err := ahead.r.Digest(nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		behind.start(t, brokers)
+		if err := owner.Close(); err != nil {
+			t.Fatal(err)
+		}
+		owner = component(t, "stores", "s1", t.TempDir(), "", brokers, true, auto(30*time.Second))
+		t.Cleanup(func() { _ = owner.Close() })
+		tbl = own(t, owner, "managers")
+		if _, err := tbl.Put(ctx, []byte("early"), []byte("write")); !errors.Is(err, replica.ErrRestoring) {
+			t.Fatalf("a write before the automatic restore: %v, want ErrRestoring", err)
+		}
+		waitUntil(t, 60*time.Second, "the automatic restore", func() bool {
+			_, err := tbl.Put(ctx, []byte("after"), []byte("restore"))
+			return err == nil
+		})
+		if tbl.LogID() != want.LogID || tbl.Head() != head+1 {
+			t.Fatalf("owner after the automatic restore: log %s head %d; want log %s head %d", tbl.LogID(), tbl.Head(), want.LogID, head+1)
+		}
+		converge(t, tbl, ahead.r)
+		converge(t, tbl, behind.r)
+	})
 }
