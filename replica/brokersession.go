@@ -144,7 +144,7 @@ func (c *Component) tableInfos() []transport.TableInfo {
 	out := make([]transport.TableInfo, 0, len(tables))
 	for _, t := range tables {
 		m, _ := t.state()
-		out = append(out, transport.TableInfo{Table: t.name, Mode: t.ownerMode().Wire(), LogID: m.LogID, Epoch: m.Epoch, Head: m.Head})
+		out = append(out, transport.TableInfo{Table: t.name, Mode: t.ownerMode().Wire(), LogID: m.LogID, Epoch: m.reportedEpoch(), Head: m.Head})
 	}
 	return out
 }
@@ -160,7 +160,7 @@ func (c *Component) subInfos() []transport.SubInfo {
 	out := make([]transport.SubInfo, 0, len(reps))
 	for _, r := range reps {
 		st := r.Status()
-		si := transport.SubInfo{Service: st.Service, Table: st.Table, Mode: r.requestedMode().Wire(), Seq: st.Seq, Lag: st.Lag.Seqs,
+		si := transport.SubInfo{Service: st.Service, Table: st.Table, Mode: r.requestedMode().Wire(), Seq: st.Seq, LogID: st.LogID, Epoch: st.Epoch, Lag: st.Lag.Seqs,
 			State: st.State.String(), Running: st.Mode, Reason: st.ModeReason}
 		si.StaleMs = st.Lag.Staleness.Milliseconds()
 		if x := st.Lag.Transfer; x != nil {

@@ -58,6 +58,9 @@ type Component struct {
 	roleMu     sync.Mutex // serializes role changes; taken before mu
 	brokerKick chan struct{}
 	lease      primaryLease // with MinSyncStandbys: see lease.go
+	// emptyAtOpen: the database held no owned table at Open (AutoRestore
+	// restores the tables owned from then on).
+	emptyAtOpen bool
 	// storedEpoch is the highest epoch the owned tables in the database
 	// carried at Open (opened with Own or not), reported in every Register
 	// (transport.Register.Epoch). Set before the broker session starts.
@@ -198,8 +201,9 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 	// Read before the broker session registers: the tables are opened
 	// (Own) after Open returns, usually after the first Register.
 	var epoch uint64
+	tables := 0
 	if len(cfg.Brokers) > 0 && cfg.Owner {
-		if epoch, err = storedEpoch(db); err != nil {
+		if epoch, tables, err = storedEpoch(db); err != nil {
 			_ = db.Close()
 			return nil, fmt.Errorf("open component: read the owned tables' epochs: %w", err)
 		}
@@ -224,6 +228,7 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 		disk:       disk,
 
 		storedEpoch: epoch,
+		emptyAtOpen: tables == 0,
 	}
 	c.policy.Store(cfg.AccessPolicy)
 	if disk != nil {
@@ -244,6 +249,7 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 			hit: func() { c.guard.refusals.add(limitConnStreams) },
 		}))
 		transport.RegisterReplicationServer(c.server, &replicationServer{c: c})
+		transport.RegisterRestoreServer(c.server, &restoreServer{c: c})
 		c.server.Health.SetServingStatus("", grpc_health_v1.HealthCheckResponse_SERVING)
 		c.server.Health.SetServingStatus(transport.ReplicationServiceName, grpc_health_v1.HealthCheckResponse_SERVING)
 		c.wg.Add(1)

@@ -63,6 +63,25 @@ type Config struct {
 	// seqs) otherwise, ready to take over. Without Brokers an owner is
 	// always primary.
 	Owner bool
+	// AutoRestore: an owner instance whose data dir is empty at Open
+	// restores every table it then owns (Own) from the most advanced
+	// replica the broker lists (Component.Restore with no source named),
+	// once it is the primary and if its service has no standby. From Own
+	// until the restore completes, or AutoRestoreWait passes with no
+	// replica to restore from (the table then starts empty), writes to the
+	// table fail with ErrRestoring. Needs Brokers and Owner. Off by
+	// default, because of its risks: no operator confirms what is lost
+	// (every write the lost owner acknowledged and no replica received;
+	// an asynchronous consumer may lag far behind); an instance started on
+	// the wrong (empty) directory takes its consumers' copies instead of
+	// failing loudly; and it needs the broker's Status, which brokers that
+	// check identities give only to admins and operators (with identities
+	// the search fails and the table starts empty after AutoRestoreWait:
+	// restore by hand with replctl).
+	AutoRestore bool
+	// AutoRestoreWait bounds the search for a replica to restore from
+	// (AutoRestore).
+	AutoRestoreWait time.Duration
 	// MinSyncStandbys: a write returns only once this many standbys hold
 	// it durably (0: do not wait). Needs Brokers and Owner.
 	MinSyncStandbys int
@@ -181,6 +200,7 @@ func DefaultConfig() Config {
 		SyncTimeout:     5 * time.Second,
 		ReconnectMin:    50 * time.Millisecond,
 		ReconnectMax:    time.Second,
+		AutoRestoreWait: 30 * time.Second,
 		MemTableSize:    32 << 20,
 		BlockCacheSize:  32 << 20,
 
@@ -236,6 +256,8 @@ func (c *Config) Validate() error {
 		{"Config.PeerTimeout", c.PeerTimeout <= 0},
 		{"Config.MinSyncStandbys", c.MinSyncStandbys < 0 || c.MinSyncStandbys > 0 && (len(c.Brokers) == 0 || !c.Owner)},
 		{"Config.SyncTimeout", c.MinSyncStandbys > 0 && c.SyncTimeout <= 0},
+		{"Config.AutoRestore", c.AutoRestore && (len(c.Brokers) == 0 || !c.Owner)},
+		{"Config.AutoRestoreWait", c.AutoRestore && c.AutoRestoreWait <= 0},
 		{"Config.ReconnectMin", c.ReconnectMin <= 0},
 		{"Config.ReconnectMax", c.ReconnectMax < c.ReconnectMin},
 		{"Config.MemTableSize", c.MemTableSize < 1<<20},

@@ -38,6 +38,10 @@ var (
 	ErrNoLease = errors.New("replica: primary lease not confirmed by a broker")
 	// ErrGap: a received batch did not continue the replica's seq.
 	ErrGap = errors.New("replica: seq gap")
+	// ErrRestoring: the owned table is being restored (Component.Restore):
+	// its writes, reads and subscriptions are refused until the restore
+	// completes or fails. A peer gets it as transport.ErrUnavailable.
+	ErrRestoring = errors.New("replica: table is being restored")
 )
 
 // DivergedError says how the owner's history disagrees with the replica's.

@@ -46,6 +46,9 @@ func (c *Component) Role() (string, uint64) {
 
 // checkWritable refuses writes on an instance that is not the primary.
 func (t *OwnedTable) checkWritable() error {
+	if t.restoring.Load() {
+		return t.errRestoring()
+	}
 	if t.writable.Load() {
 		return nil
 	}
@@ -122,6 +125,19 @@ func (c *Component) setRole(nr role) {
 	c.mu.Unlock()
 }
 
+// applyCurrentRole puts t in line with this instance's role (a table just
+// opened, or changed under its role by a restore) and reports it to the
+// broker.
+func (c *Component) applyCurrentRole(t *OwnedTable) {
+	c.roleMu.Lock()
+	defer c.roleMu.Unlock()
+	c.mu.Lock()
+	r := c.role
+	c.mu.Unlock()
+	c.applyRole(t, r)
+	c.kickBroker()
+}
+
 // applyRole puts one owned table in line with role r. The caller holds
 // roleMu.
 func (c *Component) applyRole(t *OwnedTable, r role) {
@@ -140,6 +156,9 @@ func (c *Component) applyRole(t *OwnedTable, r role) {
 			return
 		}
 		t.writable.Store(true)
+		t.mu.Lock()
+		t.signalLocked() // a restore waits for the table to take writes (waitWritable)
+		t.mu.Unlock()
 	case transport.RoleStandby:
 		t.writable.Store(false)
 		c.startFollower(t)

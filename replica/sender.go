@@ -2,6 +2,7 @@ package replica
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -154,6 +155,11 @@ func (s *sender) run() error {
 		defer linger.Stop()
 	}
 	for {
+		if s.t.restoring.Load() {
+			// The table is being replaced: the subscriber starts again
+			// once the restore is over (resume, transfer or truncation).
+			return s.t.errRestoring()
+		}
 		meta, headCh := s.t.state()
 		s.rate.Record(time.Now(), meta.Head)
 		confirmed := s.capHead(&meta)
@@ -364,23 +370,41 @@ func (s *sender) sendSnapshot() (uint64, error) {
 		return 0, err
 	}
 	start := time.Now()
-	budget := frameBudget(s.c.cfg.Transport)
+	total, bytes, err := sendRows(s.stream.Context(), txn, s.t.rowPrefix, frameBudget(s.c.cfg.Transport), func(v []byte) ([]byte, error) {
+		_, val, err := decodeOwnRow(v)
+		return val, err
+	}, s.send)
+	if err != nil {
+		return 0, fmt.Errorf("snapshot of %s: %w", s.t.name, err)
+	}
+	if err := s.send(&transport.OwnerFrame{Kind: transport.KindSnapshotEnd, Seq: m.Head, HeadSeq: m.Head, Epoch: snapEpoch, Count: uint64(total)}); err != nil {
+		return 0, err
+	}
+	s.log.Info("full transfer sent", "seq", m.Head, "rows", total, "bytes", bytes, "took", time.Since(start))
+	return m.Head + 1, nil
+}
+
+// sendRows sends the rows under prefix in txn (one read transaction: a
+// consistent snapshot) as rows frames of at most budget bytes of keys and
+// values, in key order, each stored value turned into the row's value by
+// value. It returns the rows and bytes sent. Both full transfers use it:
+// an owner's (sendSnapshot) and a replica's serving a restore.
+func sendRows(ctx context.Context, txn *badger.Txn, prefix []byte, budget int, value func(stored []byte) ([]byte, error), send func(*transport.OwnerFrame) error) (total, nbytes int, err error) {
 	rows := make([]transport.Row, 0, 1024)
 	arena := make([]byte, 0, budget+budget/4)
-	var total, bytes int
 	flush := func() error {
 		if len(rows) == 0 {
 			return nil
 		}
-		err := s.send(&transport.OwnerFrame{Kind: transport.KindRows, Rows: rows})
+		err := send(&transport.OwnerFrame{Kind: transport.KindRows, Rows: rows})
 		total += len(rows)
-		bytes += len(arena)
+		nbytes += len(arena)
 		clear(rows)
 		rows, arena = rows[:0], arena[:0]
 		return err
 	}
-	err = scanRows(txn, s.t.rowPrefix, nil, nil, nil, func(k, v []byte) (bool, error) {
-		_, val, err := decodeOwnRow(v)
+	err = scanRows(txn, prefix, nil, nil, nil, func(k, v []byte) (bool, error) {
+		val, err := value(v)
 		if err != nil {
 			return false, err
 		}
@@ -397,22 +421,15 @@ func (s *sender) sendSnapshot() (uint64, error) {
 		vs := len(arena)
 		arena = append(arena, val...)
 		rows = append(rows, transport.Row{Key: arena[ks:vs:vs], Value: arena[vs:len(arena):len(arena)]})
-		if s.stream.Context().Err() != nil {
-			return false, s.stream.Context().Err()
+		if ctx.Err() != nil {
+			return false, ctx.Err()
 		}
 		return true, nil
 	})
 	if err == nil {
 		err = flush()
 	}
-	if err != nil {
-		return 0, fmt.Errorf("snapshot of %s: %w", s.t.name, err)
-	}
-	if err := s.send(&transport.OwnerFrame{Kind: transport.KindSnapshotEnd, Seq: m.Head, HeadSeq: m.Head, Epoch: snapEpoch, Count: uint64(total)}); err != nil {
-		return 0, err
-	}
-	s.log.Info("full transfer sent", "seq", m.Head, "rows", total, "bytes", bytes, "took", time.Since(start))
-	return m.Head + 1, nil
+	return total, nbytes, err
 }
 
 // countRows counts the rows a snapshot's read transaction holds, keys only
@@ -423,21 +440,26 @@ func (s *sender) sendSnapshot() (uint64, error) {
 // drops a stream silent for PeerTimeout, so a table too large to count in
 // half of that since the last frame sent is announced as unknown (0).
 func (s *sender) countRows(txn *badger.Txn) (uint64, error) {
-	deadline := s.lastSend.Add(s.c.cfg.PeerTimeout / 2)
+	return countRows(s.stream.Context(), txn, s.t.rowPrefix, s.lastSend.Add(s.c.cfg.PeerTimeout/2), s.log)
+}
+
+// countRows counts the keys under prefix in txn, giving up (0: unknown)
+// at deadline.
+func countRows(ctx context.Context, txn *badger.Txn, prefix []byte, deadline time.Time, log interface{ Info(string, ...any) }) (uint64, error) {
 	o := badger.DefaultIteratorOptions
 	o.PrefetchValues = false
-	o.Prefix = s.t.rowPrefix
+	o.Prefix = prefix
 	it := txn.NewIterator(o)
 	defer it.Close()
 	var n uint64
 	for it.Rewind(); it.Valid(); it.Next() {
 		n++
 		if n%4096 == 0 {
-			if err := s.stream.Context().Err(); err != nil {
+			if err := ctx.Err(); err != nil {
 				return 0, err
 			}
 			if time.Now().After(deadline) {
-				s.log.Info("full transfer: too many rows to count in time; announcing an unknown count", "counted", n)
+				log.Info("full transfer: too many rows to count in time; announcing an unknown count", "counted", n)
 				return 0, nil
 			}
 		}

@@ -58,6 +58,9 @@ func (s *replicationServer) Subscribe(stream transport.SubscribeServer) error {
 	if err != nil {
 		return err
 	}
+	if t.restoring.Load() {
+		return t.errRestoring()
+	}
 	if len(s.c.cfg.Brokers) > 0 && !t.writable.Load() {
 		// Only the primary serves: a standby's copy may lag, and a deposed
 		// primary's may hold changes the new primary's history does not.

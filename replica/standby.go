@@ -73,22 +73,40 @@ func (t *OwnedTable) beginTransfer(seq uint64) (*ownTransfer, error) {
 	t.mu.Lock()
 	m := t.meta
 	t.mu.Unlock()
-	m.LogID, m.Head, m.First, m.Epochs = "", 0, 1, nil
-	if err := t.writeMeta(m); err != nil {
+	m.LogID, m.Head, m.First, m.Epochs, m.NeedEpoch = "", 0, 1, nil, false
+	if err := t.clearTo(m); err != nil {
 		return nil, fmt.Errorf("stage transfer of %s: %w", t.name, err)
 	}
-	t.mu.Lock()
-	t.meta = m
-	t.next = 1
-	t.logSize = 0
-	t.mu.Unlock()
-	t.tail.reset(1)
+	return &ownTransfer{t: t, seq: seq, wb: t.c.db.NewWriteBatch()}, nil
+}
+
+// clearTo empties t's rows and log under the meta m (an empty table's,
+// with a mark: no log id, or Restoring), which is written first: a reader
+// or a restart that finds a row missing finds the mark too.
+func (t *OwnedTable) clearTo(m ownerMeta) error {
+	if err := t.writeMeta(m); err != nil {
+		return err
+	}
+	t.publish(m)
 	for _, p := range [][]byte{t.rowPrefix, t.logPrefix} {
 		if err := t.c.deletePrefix(p); err != nil {
-			return nil, fmt.Errorf("stage transfer of %s: clear: %w", t.name, err)
+			return fmt.Errorf("clear: %w", err)
 		}
 	}
-	return &ownTransfer{t: t, seq: seq, wb: t.c.db.NewWriteBatch()}, nil
+	return nil
+}
+
+// publish makes m, just written, t's meta in memory: seqs go on after its
+// head (the log is empty: a new table or a copy just written), and
+// whoever waits for the table wakes.
+func (t *OwnedTable) publish(m ownerMeta) {
+	t.mu.Lock()
+	t.meta = m
+	t.next = m.Head + 1
+	t.logSize = 0
+	t.signalLocked()
+	t.mu.Unlock()
+	t.tail.reset(m.Head + 1)
 }
 
 func (x *ownTransfer) put(key, value []byte) error {
@@ -119,12 +137,7 @@ func (x *ownTransfer) finish(next cursor) (cursor, error) {
 	if err := t.writeMeta(m); err != nil {
 		return cursor{}, fmt.Errorf("finish transfer of %s: %w", t.name, err)
 	}
-	t.mu.Lock()
-	t.meta = m
-	t.next = x.seq + 1
-	t.signalLocked()
-	t.mu.Unlock()
-	t.tail.reset(x.seq + 1)
+	t.publish(m)
 	return next, nil
 }
 
@@ -227,8 +240,13 @@ func (t *OwnedTable) promoteNow(epoch uint64) error {
 	if epoch < m.Epoch {
 		return fmt.Errorf("%w: table %s is at epoch %d, newer than the granted epoch %d", errGrantBehind, t.name, m.Epoch, epoch)
 	}
+	if m.NeedEpoch && epoch == m.Epoch {
+		return fmt.Errorf("%w: table %s was restored from a history that saw epoch %d: it needs a newer one than the granted epoch %d",
+			errGrantBehind, t.name, m.Epoch, epoch)
+	}
 	if epoch > m.Epoch {
 		m.Epoch = epoch
+		m.NeedEpoch = false
 		m.Epochs = m.Epochs.Append(epoch, m.Head+1)
 		if err := t.writeMeta(m); err != nil {
 			return err
@@ -247,7 +265,7 @@ func (t *OwnedTable) promoteNow(epoch uint64) error {
 		t.sync.reset(m.Head)
 	}
 	t.mu.Lock()
-	t.meta.Epoch, t.meta.Epochs = m.Epoch, m.Epochs
+	t.meta.Epoch, t.meta.Epochs, t.meta.NeedEpoch = m.Epoch, m.Epochs, m.NeedEpoch
 	t.next = t.meta.Head + 1
 	t.signalLocked()
 	t.mu.Unlock()

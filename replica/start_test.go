@@ -127,6 +127,38 @@ func TestDecideStart(t *testing.T) {
 			in:   startInput{Start: &transport.Start{LogID: "L", Epoch: 1, HeadSeq: 5}},
 			want: startTransfer,
 		},
+		// An owner restored from a replica at seq 100 (epoch 2) continues
+		// that history at a new epoch 5 from seq 101, with a log that
+		// starts there (restore.go): the source knows the epoch of its
+		// newest change only, so the history begins at seq 100.
+		{
+			name: "restored owner: a replica behind the restored seq is transferred",
+			in:   startInput{Cursor: cursor{LogID: "L", Epoch: 2, Seq: 50}, Start: restoredStart},
+			want: startTransfer,
+		},
+		{
+			name: "restored owner: a replica behind it in an older epoch is transferred, not truncated",
+			in:   startInput{Cursor: cursor{LogID: "L", Epoch: 1, Seq: 50}, Start: restoredStart},
+			want: startTransfer,
+		},
+		{
+			name:    "restored owner: a replica holding changes beyond the restored seq is truncated",
+			in:      startInput{Cursor: cursor{LogID: "L", Epoch: 2, Seq: 120}, Start: restoredStart},
+			want:    startTruncate,
+			wantEnd: 101,
+		},
+		{
+			name:    "restored owner: beyond the restored seq and below the owner's head: truncated, never resumed",
+			in:      startInput{Cursor: cursor{LogID: "L", Epoch: 2, Seq: 105}, Start: restoredStart},
+			want:    startTruncate,
+			wantEnd: 101,
+		},
+		{
+			name:    "restored owner: beyond it at an epoch the source never saw: truncated",
+			in:      startInput{Cursor: cursor{LogID: "L", Epoch: 4, Seq: 120}, Start: restoredStart},
+			want:    startTruncate,
+			wantEnd: 101,
+		},
 		{
 			name: "a replica with no copy is transferred an empty table",
 			in:   startInput{Start: &transport.Start{LogID: "L", Epoch: math.MaxUint64}},
@@ -154,29 +186,43 @@ func TestDecideStart(t *testing.T) {
 	}
 }
 
+// restoredStart is the Start of an owner restored from a replica at seq
+// 100 of epoch 2, continuing at epoch 5, with head 110.
+var restoredStart = &transport.Start{LogID: "L", Epoch: 5, HeadSeq: 110, FirstSeq: 101,
+	Epochs: transport.EpochHistory{{Epoch: 2, Seq: 100}, {Epoch: 5, Seq: 101}}}
+
 func TestResumable(t *testing.T) {
 	m := ownerMeta{LogID: "L", Epoch: 4, Head: 30, First: 5, Epochs: []transport.EpochStart{{Epoch: 1, Seq: 1}, {Epoch: 3, Seq: 11}, {Epoch: 4, Seq: 20}}}
+	// restored: an owner restored from a replica at seq 100 of epoch 2 (see
+	// restoredStart).
+	restored := ownerMeta{LogID: "L", Epoch: 5, Head: 110, First: 101, Epochs: restoredStart.Epochs}
 	tests := []struct {
 		name  string
+		m     ownerMeta
 		log   string
 		seq   uint64
 		epoch uint64
 		want  bool
 	}{
-		{"caught up", "L", 30, 4, true},
-		{"behind, same epoch", "L", 25, 4, true},
-		{"behind, older epoch inside it", "L", 15, 3, true},
-		{"older epoch, ended exactly there", "L", 19, 3, true},
-		{"holds a change of epoch 3 that epoch 4 replaced", "L", 20, 3, false},
-		{"other history", "M", 10, 4, false},
-		{"ahead of head", "L", 31, 4, false},
-		{"trimmed", "L", 3, 1, false},
-		{"first still in log", "L", 4, 1, true},
-		{"newer epoch than owner", "L", 30, 5, false},
+		{"caught up", m, "L", 30, 4, true},
+		{"behind, same epoch", m, "L", 25, 4, true},
+		{"behind, older epoch inside it", m, "L", 15, 3, true},
+		{"older epoch, ended exactly there", m, "L", 19, 3, true},
+		{"holds a change of epoch 3 that epoch 4 replaced", m, "L", 20, 3, false},
+		{"other history", m, "M", 10, 4, false},
+		{"ahead of head", m, "L", 31, 4, false},
+		{"trimmed", m, "L", 3, 1, false},
+		{"first still in log", m, "L", 4, 1, true},
+		{"newer epoch than owner", m, "L", 30, 5, false},
+		{"restored: at the restored seq", restored, "L", 100, 2, true},
+		{"restored: behind the restored seq", restored, "L", 99, 2, false},
+		{"restored: beyond the restored seq, source's epoch", restored, "L", 105, 2, false},
+		{"restored: beyond, an epoch the source never saw", restored, "L", 105, 4, false},
+		{"restored: a change of the new epoch", restored, "L", 105, 5, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := resumable(m, tt.log, tt.seq, tt.epoch); got != tt.want {
+			if got := resumable(tt.m, tt.log, tt.seq, tt.epoch); got != tt.want {
 				t.Fatalf("resumable(%s, %d, %d) = %v, want %v", tt.log, tt.seq, tt.epoch, got, tt.want)
 			}
 		})

@@ -45,6 +45,23 @@ type ownerMeta struct {
 	First uint64 `msgpack:"first"` // oldest seq still in the log (Head+1 when empty)
 	// Epochs is the epoch history: where each epoch began.
 	Epochs transport.EpochHistory `msgpack:"eps"`
+	// Restoring: a restore is writing the table (restore.go). Found at
+	// Own, the restore was interrupted: the table is emptied (a new, empty
+	// history), never served half-filled.
+	Restoring bool `msgpack:"rst,omitempty"`
+	// NeedEpoch: the table was restored and takes writes only at an epoch
+	// above Epoch (the highest its restored history has seen); it reports
+	// Epoch+1 to the broker, which grants above what instances report.
+	NeedEpoch bool `msgpack:"nep,omitempty"`
+}
+
+// reportedEpoch is the epoch the table reports to the broker: its own, or
+// one above it while it waits for a new epoch after a restore.
+func (m ownerMeta) reportedEpoch() uint64 {
+	if m.NeedEpoch {
+		return m.Epoch + 1
+	}
+	return m.Epoch
 }
 
 // OwnedTable is a table this component owns and writes. Its methods are safe
@@ -62,6 +79,16 @@ type OwnedTable struct {
 	defaultMode  modes.Mode      // the owner's default mode, sent to consumers in Start (Unset: none; guarded by mu)
 	explicitMode bool            // TableOptions.Mode was given (it wins over the mode file)
 	retention    Retention       // this table's log retention (guarded by mu)
+
+	// restoring: a restore is writing the table (restore.go): writes,
+	// reads and subscriptions are refused with ErrRestoring. It is set
+	// with restoreMu held for writing; Submit holds it for reading from
+	// its check until the write is queued, so once a restore holds it no
+	// write that passed the check is still on its way to the committer.
+	restoring atomic.Bool
+	restoreMu sync.RWMutex
+	// lastRestore is the newest report of the running or last restore.
+	lastRestore atomic.Pointer[RestoreProgress]
 
 	mu      sync.Mutex
 	meta    ownerMeta     // durable state as of the last commit
@@ -95,7 +122,7 @@ func (c *Component) Own(name string, opts ...TableOptions) (*OwnedTable, error) 
 	if len(c.cfg.Brokers) > 0 && !c.cfg.Owner {
 		return nil, fmt.Errorf("%w: own %s: with Brokers, an owner instance needs Config.Owner (the broker grants the primary lease)", ErrInvalid, name)
 	}
-	t, err := c.own(name, opts)
+	t, fresh, err := c.own(name, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -103,26 +130,25 @@ func (c *Component) Own(name string, opts ...TableOptions) (*OwnedTable, error) 
 		t.writable.Store(true)
 		return t, nil
 	}
-	c.roleMu.Lock()
-	defer c.roleMu.Unlock()
-	c.mu.Lock()
-	r := c.role
-	c.mu.Unlock()
-	c.applyRole(t, r)
-	c.kickBroker()
+	c.applyCurrentRole(t)
+	if fresh && c.cfg.AutoRestore && c.emptyAtOpen {
+		c.startAutoRestore(t)
+	}
 	return t, nil
 }
 
-func (c *Component) own(name string, opts []TableOptions) (*OwnedTable, error) {
+// own opens the table's state; fresh reports a new, empty history made
+// because the database had none.
+func (c *Component) own(name string, opts []TableOptions) (t *OwnedTable, fresh bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		return nil, ErrClosed
+		return nil, false, ErrClosed
 	}
 	if _, ok := c.owned[name]; ok {
-		return nil, fmt.Errorf("own %s: %w", name, ErrExists)
+		return nil, false, fmt.Errorf("own %s: %w", name, ErrExists)
 	}
-	t := &OwnedTable{
+	t = &OwnedTable{
 		c:         c,
 		name:      name,
 		metaKey:   ownMetaKey(name),
@@ -143,9 +169,10 @@ func (c *Component) own(name string, opts []TableOptions) (*OwnedTable, error) {
 			t.allow[svc] = true
 		}
 	}
-	err := c.db.Update(func(txn *badger.Txn) error {
+	err = c.db.Update(func(txn *badger.Txn) error {
 		item, err := txn.Get(t.metaKey)
 		if errors.Is(err, badger.ErrKeyNotFound) {
+			fresh = true
 			t.meta = ownerMeta{LogID: newLogID(), Epoch: 1, Head: 0, First: 1,
 				Epochs: []transport.EpochStart{{Epoch: 1, Seq: 1}}}
 			b, _ := msgpack.Marshal(&t.meta)
@@ -165,6 +192,7 @@ func (c *Component) own(name string, opts []TableOptions) (*OwnedTable, error) {
 		// machine crash) is then detected by the epoch history instead of
 		// silently resuming over different changes at the same seqs.
 		t.meta.Epoch++
+		t.meta.NeedEpoch = false // a restored table's new epoch is this one
 		t.meta.Epochs = t.meta.Epochs.Append(t.meta.Epoch, t.meta.Head+1)
 		b, err := msgpack.Marshal(&t.meta)
 		if err != nil {
@@ -173,30 +201,41 @@ func (c *Component) own(name string, opts []TableOptions) (*OwnedTable, error) {
 		return txn.Set(t.metaKey, b)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("own %s: load meta: %w", name, err)
+		return nil, false, fmt.Errorf("own %s: load meta: %w", name, err)
 	}
 	// The new epoch must be durable before any change of it is: an epoch
 	// number lost in a crash and reused would make two histories look alike.
 	if err := c.db.Sync(); err != nil {
-		return nil, fmt.Errorf("own %s: sync meta: %w", name, err)
+		return nil, false, fmt.Errorf("own %s: sync meta: %w", name, err)
+	}
+	if t.meta.Restoring {
+		// A restore was interrupted (the process died during it): what it
+		// wrote is partial. The table starts empty, a new history, and can
+		// be restored again.
+		c.log.Warn("table holds an interrupted restore: emptied", "table", name)
+		if err := t.resetEmpty(); err != nil {
+			return nil, false, fmt.Errorf("own %s: clear an interrupted restore: %w", name, err)
+		}
 	}
 	t.next = t.meta.Head + 1
 	t.meta.First, t.logSize = t.measureLog(t.meta.Head)
 	t.applyFileModes(c.cfg.Modes)
 	t.tail.reset(t.meta.Head + 1)
 	c.owned[name] = t
+	if fresh && c.cfg.AutoRestore && c.emptyAtOpen {
+		t.restoring.Store(true) // writes wait for the automatic restore (startAutoRestore)
+	}
 	c.log.Info("table owned", "table", name, "log_id", t.meta.LogID, "head", t.meta.Head, "first", t.meta.First)
-	return t, nil
+	return t, fresh, nil
 }
 
 // storedEpoch returns the highest epoch any owned table in the database
 // carries (its meta's Epoch), whether or not it has been opened with Own
-// yet: what an owner instance reports to the broker from its first frame,
+// yet, and how many owned tables the database holds: what an owner instance reports to the broker from its first frame,
 // so that a broker that lost its registry grants above it. It reads one
 // meta per table and skips the tables' rows and logs.
-func storedEpoch(db *badger.DB) (uint64, error) {
-	var epoch uint64
-	err := db.View(func(txn *badger.Txn) error {
+func storedEpoch(db *badger.DB) (epoch uint64, tables int, err error) {
+	err = db.View(func(txn *badger.Txn) error {
 		o := badger.DefaultIteratorOptions
 		o.PrefetchValues = false
 		o.Prefix = []byte("o/")
@@ -216,7 +255,8 @@ func storedEpoch(db *badger.DB) (uint64, error) {
 				if err := item.Value(func(v []byte) error { return msgpack.Unmarshal(v, &m) }); err != nil {
 					return fmt.Errorf("meta of table %s: %w", table, err)
 				}
-				epoch = max(epoch, m.Epoch)
+				epoch = max(epoch, m.reportedEpoch())
+				tables++
 			} else if !errors.Is(err, badger.ErrKeyNotFound) {
 				return err
 			}
@@ -226,7 +266,7 @@ func storedEpoch(db *badger.DB) (uint64, error) {
 		}
 		return nil
 	})
-	return epoch, err
+	return epoch, tables, err
 }
 
 func newLogID() string {
@@ -381,6 +421,8 @@ func (t *OwnedTable) Submit(ctx context.Context, ws ...Write) (*Pending, error) 
 		pw.changes[i] = ch
 		pw.size += ch.Size()
 	}
+	t.restoreMu.RLock()
+	defer t.restoreMu.RUnlock()
 	if err := t.checkWritable(); err != nil {
 		return nil, err
 	}

@@ -19,6 +19,9 @@ func (t *OwnedTable) Get(key []byte) ([]byte, bool, error) {
 	var out []byte
 	found := false
 	err := t.c.db.View(func(txn *badger.Txn) error {
+		if _, err := t.readMeta(txn); err != nil {
+			return err
+		}
 		item, err := txn.Get(concat(t.rowPrefix, key))
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return nil
@@ -74,8 +77,16 @@ func (t *OwnedTable) readMeta(txn *badger.Txn) (ownerMeta, error) {
 	if err != nil {
 		return m, fmt.Errorf("read meta: %w", err)
 	}
-	err = item.Value(func(v []byte) error { return msgpack.Unmarshal(v, &m) })
-	return m, err
+	if err := item.Value(func(v []byte) error { return msgpack.Unmarshal(v, &m) }); err != nil {
+		return m, err
+	}
+	if m.Restoring {
+		// The durable meta says so before a restore touches a row and
+		// until its last row is written: a read transaction that sees it
+		// unset sees no partial table.
+		return m, t.errRestoring()
+	}
+	return m, nil
 }
 
 // Digest hashes the rows with start <= key < end (nil end: no bound) at the

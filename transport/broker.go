@@ -46,6 +46,8 @@ type SubInfo struct {
 	Table   string `msgpack:"t" json:"table"`
 	Mode    string `msgpack:"mode,omitempty" json:"mode"`      // requested mode ("" = owner's default)
 	Seq     uint64 `msgpack:"seq,omitempty" json:"seq"`        // applied seq (updates)
+	LogID   string `msgpack:"log,omitempty" json:"log_id"`     // the history the replica holds (its cursor's log id)
+	Epoch   uint64 `msgpack:"ep,omitempty" json:"epoch"`       // the epoch of the replica's newest change
 	Lag     uint64 `msgpack:"lag,omitempty" json:"lag"`        // owner head minus applied seq, as last heard
 	StaleMs int64  `msgpack:"stale,omitempty" json:"stale_ms"` // staleness in milliseconds
 	State   string `msgpack:"st,omitempty" json:"state"`       // replica state (streaming, diverged, ...)

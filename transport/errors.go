@@ -49,6 +49,7 @@ var errCodes = []struct {
 	{ErrUnavailable, codes.Unavailable},
 	{ErrNotPrimary, codes.Aborted},
 	{ErrInstanceInUse, codes.AlreadyExists},
+	{ErrRestoreRefused, codes.DataLoss},
 }
 
 // StatusError converts an error returned by a handler into a gRPC status

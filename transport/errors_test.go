@@ -25,6 +25,7 @@ func TestStatusError_FromStatus_RoundTrip(t *testing.T) {
 		{ErrUnavailable, codes.Unavailable},
 		{ErrNotPrimary, codes.Aborted},
 		{ErrInstanceInUse, codes.AlreadyExists},
+		{ErrRestoreRefused, codes.DataLoss},
 	}
 	if got, want := len(tests), len(errCodes); got != want {
 		t.Fatalf("test covers %d sentinels, errCodes has %d", got, want)
