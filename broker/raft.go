@@ -79,6 +79,10 @@ type raftNode struct {
 	paused  atomic.Bool   // tests: no ticks, no messages in or out (a paused process)
 	applied atomic.Uint64 // for Status
 
+	// joinErr is why the cluster last refused to add this (new) member
+	// because a live broker has its name; nil otherwise.
+	joinErr atomic.Pointer[string]
+
 	// confirmed is when (time since Broker.started, ns) this broker asked
 	// the read index it last had confirmed and applied; 0: never.
 	confirmed atomic.Int64
@@ -614,6 +618,9 @@ func (r *raftNode) status() *transport.RaftStatus {
 		Commit: st.Commit, Applied: r.applied.Load(), ConfirmedMs: -1}
 	if age := r.confirmedAge(); age >= 0 {
 		out.ConfirmedMs = age.Milliseconds()
+	}
+	if e := r.joinErr.Load(); e != nil {
+		out.JoinRefused = *e
 	}
 	return out
 }

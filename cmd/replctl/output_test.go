@@ -474,9 +474,11 @@ func TestStatus_RaftAndRefusedRegisters(t *testing.T) {
 
 	// A broker that sees no leader says so.
 	st.Raft.Leader, st.Raft.LeaderName, st.Raft.State = 0, "", "StateFollower"
+	st.Raft.JoinRefused = "instance in use: broker name \"b2\" belongs to a live voter"
 	var buf bytes.Buffer
 	printRaft(&buf, st.Raft)
-	if out := buf.String(); !strings.Contains(out, "this broker: follower") || !strings.Contains(out, "leader: (none") {
-		t.Errorf("no leader:\n%s", out)
+	if out := buf.String(); !strings.Contains(out, "this broker: follower") || !strings.Contains(out, "leader: (none") ||
+		!strings.Contains(out, "refuses to add it: instance in use: broker name \"b2\" belongs to a live voter") {
+		t.Errorf("no leader, join refused:\n%s", out)
 	}
 }

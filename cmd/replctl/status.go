@@ -93,6 +93,9 @@ func printRaft(w io.Writer, r *transport.RaftStatus) {
 	}
 	textf(w, "\nRAFT (this broker: %s, id %x, term %d, commit %d, applied %d, quorum confirmed %s)\nleader: %s\n",
 		raftRole(r.State), r.ID, r.Term, r.Commit, r.Applied, confirmed, leader)
+	if r.JoinRefused != "" {
+		textf(w, "this broker is not a voter: the cluster refuses to add it: %s\n", r.JoinRefused)
+	}
 	t := newTable(w, "VOTER", "RAFT ID", "ADDR", "ROLE")
 	for _, m := range r.Members {
 		role := "follower"
