@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -547,8 +546,13 @@ func (r *raftNode) done(id uint64, err error) {
 	}
 }
 
-// proposer proposes the commands step decided, one at a time, each
-// bounded by an election timeout.
+// proposer proposes the commands step decided, each bounded by a tick,
+// without waiting for them to commit: raft then commits a burst of
+// decisions in a few log appends (one fsync each) instead of one round
+// per decision. Nobody waits for the outcome here: a grant's effects
+// follow its application (appliedLocked), and one that is lost (the
+// leader changed) or refused is decided again once its service's
+// inflight mark lapses (decideLocked).
 func (r *raftNode) proposer(ctx context.Context) {
 	defer r.b.wg.Done()
 	for {
@@ -556,11 +560,12 @@ func (r *raftNode) proposer(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case c := <-r.proposals:
-			cctx, cancel := context.WithTimeout(ctx, raftElectionTicks*r.tick)
-			err := r.propose(cctx, c)
+			c.By = r.b.cfg.Name
+			cctx, cancel := context.WithTimeout(ctx, r.tick)
+			err := r.node.Propose(cctx, encodeCommand(c))
 			cancel()
-			if err != nil && !errors.Is(err, errRefused) && ctx.Err() == nil {
-				r.log.Debug("raft: proposal not decided", "service", c.Service, "err", err)
+			if err != nil && ctx.Err() == nil {
+				r.log.Debug("raft: proposal not taken", "service", c.Service, "err", err)
 			}
 		}
 	}
