@@ -421,8 +421,6 @@ func (b *Broker) merge(g *gossipMsg) {
 			out = append(out, bc)
 		}
 	}
-	// Owner records and mode overrides are decided through Raft; any
-	// a broker of an older build gossips are ignored.
 	if changed {
 		b.rev++
 	}
@@ -574,8 +572,6 @@ func (b *Broker) sender() {
 		}
 		for _, bc := range q {
 			g.Instances = append(g.Instances, bc.rec.Instances...)
-			g.Owners = append(g.Owners, bc.rec.Owners...)
-			g.Modes = append(g.Modes, bc.rec.Modes...)
 			if size += len(bc.msg); size >= maxDirectBatch {
 				flush()
 			}

@@ -13,7 +13,7 @@ import (
 // nextGrant is pure: it reads no clock and changes nothing.
 
 // expireLocked removes (tombstones) the instances whose session has been
-// gone for a whole lease. Only the deciding broker calls it.
+// gone for a whole lease. Only the raft leader calls it.
 func (b *Broker) expireLocked(now time.Time) []*broadcast {
 	var out []*broadcast
 	for k, since := range b.downSince {

@@ -14,17 +14,77 @@ import (
 // end, their leases lapse; the raft leader changes, and each new leader
 // decides on its own copy of the decided state, which may lag the log (so
 // it proposes grants decided on stale state, as a deposed leader's
-// proposals committed late would be). Every replica applies the log at
-// its own pace, some restart from a snapshot taken at a random point and
-// replay the rest. At the end every replica holds the same state, byte
-// for byte, and no epoch of a service was ever granted to two instances,
-// or granted at all unless above every epoch before it.
+// proposals committed late would be); now and then a proposer gets a
+// grant wrong outright (any epoch, decided on the current grant: an older
+// build or a bug), which only the state machine's epoch check stops;
+// mode overrides are set and cleared, brokers are added and removed.
+// Every replica applies the log at its own pace; some restart from their
+// own snapshot, some lagging ones install a more advanced replica's
+// snapshot (as raft sends one), and all replay the rest. At the end every
+// replica holds the same state, byte for byte, as do a full replay from
+// index 1 and a replay from a snapshot at a random index; and no epoch of
+// a service was ever applied for two instances on any replica, nor
+// granted unless above every epoch granted before it.
 func TestFSM_ReplicasAgreeAndEpochsAreUnique(t *testing.T) {
-	for seed := uint64(1); seed <= 200; seed++ {
+	for seed := uint64(1); seed <= 500; seed++ {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			runFSMHistory(t, seed)
 		})
 	}
+}
+
+// fsmEntry is one committed entry of the model log: a command, or a
+// configuration change adding or removing a broker.
+type fsmEntry struct {
+	c      *command
+	add    *transport.RaftMember
+	remove uint64
+}
+
+// applyModel applies entry e at index to f as raftNode.applyEntry does.
+func applyModel(f *fsm, index uint64, e fsmEntry) (*grantEvent, error) {
+	switch {
+	case e.add != nil:
+		f.addMember(index, *e.add)
+		return nil, nil
+	case e.remove != 0:
+		f.removeMember(index, e.remove)
+		return nil, nil
+	}
+	return f.apply(index, e.c)
+}
+
+// grantLedger records every grant applied on any replica: an epoch of a
+// service must always name the same instance, and the grants one replica
+// applies must rise.
+type grantLedger struct {
+	t      *testing.T
+	seed   uint64
+	owner  map[string]map[uint64]string // service -> epoch -> instance
+	last   map[*fsm]map[string]uint64   // replica -> service -> last epoch applied
+	grants int
+}
+
+func (l *grantLedger) record(f *fsm, ev *grantEvent) {
+	l.t.Helper()
+	if ev == nil {
+		return
+	}
+	l.grants++
+	if l.owner[ev.Service] == nil {
+		l.owner[ev.Service] = map[uint64]string{}
+	}
+	if who, ok := l.owner[ev.Service][ev.Epoch]; ok && who != ev.Instance {
+		l.t.Fatalf("%s epoch %d applied for %s and for %s (seed %d)", ev.Service, ev.Epoch, who, ev.Instance, l.seed)
+	}
+	l.owner[ev.Service][ev.Epoch] = ev.Instance
+	if l.last[f] == nil {
+		l.last[f] = map[string]uint64{}
+	}
+	if ev.Epoch <= l.last[f][ev.Service] {
+		l.t.Fatalf("%s granted epoch %d after %d (seed %d)", ev.Service, ev.Epoch, l.last[f][ev.Service], l.seed)
+	}
+	l.last[f][ev.Service] = ev.Epoch
 }
 
 func runFSMHistory(t *testing.T, seed uint64) {
@@ -32,6 +92,7 @@ func runFSMHistory(t *testing.T, seed uint64) {
 	const nodes, steps = 3, 400
 	services := []string{"stores", "orders", "billing"}
 	instances := []string{"a", "b", "c", "d"}
+	ledger := &grantLedger{t: t, seed: seed, owner: map[string]map[uint64]string{}, last: map[*fsm]map[string]uint64{}}
 
 	// Soft state: what gossip would carry, as the leader sees it.
 	soft := map[string]map[string]*instanceRec{}
@@ -40,7 +101,7 @@ func runFSMHistory(t *testing.T, seed uint64) {
 	}
 	alive := func(string) bool { return true }
 
-	var log []*command
+	var log []fsmEntry
 	replicas := make([]*fsm, nodes)
 	for i := range replicas {
 		replicas[i] = newFSM()
@@ -49,14 +110,17 @@ func runFSMHistory(t *testing.T, seed uint64) {
 	applyTo := func(i, n int) {
 		f := replicas[i]
 		for idx := int(f.applied); idx < n; idx++ {
-			_, _ = f.apply(uint64(idx+1), log[idx])
+			ev, _ := applyModel(f, uint64(idx+1), log[idx])
+			ledger.record(f, ev)
 		}
 	}
 	leader := 0
+	members := map[uint64]bool{}
+	nextMember := uint64(1)
 	for step := range steps {
 		svc := services[rng.IntN(len(services))]
 		inst := instances[rng.IntN(len(instances))]
-		switch op := rng.IntN(10); {
+		switch op := rng.IntN(12); {
 		case op < 3: // register (or re-register) with some data
 			rec := &instanceRec{Service: svc, Instance: inst, Owner: true, Connected: true,
 				Addr: "127.0.0.1:1", Epoch: uint64(rng.IntN(4)),
@@ -72,6 +136,26 @@ func runFSMHistory(t *testing.T, seed uint64) {
 			}
 		case op < 6: // leader change: the new leader may lag
 			leader = rng.IntN(nodes)
+		case op < 7: // a broker is added, or one removed
+			if len(members) > 0 && rng.IntN(3) == 0 {
+				for id := range members {
+					log = append(log, fsmEntry{remove: id})
+					delete(members, id)
+					break
+				}
+			} else {
+				m := transport.RaftMember{ID: nextMember, Name: fmt.Sprintf("b%d", nextMember), Addr: "127.0.0.1:2"}
+				log = append(log, fsmEntry{add: &m})
+				members[nextMember] = true
+				nextMember++
+			}
+		case op < 8: // a wrong grant: any epoch, decided on the current grant
+			var cur uint64
+			if o := replicas[leader].owners[svc]; o != nil {
+				cur = o.Epoch
+			}
+			log = append(log, fsmEntry{c: &command{Kind: cmdGrant, Service: svc, Instance: inst,
+				Epoch: uint64(rng.IntN(int(cur) + 2)), Prev: cur}})
 		default: // the leader decides on its copy and proposes
 			view := replicas[leader]
 			o := view.owners[svc]
@@ -80,10 +164,10 @@ func runFSMHistory(t *testing.T, seed uint64) {
 				if o != nil {
 					c.Prev = o.Epoch
 				}
-				log = append(log, c)
+				log = append(log, fsmEntry{c: c})
 			}
 			if rng.IntN(8) == 0 {
-				log = append(log, &command{Kind: cmdMode, Service: svc, Table: "t", Mode: []string{"", "push", "pull"}[rng.IntN(3)]})
+				log = append(log, fsmEntry{c: &command{Kind: cmdMode, Service: svc, Table: "t", Mode: []string{"", "push", "pull"}[rng.IntN(3)]}})
 			}
 		}
 		// Replicas apply at their own pace; the leader usually keeps up.
@@ -92,14 +176,26 @@ func runFSMHistory(t *testing.T, seed uint64) {
 				applyTo(i, int(replicas[i].applied)+rng.IntN(len(log)-int(replicas[i].applied)+1))
 			}
 		}
-		// Now and then a replica restarts from its snapshot.
-		if rng.IntN(40) == 0 {
+		switch rng.IntN(40) {
+		case 0: // a replica restarts from its own snapshot
 			i := rng.IntN(nodes)
 			r := newFSM()
 			if err := r.restore(replicas[i].encode()); err != nil {
 				t.Fatalf("step %d: restore: %v", step, err)
 			}
 			replicas[i] = r
+		case 1: // a lagging replica installs the most advanced one's snapshot
+			i, j := rng.IntN(nodes), 0
+			for k := range replicas {
+				if replicas[k].applied > replicas[j].applied {
+					j = k
+				}
+			}
+			if replicas[i].applied < replicas[j].applied {
+				if err := replicas[i].restore(replicas[j].encode()); err != nil {
+					t.Fatalf("step %d: install snapshot: %v", step, err)
+				}
+			}
 		}
 	}
 	for i := range replicas {
@@ -110,38 +206,32 @@ func runFSMHistory(t *testing.T, seed uint64) {
 			t.Fatalf("replica %d differs from replica 0 after the whole log (seed %d)", i, seed)
 		}
 	}
-	// A replay of the whole log from scratch, and from a snapshot at a
-	// random point, gives the same state.
-	full := newFSM()
-	cut := rng.IntN(len(log) + 1)
-	var granted = map[string]map[uint64]string{}
-	var last = map[string]uint64{}
-	for idx, c := range log {
-		if idx == cut {
+	// A replay of the whole log from index 1, and one from a snapshot at a
+	// random point, give the same state.
+	full, cut := newFSM(), newFSM()
+	at := rng.IntN(len(log) + 1)
+	for idx, e := range log {
+		if idx == at {
 			r := newFSM()
-			if err := r.restore(full.encode()); err != nil {
+			if err := r.restore(cut.encode()); err != nil {
 				t.Fatal(err)
 			}
-			full = r
+			cut = r
 		}
-		ev, err := full.apply(uint64(idx+1), c)
-		if err != nil || ev == nil {
-			continue
-		}
-		if granted[ev.Service] == nil {
-			granted[ev.Service] = map[uint64]string{}
-		}
-		if who, ok := granted[ev.Service][ev.Epoch]; ok {
-			t.Fatalf("%s epoch %d granted to %s and to %s (seed %d)", ev.Service, ev.Epoch, who, ev.Instance, seed)
-		}
-		if ev.Epoch <= last[ev.Service] {
-			t.Fatalf("%s granted epoch %d after %d (seed %d)", ev.Service, ev.Epoch, last[ev.Service], seed)
-		}
-		granted[ev.Service][ev.Epoch] = ev.Instance
-		last[ev.Service] = ev.Epoch
+		ev, _ := applyModel(full, uint64(idx+1), e)
+		ledger.record(full, ev)
+		ev, _ = applyModel(cut, uint64(idx+1), e)
+		ledger.record(cut, ev)
 	}
 	if !bytes.Equal(full.encode(), replicas[0].encode()) {
-		t.Fatalf("a replay from a snapshot at %d differs (seed %d)", cut, seed)
+		t.Fatalf("a full replay of the log differs (seed %d)", seed)
+	}
+	if !bytes.Equal(cut.encode(), replicas[0].encode()) {
+		t.Fatalf("a replay from a snapshot at %d differs (seed %d)", at, seed)
+	}
+	if ledger.grants == 0 || len(replicas[0].members) != len(members) {
+		t.Fatalf("%d grants applied, %d members (want %d): the history tested nothing (seed %d)",
+			ledger.grants, len(replicas[0].members), len(members), seed)
 	}
 }
 

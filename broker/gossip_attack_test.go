@@ -181,9 +181,10 @@ func TestBroker_SurvivesOversizedGossipClaims(t *testing.T) {
 // forged returns what an attacker would gossip: service stores now served
 // by "evil" at the attacker's address, at the last epoch there is (so that
 // no grant could ever follow), and the same for orders, which has not
-// registered yet.
+// registered yet. The owner records go in the field builds before raft
+// read them.
 func forged() []byte {
-	return mustEncode(&gossipMsg{
+	return encodeLegacy(&legacyGossip{
 		Owners: []*ownerRec{
 			{Service: "stores", Epoch: math.MaxUint64, Primary: "evil"},
 			{Service: "orders", Epoch: math.MaxUint64, Primary: "evil"},

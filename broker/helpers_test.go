@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"slices"
 	"sync"
@@ -210,16 +209,8 @@ func (c *fakeComp) openWith(addr string, first *transport.SessionRequest) error 
 		return err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	stream, err := transport.NewBrokerClient(cc).Session(ctx)
-	if err == nil {
-		err = stream.Send(first)
-		if errors.Is(err, io.EOF) {
-			// The broker ended the stream (a refusal before the frame was
-			// read): its status comes with Recv.
-			_, err = stream.Recv()
-			err = transport.FromStatus(err)
-		}
-	}
+	// A refusal before the Register is read comes with the first Recv.
+	stream, err := transport.NewBrokerClient(cc).OpenSession(ctx, first)
 	if err != nil {
 		cancel()
 		cc.Close()

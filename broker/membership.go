@@ -441,10 +441,8 @@ func list[T any](r *gossipReader, what string, limit int, elem func(out []T) ([]
 
 // The field names (msgpack tags) of the gossiped types, by field index.
 var (
-	gossipMsgFields = []string{"i", "o", "m", "beat"}
+	gossipMsgFields = []string{"i"}
 	instanceFields  = []string{"svc", "inst", "addr", "own", "tables", "subs", "ep", "sess", "ver", "conn", "gone", "seen"}
-	ownerFields     = []string{"svc", "ep", "p"}
-	modeFields      = []string{"svc", "t", "mode", "ver"}
 	versionFields   = []string{"c", "b"}
 	sessionFields   = []string{"s", "b"}
 	tableFields     = []string{"t", "mode", "log", "ep", "head"}
@@ -469,54 +467,6 @@ func (r *gossipReader) message(g *gossipMsg) error {
 				}
 				return append(out, rec), nil
 			})
-		case 1:
-			g.Owners, err = list(r, "owners", limit, func(out []*ownerRec) ([]*ownerRec, error) {
-				o := new(ownerRec)
-				ok, err := r.fields("owner", ownerFields, func(i int) (err error) {
-					switch i {
-					case 0:
-						o.Service, err = r.str()
-					case 1:
-						o.Epoch, err = r.uint()
-					case 2:
-						o.Primary, err = r.str()
-					}
-					return err
-				})
-				if err != nil {
-					return nil, err
-				}
-				if !ok || !validName(o.Service) {
-					return nil, errors.New("bad owner record")
-				}
-				return append(out, o), nil
-			})
-		case 2:
-			g.Modes, err = list(r, "modes", limit, func(out []*modeRec) ([]*modeRec, error) {
-				m := new(modeRec)
-				ok, err := r.fields("mode", modeFields, func(i int) (err error) {
-					switch i {
-					case 0:
-						m.Service, err = r.str()
-					case 1:
-						m.Table, err = r.str()
-					case 2:
-						m.Mode, err = r.str()
-					case 3:
-						err = r.version(&m.Ver)
-					}
-					return err
-				})
-				if err != nil {
-					return nil, err
-				}
-				if !ok || !validName(m.Service) || !validName(m.Table) || checkMode("mode", m.Mode) != nil {
-					return nil, errors.New("bad mode record")
-				}
-				return append(out, m), nil
-			})
-		case 3:
-			g.Beat, err = r.str()
 		}
 		return err
 	})

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -78,6 +77,10 @@ type raftNode struct {
 	state   atomic.Int32  // raft.StateType
 	paused  atomic.Bool   // tests: no ticks, no messages in or out (a paused process)
 	applied atomic.Uint64 // for Status
+
+	// joinErr is why the cluster last refused to add this (new) member
+	// because a live broker has its name; nil otherwise.
+	joinErr atomic.Pointer[string]
 
 	// confirmed is when (time since Broker.started, ns) this broker asked
 	// the read index it last had confirmed and applied; 0: never.
@@ -543,8 +546,13 @@ func (r *raftNode) done(id uint64, err error) {
 	}
 }
 
-// proposer proposes the commands step decided, one at a time, each
-// bounded by an election timeout.
+// proposer proposes the commands step decided, each bounded by a tick,
+// without waiting for them to commit: raft then commits a burst of
+// decisions in a few log appends (one fsync each) instead of one round
+// per decision. Nobody waits for the outcome here: a grant's effects
+// follow its application (appliedLocked), and one that is lost (the
+// leader changed) or refused is decided again once its service's
+// inflight mark lapses (decideLocked).
 func (r *raftNode) proposer(ctx context.Context) {
 	defer r.b.wg.Done()
 	for {
@@ -552,11 +560,12 @@ func (r *raftNode) proposer(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case c := <-r.proposals:
-			cctx, cancel := context.WithTimeout(ctx, raftElectionTicks*r.tick)
-			err := r.propose(cctx, c)
+			c.By = r.b.cfg.Name
+			cctx, cancel := context.WithTimeout(ctx, r.tick)
+			err := r.node.Propose(cctx, encodeCommand(c))
 			cancel()
-			if err != nil && !errors.Is(err, errRefused) && ctx.Err() == nil {
-				r.log.Debug("raft: proposal not decided", "service", c.Service, "err", err)
+			if err != nil && ctx.Err() == nil {
+				r.log.Debug("raft: proposal not taken", "service", c.Service, "err", err)
 			}
 		}
 	}
@@ -614,6 +623,9 @@ func (r *raftNode) status() *transport.RaftStatus {
 		Commit: st.Commit, Applied: r.applied.Load(), ConfirmedMs: -1}
 	if age := r.confirmedAge(); age >= 0 {
 		out.ConfirmedMs = age.Milliseconds()
+	}
+	if e := r.joinErr.Load(); e != nil {
+		out.JoinRefused = *e
 	}
 	return out
 }

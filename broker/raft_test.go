@@ -1,7 +1,9 @@
 package broker
 
 import (
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/replmesh/replmesh/transport"
@@ -326,5 +328,68 @@ func TestRaft_InMemoryBrokerRestartsAsNewMember(t *testing.T) {
 			})
 			setMode(nb, fmt.Sprintf("t%d", i+1))
 		})
+	}
+}
+
+// A second process started with a live broker's name and an empty data
+// dir (an operator's slip) must not evict the live voter: every broker
+// refuses its join while the old member is live, leader or follower,
+// and the newcomer says why (Status.Raft.JoinRefused). Once the old
+// broker is really gone, the newcomer rejoins as a new member in its
+// place.
+func TestRaft_JoinUnderALiveBrokersNameIsRefused(t *testing.T) {
+	bs := startCluster(t, 3, nil)
+	waitVoters(t, bs, 3)
+	victim := bs[1]
+	oldID := victim.raft.id
+	voterIs := func(on []*Broker, id uint64) func() bool {
+		return func() bool {
+			for _, b := range on {
+				b.mu.Lock()
+				m, ok := b.fsm.memberByName(victim.Name())
+				n := len(b.fsm.members)
+				b.mu.Unlock()
+				if !ok || m.ID != id || n != 3 {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	for _, b := range bs {
+		role := "follower"
+		if b.raft.isLeader() {
+			role = "leader"
+		}
+		t.Run("asked of "+b.Name()+" ("+role+")", func(t *testing.T) {
+			_, err := transport.NewRaftClient(dial(t, b.GRPCAddr())).Join(ctxT(t, waitLong), &transport.RaftJoinRequest{
+				Version: transport.ProtocolVersion, ID: randomID(), Name: victim.Name(), Addr: "127.0.0.1:1"})
+			if !errors.Is(err, transport.ErrInstanceInUse) || !strings.Contains(err.Error(), fmt.Sprintf("%x", oldID)) {
+				t.Fatalf("join under %s's name: %v, want ErrInstanceInUse naming raft id %x", victim.Name(), err, oldID)
+			}
+			if !voterIs(bs, oldID)() {
+				t.Fatal("the live voter was touched")
+			}
+		})
+	}
+
+	// The real slip: a second broker process of that name, in memory.
+	nb := startBroker(t, victim.Name(), []string{bs[0].GossipAddr()}, nil)
+	waitUntil(t, waitLong, "the newcomer told why it is not added", func() bool {
+		st, err := nb.Status(ctxT(t, waitLong), &transport.StatusRequest{Version: transport.ProtocolVersion})
+		return err == nil && st.Raft != nil && strings.Contains(st.Raft.JoinRefused, "live voter")
+	})
+	if !voterIs(bs, oldID)() {
+		t.Fatal("the live voter was evicted by a second process of its name")
+	}
+
+	// The old incarnation is really gone: the newcomer takes its place.
+	victim.Close()
+	rest := []*Broker{bs[0], bs[2], nb}
+	waitUntil(t, waitLong, "the newcomer a voter in place of the old one", voterIs(rest, nb.raft.id))
+	waitUntil(t, waitLong, "the refusal cleared", func() bool { return nb.raft.joinErr.Load() == nil })
+	if _, err := nb.SetMode(ctxT(t, waitLong), &transport.SetModeRequest{Version: transport.ProtocolVersion,
+		Service: "stores", Table: "t", Mode: "pull"}); err != nil {
+		t.Fatalf("a decision through the newcomer: %v", err)
 	}
 }

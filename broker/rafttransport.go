@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -240,10 +241,20 @@ func (b *Broker) RaftJoin(ctx context.Context, req *transport.RaftJoinRequest) (
 	r := b.raft
 	// A voter of that name under another id is the same broker that lost
 	// its data dir: it is removed first (its old votes and log are gone).
+	// Unless that voter is live: then the newcomer is a second process
+	// started with a live broker's name (an operator's slip), and
+	// removing the live voter would cost the cluster a working member.
 	b.mu.Lock()
 	old, had := b.fsm.memberByName(req.Name)
 	b.mu.Unlock()
 	if had && old.ID != req.ID {
+		if why := b.memberLive(ctx, old.ID); why != "" {
+			b.log.Warn("raft: join refused: a live broker holds that name", "name", req.Name, "addr", req.Addr,
+				"live_id", fmt.Sprintf("%x", old.ID), "new_id", fmt.Sprintf("%x", req.ID), "because", why)
+			return nil, fmt.Errorf("%w: broker name %q belongs to a live voter (raft id %x; %s): a second broker "+
+				"of that name would evict it; stop that broker first (its replacement then joins as a new member), "+
+				"or start this one under another name", transport.ErrInstanceInUse, req.Name, old.ID, why)
+		}
 		b.log.Info("raft: a broker rejoins under a new id; removing its old one", "name", req.Name,
 			"old_id", fmt.Sprintf("%x", old.ID), "new_id", fmt.Sprintf("%x", req.ID))
 		err := r.changeConf(ctx, raftpb.ConfChange{Type: raftpb.ConfChangeRemoveNode, NodeID: old.ID}, func() bool {
@@ -272,6 +283,43 @@ func (b *Broker) RaftJoin(ctx context.Context, req *transport.RaftJoinRequest) (
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return &transport.RaftJoinResponse{Members: b.fsm.memberList()}, nil
+}
+
+// memberLive says why the voter with Raft node id is live ("" if nothing
+// says so): memberlist counts it alive, the raft leader (this broker)
+// heard from it within an election timeout, or it answers an empty batch
+// of raft messages addressed to it (any broker can ask, leader or not).
+// A broker that is stopped, paused or cut off answers none of these
+// (the leader's view lapses within two election timeouts).
+func (b *Broker) memberLive(ctx context.Context, id uint64) string {
+	if id == b.raft.id {
+		return "it is the broker answering"
+	}
+	live, _ := b.del.members()
+	for _, m := range live {
+		if m.Raft == id {
+			return "memberlist counts it alive at " + m.GRPC
+		}
+	}
+	if b.raft.activePeers()[id] {
+		return "the raft leader heard from it within an election timeout"
+	}
+	addr := b.peerAddr(id)
+	if addr == "" {
+		return ""
+	}
+	cc, err := transport.Dial(addr, b.cfg.PeerTransport)
+	if err != nil {
+		return ""
+	}
+	defer cc.Close()
+	pctx, cancel := context.WithTimeout(ctx, min(b.cfg.Lease, time.Second))
+	defer cancel()
+	_, err = transport.NewRaftClient(cc).Send(pctx, &transport.RaftMessages{Version: transport.ProtocolVersion, From: b.raft.id, To: id})
+	if err != nil {
+		return ""
+	}
+	return "it answers as that voter at " + addr
 }
 
 // RaftRemove removes a broker from the Raft group for good: it no longer
@@ -333,6 +381,7 @@ func (b *Broker) joinRaft() {
 	r := b.raft
 	t := time.NewTicker(min(b.cfg.RejoinInterval, r.tick))
 	defer t.Stop()
+	var lastWarn time.Time
 	for {
 		b.mu.Lock()
 		_, member := b.fsm.members[r.id]
@@ -350,8 +399,19 @@ func (b *Broker) joinRaft() {
 			if m.Name == b.cfg.Name || m.GRPC == "" {
 				continue
 			}
-			if b.askJoin(m.GRPC) == nil {
+			err := b.askJoin(m.GRPC)
+			if err == nil {
 				b.log.Info("raft: added to the broker cluster", "via", m.Name)
+				r.joinErr.Store(nil)
+				break
+			}
+			if errors.Is(err, transport.ErrInstanceInUse) {
+				msg := err.Error()
+				if prev := r.joinErr.Swap(&msg); prev == nil || time.Since(lastWarn) >= joinLogEvery {
+					lastWarn = time.Now()
+					b.log.Warn("raft: the cluster refuses to add this broker: a live broker has its name; "+
+						"it takes no part in decisions and keeps asking until that broker is gone", "via", m.Name, "err", msg)
+				}
 				break
 			}
 		}

@@ -61,7 +61,7 @@ func (k instKey) String() string { return k.Service + "/" + k.Instance }
 
 // instanceRec is the registry's record of one instance. Only the broker
 // holding the session writes it, except for the tombstone (Gone) written by
-// the deciding broker when the lease lapses.
+// the raft leader when the lease lapses.
 type instanceRec struct {
 	Service   string                `msgpack:"svc"`
 	Instance  string                `msgpack:"inst"`
@@ -127,7 +127,7 @@ func (r *instanceRec) headSum() uint64 {
 }
 
 // topoChanged reports whether the difference between a and b can change
-// some component's topology or a decision of the deciding broker, as
+// some component's topology or a decision of the raft leader, as
 // opposed to a refresh of heads and positions only.
 func topoChanged(a, b *instanceRec) bool {
 	if a == nil || b == nil {
@@ -377,15 +377,13 @@ func bestStandby(cands []*instanceRec) *instanceRec {
 	return best
 }
 
-// gossipMsg carries registry records between brokers: one record in a
-// broadcast, the whole registry in a push/pull state exchange.
+// gossipMsg carries the soft state between brokers: one instance record
+// in a broadcast, every instance record in a push/pull state exchange.
+// Owner records and mode overrides are decided through raft, never
+// gossiped; the fields older builds gossiped them in ("o", "m", and the
+// quorum beats "beat") are skipped unread by decodeGossip.
 type gossipMsg struct {
 	Instances []*instanceRec `msgpack:"i,omitempty"`
-	Owners    []*ownerRec    `msgpack:"o,omitempty"`
-	Modes     []*modeRec     `msgpack:"m,omitempty"`
-	// Beat named the sending broker when brokers counted gossip beats
-	// toward a quorum; raft decides now, and a beat is ignored.
-	Beat string `msgpack:"beat,omitempty"`
 }
 
 // snapshot returns every instance record (the soft state; owner records

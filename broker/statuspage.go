@@ -38,11 +38,15 @@ func inlineHash(tag string) string {
 
 // StatusHandler serves the broker's status over HTTP:
 //
-//	GET /            a page for an operator to keep open: brokers, services
+//	GET /            a page for an operator to keep open: brokers, this
+//	                 broker's view of the raft group (its role, term, commit
+//	                 and applied index, the leader, the voters), services
 //	                 (primary, epoch, standbys, table heads), subscriptions
 //	                 (configured and running mode, applied seq, lag, state,
-//	                 full-transfer progress) and instances, refreshed in
-//	                 place every 1.5 s
+//	                 full-transfer progress), instances and the refused
+//	                 Registers (a second process with a live instance's
+//	                 name: who tried, from where, the holder's address,
+//	                 when), refreshed in place every 1.5 s
 //	GET /api/status  the Status response as JSON (snake_case keys)
 //
 // Mount it at "/" of an HTTP server (more specific patterns of the same

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -45,6 +46,12 @@ func statusFixture(t *testing.T, b *Broker) (primary, consumer *fakeComp) {
 				XferRows: 2500, XferExpected: 10000, XferBytes: 3 << 20, XferRate: 1250, XferEtaMs: 6000},
 			{Service: "stores", Table: "stores", Seq: 5, Lag: 2, StaleMs: 1500, State: "streaming", Running: "pull"},
 		}})
+	// A second process with s1's name: refused, and listed.
+	dup := &fakeComp{t: t, reg: transport.Register{Version: transport.ProtocolVersion, Service: "stores", Instance: "s1",
+		Addr: "127.0.0.1:7009", Owner: true, Tables: tables}}
+	if err := dup.openWith(b.GRPCAddr(), &transport.SessionRequest{Kind: transport.SessionRegister, Register: &dup.reg}); !errors.Is(err, transport.ErrInstanceInUse) {
+		t.Fatalf("a second stores/s1: %v, want ErrInstanceInUse", err)
+	}
 	if _, err := b.SetMode(ctxT(t, waitLong), &transport.SetModeRequest{Version: transport.ProtocolVersion,
 		Service: "stores", Table: "stores", Mode: "push"}); err != nil {
 		t.Fatal(err)
@@ -104,7 +111,8 @@ func TestStatusHandler_JSONKeysAreSnakeCase(t *testing.T) {
 	// instances' subscriptions with their transfer progress.
 	for _, k := range []string{"broker", "brokers", "owners", "primary", "standbys", "tables", "head", "log_id",
 		"instances", "last_seen_ms", "subscriptions", "stale_ms", "running", "transfer_rows", "transfer_rows_expected",
-		"transfer_bytes", "transfer_rows_per_sec", "transfer_eta_ms", "overrides"} {
+		"transfer_bytes", "transfer_rows_per_sec", "transfer_eta_ms", "overrides",
+		"raft", "leader_name", "term", "commit", "applied", "members", "confirmed_ms", "refused", "holder", "at_ms", "count"} {
 		if !seen[k] {
 			t.Errorf("no key %q anywhere in /api/status:\n%s", k, body)
 		}
@@ -120,6 +128,15 @@ func TestStatusHandler_JSONKeysAreSnakeCase(t *testing.T) {
 	}
 	if got := p1.Subscriptions[0]; got.XferRows != 2500 || got.XferExpected != 10000 || got.XferEtaMs != 6000 || got.Running != "push" {
 		t.Errorf("subscription = %+v", got)
+	}
+	// The raft view and the refused attempt survive it too.
+	if st.Raft == nil || st.Raft.LeaderName != "b1" || st.Raft.State != "StateLeader" || len(st.Raft.Members) != 1 ||
+		st.Raft.Members[0].ID != st.Raft.ID || st.Raft.Applied == 0 || st.Raft.Commit < st.Raft.Applied {
+		t.Errorf("raft = %+v", st.Raft)
+	}
+	if len(st.Refused) != 1 || st.Refused[0].Instance != "s1" || st.Refused[0].Addr != "127.0.0.1:7009" ||
+		st.Refused[0].Holder != "127.0.0.1:7001" || st.Refused[0].Count != 1 || st.Refused[0].AtMs == 0 {
+		t.Errorf("refused = %+v", st.Refused)
 	}
 }
 
@@ -202,6 +219,16 @@ func TestStatusPage_Browser(t *testing.T) {
 	waitFor("lag", cell("products/p1", "stores/stores", "behind")+` === "2" && `+cell("products/p1", "stores/stores", "stale")+` === "1.5s"`)
 	waitFor("the transfer's progress", cell("products/p1", "stores/managers", "xfer")+
 		` === "2,500 / 10,000 rows · 25.0% · 1,250 rows/s · ETA 6.0s · 3.0 MiB"`)
+
+	// The raft view and the refused second s1.
+	waitFor("this broker leading the raft group", `document.querySelector("#raft .raft-role")?.textContent === "leader" &&
+		document.querySelector("#raft .raft-leader")?.textContent === "b1" &&
+		document.querySelector("#voters .role")?.textContent === "leader (this broker)"`)
+	waitFor("the refused registration", `(function() {
+		const tr = document.querySelector("#refused tr");
+		return tr && tr.querySelector(".instance")?.textContent === "s1" && tr.querySelector(".addr")?.textContent === "127.0.0.1:7009" &&
+			tr.querySelector(".holder")?.textContent === "127.0.0.1:7001" && tr.querySelector(".count")?.textContent === "1";
+	})()`)
 
 	// Markup and control characters arrive as text.
 	waitFor("the hostile values as text", cell("evil/e1", "stores/stores", "state")+` === "<b>bold</b>\\u001b[31m\\u202e"`)

@@ -2,9 +2,7 @@ package replica
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"slices"
 	"time"
@@ -203,7 +201,8 @@ func (c *Component) brokerSession(addr string, opened func()) (progressed bool, 
 	if err != nil {
 		return false, err
 	}
-	stream, err := transport.NewBrokerClient(conn).Session(ctx)
+	stream, err := transport.NewBrokerClient(conn).OpenSession(ctx,
+		&transport.SessionRequest{Kind: transport.SessionRegister, Register: c.register(), Ping: c.lease.ping()})
 	if err != nil {
 		return false, err
 	}
@@ -220,11 +219,8 @@ func (c *Component) brokerSession(addr string, opened func()) (progressed bool, 
 		watchdog.Reset(c.cfg.PeerTimeout)
 		return f, nil
 	}
-	if err := stream.Send(&transport.SessionRequest{Kind: transport.SessionRegister, Register: c.register(), Ping: c.lease.ping()}); err != nil && !errors.Is(err, io.EOF) {
-		return false, transport.FromStatus(err)
-	}
-	// On io.EOF the broker ended the stream before reading the Register
-	// (a handshake limit): recv returns its status.
+	// A broker that refused the session before reading the Register (a
+	// handshake limit) has ended the stream: recv returns its reason.
 	f, err := recv()
 	if err != nil {
 		return false, err

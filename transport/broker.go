@@ -2,6 +2,8 @@ package transport
 
 import (
 	"context"
+	"errors"
+	"io"
 
 	"google.golang.org/grpc"
 )
@@ -285,6 +287,24 @@ func (c *BrokerClient) Session(ctx context.Context, opts ...grpc.CallOption) (Se
 		return nil, FromStatus(err)
 	}
 	return &grpc.GenericClientStream[SessionRequest, SessionResponse]{ClientStream: s}, nil
+}
+
+// OpenSession opens a Session stream and sends first, the frame that
+// registers the component. A broker may refuse a session before it reads
+// the Register (a handshake limit): it ends the stream at once, and the
+// Send reports io.EOF, which says nothing of why. OpenSession returns the
+// stream then too: its first Recv returns the broker's reason (read it
+// through FromStatus, as every Recv error). Any other failure to send is
+// returned, as this package's error. The stream ends with ctx.
+func (c *BrokerClient) OpenSession(ctx context.Context, first *SessionRequest, opts ...grpc.CallOption) (SessionClient, error) {
+	s, err := c.Session(ctx, opts...)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Send(first); err != nil && !errors.Is(err, io.EOF) {
+		return nil, FromStatus(err)
+	}
+	return s, nil
 }
 
 func invoke[Resp any](ctx context.Context, cc grpc.ClientConnInterface, method string, in any, opts []grpc.CallOption) (*Resp, error) {

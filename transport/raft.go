@@ -33,7 +33,8 @@ type RaftMessagesResponse struct{}
 // Raft configuration change proposed through the leader). A broker that
 // is already a voter under that id is answered at once; a voter of the
 // same name under another id (the broker lost its data dir) is removed
-// first.
+// first, unless that voter is live (a second process started with a live
+// broker's name): then the join is refused with ErrInstanceInUse.
 type RaftJoinRequest struct {
 	Version uint32 `msgpack:"v"`
 	ID      uint64 `msgpack:"id"`
@@ -80,6 +81,10 @@ type RaftStatus struct {
 	// quorum confirmation (ReadIndex round); -1 if it has none. A primary's
 	// lease is confirmed only while it is under a quarter of the lease.
 	ConfirmedMs int64 `msgpack:"confirmed_ms" json:"confirmed_ms"`
+	// JoinRefused, on a broker waiting to be added as a new member, is
+	// why the cluster last refused it because a live voter has its name
+	// ("" otherwise). Brokers of older builds leave it out.
+	JoinRefused string `msgpack:"join_refused,omitempty" json:"join_refused,omitempty"`
 }
 
 // RefusedRegister is a Register refused because another session holds the

@@ -47,6 +47,11 @@ func fakeStatus(addr, x string) transport.StatusResponse {
 			{Service: "products", Instance: "p3" + x, Role: transport.RoleConsumer, Broker: "b1" + x, LastSeenMs: now, Subscriptions: []transport.SubInfo{p3}},
 		},
 		Overrides: map[string]string{"stores/t" + x: "pull"},
+		Raft: &transport.RaftStatus{ID: 0xa1, State: "StateLeader", Term: 3, Leader: 0xa1, LeaderName: "b1" + x,
+			Commit: 12, Applied: 12, ConfirmedMs: 40, Members: []transport.RaftMember{
+				{ID: 0xa1, Name: "b1" + x, Addr: "127.0.0.1:2" + x}, {ID: 0xb2, Name: "b2", Addr: "127.0.0.1:3"}}},
+		Refused: []transport.RefusedRegister{{Service: "stores", Instance: "a" + x, Addr: "127.0.0.1:4" + x,
+			Holder: addr, AtMs: now - 2000, Count: 3}},
 	}
 }
 
@@ -411,4 +416,69 @@ func compactJSON(b []byte) string {
 		return err.Error()
 	}
 	return out.String()
+}
+
+// status shows the answering broker's Raft view (its role, term, commit
+// and applied index, the voters with the leader marked) and the Registers
+// it refused because the instance name had a live holder (who tried,
+// from where, who holds it, when); the JSON form carries both.
+func TestStatus_RaftAndRefusedRegisters(t *testing.T) {
+	br := fakeDeployment(t, "")
+	r := runCtl(t, br, "status")
+	if r.code != 0 {
+		t.Fatalf("%v", r)
+	}
+	lines := strings.Split(r.stdout, "\n")
+	// find returns the first line starting with prefix after the line
+	// starting with section.
+	find := func(section, prefix string) string {
+		in := false
+		for _, l := range lines {
+			if in && strings.HasPrefix(l, prefix) {
+				return l
+			}
+			in = in || strings.HasPrefix(l, section)
+		}
+		t.Fatalf("no line starting %q after %q in:\n%s", prefix, section, r.stdout)
+		return ""
+	}
+	for _, tc := range []struct {
+		section, prefix string
+		want            []string
+	}{
+		{"", "RAFT (", []string{"this broker: leader", "id a1", "term 3", "commit 12", "applied 12", "quorum confirmed 40ms ago"}},
+		{"RAFT (", "leader:", []string{"b1"}},
+		{"RAFT (", "b1 ", []string{"a1", "127.0.0.1:2", "leader (this broker)"}},
+		{"RAFT (", "b2 ", []string{"b2", "127.0.0.1:3", "follower"}},
+		{"", "REFUSED REGISTERS", nil},
+		{"REFUSED REGISTERS", "stores ", []string{" a ", "127.0.0.1:4", "2.0s ago", " 3"}},
+	} {
+		l := find(tc.section, tc.prefix)
+		for _, w := range tc.want {
+			if !strings.Contains(l, w) {
+				t.Errorf("line %q lacks %q", l, w)
+			}
+		}
+	}
+
+	var st transport.StatusResponse
+	if r := runCtl(t, br, "-o", "json", "status"); r.code != 0 || json.Unmarshal([]byte(r.stdout), &st) != nil {
+		t.Fatalf("status -o json: %v", r)
+	}
+	if st.Raft == nil || st.Raft.LeaderName != "b1" || len(st.Raft.Members) != 2 || len(st.Refused) != 1 || st.Refused[0].Count != 3 {
+		t.Fatalf("status -o json: raft %+v refused %+v", st.Raft, st.Refused)
+	}
+	if l := find("REFUSED REGISTERS", "stores "); st.Refused[0].Holder == "" || !strings.Contains(l, st.Refused[0].Holder) {
+		t.Errorf("refused row %q lacks the holder's address %q", l, st.Refused[0].Holder)
+	}
+
+	// A broker that sees no leader says so.
+	st.Raft.Leader, st.Raft.LeaderName, st.Raft.State = 0, "", "StateFollower"
+	st.Raft.JoinRefused = "instance in use: broker name \"b2\" belongs to a live voter"
+	var buf bytes.Buffer
+	printRaft(&buf, st.Raft)
+	if out := buf.String(); !strings.Contains(out, "this broker: follower") || !strings.Contains(out, "leader: (none") ||
+		!strings.Contains(out, "refuses to add it: instance in use: broker name \"b2\" belongs to a live voter") {
+		t.Errorf("no leader, join refused:\n%s", out)
+	}
 }

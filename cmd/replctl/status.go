@@ -68,7 +68,68 @@ func (c *cli) status(ctx context.Context, args []string) error {
 		textf(w, "\nMODE OVERRIDES\n")
 		printOverrides(w, st.Overrides)
 	}
+	printRaft(w, st.Raft)
+	printRefused(w, now, st.Refused)
 	return nil
+}
+
+// printRaft prints the answering broker's view of the brokers' Raft group:
+// its own role, term and log indexes, then the voters with the leader
+// marked.
+func printRaft(w io.Writer, r *transport.RaftStatus) {
+	if r == nil {
+		return
+	}
+	leader := r.LeaderName
+	switch {
+	case r.Leader == 0:
+		leader = "(none: no majority reachable?)"
+	case leader == "":
+		leader = fmt.Sprintf("%x", r.Leader)
+	}
+	confirmed := "never"
+	if r.ConfirmedMs >= 0 {
+		confirmed = duration(time.Duration(r.ConfirmedMs)*time.Millisecond) + " ago"
+	}
+	textf(w, "\nRAFT (this broker: %s, id %x, term %d, commit %d, applied %d, quorum confirmed %s)\nleader: %s\n",
+		raftRole(r.State), r.ID, r.Term, r.Commit, r.Applied, confirmed, leader)
+	if r.JoinRefused != "" {
+		textf(w, "this broker is not a voter: the cluster refuses to add it: %s\n", r.JoinRefused)
+	}
+	t := newTable(w, "VOTER", "RAFT ID", "ADDR", "ROLE")
+	for _, m := range r.Members {
+		role := "follower"
+		if m.ID == r.Leader {
+			role = "leader"
+		}
+		if m.ID == r.ID {
+			role += " (this broker)"
+		}
+		t.row(m.Name, fmt.Sprintf("%x", m.ID), m.Addr, role)
+	}
+	t.flush()
+}
+
+// raftRole renders raft's state name (StateLeader) as a role (leader).
+func raftRole(state string) string {
+	if s, ok := strings.CutPrefix(state, "State"); ok && s != "" {
+		return strings.ToLower(s)
+	}
+	return state
+}
+
+// printRefused prints the Registers the broker refused because another
+// live session holds the instance name.
+func printRefused(w io.Writer, now time.Time, refused []transport.RefusedRegister) {
+	if len(refused) == 0 {
+		return
+	}
+	textf(w, "\nREFUSED REGISTERS (instance name held by a live session)\n")
+	t := newTable(w, "SERVICE", "INSTANCE", "REFUSED ADDR", "HOLDER ADDR", "LAST", "COUNT")
+	for _, r := range refused {
+		t.row(r.Service, r.Instance, r.Addr, r.Holder, age(now, r.AtMs), u64(r.Count))
+	}
+	t.flush()
 }
 
 // tableRow is one table of an owner service (the JSON form of "tables").

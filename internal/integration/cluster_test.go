@@ -34,12 +34,22 @@ func waitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
 // startBrokers starts n brokers b1..bn with fast timers; b2.. join b1.
 func startBrokers(t testing.TB, n int) []*broker.Broker {
 	t.Helper()
+	return startBrokersWith(t, n, nil)
+}
+
+// startBrokersWith is startBrokers with mutate (if not nil) applied to
+// each broker's configuration.
+func startBrokersWith(t testing.TB, n int, mutate func(*broker.Config)) []*broker.Broker {
+	t.Helper()
 	var bs []*broker.Broker
 	for i := 1; i <= n; i++ {
 		cfg := broker.LocalConfig(fmt.Sprintf("b%d", i))
 		cfg.Logger = testLogger(t)
 		if i > 1 {
 			cfg.Join = []string{bs[0].GossipAddr()}
+		}
+		if mutate != nil {
+			mutate(&cfg)
 		}
 		b, err := broker.New(ctxT(t, 20*time.Second), cfg)
 		if err != nil {
@@ -49,6 +59,13 @@ func startBrokers(t testing.TB, n int) []*broker.Broker {
 		bs = append(bs, b)
 	}
 	return bs
+}
+
+// startRaftBrokers starts n brokers as startBrokers does, each with its
+// own data dir (the raft log and snapshots on disk, as in production).
+func startRaftBrokers(t testing.TB, n int) []*broker.Broker {
+	t.Helper()
+	return startBrokersWith(t, n, func(c *broker.Config) { c.DataDir = t.TempDir() })
 }
 
 func grpcAddrs(bs ...*broker.Broker) []string {

@@ -296,7 +296,7 @@ func get[T any](c *foChild, f func() T) T { return testutil.Locked(c.Child, f) }
 
 // foHarness starts, commands, kills and stops the owner processes.
 type foHarness struct {
-	t       *testing.T
+	t       testing.TB
 	brokers []string
 	root    string // holds the instances' data directories, one per name
 	runs    map[string]int
@@ -305,12 +305,17 @@ type foHarness struct {
 // startFailover begins a failover test with real processes: it skips in
 // -short mode, starts three brokers, then instance a, and waits until a is
 // primary. It returns the harness, the brokers, a and a's epoch.
-func startFailover(t *testing.T) (*foHarness, []*broker.Broker, *foChild, uint64) {
+func startFailover(t testing.TB) (*foHarness, []*broker.Broker, *foChild, uint64) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("runs child processes; skipped in -short mode")
 	}
-	bs := startBrokers(t, 3)
+	return startFailoverOn(t, startBrokers(t, 3))
+}
+
+// startFailoverOn is startFailover on the brokers bs.
+func startFailoverOn(t testing.TB, bs []*broker.Broker) (*foHarness, []*broker.Broker, *foChild, uint64) {
+	t.Helper()
 	h := &foHarness{t: t, brokers: grpcAddrs(bs...), root: t.TempDir(), runs: map[string]int{}}
 	a := h.start("a", h.dir("a"))
 	h.waitFor(a, 60*time.Second, "a to become primary", func() bool { return a.role == transport.RolePrimary })
@@ -762,4 +767,62 @@ func TestFailover_KillPrimaryWithStandbyBehind(t *testing.T) {
 	h.quit(a2)
 	h.quit(b2)
 	t.Logf("done in %s", time.Since(began).Round(time.Millisecond))
+}
+
+// BenchmarkFailover_KillToFirstWrite measures a failover on the brokers'
+// raft path: three brokers with data dirs (1s lease), an owner service of
+// three instances as real processes (sync durability, min_sync_standbys
+// 1) under a steady write load; the primary is SIGKILLed. Metrics, the
+// mean over b.N kills: "kill-to-promoted-ms" (a standby reports itself
+// primary at a new epoch) and "kill-to-first-write-ms" (the new primary
+// acknowledges its first write: the figure the issue bounds at 1.5s).
+// Every iteration starts from fresh brokers and processes; run it with
+// -benchtime 1x -count N.
+func BenchmarkFailover_KillToFirstWrite(b *testing.B) {
+	if testing.Short() {
+		b.Skip("runs child processes; skipped in -short mode")
+	}
+	var promoted, written time.Duration
+	for range b.N {
+		b.StopTimer()
+		bs := startRaftBrokers(b, 3)
+		h, _, a, epoch1 := startFailoverOn(b, bs)
+		sb, sc := h.start("b", h.dir("b")), h.start("c", h.dir("c"))
+		for _, s := range []*foChild{sb, sc} {
+			h.waitFor(s, 60*time.Second, "it to become a standby", func() bool { return s.role == transport.RoleStandby && s.epoch == epoch1 })
+		}
+		h.waitFor(a, 60*time.Second, "100 acknowledged writes", func() bool { return len(a.acks) >= 100 })
+		b.StartTimer()
+		killedAt := time.Now()
+		h.kill(a)
+		var nw *foChild
+		waitUntil(b, 30*time.Second, "a standby's promotion", func() bool {
+			for _, s := range []*foChild{sb, sc} {
+				h.check(s)
+				if get(s, func() bool { return s.role == transport.RolePrimary }) {
+					nw = s
+				}
+			}
+			return nw != nil
+		})
+		h.waitFor(nw, 30*time.Second, "the new primary's first acknowledged write", func() bool { return len(nw.acks) > 0 })
+		b.StopTimer()
+		promo := get(nw, func() foRole { return nw.roles[len(nw.roles)-1] })
+		first := get(nw, func() foAck { return nw.acks[0] })
+		if promo.epoch <= epoch1 {
+			b.Fatalf("%s promoted at epoch %d, the killed primary's was %d", nw.name, promo.epoch, epoch1)
+		}
+		promoted += promo.at.Sub(killedAt)
+		written += first.at.Sub(killedAt)
+		b.Logf("kill -> %s promoted %v, first write %v", nw.name, promo.at.Sub(killedAt).Round(time.Millisecond),
+			first.at.Sub(killedAt).Round(time.Millisecond))
+		h.quit(sb)
+		h.quit(sc)
+		for _, x := range bs {
+			x.Close()
+		}
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(promoted.Milliseconds())/float64(b.N), "kill-to-promoted-ms")
+	b.ReportMetric(float64(written.Milliseconds())/float64(b.N), "kill-to-first-write-ms")
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"maps"
 	"runtime"
@@ -447,18 +446,11 @@ func openSession(t testing.TB, addr string, o transport.Options, reg transport.R
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &rawSession{cancel: cancel, cc: cc, ended: make(chan error, 1)}
-	stream, err := transport.NewBrokerClient(cc).Session(ctx)
-	if err == nil {
-		err = stream.Send(&transport.SessionRequest{Kind: transport.SessionRegister, Register: &reg})
-		if errors.Is(err, io.EOF) {
-			// The broker ended the stream before reading the Register (a
-			// handshake limit): its status comes with Recv.
-			_, err = stream.Recv()
-		}
-	}
+	// A refusal before the Register is read comes with the first Recv.
+	stream, err := transport.NewBrokerClient(cc).OpenSession(ctx, &transport.SessionRequest{Kind: transport.SessionRegister, Register: &reg})
 	if err != nil {
 		s.close()
-		return nil, transport.FromStatus(err)
+		return nil, err
 	}
 	first := make(chan struct{})
 	var sendMu sync.Mutex
