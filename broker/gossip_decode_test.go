@@ -130,7 +130,7 @@ func fullRecords() *gossipMsg {
 			Tables: []transport.TableInfo{{Table: "t1", Mode: "push", LogID: "log", Epoch: 3, Head: 1 << 40}},
 			Subs: []transport.SubInfo{{Service: "products", Table: "p1", Mode: "auto", Seq: 9, Lag: 2, StaleMs: -5,
 				State: "streaming", Running: "push", Reason: "rate", XferRows: 1, XferExpected: 2, XferBytes: 3,
-				XferRate: 1.5, XferEtaMs: 1 << 33}},
+				XferRate: 1.5, XferEtaMs: 1 << 33, LogID: "log-p1", Epoch: 1<<40 + 7}},
 			Epoch: 1<<62 + 1, Session: sessionID{Start: -1 << 40, Broker: "b1"}, Ver: version{Clock: math.MaxUint64, Broker: "b2"},
 			Connected: true, Gone: true, SeenMs: 1 << 41,
 		}},

@@ -446,7 +446,7 @@ var (
 	versionFields   = []string{"c", "b"}
 	sessionFields   = []string{"s", "b"}
 	tableFields     = []string{"t", "mode", "log", "ep", "head"}
-	subFields       = []string{"svc", "t", "mode", "seq", "lag", "stale", "st", "run", "why", "xr", "xe", "xb", "xrr", "xeta"}
+	subFields       = []string{"svc", "t", "mode", "seq", "log", "ep", "lag", "stale", "st", "run", "why", "xr", "xe", "xb", "xrr", "xeta"}
 )
 
 func (r *gossipReader) message(g *gossipMsg) error {
@@ -572,24 +572,28 @@ func (r *gossipReader) sub(s *transport.SubInfo, i int) (err error) {
 	case 3:
 		s.Seq, err = r.uint()
 	case 4:
-		s.Lag, err = r.uint()
+		s.LogID, err = r.str()
 	case 5:
-		s.StaleMs, err = r.int()
+		s.Epoch, err = r.uint()
 	case 6:
-		s.State, err = r.str()
+		s.Lag, err = r.uint()
 	case 7:
-		s.Running, err = r.str()
+		s.StaleMs, err = r.int()
 	case 8:
-		s.Reason, err = r.str()
+		s.State, err = r.str()
 	case 9:
-		s.XferRows, err = r.uint()
+		s.Running, err = r.str()
 	case 10:
-		s.XferExpected, err = r.uint()
+		s.Reason, err = r.str()
 	case 11:
-		s.XferBytes, err = r.uint()
+		s.XferRows, err = r.uint()
 	case 12:
-		s.XferRate, err = r.float()
+		s.XferExpected, err = r.uint()
 	case 13:
+		s.XferBytes, err = r.uint()
+	case 14:
+		s.XferRate, err = r.float()
+	case 15:
 		s.XferEtaMs, err = r.int()
 	}
 	return err
