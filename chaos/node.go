@@ -63,6 +63,9 @@ func (n *node) String() string { return n.name }
 // logPath is the node's stderr log, appended to by every run.
 func (n *node) logPath() string { return filepath.Join(n.logDir, n.name+".log") }
 
+// grantLogPath is an owner's or a broker's grant log (see grants.go).
+func (n *node) grantLogPath() string { return filepath.Join(n.logDir, n.name+".grants.log") }
+
 // applyLogPath is a consumer's apply log.
 func (n *node) applyLogPath() string { return filepath.Join(n.logDir, n.name+".apply.log") }
 

@@ -151,6 +151,10 @@ type Response struct {
 	Class string `json:"class,omitempty"`
 	Seq   uint64 `json:"seq,omitempty"`
 	Epoch uint64 `json:"epoch,omitempty"` // the writer's role epoch when the write returned
+	// CommitEpoch is the epoch an acknowledged write committed at: the
+	// writer was primary at that epoch from before the write was
+	// submitted until it was acknowledged (0: its role moved meanwhile).
+	CommitEpoch uint64 `json:"commit_epoch,omitempty"`
 
 	Status  *NodeStatus `json:"status,omitempty"`
 	Digest  *Digest     `json:"digest,omitempty"`
@@ -273,6 +277,18 @@ const (
 	RecTransferRead = "T"
 	RecViolation    = "V"
 	RecWipe         = "W"
+)
+
+// Grant-log records, one a line (chaosnode -grantlog; see grants.go):
+//
+//	S <unix ns> <pid>                                  an owner process started (before it registers)
+//	P <unix ns> <role|-> <epoch> <addr>                an owner saw its role or epoch change
+//	L <call ns> <return ns> <confirmed ms> <raft state> <epoch> <instance|-> <addr|->
+//	                                                   a broker read the service's primary in its registry
+const (
+	RecGrantStart = "S"
+	RecGrantRole  = "P"
+	RecGrantRead  = "L"
 )
 
 // Well-known keys of the workload: both sentinels are written in the

@@ -48,6 +48,8 @@ func main() {
 		table      = flag.String("table", "items", "the owned / consumed table")
 		retention  = flag.Uint64("retention", 0, "owner: keep at most this many changes in the log (0: default)")
 		applyLog   = flag.String("applylog", "", "consumer: append the apply log to this file")
+		grantLogF  = flag.String("grantlog", "", "owner: log its start and role changes; broker: log its registry's primary every 20ms (see grants.go)")
+		inMemory   = flag.Bool("inmemory", false, "owner: keep no data dir (a careless second process with a live instance's name)")
 		linksJSON  = flag.String("links", "", "JSON list of chaos.LinkFault to apply from the start")
 		framesJSON = flag.String("frames", "", "consumer: JSON chaos.FrameFault to apply from the start")
 		logLevel   = flag.String("loglevel", "info", "debug, info, warn or error")
@@ -99,8 +101,25 @@ func main() {
 	switch *role {
 	case chaos.RoleBroker:
 		err = n.startBroker(ctx, *listen, *gossip, splitList(*join), *dir)
+		if err == nil && *grantLogF != "" {
+			if n.grants, err = openGrantLog(*grantLogF); err == nil {
+				n.readRegistry()
+			}
+		}
 	case chaos.RoleOwner:
-		err = n.startOwner(ctx, *listen, *dir, splitList(*brokers), *service, *table, *retention)
+		if *grantLogF != "" {
+			if err = n.startGrantLog(*grantLogF); err != nil {
+				break
+			}
+		}
+		data := dataDir(*dir)
+		if *inMemory {
+			data = ""
+		}
+		err = n.startOwner(ctx, *listen, data, splitList(*brokers), *service, *table, *retention)
+		if err == nil && n.grants != nil {
+			n.watchRole()
+		}
 	case chaos.RoleConsumer:
 		err = n.startConsumer(ctx, *dir, splitList(*brokers), *service, *table, *applyLog, frames)
 	default:
@@ -141,10 +160,11 @@ type node struct {
 	outMu sync.Mutex
 	out   *json.Encoder
 
-	brk  *broker.Broker
-	comp *replica.Component
-	own  *replica.OwnedTable
-	cons *consumer
+	brk    *broker.Broker
+	comp   *replica.Component
+	grants *grantLog // the grant log (nil: none)
+	own    *replica.OwnedTable
+	cons   *consumer
 }
 
 // emit writes one line to stdout.
@@ -241,6 +261,7 @@ func (n *node) status() (*chaos.NodeStatus, error) {
 }
 
 func (n *node) close() {
+	n.grants.close()
 	switch {
 	case n.brk != nil:
 		_ = n.brk.Close()

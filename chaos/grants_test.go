@@ -1,0 +1,135 @@
+package chaos
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/anishathalye/porcupine"
+)
+
+// grantCluster lays out owners o1, o2 (at addresses a1, a2) and brokers
+// b1, b2 whose grant logs are given (times in ms, written in ns).
+func grantCluster(t *testing.T, logs map[string][]string) *cluster {
+	t.Helper()
+	dir := t.TempDir()
+	cl := &cluster{}
+	for _, name := range []string{"o1", "o2"} {
+		cl.owners = append(cl.owners, &node{cl: cl, name: name, role: RoleOwner, addr: "a" + name[1:], logDir: dir})
+	}
+	for _, name := range []string{"b1", "b2"} {
+		cl.brokers = append(cl.brokers, &node{cl: cl, name: name, role: RoleBroker, logDir: dir})
+	}
+	for _, n := range cl.all() {
+		var b strings.Builder
+		for _, l := range logs[n.name] {
+			b.WriteString(l + "\n")
+		}
+		if err := os.WriteFile(n.grantLogPath(), []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return cl
+}
+
+const ms = int64(1e6)
+
+func start(at int64) string { return fmt.Sprintf("S %d 1", at*ms) }
+func role(at int64, r string, epoch int, addr string) string {
+	return fmt.Sprintf("P %d %s %d %s", at*ms, r, epoch, addr)
+}
+func read(call, ret, confirmedMs int64, epoch int, inst, addr string) string {
+	return fmt.Sprintf("L %d %d %d leader %d %s %s", call*ms, ret*ms, confirmedMs, epoch, inst, addr)
+}
+
+// The grant check must accept what a correct cluster does and refuse a
+// stale confirmed read, an epoch granted twice, and a registry naming
+// another process under an instance's name.
+func TestGrantCheck(t *testing.T) {
+	// o1 starts, is granted epoch 1; o2 starts and takes over at epoch 2
+	// (seen by o2 at 1000 ms).
+	owners := map[string][]string{
+		"o1": {start(100), role(101, "-", 0, "a1"), role(200, "primary", 1, "a1"), role(1200, "standby", 2, "a1")},
+		"o2": {start(300), role(301, "standby", 1, "a2"), role(1000, "primary", 2, "a2")},
+	}
+	with := func(brokers map[string][]string) map[string][]string {
+		m := map[string][]string{}
+		for k, v := range owners {
+			m[k] = v
+		}
+		for k, v := range brokers {
+			m[k] = v
+		}
+		return m
+	}
+	tests := []struct {
+		name        string
+		logs        map[string][]string
+		result, raw porcupine.CheckResult
+		violations  int
+		synthesized int
+	}{
+		{"linearizable", with(map[string][]string{
+			"b1": {read(50, 51, -1, 0, "-", "-"), read(250, 252, 5, 1, "o1", "a1"), read(1100, 1101, 3, 2, "o2", "a2")},
+			"b2": {read(900, 901, 2, 1, "o1", "a1"), read(1010, 1011, 1, 2, "o2", "a2")},
+		}), porcupine.Ok, porcupine.Ok, 0, 0},
+		{"stale confirmed read", with(map[string][]string{
+			"b1": {read(250, 252, 5, 1, "o1", "a1")},
+			// b2 confirmed 2 ms before its read, yet names the old
+			// primary a second after o2 saw its grant.
+			"b2": {read(2000, 2001, 2, 1, "o1", "a1")},
+		}), porcupine.Illegal, porcupine.Illegal, 1, 0},
+		{"stale read with an old confirmation is not checked as fresh", with(map[string][]string{
+			// A paused leader waking up: its newest confirmation is 1.8 s
+			// old, so its read may have been the state before o2's grant.
+			"b2": {read(2000, 2001, 1800, 1, "o1", "a1")},
+		}), porcupine.Ok, porcupine.Illegal, 0, 0},
+		{"unconfirmed stale read is left out", with(map[string][]string{
+			"b2": {read(2000, 2001, -1, 1, "o1", "a1")},
+		}), porcupine.Ok, porcupine.Illegal, 0, 0},
+		{"grant seen only by a read", map[string][]string{
+			"o1": {start(100), role(200, "primary", 1, "a1")},
+			"o2": {start(300)},
+			"b1": {read(500, 501, 1, 2, "o2", "a2"), read(600, 601, 1, 2, "o2", "a2")},
+		}, porcupine.Ok, porcupine.Ok, 0, 1},
+		{"one epoch granted twice", map[string][]string{
+			"o1": {start(100), role(200, "primary", 1, "a1")},
+			"o2": {start(100), role(250, "primary", 1, "a2")},
+		}, porcupine.Illegal, porcupine.Illegal, 1, 0},
+		{"epoch going back", map[string][]string{
+			"o1": {start(100), role(200, "primary", 2, "a1")},
+			"o2": {start(100)},
+			"b1": {read(300, 301, 1, 2, "o1", "a1"), read(400, 401, 1, 1, "o2", "a2")},
+		}, porcupine.Illegal, porcupine.Illegal, 1, 1},
+		{"another process under an instance's name", with(map[string][]string{
+			"b1": {read(250, 252, 5, 1, "o1", "a9")},
+		}), porcupine.Ok, porcupine.Ok, 1, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g, err := loadGrants(grantCluster(t, tt.logs))
+			if err != nil {
+				t.Fatal(err)
+			}
+			res := g.check()
+			if res.result != tt.result || res.raw != tt.raw || res.synthesized != tt.synthesized {
+				t.Fatalf("got %s (raw %s, %d synthesized); want %s (raw %s, %d synthesized)", res.result, res.raw, res.synthesized, tt.result, tt.raw, tt.synthesized)
+			}
+			v := newViolations()
+			checkGrants(v, res)
+			if v.counts[vGrant] != tt.violations || v.total() != tt.violations {
+				t.Fatalf("violations:\n%s\nwant %d grant violations", v, tt.violations)
+			}
+		})
+	}
+}
+
+func TestGrantLogs_BadRecord(t *testing.T) {
+	for _, bad := range []string{"P 12 primary x a1", "Q 1 2", "P 12"} {
+		cl := grantCluster(t, map[string][]string{"o1": {start(1), bad}})
+		if _, err := loadGrants(cl); err == nil {
+			t.Errorf("record %q: no error", bad)
+		}
+	}
+}
