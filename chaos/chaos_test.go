@@ -121,6 +121,12 @@ func suite(t *testing.T, base uint64) []scenario {
 			faults: []string{fPrimaryLosesBrokers, fKillPrimary, fAttacker},
 		},
 		{
+			// The brokers' agreement (Raft): each fault in turn, twice.
+			name: "raft", seed: seed(27), sp: spec{brokers: 3, owners: 3, consumers: 2},
+			bulk: 200, writers: 3, pace: 15 * time.Millisecond, duration: 45 * time.Second,
+			faults: []string{fLeaderStop, fDupInstance, fBrokerWipe, fBrokerChurn}, ordered: true,
+		},
+		{
 			name: "mixed", seed: seed(25), sp: spec{brokers: 3, owners: 3, consumers: 3},
 			bulk: 1000, writers: 3, pace: 10 * time.Millisecond, duration: 45 * time.Second,
 			faults: []string{fKillPrimary, fKillStandby, fKillConsumer, fKillBroker, fKillConsumerTransfer,
@@ -218,6 +224,14 @@ func netnsScenarios(base uint64) []scenario {
 			name: "netns-partitions", seed: seed(31), sp: spec{brokers: 3, owners: 3, consumers: 2},
 			bulk: 300, writers: 3, pace: 15 * time.Millisecond, duration: 30 * time.Second,
 			faults: []string{fPartition, fIsolatePrimary, fPartitionBrokers, fReset, fSlowLink},
+		},
+		{
+			// The brokers' agreement where only the real network can
+			// break it: one-way partitions (UDP gossip included), a paused
+			// leader, wiped brokers, a second process with a live name.
+			name: "netns-raft", seed: seed(33), sp: spec{brokers: 3, owners: 3, consumers: 2},
+			bulk: 200, writers: 3, pace: 15 * time.Millisecond, duration: 45 * time.Second,
+			faults: []string{fBrokerOneWay, fLeaderStop, fBrokerOneWay, fDupInstance, fBrokerWipe, fBrokerOneWay, fBrokerChurn, fPartitionBrokers}, ordered: true,
 		},
 		{
 			name: "netns-kills", seed: seed(32), sp: spec{brokers: 2, owners: 3, consumers: 2},

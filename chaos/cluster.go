@@ -178,6 +178,9 @@ func (cl *cluster) args(n *node) []string {
 		}
 	case RoleOwner:
 		a = append(a, "-dir", n.dir, "-listen", n.addr, "-brokers", strings.Join(addrsOf(cl.brokers), ","), "-grantlog", n.grantLogPath())
+		if n.inMemory {
+			a = append(a, "-inmemory")
+		}
 		if cl.sp.retention > 0 {
 			a = append(a, "-retention", strconv.FormatUint(cl.sp.retention, 10))
 		}

@@ -338,6 +338,16 @@ func (in *injector) inject(ctx context.Context, kind string) (fired bool, err er
 		return in.dupReorder(ctx)
 	case fAttacker:
 		return in.attack(ctx)
+	case fLeaderStop:
+		return in.leaderStop(ctx)
+	case fBrokerOneWay:
+		return in.brokerOneWay(ctx)
+	case fBrokerWipe:
+		return in.brokerWipe(ctx)
+	case fBrokerChurn:
+		return in.brokerChurn(ctx)
+	case fDupInstance:
+		return in.dupInstance(ctx)
 	}
 	return false, fmt.Errorf("unknown fault %q", kind)
 }

@@ -133,3 +133,32 @@ func TestGrantLogs_BadRecord(t *testing.T) {
 		}
 	}
 }
+
+func TestImpliedReadsDropped(t *testing.T) {
+	a, b := grantValue{1, "o1"}, grantValue{2, "o2"}
+	r := func(call, ret int64, v grantValue) porcupine.Operation {
+		return porcupine.Operation{Input: grantInput{}, Call: call, Return: ret, Output: v}
+	}
+	tests := []struct {
+		name       string
+		in         []porcupine.Operation
+		keptByCall []int64
+	}{
+		{"a run keeps its ends", []porcupine.Operation{r(1, 2, a), r(3, 4, a), r(5, 6, a), r(7, 8, a)}, []int64{1, 7}},
+		{"a read that returned before the first is kept", []porcupine.Operation{r(10, 20, a), r(0, 15, a), r(30, 40, a)}, []int64{10, 0, 30}},
+		{"a read called after the last is kept", []porcupine.Operation{r(10, 20, a), r(50, 60, a), r(30, 40, a)}, []int64{10, 50, 30}},
+		{"values end runs", []porcupine.Operation{r(1, 2, a), r(3, 4, a), r(5, 6, b), r(7, 8, a), r(9, 10, a), r(11, 12, a)}, []int64{1, 3, 5, 7, 11}},
+		{"one read", []porcupine.Operation{r(1, 2, a)}, []int64{1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got []int64
+			for _, o := range impliedReadsDropped(tt.in) {
+				got = append(got, o.Call)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tt.keptByCall) {
+				t.Fatalf("kept %v, want %v", got, tt.keptByCall)
+			}
+		})
+	}
+}

@@ -38,6 +38,9 @@ type node struct {
 	proc  *proc
 	nruns int  // processes started so far
 	wiped bool // the data dir was wiped since the last start (a W record is due)
+	// inMemory: an owner that keeps no data dir (the dup-instance fault's
+	// newcomer).
+	inMemory bool
 	// startFrames is the frame fault a consumer starts with (nil: none).
 	startFrames *FrameFault
 }

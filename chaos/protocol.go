@@ -65,6 +65,10 @@ const (
 	OpLink    = "link"    // component: set the faults of the link to Link.Addr
 	OpFrames  = "frames"  // consumer: set the frame fault of its Subscribe streams (Frames)
 	OpQuit    = "quit"    // all: close cleanly and exit
+	// OpRemoveBroker (broker): remove broker Name from the brokers' Raft
+	// group for good, through the call replctl broker remove makes
+	// (Broker.RaftRemove), made in the broker's process.
+	OpRemoveBroker = "remove-broker"
 )
 
 // Write outcomes (Response.Class).
@@ -97,6 +101,7 @@ type Request struct {
 	Key    string      `json:"key,omitempty"`
 	Link   *LinkFault  `json:"link,omitempty"`
 	Frames *FrameFault `json:"frames,omitempty"`
+	Name   string      `json:"name,omitempty"` // OpRemoveBroker: the broker to remove
 }
 
 // WriteOp is one write of an OpWrite.
@@ -187,6 +192,24 @@ type NodeStatus struct {
 	PrimaryEpoch uint64 `json:"primary_epoch,omitempty"`
 	PrimaryAddr  string `json:"primary_addr,omitempty"`
 	Members      int    `json:"members,omitempty"`
+	// Brokers: the Raft group as this broker sees it (transport.RaftStatus).
+	Raft *RaftView `json:"raft,omitempty"`
+	// Brokers: the Registers it refused because another live session held
+	// the instance name (transport.RefusedRegister).
+	Refused []transport.RefusedRegister `json:"refused,omitempty"`
+}
+
+// RaftView is a broker's view of the brokers' Raft group.
+type RaftView struct {
+	ID     uint64 `json:"id"`
+	State  string `json:"state"`
+	Term   uint64 `json:"term"`
+	Leader string `json:"leader"` // the leader's name ("" none known)
+	// Voters are "name/id-in-hex", in the order the broker lists them.
+	Voters []string `json:"voters"`
+	// ConfirmedMs is the age of the broker's newest quorum confirmation
+	// (-1: none).
+	ConfirmedMs int64 `json:"confirmed_ms"`
 }
 
 // ReplicaStatus is a consumer's replica.Status, flattened.

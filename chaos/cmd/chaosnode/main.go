@@ -32,6 +32,7 @@ import (
 	"github.com/replmesh/replmesh/broker"
 	"github.com/replmesh/replmesh/chaos"
 	"github.com/replmesh/replmesh/replica"
+	"github.com/replmesh/replmesh/transport"
 	"google.golang.org/grpc/resolver"
 )
 
@@ -218,6 +219,13 @@ func (n *node) handle(req *chaos.Request) (resp chaos.Response) {
 	case req.Op == chaos.OpFrames && req.Frames != nil && n.frames != nil:
 		n.frames.set(*req.Frames)
 		return chaos.Response{}
+	case req.Op == chaos.OpRemoveBroker && n.brk != nil:
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := n.brk.RaftRemove(ctx, &transport.RaftRemoveRequest{Version: transport.ProtocolVersion, Name: req.Name}); err != nil {
+			return fail(err)
+		}
+		return chaos.Response{}
 	case n.own != nil:
 		return n.handleOwner(req)
 	case n.cons != nil:
@@ -250,6 +258,14 @@ func (n *node) status() (*chaos.NodeStatus, error) {
 				st.Members++
 			}
 		}
+		if r := bs.Raft; r != nil {
+			v := &chaos.RaftView{ID: r.ID, State: r.State, Term: r.Term, Leader: r.LeaderName, ConfirmedMs: r.ConfirmedMs}
+			for _, m := range r.Members {
+				v.Voters = append(v.Voters, fmt.Sprintf("%s/%x", m.Name, m.ID))
+			}
+			st.Raft = v
+		}
+		st.Refused = bs.Refused
 	case n.own != nil:
 		st.OwnerRole, st.Epoch = n.comp.Role()
 		st.Head, st.LogID = n.own.Head(), n.own.LogID()
