@@ -79,9 +79,10 @@ func suite(t *testing.T, base uint64) []scenario {
 		},
 		{
 			name: "lease", seed: seed(15), sp: spec{brokers: 2, owners: 3, consumers: 2},
-			bulk: 100, writers: 3, pace: 15 * time.Millisecond, duration: 5 * time.Second,
-			// The attacker first, then the lease fault (a promotion).
-			faults: []string{fAttacker, fPrimaryLosesBrokers}, ordered: true,
+			bulk: 100, writers: 3, pace: 15 * time.Millisecond, duration: 9 * time.Second,
+			// The attacker first, a second process with a live instance's
+			// name (a few seconds), then the lease fault (a promotion).
+			faults: []string{fAttacker, fDupInstance, fPrimaryLosesBrokers}, ordered: true,
 		},
 		{
 			name: "transfers", seed: seed(13), sp: spec{brokers: 1, owners: 3, consumers: 2},

@@ -23,6 +23,15 @@ import (
 // the newcomer's address.
 func (in *injector) dupInstance(ctx context.Context) (bool, error) {
 	cl := in.cl
+	// Beside a settled cluster: every owner at the primary's epoch (a
+	// standby still learning of the last promotion is not the newcomer's
+	// doing).
+	sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	_, err := cl.stableOwners(sctx)
+	cancel()
+	if err != nil {
+		return false, nil
+	}
 	p, _ := cl.primaryEpoch()
 	targets := cl.standbys()
 	if p != nil && p.up() {
