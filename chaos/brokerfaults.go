@@ -67,8 +67,8 @@ func raftView(ctx context.Context, b *node) (*RaftView, error) {
 	return st.Raft, nil
 }
 
-// raftLeader returns the broker that says it leads, with the highest term
-// (nil: none, except).
+// raftLeader returns the running broker other than except that says it
+// leads, with the highest term, and its view (nil: none).
 func (cl *cluster) raftLeader(ctx context.Context, except *node) (*node, *RaftView) {
 	var best *node
 	var bv *RaftView
@@ -290,16 +290,16 @@ func (in *injector) brokerOneWay(ctx context.Context) (bool, error) {
 
 // voters returns the voters as the leader lists them (by name, and
 // name/id).
-func (cl *cluster) voters(ctx context.Context) (names []string, ids []string, leader *node, err error) {
+func (cl *cluster) voters(ctx context.Context) (names []string, ids []string, err error) {
 	l, v := cl.raftLeader(ctx, nil)
 	if l == nil {
-		return nil, nil, nil, fmt.Errorf("no raft leader")
+		return nil, nil, fmt.Errorf("no raft leader")
 	}
 	for _, x := range v.Voters {
 		name, _, _ := strings.Cut(x, "/")
 		names = append(names, name)
 	}
-	return names, v.Voters, l, nil
+	return names, v.Voters, nil
 }
 
 // waitVoters waits until the leader lists exactly the brokers want as
@@ -308,7 +308,7 @@ func (cl *cluster) voters(ctx context.Context) (names []string, ids []string, le
 func (cl *cluster) waitVoters(ctx context.Context, want []*node) ([]string, error) {
 	var ids []string
 	err := waitFor(ctx, fRecoverWait, "raft voters "+strings.Join(nodeNames(want), ","), func(ctx context.Context) (bool, string) {
-		names, vs, _, err := cl.voters(ctx)
+		names, vs, err := cl.voters(ctx)
 		if err != nil {
 			return false, err.Error()
 		}

@@ -158,10 +158,11 @@ func (rn *realNet) block(a, b string) error {
 }
 
 // blockOneWay drops every packet node a sends to node b (TCP and UDP),
-// and only those: b's packets still reach a. A TCP connection then
-// stalls both ways (b's segments are answered by nothing), so what a
-// one-way fault breaks is what a's messages carry: raft messages and
-// gossip from a to b, and the replies to b's calls.
+// and only those: b's packets still reach a. b's UDP gossip reaches a;
+// on TCP, b's segments still arrive but a's acknowledgements do not, so
+// b's connections to a carry only a window's worth and then retransmit,
+// and a's connections to b carry nothing: what breaks is everything a
+// says to b (raft messages, gossip, replies to b's calls).
 func (rn *realNet) blockOneWay(a, b string) error {
 	return nft(rn.nsName(a), "add", "element", "inet", "rmchaos", "outbound", "{", rn.ips[b], "}")
 }
