@@ -200,6 +200,17 @@ func (in *injector) leaderStop(ctx context.Context) (bool, error) {
 	in.logf("%s", note)
 	in.mu.Lock()
 	in.notes = append(in.notes, note)
+	// Every firing's figures in one note (the report folds notes that
+	// differ only in numbers).
+	in.stops = append(in.stops, fmt.Sprintf("%s/%s", elected.Round(time.Millisecond), promoted.Round(time.Millisecond)))
+	all := fmt.Sprintf("%s figures, SIGSTOP of the raft leader -> new leader / SIGKILL of the primary -> standby promoted, per firing: %s",
+		fLeaderStop, strings.Join(in.stops, ", "))
+	if in.stopsNote == 0 {
+		in.notes = append(in.notes, all)
+		in.stopsNote = len(in.notes)
+	} else {
+		in.notes[in.stopsNote-1] = all
+	}
 	for _, s := range stale {
 		in.findings = append(in.findings, fmt.Sprintf("%s: %s woke and confirmed a stale lease: %s", fLeaderStop, leader, s))
 	}
