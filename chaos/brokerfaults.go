@@ -271,15 +271,41 @@ func (in *injector) brokerOneWay(ctx context.Context) (bool, error) {
 	p, epoch := cl.primaryEpoch()
 	kill := p != nil && p.up() && len(cl.standbys()) > 0 && in.rng.IntN(2) == 0
 	began := time.Now()
-	if kill {
-		_ = sleepCtx(ctx, in.between(0, brokerLease))
-		in.logf("SIGKILL primary %s (epoch %d) during the one-way partition", p, epoch)
-		p.kill()
-		killed := time.Now()
-		np, ne, err := cl.waitPromotion(ctx, p, epoch, fRecoverWait)
+	if !kill {
+		if err := sleepCtx(ctx, time.Until(began.Add(d))); err != nil {
+			return true, err
+		}
+		return true, cl.net.unblockOneWay(from.name, to.name)
+	}
+	_ = sleepCtx(ctx, in.between(0, brokerLease))
+	in.logf("SIGKILL primary %s (epoch %d) during the one-way partition", p, epoch)
+	p.kill()
+	killed := time.Now()
+	// A majority (the leader and the broker on the other side) still
+	// talks both ways: a standby should be promoted while the partition
+	// holds (for at least 4 leases after the kill). If none is, that is
+	// reported as a known issue (liveness), and the promotion must come
+	// once the partition heals.
+	during := max(time.Until(began.Add(d)), 4*brokerLease)
+	np, ne, err := cl.waitPromotion(ctx, p, epoch, during)
+	healed := false
+	if err != nil {
+		stuck := time.Since(killed)
+		if err := cl.net.unblockOneWay(from.name, to.name); err != nil {
+			return true, err
+		}
+		healed = true
+		np, _, err = cl.waitPromotion(ctx, p, epoch, fRecoverWait)
 		if err != nil {
 			return true, err
 		}
+		known := fmt.Sprintf("%s: no standby promoted in the %s the partition %s -> %s (raft leader %s) held after the primary was killed (roles %s); %s promoted %s after the heal",
+			fBrokerOneWay, stuck.Round(time.Millisecond), from, to, leader, cl.rolesNow(), np, time.Since(killed.Add(stuck)).Round(time.Millisecond))
+		in.logf("KNOWN ISSUE %s", known)
+		in.mu.Lock()
+		in.known = append(in.known, known)
+		in.mu.Unlock()
+	} else {
 		note := fmt.Sprintf("%s (%s -> %s dropped, leader %s): primary killed, %s promoted at epoch %d in %s",
 			fBrokerOneWay, from, to, leader, np, ne, time.Since(killed).Round(time.Millisecond))
 		in.logf("%s", note)
@@ -287,16 +313,15 @@ func (in *injector) brokerOneWay(ctx context.Context) (bool, error) {
 		in.notes = append(in.notes, note)
 		in.mu.Unlock()
 	}
-	if err := sleepCtx(ctx, time.Until(began.Add(d))); err != nil {
-		return true, err
+	if !healed {
+		if err := sleepCtx(ctx, time.Until(began.Add(d))); err != nil {
+			return true, err
+		}
+		if err := cl.net.unblockOneWay(from.name, to.name); err != nil {
+			return true, err
+		}
 	}
-	if err := cl.net.unblockOneWay(from.name, to.name); err != nil {
-		return true, err
-	}
-	if kill {
-		return true, in.restart(ctx, p)
-	}
-	return true, nil
+	return true, in.restart(ctx, p)
 }
 
 // voters returns the voters as the leader lists them (by name, and

@@ -235,6 +235,15 @@ func netnsScenarios(base uint64) []scenario {
 			faults: []string{fBrokerOneWay, fLeaderStop, fBrokerOneWay, fDupInstance, fBrokerWipe, fBrokerOneWay, fBrokerChurn, fPartitionBrokers}, ordered: true,
 		},
 		{
+			// The pre-Raft note's pair, alternating: a one-way partition
+			// with the primary killed half the time, then a paused leader
+			// with the primary killed (standby sessions then sit on the
+			// paused broker as often as not).
+			name: "netns-raft-pause", seed: seed(34), sp: spec{brokers: 3, owners: 3, consumers: 2},
+			bulk: 200, writers: 3, pace: 15 * time.Millisecond, duration: 45 * time.Second,
+			faults: []string{fBrokerOneWay, fLeaderStop}, ordered: true,
+		},
+		{
 			name: "netns-kills", seed: seed(32), sp: spec{brokers: 2, owners: 3, consumers: 2},
 			bulk: 2000, writers: 2, pace: 15 * time.Millisecond, duration: 30 * time.Second,
 			faults: []string{fKillPrimary, fKillBroker, fKillConsumerTransfer, fPartitionBrokers, fPartition},
