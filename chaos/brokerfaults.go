@@ -167,7 +167,8 @@ func (in *injector) leaderStop(ctx context.Context) (bool, error) {
 		_ = cont()
 		return true, err
 	}
-	promoted := time.Since(killed)
+	promotedAt := time.Now() // after the grant was committed: the new primary had seen it
+	promoted := promotedAt.Sub(killed)
 	if err := sleepCtx(ctx, time.Until(stopped.Add(hold))); err != nil {
 		_ = cont()
 		return true, err
@@ -194,7 +195,7 @@ func (in *injector) leaderStop(ctx context.Context) (bool, error) {
 	if err := sleepCtx(ctx, brokerLease); err != nil {
 		return true, err
 	}
-	stale, reads := staleConfirmations(leader.grantLogPath(), woke, ne)
+	stale, reads := staleConfirmations(leader.grantLogPath(), woke, promotedAt, ne)
 	note := fmt.Sprintf("%s: raft leader paused %s; primary killed -> %s promoted at epoch %d in %s by %s; after SIGCONT the paused broker logged %d registry reads, %d of them with a fresh confirmation naming an epoch below %d",
 		fLeaderStop, woke.Sub(stopped).Round(time.Millisecond), np, ne, promoted.Round(time.Millisecond), newLeader, reads, len(stale), ne)
 	in.logf("%s", note)
@@ -220,10 +221,11 @@ func (in *injector) leaderStop(ctx context.Context) (bool, error) {
 
 // staleConfirmations reads a broker's grant log from since on: the reads
 // whose confirmation was fresh enough for the broker to confirm a
-// primary's lease (under a quarter of a lease old, see broker/raft.go)
-// but that name an epoch below epoch. It returns them and how many reads
-// it looked at.
-func staleConfirmations(path string, since time.Time, epoch uint64) (stale []string, reads int) {
+// primary's lease (under a quarter of a lease old, see broker/raft.go),
+// was asked after committed (when the grant of epoch was known to be
+// committed), and yet name an epoch below epoch. It returns them and how
+// many reads it looked at.
+func staleConfirmations(path string, since, committed time.Time, epoch uint64) (stale []string, reads int) {
 	g := &grantHistory{addrs: map[string]string{}}
 	_ = g.readBrokerLog("", path)
 	for _, r := range g.reads {
@@ -231,7 +233,8 @@ func staleConfirmations(path string, since time.Time, epoch uint64) (stale []str
 			continue
 		}
 		reads++
-		if r.confirmedMs >= 0 && time.Duration(r.confirmedMs)*time.Millisecond < brokerLease/4 && r.v.Epoch < epoch {
+		asked := r.call - (r.confirmedMs+1)*int64(time.Millisecond)
+		if r.confirmedMs >= 0 && time.Duration(r.confirmedMs)*time.Millisecond < brokerLease/4 && asked > committed.UnixNano() && r.v.Epoch < epoch {
 			stale = append(stale, fmt.Sprintf("at %s, confirmed %d ms before, its registry named %q at epoch %d", fmtNs(r.call), r.confirmedMs, r.v.Instance, r.v.Epoch))
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/anishathalye/porcupine"
 )
@@ -160,5 +161,28 @@ func TestImpliedReadsDropped(t *testing.T) {
 				t.Fatalf("kept %v, want %v", got, tt.keptByCall)
 			}
 		})
+	}
+}
+
+// A woken broker's confirmation counts as stale only if it was asked
+// after the newer grant was known committed, is fresh enough to confirm a
+// lease, and names an older epoch.
+func TestStaleConfirmations(t *testing.T) {
+	path := t.TempDir() + "/b.grants.log"
+	at := func(msec int64) time.Time { return time.Unix(0, msec*ms) }
+	lines := []string{
+		read(900, 901, 5, 1, "o1", "a1"),     // before the wake: not looked at
+		read(1100, 1101, 5, 1, "o1", "a1"),   // asked at 1094 > 1000, fresh, old epoch: stale
+		read(1100, 1101, 400, 1, "o1", "a1"), // too old a confirmation to confirm a lease
+		read(1005, 1006, 10, 1, "o1", "a1"),  // asked at 994, before the grant was known committed
+		read(1200, 1201, 5, 2, "o2", "a2"),   // the new epoch
+		read(1300, 1301, -1, 1, "o1", "a1"),  // no confirmation
+	}
+	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stale, reads := staleConfirmations(path, at(1000), at(1000), 2)
+	if len(stale) != 1 || reads != 5 {
+		t.Fatalf("stale %q of %d reads; want 1 of 5", stale, reads)
 	}
 }
