@@ -69,14 +69,16 @@
 // refused, and one that succeeded fails the scenario.
 //
 // The brokers' agreement (brokerfaults.go, dupinstance.go; scenarios
-// "raft" and "netns-raft"): leader-sigstop SIGSTOPs the raft leader (from
+// "raft", "netns-raft" and "netns-raft-pause"): leader-sigstop SIGSTOPs the raft leader (from
 // the brokers' Status) for 1.5 to 3 leases while the primary is
 // SIGKILLed: a new leader must promote a standby, and the paused broker,
 // once woken, must log no registry read with a confirmation fresh enough
 // to confirm a lease (under a quarter of a lease) that names an older
 // epoch. broker-oneway drops every packet from one broker to another
 // (the raft leader at one end), that way only, TCP and UDP, half the time
-// with the primary killed meanwhile: real-network level only, as a TCP
+// with the primary killed meanwhile (a standby must be promoted while
+// the partition holds; if none is, that is reported as a known issue and
+// the promotion must follow the heal): real-network level only, as a TCP
 // proxy cannot drop one direction of UDP gossip nor of a TCP connection.
 // broker-wipe SIGKILLs a broker, wipes its data dir and restarts it: it
 // must rejoin as a new member and its old raft id must not stay a voter;
