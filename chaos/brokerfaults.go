@@ -293,7 +293,7 @@ func (in *injector) brokerOneWay(ctx context.Context) (bool, error) {
 	np, ne, err := cl.waitPromotion(ctx, p, epoch, during)
 	healed := false
 	if err != nil {
-		stuck := time.Since(killed)
+		stuck, roles := time.Since(killed), cl.rolesNow()
 		if err := cl.net.unblockOneWay(from.name, to.name); err != nil {
 			return true, err
 		}
@@ -302,8 +302,8 @@ func (in *injector) brokerOneWay(ctx context.Context) (bool, error) {
 		if err != nil {
 			return true, err
 		}
-		known := fmt.Sprintf("%s: no standby promoted in the %s the partition %s -> %s (raft leader %s) held after the primary was killed (roles %s); %s promoted %s after the heal",
-			fBrokerOneWay, stuck.Round(time.Millisecond), from, to, leader, cl.rolesNow(), np, time.Since(killed.Add(stuck)).Round(time.Millisecond))
+		known := fmt.Sprintf("%s: no standby promoted in the %s the partition %s -> %s (raft leader %s) held after the primary was killed (roles then %s); %s promoted %s after the heal",
+			fBrokerOneWay, stuck.Round(time.Millisecond), from, to, leader, roles, np, time.Since(killed.Add(stuck)).Round(time.Millisecond))
 		in.logf("KNOWN ISSUE %s", known)
 		in.mu.Lock()
 		in.known = append(in.known, known)
