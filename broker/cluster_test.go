@@ -92,6 +92,39 @@ func TestBroker_InstanceInUseIsRefused(t *testing.T) {
 	}
 }
 
+// A broker that sees the holder's broker gone (here: stopped, so its
+// record still says connected) lets the instance itself re-home (same
+// address) but refuses another process until the lease lapses: "gone" is
+// its own view, which a one-way partition also gives (chaos dup-instance).
+func TestBroker_InstanceInUseWhileHolderBrokerLooksGone(t *testing.T) {
+	long := func(c *Config) { c.Lease = time.Minute }
+	bs := startCluster(t, 2, long)
+	s := mustConnect(t, bs[1].GRPCAddr(), ownerReg("stores", "s1", "127.0.0.1:9001", 1))
+	waitEverywhere(t, bs, "s1 on b2", func(st *transport.StatusResponse) bool {
+		i := findInstance(st, "stores", "s1")
+		return i != nil && i.Broker == "b2"
+	})
+	bs[1].Close()
+	s.shut()
+	bs[0].mu.Lock()
+	rec := bs[0].reg.inst(instKey{"stores", "s1"})
+	stale := rec != nil && rec.Connected && !bs[0].aliveLocked("b2")
+	bs[0].mu.Unlock()
+	if !stale {
+		t.Fatal("b1 does not hold s1 as connected on a gone b2; the test needs that")
+	}
+	c := &fakeComp{t: t, reg: ownerReg("stores", "s1", "127.0.0.1:9002", 1)}
+	c.reg.Version = transport.ProtocolVersion
+	err := c.openWith(bs[0].GRPCAddr(), &transport.SessionRequest{Kind: transport.SessionRegister, Register: &c.reg})
+	if !errors.Is(err, transport.ErrInstanceInUse) || !strings.Contains(err.Error(), "127.0.0.1:9001") {
+		t.Fatalf("Register of another process: %v, want ErrInstanceInUse naming 127.0.0.1:9001", err)
+	}
+	back := mustConnect(t, bs[0].GRPCAddr(), ownerReg("stores", "s1", "127.0.0.1:9001", 1))
+	if back.last.Role != transport.RolePrimary {
+		t.Fatalf("the instance re-homed with role %q, want primary", back.last.Role)
+	}
+}
+
 func TestBroker_RestartedBrokerDisownsSessionsItLost(t *testing.T) {
 	long := func(c *Config) { c.Lease = time.Minute }
 	bs := startCluster(t, 2, long)

@@ -92,10 +92,14 @@
 // the session is open, the broker writes it again.
 //
 // A Register for an instance that holds a live session (open on this
-// broker, or connected on another live broker) is refused with
+// broker, or connected on another broker) is refused with
 // transport.ErrInstanceInUse, naming the holder's address, until that
 // session ends: a second process started with a running instance's name
-// never takes its place. Status lists the refused attempts.
+// never takes its place. When the holder's broker looks gone from the
+// broker asked, only the instance's own address may register (re-homing
+// within its lease); another process waits until the lease lapses, since
+// "looks gone" may be a one-way partition. Status lists the refused
+// attempts.
 //
 // # Running a cluster
 //

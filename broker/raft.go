@@ -163,6 +163,7 @@ func (b *Broker) openRaft() (*raftNode, bool, error) {
 		store:     store,
 		tick:      raftTick(b.cfg.Lease),
 		reads:     make(map[uint64]time.Duration),
+		readSeq:   randomID() >> 1, // a fresh range per process (see readCtx)
 		proposals: make(chan *command, 256),
 		waits:     make(map[uint64]chan error),
 		idBase:    randomID() &^ 0xffffffff,
@@ -268,10 +269,10 @@ func (r *raftNode) ready(rd raft.Ready) error {
 	}
 	r.send(rd.Messages)
 	for _, rs := range rd.ReadStates {
-		if len(rs.RequestCtx) != 8 {
+		seq, ok := parseReadCtx(r.id, rs.RequestCtx)
+		if !ok {
 			continue
 		}
-		seq := binary.BigEndian.Uint64(rs.RequestCtx)
 		if at, ok := r.reads[seq]; ok {
 			delete(r.reads, seq)
 			r.pendingIdx = append(r.pendingIdx, pendingRead{index: rs.Index, at: at})
@@ -438,7 +439,7 @@ func (r *raftNode) askReadIndex(ctx context.Context) {
 	}
 	r.readSeq++
 	r.reads[r.readSeq] = at
-	rctx := binary.BigEndian.AppendUint64(nil, r.readSeq)
+	rctx := readCtx(r.id, r.readSeq)
 	cctx, cancel := context.WithTimeout(ctx, r.tick)
 	defer cancel()
 	_ = r.node.ReadIndex(cctx, rctx)
@@ -465,6 +466,31 @@ func (r *raftNode) waitStarted(ctx context.Context, commit uint64) error {
 		}
 	}
 	return nil
+}
+
+// readCtx is the context of a ReadIndex request: the broker's raft id and
+// a sequence number that starts at a random point in every process. The
+// leader keys pending reads by context alone (raft's readOnly) and counts
+// every heartbeat response that echoes a context as an ack of the pending
+// read with that context. With plain per-broker counters from 0, brokers
+// started together and asking at the same pace use the same contexts: a
+// heartbeat response for another broker's read, delivered late (a leader
+// woken from a pause gets the responses of the round it sent before),
+// can complete a new read of this broker that no quorum answered, which
+// then confirms a stale state (chaos leader-sigstop saw a woken leader
+// with a 10 ms-old confirmation and its registry an epoch behind); and
+// the leader drops one of two pending reads with equal contexts.
+func readCtx(id, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(make([]byte, 0, 16), id), seq)
+}
+
+// parseReadCtx returns the sequence number of a read context of broker id
+// (ok false: not one of id's).
+func parseReadCtx(id uint64, ctx []byte) (seq uint64, ok bool) {
+	if len(ctx) != 16 || binary.BigEndian.Uint64(ctx[:8]) != id {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(ctx[8:]), true
 }
 
 func (r *raftNode) confirmEvery() time.Duration { return max(r.b.cfg.Lease/10, r.tick) }

@@ -393,3 +393,30 @@ func TestRaft_JoinUnderALiveBrokersNameIsRefused(t *testing.T) {
 		t.Fatalf("a decision through the newcomer: %v", err)
 	}
 }
+
+// Read contexts name their broker: a leader keys pending reads by context
+// alone, so a context another broker could send (or this one sent before
+// a restart) would let a heartbeat response meant for that read confirm
+// this one.
+func TestRaft_ReadContextsAreThisBrokers(t *testing.T) {
+	const a, b = 0xa1, 0xb2
+	for _, tt := range []struct {
+		name string
+		ctx  []byte
+		id   uint64
+		seq  uint64
+		ok   bool
+	}{
+		{"own", readCtx(a, 7), a, 7, true},
+		{"another broker's, same seq", readCtx(b, 7), a, 0, false},
+		{"a bare counter (the old format)", []byte{0, 0, 0, 0, 0, 0, 0, 7}, a, 0, false},
+		{"empty", nil, a, 0, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			seq, ok := parseReadCtx(tt.id, tt.ctx)
+			if seq != tt.seq || ok != tt.ok {
+				t.Fatalf("parseReadCtx = %d, %v; want %d, %v", seq, ok, tt.seq, tt.ok)
+			}
+		})
+	}
+}

@@ -476,7 +476,8 @@ func (b *Broker) open(r *transport.Register, arrived *atomic.Int64) (*session, *
 
 // checkInUseLocked refuses (ErrInstanceInUse) a Register for an instance
 // that holds a live session: open on this broker, or connected on another
-// live broker. Two processes with one instance name would otherwise take
+// broker (unless that broker looks gone and the Register comes from the
+// instance's own address). Two processes with one instance name would otherwise take
 // turns, each new session superseding the other. The name is free again
 // once that session ends (its lease then runs as usual: the instance may
 // come back on any broker within it). The refusal is logged, counted and
@@ -491,7 +492,14 @@ func (b *Broker) checkInUseLocked(r *transport.Register, now time.Time) error {
 		if s := b.sessions[k]; s == nil || s.id != rec.Session {
 			return nil
 		}
-	} else if !b.aliveLocked(rec.Session.Broker) {
+	} else if !b.aliveLocked(rec.Session.Broker) && rec.Addr == r.Addr {
+		// The holding broker looks gone from here: the instance itself
+		// (same address) re-homing within its lease. Another process
+		// waits until the lease lapses (the record is then Gone): "looks
+		// gone" is this broker's own view, and a broker that merely
+		// cannot hear the holder's (a one-way partition, a raft leader
+		// that has not heard from it for an election timeout) must not
+		// hand a live holder's name to a newcomer.
 		return nil
 	}
 	holder := rec.Addr

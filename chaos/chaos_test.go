@@ -79,9 +79,10 @@ func suite(t *testing.T, base uint64) []scenario {
 		},
 		{
 			name: "lease", seed: seed(15), sp: spec{brokers: 2, owners: 3, consumers: 2},
-			bulk: 100, writers: 3, pace: 15 * time.Millisecond, duration: 5 * time.Second,
-			// The attacker first, then the lease fault (a promotion).
-			faults: []string{fAttacker, fPrimaryLosesBrokers}, ordered: true,
+			bulk: 100, writers: 3, pace: 15 * time.Millisecond, duration: 9 * time.Second,
+			// The attacker first, a second process with a live instance's
+			// name (a few seconds), then the lease fault (a promotion).
+			faults: []string{fAttacker, fDupInstance, fPrimaryLosesBrokers}, ordered: true,
 		},
 		{
 			name: "transfers", seed: seed(13), sp: spec{brokers: 1, owners: 3, consumers: 2},
@@ -119,6 +120,12 @@ func suite(t *testing.T, base uint64) []scenario {
 			name: "lease-long", seed: seed(26), sp: spec{brokers: 3, owners: 3, consumers: 2},
 			bulk: 100, writers: 3, pace: 15 * time.Millisecond, duration: 30 * time.Second,
 			faults: []string{fPrimaryLosesBrokers, fKillPrimary, fAttacker},
+		},
+		{
+			// The brokers' agreement (Raft): each fault in turn, twice.
+			name: "raft", seed: seed(27), sp: spec{brokers: 3, owners: 3, consumers: 2},
+			bulk: 200, writers: 3, pace: 15 * time.Millisecond, duration: 45 * time.Second,
+			faults: []string{fLeaderStop, fDupInstance, fBrokerWipe, fBrokerChurn}, ordered: true,
 		},
 		{
 			name: "mixed", seed: seed(25), sp: spec{brokers: 3, owners: 3, consumers: 3},
@@ -218,6 +225,23 @@ func netnsScenarios(base uint64) []scenario {
 			name: "netns-partitions", seed: seed(31), sp: spec{brokers: 3, owners: 3, consumers: 2},
 			bulk: 300, writers: 3, pace: 15 * time.Millisecond, duration: 30 * time.Second,
 			faults: []string{fPartition, fIsolatePrimary, fPartitionBrokers, fReset, fSlowLink},
+		},
+		{
+			// The brokers' agreement where only the real network can
+			// break it: one-way partitions (UDP gossip included), a paused
+			// leader, wiped brokers, a second process with a live name.
+			name: "netns-raft", seed: seed(33), sp: spec{brokers: 3, owners: 3, consumers: 2},
+			bulk: 200, writers: 3, pace: 15 * time.Millisecond, duration: 45 * time.Second,
+			faults: []string{fBrokerOneWay, fLeaderStop, fBrokerOneWay, fDupInstance, fBrokerWipe, fBrokerOneWay, fBrokerChurn, fPartitionBrokers}, ordered: true,
+		},
+		{
+			// The pre-Raft note's pair, alternating: a one-way partition
+			// with the primary killed half the time, then a paused leader
+			// with the primary killed (standby sessions then sit on the
+			// paused broker as often as not).
+			name: "netns-raft-pause", seed: seed(34), sp: spec{brokers: 3, owners: 3, consumers: 2},
+			bulk: 200, writers: 3, pace: 15 * time.Millisecond, duration: 45 * time.Second,
+			faults: []string{fBrokerOneWay, fLeaderStop}, ordered: true,
 		},
 		{
 			name: "netns-kills", seed: seed(32), sp: spec{brokers: 2, owners: 3, consumers: 2},

@@ -172,12 +172,15 @@ func (cl *cluster) args(n *node) []string {
 				join = append(join, b.gossip)
 			}
 		}
-		a = append(a, "-dir", n.dir, "-listen", n.addr, "-gossip", n.gossip)
+		a = append(a, "-dir", n.dir, "-listen", n.addr, "-gossip", n.gossip, "-grantlog", n.grantLogPath())
 		if len(join) > 0 {
 			a = append(a, "-join", strings.Join(join, ","))
 		}
 	case RoleOwner:
-		a = append(a, "-dir", n.dir, "-listen", n.addr, "-brokers", strings.Join(addrsOf(cl.brokers), ","))
+		a = append(a, "-dir", n.dir, "-listen", n.addr, "-brokers", strings.Join(addrsOf(cl.brokers), ","), "-grantlog", n.grantLogPath())
+		if n.inMemory {
+			a = append(a, "-inmemory")
+		}
 		if cl.sp.retention > 0 {
 			a = append(a, "-retention", strconv.FormatUint(cl.sp.retention, 10))
 		}

@@ -68,6 +68,29 @@
 // owner, at its address, as primary), the report counts the attacks
 // refused, and one that succeeded fails the scenario.
 //
+// The brokers' agreement (brokerfaults.go, dupinstance.go; scenarios
+// "raft", "netns-raft" and "netns-raft-pause"): leader-sigstop SIGSTOPs the raft leader (from
+// the brokers' Status) for 1.5 to 3 leases while the primary is
+// SIGKILLed: a new leader must promote a standby, and the paused broker,
+// once woken, must log no registry read with a confirmation fresh enough
+// to confirm a lease (under a quarter of a lease) that names an older
+// epoch. broker-oneway drops every packet from one broker to another
+// (the raft leader at one end), that way only, TCP and UDP, half the time
+// with the primary killed meanwhile (a standby must be promoted while
+// the partition holds; if none is, that is reported as a known issue and
+// the promotion must follow the heal): real-network level only, as a TCP
+// proxy cannot drop one direction of UDP gossip nor of a TCP connection.
+// broker-wipe SIGKILLs a broker, wipes its data dir and restarts it: it
+// must rejoin as a new member and its old raft id must not stay a voter;
+// then a primary kill shows the cluster still decides. broker-churn
+// removes a running broker through Broker.RaftRemove (what replctl broker
+// remove calls), checks that the others decide alone (a promotion), and
+// adds it back as a new member (empty data dir, -join). dup-instance
+// starts a second process with the name and certificate of a live owner
+// instance (primary or standby), in memory, at another address: every
+// broker must refuse it naming the holder's address, it must never hold a
+// role, the holder keeps its role and epoch, no consumer turns diverged.
+//
 // Real-network level (REPLMESH_CHAOS_NETNS=1, root, ip and nft): every
 // node runs in a network namespace of its own, joined by veth pairs to a
 // bridge in a hub namespace, with addresses 10.77.0.x that exist only in
@@ -127,7 +150,17 @@
 //     during a full transfer the old copy at the cursor's seq, never a step
 //     back without a transfer;
 //   - the primary's own log: contiguous, epochs as its epoch history says,
-//     each unique key once, and replaying it gives its rows.
+//     each unique key once, and replaying it gives its rows;
+//   - one instance per epoch: every acknowledgement carries the epoch the
+//     write committed at (the writer was primary at it from submit to
+//     acknowledgement), and no two instances acknowledged at one epoch;
+//   - the grant history is linearizable (grants.go, checked with
+//     github.com/anishathalye/porcupine against one register per service):
+//     owners log the grants they observe, brokers log their registry's
+//     primary every 20 ms with the age of their newest quorum confirmation;
+//     a confirmed read enters the history with its call moved back to the
+//     confirmation, unconfirmed ones are left out; the same reads taken at
+//     face value (what Lookup serves) are checked too and only reported.
 //
 // The report (report.go) gives, per scenario and in total: the seed, the
 // writes invoked/ok/failed/unknown, the changes and reads checked, the

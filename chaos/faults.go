@@ -62,6 +62,8 @@ type injector struct {
 	frames     frameTotals     // what the dup-reorder fault injected, over the scenario
 	framesNote int             // 1 + the index of its note in notes (0: none yet)
 	attacks    attackStats     // what the attacker fault tried
+	stops      []string        // leader-sigstop: per firing, SIGSTOP -> new leader and kill -> promotion
+	stopsNote  int             // 1 + the index of their note in notes (0: none yet)
 	gen        atomic.Int64    // bumped when a fault begins
 	wg         sync.WaitGroup
 }
@@ -338,6 +340,16 @@ func (in *injector) inject(ctx context.Context, kind string) (fired bool, err er
 		return in.dupReorder(ctx)
 	case fAttacker:
 		return in.attack(ctx)
+	case fLeaderStop:
+		return in.leaderStop(ctx)
+	case fBrokerOneWay:
+		return in.brokerOneWay(ctx)
+	case fBrokerWipe:
+		return in.brokerWipe(ctx)
+	case fBrokerChurn:
+		return in.brokerChurn(ctx)
+	case fDupInstance:
+		return in.dupInstance(ctx)
 	}
 	return false, fmt.Errorf("unknown fault %q", kind)
 }

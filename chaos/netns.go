@@ -15,7 +15,8 @@ import (
 // own ("ip netns exec"), with one interface (eth0, 10.77.0.<i>/24) joined
 // by a veth pair to a bridge in a hub namespace. Partitions are nftables
 // rules inside the node namespaces (a set of blocked peer addresses, its
-// packets dropped both ways), so they hit every protocol, memberlist's UDP
+// packets dropped both ways; a second set drops only what the node sends
+// to a peer: a one-way partition), so they hit every protocol, memberlist's UDP
 // gossip between brokers included. Latency and bandwidth still come from
 // the nodes' proxies (this kernel has no netem). Nothing is created or
 // changed outside the namespaces the harness makes; deleting them removes
@@ -122,8 +123,9 @@ func (rn *realNet) setup() error {
 		}
 		ruleset := `table inet rmchaos {
 	set blocked { type ipv4_addr; }
+	set outbound { type ipv4_addr; }
 	chain input { type filter hook input priority 0; policy accept; ip saddr @blocked drop; }
-	chain output { type filter hook output priority 0; policy accept; ip daddr @blocked drop; }
+	chain output { type filter hook output priority 0; policy accept; ip daddr @blocked drop; ip daddr @outbound drop; }
 }`
 		cmd := exec.Command("ip", "netns", "exec", ns, "nft", "-f", "-")
 		cmd.Stdin = strings.NewReader(ruleset)
@@ -155,6 +157,25 @@ func (rn *realNet) block(a, b string) error {
 		nft(rn.nsName(b), "add", "element", "inet", "rmchaos", "blocked", "{", rn.ips[a], "}"))
 }
 
+// blockOneWay drops every packet node a sends to node b (TCP and UDP),
+// and only those: b's packets still reach a. b's UDP gossip reaches a;
+// on TCP, b's segments still arrive but a's acknowledgements do not, so
+// b's connections to a carry only a window's worth and then retransmit,
+// and a's connections to b carry nothing: what breaks is everything a
+// says to b (raft messages, gossip, replies to b's calls).
+func (rn *realNet) blockOneWay(a, b string) error {
+	return nft(rn.nsName(a), "add", "element", "inet", "rmchaos", "outbound", "{", rn.ips[b], "}")
+}
+
+// unblockOneWay ends a blockOneWay(a, b).
+func (rn *realNet) unblockOneWay(a, b string) error {
+	err := nft(rn.nsName(a), "delete", "element", "inet", "rmchaos", "outbound", "{", rn.ips[b], "}")
+	if err != nil && strings.Contains(err.Error(), "No such file or directory") {
+		return nil
+	}
+	return err
+}
+
 // unblock ends a block between a and b.
 func (rn *realNet) unblock(a, b string) error {
 	rn.mu.Lock()
@@ -175,7 +196,8 @@ func (rn *realNet) unblock(a, b string) error {
 func (rn *realNet) unblockAll() error {
 	var errs []error
 	for _, name := range rn.nodes {
-		errs = append(errs, nft(rn.nsName(name), "flush", "set", "inet", "rmchaos", "blocked"))
+		errs = append(errs, nft(rn.nsName(name), "flush", "set", "inet", "rmchaos", "blocked"),
+			nft(rn.nsName(name), "flush", "set", "inet", "rmchaos", "outbound"))
 	}
 	rn.mu.Lock()
 	clear(rn.blocked)

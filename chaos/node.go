@@ -38,6 +38,9 @@ type node struct {
 	proc  *proc
 	nruns int  // processes started so far
 	wiped bool // the data dir was wiped since the last start (a W record is due)
+	// inMemory: an owner that keeps no data dir (the dup-instance fault's
+	// newcomer).
+	inMemory bool
 	// startFrames is the frame fault a consumer starts with (nil: none).
 	startFrames *FrameFault
 }
@@ -62,6 +65,9 @@ func (n *node) String() string { return n.name }
 
 // logPath is the node's stderr log, appended to by every run.
 func (n *node) logPath() string { return filepath.Join(n.logDir, n.name+".log") }
+
+// grantLogPath is an owner's or a broker's grant log (see grants.go).
+func (n *node) grantLogPath() string { return filepath.Join(n.logDir, n.name+".grants.log") }
 
 // applyLogPath is a consumer's apply log.
 func (n *node) applyLogPath() string { return filepath.Join(n.logDir, n.name+".apply.log") }

@@ -65,6 +65,10 @@ const (
 	OpLink    = "link"    // component: set the faults of the link to Link.Addr
 	OpFrames  = "frames"  // consumer: set the frame fault of its Subscribe streams (Frames)
 	OpQuit    = "quit"    // all: close cleanly and exit
+	// OpRemoveBroker (broker): remove broker Name from the brokers' Raft
+	// group for good, through the call replctl broker remove makes
+	// (Broker.RaftRemove), made in the broker's process.
+	OpRemoveBroker = "remove-broker"
 )
 
 // Write outcomes (Response.Class).
@@ -97,6 +101,7 @@ type Request struct {
 	Key    string      `json:"key,omitempty"`
 	Link   *LinkFault  `json:"link,omitempty"`
 	Frames *FrameFault `json:"frames,omitempty"`
+	Name   string      `json:"name,omitempty"` // OpRemoveBroker: the broker to remove
 }
 
 // WriteOp is one write of an OpWrite.
@@ -151,6 +156,10 @@ type Response struct {
 	Class string `json:"class,omitempty"`
 	Seq   uint64 `json:"seq,omitempty"`
 	Epoch uint64 `json:"epoch,omitempty"` // the writer's role epoch when the write returned
+	// CommitEpoch is the epoch an acknowledged write committed at: the
+	// writer was primary at that epoch from before the write was
+	// submitted until it was acknowledged (0: its role moved meanwhile).
+	CommitEpoch uint64 `json:"commit_epoch,omitempty"`
 
 	Status  *NodeStatus `json:"status,omitempty"`
 	Digest  *Digest     `json:"digest,omitempty"`
@@ -183,6 +192,24 @@ type NodeStatus struct {
 	PrimaryEpoch uint64 `json:"primary_epoch,omitempty"`
 	PrimaryAddr  string `json:"primary_addr,omitempty"`
 	Members      int    `json:"members,omitempty"`
+	// Brokers: the Raft group as this broker sees it (transport.RaftStatus).
+	Raft *RaftView `json:"raft,omitempty"`
+	// Brokers: the Registers it refused because another live session held
+	// the instance name (transport.RefusedRegister).
+	Refused []transport.RefusedRegister `json:"refused,omitempty"`
+}
+
+// RaftView is a broker's view of the brokers' Raft group.
+type RaftView struct {
+	ID     uint64 `json:"id"`
+	State  string `json:"state"`
+	Term   uint64 `json:"term"`
+	Leader string `json:"leader"` // the leader's name ("" none known)
+	// Voters are "name/id-in-hex", in the order the broker lists them.
+	Voters []string `json:"voters"`
+	// ConfirmedMs is the age of the broker's newest quorum confirmation
+	// (-1: none).
+	ConfirmedMs int64 `json:"confirmed_ms"`
 }
 
 // ReplicaStatus is a consumer's replica.Status, flattened.
@@ -273,6 +300,18 @@ const (
 	RecTransferRead = "T"
 	RecViolation    = "V"
 	RecWipe         = "W"
+)
+
+// Grant-log records, one a line (chaosnode -grantlog; see grants.go):
+//
+//	S <unix ns> <pid>                                  an owner process started (before it registers)
+//	P <unix ns> <role|-> <epoch> <addr>                an owner saw its role or epoch change
+//	L <call ns> <return ns> <confirmed ms> <raft state> <epoch> <instance|-> <addr|->
+//	                                                   a broker read the service's primary in its registry
+const (
+	RecGrantStart = "S"
+	RecGrantRole  = "P"
+	RecGrantRead  = "L"
 )
 
 // Well-known keys of the workload: both sentinels are written in the

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/anishathalye/porcupine"
 )
 
 // report formats the results of a run: one line per scenario, then the
@@ -69,9 +71,27 @@ func report(level string, results []*result, took time.Duration) string {
 		lostOps += len(r.v.lostOps)
 	}
 	fmt.Fprintf(&b, "lost acknowledged writes: %d\n", lostOps)
-	fmt.Fprintf(&b, "violations seen: lost: %d  duplicated: %d  out-of-order: %d  stale-epoch: %d  atomicity: %d  phantom: %d  bad reads: %d  diverged: %d  history: %d\n",
+	fmt.Fprintf(&b, "violations seen: lost: %d  duplicated: %d  out-of-order: %d  stale-epoch: %d  atomicity: %d  phantom: %d  bad reads: %d  diverged: %d  history: %d  split-epoch: %d  grant: %d\n",
 		all.counts[vLost], all.counts[vDuplicated], all.counts[vOutOfOrder], all.counts[vStaleEpoch], all.counts[vAtomicity],
-		all.counts[vPhantom], all.counts[vRead], all.counts[vDiverged], all.counts[vHistory])
+		all.counts[vPhantom], all.counts[vRead], all.counts[vDiverged], all.counts[vHistory], all.counts[vSplitEpoch], all.counts[vGrant])
+	var acks, gOps, gChecked, gOK, gRuns, rawOK int
+	for _, r := range results {
+		acks += r.epochAcks
+		if g := r.grants; g != nil {
+			gRuns++
+			gOps += g.writes + g.reads
+			gChecked += g.opsChecked
+			if g.result == porcupine.Ok {
+				gOK++
+			}
+			if g.raw == porcupine.Ok {
+				rawOK++
+			}
+		}
+	}
+	fmt.Fprintf(&b, "epochs: %d acknowledged writes checked for one instance per epoch\n", acks)
+	fmt.Fprintf(&b, "grant history (porcupine, one register per service): %d grants and confirmed registry reads (%d ops given to porcupine once reads implied by others are dropped), linearizable in %d of %d scenarios (registry reads at face value, i.e. unconfirmed: linearizable in %d of %d)\n",
+		gOps, gChecked, gOK, gRuns, rawOK, gRuns)
 	fmt.Fprintf(&b, "convergence after the last fault (digests equal): max %s, p99 %s over %d scenarios\n",
 		maxDur(conv).Round(time.Millisecond), pct(conv, 0.99).Round(time.Millisecond), len(conv))
 	fmt.Fprintf(&b, "catch-up after each fault (every replica at the primary's head): max %s, p99 %s, p50 %s over %d faults\n",

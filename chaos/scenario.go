@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/anishathalye/porcupine"
 )
 
 // scenario is one run: a cluster, a workload, faults for a while, then
@@ -55,6 +57,8 @@ type result struct {
 	faults                       map[string]int
 	notes                        []string
 	attacks                      attackStats // the attacker fault's attacks
+	epochAcks                    int         // acknowledged writes whose commit epoch was checked
+	grants                       *grantResult
 }
 
 func (r *result) passed() bool {
@@ -199,6 +203,7 @@ func runScenarioErr(ctx context.Context, sc scenario, bin, root string, rn *real
 		res.notes = append(res.notes, fmt.Sprintf("the final primary's log starts at seq %d (trimmed by retention, or its copy began with a full transfer): acknowledged writes before it are checked in the rows only", hist.First))
 	}
 	res.historyChecked = checkHistory(res.v, tr, ops, prim)
+	res.epochAcks = checkEpochs(res.v, ops)
 	for _, c := range cl.consumers {
 		crows, err := c.dump(cctx)
 		if err != nil {
@@ -239,6 +244,18 @@ func runScenarioErr(ctx context.Context, sc scenario, bin, root string, rn *real
 	}
 	for _, o := range cl.owners {
 		res.resyncStandbys += countLines(o.logPath(), `msg="full transfer complete"`)
+	}
+	gh, err := loadGrants(cl)
+	if err != nil {
+		return fmt.Errorf("grant logs: %w", err)
+	}
+	gr := gh.check()
+	res.grants = &gr
+	checkGrants(res.v, gr)
+	res.notes = append(res.notes, "grant history (porcupine): "+gr.String())
+	if gr.raw != porcupine.Ok {
+		res.notes = append(res.notes, fmt.Sprintf("registry reads at face value (what Lookup serves, no quorum asked): porcupine %s; %d reads returned an epoch below a grant that had already returned, e.g. %s",
+			gr.raw, gr.rawStaleN, strings.Join(gr.rawStale, "; ")))
 	}
 	if res.rewinds > 0 {
 		res.notes = append(res.notes, fmt.Sprintf("consumers took %d full transfers to a lower seq (they held changes the final history does not: see stale-epoch and the known issues)", res.rewinds))

@@ -52,6 +52,8 @@ const (
 	vRead       = "read"         // a consumer read that a consistent replica never returns
 	vDiverged   = "diverged"     // a replica's rows differ from the primary's after convergence
 	vHistory    = "history"      // the primary's own log is inconsistent
+	vSplitEpoch = "split-epoch"  // two instances acknowledged writes at the same epoch
+	vGrant      = "grant"        // the grant history is not linearizable, or a grant went to a process that is not the instance
 )
 
 func (v *violations) add(kind, format string, args ...any) {
@@ -206,6 +208,36 @@ func checkState(v *violations, where string, ops []*op, rows map[string][]byte, 
 			v.add(vPhantom, "%s: row %s was written by no write that may have happened", where, k)
 		}
 	}
+}
+
+// checkEpochs checks that no two distinct instances acknowledged a write
+// at the same epoch: an epoch is granted to one instance, ever, and only
+// the holder of an epoch's lease may acknowledge writes at it. It returns
+// how many acknowledged writes carried their epoch (the others' role
+// moved while they ran).
+func checkEpochs(v *violations, ops []*op) (checked int) {
+	type ack struct {
+		node string
+		id   int
+		seq  uint64
+	}
+	first := map[uint64]ack{}
+	for _, o := range ops {
+		if o.class != ClassOK || o.epoch == 0 {
+			continue
+		}
+		checked++
+		a, ok := first[o.epoch]
+		if !ok {
+			first[o.epoch] = ack{o.node, o.id, o.seq}
+			continue
+		}
+		if a.node != o.node {
+			v.add(vSplitEpoch, "epoch %d: %s acknowledged op %d (seq %d) and %s acknowledged op %d (seq %d)",
+				o.epoch, a.node, a.id, a.seq, o.node, o.id, o.seq)
+		}
+	}
+	return checked
 }
 
 // checkHistory checks the final primary's change log: contiguous, epochs

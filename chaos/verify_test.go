@@ -195,3 +195,33 @@ func TestPct(t *testing.T) {
 		t.Errorf("p99 of nothing = %v", got)
 	}
 }
+
+func TestCheckEpochs(t *testing.T) {
+	at := func(id int, node string, epoch uint64, class string) *op {
+		return &op{id: id, kind: opUnique, writes: []WriteOp{w("u/0/"+strconv.Itoa(id), "x")}, class: class, seq: uint64(id), epoch: epoch, node: node}
+	}
+	tests := []struct {
+		name    string
+		ops     []*op
+		want    int // split-epoch violations
+		checked int
+	}{
+		{"one instance per epoch", []*op{at(1, "o1", 1, ClassOK), at(2, "o1", 1, ClassOK), at(3, "o2", 2, ClassOK)}, 0, 3},
+		{"two instances at one epoch", []*op{at(1, "o1", 1, ClassOK), at(2, "o2", 1, ClassOK), at(3, "o2", 1, ClassOK)}, 2, 3},
+		{"an instance back at an old epoch", []*op{at(1, "o1", 1, ClassOK), at(2, "o2", 2, ClassOK), at(3, "o1", 2, ClassOK)}, 1, 3},
+		{"unacknowledged writes do not count", []*op{at(1, "o1", 1, ClassOK), at(2, "o2", 1, ClassUnknown), at(3, "o2", 1, ClassFailed)}, 0, 1},
+		{"unknown commit epoch is not checked", []*op{at(1, "o1", 1, ClassOK), at(2, "o2", 0, ClassOK)}, 0, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v := newViolations()
+			checked := checkEpochs(v, tt.ops)
+			if got := v.counts[vSplitEpoch]; got != tt.want || checked != tt.checked {
+				t.Fatalf("split-epoch %d, checked %d; want %d, %d:\n%s", got, checked, tt.want, tt.checked, v)
+			}
+			if v.total() != tt.want {
+				t.Fatalf("other violations:\n%s", v)
+			}
+		})
+	}
+}

@@ -52,7 +52,7 @@ type op struct {
 	done    time.Time
 	class   string
 	seq     uint64
-	epoch   uint64 // the primary's epoch when it acknowledged the write
+	epoch   uint64 // acknowledged: the epoch it committed at (Response.CommitEpoch; 0: unknown)
 	err     string
 	tainted bool // the call failed while the node may still run it: its order among versions is unknown
 }
@@ -154,7 +154,7 @@ func (w *workload) do(o *op) bool {
 	case resp.Class == "":
 		w.h.finish(o, ClassUnknown, 0, "no outcome: "+resp.Err)
 	default:
-		o.epoch = resp.Epoch
+		o.epoch = resp.CommitEpoch
 		w.h.finish(o, resp.Class, resp.Seq, resp.Err)
 	}
 	return true

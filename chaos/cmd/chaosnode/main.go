@@ -32,6 +32,7 @@ import (
 	"github.com/replmesh/replmesh/broker"
 	"github.com/replmesh/replmesh/chaos"
 	"github.com/replmesh/replmesh/replica"
+	"github.com/replmesh/replmesh/transport"
 	"google.golang.org/grpc/resolver"
 )
 
@@ -48,6 +49,8 @@ func main() {
 		table      = flag.String("table", "items", "the owned / consumed table")
 		retention  = flag.Uint64("retention", 0, "owner: keep at most this many changes in the log (0: default)")
 		applyLog   = flag.String("applylog", "", "consumer: append the apply log to this file")
+		grantLogF  = flag.String("grantlog", "", "owner: log its start and role changes; broker: log its registry's primary every 20ms (see grants.go)")
+		inMemory   = flag.Bool("inmemory", false, "owner: keep no data dir (a careless second process with a live instance's name)")
 		linksJSON  = flag.String("links", "", "JSON list of chaos.LinkFault to apply from the start")
 		framesJSON = flag.String("frames", "", "consumer: JSON chaos.FrameFault to apply from the start")
 		logLevel   = flag.String("loglevel", "info", "debug, info, warn or error")
@@ -99,8 +102,25 @@ func main() {
 	switch *role {
 	case chaos.RoleBroker:
 		err = n.startBroker(ctx, *listen, *gossip, splitList(*join), *dir)
+		if err == nil && *grantLogF != "" {
+			if n.grants, err = openGrantLog(*grantLogF); err == nil {
+				n.readRegistry()
+			}
+		}
 	case chaos.RoleOwner:
-		err = n.startOwner(ctx, *listen, *dir, splitList(*brokers), *service, *table, *retention)
+		if *grantLogF != "" {
+			if err = n.startGrantLog(*grantLogF); err != nil {
+				break
+			}
+		}
+		data := dataDir(*dir)
+		if *inMemory {
+			data = ""
+		}
+		err = n.startOwner(ctx, *listen, data, splitList(*brokers), *service, *table, *retention)
+		if err == nil && n.grants != nil {
+			n.watchRole()
+		}
 	case chaos.RoleConsumer:
 		err = n.startConsumer(ctx, *dir, splitList(*brokers), *service, *table, *applyLog, frames)
 	default:
@@ -141,10 +161,11 @@ type node struct {
 	outMu sync.Mutex
 	out   *json.Encoder
 
-	brk  *broker.Broker
-	comp *replica.Component
-	own  *replica.OwnedTable
-	cons *consumer
+	brk    *broker.Broker
+	comp   *replica.Component
+	grants *grantLog // the grant log (nil: none)
+	own    *replica.OwnedTable
+	cons   *consumer
 }
 
 // emit writes one line to stdout.
@@ -198,6 +219,13 @@ func (n *node) handle(req *chaos.Request) (resp chaos.Response) {
 	case req.Op == chaos.OpFrames && req.Frames != nil && n.frames != nil:
 		n.frames.set(*req.Frames)
 		return chaos.Response{}
+	case req.Op == chaos.OpRemoveBroker && n.brk != nil:
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := n.brk.RaftRemove(ctx, &transport.RaftRemoveRequest{Version: transport.ProtocolVersion, Name: req.Name}); err != nil {
+			return fail(err)
+		}
+		return chaos.Response{}
 	case n.own != nil:
 		return n.handleOwner(req)
 	case n.cons != nil:
@@ -230,6 +258,14 @@ func (n *node) status() (*chaos.NodeStatus, error) {
 				st.Members++
 			}
 		}
+		if r := bs.Raft; r != nil {
+			v := &chaos.RaftView{ID: r.ID, State: r.State, Term: r.Term, Leader: r.LeaderName, ConfirmedMs: r.ConfirmedMs}
+			for _, m := range r.Members {
+				v.Voters = append(v.Voters, fmt.Sprintf("%s/%x", m.Name, m.ID))
+			}
+			st.Raft = v
+		}
+		st.Refused = bs.Refused
 	case n.own != nil:
 		st.OwnerRole, st.Epoch = n.comp.Role()
 		st.Head, st.LogID = n.own.Head(), n.own.LogID()
@@ -241,6 +277,7 @@ func (n *node) status() (*chaos.NodeStatus, error) {
 }
 
 func (n *node) close() {
+	n.grants.close()
 	switch {
 	case n.brk != nil:
 		_ = n.brk.Close()

@@ -13,9 +13,9 @@ import (
 
 // startOwner opens an owner instance: sync durability, min_sync_standbys 1,
 // registered with the brokers, which make it primary or standby.
-func (n *node) startOwner(ctx context.Context, listen, dir string, brokers []string, service, table string, retention uint64) error {
+func (n *node) startOwner(ctx context.Context, listen, data string, brokers []string, service, table string, retention uint64) error {
 	cfg := replica.LocalConfig(service, n.name)
-	cfg.ListenAddr, cfg.DataDir = listen, dataDir(dir)
+	cfg.ListenAddr, cfg.DataDir = listen, data
 	cfg.Durability = replica.Sync
 	cfg.Brokers, cfg.Owner = brokers, true
 	cfg.MinSyncStandbys, cfg.SyncTimeout = 1, 2*time.Second
@@ -84,6 +84,7 @@ func (n *node) write(ws []chaos.WriteOp) chaos.Response {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	role0, epoch0 := n.comp.Role()
 	p, err := n.own.Submit(ctx, writes...)
 	if err != nil {
 		// Nothing was queued: not the primary, too few standbys, closed,
@@ -91,10 +92,17 @@ func (n *node) write(ws []chaos.WriteOp) chaos.Response {
 		return chaos.Response{Class: chaos.ClassFailed, Err: err.Error()}
 	}
 	seq, err := p.Wait(context.Background())
-	_, epoch := n.comp.Role()
+	role, epoch := n.comp.Role()
 	switch {
 	case err == nil:
-		return chaos.Response{Class: chaos.ClassOK, Seq: seq, Epoch: epoch}
+		// The write committed at epoch0 if this instance was primary at
+		// that epoch from before it was submitted until it was
+		// acknowledged (0: the role moved meanwhile, the epoch is unknown).
+		var at uint64
+		if role0 == role && epoch0 == epoch {
+			at = epoch
+		}
+		return chaos.Response{Class: chaos.ClassOK, Seq: seq, Epoch: epoch, CommitEpoch: at}
 	case errors.Is(err, replica.ErrClosed):
 		// The committer stopped without committing it.
 		return chaos.Response{Class: chaos.ClassFailed, Err: err.Error()}
