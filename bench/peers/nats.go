@@ -255,7 +255,7 @@ func (b *bench) natsCatchUp(ctx context.Context) (err error) {
 		return err
 	}
 	b.progress("W3 nats: %d missed changes, reader restarted", b.sz.Missed)
-	head, err = w.write(ctx, kv, b.sz.Keys, b.sz.Missed, b.sz.Keys, b.sz.Value)
+	head, err = w.write(ctx, kv, b.sz.Keys, b.sz.Missed, b.w3Keys(), b.sz.Value)
 	if err != nil {
 		return err
 	}

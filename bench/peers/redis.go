@@ -423,10 +423,10 @@ func (b *bench) redisCatchUp(ctx context.Context) (err error) {
 		return err
 	}
 	written := 0
-	// sync writes the next changes and, unless the replica is down, waits
-	// for it to hold them.
+	// write writes the next n changes (see w3Keys) and returns the
+	// master's offset.
 	write := func(n int) (int64, error) {
-		if err := redisWrite(ctx, m.cl, written, n, b.sz.Keys, b.sz.Value, b.sz.Window, nil); err != nil {
+		if err := redisWrite(ctx, m.cl, written, n, b.w3Keys(), b.sz.Value, b.sz.Window, nil); err != nil {
 			return 0, err
 		}
 		written += n

@@ -646,8 +646,15 @@ func (b *bench) rmCatchUp(ctx context.Context) (err error) {
 	return nil
 }
 
+// w3Keys is W3's key space: the table starts with -keys rows (ordinals
+// 0..keys-1) and each missed change (ordinals keys..) writes a key of its
+// own, so that every system has -missed changes to bring, none collapsed
+// into an earlier one (a NATS bucket of history 1, a Redis full sync and
+// a replmesh resume would otherwise carry different amounts).
+func (b *bench) w3Keys() int { return b.sz.Keys + b.sz.Missed }
+
 func (b *bench) addCatchUp(cs, sys string, d time.Duration, note string) {
-	wl := fmt.Sprintf("W3 catch-up after %d missed changes", b.sz.Missed)
+	wl := fmt.Sprintf("W3 catch-up after %d missed changes (each to a new key)", b.sz.Missed)
 	b.add(figure{Workload: wl, Case: cs, Metric: "time to caught up", System: sys, Value: float64(d), Unit: unitNanos, Note: note})
 }
 
@@ -688,7 +695,7 @@ func (b *bench) rmReaderRestart(ctx context.Context) (err error) {
 	}
 
 	b.progress("W3 replmesh: %d missed changes, readers restarted", b.sz.Missed)
-	head, err = rmWrite(ctx, table, b.sz.Keys, b.sz.Missed, b.sz.Keys, b.sz.Value, b.sz.Window)
+	head, err = rmWrite(ctx, table, b.sz.Keys, b.sz.Missed, b.w3Keys(), b.sz.Value, b.sz.Window)
 	if err != nil {
 		return err
 	}
@@ -730,7 +737,7 @@ func (b *bench) rmReaderRestart(ctx context.Context) (err error) {
 func (b *bench) rmOwnerRestart(ctx context.Context, dir string) error {
 	odir, rdir := filepath.Join(dir, "owner2"), filepath.Join(dir, "reader2")
 	ownerEnv := func(addr string) []string {
-		return []string{envDir + "=" + odir, envAddr + "=" + addr, envKeys + "=" + strconv.Itoa(b.sz.Keys), envValue + "=" + strconv.Itoa(b.sz.Value)}
+		return []string{envDir + "=" + odir, envAddr + "=" + addr, envKeys + "=" + strconv.Itoa(b.w3Keys()), envValue + "=" + strconv.Itoa(b.sz.Value)}
 	}
 	startOwner := func(addr string) (*child, string, error) {
 		o, err := b.spawn(ctx, "rm-w3-owner", roleRMOwner, ownerEnv(addr)...)
