@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -115,5 +116,42 @@ func TestMedians(t *testing.T) {
 	got = medians([][]figure{{f(4)}, {f(1)}})
 	if got[0].Value != 1 {
 		t.Fatalf("median of 4 and 1 = %v, want the lower middle 1", got[0].Value)
+	}
+}
+
+func TestRatioToBestPeer(t *testing.T) {
+	row := func(redis, nats float64) map[string]figure {
+		return map[string]figure{sysRedis: {Value: redis}, sysNATS: {Value: nats}, sysBaseline: {Value: 1}}
+	}
+	for _, tc := range []struct {
+		name   string
+		v      float64
+		row    map[string]figure
+		higher bool
+		want   float64
+	}{
+		{"rate against the faster peer", 150, row(200, 100), true, 0.75},
+		{"latency against the quicker peer", 30, row(20, 10), false, 3},
+		{"the baseline is not a peer", 2, map[string]figure{sysNATS: {Value: 4}, sysBaseline: {Value: 1}}, false, 0.5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := ratio(tc.v, tc.row, tc.higher); got != tc.want {
+				t.Fatalf("ratio = %v, want %v", got, tc.want)
+			}
+		})
+	}
+	if got := ratio(1, map[string]figure{sysBaseline: {Value: 1}}, true); !math.IsNaN(got) {
+		t.Fatalf("ratio with no peer = %v, want NaN", got)
+	}
+	var out bytes.Buffer
+	figs := []figure{
+		{Workload: "W1", Case: "1 reader", Metric: "changes/s", System: sysRedis, Value: 200e3, Unit: unitRate, Higher: true},
+		{Workload: "W1", Case: "1 reader", Metric: "changes/s", System: sysRMMem, Value: 300e3, Unit: unitRate, Higher: true},
+	}
+	if err := writeTables(&out, figs); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "in-memory 1.50× (higher is better)") || !strings.Contains(out.String(), "300.0k/s") {
+		t.Fatalf("table:\n%s\nlacks the ratio 1.50× or the figure 300.0k/s", out.String())
 	}
 }
