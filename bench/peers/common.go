@@ -1,0 +1,157 @@
+package main
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Every value written by every workload is valueSize bytes: the first 8
+// hold the writer's clock (unix nanoseconds) when it issued the write, the
+// next 8 the write's ordinal, the rest filler. A reader that sees the
+// value measures commit-to-delivered as its clock minus the first 8 bytes
+// (the writer and every in-process reader share the clock).
+const stampSize = 16
+
+// filler is the pseudo-random tail of every value (not compressible to
+// nothing, the same for every system).
+var filler = func() []byte {
+	b := make([]byte, 1<<16)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range b {
+		b[i] = byte(rng.Uint32())
+	}
+	return b
+}()
+
+// newValue returns a fresh value of size bytes stamped with ordinal i and
+// the current time. Every write gets its own buffer: some clients keep it
+// until the write is sent.
+func newValue(size, i int) []byte {
+	v := make([]byte, size)
+	off := (i * 7919) % (len(filler) - size)
+	copy(v[stampSize:], filler[off:])
+	binary.LittleEndian.PutUint64(v[8:], uint64(i))
+	binary.LittleEndian.PutUint64(v, uint64(time.Now().UnixNano()))
+	return v
+}
+
+// stamp reads the write time and ordinal of a value made by newValue.
+func stamp(v []byte) (time.Time, int, error) {
+	if len(v) < stampSize {
+		return time.Time{}, 0, fmt.Errorf("value of %d bytes carries no stamp", len(v))
+	}
+	return time.Unix(0, int64(binary.LittleEndian.Uint64(v))), int(binary.LittleEndian.Uint64(v[8:])), nil
+}
+
+// key returns the key of row i: "k" and nine digits, valid as a NATS
+// subject token and a Redis key, sorting by i.
+func key(i int) string { return string(appendKey(nil, i)) }
+
+func appendKey(dst []byte, i int) []byte {
+	var d [10]byte
+	d[0] = 'k'
+	for j := 9; j >= 1; j-- {
+		d[j] = byte('0' + i%10)
+		i /= 10
+	}
+	return append(dst, d[:]...)
+}
+
+// latencies are commit-to-delivered samples in nanoseconds.
+type latencies []int64
+
+// percentile returns the q-quantile (0..1) of sorted samples.
+func (l latencies) percentile(q float64) time.Duration {
+	if len(l) == 0 {
+		return 0
+	}
+	return time.Duration(l[int(q*float64(len(l)-1))])
+}
+
+// merge joins per-reader samples into one sorted set.
+func merge(parts ...latencies) latencies {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	out := make(latencies, 0, n)
+	for _, p := range parts {
+		out = append(out, p...)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// procStatus returns the named fields (kB) of /proc/PID/status in bytes;
+// pid 0 is this process. Missing fields (no /proc) are absent.
+func procStatus(pid int, names ...string) map[string]int64 {
+	out := map[string]int64{}
+	path := "/proc/self/status"
+	if pid != 0 {
+		path = fmt.Sprintf("/proc/%d/status", pid)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return out
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		name, rest, ok := strings.Cut(sc.Text(), ":")
+		if !ok || !slices.Contains(names, name) {
+			continue
+		}
+		kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+		if err == nil {
+			out[name] = kb << 10
+		}
+	}
+	return out
+}
+
+// freePort returns a loopback port free a moment ago, for the processes
+// that cannot report the port they bound (redis-server).
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// settle collects the garbage of earlier runs and returns it to the OS,
+// so every measurement starts from the same state.
+func settle() {
+	runtime.GC()
+	debug.FreeOSMemory()
+}
+
+// waitUntil polls cond every step until it is true, fails, or deadline
+// passes. It serves the measurements of systems that have no event for the
+// condition (a Redis replica's sync state is only visible in INFO).
+func waitUntil(deadline time.Time, step time.Duration, what string, cond func() (bool, error)) error {
+	for {
+		ok, err := cond()
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: not done by the deadline", what)
+		}
+		time.Sleep(step)
+	}
+}

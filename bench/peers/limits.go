@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/replmesh/replmesh/transport"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// The machine's limits, measured in the same run as the workloads and
+// printed beside them: what crosses a socket, what encoding one change
+// costs, what badger's bulk write path does.
+const wlLimits = "Physical limits (same run)"
+
+func (b *bench) limits(ctx context.Context) error {
+	b.progress("limits: loopback TCP, msgpack, badger WriteBatch")
+	for _, fn := range []func(context.Context) error{b.loopback, b.msgpackLimit, b.badgerLimit} {
+		if err := fn(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// loopback: one goroutine writes 64 KiB buffers for -loopback, another
+// reads them (cmd/replbench's loopback workload).
+func (b *bench) loopback(ctx context.Context) error {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	type readResult struct {
+		n   int64
+		end time.Time
+		err error
+	}
+	got := make(chan readResult, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- readResult{err: err}
+			return
+		}
+		defer c.Close()
+		n, err := io.CopyBuffer(io.Discard, c, make([]byte, 64<<10))
+		got <- readResult{n: n, end: time.Now(), err: err}
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 64<<10)
+	copy(buf, filler)
+	start := time.Now()
+	deadline := start.Add(b.sz.Loopback)
+	var written int64
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		n, err := c.Write(buf)
+		written += int64(n)
+		if err != nil {
+			c.Close()
+			return fmt.Errorf("loopback write: %w", err)
+		}
+	}
+	if err := c.Close(); err != nil {
+		return err
+	}
+	r := <-got
+	if r.err != nil && !errors.Is(r.err, io.EOF) {
+		return fmt.Errorf("loopback read: %w", r.err)
+	}
+	if r.n != written {
+		return fmt.Errorf("loopback read %d bytes, wrote %d", r.n, written)
+	}
+	b.add(figure{Workload: wlLimits, Case: "loopback TCP, one stream, 64 KiB writes", Metric: "throughput", System: "limit",
+		Value: float64(r.n) / r.end.Sub(start).Seconds(), Unit: unitBps, Higher: true})
+	return nil
+}
+
+// msgpackLimit: encode and decode one change of -value bytes (the wire
+// form replmesh sends), repeated for a fixed count, on one core.
+func (b *bench) msgpackLimit(context.Context) error {
+	c := transport.Change{Seq: 1, Op: transport.OpPut, Key: appendKey(nil, 1), Value: newValue(b.sz.Value, 1), Time: time.Now().UnixNano(), TxnEnd: true, Epoch: 1}
+	n := 200_000
+	if b.sz.Changes < 100_000 {
+		n = 20_000
+	}
+	start := time.Now()
+	for i := range n {
+		c.Seq = uint64(i)
+		buf, err := msgpack.Marshal(&c)
+		if err != nil {
+			return fmt.Errorf("msgpack encode: %w", err)
+		}
+		var out transport.Change
+		if err := msgpack.Unmarshal(buf, &out); err != nil {
+			return fmt.Errorf("msgpack decode: %w", err)
+		}
+		if out.Seq != c.Seq || len(out.Value) != len(c.Value) {
+			return fmt.Errorf("msgpack round trip changed the change")
+		}
+	}
+	b.add(figure{Workload: wlLimits, Case: fmt.Sprintf("msgpack encode+decode of one %d-byte change, one core", b.sz.Value), Metric: "changes/s", System: "limit",
+		Value: float64(n) / time.Since(start).Seconds(), Unit: unitRate, Higher: true})
+	return nil
+}
+
+// badgerLimit: -badger_wb keys of -value bytes through one WriteBatch into
+// a fresh badger on disk (default options, no sync), flushed.
+func (b *bench) badgerLimit(context.Context) (err error) {
+	dir, err := b.subdir("badger-limit")
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, os.RemoveAll(dir)) }()
+	db, err := badger.Open(badger.DefaultOptions(dir).WithLogger(nil))
+	if err != nil {
+		return fmt.Errorf("badger: %w", err)
+	}
+	defer func() { err = errors.Join(err, db.Close()) }()
+	wb := db.NewWriteBatch()
+	start := time.Now()
+	for i := range b.sz.Batch {
+		if err := wb.Set(appendKey(nil, i), newValue(b.sz.Value, i)); err != nil {
+			wb.Cancel()
+			return fmt.Errorf("badger write batch: %w", err)
+		}
+	}
+	if err := wb.Flush(); err != nil {
+		return fmt.Errorf("badger write batch: %w", err)
+	}
+	b.add(figure{Workload: wlLimits, Case: fmt.Sprintf("badger WriteBatch, %d keys of %d bytes", b.sz.Batch, b.sz.Value), Metric: "keys/s", System: "limit",
+		Value: float64(b.sz.Batch) / time.Since(start).Seconds(), Unit: unitRate, Higher: true})
+	return nil
+}
+
+// mapBaseline: W4's reference, a Go map of the table's keys looked up in
+// this process (the values are the 16-byte stamps: the lookup, not the
+// memory, is measured).
+func (b *bench) mapBaseline(context.Context) error {
+	m := make(map[string][]byte, b.sz.Rows)
+	for i := range b.sz.Rows {
+		v := make([]byte, stampSize)
+		copy(v, newValue(stampSize, i))
+		m[key(i)] = v
+	}
+	keys := b.readKeys()
+	lat, err := timeReads(keys, func(k string) ([]byte, bool, error) { v, ok := m[k]; return v, ok, nil })
+	if err != nil {
+		return err
+	}
+	b.addReads(caseRead, sysBaseline, lat)
+	return nil
+}
