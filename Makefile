@@ -57,6 +57,20 @@ bench: ## micro-benchmarks, the marketplace authorization benchmark and the repl
 	$(GO) test -run '^$$' -bench Authz ./examples/marketplace/
 	$(GO) run ./cmd/replbench
 
+# The peer comparison (bench/peers, a module of its own so the library's
+# go.mod stays free of NATS and Redis): replmesh, NATS JetStream KV
+# (embedded) and Redis replicas (child processes) on the same workloads in
+# one run. redis-server is installed when missing (.ci/install-redis);
+# without it the table says Redis was skipped.
+.PHONY: peers peers-quick
+peers: ## the peer comparison: replmesh beside NATS JetStream KV and Redis replicas, medians of 3 (about 15 minutes)
+	@command -v redis-server >/dev/null 2>&1 || ./.ci/install-redis || true
+	cd bench/peers && $(GO) run . -count 3 -json peers.json
+
+peers-quick: ## the peer comparison at smoke sizes (under a minute)
+	@command -v redis-server >/dev/null 2>&1 || ./.ci/install-redis || true
+	cd bench/peers && $(GO) run . -quick -count 1
+
 replbench: ## the replbench table (fan-out, transfer, resume, reads, modes, security: mTLS cost and hostile peers)
 	$(GO) run ./cmd/replbench
 
@@ -71,8 +85,9 @@ fuzz: ## every fuzz target for FUZZTIME (10s) each
 		done; \
 	done
 
-lint: vet staticcheck ## go vet, gofmt and staticcheck (pinned in go.mod as a tool)
+lint: vet staticcheck ## go vet, gofmt and staticcheck (pinned in go.mod as a tool), also of bench/peers
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	cd bench/peers && $(GO) vet ./...
 
 vet:
 	$(GO) vet $(PKGS)
@@ -91,6 +106,10 @@ check-tidy: ## fail when go.mod/go.sum are not tidy
 	@d=$$(mktemp -d); cp go.mod go.sum $$d/; $(GO) mod tidy; \
 	if ! cmp -s go.mod $$d/go.mod || ! cmp -s go.sum $$d/go.sum; then \
 		cp $$d/go.mod $$d/go.sum .; rm -rf $$d; echo "go.mod/go.sum not tidy: run make tidy"; exit 1; fi; \
+	rm -rf $$d
+	@cd bench/peers && d=$$(mktemp -d) && cp go.mod go.sum $$d/ && $(GO) mod tidy && \
+	if ! cmp -s go.mod $$d/go.mod || ! cmp -s go.sum $$d/go.sum; then \
+		cp $$d/go.mod $$d/go.sum .; rm -rf $$d; echo "bench/peers: go.mod/go.sum not tidy: cd bench/peers && go mod tidy"; exit 1; fi; \
 	rm -rf $$d
 
 ci: ## what CI runs (.ci/run)
