@@ -29,6 +29,10 @@ const (
 	fDiskFull             = "disk-full"                  // fill a consumer's (tmpfs) data file system, then free it
 	fDupReorder           = "dup-reorder-frames"         // duplicate and swap the frames one consumer's replica receives
 	fAttacker             = "attacker"                   // a hostile process attacks the live cluster (security on; see attacker.go)
+
+	// The owner loses its disk with no standby running; the harness
+	// restores it from the most advanced consumer (restore.go).
+	fOwnerDiskLoss = "owner-disk-loss"
 )
 
 // Fault parameters.
@@ -62,6 +66,7 @@ type injector struct {
 	frames     frameTotals     // what the dup-reorder fault injected, over the scenario
 	framesNote int             // 1 + the index of its note in notes (0: none yet)
 	attacks    attackStats     // what the attacker fault tried
+	restores   []restorePoint  // what each owner-disk-loss restored (restore.go)
 	gen        atomic.Int64    // bumped when a fault begins
 	wg         sync.WaitGroup
 }
@@ -338,6 +343,8 @@ func (in *injector) inject(ctx context.Context, kind string) (fired bool, err er
 		return in.dupReorder(ctx)
 	case fAttacker:
 		return in.attack(ctx)
+	case fOwnerDiskLoss:
+		return in.ownerDiskLoss(ctx)
 	}
 	return false, fmt.Errorf("unknown fault %q", kind)
 }
