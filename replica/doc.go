@@ -22,5 +22,13 @@
 //	_ = r.WaitFor(ctx, seq)
 //	_, ok, _ := r.Get([]byte("store-1/alice")) // ok == true, no network
 //
+// An owner that lost its data dir and every standby gets a table back from
+// a consumer's replica with Component.Restore (PlanRestore shows what it
+// would do; see restore.go): the owner continues the replica's history at a
+// new epoch, and the consumers resume, or take a full transfer.
+//
+//	res, err := owner.Restore(ctx, "store_managers", replica.RestoreOptions{
+//		Source: transport.RestoreSource{Service: "products", Addr: products.Addr()}})
+//
 // Typed[V] wraps either side with msgpack-encoded Go values.
 package replica

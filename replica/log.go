@@ -167,6 +167,12 @@ func (t *OwnedTable) trim(now time.Time) error {
 		return nil
 	}
 	t.mu.Lock()
+	if t.meta.First != first || t.restoring.Load() {
+		// A restore replaced the table while the log was measured: its
+		// log is another one (trimmed next round).
+		t.mu.Unlock()
+		return nil
+	}
 	t.meta.First = newFirst
 	t.logSize -= dropped
 	t.mu.Unlock()

@@ -90,6 +90,7 @@ type RestorePlan struct {
 
 // RestoreProgress is one progress report of a running restore.
 type RestoreProgress struct {
+	Table string
 	// Phase is one of transport.RestorePhasePlan, RestorePhaseTransfer,
 	// RestorePhaseEpoch, RestorePhaseDone.
 	Phase string
@@ -98,6 +99,8 @@ type RestoreProgress struct {
 	Transfer TransferProgress
 	// NewEpoch is, at Phase done, the epoch the table writes at.
 	NewEpoch uint64
+	// Err is, at Phase failed, why the restore failed.
+	Err error
 }
 
 // RestoreResult is the outcome of a completed restore.
@@ -422,6 +425,7 @@ func (c *Component) restoreMarked(ctx context.Context, t *OwnedTable, opts Resto
 			}
 		}
 		c.log.Warn("restore failed", "table", t.name, "err", err, "table_emptied", started)
+		t.report(&opts, RestoreProgress{Table: t.name, Phase: transport.RestorePhaseFailed, Plan: res.Plan, Err: err})
 		return res, err
 	}
 	c.log.Info("table restored", "table", t.name, "source", res.Plan.Source.Source.String(), "log_id", res.LogID,
@@ -484,11 +488,28 @@ func (c *Component) autoRestore(t *OwnedTable) {
 	}
 }
 
-// progress reports p when opts asks for it.
-func (o *RestoreOptions) progress(p RestoreProgress) {
-	if o.Progress != nil {
-		o.Progress(p)
+// report records p as t's newest restore report (RestoreProgress, the
+// Watch of the Restore RPC) and passes it to opts.Progress.
+func (t *OwnedTable) report(opts *RestoreOptions, p RestoreProgress) {
+	t.lastRestore.Store(&p)
+	if opts.Progress != nil {
+		opts.Progress(p)
 	}
+}
+
+// RestoreProgress returns the newest report of the table's running or last
+// restore since the component opened (Phase "" when there was none),
+// however it was started (Restore, the Restore RPC, AutoRestore). Transfer
+// reports are recorded every RestoreOptions.ProgressEvery.
+func (c *Component) RestoreProgress(table string) (RestoreProgress, error) {
+	t, err := c.ownedTable(table)
+	if err != nil {
+		return RestoreProgress{}, err
+	}
+	if p := t.lastRestore.Load(); p != nil {
+		return *p, nil
+	}
+	return RestoreProgress{Table: table}, nil
 }
 
 func (c *Component) restore(ctx context.Context, t *OwnedTable, opts RestoreOptions, started *bool) (RestoreResult, error) {
@@ -498,7 +519,7 @@ func (c *Component) restore(ctx context.Context, t *OwnedTable, opts RestoreOpti
 	if err != nil {
 		return res, err
 	}
-	opts.progress(RestoreProgress{Phase: transport.RestorePhasePlan, Plan: plan})
+	t.report(&opts, RestoreProgress{Table: t.name, Phase: transport.RestorePhasePlan, Plan: plan})
 	cli, err := c.restoreClient(plan.Source.Source)
 	if err != nil {
 		return res, err
@@ -598,7 +619,7 @@ func (c *Component) restore(ctx context.Context, t *OwnedTable, opts RestoreOpti
 		xfer.rows += uint64(len(f.Rows))
 		if now := time.Now(); now.Sub(xfer.logged) >= every {
 			xfer.logged = now
-			opts.progress(RestoreProgress{Phase: transport.RestorePhaseTransfer, Plan: plan, Transfer: xfer.progress(now)})
+			t.report(&opts, RestoreProgress{Table: t.name, Phase: transport.RestorePhaseTransfer, Plan: plan, Transfer: xfer.progress(now)})
 		}
 	}
 	final := xfer.progress(time.Now())
@@ -619,7 +640,7 @@ func (c *Component) restore(ctx context.Context, t *OwnedTable, opts RestoreOpti
 	if err := x.finish(src, seen, len(c.cfg.Brokers) == 0); err != nil {
 		return res, err
 	}
-	opts.progress(RestoreProgress{Phase: transport.RestorePhaseEpoch, Plan: plan, Transfer: final})
+	t.report(&opts, RestoreProgress{Table: t.name, Phase: transport.RestorePhaseEpoch, Plan: plan, Transfer: final})
 	t.restoring.Store(false)
 	*started = false // complete: from here on a failure is the epoch wait's, the copy stays
 	if len(c.cfg.Brokers) > 0 {
@@ -630,7 +651,7 @@ func (c *Component) restore(ctx context.Context, t *OwnedTable, opts RestoreOpti
 	}
 	m, _ := t.state()
 	res.NewEpoch = m.Epoch
-	opts.progress(RestoreProgress{Phase: transport.RestorePhaseDone, Plan: plan, Transfer: final, NewEpoch: m.Epoch})
+	t.report(&opts, RestoreProgress{Table: t.name, Phase: transport.RestorePhaseDone, Plan: plan, Transfer: final, NewEpoch: m.Epoch})
 	return res, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -221,7 +222,16 @@ func TestRestore_FromReplica(t *testing.T) {
 			_, derr := s.tbl.Digest(nil, nil)
 			cl := rawClient(t, s.addr, transport.Options{})
 			_, rerr := cl.Get(ctx, &transport.GetRequest{Version: transport.ProtocolVersion, Table: "t", Service: "products", Keys: [][]byte{[]byte("k001")}})
-			during = []error{perr, gerr, serr, derr, rerr}
+			sub, err := cl.Subscribe(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := sub.Send(&transport.ConsumerFrame{Kind: transport.KindOpen, Open: &transport.Open{Version: transport.ProtocolVersion,
+				Service: "products", Instance: "p9", Table: "t"}}); err != nil {
+				t.Fatal(err)
+			}
+			_, suberr := sub.Recv()
+			during = []error{perr, gerr, serr, derr, transport.FromStatus(rerr), transport.FromStatus(suberr)}
 		},
 	})
 	if err != nil {
@@ -230,7 +240,7 @@ func TestRestore_FromReplica(t *testing.T) {
 	if want := []string{"plan", "transfer", "epoch", "done"}; strings.Join(phases, ",") != strings.Join(want, ",") {
 		t.Errorf("progress phases %v, want %v", phases, want)
 	}
-	if len(during) != 5 {
+	if len(during) != 6 {
 		t.Fatalf("the progress callback saw no transfer phase")
 	}
 	for i, e := range during[:4] {
@@ -238,8 +248,10 @@ func TestRestore_FromReplica(t *testing.T) {
 			t.Errorf("local call %d during the restore: %v, want ErrRestoring", i, e)
 		}
 	}
-	if !errors.Is(during[4], transport.ErrUnavailable) || !strings.Contains(during[4].Error(), "restored") {
-		t.Errorf("remote Get during the restore: %v, want ErrUnavailable saying it is being restored", during[4])
+	for i, e := range during[4:] {
+		if !errors.Is(e, transport.ErrUnavailable) || !strings.Contains(e.Error(), "restored") {
+			t.Errorf("remote call %d (Get, Subscribe) during the restore: %v, want ErrUnavailable saying it is being restored", i, e)
+		}
 	}
 	if res.LogID != s.logID || res.Seq != s.head || res.Rows != uint64(s.digest.Rows) || res.NewEpoch <= oldEpoch {
 		t.Fatalf("result %+v: want log %s seq %d, %d rows, a new epoch above %d", res, s.logID, s.head, s.digest.Rows, oldEpoch)
@@ -510,6 +522,20 @@ func TestRestore_Security(t *testing.T) {
 		return transport.RestoreSource{Service: service, Instance: service + "-1", Addr: c.Addr()}
 	}
 
+	watch := func(t *testing.T) *transport.RestoreStatus {
+		t.Helper()
+		frames, err := restoreCall(roleID(transport.RoleAdmin, "root"), &transport.RestoreRequest{Table: "managers", Watch: true})
+		if err != nil || len(frames) == 0 {
+			t.Fatalf("watch: %d frames, %v", len(frames), err)
+		}
+		return frames[len(frames)-1]
+	}
+
+	t.Run("no restore to watch yet", func(t *testing.T) {
+		if f := watch(t); f.Phase != transport.RestorePhaseNone || f.Table != "managers" {
+			t.Fatalf("watch before any restore: %+v", f)
+		}
+	})
 	t.Run("a service may not start a restore", func(t *testing.T) {
 		_, err := restoreCall(svcID("stores", "stores-2"), &transport.RestoreRequest{Table: "managers", Source: src(products, "products")})
 		wantDenied(t, err, "only an admin")
@@ -523,6 +549,9 @@ func TestRestore_Security(t *testing.T) {
 		wantDenied(t, err, "billing", "may not read table managers")
 		if tbl.Head() != 0 {
 			t.Fatalf("head %d after a refused restore", tbl.Head())
+		}
+		if f := watch(t); f.Phase != transport.RestorePhaseFailed || !strings.Contains(f.Err, "may not read table managers") {
+			t.Fatalf("watch after the refused restore: %+v", f)
 		}
 	})
 	t.Run("only the table's service reads a replica's rows", func(t *testing.T) {
@@ -558,5 +587,78 @@ func TestRestore_Security(t *testing.T) {
 		if last.Rows != uint64(want.Rows) || last.Seq != want.Seq || string(got.Hash) != string(want.Hash) || got.Seq != want.Seq {
 			t.Fatalf("restored %d rows at seq %d (hash %x); the replica has %d at %d (hash %x)", last.Rows, got.Seq, got.Hash, want.Rows, want.Seq, want.Hash)
 		}
+		if f := watch(t); f.Phase != transport.RestorePhaseDone || f.Rows != last.Rows || f.NewEpoch == 0 {
+			t.Fatalf("watch after the restore: %+v", f)
+		}
+		p, err := owner.RestoreProgress("managers")
+		if err != nil || p.Phase != transport.RestorePhaseDone || p.Plan.Source.Source.Service != "products" {
+			t.Fatalf("RestoreProgress after the restore: %+v, %v", p, err)
+		}
 	})
+}
+
+// BenchmarkRestore measures a restore's throughput beside the full
+// transfer's, both of the same table (REPLMESH_BENCH_ROWS rows of 256 B,
+// default 100,000) on data dirs over loopback TCP: the consumer's first
+// full transfer from the owner, then b.N restores of an empty owner from
+// the consumer's replica. The end-to-end figure (1M rows) belongs in
+// cmd/replbench.
+func BenchmarkRestore(b *testing.B) {
+	rows := 100_000
+	if s := os.Getenv("REPLMESH_BENCH_ROWS"); s != "" {
+		if _, err := fmt.Sscan(s, &rows); err != nil {
+			b.Fatal(err)
+		}
+	}
+	ctx := ctxT(b, 30*time.Minute)
+	owner := openComponent(b, "bench", "owner", b.TempDir(), "127.0.0.1:0")
+	defer mustClose(b, owner)
+	tbl, err := owner.Own("bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	val := benchValue()
+	for i := 0; i < rows; i += 1000 {
+		ws := make([]Write, 0, 1000)
+		for j := i; j < min(i+1000, rows); j++ {
+			ws = append(ws, Write{Key: benchKey(j), Value: val})
+		}
+		if _, err := tbl.Apply(ctx, ws...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	cons := openComponent(b, "reader", "r1", b.TempDir(), "127.0.0.1:0")
+	defer mustClose(b, cons)
+	r, err := cons.Subscribe(ctx, SubscribeOptions{Service: "bench", Table: "bench", Addr: owner.Addr()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := r.WaitFor(ctx, tbl.Head()); err != nil {
+		b.Fatal(err)
+	}
+	xfer := time.Duration(r.Status().Stats.LastTransferNs)
+	b.ResetTimer()
+	var took time.Duration
+	for range b.N {
+		b.StopTimer()
+		o := openComponent(b, "bench", "owner", b.TempDir(), "")
+		t2, err := o.Own("bench")
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		res, err := o.Restore(ctx, "bench", RestoreOptions{Source: transport.RestoreSource{Addr: cons.Addr()}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		took += res.Transfer
+		if res.Rows != uint64(rows) || t2.Head() != tbl.Head() {
+			b.Fatalf("restored %d rows at %d, want %d at %d", res.Rows, t2.Head(), rows, tbl.Head())
+		}
+		mustClose(b, o)
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(rows)*float64(b.N)/took.Seconds(), "restore_rows/s")
+	b.ReportMetric(float64(rows)/xfer.Seconds(), "transfer_rows/s") // after ResetTimer, which deletes reported metrics
 }

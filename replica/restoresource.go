@@ -157,9 +157,12 @@ func (s *restoreServer) Restore(req *transport.RestoreRequest, stream grpc.Serve
 		}
 	}
 	opts := RestoreOptions{Source: req.Source, Candidates: req.Candidates, LogID: req.LogID}
+	if req.Watch {
+		return s.watch(req.Table, stream)
+	}
 	if req.DryRun {
 		plan, err := s.c.PlanRestore(ctx, req.Table, opts)
-		if serr := stream.Send(statusFrame(RestoreProgress{Phase: transport.RestorePhasePlan, Plan: plan})); serr != nil {
+		if serr := stream.Send(statusFrame(RestoreProgress{Table: req.Table, Phase: transport.RestorePhasePlan, Plan: plan})); serr != nil {
 			return serr
 		}
 		return err
@@ -169,9 +172,46 @@ func (s *restoreServer) Restore(req *transport.RestoreRequest, stream grpc.Serve
 	return err
 }
 
+// watchEvery is how often a watch of a restore looks for a newer report.
+const watchEvery = 100 * time.Millisecond
+
+// watch sends the table's newest restore report whenever it changes,
+// until the restore is over (done or failed), or at once when none ran.
+func (s *restoreServer) watch(table string, stream grpc.ServerStreamingServer[transport.RestoreStatus]) error {
+	t, err := s.c.ownedTable(table)
+	if err != nil {
+		return err
+	}
+	tk := time.NewTicker(watchEvery)
+	defer tk.Stop()
+	var sent *RestoreProgress
+	for {
+		p := t.lastRestore.Load()
+		if p == nil {
+			return stream.Send(&transport.RestoreStatus{Phase: transport.RestorePhaseNone, Table: table})
+		}
+		if p != sent {
+			if err := stream.Send(statusFrame(*p)); err != nil {
+				return err
+			}
+			sent = p
+		}
+		if !t.restoring.Load() && (p.Phase == transport.RestorePhaseDone || p.Phase == transport.RestorePhaseFailed) {
+			return nil
+		}
+		select {
+		case <-tk.C:
+		case <-stream.Context().Done():
+			return stream.Context().Err()
+		case <-s.c.done():
+			return fmt.Errorf("%w: component is closing", transport.ErrUnavailable)
+		}
+	}
+}
+
 // statusFrame is the wire form of a progress report.
 func statusFrame(p RestoreProgress) *transport.RestoreStatus {
-	f := &transport.RestoreStatus{Phase: p.Phase, Table: p.Plan.Table, Source: p.Plan.Source.Source,
+	f := &transport.RestoreStatus{Phase: p.Phase, Table: p.Table, Source: p.Plan.Source.Source,
 		ExpectedLogID: p.Plan.ExpectedLogID, OwnerLogID: p.Plan.OwnerLogID, OwnerEpoch: p.Plan.OwnerEpoch, OwnerHead: p.Plan.OwnerHead,
 		LogID: p.Plan.Source.LogID, Epoch: p.Plan.Source.Epoch, Seq: p.Plan.Source.Seq, NewEpoch: p.NewEpoch}
 	if p.Phase == transport.RestorePhasePlan {
@@ -182,6 +222,9 @@ func statusFrame(p RestoreProgress) *transport.RestoreStatus {
 	f.EtaMs, f.ElapsedMs = x.ETA.Milliseconds(), x.Elapsed.Milliseconds()
 	if x.Seq != 0 {
 		f.Seq = x.Seq
+	}
+	if p.Err != nil {
+		f.Err = p.Err.Error()
 	}
 	return f
 }

@@ -87,6 +87,8 @@ type OwnedTable struct {
 	// write that passed the check is still on its way to the committer.
 	restoring atomic.Bool
 	restoreMu sync.RWMutex
+	// lastRestore is the newest report of the running or last restore.
+	lastRestore atomic.Pointer[RestoreProgress]
 
 	mu      sync.Mutex
 	meta    ownerMeta     // durable state as of the last commit
@@ -190,6 +192,7 @@ func (c *Component) own(name string, opts []TableOptions) (t *OwnedTable, fresh 
 		// machine crash) is then detected by the epoch history instead of
 		// silently resuming over different changes at the same seqs.
 		t.meta.Epoch++
+		t.meta.NeedEpoch = false // a restored table's new epoch is this one
 		t.meta.Epochs = t.meta.Epochs.Append(t.meta.Epoch, t.meta.Head+1)
 		b, err := msgpack.Marshal(&t.meta)
 		if err != nil {

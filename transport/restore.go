@@ -146,6 +146,9 @@ type RestoreRequest struct {
 	Candidates []RestoreSource `msgpack:"cands,omitempty"`
 	LogID      string          `msgpack:"log,omitempty"`
 	DryRun     bool            `msgpack:"dry,omitempty"`
+	// Watch starts nothing: the answer follows the table's running (or
+	// last) restore, however it was started, until it is done or failed.
+	Watch bool `msgpack:"watch,omitempty"`
 }
 
 // Validate checks a RestoreRequest received from a peer.
@@ -189,6 +192,8 @@ const (
 	RestorePhaseTransfer = "transfer" // rows arrive
 	RestorePhaseEpoch    = "epoch"    // the copy is complete; waiting for a new epoch (broker grant)
 	RestorePhaseDone     = "done"     // the table takes writes again
+	RestorePhaseFailed   = "failed"   // the restore failed (RestoreStatus.Err); the table is as before it, or empty
+	RestorePhaseNone     = ""         // (Watch) no restore of the table since the owner opened
 )
 
 // RestoreStatus is one frame of a Restore stream: the plan first, then
@@ -219,6 +224,8 @@ type RestoreStatus struct {
 	ElapsedMs int64   `msgpack:"el,omitempty" json:"elapsed_ms"`
 	// NewEpoch is, once done, the epoch the table writes at from Seq+1.
 	NewEpoch uint64 `msgpack:"nep,omitempty" json:"new_epoch"`
+	// Err is, in a failed phase, why.
+	Err string `msgpack:"err,omitempty" json:"error,omitempty"`
 }
 
 // RestoreServer is implemented by a component: Position and Source as a
@@ -326,8 +333,9 @@ func (c *RestoreClient) Source(ctx context.Context, in *SourceRequest, opts ...g
 	return openServerStream[OwnerFrame](ctx, c.cc, &RestoreServiceDesc.Streams[0], "Source", in, opts)
 }
 
-// Restore starts a restore (or, with DryRun, plans one) on the owner and
-// returns the stream of its status frames. Cancelling ctx cancels the
+// Restore starts a restore (or, with DryRun, plans one; with Watch,
+// follows the running one) on the owner and returns the stream of its
+// status frames. Cancelling ctx cancels the
 // restore (the table is left empty and may be restored again).
 func (c *RestoreClient) Restore(ctx context.Context, in *RestoreRequest, opts ...grpc.CallOption) (*ServerStream[RestoreStatus], error) {
 	return openServerStream[RestoreStatus](ctx, c.cc, &RestoreServiceDesc.Streams[1], "Restore", in, opts)

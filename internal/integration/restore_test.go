@@ -50,7 +50,8 @@ func (rc *restoreConsumer) stop(t *testing.T) {
 // truncated and transferred, never resumed. A first attempt, cancelled
 // mid-transfer, leaves the owner empty and does not stop the second.
 func TestRestore_OwnerFromMostAdvancedReplica(t *testing.T) {
-	brokers := grpcAddrs(startBrokers(t, 1)...)
+	bs := startBrokers(t, 1)
+	brokers := grpcAddrs(bs...)
 	ctx := ctxT(t, 120*time.Second)
 	owner := component(t, "stores", "s1", t.TempDir(), "", brokers, true, nil)
 	t.Cleanup(func() { _ = owner.Close() })
@@ -118,9 +119,23 @@ func TestRestore_OwnerFromMostAdvancedReplica(t *testing.T) {
 	if p2Digest.Seq != 100 || p2Digest.LogID != oldLog {
 		t.Fatalf("p2 holds log %s seq %d, want %s at 100", p2Digest.LogID, p2Digest.Seq, oldLog)
 	}
-	// The broker lists the candidates with their positions (log id, epoch,
-	// seq): what replctl shows before it asks for confirmation.
-	waitUntil(t, 30*time.Second, "the broker lists p1 and p2 with their positions", func() bool {
+	// The broker's Status lists each subscription's history and position
+	// (what replctl lists), and the owner finds the candidates through it.
+	waitUntil(t, 30*time.Second, "the broker's Status shows p2's log id, epoch and seq", func() bool {
+		st, err := bs[0].Status(ctx, &transport.StatusRequest{Version: transport.ProtocolVersion})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, in := range st.Instances {
+			for _, s := range in.Subscriptions {
+				if in.Instance == "p2" && s.Table == "managers" && s.LogID == oldLog && s.Epoch == oldEpoch && s.Seq == 100 {
+					return true
+				}
+			}
+		}
+		return false
+	})
+	waitUntil(t, 30*time.Second, "the owner's plan lists p1 and p2 with their positions", func() bool {
 		ps, err := owner.PlanRestore(ctx, "managers", replica.RestoreOptions{})
 		if err != nil {
 			return false
