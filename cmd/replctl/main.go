@@ -35,7 +35,9 @@
 //	                            one), asks y/N on stdin (-yes does not),
 //	                            then shows the progress (rows, percent,
 //	                            ETA) until the table takes writes again;
-//	                            -dry-run shows the plan only; a source of
+//	                            -dry-run shows the plan only, -watch follows
+//	                            the running or last restore (an automatic
+//	                            one too) and starts nothing; a source of
 //	                            another history is refused unless
 //	                            -override-log-id names its log id. An
 //	                            interrupt cancels it: the table is left

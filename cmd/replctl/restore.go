@@ -125,6 +125,7 @@ func (c *cli) restore(ctx context.Context, args []string) error {
 	override := fs.String("override-log-id", "", "take the source's history even though its log id is not the expected one: name that `LOG_ID`")
 	yes := fs.Bool("yes", false, "do not ask for confirmation")
 	dryRun := fs.Bool("dry-run", false, "show the candidates and the plan; change nothing")
+	watch := fs.Bool("watch", false, "start nothing: follow the table's running (or last) restore, however it was started, until it is done or failed")
 	pos, err := c.parse(fs, args)
 	if err != nil {
 		return err
@@ -135,6 +136,12 @@ func (c *cli) restore(ctx context.Context, args []string) error {
 	service, table, err := parseTableRef(pos[0])
 	if err != nil {
 		return err
+	}
+	if *watch {
+		if *from != "" || *override != "" || *yes || *dryRun {
+			return usagef("restore -watch starts nothing: it takes no -from, -override-log-id, -yes or -dry-run")
+		}
+		return c.watchRestore(ctx, service, table)
 	}
 	st, err := c.brokerStatus(ctx)
 	if err != nil {
@@ -228,6 +235,40 @@ func (c *cli) restore(ctx context.Context, args []string) error {
 	}
 	textf(c.stdout, "restored %s/%s on %s from %s: log %s at seq %d, %d rows (%s), new epoch %d\n",
 		service, table, owner.Primary.Instance, rep.Source, rep.LogID, rep.Seq, rep.Rows, byteSize(rep.Bytes), rep.NewEpoch)
+	return nil
+}
+
+// watchRestore follows the running or last restore of service/table on
+// its primary (an automatic restore, or one another operator started):
+// its frames until it is done (exit 0) or failed (exit 1).
+func (c *cli) watchRestore(ctx context.Context, service, table string) error {
+	owner, cn, err := c.primaryConn(ctx, service)
+	if err != nil {
+		return err
+	}
+	var last *transport.RestoreStatus
+	_, err = c.restoreCall(ctx, cn.restore, &transport.RestoreRequest{Version: transport.ProtocolVersion, Table: table, Watch: true},
+		func(f *transport.RestoreStatus) {
+			last = f
+			if c.output == "json" {
+				_ = writeJSONLine(c.stdout, f)
+				return
+			}
+			printRestoreProgress(c.stdout, f)
+		})
+	if err != nil {
+		return c.restoreError(service, table, owner.Primary, err)
+	}
+	switch {
+	case last == nil:
+		return fmt.Errorf("restore -watch %s/%s: the owner %s ended the call without a report", service, table, owner.Primary.Instance)
+	case last.Phase == transport.RestorePhaseNone:
+		if c.output == "text" {
+			textf(c.stdout, "no restore of %s/%s since %s opened\n", service, table, owner.Primary.Instance)
+		}
+	case last.Phase == transport.RestorePhaseFailed:
+		return checkFailed(fmt.Errorf("the restore of %s/%s on %s failed: %s", service, table, owner.Primary.Instance, last.Err))
+	}
 	return nil
 }
 
@@ -375,6 +416,8 @@ func printRestoreProgress(w io.Writer, f *transport.RestoreStatus) {
 		textf(w, "copy complete: %d rows (%s) in %s; waiting for the new epoch\n", f.Rows, byteSize(f.Bytes), duration(time.Duration(f.ElapsedMs)*time.Millisecond))
 	case transport.RestorePhaseDone:
 		textf(w, "done: the table takes writes at epoch %d from seq %d\n", f.NewEpoch, f.Seq+1)
+	case transport.RestorePhaseFailed:
+		textf(w, "failed: %s\n", f.Err)
 	}
 }
 

@@ -168,6 +168,10 @@ func TestRestore_Command(t *testing.T) {
 		{name: "an unknown service", args: []string{"restore", "-yes", "nosuch/managers"}, code: exitError,
 			stderr: []string{`no service "nosuch"`}},
 		{name: "no table argument", args: []string{"restore", "-yes"}, code: exitUsage},
+		{name: "watch with nothing run yet", args: []string{"restore", "-watch", "stores/managers"}, code: exitOK,
+			stdout: []string{"no restore of stores/managers since s1 opened"}},
+		{name: "watch takes no -yes", args: []string{"restore", "-watch", "-yes", "stores/managers"}, code: exitUsage,
+			stderr: []string{"-watch starts nothing"}},
 		{name: "dry run", args: []string{"-o", "json", "restore", "-dry-run", "-override-log-id", oldLog, "stores/managers"}, code: exitOK,
 			check: func(t *testing.T, r result) {
 				var rep restoreReport
@@ -192,6 +196,8 @@ func TestRestore_Command(t *testing.T) {
 		{name: "confirmed: from the most advanced", args: []string{"restore", "-override-log-id", oldLog, "stores/managers"}, stdin: "y\n",
 			code: exitOK, restores: true, stdout: []string{"* ", "products/p2", "restored stores/managers on s1 from products/p2", "at seq 50"},
 			stderr: []string{"restoring from products/p2", "done: the table takes writes"}},
+		{name: "watch the last restore", args: []string{"restore", "-watch", "stores/managers"}, code: exitOK, restores: true,
+			stdout: []string{"done: the table takes writes at epoch"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -270,6 +276,8 @@ func TestPrintRestoreProgress(t *testing.T) {
 			"copy complete: 10 rows (2.0 kB) in 1.5s; waiting for the new epoch\n"},
 		{"done", transport.RestoreStatus{Phase: transport.RestorePhaseDone, Seq: 50, NewEpoch: 4},
 			"done: the table takes writes at epoch 4 from seq 51\n"},
+		{"failed", transport.RestoreStatus{Phase: transport.RestorePhaseFailed, Err: "restore managers: unavailable: the source ended the stream early"},
+			"failed: restore managers: unavailable: the source ended the stream early\n"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
