@@ -128,6 +128,14 @@ func suite(t *testing.T, base uint64) []scenario {
 			faults: []string{fLeaderStop, fDupInstance, fBrokerWipe, fBrokerChurn}, ordered: true,
 		},
 		{
+			// The owner loses its disk with no standby running and is
+			// restored from the most advanced consumer (restore.go);
+			// kills around it.
+			name: "owner-disk-loss", seed: seed(28), sp: spec{brokers: 1, owners: 2, consumers: 3, consumerListen: true},
+			bulk: 500, writers: 3, pace: 15 * time.Millisecond, duration: 25 * time.Second,
+			faults: []string{fOwnerDiskLoss, fKillConsumer, fOwnerDiskLoss, fKillPrimary}, ordered: true,
+		},
+		{
 			name: "mixed", seed: seed(25), sp: spec{brokers: 3, owners: 3, consumers: 3},
 			bulk: 1000, writers: 3, pace: 10 * time.Millisecond, duration: 45 * time.Second,
 			faults: []string{fKillPrimary, fKillStandby, fKillConsumer, fKillBroker, fKillConsumerTransfer,

@@ -24,6 +24,9 @@ type spec struct {
 	// consumer that was away long enough gets a full transfer over the
 	// replica it holds.
 	retention uint64
+	// consumerListen gives each consumer a replication listener, so that
+	// its replica may serve a restore of the owner (owner-disk-loss).
+	consumerListen bool
 }
 
 // cluster is the set of processes of one scenario: brokers b1.., owner
@@ -105,6 +108,14 @@ func newCluster(root, bin string, sp spec, rn *realNet, logf func(string, ...any
 				return nil, err
 			}
 			n.addr = cl.hostPort(n, p, 7500)
+		case RoleConsumer:
+			if sp.consumerListen {
+				p, err := port()
+				if err != nil {
+					return nil, err
+				}
+				n.addr = cl.hostPort(n, p, 7500)
+			}
 		}
 		return n, nil
 	}
@@ -186,6 +197,9 @@ func (cl *cluster) args(n *node) []string {
 		}
 	case RoleConsumer:
 		a = append(a, "-dir", n.dir, "-brokers", strings.Join(addrsOf(cl.brokers), ","), "-applylog", n.applyLogPath())
+		if n.addr != "" {
+			a = append(a, "-listen", n.addr)
+		}
 	}
 	if fs := cl.linkFaults(n); len(fs) > 0 {
 		b, _ := json.Marshal(fs)

@@ -66,7 +66,13 @@
 // at epoch 2^64-1) and a 10-byte packet claiming 2^32-1 records; each must
 // be refused and change nothing (every broker still runs and names a real
 // owner, at its address, as primary), the report counts the attacks
-// refused, and one that succeeded fails the scenario.
+// refused, and one that succeeded fails the scenario; the owner losing
+// its disk with no standby running (owner-disk-loss, restore.go: the
+// consumers fall behind, the standbys are killed, the primary's data dir
+// is wiped and it restarts empty), restored by the harness from the most
+// advanced consumer (whose listener serves the restore): the acknowledged
+// writes that replica held are checked as any other, those it never
+// received are counted in the report as lost by the fault, not violations.
 //
 // The brokers' agreement (brokerfaults.go, dupinstance.go; scenarios
 // "raft", "netns-raft" and "netns-raft-pause"): leader-sigstop SIGSTOPs the raft leader (from

@@ -29,6 +29,10 @@ const (
 	fDiskFull             = "disk-full"                  // fill a consumer's (tmpfs) data file system, then free it
 	fDupReorder           = "dup-reorder-frames"         // duplicate and swap the frames one consumer's replica receives
 	fAttacker             = "attacker"                   // a hostile process attacks the live cluster (security on; see attacker.go)
+
+	// The owner loses its disk with no standby running; the harness
+	// restores it from the most advanced consumer (restore.go).
+	fOwnerDiskLoss = "owner-disk-loss"
 )
 
 // Fault parameters.
@@ -64,6 +68,7 @@ type injector struct {
 	attacks    attackStats     // what the attacker fault tried
 	stops      []string        // leader-sigstop: per firing, SIGSTOP -> new leader and kill -> promotion
 	stopsNote  int             // 1 + the index of their note in notes (0: none yet)
+	restores   []restorePoint  // what each owner-disk-loss restored (restore.go)
 	gen        atomic.Int64    // bumped when a fault begins
 	wg         sync.WaitGroup
 }
@@ -350,6 +355,8 @@ func (in *injector) inject(ctx context.Context, kind string) (fired bool, err er
 		return in.brokerChurn(ctx)
 	case fDupInstance:
 		return in.dupInstance(ctx)
+	case fOwnerDiskLoss:
+		return in.ownerDiskLoss(ctx)
 	}
 	return false, fmt.Errorf("unknown fault %q", kind)
 }

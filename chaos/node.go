@@ -29,7 +29,7 @@ type node struct {
 	role   string
 	dir    string   // the node's data directory (badger in dir/db; may be a small tmpfs)
 	logDir string   // where its logs go (never on its data file system)
-	addr   string   // broker gRPC address or owner replication address ("" for consumers)
+	addr   string   // broker gRPC address or owner replication address (consumers: "" unless spec.consumerListen)
 	gossip string   // broker memberlist address
 	ip     string   // real-network level: the node's address in its namespace
 	sec    []string // its security flags: certificate, policy, gossip key (see pki)

@@ -69,6 +69,11 @@ const (
 	// group for good, through the call replctl broker remove makes
 	// (Broker.RaftRemove), made in the broker's process.
 	OpRemoveBroker = "remove-broker"
+
+	// OpRestore (owner, primary): restore the table from the most
+	// advanced of Restore.Candidates (Component.Restore); the answer's
+	// Restore says what it restored. The owner-disk-loss fault's.
+	OpRestore = "restore"
 )
 
 // Write outcomes (Response.Class).
@@ -102,6 +107,8 @@ type Request struct {
 	Link   *LinkFault  `json:"link,omitempty"`
 	Frames *FrameFault `json:"frames,omitempty"`
 	Name   string      `json:"name,omitempty"` // OpRemoveBroker: the broker to remove
+	// OpRestore: the replicas to choose the source from.
+	Restore []transport.RestoreSource `json:"restore,omitempty"`
 }
 
 // WriteOp is one write of an OpWrite.
@@ -162,6 +169,7 @@ type Response struct {
 	CommitEpoch uint64 `json:"commit_epoch,omitempty"`
 
 	Status  *NodeStatus `json:"status,omitempty"`
+	Restore *Restored   `json:"restored,omitempty"`
 	Digest  *Digest     `json:"digest,omitempty"`
 	Rows    []Row       `json:"rows,omitempty"`
 	History *History    `json:"history,omitempty"`
@@ -171,6 +179,20 @@ type Response struct {
 	Found bool   `json:"found,omitempty"`
 	Ready bool   `json:"ready,omitempty"`
 	State string `json:"state,omitempty"`
+}
+
+// Restored answers OpRestore: the replica the owner's table was restored
+// from, the history it held (log id, the epoch of its newest change, its
+// seq: the owner's head), the epoch the owner writes at from Seq+1, and
+// every candidate's position.
+type Restored struct {
+	Source    transport.RestoreSource     `json:"source"`
+	LogID     string                      `json:"log_id"`
+	Epoch     uint64                      `json:"epoch"`
+	Seq       uint64                      `json:"seq"`
+	NewEpoch  uint64                      `json:"new_epoch"`
+	Rows      uint64                      `json:"rows"`
+	Positions []transport.ReplicaPosition `json:"positions"`
 }
 
 // NodeStatus is a node's state.

@@ -71,6 +71,13 @@ func report(level string, results []*result, took time.Duration) string {
 		lostOps += len(r.v.lostOps)
 	}
 	fmt.Fprintf(&b, "lost acknowledged writes: %d\n", lostOps)
+	if faults[fOwnerDiskLoss] > 0 {
+		lostByFault, held := 0, 0
+		for _, r := range results {
+			lostByFault, held = lostByFault+r.lostByFault, held+r.heldByReplica
+		}
+		fmt.Fprintf(&b, "owner-disk-loss: %d acknowledged writes lost by the fault (the restored replica never received them; reported, not violations); %d acknowledged writes the replica held checked\n", lostByFault, held)
+	}
 	fmt.Fprintf(&b, "violations seen: lost: %d  duplicated: %d  out-of-order: %d  stale-epoch: %d  atomicity: %d  phantom: %d  bad reads: %d  diverged: %d  history: %d  split-epoch: %d  grant: %d\n",
 		all.counts[vLost], all.counts[vDuplicated], all.counts[vOutOfOrder], all.counts[vStaleEpoch], all.counts[vAtomicity],
 		all.counts[vPhantom], all.counts[vRead], all.counts[vDiverged], all.counts[vHistory], all.counts[vSplitEpoch], all.counts[vGrant])

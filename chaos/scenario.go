@@ -59,6 +59,7 @@ type result struct {
 	attacks                      attackStats // the attacker fault's attacks
 	epochAcks                    int         // acknowledged writes whose commit epoch was checked
 	grants                       *grantResult
+	lostByFault, heldByReplica   int // owner-disk-loss: acknowledged writes it lost, and those the restored replica held (restore.go)
 }
 
 func (r *result) passed() bool {
@@ -184,6 +185,13 @@ func runScenarioErr(ctx context.Context, sc scenario, bin, root string, rn *real
 	// The final state against the history.
 	ops := w.h.snapshot()
 	res.invoked, res.ok, res.failed, res.unknown = w.h.counts()
+	// What an owner-disk-loss lost is reported, not checked (restore.go).
+	restores := in.restorePoints()
+	var lossNote string
+	ops, res.lostByFault, res.heldByReplica, lossNote = excuseDiskLoss(ops, restores)
+	if lossNote != "" {
+		res.notes = append(res.notes, lossNote)
+	}
 	rows, err := primary.dump(cctx)
 	if err != nil {
 		return err
@@ -195,7 +203,7 @@ func runScenarioErr(ctx context.Context, sc scenario, bin, root string, rn *real
 		return fmt.Errorf("history of %s: %v %s", primary, err, hr.Err)
 	}
 	hist := hr.History
-	tr := &truth{h: hist}
+	tr := &truth{h: hist, restores: restores}
 	checkState(res.v, "primary "+primary.name, ops, prim, tr)
 	res.historyLen = len(hist.Changes)
 	res.finalEpoch = hist.Epochs.EpochOf(hist.Head)

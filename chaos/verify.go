@@ -30,6 +30,9 @@ func newViolations() *violations {
 // truth is what the checks compare against: the final primary's history.
 type truth struct {
 	h *History
+	// restores are the owner-disk-losses of the run: the changes they
+	// lost are not held against the final history (restore.go).
+	restores []restorePoint
 }
 
 // lost records that acknowledged write o is missing (at where). Since a
@@ -371,7 +374,13 @@ func checkApplyLog(v *violations, name, path string, t *truth) (applyStats, erro
 			if h == nil || c.seq > h.Head {
 				continue
 			}
+			if t.lostByFault(c.seq, c.epoch) {
+				continue // an owner-disk-loss lost it (restore.go)
+			}
 			want := h.Epochs.EpochOf(c.seq)
+			if want == 0 {
+				continue // the final history's epochs begin after seq: a restored owner's begins at the restored seq (restore.go)
+			}
 			hc := bySeq[c.seq]
 			bad := c.epoch != want || hc != nil && (hc.Key != c.key || hc.Delete != c.del)
 			switch {

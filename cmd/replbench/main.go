@@ -11,6 +11,9 @@
 //	paced     one consumer, the writer paced at -rate changes/s: commit-to-applied p50/p99
 //	transfer  full state transfer of -rows rows into a new durable consumer running as a
 //	          child process: rows/s, MB/s, the consumer's peak RSS
+//	restore   issue 15: the full transfer of -rows rows both ways in one run: owner to a new
+//	          durable replica, then the replica back to the owner after it lost its disk
+//	          (Component.Restore): rows/s each way and their ratio (see restore.go)
 //	resume    -missed changes missed, then the consumer restarts, or the owner does:
 //	          time to caught up
 //	get       local Replica.Get on a replica of -getrows rows: ns/op p50, mean, allocs/op
@@ -74,7 +77,7 @@ func main() {
 
 // workloadOrder is the order workloads run in: loopback first, since the
 // other figures are reported as fractions of it.
-var workloadOrder = []string{"loopback", "fanout", "paced", "transfer", "resume", "get", "modes", "security"}
+var workloadOrder = []string{"loopback", "fanout", "paced", "transfer", "restore", "resume", "get", "modes", "security"}
 
 // options are the parsed flags.
 type options struct {
@@ -292,6 +295,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"fanout":   b.runFanout,
 		"paced":    b.runPaced,
 		"transfer": b.runTransfer,
+		"restore":  b.runRestore,
 		"resume":   b.runResume,
 		"get":      b.runGet,
 		"modes":    b.runModes,

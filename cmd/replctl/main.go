@@ -25,6 +25,25 @@
 //	verify SERVICE/TABLE        Digest on the primary and on every standby,
 //	                            compared at equal seqs; consumers' positions
 //	                            checked against the primary's seq (-wait D)
+//	restore SERVICE/TABLE       restore the table on its primary (which lost
+//	                            its data and every standby) from a
+//	                            consumer's replica: lists the replicas the
+//	                            brokers know with their log id, epoch and
+//	                            seq as the owner finds them, picks the most
+//	                            advanced of the expected history (-from
+//	                            INSTANCE, SERVICE/INSTANCE or ADDR names
+//	                            one), asks y/N on stdin (-yes does not),
+//	                            then shows the progress (rows, percent,
+//	                            ETA) until the table takes writes again;
+//	                            -dry-run shows the plan only, -watch follows
+//	                            the running or last restore (an automatic
+//	                            one too) and starts nothing; a source of
+//	                            another history is refused unless
+//	                            -override-log-id names its log id. An
+//	                            interrupt cancels it: the table is left
+//	                            empty, never partial, and can be restored
+//	                            again. Needs an admin certificate when the
+//	                            owner checks identities
 //	mode set SERVICE/TABLE MODE set the broker override (push, pull or auto;
 //	                            "clear" removes it)
 //	mode list                   the overrides in force
@@ -70,7 +89,7 @@
 // renders it (the same document as replbroker's /api/status); the other
 // commands print the structs documented in this package (tableRow,
 // consumerRow, getResult, keysResult, changeLine one per line for tail,
-// verifyReport, modeResult, tlsResult, gossipKeysResult). Every key is snake_case. Keys and values
+// verifyReport, restoreReport, modeResult, tlsResult, gossipKeysResult). Every key is snake_case. Keys and values
 // appear as "key" / "value" when they are valid UTF-8, always as "key_hex"
 // / "value_hex", and a value that is msgpack (a typed table's) also as
 // "value_msgpack", decoded to JSON.
@@ -132,7 +151,7 @@ const (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
+	code := runIn(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Getenv)
 	stop()
 	os.Exit(code)
 }
@@ -180,6 +199,7 @@ func init() {
 		{"keys", "SERVICE/TABLE [PREFIX]", "list the table's keys (with PREFIX) on its primary, in order", (*cli).keys},
 		{"tail", "SERVICE/TABLE", "follow the table's changes live", (*cli).tail},
 		{"verify", "SERVICE/TABLE", "compare digests of the owner instances; check consumers' positions", (*cli).verify},
+		{"restore", "SERVICE/TABLE", "restore the table on its primary from a consumer's replica (admin)", (*cli).restore},
 		{"mode", "set SERVICE/TABLE MODE | list", "set (push, pull, auto, clear) or list the broker's mode overrides", (*cli).mode},
 		{"tls", "ca create | cert create", "write a development CA, or a certificate with a replmesh identity", (*cli).tls},
 		{"gossip", "keys [list|add|use|remove KEY]", "list or change the brokers' gossip keys (rotation)", (*cli).gossip},
@@ -189,6 +209,7 @@ func init() {
 
 // cli holds the common flags and the open connections of one invocation.
 type cli struct {
+	stdin          io.Reader // restore's confirmation
 	stdout, stderr io.Writer
 
 	brokerFlag    string
@@ -210,14 +231,22 @@ type cli struct {
 
 // conn is one gRPC connection.
 type conn struct {
-	closer interface{ Close() error }
-	broker *transport.BrokerClient
-	repl   *transport.ReplicationClient
+	closer  interface{ Close() error }
+	broker  *transport.BrokerClient
+	repl    *transport.ReplicationClient
+	restore *transport.RestoreClient
 }
 
-// run executes one replctl invocation and returns its exit code.
+// run executes one replctl invocation with an empty stdin (a restore
+// that asks for confirmation is not confirmed) and returns its exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
-	c := &cli{stdout: stdout, stderr: stderr, conns: map[string]*conn{}}
+	return runIn(ctx, args, strings.NewReader(""), stdout, stderr, getenv)
+}
+
+// runIn executes one replctl invocation reading stdin (restore's
+// confirmation) and returns its exit code.
+func runIn(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
+	c := &cli{stdin: stdin, stdout: stdout, stderr: stderr, conns: map[string]*conn{}}
 	defer c.close()
 	err := c.main(ctx, args, getenv)
 	if err == nil {
@@ -431,7 +460,7 @@ func (c *cli) dial(addr string) (*conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
-	cn := &conn{closer: cc, broker: transport.NewBrokerClient(cc), repl: transport.NewReplicationClient(cc)}
+	cn := &conn{closer: cc, broker: transport.NewBrokerClient(cc), repl: transport.NewReplicationClient(cc), restore: transport.NewRestoreClient(cc)}
 	c.conns[addr] = cn
 	return cn, nil
 }

@@ -20,7 +20,7 @@
 //     local replica: no call to stores on the decision path. Its own
 //     products go to a table it owns, `products`.
 //
-// The demo then walks through five steps and prints each:
+// The demo then walks through six steps and prints each:
 //
 //  1. stores creates store S1 and makes alice a manager; products waits
 //     for that commit (WaitFor: read-your-writes across services); alice
@@ -40,7 +40,16 @@
 //     as a standby (its writes are refused). bob is revoked on the new
 //     primary and products denies him (the time from the revoke's
 //     acknowledgement to the denial is printed); products followed the new
-//     primary without a full transfer.
+//     primary without a full transfer;
+//  6. stores loses its disk with no standby running: both instances stop
+//     and their data directories are removed; one restarts empty (a new
+//     history). products keeps deciding from its replica, which reports
+//     the divergence and keeps its rows. An operator (an admin
+//     certificate, as replctl restore uses) restores both tables of stores
+//     from products' replica over the Restore RPC: every row is back (the
+//     digests equal those before the loss), products resumes without a
+//     full transfer, the other instance starts empty as a standby and
+//     copies the restored primary, and a new manager, dave, is allowed.
 //
 // The program checks every decision and counter it prints: it exits 1 with
 // a message naming the first expectation that failed, 0 otherwise, so CI
@@ -158,7 +167,7 @@ type demo struct {
 	products *products.Service
 }
 
-// run runs the five steps; the data lives under dir. It returns the first
+// run runs the six steps; the data lives under dir. It returns the first
 // expectation that failed.
 func run(ctx context.Context, out io.Writer, logger *slog.Logger, dir string) (err error) {
 	start := time.Now()
@@ -184,6 +193,7 @@ func run(ctx context.Context, out io.Writer, logger *slog.Logger, dir string) (e
 		{"stop stores: products decides from its replica", d.step3},
 		{"restart stores on the same data dirs, add carol", d.step4},
 		{"stop the stores primary: the standby takes over", d.step5},
+		{"stores loses its disk, no standby: restore it from products' replica", d.step6},
 	}
 	for i, s := range steps {
 		d.printf("\nstep %d: %s\n", i+1, s.title)

@@ -88,6 +88,17 @@ func TestDemo(t *testing.T) {
 		`products: denies bob`,
 		`bob   adds "ceiling fan"  to S1 -> DENIED: bob is not a manager of store S1`,
 		`full transfers 1 -> 1, resumes 1 -> 2`,
+		// step 6: the disk is lost, stores is restored from products.
+		`stores-1 and stores-2 stopped, their data directories removed (no standby left)`,
+		`restarted on an empty data dir: primary`,
+		`state=diverged (kept its`,
+		`carol adds "wall lamp"    to S1 -> ALLOWED`,
+		`operator: restore stores/store_managers from products/products-1@`,
+		`operator: store_managers restored:`,
+		`every row is back (digests equal to those before the loss)`,
+		`started on an empty data dir: standby`,
+		`full transfers 1, truncations 0`,
+		`dave  adds "lamp post"    to S1 -> ALLOWED`,
 		`all expectations met`,
 	} {
 		if !strings.Contains(out.String(), want) {

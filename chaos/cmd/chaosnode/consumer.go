@@ -37,9 +37,11 @@ type consumer struct {
 	wg     sync.WaitGroup
 }
 
-func (n *node) startConsumer(ctx context.Context, dir string, brokers []string, service, table, applyLog string, frames chaos.FrameFault) error {
+func (n *node) startConsumer(ctx context.Context, listen, dir string, brokers []string, service, table, applyLog string, frames chaos.FrameFault) error {
 	cfg := replica.LocalConfig("products", n.name)
-	cfg.ListenAddr = "" // a pure consumer serves nothing
+	// A pure consumer serves nothing, unless it is given an address: then
+	// its replica may serve a restore of the owner (owner-disk-loss).
+	cfg.ListenAddr = listen
 	cfg.DataDir, cfg.Durability = dataDir(dir), replica.Sync
 	cfg.Brokers = brokers
 	cfg.MemTableSize, cfg.BlockCacheSize = 8<<20, 1<<20
@@ -74,7 +76,7 @@ func (n *node) startConsumer(ctx context.Context, dir string, brokers []string, 
 	cs.skipTo, cs.skipping = st.Seq, true
 	cs.writeLog(fmt.Sprintf("%s %d %d\n", chaos.RecStart, st.Seq, st.Epoch))
 	cs.logMu.Unlock()
-	n.comp, n.cons = c, cs
+	n.comp, n.cons, n.addr = c, cs, c.Addr()
 	cs.wg.Add(1)
 	go cs.reader()
 	return nil
@@ -215,7 +217,11 @@ func (cs *consumer) reader() {
 		if seq < lastSeq && after.Stats.FullTransfers == lastTransfers {
 			cs.violation("read at seq %d after a read at seq %d with no full transfer between", seq, lastSeq)
 		}
-		lastSeq, lastTransfers = seq, after.Stats.FullTransfers
+		// The count before the read: a read that overlapped a transfer's
+		// switch may have seen the copy before it while the count after
+		// it includes it; only a count both reads agree on rules a
+		// transfer out (restores make such a transfer go back in seq).
+		lastSeq, lastTransfers = seq, before.Stats.FullTransfers
 	}
 }
 

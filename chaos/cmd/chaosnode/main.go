@@ -41,7 +41,7 @@ func main() {
 		role       = flag.String("role", "", "broker, owner or consumer")
 		name       = flag.String("name", "", "broker name or instance id")
 		dir        = flag.String("dir", "", "data dir (components; brokers: the raft log)")
-		listen     = flag.String("listen", "", "gRPC address: the broker's, or an owner's replication address")
+		listen     = flag.String("listen", "", "gRPC address: the broker's, or a component's replication address (consumers: none unless given)")
 		gossip     = flag.String("gossip", "", "broker: memberlist bind address")
 		join       = flag.String("join", "", "broker: comma-separated gossip addresses to join")
 		brokers    = flag.String("brokers", "", "components: comma-separated broker gRPC addresses")
@@ -122,7 +122,7 @@ func main() {
 			n.watchRole()
 		}
 	case chaos.RoleConsumer:
-		err = n.startConsumer(ctx, *dir, splitList(*brokers), *service, *table, *applyLog, frames)
+		err = n.startConsumer(ctx, *listen, *dir, splitList(*brokers), *service, *table, *applyLog, frames)
 	default:
 		err = fmt.Errorf("unknown -role %q", *role)
 	}

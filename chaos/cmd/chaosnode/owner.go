@@ -60,6 +60,15 @@ func (n *node) handleOwner(req *chaos.Request) chaos.Response {
 			return chaos.Response{Err: err.Error()}
 		}
 		return chaos.Response{Rows: rows}
+	case chaos.OpRestore:
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		res, err := n.comp.Restore(ctx, n.own.Name(), replica.RestoreOptions{Candidates: req.Restore})
+		if err != nil {
+			return chaos.Response{Err: err.Error()}
+		}
+		return chaos.Response{Restore: &chaos.Restored{Source: res.Plan.Source.Source, LogID: res.LogID, Epoch: res.Epoch,
+			Seq: res.Seq, NewEpoch: res.NewEpoch, Rows: res.Rows, Positions: res.Plan.Positions}}
 	case chaos.OpHistory:
 		h, err := n.history()
 		if err != nil {
