@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,7 +13,7 @@ import (
 	"github.com/dgraph-io/badger/v4"
 	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/transport"
-	"github.com/vmihailenco/msgpack/v5"
+	"github.com/tidwall/btree"
 )
 
 // SubscribeOptions name the table a replica follows and where its owner is.
@@ -28,6 +29,14 @@ type SubscribeOptions struct {
 	// pull and auto tuning). It overrides the owner's table default and is
 	// overridden by the broker's (replctl mode set). Nil: no preference.
 	Modes *modes.TableConfig
+	// DiskOnly keeps the replica's rows on disk only, for a table too
+	// large to hold in memory: reads go to badger (a read transaction per
+	// Get) instead of the resident copy. By default every replica is
+	// resident: its rows are held in memory (at about len(key)+len(value)
+	// plus 100 bytes a row, see docs/design.md) and, in a component with a
+	// data dir, on disk as well. In a component without one, a DiskOnly
+	// replica lives in badger's memory mode.
+	DiskOnly bool
 }
 
 // cursor is a replica's durable position, written in the same badger
@@ -41,6 +50,8 @@ type cursor struct {
 }
 
 // Event is delivered to OnChange callbacks after a batch is durable.
+// The keys and values of Changes are the replica's own rows: read them,
+// never modify them.
 type Event struct {
 	// Reset: a full transfer replaced the replica's contents; Changes is
 	// empty and the caller should rebuild what it derives with Scan.
@@ -95,6 +106,10 @@ type Replica struct {
 	modeKick chan struct{} // the effective mode changed: tell the owner
 	pullKick chan struct{} // a read found the replica too stale: pull
 
+	// staleCheck: a read must check staleness (pull mode with
+	// MaxStaleness; setStaleCheckLocked). Else noteRead takes no lock.
+	staleCheck atomic.Bool
+
 	// sink is where the stream writes: the generation store of a
 	// consumer's replica, or a standby's owned copy (a follower). Set
 	// before the stream starts.
@@ -102,6 +117,11 @@ type Replica struct {
 	// pending are received changes waiting for their TxnEnd; the stream
 	// goroutine's alone.
 	pending []transport.Change
+	// res holds the rows in memory (resident.go); nil for a DiskOnly
+	// replica and a standby's follower, which read badger. resOn says
+	// load makes it. Set before the stream starts.
+	res   *resident
+	resOn bool
 
 	// sendMu serializes sends on the stream (acks, pulls, mode switches).
 	sendMu sync.Mutex
@@ -158,6 +178,10 @@ func (c *Component) Subscribe(ctx context.Context, opts SubscribeOptions) (*Repl
 		r.modes.override, _ = r.parseOverride(c.topo.Overrides[key]) // invalid: logged, none
 	}
 	r.resolveModesLocked(time.Now(), "subscribed")
+	if m, ok := r.sink.(*memStore); ok {
+		m.saved = c.memRows[key] // what the table's last Replica left
+		delete(c.memRows, key)
+	}
 	if err := r.load(); err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", key, err)
 	}
@@ -192,6 +216,8 @@ func (c *Component) newReplica(opts SubscribeOptions, log *slog.Logger, standby 
 	r.sink = &genStore{c: c, base: r.base, table: opts.Table, log: log}
 	if standby != nil {
 		r.sink = &ownedCopy{t: standby, log: log}
+	} else {
+		r.setupResident()
 	}
 	r.accept = r.sink.standby() // a standby always takes its primary's history
 	r.modes.sub = opts.Modes
@@ -204,12 +230,41 @@ func (c *Component) newReplica(opts SubscribeOptions, log *slog.Logger, standby 
 	return r
 }
 
+// setupResident makes r a resident replica unless it is DiskOnly; in a
+// component without a data dir its rows are then nowhere else (memStore).
+func (r *Replica) setupResident() {
+	if r.opts.DiskOnly {
+		return
+	}
+	r.resOn = true
+	if r.c.cfg.DataDir == "" {
+		r.sink = &memStore{}
+	}
+}
+
 // load reads the cursor and queues the leftovers of an unfinished transfer
-// for deletion.
+// for deletion; a resident replica then loads its rows into memory.
 func (r *Replica) load() error {
 	cur, err := r.sink.load()
 	if err != nil {
 		return err
+	}
+	if r.resOn {
+		var rows *btree.BTreeG[resRow]
+		var n int64
+		switch s := r.sink.(type) {
+		case *memStore:
+			rows, n = newResRows(), 0
+			if s.saved != nil {
+				rows, n = s.saved.rows, s.saved.bytes
+				s.saved = nil
+			}
+		default:
+			if rows, n, err = r.c.loadResident(r.base, cur); err != nil {
+				return err
+			}
+		}
+		r.res = newResident(cur, rows, n)
 	}
 	r.cur = cur
 	if r.cur.LogID != "" {
@@ -258,25 +313,48 @@ type genPfx struct {
 // exactly those of the returned cursor's seq.
 func (r *Replica) snapshotTxn() (*badger.Txn, []byte, cursor, error) {
 	txn := r.c.db.NewTransaction(false)
-	var cur cursor
-	item, err := txn.Get(cursorKey(r.base))
-	switch {
-	case errors.Is(err, badger.ErrKeyNotFound): // no copy yet: generation 0 is empty
-	case err != nil:
+	cur, err := readCursor(txn, r.base) // none: no copy yet, generation 0 is empty
+	if err != nil {
 		txn.Discard()
 		return nil, nil, cur, err
-	default:
-		if err := item.Value(func(v []byte) error { return msgpack.Unmarshal(v, &cur) }); err != nil {
-			txn.Discard()
-			return nil, nil, cur, fmt.Errorf("decode cursor: %w", err)
-		}
 	}
 	return txn, genPrefix(r.base, cur.Gen), cur, nil
 }
 
 // Get returns the replica's value of key; found is false when it has none.
-// It reads only local storage.
+// It reads only local storage. The value is the caller's (a copy); see
+// GetShared for a read that allocates nothing.
 func (r *Replica) Get(key []byte) (value []byte, found bool, err error) {
+	if r.res != nil {
+		v, ok, err := r.GetShared(key)
+		if !ok || err != nil {
+			return nil, ok, err
+		}
+		return bytes.Clone(v), true, nil
+	}
+	return r.getDisk(key)
+}
+
+// GetShared is Get without the copy: the value returned is the replica's
+// own, shared with every reader, so the caller may read it and keep it
+// (it stays valid and unchanged: a later change replaces the row, it never
+// modifies the value) but must never modify it. A resident replica reads
+// its published view: no lock, no allocation. A DiskOnly replica returns a
+// copy, as Get does.
+func (r *Replica) GetShared(key []byte) (value []byte, found bool, err error) {
+	if r.res == nil {
+		return r.getDisk(key)
+	}
+	if r.c.ctx.Err() != nil {
+		return nil, false, ErrClosed
+	}
+	r.noteRead()
+	v, ok := r.res.view.Load().get(key)
+	return v, ok, nil
+}
+
+// getDisk is Get of a replica that is not resident: a badger read.
+func (r *Replica) getDisk(key []byte) (value []byte, found bool, err error) {
 	if r.c.ctx.Err() != nil {
 		return nil, false, ErrClosed
 	}
@@ -307,6 +385,12 @@ func (r *Replica) Scan(prefix []byte, fn func(key, value []byte) bool) (uint64, 
 	if r.c.ctx.Err() != nil {
 		return 0, ErrClosed
 	}
+	if r.res != nil {
+		r.noteRead()
+		v := r.res.view.Load()
+		v.scan(prefix, nil, nil, fn)
+		return v.cur.Seq, nil
+	}
 	defer r.c.reads.leave()
 	if err := r.c.reads.enter(); err != nil {
 		return 0, err
@@ -329,6 +413,12 @@ func (r *Replica) Scan(prefix []byte, fn func(key, value []byte) bool) (uint64, 
 func (r *Replica) Digest(start, end []byte) (transport.DigestResponse, error) {
 	if r.c.ctx.Err() != nil {
 		return transport.DigestResponse{}, ErrClosed
+	}
+	if r.res != nil {
+		v := r.res.view.Load()
+		d := newDigester()
+		v.scan(nil, start, end, func(k, val []byte) bool { d.add(k, val); return true })
+		return d.result(v.cur.LogID, v.cur.Seq), nil
 	}
 	defer r.c.reads.leave()
 	if err := r.c.reads.enter(); err != nil {
@@ -451,8 +541,17 @@ func (r *Replica) notify(e Event) {
 func (r *Replica) Close() error {
 	r.stop()
 	r.c.mu.Lock()
-	if r.c.replicas[r.opts.Service+"/"+r.opts.Table] == r {
-		delete(r.c.replicas, r.opts.Service+"/"+r.opts.Table)
+	if key := r.opts.Service + "/" + r.opts.Table; r.c.replicas[key] == r {
+		delete(r.c.replicas, key)
+		if _, mem := r.sink.(*memStore); mem && r.res != nil && !r.c.closed {
+			// The stream has stopped: the working tree is the last
+			// published state, and the next Subscribe takes it over.
+			if r.c.memRows == nil {
+				r.c.memRows = map[string]*resView{}
+			}
+			v := r.res.view.Load()
+			r.c.memRows[key] = &resView{cur: v.cur, rows: r.res.w, bytes: r.res.bytes}
+		}
 	}
 	r.c.mu.Unlock()
 	return nil
