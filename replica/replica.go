@@ -68,7 +68,8 @@ type Event struct {
 // Locks. A Replica has three mutexes; when they nest, they are taken in
 // the order cbMu → sendMu → mu (an OnChange callback may call Refresh,
 // which sends; sendFrame reads the stream under mu while it holds sendMu).
-// mu is innermost: nothing else of the package is locked while it is held.
+// mu is innermost but for the resident rows' writer lock (resident.mu,
+// taken under mu by a transfer's switch; readers never take it).
 // Counters that only count are atomics (stats), and so are reads and
 // genPfx; the fields the stream goroutine alone uses (pending) need no lock.
 type Replica struct {
@@ -264,13 +265,34 @@ func (r *Replica) load() error {
 				return err
 			}
 		}
-		r.res = newResident(cur, rows, n)
+		r.res = newResident(cur, rows, n, r.spawnIndexBuild, r.stopping)
 	}
 	r.cur = cur
 	if r.cur.LogID != "" {
 		close(r.ready)
 	}
 	return nil
+}
+
+// spawnIndexBuild runs a resident hash index build (resident.go) in the
+// background; Close waits for it. It is called by the stream goroutine,
+// or by load while Subscribe holds c.mu with the component open.
+func (r *Replica) spawnIndexBuild(f func()) {
+	r.c.wg.Add(1)
+	go func() {
+		defer r.c.wg.Done()
+		f()
+	}()
+}
+
+// stopping reports whether the replica is stopping or stopped.
+func (r *Replica) stopping() bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return r.c.ctx.Err() != nil
+	}
 }
 
 // Ready is closed once the replica holds a complete copy of the table (at

@@ -2,8 +2,11 @@ package replica
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
+	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/replmesh/replmesh/transport"
@@ -28,11 +31,34 @@ import (
 
 // resRow is one resident row. Its key and value are never modified once
 // stored: later changes replace the row, so a value handed out stays valid.
+// pfx is the key's first 8 bytes (big-endian, zero-padded), held in the
+// node itself: most comparisons of a search end on it without reading the
+// key's bytes, which are elsewhere in memory (a cache miss each).
 type resRow struct {
+	pfx        uint64
 	key, value []byte
 }
 
-func resLess(a, b resRow) bool { return bytes.Compare(a.key, b.key) < 0 }
+func mkRow(key, value []byte) resRow { return resRow{pfx: keyPfx(key), key: key, value: value} }
+
+// keyPfx orders as the key does: zero padding sorts a key before every
+// longer key it is a prefix of, as bytes.Compare does; equal prefixes fall
+// back to the whole key.
+func keyPfx(k []byte) uint64 {
+	if len(k) >= 8 {
+		return binary.BigEndian.Uint64(k)
+	}
+	var b [8]byte
+	copy(b[:], k)
+	return binary.BigEndian.Uint64(b[:])
+}
+
+func resLess(a, b resRow) bool {
+	if a.pfx != b.pfx {
+		return a.pfx < b.pfx
+	}
+	return bytes.Compare(a.key, b.key) < 0
+}
 
 // resDegree is the B-tree's degree (nodes hold up to 2*resDegree-1 rows):
 // measured against 16 and 64, it keeps a point read shallow while a
@@ -40,11 +66,12 @@ func resLess(a, b resRow) bool { return bytes.Compare(a.key, b.key) < 0 }
 const resDegree = 32
 
 // resRowOverhead is the approximate memory a resident row costs beyond its
-// key and value bytes: the 48-byte item in a B-tree node (nodes are about
-// two thirds full) and the allocation rounding of the key and value
-// slices. Measured by TestResident_RowCost; docs/design.md says where the
-// line between resident and disk-only lies.
-const resRowOverhead = 100
+// key and value bytes: the 56-byte item in a B-tree node (nodes are about
+// two thirds full), the allocation rounding of the key and value slices,
+// and the hash index's map entry (see idxMinRows). Measured by
+// TestResident_RowCost; docs/design.md says where the line between
+// resident and disk-only lies.
+const resRowOverhead = 180
 
 func newResRows() *btree.BTreeG[resRow] {
 	return btree.NewBTreeGOptions(resLess, btree.Options{NoLocks: true, Degree: resDegree})
@@ -58,12 +85,28 @@ type resView struct {
 	cur   cursor
 	rows  *btree.BTreeG[resRow]
 	bytes int64 // key+value bytes of the rows
+	// base and delta are the hash index at cur (base nil: none): the
+	// values of all rows as of the build, and the rows changed since.
+	base  map[string][]byte
+	delta *btree.BTreeG[deltaRow]
 }
 
-// get returns the stored value of key (shared: never modify it).
+// get returns the stored value of key (shared: never modify it). With a
+// hash index, the rows changed since it was built are looked up first
+// (delta: small, and hot in the cache), then the index; without one, the
+// B-tree.
 func (v *resView) get(key []byte) ([]byte, bool) {
-	r, ok := v.rows.Get(resRow{key: key})
-	return r.value, ok
+	if v.base == nil {
+		r, ok := v.rows.Get(mkRow(key, nil))
+		return r.value, ok
+	}
+	if v.delta.Len() > 0 {
+		if d, ok := v.delta.Get(deltaRow{resRow: mkRow(key, nil)}); ok {
+			return d.value, !d.deleted
+		}
+	}
+	val, ok := v.base[string(key)]
+	return val, ok
 }
 
 // scan calls fn for the rows with start <= key < end (nil end: no bound)
@@ -73,7 +116,7 @@ func (v *resView) scan(prefix, start, end []byte, fn func(k, v []byte) bool) {
 	if bytes.Compare(start, pivot) > 0 {
 		pivot = start
 	}
-	v.rows.Ascend(resRow{key: pivot}, func(r resRow) bool {
+	v.rows.Ascend(mkRow(pivot, nil), func(r resRow) bool {
 		if !bytes.HasPrefix(r.key, prefix) || end != nil && bytes.Compare(r.key, end) >= 0 {
 			return false
 		}
@@ -81,48 +124,163 @@ func (v *resView) scan(prefix, start, end []byte, fn func(k, v []byte) bool) {
 	})
 }
 
+// deltaRow is a row changed since the hash index was built: its new
+// value, or deleted.
+type deltaRow struct {
+	resRow
+	deleted bool
+}
+
+func newDeltaRows() *btree.BTreeG[deltaRow] {
+	return btree.NewBTreeGOptions(func(a, b deltaRow) bool { return resLess(a.resRow, b.resRow) },
+		btree.Options{NoLocks: true, Degree: resDegree})
+}
+
+// The hash index. A point read in the B-tree costs a cache miss per
+// comparison (about log2(rows) of them); a Go map costs two or three. A
+// table of at least idxMinRows rows therefore gets a map from key to value
+// (base), built in the background from a published view, plus a small
+// copy-on-write B-tree of the rows changed since (delta). It is built again
+// when delta outgrows idxMinDelta and an eighth of the table: each change
+// then costs about 8 map inserts of background work, and delta stays small.
+const (
+	idxMinRows  = 4096
+	idxMinDelta = 4096
+	idxDeltaDiv = 8
+)
+
 // resident is the mutable side of a resident replica: the working tree,
-// which only the stream goroutine touches, and the published view.
+// which only the stream goroutine changes, the hash index's state, and the
+// published view. Readers only load view.
 type resident struct {
+	// mu serializes the writers: the stream goroutine (apply, a
+	// transfer's switch) and the install of a built index. Readers never
+	// take it.
+	mu    sync.Mutex
 	w     *btree.BTreeG[resRow]
 	bytes int64
-	view  atomic.Pointer[resView]
+	// base and delta are the hash index (base nil: none yet); next, while
+	// a build runs, collects the changes since the view it builds from,
+	// to become delta when it is installed; gen counts the transfers, so
+	// an index built from replaced rows is dropped.
+	base     map[string][]byte
+	delta    *btree.BTreeG[deltaRow]
+	next     *btree.BTreeG[deltaRow]
+	building bool
+	gen      uint64
+	// minRows and minDelta are idxMinRows and idxMinDelta (tests set
+	// smaller ones); spawn runs a build in the background, stop tells it
+	// to give up (the replica is closing).
+	minRows, minDelta int
+	spawn             func(func())
+	stop              func() bool
+	view              atomic.Pointer[resView]
 }
 
 // newResident makes rows (owned by the result from now on) the resident
-// state at cur and publishes it.
-func newResident(cur cursor, rows *btree.BTreeG[resRow], n int64) *resident {
-	s := &resident{w: rows, bytes: n}
-	s.publish(cur)
+// state at cur and publishes it; spawn and stop run the hash index's
+// builds (nil spawn: no index, every read searches the B-tree).
+func newResident(cur cursor, rows *btree.BTreeG[resRow], n int64, spawn func(func()), stop func() bool) *resident {
+	s := &resident{w: rows, bytes: n, delta: newDeltaRows(), minRows: idxMinRows, minDelta: idxMinDelta, spawn: spawn, stop: stop}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.publishLocked(cur)
 	return s
 }
 
-// publish makes the working tree's current state the view at cur. Copy
-// gives the working tree a new identity, so its next change clones the
-// nodes it touches instead of modifying the published ones.
-func (s *resident) publish(cur cursor) {
-	s.view.Store(&resView{cur: cur, rows: s.w.Copy(), bytes: s.bytes})
+// publishLocked makes the working state the view at cur. Copy gives the
+// working trees a new identity, so their next change clones the nodes it
+// touches instead of modifying the published ones. It then starts an index
+// build if one is due.
+func (s *resident) publishLocked(cur cursor) {
+	v := &resView{cur: cur, rows: s.w.Copy(), bytes: s.bytes}
+	if s.base != nil {
+		v.base, v.delta = s.base, s.delta.Copy()
+	}
+	s.view.Store(v)
+	if s.spawn == nil || s.building || s.w.Len() < s.minRows {
+		return
+	}
+	if s.base != nil && s.delta.Len() <= max(s.minDelta, len(s.base)/idxDeltaDiv) {
+		return
+	}
+	s.building, s.next = true, newDeltaRows()
+	gen := s.gen
+	s.spawn(func() { s.build(v, gen) })
+}
+
+// build makes the hash index of view v's rows and installs it, unless a
+// transfer replaced the rows meanwhile (gen) or the replica stops.
+func (s *resident) build(v *resView, gen uint64) {
+	m := make(map[string][]byte, v.rows.Len())
+	n := 0
+	stopped := false
+	v.rows.Scan(func(r resRow) bool {
+		// The key's bytes are never modified: the map shares them.
+		m[unsafe.String(unsafe.SliceData(r.key), len(r.key))] = r.value
+		if n++; n%4096 == 0 && s.stop != nil && s.stop() {
+			stopped = true
+			return false
+		}
+		return true
+	})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if gen != s.gen {
+		return // a transfer's switch ended this build (and may run another)
+	}
+	s.building = false
+	if stopped {
+		s.next = nil
+		return
+	}
+	// next holds exactly the changes applied since v.
+	s.base, s.delta, s.next = m, s.next, nil
+	cur := s.view.Load()
+	s.view.Store(&resView{cur: cur.cur, rows: cur.rows, bytes: cur.bytes, base: m, delta: s.delta.Copy()})
 }
 
 // apply applies changes (whole commit groups, continuing the view's
 // cursor) and publishes the result as the view at next. The changes' keys
 // and values are stored as they are: they must not be modified afterwards.
 func (s *resident) apply(next cursor, chs []transport.Change) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for i := range chs {
 		ch := &chs[i]
+		row := mkRow(ch.Key, ch.Value)
 		var old resRow
 		var had bool
-		if ch.Op == transport.OpDelete {
-			old, had = s.w.Delete(resRow{key: ch.Key})
+		del := ch.Op == transport.OpDelete
+		if del {
+			row.value = nil
+			old, had = s.w.Delete(row)
 		} else {
-			old, had = s.w.Set(resRow{key: ch.Key, value: ch.Value})
-			s.bytes += int64(len(ch.Key) + len(ch.Value))
+			old, had = s.w.Set(row)
+			s.bytes += rowBytes(row)
 		}
 		if had {
 			s.bytes -= rowBytes(old)
 		}
+		if s.base != nil {
+			s.delta.Set(deltaRow{row, del})
+		}
+		if s.next != nil {
+			s.next.Set(deltaRow{row, del})
+		}
 	}
-	s.publish(next)
+	s.publishLocked(next)
+}
+
+// switchTo makes rows (a full transfer's) the resident state at next: the
+// hash index starts over.
+func (s *resident) switchTo(next cursor, rows *btree.BTreeG[resRow], n int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.w, s.bytes = rows, n
+	s.base, s.delta, s.next, s.building = nil, newDeltaRows(), nil, false
+	s.gen++
+	s.publishLocked(next)
 }
 
 // resTransfer builds the resident rows of a full transfer next to what
@@ -144,7 +302,7 @@ func (x *resTransfer) put(key, value []byte) error {
 		return err
 	}
 	// Rows arrive in key order: Load appends to the rightmost leaf.
-	old, had := x.rows.Load(resRow{key: key, value: value})
+	old, had := x.rows.Load(mkRow(key, value))
 	x.bytes += int64(len(key) + len(value))
 	if had {
 		x.bytes -= rowBytes(old)
@@ -161,9 +319,8 @@ func (x *resTransfer) switchIn(old, next cursor) error {
 	if err := x.inner.switchIn(old, next); err != nil {
 		return err
 	}
-	x.s.w, x.s.bytes = x.rows, x.bytes
+	x.s.switchTo(next, x.rows, x.bytes)
 	x.rows = nil
-	x.s.publish(next)
 	return nil
 }
 
@@ -191,7 +348,7 @@ func (c *Component) loadResident(base string, cur cursor) (*btree.BTreeG[resRow]
 			kv := make([]byte, len(k)+len(v)) // one allocation per row
 			copy(kv, k)
 			copy(kv[len(k):], v)
-			rows.Load(resRow{key: kv[:len(k):len(k)], value: kv[len(k):]})
+			rows.Load(mkRow(kv[:len(k):len(k)], kv[len(k):]))
 			n += int64(len(kv))
 			return true, nil
 		})
