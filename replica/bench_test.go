@@ -7,8 +7,12 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/replmesh/replmesh/transport"
+	"github.com/tidwall/btree"
 )
 
 // Micro-benchmarks of the hot paths, in memory and small to set up. The
@@ -225,3 +229,66 @@ func BenchmarkReplicaGetLatency(b *testing.B) {
 // getLatencyRows is BenchmarkReplicaGetLatency's table size (the issue's
 // point-read workload).
 const getLatencyRows = 1_000_000
+
+// benchResRows is a resident tree of rows rows of 256-byte values.
+func benchResRows(rows int) *btree.BTreeG[resRow] {
+	val := benchValue()
+	tree := newResRows()
+	for i := range rows {
+		tree.Load(ownRow(benchKey(i), val))
+	}
+	return tree
+}
+
+// BenchmarkResidentApply: a batch of random puts applied to the resident
+// rows of a 1M-row table and published (the copy-on-write clones, the
+// hash index's delta and its background rebuilds included); one op is one
+// batch.
+func BenchmarkResidentApply(b *testing.B) {
+	const rows = 1_000_000
+	val := benchValue()
+	tree := benchResRows(rows)
+	var builds sync.WaitGroup
+	spawn := func(f func()) {
+		builds.Add(1)
+		go func() { defer builds.Done(); f() }()
+	}
+	s := newResident(cursor{}, tree, int64(rows*(10+benchValueSize)), spawn, nil)
+	builds.Wait() // the first index, from all rows, is not part of an apply
+	defer builds.Wait()
+	rng := rand.New(rand.NewPCG(5, 6))
+	for _, batch := range []int{1, 100, 1000} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+			chs := make([]transport.Change, batch)
+			seq := s.view.Load().cur.Seq
+			b.ReportAllocs()
+			cpu0, ok0 := processCPU()
+			for b.Loop() {
+				for i := range chs {
+					seq++
+					chs[i] = transport.Change{Seq: seq, Op: transport.OpPut, Key: benchKey(rng.IntN(rows)), Value: val}
+				}
+				s.apply(cursor{Seq: seq}, chs)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batch), "ns/change")
+			// The index builds run beside the loop: their CPU is in this.
+			if cpu1, ok1 := processCPU(); ok0 && ok1 {
+				b.ReportMetric(float64((cpu1-cpu0).Nanoseconds())/float64(b.N*batch), "cpu-ns/change")
+			}
+		})
+	}
+}
+
+// BenchmarkResidentScan: a Scan of 1,000 rows from a random key of a
+// 1M-row resident view; one op is one scan.
+func BenchmarkResidentScan(b *testing.B) {
+	const rows = 1_000_000
+	s := newResident(cursor{}, benchResRows(rows), 0, nil, nil)
+	v := s.view.Load()
+	rng := rand.New(rand.NewPCG(7, 8))
+	b.ReportAllocs()
+	for b.Loop() {
+		n := 0
+		v.scan(nil, benchKey(rng.IntN(rows-1000)), nil, func(_, _ []byte) bool { n++; return n < 1000 })
+	}
+}

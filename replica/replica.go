@@ -50,8 +50,6 @@ type cursor struct {
 }
 
 // Event is delivered to OnChange callbacks after a batch is durable.
-// The keys and values of Changes are the replica's own rows: read them,
-// never modify them.
 type Event struct {
 	// Reset: a full transfer replaced the replica's contents; Changes is
 	// empty and the caller should rebuild what it derives with Scan.

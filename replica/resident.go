@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -29,17 +30,50 @@ import (
 // subscribed with SubscribeOptions.DiskOnly holds nothing in memory and
 // reads badger.
 
-// resRow is one resident row. Its key and value are never modified once
-// stored: later changes replace the row, so a value handed out stays valid.
-// pfx is the key's first 8 bytes (big-endian, zero-padded), held in the
-// node itself: most comparisons of a search end on it without reading the
-// key's bytes, which are elsewhere in memory (a cache miss each).
+// resRow is one resident row: 24 bytes in a B-tree node, one pointer (to
+// the key and the value, one allocation) for the garbage collector to
+// follow and for a copy-on-write clone to copy. Its bytes are never
+// modified once stored: later changes replace the row, so a value handed
+// out stays valid. pfx is the key's first 8 bytes (big-endian,
+// zero-padded), in the node itself: most comparisons of a search end on it
+// without reading the key's bytes, which are elsewhere in memory (a cache
+// miss each).
 type resRow struct {
 	pfx        uint64
-	key, value []byte
+	p          *byte // key, then value
+	klen, vlen uint32
 }
 
-func mkRow(key, value []byte) resRow { return resRow{pfx: keyPfx(key), key: key, value: value} }
+// searchRow is a row to search for key with: it points into key, which
+// it does not own.
+func searchRow(key []byte) resRow {
+	return resRow{pfx: keyPfx(key), p: unsafe.SliceData(key), klen: uint32(len(key))}
+}
+
+// ownRow copies key and value into one allocation and returns their row.
+func ownRow(key, value []byte) resRow {
+	kv := make([]byte, len(key)+len(value))
+	copy(kv, key)
+	copy(kv[len(key):], value)
+	return kvRow(kv, len(key))
+}
+
+// kvRow is the row of kv, the key (klen bytes) then the value; kv is the
+// row's from now on.
+func kvRow(kv []byte, klen int) resRow {
+	return resRow{pfx: keyPfx(kv[:klen]), p: unsafe.SliceData(kv), klen: uint32(klen), vlen: uint32(len(kv) - klen)}
+}
+
+func (r resRow) key() []byte { return unsafe.Slice(r.p, r.klen) }
+
+// value is the row's value; its capacity ends with it, so an append to it
+// copies.
+func (r resRow) value() []byte {
+	if r.vlen == 0 {
+		return nil // no pointer past the allocation
+	}
+	return unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(r.p), r.klen)), r.vlen)
+}
 
 // keyPfx orders as the key does: zero padding sorts a key before every
 // longer key it is a prefix of, as bytes.Compare does; equal prefixes fall
@@ -57,27 +91,29 @@ func resLess(a, b resRow) bool {
 	if a.pfx != b.pfx {
 		return a.pfx < b.pfx
 	}
-	return bytes.Compare(a.key, b.key) < 0
+	return bytes.Compare(a.key(), b.key()) < 0
 }
 
-// resDegree is the B-tree's degree (nodes hold up to 2*resDegree-1 rows):
-// measured against 16 and 64, it keeps a point read shallow while a
-// batch's copy-on-write clones stay small (see docs/design.md).
-const resDegree = 32
+// resDegree is the B-tree's degree (nodes hold up to 2*resDegree-1 rows).
+// A batch clones the nodes it changes, and the bytes it allocates (the
+// garbage collector's work) fall with the degree: per change on 1M rows,
+// batches of 100 (BenchmarkResidentApply), about 4.4 KB at degree 8, 5 KB
+// at 16, 6.9 KB at 32, 9.9 KB at 64; a scan's seek gets slower below 16.
+const resDegree = 16
 
 // resRowOverhead is the approximate memory a resident row costs beyond its
-// key and value bytes: the 56-byte item in a B-tree node (nodes are about
-// two thirds full), the allocation rounding of the key and value slices,
-// and the hash index's map entry (see idxMinRows). Measured by
-// TestResident_RowCost; docs/design.md says where the line between
-// resident and disk-only lies.
-const resRowOverhead = 180
+// key and value bytes: the 24-byte item in a B-tree node (nodes are about
+// two thirds full), the allocation rounding of the key+value allocation,
+// and the hash index's map entry (see idxMinRows; about 40 bytes and the
+// map's growth slack). Measured by TestResident_RowCost (about 110-125);
+// docs/design.md says where the line between resident and disk-only lies.
+const resRowOverhead = 150
 
 func newResRows() *btree.BTreeG[resRow] {
 	return btree.NewBTreeGOptions(resLess, btree.Options{NoLocks: true, Degree: resDegree})
 }
 
-func rowBytes(r resRow) int64 { return int64(len(r.key) + len(r.value)) }
+func rowBytes(r resRow) int64 { return int64(r.klen) + int64(r.vlen) }
 
 // resView is one published state of a resident replica: its rows at cur.
 // Nothing modifies a view once it is published.
@@ -97,12 +133,12 @@ type resView struct {
 // B-tree.
 func (v *resView) get(key []byte) ([]byte, bool) {
 	if v.base == nil {
-		r, ok := v.rows.Get(mkRow(key, nil))
-		return r.value, ok
+		r, ok := v.rows.Get(searchRow(key))
+		return r.value(), ok
 	}
 	if v.delta.Len() > 0 {
-		if d, ok := v.delta.Get(deltaRow{resRow: mkRow(key, nil)}); ok {
-			return d.value, !d.deleted
+		if d, ok := v.delta.Get(deltaRow{resRow: searchRow(key)}); ok {
+			return d.value(), !d.deleted
 		}
 	}
 	val, ok := v.base[string(key)]
@@ -116,11 +152,12 @@ func (v *resView) scan(prefix, start, end []byte, fn func(k, v []byte) bool) {
 	if bytes.Compare(start, pivot) > 0 {
 		pivot = start
 	}
-	v.rows.Ascend(mkRow(pivot, nil), func(r resRow) bool {
-		if !bytes.HasPrefix(r.key, prefix) || end != nil && bytes.Compare(r.key, end) >= 0 {
+	v.rows.Ascend(searchRow(pivot), func(r resRow) bool {
+		k := r.key()
+		if !bytes.HasPrefix(k, prefix) || end != nil && bytes.Compare(k, end) >= 0 {
 			return false
 		}
-		return fn(r.key, r.value)
+		return fn(k, r.value())
 	})
 }
 
@@ -141,8 +178,10 @@ func newDeltaRows() *btree.BTreeG[deltaRow] {
 // table of at least idxMinRows rows therefore gets a map from key to value
 // (base), built in the background from a published view, plus a small
 // copy-on-write B-tree of the rows changed since (delta). It is built again
-// when delta outgrows idxMinDelta and an eighth of the table: each change
-// then costs about 8 map inserts of background work, and delta stays small.
+// (the old map copied, the delta applied to the copy) when delta outgrows
+// idxMinDelta and an eighth of the table: each change then costs about one
+// map insert and 8 rows' worth of map copying in the background, and
+// delta stays small.
 const (
 	idxMinRows  = 4096
 	idxMinDelta = 4096
@@ -210,20 +249,41 @@ func (s *resident) publishLocked(cur cursor) {
 }
 
 // build makes the hash index of view v's rows and installs it, unless a
-// transfer replaced the rows meanwhile (gen) or the replica stops.
+// transfer replaced the rows meanwhile (gen) or the replica stops. With an
+// index in v already, the new one is a copy of it (maps.Clone copies the
+// table's memory: far cheaper than inserting every row) with v's delta
+// applied; else it is built from the rows.
 func (s *resident) build(v *resView, gen uint64) {
-	m := make(map[string][]byte, v.rows.Len())
+	var m map[string][]byte
 	n := 0
 	stopped := false
-	v.rows.Scan(func(r resRow) bool {
-		// The key's bytes are never modified: the map shares them.
-		m[unsafe.String(unsafe.SliceData(r.key), len(r.key))] = r.value
-		if n++; n%4096 == 0 && s.stop != nil && s.stop() {
-			stopped = true
-			return false
-		}
-		return true
-	})
+	// The key's bytes are never modified: the map shares them.
+	mapKey := func(k []byte) string { return unsafe.String(unsafe.SliceData(k), len(k)) }
+	if v.base != nil {
+		m = maps.Clone(v.base)
+		v.delta.Scan(func(d deltaRow) bool {
+			if d.deleted {
+				delete(m, mapKey(d.key()))
+			} else {
+				m[mapKey(d.key())] = d.value()
+			}
+			if n++; n%4096 == 0 && s.stop != nil && s.stop() {
+				stopped = true
+				return false
+			}
+			return true
+		})
+	} else {
+		m = make(map[string][]byte, v.rows.Len())
+		v.rows.Scan(func(r resRow) bool {
+			m[mapKey(r.key())] = r.value()
+			if n++; n%4096 == 0 && s.stop != nil && s.stop() {
+				stopped = true
+				return false
+			}
+			return true
+		})
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if gen != s.gen {
@@ -241,19 +301,23 @@ func (s *resident) build(v *resView, gen uint64) {
 }
 
 // apply applies changes (whole commit groups, continuing the view's
-// cursor) and publishes the result as the view at next. The changes' keys
-// and values are stored as they are: they must not be modified afterwards.
+// cursor) and publishes the result as the view at next. The rows are
+// copies: chs stays the caller's.
 func (s *resident) apply(next cursor, chs []transport.Change) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i := range chs {
 		ch := &chs[i]
-		row := mkRow(ch.Key, ch.Value)
+		del := ch.Op == transport.OpDelete
+		var row resRow
+		if del {
+			row = ownRow(ch.Key, nil) // the delta keeps it
+		} else {
+			row = ownRow(ch.Key, ch.Value)
+		}
 		var old resRow
 		var had bool
-		del := ch.Op == transport.OpDelete
 		if del {
-			row.value = nil
 			old, had = s.w.Delete(row)
 		} else {
 			old, had = s.w.Set(row)
@@ -302,7 +366,7 @@ func (x *resTransfer) put(key, value []byte) error {
 		return err
 	}
 	// Rows arrive in key order: Load appends to the rightmost leaf.
-	old, had := x.rows.Load(mkRow(key, value))
+	old, had := x.rows.Load(ownRow(key, value))
 	x.bytes += int64(len(key) + len(value))
 	if had {
 		x.bytes -= rowBytes(old)
@@ -348,7 +412,7 @@ func (c *Component) loadResident(base string, cur cursor) (*btree.BTreeG[resRow]
 			kv := make([]byte, len(k)+len(v)) // one allocation per row
 			copy(kv, k)
 			copy(kv[len(k):], v)
-			rows.Load(mkRow(kv[:len(k):len(k)], kv[len(k):]))
+			rows.Load(kvRow(kv, len(k)))
 			n += int64(len(kv))
 			return true, nil
 		})

@@ -288,27 +288,46 @@ func residentPair(t testing.TB, consDir string, opts SubscribeOptions, rows int)
 	return owner, tbl, cons, r
 }
 
-// A resident Get allocates only the copy it returns, GetShared nothing.
+// A resident Get allocates only the copy it returns, GetShared nothing:
+// from the B-tree (a small table) and from the hash index with its delta
+// (a table of idxMinRows rows or more, a change since the index was built).
 func TestResident_ReadAllocs(t *testing.T) {
-	_, _, _, r := residentPair(t, "", SubscribeOptions{}, 300)
-	key := benchKey(17)
-	tests := []struct {
-		name string
-		read func() ([]byte, bool, error)
-		max  float64
-	}{
-		{"Get", func() ([]byte, bool, error) { return r.Get(key) }, 1},
-		{"GetShared", func() ([]byte, bool, error) { return r.GetShared(key) }, 0},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			allocs := testing.AllocsPerRun(1000, func() {
-				if v, ok, err := tt.read(); err != nil || !ok || string(v) != "v17" {
-					t.Fatalf("read = %q, %v, %v", v, ok, err)
+	for _, rows := range []int{300, idxMinRows + 100} {
+		t.Run(fmt.Sprintf("rows=%d", rows), func(t *testing.T) {
+			_, tbl, _, r := residentPair(t, "", SubscribeOptions{}, rows)
+			if rows >= idxMinRows {
+				waitUntil(t, 30*time.Second, "the hash index", func() bool { return r.res.view.Load().base != nil })
+				ctx := ctxT(t, time.Minute)
+				if _, err := tbl.Put(ctx, benchKey(17), []byte("v17")); err != nil {
+					t.Fatal(err)
 				}
-			})
-			if allocs > tt.max {
-				t.Fatalf("%s allocates %.1f times a read, want at most %.0f", tt.name, allocs, tt.max)
+				if err := r.WaitFor(ctx, tbl.Head()); err != nil {
+					t.Fatal(err)
+				}
+				if v := r.res.view.Load(); v.base == nil || v.delta.Len() == 0 {
+					t.Fatalf("index %v, delta of %d rows: want both", v.base != nil, v.delta.Len())
+				}
+			}
+			for _, key := range [][]byte{benchKey(17), benchKey(18)} { // in the delta, in the map
+				tests := []struct {
+					name string
+					read func() ([]byte, bool, error)
+					max  float64
+				}{
+					{"Get", func() ([]byte, bool, error) { return r.Get(key) }, 1},
+					{"GetShared", func() ([]byte, bool, error) { return r.GetShared(key) }, 0},
+				}
+				for _, tt := range tests {
+					want := "v" + strings.TrimLeft(string(key[1:]), "0")
+					allocs := testing.AllocsPerRun(1000, func() {
+						if v, ok, err := tt.read(); err != nil || !ok || string(v) != want {
+							t.Fatalf("%s(%s) = %q, %v, %v; want %q", tt.name, key, v, ok, err, want)
+						}
+					})
+					if allocs > tt.max {
+						t.Fatalf("%s(%s) allocates %.1f times a read, want at most %.0f", tt.name, key, allocs, tt.max)
+					}
+				}
 			}
 		})
 	}

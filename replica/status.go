@@ -60,8 +60,9 @@ type Status struct {
 	ModeReason     string
 	ModeSwitches   uint64
 	// Resident: the replica's rows are held in memory (not DiskOnly);
-	// ResidentRows and ResidentBytes (keys and values) are what it holds
-	// at Seq. Memory used is about ResidentBytes + 100 bytes a row.
+	// ResidentRows and ResidentBytes (keys and values) are what its
+	// latest published view holds (at Seq, or one batch ahead for an
+	// instant). Memory used is about ResidentBytes + 180 bytes a row.
 	Resident      bool
 	ResidentRows  int
 	ResidentBytes int64
