@@ -263,7 +263,7 @@ func (r *Replica) load() error {
 				return err
 			}
 		}
-		r.res = newResident(cur, rows, n, r.spawnIndexBuild, r.stopping)
+		r.res = newResident(cur, rows, n, r.spawnIndexBuild, r.stopping, r.reads.Load)
 	}
 	r.cur = cur
 	if r.cur.LogID != "" {
@@ -369,7 +369,11 @@ func (r *Replica) GetShared(key []byte) (value []byte, found bool, err error) {
 		return nil, false, ErrClosed
 	}
 	r.noteRead()
-	v, ok := r.res.view.Load().get(key)
+	view := r.res.view.Load()
+	if view.base == nil && r.reads.Load()%idxMinReads == 0 {
+		r.res.wantIndex() // point reads come: an index may pay
+	}
+	v, ok := view.get(key)
 	return v, ok, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"maps"
+	"math"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -181,11 +182,17 @@ func newDeltaRows() *btree.BTreeG[deltaRow] {
 // (the old map copied, the delta applied to the copy) when delta outgrows
 // idxMinDelta and an eighth of the table: each change then costs about one
 // map insert and 8 rows' worth of map copying in the background, and
-// delta stays small.
+// delta stays small. The delta costs each change a second B-tree insert,
+// worth it only while point reads come: a rebuild is due only after
+// idxMinReads reads since the last one, and without them the index is
+// dropped instead (a write-heavy replica nobody reads pays for the rows'
+// B-tree alone). Point reads of a replica without an index ask for one
+// (wantIndex) every idxMinReads reads.
 const (
 	idxMinRows  = 4096
 	idxMinDelta = 4096
 	idxDeltaDiv = 8
+	idxMinReads = 1024
 )
 
 // resident is the mutable side of a resident replica: the working tree,
@@ -209,22 +216,47 @@ type resident struct {
 	gen      uint64
 	// minRows and minDelta are idxMinRows and idxMinDelta (tests set
 	// smaller ones); spawn runs a build in the background, stop tells it
-	// to give up (the replica is closing).
+	// to give up (the replica is closing); reads counts the replica's
+	// reads (nil: reads are always coming), readsAt is its count when
+	// the last build began, built says a build began once.
 	minRows, minDelta int
 	spawn             func(func())
 	stop              func() bool
+	reads             func() uint64
+	readsAt           uint64
+	built             bool
 	view              atomic.Pointer[resView]
 }
 
 // newResident makes rows (owned by the result from now on) the resident
 // state at cur and publishes it; spawn and stop run the hash index's
 // builds (nil spawn: no index, every read searches the B-tree).
-func newResident(cur cursor, rows *btree.BTreeG[resRow], n int64, spawn func(func()), stop func() bool) *resident {
-	s := &resident{w: rows, bytes: n, delta: newDeltaRows(), minRows: idxMinRows, minDelta: idxMinDelta, spawn: spawn, stop: stop}
+func newResident(cur cursor, rows *btree.BTreeG[resRow], n int64, spawn func(func()), stop func() bool, reads func() uint64) *resident {
+	s := &resident{w: rows, bytes: n, delta: newDeltaRows(), minRows: idxMinRows, minDelta: idxMinDelta, spawn: spawn, stop: stop, reads: reads}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.publishLocked(cur)
 	return s
+}
+
+// readsSince is the reads since the last build began.
+func (s *resident) readsSince() uint64 {
+	if s.reads == nil {
+		return math.MaxUint64
+	}
+	return s.reads() - s.readsAt // reads only grows
+}
+
+// wantIndex is a point read's request for an index, made every
+// idxMinReads reads while the view has none: it builds one unless the
+// writers hold the lock (the next publish decides then) or one is being
+// built. It never waits.
+func (s *resident) wantIndex() {
+	if !s.mu.TryLock() {
+		return
+	}
+	defer s.mu.Unlock()
+	s.maybeBuildLocked(s.view.Load())
 }
 
 // publishLocked makes the working state the view at cur. Copy gives the
@@ -232,17 +264,34 @@ func newResident(cur cursor, rows *btree.BTreeG[resRow], n int64, spawn func(fun
 // touches instead of modifying the published ones. It then starts an index
 // build if one is due.
 func (s *resident) publishLocked(cur cursor) {
+	if s.base != nil && !s.building && s.delta.Len() > max(s.minDelta, len(s.base)/idxDeltaDiv) && s.readsSince() < idxMinReads {
+		s.base, s.delta = nil, newDeltaRows() // unread: not worth a rebuild
+	}
 	v := &resView{cur: cur, rows: s.w.Copy(), bytes: s.bytes}
 	if s.base != nil {
 		v.base, v.delta = s.base, s.delta.Copy()
 	}
 	s.view.Store(v)
+	s.maybeBuildLocked(v)
+}
+
+// maybeBuildLocked starts building an index from v, the published view,
+// when one is due: none yet (a first one is built for every table large
+// enough; later ones only while reads come), or the delta outgrew it.
+func (s *resident) maybeBuildLocked(v *resView) {
 	if s.spawn == nil || s.building || s.w.Len() < s.minRows {
 		return
 	}
 	if s.base != nil && s.delta.Len() <= max(s.minDelta, len(s.base)/idxDeltaDiv) {
 		return
 	}
+	if s.built && s.readsSince() < idxMinReads {
+		return
+	}
+	if s.reads != nil {
+		s.readsAt = s.reads()
+	}
+	s.built = true
 	s.building, s.next = true, newDeltaRows()
 	gen := s.gen
 	s.spawn(func() { s.build(v, gen) })

@@ -53,7 +53,10 @@ func runResidentProperty(t *testing.T, seed uint64) {
 			built.Add(1)
 		}()
 	}
-	s := newResident(cursor{LogID: "L"}, newResRows(), 0, spawn, nil)
+	// Reads come in bursts, so the index is built, dropped while unread,
+	// and asked for again.
+	var readCount atomic.Uint64
+	s := newResident(cursor{LogID: "L"}, newResRows(), 0, spawn, nil, readCount.Load)
 	s.minRows, s.minDelta = 8, 4
 	defer builds.Wait()
 	cur := model{}
@@ -167,6 +170,12 @@ func runResidentProperty(t *testing.T, seed uint64) {
 			models.Store(seq, maps.Clone(cur))
 			s.apply(cursor{LogID: "L", Epoch: 1, Seq: seq}, chs)
 		}
+		if rng.IntN(4) == 0 {
+			readCount.Add(uint64(rng.IntN(3 * idxMinReads)))
+		}
+		if rng.IntN(10) == 0 {
+			s.wantIndex()
+		}
 		v := s.view.Load()
 		if v.cur.Seq != seq {
 			t.Fatalf("step %d: view at seq %d, want %d", step, v.cur.Seq, seq)
@@ -253,6 +262,70 @@ func checkView(v *resView, want model, rng *rand.Rand) error {
 		}
 	}
 	return nil
+}
+
+// The hash index follows the reads: a first one is built for a table large
+// enough, a change-heavy table nobody reads drops it, and reads bring it
+// back (wantIndex, as GetShared asks).
+func TestResident_IndexFollowsReads(t *testing.T) {
+	var builds sync.WaitGroup
+	spawn := func(f func()) {
+		builds.Add(1)
+		go func() { defer builds.Done(); f() }()
+	}
+	var reads atomic.Uint64
+	s := newResident(cursor{}, newResRows(), 0, spawn, nil, reads.Load)
+	s.minRows, s.minDelta = 8, 4
+	seq := uint64(0)
+	put := func(n int) {
+		for range n {
+			seq++
+			s.apply(cursor{Seq: seq}, []transport.Change{{Seq: seq, Op: transport.OpPut, Key: benchKey(int(seq % 16)), Value: []byte("v"), TxnEnd: true}})
+			builds.Wait()
+		}
+	}
+	hasIndex := func() bool { return s.view.Load().base != nil }
+	put(7)
+	if hasIndex() {
+		t.Fatal("an index for 7 rows (minRows 8)")
+	}
+	put(1)
+	if !hasIndex() {
+		t.Fatal("no first index at 8 rows")
+	}
+	put(20) // no reads: the delta outgrows the index, which is dropped
+	if hasIndex() {
+		t.Fatal("the index of an unread table was rebuilt, want it dropped")
+	}
+	s.wantIndex()
+	builds.Wait()
+	if hasIndex() {
+		t.Fatal("an index built with no reads since the last")
+	}
+	reads.Add(idxMinReads)
+	s.wantIndex()
+	builds.Wait()
+	if !hasIndex() {
+		t.Fatalf("no index after %d reads", idxMinReads)
+	}
+	// Read, the index is rebuilt as the delta grows, not dropped.
+	b0 := s.readsAt
+	for range 30 {
+		reads.Add(idxMinReads)
+		put(1)
+		if !hasIndex() {
+			t.Fatal("the index of a read table was dropped")
+		}
+	}
+	if s.readsAt == b0 {
+		t.Fatal("the index of a read table was not rebuilt")
+	}
+	for k := range 16 {
+		v, ok := s.view.Load().get(benchKey(k))
+		if !ok || string(v) != "v" {
+			t.Fatalf("get %s = %q, %v", benchKey(k), v, ok)
+		}
+	}
 }
 
 // residentPair is an in-memory owner with a table of rows and a consumer
@@ -430,7 +503,7 @@ func TestResident_RowCost(t *testing.T) {
 		builds.Add(1)
 		go func() { defer builds.Done(); f() }()
 	}
-	s := newResident(cursor{}, newResRows(), 0, spawn, nil)
+	s := newResident(cursor{}, newResRows(), 0, spawn, nil, nil)
 	chs := make([]transport.Change, 0, 1000)
 	for i := 0; i < n; i += cap(chs) {
 		chs = chs[:0]
