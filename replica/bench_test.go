@@ -251,9 +251,10 @@ func BenchmarkResidentApply(b *testing.B) {
 	tree := benchResRows(rows)
 	for _, reads := range []string{"read", "unread"} {
 		var builds sync.WaitGroup
-		spawn := func(f func()) {
+		spawn := func(f func()) bool {
 			builds.Add(1)
 			go func() { defer builds.Done(); f() }()
+			return true
 		}
 		var readCount func() uint64 // nil: always read
 		if reads == "unread" {

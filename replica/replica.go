@@ -121,6 +121,12 @@ type Replica struct {
 	// load makes it. Set before the stream starts.
 	res   *resident
 	resOn bool
+	// builds are the resident hash index builds running (spawned by the
+	// stream goroutine or by a reader); stop waits for them, and
+	// buildsDone (under buildMu) refuses new ones from then on.
+	buildMu    sync.Mutex
+	builds     sync.WaitGroup
+	buildsDone bool
 
 	// sendMu serializes sends on the stream (acks, pulls, mode switches).
 	sendMu sync.Mutex
@@ -273,14 +279,19 @@ func (r *Replica) load() error {
 }
 
 // spawnIndexBuild runs a resident hash index build (resident.go) in the
-// background; Close waits for it. It is called by the stream goroutine,
-// or by load while Subscribe holds c.mu with the component open.
-func (r *Replica) spawnIndexBuild(f func()) {
-	r.c.wg.Add(1)
+// background, unless the replica is stopping (false); stop waits for it.
+func (r *Replica) spawnIndexBuild(f func()) bool {
+	r.buildMu.Lock()
+	defer r.buildMu.Unlock()
+	if r.buildsDone {
+		return false
+	}
+	r.builds.Add(1)
 	go func() {
-		defer r.c.wg.Done()
+		defer r.builds.Done()
 		f()
 	}()
+	return true
 }
 
 // stopping reports whether the replica is stopping or stopped.
@@ -584,4 +595,8 @@ func (r *Replica) Close() error {
 func (r *Replica) stop() {
 	r.cancel()
 	<-r.done
+	r.buildMu.Lock()
+	r.buildsDone = true
+	r.buildMu.Unlock()
+	r.builds.Wait() // they see stopping and give up
 }

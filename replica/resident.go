@@ -220,7 +220,7 @@ type resident struct {
 	// reads (nil: reads are always coming), readsAt is its count when
 	// the last build began, built says a build began once.
 	minRows, minDelta int
-	spawn             func(func())
+	spawn             func(func()) bool
 	stop              func() bool
 	reads             func() uint64
 	readsAt           uint64
@@ -229,9 +229,10 @@ type resident struct {
 }
 
 // newResident makes rows (owned by the result from now on) the resident
-// state at cur and publishes it; spawn and stop run the hash index's
-// builds (nil spawn: no index, every read searches the B-tree).
-func newResident(cur cursor, rows *btree.BTreeG[resRow], n int64, spawn func(func()), stop func() bool, reads func() uint64) *resident {
+// state at cur and publishes it; spawn (false: refused, the replica is
+// stopping) and stop run the hash index's builds (nil spawn: no index,
+// every read searches the B-tree).
+func newResident(cur cursor, rows *btree.BTreeG[resRow], n int64, spawn func(func()) bool, stop func() bool, reads func() uint64) *resident {
 	s := &resident{w: rows, bytes: n, delta: newDeltaRows(), minRows: idxMinRows, minDelta: idxMinDelta, spawn: spawn, stop: stop, reads: reads}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -294,7 +295,9 @@ func (s *resident) maybeBuildLocked(v *resView) {
 	s.built = true
 	s.building, s.next = true, newDeltaRows()
 	gen := s.gen
-	s.spawn(func() { s.build(v, gen) })
+	if !s.spawn(func() { s.build(v, gen) }) {
+		s.building, s.next = false, nil
+	}
 }
 
 // build makes the hash index of view v's rows and installs it, unless a

@@ -45,13 +45,14 @@ func runResidentProperty(t *testing.T, seed uint64) {
 	// after a few rows and changes, so reads go through every state of it.
 	var builds sync.WaitGroup
 	var built atomic.Int64
-	spawn := func(f func()) {
+	spawn := func(f func()) bool {
 		builds.Add(1)
 		go func() {
 			defer builds.Done()
 			f()
 			built.Add(1)
 		}()
+		return true
 	}
 	// Reads come in bursts, so the index is built, dropped while unread,
 	// and asked for again.
@@ -269,9 +270,10 @@ func checkView(v *resView, want model, rng *rand.Rand) error {
 // back (wantIndex, as GetShared asks).
 func TestResident_IndexFollowsReads(t *testing.T) {
 	var builds sync.WaitGroup
-	spawn := func(f func()) {
+	spawn := func(f func()) bool {
 		builds.Add(1)
 		go func() { defer builds.Done(); f() }()
+		return true
 	}
 	var reads atomic.Uint64
 	s := newResident(cursor{}, newResRows(), 0, spawn, nil, reads.Load)
@@ -499,9 +501,10 @@ func TestResident_RowCost(t *testing.T) {
 	runtime.GC()
 	runtime.ReadMemStats(&before)
 	var builds sync.WaitGroup
-	spawn := func(f func()) {
+	spawn := func(f func()) bool {
 		builds.Add(1)
 		go func() { defer builds.Done(); f() }()
+		return true
 	}
 	s := newResident(cursor{}, newResRows(), 0, spawn, nil, nil)
 	chs := make([]transport.Change, 0, 1000)
