@@ -153,6 +153,11 @@ func (r *Replica) apply(chs []transport.Change) error {
 	if err := r.sink.apply(next, chs); err != nil {
 		return err
 	}
+	if r.res != nil {
+		// Write-ahead: the sink holds the batch (durably, for a durable
+		// replica) before readers can see it.
+		r.res.apply(next, chs)
+	}
 	return r.applied(next, chs)
 }
 

@@ -66,6 +66,10 @@ type Component struct {
 	// (transport.Register.Epoch). Set before the broker session starts.
 	storedEpoch uint64
 
+	// memRows (guarded by mu) are the resident rows of closed in-memory
+	// replicas, by "SERVICE/TABLE": a later Subscribe resumes from them.
+	memRows map[string]*resView
+
 	// reads keeps the database open while a read is in flight (see
 	// readGate).
 	reads readGate

@@ -105,6 +105,22 @@ func (c *Component) deletePrefix(p []byte) error {
 	}
 }
 
+// readCursor returns the cursor stored in txn (zero: none, no copy yet).
+func readCursor(txn *badger.Txn, base string) (cursor, error) {
+	var cur cursor
+	item, err := txn.Get(cursorKey(base))
+	switch {
+	case errors.Is(err, badger.ErrKeyNotFound):
+	case err != nil:
+		return cur, err
+	default:
+		if err := item.Value(func(v []byte) error { return msgpack.Unmarshal(v, &cur) }); err != nil {
+			return cur, fmt.Errorf("decode cursor: %w", err)
+		}
+	}
+	return cur, nil
+}
+
 // readStage returns the generation of an unfinished transfer (0: none).
 func readStage(txn *badger.Txn, base string) (uint64, error) {
 	item, err := txn.Get(stageKey(base))
@@ -143,15 +159,9 @@ func (g *genStore) copies() int { return 1 } // a replica's rows
 func (g *genStore) load() (cursor, error) {
 	var cur cursor
 	err := g.c.db.Update(func(txn *badger.Txn) error {
-		item, err := txn.Get(cursorKey(g.base))
-		switch {
-		case errors.Is(err, badger.ErrKeyNotFound):
-		case err != nil:
+		var err error
+		if cur, err = readCursor(txn, g.base); err != nil {
 			return err
-		default:
-			if err := item.Value(func(v []byte) error { return msgpack.Unmarshal(v, &cur) }); err != nil {
-				return fmt.Errorf("decode cursor: %w", err)
-			}
 		}
 		stage, err := readStage(txn, g.base)
 		if err != nil {

@@ -41,6 +41,7 @@ type modeState struct {
 // resolveModesLocked recomputes the settings and the effective mode; it
 // reports whether the effective mode changed. r.mu is held.
 func (r *Replica) resolveModesLocked(now time.Time, why string) bool {
+	defer r.setStaleCheckLocked()
 	m := &r.modes
 	var override, owner *modes.TableConfig
 	if m.override != modes.Unset {
@@ -90,6 +91,7 @@ func (r *Replica) resolveModesLocked(now time.Time, why string) bool {
 // observeLocked feeds the auto policy; it reports whether the effective
 // mode changed. r.mu is held.
 func (r *Replica) observeLocked(now time.Time) bool {
+	defer r.setStaleCheckLocked()
 	m := &r.modes
 	m.readMeter.Record(now, r.reads.Load())
 	if m.policy == nil {
@@ -223,6 +225,9 @@ func (r *Replica) pulled() {
 // for a pull when the replica is staler than MaxStaleness; it never waits.
 func (r *Replica) noteRead() {
 	r.reads.Add(1)
+	if !r.staleCheck.Load() {
+		return // the common case takes no lock: a read is a counter
+	}
 	r.mu.RLock()
 	pull, maxSt := r.modes.effective == modes.Pull, r.modes.settings.Pull.MaxStaleness
 	var st time.Duration
@@ -236,6 +241,12 @@ func (r *Replica) noteRead() {
 		default:
 		}
 	}
+}
+
+// setStaleCheckLocked records whether a read must check the replica's
+// staleness (pull mode with a MaxStaleness). r.mu is held.
+func (r *Replica) setStaleCheckLocked() {
+	r.staleCheck.Store(r.modes.effective == modes.Pull && r.modes.settings.Pull.MaxStaleness > 0)
 }
 
 // fileModes returns the mode config file's entry for service/table merged

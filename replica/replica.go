@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,7 +13,7 @@ import (
 	"github.com/dgraph-io/badger/v4"
 	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/transport"
-	"github.com/vmihailenco/msgpack/v5"
+	"github.com/tidwall/btree"
 )
 
 // SubscribeOptions name the table a replica follows and where its owner is.
@@ -28,6 +29,14 @@ type SubscribeOptions struct {
 	// pull and auto tuning). It overrides the owner's table default and is
 	// overridden by the broker's (replctl mode set). Nil: no preference.
 	Modes *modes.TableConfig
+	// DiskOnly keeps the replica's rows on disk only, for a table too
+	// large to hold in memory: reads go to badger (a read transaction per
+	// Get) instead of the resident copy. By default every replica is
+	// resident: its rows are held in memory (at about len(key)+len(value)
+	// plus 100 bytes a row, see docs/design.md) and, in a component with a
+	// data dir, on disk as well. In a component without one, a DiskOnly
+	// replica lives in badger's memory mode.
+	DiskOnly bool
 }
 
 // cursor is a replica's durable position, written in the same badger
@@ -57,7 +66,8 @@ type Event struct {
 // Locks. A Replica has three mutexes; when they nest, they are taken in
 // the order cbMu → sendMu → mu (an OnChange callback may call Refresh,
 // which sends; sendFrame reads the stream under mu while it holds sendMu).
-// mu is innermost: nothing else of the package is locked while it is held.
+// mu is innermost but for the resident rows' writer lock (resident.mu,
+// taken under mu by a transfer's switch; readers never take it).
 // Counters that only count are atomics (stats), and so are reads and
 // genPfx; the fields the stream goroutine alone uses (pending) need no lock.
 type Replica struct {
@@ -95,6 +105,10 @@ type Replica struct {
 	modeKick chan struct{} // the effective mode changed: tell the owner
 	pullKick chan struct{} // a read found the replica too stale: pull
 
+	// staleCheck: a read must check staleness (pull mode with
+	// MaxStaleness; setStaleCheckLocked). Else noteRead takes no lock.
+	staleCheck atomic.Bool
+
 	// sink is where the stream writes: the generation store of a
 	// consumer's replica, or a standby's owned copy (a follower). Set
 	// before the stream starts.
@@ -102,6 +116,17 @@ type Replica struct {
 	// pending are received changes waiting for their TxnEnd; the stream
 	// goroutine's alone.
 	pending []transport.Change
+	// res holds the rows in memory (resident.go); nil for a DiskOnly
+	// replica and a standby's follower, which read badger. resOn says
+	// load makes it. Set before the stream starts.
+	res   *resident
+	resOn bool
+	// builds are the resident hash index builds running (spawned by the
+	// stream goroutine or by a reader); stop waits for them, and
+	// buildsDone (under buildMu) refuses new ones from then on.
+	buildMu    sync.Mutex
+	builds     sync.WaitGroup
+	buildsDone bool
 
 	// sendMu serializes sends on the stream (acks, pulls, mode switches).
 	sendMu sync.Mutex
@@ -158,6 +183,10 @@ func (c *Component) Subscribe(ctx context.Context, opts SubscribeOptions) (*Repl
 		r.modes.override, _ = r.parseOverride(c.topo.Overrides[key]) // invalid: logged, none
 	}
 	r.resolveModesLocked(time.Now(), "subscribed")
+	if m, ok := r.sink.(*memStore); ok {
+		m.saved = c.memRows[key] // what the table's last Replica left
+		delete(c.memRows, key)
+	}
 	if err := r.load(); err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", key, err)
 	}
@@ -192,6 +221,8 @@ func (c *Component) newReplica(opts SubscribeOptions, log *slog.Logger, standby 
 	r.sink = &genStore{c: c, base: r.base, table: opts.Table, log: log}
 	if standby != nil {
 		r.sink = &ownedCopy{t: standby, log: log}
+	} else {
+		r.setupResident()
 	}
 	r.accept = r.sink.standby() // a standby always takes its primary's history
 	r.modes.sub = opts.Modes
@@ -204,18 +235,73 @@ func (c *Component) newReplica(opts SubscribeOptions, log *slog.Logger, standby 
 	return r
 }
 
+// setupResident makes r a resident replica unless it is DiskOnly; in a
+// component without a data dir its rows are then nowhere else (memStore).
+func (r *Replica) setupResident() {
+	if r.opts.DiskOnly {
+		return
+	}
+	r.resOn = true
+	if r.c.cfg.DataDir == "" {
+		r.sink = &memStore{}
+	}
+}
+
 // load reads the cursor and queues the leftovers of an unfinished transfer
-// for deletion.
+// for deletion; a resident replica then loads its rows into memory.
 func (r *Replica) load() error {
 	cur, err := r.sink.load()
 	if err != nil {
 		return err
+	}
+	if r.resOn {
+		var rows *btree.BTreeG[resRow]
+		var n int64
+		switch s := r.sink.(type) {
+		case *memStore:
+			rows, n = newResRows(), 0
+			if s.saved != nil {
+				rows, n = s.saved.rows, s.saved.bytes
+				s.saved = nil
+			}
+		default:
+			if rows, n, err = r.c.loadResident(r.base, cur); err != nil {
+				return err
+			}
+		}
+		r.res = newResident(cur, rows, n, r.spawnIndexBuild, r.stopping, r.reads.Load)
 	}
 	r.cur = cur
 	if r.cur.LogID != "" {
 		close(r.ready)
 	}
 	return nil
+}
+
+// spawnIndexBuild runs a resident hash index build (resident.go) in the
+// background, unless the replica is stopping (false); stop waits for it.
+func (r *Replica) spawnIndexBuild(f func()) bool {
+	r.buildMu.Lock()
+	defer r.buildMu.Unlock()
+	if r.buildsDone {
+		return false
+	}
+	r.builds.Add(1)
+	go func() {
+		defer r.builds.Done()
+		f()
+	}()
+	return true
+}
+
+// stopping reports whether the replica is stopping or stopped.
+func (r *Replica) stopping() bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return r.c.ctx.Err() != nil
+	}
 }
 
 // Ready is closed once the replica holds a complete copy of the table (at
@@ -258,25 +344,52 @@ type genPfx struct {
 // exactly those of the returned cursor's seq.
 func (r *Replica) snapshotTxn() (*badger.Txn, []byte, cursor, error) {
 	txn := r.c.db.NewTransaction(false)
-	var cur cursor
-	item, err := txn.Get(cursorKey(r.base))
-	switch {
-	case errors.Is(err, badger.ErrKeyNotFound): // no copy yet: generation 0 is empty
-	case err != nil:
+	cur, err := readCursor(txn, r.base) // none: no copy yet, generation 0 is empty
+	if err != nil {
 		txn.Discard()
 		return nil, nil, cur, err
-	default:
-		if err := item.Value(func(v []byte) error { return msgpack.Unmarshal(v, &cur) }); err != nil {
-			txn.Discard()
-			return nil, nil, cur, fmt.Errorf("decode cursor: %w", err)
-		}
 	}
 	return txn, genPrefix(r.base, cur.Gen), cur, nil
 }
 
 // Get returns the replica's value of key; found is false when it has none.
-// It reads only local storage.
+// It reads only local storage. The value is the caller's (a copy); see
+// GetShared for a read that allocates nothing.
 func (r *Replica) Get(key []byte) (value []byte, found bool, err error) {
+	if r.res != nil {
+		v, ok, err := r.GetShared(key)
+		if !ok || err != nil {
+			return nil, ok, err
+		}
+		return bytes.Clone(v), true, nil
+	}
+	return r.getDisk(key)
+}
+
+// GetShared is Get without the copy: the value returned is the replica's
+// own, shared with every reader, so the caller may read it and keep it
+// (it stays valid and unchanged: a later change replaces the row, it never
+// modifies the value) but must never modify it. A resident replica reads
+// its published view: no lock, no allocation. A DiskOnly replica returns a
+// copy, as Get does.
+func (r *Replica) GetShared(key []byte) (value []byte, found bool, err error) {
+	if r.res == nil {
+		return r.getDisk(key)
+	}
+	if r.c.ctx.Err() != nil {
+		return nil, false, ErrClosed
+	}
+	r.noteRead()
+	view := r.res.view.Load()
+	if view.base == nil && r.reads.Load()%idxMinReads == 0 {
+		r.res.wantIndex() // point reads come: an index may pay
+	}
+	v, ok := view.get(key)
+	return v, ok, nil
+}
+
+// getDisk is Get of a replica that is not resident: a badger read.
+func (r *Replica) getDisk(key []byte) (value []byte, found bool, err error) {
 	if r.c.ctx.Err() != nil {
 		return nil, false, ErrClosed
 	}
@@ -307,6 +420,12 @@ func (r *Replica) Scan(prefix []byte, fn func(key, value []byte) bool) (uint64, 
 	if r.c.ctx.Err() != nil {
 		return 0, ErrClosed
 	}
+	if r.res != nil {
+		r.noteRead()
+		v := r.res.view.Load()
+		v.scan(prefix, nil, nil, fn)
+		return v.cur.Seq, nil
+	}
 	defer r.c.reads.leave()
 	if err := r.c.reads.enter(); err != nil {
 		return 0, err
@@ -329,6 +448,12 @@ func (r *Replica) Scan(prefix []byte, fn func(key, value []byte) bool) (uint64, 
 func (r *Replica) Digest(start, end []byte) (transport.DigestResponse, error) {
 	if r.c.ctx.Err() != nil {
 		return transport.DigestResponse{}, ErrClosed
+	}
+	if r.res != nil {
+		v := r.res.view.Load()
+		d := newDigester()
+		v.scan(nil, start, end, func(k, val []byte) bool { d.add(k, val); return true })
+		return d.result(v.cur.LogID, v.cur.Seq), nil
 	}
 	defer r.c.reads.leave()
 	if err := r.c.reads.enter(); err != nil {
@@ -451,8 +576,17 @@ func (r *Replica) notify(e Event) {
 func (r *Replica) Close() error {
 	r.stop()
 	r.c.mu.Lock()
-	if r.c.replicas[r.opts.Service+"/"+r.opts.Table] == r {
-		delete(r.c.replicas, r.opts.Service+"/"+r.opts.Table)
+	if key := r.opts.Service + "/" + r.opts.Table; r.c.replicas[key] == r {
+		delete(r.c.replicas, key)
+		if _, mem := r.sink.(*memStore); mem && r.res != nil && !r.c.closed {
+			// The stream has stopped: the working tree is the last
+			// published state, and the next Subscribe takes it over.
+			if r.c.memRows == nil {
+				r.c.memRows = map[string]*resView{}
+			}
+			v := r.res.view.Load()
+			r.c.memRows[key] = &resView{cur: v.cur, rows: r.res.w, bytes: r.res.bytes}
+		}
 	}
 	r.c.mu.Unlock()
 	return nil
@@ -461,4 +595,8 @@ func (r *Replica) Close() error {
 func (r *Replica) stop() {
 	r.cancel()
 	<-r.done
+	r.buildMu.Lock()
+	r.buildsDone = true
+	r.buildMu.Unlock()
+	r.builds.Wait() // they see stopping and give up
 }

@@ -59,6 +59,13 @@ type Status struct {
 	ModeConfigured string
 	ModeReason     string
 	ModeSwitches   uint64
+	// Resident: the replica's rows are held in memory (not DiskOnly);
+	// ResidentRows and ResidentBytes (keys and values) are what its
+	// latest published view holds (at Seq, or one batch ahead for an
+	// instant). Memory used is about ResidentBytes + 180 bytes a row.
+	Resident      bool
+	ResidentRows  int
+	ResidentBytes int64
 }
 
 // Lag says how far a replica is behind its owner.
@@ -136,13 +143,18 @@ func (r *Replica) lagLocked(now time.Time) Lag {
 func (r *Replica) Status() Status {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	return Status{
+	st := Status{
 		Service: r.opts.Service, Table: r.opts.Table, State: r.state,
 		LogID: r.cur.LogID, Epoch: r.cur.Epoch, Seq: r.cur.Seq, OwnerHead: r.ownerHead,
 		Lag: r.lagLocked(time.Now()), Stats: r.stats.snapshot(), LastErr: r.lastErr,
 		Mode: r.modes.effective.Wire(), ModeConfigured: r.modes.settings.Mode.String(),
 		ModeReason: r.modes.reason, ModeSwitches: r.modes.switches,
 	}
+	if r.res != nil {
+		v := r.res.view.Load()
+		st.Resident, st.ResidentRows, st.ResidentBytes = true, v.rows.Len(), v.bytes
+	}
+	return st
 }
 
 func (r *Replica) setState(s State, err error) {

@@ -30,6 +30,9 @@ func (r *Replica) receiveSnapshot(recv func() (*transport.OwnerFrame, error), st
 	if err != nil {
 		return err
 	}
+	if r.res != nil {
+		x = r.res.stage(x) // the resident rows are built beside the sink's
+	}
 	defer x.abort()
 	rows, nbytes, err := r.receiveRows(recv, f.Seq, x.put)
 	if err != nil {

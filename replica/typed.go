@@ -35,9 +35,19 @@ func Typed[V any](r Reader) *Table[V] {
 	return t
 }
 
+// sharedGetter is a Reader that can hand out its stored value without a
+// copy (Replica.GetShared).
+type sharedGetter interface {
+	GetShared(key []byte) ([]byte, bool, error)
+}
+
 // Get decodes the value of key; found is false when there is none.
 func (t *Table[V]) Get(key string) (v V, found bool, err error) {
-	b, found, err := t.r.Get([]byte(key))
+	get := t.r.Get
+	if sg, ok := t.r.(sharedGetter); ok {
+		get = sg.GetShared // the decoder copies what it keeps
+	}
+	b, found, err := get([]byte(key))
 	if err != nil || !found {
 		return v, found, err
 	}

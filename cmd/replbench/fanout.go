@@ -126,6 +126,9 @@ type fanoutFigures struct {
 	rate               float64 // changes/s delivered to all
 	p50, p99, max      time.Duration
 	samples            int
+	// cpu is the process's CPU time (writer, owner and consumers) from
+	// the first write until every consumer caught up; 0: unknown.
+	cpu time.Duration
 }
 
 // fanout: one writer pipelines -changes Puts; every consumer must hold the
@@ -149,6 +152,12 @@ func (b *bench) fanout(ctx context.Context, kind string, n int) error {
 		Workload: name, Figure: "p99 commit-to-applied", Value: float64(f.p99), Unit: unitNanos, Target: goal.p99,
 		Reference: goal.p99Ref, Notes: fmt.Sprintf("max %s over %d samples", formatDuration(f.max), f.samples),
 	})
+	if f.cpu > 0 {
+		// CPU per change is what a busy machine distorts least: the
+		// wall-clock figures above count the waits for a core too.
+		b.add(result{Workload: name, Figure: "CPU per change", Value: float64(f.cpu) / float64(changes), Unit: unitNanos,
+			Notes: fmt.Sprintf("the process's CPU (writer, owner, %d consumers) until all caught up: %.2f s", n, f.cpu.Seconds())})
+	}
 	return nil
 }
 
@@ -178,6 +187,7 @@ func (b *bench) measureFanout(ctx context.Context, name, kind string, n int, sec
 	var wg sync.WaitGroup
 
 	start := time.Now()
+	cpu0, cpuOK0 := processCPU()
 	for i, r := range g.reps {
 		wg.Go(func() {
 			werrs[i] = r.WaitFor(wctx, target)
@@ -192,6 +202,9 @@ func (b *bench) measureFanout(ctx context.Context, name, kind string, n int, sec
 		return f, err
 	}
 	wg.Wait()
+	if cpu1, cpuOK1 := processCPU(); cpuOK0 && cpuOK1 {
+		f.cpu = cpu1 - cpu0
+	}
 	if err := errors.Join(werrs...); err != nil {
 		return f, err
 	}

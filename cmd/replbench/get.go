@@ -20,7 +20,9 @@ func (b *bench) runGet(ctx context.Context) error {
 
 // getRun: Replica.Get of random keys on a replica of -getrows rows. The
 // p50 comes from individually timed Gets (it includes one clock read); the
-// mean and allocs/op from an untimed loop.
+// mean and allocs/op from an untimed loop. Replica.GetShared (no copy) and
+// a plain Go map of the same rows are timed the same way, interleaved with
+// Get in rounds, so the three see the same machine.
 func (b *bench) getRun(ctx context.Context, kind string) (err error) {
 	name := "get " + kind
 	n := b.opts.getRows
@@ -56,16 +58,35 @@ func (b *bench) getRun(ctx context.Context, kind string) (err error) {
 	}
 	loops := b.opts.getOps
 	timed := max(1, loops/5)
-	lat := make(samples, timed)
-	for i := range lat {
-		k := keys[rng.IntN(n)]
-		t := time.Now()
-		_, _, err := r.Get(k)
-		lat[i] = int64(time.Since(t))
-		if err != nil {
-			return err
+	m := make(map[string][]byte, n)
+	val := make([]byte, b.opts.valueSize)
+	for _, k := range keys {
+		m[string(k)] = val
+	}
+	reads := []func(k []byte) ([]byte, bool, error){
+		r.Get,
+		r.GetShared,
+		func(k []byte) ([]byte, bool, error) { v, ok := m[string(k)]; return v, ok, nil },
+	}
+	lats := make([]samples, len(reads))
+	const rounds = 10
+	for round := range rounds {
+		for j, read := range reads {
+			for range timed / rounds {
+				k := keys[rng.IntN(n)]
+				t := time.Now()
+				_, ok, err := read(k)
+				lats[j] = append(lats[j], int64(time.Since(t)))
+				if err != nil {
+					return err
+				}
+				if !ok {
+					return fmt.Errorf("read %d, round %d: %s not found", j, round, k)
+				}
+			}
 		}
 	}
+	lat := lats[0]
 	idx := make([]int32, loops)
 	for i := range idx {
 		idx[i] = int32(rng.IntN(n))
@@ -85,6 +106,12 @@ func (b *bench) getRun(ctx context.Context, kind string) (err error) {
 	b.add(result{Workload: name, Figure: "Replica.Get p50", Value: float64(ps[0]), Unit: unitNanos, Target: under(2e3),
 		Reference: "nats remote read 29 µs p50",
 		Notes:     fmt.Sprintf("random keys of %d rows; p99 %s; %d timed Gets", n, formatDuration(ps[1]), timed)})
+	shared, mp := lats[1].percentiles(0.50, 0.99), lats[2].percentiles(0.50, 0.99)
+	b.add(result{Workload: name, Figure: "Replica.GetShared p50", Value: float64(shared[0]), Unit: unitNanos, Target: under(2 * float64(mp[0])),
+		Reference: "issue 14: ≤ 2× the map's p50",
+		Notes:     fmt.Sprintf("p99 %s (issue 14: < 2 µs); %.2f× the map's p50", formatDuration(shared[1]), float64(shared[0])/float64(mp[0]))})
+	b.add(result{Workload: name, Figure: "Go map lookup p50", Value: float64(mp[0]), Unit: unitNanos,
+		Notes: fmt.Sprintf("map[string][]byte of the same %d keys; p99 %s", n, formatDuration(mp[1]))})
 	b.add(result{Workload: name, Figure: "Replica.Get mean", Value: float64(took) / float64(loops), Unit: unitNanos,
 		Notes: fmt.Sprintf("%d Gets in %.2f s", loops, took.Seconds())})
 	b.add(result{Workload: name, Figure: "allocs/op", Value: float64(m1.Mallocs-m0.Mallocs) / float64(loops), Unit: unitCount,

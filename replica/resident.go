@@ -1,0 +1,511 @@
+package replica
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"maps"
+	"math"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/replmesh/replmesh/transport"
+	"github.com/tidwall/btree"
+)
+
+// Resident replicas. A replica's rows are held in memory in a copy-on-write
+// B-tree (github.com/tidwall/btree); after each applied batch the stream
+// goroutine publishes an immutable view of it (the rows and the cursor they
+// are at) through an atomic pointer. Get, Scan and Digest load the pointer
+// and read that view: one consistent seq, no lock, no allocation. The
+// B-tree's Copy is O(1): the working tree and the published views share
+// nodes, and the next batch clones only the nodes it changes.
+//
+// A replica in a component without a data dir holds nothing anywhere else
+// (memStore). A durable replica keeps its rows in badger as before
+// (genStore: the rows and the cursor in one transaction, so the cursor is
+// never ahead of the data) and, after each commit, in memory; it reads
+// only memory, and loads the rows from badger when it opens. A replica
+// subscribed with SubscribeOptions.DiskOnly holds nothing in memory and
+// reads badger.
+
+// resRow is one resident row: 24 bytes in a B-tree node, one pointer (to
+// the key and the value, one allocation) for the garbage collector to
+// follow and for a copy-on-write clone to copy. Its bytes are never
+// modified once stored: later changes replace the row, so a value handed
+// out stays valid. pfx is the key's first 8 bytes (big-endian,
+// zero-padded), in the node itself: most comparisons of a search end on it
+// without reading the key's bytes, which are elsewhere in memory (a cache
+// miss each).
+type resRow struct {
+	pfx        uint64
+	p          *byte // key, then value
+	klen, vlen uint32
+}
+
+// searchRow is a row to search for key with: it points into key, which
+// it does not own.
+func searchRow(key []byte) resRow {
+	return resRow{pfx: keyPfx(key), p: unsafe.SliceData(key), klen: uint32(len(key))}
+}
+
+// ownRow copies key and value into one allocation and returns their row.
+func ownRow(key, value []byte) resRow {
+	kv := make([]byte, len(key)+len(value))
+	copy(kv, key)
+	copy(kv[len(key):], value)
+	return kvRow(kv, len(key))
+}
+
+// kvRow is the row of kv, the key (klen bytes) then the value; kv is the
+// row's from now on.
+func kvRow(kv []byte, klen int) resRow {
+	return resRow{pfx: keyPfx(kv[:klen]), p: unsafe.SliceData(kv), klen: uint32(klen), vlen: uint32(len(kv) - klen)}
+}
+
+func (r resRow) key() []byte { return unsafe.Slice(r.p, r.klen) }
+
+// value is the row's value; its capacity ends with it, so an append to it
+// copies.
+func (r resRow) value() []byte {
+	if r.vlen == 0 {
+		return nil // no pointer past the allocation
+	}
+	return unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(r.p), r.klen)), r.vlen)
+}
+
+// keyPfx orders as the key does: zero padding sorts a key before every
+// longer key it is a prefix of, as bytes.Compare does; equal prefixes fall
+// back to the whole key.
+func keyPfx(k []byte) uint64 {
+	if len(k) >= 8 {
+		return binary.BigEndian.Uint64(k)
+	}
+	var b [8]byte
+	copy(b[:], k)
+	return binary.BigEndian.Uint64(b[:])
+}
+
+func resLess(a, b resRow) bool {
+	if a.pfx != b.pfx {
+		return a.pfx < b.pfx
+	}
+	return bytes.Compare(a.key(), b.key()) < 0
+}
+
+// resDegree is the B-tree's degree (nodes hold up to 2*resDegree-1 rows).
+// A batch clones the nodes it changes, and the bytes it allocates (the
+// garbage collector's work) fall with the degree: per change on 1M rows,
+// batches of 100 (BenchmarkResidentApply), about 4.4 KB at degree 8, 5 KB
+// at 16, 6.9 KB at 32, 9.9 KB at 64; a scan's seek gets slower below 16.
+const resDegree = 16
+
+// resRowOverhead is the approximate memory a resident row costs beyond its
+// key and value bytes: the 24-byte item in a B-tree node (nodes are about
+// two thirds full), the allocation rounding of the key+value allocation,
+// and the hash index's map entry (see idxMinRows; about 40 bytes and the
+// map's growth slack). Measured by TestResident_RowCost (about 110-125);
+// docs/design.md says where the line between resident and disk-only lies.
+const resRowOverhead = 150
+
+func newResRows() *btree.BTreeG[resRow] {
+	return btree.NewBTreeGOptions(resLess, btree.Options{NoLocks: true, Degree: resDegree})
+}
+
+func rowBytes(r resRow) int64 { return int64(r.klen) + int64(r.vlen) }
+
+// resView is one published state of a resident replica: its rows at cur.
+// Nothing modifies a view once it is published.
+type resView struct {
+	cur   cursor
+	rows  *btree.BTreeG[resRow]
+	bytes int64 // key+value bytes of the rows
+	// base and delta are the hash index at cur (base nil: none): the
+	// values of all rows as of the build, and the rows changed since.
+	base  map[string][]byte
+	delta *btree.BTreeG[deltaRow]
+}
+
+// get returns the stored value of key (shared: never modify it). With a
+// hash index, the rows changed since it was built are looked up first
+// (delta: small, and hot in the cache), then the index; without one, the
+// B-tree.
+func (v *resView) get(key []byte) ([]byte, bool) {
+	if v.base == nil {
+		r, ok := v.rows.Get(searchRow(key))
+		return r.value(), ok
+	}
+	if v.delta.Len() > 0 {
+		if d, ok := v.delta.Get(deltaRow{resRow: searchRow(key)}); ok {
+			return d.value(), !d.deleted
+		}
+	}
+	val, ok := v.base[string(key)]
+	return val, ok
+}
+
+// scan calls fn for the rows with start <= key < end (nil end: no bound)
+// whose key starts with prefix, in key order, until fn returns false.
+func (v *resView) scan(prefix, start, end []byte, fn func(k, v []byte) bool) {
+	pivot := prefix
+	if bytes.Compare(start, pivot) > 0 {
+		pivot = start
+	}
+	v.rows.Ascend(searchRow(pivot), func(r resRow) bool {
+		k := r.key()
+		if !bytes.HasPrefix(k, prefix) || end != nil && bytes.Compare(k, end) >= 0 {
+			return false
+		}
+		return fn(k, r.value())
+	})
+}
+
+// deltaRow is a row changed since the hash index was built: its new
+// value, or deleted.
+type deltaRow struct {
+	resRow
+	deleted bool
+}
+
+func newDeltaRows() *btree.BTreeG[deltaRow] {
+	return btree.NewBTreeGOptions(func(a, b deltaRow) bool { return resLess(a.resRow, b.resRow) },
+		btree.Options{NoLocks: true, Degree: resDegree})
+}
+
+// The hash index. A point read in the B-tree costs a cache miss per
+// comparison (about log2(rows) of them); a Go map costs two or three. A
+// table of at least idxMinRows rows therefore gets a map from key to value
+// (base), built in the background from a published view, plus a small
+// copy-on-write B-tree of the rows changed since (delta). It is built again
+// (the old map copied, the delta applied to the copy) when delta outgrows
+// idxMinDelta and an eighth of the table: each change then costs about one
+// map insert and 8 rows' worth of map copying in the background, and
+// delta stays small. The delta costs each change a second B-tree insert,
+// worth it only while point reads come: a rebuild is due only after
+// idxMinReads reads since the last one, and without them the index is
+// dropped instead (a write-heavy replica nobody reads pays for the rows'
+// B-tree alone). Point reads of a replica without an index ask for one
+// (wantIndex) every idxMinReads reads.
+const (
+	idxMinRows  = 4096
+	idxMinDelta = 4096
+	idxDeltaDiv = 8
+	idxMinReads = 1024
+)
+
+// resident is the mutable side of a resident replica: the working tree,
+// which only the stream goroutine changes, the hash index's state, and the
+// published view. Readers only load view.
+type resident struct {
+	// mu serializes the writers: the stream goroutine (apply, a
+	// transfer's switch) and the install of a built index. Readers never
+	// take it.
+	mu    sync.Mutex
+	w     *btree.BTreeG[resRow]
+	bytes int64
+	// base and delta are the hash index (base nil: none yet); next, while
+	// a build runs, collects the changes since the view it builds from,
+	// to become delta when it is installed; gen counts the transfers, so
+	// an index built from replaced rows is dropped.
+	base     map[string][]byte
+	delta    *btree.BTreeG[deltaRow]
+	next     *btree.BTreeG[deltaRow]
+	building bool
+	gen      uint64
+	// minRows and minDelta are idxMinRows and idxMinDelta (tests set
+	// smaller ones); spawn runs a build in the background, stop tells it
+	// to give up (the replica is closing); reads counts the replica's
+	// reads (nil: reads are always coming), readsAt is its count when
+	// the last build began, built says a build began once.
+	minRows, minDelta int
+	spawn             func(func()) bool
+	stop              func() bool
+	reads             func() uint64
+	readsAt           uint64
+	built             bool
+	view              atomic.Pointer[resView]
+}
+
+// newResident makes rows (owned by the result from now on) the resident
+// state at cur and publishes it; spawn (false: refused, the replica is
+// stopping) and stop run the hash index's builds (nil spawn: no index,
+// every read searches the B-tree).
+func newResident(cur cursor, rows *btree.BTreeG[resRow], n int64, spawn func(func()) bool, stop func() bool, reads func() uint64) *resident {
+	s := &resident{w: rows, bytes: n, delta: newDeltaRows(), minRows: idxMinRows, minDelta: idxMinDelta, spawn: spawn, stop: stop, reads: reads}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.publishLocked(cur)
+	return s
+}
+
+// readsSince is the reads since the last build began.
+func (s *resident) readsSince() uint64 {
+	if s.reads == nil {
+		return math.MaxUint64
+	}
+	return s.reads() - s.readsAt // reads only grows
+}
+
+// wantIndex is a point read's request for an index, made every
+// idxMinReads reads while the view has none: it builds one unless the
+// writers hold the lock (the next publish decides then) or one is being
+// built. It never waits.
+func (s *resident) wantIndex() {
+	if !s.mu.TryLock() {
+		return
+	}
+	defer s.mu.Unlock()
+	s.maybeBuildLocked(s.view.Load())
+}
+
+// publishLocked makes the working state the view at cur. Copy gives the
+// working trees a new identity, so their next change clones the nodes it
+// touches instead of modifying the published ones. It then starts an index
+// build if one is due.
+func (s *resident) publishLocked(cur cursor) {
+	if s.base != nil && !s.building && s.delta.Len() > max(s.minDelta, len(s.base)/idxDeltaDiv) && s.readsSince() < idxMinReads {
+		s.base, s.delta = nil, newDeltaRows() // unread: not worth a rebuild
+	}
+	v := &resView{cur: cur, rows: s.w.Copy(), bytes: s.bytes}
+	if s.base != nil {
+		v.base, v.delta = s.base, s.delta.Copy()
+	}
+	s.view.Store(v)
+	s.maybeBuildLocked(v)
+}
+
+// maybeBuildLocked starts building an index from v, the published view,
+// when one is due: none yet (a first one is built for every table large
+// enough; later ones only while reads come), or the delta outgrew it.
+func (s *resident) maybeBuildLocked(v *resView) {
+	if s.spawn == nil || s.building || s.w.Len() < s.minRows {
+		return
+	}
+	if s.base != nil && s.delta.Len() <= max(s.minDelta, len(s.base)/idxDeltaDiv) {
+		return
+	}
+	if s.built && s.readsSince() < idxMinReads {
+		return
+	}
+	if s.reads != nil {
+		s.readsAt = s.reads()
+	}
+	s.built = true
+	s.building, s.next = true, newDeltaRows()
+	gen := s.gen
+	if !s.spawn(func() { s.build(v, gen) }) {
+		s.building, s.next = false, nil
+	}
+}
+
+// build makes the hash index of view v's rows and installs it, unless a
+// transfer replaced the rows meanwhile (gen) or the replica stops. With an
+// index in v already, the new one is a copy of it (maps.Clone copies the
+// table's memory: far cheaper than inserting every row) with v's delta
+// applied; else it is built from the rows.
+func (s *resident) build(v *resView, gen uint64) {
+	var m map[string][]byte
+	n := 0
+	stopped := false
+	// The key's bytes are never modified: the map shares them.
+	mapKey := func(k []byte) string { return unsafe.String(unsafe.SliceData(k), len(k)) }
+	if v.base != nil {
+		m = maps.Clone(v.base)
+		v.delta.Scan(func(d deltaRow) bool {
+			if d.deleted {
+				delete(m, mapKey(d.key()))
+			} else {
+				m[mapKey(d.key())] = d.value()
+			}
+			if n++; n%4096 == 0 && s.stop != nil && s.stop() {
+				stopped = true
+				return false
+			}
+			return true
+		})
+	} else {
+		m = make(map[string][]byte, v.rows.Len())
+		v.rows.Scan(func(r resRow) bool {
+			m[mapKey(r.key())] = r.value()
+			if n++; n%4096 == 0 && s.stop != nil && s.stop() {
+				stopped = true
+				return false
+			}
+			return true
+		})
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if gen != s.gen {
+		return // a transfer's switch ended this build (and may run another)
+	}
+	s.building = false
+	if stopped {
+		s.next = nil
+		return
+	}
+	// next holds exactly the changes applied since v.
+	s.base, s.delta, s.next = m, s.next, nil
+	cur := s.view.Load()
+	s.view.Store(&resView{cur: cur.cur, rows: cur.rows, bytes: cur.bytes, base: m, delta: s.delta.Copy()})
+}
+
+// apply applies changes (whole commit groups, continuing the view's
+// cursor) and publishes the result as the view at next. The rows are
+// copies: chs stays the caller's.
+func (s *resident) apply(next cursor, chs []transport.Change) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range chs {
+		ch := &chs[i]
+		del := ch.Op == transport.OpDelete
+		var row resRow
+		if del {
+			row = ownRow(ch.Key, nil) // the delta keeps it
+		} else {
+			row = ownRow(ch.Key, ch.Value)
+		}
+		var old resRow
+		var had bool
+		if del {
+			old, had = s.w.Delete(row)
+		} else {
+			old, had = s.w.Set(row)
+			s.bytes += rowBytes(row)
+		}
+		if had {
+			s.bytes -= rowBytes(old)
+		}
+		if s.base != nil {
+			s.delta.Set(deltaRow{row, del})
+		}
+		if s.next != nil {
+			s.next.Set(deltaRow{row, del})
+		}
+	}
+	s.publishLocked(next)
+}
+
+// switchTo makes rows (a full transfer's) the resident state at next: the
+// hash index starts over.
+func (s *resident) switchTo(next cursor, rows *btree.BTreeG[resRow], n int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.w, s.bytes = rows, n
+	s.base, s.delta, s.next, s.building = nil, newDeltaRows(), nil, false
+	s.gen++
+	s.publishLocked(next)
+}
+
+// resTransfer builds the resident rows of a full transfer next to what
+// the sink stages (for a durable replica, its fresh generation in badger),
+// and switches both in together; the old view stays readable until then.
+type resTransfer struct {
+	inner stagedTransfer
+	s     *resident
+	rows  *btree.BTreeG[resRow]
+	bytes int64
+}
+
+func (s *resident) stage(inner stagedTransfer) *resTransfer {
+	return &resTransfer{inner: inner, s: s, rows: newResRows()}
+}
+
+func (x *resTransfer) put(key, value []byte) error {
+	if err := x.inner.put(key, value); err != nil {
+		return err
+	}
+	// Rows arrive in key order: Load appends to the rightmost leaf.
+	old, had := x.rows.Load(ownRow(key, value))
+	x.bytes += int64(len(key) + len(value))
+	if had {
+		x.bytes -= rowBytes(old)
+	}
+	return nil
+}
+
+func (x *resTransfer) finish(next cursor) (cursor, error) { return x.inner.finish(next) }
+
+// switchIn switches the sink's copy first (for a durable replica, the
+// commit that names the new generation), then publishes the built rows.
+// Replica.mu is held, as for every switchIn.
+func (x *resTransfer) switchIn(old, next cursor) error {
+	if err := x.inner.switchIn(old, next); err != nil {
+		return err
+	}
+	x.s.switchTo(next, x.rows, x.bytes)
+	x.rows = nil
+	return nil
+}
+
+func (x *resTransfer) abort() {
+	x.inner.abort()
+	x.rows = nil
+}
+
+// loadResident reads the rows of the generation cur names from badger (a
+// durable replica opening) into a fresh tree. The cursor is read in the
+// same transaction and must equal cur: the stream has not started, so
+// nothing else writes it.
+func (c *Component) loadResident(base string, cur cursor) (*btree.BTreeG[resRow], int64, error) {
+	rows := newResRows()
+	var n int64
+	err := c.db.View(func(txn *badger.Txn) error {
+		stored, err := readCursor(txn, base)
+		if err != nil {
+			return err
+		}
+		if stored != cur {
+			return fmt.Errorf("cursor moved while the replica was loading: %+v, loaded %+v", stored, cur)
+		}
+		return scanRows(txn, genPrefix(base, cur.Gen), nil, nil, nil, func(k, v []byte) (bool, error) {
+			kv := make([]byte, len(k)+len(v)) // one allocation per row
+			copy(kv, k)
+			copy(kv[len(k):], v)
+			rows.Load(kvRow(kv, len(k)))
+			n += int64(len(kv))
+			return true, nil
+		})
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("load resident rows: %w", err)
+	}
+	return rows, n, nil
+}
+
+// memStore is the sink of a resident replica in a component without a
+// data dir: nothing is written anywhere but the resident rows (the
+// Replica applies changes to them after the sink's apply). Its state
+// outlives the Replica within the component (Close, then Subscribe again,
+// resumes from it) as a badger in memory did.
+type memStore struct {
+	saved *resView // the view the replica's last Close left, nil: none
+}
+
+func (m *memStore) standby() bool { return false }
+
+func (m *memStore) copies() int { return 0 }
+
+func (m *memStore) load() (cursor, error) {
+	if m.saved == nil {
+		return cursor{}, nil
+	}
+	return m.saved.cur, nil
+}
+
+func (m *memStore) beginTransfer(*transport.Start, *transport.OwnerFrame, cursor) (stagedTransfer, error) {
+	return memStaged{}, nil
+}
+
+func (m *memStore) apply(cursor, []transport.Change) error { return nil }
+
+// memStaged is a memStore's side of a full transfer: nothing to stage
+// (the resTransfer around it builds the rows).
+type memStaged struct{}
+
+func (memStaged) put(key, value []byte) error        { return nil }
+func (memStaged) finish(next cursor) (cursor, error) { return next, nil }
+func (memStaged) switchIn(old, next cursor) error    { return nil }
+func (memStaged) abort()                             {}

@@ -1,0 +1,533 @@
+package replica
+
+import (
+	"bytes"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"runtime"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/replmesh/replmesh/transport"
+)
+
+// TestResident_Property drives the resident structure with random batches
+// of puts and deletes and random full transfers (drops: every row replaced;
+// some abandoned half-way), against a map model. Every published view must
+// equal the model at its seq, then and later: views taken at random points
+// are checked again after more batches (snapshot isolation), while
+// concurrent readers check whatever view is current (run with -race).
+func TestResident_Property(t *testing.T) {
+	seed, fixed := testSeed(t)
+	seeds := []uint64{seed}
+	if !fixed {
+		seeds = append(seeds, seed+1, seed+2)
+	}
+	for _, seed := range seeds {
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			t.Logf("REPLMESH_SEED=%d reproduces", seed)
+			runResidentProperty(t, seed)
+		})
+	}
+}
+
+type model = map[string]string
+
+func runResidentProperty(t *testing.T, seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, 0x5e51d))
+	// The hash index is built (in the background, as a replica does)
+	// after a few rows and changes, so reads go through every state of it.
+	var builds sync.WaitGroup
+	var built atomic.Int64
+	spawn := func(f func()) bool {
+		builds.Add(1)
+		go func() {
+			defer builds.Done()
+			f()
+			built.Add(1)
+		}()
+		return true
+	}
+	// Reads come in bursts, so the index is built, dropped while unread,
+	// and asked for again.
+	var readCount atomic.Uint64
+	s := newResident(cursor{LogID: "L"}, newResRows(), 0, spawn, nil, readCount.Load)
+	s.minRows, s.minDelta = 8, 4
+	defer builds.Wait()
+	cur := model{}
+	var models sync.Map // seq -> model, stored before the view is published
+	models.Store(uint64(0), maps.Clone(cur))
+
+	// Concurrent readers check the current view against the model at its
+	// seq until the writer is done.
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	var readErr atomic.Pointer[error]
+	var readChecks atomic.Int64
+	for i := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rr := rand.New(rand.NewPCG(seed, uint64(i)))
+			for !stop.Load() {
+				v := s.view.Load()
+				want, ok := models.Load(v.cur.Seq)
+				if !ok {
+					err := fmt.Errorf("a view at seq %d published before its model", v.cur.Seq)
+					readErr.Store(&err)
+					return
+				}
+				if err := checkView(v, want.(model), rr); err != nil {
+					err = fmt.Errorf("reader, view at seq %d: %w", v.cur.Seq, err)
+					readErr.Store(&err)
+					return
+				}
+				readChecks.Add(1)
+			}
+		}()
+	}
+	defer func() {
+		stop.Store(true)
+		wg.Wait()
+		if e := readErr.Load(); e != nil {
+			t.Fatal(*e)
+		}
+		t.Logf("%d reads checked concurrently", readChecks.Load())
+	}()
+
+	type snap struct {
+		v    *resView
+		want model
+	}
+	var snaps []snap
+	seq := uint64(0)
+	key := func() string { return fmt.Sprintf("k%03d", rng.IntN(150)) }
+	value := func() string { return strings.Repeat(string(rune('a'+rng.IntN(26))), rng.IntN(40)) }
+	const steps = 600
+	for step := range steps {
+		switch op := rng.IntN(25); {
+		case op == 0: // a full transfer replaces every row (a drop)
+			next := model{}
+			for range rng.IntN(120) {
+				next[key()] = value()
+			}
+			x := s.stage(memStaged{})
+			ks := slices.Sorted(maps.Keys(next))
+			if rng.IntN(4) == 0 {
+				// Out of order and repeated rows (Load's slow path):
+				// the last value of a key wins.
+				rng.Shuffle(len(ks), func(i, j int) { ks[i], ks[j] = ks[j], ks[i] })
+				if len(ks) > 0 {
+					if err := x.put([]byte(ks[0]), []byte("stale")); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			abandon := rng.IntN(3) == 0
+			for i, k := range ks {
+				if abandon && i == len(ks)/2 {
+					break
+				}
+				if err := x.put([]byte(k), []byte(next[k])); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if abandon {
+				x.abort() // the live view is unchanged
+				break
+			}
+			seq += uint64(1 + rng.IntN(5))
+			nc, err := x.finish(cursor{LogID: "L", Epoch: 1, Seq: seq})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cur = next
+			models.Store(seq, maps.Clone(cur))
+			if err := x.switchIn(s.view.Load().cur, nc); err != nil {
+				t.Fatal(err)
+			}
+		default: // a batch of puts and deletes
+			n := 1 + rng.IntN(20)
+			chs := make([]transport.Change, n)
+			for i := range chs {
+				seq++
+				k := key()
+				chs[i] = transport.Change{Seq: seq, Epoch: 1, Key: []byte(k), TxnEnd: i == n-1}
+				if rng.IntN(3) == 0 {
+					chs[i].Op = transport.OpDelete
+					delete(cur, k)
+				} else {
+					v := value()
+					chs[i].Op, chs[i].Value = transport.OpPut, []byte(v)
+					cur[k] = v
+				}
+			}
+			models.Store(seq, maps.Clone(cur))
+			s.apply(cursor{LogID: "L", Epoch: 1, Seq: seq}, chs)
+		}
+		if rng.IntN(4) == 0 {
+			readCount.Add(uint64(rng.IntN(3 * idxMinReads)))
+		}
+		if rng.IntN(10) == 0 {
+			s.wantIndex()
+		}
+		v := s.view.Load()
+		if v.cur.Seq != seq {
+			t.Fatalf("step %d: view at seq %d, want %d", step, v.cur.Seq, seq)
+		}
+		if err := checkView(v, cur, rng); err != nil {
+			t.Fatalf("step %d, seq %d: %v", step, seq, err)
+		}
+		if rng.IntN(8) == 0 {
+			snaps = append(snaps, snap{v, maps.Clone(cur)})
+		}
+		// Views taken earlier still hold their seq's rows.
+		if len(snaps) > 0 {
+			sn := snaps[rng.IntN(len(snaps))]
+			if err := checkView(sn.v, sn.want, rng); err != nil {
+				t.Fatalf("step %d: the view taken at seq %d changed: %v", step, sn.v.cur.Seq, err)
+			}
+		}
+	}
+	for _, sn := range snaps {
+		if err := checkView(sn.v, sn.want, rng); err != nil {
+			t.Fatalf("at the end: the view taken at seq %d changed: %v", sn.v.cur.Seq, err)
+		}
+	}
+	t.Logf("%d steps, %d views checked again later, %d hash index builds", steps, len(snaps), built.Load())
+	if built.Load() == 0 {
+		t.Fatal("no hash index was built: the reads never used one")
+	}
+}
+
+// checkView compares v with want: a full scan (order, contents, byte
+// count), point reads of present and absent keys, a prefix scan and a
+// bounded range.
+func checkView(v *resView, want model, rng *rand.Rand) error {
+	got := model{}
+	var prev []byte
+	var n int64
+	var err error
+	v.scan(nil, nil, nil, func(k, val []byte) bool {
+		if prev != nil && bytes.Compare(prev, k) >= 0 {
+			err = fmt.Errorf("scan out of order: %q after %q", k, prev)
+			return false
+		}
+		prev = k
+		got[string(k)] = string(val)
+		n += int64(len(k) + len(val))
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	if !maps.Equal(got, want) {
+		return fmt.Errorf("rows differ from the model:\n%s", mapDiff(got, want))
+	}
+	if n != v.bytes || v.rows.Len() != len(want) {
+		return fmt.Errorf("view counts %d rows, %d bytes; holds %d, %d", v.rows.Len(), v.bytes, len(want), n)
+	}
+	for range 4 {
+		k := fmt.Sprintf("k%03d", rng.IntN(160))
+		val, ok := v.get([]byte(k))
+		wv, wok := want[k]
+		if ok != wok || string(val) != wv {
+			return fmt.Errorf("get %s = %q, %v; want %q, %v", k, val, ok, wv, wok)
+		}
+	}
+	// A prefix and a [start, end) range select what the model says.
+	prefix := fmt.Sprintf("k%02d", rng.IntN(15))
+	start, end := fmt.Sprintf("k%03d", rng.IntN(150)), fmt.Sprintf("k%03d", rng.IntN(150))
+	for _, q := range []struct{ prefix, start, end string }{{prefix, "", ""}, {"", start, end}, {prefix, start, ""}} {
+		var sel []string
+		var endB []byte
+		if q.end != "" {
+			endB = []byte(q.end)
+		}
+		v.scan([]byte(q.prefix), []byte(q.start), endB, func(k, _ []byte) bool { sel = append(sel, string(k)); return true })
+		var wsel []string
+		for k := range want {
+			if strings.HasPrefix(k, q.prefix) && k >= q.start && (q.end == "" || k < q.end) {
+				wsel = append(wsel, k)
+			}
+		}
+		sort.Strings(wsel)
+		if !slices.Equal(sel, wsel) {
+			return fmt.Errorf("scan prefix %q from %q to %q = %v, want %v", q.prefix, q.start, q.end, sel, wsel)
+		}
+	}
+	return nil
+}
+
+// The hash index follows the reads: a first one is built for a table large
+// enough, a change-heavy table nobody reads drops it, and reads bring it
+// back (wantIndex, as GetShared asks).
+func TestResident_IndexFollowsReads(t *testing.T) {
+	var builds sync.WaitGroup
+	spawn := func(f func()) bool {
+		builds.Add(1)
+		go func() { defer builds.Done(); f() }()
+		return true
+	}
+	var reads atomic.Uint64
+	s := newResident(cursor{}, newResRows(), 0, spawn, nil, reads.Load)
+	s.minRows, s.minDelta = 8, 4
+	seq := uint64(0)
+	put := func(n int) {
+		for range n {
+			seq++
+			s.apply(cursor{Seq: seq}, []transport.Change{{Seq: seq, Op: transport.OpPut, Key: benchKey(int(seq % 16)), Value: []byte("v"), TxnEnd: true}})
+			builds.Wait()
+		}
+	}
+	hasIndex := func() bool { return s.view.Load().base != nil }
+	put(7)
+	if hasIndex() {
+		t.Fatal("an index for 7 rows (minRows 8)")
+	}
+	put(1)
+	if !hasIndex() {
+		t.Fatal("no first index at 8 rows")
+	}
+	put(20) // no reads: the delta outgrows the index, which is dropped
+	if hasIndex() {
+		t.Fatal("the index of an unread table was rebuilt, want it dropped")
+	}
+	s.wantIndex()
+	builds.Wait()
+	if hasIndex() {
+		t.Fatal("an index built with no reads since the last")
+	}
+	reads.Add(idxMinReads)
+	s.wantIndex()
+	builds.Wait()
+	if !hasIndex() {
+		t.Fatalf("no index after %d reads", idxMinReads)
+	}
+	// Read, the index is rebuilt as the delta grows, not dropped.
+	b0 := s.readsAt
+	for range 30 {
+		reads.Add(idxMinReads)
+		put(1)
+		if !hasIndex() {
+			t.Fatal("the index of a read table was dropped")
+		}
+	}
+	if s.readsAt == b0 {
+		t.Fatal("the index of a read table was not rebuilt")
+	}
+	for k := range 16 {
+		v, ok := s.view.Load().get(benchKey(k))
+		if !ok || string(v) != "v" {
+			t.Fatalf("get %s = %q, %v", benchKey(k), v, ok)
+		}
+	}
+}
+
+// residentPair is an in-memory owner with a table of rows and a consumer
+// holding a caught-up replica of it.
+func residentPair(t testing.TB, consDir string, opts SubscribeOptions, rows int) (*Component, *OwnedTable, *Component, *Replica) {
+	t.Helper()
+	owner := openComponent(t, "own", "o1", "", "")
+	t.Cleanup(func() { mustClose(t, owner) })
+	tbl, err := owner.Own("t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t, time.Minute)
+	for i := 0; i < rows; i += 100 {
+		ws := make([]Write, 0, 100)
+		for j := i; j < min(rows, i+100); j++ {
+			ws = append(ws, Write{Key: benchKey(j), Value: fmt.Appendf(nil, "v%d", j)})
+		}
+		if _, err := tbl.Apply(ctx, ws...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cons := openComponent(t, "cons", "c1", consDir, "")
+	t.Cleanup(func() { mustClose(t, cons) })
+	opts.Service, opts.Table, opts.Addr = "own", "t", owner.Addr()
+	r, err := cons.Subscribe(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WaitFor(ctx, tbl.Head()); err != nil {
+		t.Fatal(err)
+	}
+	return owner, tbl, cons, r
+}
+
+// A resident Get allocates only the copy it returns, GetShared nothing:
+// from the B-tree (a small table) and from the hash index with its delta
+// (a table of idxMinRows rows or more, a change since the index was built).
+func TestResident_ReadAllocs(t *testing.T) {
+	for _, rows := range []int{300, idxMinRows + 100} {
+		t.Run(fmt.Sprintf("rows=%d", rows), func(t *testing.T) {
+			_, tbl, _, r := residentPair(t, "", SubscribeOptions{}, rows)
+			if rows >= idxMinRows {
+				waitUntil(t, 30*time.Second, "the hash index", func() bool { return r.res.view.Load().base != nil })
+				ctx := ctxT(t, time.Minute)
+				if _, err := tbl.Put(ctx, benchKey(17), []byte("v17")); err != nil {
+					t.Fatal(err)
+				}
+				if err := r.WaitFor(ctx, tbl.Head()); err != nil {
+					t.Fatal(err)
+				}
+				if v := r.res.view.Load(); v.base == nil || v.delta.Len() == 0 {
+					t.Fatalf("index %v, delta of %d rows: want both", v.base != nil, v.delta.Len())
+				}
+			}
+			for _, key := range [][]byte{benchKey(17), benchKey(18)} { // in the delta, in the map
+				tests := []struct {
+					name string
+					read func() ([]byte, bool, error)
+					max  float64
+				}{
+					{"Get", func() ([]byte, bool, error) { return r.Get(key) }, 1},
+					{"GetShared", func() ([]byte, bool, error) { return r.GetShared(key) }, 0},
+				}
+				for _, tt := range tests {
+					want := "v" + strings.TrimLeft(string(key[1:]), "0")
+					allocs := testing.AllocsPerRun(1000, func() {
+						if v, ok, err := tt.read(); err != nil || !ok || string(v) != want {
+							t.Fatalf("%s(%s) = %q, %v, %v; want %q", tt.name, key, v, ok, err, want)
+						}
+					})
+					if allocs > tt.max {
+						t.Fatalf("%s(%s) allocates %.1f times a read, want at most %.0f", tt.name, key, allocs, tt.max)
+					}
+				}
+			}
+		})
+	}
+}
+
+// Where a replica keeps its rows: an in-memory component's resident
+// replica writes nothing to badger; a durable one writes its rows there
+// too and reads them back into memory when reopened; a DiskOnly one
+// holds nothing in memory. All read the same rows.
+func TestResident_Storage(t *testing.T) {
+	const rows = 250
+	tests := []struct {
+		name         string
+		dir          bool
+		diskOnly     bool
+		wantResident bool
+		wantBadger   bool
+	}{
+		{"in memory", false, false, true, false},
+		{"in memory, disk only", false, true, false, true},
+		{"durable", true, false, true, true},
+		{"durable, disk only", true, true, false, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := ""
+			if tt.dir {
+				dir = t.TempDir()
+			}
+			_, tbl, cons, r := residentPair(t, dir, SubscribeOptions{DiskOnly: tt.diskOnly}, rows)
+			ctx := ctxT(t, time.Minute)
+			if _, err := tbl.Delete(ctx, benchKey(3)); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.WaitFor(ctx, tbl.Head()); err != nil {
+				t.Fatal(err)
+			}
+			st := r.Status()
+			if st.Resident != tt.wantResident {
+				t.Fatalf("Status.Resident = %v, want %v", st.Resident, tt.wantResident)
+			}
+			if tt.wantResident && (st.ResidentRows != rows-1 || st.ResidentBytes == 0) {
+				t.Fatalf("resident %d rows, %d bytes; want %d rows", st.ResidentRows, st.ResidentBytes, rows-1)
+			}
+			if n := countKeys(t, cons, []byte(r.base)); (n > 0) != tt.wantBadger {
+				t.Fatalf("%d badger keys under the replica's prefix; want some: %v", n, tt.wantBadger)
+			}
+			mustConverge(t, tbl, r)
+			checkRows := func(r *Replica) {
+				t.Helper()
+				for _, i := range []int{0, 3, 99, rows - 1} {
+					v, ok, err := r.Get(benchKey(i))
+					if err != nil || ok != (i != 3) || ok && string(v) != fmt.Sprintf("v%d", i) {
+						t.Fatalf("Get(%s) = %q, %v, %v", benchKey(i), v, ok, err)
+					}
+				}
+			}
+			checkRows(r)
+			// Closed and subscribed again in the same component (a
+			// durable one reopened too): the copy resumes, with no
+			// transfer.
+			if err := r.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if tt.dir {
+				mustClose(t, cons)
+				cons = openComponent(t, "cons", "c1", dir, "")
+				t.Cleanup(func() { mustClose(t, cons) })
+			}
+			r2, err := cons.Subscribe(ctx, SubscribeOptions{Service: "own", Table: "t", Addr: r.opts.Addr, DiskOnly: tt.diskOnly})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := r2.Seq(); got != tbl.Head() {
+				t.Fatalf("subscribed again at seq %d, want the copy's %d", got, tbl.Head())
+			}
+			checkRows(r2)
+			mustConverge(t, tbl, r2)
+			if st := r2.Status().Stats; st.FullTransfers != 0 {
+				t.Fatalf("subscribed again: %d full transfers, want a resume", st.FullTransfers)
+			}
+		})
+	}
+}
+
+// TestResident_RowCost measures what a resident row costs in memory beyond
+// its key and value (resRowOverhead, docs/design.md): rows of a 10-byte
+// key and a 256-byte value, as stored by apply (key and value allocated
+// apart, as the decoder hands them over).
+func TestResident_RowCost(t *testing.T) {
+	if testing.Short() {
+		t.Skip("allocates 100k rows")
+	}
+	const n = 100_000
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	var builds sync.WaitGroup
+	spawn := func(f func()) bool {
+		builds.Add(1)
+		go func() { defer builds.Done(); f() }()
+		return true
+	}
+	s := newResident(cursor{}, newResRows(), 0, spawn, nil, nil)
+	chs := make([]transport.Change, 0, 1000)
+	for i := 0; i < n; i += cap(chs) {
+		chs = chs[:0]
+		for j := i; j < i+cap(chs); j++ {
+			chs = append(chs, transport.Change{Seq: uint64(j + 1), Op: transport.OpPut, Key: benchKey(rand.IntN(1 << 30)), Value: make([]byte, 256)})
+		}
+		s.apply(cursor{Seq: uint64(i + cap(chs))}, chs)
+	}
+	builds.Wait()
+	// The last build's index is installed; its delta and the views
+	// that held the previous index are garbage now.
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	v := s.view.Load()
+	if v.base == nil {
+		t.Fatal("no hash index after the load")
+	}
+	per := float64(after.HeapAlloc-before.HeapAlloc)/float64(v.rows.Len()) - float64(v.bytes)/float64(v.rows.Len())
+	t.Logf("%d rows, %.0f bytes a row beyond key and value", v.rows.Len(), per)
+	if per > resRowOverhead {
+		t.Fatalf("a resident row costs %.0f bytes beyond its key and value; resRowOverhead (the documented figure) is %d", per, resRowOverhead)
+	}
+	runtime.KeepAlive(s)
+}
