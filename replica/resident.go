@@ -128,6 +128,18 @@ type resView struct {
 	delta *btree.BTreeG[deltaRow]
 }
 
+// walk calls fn for every row of the view in key order until fn returns
+// false or an error, which it returns: a rowWalk over a published view.
+func (v *resView) walk(fn func(k, val []byte) (bool, error)) error {
+	var err error
+	v.rows.Scan(func(r resRow) bool {
+		var more bool
+		more, err = fn(r.key(), r.value())
+		return more && err == nil
+	})
+	return err
+}
+
 // get returns the stored value of key (shared: never modify it). With a
 // hash index, the rows changed since it was built are looked up first
 // (delta: small, and hot in the cache), then the index; without one, the

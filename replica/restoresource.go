@@ -99,11 +99,12 @@ func (s *restoreServer) Source(req *transport.SourceRequest, stream grpc.ServerS
 	if s.c.reads.enter() != nil {
 		return fmt.Errorf("%w: component is shutting down", transport.ErrUnavailable)
 	}
-	txn, prefix, cur, err := r.snapshotTxn()
+	snap, err := r.restoreSnapshot()
 	if err != nil {
 		return fmt.Errorf("restore source %s/%s: %w", req.Service, req.Table, err)
 	}
-	defer txn.Discard()
+	defer snap.release()
+	cur := snap.cur
 	if cur.LogID == "" || cur.Seq == 0 {
 		return fmt.Errorf("%w: restore source: the replica of %s/%s on %s/%s holds no complete copy",
 			transport.ErrUnavailable, req.Service, req.Table, s.c.cfg.Service, s.c.cfg.Instance)
@@ -120,14 +121,14 @@ func (s *restoreServer) Source(req *transport.SourceRequest, stream grpc.ServerS
 	}}); err != nil {
 		return err
 	}
-	count, err := countRows(ctx, txn, prefix, start.Add(s.c.cfg.PeerTimeout/2), log)
+	count, err := snap.count(ctx, start.Add(s.c.cfg.PeerTimeout/2), log)
 	if err != nil {
 		return fmt.Errorf("restore source: count rows: %w", err)
 	}
 	if err := stream.Send(&transport.OwnerFrame{Kind: transport.KindSnapshotBegin, Seq: cur.Seq, HeadSeq: cur.Seq, Epoch: cur.Epoch, Count: count}); err != nil {
 		return err
 	}
-	total, nbytes, err := sendRows(ctx, txn, prefix, frameBudget(s.c.cfg.Transport), func(v []byte) ([]byte, error) { return v, nil }, stream.Send)
+	total, nbytes, err := sendRows(ctx, snap.walk, frameBudget(s.c.cfg.Transport), func(v []byte) ([]byte, error) { return v, nil }, stream.Send)
 	if err != nil {
 		return fmt.Errorf("restore source %s/%s: %w", req.Service, req.Table, err)
 	}
@@ -227,4 +228,34 @@ func statusFrame(p RestoreProgress) *transport.RestoreStatus {
 		f.Err = p.Err.Error()
 	}
 	return f
+}
+
+// replicaSnapshot is one consistent state of a replica to send: its
+// cursor and its rows at it, from the resident view (nothing to release)
+// or from one read transaction of its generation on disk (DiskOnly).
+type replicaSnapshot struct {
+	cur     cursor
+	walk    rowWalk
+	count   func(ctx context.Context, deadline time.Time, log interface{ Info(string, ...any) }) (uint64, error)
+	release func()
+}
+
+// restoreSnapshot returns the replica's current state for a restore
+// source: a resident replica's published view (an in-memory replica has
+// nothing else), else a read transaction holding the cursor.
+func (r *Replica) restoreSnapshot() (replicaSnapshot, error) {
+	if r.res != nil {
+		v := r.res.view.Load()
+		n := uint64(v.rows.Len())
+		return replicaSnapshot{cur: v.cur, walk: v.walk, release: func() {},
+			count: func(context.Context, time.Time, interface{ Info(string, ...any) }) (uint64, error) { return n, nil }}, nil
+	}
+	txn, prefix, cur, err := r.snapshotTxn()
+	if err != nil {
+		return replicaSnapshot{}, err
+	}
+	return replicaSnapshot{cur: cur, walk: txnRows(txn, prefix), release: txn.Discard,
+		count: func(ctx context.Context, deadline time.Time, log interface{ Info(string, ...any) }) (uint64, error) {
+			return countRows(ctx, txn, prefix, deadline, log)
+		}}, nil
 }

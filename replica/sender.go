@@ -370,7 +370,7 @@ func (s *sender) sendSnapshot() (uint64, error) {
 		return 0, err
 	}
 	start := time.Now()
-	total, bytes, err := sendRows(s.stream.Context(), txn, s.t.rowPrefix, frameBudget(s.c.cfg.Transport), func(v []byte) ([]byte, error) {
+	total, bytes, err := sendRows(s.stream.Context(), txnRows(txn, s.t.rowPrefix), frameBudget(s.c.cfg.Transport), func(v []byte) ([]byte, error) {
 		_, val, err := decodeOwnRow(v)
 		return val, err
 	}, s.send)
@@ -384,12 +384,22 @@ func (s *sender) sendSnapshot() (uint64, error) {
 	return m.Head + 1, nil
 }
 
-// sendRows sends the rows under prefix in txn (one read transaction: a
-// consistent snapshot) as rows frames of at most budget bytes of keys and
-// values, in key order, each stored value turned into the row's value by
-// value. It returns the rows and bytes sent. Both full transfers use it:
-// an owner's (sendSnapshot) and a replica's serving a restore.
-func sendRows(ctx context.Context, txn *badger.Txn, prefix []byte, budget int, value func(stored []byte) ([]byte, error), send func(*transport.OwnerFrame) error) (total, nbytes int, err error) {
+// rowWalk walks a consistent snapshot's rows in key order, calling fn for
+// each until it returns false or an error (which the walk returns).
+type rowWalk func(fn func(k, v []byte) (bool, error)) error
+
+// txnRows walks the rows under prefix in txn (one read transaction: a
+// consistent snapshot).
+func txnRows(txn *badger.Txn, prefix []byte) rowWalk {
+	return func(fn func(k, v []byte) (bool, error)) error { return scanRows(txn, prefix, nil, nil, nil, fn) }
+}
+
+// sendRows sends the rows of a consistent snapshot (walk) as rows frames
+// of at most budget bytes of keys and values, in key order, each stored
+// value turned into the row's value by value. It returns the rows and
+// bytes sent. Both full transfers use it: an owner's (sendSnapshot) and a
+// replica's serving a restore, from disk or from its resident view.
+func sendRows(ctx context.Context, walk rowWalk, budget int, value func(stored []byte) ([]byte, error), send func(*transport.OwnerFrame) error) (total, nbytes int, err error) {
 	rows := make([]transport.Row, 0, 1024)
 	arena := make([]byte, 0, budget+budget/4)
 	flush := func() error {
@@ -403,7 +413,7 @@ func sendRows(ctx context.Context, txn *badger.Txn, prefix []byte, budget int, v
 		rows, arena = rows[:0], arena[:0]
 		return err
 	}
-	err = scanRows(txn, prefix, nil, nil, nil, func(k, v []byte) (bool, error) {
+	err = walk(func(k, v []byte) (bool, error) {
 		val, err := value(v)
 		if err != nil {
 			return false, err
