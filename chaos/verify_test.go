@@ -26,8 +26,12 @@ func TestCheckState(t *testing.T) {
 	failed := &op{id: 3, kind: opUnique, writes: []WriteOp{w("u/0/2", "b")}, class: ClassFailed}
 	v1 := &op{id: 4, kind: opOverwrite, key: "o/0/1", version: 1, writes: []WriteOp{w("o/0/1", "v1")}, class: ClassOK, seq: 5, epoch: 1}
 	v2 := &op{id: 5, kind: opOverwrite, key: "o/0/1", version: 2, writes: []WriteOp{w("o/0/1", "v2")}, class: ClassOK, seq: 6, epoch: 1}
-	ops := []*op{unique, group, failed, v1, v2}
-	good := map[string][]byte{"u/0/1": []byte("a"), "g/0/1/0": []byte("g"), "g/0/1/1": []byte("g"), "g/0/1/2": []byte("g"), "o/0/1": []byte("v2")}
+	// A setup write that failed and was retried with the same rows.
+	bulkFailed := &op{id: 6, kind: opBulk, writes: []WriteOp{w("b/000000", "x"), w("b/000001", "y")}, class: ClassFailed}
+	bulkRetry := okOp(7, opBulk, 7, w("b/000000", "x"), w("b/000001", "y"))
+	ops := []*op{unique, group, failed, v1, v2, bulkFailed, bulkRetry}
+	good := map[string][]byte{"u/0/1": []byte("a"), "g/0/1/0": []byte("g"), "g/0/1/1": []byte("g"), "g/0/1/2": []byte("g"), "o/0/1": []byte("v2"),
+		"b/000000": []byte("x"), "b/000001": []byte("y")}
 
 	tests := []struct {
 		name string
@@ -40,6 +44,7 @@ func TestCheckState(t *testing.T) {
 		{"part of a group", func(m map[string][]byte) { delete(m, "g/0/1/1") }, vLost},
 		{"failed write applied", func(m map[string][]byte) { m["u/0/2"] = []byte("b") }, vPhantom},
 		{"row nobody wrote", func(m map[string][]byte) { m["u/9/9"] = []byte("?") }, vPhantom},
+		{"retried write missing", func(m map[string][]byte) { delete(m, "b/000001") }, vLost},
 		{"overwritten key went back a version", func(m map[string][]byte) { m["o/0/1"] = []byte("v1") }, vLost},
 	}
 	for _, tt := range tests {
