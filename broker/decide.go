@@ -80,7 +80,10 @@ func (b *Broker) decideLocked(only string, now time.Time) []*command {
 		o := b.reg.owners[svc]
 		// Components do not report their MinSyncStandbys: 0 makes
 		// nextGrant wait for every standby's head.
-		best, epoch, ok := nextGrant(insts, o, b.aliveLocked, 0)
+		best, epoch, ok := nextGrant(insts, o, grantView{
+			alive:   b.aliveLocked,
+			current: func(name string) bool { return b.headsCurrentLocked(name, now) },
+		})
 		if !ok {
 			continue
 		}
@@ -130,11 +133,21 @@ func (b *Broker) appliedLocked(c *command, ev *grantEvent) {
 	}
 }
 
+// grantView is what nextGrant knows beside the records: the brokers and
+// the primary's durability.
+type grantView struct {
+	// alive reports whether a broker is a live member the raft leader
+	// hears; current, whether the leader also holds current heads of the
+	// sessions on it (nil: whenever alive).
+	alive, current func(broker string) bool
+	// minSync is the primary's MinSyncStandbys (0: unknown).
+	minSync int
+}
+
 // nextGrant decides the primary lease of one owner service from its
 // instance records (by instance name) and its owner record (nil if it has
-// none): ok is false when the service is not due a grant. alive reports
-// whether a broker is a live member. It reads no clock and changes
-// nothing.
+// none): ok is false when the service is not due a grant. It reads no
+// clock and changes nothing.
 //
 // A present primary (registered, an owner instance) keeps its lease; it is
 // granted again at a new epoch when an instance of its service reports
@@ -148,8 +161,9 @@ func (b *Broker) appliedLocked(c *command, ev *grantEvent) {
 // with S standbys (owner instances not removed) and minSync the primary's
 // MinSyncStandbys k, an acknowledged write is on at least k of them, so
 // the heads of S-k+1 are needed (minSync 0: unknown, all S). A standby's
-// head is known while its session is connected on a live broker; one on
-// a broker not alive, or disconnected, is unknown until it opens a session
+// head is known while its session is connected on a live broker whose
+// heads are current (view.current); one on a broker not alive or not
+// current, or disconnected, is unknown until it opens a session
 // again or its lease lapses and it is removed (keptLocked: a lease plus
 // RehomeWait for one whose broker is not alive). Otherwise the standby
 // whose broker is paused, with the newest acknowledged writes, would be
@@ -162,7 +176,7 @@ func (b *Broker) appliedLocked(c *command, ev *grantEvent) {
 // grant must not reuse an epoch the owners' histories already hold, or two
 // histories would carry one epoch and the primary could not take over at
 // it.
-func nextGrant(insts map[string]*instanceRec, o *ownerRec, alive func(broker string) bool, minSync int) (primary *instanceRec, epoch uint64, ok bool) {
+func nextGrant(insts map[string]*instanceRec, o *ownerRec, view grantView) (primary *instanceRec, epoch uint64, ok bool) {
 	var maxEpoch uint64
 	for _, rec := range insts {
 		maxEpoch = max(maxEpoch, rec.maxEpoch())
@@ -178,6 +192,12 @@ func nextGrant(insts map[string]*instanceRec, o *ownerRec, alive func(broker str
 		maxEpoch = max(maxEpoch, o.Epoch)
 	}
 	if best == nil {
+		// The first grant: any connected owner; a promotion: the
+		// standbys whose heads are current.
+		known := view.alive
+		if o != nil && view.current != nil {
+			known = view.current
+		}
 		var cands []*instanceRec
 		standbys := 0
 		for _, rec := range insts {
@@ -185,11 +205,11 @@ func nextGrant(insts map[string]*instanceRec, o *ownerRec, alive func(broker str
 				continue
 			}
 			standbys++
-			if rec.Connected && alive(rec.Session.Broker) {
+			if rec.Connected && known(rec.Session.Broker) {
 				cands = append(cands, rec)
 			}
 		}
-		if o != nil && len(cands) < headsNeeded(standbys, minSync) {
+		if o != nil && len(cands) < headsNeeded(standbys, view.minSync) {
 			return nil, 0, false // a standby that may hold acknowledged writes is unknown
 		}
 		if best = bestStandby(cands); best == nil {

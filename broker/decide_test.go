@@ -10,7 +10,7 @@ import (
 func TestNextGrant(t *testing.T) {
 	type inst struct {
 		name      string
-		broker    string // session broker; "dead" is not a live member
+		broker    string // session broker; "dead" is not a live member, "woken" is one whose heads are not current yet
 		owner     bool
 		connected bool
 		gone      bool
@@ -106,6 +106,12 @@ func TestNextGrant(t *testing.T) {
 				with(owner("s2", 9), func(i *inst) { i.broker = "dead" }),
 				with(owner("s3", 1), func(i *inst) { i.connected = false }), owner("s4", 2)},
 			wantPrimary: "s4", wantEpoch: 3},
+		{name: "not while the other standby's broker is alive again but its heads are not current", owner: &ownerRec{Epoch: 2, Primary: "s1"},
+			insts: []inst{with(owner("s1"), func(i *inst) { i.gone = true }),
+				with(owner("s2", 9), func(i *inst) { i.broker = "woken" }), owner("s3", 1)}},
+		{name: "first grant: an owner on a broker whose heads are not current is a candidate",
+			insts:       []inst{with(owner("s2", 9), func(i *inst) { i.broker = "woken" })},
+			wantPrimary: "s2", wantEpoch: 1},
 		{name: "one standby, connected: promoted", owner: &ownerRec{Epoch: 2, Primary: "s1"},
 			insts:       []inst{with(owner("s1", 5), func(i *inst) { i.gone = true }), owner("s2", 5)},
 			wantPrimary: "s2", wantEpoch: 3},
@@ -143,8 +149,12 @@ func TestNextGrant(t *testing.T) {
 			if tt.owner != nil {
 				tt.owner.Service = "s"
 			}
-			alive := func(broker string) bool { return broker != "dead" }
-			best, epoch, ok := nextGrant(insts, tt.owner, alive, tt.minSync)
+			view := grantView{
+				alive:   func(broker string) bool { return broker != "dead" },
+				current: func(broker string) bool { return broker != "dead" && broker != "woken" },
+				minSync: tt.minSync,
+			}
+			best, epoch, ok := nextGrant(insts, tt.owner, view)
 			got := ""
 			if ok {
 				got = best.Instance

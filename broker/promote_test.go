@@ -144,3 +144,46 @@ func TestBroker_KeptLocked(t *testing.T) {
 		})
 	}
 }
+
+// A broker's heads count as current on the leader two UpdateIntervals
+// after it became alive again (its first flush of the heads its sessions
+// reported meanwhile), the leader's own at once.
+func TestBroker_HeadsCurrentAfterTwoUpdateIntervals(t *testing.T) {
+	const ui = 50 * time.Millisecond
+	b := &Broker{cfg: Config{Name: "b1", UpdateInterval: ui}}
+	b.live = []member{{Name: "b1", Raft: 1}, {Name: "b2", Raft: 2}, {Name: "b3", Raft: 3}}
+	t0 := time.Unix(1000, 0)
+	steps := []struct {
+		name   string
+		at     time.Duration
+		active map[uint64]bool // nil: not the leader
+		want   map[string]bool
+	}{
+		{"a follower tracks nothing", 0, nil, map[string]bool{"b1": true, "b2": false, "b3": false}},
+		{"leader: every broker just became alive", 0, map[uint64]bool{1: true, 2: true, 3: true},
+			map[string]bool{"b1": true, "b2": false, "b3": false}},
+		{"two update intervals on", 2 * ui, map[uint64]bool{1: true, 2: true, 3: true},
+			map[string]bool{"b1": true, "b2": true, "b3": true}},
+		{"b2 not heard", 3 * ui, map[uint64]bool{1: true, 3: true},
+			map[string]bool{"b1": true, "b2": false, "b3": true}},
+		{"b2 heard again", 4 * ui, map[uint64]bool{1: true, 2: true, 3: true},
+			map[string]bool{"b1": true, "b2": false, "b3": true}},
+		{"b2 one update interval later", 5 * ui, map[uint64]bool{1: true, 2: true, 3: true},
+			map[string]bool{"b1": true, "b2": false, "b3": true}},
+		{"b2 two update intervals later", 6 * ui, map[uint64]bool{1: true, 2: true, 3: true},
+			map[string]bool{"b1": true, "b2": true, "b3": true}},
+		{"no longer the leader", 7 * ui, nil, map[string]bool{"b1": true, "b2": false, "b3": false}},
+	}
+	for _, st := range steps {
+		t.Run(st.name, func(t *testing.T) {
+			now := t0.Add(st.at)
+			b.raftActive = st.active
+			b.trackAliveLocked(now)
+			for name, want := range st.want {
+				if got := b.headsCurrentLocked(name, now); got != want {
+					t.Errorf("headsCurrentLocked(%s) = %v, want %v", name, got, want)
+				}
+			}
+		})
+	}
+}
