@@ -64,8 +64,12 @@ type injector struct {
 	attacks    attackStats     // what the attacker fault tried
 	stops      []string        // leader-sigstop: per firing, SIGSTOP -> new leader and kill -> promotion
 	stopsNote  int             // 1 + the index of their note in notes (0: none yet)
-	gen        atomic.Int64    // bumped when a fault begins
-	wg         sync.WaitGroup
+	// leader-sigstop: firings, those where the standby with the most data
+	// had its session on the paused leader, those where a standby behind
+	// another was promoted; note: 1 + the index of their note (0: none).
+	stopCases struct{ fired, aheadOnPaused, behind, note int }
+	gen       atomic.Int64 // bumped when a fault begins
+	wg        sync.WaitGroup
 }
 
 func newInjector(cl *cluster, seed uint64, logf func(string, ...any)) *injector {
