@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -149,14 +150,38 @@ func (in *injector) leaderStop(ctx context.Context) (bool, error) {
 	if st, err := leader.status(ctx); err == nil {
 		sessions = st.Sessions
 	}
+	// Half the time, when one standby's session is on the leader and the
+	// others' are not, the others are cut from the primary first, so the
+	// one on the leader alone holds the newest acknowledged writes.
+	lagging := in.standbysToLag(leader, sessions)
+	for _, y := range lagging {
+		if err := cl.partition(ctx, p, y); err != nil {
+			return true, err
+		}
+	}
+	healLag := func() error {
+		var errs []error
+		for _, y := range lagging {
+			errs = append(errs, cl.heal(ctx, p, y))
+		}
+		return errors.Join(errs...)
+	}
+	if len(lagging) > 0 {
+		ahead := in.waitAhead(ctx, p, lagging)
+		in.logf("%s cut from primary %s: the standby on raft leader %s is %d changes ahead", strings.Join(nodeNames(lagging), ","), p, leader, ahead)
+	}
 	if err := leader.signal(syscall.SIGSTOP); err != nil {
-		return true, err
+		return true, errors.Join(err, healLag())
 	}
 	stopped := time.Now()
 	cont := func() error { return leader.signal(syscall.SIGCONT) }
 	in.logf("SIGSTOP raft leader %s (term %d) for at least %s; SIGKILL primary %s (epoch %d)", leader, lv.Term, hold, p, epoch)
 	p.kill()
 	killed := time.Now()
+	if err := healLag(); err != nil {
+		_ = cont()
+		return true, err
+	}
 	heads := finalHeads(ctx, cl.standbys())
 	// A new leader among the others (raft leader loss -> leader elected).
 	var nl *node
@@ -226,6 +251,49 @@ func (in *injector) leaderStop(ctx context.Context) (bool, error) {
 	}
 	in.mu.Unlock()
 	return true, in.restart(ctx, p)
+}
+
+// standbysToLag returns, half the time, the standbys to cut from the
+// primary before a leader-sigstop: those whose session is not on the
+// raft leader, when exactly one standby's is (none otherwise).
+func (in *injector) standbysToLag(leader *node, sessions map[string]string) []*node {
+	var on, off []*node
+	for _, s := range in.cl.standbys() {
+		switch sessions[s.name] {
+		case "":
+		case leader.name:
+			on = append(on, s)
+		default:
+			off = append(off, s)
+		}
+	}
+	if len(on) != 1 || len(off) == 0 || in.rng.IntN(2) == 0 {
+		return nil
+	}
+	return off
+}
+
+// waitAhead waits, for at most two seconds, until the primary's head is
+// 20 changes above the heads of the lagging standbys (the writes go on,
+// acknowledged by the standby that is not cut off), and returns how far
+// above it got.
+func (in *injector) waitAhead(ctx context.Context, p *node, lagging []*node) uint64 {
+	var base uint64
+	for _, y := range lagging {
+		if st, err := y.status(ctx); err == nil {
+			base = max(base, st.Head)
+		}
+	}
+	var ahead uint64
+	for range 40 {
+		if st, err := p.status(ctx); err == nil && st.Head > base {
+			ahead = st.Head - base
+		}
+		if ahead >= 20 || sleepCtx(ctx, 50*time.Millisecond) != nil {
+			break
+		}
+	}
+	return ahead
 }
 
 // finalHeads returns the heads of the standbys once the primary is gone:
