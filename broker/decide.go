@@ -225,10 +225,10 @@ func nextGrant(insts map[string]*instanceRec, o *ownerRec, view grantView) (prim
 	return best, maxEpoch + 1, true
 }
 
-// headsNeeded is how many of standbys standbys' heads a promotion needs
-// when the primary acknowledged each write once minSync of them held it
-// (0: unknown, all of them): one of any standbys-minSync+1 holds every
-// acknowledged write.
+// headsNeeded is how many heads of a service's standbys (standbys of
+// them) a promotion needs when the primary acknowledged each write once
+// minSync of them held it (0: unknown, all of them): one of any
+// standbys-minSync+1 holds every acknowledged write.
 func headsNeeded(standbys, minSync int) int {
 	if minSync <= 0 {
 		return standbys
