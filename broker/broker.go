@@ -104,6 +104,9 @@ type Broker struct {
 	// raftActive, on the raft leader, is the Raft node ids it heard from
 	// within an election timeout (nil elsewhere), as step last read it.
 	raftActive map[uint64]bool
+	// aliveSince, on the raft leader, is when each broker it deems alive
+	// (aliveLocked) last became so; nil elsewhere (see headsCurrentLocked).
+	aliveSince map[string]time.Time
 
 	// The clocks of the periodic steps (see step).
 	downSince map[instKey]time.Time // instances seen without a live session, since

@@ -195,6 +195,7 @@ func TestConfig_Validate(t *testing.T) {
 		{"Config.GossipKey", func(c *Config) { c.GossipKey = []byte("short") }},
 		{"Config.ClusterLabel", func(c *Config) { c.ClusterLabel = strings.Repeat("x", 256) }},
 		{"Config.Lease", func(c *Config) { c.Lease = 0 }},
+		{"Config.RehomeWait", func(c *Config) { c.RehomeWait = -time.Second }},
 		{"Config.CheckInterval", func(c *Config) { c.CheckInterval = 2 * c.Lease }},
 		{"Config.TombstoneTTL", func(c *Config) { c.TombstoneTTL = c.Lease / 2 }},
 	}

@@ -151,6 +151,15 @@ type Config struct {
 	// broker) before it is removed; for a primary, it is also how long the
 	// service waits before a standby is promoted.
 	Lease time.Duration
+	// RehomeWait is how long a component whose broker stops answering
+	// without closing its connection (a paused or partitioned broker) may
+	// take to open a session on another broker: the components'
+	// PeerTimeout (replica.Config.PeerTimeout, 10s by default, 3s in
+	// replica.LocalConfig). A standby whose session sits on a broker the
+	// raft leader does not hear is kept for Lease + RehomeWait instead of
+	// Lease, and no other standby is promoted over it meanwhile unless
+	// enough standbys' heads are known (see nextGrant). 0: Lease alone.
+	RehomeWait time.Duration
 	// Heartbeat is the interval of the broker's heartbeats on sessions,
 	// and of its checks for a silent session; at most Lease/2.
 	Heartbeat time.Duration
@@ -202,6 +211,7 @@ func DefaultConfig() Config {
 		BindAddr:        DefaultGossipAddr,
 		Gossip:          memberlist.DefaultLANConfig(),
 		Lease:           5 * time.Second,
+		RehomeWait:      10 * time.Second,
 		Heartbeat:       2 * time.Second,
 		RegisterTimeout: 10 * time.Second,
 		CheckInterval:   100 * time.Millisecond,
@@ -227,6 +237,7 @@ func LocalConfig(name string) Config {
 	g.PushPullInterval = 2 * time.Second
 	c.Gossip = g
 	c.Lease = time.Second
+	c.RehomeWait = 3 * time.Second
 	c.Heartbeat = 100 * time.Millisecond
 	c.RegisterTimeout = 2 * time.Second
 	c.CheckInterval = 10 * time.Millisecond
@@ -375,6 +386,7 @@ func (c *Config) Validate() error {
 		want string
 	}{
 		{"Config.Lease", c.Lease, c.Lease <= 0, positive},
+		{"Config.RehomeWait", c.RehomeWait, c.RehomeWait < 0, "it must be 0 or more"},
 		{"Config.Heartbeat", c.Heartbeat, c.Heartbeat <= 0 || c.Heartbeat > c.Lease/2,
 			fmt.Sprintf("it must be more than 0 and at most half of Config.Lease (%v): %v or less", c.Lease, c.Lease/2)},
 		{"Config.RegisterTimeout", c.RegisterTimeout, c.RegisterTimeout <= 0, positive},

@@ -13,14 +13,14 @@ import (
 // nextGrant is pure: it reads no clock and changes nothing.
 
 // expireLocked removes (tombstones) the instances whose session has been
-// gone for a whole lease. Only the raft leader calls it.
+// gone for a whole lease (keptLocked). Only the raft leader calls it.
 func (b *Broker) expireLocked(now time.Time) []*broadcast {
 	var out []*broadcast
 	for k, since := range b.downSince {
-		if now.Sub(since) < b.cfg.Lease {
+		rec := b.reg.inst(k)
+		if now.Sub(since) < b.keptLocked(rec) {
 			continue
 		}
-		rec := b.reg.inst(k)
 		delete(b.downSince, k)
 		if rec == nil || rec.Gone {
 			continue
@@ -42,6 +42,25 @@ func (b *Broker) expireLocked(now time.Time) []*broadcast {
 	return out
 }
 
+// keptLocked is how long rec may be without a live session before it is
+// removed: a lease; for a standby whose session sits on a broker that is
+// not alive, a lease plus RehomeWait. Such a standby is unknown, not
+// absent: its broker may be paused or cut off while the standby itself
+// runs on with the newest acknowledged writes, and it opens a session on
+// another broker only after its PeerTimeout; until it does, or is removed,
+// nextGrant may have too few standbys' heads to promote anyone. The
+// primary keeps the plain lease: lease fencing stops it acknowledging
+// writes before then.
+func (b *Broker) keptLocked(rec *instanceRec) time.Duration {
+	if rec == nil || !rec.Owner || b.aliveLocked(rec.Session.Broker) {
+		return b.cfg.Lease
+	}
+	if o := b.reg.owners[rec.Service]; o == nil || o.Primary == rec.Instance {
+		return b.cfg.Lease
+	}
+	return b.cfg.Lease + b.cfg.RehomeWait
+}
+
 // decideLocked decides the primary lease of every owner service that is
 // due one (see nextGrant), or of the one named service if only is not "",
 // and returns the grants to propose. Nothing changes until a grant is
@@ -59,7 +78,12 @@ func (b *Broker) decideLocked(only string, now time.Time) []*command {
 			continue
 		}
 		o := b.reg.owners[svc]
-		best, epoch, ok := nextGrant(insts, o, b.aliveLocked)
+		// Components do not report their MinSyncStandbys: 0 makes
+		// nextGrant wait for every standby's head.
+		best, epoch, ok := nextGrant(insts, o, grantView{
+			alive:   b.aliveLocked,
+			current: func(name string) bool { return b.headsCurrentLocked(name, now) },
+		})
 		if !ok {
 			continue
 		}
@@ -109,11 +133,21 @@ func (b *Broker) appliedLocked(c *command, ev *grantEvent) {
 	}
 }
 
+// grantView is what nextGrant knows beside the records: the brokers and
+// the primary's durability.
+type grantView struct {
+	// alive reports whether a broker is a live member the raft leader
+	// hears; current, whether the leader also holds current heads of the
+	// sessions on it (nil: whenever alive).
+	alive, current func(broker string) bool
+	// minSync is the primary's MinSyncStandbys (0: unknown).
+	minSync int
+}
+
 // nextGrant decides the primary lease of one owner service from its
 // instance records (by instance name) and its owner record (nil if it has
-// none): ok is false when the service is not due a grant. alive reports
-// whether a broker is a live member. It reads no clock and changes
-// nothing.
+// none): ok is false when the service is not due a grant. It reads no
+// clock and changes nothing.
 //
 // A present primary (registered, an owner instance) keeps its lease; it is
 // granted again at a new epoch when an instance of its service reports
@@ -122,13 +156,27 @@ func (b *Broker) appliedLocked(c *command, ev *grantEvent) {
 // owner instance with the most data (bestStandby): its first owner, or a
 // standby promoted when the primary's lease lapsed.
 //
+// A promotion (the service had a primary) waits until the heads of enough
+// standbys are known that one of them must hold every acknowledged write:
+// with S standbys (owner instances not removed) and minSync the primary's
+// MinSyncStandbys k, an acknowledged write is on at least k of them, so
+// the heads of S-k+1 are needed (minSync 0: unknown, all S). A standby's
+// head is known while its session is connected on a live broker whose
+// heads are current (view.current); one on a broker not alive or not
+// current, or disconnected, is unknown until it opens a session
+// again or its lease lapses and it is removed (keptLocked: a lease plus
+// RehomeWait for one whose broker is not alive). Otherwise the standby
+// whose broker is paused, with the newest acknowledged writes, would be
+// passed over for a connected one that lacks them. The first grant (no
+// primary yet) does not wait: nothing was acknowledged.
+//
 // The new epoch is above every epoch known for the service, the ones its
 // instances report included (those their data held when they registered
 // and their tables'): after all brokers restarted (an empty registry) a
 // grant must not reuse an epoch the owners' histories already hold, or two
 // histories would carry one epoch and the primary could not take over at
 // it.
-func nextGrant(insts map[string]*instanceRec, o *ownerRec, alive func(broker string) bool) (primary *instanceRec, epoch uint64, ok bool) {
+func nextGrant(insts map[string]*instanceRec, o *ownerRec, view grantView) (primary *instanceRec, epoch uint64, ok bool) {
 	var maxEpoch uint64
 	for _, rec := range insts {
 		maxEpoch = max(maxEpoch, rec.maxEpoch())
@@ -144,11 +192,25 @@ func nextGrant(insts map[string]*instanceRec, o *ownerRec, alive func(broker str
 		maxEpoch = max(maxEpoch, o.Epoch)
 	}
 	if best == nil {
+		// The first grant: any connected owner; a promotion: the
+		// standbys whose heads are current.
+		known := view.alive
+		if o != nil && view.current != nil {
+			known = view.current
+		}
 		var cands []*instanceRec
+		standbys := 0
 		for _, rec := range insts {
-			if rec.Owner && !rec.Gone && rec.Connected && alive(rec.Session.Broker) {
+			if !rec.Owner || rec.Gone {
+				continue
+			}
+			standbys++
+			if rec.Connected && known(rec.Session.Broker) {
 				cands = append(cands, rec)
 			}
+		}
+		if o != nil && len(cands) < headsNeeded(standbys, view.minSync) {
+			return nil, 0, false // a standby that may hold acknowledged writes is unknown
 		}
 		if best = bestStandby(cands); best == nil {
 			return nil, 0, false
@@ -161,6 +223,17 @@ func nextGrant(insts map[string]*instanceRec, o *ownerRec, alive func(broker str
 		return nil, 0, false
 	}
 	return best, maxEpoch + 1, true
+}
+
+// headsNeeded is how many heads of a service's standbys (standbys of
+// them) a promotion needs when the primary acknowledged each write once
+// minSync of them held it (0: unknown, all of them): one of any
+// standbys-minSync+1 holds every acknowledged write.
+func headsNeeded(standbys, minSync int) int {
+	if minSync <= 0 {
+		return standbys
+	}
+	return max(1, standbys-minSync+1)
 }
 
 // Grant is one primary grant the decided state applied: for observers

@@ -10,7 +10,7 @@ import (
 func TestNextGrant(t *testing.T) {
 	type inst struct {
 		name      string
-		broker    string // session broker; "dead" is not a live member
+		broker    string // session broker; "dead" is not a live member, "woken" is one whose heads are not current yet
 		owner     bool
 		connected bool
 		gone      bool
@@ -26,6 +26,7 @@ func TestNextGrant(t *testing.T) {
 		name        string
 		insts       []inst
 		owner       *ownerRec // nil: none yet
+		minSync     int       // the primary's MinSyncStandbys (0: unknown)
 		wantPrimary string    // "": no grant
 		wantEpoch   uint64
 	}{
@@ -61,10 +62,68 @@ func TestNextGrant(t *testing.T) {
 				with(owner("s3", 9), func(i *inst) { i.connected = false }),
 				with(owner("s4", 9), func(i *inst) { i.gone = true }),
 			}},
-		{name: "the standby on a live broker, not the one with more data on a dead one", owner: &ownerRec{Epoch: 2, Primary: "s1"},
+		// A promotion needs the heads of enough standbys that one of them
+		// holds every acknowledged write: S-k+1 of the S standbys not
+		// gone (k = minSync; 0, unknown: all of them).
+		{name: "not the standby with less data while the other's broker is not alive", owner: &ownerRec{Epoch: 2, Primary: "s1"},
+			insts: []inst{with(owner("s1"), func(i *inst) { i.gone = true }),
+				with(owner("s2", 9), func(i *inst) { i.broker = "dead" }), owner("s3", 1)}},
+		{name: "k 1 of 2 standbys: one unknown is one too many", owner: &ownerRec{Epoch: 2, Primary: "s1"}, minSync: 1,
+			insts: []inst{with(owner("s1"), func(i *inst) { i.gone = true }),
+				with(owner("s2", 9), func(i *inst) { i.broker = "dead" }), owner("s3", 1)}},
+		{name: "not while the other standby's session ended (disconnected, within its lease)", owner: &ownerRec{Epoch: 2, Primary: "s1"},
+			insts: []inst{with(owner("s1"), func(i *inst) { i.gone = true }),
+				with(owner("s2", 9), func(i *inst) { i.connected = false }), owner("s3", 1)}},
+		{name: "the standby re-homed to a live broker: its head is known, it has the most data", owner: &ownerRec{Epoch: 2, Primary: "s1"},
+			insts: []inst{with(owner("s1"), func(i *inst) { i.gone = true }),
+				with(owner("s2", 9), func(i *inst) { i.broker = "b2" }), owner("s3", 1)},
+			wantPrimary: "s2", wantEpoch: 3},
+		{name: "the unknown standby removed (lease lapsed): the other is promoted", owner: &ownerRec{Epoch: 2, Primary: "s1"},
+			insts: []inst{with(owner("s1"), func(i *inst) { i.gone = true }),
+				with(owner("s2", 9), func(i *inst) { i.broker, i.gone = "dead", true }), owner("s3", 1)},
+			wantPrimary: "s3", wantEpoch: 3},
+		{name: "k 2 of 2 standbys: every acknowledged write is on both, one head suffices", owner: &ownerRec{Epoch: 2, Primary: "s1"}, minSync: 2,
 			insts: []inst{with(owner("s1"), func(i *inst) { i.gone = true }),
 				with(owner("s2", 9), func(i *inst) { i.broker = "dead" }), owner("s3", 1)},
 			wantPrimary: "s3", wantEpoch: 3},
+		{name: "k above the standbys: one head still needed and enough", owner: &ownerRec{Epoch: 2, Primary: "s1"}, minSync: 3,
+			insts: []inst{with(owner("s1"), func(i *inst) { i.gone = true }),
+				with(owner("s2", 9), func(i *inst) { i.broker = "dead" }), owner("s3", 1)},
+			wantPrimary: "s3", wantEpoch: 3},
+		{name: "k 1 of 3 standbys, one unknown: no promotion", owner: &ownerRec{Epoch: 2, Primary: "s1"}, minSync: 1,
+			insts: []inst{with(owner("s1"), func(i *inst) { i.gone = true }),
+				with(owner("s2", 9), func(i *inst) { i.broker = "dead" }), owner("s3", 1), owner("s4", 2)}},
+		{name: "k 2 of 3 standbys, one unknown: two heads suffice", owner: &ownerRec{Epoch: 2, Primary: "s1"}, minSync: 2,
+			insts: []inst{with(owner("s1"), func(i *inst) { i.gone = true }),
+				with(owner("s2", 9), func(i *inst) { i.broker = "dead" }), owner("s3", 1), owner("s4", 2)},
+			wantPrimary: "s4", wantEpoch: 3},
+		{name: "k 2 of 3 standbys, two unknown: no promotion", owner: &ownerRec{Epoch: 2, Primary: "s1"}, minSync: 2,
+			insts: []inst{with(owner("s1"), func(i *inst) { i.gone = true }),
+				with(owner("s2", 9), func(i *inst) { i.broker = "dead" }),
+				with(owner("s3", 1), func(i *inst) { i.connected = false }), owner("s4", 2)}},
+		{name: "k 3 of 3 standbys, two unknown: one head suffices", owner: &ownerRec{Epoch: 2, Primary: "s1"}, minSync: 3,
+			insts: []inst{with(owner("s1"), func(i *inst) { i.gone = true }),
+				with(owner("s2", 9), func(i *inst) { i.broker = "dead" }),
+				with(owner("s3", 1), func(i *inst) { i.connected = false }), owner("s4", 2)},
+			wantPrimary: "s4", wantEpoch: 3},
+		{name: "not while the other standby's broker is alive again but its heads are not current", owner: &ownerRec{Epoch: 2, Primary: "s1"},
+			insts: []inst{with(owner("s1"), func(i *inst) { i.gone = true }),
+				with(owner("s2", 9), func(i *inst) { i.broker = "woken" }), owner("s3", 1)}},
+		{name: "first grant: an owner on a broker whose heads are not current is a candidate",
+			insts:       []inst{with(owner("s2", 9), func(i *inst) { i.broker = "woken" })},
+			wantPrimary: "s2", wantEpoch: 1},
+		{name: "one standby, connected: promoted", owner: &ownerRec{Epoch: 2, Primary: "s1"},
+			insts:       []inst{with(owner("s1", 5), func(i *inst) { i.gone = true }), owner("s2", 5)},
+			wantPrimary: "s2", wantEpoch: 3},
+		{name: "one standby, its broker not alive: no promotion", owner: &ownerRec{Epoch: 2, Primary: "s1"}, minSync: 1,
+			insts: []inst{with(owner("s1", 5), func(i *inst) { i.gone = true }),
+				with(owner("s2", 5), func(i *inst) { i.broker = "dead" })}},
+		{name: "first grant: the connected owner, an owner on a dead broker is not waited for",
+			insts:       []inst{owner("s1", 1), with(owner("s2", 9), func(i *inst) { i.broker = "dead" })},
+			wantPrimary: "s1", wantEpoch: 1},
+		{name: "first grant: a disconnected owner is not waited for",
+			insts:       []inst{owner("s1", 1), with(owner("s2", 9), func(i *inst) { i.connected = false })},
+			wantPrimary: "s1", wantEpoch: 1},
 		{name: "the last epoch a grant may take", owner: &ownerRec{Epoch: math.MaxUint64 - 2, Primary: "s1"},
 			insts:       []inst{with(owner("s1"), func(i *inst) { i.gone = true }), owner("s2")},
 			wantPrimary: "s2", wantEpoch: math.MaxUint64 - 1},
@@ -90,8 +149,12 @@ func TestNextGrant(t *testing.T) {
 			if tt.owner != nil {
 				tt.owner.Service = "s"
 			}
-			alive := func(broker string) bool { return broker != "dead" }
-			best, epoch, ok := nextGrant(insts, tt.owner, alive)
+			view := grantView{
+				alive:   func(broker string) bool { return broker != "dead" },
+				current: func(broker string) bool { return broker != "dead" && broker != "woken" },
+				minSync: tt.minSync,
+			}
+			best, epoch, ok := nextGrant(insts, tt.owner, view)
 			got := ""
 			if ok {
 				got = best.Instance

@@ -54,21 +54,35 @@
 // # Primary lease and promotion
 //
 // Instances that register with Owner=true are the primary candidates of
-// their service. The brokers decide through Raft (go.etcd.io/raft/v3): only
-// the raft leader decides, and a decision takes effect only once its log
-// entry is committed by a majority and applied (fsm.go), on every broker in
-// the same order. The leader grants the primary to the first connected
-// owner instance of a service that has none (epoch 1). When the primary's
-// lease lapses it promotes the connected standby whose tables' heads have
-// the greatest sum (ties: the smaller instance name) and bumps the epoch. A
-// primary whose lease lapses with no standby keeps the lease until another
-// owner instance connects (which is then granted it with the next epoch) or
-// it comes back itself (same epoch). An instance that comes back after it
-// was replaced is a standby: roles are derived from the decided owner
-// record, which names one instance per epoch. The state machine refuses a
-// grant that is not above every epoch it recorded for the service, so an
-// epoch is granted exactly once, to one instance, ever. Mode overrides
-// (SetMode) and the broker membership are decided the same way.
+// their service. The brokers decide through Raft (go.etcd.io/raft/v3):
+// only the raft leader decides, and a decision takes effect only once its
+// log entry is committed by a majority and applied (fsm.go), on every
+// broker in the same order. The leader grants the primary to the first
+// connected owner instance of a service that has none (epoch 1). When the
+// primary's lease lapses it promotes the connected standby whose tables'
+// heads have the greatest sum (ties: the smaller instance name) and bumps
+// the epoch, but only once it knows the heads of enough standbys that one
+// of them holds every acknowledged write: with min_sync_standbys k, an
+// acknowledged write is on k of the S standbys, not on a particular one,
+// so S-k+1 heads are needed; components do not report k, so the broker
+// waits for every standby not removed. A standby's head is known while its
+// session is connected on a broker the raft leader has heard for two
+// UpdateIntervals (one back from a pause gossips the heads its sessions
+// reported meanwhile within one); one whose broker is paused, cut off or
+// dead is unknown, not absent (it may hold the newest writes): it is kept
+// for Lease + Config.RehomeWait (its PeerTimeout, after which it re-homes
+// to a live broker) and only then removed. The price: when a standby's
+// broker is lost together with the primary, the promotion waits until that
+// standby re-homes, up to about RehomeWait + Lease if it was lost for good
+// (a disconnected standby on a live broker: up to a lease). A primary
+// whose lease lapses with no standby keeps the lease until another owner
+// instance connects (which is then granted it with the next epoch) or it
+// comes back itself (same epoch). An instance that comes back after it was
+// replaced is a standby: roles are derived from the decided owner record,
+// which names one instance per epoch. The state machine refuses a grant
+// that is not above every epoch it recorded for the service, so an epoch
+// is granted exactly once, to one instance, ever. Mode overrides (SetMode)
+// and the broker membership are decided the same way.
 //
 // Lease confirmations (PrimaryEpoch in pongs) come only from a broker whose
 // newest ReadIndex round (the raft leader confirming with a quorum that it

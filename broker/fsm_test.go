@@ -159,7 +159,7 @@ func runFSMHistory(t *testing.T, seed uint64) {
 		default: // the leader decides on its copy and proposes
 			view := replicas[leader]
 			o := view.owners[svc]
-			if best, epoch, ok := nextGrant(soft[svc], o, alive); ok {
+			if best, epoch, ok := nextGrant(soft[svc], o, grantView{alive: alive, minSync: rng.IntN(3)}); ok {
 				c := &command{Kind: cmdGrant, Service: svc, Instance: best.Instance, Epoch: epoch}
 				if o != nil {
 					c.Prev = o.Epoch

@@ -77,6 +77,43 @@ func (b *Broker) aliveLocked(name string) bool {
 	return false
 }
 
+// trackAliveLocked notes, on the raft leader, since when each live broker
+// has been alive (aliveLocked) without a break; elsewhere it forgets.
+func (b *Broker) trackAliveLocked(now time.Time) {
+	if b.raftActive == nil {
+		b.aliveSince = nil
+		return
+	}
+	if b.aliveSince == nil {
+		b.aliveSince = make(map[string]time.Time)
+	}
+	for name := range b.aliveSince {
+		if !b.aliveLocked(name) {
+			delete(b.aliveSince, name)
+		}
+	}
+	for _, m := range b.live {
+		if _, ok := b.aliveSince[m.Name]; !ok && b.aliveLocked(m.Name) {
+			b.aliveSince[m.Name] = now
+		}
+	}
+}
+
+// headsCurrentLocked reports whether the raft leader holds current heads
+// of the sessions on the named broker: it is this broker, or it has been
+// alive (aliveLocked) for two UpdateIntervals. A broker back from a pause
+// or a partition has the heads its sessions reported meanwhile, but has
+// not gossiped them yet (flushHeadsLocked, every UpdateInterval): until
+// then the leader holds the heads from before, and would pick a standby
+// by heads older than its own.
+func (b *Broker) headsCurrentLocked(name string, now time.Time) bool {
+	if name == b.cfg.Name {
+		return true
+	}
+	since, ok := b.aliveSince[name]
+	return ok && b.aliveLocked(name) && now.Sub(since) >= 2*b.cfg.UpdateInterval
+}
+
 // step does one round of periodic work at time now, under mu, in this
 // order; then, without mu, it sends what the round wrote and starts a
 // rejoin if one is due. Every step reads now, never the clock.
@@ -89,6 +126,7 @@ func (b *Broker) step(now time.Time) {
 		b.mu.Unlock()
 		return
 	}
+	b.trackAliveLocked(now)
 	b.trackLeasesLocked(now)
 	b.stopWaitingForClusterLocked(now)
 	var out []*broadcast

@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -142,14 +143,46 @@ func (in *injector) leaderStop(ctx context.Context) (bool, error) {
 		return false, nil
 	}
 	hold := in.between(3*brokerLease/2, 3*brokerLease)
+	// Where the standbys' sessions are: one on the paused leader is
+	// unknown to the new leader, and may hold the newest acknowledged
+	// writes (the promotion must wait for it: broker/decide.go).
+	var sessions map[string]string
+	if st, err := leader.status(ctx); err == nil {
+		sessions = st.Sessions
+	}
+	// Half the time, when one standby's session is on the leader and the
+	// others' are not, the others are cut from the primary first, so the
+	// one on the leader alone holds the newest acknowledged writes.
+	lagging := in.standbysToLag(leader, sessions)
+	for _, y := range lagging {
+		if err := cl.partition(ctx, p, y); err != nil {
+			return true, err
+		}
+	}
+	healLag := func() error {
+		var errs []error
+		for _, y := range lagging {
+			errs = append(errs, cl.heal(ctx, p, y))
+		}
+		return errors.Join(errs...)
+	}
+	if len(lagging) > 0 {
+		ahead := in.waitAhead(ctx, p, lagging)
+		in.logf("%s cut from primary %s: the standby on raft leader %s is %d changes ahead", strings.Join(nodeNames(lagging), ","), p, leader, ahead)
+	}
 	if err := leader.signal(syscall.SIGSTOP); err != nil {
-		return true, err
+		return true, errors.Join(err, healLag())
 	}
 	stopped := time.Now()
 	cont := func() error { return leader.signal(syscall.SIGCONT) }
 	in.logf("SIGSTOP raft leader %s (term %d) for at least %s; SIGKILL primary %s (epoch %d)", leader, lv.Term, hold, p, epoch)
 	p.kill()
 	killed := time.Now()
+	if err := healLag(); err != nil {
+		_ = cont()
+		return true, err
+	}
+	heads := finalHeads(ctx, cl.standbys())
 	// A new leader among the others (raft leader loss -> leader elected).
 	var nl *node
 	var nv *RaftView
@@ -169,6 +202,7 @@ func (in *injector) leaderStop(ctx context.Context) (bool, error) {
 	}
 	promotedAt := time.Now() // after the grant was committed: the new primary had seen it
 	promoted := promotedAt.Sub(killed)
+	standbys := in.noteStandbys(leader, sessions, heads, np)
 	if err := sleepCtx(ctx, time.Until(stopped.Add(hold))); err != nil {
 		_ = cont()
 		return true, err
@@ -196,8 +230,8 @@ func (in *injector) leaderStop(ctx context.Context) (bool, error) {
 		return true, err
 	}
 	stale, reads := staleConfirmations(leader.grantLogPath(), woke, promotedAt, ne)
-	note := fmt.Sprintf("%s: raft leader paused %s; primary killed -> %s promoted at epoch %d in %s by %s; after SIGCONT the paused broker logged %d registry reads, %d of them with a fresh confirmation naming an epoch below %d",
-		fLeaderStop, woke.Sub(stopped).Round(time.Millisecond), np, ne, promoted.Round(time.Millisecond), newLeader, reads, len(stale), ne)
+	note := fmt.Sprintf("%s: raft leader paused %s; primary killed -> %s promoted at epoch %d in %s by %s (standbys at the kill: %s); after SIGCONT the paused broker logged %d registry reads, %d of them with a fresh confirmation naming an epoch below %d",
+		fLeaderStop, woke.Sub(stopped).Round(time.Millisecond), np, ne, promoted.Round(time.Millisecond), newLeader, standbys, reads, len(stale), ne)
 	in.logf("%s", note)
 	in.mu.Lock()
 	in.notes = append(in.notes, note)
@@ -217,6 +251,130 @@ func (in *injector) leaderStop(ctx context.Context) (bool, error) {
 	}
 	in.mu.Unlock()
 	return true, in.restart(ctx, p)
+}
+
+// standbysToLag returns, half the time, the standbys to cut from the
+// primary before a leader-sigstop: those whose session is not on the
+// raft leader, when exactly one standby's is (none otherwise).
+func (in *injector) standbysToLag(leader *node, sessions map[string]string) []*node {
+	var on, off []*node
+	for _, s := range in.cl.standbys() {
+		switch sessions[s.name] {
+		case "":
+		case leader.name:
+			on = append(on, s)
+		default:
+			off = append(off, s)
+		}
+	}
+	if len(on) != 1 || len(off) == 0 || in.rng.IntN(2) == 0 {
+		return nil
+	}
+	return off
+}
+
+// waitAhead waits, for at most two seconds, until the primary's head is
+// 20 changes above the heads of the lagging standbys (the writes go on,
+// acknowledged by the standby that is not cut off), and returns how far
+// above it got.
+func (in *injector) waitAhead(ctx context.Context, p *node, lagging []*node) uint64 {
+	var base uint64
+	for _, y := range lagging {
+		if st, err := y.status(ctx); err == nil {
+			base = max(base, st.Head)
+		}
+	}
+	var ahead uint64
+	for range 40 {
+		if st, err := p.status(ctx); err == nil && st.Head > base {
+			ahead = st.Head - base
+		}
+		if ahead >= 20 || sleepCtx(ctx, 50*time.Millisecond) != nil {
+			break
+		}
+	}
+	return ahead
+}
+
+// finalHeads returns the heads of the standbys once the primary is gone:
+// each read until two reads 50 ms apart agree (the frames in flight have
+// arrived), for at most a second; a standby that does not answer is left
+// out.
+func finalHeads(ctx context.Context, standbys []*node) map[*node]uint64 {
+	out := make(map[*node]uint64, len(standbys))
+	for _, n := range standbys {
+		prev, ok := uint64(0), false
+		for range 20 {
+			st, err := n.status(ctx)
+			if err != nil {
+				break
+			}
+			if ok && st.Head == prev {
+				out[n] = prev
+				break
+			}
+			prev, ok = st.Head, true
+			if sleepCtx(ctx, 50*time.Millisecond) != nil {
+				break
+			}
+		}
+	}
+	return out
+}
+
+// noteStandbys describes the standbys at a leader-sigstop's kill (head,
+// the broker of its session, * for the paused leader) and counts the
+// firings where a standby on the paused leader was strictly ahead of
+// every other (the case a promotion among the standbys the new leader
+// hears would lose writes in) and where the promoted one was behind
+// another (a promotion by heads older than the standbys').
+func (in *injector) noteStandbys(paused *node, sessions map[string]string, heads map[*node]uint64, promoted *node) string {
+	var parts []string
+	var top uint64
+	var topNodes []*node
+	for n, h := range heads {
+		switch {
+		case h > top || topNodes == nil:
+			top, topNodes = h, []*node{n}
+		case h == top:
+			topNodes = append(topNodes, n)
+		}
+	}
+	for n, h := range heads {
+		at := sessions[n.name]
+		if at == "" {
+			at = "?"
+		} else if at == paused.name {
+			at += "*"
+		}
+		parts = append(parts, fmt.Sprintf("%s head %d on %s", n, h, at))
+	}
+	slices.Sort(parts)
+	aheadOnPaused := len(topNodes) == 1 && len(heads) > 1 && sessions[topNodes[0].name] == paused.name
+	behind := false
+	if h, ok := heads[promoted]; ok && h < top {
+		behind = true
+	}
+	in.mu.Lock()
+	in.stopCases.fired++
+	if aheadOnPaused {
+		in.stopCases.aheadOnPaused++
+	}
+	if behind {
+		in.stopCases.behind++
+	}
+	c := in.stopCases
+	note := fmt.Sprintf("%s standbys: in %d of %d firings the standby with the most data had its session on the paused leader; a standby behind another was promoted in %d",
+		fLeaderStop, c.aheadOnPaused, c.fired, c.behind)
+	if c.note == 0 {
+		in.notes = append(in.notes, note)
+		c.note = len(in.notes)
+		in.stopCases.note = c.note
+	} else {
+		in.notes[c.note-1] = note
+	}
+	in.mu.Unlock()
+	return strings.Join(parts, ", ")
 }
 
 // staleConfirmations reads a broker's grant log from since on: the reads

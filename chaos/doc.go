@@ -80,7 +80,13 @@
 // SIGKILLed: a new leader must promote a standby, and the paused broker,
 // once woken, must log no registry read with a confirmation fresh enough
 // to confirm a lease (under a quarter of a lease) that names an older
-// epoch. broker-oneway drops every packet from one broker to another
+// epoch. When exactly one standby's session is on the leader, half the
+// time the other standbys are first cut from the primary until it is 20
+// changes ahead of them: the standby on the paused leader alone holds the
+// newest acknowledged writes, and promoting another (the standbys the new
+// leader hears) would lose them. The report notes each firing's standbys
+// (head, session's broker) and how often a standby behind another was
+// promoted. broker-oneway drops every packet from one broker to another
 // (the raft leader at one end), that way only, TCP and UDP, half the time
 // with the primary killed meanwhile (a standby must be promoted while
 // the partition holds; if none is, that is reported as a known issue and

@@ -69,8 +69,12 @@ type injector struct {
 	stops      []string        // leader-sigstop: per firing, SIGSTOP -> new leader and kill -> promotion
 	stopsNote  int             // 1 + the index of their note in notes (0: none yet)
 	restores   []restorePoint  // what each owner-disk-loss restored (restore.go)
-	gen        atomic.Int64    // bumped when a fault begins
-	wg         sync.WaitGroup
+	// leader-sigstop: firings, those where the standby with the most data
+	// had its session on the paused leader, those where a standby behind
+	// another was promoted; note: 1 + the index of their note (0: none).
+	stopCases struct{ fired, aheadOnPaused, behind, note int }
+	gen       atomic.Int64 // bumped when a fault begins
+	wg        sync.WaitGroup
 }
 
 func newInjector(cl *cluster, seed uint64, logf func(string, ...any)) *injector {

@@ -214,6 +214,9 @@ type NodeStatus struct {
 	PrimaryEpoch uint64 `json:"primary_epoch,omitempty"`
 	PrimaryAddr  string `json:"primary_addr,omitempty"`
 	Members      int    `json:"members,omitempty"`
+	// Brokers: the broker holding each owner instance's session, as this
+	// broker's registry has it (instance name -> broker name).
+	Sessions map[string]string `json:"sessions,omitempty"`
 	// Brokers: the Raft group as this broker sees it (transport.RaftStatus).
 	Raft *RaftView `json:"raft,omitempty"`
 	// Brokers: the Registers it refused because another live session held

@@ -258,6 +258,14 @@ func (n *node) status() (*chaos.NodeStatus, error) {
 				st.Members++
 			}
 		}
+		for _, i := range bs.Instances {
+			if i.Service == n.svc && i.Broker != "" && (i.Role == transport.RolePrimary || i.Role == transport.RoleStandby) {
+				if st.Sessions == nil {
+					st.Sessions = make(map[string]string)
+				}
+				st.Sessions[i.Instance] = i.Broker
+			}
+		}
 		if r := bs.Raft; r != nil {
 			v := &chaos.RaftView{ID: r.ID, State: r.State, Term: r.Term, Leader: r.LeaderName, ConfirmedMs: r.ConfirmedMs}
 			for _, m := range r.Members {
