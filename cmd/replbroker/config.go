@@ -45,6 +45,7 @@ type fileConfig struct {
 	TokenFile       string        `yaml:"token_file"`
 	Lease           time.Duration `yaml:"lease"`
 	Heartbeat       time.Duration `yaml:"heartbeat"`
+	RehomeWait      time.Duration `yaml:"rehome_wait"`
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	LogLevel        string        `yaml:"log_level"`  // debug, info, warn, error
 	LogFormat       string        `yaml:"log_format"` // text, json
@@ -84,6 +85,7 @@ token: ""                     # shared token components present in Register
 token_file: ""                # or a file holding it
 lease: 5s                     # how long an instance may be without a session
 heartbeat: 2s                 # broker heartbeats on sessions; at most half the lease
+rehome_wait: 10s              # set to the components' peer timeout: how long a standby on an unheard broker may take to re-home before a promotion goes on without its head
 shutdown_timeout: 5s          # bound on graceful stop
 log_level: info               # debug, info, warn, error
 log_format: text              # text or json
@@ -156,7 +158,7 @@ func checkKeys(path string, n *yaml.Node, prefix string, v any) error {
 			{"name", nil}, {"grpc_addr", nil}, {"advertise_grpc", nil}, {"gossip_addr", nil}, {"advertise_gossip", nil},
 			{"http_addr", nil}, {"join", nil}, {"gossip_key", nil}, {"gossip_keys", nil}, {"gossip_key_file", nil},
 			{"insecure_gossip", nil}, {"cluster_label", nil},
-			{"gossip_profile", nil}, {"token", nil}, {"token_file", nil}, {"lease", nil}, {"heartbeat", nil},
+			{"gossip_profile", nil}, {"token", nil}, {"token_file", nil}, {"lease", nil}, {"heartbeat", nil}, {"rehome_wait", nil},
 			{"shutdown_timeout", nil}, {"log_level", nil}, {"log_format", nil}, {"tls", tlsConfig{}},
 			{"policy", nil}, {"insecure", nil}, {"data_dir", nil},
 		} {
@@ -196,7 +198,7 @@ func checkKeys(path string, n *yaml.Node, prefix string, v any) error {
 }
 
 // durationKeys are the top-level keys holding a time.Duration.
-var durationKeys = map[string]bool{"lease": true, "heartbeat": true, "shutdown_timeout": true}
+var durationKeys = map[string]bool{"lease": true, "heartbeat": true, "rehome_wait": true, "shutdown_timeout": true}
 
 // checkDuration refuses a YAML value that is not a Go duration, saying how
 // to write one: yaml.v3 would report "cannot unmarshal !!int `5` into
@@ -274,6 +276,7 @@ var settingNames = map[string]struct{ flag, key string }{
 	"Config.ClusterLabel":    {"-cluster-label", "cluster_label"},
 	"Config.Lease":           {"-lease", "lease"},
 	"Config.Heartbeat":       {"-heartbeat", "heartbeat"},
+	"Config.RehomeWait":      {"-rehome-wait", "rehome_wait"},
 	"Config.ShutdownTimeout": {"-shutdown-timeout", "shutdown_timeout"},
 }
 
@@ -401,6 +404,7 @@ func parseSettingsWith(args []string, stderr io.Writer, more func(*flag.FlagSet)
 		tokenFile   = fs.String("token-file", "", "`file` holding the shared token")
 		lease       = durationVar(fs, "lease", broker.DefaultConfig().Lease, "how long an instance may be without a session before it is removed")
 		heartbeat   = durationVar(fs, "heartbeat", broker.DefaultConfig().Heartbeat, "interval of broker heartbeats on sessions; at most half the lease")
+		rehomeWait  = durationVar(fs, "rehome-wait", broker.DefaultConfig().RehomeWait, "set to the components' peer timeout: a standby whose broker the raft leader does not hear is waited for this long past the lease before a promotion goes on without its head")
 		shutdown    = durationVar(fs, "shutdown-timeout", broker.DefaultConfig().ShutdownTimeout, "bound on the graceful stop")
 		logLevel    = fs.String("log-level", "info", "log `level`: debug, info, warn, error")
 		logFormat   = fs.String("log-format", "text", "log format: text or json")
@@ -490,6 +494,7 @@ func parseSettingsWith(args []string, stderr io.Writer, more func(*flag.FlagSet)
 	}
 	dur("lease", "lease", &fc.Lease, *lease)
 	dur("heartbeat", "heartbeat", &fc.Heartbeat, *heartbeat)
+	dur("rehome-wait", "rehome_wait", &fc.RehomeWait, *rehomeWait)
 	dur("shutdown-timeout", "shutdown_timeout", &fc.ShutdownTimeout, *shutdown)
 
 	log, err := newLogger(fc.LogLevel, fc.LogFormat, stderr)
@@ -616,6 +621,7 @@ func brokerSettings(fc *fileConfig) (broker.Config, error) {
 	cfg.ClusterLabel = fc.ClusterLabel
 	cfg.Lease = fc.Lease
 	cfg.Heartbeat = fc.Heartbeat
+	cfg.RehomeWait = fc.RehomeWait
 	cfg.ShutdownTimeout = fc.ShutdownTimeout
 	switch fc.GossipProfile {
 	case "", "lan":
