@@ -366,17 +366,7 @@ type crashEvent struct {
 // the Child's), under the child's lock.
 func (c *crashChild) parse(rest string, _ time.Time) {
 	f := strings.Fields(rest)
-	num := func(i int) uint64 {
-		if i >= len(f) {
-			c.Problem("short line: " + crashOutPrefix + rest)
-			return 0
-		}
-		v, err := strconv.ParseUint(f[i], 10, 64)
-		if err != nil {
-			c.Problem("bad number in: " + crashOutPrefix + rest)
-		}
-		return v
-	}
+	num := func(i int) uint64 { return c.Uint(f, i, crashOutPrefix+rest) }
 	switch f[0] {
 	case "start":
 		c.startHead, c.started = num(1), true

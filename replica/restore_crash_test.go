@@ -125,16 +125,16 @@ func rcOwnerChild(t *testing.T, logger *slog.Logger, sigs <-chan os.Signal, cmds
 	state("start")
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// stop ends the restores and probes, then closes the component.
+	stop := func() {
+		cancel()
+		wg.Wait()
+		rcClose(t, c)
+	}
 	for {
 		select {
 		case <-sigs:
-			cancel()
-			wg.Wait()
-			if err := c.Close(); err != nil {
-				rcOut("bad close: %v", err)
-				t.Fatal(err)
-			}
-			rcOut("closed")
+			stop()
 			return
 		case cmd, ok := <-cmds:
 			if !ok {
@@ -144,13 +144,7 @@ func rcOwnerChild(t *testing.T, logger *slog.Logger, sigs <-chan os.Signal, cmds
 			f := strings.Fields(cmd)
 			switch {
 			case cmd == "quit":
-				cancel()
-				wg.Wait()
-				if err := c.Close(); err != nil {
-					rcOut("bad close: %v", err)
-					t.Fatal(err)
-				}
-				rcOut("closed")
+				stop()
 				return
 			case len(f) == 2 && f[0] == "load":
 				n, _ := strconv.Atoi(f[1])
@@ -177,6 +171,16 @@ func rcOwnerChild(t *testing.T, logger *slog.Logger, sigs <-chan os.Signal, cmds
 			}
 		}
 	}
+}
+
+// rcClose closes a child's component and reports "closed" (or fails the
+// child on an error).
+func rcClose(t *testing.T, c *Component) {
+	if err := c.Close(); err != nil {
+		rcOut("bad close: %v", err)
+		t.Fatal(err)
+	}
+	rcOut("closed")
 }
 
 // rcRestore runs one restore of the owner's table from addr and probes
@@ -244,11 +248,7 @@ func rcSourceChild(t *testing.T, logger *slog.Logger, sigs <-chan os.Signal, cmd
 	for {
 		select {
 		case <-sigs:
-			if err := c.Close(); err != nil {
-				rcOut("bad close: %v", err)
-				t.Fatal(err)
-			}
-			rcOut("closed")
+			rcClose(t, c)
 			return
 		case cmd, ok := <-cmds:
 			if !ok {
@@ -256,11 +256,7 @@ func rcSourceChild(t *testing.T, logger *slog.Logger, sigs <-chan os.Signal, cmd
 				continue
 			}
 			if cmd == "quit" {
-				if err := c.Close(); err != nil {
-					rcOut("bad close: %v", err)
-					t.Fatal(err)
-				}
-				rcOut("closed")
+				rcClose(t, c)
 				return
 			}
 			if cmd != "digest" {
@@ -309,17 +305,7 @@ type rcChild struct {
 func (c *rcChild) parse(line string, _ time.Time) {
 	f := strings.Fields(line)
 	rest := func(i int) string { return strings.Join(f[i:], " ") }
-	num := func(i int) uint64 {
-		if i >= len(f) {
-			c.Problem("short line: " + line)
-			return 0
-		}
-		v, err := strconv.ParseUint(f[i], 10, 64)
-		if err != nil {
-			c.Problem("bad number in: " + line)
-		}
-		return v
-	}
+	num := func(i int) uint64 { return c.Uint(f, i, line) }
 	switch f[0] {
 	case "start":
 		c.start = rest(1)

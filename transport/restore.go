@@ -83,14 +83,20 @@ type PositionRequest struct {
 
 // Validate checks a PositionRequest received from a peer.
 func (r *PositionRequest) Validate() error {
-	if err := CheckVersion(r.Version); err != nil {
+	return checkRequest("position", r.Version, [2]string{"service", r.Service}, [2]string{"table", r.Table})
+}
+
+// checkRequest checks the version of a restore service request (method
+// what) and each of its names ({kind, name}, CheckName's arguments), in
+// order; a bad name is ErrBadRequest naming the method.
+func checkRequest(what string, version uint32, names ...[2]string) error {
+	if err := CheckVersion(version); err != nil {
 		return err
 	}
-	if err := CheckName("service", r.Service); err != nil {
-		return fmt.Errorf("%w: position: %v", ErrBadRequest, err)
-	}
-	if err := CheckName("table", r.Table); err != nil {
-		return fmt.Errorf("%w: position: %v", ErrBadRequest, err)
+	for _, n := range names {
+		if err := CheckName(n[0], n[1]); err != nil {
+			return fmt.Errorf("%w: %s: %v", ErrBadRequest, what, err)
+		}
 	}
 	return nil
 }
@@ -121,15 +127,7 @@ type SourceRequest struct {
 
 // Validate checks a SourceRequest received from a peer.
 func (r *SourceRequest) Validate() error {
-	if err := CheckVersion(r.Version); err != nil {
-		return err
-	}
-	for _, n := range [][2]string{{"service", r.Service}, {"instance", r.Instance}, {"table", r.Table}} {
-		if err := CheckName(n[0], n[1]); err != nil {
-			return fmt.Errorf("%w: source: %v", ErrBadRequest, err)
-		}
-	}
-	return nil
+	return checkRequest("source", r.Version, [2]string{"service", r.Service}, [2]string{"instance", r.Instance}, [2]string{"table", r.Table})
 }
 
 // RestoreRequest asks an owner instance to restore Table (admin only when
@@ -153,11 +151,8 @@ type RestoreRequest struct {
 
 // Validate checks a RestoreRequest received from a peer.
 func (r *RestoreRequest) Validate() error {
-	if err := CheckVersion(r.Version); err != nil {
+	if err := checkRequest("restore", r.Version, [2]string{"table", r.Table}); err != nil {
 		return err
-	}
-	if err := CheckName("table", r.Table); err != nil {
-		return fmt.Errorf("%w: restore: %v", ErrBadRequest, err)
 	}
 	if r.Source != (RestoreSource{}) {
 		if err := r.Source.validate("restore source"); err != nil {

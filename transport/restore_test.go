@@ -68,15 +68,18 @@ func TestRestoreMessages_Validate(t *testing.T) {
 	}{
 		{"restore ok", &RestoreRequest{Version: ProtocolVersion, Table: "t"}, nil, ""},
 		{"restore version", &RestoreRequest{Version: 99, Table: "t"}, ErrProtocolVersion, ""},
-		{"restore no table", &RestoreRequest{Version: ProtocolVersion}, ErrBadRequest, "table"},
+		{"restore no table", &RestoreRequest{Version: ProtocolVersion}, ErrBadRequest, "restore: "},
 		{"restore source without address", &RestoreRequest{Version: ProtocolVersion, Table: "t", Source: RestoreSource{Service: "p"}}, ErrBadRequest, "empty address"},
 		{"restore bad source service", &RestoreRequest{Version: ProtocolVersion, Table: "t", Source: RestoreSource{Service: "a/b", Addr: "x:1"}}, ErrBadRequest, "service"},
 		{"restore too many candidates", &RestoreRequest{Version: ProtocolVersion, Table: "t", Candidates: many}, ErrTooLarge, "candidates"},
 		{"restore bad candidate", &RestoreRequest{Version: ProtocolVersion, Table: "t", Candidates: []RestoreSource{{Instance: "i"}}}, ErrBadRequest, "candidate 0"},
 		{"position ok", &PositionRequest{Version: ProtocolVersion, Service: "s", Table: "t"}, nil, ""},
 		{"position no service", &PositionRequest{Version: ProtocolVersion, Table: "t"}, ErrBadRequest, "service"},
+		{"position bad table", &PositionRequest{Version: ProtocolVersion, Service: "s", Table: "a/b"}, ErrBadRequest, "position: "},
+		{"position version", &PositionRequest{Service: "s", Table: "t"}, ErrProtocolVersion, ""},
 		{"source ok", &SourceRequest{Version: ProtocolVersion, Service: "s", Instance: "i", Table: "t"}, nil, ""},
 		{"source no instance", &SourceRequest{Version: ProtocolVersion, Service: "s", Table: "t"}, ErrBadRequest, "instance"},
+		{"source no table", &SourceRequest{Version: ProtocolVersion, Service: "s", Instance: "i"}, ErrBadRequest, "source: "},
 		{"source version", &SourceRequest{Service: "s", Instance: "i", Table: "t"}, ErrProtocolVersion, ""},
 	}
 	for _, tt := range tests {

@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/replmesh/replmesh/internal/benchkit"
 )
 
 // A reader (or owner) process is this binary re-executed with envRole set;
@@ -81,7 +83,7 @@ func envInt(name string) (uint64, error) {
 }
 
 func writeResult(w io.Writer, r childResult) error {
-	r.PeakRSS = procStatus(0, "VmHWM")["VmHWM"]
+	r.PeakRSS = benchkit.ProcStatus(0, "VmHWM")["VmHWM"]
 	return json.NewEncoder(w).Encode(r)
 }
 

@@ -1,18 +1,14 @@
 package main
 
 import (
-	"bufio"
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"os"
-	"runtime"
-	"runtime/debug"
 	"slices"
-	"strconv"
-	"strings"
 	"time"
+
+	"github.com/replmesh/replmesh/internal/benchkit"
 )
 
 // Every value written by every workload is valueSize bytes: the first 8
@@ -55,17 +51,7 @@ func stamp(v []byte) (time.Time, int, error) {
 
 // key returns the key of row i: "k" and nine digits, valid as a NATS
 // subject token and a Redis key, sorting by i.
-func key(i int) string { return string(appendKey(nil, i)) }
-
-func appendKey(dst []byte, i int) []byte {
-	var d [10]byte
-	d[0] = 'k'
-	for j := 9; j >= 1; j-- {
-		d[j] = byte('0' + i%10)
-		i /= 10
-	}
-	return append(dst, d[:]...)
-}
+func key(i int) string { return string(benchkit.AppendKey(nil, i)) }
 
 // latencies are commit-to-delivered samples in nanoseconds.
 type latencies []int64
@@ -92,33 +78,6 @@ func merge(parts ...latencies) latencies {
 	return out
 }
 
-// procStatus returns the named fields (kB) of /proc/PID/status in bytes;
-// pid 0 is this process. Missing fields (no /proc) are absent.
-func procStatus(pid int, names ...string) map[string]int64 {
-	out := map[string]int64{}
-	path := "/proc/self/status"
-	if pid != 0 {
-		path = fmt.Sprintf("/proc/%d/status", pid)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return out
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		name, rest, ok := strings.Cut(sc.Text(), ":")
-		if !ok || !slices.Contains(names, name) {
-			continue
-		}
-		kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-		if err == nil {
-			out[name] = kb << 10
-		}
-	}
-	return out
-}
-
 // freePort returns a loopback port free a moment ago, for the processes
 // that cannot report the port they bound (redis-server).
 func freePort() (int, error) {
@@ -128,13 +87,6 @@ func freePort() (int, error) {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
-// settle collects the garbage of earlier runs and returns it to the OS,
-// so every measurement starts from the same state.
-func settle() {
-	runtime.GC()
-	debug.FreeOSMemory()
 }
 
 // waitUntil polls cond every step until it is true, fails, or deadline

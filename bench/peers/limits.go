@@ -4,12 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/replmesh/replmesh/internal/benchkit"
 	"github.com/replmesh/replmesh/transport"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -30,65 +29,24 @@ func (b *bench) limits(ctx context.Context) error {
 }
 
 // loopback: one goroutine writes 64 KiB buffers for -loopback, another
-// reads them (cmd/replbench's loopback workload).
+// reads them (benchkit.Loopback, as cmd/replbench's loopback workload).
 func (b *bench) loopback(ctx context.Context) error {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	defer ln.Close()
-	type readResult struct {
-		n   int64
-		end time.Time
-		err error
-	}
-	got := make(chan readResult, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			got <- readResult{err: err}
-			return
-		}
-		defer c.Close()
-		n, err := io.CopyBuffer(io.Discard, c, make([]byte, 64<<10))
-		got <- readResult{n: n, end: time.Now(), err: err}
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		return err
-	}
 	buf := make([]byte, 64<<10)
 	copy(buf, filler)
-	start := time.Now()
-	deadline := start.Add(b.sz.Loopback)
-	var written int64
-	for time.Now().Before(deadline) && ctx.Err() == nil {
-		n, err := c.Write(buf)
-		written += int64(n)
-		if err != nil {
-			c.Close()
-			return fmt.Errorf("loopback write: %w", err)
-		}
-	}
-	if err := c.Close(); err != nil {
-		return err
-	}
-	r := <-got
-	if r.err != nil && !errors.Is(r.err, io.EOF) {
-		return fmt.Errorf("loopback read: %w", r.err)
-	}
-	if r.n != written {
-		return fmt.Errorf("loopback read %d bytes, wrote %d", r.n, written)
+	r, err := benchkit.Loopback(ctx, b.sz.Loopback, buf)
+	if err != nil {
+		// "loopback write: ...", "loopback read: ...", as before.
+		return fmt.Errorf("loopback %w", err)
 	}
 	b.add(figure{Workload: wlLimits, Case: "loopback TCP, one stream, 64 KiB writes", Metric: "throughput", System: "limit",
-		Value: float64(r.n) / r.end.Sub(start).Seconds(), Unit: unitBps, Higher: true})
+		Value: r.BytesPerSec(), Unit: unitBps, Higher: true})
 	return nil
 }
 
 // msgpackLimit: encode and decode one change of -value bytes (the wire
 // form replmesh sends), repeated for a fixed count, on one core.
 func (b *bench) msgpackLimit(context.Context) error {
-	c := transport.Change{Seq: 1, Op: transport.OpPut, Key: appendKey(nil, 1), Value: newValue(b.sz.Value, 1), Time: time.Now().UnixNano(), TxnEnd: true, Epoch: 1}
+	c := transport.Change{Seq: 1, Op: transport.OpPut, Key: benchkit.AppendKey(nil, 1), Value: newValue(b.sz.Value, 1), Time: time.Now().UnixNano(), TxnEnd: true, Epoch: 1}
 	n := 200_000
 	if b.sz.Changes < 100_000 {
 		n = 20_000
@@ -129,7 +87,7 @@ func (b *bench) badgerLimit(context.Context) (err error) {
 	wb := db.NewWriteBatch()
 	start := time.Now()
 	for i := range b.sz.Batch {
-		if err := wb.Set(appendKey(nil, i), newValue(b.sz.Value, i)); err != nil {
+		if err := wb.Set(benchkit.AppendKey(nil, i), newValue(b.sz.Value, i)); err != nil {
 			wb.Cancel()
 			return fmt.Errorf("badger write batch: %w", err)
 		}

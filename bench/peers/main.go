@@ -48,6 +48,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/replmesh/replmesh/internal/benchkit"
 )
 
 // sizes are the workloads' dimensions.
@@ -344,7 +346,7 @@ func (b *bench) runOnce(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		settle()
+		benchkit.Settle()
 		if err := s.fn(ctx); err != nil {
 			name := s.workload
 			if s.system != "" {

@@ -12,6 +12,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/replmesh/replmesh/internal/benchkit"
 )
 
 // NATS's side: nats-server embedded in this process with JetStream on
@@ -205,7 +207,7 @@ func (b *bench) natsBigTable(ctx context.Context) (err error) {
 		return err
 	}
 	if b.does("w2") {
-		settle()
+		benchkit.Settle()
 		b.progress("W2 nats: a new reader process watches the whole bucket")
 		res, err := b.runReader(ctx, "nats-w2", roleNATSReader, envAddr+"="+s.url(), envRows+"="+strconv.Itoa(b.sz.Rows))
 		if err != nil {
@@ -214,7 +216,7 @@ func (b *bench) natsBigTable(ctx context.Context) (err error) {
 		b.addTransfer(sysNATS, float64(res.Rows)/res.Seconds, res.PeakRSS, "KV WatchAll to its end-of-initial-values marker, into a Go map")
 	}
 	if b.does("w4") {
-		settle()
+		benchkit.Settle()
 		b.progress("W4 nats: %d KV Gets", b.sz.Reads)
 		lat, err := timeReads(b.readKeys(), func(k string) ([]byte, bool, error) {
 			e, err := kv.Get(ctx, k)
@@ -259,7 +261,7 @@ func (b *bench) natsCatchUp(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	settle()
+	benchkit.Settle()
 	start := time.Now()
 	res, err = b.runReader(ctx, "nats-w3", roleNATSReader, urlEnv, envTarget+"="+strconv.FormatUint(head, 10), envResume+"="+strconv.FormatUint(res.Seq, 10))
 	if err != nil {

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/replmesh/replmesh/internal/benchkit"
 )
 
 // Redis's side: redis-server child processes, a master and replicas with
@@ -355,7 +357,7 @@ func (b *bench) redisBigTable(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	settle()
+	benchkit.Settle()
 	b.progress("W2 redis: a new replica process takes a full sync")
 	full0, _, err := m.syncs(ctx)
 	if err != nil {
@@ -382,11 +384,11 @@ func (b *bench) redisBigTable(ctx context.Context) (err error) {
 		return fmt.Errorf("replica holds %d keys, want %d", n, b.sz.Rows)
 	}
 	if b.does("w2") {
-		b.addTransfer(sysRedis, float64(n)/took.Seconds(), procStatus(r.cmd.Process.Pid, "VmHWM")["VmHWM"],
+		b.addTransfer(sysRedis, float64(n)/took.Seconds(), benchkit.ProcStatus(r.cmd.Process.Pid, "VmHWM")["VmHWM"],
 			"REPLICAOF to synced (diskless full sync, no delay); progress polled every 1 ms")
 	}
 	if b.does("w4") {
-		settle()
+		benchkit.Settle()
 		b.progress("W4 redis: %d GETs on the replica", b.sz.Reads)
 		lat, err := timeReads(b.readKeys(), func(k string) ([]byte, bool, error) {
 			v, err := r.cl.Get(ctx, k).Bytes()
@@ -460,7 +462,7 @@ func (b *bench) redisCatchUp(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	settle()
+	benchkit.Settle()
 	start := time.Now()
 	r, err = g.start(ctx, "replica", port, replicaOf...)
 	if err != nil {

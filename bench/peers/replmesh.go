@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/replmesh/replmesh/internal/benchkit"
 	"github.com/replmesh/replmesh/replica"
 )
 
@@ -33,20 +34,8 @@ const (
 // becoming ready).
 const setupTimeout = 10 * time.Minute
 
-// rmConfig is production defaults with async durability; dir "" is in
-// memory, listen "" serves nothing.
-func rmConfig(logger *slog.Logger, service, instance, dir, listen string) replica.Config {
-	cfg := replica.DefaultConfig()
-	cfg.Service, cfg.Instance = service, instance
-	cfg.DataDir = dir
-	cfg.ListenAddr = listen
-	cfg.Durability = replica.Async
-	cfg.Logger = logger
-	return cfg
-}
-
 func rmOpenOwner(ctx context.Context, logger *slog.Logger, dir, listen string) (*replica.Component, *replica.OwnedTable, error) {
-	c, err := replica.Open(ctx, rmConfig(logger, rmOwnerService, "owner", dir, listen))
+	c, err := replica.Open(ctx, benchkit.Config(logger, rmOwnerService, "owner", dir, listen))
 	if err != nil {
 		return nil, nil, fmt.Errorf("open owner: %w", err)
 	}
@@ -59,7 +48,7 @@ func rmOpenOwner(ctx context.Context, logger *slog.Logger, dir, listen string) (
 }
 
 func rmOpenReader(ctx context.Context, logger *slog.Logger, instance, dir string) (*replica.Component, error) {
-	c, err := replica.Open(ctx, rmConfig(logger, rmReaderService, instance, dir, ""))
+	c, err := replica.Open(ctx, benchkit.Config(logger, rmReaderService, instance, dir, ""))
 	if err != nil {
 		return nil, fmt.Errorf("open reader %s: %w", instance, err)
 	}
@@ -68,17 +57,6 @@ func rmOpenReader(ctx context.Context, logger *slog.Logger, instance, dir string
 
 func rmSubscribe(ctx context.Context, c *replica.Component, addr string) (*replica.Replica, error) {
 	return c.Subscribe(ctx, replica.SubscribeOptions{Service: rmOwnerService, Table: rmTable, Addr: addr})
-}
-
-func rmWaitReady(ctx context.Context, r *replica.Replica) error {
-	ctx, cancel := context.WithTimeout(ctx, setupTimeout)
-	defer cancel()
-	select {
-	case <-r.Ready():
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("replica not ready: %w (status %+v)", ctx.Err(), r.Status())
-	}
 }
 
 // rmReader opens a reader component (dir "": in memory), subscribes it to
@@ -90,7 +68,7 @@ func rmReader(ctx context.Context, logger *slog.Logger, instance, dir, addr stri
 	}
 	r, err := rmSubscribe(ctx, c, addr)
 	if err == nil {
-		err = rmWaitReady(ctx, r)
+		err = benchkit.WaitReady(ctx, r, setupTimeout)
 	}
 	if err != nil {
 		c.Close()
@@ -117,7 +95,7 @@ func rmWrite(ctx context.Context, t *replica.OwnedTable, first, n, keys, valueSi
 				return 0, fmt.Errorf("write: %w", err)
 			}
 		}
-		k = appendKey(k[:0], i%keys)
+		k = benchkit.AppendKey(k[:0], i%keys)
 		p, err := t.Submit(ctx, replica.Write{Key: k, Value: newValue(valueSize, i)})
 		if err != nil {
 			return 0, fmt.Errorf("submit: %w", err)
@@ -155,7 +133,7 @@ func rmLoad(ctx context.Context, t *replica.OwnedTable, n, valueSize int) (uint6
 	for i := 0; i < n; i += batch {
 		ws := make([]replica.Write, 0, batch)
 		for j := i; j < min(n, i+batch); j++ {
-			ws = append(ws, replica.Write{Key: appendKey(nil, j), Value: newValue(valueSize, j)})
+			ws = append(ws, replica.Write{Key: benchkit.AppendKey(nil, j), Value: newValue(valueSize, j)})
 		}
 		p, err := t.Submit(ctx, ws...)
 		if err != nil {
@@ -323,7 +301,7 @@ func (b *bench) rmFanout(ctx context.Context) error {
 			if err := b.rmFanoutOne(ctx, k.sys, k.name, n); err != nil {
 				return fmt.Errorf("%s: %w", k.name, err)
 			}
-			settle()
+			benchkit.Settle()
 		}
 		return nil
 	})
@@ -335,7 +313,7 @@ func (b *bench) perReaders(fanout func(n int) error) error {
 		if err := fanout(n); err != nil {
 			return fmt.Errorf("x%d: %w", n, err)
 		}
-		settle()
+		benchkit.Settle()
 	}
 	return nil
 }
@@ -426,7 +404,7 @@ func (b *bench) rmBigTable(ctx context.Context) (err error) {
 	}
 	if b.does("w2") {
 		for _, k := range readerKinds {
-			settle()
+			benchkit.Settle()
 			rdir := ""
 			if k.name == "disk" {
 				rdir = filepath.Join(dir, "transfer-reader")
@@ -453,7 +431,7 @@ func (b *bench) rmBigTable(ctx context.Context) (err error) {
 	}
 	keys := b.readKeys()
 	for _, k := range readerKinds {
-		settle()
+		benchkit.Settle()
 		c, r, err := g.reader(ctx, "w4-"+k.name, k.name == "disk")
 		if err != nil {
 			return err
@@ -554,7 +532,7 @@ func rmReaderMain(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := rmWaitReady(ctx, r); err != nil {
+	if err := benchkit.WaitReady(ctx, r, setupTimeout); err != nil {
 		return err
 	}
 	wctx, cancel := context.WithTimeout(ctx, setupTimeout)
@@ -639,7 +617,7 @@ func (b *bench) rmCatchUp(ctx context.Context) (err error) {
 	if err := b.rmReaderRestart(ctx); err != nil {
 		return fmt.Errorf("reader restart: %w", err)
 	}
-	settle()
+	benchkit.Settle()
 	if err := b.rmOwnerRestart(ctx, dir); err != nil {
 		return fmt.Errorf("owner restart: %w", err)
 	}
@@ -699,7 +677,7 @@ func (b *bench) rmReaderRestart(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	settle()
+	benchkit.Settle()
 	start := time.Now()
 	res, err := runReader(head)
 	if err != nil {
@@ -711,7 +689,7 @@ func (b *bench) rmReaderRestart(ctx context.Context) (err error) {
 	}
 	b.addCatchUp(caseReaderRestart, sysRMDisk, took, "process start to caught up")
 
-	settle()
+	benchkit.Settle()
 	start = time.Now()
 	r, err = rmSubscribe(ctx, mem, owner.Addr())
 	if err != nil {
@@ -792,7 +770,7 @@ func (b *bench) rmOwnerRestart(ctx context.Context, dir string) error {
 	if err := o.wait(); err != nil {
 		return err
 	}
-	settle()
+	benchkit.Settle()
 	start := time.Now()
 	o2, addr2, err := startOwner(addr)
 	if err != nil {
@@ -845,7 +823,7 @@ func (b *bench) rmPacedOne(ctx context.Context, sys, kind string) (err error) {
 		if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
 			time.Sleep(d)
 		}
-		pd, err := table.Submit(ctx, replica.Write{Key: appendKey(nil, i%b.sz.Keys), Value: newValue(b.sz.Value, i)})
+		pd, err := table.Submit(ctx, replica.Write{Key: benchkit.AppendKey(nil, i%b.sz.Keys), Value: newValue(b.sz.Value, i)})
 		if err != nil {
 			return fmt.Errorf("submit: %w", err)
 		}

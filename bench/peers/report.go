@@ -9,6 +9,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/replmesh/replmesh/internal/benchkit"
 )
 
 // The columns of every table. The peers are the systems replmesh is
@@ -85,7 +87,7 @@ func medians(runs [][]figure) []figure {
 func format(v float64, u string) string {
 	switch u {
 	case unitRate:
-		return si(v) + "/s"
+		return benchkit.SI(v) + "/s"
 	case unitNanos:
 		return formatDuration(time.Duration(v))
 	case unitBytes:
@@ -96,27 +98,9 @@ func format(v float64, u string) string {
 	return fmt.Sprintf("%.3g %s", v, u)
 }
 
-func si(v float64) string {
-	switch {
-	case v >= 1e6:
-		return fmt.Sprintf("%.2fM", v/1e6)
-	case v >= 1e3:
-		return fmt.Sprintf("%.1fk", v/1e3)
-	}
-	return fmt.Sprintf("%.0f", v)
-}
-
-func formatDuration(d time.Duration) string {
-	switch {
-	case d >= time.Second:
-		return fmt.Sprintf("%.3f s", d.Seconds())
-	case d >= time.Millisecond:
-		return fmt.Sprintf("%.1f ms", float64(d)/1e6)
-	case d >= time.Microsecond:
-		return fmt.Sprintf("%.1f µs", float64(d)/1e3)
-	}
-	return fmt.Sprintf("%d ns", d)
-}
+// formatDuration renders d with the precision of the peer tables (see
+// benchkit.FormatDuration).
+func formatDuration(d time.Duration) string { return benchkit.FormatDuration(d, 3, 1) }
 
 // ratio is replmesh's figure over the best peer's; for a figure where
 // lower is better it is still value/best (above 1: worse). NaN when no

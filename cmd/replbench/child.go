@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,11 +8,9 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
-	"slices"
-	"strconv"
-	"strings"
 	"time"
 
+	"github.com/replmesh/replmesh/internal/benchkit"
 	"github.com/replmesh/replmesh/replica"
 )
 
@@ -104,7 +101,7 @@ func childTransferRun() error {
 	}
 	took := time.Since(start)
 	st := r.Status()
-	proc := procStatus("VmHWM", "RssAnon", "RssFile")
+	proc := benchkit.ProcStatus(0, "VmHWM", "RssAnon", "RssFile")
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	res := childResult{
@@ -121,29 +118,6 @@ func childTransferRun() error {
 		return fmt.Errorf("close: %w", err)
 	}
 	return json.NewEncoder(os.Stdout).Encode(res)
-}
-
-// procStatus returns the named memory fields of /proc/self/status in
-// bytes (none where there is no /proc).
-func procStatus(names ...string) map[string]int64 {
-	out := map[string]int64{}
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return out
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		name, rest, ok := strings.Cut(sc.Text(), ":")
-		if !ok || !slices.Contains(names, name) {
-			continue
-		}
-		kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-		if err == nil {
-			out[name] = kb << 10
-		}
-	}
-	return out
 }
 
 func writeHeapProfile(path string) error {

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/replmesh/replmesh/internal/benchkit"
 	"github.com/replmesh/replmesh/replica"
 )
 
@@ -97,7 +98,7 @@ func (b *bench) newRigWith(ctx context.Context, name, kind string, n int, sec *p
 		g.reps = append(g.reps, r)
 	}
 	for _, r := range g.reps {
-		if err := waitReady(ctx, r); err != nil {
+		if err := benchkit.WaitReady(ctx, r, setupTimeout); err != nil {
 			return g, err
 		}
 	}
@@ -145,7 +146,7 @@ func (b *bench) fanout(ctx context.Context, kind string, n int) error {
 		Workload: name, Figure: "changes/s to all", Value: f.rate, Unit: unitChangesPerSec, Target: goal.rate,
 		Reference: goal.rateRef, payloadBps: f.rate * float64(n*b.opts.valueSize),
 		Notes: fmt.Sprintf("%d changes in %.2f s; owner committed them in %.2f s (%s/s)",
-			changes, f.elapsed.Seconds(), f.committed.Seconds(), si(float64(changes)/f.committed.Seconds())),
+			changes, f.elapsed.Seconds(), f.committed.Seconds(), benchkit.SI(float64(changes)/f.committed.Seconds())),
 	})
 	b.add(result{Workload: name, Figure: "p50 commit-to-applied", Value: float64(f.p50), Unit: unitNanos})
 	b.add(result{
@@ -165,7 +166,7 @@ func (b *bench) fanout(ctx context.Context, kind string, n int) error {
 // of sec (nil: none) and returns its figures.
 func (b *bench) measureFanout(ctx context.Context, name, kind string, n int, sec *pki) (_ fanoutFigures, err error) {
 	var f fanoutFigures
-	settle()
+	benchkit.Settle()
 	b.progress("%s: %d changes over %d keys, window %d", name, b.opts.changes, b.opts.keys, b.opts.window)
 	g, err := b.newRigWith(ctx, strings.ReplaceAll(name, " ", "-"), kind, n, sec)
 	if err != nil {
@@ -242,7 +243,7 @@ func (b *bench) runPaced(ctx context.Context) error {
 func (b *bench) pacedRun(ctx context.Context, kind string) (err error) {
 	name := "paced " + kind
 	n := max(1, int(b.opts.paced.Seconds()*float64(b.opts.rate)))
-	settle()
+	benchkit.Settle()
 	b.progress("%s: %d changes at %d/s", name, n, b.opts.rate)
 	g, err := b.newRig(ctx, "paced-"+kind, kind, 1)
 	if err != nil {
@@ -262,7 +263,7 @@ func (b *bench) pacedRun(ctx context.Context, kind string) (err error) {
 		if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
 			time.Sleep(d)
 		}
-		key = appendKey(key[:0], i%b.opts.keys)
+		key = benchkit.AppendKey(key[:0], i%b.opts.keys)
 		pd, err := g.table.Submit(ctx, replica.Write{Key: key, Value: vals.value(i)})
 		if err != nil {
 			return fmt.Errorf("submit: %w", err)

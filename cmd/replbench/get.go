@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"time"
+
+	"github.com/replmesh/replmesh/internal/benchkit"
 )
 
 func (b *bench) runGet(ctx context.Context) error {
@@ -26,7 +28,7 @@ func (b *bench) runGet(ctx context.Context) error {
 func (b *bench) getRun(ctx context.Context, kind string) (err error) {
 	name := "get " + kind
 	n := b.opts.getRows
-	settle()
+	benchkit.Settle()
 	b.progress("%s: replica of %d rows", name, n)
 	g, err := b.newRig(ctx, "get-"+kind, kind, 1)
 	if err != nil {
@@ -43,7 +45,7 @@ func (b *bench) getRun(ctx context.Context, kind string) (err error) {
 	}
 	keys := make([][]byte, n)
 	for i := range keys {
-		keys[i] = appendKey(nil, i)
+		keys[i] = benchkit.AppendKey(nil, i)
 	}
 	rng := rand.New(rand.NewPCG(3, 4))
 	// Warm up, and check every row is there.

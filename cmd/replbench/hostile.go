@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/replmesh/replmesh/internal/benchkit"
 	"google.golang.org/grpc"
 
 	"github.com/replmesh/replmesh/broker"
@@ -163,7 +164,7 @@ func measureMemory() memory {
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return memory{heap: ms.HeapInuse, rss: procStatus("VmRSS")["VmRSS"]}
+	return memory{heap: ms.HeapInuse, rss: benchkit.ProcStatus(0, "VmRSS")["VmRSS"]}
 }
 
 // settledMemory measures until the heap in use stops moving (two readings
@@ -257,7 +258,7 @@ func attackNotes(a attack, rep attackReport) string {
 // total and per attempt and per accepted one, and the bound the limit puts
 // on it (limit accepted ones at the measured cost each).
 func (b *bench) runAttack(ctx context.Context, name, what string, a attack, limit int, limitName string) error {
-	settle()
+	benchkit.Settle()
 	before := settledMemory(ctx)
 	beforeLive := liveHeap()
 	resetPeakRSS()
@@ -269,7 +270,7 @@ func (b *bench) runAttack(ctx context.Context, name, what string, a attack, limi
 	}
 	after := settledMemory(ctx)
 	peakHeap, peakLive := stopPeak()
-	peakRSS := procStatus("VmHWM")["VmHWM"]
+	peakRSS := benchkit.ProcStatus(0, "VmHWM")["VmHWM"]
 	if err := child.stop(); err != nil {
 		return err
 	}

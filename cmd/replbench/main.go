@@ -57,6 +57,7 @@ import (
 	"time"
 
 	"github.com/replmesh/replmesh/broker"
+	"github.com/replmesh/replmesh/internal/benchkit"
 )
 
 func main() {
@@ -313,7 +314,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			if ctx.Err() != nil {
 				break
 			}
-			settle()
+			benchkit.Settle()
 			start := time.Now()
 			b.progress("%s: start (run %d of %d)", w, i+1, o.count)
 			if err := workloads[w](ctx); err != nil {

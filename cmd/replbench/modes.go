@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/replmesh/replmesh/internal/benchkit"
 	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/replica"
 )
@@ -199,7 +200,7 @@ func (b *bench) runModes(ctx context.Context) error {
 	for _, t := range tables {
 		var push *modesMeasure
 		for _, mode := range []string{"push", "pull", "auto"} {
-			settle()
+			benchkit.Settle()
 			m, err := b.modesRun(ctx, sz, t, mode)
 			if err != nil {
 				return fmt.Errorf("%s table, %s: %w", t.name, mode, err)
@@ -216,7 +217,7 @@ func (b *bench) runModes(ctx context.Context) error {
 // modesRun runs one table in one mode.
 func (b *bench) modesRun(ctx context.Context, sz modesSizes, t modesTable, mode string) (m modesMeasure, err error) {
 	name := fmt.Sprintf("modes %s %s", t.name, mode)
-	b.progress("%s: owner writes %s/s over %d keys, consumer reads %g/s", name, si(t.rate), t.keys, t.reads)
+	b.progress("%s: owner writes %s/s over %d keys, consumer reads %g/s", name, benchkit.SI(t.rate), t.keys, t.reads)
 	dir, err := b.subdir(fmt.Sprintf("modes-%s-%s", t.name, mode))
 	if err != nil {
 		return m, err
@@ -351,7 +352,7 @@ func (b *bench) reportModes(sz modesSizes, t modesTable, mode string, m modesMea
 	round := func(v float64) float64 { return math.Round(v*10) / 10 }
 
 	setting := fmt.Sprintf("owner writes %s/s (measured %s/s) cycling over %d keys of %d B, consumer reads %g/s",
-		si(t.rate), si(float64(m.written)/secs), t.keys, b.opts.valueSize, t.reads)
+		benchkit.SI(t.rate), benchkit.SI(float64(m.written)/secs), t.keys, b.opts.valueSize, t.reads)
 	switch mode {
 	case "pull":
 		setting += fmt.Sprintf("; pull interval %s, max_staleness %s", sz.PullInterval, sz.MaxStaleness)
@@ -372,7 +373,7 @@ func (b *bench) reportModes(sz modesSizes, t modesTable, mode string, m modesMea
 		Notes: fmt.Sprintf("owner→consumer TCP bytes through the tap over %.1f s; %s", secs, setting)})
 	b.add(result{Workload: name, Figure: modesMsgs, Value: round(float64(m.wire.Messages) / secs), Unit: msgPerSec,
 		Notes: fmt.Sprintf("gRPC messages owner→consumer (change batches, pull deltas, heartbeats); %s HTTP/2 frames/s; the replica applied %s changes/s and %.1f pulls/s",
-			si(float64(m.wire.Frames)/secs), si(float64(c.Applied)/secs), float64(c.Pulls)/secs)})
+			benchkit.SI(float64(m.wire.Frames)/secs), benchkit.SI(float64(c.Applied)/secs), float64(c.Pulls)/secs)})
 	cpu := b.cpuRow(name, c, len(c.ReadAt))
 	b.add(cpu)
 	ps := m.stale.percentiles(0.50, 0.99, 1)
@@ -457,7 +458,7 @@ func startPacedWriter(ctx context.Context, t *replica.OwnedTable, rate float64, 
 		for i := 0; ; {
 			due := int(time.Since(start).Seconds() * rate)
 			for ; i < due; i++ {
-				key = appendKey(key[:0], i%keys)
+				key = benchkit.AppendKey(key[:0], i%keys)
 				pd, err := t.Submit(ctx, replica.Write{Key: key, Value: vals.value(i)})
 				if err != nil {
 					werr = fmt.Errorf("submit: %w", err)
@@ -530,7 +531,7 @@ func childModesRun() error {
 	if err != nil {
 		return err
 	}
-	if err := waitReady(ctx, r); err != nil {
+	if err := benchkit.WaitReady(ctx, r, setupTimeout); err != nil {
 		return err
 	}
 	readyAt := time.Now()
@@ -603,7 +604,7 @@ func startPacedReader(ctx context.Context, r *replica.Replica, keys int, rate fl
 	rd := &pacedReader{halt: make(chan struct{}), done: make(chan struct{})}
 	ks := make([][]byte, keys)
 	for i := range ks {
-		ks[i] = appendKey(nil, i)
+		ks[i] = benchkit.AppendKey(nil, i)
 	}
 	go func() {
 		defer close(rd.done)

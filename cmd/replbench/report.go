@@ -14,6 +14,8 @@ import (
 	"sync"
 	"text/tabwriter"
 	"time"
+
+	"github.com/replmesh/replmesh/internal/benchkit"
 )
 
 // Units of a result's value.
@@ -221,7 +223,7 @@ func (b *bench) writeText(w io.Writer) error {
 func formatValue(v float64, unit string) string {
 	switch unit {
 	case unitChangesPerSec, unitRowsPerSec:
-		return si(v) + "/s"
+		return benchkit.SI(v) + "/s"
 	case unitBytesPerSec:
 		return fmt.Sprintf("%.1f MB/s", v/1e6)
 	case unitBytes:
@@ -241,27 +243,9 @@ func formatValue(v float64, unit string) string {
 	return fmt.Sprintf("%g %s", v, unit)
 }
 
-func si(v float64) string {
-	switch {
-	case v >= 1e6:
-		return fmt.Sprintf("%.2fM", v/1e6)
-	case v >= 1e3:
-		return fmt.Sprintf("%.1fk", v/1e3)
-	}
-	return fmt.Sprintf("%.0f", v)
-}
-
-func formatDuration(d time.Duration) string {
-	switch {
-	case d >= time.Second:
-		return fmt.Sprintf("%.2f s", d.Seconds())
-	case d >= time.Millisecond:
-		return fmt.Sprintf("%.2f ms", float64(d)/1e6)
-	case d >= time.Microsecond:
-		return fmt.Sprintf("%.1f µs", float64(d)/1e3)
-	}
-	return fmt.Sprintf("%d ns", d)
-}
+// formatDuration renders d with replbench's precision (see
+// benchkit.FormatDuration).
+func formatDuration(d time.Duration) string { return benchkit.FormatDuration(d, 2, 2) }
 
 // samples collects latencies; percentiles are exact (a sorted copy).
 type samples []int64

@@ -7,11 +7,10 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"runtime"
-	"runtime/debug"
 	"sync"
 	"time"
 
+	"github.com/replmesh/replmesh/internal/benchkit"
 	"github.com/replmesh/replmesh/replica"
 )
 
@@ -27,18 +26,6 @@ const (
 // becoming ready, a bulk load); measured phases are bounded by the run's
 // context only.
 const setupTimeout = 10 * time.Minute
-
-// config returns production defaults (replica.DefaultConfig) with async
-// durability; dir "" is in memory, listen "" serves nothing.
-func (b *bench) config(service, instance, dir, listen string) replica.Config {
-	cfg := replica.DefaultConfig()
-	cfg.Service, cfg.Instance = service, instance
-	cfg.ListenAddr = listen
-	cfg.DataDir = dir
-	cfg.Durability = replica.Async
-	cfg.Logger = b.logger
-	return cfg
-}
 
 // apply returns cfg changed by each non-nil mutate.
 func apply(cfg replica.Config, mutate []func(*replica.Config)) replica.Config {
@@ -63,7 +50,7 @@ func (b *bench) subdir(name string) (string, error) {
 // declares the table; mutate (nil ones skipped) change its configuration
 // first.
 func (b *bench) openOwner(ctx context.Context, dir, addr string, mutate ...func(*replica.Config)) (*replica.Component, *replica.OwnedTable, error) {
-	c, err := replica.Open(ctx, apply(b.config(ownerService, ownerInstance, dir, addr), mutate))
+	c, err := replica.Open(ctx, apply(benchkit.Config(b.logger, ownerService, ownerInstance, dir, addr), mutate))
 	if err != nil {
 		return nil, nil, fmt.Errorf("open owner: %w", err)
 	}
@@ -78,7 +65,7 @@ func (b *bench) openOwner(ctx context.Context, dir, addr string, mutate ...func(
 // openConsumer opens a consumer that serves nothing; dir "" is in memory;
 // mutate as for openOwner.
 func (b *bench) openConsumer(ctx context.Context, instance, dir string, mutate ...func(*replica.Config)) (*replica.Component, error) {
-	c, err := replica.Open(ctx, apply(b.config(consumerService, instance, dir, ""), mutate))
+	c, err := replica.Open(ctx, apply(benchkit.Config(b.logger, consumerService, instance, dir, ""), mutate))
 	if err != nil {
 		return nil, fmt.Errorf("open consumer %s: %w", instance, err)
 	}
@@ -87,18 +74,6 @@ func (b *bench) openConsumer(ctx context.Context, instance, dir string, mutate .
 
 func subscribe(ctx context.Context, c *replica.Component, addr string) (*replica.Replica, error) {
 	return c.Subscribe(ctx, replica.SubscribeOptions{Service: ownerService, Table: tableName, Addr: addr})
-}
-
-// waitReady waits until r holds a complete copy (not measured).
-func waitReady(ctx context.Context, r *replica.Replica) error {
-	ctx, cancel := context.WithTimeout(ctx, setupTimeout)
-	defer cancel()
-	select {
-	case <-r.Ready():
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("replica not ready: %w (status %+v)", ctx.Err(), r.Status())
-	}
 }
 
 // closeAll closes components concurrently (badger's Close flushes, which
@@ -114,14 +89,6 @@ func closeAll(cs ...*replica.Component) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
-}
-
-// settle collects the garbage of earlier runs (badger's memtables live in
-// the Go heap) and returns it to the OS, so every configuration starts
-// from the same state.
-func settle() {
-	runtime.GC()
-	debug.FreeOSMemory()
 }
 
 // payload hands out pseudo-random values of one size from a fixed pool
@@ -147,18 +114,6 @@ func (p *payload) value(i int) []byte {
 	return p.pool[off : off+p.size]
 }
 
-// appendKey appends the key of row i: "k" and nine digits, so keys sort
-// by i.
-func appendKey(dst []byte, i int) []byte {
-	var d [10]byte
-	d[0] = 'k'
-	for j := 9; j >= 1; j-- {
-		d[j] = byte('0' + i%10)
-		i /= 10
-	}
-	return append(dst, d[:]...)
-}
-
 // writePipelined is the one writer: it submits n single-change writes
 // (keys i%keys, i counting from first) from one goroutine, keeping up to
 // window of them in flight, and returns the seq of the last.
@@ -182,7 +137,7 @@ func (b *bench) writePipelined(ctx context.Context, t *replica.OwnedTable, n, ke
 				return 0, err
 			}
 		}
-		key = appendKey(key[:0], (first+i)%keys)
+		key = benchkit.AppendKey(key[:0], (first+i)%keys)
 		pd, err := t.Submit(ctx, replica.Write{Key: key, Value: p.value(first + i)})
 		if err != nil {
 			return 0, fmt.Errorf("submit: %w", err)
@@ -214,7 +169,7 @@ func (b *bench) loadRows(ctx context.Context, t *replica.OwnedTable, n int) (uin
 		arena := make([]byte, 0, 10*batch)
 		for j := i; j < min(n, i+batch); j++ {
 			s := len(arena)
-			arena = appendKey(arena, j)
+			arena = benchkit.AppendKey(arena, j)
 			ws = append(ws, replica.Write{Key: arena[s:len(arena):len(arena)], Value: p.value(j)})
 		}
 		pd, err := t.Submit(ctx, ws...)

@@ -12,6 +12,8 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/replmesh/replmesh/internal/benchkit"
 )
 
 // transferFigures are what one full transfer measured.
@@ -38,7 +40,7 @@ func (b *bench) runTransfer(ctx context.Context) error {
 		Workload: "transfer", Figure: "rows/s into a durable replica", Value: rowsPerSec, Unit: unitRowsPerSec, Target: atLeast(500e3),
 		Reference: "nats 361k/s, redis 248k/s",
 		Notes: fmt.Sprintf("%d rows in %.2f s, Subscribe to Ready; owner loaded them at %s rows/s",
-			res.Rows, secs, si(float64(b.opts.rows)/f.loadTook.Seconds())),
+			res.Rows, secs, benchkit.SI(float64(b.opts.rows)/f.loadTook.Seconds())),
 	})
 	b.add(result{
 		Workload: "transfer", Figure: "MB/s (keys+values)", Value: bps, Unit: unitBytesPerSec, payloadBps: bps,

@@ -6,7 +6,7 @@
 //
 // The layers, from the bottom:
 //
-//   - helpers: internal/... (but the suites below). They import only other
+//   - helpers: internal/... (but the suites and shared libraries below). They import only other
 //     helpers.
 //   - bottom: transport, then modes. They import nothing of ours but
 //     helpers, except that modes may use transport (its name rule); transport
@@ -17,7 +17,10 @@
 //     internal/integration and internal/depcheck. Each is a tree of its
 //     own: it imports anything below, and of the top only its own tree, so
 //     nothing imports cmd or examples (the marketplace's authorization
-//     benchmark lives in examples/marketplace for that reason).
+//     benchmark lives in examples/marketplace for that reason). The one
+//     exception is a shared library of the top (internal/benchkit, what
+//     the benchmark commands have in common): it sits in the top, so it
+//     may import anything below, and any tree of the top may import it.
 //
 // An import always runs down (or within one package's own tree): never up,
 // never across one layer. internal/... is imported only from inside the
@@ -42,10 +45,10 @@ type Layer int
 // The layers, from the bottom.
 const (
 	NoLayer Layer = iota // fits no layer: a violation in itself
-	Helper               // internal/... but the suites
+	Helper               // internal/... but the suites and shared libraries
 	Bottom               // transport, modes
 	Middle               // replica, broker
-	Top                  // cmd/..., examples/..., chaos/..., the suites
+	Top                  // cmd/..., examples/..., chaos/..., the suites, shared libraries
 )
 
 func (l Layer) String() string {
@@ -55,6 +58,10 @@ func (l Layer) String() string {
 // suites are the internal packages that hold test suites: top, not
 // helpers.
 var suites = []string{"internal/integration", "internal/depcheck"}
+
+// shared are the internal packages that are libraries of the top: they
+// import anything below, and any tree of the top may import them.
+var shared = []string{"internal/benchkit"}
 
 // owned maps a third-party module to the packages that may reach it
 // below the top.
@@ -91,7 +98,7 @@ func Place(rel string) (Layer, string) {
 			return NoLayer, rel
 		}
 		tree := first + "/" + second
-		if slices.Contains(suites, tree) {
+		if slices.Contains(suites, tree) || slices.Contains(shared, tree) {
 			return Top, tree
 		}
 		return Helper, tree
@@ -153,6 +160,8 @@ func Check(mod string, pkgs []Package) []string {
 				bad("%s (%s) imports %s (%s): imports run down, never up", from, fl, to, tl)
 			case tl < fl:
 				// down
+			case fl == Top && slices.Contains(shared, tt):
+				// a shared library of the top
 			case fl == Helper:
 				// helpers import one another
 			case fl == Middle:

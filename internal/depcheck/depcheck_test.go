@@ -84,6 +84,7 @@ func TestPlace(t *testing.T) {
 		{"chaos/cmd/chaosnode", Top, "chaos"},
 		{"internal/integration", Top, "internal/integration"},
 		{"internal/depcheck", Top, "internal/depcheck"},
+		{"internal/benchkit", Top, "internal/benchkit"},
 		{"internal/testutil", Helper, "internal/testutil"},
 		{"internal/freeport", Helper, "internal/freeport"},
 		{"", NoLayer, ""},
@@ -129,6 +130,8 @@ func TestCheck(t *testing.T) {
 		{"examples import their own tree", Package{Path: m("examples/marketplace/cmd/products"), Imports: []string{m("examples/marketplace/cmd/internal/svc"), m("examples/marketplace/stores")}}, nil},
 		{"a suite imports both middles", Package{Path: m("internal/integration"), Imports: []string{m("broker"), m("replica")}}, nil},
 		{"outside imports a public package", Package{Path: "example.com/other", Imports: []string{m("replica")}}, nil},
+		{"a shared library of the top uses replica", Package{Path: m("internal/benchkit"), Imports: []string{m("replica")}, Deps: []string{badger}}, nil},
+		{"a top tree imports a shared library", Package{Path: m("cmd/replbench"), Imports: []string{m("internal/benchkit")}}, nil},
 
 		// Violations.
 		{"replica imports broker", Package{Path: m("replica"), Imports: []string{m("broker")}},
@@ -151,6 +154,10 @@ func TestCheck(t *testing.T) {
 			[]string{"cmd/replbench imports examples/marketplace/stores: nothing imports another tree of cmd, examples or chaos"}},
 		{"examples import cmd", Package{Path: m("examples/marketplace"), Imports: []string{m("cmd/replbench")}},
 			[]string{"examples/marketplace imports cmd/replbench: nothing imports another tree of cmd, examples or chaos"}},
+		{"a shared library imports a top tree", Package{Path: m("internal/benchkit"), Imports: []string{m("cmd/replbench")}},
+			[]string{"internal/benchkit imports cmd/replbench: nothing imports another tree of cmd, examples or chaos"}},
+		{"a helper imports a shared library of the top", Package{Path: m("internal/testutil"), Imports: []string{m("internal/benchkit")}},
+			[]string{"internal/testutil (helper) imports internal/benchkit (top): imports run down, never up"}},
 		{"a package that fits no layer", Package{Path: m("tools/gen"), Imports: []string{m("transport")}},
 			[]string{mod + "/tools/gen fits no layer: place it in depcheck.Place and docs/design.md"}},
 		{"an import of a package that fits no layer", Package{Path: m("cmd/replctl"), Imports: []string{m("util")}},

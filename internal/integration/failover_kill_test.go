@@ -252,17 +252,7 @@ type foAck struct {
 func (c *foChild) parse(rest string, at time.Time) {
 	line := foOutPrefix + rest
 	f := strings.Fields(rest)
-	num := func(i int) uint64 {
-		if i >= len(f) {
-			c.Problem("short line: " + line)
-			return 0
-		}
-		v, err := strconv.ParseUint(f[i], 10, 64)
-		if err != nil {
-			c.Problem("bad number in: " + line)
-		}
-		return v
-	}
+	num := func(i int) uint64 { return c.Uint(f, i, line) }
 	switch f[0] {
 	case "open":
 		c.opened = true

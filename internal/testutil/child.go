@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -158,6 +159,23 @@ func Locked[T any](c *Child, f func() T) T {
 // Problem records a problem with the child's reports (a malformed line);
 // the report handler calls it, under the child's lock.
 func (c *Child) Problem(p string) { c.problems = append(c.problems, p) }
+
+// Uint returns field i of a report line's fields f as a number, for a
+// report handler. A missing field ("short line: ") or one that is no
+// unsigned number ("bad number in: ") is recorded as a problem naming
+// line; the result is then 0 (or what strconv.ParseUint returns). Call it
+// under the child's lock, as Problem.
+func (c *Child) Uint(f []string, i int, line string) uint64 {
+	if i >= len(f) {
+		c.Problem("short line: " + line)
+		return 0
+	}
+	v, err := strconv.ParseUint(f[i], 10, 64)
+	if err != nil {
+		c.Problem("bad number in: " + line)
+	}
+	return v
+}
 
 // Pid returns the process id.
 func (c *Child) Pid() int { return c.cmd.Process.Pid }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -193,3 +194,35 @@ func (f *fatalTB) Fatalf(format string, args ...any) {
 }
 
 func (f *fatalTB) Fatal(args ...any) { f.Fatalf("%s", fmt.Sprint(args...)) }
+
+func TestChild_Uint(t *testing.T) {
+	tests := []struct {
+		name    string
+		line    string
+		i       int
+		want    uint64
+		problem string
+	}{
+		{"a number", "ack 42 k1", 1, 42, ""},
+		{"the first field", "7 x", 0, 7, ""},
+		{"missing", "ack", 1, 0, "short line: ack"},
+		{"not a number", "ack x4 k1", 1, 0, "bad number in: ack x4 k1"},
+		{"negative", "ack -1", 1, 0, "bad number in: ack -1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &Child{}
+			got := c.Uint(strings.Fields(tt.line), tt.i, tt.line)
+			if got != tt.want {
+				t.Errorf("Uint(%q, %d) = %d, want %d", tt.line, tt.i, got, tt.want)
+			}
+			var want []string
+			if tt.problem != "" {
+				want = []string{tt.problem}
+			}
+			if !slices.Equal(c.problems, want) {
+				t.Errorf("problems = %q, want %q", c.problems, want)
+			}
+		})
+	}
+}
