@@ -559,14 +559,10 @@ func wipeBroker(b *node) error {
 // must be promoted).
 func (in *injector) brokerWipe(ctx context.Context) (bool, error) {
 	cl := in.cl
-	if len(cl.brokers) < 3 {
-		return false, nil
+	b, before, fired, err := in.settledBroker(ctx)
+	if !fired || err != nil {
+		return fired, err
 	}
-	before, err := cl.waitVoters(ctx, cl.brokers)
-	if err != nil {
-		return true, err
-	}
-	b := in.pick(cl.brokers)
 	b.kill()
 	if err := wipeBroker(b); err != nil {
 		return true, err
@@ -596,6 +592,20 @@ func (in *injector) brokerWipe(ctx context.Context) (bool, error) {
 	return true, in.killPromote(ctx, fBrokerWipe)
 }
 
+// settledBroker is the start of the membership faults: with 3 brokers or
+// more (fewer: the fault does not fire), it waits for the voters to settle
+// and picks the broker to act on; before lists the voters.
+func (in *injector) settledBroker(ctx context.Context) (b *node, before []string, fired bool, err error) {
+	cl := in.cl
+	if len(cl.brokers) < 3 {
+		return nil, nil, false, nil
+	}
+	if before, err = cl.waitVoters(ctx, cl.brokers); err != nil {
+		return nil, nil, true, err
+	}
+	return in.pick(cl.brokers), before, true, nil
+}
+
 // killPromote SIGKILLs the primary, waits for a promotion (the cluster
 // decides) and restarts it.
 func (in *injector) killPromote(ctx context.Context, fault string) error {
@@ -620,14 +630,10 @@ func (in *injector) killPromote(ctx context.Context, fault string) error {
 // empty data dir and -join, as a replacement broker would.
 func (in *injector) brokerChurn(ctx context.Context) (bool, error) {
 	cl := in.cl
-	if len(cl.brokers) < 3 {
-		return false, nil
+	b, before, fired, err := in.settledBroker(ctx)
+	if !fired || err != nil {
+		return fired, err
 	}
-	before, err := cl.waitVoters(ctx, cl.brokers)
-	if err != nil {
-		return true, err
-	}
-	b := in.pick(cl.brokers)
 	others := slices.DeleteFunc(slices.Clone(cl.brokers), func(n *node) bool { return n == b })
 	via := in.pick(others)
 	began := time.Now()
