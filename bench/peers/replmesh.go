@@ -155,6 +155,7 @@ type probe struct {
 	want int
 	err  error
 	done chan struct{}
+	once sync.Once
 }
 
 func newProbe(want int) *probe {
@@ -163,12 +164,22 @@ func newProbe(want int) *probe {
 
 // see records the delivery at now of a value (its stamp is the write's
 // time).
+//
+// A reader of a key-value peer may never see some changes: a NATS KV
+// bucket keeps one revision per key, so a watcher that falls behind gets
+// the newest value of a key, not every value it had. The changes are
+// delivered in order, so the last write (index want-1) seen means every
+// change has reached the reader (as a value or superseded by a newer one):
+// the probe completes then, with fewer samples.
 func (p *probe) see(now time.Time, v []byte) {
-	ts, _, err := stamp(v)
+	ts, i, err := stamp(v)
 	if err != nil {
 		p.fail(err)
 	}
 	p.add(now.Sub(ts))
+	if err == nil && i == p.want-1 {
+		p.once.Do(func() { close(p.done) })
+	}
 }
 
 // add records one delivery's latency.
@@ -180,7 +191,7 @@ func (p *probe) add(d time.Duration) {
 	}
 	p.lat = append(p.lat, int64(d))
 	if len(p.lat) == p.want {
-		close(p.done)
+		p.once.Do(func() { close(p.done) })
 	}
 }
 
