@@ -338,6 +338,11 @@ func TestBroker_BadRegisterFrames(t *testing.T) {
 		// would grant again on every step).
 		{"epoch above the limit", reg(func(r *transport.Register) { r.Epoch = MaxEpoch + 1 }), transport.ErrBadRequest},
 		{"table epoch above the limit", reg(func(r *transport.Register) { r.Tables[0].Epoch = math.MaxUint64 }), transport.ErrBadRequest},
+		{"negative MinSyncStandbys", reg(func(r *transport.Register) { r.MinSyncStandbys = -1 }), transport.ErrBadRequest},
+		{"MinSyncStandbys above the limit", reg(func(r *transport.Register) { r.MinSyncStandbys = transport.MaxMinSyncStandbys + 1 }), transport.ErrBadRequest},
+		{"MinSyncStandbys from a consumer", reg(func(r *transport.Register) {
+			r.Owner, r.Addr, r.Tables, r.MinSyncStandbys = false, "", nil, 1
+		}), transport.ErrBadRequest},
 		// JSON (/api/status) has no NaN or infinity.
 		{"NaN transfer rate", reg(func(r *transport.Register) {
 			r.Subscriptions = []transport.SubInfo{{Service: "users", Table: "t", XferRate: math.NaN()}}

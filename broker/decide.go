@@ -78,11 +78,10 @@ func (b *Broker) decideLocked(only string, now time.Time) []*command {
 			continue
 		}
 		o := b.reg.owners[svc]
-		// Components do not report their MinSyncStandbys: 0 makes
-		// nextGrant wait for every standby's head.
 		best, epoch, ok := nextGrant(insts, o, grantView{
 			alive:   b.aliveLocked,
 			current: func(name string) bool { return b.headsCurrentLocked(name, now) },
+			minSync: serviceMinSync(insts),
 		})
 		if !ok {
 			continue
@@ -140,8 +139,35 @@ type grantView struct {
 	// hears; current, whether the leader also holds current heads of the
 	// sessions on it (nil: whenever alive).
 	alive, current func(broker string) bool
-	// minSync is the primary's MinSyncStandbys (0: unknown).
+	// minSync is the service's MinSyncStandbys k (serviceMinSync; 0:
+	// unknown).
 	minSync int
+}
+
+// serviceMinSync is the MinSyncStandbys k a promotion of the service
+// counts on: the smallest its owner instances report (Register
+// .MinSyncStandbys), 0 (unknown: every standby's head is needed) if one of
+// them reports none. The smallest is the cautious choice: a write
+// acknowledged once fewer standbys held it needs more standbys' heads to
+// be found. Removed instances count too: the primary a promotion replaces
+// is the one whose k its acknowledged writes were made under, and its
+// record is removed (its lease lapsed) by the time of the promotion.
+// Instances of another kind (consumers) report none and are left out.
+func serviceMinSync(insts map[string]*instanceRec) int {
+	k, owners := 0, 0
+	for _, rec := range insts {
+		if !rec.Owner {
+			continue
+		}
+		if rec.MinSync <= 0 {
+			return 0
+		}
+		if owners == 0 || rec.MinSync < k {
+			k = rec.MinSync
+		}
+		owners++
+	}
+	return k
 }
 
 // nextGrant decides the primary lease of one owner service from its
@@ -158,9 +184,9 @@ type grantView struct {
 //
 // A promotion (the service had a primary) waits until the heads of enough
 // standbys are known that one of them must hold every acknowledged write:
-// with S standbys (owner instances not removed) and minSync the primary's
-// MinSyncStandbys k, an acknowledged write is on at least k of them, so
-// the heads of S-k+1 are needed (minSync 0: unknown, all S). A standby's
+// with S standbys (owner instances not removed) and view.minSync the
+// service's MinSyncStandbys k, an acknowledged write is on at least k of
+// them, so the heads of S-k+1 are needed (minSync 0: unknown, all S). A standby's
 // head is known while its session is connected on a live broker whose
 // heads are current (view.current); one on a broker not alive or not
 // current, or disconnected, is unknown until it opens a session

@@ -3,6 +3,7 @@ package broker
 import (
 	"math"
 	"testing"
+	"time"
 
 	"github.com/replmesh/replmesh/transport"
 )
@@ -164,6 +165,95 @@ func TestNextGrant(t *testing.T) {
 			}
 			if ok && best != insts[tt.wantPrimary] {
 				t.Fatal("the primary is not the service's own record")
+			}
+		})
+	}
+}
+
+func TestServiceMinSync(t *testing.T) {
+	type inst struct {
+		owner, gone bool
+		k           int
+	}
+	tests := []struct {
+		name  string
+		insts []inst
+		want  int
+	}{
+		{"no instance", nil, 0},
+		{"every owner reports 2", []inst{{owner: true, k: 2}, {owner: true, k: 2}, {owner: true, k: 2}}, 2},
+		{"they disagree: the smallest", []inst{{owner: true, k: 3}, {owner: true, k: 1}, {owner: true, k: 2}}, 1},
+		{"one reports none: unknown", []inst{{owner: true, k: 2}, {owner: true}, {owner: true, k: 2}}, 0},
+		{"a removed owner (the lapsed primary) counts", []inst{{owner: true, gone: true, k: 1}, {owner: true, k: 2}}, 1},
+		{"a removed owner reporting none counts", []inst{{owner: true, gone: true}, {owner: true, k: 2}}, 0},
+		{"consumers are left out", []inst{{owner: true, k: 2}, {k: 0}, {owner: true, k: 2}}, 2},
+		{"consumers only", []inst{{}, {}}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			insts := make(map[string]*instanceRec)
+			for n, i := range tt.insts {
+				name := "i" + string(rune('0'+n))
+				insts[name] = &instanceRec{Service: "s", Instance: name, Owner: i.owner, Gone: i.gone, MinSync: i.k}
+			}
+			if got := serviceMinSync(insts); got != tt.want {
+				t.Fatalf("serviceMinSync = %d, want %d", got, tt.want)
+			}
+		})
+	}
+}
+
+// decideLocked promotes with the k the service's instances report: the
+// lapsed primary a and standbys b (the most data, on b3, which the leader
+// does not hear), c (on the leader b1) and d (on b2). S = 3 standbys; with
+// k = 2 any S-k+1 = 2 heads hold every acknowledged write, so c is
+// promoted while b is unknown; with k unknown, or 1, all three are needed.
+func TestBroker_DecideLockedUsesTheReportedMinSync(t *testing.T) {
+	const ui = 50 * time.Millisecond
+	now := time.Unix(1000, 0)
+	tests := []struct {
+		name        string
+		ks          map[string]int // a, b, c, d; absent: 0
+		b3Heard     bool
+		wantPrimary string // "": no grant
+	}{
+		{"k 2 everywhere: two heads suffice", map[string]int{"a": 2, "b": 2, "c": 2, "d": 2}, false, "c"},
+		{"k 2, b heard: the most data", map[string]int{"a": 2, "b": 2, "c": 2, "d": 2}, true, "b"},
+		{"k unknown: waits for b", nil, false, ""},
+		{"the lapsed primary reports none: waits for b", map[string]int{"b": 2, "c": 2, "d": 2}, false, ""},
+		{"a standby reports 1 (the smallest): waits for b", map[string]int{"a": 2, "b": 2, "c": 2, "d": 1}, false, ""},
+		{"k 1 everywhere, b heard: all three known", map[string]int{"a": 1, "b": 1, "c": 1, "d": 1}, true, "b"},
+		{"k 3 everywhere: one head suffices", map[string]int{"a": 3, "b": 3, "c": 3, "d": 3}, false, "c"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := &Broker{cfg: Config{Name: "b1", UpdateInterval: ui}, reg: newRegistry(),
+				raft: &raftNode{tick: ui}, inflight: make(map[string]time.Time)}
+			b.live = []member{{Name: "b1", Raft: 1}, {Name: "b2", Raft: 2}, {Name: "b3", Raft: 3}}
+			b.raftActive = map[uint64]bool{1: true, 2: true, 3: tt.b3Heard}
+			b.aliveSince = map[string]time.Time{"b2": now.Add(-time.Hour), "b3": now.Add(-time.Hour)}
+			b.reg.owners["stores"] = &ownerRec{Service: "stores", Primary: "a", Epoch: 1}
+			for _, i := range []struct {
+				name, broker string
+				head         uint64
+				gone         bool
+			}{{"a", "b1", 10, true}, {"b", "b3", 10, false}, {"c", "b1", 8, false}, {"d", "b2", 4, false}} {
+				b.reg.store(&instanceRec{Service: "stores", Instance: i.name, Addr: "127.0.0.1:9000", Owner: true,
+					Tables: []transport.TableInfo{{Table: "t", Head: i.head}}, MinSync: tt.ks[i.name],
+					Session: sessionID{Start: 1, Broker: i.broker}, Connected: !i.gone, Gone: i.gone})
+			}
+			b.reg.store(&instanceRec{Service: "stores", Instance: "reader", Connected: true, Session: sessionID{Start: 1, Broker: "b1"}})
+			got := ""
+			if cs := b.decideLocked("", now); len(cs) == 1 {
+				if cs[0].Kind != cmdGrant || cs[0].Service != "stores" || cs[0].Epoch != 2 || cs[0].Prev != 1 {
+					t.Fatalf("decideLocked = %+v, want a grant of stores at epoch 2 after 1", cs[0])
+				}
+				got = cs[0].Instance
+			} else if len(cs) > 1 {
+				t.Fatalf("decideLocked = %d commands, want at most one", len(cs))
+			}
+			if got != tt.wantPrimary {
+				t.Fatalf("decideLocked promoted %q, want %q", got, tt.wantPrimary)
 			}
 		})
 	}

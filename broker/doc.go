@@ -64,8 +64,13 @@
 // the epoch, but only once it knows the heads of enough standbys that one
 // of them holds every acknowledged write: with min_sync_standbys k, an
 // acknowledged write is on k of the S standbys, not on a particular one,
-// so S-k+1 heads are needed; components do not report k, so the broker
-// waits for every standby not removed. A standby's head is known while its
+// so S-k+1 heads are needed. Each owner instance reports its k in its
+// Register (transport.Register.MinSyncStandbys), the broker keeps it in the
+// instance's record and gossips it; the leader counts on the smallest k
+// the service's owner instances report, removed ones included (the lapsed
+// primary's k is the one its writes were acknowledged under), and waits
+// for every standby not removed while any of them reports none (an older
+// build). A standby's head is known while its
 // session is connected on a broker the raft leader has heard for two
 // UpdateIntervals (one back from a pause gossips the heads its sessions
 // reported meanwhile within one); one whose broker is paused, cut off or

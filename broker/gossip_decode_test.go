@@ -131,7 +131,7 @@ func fullRecords() *gossipMsg {
 			Subs: []transport.SubInfo{{Service: "products", Table: "p1", Mode: "auto", Seq: 9, Lag: 2, StaleMs: -5,
 				State: "streaming", Running: "push", Reason: "rate", XferRows: 1, XferExpected: 2, XferBytes: 3,
 				XferRate: 1.5, XferEtaMs: 1 << 33, LogID: "log-p1", Epoch: 1<<40 + 7}},
-			Epoch: 1<<62 + 1, Session: sessionID{Start: -1 << 40, Broker: "b1"}, Ver: version{Clock: math.MaxUint64, Broker: "b2"},
+			Epoch: 1<<62 + 1, MinSync: transport.MaxMinSyncStandbys, Session: sessionID{Start: -1 << 40, Broker: "b1"}, Ver: version{Clock: math.MaxUint64, Broker: "b2"},
 			Connected: true, Gone: true, SeenMs: 1 << 41,
 		}},
 	}
@@ -249,6 +249,8 @@ func TestGossip_DecodeRefusesWhatNoBrokerWrites(t *testing.T) {
 		"a nil instance":          {gossipVersion, 0x81, 0xa1, 'i', 0x91, 0xc0},
 		"a table without a name":  mustEncode(&gossipMsg{Instances: []*instanceRec{{Service: "s", Instance: "i", Tables: []transport.TableInfo{{Mode: "push"}}}}}),
 		"a subscription name bad": mustEncode(&gossipMsg{Instances: []*instanceRec{{Service: "s", Instance: "i", Subs: []transport.SubInfo{{Service: "a b", Table: "t"}}}}}),
+		"a negative MinSync":      mustEncode(&gossipMsg{Instances: []*instanceRec{{Service: "s", Instance: "i", Owner: true, MinSync: -1}}}),
+		"a MinSync above the cap": mustEncode(&gossipMsg{Instances: []*instanceRec{{Service: "s", Instance: "i", Owner: true, MinSync: transport.MaxMinSyncStandbys + 1}}}),
 		"a string where a number": {gossipVersion, 0x81, 0xa1, 'i', 0x91, 0x83, 0xa3, 's', 'v', 'c', 0xa1, 's', 0xa4, 'i', 'n', 's', 't', 0xa1, 'i', 0xa2, 'e', 'p', 0xa1, '1'},
 	}
 	for name, b := range tests {

@@ -81,7 +81,7 @@ func encodeGossip(g *gossipMsg) ([]byte, error) {
 // It reads what msgpack/v5 writes for gossipMsg (maps keyed by the msgpack
 // tags, fields in any order, unknown ones skipped), and refuses what no
 // broker writes: a key given twice, a struct written as an array, records
-// with invalid names.
+// with invalid names or a MinSync outside what a Register may report.
 func decodeGossip(b []byte) (*gossipMsg, error) {
 	if len(b) == 0 {
 		return nil, errors.New("empty gossip payload")
@@ -442,7 +442,7 @@ func list[T any](r *gossipReader, what string, limit int, elem func(out []T) ([]
 // The field names (msgpack tags) of the gossiped types, by field index.
 var (
 	gossipMsgFields = []string{"i"}
-	instanceFields  = []string{"svc", "inst", "addr", "own", "tables", "subs", "ep", "sess", "ver", "conn", "gone", "seen"}
+	instanceFields  = []string{"svc", "inst", "addr", "own", "tables", "subs", "ep", "msync", "sess", "ver", "conn", "gone", "seen"}
 	versionFields   = []string{"c", "b"}
 	sessionFields   = []string{"s", "b"}
 	tableFields     = []string{"t", "mode", "log", "ep", "head"}
@@ -511,6 +511,13 @@ func (r *gossipReader) instance(rec *instanceRec, i int) (err error) {
 	case 6:
 		rec.Epoch, err = r.uint()
 	case 7:
+		// As a Register is checked: a broker admits none outside this.
+		var k int64
+		if k, err = r.int(); err == nil && (k < 0 || k > transport.MaxMinSyncStandbys) {
+			err = fmt.Errorf("minimum synced standbys %d outside 0..%d", k, transport.MaxMinSyncStandbys)
+		}
+		rec.MinSync = int(k)
+	case 8:
 		_, err = r.fields("session", sessionFields, func(i int) (err error) {
 			if i == 0 {
 				rec.Session.Start, err = r.int()
@@ -519,13 +526,13 @@ func (r *gossipReader) instance(rec *instanceRec, i int) (err error) {
 			}
 			return err
 		})
-	case 8:
-		err = r.version(&rec.Ver)
 	case 9:
-		rec.Connected, err = r.bool()
+		err = r.version(&rec.Ver)
 	case 10:
-		rec.Gone, err = r.bool()
+		rec.Connected, err = r.bool()
 	case 11:
+		rec.Gone, err = r.bool()
+	case 12:
 		rec.SeenMs, err = r.int()
 	}
 	return err

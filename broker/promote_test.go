@@ -47,6 +47,39 @@ func twoStandbys(t *testing.T, l, lost, live *Broker, bs []*Broker) (a, b, c *fa
 	return a, b, c
 }
 
+// loseBroker makes lost stop taking part in raft (a paused process, as the
+// leader l sees it) until the test ends, and waits until l no longer hears
+// it. Its sessions stay open, as a paused broker's TCP connections do.
+func loseBroker(t *testing.T, l, lost *Broker) {
+	t.Helper()
+	lost.raft.paused.Store(true)
+	t.Cleanup(func() { lost.raft.paused.Store(false) })
+	waitUntil(t, waitLong, "the leader no longer hears "+lost.Name(), func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return !l.aliveLocked(lost.Name())
+	})
+}
+
+// checkNoPromotion waits until the leader l removed stores/primary (its
+// lease lapsed) and fails the test if a promotion was proposed or applied
+// by then (why: what should hold it back). The step that removes the
+// primary also decides (both under mu): once it is seen removed, a
+// promotion would already be proposed or applied.
+func checkNoPromotion(t *testing.T, l *Broker, primary, why string) {
+	t.Helper()
+	waitUntil(t, waitLong, primary+" removed on the leader", func() bool {
+		rec := instOn(l, primary)
+		return rec == nil || rec.Gone
+	})
+	l.mu.Lock()
+	_, proposed := l.inflight["stores"]
+	l.mu.Unlock()
+	if gs := grantsOf(l, "stores"); proposed || len(gs) != 1 {
+		t.Fatalf("a promotion while %s: proposed %v, grants %+v", why, proposed, gs)
+	}
+}
+
 // The hole of a candidate rule that looks only at connected standbys on
 // live brokers: the standby with the newest acknowledged writes (b) has
 // its session on a broker the raft leader no longer hears when the
@@ -58,30 +91,9 @@ func TestBroker_PromotionWaitsForTheStandbyOnALostBroker(t *testing.T) {
 	l, lost, live, bs := promotionCluster(t, lease, time.Hour)
 	a, b, c := twoStandbys(t, l, lost, live, bs)
 
-	// lost stops taking part in raft (a paused process, as the leader
-	// sees it); its sessions stay open, as a paused broker's TCP
-	// connections do.
-	lost.raft.paused.Store(true)
-	t.Cleanup(func() { lost.raft.paused.Store(false) })
-	waitUntil(t, waitLong, "the leader no longer hears "+lost.Name(), func() bool {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		return !l.aliveLocked(lost.Name())
-	})
-
+	loseBroker(t, l, lost)
 	a.shut()
-	// The step that removes a also decides (both under mu): once a is
-	// seen removed, a promotion would already be proposed or applied.
-	waitUntil(t, waitLong, "a removed on the leader", func() bool {
-		rec := instOn(l, "a")
-		return rec == nil || rec.Gone
-	})
-	l.mu.Lock()
-	_, proposed := l.inflight["stores"]
-	l.mu.Unlock()
-	if gs := grantsOf(l, "stores"); proposed || len(gs) != 1 {
-		t.Fatalf("a promotion while b's head is unknown: proposed %v, grants %+v", proposed, gs)
-	}
+	checkNoPromotion(t, l, "a", "b's head is unknown")
 	if rec := instOn(l, "b"); rec == nil || rec.Gone {
 		t.Fatalf("b removed while its broker is lost and its re-home wait runs: %+v", rec)
 	}
@@ -96,6 +108,67 @@ func TestBroker_PromotionWaitsForTheStandbyOnALostBroker(t *testing.T) {
 	checkEpochs(t, gs)
 	if len(gs) != 2 || gs[1].Instance != "b" || gs[1].Epoch != 2 || gs[1].Previous != "a" {
 		t.Fatalf("grants %+v, want a at 1 then b at 2", gs)
+	}
+}
+
+// The k the components report (Register.MinSyncStandbys) reaches the
+// raft leader, by gossip for the sessions on the other brokers, and sets
+// how many standbys' heads a promotion waits for. Primary a (on live),
+// standbys b (the most data, on lost), c (on the leader) and d (behind,
+// on live): S = 3. With k = 2 every acknowledged write is on two of them,
+// so any S-k+1 = 2 heads hold it: once lost is unheard and a's lease
+// lapses, c is promoted without waiting for b. If one instance reports no
+// k (an older build), the leader waits for b's head as before.
+func TestBroker_PromotionWithTheReportedMinSync(t *testing.T) {
+	tests := []struct {
+		name     string
+		ks       map[string]int // a, b, c, d; absent: none reported
+		promoted string         // "": no promotion while b is unknown
+	}{
+		{"k 2 of 3 standbys: promoted while one is unheard", map[string]int{"a": 2, "b": 2, "c": 2, "d": 2}, "c"},
+		{"one instance reports no k: waits for every head", map[string]int{"a": 2, "b": 2, "c": 2}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			const lease = 500 * time.Millisecond
+			// RehomeWait: b is kept (unknown) for the whole test.
+			l, lost, live, _ := promotionCluster(t, lease, time.Hour)
+			reg := func(name, addr string, head uint64) transport.Register {
+				r := ownerReg("stores", name, addr, head)
+				r.MinSyncStandbys = tt.ks[name]
+				return r
+			}
+			a := mustConnect(t, live.GRPCAddr(), reg("a", "127.0.0.1:9001", 10))
+			a.waitTopo("a primary", func(tp *transport.Topology) bool { return tp.Role == transport.RolePrimary && tp.Epoch == 1 })
+			mustConnect(t, lost.GRPCAddr(), reg("b", "127.0.0.1:9002", 10))
+			c := mustConnect(t, l.GRPCAddr(), reg("c", "127.0.0.1:9003", 8))
+			mustConnect(t, live.GRPCAddr(), reg("d", "127.0.0.1:9004", 4))
+			waitUntil(t, waitLong, "the leader holds every instance's head and k", func() bool {
+				for name, head := range map[string]uint64{"a": 10, "b": 10, "c": 8, "d": 4} {
+					rec := instOn(l, name)
+					if rec == nil || !rec.Connected || len(rec.Tables) != 1 || rec.Tables[0].Head != head || rec.MinSync != tt.ks[name] {
+						return false
+					}
+				}
+				return true
+			})
+
+			loseBroker(t, l, lost)
+			a.shut()
+			if tt.promoted != "" {
+				c.waitTopo("c promoted", func(tp *transport.Topology) bool { return tp.Role == transport.RolePrimary && tp.Epoch == 2 })
+				if rec := instOn(l, "b"); rec == nil || rec.Gone {
+					t.Fatalf("b removed before the promotion: %+v (the promotion did not need it)", rec)
+				}
+				gs := grantsOf(l, "stores")
+				checkEpochs(t, gs)
+				if len(gs) != 2 || gs[1].Instance != "c" || gs[1].Previous != "a" {
+					t.Fatalf("grants %+v, want a at 1 then c at 2", gs)
+				}
+				return
+			}
+			checkNoPromotion(t, l, "a", "b's head is unknown and k is not known")
+		})
 	}
 }
 

@@ -69,7 +69,8 @@ type instanceRec struct {
 	Owner     bool                  `msgpack:"own,omitempty"`
 	Tables    []transport.TableInfo `msgpack:"tables,omitempty"`
 	Subs      []transport.SubInfo   `msgpack:"subs,omitempty"`
-	Epoch     uint64                `msgpack:"ep,omitempty"` // Register.Epoch: the highest epoch its data held when it registered
+	Epoch     uint64                `msgpack:"ep,omitempty"`    // Register.Epoch: the highest epoch its data held when it registered
+	MinSync   int                   `msgpack:"msync,omitempty"` // Register.MinSyncStandbys (0: none or unknown)
 	Session   sessionID             `msgpack:"sess"`
 	Ver       version               `msgpack:"ver"`
 	Connected bool                  `msgpack:"conn,omitempty"` // the session is open on Session.Broker

@@ -23,6 +23,7 @@ func randomRecords(rng *rand.Rand) *gossipMsg {
 			Instance:  fmt.Sprintf("i%d", rng.IntN(3)),
 			Addr:      fmt.Sprintf("127.0.0.1:%d", 9000+rng.IntN(5)),
 			Owner:     rng.IntN(2) == 0,
+			MinSync:   rng.IntN(3),
 			Session:   sessionID{Start: int64(rng.IntN(4)), Broker: brokers[rng.IntN(3)]},
 			Ver:       version{Clock: uint64(rng.IntN(6)), Broker: brokers[rng.IntN(3)]},
 			Connected: rng.IntN(2) == 0,

@@ -302,6 +302,12 @@ func (b *Broker) checkRegister(f *transport.SessionRequest) (*transport.Register
 	if r.Epoch > MaxEpoch {
 		return nil, badRequest("Register.Epoch %d is above the largest epoch a broker grants (%d)", r.Epoch, uint64(MaxEpoch))
 	}
+	if r.MinSyncStandbys < 0 || r.MinSyncStandbys > transport.MaxMinSyncStandbys {
+		return nil, badRequest("Register.MinSyncStandbys %d is outside 0..%d", r.MinSyncStandbys, transport.MaxMinSyncStandbys)
+	}
+	if r.MinSyncStandbys > 0 && !r.Owner {
+		return nil, badRequest("Register.MinSyncStandbys %d from %s/%s, which is no owner instance", r.MinSyncStandbys, r.Service, r.Instance)
+	}
 	var err error
 	if r.Tables, err = b.checkTables(r.Service, r.Tables); err != nil {
 		return nil, err
@@ -436,6 +442,7 @@ func (b *Broker) open(r *transport.Register, arrived *atomic.Int64) (*session, *
 		Tables:    r.Tables,
 		Subs:      r.Subscriptions,
 		Epoch:     r.Epoch,
+		MinSync:   r.MinSyncStandbys,
 		Session:   s.id,
 		Connected: true,
 		SeenMs:    now.UnixMilli(),

@@ -39,11 +39,60 @@ func TestSession_ReportsTransferProgress(t *testing.T) {
 	})
 }
 
-// ---- a broker that only records session updates ----
+// The component reports its MinSyncStandbys in its Register, so that the
+// brokers know how many standbys' heads a promotion needs; 0 (none) for a
+// component without it, the broker's bound for a k above it.
+func TestSession_RegisterReportsMinSyncStandbys(t *testing.T) {
+	tests := []struct {
+		name  string
+		owner bool
+		k     int
+		want  int
+	}{
+		{"owner with k 2", true, 2, 2},
+		{"owner without", true, 0, 0},
+		{"consumer", false, 0, 0},
+		{"k above what a broker accepts", true, transport.MaxMinSyncStandbys + 5, transport.MaxMinSyncStandbys},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fb := &fakeBroker{}
+			brokerAddr := serveFakeBroker(t, fb)
+			c := openWith(t, "minsync", "minsync-1", "", "", func(cfg *Config) {
+				cfg.Brokers = []string{brokerAddr}
+				cfg.Owner = tt.owner
+				cfg.MinSyncStandbys = tt.k
+			})
+			defer c.Close()
+			var reg *transport.Register
+			waitUntil(t, 20*time.Second, "the Register", func() bool {
+				reg = fb.register()
+				return reg != nil
+			})
+			if reg.Service != "minsync" || reg.Instance != "minsync-1" || reg.Owner != tt.owner || reg.MinSyncStandbys != tt.want {
+				t.Fatalf("Register %s/%s owner %v MinSyncStandbys %d, want minsync/minsync-1 owner %v MinSyncStandbys %d",
+					reg.Service, reg.Instance, reg.Owner, reg.MinSyncStandbys, tt.owner, tt.want)
+			}
+		})
+	}
+}
+
+// ---- a broker that only records Registers and session updates ----
 
 type fakeBroker struct {
 	mu      sync.Mutex
+	regs    []*transport.Register
 	updates [][]transport.SubInfo
+}
+
+// register returns the newest Register received (nil if none).
+func (b *fakeBroker) register() *transport.Register {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if n := len(b.regs); n > 0 {
+		return b.regs[n-1]
+	}
+	return nil
 }
 
 func (b *fakeBroker) Session(s transport.SessionServer) error {
@@ -51,9 +100,12 @@ func (b *fakeBroker) Session(s transport.SessionServer) error {
 	if err != nil {
 		return err
 	}
-	if first.Kind != transport.SessionRegister {
+	if first.Kind != transport.SessionRegister || first.Register == nil {
 		return fmt.Errorf("%w: fake broker wants register", transport.ErrBadRequest)
 	}
+	b.mu.Lock()
+	b.regs = append(b.regs, first.Register)
+	b.mu.Unlock()
 	if err := s.Send(&transport.SessionResponse{Kind: transport.SessionTopology, Broker: "fake",
 		Topology: &transport.Topology{Revision: 1, Role: "consumer"}}); err != nil {
 		return err

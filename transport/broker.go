@@ -84,7 +84,21 @@ type Register struct {
 	// broker cluster restarted with an empty registry must not reuse an
 	// epoch the histories hold).
 	Epoch uint64 `msgpack:"ep,omitempty"`
+	// MinSyncStandbys is the owner instance's MinSyncStandbys k: it
+	// acknowledges a write only once k standbys hold it. The brokers
+	// promote a standby once they know the heads of S-k+1 of the service's
+	// S standbys (one of them holds every acknowledged write), taking the
+	// smallest k the service's owner instances report. 0: none, or
+	// unknown (a build that does not send it): the brokers wait for every
+	// standby's head. At most MaxMinSyncStandbys.
+	MinSyncStandbys int `msgpack:"msync,omitempty"`
 }
+
+// MaxMinSyncStandbys is the largest Register.MinSyncStandbys a broker
+// accepts: far above any service's standby count (a k above it makes a
+// primary acknowledge nothing). Reporting a smaller k than the one in
+// force is always safe: the brokers then wait for more standbys' heads.
+const MaxMinSyncStandbys = 1 << 10
 
 // SessionRequest is every frame a component sends on a Session stream.
 type SessionRequest struct {

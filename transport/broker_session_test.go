@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -98,4 +99,50 @@ func TestOpenSession(t *testing.T) {
 			}
 		})
 	}
+}
+
+// registerBefore is a Register as builds before MinSyncStandbys wrote it.
+type registerBefore struct {
+	Version  uint32 `msgpack:"v"`
+	Token    string `msgpack:"tok,omitempty"`
+	Service  string `msgpack:"svc"`
+	Instance string `msgpack:"inst"`
+	Addr     string `msgpack:"addr"`
+	Owner    bool   `msgpack:"own,omitempty"`
+	Epoch    uint64 `msgpack:"ep,omitempty"`
+}
+
+// Register.MinSyncStandbys is optional on the wire both ways: an older
+// component's Register reads as 0 (unknown), and an older broker reads a
+// newer Register, skipping the field.
+func TestRegister_MinSyncStandbysIsOptional(t *testing.T) {
+	t.Run("from an older build", func(t *testing.T) {
+		old := &registerBefore{Version: ProtocolVersion, Service: "s", Instance: "i", Addr: "127.0.0.1:1", Owner: true, Epoch: 3}
+		var got Register
+		if err := Unmarshal(mustMarshal(t, old), &got); err != nil {
+			t.Fatal(err)
+		}
+		want := Register{Version: ProtocolVersion, Service: "s", Instance: "i", Addr: "127.0.0.1:1", Owner: true, Epoch: 3}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("decoded %+v, want %+v", got, want)
+		}
+	})
+	t.Run("round trip", func(t *testing.T) {
+		r := &Register{Version: ProtocolVersion, Service: "s", Instance: "i", Addr: "127.0.0.1:1", Owner: true, MinSyncStandbys: 2}
+		b := mustMarshal(t, r)
+		var got Register
+		if err := Unmarshal(b, &got); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(&got, r) {
+			t.Fatalf("decoded %+v, want %+v", got, *r)
+		}
+		var old registerBefore
+		if err := Unmarshal(b, &old); err != nil {
+			t.Fatalf("an older build reading it: %v", err)
+		}
+		if old.Service != "s" || old.Instance != "i" || !old.Owner {
+			t.Fatalf("an older build read %+v", old)
+		}
+	})
 }
