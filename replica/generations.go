@@ -221,6 +221,21 @@ func (x *genTransfer) put(key, value []byte) error { return x.wb.Set(concat(x.pr
 
 func (x *genTransfer) abort() { x.wb.Cancel() }
 
+// walkStaged reads the finished generation back (stagedRows), stopping
+// when the component closes.
+func (x *genTransfer) walkStaged(fn func(k, v []byte) (bool, error)) error {
+	ctx := x.g.c.ctx
+	n := 0
+	return x.g.c.db.View(func(txn *badger.Txn) error {
+		return scanRows(txn, x.prefix, nil, nil, nil, func(k, v []byte) (bool, error) {
+			if n++; n%4096 == 0 && ctx.Err() != nil {
+				return false, ctx.Err()
+			}
+			return fn(k, v)
+		})
+	})
+}
+
 func (x *genTransfer) finish(next cursor) (cursor, error) {
 	if err := x.wb.Flush(); err != nil {
 		return cursor{}, fmt.Errorf("stage rows: %w", err)

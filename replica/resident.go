@@ -3,6 +3,7 @@ package replica
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"maps"
 	"math"
@@ -411,39 +412,89 @@ func (s *resident) switchTo(next cursor, rows *btree.BTreeG[resRow], n int64) {
 	s.publishLocked(next)
 }
 
-// resTransfer builds the resident rows of a full transfer next to what
-// the sink stages (for a durable replica, its fresh generation in badger),
-// and switches both in together; the old view stays readable until then.
+// resTransfer builds the resident rows of a full transfer and switches
+// them in together with what the sink staged; the old view stays readable
+// until then. Where the sink stages the rows on disk (a durable replica:
+// stagedRows), put only stages them and finish, once the staged
+// generation is complete, reads it back into a fresh tree: the reader then
+// holds at its peak the larger of badger's staging memory (memtables,
+// table builders) and the new tree, not their sum. Elsewhere (memStaged)
+// put builds the tree as the rows arrive.
 type resTransfer struct {
 	inner stagedTransfer
+	disk  stagedRows // inner, when it stages the rows on disk; else nil
 	s     *resident
 	rows  *btree.BTreeG[resRow]
 	bytes int64
 }
 
+// stagedRows is a stagedTransfer whose finished copy can be read back.
+type stagedRows interface {
+	stagedTransfer
+	// walkStaged calls fn for every staged row in key order, after
+	// finish; the slices are valid only during the call.
+	walkStaged(fn func(k, v []byte) (bool, error)) error
+}
+
 func (s *resident) stage(inner stagedTransfer) *resTransfer {
-	return &resTransfer{inner: inner, s: s, rows: newResRows()}
+	x := &resTransfer{inner: inner, s: s, rows: newResRows()}
+	if d, ok := inner.(stagedRows); ok {
+		x.disk, x.rows = d, nil
+	}
+	return x
 }
 
 func (x *resTransfer) put(key, value []byte) error {
 	if err := x.inner.put(key, value); err != nil {
 		return err
 	}
-	// Rows arrive in key order: Load appends to the rightmost leaf.
-	old, had := x.rows.Load(ownRow(key, value))
-	x.bytes += int64(len(key) + len(value))
-	if had {
-		x.bytes -= rowBytes(old)
+	if x.disk == nil {
+		x.bytes += loadRow(x.rows, key, value)
 	}
 	return nil
 }
 
-func (x *resTransfer) finish(next cursor) (cursor, error) { return x.inner.finish(next) }
+// loadRow copies the row key, value into rows and returns the change of
+// the rows' key+value bytes. Rows arrive in key order: Load appends to the
+// rightmost leaf (and falls back to a Set for a key out of order).
+func loadRow(rows *btree.BTreeG[resRow], key, value []byte) int64 {
+	row := ownRow(key, value)
+	old, had := rows.Load(row)
+	if had {
+		return rowBytes(row) - rowBytes(old)
+	}
+	return rowBytes(row)
+}
+
+// finish finishes the sink's copy and, for a staged generation, loads the
+// new tree from it in one read pass. It runs before switchIn, outside
+// Replica.mu: readers keep the old view meanwhile and never see the new
+// tree before it is complete.
+func (x *resTransfer) finish(next cursor) (cursor, error) {
+	next, err := x.inner.finish(next)
+	if err != nil || x.disk == nil {
+		return next, err
+	}
+	rows := newResRows()
+	var n int64
+	err = x.disk.walkStaged(func(k, v []byte) (bool, error) {
+		n += loadRow(rows, k, v)
+		return true, nil
+	})
+	if err != nil {
+		return cursor{}, fmt.Errorf("load transferred rows: %w", err)
+	}
+	x.rows, x.bytes = rows, n
+	return next, nil
+}
 
 // switchIn switches the sink's copy first (for a durable replica, the
 // commit that names the new generation), then publishes the built rows.
 // Replica.mu is held, as for every switchIn.
 func (x *resTransfer) switchIn(old, next cursor) error {
+	if x.rows == nil {
+		return errors.New("switch to transferred rows: not finished")
+	}
 	if err := x.inner.switchIn(old, next); err != nil {
 		return err
 	}
@@ -473,11 +524,7 @@ func (c *Component) loadResident(base string, cur cursor) (*btree.BTreeG[resRow]
 			return fmt.Errorf("cursor moved while the replica was loading: %+v, loaded %+v", stored, cur)
 		}
 		return scanRows(txn, genPrefix(base, cur.Gen), nil, nil, nil, func(k, v []byte) (bool, error) {
-			kv := make([]byte, len(k)+len(v)) // one allocation per row
-			copy(kv, k)
-			copy(kv[len(k):], v)
-			rows.Load(kvRow(kv, len(k)))
-			n += int64(len(kv))
+			n += loadRow(rows, k, v)
 			return true, nil
 		})
 	})

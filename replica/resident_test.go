@@ -531,3 +531,92 @@ func TestResident_RowCost(t *testing.T) {
 	}
 	runtime.KeepAlive(s)
 }
+
+// TestResident_TransferSwitch: a full transfer's rows reach the readers
+// only at the switch, complete, in both sinks. Into a durable replica the
+// rows are only staged in badger while they arrive (no tree is built
+// beside them, so the reader never holds both at once) and read back into
+// the new tree by finish; until switchIn the readers keep the old view,
+// after it they see exactly the transferred rows.
+func TestResident_TransferSwitch(t *testing.T) {
+	const rows = 3000
+	tests := []struct {
+		name    string
+		durable bool
+	}{
+		{"in memory: built as the rows arrive", false},
+		{"durable: staged in badger, loaded at finish", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			oldRows := newResRows()
+			var oldBytes int64
+			for i := range 10 {
+				oldBytes += loadRow(oldRows, benchKey(i), []byte("old"))
+			}
+			old := cursor{LogID: "L", Epoch: 1, Seq: 5}
+			s := newResident(old, oldRows, oldBytes, nil, nil, nil)
+			oldView := s.view.Load()
+			var inner stagedTransfer = memStaged{}
+			if tt.durable {
+				c := openComponent(t, "svc", "i1", t.TempDir(), "")
+				defer mustClose(t, c)
+				g := &genStore{c: c, base: replicaBase("svc", "t"), table: "t", log: testLogger(t)}
+				st := &transport.Start{LogID: "L", Epoch: 1, HeadSeq: 9}
+				begin := &transport.OwnerFrame{Kind: transport.KindSnapshotBegin, Seq: 9, Epoch: 1}
+				var err error
+				if inner, err = g.beginTransfer(st, begin, old); err != nil {
+					t.Fatal(err)
+				}
+			}
+			x := s.stage(inner)
+			defer x.abort()
+			if (x.disk != nil) != tt.durable {
+				t.Fatalf("staged on disk: %v, want %v", x.disk != nil, tt.durable)
+			}
+			want := map[string]string{}
+			var wantBytes int64
+			for i := range rows {
+				k, v := benchKey(i*2), fmt.Sprintf("v%d", i)
+				want[string(k)] = v
+				wantBytes += int64(len(k) + len(v))
+				if err := x.put(k, []byte(v)); err != nil {
+					t.Fatal(err)
+				}
+				if tt.durable && x.rows != nil {
+					t.Fatal("a tree is built beside the staged generation while the rows arrive")
+				}
+			}
+			if tt.durable {
+				if err := x.switchIn(old, cursor{LogID: "L", Epoch: 1, Seq: 9}); err == nil {
+					t.Fatal("switchIn before finish succeeded")
+				}
+			}
+			next, err := x.finish(cursor{LogID: "L", Epoch: 1, Seq: 9})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v := s.view.Load(); v != oldView || v.rows.Len() != 10 {
+				t.Fatalf("the view changed before the switch: %d rows at %+v", v.rows.Len(), v.cur)
+			}
+			if err := x.switchIn(old, next); err != nil {
+				t.Fatal(err)
+			}
+			v := s.view.Load()
+			if v.cur != next || v.bytes != wantBytes || v.rows.Len() != rows {
+				t.Fatalf("after the switch: %d rows, %d bytes at %+v; want %d rows, %d bytes at %+v", v.rows.Len(), v.bytes, v.cur, rows, wantBytes, next)
+			}
+			got := map[string]string{}
+			if err := v.walk(func(k, val []byte) (bool, error) { got[string(k)] = string(val); return true, nil }); err != nil {
+				t.Fatal(err)
+			}
+			if !maps.Equal(got, want) {
+				t.Fatalf("after the switch the view holds %d rows, not the %d transferred", len(got), len(want))
+			}
+			// The old view, still held by a reader, is unchanged.
+			if oldView.rows.Len() != 10 {
+				t.Fatalf("the old view now has %d rows", oldView.rows.Len())
+			}
+		})
+	}
+}

@@ -9,8 +9,8 @@
 //	fanout    one writer pipelining -changes Puts to 1, 4 and 16 consumers, in-memory and
 //	          durable replicas: changes/s delivered to all, commit-to-applied p50/p99
 //	paced     one consumer, the writer paced at -rate changes/s: commit-to-applied p50/p99
-//	transfer  full state transfer of -rows rows into a new durable consumer running as a
-//	          child process: rows/s, MB/s, the consumer's peak RSS
+//	transfer  full state transfer of -rows rows into a new consumer running as a child
+//	          process, durable and in-memory (-replicas): rows/s, MB/s, the consumer's peak RSS
 //	restore   issue 15: the full transfer of -rows rows both ways in one run: owner to a new
 //	          durable replica, then the replica back to the owner after it lost its disk
 //	          (Component.Restore): rows/s each way and their ratio (see restore.go)
@@ -119,7 +119,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.SetOutput(stderr)
 	workloads := fs.String("workloads", strings.Join(workloadOrder, ","), "comma-separated workloads to run: "+strings.Join(workloadOrder, ","))
 	consumers := fs.String("consumers", "1,4,16", "fanout: consumer counts")
-	replicas := fs.String("replicas", "mem,disk", "fanout, paced, get: replica kinds (mem: no data dir; disk: badger on disk, async)")
+	replicas := fs.String("replicas", "mem,disk", "fanout, paced, get, transfer: replica kinds (mem: no data dir; disk: badger on disk, async)")
 	fs.IntVar(&o.changes, "changes", 200_000, "fanout: changes written by the one writer")
 	fs.IntVar(&o.keys, "keys", 100_000, "fanout, resume: distinct keys the changes are spread over")
 	fs.IntVar(&o.window, "window", 1024, "fanout, resume: writes the writer keeps in flight (pipeline depth)")

@@ -56,6 +56,7 @@ func TestRun_EveryWorkloadAtTinySize(t *testing.T) {
 		"paced mem":               {"p50 commit-to-applied", "p99 commit-to-applied"},
 		"paced disk":              {"p50 commit-to-applied", "p99 commit-to-applied"},
 		"transfer":                {"rows/s into a durable replica", "MB/s (keys+values)", "consumer peak RSS", "owner Go heap in use, peak"},
+		"transfer mem":            {"rows/s into an in-memory replica", "MB/s (keys+values)", "consumer peak RSS", "owner Go heap in use, peak"},
 		"restore":                 {"rows/s, replica -> empty owner", "rows/s, owner -> new replica (same run)", "restore/transfer rows/s"},
 		"resume consumer restart": {"time to caught up"},
 		"resume owner restart":    {"time to caught up"},
