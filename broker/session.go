@@ -757,10 +757,10 @@ func (h *sessionShared) turn(ctx context.Context, b *Broker) (_ func(), err erro
 			t = &identityTurn{turn: make(chan struct{}, 1)}
 			h.byID[key] = t
 		}
-		if limit := orDefault(b.cfg.MaxPendingPerIdentity, DefaultMaxPendingPerIdentity); t.users >= limit {
-			h.mu.Unlock()
+		if limit, n := orDefault(b.cfg.MaxPendingPerIdentity, DefaultMaxPendingPerIdentity), t.users; n >= limit {
+			h.mu.Unlock() // n, not t.users, below: others change it under h.mu
 			return nil, b.limited("identity_sessions", "session of %s: %d sessions of this identity are in or waiting for their handshake, at most %d",
-				c.id, t.users, limit)
+				c.id, n, limit)
 		}
 		t.users++
 		h.mu.Unlock()
