@@ -127,17 +127,16 @@ func (l *sessionLog) opened() (failures int, since time.Time, ok bool) {
 
 // register is the session's first frame. It carries the component's
 // MinSyncStandbys k, so that the brokers promote a standby once they know
-// the heads of S-k+1 of the service's S standbys rather than all S; a k
-// above what a broker accepts (transport.MaxMinSyncStandbys, far more
-// standbys than any service runs) is reported as that bound, which only
-// makes a promotion wait for more heads.
+// the heads of S-k+1 of the service's S standbys rather than all S
+// (Config.Validate keeps k within what a broker accepts,
+// transport.MaxMinSyncStandbys).
 func (c *Component) register() *transport.Register {
 	return &transport.Register{
 		Version: transport.ProtocolVersion, Token: c.cfg.BrokerToken,
 		Service: c.cfg.Service, Instance: c.cfg.Instance, Addr: c.Addr(),
 		Owner: c.cfg.Owner, Tables: c.tableInfos(), Subscriptions: c.subInfos(),
 		Epoch:           c.storedEpoch,
-		MinSyncStandbys: min(c.cfg.MinSyncStandbys, transport.MaxMinSyncStandbys),
+		MinSyncStandbys: c.cfg.MinSyncStandbys,
 	}
 }
 

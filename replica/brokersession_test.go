@@ -52,7 +52,6 @@ func TestSession_RegisterReportsMinSyncStandbys(t *testing.T) {
 		{"owner with k 2", true, 2, 2},
 		{"owner without", true, 0, 0},
 		{"consumer", false, 0, 0},
-		{"k above what a broker accepts", true, transport.MaxMinSyncStandbys + 5, transport.MaxMinSyncStandbys},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -254,7 +254,8 @@ func (c *Config) Validate() error {
 		{"Config.TailBytes", c.TailBytes < 0},
 		{"Config.TrimInterval", c.TrimInterval <= 0},
 		{"Config.PeerTimeout", c.PeerTimeout <= 0},
-		{"Config.MinSyncStandbys", c.MinSyncStandbys < 0 || c.MinSyncStandbys > 0 && (len(c.Brokers) == 0 || !c.Owner)},
+		{"Config.MinSyncStandbys", c.MinSyncStandbys < 0 || c.MinSyncStandbys > transport.MaxMinSyncStandbys ||
+			c.MinSyncStandbys > 0 && (len(c.Brokers) == 0 || !c.Owner)},
 		{"Config.SyncTimeout", c.MinSyncStandbys > 0 && c.SyncTimeout <= 0},
 		{"Config.AutoRestore", c.AutoRestore && (len(c.Brokers) == 0 || !c.Owner)},
 		{"Config.AutoRestoreWait", c.AutoRestore && c.AutoRestoreWait <= 0},
