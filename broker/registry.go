@@ -302,8 +302,9 @@ func (r *registry) serviceOwner(service string, withHeads bool) transport.Servic
 }
 
 // topology is what the instance rec needs to know. brokers are the gRPC
-// addresses of the live brokers, sorted.
-func (r *registry) topology(rec *instanceRec, brokers []string, rev uint64) *transport.Topology {
+// addresses of the live brokers, sorted; owner gives a service's owner
+// view (serviceOwner without heads, or the broker's shared copy of it).
+func (r *registry) topology(rec *instanceRec, brokers []string, rev uint64, owner func(service string) transport.ServiceOwner) *transport.Topology {
 	t := &transport.Topology{
 		Revision: rev,
 		Role:     r.role(rec),
@@ -313,7 +314,7 @@ func (r *registry) topology(rec *instanceRec, brokers []string, rev uint64) *tra
 	svcs := rec.interest()
 	t.Owners = make([]transport.ServiceOwner, 0, len(svcs))
 	for _, s := range svcs {
-		t.Owners = append(t.Owners, r.serviceOwner(s, false))
+		t.Owners = append(t.Owners, owner(s))
 	}
 	for _, m := range r.modes {
 		if m.Mode == "" {
@@ -328,6 +329,11 @@ func (r *registry) topology(rec *instanceRec, brokers []string, rev uint64) *tra
 		t.Overrides[m.key()] = m.Mode
 	}
 	return t
+}
+
+// ownerView is serviceOwner without the table heads: a topology's owner.
+func (r *registry) ownerView(service string) transport.ServiceOwner {
+	return r.serviceOwner(service, false)
 }
 
 // overrides returns every override in force.

@@ -881,7 +881,7 @@ func (b *Broker) ownerViewLocked(service string) transport.ServiceOwner {
 			return v.so
 		}
 	}
-	so := b.reg.serviceOwner(service, false)
+	so := b.reg.ownerView(service)
 	if o == nil && len(recs) == 0 {
 		delete(sh.owners, service)
 		return so
@@ -900,34 +900,11 @@ func (b *Broker) ownerViewLocked(service string) transport.ServiceOwner {
 	return so
 }
 
-// topologyLocked is registry.topology(rec, b.brokers, b.rev), with the
-// owner parts shared (ownerViewLocked). Topologies are read, never
+// topologyLocked is the topology of rec with the owner parts shared
+// between sessions (ownerViewLocked). Topologies are read, never
 // modified: sent and compared.
 func (b *Broker) topologyLocked(rec *instanceRec) *transport.Topology {
-	t := &transport.Topology{
-		Revision: b.rev,
-		Role:     b.reg.role(rec),
-		Epoch:    b.reg.epoch(rec.Service),
-		Brokers:  b.brokers,
-	}
-	svcs := rec.interest()
-	t.Owners = make([]transport.ServiceOwner, 0, len(svcs))
-	for _, s := range svcs {
-		t.Owners = append(t.Owners, b.ownerViewLocked(s))
-	}
-	for _, m := range b.reg.modes {
-		if m.Mode == "" {
-			continue
-		}
-		if _, ok := slices.BinarySearch(svcs, m.Service); !ok {
-			continue
-		}
-		if t.Overrides == nil {
-			t.Overrides = make(map[string]string)
-		}
-		t.Overrides[m.key()] = m.Mode
-	}
-	return t
+	return b.reg.topology(rec, b.brokers, b.rev, b.ownerViewLocked)
 }
 
 // tablesOfServiceLocked returns the tables of another present instance of

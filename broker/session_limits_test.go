@@ -157,7 +157,7 @@ func TestSession_TopologiesShared(t *testing.T) {
 		var shared []transport.TableInfo
 		for k := range b.sessions {
 			rec := b.reg.inst(k)
-			got, want := b.topologyLocked(rec), b.reg.topology(rec, b.brokers, b.rev)
+			got, want := b.topologyLocked(rec), b.reg.topology(rec, b.brokers, b.rev, b.reg.ownerView)
 			if !reflect.DeepEqual(got, want) {
 				t.Fatalf("%s: topology %+v, the registry's %+v", k, got, want)
 			}
