@@ -303,7 +303,7 @@ func TestFloodAttacker(t *testing.T) {
 	defer cancel()
 	results := make(chan error, len(a.Instances))
 	for i, inst := range a.Instances {
-		wg.Go(func() { results <- floodRegister(ctx, conns[i], &wg, a.register(inst)) })
+		wg.Go(func() { results <- transport.NewBrokerClient(conns[i]).HoldSession(ctx, &wg, a.register(inst)) })
 	}
 	var rep floodReport
 	for range a.Instances {
@@ -336,41 +336,4 @@ func (a *floodAttack) register(inst string) *transport.Register {
 	}
 	return &transport.Register{Version: transport.ProtocolVersion, Service: a.Service, Instance: inst,
 		Addr: "127.0.0.1:7000", Owner: true, Tables: tables}
-}
-
-// floodRegister opens a session with reg and, once it is accepted, keeps
-// it alive (heartbeats, its frames drained) until ctx ends.
-func floodRegister(ctx context.Context, cc *grpc.ClientConn, wg *sync.WaitGroup, reg *transport.Register) error {
-	stream, err := transport.NewBrokerClient(cc).Session(ctx)
-	if err != nil {
-		return transport.FromStatus(err)
-	}
-	if err := stream.Send(&transport.SessionRequest{Kind: transport.SessionRegister, Register: reg}); err != nil && !errors.Is(err, io.EOF) {
-		return transport.FromStatus(err)
-	}
-	if _, err := stream.Recv(); err != nil {
-		return transport.FromStatus(err)
-	}
-	wg.Go(func() {
-		for {
-			if _, err := stream.Recv(); err != nil {
-				return
-			}
-		}
-	})
-	wg.Go(func() {
-		tk := time.NewTicker(time.Second)
-		defer tk.Stop()
-		for ping := int64(1); ; ping++ {
-			select {
-			case <-tk.C:
-				if stream.Send(&transport.SessionRequest{Kind: transport.SessionHeartbeat, Ping: ping}) != nil {
-					return
-				}
-			case <-ctx.Done():
-				return
-			}
-		}
-	})
-	return nil
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 )
@@ -319,6 +321,45 @@ func (c *BrokerClient) OpenSession(ctx context.Context, first *SessionRequest, o
 		return nil, FromStatus(err)
 	}
 	return s, nil
+}
+
+// HoldSession opens a session that registers with reg (OpenSession) and
+// waits for the broker's first answer: its refusal is returned, as this
+// package's error. An accepted session is then kept alive until ctx ends,
+// its frames drained and a heartbeat sent every second, by two goroutines
+// started on wg. It is the smallest session a broker keeps: the load and
+// attack harnesses (the broker's flood tests, replbench's hostile peers)
+// hold many of them.
+func (c *BrokerClient) HoldSession(ctx context.Context, wg *sync.WaitGroup, reg *Register) error {
+	stream, err := c.OpenSession(ctx, &SessionRequest{Kind: SessionRegister, Register: reg})
+	if err != nil {
+		return FromStatus(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		return FromStatus(err)
+	}
+	wg.Go(func() {
+		for {
+			if _, err := stream.Recv(); err != nil {
+				return
+			}
+		}
+	})
+	wg.Go(func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for ping := int64(1); ; ping++ {
+			select {
+			case <-t.C:
+				if stream.Send(&SessionRequest{Kind: SessionHeartbeat, Ping: ping}) != nil {
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	})
+	return nil
 }
 
 func invoke[Resp any](ctx context.Context, cc grpc.ClientConnInterface, method string, in any, opts []grpc.CallOption) (*Resp, error) {

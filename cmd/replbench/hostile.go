@@ -421,7 +421,7 @@ func childHostileRun() error {
 		case attackSubscribe:
 			wg.Go(func() { results <- subscribeNeverReading(ctx, cc) })
 		case attackRegister:
-			wg.Go(func() { results <- register(ctx, cc, &wg, a.register(i)) })
+			wg.Go(func() { results <- transport.NewBrokerClient(cc).HoldSession(ctx, &wg, a.register(i)) })
 		default:
 			return fmt.Errorf("unknown attack %q", a.Kind)
 		}
@@ -506,41 +506,4 @@ func subscribeNeverReading(ctx context.Context, cc *grpc.ClientConn) error {
 	_, _, err := cl.OpenSubscribe(ctx, &transport.Open{Version: transport.ProtocolVersion, Service: consumerService,
 		Instance: "evil", Table: tableName})
 	return err
-}
-
-// register opens a broker session with reg and, once accepted, keeps it
-// alive (heartbeats, its frames drained) until ctx ends.
-func register(ctx context.Context, cc *grpc.ClientConn, wg *sync.WaitGroup, reg *transport.Register) error {
-	stream, err := transport.NewBrokerClient(cc).Session(ctx)
-	if err != nil {
-		return transport.FromStatus(err)
-	}
-	if err := stream.Send(&transport.SessionRequest{Kind: transport.SessionRegister, Register: reg}); err != nil && !errors.Is(err, io.EOF) {
-		return transport.FromStatus(err)
-	}
-	if _, err := stream.Recv(); err != nil {
-		return transport.FromStatus(err)
-	}
-	wg.Go(func() {
-		for {
-			if _, err := stream.Recv(); err != nil {
-				return
-			}
-		}
-	})
-	wg.Go(func() {
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for ping := int64(1); ; ping++ {
-			select {
-			case <-t.C:
-				if stream.Send(&transport.SessionRequest{Kind: transport.SessionHeartbeat, Ping: ping}) != nil {
-					return
-				}
-			case <-ctx.Done():
-				return
-			}
-		}
-	})
-	return nil
 }
