@@ -174,11 +174,16 @@ func (r *Replica) setState(s State, err error) {
 // Subscribe (or since its last change) as staleness.
 func (r *Replica) streaming() {
 	r.mu.Lock()
+	r.streamingLocked()
+	r.mu.Unlock()
+	r.c.kickBroker()
+}
+
+// streamingLocked is streaming's state change; r.mu is held.
+func (r *Replica) streamingLocked() {
 	r.state = StateStreaming
 	r.lastErr = nil
 	if r.cur.Seq >= r.ownerHead {
 		r.caughtUpAt = time.Now()
 	}
-	r.mu.Unlock()
-	r.c.kickBroker()
 }

@@ -112,6 +112,10 @@ func (r *Replica) switchTo(x stagedTransfer, next cursor, rows, nbytes uint64, s
 	}
 	took := time.Since(start)
 	r.cur = next
+	// The transfer is over: the replica follows the stream from here. The
+	// state changes with the count under one lock, so a Status never shows
+	// a completed transfer still transferring.
+	r.streamingLocked()
 	r.stats.fullTransfers.Add(1)
 	r.stats.snapshotBytes.Add(nbytes)
 	r.stats.lastTransferNs.Store(int64(took))
