@@ -172,9 +172,16 @@ func (r *Replica) setState(s State, err error) {
 // caught up now, not at the owner's first heartbeat, which may be a whole
 // Heartbeat away: until then an idle replica would report the time since
 // Subscribe (or since its last change) as staleness.
-func (r *Replica) streaming() {
+//
+// count, when not nil, is the counter of what brought the stream back (a
+// resume); it is counted under the same lock as the state changes, so a
+// Status that shows the resume shows the replica streaming.
+func (r *Replica) streaming(count *atomic.Uint64) {
 	r.mu.Lock()
 	r.streamingLocked()
+	if count != nil {
+		count.Add(1)
+	}
 	r.mu.Unlock()
 	r.c.kickBroker()
 }

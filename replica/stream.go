@@ -210,8 +210,7 @@ func (s *ownerStream) begin(st *transport.Start, addr string, minEpoch uint64) e
 		r.log.Error("owner history diverged; keeping the replica", "err", derr)
 		return derr
 	case startResume:
-		r.stats.resumes.Add(1)
-		r.streaming()
+		r.streaming(&r.stats.resumes)
 		r.log.Info("resumed", "seq", cur.Seq, "owner_head", st.HeadSeq)
 	case startTruncate:
 		r.stats.truncations.Add(1)
@@ -226,7 +225,7 @@ func (s *ownerStream) begin(st *transport.Start, addr string, minEpoch uint64) e
 		r.mu.Lock()
 		r.accept = r.sink.standby() // a standby always takes its primary's history
 		r.mu.Unlock()
-		r.streaming()
+		r.streaming(nil)
 	}
 	r.pending = nil
 	return nil
@@ -311,7 +310,7 @@ func (s *ownerStream) pulledTransfer(begin *transport.OwnerFrame, st *transport.
 	if err != nil {
 		return err
 	}
-	s.r.streaming()
+	s.r.streaming(nil)
 	return nil
 }
 
