@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/replmesh/replmesh/transport"
 )
 
 // TestOwnedTable_PromoteWhileWriting: a table that is already primary is
@@ -91,4 +93,77 @@ func TestOwnedTable_PromoteWhileWriting(t *testing.T) {
 		t.Fatalf("log ends at %d, head %d", prev, m.Head)
 	}
 	mustConverge(t, tbl, r)
+}
+
+// TestOwnedTable_PromotionKeepsOnlyItsOwnWatermark: the sync watermark
+// (what consumers may be sent under MinSyncStandbys) after a promotion. A
+// primary whose lease lapsed and is granted again keeps the watermark its
+// standbys earned: its head holds changes no standby confirmed. (Before,
+// any promotion of a table not taking writes set the watermark to the
+// head, and a consumer was sent changes that the standby later promoted
+// did not hold.) A table opened from disk (an old primary restarted, or a
+// standby's copy) starts at 0: it cannot know which of its changes were
+// confirmed.
+func TestOwnedTable_PromotionKeepsOnlyItsOwnWatermark(t *testing.T) {
+	dir := t.TempDir()
+	write := func(tbl *OwnedTable, n int) {
+		t.Helper()
+		for i := range n {
+			k := fmt.Appendf(nil, "k%03d", i)
+			if _, err := tbl.Apply(ctxT(t, 30*time.Second), Write{Key: k, Value: k}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	visible := func(tbl *OwnedTable) uint64 {
+		v, _ := tbl.sync.visible(tbl.Head())
+		return v
+	}
+	epochOf := func(tbl *OwnedTable) uint64 {
+		tbl.mu.Lock()
+		defer tbl.mu.Unlock()
+		return tbl.meta.Epoch
+	}
+
+	c := openComponent(t, "stores", "s1", dir, "")
+	tbl, err := c.Own("items")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tbl.promote(epochOf(tbl)); err != nil { // taken as primary, as a broker grant does
+		t.Fatal(err)
+	}
+	write(tbl, 5)
+	tbl.sync.reset(3) // standbys confirmed up to 3
+	if got := visible(tbl); got != 3 {
+		t.Fatalf("watermark %d before the lapse, want 3", got)
+	}
+
+	// The lease lapses (no role known) and is granted again.
+	c.roleMu.Lock()
+	c.applyRole(tbl, role{})
+	c.applyRole(tbl, role{name: transport.RolePrimary, epoch: epochOf(tbl) + 1})
+	c.roleMu.Unlock()
+	if !tbl.writable.Load() {
+		t.Fatal("table not writable after the grant")
+	}
+	if got := visible(tbl); got != 3 {
+		t.Fatalf("watermark %d after the lease came back at head %d, want 3 (what standbys confirmed)", got, tbl.Head())
+	}
+	mustClose(t, c)
+
+	// The same instance restarts on its data dir and is promoted.
+	c = openComponent(t, "stores", "s1", dir, "")
+	defer mustClose(t, c)
+	tbl, err = c.Own("items")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl.writable.Store(false) // not yet granted, as with brokers
+	if err := tbl.promote(epochOf(tbl) + 1); err != nil {
+		t.Fatal(err)
+	}
+	if got := visible(tbl); got != 0 || tbl.Head() != 5 {
+		t.Fatalf("watermark %d at head %d after a promotion from disk, want 0 at 5", got, tbl.Head())
+	}
 }

@@ -739,7 +739,8 @@ func (x *restoreTransfer) finish(src restoreHistory, seen uint64, newEpoch bool)
 	if !newEpoch {
 		t.writable.Store(false) // until the broker grants the new epoch
 	}
-	t.sync.reset(m.Head)
+	t.sync.reset(m.Head) // consumers held every restored change
+	t.markOwn.Store(true)
 	t.publish(m)
 	return nil
 }

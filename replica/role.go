@@ -161,6 +161,7 @@ func (c *Component) applyRole(t *OwnedTable, r role) {
 		t.mu.Unlock()
 	case transport.RoleStandby:
 		t.writable.Store(false)
+		t.markOwn.Store(false) // the follower writes the primary's changes, confirmed or not
 		c.startFollower(t)
 	default:
 		t.writable.Store(false)

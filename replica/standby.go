@@ -255,15 +255,19 @@ func (t *OwnedTable) promoteNow(epoch uint64) error {
 			return err
 		}
 	}
-	// A copy taking over: what it holds was confirmed by the old primary's
-	// standbys (or is this instance's own), so the watermark starts at its
-	// head. A table already primary (a new epoch granted to the same
-	// instance, its role applied again) keeps its watermark: its head may
+	// A table whose watermark is its own (primary since it opened, its
+	// role applied again after a lapse, or restored) keeps it: its head may
 	// hold changes no standby has confirmed yet, which consumers must not
-	// be sent.
-	if !t.writable.Load() {
-		t.sync.reset(m.Head)
+	// be sent. A copy taking over (a standby's, or a table opened from
+	// disk) does not know which of its changes were confirmed: a standby
+	// holds what the old primary sent it, confirmed or not, and an old
+	// primary restarted holds what it committed. The watermark starts at 0
+	// and its new standbys' acknowledgements move it, so no consumer is
+	// sent a change that a later promotion of another standby could lack.
+	if !t.writable.Load() && !t.markOwn.Load() {
+		t.sync.reset(0)
 	}
+	t.markOwn.Store(true)
 	t.mu.Lock()
 	t.meta.Epoch, t.meta.Epochs, t.meta.NeedEpoch = m.Epoch, m.Epochs, m.NeedEpoch
 	t.next = t.meta.Head + 1

@@ -90,6 +90,13 @@ type OwnedTable struct {
 	// lastRestore is the newest report of the running or last restore.
 	lastRestore atomic.Pointer[RestoreProgress]
 
+	// markOwn: the sync watermark was earned by this table's contents as
+	// they are (it was primary since it opened, or restored from what
+	// consumers held), so a promotion keeps it. False at open and once a
+	// follower writes a standby's copy into the table: a promotion then
+	// starts the watermark at 0 (see promoteNow).
+	markOwn atomic.Bool
+
 	mu      sync.Mutex
 	meta    ownerMeta     // durable state as of the last commit
 	next    uint64        // committer only: next seq to assign
