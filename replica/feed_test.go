@@ -15,7 +15,9 @@ func TestDecideFeed(t *testing.T) {
 	start := func(log string, head, first uint64, resume bool) *transport.Start {
 		return &transport.Start{Version: transport.ProtocolVersion, LogID: log, Epoch: 2, HeadSeq: head, FirstSeq: first, Resume: resume, Epochs: hist}
 	}
-	pos := func(log string, seq, epoch uint64) FeedPosition { return FeedPosition{LogID: log, Seq: seq, Epoch: epoch} }
+	pos := func(log string, seq, epoch uint64) FeedPosition {
+		return FeedPosition{LogID: log, Seq: seq, Epoch: epoch}
+	}
 	var trimmed *FeedTrimmedError
 	var diverged *FeedDivergedError
 	for _, tc := range []struct {
