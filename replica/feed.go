@@ -296,28 +296,58 @@ func (c *Component) Feed(ctx context.Context, service, table string, opts FeedOp
 	cfg := FeedConfig{
 		Service: service, Table: table,
 		ConsumerService: c.cfg.Service, ConsumerInstance: c.cfg.Instance,
-		Locate: func(context.Context) (transport.ServiceOwner, error) {
+		Locate: func(ctx context.Context) (transport.ServiceOwner, error) {
 			if opts.Addr != "" {
 				return transport.ServiceOwner{Service: service, Primary: transport.Endpoint{Addr: opts.Addr}}, nil
 			}
-			so, ok := c.serviceOwner(service)
-			if !ok || so.Primary.Addr == "" {
-				return so, fmt.Errorf("%w: no primary of service %s is known (waiting for a broker)", transport.ErrUnavailable, service)
-			}
-			return so, nil
+			return c.locate(ctx, service)
 		},
 		Dial: func(addr string) (grpc.ClientConnInterface, func(), error) {
 			cc, err := c.conn(ownerPeer(addr, service))
 			return cc, func() {}, err // shared: the component closes it
 		},
 		PeerTimeout:  c.cfg.PeerTimeout,
-		Recheck:      c.cfg.Heartbeat, // a local read of the broker's last topology
+		Recheck:      max(c.cfg.Heartbeat, feedRecheck),
 		ReconnectMin: c.cfg.ReconnectMin,
 		ReconnectMax: c.cfg.ReconnectMax,
 		Logger:       c.log,
 		Options:      opts,
 	}
 	return newFeed(c.ctx, cfg)
+}
+
+// feedRecheck is the least interval at which a component's feed asks
+// where the primary is while its stream runs (a broker Lookup when the
+// session's topology does not name the service).
+const feedRecheck = time.Second
+
+// locate returns the primary of service: from the broker session's
+// topology when it names one (the component subscribes to the service, or
+// is an instance of it), else from a broker's Lookup.
+func (c *Component) locate(ctx context.Context, service string) (transport.ServiceOwner, error) {
+	if so, ok := c.serviceOwner(service); ok && so.Primary.Addr != "" {
+		return so, nil
+	}
+	err := fmt.Errorf("%w: no broker answered", transport.ErrUnavailable)
+	for _, addr := range c.brokerAddrs() {
+		cc, cerr := c.conn(brokerPeer(addr))
+		if cerr != nil {
+			err = cerr
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, c.cfg.PeerTimeout)
+		r, lerr := transport.NewBrokerClient(cc).Lookup(cctx, &transport.LookupRequest{Version: transport.ProtocolVersion, Service: service})
+		cancel()
+		if lerr != nil {
+			err = fmt.Errorf("lookup %s at broker %s: %w", service, addr, lerr)
+			continue
+		}
+		if r.Owner.Primary.Addr == "" {
+			return r.Owner, fmt.Errorf("%w: service %s has no live primary (a promotion under way?)", transport.ErrUnavailable, service)
+		}
+		return r.Owner, nil
+	}
+	return transport.ServiceOwner{}, err
 }
 
 // NewFeed starts a feed without a Component: cfg says how to find and
@@ -483,7 +513,10 @@ func (f *Feed) run() {
 func feedFatal(err error, connected bool) bool {
 	var te *FeedTrimmedError
 	var de *FeedDivergedError
+	var le *locateError
 	switch {
+	case errors.As(err, &le):
+		return false // no primary known yet: the directory may learn of one
 	case errors.As(err, &te), errors.As(err, &de), errors.Is(err, ErrInvalid), errors.Is(err, ErrClosed):
 		return true
 	case errors.Is(err, transport.ErrUnknownTable):
@@ -497,6 +530,12 @@ func feedFatal(err error, connected bool) bool {
 	return false
 }
 
+// locateError is an error of FeedConfig.Locate: never fatal.
+type locateError struct{ err error }
+
+func (e *locateError) Error() string { return "find the primary: " + e.err.Error() }
+func (e *locateError) Unwrap() error { return e.err }
+
 // maxFeedReopen bounds how often one connection re-opens its stream to
 // move to a position the owner resumes at (a start point resolved, an
 // epoch guess corrected) before the attempt counts as failed.
@@ -508,7 +547,7 @@ const maxFeedReopen = 3
 func (f *Feed) connect() (transport.Endpoint, error) {
 	so, err := f.cfg.Locate(f.ctx)
 	if err != nil {
-		return transport.Endpoint{}, err
+		return transport.Endpoint{}, &locateError{err}
 	}
 	ep := so.Primary
 	cc, release, err := f.cfg.Dial(ep.Addr)
