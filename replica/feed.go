@@ -861,8 +861,8 @@ func decideFeed(in feedInput) feedDecision {
 		return trimmed(pos.Seq)
 	case in.Known && pos.Seq >= st.Epochs.End(pos.Epoch):
 		end := st.Epochs.End(pos.Epoch)
-		return diverged(end-1, "changes %d..%d of epoch %d are not in the owner's history (lost in a failover); it continues after seq %d",
-			end, pos.Seq, pos.Epoch, end-1)
+		return diverged(end-1, "changes %d..%d of epoch %d are not in the owner's history (lost in a failover; epoch %d began at seq %d)",
+			end, pos.Seq, pos.Epoch, st.Epochs.EpochOf(end), end)
 	case pos.Seq > st.HeadSeq:
 		fork := st.HeadSeq
 		if end := st.Epochs.End(pos.Epoch); end-1 < fork {
