@@ -1,13 +1,17 @@
 package replica
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/transport"
+	"google.golang.org/grpc"
 )
 
 func TestDecideFeed(t *testing.T) {
@@ -451,5 +455,115 @@ func TestFeed_BoundedBuffer(t *testing.T) {
 	readFeed(t, f, l, 0, head)
 	if peak := f.heldPeak(); peak != buffer {
 		t.Errorf("the feed held up to %d frames ahead of Next, want the bound %d", peak, buffer)
+	}
+}
+
+// A standalone feed (NewFeed) against a scripted owner: a resent prefix is
+// dropped, a gap ends the stream and it is re-opened after the last change
+// delivered (never skipped), and an owner whose history ended the feed's
+// epoch before the changes it delivered (lost in a failover) ends the feed
+// with a *FeedDivergedError at the last seq both histories share.
+func TestFeed_ScriptedOwner(t *testing.T) {
+	const logID = "L"
+	chs := func(epoch uint64, seqs ...uint64) []Change {
+		var out []Change
+		for _, s := range seqs {
+			out = append(out, Change{Seq: s, Op: transport.OpPut, Key: fmt.Appendf(nil, "k%d", s), Value: []byte("v"), TxnEnd: true, Epoch: epoch})
+		}
+		return out
+	}
+	start := func(s transport.SubscribeServer, resume bool, epoch, head uint64, eps transport.EpochHistory) error {
+		return s.Send(&transport.OwnerFrame{Kind: transport.KindStart, HeadSeq: head, Start: &transport.Start{
+			Version: transport.ProtocolVersion, LogID: logID, Epoch: epoch, HeadSeq: head, FirstSeq: 1, Resume: resume, Epochs: eps}})
+	}
+	send := func(s transport.SubscribeServer, epoch uint64, c []Change) error {
+		return s.Send(&transport.OwnerFrame{Kind: transport.KindChanges, HeadSeq: c[len(c)-1].Seq, Epoch: epoch, Changes: c})
+	}
+	var mu sync.Mutex
+	var opens []transport.Open
+	fake := &fakeOwner{script: func(n int, o *transport.Open, s transport.SubscribeServer) error {
+		mu.Lock()
+		opens = append(opens, *o)
+		mu.Unlock()
+		switch n {
+		case 1:
+			if err := start(s, true, 1, 9, nil); err != nil {
+				return err
+			}
+			// 4 and 5 again (the feed has them), 6 and 7 with no epoch
+			// of their own (the frame's), then 9: a gap.
+			if err := send(s, 1, append(chs(1, 4, 5), chs(0, 6, 7)...)); err != nil {
+				return err
+			}
+			return send(s, 1, chs(1, 9))
+		case 2:
+			if err := start(s, true, 1, 10, nil); err != nil {
+				return err
+			}
+			if err := send(s, 1, chs(1, 8, 9, 10)); err != nil {
+				return err
+			}
+			return fmt.Errorf("%w: owner is shutting down", transport.ErrUnavailable)
+		default:
+			// A promoted standby: epoch 2 began at 9, so 9 and 10 of
+			// epoch 1 are not in its history.
+			return start(s, false, 2, 12, transport.EpochHistory{{Epoch: 1, Seq: 1}, {Epoch: 2, Seq: 9}})
+		}
+	}}
+	addr := serveFake(t, fake)
+	f, err := NewFeed(FeedConfig{
+		Service: "stores", Table: "t", ConsumerService: "cdc", ConsumerInstance: "c1",
+		Locate: func(context.Context) (transport.ServiceOwner, error) {
+			return transport.ServiceOwner{Service: "stores", Epoch: 1, Primary: transport.Endpoint{Instance: "s1", Addr: addr}}, nil
+		},
+		Dial: func(addr string) (grpc.ClientConnInterface, func(), error) {
+			cc, err := transport.Dial(addr, transport.Options{})
+			if err != nil {
+				return nil, nil, err
+			}
+			return cc, func() { cc.Close() }, nil
+		},
+		PeerTimeout: 5 * time.Second, Recheck: time.Second, ReconnectMin: 10 * time.Millisecond, ReconnectMax: 50 * time.Millisecond,
+		Logger:  testLogger(t),
+		Options: FeedOptions{Start: FeedResume, Position: FeedPosition{LogID: logID, Seq: 5, Epoch: 1}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var got []uint64
+	err = func() error {
+		ctx := ctxT(t, 30*time.Second)
+		for {
+			b, err := f.Next(ctx)
+			if err != nil {
+				return err
+			}
+			for _, ch := range b.Changes {
+				if ch.Epoch != 1 || string(ch.Key) != fmt.Sprintf("k%d", ch.Seq) {
+					t.Errorf("change %+v", ch)
+				}
+				got = append(got, ch.Seq)
+			}
+		}
+	}()
+	if want := []uint64{6, 7, 8, 9, 10}; !slices.Equal(got, want) {
+		t.Errorf("delivered %v, want %v", got, want)
+	}
+	var de *FeedDivergedError
+	if !errors.As(err, &de) || de.ForkSeq != 8 || de.Position != (FeedPosition{LogID: logID, Seq: 10, Epoch: 1}) {
+		t.Fatalf("err %v, want a *FeedDivergedError at seq 10 epoch 1, fork 8", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var seqs []uint64
+	for _, o := range opens {
+		seqs = append(seqs, o.Seq)
+		if o.LogID != logID || o.Service != "cdc" || o.Instance != "c1" || o.Table != "t" {
+			t.Errorf("open %+v", o)
+		}
+	}
+	if want := []uint64{5, 7, 10}; !slices.Equal(seqs, want) {
+		t.Errorf("streams opened after seqs %v, want %v", seqs, want)
 	}
 }
