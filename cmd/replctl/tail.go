@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/replmesh/replmesh/replica"
@@ -65,10 +66,14 @@ type tailer struct {
 	asHex          bool
 	notices        bool // tell on stderr where the tail is reading from
 
-	printed   int
-	connected bool               // a stream got going at least once
-	owner     transport.Endpoint // the owner last reached (or tried)
+	printed int
+	// connected (a stream got going at least once) and retry are the
+	// feed goroutine's (onEvent).
+	connected bool
 	retry     retryNotice
+
+	mu    sync.Mutex
+	owner transport.Endpoint // the owner last reached (or tried)
 }
 
 func (c *cli) tail(ctx context.Context, args []string) error {
@@ -186,7 +191,9 @@ func (tl *tailer) follow(ctx context.Context, opts replica.FeedOptions) error {
 // cancel): the owner or the table named may not exist.
 func (tl *tailer) onEvent(e replica.FeedEvent, cancel context.CancelCauseFunc) {
 	if e.Owner.Addr != "" {
+		tl.mu.Lock()
 		tl.owner = e.Owner
+		tl.mu.Unlock()
 	}
 	label := tl.service + "/" + tl.table
 	switch e.Kind {
@@ -205,11 +212,14 @@ func (tl *tailer) onEvent(e replica.FeedEvent, cancel context.CancelCauseFunc) {
 // word words an error that ends the tail: an owner's, through ownerError
 // (naming the owner last reached); the feed's own as it is.
 func (tl *tailer) word(err error) error {
+	tl.mu.Lock()
+	owner := tl.owner
+	tl.mu.Unlock()
 	var re *transport.RemoteError
-	if tl.owner.Addr == "" || !errors.As(err, &re) && !errors.Is(err, transport.ErrUnavailable) {
+	if owner.Addr == "" || !errors.As(err, &re) && !errors.Is(err, transport.ErrUnavailable) {
 		return err
 	}
-	return tl.c.ownerError(tl.service, tl.table, tl.owner, err)
+	return tl.c.ownerError(tl.service, tl.table, owner, err)
 }
 
 // failingOver reports whether err says that a failover is under way (the
