@@ -7,19 +7,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"sync"
 	"time"
 
+	"github.com/replmesh/replmesh/replica"
 	"github.com/replmesh/replmesh/transport"
+	"google.golang.org/grpc"
 )
 
 // peerTimeout: an owner heartbeats idle streams every second or so; a
 // stream that carries nothing for this long is dropped and re-opened.
 const peerTimeout = 15 * time.Second
-
-// maxReopen bounds how often one connection re-opens its stream to find a
-// resumable position before it takes the owner's snapshot instead.
-const maxReopen = 3
 
 // Reconnecting after a stream ends: the wait between attempts doubles from
 // minRetry up to maxRetry (and starts over after a stream that got going);
@@ -35,10 +35,6 @@ const (
 // standby with min_sync_standbys, send nothing more): the brokers are the
 // only ones to say that the table has moved.
 const brokerRecheck = 2 * time.Second
-
-// errDeposed: the owner a stream reached is older than the primary the
-// brokers name (or than the changes printed): a failover is under way.
-var errDeposed = errors.New("a deposed primary")
 
 // changeLine is the JSON form of one change printed by "tail" (one object
 // per line).
@@ -57,15 +53,10 @@ type changeLine struct {
 	TxnEnd       bool            `json:"txn_end"` // last change of its commit group
 }
 
-// position is where a tail stands in a table's history: the last seq
-// printed (or the starting point) and the epoch it was written in.
-type position struct {
-	LogID string
-	Seq   uint64
-	Epoch uint64
-}
-
-// tailer follows one table.
+// tailer follows one table: the change feed (replica.Feed) does the
+// following (the start point, resuming after the last change, failovers,
+// deposed primaries); the tailer prints, reports on stderr, and decides
+// what a feed's end means for a tail (tailPolicy).
 type tailer struct {
 	c              *cli
 	service, table string
@@ -75,15 +66,14 @@ type tailer struct {
 	asHex          bool
 	notices        bool // tell on stderr where the tail is reading from
 
-	pos       position
-	printed   int
-	connected bool // a stream got going at least once
-	started   int  // streams that got going
+	printed int
+	// connected (a stream got going at least once) and retry are the
+	// feed goroutine's (onEvent).
+	connected bool
 	retry     retryNotice
-	// watch asks the brokers where the primary is while a stream runs
-	// (watchPrimary, another goroutine): a cli of its own, so that the
-	// two never share a connection map.
-	watch *cli
+
+	mu    sync.Mutex
+	owner transport.Endpoint // the owner last reached (or tried)
 }
 
 func (c *cli) tail(ctx context.Context, args []string) error {
@@ -112,81 +102,131 @@ func (c *cli) tail(ctx context.Context, args []string) error {
 	tl := &tailer{c: c, service: service, table: table, instance: c.tailInstance(),
 		limit: *n, fromFlag: *from >= 0, asHex: *asHex || *raw, notices: isTerminal(c.stderr),
 		retry: retryNotice{every: noticeEvery}}
+	opts := replica.FeedOptions{Start: replica.FeedAtHead}
+	if tl.fromFlag {
+		opts = replica.FeedOptions{Start: replica.FeedAfter, Seq: uint64(*from)}
+	}
+	return tl.run(ctx, opts)
+}
 
-	// The start point: the table's head (or -from) in the primary's
-	// current history. The epoch is a first guess, corrected from the
-	// owner's epoch history if the owner does not resume at it.
-	owner, cn, err := c.primaryConn(ctx, service)
+// run follows the table from opts until the limit is reached or ctx ends.
+// A feed that ends on a history the owner no longer has (trimmed, or
+// rewritten) is started again where tailPolicy says, with a warning.
+func (tl *tailer) run(ctx context.Context, opts replica.FeedOptions) error {
+	for {
+		err := tl.follow(ctx, opts)
+		if err == nil {
+			return nil
+		}
+		next, warning, ok := tailPolicy(err, tl.printed > 0, tl.fromFlag)
+		if !ok {
+			return err
+		}
+		if warning != "" {
+			textf(tl.c.stderr, "replctl: tail %s/%s: %s\n", tl.service, tl.table, warning)
+		}
+		opts = next
+	}
+}
+
+// follow runs one feed from opts: nil once the limit is reached or ctx
+// ends, else the error that ended the feed.
+func (tl *tailer) follow(ctx context.Context, opts replica.FeedOptions) error {
+	// fctx ends with the feed; its cause is a failure that ends the tail
+	// though the feed would retry it (tl.onEvent).
+	fctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	// The feed asks the brokers from its own goroutine: a cli of its own,
+	// so that the two never share a connection map.
+	locator := &cli{stdout: io.Discard, stderr: io.Discard, brokerFlag: tl.c.brokerFlag, timeout: tl.c.timeout,
+		service: tl.c.service, topts: tl.c.topts, conns: map[string]*conn{}}
+	defer locator.close()
+	opts.OnEvent = func(e replica.FeedEvent) { tl.onEvent(e, cancel) }
+	f, err := replica.NewFeed(replica.FeedConfig{
+		Service: tl.service, Table: tl.table, ConsumerService: tl.c.service, ConsumerInstance: tl.instance,
+		Locate: func(ctx context.Context) (transport.ServiceOwner, error) { return locator.primaryOf(ctx, tl.service) },
+		// A connection of its own per attempt, closed after it: a
+		// connection that failed is never used again, so gRPC's reconnect
+		// backoff (which grows to two minutes) does not decide when a
+		// restarted owner is reached.
+		Dial: func(addr string) (grpc.ClientConnInterface, func(), error) {
+			cc, err := transport.Dial(addr, tl.c.topts)
+			if err != nil {
+				return nil, nil, err
+			}
+			return cc, func() { cc.Close() }, nil
+		},
+		PeerTimeout: peerTimeout, Recheck: brokerRecheck, ReconnectMin: minRetry, ReconnectMax: maxRetry,
+		Logger:  slog.New(slog.DiscardHandler),
+		Options: opts,
+	})
 	if err != nil {
 		return err
 	}
-	cctx, cancel := context.WithTimeout(ctx, c.timeout)
-	head, err := cn.repl.Get(cctx, &transport.GetRequest{Version: transport.ProtocolVersion, Table: table, Service: c.service})
-	cancel()
-	if err != nil {
-		return c.ownerError(service, table, owner.Primary, err)
-	}
-	tl.pos = position{LogID: head.LogID, Seq: head.Seq, Epoch: owner.Epoch}
-	for _, ti := range owner.Tables {
-		if ti.Table == table && ti.Epoch > 0 {
-			tl.pos.Epoch = ti.Epoch
+	defer f.Close()
+	for {
+		b, err := f.Next(fctx)
+		switch {
+		case ctx.Err() != nil:
+			return nil // interrupted: a normal end
+		case fctx.Err() != nil:
+			return context.Cause(fctx)
+		case err != nil:
+			return tl.word(err)
+		}
+		for i := range b.Changes {
+			if err := tl.print(&b.Changes[i]); err != nil {
+				return err
+			}
+			tl.printed++
+			if tl.limit > 0 && tl.printed >= tl.limit {
+				return nil
+			}
 		}
 	}
-	if tl.fromFlag {
-		if uint64(*from) > head.Seq {
-			return fmt.Errorf("tail %s/%s: -from %d is ahead of the table's head %d", service, table, *from, head.Seq)
-		}
-		tl.pos.Seq = uint64(*from)
-	}
-	return tl.run(ctx, owner)
 }
 
-// run follows the table until the limit is reached or ctx ends. When a
-// stream ends, or the brokers name another primary while it runs, it asks
-// the brokers where the primary is now and resumes there after the last
-// change printed, waiting a bounded, growing time between attempts.
-func (tl *tailer) run(ctx context.Context, owner transport.ServiceOwner) error {
-	tl.watch = &cli{stdout: io.Discard, stderr: io.Discard, brokerFlag: tl.c.brokerFlag, timeout: tl.c.timeout,
-		service: tl.c.service, topts: tl.c.topts, conns: map[string]*conn{}}
-	defer tl.watch.close()
-	backoff := transport.Backoff{Min: minRetry, Max: maxRetry}
-	for {
-		started := tl.started
-		err := tl.follow(ctx, owner)
-		if err == nil || ctx.Err() != nil {
-			return nil // the limit was reached, or interrupted: a normal end
-		}
-		if fatalTailError(err, tl.connected) || !tl.connected && !failingOver(err) {
-			return err
-		}
-		if tl.started > started {
-			backoff.Reset()
-		}
-		for {
-			tl.retry.failed(tl.c.stderr, time.Now(), tl.service+"/"+tl.table, err, backoff.Current())
-			t := time.NewTimer(backoff.Next())
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-				t.Stop()
-				return nil
-			}
-			owner, err = tl.c.primaryOf(ctx, tl.service)
-			if err == nil {
-				break
-			}
-			if ctx.Err() != nil {
-				return nil
-			}
-		}
+// onEvent reports the feed's connections on stderr. Before any stream got
+// going, a failure that is not a failover under way ends the tail (through
+// cancel): the owner or the table named may not exist.
+func (tl *tailer) onEvent(e replica.FeedEvent, cancel context.CancelCauseFunc) {
+	if e.Owner.Addr != "" {
+		tl.mu.Lock()
+		tl.owner = e.Owner
+		tl.mu.Unlock()
 	}
+	label := tl.service + "/" + tl.table
+	switch e.Kind {
+	case replica.FeedConnected:
+		tl.connected = true
+		tl.retry.resumed(tl.c.stderr, tl.notices, label, e.Owner, e.Seq, e.HeadSeq)
+	case replica.FeedRetrying:
+		if !tl.connected && !failingOver(e.Err) {
+			cancel(tl.word(e.Err))
+			return
+		}
+		tl.retry.failed(tl.c.stderr, time.Now(), label, e.Err, e.Wait)
+	}
+}
+
+// word words an error that ends the tail: an owner's, through ownerError
+// (naming the owner last reached); the feed's own as it is.
+func (tl *tailer) word(err error) error {
+	tl.mu.Lock()
+	owner := tl.owner
+	tl.mu.Unlock()
+	var re *transport.RemoteError
+	if owner.Addr == "" || !errors.As(err, &re) && !errors.Is(err, transport.ErrUnavailable) {
+		return err
+	}
+	return tl.c.ownerError(tl.service, tl.table, owner, err)
 }
 
 // failingOver reports whether err says that a failover is under way (the
 // owner reached is no longer, or not yet, the primary): worth retrying
 // even before a first stream got going.
 func failingOver(err error) bool {
-	return errors.Is(err, errDeposed) || errors.Is(err, transport.ErrNotPrimary)
+	return errors.Is(err, replica.ErrStaleEpoch) || errors.Is(err, transport.ErrNotPrimary)
 }
 
 // retryNotice reports failed attempts to follow the table on stderr at a
@@ -228,309 +268,38 @@ func (n *retryNotice) resumed(w io.Writer, notices bool, table string, ep transp
 	*n = retryNotice{every: n.every}
 }
 
-// errTrimmed: the changes asked for with -from are no longer in the log.
-var errTrimmed = errors.New("no longer in the owner's log")
-
-// fatalTailError reports whether err ends the tail instead of a
-// reconnection. connected says a stream got going before: an owner that
-// does not know the table then is one still starting (it serves before
-// it owns its tables), which a failover may reach first.
-func fatalTailError(err error, connected bool) bool {
-	if connected && errors.Is(err, transport.ErrUnknownTable) {
-		return false
-	}
-	for _, e := range []error{transport.ErrPermission, transport.ErrUnknownTable, transport.ErrBadRequest,
-		transport.ErrProtocolVersion, errTrimmed} {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
-}
-
-// follow runs streams to owner's primary: it returns nil once the limit is
-// reached, or the error that ended the stream. Each call dials a new
-// connection and closes it on return: a connection that failed is never
-// used again, so gRPC's reconnect backoff (which grows to two minutes)
-// does not decide when a restarted owner is reached.
-func (tl *tailer) follow(ctx context.Context, owner transport.ServiceOwner) error {
-	ep := owner.Primary
-	cc, err := transport.Dial(ep.Addr, tl.c.topts)
-	if err != nil {
-		return fmt.Errorf("dial %s: %w", ep.Addr, err)
-	}
-	defer cc.Close()
-	repl := transport.NewReplicationClient(cc)
-	for attempt := 0; ; attempt++ {
-		reopen, err := tl.stream(ctx, repl, ep, owner.Epoch, attempt < maxReopen)
-		if err != nil {
-			return tl.c.ownerError(tl.service, tl.table, ep, err)
-		}
-		if !reopen {
-			return nil
-		}
-	}
-}
-
-// stream runs one Subscribe stream to the owner at ep, which the brokers
-// named primary at epoch minEpoch. With mayReopen, an owner that does not
-// resume at tl.pos makes it move tl.pos to a position it will resume at
-// and return reopen; otherwise the owner's full transfer is skipped and
-// the changes after it are printed.
-func (tl *tailer) stream(ctx context.Context, repl *transport.ReplicationClient, ep transport.Endpoint, minEpoch uint64, mayReopen bool) (reopen bool, err error) {
-	// sctx ends with the stream; its cause says why when this side ended
-	// it (a silent owner, or a primary that moved).
-	sctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	watchdog := time.AfterFunc(peerTimeout, func() {
-		cancel(fmt.Errorf("%w: no frame from the owner for %s", transport.ErrUnavailable, peerTimeout))
-	})
-	defer watchdog.Stop()
-	// streamErr says why the stream failed: the cause this side gave when
-	// it ended it, or the owner's end of it.
-	streamErr := func(err error) error {
-		if ctx.Err() == nil && sctx.Err() != nil {
-			return context.Cause(sctx)
-		}
-		if errors.Is(err, io.EOF) {
-			return fmt.Errorf("%w: the owner ended the stream", transport.ErrUnavailable)
-		}
-		return err
-	}
-	stream, st, err := repl.OpenSubscribe(sctx, &transport.Open{
-		Version: transport.ProtocolVersion, Service: tl.c.service, Instance: tl.instance, Table: tl.table,
-		LogID: tl.pos.LogID, Seq: tl.pos.Seq, Epoch: tl.pos.Epoch, Mode: transport.ModePush,
-	})
-	if err != nil {
-		return false, streamErr(err)
-	}
-	defer stream.Close()
-	defer stream.CloseSend()
-	watchdog.Reset(peerTimeout)
-	recv := func() (*transport.OwnerFrame, error) {
-		f, err := stream.Recv()
-		if err != nil {
-			return nil, streamErr(err)
-		}
-		watchdog.Reset(peerTimeout)
-		return f, nil
-	}
-	ack := func() error {
-		err := stream.Send(&transport.ConsumerFrame{Kind: transport.KindAck, Seq: tl.pos.Seq})
-		if errors.Is(err, io.EOF) {
-			// The stream is over. The next recv returns what the owner
-			// sent before it ended it (changes to print), then why.
-			return nil
-		}
-		return err
-	}
-
-	if st.Epoch < minEpoch {
-		return false, fmt.Errorf("%w: the owner is at epoch %d, the brokers' primary at epoch %d: %w",
-			transport.ErrUnavailable, st.Epoch, minEpoch, errDeposed)
-	}
-	if tl.printed > 0 && st.Epoch < tl.pos.Epoch {
-		return false, fmt.Errorf("%w: the owner is at epoch %d, older than the changes printed (epoch %d): %w",
-			transport.ErrUnavailable, st.Epoch, tl.pos.Epoch, errDeposed)
-	}
-	if !st.Resume {
-		if mayReopen {
-			next, warning, err := replan(st, tl.pos, tl.printed > 0, tl.fromFlag)
-			if err != nil {
-				return false, err
-			}
-			if next != tl.pos {
-				if warning != "" {
-					textf(tl.c.stderr, "replctl: tail %s/%s: %s\n", tl.service, tl.table, warning)
-				}
-				tl.pos = next
-				return true, nil
-			}
-		}
-		// No position to resume at: take the owner's snapshot, print
-		// nothing of it, and follow the changes after it.
-		if err := tl.skipSnapshot(recv, st); err != nil {
-			return false, err
-		}
-	}
-	tl.connected = true
-	tl.started++
-	tl.retry.resumed(tl.c.stderr, tl.notices, tl.service+"/"+tl.table, ep, tl.pos.Seq, st.HeadSeq)
-	if err := ack(); err != nil {
-		return false, err
-	}
-	watched := make(chan struct{})
-	go func() {
-		defer close(watched)
-		tl.watchPrimary(sctx, ep, st.Epoch, cancel)
-	}()
-	defer func() { cancel(nil); <-watched }()
-	for {
-		f, err := recv()
-		if err != nil {
-			return false, err
-		}
-		switch f.Kind {
-		case transport.KindChanges:
-			for i := range f.Changes {
-				ch := &f.Changes[i]
-				if ch.Seq <= tl.pos.Seq {
-					continue // sent before (a resent prefix)
-				}
-				if ch.Seq != tl.pos.Seq+1 {
-					return false, fmt.Errorf("%w: change %d follows %d", transport.ErrBadRequest, ch.Seq, tl.pos.Seq)
-				}
-				if err := tl.print(ch); err != nil {
-					return false, err
-				}
-				ep := ch.Epoch
-				if ep == 0 {
-					ep = f.Epoch
-				}
-				tl.pos.Seq, tl.pos.Epoch = ch.Seq, ep
-				tl.printed++
-				if tl.limit > 0 && tl.printed >= tl.limit {
-					ack()
-					return false, nil
-				}
-			}
-			if err := ack(); err != nil {
-				return false, err
-			}
-		case transport.KindHeartbeat:
-			if err := ack(); err != nil {
-				return false, err
-			}
-		default:
-			return false, fmt.Errorf("%w: unexpected %s frame from the owner", transport.ErrBadRequest, f.Kind)
-		}
-	}
-}
-
-// watchPrimary asks the brokers every brokerRecheck where the primary is,
-// until ctx ends, and ends the stream (through cancel, with the reason)
-// once they name another instance than ep, or ep at a newer epoch than
-// epoch, the one its stream started at. A broker that does not answer, or
-// names no primary (a promotion under way), changes nothing: the stream
-// needs no broker, and ends by itself if its owner is gone.
-func (tl *tailer) watchPrimary(ctx context.Context, ep transport.Endpoint, epoch uint64, cancel context.CancelCauseFunc) {
-	t := time.NewTicker(brokerRecheck)
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			return
-		}
-		owner, err := tl.watch.lookup(ctx, tl.service)
-		p := owner.Primary
-		if err != nil || p.Instance == "" || p.Addr == "" {
-			continue
-		}
-		if p.Instance != ep.Instance || p.Addr != ep.Addr || owner.Epoch > epoch {
-			cancel(fmt.Errorf("%w: the brokers name %s (%s) primary at epoch %d now", transport.ErrUnavailable, p.Instance, p.Addr, owner.Epoch))
-			return
-		}
-	}
-}
-
-// skipSnapshot reads a full transfer without keeping it and moves tl.pos
-// to the snapshot's seq.
-func (tl *tailer) skipSnapshot(recv func() (*transport.OwnerFrame, error), st *transport.Start) error {
-	f, err := recv()
-	if err != nil {
-		return err
-	}
-	if f.Kind != transport.KindSnapshotBegin {
-		return fmt.Errorf("%w: expected snapshot-begin, got %s", transport.ErrBadRequest, f.Kind)
-	}
-	seq := f.Seq
-	for {
-		f, err := recv()
-		if err != nil {
-			return err
-		}
-		switch f.Kind {
-		case transport.KindRows:
-		case transport.KindSnapshotEnd:
-			if f.Seq != seq {
-				return fmt.Errorf("%w: snapshot-end at %d for a snapshot at %d", transport.ErrBadRequest, f.Seq, seq)
-			}
-			if tl.printed > 0 || tl.fromFlag || seq != tl.pos.Seq {
-				textf(tl.c.stderr, "replctl: tail %s/%s: the owner could not resume after seq %d; continuing after its snapshot at seq %d\n",
-					tl.service, tl.table, tl.pos.Seq, seq)
-			}
-			tl.pos = position{LogID: st.LogID, Seq: seq, Epoch: f.Epoch}
-			return nil
-		default:
-			return fmt.Errorf("%w: unexpected %s frame during a transfer", transport.ErrBadRequest, f.Kind)
-		}
-	}
-}
-
-// replan decides where to re-open a stream the owner did not resume (its
-// Start is st) at pos. printed says changes were printed (pos.Epoch is
-// then the epoch of the last one, not a guess); fromFlag that the start
-// point was given with -from. A jump over changes the user asked for is
-// reported in the warning. It returns pos itself when no better position
-// is known.
-func replan(st *transport.Start, pos position, printed, fromFlag bool) (next position, warning string, err error) {
-	strict := printed || fromFlag
-	atHead := position{LogID: st.LogID, Seq: st.HeadSeq, Epoch: st.Epoch}
-	if st.LogID != pos.LogID {
-		if !strict {
-			return atHead, "", nil
-		}
-		return atHead, fmt.Sprintf("the table has a new history (log %s, was %s); continuing at its head %d", st.LogID, pos.LogID, st.HeadSeq), nil
-	}
-	next = pos
+// tailPolicy decides what a feed's end means for a tail, which (unlike a
+// change-data consumer) is read by a person and goes on where it can: on a
+// history the owner rewrote it continues after the last seq both share (in
+// the same log) or at the new history's head; past a trimmed log, at the
+// head. printed says changes were printed, fromFlag that the start was
+// given with -from: then the jump is said in the warning. A -from whose
+// changes were trimmed before anything was printed is an error, as is
+// every other end (ok false).
+func tailPolicy(err error, printed, fromFlag bool) (next replica.FeedOptions, warning string, ok bool) {
+	var de *replica.FeedDivergedError
+	var te *replica.FeedTrimmedError
 	switch {
-	case next.Seq > st.HeadSeq:
-		warning = fmt.Sprintf("the owner's head %d is behind seq %d; continuing at its head", st.HeadSeq, next.Seq)
-		next.Seq = st.HeadSeq
-		next.Epoch = epochOf(st.Epochs, next.Seq, st.Epoch)
-	case !printed:
-		// The epoch was a guess: take the owner's word for it.
-		next.Epoch = epochOf(st.Epochs, next.Seq, st.Epoch)
-	default:
-		if end := st.Epochs.End(next.Epoch); next.Seq >= end {
-			// Changes of our epoch past the point where that epoch ended
-			// in the owner's history: a deposed primary wrote them and
-			// they are lost. The history goes on after end-1.
-			warning = fmt.Sprintf("changes %d..%d printed above are not in the owner's history (lost in a failover); it continues after seq %d",
-				end, next.Seq, end-1)
-			next.Seq = end - 1
-			next.Epoch = epochOf(st.Epochs, next.Seq, st.Epoch)
-		}
-	}
-	if next.Epoch > st.Epoch {
-		next.Epoch = st.Epoch
-	}
-	if next.Seq+1 < st.FirstSeq {
+	case errors.As(err, &de) && de.OwnerLogID == de.Position.LogID:
+		next = replica.FeedOptions{Start: replica.FeedAfter, Seq: de.ForkSeq}
+		warning = fmt.Sprintf("%s; continuing after seq %d", de.Reason, de.ForkSeq)
+	case errors.As(err, &de):
+		next = replica.FeedOptions{Start: replica.FeedAtHead}
+		warning = fmt.Sprintf("the table has a new history (log %s, was %s); continuing at its head", de.OwnerLogID, de.Position.LogID)
+	case errors.As(err, &te):
 		if fromFlag && !printed {
-			return pos, "", fmt.Errorf("-from %d: the changes after it are %w (the oldest kept is seq %d)", pos.Seq, errTrimmed, st.FirstSeq)
+			return next, "", false
 		}
-		next = atHead
+		next = replica.FeedOptions{Start: replica.FeedAtHead}
+		warning = fmt.Sprintf("changes after seq %d are no longer in the owner's log (the oldest kept is %d); continuing at its head",
+			te.After, te.FirstSeq)
+	default:
+		return next, "", false
+	}
+	if !printed && !fromFlag {
 		warning = ""
-		if strict {
-			warning = fmt.Sprintf("changes after seq %d are no longer in the owner's log (the oldest kept is %d); continuing at its head %d",
-				pos.Seq, st.FirstSeq, st.HeadSeq)
-		}
 	}
-	if !strict {
-		warning = ""
-	}
-	return next, warning, nil
-}
-
-// epochOf returns the epoch in which seq was written according to the
-// epoch history hist, or dflt when hist is empty (an owner that sends
-// none: the epoch it is at is the best guess).
-func epochOf(hist transport.EpochHistory, seq, dflt uint64) uint64 {
-	if len(hist) == 0 {
-		return dflt
-	}
-	return hist.EpochOf(seq)
+	return next, warning, true
 }
 
 func (tl *tailer) print(ch *transport.Change) error {

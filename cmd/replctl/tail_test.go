@@ -17,47 +17,43 @@ import (
 	"github.com/replmesh/replmesh/transport"
 )
 
-func TestReplan(t *testing.T) {
-	hist := transport.EpochHistory{{Epoch: 1, Seq: 1}, {Epoch: 2, Seq: 8}}
-	start := func(head, first uint64) *transport.Start {
-		return &transport.Start{Version: transport.ProtocolVersion, LogID: "L", Epoch: 2, HeadSeq: head, FirstSeq: first, Epochs: hist}
-	}
+// What a feed's end means for a tail: a history the owner rewrote or
+// trimmed is followed on, where it can, with a warning once something was
+// printed or a start point asked for; a -from whose changes were trimmed,
+// or any other end, is an error.
+func TestTailPolicy(t *testing.T) {
+	lost := &replica.FeedDivergedError{Table: "s/t", Position: replica.FeedPosition{LogID: "L", Seq: 10, Epoch: 1},
+		OwnerLogID: "L", OwnerEpoch: 2, OwnerHead: 20, ForkSeq: 7, Reason: "changes 8..10 of epoch 1 are not in the owner's history"}
+	newHistory := &replica.FeedDivergedError{Table: "s/t", Position: replica.FeedPosition{LogID: "OLD", Seq: 5, Epoch: 1},
+		OwnerLogID: "L", OwnerEpoch: 2, OwnerHead: 20}
+	trimmed := &replica.FeedTrimmedError{Table: "s/t", After: 3, FirstSeq: 10, HeadSeq: 20}
+	atHead := replica.FeedOptions{Start: replica.FeedAtHead}
 	for _, tc := range []struct {
 		name              string
-		st                *transport.Start
-		pos               position
-		printed, fromFlag bool
-		want              position
-		warn              string // substring; "" = no warning
 		err               error
+		printed, fromFlag bool
+		next              replica.FeedOptions
+		warn              string // substring; "" = no warning
+		fatal             bool
 	}{
-		{name: "new history, nothing printed", st: start(20, 1), pos: position{"OLD", 5, 1},
-			want: position{"L", 20, 2}},
-		{name: "new history after printing", st: start(20, 1), pos: position{"OLD", 5, 1}, printed: true,
-			want: position{"L", 20, 2}, warn: "new history (log L, was OLD)"},
-		{name: "epoch guess corrected", st: start(20, 1), pos: position{"L", 5, 2},
-			want: position{"L", 5, 1}},
-		{name: "changes lost in a failover", st: start(20, 1), pos: position{"L", 10, 1}, printed: true,
-			want: position{"L", 7, 1}, warn: "changes 8..10 printed above are not in the owner's history"},
-		{name: "owner behind what was printed", st: start(6, 1), pos: position{"L", 9, 2}, printed: true,
-			want: position{"L", 6, 1}, warn: "head 6 is behind seq 9"},
-		{name: "-from before the log's start", st: start(20, 10), pos: position{"L", 3, 2}, fromFlag: true,
-			want: position{"L", 3, 2}, err: errTrimmed},
-		{name: "trimmed after printing", st: start(20, 10), pos: position{"L", 3, 1}, printed: true,
-			want: position{"L", 20, 2}, warn: "no longer in the owner's log (the oldest kept is 10)"},
-		{name: "nothing better known", st: start(20, 1), pos: position{"L", 12, 2}, printed: true,
-			want: position{"L", 12, 2}},
+		{name: "new history, nothing printed", err: newHistory, next: atHead},
+		{name: "new history after printing", err: newHistory, printed: true, next: atHead, warn: "new history (log L, was OLD)"},
+		{name: "changes lost in a failover", err: lost, printed: true,
+			next: replica.FeedOptions{Start: replica.FeedAfter, Seq: 7}, warn: "changes 8..10 of epoch 1 are not in the owner's history; continuing after seq 7"},
+		{name: "-from trimmed before printing", err: trimmed, fromFlag: true, fatal: true},
+		{name: "trimmed after printing", err: trimmed, printed: true, next: atHead, warn: "no longer in the owner's log (the oldest kept is 10)"},
+		{name: "refused", err: fmt.Errorf("x: %w", transport.ErrPermission), printed: true, fatal: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, warn, err := replan(tc.st, tc.pos, tc.printed, tc.fromFlag)
-			if !errors.Is(err, tc.err) {
-				t.Fatalf("err %v, want %v", err, tc.err)
+			next, warn, ok := tailPolicy(tc.err, tc.printed, tc.fromFlag)
+			if ok == tc.fatal {
+				t.Fatalf("ok %v, want %v", ok, !tc.fatal)
 			}
-			if err != nil {
+			if !ok {
 				return
 			}
-			if got != tc.want {
-				t.Errorf("position %+v, want %+v", got, tc.want)
+			if next.Start != tc.next.Start || next.Seq != tc.next.Seq {
+				t.Errorf("next %+v, want %+v", next, tc.next)
 			}
 			if (tc.warn == "") != (warn == "") || !strings.Contains(warn, tc.warn) {
 				t.Errorf("warning %q, want %q", warn, tc.warn)
@@ -232,12 +228,13 @@ func checkTailed(t *testing.T, stdout string, written map[uint64]string) {
 	}
 }
 
-// The tail against a scripted owner, one behaviour per Subscribe: an
-// owner at an older epoch than the brokers' primary (deposed; its change
-// must not be printed), then the primary, which sends seq 8 and ends the
-// stream, then an instance that does not know the table yet (still
-// starting), then the primary again, which must be asked to resume after
-// 8 and sends 9.
+// The tail against a scripted owner, one behaviour per Subscribe after the
+// feed found where the table's head is (seq 7, a first Subscribe with no
+// log): an owner at an older epoch than the brokers' primary (deposed; its
+// change must not be printed), then the primary, which sends seq 8 and
+// ends the stream, then an instance that does not know the table yet
+// (still starting), then the primary again, which must be asked to resume
+// after 8 and sends 9.
 func TestTail_RetriesThroughFailover(t *testing.T) {
 	const logID = "L1"
 	change := func(seq uint64, key string) transport.Change {
@@ -263,13 +260,19 @@ func TestTail_RetriesThroughFailover(t *testing.T) {
 		}
 	}
 	owner := &funcOwner{
-		GetFunc: func(*transport.GetRequest) (*transport.GetResponse, error) {
-			return &transport.GetResponse{Seq: 7, LogID: logID}, nil
-		},
 		SubscribeFunc: func(s transport.SubscribeServer) error {
 			f, err := s.Recv()
 			if err != nil {
 				return err
+			}
+			if f.Open.LogID == "" {
+				// The feed asks where the table stands: the primary's
+				// answer, no resume.
+				if err := s.Send(&transport.OwnerFrame{Kind: transport.KindStart, HeadSeq: 7, Start: &transport.Start{
+					Version: transport.ProtocolVersion, LogID: logID, Epoch: 2, HeadSeq: 7, FirstSeq: 1}}); err != nil {
+					return err
+				}
+				return hold(s)
 			}
 			mu.Lock()
 			calls++
