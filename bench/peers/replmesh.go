@@ -383,15 +383,24 @@ func (b *bench) rmFanoutOne(ctx context.Context, sys, kind string, n int) (err e
 // latency percentiles.
 func (b *bench) addFanout(sys string, n int, start, end time.Time, parts []latencies) error {
 	lat := merge(parts...)
+	// replmesh delivers every change or the run fails. A peer's reader may
+	// see fewer (see probe.see: a NATS KV watcher that falls behind, as on
+	// a loaded machine, gets the newest value of a key, not every value it
+	// had): it is measured on what arrived, and the table says so.
+	var note string
 	if want := b.sz.Changes * n; len(lat) != want {
-		return fmt.Errorf("readers saw %d deliveries, want %d", len(lat), want)
+		if !isPeer(sys) || len(lat) == 0 {
+			return fmt.Errorf("readers saw %d deliveries, want %d", len(lat), want)
+		}
+		note = fmt.Sprintf("readers saw %d of %d deliveries", len(lat), want)
+		b.progress("W1 %s: %s", sys, note)
 	}
 	cs := fmt.Sprintf("%d reader(s)", n)
 	if n == 1 {
 		cs = "1 reader"
 	}
 	const wl = "W1 fan-out"
-	b.add(figure{Workload: wl, Case: cs, Metric: "changes/s to all", System: sys, Value: float64(b.sz.Changes) / end.Sub(start).Seconds(), Unit: unitRate, Higher: true})
+	b.add(figure{Workload: wl, Case: cs, Metric: "changes/s to all", System: sys, Value: float64(b.sz.Changes) / end.Sub(start).Seconds(), Unit: unitRate, Higher: true, Note: note})
 	b.add(figure{Workload: wl, Case: cs, Metric: "p50 commit→delivered", System: sys, Value: float64(lat.percentile(0.5)), Unit: unitNanos})
 	b.add(figure{Workload: wl, Case: cs, Metric: "p99 commit→delivered", System: sys, Value: float64(lat.percentile(0.99)), Unit: unitNanos})
 	return nil
