@@ -2,9 +2,11 @@ package replica
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/replmesh/replmesh/transport"
@@ -117,17 +119,133 @@ func (t *OwnedTable) getRow(txn *badger.Txn, key []byte) (value []byte, ok bool,
 	return value, err == nil, err
 }
 
-// scanValues is scanRows over t's rows with each row's value.
+// scanValues is scanRows over t's rows with each row's value. A point
+// read of the log per row would cost a full badger lookup each, so the
+// rows are taken in batches (scanBatch rows or about 1 MiB of values) and
+// each batch's log entries are read by one iterator in seq order: rows
+// written together (a bulk load, a busy range) have neighbouring seqs, so
+// most are a step of the iterator, not a seek.
 func (t *OwnedTable) scanValues(txn *badger.Txn, prefix, start, end []byte, fn func(k, v []byte) (bool, error)) error {
-	return scanRows(txn, t.rowPrefix, prefix, start, end, func(k, row []byte) (bool, error) {
-		var cont bool
-		err := t.rowValue(txn, k, row, func(val []byte) error {
-			var err error
-			cont, err = fn(k, val)
-			return err
-		})
-		return cont, err
+	b := &valueBatch{t: t, txn: txn}
+	stopped := false
+	err := scanRows(txn, t.rowPrefix, prefix, start, end, func(k, row []byte) (bool, error) {
+		if err := b.add(k, row); err != nil {
+			return false, err
+		}
+		if !b.full() {
+			return true, nil
+		}
+		cont, err := b.flush(fn)
+		stopped = !cont
+		return cont && err == nil, err
 	})
+	if err != nil || stopped {
+		return err
+	}
+	_, err = b.flush(fn)
+	return err
+}
+
+// scanBatch is how many rows scanValues resolves at once.
+const scanBatch = 4096
+
+// valueBatch is a batch of rows of scanValues: keys and values in one
+// arena, ref rows resolved from the log in seq order.
+type valueBatch struct {
+	t     *OwnedTable
+	txn   *badger.Txn
+	arena []byte
+	rows  []batchRow
+	refs  []int // indexes of the ref rows, sorted by seq at flush
+}
+
+type batchRow struct {
+	key, val [2]int // arena offsets
+	seq      uint64 // a ref row's seq
+}
+
+func (b *valueBatch) full() bool { return len(b.rows) >= scanBatch || len(b.arena) >= 1<<20 }
+
+func (b *valueBatch) add(k, row []byte) error {
+	kind, seq, val, err := decodeOwnRow(row)
+	if err != nil {
+		return fmt.Errorf("row %q: %w", k, err)
+	}
+	r := batchRow{seq: seq}
+	r.key[0] = len(b.arena)
+	b.arena = append(b.arena, k...)
+	r.key[1] = len(b.arena)
+	if kind == rowInLog {
+		b.refs = append(b.refs, len(b.rows))
+	} else {
+		r.val[0] = len(b.arena)
+		b.arena = append(b.arena, val...)
+		r.val[1] = len(b.arena)
+	}
+	b.rows = append(b.rows, r)
+	return nil
+}
+
+// flush resolves the batch's ref rows, calls fn for each row in key
+// order and empties the batch; cont is false when fn stopped.
+func (b *valueBatch) flush(fn func(k, v []byte) (bool, error)) (cont bool, err error) {
+	if len(b.refs) > 0 {
+		slices.SortFunc(b.refs, func(x, y int) int { return cmp.Compare(b.rows[x].seq, b.rows[y].seq) })
+		if err := b.resolve(); err != nil {
+			return false, err
+		}
+	}
+	for i := range b.rows {
+		r := &b.rows[i]
+		if cont, err = fn(b.arena[r.key[0]:r.key[1]], b.arena[r.val[0]:r.val[1]]); !cont || err != nil {
+			return cont, err
+		}
+	}
+	b.arena, b.rows, b.refs = b.arena[:0], b.rows[:0], b.refs[:0]
+	return true, nil
+}
+
+// resolve reads the values of the ref rows (b.refs, in seq order) from
+// the log with one iterator.
+func (b *valueBatch) resolve() error {
+	lp := b.t.logPrefix
+	o := badger.DefaultIteratorOptions
+	o.Prefix = lp
+	o.PrefetchValues = false
+	it := b.txn.NewIterator(o)
+	defer it.Close()
+	at := func() uint64 { return binary.BigEndian.Uint64(it.Item().Key()[len(lp):]) }
+	for _, i := range b.refs {
+		r := &b.rows[i]
+		// A few steps forward cost less than a seek.
+		for n := 0; it.Valid() && at() < r.seq && n < 4; n++ {
+			it.Next()
+		}
+		if !it.Valid() || at() != r.seq {
+			it.Seek(ownLogKey(lp, r.seq))
+		}
+		key := b.arena[r.key[0]:r.key[1]]
+		if !it.Valid() || at() != r.seq {
+			return fmt.Errorf("row %q: log entry %d: %w", key, r.seq, badger.ErrKeyNotFound)
+		}
+		err := it.Item().Value(func(v []byte) error {
+			ch, err := decodeLogEntry(r.seq, v)
+			if err != nil {
+				return err
+			}
+			if ch.Op != transport.OpPut || !bytes.Equal(ch.Key, key) {
+				return fmt.Errorf("row %q: log entry %d is a change of %q (op %d)", key, r.seq, ch.Key, ch.Op)
+			}
+			r.val[0] = len(b.arena)
+			b.arena = append(b.arena, ch.Value...)
+			r.val[1] = len(b.arena)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // trimChunk is how many log entries one transaction of trimKept handles:

@@ -76,3 +76,56 @@ func dirSize(t testing.TB, dir string) int64 {
 	}
 	return total
 }
+
+// benchOwnerRows opens an owner on disk holding rows 256-byte rows.
+func benchOwnerRows(b *testing.B, rows int) *OwnedTable {
+	b.Helper()
+	c := openComponent(b, "bench", "owner", b.TempDir(), "")
+	b.Cleanup(func() { mustClose(b, c) })
+	tbl, err := c.Own("bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := ctxT(b, 5*time.Minute)
+	val := benchValue()
+	ws := make([]Write, 0, 1000)
+	for i := 0; i < rows; i += cap(ws) {
+		ws = ws[:0]
+		for j := i; j < min(rows, i+cap(ws)); j++ {
+			ws = append(ws, Write{Key: benchKey(j), Value: val})
+		}
+		if _, err := tbl.Apply(ctx, ws...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return tbl
+}
+
+// BenchmarkOwnerGet: the owner's own Get on a 100k-row table on disk.
+func BenchmarkOwnerGet(b *testing.B) {
+	const rows = 100_000
+	tbl := benchOwnerRows(b, rows)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		v, ok, err := tbl.Get(benchKey((i * 7919) % rows))
+		if err != nil || !ok || len(v) != benchValueSize {
+			b.Fatalf("Get = %d bytes, %v, %v", len(v), ok, err)
+		}
+	}
+}
+
+// BenchmarkOwnerScan: one op is a Scan of a 100k-row table on disk (what
+// a full transfer's snapshot reads); it reports rows/s.
+func BenchmarkOwnerScan(b *testing.B) {
+	const rows = 100_000
+	tbl := benchOwnerRows(b, rows)
+	b.ReportAllocs()
+	start := time.Now()
+	for b.Loop() {
+		n := 0
+		if _, err := tbl.Scan(nil, func(_, v []byte) bool { n++; return len(v) == benchValueSize }); err != nil || n != rows {
+			b.Fatalf("scan: %d rows, %v", n, err)
+		}
+	}
+	b.ReportMetric(float64(rows*b.N)/time.Since(start).Seconds(), "rows/s")
+}

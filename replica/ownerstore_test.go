@@ -477,3 +477,70 @@ func TestOwnerStore_MigratesLegacyFormat(t *testing.T) {
 		})
 	}
 }
+
+// TestOwnerStore_ScanBatches scans a table larger than a scan batch whose
+// rows were written in random key order (their log entries far apart in
+// seq): every row comes once, in key order, with its value; a scan that
+// stops, stops; a digest of a key range covers that range.
+func TestOwnerStore_ScanBatches(t *testing.T) {
+	seed, _ := testSeed(t)
+	rng := rand.New(rand.NewPCG(seed, 0x5ca7))
+	t.Logf("seed %d", seed)
+	c := openComponent(t, "svc", "o1", t.TempDir(), "")
+	defer mustClose(t, c)
+	tbl, err := c.Own("t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t, time.Minute)
+	const rows = 3*scanBatch + 100
+	model := map[string]string{}
+	order := rng.Perm(rows)
+	for i := 0; i < rows; i += 500 {
+		var ws []Write
+		for _, j := range order[i:min(rows, i+500)] {
+			k, v := fmt.Sprintf("r%06d", j), fmt.Sprintf("v%d-%d", j, rng.IntN(1000))
+			ws = append(ws, Write{Key: []byte(k), Value: []byte(v)})
+			model[k] = v
+		}
+		if _, err := tbl.Apply(ctx, ws...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var keys []string
+	if _, err := tbl.Scan(nil, func(k, v []byte) bool {
+		if model[string(k)] != string(v) {
+			t.Fatalf("scan: %s = %q, want %q", k, v, model[string(k)])
+		}
+		keys = append(keys, string(k))
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if want := slices.Sorted(maps.Keys(model)); !slices.Equal(keys, want) {
+		t.Fatalf("scan: %d keys, want %d in key order", len(keys), len(want))
+	}
+	for _, stop := range []int{1, scanBatch, scanBatch + 1, rows - 1} {
+		n := 0
+		if _, err := tbl.Scan(nil, func(_, _ []byte) bool { n++; return n < stop }); err != nil {
+			t.Fatal(err)
+		}
+		if n != stop {
+			t.Fatalf("a scan stopped at row %d went on to %d", stop, n)
+		}
+	}
+	start, end := "r001000", "r009000"
+	d, err := tbl.Digest([]byte(start), []byte(end))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dg := newDigester()
+	for _, k := range keys {
+		if k >= start && k < end {
+			dg.add([]byte(k), []byte(model[k]))
+		}
+	}
+	if want := dg.result(d.LogID, d.Seq); !bytes.Equal(d.Hash, want.Hash) || d.Rows != want.Rows {
+		t.Fatalf("digest of [%s, %s): %x (%d rows), want %x (%d rows)", start, end, d.Hash, d.Rows, want.Hash, want.Rows)
+	}
+}
