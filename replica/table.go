@@ -281,7 +281,7 @@ func storedEpoch(db *badger.DB) (epoch uint64, tables int, err error) {
 				return err
 			}
 			// Past every key of the table: what follows "o/<table>/" is
-			// never 0xff (l, m or r).
+			// never 0xff (k, l, m or r).
 			it.Seek([]byte("o/" + table + "/\xff"))
 		}
 		return nil
