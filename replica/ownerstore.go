@@ -249,50 +249,44 @@ func (b *valueBatch) resolve() error {
 }
 
 // trimChunk is how many log entries one transaction of trimKept handles:
-// each takes up to four writes, well inside badger's transaction limit
+// each takes up to three writes, well inside badger's transaction limit
 // for any memtable size Config.Validate accepts.
-const trimChunk = 256
+const trimChunk = 1024
 
 // trimKept removes the log entries [from, to) that left the window (First
 // is already past them): a delete, or a put its row no longer points at,
 // is deleted; a put that is still its row's value stays, recorded in the
 // keep index, where it replaces (and deletes) the key's older kept entry.
+// An entry whose key has a later one in the same chunk is superseded
+// without a look at the row (retire runs for the key's last entry only).
 // Each chunk is one transaction, in seq order, so a crash leaves every
 // entry below the chunks done handled and the rest untouched (Own
 // measures First from the log: untouched entries are in the window again
 // and the next trim handles them; a handled entry found there again is
 // recognised by its keep index entry).
 func (t *OwnedTable) trimKept(from, to uint64) error {
+	chunk := make([]transport.Change, 0, trimChunk)
+	last := make(map[string]int, trimChunk)
 	for from < to {
-		next := to
-		err := t.c.db.Update(func(txn *badger.Txn) error {
-			o := badger.DefaultIteratorOptions
-			o.Prefix = t.logPrefix
-			o.PrefetchSize = 64
-			it := txn.NewIterator(o)
-			defer it.Close()
-			n := 0
-			for it.Seek(ownLogKey(t.logPrefix, from)); it.Valid(); it.Next() {
-				item := it.Item()
-				seq := binary.BigEndian.Uint64(item.Key()[len(t.logPrefix):])
-				if seq >= to {
-					return nil
+		var next uint64
+		var err error
+		chunk, next, err = t.readChunk(chunk[:0], from, to)
+		if err != nil {
+			return err
+		}
+		clear(last)
+		for i := range chunk {
+			last[string(chunk[i].Key)] = i
+		}
+		err = t.c.db.Update(func(txn *badger.Txn) error {
+			for i := range chunk {
+				if last[string(chunk[i].Key)] != i {
+					if err := txn.Delete(ownLogKey(t.logPrefix, chunk[i].Seq)); err != nil {
+						return err
+					}
+					continue
 				}
-				if n == trimChunk {
-					next = seq
-					return nil
-				}
-				n++
-				var ch transport.Change
-				if err := item.Value(func(v []byte) error {
-					var err error
-					ch, err = decodeLogEntry(seq, v)
-					ch.Key = bytes.Clone(ch.Key)
-					return err
-				}); err != nil {
-					return err
-				}
-				if err := t.retire(txn, ch); err != nil {
+				if err := t.retire(txn, chunk[i]); err != nil {
 					return err
 				}
 			}
@@ -304,6 +298,41 @@ func (t *OwnedTable) trimKept(from, to uint64) error {
 		from = next
 	}
 	return nil
+}
+
+// readChunk appends to dst the log entries from seq from on, below to, up
+// to trimChunk of them (values left out), and returns the seq to go on
+// from.
+func (t *OwnedTable) readChunk(dst []transport.Change, from, to uint64) ([]transport.Change, uint64, error) {
+	next := to
+	err := t.c.db.View(func(txn *badger.Txn) error {
+		o := badger.DefaultIteratorOptions
+		o.Prefix = t.logPrefix
+		o.PrefetchSize = 64
+		it := txn.NewIterator(o)
+		defer it.Close()
+		for it.Seek(ownLogKey(t.logPrefix, from)); it.Valid(); it.Next() {
+			item := it.Item()
+			seq := binary.BigEndian.Uint64(item.Key()[len(t.logPrefix):])
+			if seq >= to {
+				return nil
+			}
+			if len(dst) == trimChunk {
+				next = seq
+				return nil
+			}
+			if err := item.Value(func(v []byte) error {
+				ch, err := decodeLogEntry(seq, v)
+				ch.Key, ch.Value = bytes.Clone(ch.Key), nil
+				dst = append(dst, ch)
+				return err
+			}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return dst, next, err
 }
 
 // retire handles one entry leaving the window (see trimKept).

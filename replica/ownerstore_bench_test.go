@@ -15,8 +15,23 @@ import (
 // changes once the component is closed (memtables flushed), divided by
 // the changes.
 func BenchmarkOwnerWriteCost(b *testing.B) {
+	b.Run("new-keys", func(b *testing.B) { benchOwnerWriteCost(b, 0, nil) })
+	// At the retention limit: the log is trimmed all along (50,000
+	// changes kept, a trim every 50 ms) over 20,000 keys, so trimming's
+	// cost is in the figure.
+	b.Run("trimmed", func(b *testing.B) {
+		benchOwnerWriteCost(b, 20_000, func(c *Config) {
+			c.Retention = Retention{MaxChanges: 50_000}
+			c.TrimInterval = 50 * time.Millisecond
+		})
+	})
+}
+
+// benchOwnerWriteCost is BenchmarkOwnerWriteCost over keys keys (0: a
+// new key each change) with tweak applied to the config.
+func benchOwnerWriteCost(b *testing.B, keys int, tweak func(*Config)) {
 	dir := b.TempDir()
-	c := openComponent(b, "bench", "owner", dir, "")
+	c := openWith(b, "bench", "owner", dir, "", tweak)
 	tbl, err := c.Own("bench")
 	if err != nil {
 		b.Fatal(err)
@@ -39,7 +54,11 @@ func BenchmarkOwnerWriteCost(b *testing.B) {
 	for i := 0; b.Loop(); i++ {
 		slot := i % len(window)
 		wait(window[slot])
-		p, err := tbl.Submit(ctx, Write{Key: benchKey(i), Value: val})
+		k := i
+		if keys > 0 {
+			k = i % keys
+		}
+		p, err := tbl.Submit(ctx, Write{Key: benchKey(k), Value: val})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -128,4 +147,35 @@ func BenchmarkOwnerScan(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(rows*b.N)/time.Since(start).Seconds(), "rows/s")
+}
+
+// BenchmarkOwnerTrim: one op is one log entry trimmed. The table holds
+// b.N changes over 50,000 keys (256-byte values, written in groups of
+// 1,000) and trims all but the last 1,000; only the trim is timed.
+func BenchmarkOwnerTrim(b *testing.B) {
+	c := openWith(b, "bench", "owner", b.TempDir(), "", func(c *Config) { c.TrimInterval = time.Hour })
+	defer mustClose(b, c)
+	tbl, err := c.Own("bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := ctxT(b, 5*time.Minute)
+	val := benchValue()
+	ws := make([]Write, 0, 1000)
+	for i := 0; i < b.N; i += cap(ws) {
+		ws = ws[:0]
+		for j := i; j < min(b.N, i+cap(ws)); j++ {
+			ws = append(ws, Write{Key: benchKey(j % 50_000), Value: val})
+		}
+		if _, err := tbl.Apply(ctx, ws...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	tbl.mu.Lock()
+	tbl.retention = Retention{MaxChanges: 1000}
+	tbl.mu.Unlock()
+	b.ResetTimer()
+	if err := tbl.trim(time.Now()); err != nil {
+		b.Fatal(err)
+	}
 }
