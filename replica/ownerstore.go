@@ -20,12 +20,12 @@ import (
 // snapshot's seq) and hold their value (an inline row).
 //
 // Trimming keeps the entries that are still a row's current value and
-// drops the superseded ones and the deletes (trimChunk). A kept entry lies
+// drops the superseded ones and the deletes (trimKept). A kept entry lies
 // below First, outside the window consumers are served from, and is
 // recorded in the keep index (o/<table>/k/<key> = its seq), so that when
 // the change that supersedes it is trimmed in turn, the kept entry goes
-// too: the write path reads nothing, and at most one superseded entry per
-// key outlives its successor's time in the window.
+// too: the write path reads nothing, and a superseded kept entry (at most
+// one a key) waits below the window only while its successor is in it.
 
 // ownFormat is the owner storage format this code writes, recorded in the
 // table's meta (ownerMeta.Format). 0 is the format before it (the row
