@@ -14,7 +14,7 @@ import (
 // assigning seqs in queue order, so seq order is commit order.
 //
 // It is pipelined one group deep: group N+1's transaction is built (seqs
-// assigned, rows and log entries encoded) while badger writes group N, but
+// assigned, log entries and ref rows encoded) while badger writes group N, but
 // N+1 is handed to badger only after N succeeded. If N fails, N+1 is
 // discarded and failed too, so the log never has a hole.
 func (c *Component) commitLoop() {
@@ -110,13 +110,14 @@ func (c *Component) commitLoop() {
 	}
 }
 
-// groupCost is what a group adds to badger's files: a row and a log entry
-// per change, and each touched table's meta.
+// groupCost is what a group adds to badger's files: a log entry (with the
+// value) and a ref row per change, and each touched table's meta.
 func groupCost(pending []*pendingWrite) diskguard.Cost {
 	var w diskguard.Cost
 	for _, pw := range pending {
 		for i := range pw.changes {
-			w.Add(len(pw.changes[i].Key), len(pw.changes[i].Value), 2)
+			w.Add(len(pw.changes[i].Key), len(pw.changes[i].Value), 1)
+			w.Add(len(pw.changes[i].Key), refRowSize, 1)
 		}
 		w.Add(0, 0, 1) // the meta: a small entry
 	}

@@ -11,8 +11,12 @@ import (
 // prefixes below cannot collide.
 //
 //	o/<table>/m                owned table meta (ownerMeta, msgpack)
-//	o/<table>/r/<key>          owned row: 8-byte seq, then the value
+//	o/<table>/r/<key>          owned row: kind, 8-byte seq, the value if
+//	                           inline (ownerstore.go: encodeRefRow,
+//	                           encodeInlineRow)
 //	o/<table>/l/<seq:8 BE>     change log entry (encodeLogEntry)
+//	o/<table>/k/<key>          keep index: 8-byte seq of the key's entry
+//	                           kept below First (ownerstore.go: retire)
 //	c/<svc>/<table>/cur        replica cursor (cursor, msgpack)
 //	c/<svc>/<table>/stage      generation of an unfinished full transfer
 //	c/<svc>/<table>/g/<gen:8 BE>/<key>   replica row of one generation
@@ -24,6 +28,8 @@ import (
 func ownMetaKey(table string) []byte   { return []byte("o/" + table + "/m") }
 func ownRowPrefix(table string) []byte { return []byte("o/" + table + "/r/") }
 func ownLogPrefix(table string) []byte { return []byte("o/" + table + "/l/") }
+
+func ownKeepPrefix(table string) []byte { return []byte("o/" + table + "/k/") }
 
 func ownLogKey(prefix []byte, seq uint64) []byte {
 	k := make([]byte, len(prefix)+8)
@@ -91,19 +97,4 @@ func decodeLogEntry(seq uint64, b []byte) (transport.Change, error) {
 		c.Value = v
 	}
 	return c, nil
-}
-
-// Owned rows carry the seq that last wrote them.
-func encodeOwnRow(seq uint64, value []byte) []byte {
-	b := make([]byte, 8+len(value))
-	binary.BigEndian.PutUint64(b, seq)
-	copy(b[8:], value)
-	return b
-}
-
-func decodeOwnRow(b []byte) (seq uint64, value []byte, err error) {
-	if len(b) < 8 {
-		return 0, nil, fmt.Errorf("owned row: short (%d bytes)", len(b))
-	}
-	return binary.BigEndian.Uint64(b), b[8:], nil
 }

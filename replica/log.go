@@ -12,16 +12,18 @@ import (
 )
 
 // writeChange writes one change of t into txn as the owner stores it: the
-// row (carrying the change's seq) or its deletion, and the change's log
-// entry. It returns the log entry's size. The primary's group commit and a
-// standby's replicated apply both write through it, so a standby's copy is
-// byte for byte the primary's.
+// change's log entry, which holds the value, and the row pointing at it
+// (a ref row: the seq alone) or the row's deletion. It returns the log
+// entry's size. The primary's group commit and a standby's replicated
+// apply both write through it, so a standby's copy is byte for byte the
+// primary's. It reads nothing: an older entry of the key that trimming
+// kept is dropped by trimming (ownerstore.go).
 func (t *OwnedTable) writeChange(txn *badger.Txn, ch *transport.Change) (logBytes int64, err error) {
 	rowKey := concat(t.rowPrefix, ch.Key)
 	if ch.Op == transport.OpDelete {
 		err = txn.Delete(rowKey)
 	} else {
-		err = txn.Set(rowKey, encodeOwnRow(ch.Seq, ch.Value))
+		err = txn.Set(rowKey, encodeRefRow(ch.Seq))
 	}
 	if err != nil {
 		return 0, err
@@ -116,10 +118,16 @@ func (c *Component) ownedTables() []*OwnedTable {
 	return slices.Collect(maps.Values(c.owned))
 }
 
-// trim drops the oldest log entries beyond the retention limits. The new
-// first seq is published before the entries are deleted, so a reader that
-// races with the deletion sees ErrResync, never a gap.
+// trim drops the oldest log entries beyond the retention limits: they
+// leave the window consumers are served from, and those that are still a
+// row's value stay below it (trimKept). The new first seq is published
+// before the entries are touched, so a reader that races with the
+// deletion sees ErrResync, never a gap. trimMu keeps a restore or a
+// standby's transfer from emptying the table meanwhile (a new history
+// could reuse the seqs being trimmed).
 func (t *OwnedTable) trim(now time.Time) error {
+	t.trimMu.Lock()
+	defer t.trimMu.Unlock()
 	t.mu.Lock()
 	r := t.retention
 	first, head, size := t.meta.First, t.meta.Head, t.logSize
@@ -177,12 +185,5 @@ func (t *OwnedTable) trim(now time.Time) error {
 	t.logSize -= dropped
 	t.mu.Unlock()
 	t.tail.dropBefore(newFirst)
-	wb := t.c.db.NewWriteBatch()
-	defer wb.Cancel()
-	for seq := first; seq < newFirst; seq++ {
-		if err := wb.Delete(ownLogKey(t.logPrefix, seq)); err != nil {
-			return err
-		}
-	}
-	return wb.Flush()
+	return t.trimKept(first, newFirst)
 }

@@ -702,7 +702,7 @@ func (t *OwnedTable) beginRestore(seq uint64) (*restoreTransfer, error) {
 }
 
 func (x *restoreTransfer) put(key, value []byte) error {
-	return x.wb.Set(concat(x.t.rowPrefix, key), encodeOwnRow(x.seq, value))
+	return x.wb.Set(concat(x.t.rowPrefix, key), encodeInlineRow(x.seq, value))
 }
 
 // finish makes the restored copy the table: the rows are flushed, then one
@@ -753,7 +753,7 @@ func (t *OwnedTable) resetEmpty() error {
 	t.mu.Lock()
 	epoch := max(t.meta.Epoch, 1)
 	t.mu.Unlock()
-	m := ownerMeta{Epoch: epoch, First: 1, Restoring: true}
+	m := ownerMeta{Epoch: epoch, First: 1, Restoring: true, Format: ownFormat}
 	if err := t.clearTo(m); err != nil {
 		return err
 	}

@@ -371,7 +371,7 @@ func TestRestore_CrashLeavesTableEmpty(t *testing.T) {
 	c := openComponent(t, "stores", "s1", dir, "")
 	// What a restore killed mid-transfer leaves: the marked meta and some
 	// of the source's rows.
-	m := ownerMeta{Epoch: 3, First: 1, Restoring: true}
+	m := ownerMeta{Epoch: 3, First: 1, Restoring: true, Format: ownFormat}
 	b, err := msgpack.Marshal(&m)
 	if err != nil {
 		t.Fatal(err)
@@ -381,7 +381,7 @@ func TestRestore_CrashLeavesTableEmpty(t *testing.T) {
 			return err
 		}
 		for i := range 50 {
-			if err := txn.Set(concat(ownRowPrefix("t"), fmt.Appendf(nil, "k%03d", i)), encodeOwnRow(90, []byte("partial"))); err != nil {
+			if err := txn.Set(concat(ownRowPrefix("t"), fmt.Appendf(nil, "k%03d", i)), encodeInlineRow(90, []byte("partial"))); err != nil {
 				return err
 			}
 		}

@@ -370,10 +370,8 @@ func (s *sender) sendSnapshot() (uint64, error) {
 		return 0, err
 	}
 	start := time.Now()
-	total, bytes, err := sendRows(s.stream.Context(), txnRows(txn, s.t.rowPrefix), frameBudget(s.c.cfg.Transport), func(v []byte) ([]byte, error) {
-		_, val, err := decodeOwnRow(v)
-		return val, err
-	}, s.send)
+	walk := func(fn func(k, v []byte) (bool, error)) error { return s.t.scanValues(txn, nil, nil, nil, fn) }
+	total, bytes, err := sendRows(s.stream.Context(), walk, frameBudget(s.c.cfg.Transport), func(v []byte) ([]byte, error) { return v, nil }, s.send)
 	if err != nil {
 		return 0, fmt.Errorf("snapshot of %s: %w", s.t.name, err)
 	}

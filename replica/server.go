@@ -2,7 +2,6 @@ package replica
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -124,20 +123,12 @@ func (s *replicationServer) Get(ctx context.Context, req *transport.GetRequest) 
 		}
 		out.Seq, out.LogID = m.Head, m.LogID
 		for i, k := range req.Keys {
-			item, err := txn.Get(concat(t.rowPrefix, k))
-			if errors.Is(err, badger.ErrKeyNotFound) {
+			val, ok, err := t.getRow(txn, k)
+			if err != nil {
+				return err
+			}
+			if !ok {
 				continue
-			}
-			if err != nil {
-				return err
-			}
-			v, err := item.ValueCopy(nil)
-			if err != nil {
-				return err
-			}
-			_, val, err := decodeOwnRow(v)
-			if err != nil {
-				return err
 			}
 			out.Values[i] = transport.Value{Found: true, Value: val}
 		}

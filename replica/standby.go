@@ -26,7 +26,7 @@ type ownedCopy struct {
 
 func (o *ownedCopy) standby() bool { return true }
 
-func (o *ownedCopy) copies() int { return 2 } // a standby's rows and log entries
+func (o *ownedCopy) copies() int { return 2 } // a standby's rows and log entries (a bound: the value is in one of them)
 
 func (o *ownedCopy) load() (cursor, error) { return o.t.replicatedCursor(), nil }
 
@@ -80,15 +80,19 @@ func (t *OwnedTable) beginTransfer(seq uint64) (*ownTransfer, error) {
 	return &ownTransfer{t: t, seq: seq, wb: t.c.db.NewWriteBatch()}, nil
 }
 
-// clearTo empties t's rows and log under the meta m (an empty table's,
-// with a mark: no log id, or Restoring), which is written first: a reader
-// or a restart that finds a row missing finds the mark too.
+// clearTo empties t's rows, log and keep index under the meta m (an
+// empty table's, with a mark: no log id, or Restoring), which is written
+// first: a reader or a restart that finds a row missing finds the mark
+// too. The rows go before the log: a row left is never without the log
+// entry it points at. It waits for a running trim (trimMu).
 func (t *OwnedTable) clearTo(m ownerMeta) error {
+	t.trimMu.Lock()
+	defer t.trimMu.Unlock()
 	if err := t.writeMeta(m); err != nil {
 		return err
 	}
 	t.publish(m)
-	for _, p := range [][]byte{t.rowPrefix, t.logPrefix} {
+	for _, p := range [][]byte{t.rowPrefix, t.logPrefix, t.keepPrefix} {
 		if err := t.c.deletePrefix(p); err != nil {
 			return fmt.Errorf("clear: %w", err)
 		}
@@ -110,7 +114,7 @@ func (t *OwnedTable) publish(m ownerMeta) {
 }
 
 func (x *ownTransfer) put(key, value []byte) error {
-	return x.wb.Set(concat(x.t.rowPrefix, key), encodeOwnRow(x.seq, value))
+	return x.wb.Set(concat(x.t.rowPrefix, key), encodeInlineRow(x.seq, value))
 }
 
 func (x *ownTransfer) abort() { x.wb.Cancel() }
@@ -158,8 +162,9 @@ func (t *OwnedTable) signalLocked() {
 }
 
 // applyReplicated writes changes received from the primary (whole commit
-// groups, continuing the copy) exactly as the primary wrote them: rows, log
-// entries with the same seqs and epochs, and the meta, in one transaction.
+// groups, continuing the copy) exactly as the primary wrote them: log
+// entries with the same seqs and epochs, the rows pointing at them, and
+// the meta, in one transaction.
 func (t *OwnedTable) applyReplicated(chs []transport.Change) error {
 	t.mu.Lock()
 	m := t.meta

@@ -53,6 +53,12 @@ type ownerMeta struct {
 	// above Epoch (the highest its restored history has seen); it reports
 	// Epoch+1 to the broker, which grants above what instances report.
 	NeedEpoch bool `msgpack:"nep,omitempty"`
+	// Format is the storage format of the table's rows (ownFormat; 0: the
+	// format before it, which Own migrates).
+	Format int `msgpack:"fmt,omitempty"`
+	// Migrated is the last row key a migration from format 0 converted
+	// (migrateLegacy); nil when none is under way.
+	Migrated []byte `msgpack:"mig,omitempty"`
 }
 
 // reportedEpoch is the epoch the table reports to the broker: its own, or
@@ -72,6 +78,7 @@ type OwnedTable struct {
 	metaKey      []byte
 	rowPrefix    []byte
 	logPrefix    []byte
+	keepPrefix   []byte
 	tail         *tail
 	allow        map[string]bool // services allowed to subscribe; nil: all
 	writable     atomic.Bool     // this instance is the table's primary
@@ -96,6 +103,9 @@ type OwnedTable struct {
 	// follower writes a standby's copy into the table: a promotion then
 	// starts the watermark at 0 (see promoteNow).
 	markOwn atomic.Bool
+
+	// trimMu is held by trim and by whoever empties the table (clearTo).
+	trimMu sync.Mutex
 
 	mu      sync.Mutex
 	meta    ownerMeta     // durable state as of the last commit
@@ -156,14 +166,15 @@ func (c *Component) own(name string, opts []TableOptions) (t *OwnedTable, fresh 
 		return nil, false, fmt.Errorf("own %s: %w", name, ErrExists)
 	}
 	t = &OwnedTable{
-		c:         c,
-		name:      name,
-		metaKey:   ownMetaKey(name),
-		rowPrefix: ownRowPrefix(name),
-		logPrefix: ownLogPrefix(name),
-		tail:      newTail(c.cfg.TailChanges, c.cfg.TailBytes),
-		sync:      newSyncState(),
-		headCh:    make(chan struct{}),
+		c:          c,
+		name:       name,
+		metaKey:    ownMetaKey(name),
+		rowPrefix:  ownRowPrefix(name),
+		logPrefix:  ownLogPrefix(name),
+		keepPrefix: ownKeepPrefix(name),
+		tail:       newTail(c.cfg.TailChanges, c.cfg.TailBytes),
+		sync:       newSyncState(),
+		headCh:     make(chan struct{}),
 	}
 	for _, o := range opts {
 		if o.Mode != modes.Unset {
@@ -181,7 +192,7 @@ func (c *Component) own(name string, opts []TableOptions) (t *OwnedTable, fresh 
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			fresh = true
 			t.meta = ownerMeta{LogID: newLogID(), Epoch: 1, Head: 0, First: 1,
-				Epochs: []transport.EpochStart{{Epoch: 1, Seq: 1}}}
+				Epochs: []transport.EpochStart{{Epoch: 1, Seq: 1}}, Format: ownFormat}
 			b, _ := msgpack.Marshal(&t.meta)
 			return txn.Set(t.metaKey, b)
 		}
@@ -190,6 +201,9 @@ func (c *Component) own(name string, opts []TableOptions) (t *OwnedTable, fresh 
 		}
 		if err := item.Value(func(v []byte) error { return msgpack.Unmarshal(v, &t.meta) }); err != nil {
 			return err
+		}
+		if t.meta.Format > ownFormat {
+			return fmt.Errorf("%w: the table is stored in owner format %d, newer than this build's %d: open the data dir with the build that wrote it", ErrInvalid, t.meta.Format, ownFormat)
 		}
 		if len(c.cfg.Brokers) > 0 {
 			return nil // the broker assigns the epoch with the primary lease
@@ -214,6 +228,12 @@ func (c *Component) own(name string, opts []TableOptions) (t *OwnedTable, fresh 
 	// number lost in a crash and reused would make two histories look alike.
 	if err := c.db.Sync(); err != nil {
 		return nil, false, fmt.Errorf("own %s: sync meta: %w", name, err)
+	}
+	if t.meta.Format < ownFormat && !t.meta.Restoring {
+		c.log.Info("migrating the table to the current owner format", "table", name, "from", t.meta.Format, "to", ownFormat)
+		if t.meta, err = t.migrateLegacy(t.meta); err != nil {
+			return nil, false, fmt.Errorf("own %s: %w", name, err)
+		}
 	}
 	if t.meta.Restoring {
 		// A restore was interrupted (the process died during it): what it
@@ -268,7 +288,7 @@ func storedEpoch(db *badger.DB) (epoch uint64, tables int, err error) {
 				return err
 			}
 			// Past every key of the table: what follows "o/<table>/" is
-			// never 0xff (l, m or r).
+			// never 0xff (k, l, m or r).
 			it.Seek([]byte("o/" + table + "/\xff"))
 		}
 		return nil
@@ -282,20 +302,27 @@ func newLogID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// measureLog finds the oldest seq in the log and sums the log's value sizes
-// without reading the values.
+// measureLog finds the window of the log, the seqs from First to head
+// with no gap, walking back from head, and sums its entries' sizes
+// without reading the values. Below the window lie the entries trimming
+// kept as rows' values (ownerstore.go), and seqs a trim cut short by a
+// crash left: past the last gap, the entries are all there, and serving
+// them is serving the table's history.
 func (t *OwnedTable) measureLog(head uint64) (first uint64, size int64) {
 	first = head + 1
 	_ = t.c.db.View(func(txn *badger.Txn) error {
 		o := badger.DefaultIteratorOptions
 		o.PrefetchValues = false
 		o.Prefix = t.logPrefix
+		o.Reverse = true
 		it := txn.NewIterator(o)
 		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			if size == 0 {
-				first = binary.BigEndian.Uint64(it.Item().Key()[len(t.logPrefix):])
+		for it.Seek(ownLogKey(t.logPrefix, head)); it.Valid(); it.Next() {
+			seq := binary.BigEndian.Uint64(it.Item().Key()[len(t.logPrefix):])
+			if seq != first-1 {
+				return nil
 			}
+			first = seq
 			size += it.Item().ValueSize()
 		}
 		return nil

@@ -2,7 +2,6 @@ package replica
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 
 	"github.com/dgraph-io/badger/v4"
@@ -22,19 +21,9 @@ func (t *OwnedTable) Get(key []byte) ([]byte, bool, error) {
 		if _, err := t.readMeta(txn); err != nil {
 			return err
 		}
-		item, err := txn.Get(concat(t.rowPrefix, key))
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		found = true
-		return item.Value(func(v []byte) error {
-			_, val, err := decodeOwnRow(v)
-			out = bytes.Clone(val)
-			return err
-		})
+		var err error
+		out, found, err = t.getRow(txn, key)
+		return err
 	})
 	if err != nil {
 		return nil, false, fmt.Errorf("get %s: %w", t.name, err)
@@ -57,12 +46,8 @@ func (t *OwnedTable) Scan(prefix []byte, fn func(key, value []byte) bool) (uint6
 			return err
 		}
 		seq = m.Head
-		return scanRows(txn, t.rowPrefix, prefix, nil, nil, func(k, v []byte) (bool, error) {
-			_, val, err := decodeOwnRow(v)
-			if err != nil {
-				return false, err
-			}
-			return fn(k, val), nil
+		return t.scanValues(txn, prefix, nil, nil, func(k, v []byte) (bool, error) {
+			return fn(k, v), nil
 		})
 	})
 	if err != nil {
@@ -103,12 +88,8 @@ func (t *OwnedTable) Digest(start, end []byte) (transport.DigestResponse, error)
 			return err
 		}
 		d := newDigester()
-		err = scanRows(txn, t.rowPrefix, nil, start, end, func(k, v []byte) (bool, error) {
-			_, val, err := decodeOwnRow(v)
-			if err != nil {
-				return false, err
-			}
-			d.add(k, val)
+		err = t.scanValues(txn, nil, start, end, func(k, v []byte) (bool, error) {
+			d.add(k, v)
 			return true, nil
 		})
 		out = d.result(m.LogID, m.Head)

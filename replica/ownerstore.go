@@ -1,0 +1,502 @@
+package replica
+
+import (
+	"bytes"
+	"cmp"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/replmesh/replmesh/transport"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// The owner stores each value once. The change log is the truth: a put's
+// value lives in its log entry, and the table's row only points at it (a
+// ref row: the seq of the key's latest change). Rows written by a full
+// transfer or a restore have no log entry (the log starts after the
+// snapshot's seq) and hold their value (an inline row).
+//
+// Trimming keeps the entries that are still a row's current value and
+// drops the superseded ones and the deletes (trimKept). A kept entry lies
+// below First, outside the window consumers are served from, and is
+// recorded in the keep index (o/<table>/k/<key> = its seq), so that when
+// the change that supersedes it is trimmed in turn, the kept entry goes
+// too: the write path reads nothing, and a superseded kept entry (at most
+// one a key) waits below the window only while its successor is in it.
+
+// ownFormat is the owner storage format this code writes, recorded in the
+// table's meta (ownerMeta.Format). 0 is the format before it (the row
+// holding its seq and a second copy of the value); Own migrates such a
+// table (migrateLegacy).
+const ownFormat = 1
+
+// Row kinds: the first byte of an owned row.
+const (
+	rowInLog  byte = 1 // seq (8, BE): the value is in the log entry of seq
+	rowInline byte = 2 // seq (8, BE), then the value
+)
+
+// refRowSize is the size of a ref row.
+const refRowSize = 9
+
+func encodeRefRow(seq uint64) []byte {
+	b := make([]byte, refRowSize)
+	b[0] = rowInLog
+	binary.BigEndian.PutUint64(b[1:], seq)
+	return b
+}
+
+func encodeInlineRow(seq uint64, value []byte) []byte {
+	b := make([]byte, refRowSize+len(value))
+	b[0] = rowInline
+	binary.BigEndian.PutUint64(b[1:], seq)
+	copy(b[refRowSize:], value)
+	return b
+}
+
+// decodeOwnRow returns a row's kind, the seq of its change, and its value
+// when inline.
+func decodeOwnRow(b []byte) (kind byte, seq uint64, value []byte, err error) {
+	if len(b) < refRowSize {
+		return 0, 0, nil, fmt.Errorf("owned row: short (%d bytes)", len(b))
+	}
+	kind, seq = b[0], binary.BigEndian.Uint64(b[1:refRowSize])
+	switch {
+	case kind == rowInLog && len(b) == refRowSize:
+		return kind, seq, nil, nil
+	case kind == rowInline:
+		return kind, seq, b[refRowSize:], nil
+	}
+	return 0, 0, nil, fmt.Errorf("owned row: bad kind %d (%d bytes)", kind, len(b))
+}
+
+// rowValue calls fn with the value of the row of key whose stored bytes
+// are row, read in txn (the same snapshot as the row). fn must not retain
+// the value.
+func (t *OwnedTable) rowValue(txn *badger.Txn, key, row []byte, fn func(val []byte) error) error {
+	kind, seq, val, err := decodeOwnRow(row)
+	if err != nil {
+		return err
+	}
+	if kind == rowInline {
+		return fn(val)
+	}
+	item, err := txn.Get(ownLogKey(t.logPrefix, seq))
+	if err != nil {
+		return fmt.Errorf("row %q: log entry %d: %w", key, seq, err)
+	}
+	return item.Value(func(v []byte) error {
+		ch, err := decodeLogEntry(seq, v)
+		if err != nil {
+			return err
+		}
+		if ch.Op != transport.OpPut || !bytes.Equal(ch.Key, key) {
+			return fmt.Errorf("row %q: log entry %d is a change of %q (op %d)", key, seq, ch.Key, ch.Op)
+		}
+		return fn(ch.Value)
+	})
+}
+
+// getRow reads key's current value in txn; ok is false when the table has
+// no such row. The value is a copy.
+func (t *OwnedTable) getRow(txn *badger.Txn, key []byte) (value []byte, ok bool, err error) {
+	item, err := txn.Get(concat(t.rowPrefix, key))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	err = item.Value(func(row []byte) error {
+		return t.rowValue(txn, key, row, func(val []byte) error {
+			value = bytes.Clone(val)
+			return nil
+		})
+	})
+	return value, err == nil, err
+}
+
+// scanValues is scanRows over t's rows with each row's value. A point
+// read of the log per row would cost a full badger lookup each, so the
+// rows are taken in batches (scanBatch rows or about 1 MiB of values) and
+// each batch's log entries are read by one iterator in seq order: rows
+// written together (a bulk load, a busy range) have neighbouring seqs, so
+// most are a step of the iterator, not a seek.
+func (t *OwnedTable) scanValues(txn *badger.Txn, prefix, start, end []byte, fn func(k, v []byte) (bool, error)) error {
+	b := &valueBatch{t: t, txn: txn}
+	stopped := false
+	err := scanRows(txn, t.rowPrefix, prefix, start, end, func(k, row []byte) (bool, error) {
+		if err := b.add(k, row); err != nil {
+			return false, err
+		}
+		if !b.full() {
+			return true, nil
+		}
+		cont, err := b.flush(fn)
+		stopped = !cont
+		return cont && err == nil, err
+	})
+	if err != nil || stopped {
+		return err
+	}
+	_, err = b.flush(fn)
+	return err
+}
+
+// scanBatch is how many rows scanValues resolves at once.
+const scanBatch = 4096
+
+// valueBatch is a batch of rows of scanValues: keys and values in one
+// arena, ref rows resolved from the log in seq order.
+type valueBatch struct {
+	t     *OwnedTable
+	txn   *badger.Txn
+	arena []byte
+	rows  []batchRow
+	refs  []int // indexes of the ref rows, sorted by seq at flush
+}
+
+type batchRow struct {
+	key, val [2]int // arena offsets
+	seq      uint64 // a ref row's seq
+}
+
+func (b *valueBatch) full() bool { return len(b.rows) >= scanBatch || len(b.arena) >= 1<<20 }
+
+func (b *valueBatch) add(k, row []byte) error {
+	kind, seq, val, err := decodeOwnRow(row)
+	if err != nil {
+		return fmt.Errorf("row %q: %w", k, err)
+	}
+	r := batchRow{seq: seq}
+	r.key[0] = len(b.arena)
+	b.arena = append(b.arena, k...)
+	r.key[1] = len(b.arena)
+	if kind == rowInLog {
+		b.refs = append(b.refs, len(b.rows))
+	} else {
+		r.val[0] = len(b.arena)
+		b.arena = append(b.arena, val...)
+		r.val[1] = len(b.arena)
+	}
+	b.rows = append(b.rows, r)
+	return nil
+}
+
+// flush resolves the batch's ref rows, calls fn for each row in key
+// order and empties the batch; cont is false when fn stopped.
+func (b *valueBatch) flush(fn func(k, v []byte) (bool, error)) (cont bool, err error) {
+	if len(b.refs) > 0 {
+		slices.SortFunc(b.refs, func(x, y int) int { return cmp.Compare(b.rows[x].seq, b.rows[y].seq) })
+		if err := b.resolve(); err != nil {
+			return false, err
+		}
+	}
+	for i := range b.rows {
+		r := &b.rows[i]
+		if cont, err = fn(b.arena[r.key[0]:r.key[1]], b.arena[r.val[0]:r.val[1]]); !cont || err != nil {
+			return cont, err
+		}
+	}
+	b.arena, b.rows, b.refs = b.arena[:0], b.rows[:0], b.refs[:0]
+	return true, nil
+}
+
+// resolve reads the values of the ref rows (b.refs, in seq order) from
+// the log with one iterator.
+func (b *valueBatch) resolve() error {
+	lp := b.t.logPrefix
+	o := badger.DefaultIteratorOptions
+	o.Prefix = lp
+	o.PrefetchValues = false
+	it := b.txn.NewIterator(o)
+	defer it.Close()
+	at := func() uint64 { return binary.BigEndian.Uint64(it.Item().Key()[len(lp):]) }
+	for _, i := range b.refs {
+		r := &b.rows[i]
+		// A few steps forward cost less than a seek.
+		for n := 0; it.Valid() && at() < r.seq && n < 4; n++ {
+			it.Next()
+		}
+		if !it.Valid() || at() != r.seq {
+			it.Seek(ownLogKey(lp, r.seq))
+		}
+		key := b.arena[r.key[0]:r.key[1]]
+		if !it.Valid() || at() != r.seq {
+			return fmt.Errorf("row %q: log entry %d: %w", key, r.seq, badger.ErrKeyNotFound)
+		}
+		err := it.Item().Value(func(v []byte) error {
+			ch, err := decodeLogEntry(r.seq, v)
+			if err != nil {
+				return err
+			}
+			if ch.Op != transport.OpPut || !bytes.Equal(ch.Key, key) {
+				return fmt.Errorf("row %q: log entry %d is a change of %q (op %d)", key, r.seq, ch.Key, ch.Op)
+			}
+			r.val[0] = len(b.arena)
+			b.arena = append(b.arena, ch.Value...)
+			r.val[1] = len(b.arena)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// trimChunk is how many log entries one transaction of trimKept handles:
+// each takes up to three writes, well inside badger's transaction limit
+// for any memtable size Config.Validate accepts.
+const trimChunk = 1024
+
+// trimKept removes the log entries [from, to) that left the window (First
+// is already past them): a delete, or a put its row no longer points at,
+// is deleted; a put that is still its row's value stays, recorded in the
+// keep index, where it replaces (and deletes) the key's older kept entry.
+// An entry whose key has a later one in the same chunk is superseded
+// without a look at the row (retire runs for the key's last entry only).
+// Each chunk is one transaction, in seq order, so a crash leaves every
+// entry below the chunks done handled and the rest untouched (Own
+// measures First from the log: untouched entries are in the window again
+// and the next trim handles them; a handled entry found there again is
+// recognised by its keep index entry).
+func (t *OwnedTable) trimKept(from, to uint64) error {
+	chunk := make([]transport.Change, 0, trimChunk)
+	last := make(map[string]int, trimChunk)
+	for from < to {
+		var next uint64
+		var err error
+		chunk, next, err = t.readChunk(chunk[:0], from, to)
+		if err != nil {
+			return err
+		}
+		clear(last)
+		for i := range chunk {
+			last[string(chunk[i].Key)] = i
+		}
+		err = t.c.db.Update(func(txn *badger.Txn) error {
+			for i := range chunk {
+				if last[string(chunk[i].Key)] != i {
+					if err := txn.Delete(ownLogKey(t.logPrefix, chunk[i].Seq)); err != nil {
+						return err
+					}
+					continue
+				}
+				if err := t.retire(txn, chunk[i]); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		from = next
+	}
+	return nil
+}
+
+// readChunk appends to dst the log entries from seq from on, below to, up
+// to trimChunk of them (values left out), and returns the seq to go on
+// from.
+func (t *OwnedTable) readChunk(dst []transport.Change, from, to uint64) ([]transport.Change, uint64, error) {
+	next := to
+	err := t.c.db.View(func(txn *badger.Txn) error {
+		o := badger.DefaultIteratorOptions
+		o.Prefix = t.logPrefix
+		o.PrefetchSize = 64
+		it := txn.NewIterator(o)
+		defer it.Close()
+		for it.Seek(ownLogKey(t.logPrefix, from)); it.Valid(); it.Next() {
+			item := it.Item()
+			seq := binary.BigEndian.Uint64(item.Key()[len(t.logPrefix):])
+			if seq >= to {
+				return nil
+			}
+			if len(dst) == trimChunk {
+				next = seq
+				return nil
+			}
+			if err := item.Value(func(v []byte) error {
+				ch, err := decodeLogEntry(seq, v)
+				ch.Key, ch.Value = bytes.Clone(ch.Key), nil
+				dst = append(dst, ch)
+				return err
+			}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return dst, next, err
+}
+
+// retire handles one entry leaving the window (see trimKept).
+func (t *OwnedTable) retire(txn *badger.Txn, ch transport.Change) error {
+	keep := false
+	if ch.Op == transport.OpPut {
+		item, err := txn.Get(concat(t.rowPrefix, ch.Key))
+		switch {
+		case err == nil:
+			err = item.Value(func(row []byte) error {
+				kind, seq, _, err := decodeOwnRow(row)
+				keep = kind == rowInLog && seq == ch.Seq
+				return err
+			})
+			if err != nil {
+				return err
+			}
+		case !errors.Is(err, badger.ErrKeyNotFound):
+			return err
+		}
+	}
+	keepKey := concat(t.keepPrefix, ch.Key)
+	prev, hasPrev := uint64(0), false
+	item, err := txn.Get(keepKey)
+	switch {
+	case err == nil:
+		err = item.Value(func(v []byte) error {
+			if len(v) != 8 {
+				return fmt.Errorf("keep index of %q: %d bytes", ch.Key, len(v))
+			}
+			prev, hasPrev = binary.BigEndian.Uint64(v), true
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	case !errors.Is(err, badger.ErrKeyNotFound):
+		return err
+	}
+	if hasPrev && prev > ch.Seq {
+		// A newer entry of the key was kept already (a trim cut short by a
+		// crash is being redone): this one is superseded.
+		return txn.Delete(ownLogKey(t.logPrefix, ch.Seq))
+	}
+	if hasPrev && prev < ch.Seq {
+		if err := txn.Delete(ownLogKey(t.logPrefix, prev)); err != nil {
+			return err
+		}
+	}
+	if keep {
+		if hasPrev && prev == ch.Seq {
+			return nil
+		}
+		return txn.Set(keepKey, binary.BigEndian.AppendUint64(nil, ch.Seq))
+	}
+	if hasPrev {
+		if err := txn.Delete(keepKey); err != nil {
+			return err
+		}
+	}
+	return txn.Delete(ownLogKey(t.logPrefix, ch.Seq))
+}
+
+// migrateChunk is how many rows one transaction of migrateLegacy converts.
+const migrateChunk = 512
+
+// migrateLegacy converts a table written in format 0 (each row: its seq,
+// then a copy of the value) to ownFormat: a row whose change is still in
+// the log becomes a ref row, one whose entry was trimmed an inline row.
+// The log entries are the same in both formats. Each chunk of rows is one
+// transaction that also records, in the meta, the last key converted
+// (ownerMeta.Migrated), so an interrupted migration resumes where it
+// stopped; the last one sets Format. m is the table's meta as loaded; the
+// migrated meta is returned.
+func (t *OwnedTable) migrateLegacy(m ownerMeta) (ownerMeta, error) {
+	for m.Format == 0 {
+		err := t.c.db.Update(func(txn *badger.Txn) error {
+			type row struct{ key, enc []byte }
+			var rows []row
+			done := true
+			err := func() error {
+				o := badger.DefaultIteratorOptions
+				o.Prefix = t.rowPrefix
+				o.PrefetchSize = 64
+				it := txn.NewIterator(o)
+				defer it.Close()
+				seek := t.rowPrefix
+				if m.Migrated != nil {
+					seek = concat(concat(t.rowPrefix, m.Migrated), []byte{0})
+				}
+				size := 0
+				for it.Seek(seek); it.Valid(); it.Next() {
+					if len(rows) == migrateChunk || size >= 1<<20 {
+						done = false
+						return nil
+					}
+					item := it.Item()
+					key := item.KeyCopy(nil)[len(t.rowPrefix):]
+					v, err := item.ValueCopy(nil)
+					if err != nil {
+						return err
+					}
+					if len(v) < 8 {
+						return fmt.Errorf("legacy row %q: short (%d bytes)", key, len(v))
+					}
+					seq, val := binary.BigEndian.Uint64(v), v[8:]
+					enc, err := t.legacyRow(txn, key, seq, val)
+					if err != nil {
+						return err
+					}
+					rows = append(rows, row{key, enc})
+					size += len(key) + len(enc)
+				}
+				return nil
+			}()
+			if err != nil {
+				return err
+			}
+			for _, r := range rows {
+				if err := txn.Set(concat(t.rowPrefix, r.key), r.enc); err != nil {
+					return err
+				}
+			}
+			if len(rows) > 0 {
+				m.Migrated = rows[len(rows)-1].key
+			}
+			if done {
+				m.Format, m.Migrated = ownFormat, nil
+			}
+			b, err := msgpack.Marshal(&m)
+			if err != nil {
+				return err
+			}
+			return txn.Set(t.metaKey, b)
+		})
+		if err != nil {
+			return m, fmt.Errorf("migrate %s to owner format %d: %w", t.name, ownFormat, err)
+		}
+	}
+	return m, nil
+}
+
+// legacyRow is the ownFormat encoding of a format-0 row of key written at
+// seq with val: a ref row when the log still holds that change (its value
+// is there), else an inline row.
+func (t *OwnedTable) legacyRow(txn *badger.Txn, key []byte, seq uint64, val []byte) ([]byte, error) {
+	item, err := txn.Get(ownLogKey(t.logPrefix, seq))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return encodeInlineRow(seq, val), nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	inLog := false
+	err = item.Value(func(v []byte) error {
+		ch, err := decodeLogEntry(seq, v)
+		inLog = err == nil && ch.Op == transport.OpPut && bytes.Equal(ch.Key, key) && bytes.Equal(ch.Value, val)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if inLog {
+		return encodeRefRow(seq), nil
+	}
+	return encodeInlineRow(seq, val), nil
+}

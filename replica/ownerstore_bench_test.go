@@ -1,0 +1,181 @@
+package replica
+
+import (
+	"context"
+	"io/fs"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// BenchmarkOwnerWriteCost measures the owner's commit path on disk: one op
+// is one change (a 256-byte value under a new key), submitted pipelined
+// 1,024 deep as replbench's writer does. Besides ns/op it reports
+// changes/s and disk-B/change: the bytes badger's files hold for the
+// changes once the component is closed (memtables flushed), divided by
+// the changes.
+func BenchmarkOwnerWriteCost(b *testing.B) {
+	b.Run("new-keys", func(b *testing.B) { benchOwnerWriteCost(b, 0, nil) })
+	// At the retention limit: the log is trimmed all along (50,000
+	// changes kept, a trim every 50 ms) over 20,000 keys, so trimming's
+	// cost is in the figure.
+	b.Run("trimmed", func(b *testing.B) {
+		benchOwnerWriteCost(b, 20_000, func(c *Config) {
+			c.Retention = Retention{MaxChanges: 50_000}
+			c.TrimInterval = 50 * time.Millisecond
+		})
+	})
+}
+
+// benchOwnerWriteCost is BenchmarkOwnerWriteCost over keys keys (0: a
+// new key each change) with tweak applied to the config.
+func benchOwnerWriteCost(b *testing.B, keys int, tweak func(*Config)) {
+	dir := b.TempDir()
+	c := openWith(b, "bench", "owner", dir, "", tweak)
+	tbl, err := c.Own("bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	val := benchValue()
+	window := make([]*Pending, 1024)
+	wait := func(p *Pending) {
+		if p == nil {
+			return
+		}
+		if _, err := p.Wait(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	b.SetBytes(benchValueSize)
+	start := time.Now()
+	n := 0
+	for i := 0; b.Loop(); i++ {
+		slot := i % len(window)
+		wait(window[slot])
+		k := i
+		if keys > 0 {
+			k = i % keys
+		}
+		p, err := tbl.Submit(ctx, Write{Key: benchKey(k), Value: val})
+		if err != nil {
+			b.Fatal(err)
+		}
+		window[slot] = p
+		n++
+	}
+	for _, p := range window {
+		wait(p)
+	}
+	took := time.Since(start)
+	b.StopTimer()
+	mustClose(b, c)
+	b.ReportMetric(float64(n)/took.Seconds(), "changes/s")
+	b.ReportMetric(float64(dirSize(b, dir))/float64(n), "disk-B/change")
+}
+
+// dirSize sums the sizes of the files under dir.
+func dirSize(t testing.TB, dir string) int64 {
+	t.Helper()
+	var total int64
+	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		total += fi.Size()
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return total
+}
+
+// benchOwnerRows opens an owner on disk holding rows 256-byte rows.
+func benchOwnerRows(b *testing.B, rows int) *OwnedTable {
+	b.Helper()
+	c := openComponent(b, "bench", "owner", b.TempDir(), "")
+	b.Cleanup(func() { mustClose(b, c) })
+	tbl, err := c.Own("bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := ctxT(b, 5*time.Minute)
+	val := benchValue()
+	ws := make([]Write, 0, 1000)
+	for i := 0; i < rows; i += cap(ws) {
+		ws = ws[:0]
+		for j := i; j < min(rows, i+cap(ws)); j++ {
+			ws = append(ws, Write{Key: benchKey(j), Value: val})
+		}
+		if _, err := tbl.Apply(ctx, ws...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return tbl
+}
+
+// BenchmarkOwnerGet: the owner's own Get on a 100k-row table on disk.
+func BenchmarkOwnerGet(b *testing.B) {
+	const rows = 100_000
+	tbl := benchOwnerRows(b, rows)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		v, ok, err := tbl.Get(benchKey((i * 7919) % rows))
+		if err != nil || !ok || len(v) != benchValueSize {
+			b.Fatalf("Get = %d bytes, %v, %v", len(v), ok, err)
+		}
+	}
+}
+
+// BenchmarkOwnerScan: one op is a Scan of a 100k-row table on disk (what
+// a full transfer's snapshot reads); it reports rows/s.
+func BenchmarkOwnerScan(b *testing.B) {
+	const rows = 100_000
+	tbl := benchOwnerRows(b, rows)
+	b.ReportAllocs()
+	start := time.Now()
+	for b.Loop() {
+		n := 0
+		if _, err := tbl.Scan(nil, func(_, v []byte) bool { n++; return len(v) == benchValueSize }); err != nil || n != rows {
+			b.Fatalf("scan: %d rows, %v", n, err)
+		}
+	}
+	b.ReportMetric(float64(rows*b.N)/time.Since(start).Seconds(), "rows/s")
+}
+
+// BenchmarkOwnerTrim: one op is one log entry trimmed. The table holds
+// b.N changes over 50,000 keys (256-byte values, written in groups of
+// 1,000) and trims all but the last 1,000; only the trim is timed.
+func BenchmarkOwnerTrim(b *testing.B) {
+	c := openWith(b, "bench", "owner", b.TempDir(), "", func(c *Config) { c.TrimInterval = time.Hour })
+	defer mustClose(b, c)
+	tbl, err := c.Own("bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := ctxT(b, 5*time.Minute)
+	val := benchValue()
+	ws := make([]Write, 0, 1000)
+	for i := 0; i < b.N; i += cap(ws) {
+		ws = ws[:0]
+		for j := i; j < min(b.N, i+cap(ws)); j++ {
+			ws = append(ws, Write{Key: benchKey(j % 50_000), Value: val})
+		}
+		if _, err := tbl.Apply(ctx, ws...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	tbl.mu.Lock()
+	tbl.retention = Retention{MaxChanges: 1000}
+	tbl.mu.Unlock()
+	b.ResetTimer()
+	if err := tbl.trim(time.Now()); err != nil {
+		b.Fatal(err)
+	}
+}

@@ -1,0 +1,225 @@
+package replica
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/replmesh/replmesh/internal/testutil"
+	"github.com/replmesh/replmesh/transport"
+)
+
+// The owner-store crash test kills an owner that writes and trims its log
+// all the time (a retention of a few hundred changes, a trim every
+// millisecond), then opens its data dir and checks the storage
+// (checkOwnerStore) against the workload replayed to the durable head.
+const (
+	oscDirEnv    = "REPLMESH_OSCRASH_DIR"
+	oscTable     = "t"
+	oscKeys      = 97
+	oscBulk      = 600
+	oscRetention = 300
+	oscPrefix    = "@osc "
+)
+
+// oscChange is the workload's change at seq s: first oscBulk puts of
+// their own keys (they outlive the window: trimming keeps them), then
+// puts of one of oscKeys hot keys, every fifth one of the bulk keys
+// instead (superseding a kept entry), every ninth a delete.
+func oscChange(s uint64) transport.Change {
+	k := fmt.Appendf(nil, "k%03d", (s*31)%oscKeys)
+	switch {
+	case s <= oscBulk:
+		k = fmt.Appendf(nil, "b%04d", s)
+	case s%5 == 0:
+		k = fmt.Appendf(nil, "b%04d", 1+(s*7)%oscBulk)
+	}
+	if s > oscBulk && s%9 == 0 {
+		return transport.Change{Seq: s, Op: transport.OpDelete, Key: k}
+	}
+	return transport.Change{Seq: s, Op: transport.OpPut, Key: k, Value: fmt.Appendf(nil, "v%d-%s", s, strings.Repeat("x", int(s%200)))}
+}
+
+// oscGroup is the commit group that starts at seq s: 1 to 4 changes.
+func oscGroup(s uint64) []Write {
+	ws := make([]Write, 1+s%4)
+	for i := range ws {
+		ch := oscChange(s + uint64(i))
+		ws[i] = Write{Key: ch.Key, Value: ch.Value, Delete: ch.Op == transport.OpDelete}
+	}
+	return ws
+}
+
+// TestOwnerStoreCrashChild is the body of the crash test's child; it
+// returns at once unless REPLMESH_OSCRASH_DIR is set. It writes the
+// workload from its table's head until killed, reporting "ack <seq>" for
+// each acknowledged group and "first <seq>" whenever trimming moves First.
+func TestOwnerStoreCrashChild(t *testing.T) {
+	dir := os.Getenv(oscDirEnv)
+	if dir == "" {
+		return
+	}
+	out := func(format string, args ...any) { fmt.Printf(oscPrefix+format+"\n", args...) }
+	cfg := LocalConfig("svc", "owner")
+	cfg.DataDir, cfg.Durability = dir, Sync
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	cfg.Retention = Retention{MaxChanges: oscRetention}
+	cfg.TrimInterval = time.Millisecond
+	ctx := context.Background()
+	c, err := Open(ctx, cfg)
+	if err != nil {
+		out("bad open: %v", err)
+		t.Fatal(err)
+	}
+	tbl, err := c.Own(oscTable)
+	if err != nil {
+		out("bad own: %v", err)
+		t.Fatal(err)
+	}
+	out("start %d", tbl.Head())
+	go func() {
+		var last uint64
+		for {
+			tbl.mu.Lock()
+			f := tbl.meta.First
+			tbl.mu.Unlock()
+			if f != last {
+				out("first %d", f)
+				last = f
+			}
+			time.Sleep(2 * time.Millisecond) // a report's pace, not a synchronization
+		}
+	}()
+	type inflight struct {
+		p    *Pending
+		last uint64
+	}
+	var q []inflight
+	next := tbl.Head() + 1
+	for {
+		ws := oscGroup(next)
+		p, err := tbl.Submit(ctx, ws...)
+		if err != nil {
+			out("bad submit: %v", err)
+			t.Fatal(err)
+		}
+		next += uint64(len(ws))
+		q = append(q, inflight{p, next - 1})
+		if len(q) < 8 {
+			continue
+		}
+		f := q[0]
+		q = q[1:]
+		seq, err := f.p.Wait(ctx)
+		if err != nil || seq != f.last {
+			out("bad ack: seq %d (want %d), %v", seq, f.last, err)
+			t.Fatal(err)
+		}
+		out("ack %d", seq)
+	}
+}
+
+// TestOwnerStore_CrashWhileTrimming kills the writing, trimming owner at
+// random points, then checks its data dir after each kill: the rows equal
+// the workload replayed to the durable head (at least every acknowledged
+// write), each value stored once, the log window whole and the workload's,
+// only kept entries below it (checkOwnerStore), and the reads agree.
+func TestOwnerStore_CrashWhileTrimming(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs child processes; skipped in -short mode")
+	}
+	seed, _ := testSeed(t)
+	t.Logf("seed %d (replay: REPLMESH_SEED=%d go test -run TestOwnerStore_CrashWhileTrimming ./replica)", seed, seed)
+	rng := rand.New(rand.NewPCG(seed, 0x05c))
+	dir := filepath.Join(t.TempDir(), "owner")
+	var keys []string
+	for i := range oscKeys {
+		keys = append(keys, fmt.Sprintf("k%03d", i))
+	}
+	for i := range oscBulk + 1 {
+		keys = append(keys, fmt.Sprintf("b%04d", i))
+	}
+	const cycles = 8
+	var acked uint64
+	for cycle := range cycles {
+		var started, first, ack, trims uint64
+		var child *testutil.Child
+		child = testutil.NewChild(t, testutil.ChildSpec{
+			Name:   fmt.Sprintf("owner run %d", cycle+1),
+			Args:   testutil.SelfArgs("TestOwnerStoreCrashChild", 2*time.Minute),
+			Env:    append(os.Environ(), oscDirEnv+"="+dir),
+			Prefix: oscPrefix,
+			Report: func(line string, _ time.Time) {
+				f := strings.Fields(line)
+				switch f[0] {
+				case "start":
+					started = child.Uint(f, 1, line) + 1
+				case "first":
+					if v := child.Uint(f, 1, line); v != first {
+						first = v
+						trims++
+					}
+				case "ack":
+					ack = child.Uint(f, 1, line)
+				}
+			},
+			State: func() string {
+				return fmt.Sprintf("started %d, first %d, ack %d, %d trims", started, first, ack, trims)
+			},
+		})
+		child.Start()
+		// Let it write past the retention and trim a few times, then kill
+		// it at a random point of its writing and trimming.
+		child.WaitFor(60*time.Second, "writes and trims", func() bool { return started > 0 && trims >= 3 && ack >= max(started, oscBulk)+oscRetention })
+		time.Sleep(time.Duration(rng.IntN(30)) * time.Millisecond) // a random kill point, not a synchronization
+		child.Kill()
+		acked = max(acked, testutil.Locked(child, func() uint64 { return ack }))
+
+		c := openComponent(t, "svc", "verify", dir, "")
+		tbl, err := c.Own(oscTable)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tbl.mu.Lock()
+		head, winFirst := tbl.meta.Head, tbl.meta.First
+		tbl.mu.Unlock()
+		if head < acked {
+			t.Fatalf("cycle %d: head %d below the acknowledged seq %d", cycle+1, head, acked)
+		}
+		model := map[string]string{}
+		written := map[uint64]transport.Change{}
+		for s := uint64(1); s <= head; s++ {
+			ch := oscChange(s)
+			if ch.Op == transport.OpDelete {
+				delete(model, string(ch.Key))
+			} else {
+				model[string(ch.Key)] = string(ch.Value)
+			}
+			written[s] = ch
+		}
+		// Which changes ended a group depends on where each run began:
+		// compare the entries without TxnEnd.
+		d := dumpOwner(t, c.db, oscTable)
+		for s := winFirst; s <= head; s++ {
+			ch := written[s]
+			ch.TxnEnd = d.log[s].TxnEnd
+			written[s] = ch
+		}
+		checkOwnerStore(t, c.db, oscTable, winFirst, model, written)
+		checkOwnerReads(t, tbl, model, keys)
+		below := 0
+		for s := range d.log {
+			if s < winFirst {
+				below++
+			}
+		}
+		t.Logf("cycle %d: head %d (acknowledged %d), window %d..%d, %d kept entries below it, %d rows", cycle+1, head, acked, winFirst, head, below, len(model))
+		mustClose(t, c)
+	}
+}
