@@ -27,9 +27,14 @@ import (
 // Lock order: Component.mu before OwnedTable.mu before tail.mu; Replica.mu
 // is never held while taking another lock.
 type Component struct {
-	cfg    Config
-	log    *slog.Logger
+	cfg Config
+	log *slog.Logger
+	// db is the database; fullDBLocked replaces it, under mu, while it is
+	// small: the small database an in-memory component starts on
+	// (Config.startsSmall; nil for the others). Once replaced, small stays
+	// open until Close, for any reader that still holds it.
 	db     *badger.DB
+	small  *badger.DB
 	ln     net.Listener
 	server *transport.Server
 
@@ -134,13 +139,6 @@ const (
 	memMaxValue       = memValueThreshold - 1<<10
 )
 
-func threshold(inMemory bool) int64 {
-	if inMemory {
-		return memValueThreshold
-	}
-	return diskguard.ValueThreshold
-}
-
 // valueLimit is the largest value this component stores, and the reason
 // when it is below the protocol's.
 func (c *Component) valueLimit() (int, string) {
@@ -173,28 +171,21 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 		return nil, fmt.Errorf("open component: %w", err)
 	}
 
-	opts := badger.DefaultOptions(cfg.DataDir).
-		WithInMemory(cfg.DataDir == "").
-		WithSyncWrites(cfg.Durability == Sync).
-		WithDetectConflicts(false).
-		WithLogger(badgerLogger{log.With("subsystem", "badger")}).
-		WithMemTableSize(cfg.MemTableSize).
-		WithNumMemtables(3).
-		WithBlockCacheSize(cfg.BlockCacheSize).
-		WithIndexCacheSize(16 << 20).
-		WithNumCompactors(2).
-		WithValueThreshold(threshold(cfg.DataDir == "")).
-		WithCompression(options.None) // rows and log entries are small: compression costs more CPU than it saves
+	sizing := cfg.dbSizing()
+	small := cfg.startsSmall()
+	if small {
+		sizing = smallDBSizing()
+	}
 	var disk *diskguard.Guard
 	if cfg.DataDir != "" {
 		// On a full file system badger would fault while opening (it maps
 		// new log files): refuse with an error instead.
-		disk = diskguard.New(cfg.DataDir, cfg.MemTableSize, log)
+		disk = diskguard.New(cfg.DataDir, sizing.MemTable, log)
 		if err := disk.CheckOpen(); err != nil {
 			return nil, fmt.Errorf("open component: %w", err)
 		}
 	}
-	db, err := badger.Open(opts)
+	db, err := openDB(cfg, sizing, log)
 	if err != nil {
 		return nil, fmt.Errorf("open component: badger: %w", err)
 	}
@@ -272,13 +263,92 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 		c.wg.Add(1)
 		go func() { defer c.wg.Done(); disk.Run(c.done()) }()
 	}
-	c.wg.Add(3)
+	if small {
+		// The dropper starts with the full database (fullDBLocked): the
+		// small one holds no generation to drop.
+		c.small = db
+		c.wg.Add(2)
+	} else {
+		c.wg.Add(3)
+		go c.dropLoop()
+	}
 	go c.commitLoop()
 	go c.trimLoop()
-	go c.dropLoop()
 	c.kickDropper()
 	log.Info("component open", "addr", c.Addr(), "data_dir", cfg.DataDir, "durability", cfg.Durability.String())
 	return c, nil
+}
+
+// openDB opens the component's badger database with sizing.
+func openDB(cfg Config, sizing dbSizing, log *slog.Logger) (*badger.DB, error) {
+	opts := badger.DefaultOptions(cfg.DataDir).
+		WithInMemory(cfg.DataDir == "").
+		WithSyncWrites(cfg.Durability == Sync).
+		WithDetectConflicts(false).
+		WithLogger(badgerLogger{log.With("subsystem", "badger")}).
+		WithMetricsEnabled(false). // nothing reads badger's expvar metrics; each write and read paid for them
+		WithMemTableSize(sizing.MemTable).
+		WithNumMemtables(sizing.NumMemtables).
+		WithBlockCacheSize(sizing.BlockCache).
+		WithIndexCacheSize(sizing.IndexCache).
+		WithNumCompactors(sizing.NumCompactors).
+		WithValueThreshold(sizing.ValueThreshold).
+		WithCompression(options.None) // rows and log entries are small: compression costs more CPU than it saves
+	if cfg.DataDir != "" {
+		opts = opts.WithValueLogFileSize(sizing.ValueLogFile)
+	}
+	return badger.Open(opts)
+}
+
+// fullDBLocked moves an in-memory component that started on its small
+// database (Config.startsSmall) to the full one, before it first keeps
+// something in badger: Own, a DiskOnly replica. Until then nothing reads
+// the database but under mu, the calls that read it without mu (the
+// committer, the trimmer, the servers, a DiskOnly replica) follow one of
+// those, and the dropper starts here. Whatever the small database holds
+// is copied (it holds nothing: a resident replica keeps its rows in
+// memory). The caller holds mu.
+func (c *Component) fullDBLocked() error {
+	if c.small == nil || c.db != c.small {
+		return nil
+	}
+	db, err := openDB(c.cfg, c.cfg.dbSizing(), c.log)
+	if err != nil {
+		return fmt.Errorf("open the database: %w", err)
+	}
+	if err := copyDB(c.small, db); err != nil {
+		_ = db.Close()
+		return fmt.Errorf("open the database: %w", err)
+	}
+	c.db = db
+	c.wg.Add(1)
+	go c.dropLoop()
+	c.log.Info("database sized for owned tables or disk-only replicas", "memtable_bytes", c.cfg.memTable())
+	return nil
+}
+
+// copyDB copies every key of from into to.
+func copyDB(from, to *badger.DB) error {
+	wb := to.NewWriteBatch()
+	defer wb.Cancel()
+	err := from.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.DefaultIteratorOptions)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			v, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			if err := wb.Set(it.Item().KeyCopy(nil), v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return wb.Flush()
 }
 
 // Addr is the address the replication service listens on ("" when none).
@@ -320,6 +390,9 @@ func (c *Component) Close() error {
 		c.reads.shut()
 		c.disk.Closing() // room for the flush in db.Close
 		c.closeErr = c.db.Close()
+		if c.small != nil && c.small != c.db {
+			c.closeErr = errors.Join(c.closeErr, c.small.Close())
+		}
 		c.log.Info("component closed")
 	})
 	return c.closeErr

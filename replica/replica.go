@@ -173,6 +173,11 @@ func (c *Component) Subscribe(ctx context.Context, opts SubscribeOptions) (*Repl
 			return nil, fmt.Errorf("%w: SubscribeOptions.Modes: %v", ErrInvalid, err)
 		}
 	}
+	if opts.DiskOnly {
+		if err := c.fullDBLocked(); err != nil { // its rows live in badger
+			return nil, fmt.Errorf("subscribe %s: %w", key, err)
+		}
+	}
 	r := c.newReplica(opts, c.log.With("replica", key), nil)
 	if opts.Modes == nil {
 		// The mode file's entry is the subscription option, re-read on

@@ -165,6 +165,9 @@ func (c *Component) own(name string, opts []TableOptions) (t *OwnedTable, fresh 
 	if _, ok := c.owned[name]; ok {
 		return nil, false, fmt.Errorf("own %s: %w", name, ErrExists)
 	}
+	if err := c.fullDBLocked(); err != nil {
+		return nil, false, fmt.Errorf("own %s: %w", name, err)
+	}
 	t = &OwnedTable{
 		c:          c,
 		name:       name,

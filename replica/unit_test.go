@@ -27,6 +27,10 @@ func TestConfig_Validate(t *testing.T) {
 		{"backoff inverted", func(c *Config) { c.ReconnectMax = c.ReconnectMin / 2 }, "Config.ReconnectMax"},
 		{"group too big for memtable", func(c *Config) { c.MaxGroupBytes = 64 << 20; c.MaxApplyBytes = 1 << 20 }, "Config.MaxGroupBytes"},
 		{"apply bigger than group", func(c *Config) { c.MaxApplyBytes = c.MaxGroupBytes + 1 }, "Config.MaxApplyBytes"},
+		{"memtable below a megabyte", func(c *Config) { c.MemTableSize = 512 << 10 }, "Config.MemTableSize"},
+		{"memtable too small for in-memory values", func(c *Config) {
+			c.MemTableSize, c.MaxGroupBytes, c.MaxApplyBytes = 4<<20, 64<<10, 64<<10
+		}, "Config.MemTableSize"},
 		{"min sync standbys without brokers", func(c *Config) { c.MinSyncStandbys = 1 }, "Config.MinSyncStandbys"},
 		{"min sync standbys above the wire's bound", func(c *Config) {
 			c.Owner, c.Brokers, c.MinSyncStandbys = true, []string{"127.0.0.1:1"}, transport.MaxMinSyncStandbys+1

@@ -44,6 +44,11 @@ type childResult struct {
 	RssAnon   int64  `json:"rss_anon"`
 	RssFile   int64  `json:"rss_file"`
 	HeapInuse uint64 `json:"heap_inuse"`
+	// The footprint child's (footprint.go): VmRSS and the Go heap's next
+	// GC target when measured, and (-v) its largest mappings by RSS.
+	RSS    int64    `json:"rss,omitempty"`
+	NextGC uint64   `json:"next_gc,omitempty"`
+	Top    []string `json:"top,omitempty"`
 }
 
 // childMain runs the child named by childEnv and returns the exit code.
@@ -56,6 +61,8 @@ func childMain() int {
 		err = childModesRun()
 	case childHostile:
 		err = childHostileRun()
+	case childFootprint:
+		err = childFootprintRun()
 	default:
 		err = fmt.Errorf("unknown child workload %q", kind)
 	}
@@ -66,16 +73,23 @@ func childMain() int {
 	return 0
 }
 
+// childBench is a child's bench: its progress and (with envVerbose) its
+// components' warnings go to stderr, stdout being its report.
+func childBench() *bench {
+	b := &bench{stderr: os.Stderr}
+	if os.Getenv(envVerbose) != "" {
+		b.logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	return b
+}
+
 // childTransferRun is the new consumer of the transfer workload: it opens
 // a component on an empty data dir, subscribes and times Subscribe to
 // Ready.
 func childTransferRun() error {
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()
-	b := &bench{stderr: os.Stderr}
-	if os.Getenv(envVerbose) != "" {
-		b.logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	}
+	b := childBench()
 	var mutate func(*replica.Config)
 	if files := os.Getenv(envTLS); files != "" {
 		src, err := tlsSourceFromJSON(files, b.logger)

@@ -24,6 +24,9 @@
 //	          with its ratio to plaintext; the memory -hostile attacking streams and
 //	          registrations cost an owner and a broker with the limits on (see security.go,
 //	          hostile.go)
+//	footprint issue 14: the RSS of a consumer process holding one component with one small
+//	          table (-footprint-rows rows, -footprint-churn rewrites of each while subscribed),
+//	          in-memory and durable (-replicas), beside the binary's floor (see footprint.go)
 //
 // The owner always keeps its table and log on disk with async durability,
 // as in the issue's comparison runs. Each workload runs -count times (3:
@@ -78,7 +81,7 @@ func main() {
 
 // workloadOrder is the order workloads run in: loopback first, since the
 // other figures are reported as fractions of it.
-var workloadOrder = []string{"loopback", "fanout", "paced", "transfer", "restore", "resume", "get", "modes", "security"}
+var workloadOrder = []string{"loopback", "fanout", "paced", "transfer", "restore", "resume", "get", "modes", "security", "footprint"}
 
 // options are the parsed flags.
 type options struct {
@@ -111,6 +114,10 @@ type options struct {
 	securityRows  int
 	hostile       int
 	hostileTables int
+	// footprint: the table's rows, and the rewrites of each row the
+	// consumer takes while subscribed.
+	footprintRows  int
+	footprintChurn int
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -141,6 +148,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.securityRows, "security-rows", 200_000, "security: rows of the transfer (an explicit -rows is used when this is not given)")
 	fs.IntVar(&o.hostile, "hostile", 1000, "security: streams and registrations of each hostile peer (0: no hostile peers)")
 	fs.IntVar(&o.hostileTables, "hostile-tables", 1024, "security: tables each hostile registration lists")
+	fs.IntVar(&o.footprintRows, "footprint-rows", 4000, "footprint: rows in the consumer's one table (4000 x 256 B: about 1 MB)")
+	fs.IntVar(&o.footprintChurn, "footprint-churn", 5, "footprint: rewrites of every row while the consumer is subscribed")
 	fs.BoolVar(&o.verbose, "v", false, "log the components' warnings and errors to stderr")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -206,6 +215,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	switch {
 	case o.hostile < 0:
 		return o, fmt.Errorf("-hostile must not be negative")
+	case o.footprintChurn < 0:
+		return o, fmt.Errorf("-footprint-churn must not be negative")
 	case o.hostileTables < 0 || o.hostileTables > broker.DefaultMaxTables:
 		return o, fmt.Errorf("-hostile-tables must be 0..%d (the broker's default limit)", broker.DefaultMaxTables)
 	}
@@ -228,7 +239,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}{
 		{"changes", o.changes}, {"keys", o.keys}, {"window", o.window}, {"valuesize", o.valueSize},
 		{"rows", o.rows}, {"missed", o.missed}, {"getrows", o.getRows}, {"getops", o.getOps}, {"rate", o.rate}, {"count", o.count},
-		{"security-rows", o.securityRows},
+		{"security-rows", o.securityRows}, {"footprint-rows", o.footprintRows},
 	}
 	for _, p := range positive {
 		if p.v < 1 {
@@ -292,15 +303,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		b.logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
 	workloads := map[string]func(context.Context) error{
-		"loopback": b.runLoopback,
-		"fanout":   b.runFanout,
-		"paced":    b.runPaced,
-		"transfer": b.runTransfer,
-		"restore":  b.runRestore,
-		"resume":   b.runResume,
-		"get":      b.runGet,
-		"modes":    b.runModes,
-		"security": b.runSecurity,
+		"loopback":  b.runLoopback,
+		"fanout":    b.runFanout,
+		"paced":     b.runPaced,
+		"transfer":  b.runTransfer,
+		"restore":   b.runRestore,
+		"resume":    b.runResume,
+		"get":       b.runGet,
+		"modes":     b.runModes,
+		"security":  b.runSecurity,
+		"footprint": b.runFootprint,
 	}
 	var firstErr error
 	for _, w := range workloadOrder {

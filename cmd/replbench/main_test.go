@@ -67,6 +67,9 @@ func TestRun_EveryWorkloadAtTinySize(t *testing.T) {
 		"security fanout mem x4":  {"changes/s to all, plaintext", "changes/s to all, mTLS", "mTLS/plaintext changes/s"},
 		"security transfer":       {"rows/s, plaintext", "rows/s, mTLS", "mTLS/plaintext rows/s"},
 		"security hostile broker": {"registrations by one identity: refused or denied"},
+		"footprint":               {"process floor (no component), RSS"},
+		"footprint mem":           {"process peak RSS (VmHWM)", "component peak RSS, above the floor", "component RSS caught up, above the floor"},
+		"footprint disk":          {"process peak RSS (VmHWM)", "component peak RSS, above the floor", "component RSS caught up, above the floor"},
 	}
 	got := map[string]result{}
 	for _, r := range rep.Results {

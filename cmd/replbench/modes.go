@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -518,10 +517,7 @@ func childModesRun() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()
-	b := &bench{stderr: os.Stderr}
-	if os.Getenv(envVerbose) != "" {
-		b.logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	}
+	b := childBench()
 	c, err := b.openConsumer(ctx, "modes", os.Getenv(envDir))
 	if err != nil {
 		return err

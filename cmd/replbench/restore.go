@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -23,22 +22,13 @@ import (
 // equal the replica (Digest). Both sides run in this process: the
 // comparison is the point, not the consumer's memory (see transfer).
 func (b *bench) runRestore(ctx context.Context) (err error) {
-	dir, err := b.subdir("restore")
-	if err != nil {
-		return err
-	}
-	defer func() { err = errors.Join(err, os.RemoveAll(dir)) }()
-	owner, tbl, err := b.openOwner(ctx, filepath.Join(dir, "owner"), "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	defer func() { err = errors.Join(err, closeAll(owner)) }()
 	rows := b.opts.rows
-	b.progress("restore: loading %d rows into the owner", rows)
-	head, err := b.loadRows(ctx, tbl, rows)
+	rig, err := b.newOwnerRig(ctx, "restore", rows)
 	if err != nil {
 		return err
 	}
+	defer func() { err = errors.Join(err, rig.close()) }()
+	dir, owner, head := rig.dir, rig.owner, rig.head
 	cons, err := b.openConsumer(ctx, "restore-source", filepath.Join(dir, "consumer"), func(c *replica.Config) { c.ListenAddr = "127.0.0.1:0" })
 	if err != nil {
 		return err
@@ -69,10 +59,11 @@ func (b *bench) runRestore(ctx context.Context) (err error) {
 	if err := owner.Close(); err != nil {
 		return err
 	}
-	owner, tbl, err = b.openOwner(ctx, filepath.Join(dir, "owner-new"), "127.0.0.1:0")
+	owner, tbl, err := b.openOwner(ctx, filepath.Join(dir, "owner-new"), "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
+	defer func() { err = errors.Join(err, closeAll(owner)) }()
 	b.progress("restore: owner restored from the consumer's replica (%d rows)", rows)
 	res, err := owner.Restore(xctx, tableName, replica.RestoreOptions{
 		Source: transport.RestoreSource{Service: consumerService, Addr: cons.Addr()},

@@ -62,6 +62,41 @@ func (b *bench) openOwner(ctx context.Context, dir, addr string, mutate ...func(
 	return c, t, nil
 }
 
+// ownerRig is a workload's fresh directory and an owner on disk in it
+// (dir/owner), listening on loopback, whose table holds the rows loaded
+// at head.
+type ownerRig struct {
+	dir   string
+	owner *replica.Component
+	tbl   *replica.OwnedTable
+	head  uint64
+}
+
+// newOwnerRig makes name's directory and its owner, and loads rows rows
+// (with progress); on error it leaves nothing behind.
+func (b *bench) newOwnerRig(ctx context.Context, name string, rows int) (rig *ownerRig, err error) {
+	rig = &ownerRig{}
+	if rig.dir, err = b.subdir(name); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, rig.close())
+		}
+	}()
+	if rig.owner, rig.tbl, err = b.openOwner(ctx, filepath.Join(rig.dir, "owner"), "127.0.0.1:0"); err != nil {
+		return nil, err
+	}
+	b.progress("%s: loading %d rows into the owner", name, rows)
+	if rig.head, err = b.loadRows(ctx, rig.tbl, rows); err != nil {
+		return nil, err
+	}
+	return rig, nil
+}
+
+// close closes the owner and removes the directory.
+func (r *ownerRig) close() error { return errors.Join(closeAll(r.owner), os.RemoveAll(r.dir)) }
+
 // openConsumer opens a consumer that serves nothing; dir "" is in memory;
 // mutate as for openOwner.
 func (b *bench) openConsumer(ctx context.Context, instance, dir string, mutate ...func(*replica.Config)) (*replica.Component, error) {
