@@ -367,9 +367,9 @@ func (c *Component) loadBulk(txn *badger.Txn, prefix []byte, rows *btree.BTreeG[
 // file's rows that the overlay does not replace, then the tombstones
 // deleted) and then clears the cursor's Bulk: a replica subscribed
 // DiskOnly reads badger only. Interrupted, it is run again at the next
-// Subscribe: the file is deleted only after the cursor no longer names it,
-// and the rows it wrote hold the file's values, so they read as overlay
-// entries equal to the file.
+// Subscribe: the file is deleted only after the cursor no longer names it
+// (genStore.load deletes a file left behind), and the rows it wrote hold
+// the file's values, so they read as overlay entries equal to the file.
 func (g *genStore) convertBulk(cur cursor) (cursor, error) {
 	c := g.c
 	prefix := genPrefix(g.base, cur.Gen)

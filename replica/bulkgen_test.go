@@ -304,3 +304,27 @@ func TestBulkGen_DamagedFileFailsTheLoad(t *testing.T) {
 		t.Fatalf("rows file %s outside %s", path, filepath.Join(dir, bulkDir))
 	}
 }
+
+// A conversion to badger alone that stopped after its cursor, before the
+// file's deletion, leaves a rows file no cursor names: the next load
+// deletes it.
+func TestBulkGen_LoadDeletesAConvertedFile(t *testing.T) {
+	c := openComponent(t, "svc", "i1", t.TempDir(), "")
+	defer mustClose(t, c)
+	g := &genStore{c: c, base: replicaBase("svc", "t"), table: "t", log: testLogger(t), bulk: true}
+	cur := bulkTransferRows(t, g, cursor{}, map[string]string{"a": "1"}, true, true)
+	path := c.bulkPath(genPrefix(g.base, cur.Gen))
+	cur.Bulk = false
+	must(t, writeCursor(c.db, g.base, cur))
+	if _, err := os.Stat(path); err != nil {
+		t.Fatal(err)
+	}
+	got, err := g.load()
+	must(t, err)
+	if got != cur {
+		t.Fatalf("loaded %+v, want %+v", got, cur)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("rows file after the load: %v", err)
+	}
+}

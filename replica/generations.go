@@ -191,6 +191,13 @@ func (g *genStore) load() (cursor, error) {
 			return cursor{}, fmt.Errorf("convert a resident replica's rows file for a disk-only subscription: %w", err)
 		}
 	}
+	if !cur.Bulk && cur.LogID != "" {
+		// A conversion that stopped between its cursor and the file's
+		// deletion left the file behind.
+		if err := g.c.removeBulk(genPrefix(g.base, cur.Gen)); err != nil {
+			return cursor{}, err
+		}
+	}
 	if cur.LogID != "" {
 		g.log.Info("replica loaded", "log_id", cur.LogID, "seq", cur.Seq, "epoch", cur.Epoch)
 	}
