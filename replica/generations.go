@@ -58,6 +58,9 @@ func (c *Component) dropMarked() error {
 		if err := c.deletePrefix(p); err != nil {
 			return err
 		}
+		if err := c.removeBulk(p); err != nil {
+			return err
+		}
 		if err := c.db.Update(func(txn *badger.Txn) error { return txn.Delete(dropMarker(p)) }); err != nil {
 			return err
 		}
@@ -150,6 +153,10 @@ type genStore struct {
 	base  string // the replica's key prefix (replicaBase)
 	table string
 	log   *slog.Logger
+	// bulk: the replica is resident (it reads memory only), so a full
+	// transfer writes a bulk generation (bulkgen.go); else the rows go
+	// through a WriteBatch into badger, which serves its reads.
+	bulk bool
 }
 
 func (g *genStore) standby() bool { return false }
@@ -176,6 +183,20 @@ func (g *genStore) load() (cursor, error) {
 	})
 	if err != nil {
 		return cursor{}, err
+	}
+	if cur.Bulk && !g.bulk {
+		// Subscribed DiskOnly now: reads go to badger, which must hold
+		// every row.
+		if cur, err = g.convertBulk(cur); err != nil {
+			return cursor{}, fmt.Errorf("convert a resident replica's rows file for a disk-only subscription: %w", err)
+		}
+	}
+	if !cur.Bulk && cur.LogID != "" {
+		// A conversion that stopped between its cursor and the file's
+		// deletion left the file behind.
+		if err := g.c.removeBulk(genPrefix(g.base, cur.Gen)); err != nil {
+			return cursor{}, err
+		}
 	}
 	if cur.LogID != "" {
 		g.log.Info("replica loaded", "log_id", cur.LogID, "seq", cur.Seq, "epoch", cur.Epoch)
@@ -205,7 +226,10 @@ func (g *genStore) beginTransfer(st *transport.Start, begin *transport.OwnerFram
 		return nil, fmt.Errorf("stage transfer: %w", err)
 	}
 	g.c.kickDropper()
-	g.log.Info("full transfer begins", "seq", begin.Seq, "log_id", st.LogID, "gen", gen, "rows_expected", begin.Count)
+	g.log.Info("full transfer begins", "seq", begin.Seq, "log_id", st.LogID, "gen", gen, "rows_expected", begin.Count, "bulk", g.bulk)
+	if g.bulk {
+		return newBulkTransfer(g, gen)
+	}
 	return &genTransfer{g: g, gen: gen, prefix: genPrefix(g.base, gen), wb: g.c.db.NewWriteBatch()}, nil
 }
 
@@ -215,26 +239,26 @@ type genTransfer struct {
 	gen    uint64
 	prefix []byte
 	wb     *badger.WriteBatch
+	// keys is where the staged keys (prefix + key) are built, one
+	// allocation for many: the WriteBatch keeps them until it commits,
+	// so a full chunk is left to it and a new one begun.
+	keys []byte
 }
 
-func (x *genTransfer) put(key, value []byte) error { return x.wb.Set(concat(x.prefix, key), value) }
+// keyChunk is the size of genTransfer's key chunks.
+const keyChunk = 32 << 10
+
+func (x *genTransfer) put(key, value []byte) error {
+	n := len(x.prefix) + len(key)
+	if cap(x.keys)-len(x.keys) < n {
+		x.keys = make([]byte, 0, max(keyChunk, n))
+	}
+	start := len(x.keys)
+	x.keys = append(append(x.keys, x.prefix...), key...)
+	return x.wb.Set(x.keys[start:len(x.keys):len(x.keys)], value)
+}
 
 func (x *genTransfer) abort() { x.wb.Cancel() }
-
-// walkStaged reads the finished generation back (stagedRows), stopping
-// when the component closes.
-func (x *genTransfer) walkStaged(fn func(k, v []byte) (bool, error)) error {
-	ctx := x.g.c.ctx
-	n := 0
-	return x.g.c.db.View(func(txn *badger.Txn) error {
-		return scanRows(txn, x.prefix, nil, nil, nil, func(k, v []byte) (bool, error) {
-			if n++; n%4096 == 0 && ctx.Err() != nil {
-				return false, ctx.Err()
-			}
-			return fn(k, v)
-		})
-	})
-}
 
 func (x *genTransfer) finish(next cursor) (cursor, error) {
 	if err := x.wb.Flush(); err != nil {
@@ -244,10 +268,20 @@ func (x *genTransfer) finish(next cursor) (cursor, error) {
 	return next, nil
 }
 
+func (x *genTransfer) switchIn(old, next cursor) error { return x.g.switchIn(old, next) }
+
+// writeCursor stores cur as the cursor of the replica at base.
+func writeCursor(db *badger.DB, base string, cur cursor) error {
+	b, err := msgpack.Marshal(&cur)
+	if err != nil {
+		return err
+	}
+	return db.Update(func(txn *badger.Txn) error { return txn.Set(cursorKey(base), b) })
+}
+
 // switchIn writes the new cursor, ends the staging and schedules the old
 // generation for deletion, in one transaction.
-func (x *genTransfer) switchIn(old, next cursor) error {
-	g := x.g
+func (g *genStore) switchIn(old, next cursor) error {
 	return g.c.db.Update(func(txn *badger.Txn) error {
 		b, err := msgpack.Marshal(&next)
 		if err != nil {
@@ -267,7 +301,8 @@ func (x *genTransfer) switchIn(old, next cursor) error {
 }
 
 // apply writes the changes into the cursor's generation and the cursor, in
-// one transaction.
+// one transaction. In a bulk generation a delete is a tombstone: its rows
+// file may hold the key.
 func (g *genStore) apply(next cursor, chs []transport.Change) error {
 	prefix := genPrefix(g.base, next.Gen)
 	txn := g.c.db.NewTransaction(true)
@@ -275,9 +310,12 @@ func (g *genStore) apply(next cursor, chs []transport.Change) error {
 	for i := range chs {
 		ch := &chs[i]
 		var err error
-		if ch.Op == transport.OpDelete {
+		switch {
+		case ch.Op == transport.OpDelete && next.Bulk:
+			err = txn.SetEntry(badger.NewEntry(concat(prefix, ch.Key), nil).WithMeta(metaTombstone))
+		case ch.Op == transport.OpDelete:
 			err = txn.Delete(concat(prefix, ch.Key))
-		} else {
+		default:
 			err = txn.Set(concat(prefix, ch.Key), ch.Value)
 		}
 		if err != nil {

@@ -1096,17 +1096,30 @@ func TestIntegration_TransferAtomicForReaders(t *testing.T) {
 	if st := cs.r.Status(); st.State != StateTransferring || st.Stats.FullTransfers != 0 {
 		t.Fatalf("the transfer was not held half-way: %+v", st)
 	}
-	// Rows of the new state are in the consumer's badger (wherever the
-	// replica keeps them), so a read that mixed would show them.
-	waitUntil(t, 30*time.Second, "transferred rows in badger", func() bool {
+	// Rows of the new state are staged on the consumer's disk (in badger,
+	// or for a resident replica in the staged generation's rows file,
+	// bulkgen.go), so a read that mixed would show them.
+	waitUntil(t, 30*time.Second, "transferred rows staged on disk", func() bool {
 		n := 0
 		err := cs.c.db.View(func(txn *badger.Txn) error {
-			return scanRows(txn, []byte(cs.r.base), nil, nil, nil, func(_, v []byte) (bool, error) {
+			err := scanRows(txn, []byte(cs.r.base), nil, nil, nil, func(_, v []byte) (bool, error) {
 				if len(v) == valueSize && v[valueSize-1] == 2 {
 					n++
 				}
 				return n == 0, nil
 			})
+			if err != nil || n > 0 {
+				return err
+			}
+			stage, err := readStage(txn, cs.r.base)
+			if err != nil || stage == 0 {
+				return err
+			}
+			b, err := os.ReadFile(cs.c.bulkPath(genPrefix(cs.r.base, stage)))
+			if err == nil && bytes.Contains(b, bytes.Repeat([]byte{2}, valueSize/2)) {
+				n++
+			}
+			return nil
 		})
 		return err == nil && n > 0
 	})

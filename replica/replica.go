@@ -47,6 +47,9 @@ type cursor struct {
 	Seq   uint64 `msgpack:"seq"`
 	Gen   uint64 `msgpack:"gen"` // generation holding the rows (see keys.go)
 	Time  int64  `msgpack:"tm"`  // commit time of the change at Seq
+	// Bulk: the generation's rows are its rows file overlaid by its
+	// badger rows (a durable resident replica's full transfer; bulkgen.go).
+	Bulk bool `msgpack:"bulk,omitempty"`
 }
 
 // Event is delivered to OnChange callbacks after a batch is durable.
@@ -249,6 +252,8 @@ func (r *Replica) setupResident() {
 	r.resOn = true
 	if r.c.cfg.DataDir == "" {
 		r.sink = &memStore{}
+	} else if g, ok := r.sink.(*genStore); ok {
+		g.bulk = true // its transfers write a rows file (bulkgen.go)
 	}
 }
 

@@ -412,53 +412,53 @@ func (s *resident) switchTo(next cursor, rows *btree.BTreeG[resRow], n int64) {
 	s.publishLocked(next)
 }
 
-// resTransfer builds the resident rows of a full transfer and switches
-// them in together with what the sink staged; the old view stays readable
-// until then. Where the sink stages the rows on disk (a durable replica:
-// stagedRows), put only stages them and finish, once the staged
-// generation is complete, reads it back into a fresh tree: the reader then
-// holds at its peak the larger of badger's staging memory (memtables,
-// table builders) and the new tree, not their sum. Elsewhere (memStaged)
-// put builds the tree as the rows arrive.
+// resTransfer builds the resident rows of a full transfer as they arrive
+// and switches them in together with what the sink staged (a durable
+// replica's rows file, bulkgen.go; nothing for an in-memory one); the old
+// view stays readable until then.
 type resTransfer struct {
 	inner stagedTransfer
-	disk  stagedRows // inner, when it stages the rows on disk; else nil
 	s     *resident
 	rows  *btree.BTreeG[resRow]
 	bytes int64
-}
-
-// stagedRows is a stagedTransfer whose finished copy can be read back.
-type stagedRows interface {
-	stagedTransfer
-	// walkStaged calls fn for every staged row in key order, after
-	// finish; the slices are valid only during the call.
-	walkStaged(fn func(k, v []byte) (bool, error)) error
+	// adopted counts the rows kept as decoded, without a copy (tests).
+	adopted int
+	// finished: finish succeeded, switchIn may run.
+	finished bool
 }
 
 func (s *resident) stage(inner stagedTransfer) *resTransfer {
-	x := &resTransfer{inner: inner, s: s, rows: newResRows()}
-	if d, ok := inner.(stagedRows); ok {
-		x.disk, x.rows = d, nil
-	}
-	return x
+	return &resTransfer{inner: inner, s: s, rows: newResRows()}
 }
 
+// put stages the row with the sink and, where the tree is built as the
+// rows arrive, loads it. The row's bytes are the transfer's (a decoded
+// frame's, which nothing else keeps): a row decoded as one allocation
+// (transport.RowBytes) is kept as it is, not copied.
 func (x *resTransfer) put(key, value []byte) error {
 	if err := x.inner.put(key, value); err != nil {
 		return err
 	}
-	if x.disk == nil {
+	if kv, ok := transport.RowBytes(&transport.Row{Key: key, Value: value}); ok {
+		x.bytes += loadResRow(x.rows, kvRow(kv, len(key)))
+		x.adopted++
+	} else {
 		x.bytes += loadRow(x.rows, key, value)
 	}
 	return nil
 }
 
 // loadRow copies the row key, value into rows and returns the change of
-// the rows' key+value bytes. Rows arrive in key order: Load appends to the
-// rightmost leaf (and falls back to a Set for a key out of order).
+// the rows' key+value bytes.
 func loadRow(rows *btree.BTreeG[resRow], key, value []byte) int64 {
-	row := ownRow(key, value)
+	return loadResRow(rows, ownRow(key, value))
+}
+
+// loadResRow loads row (rows' from now on) into rows and returns the
+// change of the rows' key+value bytes. Rows arrive in key order: Load
+// appends to the rightmost leaf (and falls back to a Set for a key out of
+// order).
+func loadResRow(rows *btree.BTreeG[resRow], row resRow) int64 {
 	old, had := rows.Load(row)
 	if had {
 		return rowBytes(row) - rowBytes(old)
@@ -466,25 +466,15 @@ func loadRow(rows *btree.BTreeG[resRow], key, value []byte) int64 {
 	return rowBytes(row)
 }
 
-// finish finishes the sink's copy and, for a staged generation, loads the
-// new tree from it in one read pass. It runs before switchIn, outside
-// Replica.mu: readers keep the old view meanwhile and never see the new
-// tree before it is complete.
+// finish finishes the sink's copy (for a durable replica, its rows file
+// made durable). It runs before switchIn, outside Replica.mu: readers keep
+// the old view meanwhile and never see the new tree before it is complete.
 func (x *resTransfer) finish(next cursor) (cursor, error) {
 	next, err := x.inner.finish(next)
-	if err != nil || x.disk == nil {
+	if err != nil {
 		return next, err
 	}
-	rows := newResRows()
-	var n int64
-	err = x.disk.walkStaged(func(k, v []byte) (bool, error) {
-		n += loadRow(rows, k, v)
-		return true, nil
-	})
-	if err != nil {
-		return cursor{}, fmt.Errorf("load transferred rows: %w", err)
-	}
-	x.rows, x.bytes = rows, n
+	x.finished = true
 	return next, nil
 }
 
@@ -492,7 +482,7 @@ func (x *resTransfer) finish(next cursor) (cursor, error) {
 // commit that names the new generation), then publishes the built rows.
 // Replica.mu is held, as for every switchIn.
 func (x *resTransfer) switchIn(old, next cursor) error {
-	if x.rows == nil {
+	if !x.finished || x.rows == nil {
 		return errors.New("switch to transferred rows: not finished")
 	}
 	if err := x.inner.switchIn(old, next); err != nil {
@@ -508,10 +498,11 @@ func (x *resTransfer) abort() {
 	x.rows = nil
 }
 
-// loadResident reads the rows of the generation cur names from badger (a
-// durable replica opening) into a fresh tree. The cursor is read in the
-// same transaction and must equal cur: the stream has not started, so
-// nothing else writes it.
+// loadResident reads the rows of the generation cur names (a durable
+// replica opening) into a fresh tree: from badger, or for a bulk
+// generation from its rows file and its overlay in badger. The cursor is
+// read in the same transaction and must equal cur: the stream has not
+// started, so nothing else writes it.
 func (c *Component) loadResident(base string, cur cursor) (*btree.BTreeG[resRow], int64, error) {
 	rows := newResRows()
 	var n int64
@@ -522,6 +513,10 @@ func (c *Component) loadResident(base string, cur cursor) (*btree.BTreeG[resRow]
 		}
 		if stored != cur {
 			return fmt.Errorf("cursor moved while the replica was loading: %+v, loaded %+v", stored, cur)
+		}
+		if cur.Bulk {
+			n, err = c.loadBulk(txn, genPrefix(base, cur.Gen), rows)
+			return err
 		}
 		return scanRows(txn, genPrefix(base, cur.Gen), nil, nil, nil, func(k, v []byte) (bool, error) {
 			n += loadRow(rows, k, v)

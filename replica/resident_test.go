@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/replmesh/replmesh/transport"
 )
@@ -544,8 +545,8 @@ func TestResident_TransferSwitch(t *testing.T) {
 		name    string
 		durable bool
 	}{
-		{"in memory: built as the rows arrive", false},
-		{"durable: staged in badger, loaded at finish", true},
+		{"in memory", false},
+		{"durable: a rows file beside the tree", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -561,7 +562,7 @@ func TestResident_TransferSwitch(t *testing.T) {
 			if tt.durable {
 				c := openComponent(t, "svc", "i1", t.TempDir(), "")
 				defer mustClose(t, c)
-				g := &genStore{c: c, base: replicaBase("svc", "t"), table: "t", log: testLogger(t)}
+				g := &genStore{c: c, base: replicaBase("svc", "t"), table: "t", log: testLogger(t), bulk: true}
 				st := &transport.Start{LogID: "L", Epoch: 1, HeadSeq: 9}
 				begin := &transport.OwnerFrame{Kind: transport.KindSnapshotBegin, Seq: 9, Epoch: 1}
 				var err error
@@ -571,8 +572,8 @@ func TestResident_TransferSwitch(t *testing.T) {
 			}
 			x := s.stage(inner)
 			defer x.abort()
-			if (x.disk != nil) != tt.durable {
-				t.Fatalf("staged on disk: %v, want %v", x.disk != nil, tt.durable)
+			if _, bulk := inner.(*bulkTransfer); bulk != tt.durable {
+				t.Fatalf("staged in a rows file: %v, want %v", bulk, tt.durable)
 			}
 			want := map[string]string{}
 			var wantBytes int64
@@ -583,14 +584,9 @@ func TestResident_TransferSwitch(t *testing.T) {
 				if err := x.put(k, []byte(v)); err != nil {
 					t.Fatal(err)
 				}
-				if tt.durable && x.rows != nil {
-					t.Fatal("a tree is built beside the staged generation while the rows arrive")
-				}
 			}
-			if tt.durable {
-				if err := x.switchIn(old, cursor{LogID: "L", Epoch: 1, Seq: 9}); err == nil {
-					t.Fatal("switchIn before finish succeeded")
-				}
+			if err := x.switchIn(old, cursor{LogID: "L", Epoch: 1, Seq: 9}); err == nil {
+				t.Fatal("switchIn before finish succeeded")
 			}
 			next, err := x.finish(cursor{LogID: "L", Epoch: 1, Seq: 9})
 			if err != nil {
@@ -618,5 +614,65 @@ func TestResident_TransferSwitch(t *testing.T) {
 				t.Fatalf("the old view now has %d rows", oldView.rows.Len())
 			}
 		})
+	}
+}
+
+// An in-memory replica's transfer keeps the rows as the transport decoded
+// them (one allocation each: transport.RowBytes) instead of copying them;
+// rows that are not one allocation are copied.
+func TestResident_TransferKeepsDecodedRows(t *testing.T) {
+	const n = 500
+	sent := make(transport.RowList, n)
+	for i := range sent {
+		sent[i] = transport.Row{Key: benchKey(i), Value: fmt.Appendf(nil, "value %d", i)}
+	}
+	b, err := transport.Marshal(sent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var decoded transport.RowList
+	if err := transport.Unmarshal(b, &decoded); err != nil {
+		t.Fatal(err)
+	}
+	s := newResident(cursor{}, newResRows(), 0, nil, nil, nil)
+	x := s.stage(memStaged{})
+	defer x.abort()
+	for i := range decoded {
+		if err := x.put(decoded[i].Key, decoded[i].Value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A row built of two allocations is copied.
+	apart := transport.Row{Key: benchKey(n), Value: []byte("apart")}
+	if err := x.put(apart.Key, apart.Value); err != nil {
+		t.Fatal(err)
+	}
+	if x.adopted != n {
+		t.Fatalf("%d rows kept as decoded, want %d", x.adopted, n)
+	}
+	next := cursor{LogID: "L", Epoch: 1, Seq: 3}
+	next, err = x.finish(next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := x.switchIn(cursor{}, next); err != nil {
+		t.Fatal(err)
+	}
+	v := s.view.Load()
+	if v.rows.Len() != n+1 {
+		t.Fatalf("%d rows, want %d", v.rows.Len(), n+1)
+	}
+	for i := range decoded {
+		r, ok := v.rows.Get(searchRow(decoded[i].Key))
+		if !ok || !bytes.Equal(r.value(), sent[i].Value) {
+			t.Fatalf("row %d = %q, %v; want %q", i, r.value(), ok, sent[i].Value)
+		}
+		if r.p != unsafe.SliceData(decoded[i].Key) {
+			t.Fatalf("row %d was copied", i)
+		}
+	}
+	r, ok := v.rows.Get(searchRow(apart.Key))
+	if !ok || string(r.value()) != "apart" || r.p == unsafe.SliceData(apart.Key) {
+		t.Fatalf("the row of two allocations: %q, %v, shared %v", r.value(), ok, r.p == unsafe.SliceData(apart.Key))
 	}
 }

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"fmt"
+	"unsafe"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -258,8 +259,20 @@ func (r *Row) EncodeMsgpack(e *msgpack.Encoder) error {
 	return e.EncodeBytes(r.Value)
 }
 
-// DecodeMsgpack reads the array written by EncodeMsgpack.
+// DecodeMsgpack reads the array written by EncodeMsgpack. The key and the
+// value are one allocation (see decode, RowBytes).
 func (r *Row) DecodeMsgpack(d *msgpack.Decoder) error {
+	var scratch []byte
+	return r.decode(d, &scratch)
+}
+
+// decode reads the array written by EncodeMsgpack into one allocation
+// owned by the row: the key, then the value right after it, Key's
+// capacity covering both (RowBytes). A receiver may keep the bytes (a
+// resident replica keeps them as they are). The key is read into *scratch
+// first (reused across a list's rows), since the value's length follows
+// it on the wire.
+func (r *Row) decode(d *msgpack.Decoder, scratch *[]byte) error {
 	n, err := d.DecodeArrayLen()
 	if err != nil {
 		return err
@@ -267,11 +280,54 @@ func (r *Row) DecodeMsgpack(d *msgpack.Decoder) error {
 	if n != 2 {
 		return fmt.Errorf("row: want 2 fields, got %d", n)
 	}
-	if r.Key, err = d.DecodeBytes(); err != nil {
+	klen, err := d.DecodeBytesLen()
+	if err != nil {
 		return err
 	}
-	r.Value, err = d.DecodeBytes()
-	return err
+	if klen > 0 {
+		if cap(*scratch) < klen {
+			*scratch = make([]byte, klen)
+		}
+		if err := d.ReadFull((*scratch)[:klen]); err != nil {
+			return err
+		}
+	}
+	vlen, err := d.DecodeBytesLen()
+	if err != nil {
+		return err
+	}
+	kn, vn := max(klen, 0), max(vlen, 0) // -1: a msgpack nil
+	kv := make([]byte, kn+vn)
+	copy(kv, (*scratch)[:kn])
+	if vn > 0 {
+		if err := d.ReadFull(kv[kn:]); err != nil {
+			return err
+		}
+	}
+	r.Key, r.Value = nil, nil
+	if klen >= 0 {
+		r.Key = kv[:kn]
+	}
+	if vlen >= 0 {
+		r.Value = kv[kn:]
+	}
+	return nil
+}
+
+// RowBytes returns the one allocation holding r's key and then its value,
+// ok when r is a decoded row (a Row decoded from the wire is one): its
+// Key's capacity covers the value, which starts where the key ends. Slices
+// of one array prove it is one allocation, so a receiver that owns the
+// row may keep kv instead of copying the row. A decoded Key is therefore
+// never appended to in place (that would overwrite the value): append to
+// a copy.
+func RowBytes(r *Row) (kv []byte, ok bool) {
+	k, v := r.Key, r.Value
+	if len(k) == 0 || len(v) == 0 || cap(k) != len(k)+len(v) ||
+		unsafe.Pointer(unsafe.SliceData(v)) != unsafe.Add(unsafe.Pointer(unsafe.SliceData(k)), len(k)) {
+		return nil, false
+	}
+	return k[:cap(k)], true
 }
 
 // ChangeList is a batch of changes. It decodes element by element, growing
@@ -305,9 +361,11 @@ func (l RowList) EncodeMsgpack(e *msgpack.Encoder) error {
 	return encodeList(e, l, (*Row).EncodeMsgpack)
 }
 
-// DecodeMsgpack reads an array of rows.
+// DecodeMsgpack reads an array of rows, each row's key and value in one
+// allocation (Row.decode).
 func (l *RowList) DecodeMsgpack(d *msgpack.Decoder) error {
-	out, err := decodeList(d, (*Row).DecodeMsgpack)
+	var scratch []byte
+	out, err := decodeList(d, func(r *Row, d *msgpack.Decoder) error { return r.decode(d, &scratch) })
 	*l = out
 	return err
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -503,5 +504,109 @@ func TestSize(t *testing.T) {
 				t.Errorf("change %d encodes to %d bytes, Size() = %d", c.Seq, len(b), c.Size())
 			}
 		})
+	}
+}
+
+// A decoded row's key and value are one allocation, owned by the row (the
+// key's scratch buffer is reused across a list's rows, never shared with
+// a row), and nil and empty keep their difference.
+func TestRowList_DecodeOneAllocationPerRow(t *testing.T) {
+	long := bytes.Repeat([]byte("k"), 300)
+	cases := []struct {
+		name string
+		rows RowList
+	}{
+		{"one row", RowList{{Key: []byte("a"), Value: []byte("v1")}}},
+		{"keys grow then shrink", RowList{
+			{Key: []byte("a"), Value: []byte("1")},
+			{Key: long, Value: bytes.Repeat([]byte("v"), 1000)},
+			{Key: []byte("bb"), Value: []byte("22")},
+			{Key: []byte("c"), Value: bytes.Repeat([]byte("w"), 70_000)},
+		}},
+		{"nil and empty", RowList{
+			{Key: []byte("k"), Value: nil},
+			{Key: []byte("k2"), Value: []byte{}},
+			{Key: nil, Value: []byte("v")},
+			{Key: []byte{}, Value: []byte("v")},
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := Marshal(tc.rows)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got RowList
+			if err := Unmarshal(b, &got); err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != len(tc.rows) {
+				t.Fatalf("%d rows, want %d", len(got), len(tc.rows))
+			}
+			for i := range got {
+				g, w := &got[i], &tc.rows[i]
+				if !bytes.Equal(g.Key, w.Key) || !bytes.Equal(g.Value, w.Value) ||
+					(g.Key == nil) != (w.Key == nil) || (g.Value == nil) != (w.Value == nil) {
+					t.Errorf("row %d = %q/%q (nil %v/%v), want %q/%q (nil %v/%v)", i, g.Key, g.Value,
+						g.Key == nil, g.Value == nil, w.Key, w.Value, w.Key == nil, w.Value == nil)
+				}
+				kv, ok := RowBytes(g)
+				if want := len(w.Key) > 0 && len(w.Value) > 0; ok != want {
+					t.Errorf("row %d: RowBytes ok = %v, want %v", i, ok, want)
+				}
+				if ok && !bytes.Equal(kv, append(slices.Clone(w.Key), w.Value...)) {
+					t.Errorf("row %d: RowBytes = %q", i, kv)
+				}
+			}
+			// Overwriting one row's bytes changes no other row.
+			for i := range got {
+				for j := range got[i].Key {
+					got[i].Key[j] = 'X'
+				}
+				for j := range got[i].Value {
+					got[i].Value[j] = 'Y'
+				}
+				for k := i + 1; k < len(got); k++ {
+					if !bytes.Equal(got[k].Key, tc.rows[k].Key) || !bytes.Equal(got[k].Value, tc.rows[k].Value) {
+						t.Fatalf("writing row %d changed row %d", i, k)
+					}
+				}
+			}
+		})
+	}
+	t.Run("RowBytes refuses rows that are not one array", func(t *testing.T) {
+		kv := []byte("keyvalue")
+		for _, r := range []Row{
+			{Key: []byte("key"), Value: []byte("value")}, // two allocations, maybe adjacent
+			{Key: kv[:3:3], Value: kv[3:]},               // one array, but the key's slice does not cover the value
+			{Key: kv[:3], Value: kv[4:]},                 // a gap
+			{Key: kv[:3:6], Value: kv[3:]},               // the key's capacity ends inside the value
+		} {
+			if _, ok := RowBytes(&r); ok {
+				t.Errorf("RowBytes(%q/%q) ok", r.Key, r.Value)
+			}
+		}
+		if got, ok := RowBytes(&Row{Key: kv[:3], Value: kv[3:]}); !ok || string(got) != "keyvalue" {
+			t.Errorf("RowBytes of one array = %q, %v", got, ok)
+		}
+	})
+}
+
+func BenchmarkRowList_Decode(b *testing.B) {
+	rows := make(RowList, 240)
+	for i := range rows {
+		rows[i] = Row{Key: fmt.Appendf(nil, "key%07d", i), Value: bytes.Repeat([]byte{byte(i)}, 256)}
+	}
+	buf, err := Marshal(rows)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(buf)))
+	b.ReportAllocs()
+	for b.Loop() {
+		var got RowList
+		if err := Unmarshal(buf, &got); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -23,6 +23,10 @@ const (
 	envDir     = "REPLBENCH_DIR"
 	envVerbose = "REPLBENCH_VERBOSE"
 	envHeap    = "REPLBENCH_HEAPPROFILE"
+	// envCPU: where the transfer child writes its CPU profile of
+	// Subscribe to Ready; envDiskOnly: it subscribes DiskOnly.
+	envCPU      = "REPLBENCH_CPUPROFILE"
+	envDiskOnly = "REPLBENCH_DISKONLY"
 	// envTLS: the child's transport.TLSFiles in JSON (unset: plaintext).
 	envTLS = "REPLBENCH_TLS"
 	// envAttack: a hostile child's attack in JSON (see attack).
@@ -103,8 +107,16 @@ func childTransferRun() error {
 		return err
 	}
 	defer c.Close()
+	stopCPU := func() error { return nil }
+	if path := os.Getenv(envCPU); path != "" {
+		if stopCPU, err = startCPUProfile(path); err != nil {
+			return err
+		}
+	}
 	start := time.Now()
-	r, err := subscribe(ctx, c, os.Getenv(envAddr))
+	r, err := c.Subscribe(ctx, replica.SubscribeOptions{
+		Service: ownerService, Table: tableName, Addr: os.Getenv(envAddr), DiskOnly: os.Getenv(envDiskOnly) != "",
+	})
 	if err != nil {
 		return err
 	}
@@ -114,6 +126,9 @@ func childTransferRun() error {
 		return fmt.Errorf("not ready: %w (status %+v)", ctx.Err(), r.Status())
 	}
 	took := time.Since(start)
+	if err := stopCPU(); err != nil {
+		return err
+	}
 	st := r.Status()
 	proc := benchkit.ProcStatus(0, "VmHWM", "RssAnon", "RssFile")
 	var ms runtime.MemStats
@@ -132,6 +147,23 @@ func childTransferRun() error {
 		return fmt.Errorf("close: %w", err)
 	}
 	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+// startCPUProfile starts a CPU profile into path; the function it returns
+// stops it and closes the file.
+func startCPUProfile(path string) (func() error, error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		return f.Close()
+	}, nil
 }
 
 func writeHeapProfile(path string) error {

@@ -85,9 +85,12 @@ var workloadOrder = []string{"loopback", "fanout", "paced", "transfer", "restore
 
 // options are the parsed flags.
 type options struct {
-	workloads  []string
-	consumers  []int
-	replicas   []string // "mem", "disk"
+	workloads []string
+	consumers []int
+	replicas  []string // "mem", "disk"
+	// diskOnly: -replicas lists diskonly, a durable replica subscribed
+	// DiskOnly (the transfer workload only).
+	diskOnly   bool
 	changes    int
 	keys       int
 	window     int
@@ -106,7 +109,10 @@ type options struct {
 	cpuProfile string
 	// childHeapProfile: the transfer consumer's heap profile at Ready.
 	childHeapProfile string
-	verbose          bool
+	// childCPUProfile: the transfer consumer's CPU profile, Subscribe to
+	// Ready.
+	childCPUProfile string
+	verbose         bool
 	// security: the runs' TLS (false: plaintext, true: mTLS), in order;
 	// the transfer's rows; the attacking streams and registrations, and
 	// the tables each registration lists.
@@ -126,7 +132,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.SetOutput(stderr)
 	workloads := fs.String("workloads", strings.Join(workloadOrder, ","), "comma-separated workloads to run: "+strings.Join(workloadOrder, ","))
 	consumers := fs.String("consumers", "1,4,16", "fanout: consumer counts")
-	replicas := fs.String("replicas", "mem,disk", "fanout, paced, get, transfer: replica kinds (mem: no data dir; disk: badger on disk, async)")
+	replicas := fs.String("replicas", "mem,disk", "fanout, paced, get, transfer: replica kinds (mem: no data dir; disk: badger on disk, async; diskonly: transfer only, a disk replica subscribed DiskOnly, no resident rows)")
 	fs.IntVar(&o.changes, "changes", 200_000, "fanout: changes written by the one writer")
 	fs.IntVar(&o.keys, "keys", 100_000, "fanout, resume: distinct keys the changes are spread over")
 	fs.IntVar(&o.window, "window", 1024, "fanout, resume: writes the writer keeps in flight (pipeline depth)")
@@ -144,6 +150,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.quick, "quick", false, "small sizes for a smoke test (explicit size flags still win)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	fs.StringVar(&o.childHeapProfile, "transfer-heapprofile", "", "write the transfer consumer's heap profile, taken at Ready, to this file")
+	fs.StringVar(&o.childCPUProfile, "transfer-cpuprofile", "", "write the transfer consumer's CPU profile, Subscribe to Ready, to this file")
 	tlsModes := fs.String("tls", "off,on", "security: plaintext (off) and mTLS (on) runs, alternating in this order")
 	fs.IntVar(&o.securityRows, "security-rows", 200_000, "security: rows of the transfer (an explicit -rows is used when this is not given)")
 	fs.IntVar(&o.hostile, "hostile", 1000, "security: streams and registrations of each hostile peer (0: no hostile peers)")
@@ -228,10 +235,14 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		o.consumers = append(o.consumers, n)
 	}
 	for _, s := range splitList(*replicas) {
-		if s != "mem" && s != "disk" {
-			return o, fmt.Errorf("-replicas: unknown kind %q (want mem, disk)", s)
+		switch s {
+		case "mem", "disk":
+			o.replicas = append(o.replicas, s)
+		case "diskonly":
+			o.diskOnly = true
+		default:
+			return o, fmt.Errorf("-replicas: unknown kind %q (want mem, disk, diskonly)", s)
 		}
-		o.replicas = append(o.replicas, s)
 	}
 	positive := []struct {
 		name string

@@ -30,6 +30,7 @@ var tinyArgs = []string{
 	"-quick", "-consumers", "1,4", "-changes", "2000", "-keys", "500", "-window", "256",
 	"-rows", "5000", "-missed", "2000", "-getrows", "2000", "-getops", "5000",
 	"-paced", "300ms", "-loopback", "100ms", "-hostile", "20", "-hostile-tables", "8",
+	"-replicas", "mem,disk,diskonly",
 }
 
 func TestRun_EveryWorkloadAtTinySize(t *testing.T) {
@@ -57,6 +58,7 @@ func TestRun_EveryWorkloadAtTinySize(t *testing.T) {
 		"paced disk":              {"p50 commit-to-applied", "p99 commit-to-applied"},
 		"transfer":                {"rows/s into a durable replica", "MB/s (keys+values)", "consumer peak RSS", "owner Go heap in use, peak"},
 		"transfer mem":            {"rows/s into an in-memory replica", "MB/s (keys+values)", "consumer peak RSS", "owner Go heap in use, peak"},
+		"transfer diskonly":       {"rows/s into a disk-only replica", "MB/s (keys+values)", "consumer peak RSS", "owner Go heap in use, peak"},
 		"restore":                 {"rows/s, replica -> empty owner", "rows/s, owner -> new replica (same run)", "restore/transfer rows/s"},
 		"resume consumer restart": {"time to caught up"},
 		"resume owner restart":    {"time to caught up"},

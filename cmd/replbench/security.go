@@ -185,7 +185,7 @@ func (b *bench) runSecurity(ctx context.Context) error {
 	}
 	figs := map[bool]transferFigures{}
 	for _, on := range b.opts.tls {
-		f, err := b.measureTransfer(ctx, "security transfer "+tlsLabel(on), b.opts.securityRows, pick(on), false)
+		f, err := b.measureTransfer(ctx, "security transfer "+tlsLabel(on), b.opts.securityRows, pick(on), "disk")
 		if err != nil {
 			return fmt.Errorf("transfer %s: %w", tlsLabel(on), err)
 		}

@@ -1,0 +1,418 @@
+package replica
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/tidwall/btree"
+)
+
+// Bulk generations. A durable resident replica reads only memory; its
+// copy on disk serves to load the rows when it opens. Its full transfer
+// therefore writes the rows (in key order, as they arrive) to a file of
+// their own, sequentially, instead of through badger's write path (WAL,
+// memtables, table builders, compactions: most of a durable transfer's
+// time and memory), and builds the resident tree from the same rows. The
+// cursor names such a generation with Bulk set: its rows are the file's,
+// overlaid by the rows under the generation's badger prefix, which the
+// changes applied since write (genStore.apply: a put sets the row, a delete
+// sets a tombstone, an empty entry with UserMeta metaTombstone, since the
+// file may hold the key). Only loadResident reads a bulk generation, and
+// convertBulk, which writes it into badger alone when the replica is
+// subscribed DiskOnly later.
+//
+// The file lives in <DataDir>/rows/, named by the hex of the generation's
+// prefix, so the dropper deletes it with the generation's keys (the drop
+// marker names the prefix). It is fsynced before the switch commits; a
+// crash before the commit leaves the stage marker, and the staged
+// generation, file included, is dropped at the next Subscribe.
+//
+// Format: bulkMagic, then per row uvarint(len(key)) uvarint(len(value))
+// key value, then a uvarint 0 (keys are never empty), the row count
+// (8 bytes, big-endian) and the CRC-32C of everything before it (4 bytes,
+// big-endian).
+
+const (
+	bulkDir   = "rows"
+	bulkMagic = "replmesh rows 1\n"
+	// metaTombstone is the UserMeta of an overlay entry that deletes its
+	// key in a bulk generation.
+	metaTombstone byte = 1
+	// bulkBuffer is the write and read buffer of a bulk file.
+	bulkBuffer = 1 << 20
+)
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// bulkPath is the file of the bulk generation with row prefix prefix.
+func (c *Component) bulkPath(prefix []byte) string {
+	return filepath.Join(c.cfg.DataDir, bulkDir, hex.EncodeToString(prefix)+".rows")
+}
+
+// removeBulk deletes the file of the generation at prefix, if any.
+func (c *Component) removeBulk(prefix []byte) error {
+	if c.cfg.DataDir == "" {
+		return nil
+	}
+	if err := os.Remove(c.bulkPath(prefix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// bulkTransfer is a full transfer into a bulk generation: the rows go to
+// the generation's file; the resTransfer around it builds the tree. The
+// stream goroutine fills buffers of bulkBuffer bytes, and a writer
+// goroutine of the transfer writes the full ones (and sums their CRC), so
+// that the write calls overlap the receiving of the next rows.
+type bulkTransfer struct {
+	g      *genStore
+	gen    uint64
+	prefix []byte
+	path   string
+	f      *os.File
+	buf    []byte        // being filled
+	full   chan []byte   // to the writer goroutine
+	free   chan []byte   // written, back from it
+	wdone  chan struct{} // closed when the writer goroutine has ended
+	werr   error         // the writer's first error; read after a receive from free or wdone
+	crc    uint32        // the writer's CRC of the bytes written; read after wdone
+	rows   uint64
+	ended  bool // full closed
+	done   bool // finished: abort leaves the file to the switch (or the dropper)
+	hdr    [2 * binary.MaxVarintLen64]byte
+}
+
+// bulkBuffers is how many buffers a bulk transfer fills and writes in turn.
+const bulkBuffers = 3
+
+func newBulkTransfer(g *genStore, gen uint64) (*bulkTransfer, error) {
+	prefix := genPrefix(g.base, gen)
+	path := g.c.bulkPath(prefix)
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("stage rows: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("stage rows: %w", err)
+	}
+	x := &bulkTransfer{g: g, gen: gen, prefix: prefix, path: path, f: f,
+		full: make(chan []byte, bulkBuffers), free: make(chan []byte, bulkBuffers), wdone: make(chan struct{})}
+	for range bulkBuffers - 1 {
+		x.free <- make([]byte, 0, bulkBuffer)
+	}
+	x.buf = append(make([]byte, 0, bulkBuffer), bulkMagic...)
+	go x.writer()
+	return x, nil
+}
+
+// writer writes the full buffers in order until full is closed; after an
+// error it only hands the buffers back.
+func (x *bulkTransfer) writer() {
+	defer close(x.wdone)
+	for b := range x.full {
+		if x.werr == nil {
+			if _, err := x.f.Write(b); err != nil {
+				x.werr = err
+			}
+			x.crc = crc32.Update(x.crc, crcTable, b)
+		}
+		x.free <- b[:0]
+	}
+}
+
+// flushBuf hands the buffer being filled to the writer and takes an empty
+// one (waiting while the writer is behind).
+func (x *bulkTransfer) flushBuf() error {
+	x.full <- x.buf
+	x.buf = <-x.free
+	return x.werr
+}
+
+func (x *bulkTransfer) put(key, value []byte) error {
+	n := binary.PutUvarint(x.hdr[:], uint64(len(key)))
+	n += binary.PutUvarint(x.hdr[n:], uint64(len(value)))
+	if len(x.buf)+n+len(key)+len(value) > bulkBuffer && len(x.buf) > 0 {
+		if err := x.flushBuf(); err != nil {
+			return err
+		}
+	}
+	x.buf = append(append(append(x.buf, x.hdr[:n]...), key...), value...)
+	x.rows++
+	return nil
+}
+
+// endWriter hands the last buffer to the writer and waits until it has
+// written everything; it returns the writer's error.
+func (x *bulkTransfer) endWriter() error {
+	if !x.ended {
+		x.ended = true
+		x.full <- x.buf
+		x.buf = nil
+		close(x.full)
+	}
+	<-x.wdone
+	return x.werr
+}
+
+// finish writes the file's end and makes it durable (the file, then its
+// directory entry) before the switch can name it.
+func (x *bulkTransfer) finish(next cursor) (cursor, error) {
+	x.buf = append(x.buf, 0) // uvarint 0: no more rows
+	x.buf = binary.BigEndian.AppendUint64(x.buf, x.rows)
+	if err := x.endWriter(); err != nil {
+		return cursor{}, fmt.Errorf("stage rows: %w", err)
+	}
+	if _, err := x.f.Write(binary.BigEndian.AppendUint32(nil, x.crc)); err != nil {
+		return cursor{}, fmt.Errorf("stage rows: %w", err)
+	}
+	if err := x.f.Sync(); err != nil {
+		return cursor{}, fmt.Errorf("stage rows: %w", err)
+	}
+	if err := x.f.Close(); err != nil {
+		return cursor{}, fmt.Errorf("stage rows: %w", err)
+	}
+	x.f = nil
+	if err := syncDir(filepath.Dir(x.path)); err != nil {
+		return cursor{}, fmt.Errorf("stage rows: %w", err)
+	}
+	x.done = true
+	next.Gen, next.Bulk = x.gen, true
+	return next, nil
+}
+
+func (x *bulkTransfer) switchIn(old, next cursor) error { return x.g.switchIn(old, next) }
+
+// abort stops the writer and deletes an unfinished file (the stage
+// marker, left in place, would have the dropper delete it too).
+func (x *bulkTransfer) abort() {
+	if x.done {
+		return
+	}
+	_ = x.endWriter()
+	if x.f != nil {
+		_ = x.f.Close()
+		x.f = nil
+	}
+	_ = os.Remove(x.path)
+}
+
+// syncDir fsyncs a directory, so that a file created in it survives a
+// machine crash.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	return errors.Join(err, d.Close())
+}
+
+// readBulk calls fn with every row of the bulk file at path, in key order,
+// and checks the file's end (row count, CRC, nothing after): a file that
+// does not end as written is an error, never a shorter table. The slices
+// are valid only during the call.
+func readBulk(path string, fn func(k, v []byte) error) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	br := bufio.NewReaderSize(f, bulkBuffer)
+	r := &crcReader{r: br}
+	bad := func(what string, err error) error {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return fmt.Errorf("rows file %s: %s: %w", filepath.Base(path), what, err)
+	}
+	magic := make([]byte, len(bulkMagic))
+	if _, err := io.ReadFull(r, magic); err != nil {
+		return bad("header", err)
+	}
+	if string(magic) != bulkMagic {
+		return bad("header", errors.New("not a rows file"))
+	}
+	var buf []byte
+	var rows uint64
+	for {
+		klen, err := binary.ReadUvarint(r)
+		if err != nil {
+			return bad("row header", err)
+		}
+		if klen == 0 {
+			break
+		}
+		vlen, err := binary.ReadUvarint(r)
+		if err != nil {
+			return bad("row header", err)
+		}
+		if klen+vlen > 1<<31 || klen+vlen < klen {
+			return bad("row header", fmt.Errorf("a row of %d+%d bytes", klen, vlen))
+		}
+		if n := int(klen + vlen); cap(buf) < n {
+			buf = make([]byte, n)
+		}
+		kv := buf[:klen+vlen]
+		if _, err := io.ReadFull(r, kv); err != nil {
+			return bad("row", err)
+		}
+		if err := fn(kv[:klen], kv[klen:]); err != nil {
+			return err
+		}
+		rows++
+	}
+	var end [8]byte
+	if _, err := io.ReadFull(r, end[:]); err != nil {
+		return bad("row count", err)
+	}
+	if n := binary.BigEndian.Uint64(end[:]); n != rows {
+		return bad("row count", fmt.Errorf("the file says %d rows, it holds %d", n, rows))
+	}
+	var sum [4]byte
+	if _, err := io.ReadFull(br, sum[:]); err != nil {
+		return bad("CRC", err)
+	}
+	if want := binary.BigEndian.Uint32(sum[:]); r.crc != want {
+		return bad("CRC", fmt.Errorf("%08x, the file says %08x", r.crc, want))
+	}
+	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
+		return bad("end", errors.Join(err, errors.New("bytes after the CRC")))
+	}
+	return nil
+}
+
+// crcReader computes the CRC-32C of the bytes read through it.
+type crcReader struct {
+	r   *bufio.Reader
+	crc uint32
+	b   [1]byte
+}
+
+func (c *crcReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.crc = crc32.Update(c.crc, crcTable, p[:n])
+	return n, err
+}
+
+func (c *crcReader) ReadByte() (byte, error) {
+	b, err := c.r.ReadByte()
+	if err == nil {
+		c.b[0] = b
+		c.crc = crc32.Update(c.crc, crcTable, c.b[:])
+	}
+	return b, err
+}
+
+// overlay calls fn for every overlay entry of the bulk generation at
+// prefix in txn, in key order: the key (without the prefix), the value
+// and whether it is a tombstone. The slices are valid only during the
+// call.
+func overlay(txn *badger.Txn, prefix []byte, fn func(k, v []byte, deleted bool) error) error {
+	o := badger.DefaultIteratorOptions
+	o.Prefix = prefix
+	o.PrefetchValues = false
+	it := txn.NewIterator(o)
+	defer it.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		item := it.Item()
+		k := item.Key()[len(prefix):]
+		deleted := item.UserMeta() == metaTombstone
+		if err := item.Value(func(v []byte) error { return fn(k, v, deleted) }); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// loadBulk reads the bulk generation at prefix (its file, then its
+// overlay in txn) into rows and returns their key+value bytes.
+func (c *Component) loadBulk(txn *badger.Txn, prefix []byte, rows *btree.BTreeG[resRow]) (int64, error) {
+	var n int64
+	err := readBulk(c.bulkPath(prefix), func(k, v []byte) error {
+		n += loadRow(rows, k, v)
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	err = overlay(txn, prefix, func(k, v []byte, deleted bool) error {
+		if deleted {
+			if old, had := rows.Delete(searchRow(k)); had {
+				n -= rowBytes(old)
+			}
+			return nil
+		}
+		row := ownRow(k, v)
+		if old, had := rows.Set(row); had {
+			n -= rowBytes(old)
+		}
+		n += rowBytes(row)
+		return nil
+	})
+	return n, err
+}
+
+// convertBulk writes the bulk generation cur names into badger alone (the
+// file's rows that the overlay does not replace, then the tombstones
+// deleted) and then clears the cursor's Bulk: a replica subscribed
+// DiskOnly reads badger only. Interrupted, it is run again at the next
+// Subscribe: the file is deleted only after the cursor no longer names it
+// (genStore.load deletes a file left behind), and the rows it wrote hold
+// the file's values, so they read as overlay entries equal to the file.
+func (g *genStore) convertBulk(cur cursor) (cursor, error) {
+	c := g.c
+	prefix := genPrefix(g.base, cur.Gen)
+	txn := c.db.NewTransaction(false)
+	// The overlay's keys, so that the file's rows do not replace them.
+	shadow := map[string]bool{}
+	err := overlay(txn, prefix, func(k, _ []byte, deleted bool) error {
+		shadow[string(k)] = deleted
+		return nil
+	})
+	txn.Discard()
+	if err != nil {
+		return cur, err
+	}
+	wb := c.db.NewWriteBatch()
+	defer wb.Cancel()
+	err = readBulk(c.bulkPath(prefix), func(k, v []byte) error {
+		if _, ok := shadow[string(k)]; ok {
+			return nil
+		}
+		return wb.Set(concat(prefix, k), bytes.Clone(v))
+	})
+	if err != nil {
+		return cur, err
+	}
+	for k, deleted := range shadow {
+		if deleted {
+			if err := wb.Delete(concat(prefix, []byte(k))); err != nil {
+				return cur, err
+			}
+		}
+	}
+	if err := wb.Flush(); err != nil {
+		return cur, err
+	}
+	next := cur
+	next.Bulk = false
+	if err := writeCursor(c.db, g.base, next); err != nil {
+		return cur, err
+	}
+	if err := c.removeBulk(prefix); err != nil {
+		g.log.Warn("delete a converted rows file", "err", err)
+	}
+	g.log.Info("replica converted to disk only", "gen", cur.Gen, "rows_file", filepath.Base(c.bulkPath(prefix)))
+	return next, nil
+}
