@@ -39,6 +39,9 @@ type sender struct {
 	// resumed from, then the last seq sent (set before the frame goes out,
 	// read by the receiving goroutine).
 	sent atomic.Uint64
+	// acked is the highest seq the stream acknowledged (set by the
+	// receiving goroutine).
+	acked atomic.Uint64
 	// mode is what the subscriber runs, Push or Pull: Open.Mode at first,
 	// then each Mode frame.
 	mode modes.Mode
@@ -48,6 +51,7 @@ type sender struct {
 	}
 	lastSend time.Time
 	buf      []transport.Change
+	parts    [][]byte // sendEncoded's encodings of one frame
 	// gated: with MinSyncStandbys, this subscriber (a consumer, not a
 	// standby) is sent only the changes that many standbys have confirmed
 	// (capHead).
@@ -93,6 +97,13 @@ func (s *sender) run() error {
 		defer s.t.sync.untrack(s)
 	}
 	s.gated = s.c.cfg.MinSyncStandbys > 0 && !standby
+	// Flow control: a push stream holds writes while it keeps up.
+	window := s.c.cfg.Flow.window()
+	s.acked.Store(next - 1)
+	if !s.pulls() {
+		s.t.flow.join(s, next-1, s.t.Head(), window)
+	}
+	defer s.t.flow.leave(s)
 	// The receiver goroutine hands mode switches and pull requests to the
 	// sending loop below; it never sends.
 	modeCh := make(chan modes.Mode, 1)
@@ -121,6 +132,8 @@ func (s *sender) run() error {
 				if standby {
 					s.t.sync.ack(s, f.Seq, s.c.cfg.MinSyncStandbys, s.c.lease.left() > 0)
 				}
+				s.acked.Store(f.Seq)
+				s.t.flow.ack(s, f.Seq, s.t.Head(), window)
 			case transport.KindHeartbeat:
 			case transport.KindPull:
 				select {
@@ -185,6 +198,18 @@ func (s *sender) run() error {
 			}
 		}
 		lingerUntil = time.Time{}
+		if !s.pulls() && next <= meta.Head && !s.gated {
+			// The common case: the changes are in the table's tail, with
+			// encodings shared by every stream.
+			n, err := s.sendEncoded(next, meta, budget)
+			if err != nil {
+				return err
+			}
+			if n > 0 {
+				next += uint64(n)
+				continue
+			}
+		}
 		if !s.pulls() && next <= meta.Head {
 			var err error
 			s.buf, err = s.t.readChanges(next, s.c.cfg.BatchMaxChanges, budget, s.buf[:0])
@@ -216,6 +241,11 @@ func (s *sender) run() error {
 			if m != s.mode {
 				s.mode = m
 				s.log.Info("subscriber switches mode", "mode", m.String(), "at", next-1)
+				if s.pulls() {
+					s.t.flow.leave(s)
+				} else {
+					s.t.flow.join(s, s.acked.Load(), s.t.Head(), window)
+				}
 			}
 		case <-pullCh:
 			var err error
@@ -239,6 +269,21 @@ func (s *sender) run() error {
 			return fmt.Errorf("%w: owner is shutting down", transport.ErrUnavailable)
 		}
 	}
+}
+
+// sendEncoded sends the changes from next on in one frame, as the
+// encodings the table's tail keeps (encoded once for every stream), and
+// returns how many it sent: 0 when the tail no longer holds next (the
+// caller reads the log).
+func (s *sender) sendEncoded(next uint64, meta ownerMeta, budget int) (int, error) {
+	parts, n, ok, err := s.t.tail.readEncoded(next, s.c.cfg.BatchMaxChanges, budget, s.parts[:0])
+	s.parts = parts
+	if err != nil || !ok || n == 0 {
+		return 0, err
+	}
+	defer clear(s.parts) // hold no encoding the tail has dropped
+	s.sent.Store(next + uint64(n) - 1)
+	return n, s.send(transport.EncodedChanges(meta.Head, meta.Epoch, s.rate.Rate(), n, parts))
 }
 
 // pulls reports whether the subscriber runs in pull mode: the owner sends

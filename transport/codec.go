@@ -35,7 +35,12 @@ type pooledEncoder struct {
 }
 
 // Marshal encodes v with msgpack into a buffer owned by the returned slice.
+// A frame of pre-encoded changes (EncodedChanges) goes out as its head
+// fields and the shared encodings, not copied.
 func (Codec) Marshal(v any) (mem.BufferSlice, error) {
+	if f, ok := v.(*OwnerFrame); ok && f.encoded != nil {
+		return marshalEncoded(f)
+	}
 	pe := encPool.Get().(*pooledEncoder)
 	pe.buf.Reset()
 	if err := pe.enc.Encode(v); err != nil {

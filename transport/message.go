@@ -150,6 +150,10 @@ type OwnerFrame struct {
 	// KindSnapshotBegin it is the number of rows the owner expects to send
 	// (0 = unknown; an older owner), for progress reports only.
 	Count uint64 `msgpack:"n,omitempty"`
+
+	// encoded, when set, holds a KindChanges frame's changes already
+	// encoded (EncodedChanges); Codec sends them instead of Changes.
+	encoded *encodedChanges
 }
 
 // Row is one key and value of a snapshot.
