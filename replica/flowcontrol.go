@@ -31,18 +31,24 @@ import (
 type FlowControl struct {
 	// Window is the most committed changes a held consumer may leave
 	// unacknowledged before writes wait (0: DefaultFlowWindow; negative:
-	// no flow control).
+	// no flow control). A consumer's lag, and so its commit-to-applied
+	// latency, stays near Window divided by the write rate; a writer held
+	// by a consumer runs at most Window changes per round trip to it, so
+	// a consumer far away (a round trip of tens of milliseconds) needs a
+	// larger window, or none, to let writers run faster than that.
 	Window int
 	// Hold is how long a waiting writer waits for a consumer that
 	// acknowledges nothing before cutting it loose (0: DefaultFlowHold).
 	Hold time.Duration
 }
 
-// Flow control defaults. The window is what the fan-out benchmark showed
-// to cost no throughput while keeping commit-to-applied latency bounded
-// (docs/design.md, "Flow control").
+// Flow control defaults. The window is what the fan-out benchmark
+// (replbench -workloads fanout -flowwindow) showed to cost no CPU per
+// change and no throughput at 1, 4 and 16 consumers against windows of
+// 256 to 8192, with the lowest latency at 16 (docs/design.md, "Flow
+// control").
 const (
-	DefaultFlowWindow = 8192
+	DefaultFlowWindow = 1024
 	DefaultFlowHold   = time.Second
 )
 

@@ -1,6 +1,8 @@
 package transport
 
 import (
+	"bytes"
+	"fmt"
 	"reflect"
 	"testing"
 )
@@ -61,4 +63,40 @@ func TestEncodedChanges(t *testing.T) {
 			t.Fatalf("decoded %+v", got)
 		}
 	})
+}
+
+// TestChangeListDecodeArena: a frame's keys and values decode into a few
+// shared chunks (not two allocations per change), each slice capped at
+// its own length so appending to one never writes over the next.
+func TestChangeListDecodeArena(t *testing.T) {
+	const n = 200
+	chs := make([]Change, n)
+	for i := range chs {
+		chs[i] = Change{Seq: uint64(i + 1), Op: OpPut, Key: []byte(fmt.Sprintf("key-%03d", i)), Value: bytes.Repeat([]byte{byte(i)}, 256), TxnEnd: true}
+	}
+	chs[7].Op, chs[7].Value = OpDelete, nil
+	chs[9].Value = []byte{}
+	b, err := Marshal(&OwnerFrame{Kind: KindChanges, HeadSeq: n, Changes: chs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got OwnerFrame
+	allocs := testing.AllocsPerRun(20, func() {
+		got = OwnerFrame{}
+		if err := Unmarshal(b, &got); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if !reflect.DeepEqual(got.Changes, ChangeList(chs)) {
+		t.Fatal("decoded changes differ from the encoded ones")
+	}
+	if got.Changes[7].Value != nil || got.Changes[9].Value == nil {
+		t.Fatalf("nil and empty values: got %v and %v, want nil and empty", got.Changes[7].Value, got.Changes[9].Value)
+	}
+	if k := got.Changes[0].Key; cap(k) != len(k) {
+		t.Fatalf("a decoded key has capacity %d beyond its %d bytes", cap(k), len(k))
+	}
+	if allocs > n {
+		t.Fatalf("%.0f allocations to decode %d changes: keys and values are not sharing chunks", allocs, n)
+	}
 }

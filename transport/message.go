@@ -216,7 +216,11 @@ func (c *Change) EncodeMsgpack(e *msgpack.Encoder) error {
 }
 
 // DecodeMsgpack reads the array written by EncodeMsgpack.
-func (c *Change) DecodeMsgpack(d *msgpack.Decoder) error {
+func (c *Change) DecodeMsgpack(d *msgpack.Decoder) error { return c.decode(d, nil) }
+
+// decode is DecodeMsgpack with the key and value read into a (nil: each
+// its own allocation).
+func (c *Change) decode(d *msgpack.Decoder, a *byteArena) error {
 	n, err := d.DecodeArrayLen()
 	if err != nil {
 		return err
@@ -235,10 +239,10 @@ func (c *Change) DecodeMsgpack(d *msgpack.Decoder) error {
 		return fmt.Errorf("change: op %d out of range", op)
 	}
 	c.Op = Op(op)
-	if c.Key, err = d.DecodeBytes(); err != nil {
+	if c.Key, err = a.decodeBytes(d); err != nil {
 		return err
 	}
-	if c.Value, err = d.DecodeBytes(); err != nil {
+	if c.Value, err = a.decodeBytes(d); err != nil {
 		return err
 	}
 	if c.Time, err = d.DecodeInt64(); err != nil {
@@ -263,7 +267,11 @@ func (r *Row) EncodeMsgpack(e *msgpack.Encoder) error {
 }
 
 // DecodeMsgpack reads the array written by EncodeMsgpack.
-func (r *Row) DecodeMsgpack(d *msgpack.Decoder) error {
+func (r *Row) DecodeMsgpack(d *msgpack.Decoder) error { return r.decode(d, nil) }
+
+// decode is DecodeMsgpack with the key and value read into a (nil: each
+// its own allocation).
+func (r *Row) decode(d *msgpack.Decoder, a *byteArena) error {
 	n, err := d.DecodeArrayLen()
 	if err != nil {
 		return err
@@ -271,11 +279,54 @@ func (r *Row) DecodeMsgpack(d *msgpack.Decoder) error {
 	if n != 2 {
 		return fmt.Errorf("row: want 2 fields, got %d", n)
 	}
-	if r.Key, err = d.DecodeBytes(); err != nil {
+	if r.Key, err = a.decodeBytes(d); err != nil {
 		return err
 	}
-	r.Value, err = d.DecodeBytes()
+	r.Value, err = a.decodeBytes(d)
 	return err
+}
+
+// byteArena hands out the byte slices a list's keys and values decode
+// into: a few allocations per message instead of two per element. Its
+// chunks grow geometrically up to maxArenaChunk, so a list of one small
+// change costs about what it did, and a full frame a handful of chunks.
+// Decoded slices share chunks (and keep one another's chunk alive), and
+// never alias the message's bytes. Lengths were checked against the
+// message by checkBounds, so a chunk is never larger than the message.
+type byteArena struct {
+	buf  []byte
+	next int // the size of the next chunk
+}
+
+const (
+	minArenaChunk = 512
+	maxArenaChunk = 64 << 10
+)
+
+// decodeBytes reads a bin (or nil) into a; a nil a allocates as
+// msgpack's DecodeBytes does.
+func (a *byteArena) decodeBytes(d *msgpack.Decoder) ([]byte, error) {
+	if a == nil {
+		return d.DecodeBytes()
+	}
+	n, err := d.DecodeBytesLen()
+	if err != nil || n < 0 {
+		return nil, err
+	}
+	if n == 0 {
+		return []byte{}, nil
+	}
+	if cap(a.buf)-len(a.buf) < n {
+		a.next = min(max(a.next*2, minArenaChunk), maxArenaChunk)
+		a.buf = make([]byte, 0, max(n, a.next))
+	}
+	at := len(a.buf)
+	a.buf = a.buf[:at+n]
+	b := a.buf[at : at+n : at+n]
+	if err := d.ReadFull(b); err != nil {
+		return nil, err
+	}
+	return b, nil
 }
 
 // ChangeList is a batch of changes. It decodes element by element, growing
@@ -299,7 +350,7 @@ func (l ChangeList) EncodeMsgpack(e *msgpack.Encoder) error {
 
 // DecodeMsgpack reads an array of changes.
 func (l *ChangeList) DecodeMsgpack(d *msgpack.Decoder) error {
-	out, err := decodeList(d, (*Change).DecodeMsgpack)
+	out, err := decodeList(d, (*Change).decode)
 	*l = out
 	return err
 }
@@ -311,7 +362,7 @@ func (l RowList) EncodeMsgpack(e *msgpack.Encoder) error {
 
 // DecodeMsgpack reads an array of rows.
 func (l *RowList) DecodeMsgpack(d *msgpack.Decoder) error {
-	out, err := decodeList(d, (*Row).DecodeMsgpack)
+	out, err := decodeList(d, (*Row).decode)
 	*l = out
 	return err
 }
@@ -331,15 +382,16 @@ func encodeList[T any](e *msgpack.Encoder, l []T, enc func(*T, *msgpack.Encoder)
 	return nil
 }
 
-func decodeList[T any](d *msgpack.Decoder, dec func(*T, *msgpack.Decoder) error) ([]T, error) {
+func decodeList[T any](d *msgpack.Decoder, dec func(*T, *msgpack.Decoder, *byteArena) error) ([]T, error) {
 	n, err := d.DecodeArrayLen()
 	if err != nil || n < 0 {
 		return nil, err
 	}
 	out := make([]T, 0, min(n, 256))
+	var arena byteArena
 	for i := 0; i < n; i++ {
 		out = append(out, *new(T))
-		if err := dec(&out[i], d); err != nil {
+		if err := dec(&out[i], d, &arena); err != nil {
 			return nil, fmt.Errorf("element %d: %w", i, err)
 		}
 	}
