@@ -65,10 +65,11 @@ func TestEncodedChanges(t *testing.T) {
 	})
 }
 
-// TestChangeListDecodeArena: a frame's keys and values decode into a few
-// shared chunks (not two allocations per change), each slice capped at
-// its own length so appending to one never writes over the next.
-func TestChangeListDecodeArena(t *testing.T) {
+// TestChangeListDecodeShared: a frame's keys and values decode as slices
+// of the codec's copy of the message (not two allocations per change),
+// each capped at its own length so appending to one never writes over the
+// next, and none aliasing the bytes given to Unmarshal.
+func TestChangeListDecodeShared(t *testing.T) {
 	const n = 200
 	chs := make([]Change, n)
 	for i := range chs {
@@ -97,6 +98,14 @@ func TestChangeListDecodeArena(t *testing.T) {
 		t.Fatalf("a decoded key has capacity %d beyond its %d bytes", cap(k), len(k))
 	}
 	if allocs > n {
-		t.Fatalf("%.0f allocations to decode %d changes: keys and values are not sharing chunks", allocs, n)
+		t.Fatalf("%.0f allocations to decode %d changes: keys and values are not shared with the message", allocs, n)
+	}
+	at := bytes.LastIndex(b, chs[n-1].Value)
+	if at < 0 {
+		t.Fatal("the last value is not in the message")
+	}
+	b[at] ^= 0xff
+	if got.Changes[n-1].Value[0] != byte(n-1) {
+		t.Fatal("a decoded value aliases the bytes given to Unmarshal")
 	}
 }

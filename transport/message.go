@@ -216,11 +216,11 @@ func (c *Change) EncodeMsgpack(e *msgpack.Encoder) error {
 }
 
 // DecodeMsgpack reads the array written by EncodeMsgpack.
-func (c *Change) DecodeMsgpack(d *msgpack.Decoder) error { return c.decode(d, nil) }
+func (c *Change) DecodeMsgpack(d *msgpack.Decoder) error { return c.decode(d, false) }
 
-// decode is DecodeMsgpack with the key and value read into a (nil: each
-// its own allocation).
-func (c *Change) decode(d *msgpack.Decoder, a *byteArena) error {
+// decode is DecodeMsgpack, the key and value shared with the message when
+// shared (decodeBin).
+func (c *Change) decode(d *msgpack.Decoder, shared bool) error {
 	n, err := d.DecodeArrayLen()
 	if err != nil {
 		return err
@@ -239,10 +239,10 @@ func (c *Change) decode(d *msgpack.Decoder, a *byteArena) error {
 		return fmt.Errorf("change: op %d out of range", op)
 	}
 	c.Op = Op(op)
-	if c.Key, err = a.decodeBytes(d); err != nil {
+	if c.Key, err = decodeBin(d, shared); err != nil {
 		return err
 	}
-	if c.Value, err = a.decodeBytes(d); err != nil {
+	if c.Value, err = decodeBin(d, shared); err != nil {
 		return err
 	}
 	if c.Time, err = d.DecodeInt64(); err != nil {
@@ -267,11 +267,11 @@ func (r *Row) EncodeMsgpack(e *msgpack.Encoder) error {
 }
 
 // DecodeMsgpack reads the array written by EncodeMsgpack.
-func (r *Row) DecodeMsgpack(d *msgpack.Decoder) error { return r.decode(d, nil) }
+func (r *Row) DecodeMsgpack(d *msgpack.Decoder) error { return r.decode(d, false) }
 
-// decode is DecodeMsgpack with the key and value read into a (nil: each
-// its own allocation).
-func (r *Row) decode(d *msgpack.Decoder, a *byteArena) error {
+// decode is DecodeMsgpack, the key and value shared with the message when
+// shared (decodeBin).
+func (r *Row) decode(d *msgpack.Decoder, shared bool) error {
 	n, err := d.DecodeArrayLen()
 	if err != nil {
 		return err
@@ -279,54 +279,27 @@ func (r *Row) decode(d *msgpack.Decoder, a *byteArena) error {
 	if n != 2 {
 		return fmt.Errorf("row: want 2 fields, got %d", n)
 	}
-	if r.Key, err = a.decodeBytes(d); err != nil {
+	if r.Key, err = decodeBin(d, shared); err != nil {
 		return err
 	}
-	r.Value, err = a.decodeBytes(d)
+	r.Value, err = decodeBin(d, shared)
 	return err
 }
 
-// byteArena hands out the byte slices a list's keys and values decode
-// into: a few allocations per message instead of two per element. Its
-// chunks grow geometrically up to maxArenaChunk, so a list of one small
-// change costs about what it did, and a full frame a handful of chunks.
-// Decoded slices share chunks (and keep one another's chunk alive), and
-// never alias the message's bytes. Lengths were checked against the
-// message by checkBounds, so a chunk is never larger than the message.
-type byteArena struct {
-	buf  []byte
-	next int // the size of the next chunk
-}
-
-const (
-	minArenaChunk = 512
-	maxArenaChunk = 64 << 10
-)
-
-// decodeBytes reads a bin (or nil) into a; a nil a allocates as
-// msgpack's DecodeBytes does.
-func (a *byteArena) decodeBytes(d *msgpack.Decoder) ([]byte, error) {
-	if a == nil {
+// decodeBin reads a bin (or nil). A list's element (shared) read from
+// Codec (a frameReader) gets a slice of the message: one allocation per
+// message instead of two per change. Otherwise it gets a copy, as
+// msgpack's DecodeBytes makes.
+func decodeBin(d *msgpack.Decoder, shared bool) ([]byte, error) {
+	fr, ok := d.Buffered().(*frameReader)
+	if !shared || !ok {
 		return d.DecodeBytes()
 	}
 	n, err := d.DecodeBytesLen()
 	if err != nil || n < 0 {
 		return nil, err
 	}
-	if n == 0 {
-		return []byte{}, nil
-	}
-	if cap(a.buf)-len(a.buf) < n {
-		a.next = min(max(a.next*2, minArenaChunk), maxArenaChunk)
-		a.buf = make([]byte, 0, max(n, a.next))
-	}
-	at := len(a.buf)
-	a.buf = a.buf[:at+n]
-	b := a.buf[at : at+n : at+n]
-	if err := d.ReadFull(b); err != nil {
-		return nil, err
-	}
-	return b, nil
+	return fr.take(n)
 }
 
 // ChangeList is a batch of changes. It decodes element by element, growing
@@ -382,16 +355,15 @@ func encodeList[T any](e *msgpack.Encoder, l []T, enc func(*T, *msgpack.Encoder)
 	return nil
 }
 
-func decodeList[T any](d *msgpack.Decoder, dec func(*T, *msgpack.Decoder, *byteArena) error) ([]T, error) {
+func decodeList[T any](d *msgpack.Decoder, dec func(*T, *msgpack.Decoder, bool) error) ([]T, error) {
 	n, err := d.DecodeArrayLen()
 	if err != nil || n < 0 {
 		return nil, err
 	}
 	out := make([]T, 0, min(n, 256))
-	var arena byteArena
 	for i := 0; i < n; i++ {
 		out = append(out, *new(T))
-		if err := dec(&out[i], d, &arena); err != nil {
+		if err := dec(&out[i], d, true); err != nil {
 			return nil, fmt.Errorf("element %d: %w", i, err)
 		}
 	}
