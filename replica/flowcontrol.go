@@ -170,7 +170,7 @@ func (t *OwnedTable) awaitFlow(ctx context.Context) error {
 			timer.Stop()
 		}
 	}()
-	counted := false
+	var waitStart time.Time // when this writer first waited
 	for {
 		head := t.Head()
 		g.mu.Lock()
@@ -180,7 +180,15 @@ func (t *OwnedTable) awaitFlow(ctx context.Context) error {
 			return nil
 		}
 		now := time.Now()
-		if wait := since.Add(fc.hold()).Sub(now); wait <= 0 {
+		if waitStart.IsZero() {
+			waitStart = now
+			g.waits++
+		}
+		// A stream's hold runs from its last ack or from when this
+		// writer began to wait, whichever is later: a consumer that had
+		// nothing to acknowledge (an idle table) is not cut loose at
+		// the first burst.
+		if wait := maxTime(since, waitStart).Add(fc.hold()).Sub(now); wait <= 0 {
 			g.cutLooseLocked(t, head, window, now.Add(-fc.hold()))
 			g.mu.Unlock()
 			continue
@@ -188,10 +196,6 @@ func (t *OwnedTable) awaitFlow(ctx context.Context) error {
 			timer = time.NewTimer(wait)
 		} else {
 			timer.Reset(wait)
-		}
-		if !counted {
-			g.waits++
-			counted = true
 		}
 		if g.changed == nil {
 			g.changed = make(chan struct{})
@@ -215,6 +219,13 @@ func (t *OwnedTable) awaitFlow(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // cutLooseLocked stops holding writes for the streams that block them and

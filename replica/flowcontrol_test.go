@@ -257,3 +257,30 @@ func TestFlowControl_Validate(t *testing.T) {
 		t.Fatalf("Validate with a negative Flow.Hold: %v, want ErrInvalid", err)
 	}
 }
+
+// TestFlowControl_IdleConsumerNotCutLoose: a held consumer whose last ack
+// is older than Hold because it had nothing to acknowledge (an idle
+// table) still holds the first burst's writer: its hold runs from when
+// the writer began to wait.
+func TestFlowControl_IdleConsumerNotCutLoose(t *testing.T) {
+	const window = 4
+	owner, tbl := flowOwner(t, FlowControl{Window: window, Hold: time.Hour})
+	rc := openRawConsumer(t, owner, transport.Open{})
+	waitUntil(t, 20*time.Second, "the stream is held", func() bool { return tbl.flow.stats().held == 1 })
+	tbl.flow.mu.Lock()
+	for _, m := range tbl.flow.members {
+		m.ackedAt = m.ackedAt.Add(-2 * time.Hour) // idle for longer than Hold
+	}
+	tbl.flow.mu.Unlock()
+	done := writeAsync(ctxT(t, 30*time.Second), tbl, window+1)
+	waitUntil(t, 20*time.Second, "the writer waits at the window", func() bool {
+		return tbl.flow.stats().waiting == 1 && tbl.Head() == window
+	})
+	if st := tbl.flow.stats(); st.cutLoose != 0 || st.held != 1 {
+		t.Fatalf("flow stats %+v: the idle consumer was cut loose", st)
+	}
+	rc.ackAt(t, window)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
