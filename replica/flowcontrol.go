@@ -27,7 +27,9 @@ import (
 // and reads at its own pace (from the in-memory tail, then the log) until
 // it is back within Window/2 of the head, when it is held again. So one
 // slow consumer delays writes by at most Hold, never stalls them. Pull
-// consumers are never held.
+// consumers are never held. (A consumer whose OnChange callback writes,
+// and waits for, the table it consumes acknowledges nothing until the
+// write returns: it holds that write for Hold and is then cut loose.)
 type FlowControl struct {
 	// Window is the most committed changes a held consumer may leave
 	// unacknowledged before writes wait (0: DefaultFlowWindow; negative:
