@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -299,5 +300,47 @@ func TestFlowControl_IdleConsumerNotCutLoose(t *testing.T) {
 	rc.ackAt(t, window)
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCatchUpFrames: a consumer behind on a fast link gets batches larger
+// than the 64 KiB a caught-up one gets, up to catchUpFrameBytes.
+func TestCatchUpFrames(t *testing.T) {
+	owner, tbl := flowOwner(t, FlowControl{Window: -1})
+	var mu sync.Mutex
+	var sizes []int
+	owner.hooks.send = func(s *sender, f *transport.OwnerFrame, returned bool) {
+		if returned || f.Kind != transport.KindChanges {
+			return
+		}
+		b, err := transport.Marshal(f)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		mu.Lock()
+		sizes = append(sizes, len(b))
+		mu.Unlock()
+	}
+	ctx := ctxT(t, 30*time.Second)
+	val := make([]byte, 1<<10)
+	for i := range 2000 {
+		if _, err := tbl.Put(ctx, fmt.Appendf(nil, "k%04d", i), val); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Resume from the start of the log: 2 MB behind.
+	first := openRawConsumer(t, owner, transport.Open{})
+	first.sub.Close()
+	rc := openRawConsumer(t, owner, transport.Open{LogID: first.start.LogID, Seq: 0, Epoch: first.start.Epoch})
+	if !rc.start.Resume {
+		t.Fatalf("start %+v: want a resume", rc.start)
+	}
+	waitUntil(t, 20*time.Second, "the consumer receives the backlog", func() bool { return rc.last.Load() == tbl.Head() })
+	mu.Lock()
+	defer mu.Unlock()
+	largest := slices.Max(sizes)
+	if largest <= maxFrameBytes+4<<10 || largest > catchUpFrameBytes+4<<10 {
+		t.Fatalf("largest batch %d bytes over %d frames: want over %d (a catch-up frame), at most about %d", largest, len(sizes), maxFrameBytes, catchUpFrameBytes)
 	}
 }
