@@ -144,6 +144,9 @@ type Config struct {
 	// newest changes, from which caught-up subscribers are fed.
 	TailChanges int
 	TailBytes   int
+	// Flow bounds how far writers run ahead of the push consumers that
+	// keep up (see FlowControl; the zero value is the defaults).
+	Flow FlowControl
 
 	// Retention trims each owned table's change log.
 	Retention Retention
@@ -280,6 +283,9 @@ func (c *Config) Validate() error {
 		if ch.bad {
 			return fmt.Errorf("%w: %s is out of range", ErrInvalid, ch.name)
 		}
+	}
+	if err := c.Flow.validate(); err != nil {
+		return err
 	}
 	// Every badger transaction must stay under badger's batch limit (15% of
 	// the memtable): a group writes each change twice (row and log entry).

@@ -9,7 +9,10 @@ import (
 // read when scraped, so the hot paths carry no metric cost.
 //
 // Owned tables: replmesh_table_head_seq, replmesh_table_log_first_seq,
-// replmesh_table_epoch, replmesh_table_primary. Replicas (labels service,
+// replmesh_table_epoch, replmesh_table_primary, and flow control's
+// replmesh_table_flow_waits_total (writes that waited for a consumer),
+// replmesh_table_flow_cut_loose_total (consumers cut loose) and
+// replmesh_table_flow_held_streams (see FlowControl). Replicas (labels service,
 // table): replmesh_replica_seq, replmesh_replica_owner_head_seq,
 // replmesh_replica_lag_seqs, replmesh_replica_staleness_seconds,
 // replmesh_replica_changes_applied_total, replmesh_replica_full_transfers_total,
@@ -40,6 +43,7 @@ type collector struct {
 
 type descs struct {
 	tableHead, tableFirst, tableEpoch, tablePrimary                        *prometheus.Desc
+	flowWaits, flowCutLoose, flowHeld                                      *prometheus.Desc
 	seq, ownerHead, lag, stale, applied, transfers, resumes, reconn, pulls *prometheus.Desc
 	snapRows, snapBytes, mode, switches, diverged                          *prometheus.Desc
 	xferRows, xferExpected, xferBytes, xferETA                             *prometheus.Desc
@@ -58,6 +62,9 @@ func newDescs(component string) descs {
 	return descs{
 		tableHead:    d("replmesh_table_head_seq", "Seq of the newest change committed to an owned table.", tl),
 		tableFirst:   d("replmesh_table_log_first_seq", "Oldest seq still in an owned table's change log.", tl),
+		flowWaits:    d("replmesh_table_flow_waits_total", "Writes to an owned table that waited for a push consumer a flow window behind.", tl),
+		flowCutLoose: d("replmesh_table_flow_cut_loose_total", "Push consumers of an owned table cut loose from flow control after holding a writer for the hold time.", tl),
+		flowHeld:     d("replmesh_table_flow_held_streams", "Push streams of an owned table that writes wait for (keeping up).", tl),
 		tableEpoch:   d("replmesh_table_epoch", "Owner epoch of an owned table.", tl),
 		tablePrimary: d("replmesh_table_primary", "1 when this instance takes writes for the table.", tl),
 		seq:          d("replmesh_replica_seq", "Seq the replica holds.", rl),
@@ -91,7 +98,7 @@ func newDescs(component string) descs {
 
 func (x *collector) Describe(ch chan<- *prometheus.Desc) {
 	d := &x.d
-	for _, desc := range []*prometheus.Desc{d.tableHead, d.tableFirst, d.tableEpoch, d.tablePrimary, d.seq, d.ownerHead, d.lag, d.stale,
+	for _, desc := range []*prometheus.Desc{d.tableHead, d.tableFirst, d.tableEpoch, d.tablePrimary, d.flowWaits, d.flowCutLoose, d.flowHeld, d.seq, d.ownerHead, d.lag, d.stale,
 		d.applied, d.transfers, d.resumes, d.reconn, d.pulls, d.snapRows, d.snapBytes, d.mode, d.switches, d.diverged,
 		d.xferRows, d.xferExpected, d.xferBytes, d.xferETA,
 		d.diskFree, d.diskReserve, d.diskFull, d.diskRefused, d.denials, d.limitRefusals, d.protocolErrors} {
@@ -143,6 +150,10 @@ func (x *collector) Collect(ch chan<- prometheus.Metric) {
 			primary = 1
 		}
 		gauge(d.tablePrimary, primary, t.name)
+		fs := t.flow.stats()
+		counter(d.flowWaits, float64(fs.waits), t.name)
+		counter(d.flowCutLoose, float64(fs.cutLoose), t.name)
+		gauge(d.flowHeld, float64(fs.held), t.name)
 	}
 	for _, r := range reps {
 		st := r.Status()

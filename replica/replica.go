@@ -59,7 +59,11 @@ type Event struct {
 	Reset bool
 	// Seq is the replica's seq after the event.
 	Seq uint64
-	// Changes are the changes applied, in seq order.
+	// Changes are the changes applied, in seq order. They are the
+	// callback's to keep, but their keys and values share memory with the
+	// rest of the frame they arrived in (up to 64 KiB): a callback that
+	// keeps a few of them for long should copy those (bytes.Clone), or
+	// it keeps whole frames alive.
 	Changes []Change
 }
 

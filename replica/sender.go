@@ -27,6 +27,19 @@ const maxFrameBytes = 64 << 10
 // frameBudget is the payload budget of one frame the owner sends.
 func frameBudget(o transport.Options) int { return min(o.ChunkBudget(), maxFrameBytes) }
 
+// catchUpFrameBytes bounds a change batch sent to a consumer that is
+// behind on a fast link (sender.pushBudget): a restarted consumer caught
+// up on 100k changes in 288 ms instead of 329 ms (replbench -workloads
+// resume, medians of 3), fewer frames meaning fewer applies, publishes
+// and acks.
+const catchUpFrameBytes = 256 << 10
+
+// fastSend is how long a full frame may have taken to send for the link
+// to count as fast: a link that moves maxFrameBytes in PeerTimeout/64
+// moves catchUpFrameBytes in a sixteenth of the consumer's silence
+// timeout, so a large frame never looks like a silent owner.
+func fastSend(peerTimeout time.Duration) time.Duration { return peerTimeout / 64 }
+
 type sender struct {
 	c      *Component
 	t      *OwnedTable
@@ -39,6 +52,9 @@ type sender struct {
 	// resumed from, then the last seq sent (set before the frame goes out,
 	// read by the receiving goroutine).
 	sent atomic.Uint64
+	// acked is the highest seq the stream acknowledged (set by the
+	// receiving goroutine).
+	acked atomic.Uint64
 	// mode is what the subscriber runs, Push or Pull: Open.Mode at first,
 	// then each Mode frame.
 	mode modes.Mode
@@ -47,7 +63,12 @@ type sender struct {
 		Debug(string, ...any)
 	}
 	lastSend time.Time
+	// lastFull: the last change batch filled its budget (changes were
+	// left for the next) and went out within fastSend: the next may be
+	// larger.
+	lastFull bool
 	buf      []transport.Change
+	parts    [][]byte // sendEncoded's encodings of one frame
 	// gated: with MinSyncStandbys, this subscriber (a consumer, not a
 	// standby) is sent only the changes that many standbys have confirmed
 	// (capHead).
@@ -93,6 +114,13 @@ func (s *sender) run() error {
 		defer s.t.sync.untrack(s)
 	}
 	s.gated = s.c.cfg.MinSyncStandbys > 0 && !standby
+	// Flow control: a push stream holds writes while it keeps up.
+	window := s.c.cfg.Flow.window()
+	s.acked.Store(next - 1)
+	if !s.pulls() {
+		s.t.flow.join(s, next-1, s.t.Head(), window)
+	}
+	defer s.t.flow.leave(s)
 	// The receiver goroutine hands mode switches and pull requests to the
 	// sending loop below; it never sends.
 	modeCh := make(chan modes.Mode, 1)
@@ -121,6 +149,8 @@ func (s *sender) run() error {
 				if standby {
 					s.t.sync.ack(s, f.Seq, s.c.cfg.MinSyncStandbys, s.c.lease.left() > 0)
 				}
+				s.acked.Store(f.Seq)
+				s.t.flow.ack(s, f.Seq, s.t.Head(), window)
 			case transport.KindHeartbeat:
 			case transport.KindPull:
 				select {
@@ -185,9 +215,21 @@ func (s *sender) run() error {
 			}
 		}
 		lingerUntil = time.Time{}
+		if !s.pulls() && next <= meta.Head && !s.gated {
+			// The common case: the changes are in the table's tail, with
+			// encodings shared by every stream.
+			n, err := s.sendEncoded(next, meta, s.pushBudget(budget))
+			if err != nil {
+				return err
+			}
+			if n > 0 {
+				next += uint64(n)
+				continue
+			}
+		}
 		if !s.pulls() && next <= meta.Head {
 			var err error
-			s.buf, err = s.t.readChanges(next, s.c.cfg.BatchMaxChanges, budget, s.buf[:0])
+			s.buf, err = s.t.readChanges(next, s.c.cfg.BatchMaxChanges, s.pushBudget(budget), s.buf[:0])
 			if err != nil {
 				return err
 			}
@@ -195,9 +237,8 @@ func (s *sender) run() error {
 				s.buf = capChanges(s.buf, meta.Head)
 			}
 			if len(s.buf) > 0 {
-				s.sent.Store(s.buf[len(s.buf)-1].Seq)
-				if err := s.send(&transport.OwnerFrame{Kind: transport.KindChanges, HeadSeq: meta.Head, Epoch: meta.Epoch,
-					Rate: s.rate.Rate(), Changes: s.buf}); err != nil {
+				if err := s.sendBatch(&transport.OwnerFrame{Kind: transport.KindChanges, HeadSeq: meta.Head, Epoch: meta.Epoch,
+					Rate: s.rate.Rate(), Changes: s.buf}, s.buf[len(s.buf)-1].Seq, meta.Head); err != nil {
 					return err
 				}
 				next = s.buf[len(s.buf)-1].Seq + 1
@@ -216,6 +257,11 @@ func (s *sender) run() error {
 			if m != s.mode {
 				s.mode = m
 				s.log.Info("subscriber switches mode", "mode", m.String(), "at", next-1)
+				if s.pulls() {
+					s.t.flow.leave(s)
+				} else {
+					s.t.flow.join(s, s.acked.Load(), s.t.Head(), window)
+				}
 			}
 		case <-pullCh:
 			var err error
@@ -239,6 +285,43 @@ func (s *sender) run() error {
 			return fmt.Errorf("%w: owner is shutting down", transport.ErrUnavailable)
 		}
 	}
+}
+
+// sendEncoded sends the changes from next on in one frame, as the
+// encodings the table's tail keeps (encoded once for every stream), and
+// returns how many it sent: 0 when the tail no longer holds next (the
+// caller reads the log).
+func (s *sender) sendEncoded(next uint64, meta ownerMeta, budget int) (int, error) {
+	parts, n, ok, err := s.t.tail.readEncoded(next, s.c.cfg.BatchMaxChanges, budget, s.parts[:0])
+	s.parts = parts
+	if err != nil || !ok || n == 0 {
+		return 0, err
+	}
+	defer clear(s.parts) // hold no encoding the tail has dropped
+	return n, s.sendBatch(transport.EncodedChanges(meta.Head, meta.Epoch, s.rate.Rate(), n, parts), next+uint64(n)-1, meta.Head)
+}
+
+// sendBatch sends a change batch ending at seq last, head being the
+// table's head when it was read, and notes whether the next batch may be
+// a catch-up one (pushBudget).
+func (s *sender) sendBatch(f *transport.OwnerFrame, last, head uint64) error {
+	s.sent.Store(last)
+	start := time.Now()
+	err := s.send(f)
+	// A batch that left changes behind was cut by its budget.
+	s.lastFull = last < head && time.Since(start) < fastSend(s.c.cfg.PeerTimeout)
+	return err
+}
+
+// pushBudget is the payload budget of the next change batch: budget, or
+// up to catchUpFrameBytes while the consumer is behind (the last batch
+// was full) on a fast link (it went out within fastSend). A slow link
+// keeps frames it can carry well within the consumer's silence timeout.
+func (s *sender) pushBudget(budget int) int {
+	if s.lastFull {
+		return max(budget, min(s.c.cfg.Transport.ChunkBudget(), catchUpFrameBytes))
+	}
+	return budget
 }
 
 // pulls reports whether the subscriber runs in pull mode: the owner sends

@@ -83,6 +83,7 @@ type OwnedTable struct {
 	allow        map[string]bool // services allowed to subscribe; nil: all
 	writable     atomic.Bool     // this instance is the table's primary
 	sync         *syncState      // standbys' acknowledgements (MinSyncStandbys)
+	flow         flowGate        // push consumers' acknowledgements (Config.Flow)
 	defaultMode  modes.Mode      // the owner's default mode, sent to consumers in Start (Unset: none; guarded by mu)
 	explicitMode bool            // TableOptions.Mode was given (it wins over the mode file)
 	retention    Retention       // this table's log retention (guarded by mu)
@@ -432,7 +433,7 @@ type pendingWrite struct {
 
 // Submit queues writes for the next group commit and returns without
 // waiting for it; Wait on the result for the seq. Submit blocks only while
-// the commit queue is full.
+// the commit queue is full or flow control holds writes (Config.Flow).
 func (t *OwnedTable) Submit(ctx context.Context, ws ...Write) (*Pending, error) {
 	if len(ws) == 0 {
 		return nil, fmt.Errorf("%w: apply %s: no writes", ErrInvalid, t.name)
@@ -457,6 +458,11 @@ func (t *OwnedTable) Submit(ctx context.Context, ws ...Write) (*Pending, error) 
 		}
 		pw.changes[i] = ch
 		pw.size += ch.Size()
+	}
+	// Flow control: wait (holding no lock) while a consumer that keeps up
+	// is a window behind.
+	if err := t.awaitFlow(ctx); err != nil {
+		return nil, err
 	}
 	t.restoreMu.RLock()
 	defer t.restoreMu.RUnlock()

@@ -151,6 +151,10 @@ type OwnerFrame struct {
 	// KindSnapshotBegin it is the number of rows the owner expects to send
 	// (0 = unknown; an older owner), for progress reports only.
 	Count uint64 `msgpack:"n,omitempty"`
+
+	// encoded, when set, holds a KindChanges frame's changes already
+	// encoded (EncodedChanges); Codec sends them instead of Changes.
+	encoded *encodedChanges
 }
 
 // Row is one key and value of a snapshot.
@@ -213,7 +217,11 @@ func (c *Change) EncodeMsgpack(e *msgpack.Encoder) error {
 }
 
 // DecodeMsgpack reads the array written by EncodeMsgpack.
-func (c *Change) DecodeMsgpack(d *msgpack.Decoder) error {
+func (c *Change) DecodeMsgpack(d *msgpack.Decoder) error { return c.decode(d, false) }
+
+// decode is DecodeMsgpack, the key and value shared with the message when
+// shared (decodeBin).
+func (c *Change) decode(d *msgpack.Decoder, shared bool) error {
 	n, err := d.DecodeArrayLen()
 	if err != nil {
 		return err
@@ -232,10 +240,10 @@ func (c *Change) DecodeMsgpack(d *msgpack.Decoder) error {
 		return fmt.Errorf("change: op %d out of range", op)
 	}
 	c.Op = Op(op)
-	if c.Key, err = d.DecodeBytes(); err != nil {
+	if c.Key, err = decodeBin(d, shared); err != nil {
 		return err
 	}
-	if c.Value, err = d.DecodeBytes(); err != nil {
+	if c.Value, err = decodeBin(d, shared); err != nil {
 		return err
 	}
 	if c.Time, err = d.DecodeInt64(); err != nil {
@@ -330,6 +338,22 @@ func RowBytes(r *Row) (kv []byte, ok bool) {
 	return k[:cap(k)], true
 }
 
+// decodeBin reads a bin (or nil). A list's element (shared) read from
+// Codec (a frameReader) gets a slice of the message: one allocation per
+// message instead of two per change. Otherwise it gets a copy, as
+// msgpack's DecodeBytes makes.
+func decodeBin(d *msgpack.Decoder, shared bool) ([]byte, error) {
+	fr, ok := d.Buffered().(*frameReader)
+	if !shared || !ok {
+		return d.DecodeBytes()
+	}
+	n, err := d.DecodeBytesLen()
+	if err != nil || n < 0 {
+		return nil, err
+	}
+	return fr.take(n)
+}
+
 // ChangeList is a batch of changes. It decodes element by element, growing
 // as valid changes arrive, instead of allocating what the array header
 // claims; a nil element is an error. A hostile frame therefore costs
@@ -351,7 +375,7 @@ func (l ChangeList) EncodeMsgpack(e *msgpack.Encoder) error {
 
 // DecodeMsgpack reads an array of changes.
 func (l *ChangeList) DecodeMsgpack(d *msgpack.Decoder) error {
-	out, err := decodeList(d, (*Change).DecodeMsgpack)
+	out, err := decodeList(d, (*Change).decode)
 	*l = out
 	return err
 }
@@ -365,7 +389,7 @@ func (l RowList) EncodeMsgpack(e *msgpack.Encoder) error {
 // allocation (Row.decode).
 func (l *RowList) DecodeMsgpack(d *msgpack.Decoder) error {
 	var scratch []byte
-	out, err := decodeList(d, func(r *Row, d *msgpack.Decoder) error { return r.decode(d, &scratch) })
+	out, err := decodeList(d, func(r *Row, d *msgpack.Decoder, _ bool) error { return r.decode(d, &scratch) })
 	*l = out
 	return err
 }
@@ -385,7 +409,7 @@ func encodeList[T any](e *msgpack.Encoder, l []T, enc func(*T, *msgpack.Encoder)
 	return nil
 }
 
-func decodeList[T any](d *msgpack.Decoder, dec func(*T, *msgpack.Decoder) error) ([]T, error) {
+func decodeList[T any](d *msgpack.Decoder, dec func(*T, *msgpack.Decoder, bool) error) ([]T, error) {
 	n, err := d.DecodeArrayLen()
 	if err != nil || n < 0 {
 		return nil, err
@@ -393,7 +417,7 @@ func decodeList[T any](d *msgpack.Decoder, dec func(*T, *msgpack.Decoder) error)
 	out := make([]T, 0, min(n, 256))
 	for i := 0; i < n; i++ {
 		out = append(out, *new(T))
-		if err := dec(&out[i], d); err != nil {
+		if err := dec(&out[i], d, true); err != nil {
 			return nil, fmt.Errorf("element %d: %w", i, err)
 		}
 	}

@@ -75,7 +75,8 @@ func (b *bench) newRigWith(ctx context.Context, name, kind string, n int, sec *p
 			g.close()
 		}
 	}()
-	g.owner, g.table, err = b.openOwner(ctx, filepath.Join(dir, "owner"), "127.0.0.1:0", sec.owner())
+	g.owner, g.table, err = b.openOwner(ctx, filepath.Join(dir, "owner"), "127.0.0.1:0", sec.owner(),
+		func(c *replica.Config) { c.Flow.Window = b.opts.flowWindow })
 	if err != nil {
 		return g, err
 	}

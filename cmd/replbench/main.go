@@ -94,6 +94,7 @@ type options struct {
 	changes    int
 	keys       int
 	window     int
+	flowWindow int // the owner's Config.Flow.Window (0: its default)
 	valueSize  int
 	rows       int
 	missed     int
@@ -136,6 +137,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.changes, "changes", 200_000, "fanout: changes written by the one writer")
 	fs.IntVar(&o.keys, "keys", 100_000, "fanout, resume: distinct keys the changes are spread over")
 	fs.IntVar(&o.window, "window", 1024, "fanout, resume: writes the writer keeps in flight (pipeline depth)")
+	fs.IntVar(&o.flowWindow, "flowwindow", 0, "fanout, paced: the owner's flow control window in changes (replica.FlowControl; 0: its default, negative: off)")
 	fs.IntVar(&o.valueSize, "valuesize", 256, "bytes per value")
 	fs.IntVar(&o.rows, "rows", 1_000_000, "transfer: rows in the table")
 	fs.IntVar(&o.missed, "missed", 100_000, "resume: changes the restarted side missed")
