@@ -883,10 +883,12 @@ func TestIntegration_OwnerLostDisk(t *testing.T) {
 		t.Fatalf("new history: log %s head %d; old: log %s head %d", logB, headB, logA, headA)
 	}
 
+	// The replica may have met the new owner before its writes (head 0)
+	// and keeps trying: wait for the report of the owner as it is now.
 	var de *DivergedError
 	waitUntil(t, 30*time.Second, "the replica to report the divergence", func() bool {
 		st := cs.r.Status()
-		return st.State == StateDiverged && errors.As(st.LastErr, &de)
+		return st.State == StateDiverged && errors.As(st.LastErr, &de) && de.OwnerHead == headB
 	})
 	if !errors.Is(cs.r.Status().LastErr, ErrDiverged) {
 		t.Errorf("LastErr %v does not wrap ErrDiverged", cs.r.Status().LastErr)
