@@ -43,6 +43,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -54,18 +55,19 @@ import (
 
 // sizes are the workloads' dimensions.
 type sizes struct {
-	Changes  int           `json:"changes"`   // W1 changes per run
-	Readers  []int         `json:"readers"`   // W1 reader counts
-	Keys     int           `json:"keys"`      // key space of W1, W3 and paced writes
-	Rows     int           `json:"rows"`      // W2 and W4 table size
-	Missed   int           `json:"missed"`    // W3 changes missed
-	Reads    int           `json:"reads"`     // W4 samples per system
-	Value    int           `json:"value"`     // value size in bytes
-	Window   int           `json:"window"`    // writes in flight per writer
-	Paced    time.Duration `json:"paced"`     // paced run length
-	Rate     int           `json:"rate"`      // paced changes/s
-	Loopback time.Duration `json:"loopback"`  // loopback TCP measurement length
-	Batch    int           `json:"badger_wb"` // badger WriteBatch keys
+	Changes  int           `json:"changes"`     // W1 changes per run
+	Readers  []int         `json:"readers"`     // W1 reader counts
+	Keys     int           `json:"keys"`        // key space of W1, W3 and paced writes
+	Rows     int           `json:"rows"`        // W2 and W4 table size
+	Missed   int           `json:"missed"`      // W3 changes missed
+	Reads    int           `json:"reads"`       // W4 samples per system
+	Value    int           `json:"value"`       // value size in bytes
+	Window   int           `json:"window"`      // writes in flight per writer
+	Flow     int           `json:"flow_window"` // replmesh W1 owner's Config.Flow.Window (0: its default)
+	Paced    time.Duration `json:"paced"`       // paced run length
+	Rate     int           `json:"rate"`        // paced changes/s
+	Loopback time.Duration `json:"loopback"`    // loopback TCP measurement length
+	Batch    int           `json:"badger_wb"`   // badger WriteBatch keys
 }
 
 func fullSizes() sizes {
@@ -156,6 +158,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	valueSize := fs.Int("value", 0, fmt.Sprintf("value size in bytes, at least %d (default %d)", stampSize, full.Value))
 	paced := fs.Duration("paced", 0, "paced run length (default 5s)")
 	rate := fs.Int("rate", 0, "paced changes/s (default 1000)")
+	flowWindow := fs.Int("flowwindow", 0, "replmesh W1: the owner's flow control window in changes (replica.FlowControl; 0: its default, negative: off)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the runs (this process: owner, writer and in-process readers) to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -174,6 +178,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			*o.dst = o.v
 		}
 	}
+	b.sz.Flow = *flowWindow
 	if *paced != 0 {
 		b.sz.Paced = *paced
 	}
@@ -223,6 +228,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer os.RemoveAll(b.dir)
+	}
+
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("-cpuprofile: %w", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return fmt.Errorf("-cpuprofile: %w", err)
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		}()
 	}
 
 	rep := report{Command: "peers " + strings.Join(args, " "), Count: *count, Sizes: b.sz}

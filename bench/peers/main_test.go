@@ -94,6 +94,7 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{"value too small", []string{"-value", "8"}, "-value is out of range"},
 		{"zero count", []string{"-count", "0"}, "-count must be positive"},
 		{"stray argument", []string{"extra"}, "unexpected arguments"},
+		{"unwritable profile", []string{"-workloads", "w1", "-cpuprofile", filepath.Join(t.TempDir(), "no", "such", "dir", "cpu.out")}, "-cpuprofile"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out, errs bytes.Buffer
@@ -102,6 +103,34 @@ func TestRunRejectsBadFlags(t *testing.T) {
 				t.Fatalf("run(%q) = %v, want an error containing %q", tc.args, err, tc.want)
 			}
 		})
+	}
+}
+
+// TestProfiledFlowWindow runs a small W1 with the owner's flow window set
+// and a CPU profile: the run completes (every reader sees every change
+// through a window smaller than the writer's) and the profile is written.
+func TestProfiledFlowWindow(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a fan-out")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	prof := filepath.Join(t.TempDir(), "cpu.out")
+	var out, errs bytes.Buffer
+	args := []string{"-quick", "-count", "1", "-systems", "replmesh", "-workloads", "w1", "-readers", "1",
+		"-flowwindow", "64", "-cpuprofile", prof, "-dir", t.TempDir()}
+	if err := run(ctx, args, &out, &errs); err != nil {
+		t.Fatalf("run: %v\nstderr:\n%s", err, errs.String())
+	}
+	if !strings.Contains(out.String(), "1 reader") {
+		t.Fatalf("tables lack the 1-reader W1 row:\n%s", out.String())
+	}
+	st, err := os.Stat(prof)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Size() == 0 {
+		t.Fatal("empty CPU profile")
 	}
 }
 

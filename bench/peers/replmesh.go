@@ -34,8 +34,12 @@ const (
 // becoming ready).
 const setupTimeout = 10 * time.Minute
 
-func rmOpenOwner(ctx context.Context, logger *slog.Logger, dir, listen string) (*replica.Component, *replica.OwnedTable, error) {
-	c, err := replica.Open(ctx, benchkit.Config(logger, rmOwnerService, "owner", dir, listen))
+// rmOpenOwner opens the owner component and owns the table; flowWindow is
+// its Config.Flow.Window (0: the default).
+func rmOpenOwner(ctx context.Context, logger *slog.Logger, dir, listen string, flowWindow int) (*replica.Component, *replica.OwnedTable, error) {
+	cfg := benchkit.Config(logger, rmOwnerService, "owner", dir, listen)
+	cfg.Flow.Window = flowWindow
+	c, err := replica.Open(ctx, cfg)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open owner: %w", err)
 	}
@@ -276,7 +280,7 @@ func (b *bench) newRig(ctx context.Context, name string) (*rmRig, error) {
 	if err != nil {
 		return nil, err
 	}
-	owner, table, err := rmOpenOwner(ctx, b.logger, filepath.Join(dir, "owner"), "127.0.0.1:0")
+	owner, table, err := rmOpenOwner(ctx, b.logger, filepath.Join(dir, "owner"), "127.0.0.1:0", b.sz.Flow)
 	if err != nil {
 		return nil, errors.Join(err, os.RemoveAll(dir))
 	}
@@ -594,7 +598,7 @@ func rmOwnerMain(ctx context.Context, in io.Reader, out io.Writer) error {
 	if keys == 0 || size < stampSize {
 		return fmt.Errorf("%s and %s must be set", envKeys, envValue)
 	}
-	c, t, err := rmOpenOwner(ctx, logger, os.Getenv(envDir), os.Getenv(envAddr))
+	c, t, err := rmOpenOwner(ctx, logger, os.Getenv(envDir), os.Getenv(envAddr), 0)
 	if err != nil {
 		return err
 	}
