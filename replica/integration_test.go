@@ -444,8 +444,21 @@ func firstSeq(chs []Change) uint64 {
 }
 
 // check verifies that the events reached head and rebuilt want.
+//
+// A replica publishes its seq before it calls OnChange (the callback runs
+// after the apply, outside the replica's lock), so a replica at head may
+// not have delivered the events up to it yet: they are waited for, up to a
+// deadline, before the checks.
 func (c *eventChecker) check(t testing.TB, head uint64, want map[string]string) {
 	t.Helper()
+	delivered := func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return len(c.errs) > 0 || (c.known && !c.rescan && c.last == head)
+	}
+	for deadline := time.Now().Add(30 * time.Second); !delivered() && time.Now().Before(deadline); {
+		time.Sleep(2 * time.Millisecond)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.errs) > 0 {
