@@ -907,12 +907,13 @@ const caseReadShared = "one read: replmesh local replica GetShared (no copy)"
 // 200 ms for 1M rows on this machine; reads search the B-tree meanwhile,
 // and 20,000 of them take less): W4 measures point reads of a replica in
 // steady state, not ones racing the build for the CPU. A DiskOnly replica
-// has none and returns at once. It returns how long it waited.
+// and a table too small for an index (-rows below indexMinRows) have none:
+// it returns at once. It returns how long it waited.
 func waitIndexed(ctx context.Context, r *replica.Replica) (time.Duration, error) {
 	start := time.Now()
 	for {
 		st := r.Status()
-		if !st.Resident || st.ResidentIndexed {
+		if !st.Resident || st.ResidentRows < indexMinRows || st.ResidentIndexed {
 			return time.Since(start), nil
 		}
 		if time.Since(start) > setupTimeout {
@@ -941,6 +942,10 @@ func warmGets(r *replica.Replica, keys [][]byte) error {
 	runtime.GC()
 	return nil
 }
+
+// indexMinRows is the smallest resident table that gets a hash index
+// (Status.ResidentIndexed's documented threshold).
+const indexMinRows = 4096
 
 func byteKeys(keys []string) [][]byte {
 	out := make([][]byte, len(keys))
