@@ -5,8 +5,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"maps"
+	"hash/maphash"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -106,8 +107,8 @@ const resDegree = 16
 // resRowOverhead is the approximate memory a resident row costs beyond its
 // key and value bytes: the 24-byte item in a B-tree node (nodes are about
 // two thirds full), the allocation rounding of the key+value allocation,
-// and the hash index's map entry (see idxMinRows; about 40 bytes and the
-// map's growth slack). Measured by TestResident_RowCost (about 110-125);
+// and the hash index's slot (see idxMinRows; 24 bytes in a table one to
+// three quarters full). Measured by TestResident_RowCost (about 85-90);
 // docs/design.md says where the line between resident and disk-only lies.
 const resRowOverhead = 150
 
@@ -124,8 +125,8 @@ type resView struct {
 	rows  *btree.BTreeG[resRow]
 	bytes int64 // key+value bytes of the rows
 	// base and delta are the hash index at cur (base nil: none): the
-	// values of all rows as of the build, and the rows changed since.
-	base  map[string][]byte
+	// rows as of the build, and the rows changed since.
+	base  *hashIndex
 	delta *btree.BTreeG[deltaRow]
 }
 
@@ -155,8 +156,7 @@ func (v *resView) get(key []byte) ([]byte, bool) {
 			return d.value(), !d.deleted
 		}
 	}
-	val, ok := v.base[string(key)]
-	return val, ok
+	return v.base.get(key)
 }
 
 // scan calls fn for the rows with start <= key < end (nil end: no bound)
@@ -188,14 +188,14 @@ func newDeltaRows() *btree.BTreeG[deltaRow] {
 }
 
 // The hash index. A point read in the B-tree costs a cache miss per
-// comparison (about log2(rows) of them); a Go map costs two or three. A
-// table of at least idxMinRows rows therefore gets a map from key to value
-// (base), built in the background from a published view, plus a small
+// comparison (about log2(rows) of them); a hash table two. A table of at
+// least idxMinRows rows therefore gets a hash table of its rows (base, a
+// hashIndex), built in the background from a published view, plus a small
 // copy-on-write B-tree of the rows changed since (delta). It is built again
-// (the old map copied, the delta applied to the copy) when delta outgrows
-// idxMinDelta and an eighth of the table: each change then costs about one
-// map insert and 8 rows' worth of map copying in the background, and
-// delta stays small. The delta costs each change a second B-tree insert,
+// (the old table copied, the delta applied to the copy) when delta
+// outgrows idxMinDelta and an eighth of the table: each change then costs
+// about one insert and 8 rows' worth of table copying in the background,
+// and delta stays small. The delta costs each change a second B-tree insert,
 // worth it only while point reads come: a rebuild is due only after
 // idxMinReads reads since the last one, and without them the index is
 // dropped instead (a write-heavy replica nobody reads pays for the rows'
@@ -222,7 +222,7 @@ type resident struct {
 	// a build runs, collects the changes since the view it builds from,
 	// to become delta when it is installed; gen counts the transfers, so
 	// an index built from replaced rows is dropped.
-	base     map[string][]byte
+	base     *hashIndex
 	delta    *btree.BTreeG[deltaRow]
 	next     *btree.BTreeG[deltaRow]
 	building bool
@@ -278,7 +278,7 @@ func (s *resident) wantIndex() {
 // touches instead of modifying the published ones. It then starts an index
 // build if one is due.
 func (s *resident) publishLocked(cur cursor) {
-	if s.base != nil && !s.building && s.delta.Len() > max(s.minDelta, len(s.base)/idxDeltaDiv) && s.readsSince() < idxMinReads {
+	if s.base != nil && !s.building && s.delta.Len() > max(s.minDelta, s.base.n/idxDeltaDiv) && s.readsSince() < idxMinReads {
 		s.base, s.delta = nil, newDeltaRows() // unread: not worth a rebuild
 	}
 	v := &resView{cur: cur, rows: s.w.Copy(), bytes: s.bytes}
@@ -296,7 +296,7 @@ func (s *resident) maybeBuildLocked(v *resView) {
 	if s.spawn == nil || s.building || s.w.Len() < s.minRows {
 		return
 	}
-	if s.base != nil && s.delta.Len() <= max(s.minDelta, len(s.base)/idxDeltaDiv) {
+	if s.base != nil && s.delta.Len() <= max(s.minDelta, s.base.n/idxDeltaDiv) {
 		return
 	}
 	if s.built && s.readsSince() < idxMinReads {
@@ -315,22 +315,20 @@ func (s *resident) maybeBuildLocked(v *resView) {
 
 // build makes the hash index of view v's rows and installs it, unless a
 // transfer replaced the rows meanwhile (gen) or the replica stops. With an
-// index in v already, the new one is a copy of it (maps.Clone copies the
-// table's memory: far cheaper than inserting every row) with v's delta
-// applied; else it is built from the rows.
+// index in v already, the new one is a copy of it (copying the table's
+// memory is far cheaper than inserting every row) with v's delta applied;
+// else it is built from the rows.
 func (s *resident) build(v *resView, gen uint64) {
-	var m map[string][]byte
+	var m *hashIndex
 	n := 0
 	stopped := false
-	// The key's bytes are never modified: the map shares them.
-	mapKey := func(k []byte) string { return unsafe.String(unsafe.SliceData(k), len(k)) }
 	if v.base != nil {
-		m = maps.Clone(v.base)
+		m = v.base.clone(v.delta.Len())
 		v.delta.Scan(func(d deltaRow) bool {
 			if d.deleted {
-				delete(m, mapKey(d.key()))
+				m.del(d.key())
 			} else {
-				m[mapKey(d.key())] = d.value()
+				m.put(d.resRow)
 			}
 			if n++; n%4096 == 0 && s.stop != nil && s.stop() {
 				stopped = true
@@ -339,9 +337,9 @@ func (s *resident) build(v *resView, gen uint64) {
 			return true
 		})
 	} else {
-		m = make(map[string][]byte, v.rows.Len())
+		m = newHashIndex(v.rows.Len())
 		v.rows.Scan(func(r resRow) bool {
-			m[mapKey(r.key())] = r.value()
+			m.put(r)
 			if n++; n%4096 == 0 && s.stop != nil && s.stop() {
 				stopped = true
 				return false
@@ -363,6 +361,131 @@ func (s *resident) build(v *resView, gen uint64) {
 	s.base, s.delta, s.next = m, s.next, nil
 	cur := s.view.Load()
 	s.view.Store(&resView{cur: cur.cur, rows: cur.rows, bytes: cur.bytes, base: m, delta: s.delta.Copy()})
+}
+
+// hashIndex is the hash index's table of rows: open addressing with
+// linear probing, a 24-byte slot a row (the key's hash and the row's
+// pointer and lengths), at most three quarters full. A hit reads its slot
+// (and rarely the next few, mostly in the same cache line) and then the
+// row's memory, which holds the key and the value's first bytes: two cache
+// misses on a table far larger than the cache, where a Go
+// map[string][]byte pointing into the rows takes three (its control word,
+// its slot, the key's bytes). Nothing modifies a published one: a build
+// modifies its own clone.
+type hashIndex struct {
+	slots []idxSlot // a power of two of them
+	n     int       // used slots
+}
+
+// idxSlot is one row of a hashIndex; h is 0 in an empty slot (hashOf
+// sets the top bit).
+type idxSlot struct {
+	h          uint64
+	p          *byte
+	klen, vlen uint32
+}
+
+// idxSeed seeds the index's hash, per process.
+var idxSeed = maphash.MakeSeed()
+
+// hashOf is the hash of key in a hashIndex: never 0; the slot index is
+// taken from the low bits.
+func hashOf(key []byte) uint64 { return maphash.Bytes(idxSeed, key) | 1<<63 }
+
+// newHashIndex is an empty table with room for n rows.
+func newHashIndex(n int) *hashIndex {
+	size := 8
+	for size*3 < n*4+4 {
+		size *= 2
+	}
+	return &hashIndex{slots: make([]idxSlot, size)}
+}
+
+// get returns the value of key (shared: never modify it).
+func (x *hashIndex) get(key []byte) ([]byte, bool) {
+	i, ok := x.find(key, hashOf(key))
+	if !ok {
+		return nil, false
+	}
+	sl := &x.slots[i]
+	return resRow{p: sl.p, klen: sl.klen, vlen: sl.vlen}.value(), true
+}
+
+// find returns the slot of key, or the empty slot that ends its probe.
+func (x *hashIndex) find(key []byte, h uint64) (uint64, bool) {
+	mask := uint64(len(x.slots) - 1)
+	for i := h & mask; ; i = (i + 1) & mask {
+		sl := &x.slots[i]
+		if sl.h == 0 {
+			return i, false
+		}
+		if sl.h == h && int(sl.klen) == len(key) && string(unsafe.Slice(sl.p, sl.klen)) == string(key) {
+			return i, true
+		}
+	}
+}
+
+// put sets r's key to r (x must not be published), growing the table to
+// stay at most three quarters full.
+func (x *hashIndex) put(r resRow) {
+	if (x.n+1)*4 > len(x.slots)*3 {
+		x.grow(x.n + 1)
+	}
+	h := hashOf(r.key())
+	i, found := x.find(r.key(), h)
+	if !found {
+		x.n++
+	}
+	x.slots[i] = idxSlot{h: h, p: r.p, klen: r.klen, vlen: r.vlen}
+}
+
+// del removes key (x must not be published), shifting back the rows of
+// its probe sequence that follow it, so no probe meets a hole it should
+// have passed.
+func (x *hashIndex) del(key []byte) {
+	i, found := x.find(key, hashOf(key))
+	if !found {
+		return
+	}
+	mask := uint64(len(x.slots) - 1)
+	for j := (i + 1) & mask; x.slots[j].h != 0; j = (j + 1) & mask {
+		home := x.slots[j].h & mask
+		// The row at j stays when its home lies cyclically in (i, j].
+		if i <= j && i < home && home <= j || i > j && (i < home || home <= j) {
+			continue
+		}
+		x.slots[i] = x.slots[j]
+		i = j
+	}
+	x.slots[i] = idxSlot{}
+	x.n--
+}
+
+// grow rehashes x into a table with room for n rows.
+func (x *hashIndex) grow(n int) {
+	y := newHashIndex(n)
+	mask := uint64(len(y.slots) - 1)
+	for _, sl := range x.slots {
+		if sl.h == 0 {
+			continue
+		}
+		i := sl.h & mask
+		for y.slots[i].h != 0 {
+			i = (i + 1) & mask
+		}
+		y.slots[i] = sl
+	}
+	x.slots = y.slots
+}
+
+// clone is a copy of x with room for extra more rows.
+func (x *hashIndex) clone(extra int) *hashIndex {
+	if (x.n+extra)*4 > len(x.slots)*3 {
+		y := &hashIndex{slots: x.slots, n: x.n}
+		y.grow(x.n + extra) // new slots: x's stay as they are
+		return y
+	}
+	return &hashIndex{slots: slices.Clone(x.slots), n: x.n}
 }
 
 // apply applies changes (whole commit groups, continuing the view's

@@ -371,8 +371,13 @@ func TestResident_ReadAllocs(t *testing.T) {
 	for _, rows := range []int{300, idxMinRows + 100} {
 		t.Run(fmt.Sprintf("rows=%d", rows), func(t *testing.T) {
 			_, tbl, _, r := residentPair(t, "", SubscribeOptions{}, rows)
-			if rows >= idxMinRows {
-				waitUntil(t, 30*time.Second, "the hash index", func() bool { return r.res.view.Load().base != nil })
+			if rows < idxMinRows {
+				if r.Status().ResidentIndexed {
+					t.Fatalf("Status.ResidentIndexed of a %d-row table: want no hash index below %d rows", rows, idxMinRows)
+				}
+			} else {
+				// Status reports the index (bench/peers waits on it).
+				waitUntil(t, 30*time.Second, "the hash index", func() bool { return r.Status().ResidentIndexed })
 				ctx := ctxT(t, time.Minute)
 				if _, err := tbl.Put(ctx, benchKey(17), []byte("v17")); err != nil {
 					t.Fatal(err)
@@ -674,5 +679,68 @@ func TestResident_TransferKeepsDecodedRows(t *testing.T) {
 	r, ok := v.rows.Get(searchRow(apart.Key))
 	if !ok || string(r.value()) != "apart" || r.p == unsafe.SliceData(apart.Key) {
 		t.Fatalf("the row of two allocations: %q, %v, shared %v", r.value(), ok, r.p == unsafe.SliceData(apart.Key))
+	}
+}
+
+// The hash index's table against a map model: puts, replacements and
+// deletes (the backward shift of a delete keeps every probe sequence
+// whole), growth, and clones that leave their source unchanged. Keys are
+// drawn from a small space so probe sequences collide and wrap around.
+func TestHashIndex_Model(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		keys, ops  int
+		startRows  int
+		cloneEvery int
+	}{
+		{"small, growing from empty", 40, 4000, 0, 500},
+		{"sized, many deletes", 300, 20000, 300, 3000},
+		{"large", 5000, 50000, 1000, 10000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(uint64(tc.keys), uint64(tc.ops)))
+			x := newHashIndex(tc.startRows)
+			m := model{}
+			check := func(x *hashIndex, m model) {
+				t.Helper()
+				if x.n != len(m) {
+					t.Fatalf("%d rows in the index, %d in the model", x.n, len(m))
+				}
+				for k := range tc.keys {
+					key := fmt.Appendf(nil, "k%d", k)
+					v, ok := x.get(key)
+					want, wok := m[string(key)]
+					if ok != wok || string(v) != want {
+						t.Fatalf("get(%s) = %q, %v; model %q, %v", key, v, ok, want, wok)
+					}
+				}
+			}
+			for op := range tc.ops {
+				key := fmt.Appendf(nil, "k%d", rng.IntN(tc.keys))
+				if rng.IntN(3) == 0 {
+					x.del(key)
+					delete(m, string(key))
+				} else {
+					val := fmt.Sprintf("v%d", op)
+					x.put(ownRow(key, []byte(val)))
+					m[string(key)] = val
+				}
+				if op%tc.cloneEvery == 0 {
+					check(x, m)
+					y, ym := x.clone(rng.IntN(2*tc.keys)), maps.Clone(m)
+					for range 50 { // change the clone: x must not see it
+						key := fmt.Appendf(nil, "k%d", rng.IntN(tc.keys))
+						y.del(key)
+						delete(ym, string(key))
+						key = fmt.Appendf(nil, "k%d", rng.IntN(tc.keys))
+						y.put(ownRow(key, []byte("clone")))
+						ym[string(key)] = "clone"
+					}
+					check(x, m)
+					x, m = y, ym
+				}
+			}
+			check(x, m)
+		})
 	}
 }

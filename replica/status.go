@@ -66,6 +66,12 @@ type Status struct {
 	Resident      bool
 	ResidentRows  int
 	ResidentBytes int64
+	// ResidentIndexed: the latest published view has its hash index, so
+	// point reads are map lookups (resident.go). A resident table of at
+	// least 4096 rows gets one built in the background after it is loaded
+	// or transferred, and keeps it while point reads come; until then
+	// reads search the B-tree.
+	ResidentIndexed bool
 }
 
 // Lag says how far a replica is behind its owner.
@@ -152,7 +158,7 @@ func (r *Replica) Status() Status {
 	}
 	if r.res != nil {
 		v := r.res.view.Load()
-		st.Resident, st.ResidentRows, st.ResidentBytes = true, v.rows.Len(), v.bytes
+		st.Resident, st.ResidentRows, st.ResidentBytes, st.ResidentIndexed = true, v.rows.Len(), v.bytes, v.base != nil
 	}
 	return st
 }

@@ -111,10 +111,16 @@ func (b *bench) mapBaseline(context.Context) error {
 		m[key(i)] = v
 	}
 	keys := b.readKeys()
-	lat, err := timeReads(keys, func(k string) ([]byte, bool, error) { v, ok := m[k]; return v, ok, nil })
+	lat, err := timeReads(keys, func(i int) ([]byte, bool, error) { v, ok := m[keys[i]]; return v, ok, nil })
 	if err != nil {
 		return err
 	}
 	b.addReads(caseRead, sysBaseline, lat)
+	skeys := b.sharedReadKeys()
+	lat, err = timeReads(skeys, func(i int) ([]byte, bool, error) { v, ok := m[skeys[i]]; return v, ok, nil })
+	if err != nil {
+		return err
+	}
+	b.addReads(caseReadShared, sysBaseline, lat)
 	return nil
 }

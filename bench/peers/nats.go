@@ -218,8 +218,9 @@ func (b *bench) natsBigTable(ctx context.Context) (err error) {
 	if b.does("w4") {
 		benchkit.Settle()
 		b.progress("W4 nats: %d KV Gets", b.sz.Reads)
-		lat, err := timeReads(b.readKeys(), func(k string) ([]byte, bool, error) {
-			e, err := kv.Get(ctx, k)
+		keys := b.readKeys()
+		lat, err := timeReads(keys, func(i int) ([]byte, bool, error) {
+			e, err := kv.Get(ctx, keys[i])
 			if errors.Is(err, jetstream.ErrKeyNotFound) {
 				return nil, false, nil
 			}

@@ -390,8 +390,9 @@ func (b *bench) redisBigTable(ctx context.Context) (err error) {
 	if b.does("w4") {
 		benchkit.Settle()
 		b.progress("W4 redis: %d GETs on the replica", b.sz.Reads)
-		lat, err := timeReads(b.readKeys(), func(k string) ([]byte, bool, error) {
-			v, err := r.cl.Get(ctx, k).Bytes()
+		keys := b.readKeys()
+		lat, err := timeReads(keys, func(i int) ([]byte, bool, error) {
+			v, err := r.cl.Get(ctx, keys[i]).Bytes()
 			if errors.Is(err, redis.Nil) {
 				return nil, false, nil
 			}

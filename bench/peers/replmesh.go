@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -453,22 +454,38 @@ func (b *bench) rmBigTable(ctx context.Context) (err error) {
 	if !b.does("w4") {
 		return nil
 	}
-	keys := b.readKeys()
+	// The keys are converted before the clock starts, as the map
+	// baseline's are.
+	keys, skeys := b.readKeys(), b.sharedReadKeys()
+	bkeys, bskeys, bwkeys := byteKeys(keys), byteKeys(skeys), byteKeys(b.readKeysFrom(0x5851f42d4c957f2d))
 	for _, k := range readerKinds {
 		benchkit.Settle()
 		c, r, err := g.reader(ctx, "w4-"+k.name, k.name == "disk")
 		if err != nil {
 			return err
 		}
-		b.progress("W4 %s: %d local Gets", k.sys, len(keys))
-		lat, err := timeReads(keys, func(k string) ([]byte, bool, error) { return r.Get([]byte(k)) })
+		waited, err := waitIndexed(ctx, r)
+		if err != nil {
+			return err
+		}
+		b.progress("W4 %s: hash index ready %s after the replica; %d local Gets, %d GetShareds", k.sys, waited.Round(time.Millisecond), len(keys), len(skeys))
+		if err := warmGets(r, bwkeys); err != nil {
+			return err
+		}
+		lat, err := timeReads(keys, func(i int) ([]byte, bool, error) { return r.Get(bkeys[i]) })
 		if err != nil {
 			return fmt.Errorf("local get: %w", err)
 		}
 		b.addReads(caseRead, k.sys, lat)
+		runtime.GC()
+		lat, err = timeReads(skeys, func(i int) ([]byte, bool, error) { return r.GetShared(bskeys[i]) })
+		if err != nil {
+			return fmt.Errorf("local get (shared): %w", err)
+		}
+		b.addReads(caseReadShared, k.sys, lat)
 		if k.name == "disk" {
 			b.progress("W4 %s: %d live reads (the owner's Get RPC)", k.sys, len(keys))
-			lat, err := timeReads(keys, func(k string) ([]byte, bool, error) { return r.Read(ctx, []byte(k), replica.Live) })
+			lat, err := timeReads(keys, func(i int) ([]byte, bool, error) { return r.Read(ctx, bkeys[i], replica.Live) })
 			if err != nil {
 				return fmt.Errorf("live read: %w", err)
 			}
@@ -490,9 +507,17 @@ func (b *bench) addTransfer(sys string, rowsPerSec float64, peakRSS int64, note 
 
 // readKeys returns the W4 keys: -reads random rows of the table, the same
 // sequence for every system.
-func (b *bench) readKeys() []string {
+func (b *bench) readKeys() []string { return b.readKeysFrom(0x9e3779b97f4a7c15) }
+
+// sharedReadKeys are the keys of the GetShared row: another sequence, so
+// its reads do not find the rows the Get row just read in the CPU's cache
+// (20,000 reads' rows fit in it).
+func (b *bench) sharedReadKeys() []string { return b.readKeysFrom(0x2545f4914f6cdd1d) }
+
+// readKeysFrom is -reads random rows of the table from the xorshift seed
+// x (nonzero).
+func (b *bench) readKeysFrom(x uint64) []string {
 	out := make([]string, b.sz.Reads)
-	x := uint64(0x9e3779b97f4a7c15)
 	for i := range out {
 		x ^= x << 13
 		x ^= x >> 7
@@ -502,12 +527,14 @@ func (b *bench) readKeys() []string {
 	return out
 }
 
-// timeReads times get on every key and checks each value is the row's.
-func timeReads(keys []string, get func(string) ([]byte, bool, error)) (latencies, error) {
+// timeReads times get(i) for every key i (get reads keys[i], in whatever
+// form its system takes, converted before the clock starts) and checks each
+// value is the row's.
+func timeReads(keys []string, get func(i int) ([]byte, bool, error)) (latencies, error) {
 	lat := make(latencies, 0, len(keys))
-	for _, k := range keys {
+	for i, k := range keys {
 		start := time.Now()
-		v, ok, err := get(k)
+		v, ok, err := get(i)
 		d := time.Since(start)
 		if err != nil {
 			return nil, err
@@ -515,12 +542,12 @@ func timeReads(keys []string, get func(string) ([]byte, bool, error)) (latencies
 		if !ok {
 			return nil, fmt.Errorf("key %s not found", k)
 		}
-		_, i, err := stamp(v)
+		_, row, err := stamp(v)
 		if err != nil {
 			return nil, err
 		}
-		if key(i) != k {
-			return nil, fmt.Errorf("key %s holds row %d's value", k, i)
+		if key(row) != k {
+			return nil, fmt.Errorf("key %s holds row %d's value", k, row)
 		}
 		lat = append(lat, int64(d))
 	}
@@ -873,3 +900,61 @@ func (b *bench) rmPacedOne(ctx context.Context, sys, kind string) (err error) {
 // peers read over the network (a Redis replica's GET, NATS KV Get), the
 // baseline is a Go map.
 const caseRead = "one read: replmesh local replica Get, peers over loopback"
+
+// caseReadShared is W4's local read without the copy (GetShared: the
+// replica's own bytes, as the baseline's map returns its own), on its own
+// key sequence (sharedReadKeys), as the baseline in its row.
+const caseReadShared = "one read: replmesh local replica GetShared (no copy)"
+
+// waitIndexed waits until r's published view has its hash index, which a
+// resident replica builds in the background after a full transfer (some
+// 200 ms for 1M rows on this machine; reads search the B-tree meanwhile,
+// and 20,000 of them take less): W4 measures point reads of a replica in
+// steady state, not ones racing the build for the CPU. A DiskOnly replica
+// and a table too small for an index (-rows below indexMinRows) have none:
+// it returns at once. It returns how long it waited.
+func waitIndexed(ctx context.Context, r *replica.Replica) (time.Duration, error) {
+	start := time.Now()
+	for {
+		st := r.Status()
+		if !st.Resident || st.ResidentRows < indexMinRows || st.ResidentIndexed {
+			return time.Since(start), nil
+		}
+		if time.Since(start) > setupTimeout {
+			return 0, fmt.Errorf("replica %s: no hash index after %s", st.Table, setupTimeout)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+// warmGets reads keys with Get, untimed, and collects the copies: the
+// timed Gets then allocate from heap pages the process already touched,
+// as a serving process's do. On a heap just returned to the OS (Settle)
+// one allocation in 16 (4 KiB pages of 256-byte values) is the first
+// touch of its page, a page fault of some microseconds: the p99 of the
+// first 20,000 Gets of a fresh heap, not of a read.
+func warmGets(r *replica.Replica, keys [][]byte) error {
+	for _, k := range keys {
+		if _, _, err := r.Get(k); err != nil {
+			return fmt.Errorf("local get: %w", err)
+		}
+	}
+	runtime.GC()
+	return nil
+}
+
+// indexMinRows is the smallest resident table that gets a hash index
+// (Status.ResidentIndexed's documented threshold).
+const indexMinRows = 4096
+
+func byteKeys(keys []string) [][]byte {
+	out := make([][]byte, len(keys))
+	for i, k := range keys {
+		out[i] = []byte(k)
+	}
+	return out
+}
