@@ -43,7 +43,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -231,18 +230,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 
 	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
+		stop, err := benchkit.StartCPUProfile(*cpuProfile)
 		if err != nil {
 			return fmt.Errorf("-cpuprofile: %w", err)
 		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			f.Close()
-			return fmt.Errorf("-cpuprofile: %w", err)
-		}
-		defer func() {
-			pprof.StopCPUProfile()
-			f.Close()
-		}()
+		defer func() { _ = stop() }()
 	}
 
 	rep := report{Command: "peers " + strings.Join(args, " "), Count: *count, Sizes: b.sz}

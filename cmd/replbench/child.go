@@ -109,8 +109,8 @@ func childTransferRun() error {
 	defer c.Close()
 	stopCPU := func() error { return nil }
 	if path := os.Getenv(envCPU); path != "" {
-		if stopCPU, err = startCPUProfile(path); err != nil {
-			return err
+		if stopCPU, err = benchkit.StartCPUProfile(path); err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
 		}
 	}
 	start := time.Now()
@@ -147,23 +147,6 @@ func childTransferRun() error {
 		return fmt.Errorf("close: %w", err)
 	}
 	return json.NewEncoder(os.Stdout).Encode(res)
-}
-
-// startCPUProfile starts a CPU profile into path; the function it returns
-// stops it and closes the file.
-func startCPUProfile(path string) (func() error, error) {
-	f, err := os.Create(path)
-	if err != nil {
-		return nil, fmt.Errorf("cpu profile: %w", err)
-	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("cpu profile: %w", err)
-	}
-	return func() error {
-		pprof.StopCPUProfile()
-		return f.Close()
-	}, nil
 }
 
 func writeHeapProfile(path string) error {
