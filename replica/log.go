@@ -3,7 +3,6 @@ package replica
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -96,41 +95,11 @@ func (c *Component) trimLoop() {
 		case <-c.done():
 			return
 		case now := <-tk.C:
-			owned := c.ownedTables()
-			for _, t := range owned {
+			for _, t := range c.ownedTables() {
 				if err := t.trim(now); err != nil {
 					c.log.Error("trim log", "table", t.name, "err", err)
 				}
 			}
-			if len(owned) > 0 {
-				c.collectValueLog()
-			}
-		}
-	}
-}
-
-// Log groups are larger than badger's value threshold on disk, so their
-// values lie in badger's value log, which badger reclaims only when asked:
-// after each trim round, the value log files whose values are mostly
-// dropped (trimmed groups, as badger's compactions find them) are
-// rewritten without them, up to vlogGCRounds files a round.
-const (
-	vlogGCRatio  = 0.5
-	vlogGCRounds = 4
-)
-
-// collectValueLog runs badger's value log GC (a no-op in memory, where
-// badger has no value log).
-func (c *Component) collectValueLog() {
-	if c.cfg.DataDir == "" {
-		return
-	}
-	for range vlogGCRounds {
-		if err := c.db.RunValueLogGC(vlogGCRatio); err != nil {
-			if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
-				c.log.Warn("value log GC", "err", err)
-			}
-			return
 		}
 	}
 }

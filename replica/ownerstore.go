@@ -309,6 +309,7 @@ type trimEdit struct {
 	t              *OwnedTable
 	txn            *badger.Txn
 	groups         map[uint64]*editGroup // by key
+	bounds         []uint64              // the keys of groups, ascending
 	bytes, entries int                   // what the transaction will write, about
 	maxBytes       int
 	maxEntries     int
@@ -365,6 +366,8 @@ func (e *trimEdit) load(seq uint64) (uint64, *editGroup, error) {
 	}
 	eg := &editGroup{g: g, drop: make([]bool, g.n)}
 	e.groups[bound] = eg
+	i, _ := slices.BinarySearch(e.bounds, bound)
+	e.bounds = slices.Insert(e.bounds, i, bound)
 	// A rewrite of the group, and its key.
 	e.bytes += len(v) + len(lp) + 8
 	e.entries++
@@ -425,15 +428,34 @@ func (e *trimEdit) run(from, to uint64) (next uint64, err error) {
 
 // dropEntry drops the log entry of seq (none: nothing to do).
 func (e *trimEdit) dropEntry(seq uint64) error {
-	_, eg, err := e.load(seq)
-	if err != nil || eg == nil {
-		return err
+	eg := e.loaded(seq)
+	if eg == nil {
+		var err error
+		if _, eg, err = e.load(seq); err != nil || eg == nil {
+			return err
+		}
 	}
 	if i, ok := eg.g.find(seq); ok && !eg.drop[i] {
 		eg.drop[i] = true
 		eg.dropped++
 	}
 	return nil
+}
+
+// loaded returns the group read already that holds seq, or would: the
+// loaded group of the least key at or above seq, when its first entry is
+// at or below seq (no other group can hold seq then); nil when seq is to
+// be looked up.
+func (e *trimEdit) loaded(seq uint64) *editGroup {
+	i, _ := slices.BinarySearch(e.bounds, seq)
+	if i == len(e.bounds) {
+		return nil
+	}
+	eg := e.groups[e.bounds[i]]
+	if eg.g.seq(0) > seq {
+		return nil
+	}
+	return eg
 }
 
 // write writes the groups that lost entries: rewritten with the others,

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/dgraph-io/badger/v4"
 )
 
 // BenchmarkOwnerWriteCost measures the owner's commit path on disk: one op
@@ -177,5 +179,61 @@ func BenchmarkOwnerTrim(b *testing.B) {
 	b.ResetTimer()
 	if err := tbl.trim(time.Now()); err != nil {
 		b.Fatal(err)
+	}
+}
+
+// BenchmarkOwnerTrimMixed is BenchmarkOwnerTrim over a mix: in each group
+// of 1,000 changes, every tenth puts a key of its own (kept below the
+// window: still its row's value), the others put one of 1,000 hot keys
+// (dropped). Every trimmed log group is then rewritten holding its kept
+// tenth. It reports kept-B/entry, the log bytes left below the window a
+// kept entry (a group kept whole would leave ten times the kept bytes).
+func BenchmarkOwnerTrimMixed(b *testing.B) {
+	c := openWith(b, "bench", "owner", b.TempDir(), "", func(c *Config) { c.TrimInterval = time.Hour })
+	defer mustClose(b, c)
+	tbl, err := c.Own("bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := ctxT(b, 5*time.Minute)
+	val := benchValue()
+	ws := make([]Write, 0, 1000)
+	for i := 0; i < b.N; i += cap(ws) {
+		ws = ws[:0]
+		for j := i; j < min(b.N, i+cap(ws)); j++ {
+			k := benchKey(j % 1000)
+			if j%10 == 0 {
+				k = benchKey(1000 + j)
+			}
+			ws = append(ws, Write{Key: k, Value: val})
+		}
+		if _, err := tbl.Apply(ctx, ws...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	tbl.mu.Lock()
+	tbl.retention = Retention{MaxChanges: 1000}
+	tbl.mu.Unlock()
+	b.ResetTimer()
+	if err := tbl.trim(time.Now()); err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	first := tbl.meta.First
+	var below, entries int64
+	err = c.db.View(func(txn *badger.Txn) error {
+		return tbl.eachGroup(txn, 0, func(_ uint64, g *logGroup) (bool, error) {
+			if g.seq(0) < first {
+				below += int64(len(g.data))
+				entries += int64(g.n)
+			}
+			return true, nil
+		})
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if entries > 0 {
+		b.ReportMetric(float64(below)/float64(entries), "kept-B/entry")
 	}
 }

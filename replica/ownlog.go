@@ -30,8 +30,8 @@ const (
 	groupSparse byte = 2
 )
 
-// groupPieceTarget is the most entry bytes one group holds (a larger
-// commit group is split into several groups, each under its own key).
+// groupPieceTarget bounds a group's value (a larger commit group is split
+// into several groups, each under its own key; see groupPieceMax).
 const groupPieceTarget = 1 << 20
 
 // logGroup is a parsed group value; its slices alias the value.
@@ -181,16 +181,23 @@ func (b *groupBuilder) encode() []byte {
 	return append(v, b.data...)
 }
 
-// groupPieceMax is the most entry bytes one group of c's log holds: at
-// most groupPieceTarget, and a fraction of badger's transaction limit so a
-// group always fits a transaction with the rest of its commit. (In memory
-// badger refuses a value above its value threshold, 1 MiB: the target is
-// no more.) A single entry larger than it is a group of its own.
+// groupPieceMax is the largest group value of c's log: under badger's
+// value threshold, so a group stays in the LSM tree with its key, and a
+// fraction of badger's transaction limit, so a group always fits a
+// transaction with the rest of its commit; at most groupPieceTarget. A
+// single entry larger than it is a group of its own.
+//
+// Under the threshold, not in the value log: badger reclaims the value
+// log only when asked (DB.RunValueLogGC), and its GC writes live values
+// back at their old versions, which can bring back an older version of a
+// key that was rewritten or deleted since (a group trimming rewrote: its
+// dropped entries, or a deleted group of another history). Trimming
+// rewrites and deletes groups all the time, so groups must not lie there.
 func (c *Component) groupPieceMax() int {
 	if n := groupPieceMaxForTest.Load(); n > 0 {
 		return int(n)
 	}
-	return int(min(groupPieceTarget, c.db.MaxBatchSize()/4))
+	return int(min(groupPieceTarget, c.db.Opts().ValueThreshold-1, c.db.MaxBatchSize()/4))
 }
 
 // groupPieceMaxForTest, when above 0, is groupPieceMax (tests that split

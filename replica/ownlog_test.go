@@ -390,8 +390,9 @@ func groupOf(t *testing.T, db *badger.DB, table string, seq uint64) uint64 {
 }
 
 // TestOwnerLog_CommitGroupIsOneEntry: the changes of one commit group are
-// one badger entry of the log, and a group larger than groupPieceMax is
-// split into several.
+// one badger entry of the log when they fit a group, and a larger commit
+// group is split into several; by default a group's value stays under
+// badger's value threshold (in the LSM tree, never in the value log).
 func TestOwnerLog_CommitGroupIsOneEntry(t *testing.T) {
 	c := openOwnerTrimmedByTest(t, t.TempDir())
 	defer mustClose(t, c)
@@ -404,25 +405,46 @@ func TestOwnerLog_CommitGroupIsOneEntry(t *testing.T) {
 	for i := range 200 {
 		ws = append(ws, Write{Key: fmt.Appendf(nil, "k%03d", i), Value: bytes.Repeat([]byte("x"), 256)})
 	}
+	// The default: groups under the value threshold.
+	if _, err := tbl.Apply(ctx, ws...); err != nil {
+		t.Fatal(err)
+	}
+	threshold := c.db.Opts().ValueThreshold
+	err = c.db.View(func(txn *badger.Txn) error {
+		return tbl.eachGroup(txn, 0, func(bound uint64, g *logGroup) (bool, error) {
+			if size := int64(5 + 8 + 4*g.n + len(g.data)); size >= threshold {
+				return false, fmt.Errorf("log group %d: about %d bytes, at or above the value threshold %d", bound, size, threshold)
+			}
+			return true, nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := dumpOwner(t, c.db, "t").groups
+	if before < 2 {
+		t.Fatalf("200 changes of 256 bytes in %d log groups under a %d-byte threshold", before, threshold)
+	}
+
+	groupPieceMaxForTest.Store(1 << 20)
+	defer groupPieceMaxForTest.Store(0)
 	last, err := tbl.Apply(ctx, ws...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := dumpOwner(t, c.db, "t"); d.groups != 1 || len(d.log) != 200 {
-		t.Fatalf("one Apply of 200 changes: %d log groups holding %d entries, want 1 holding 200", d.groups, len(d.log))
+	if d := dumpOwner(t, c.db, "t"); d.groups != before+1 || len(d.log) != 400 {
+		t.Fatalf("one Apply of 200 changes: %d more log groups holding %d entries in all, want 1 more holding 400", d.groups-before, len(d.log))
 	}
 	if g := groupOf(t, c.db, "t", last-199); g != last {
 		t.Fatalf("the first change's group is %d, want %d", g, last)
 	}
 	groupPieceMaxForTest.Store(4 << 10)
-	defer groupPieceMaxForTest.Store(0)
 	if _, err := tbl.Apply(ctx, ws...); err != nil {
 		t.Fatal(err)
 	}
-	d := dumpOwner(t, c.db, "t")
-	// 200 entries of about 280 bytes in groups of up to 4 KiB.
-	if d.groups < 1+14 || d.groups > 1+20 {
-		t.Fatalf("an Apply of 56 KiB with 4 KiB groups: %d log groups in all", d.groups)
+	// 200 entries of about 290 bytes in groups of up to 4 KiB.
+	if n := dumpOwner(t, c.db, "t").groups - before - 1; n < 14 || n > 20 {
+		t.Fatalf("an Apply of 56 KiB with 4 KiB groups: %d log groups", n)
 	}
 }
 
