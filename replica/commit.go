@@ -69,7 +69,9 @@ func (c *Component) commitLoop() {
 		for n < c.cfg.MaxGroupChanges && size < c.cfg.MaxGroupBytes {
 			select {
 			case pw := <-c.writes:
-				if pw.barrier != nil {
+				// A write that would take the group past its bounds waits
+				// for the next one: the memtable is sized for them.
+				if pw.barrier != nil || n+len(pw.changes) > c.cfg.MaxGroupChanges || size+pw.size > c.cfg.MaxGroupBytes {
 					held = pw
 					break drain
 				}

@@ -447,6 +447,11 @@ func (t *OwnedTable) Submit(ctx context.Context, ws ...Write) (*Pending, error) 
 	if pw.size > t.c.cfg.MaxApplyBytes {
 		return nil, fmt.Errorf("%w: %s: apply of %d bytes (max %d)", ErrTooLarge, t.name, pw.size, t.c.cfg.MaxApplyBytes)
 	}
+	// One Apply is committed in one group, which badger bounds in entries
+	// as well as bytes (dbsize.go sizes the memtable for MaxGroupChanges).
+	if len(pw.changes) > t.c.cfg.MaxGroupChanges {
+		return nil, fmt.Errorf("%w: %s: apply of %d changes (max %d)", ErrTooLarge, t.name, len(pw.changes), t.c.cfg.MaxGroupChanges)
+	}
 	select {
 	case t.c.writes <- pw:
 		return &pw.Pending, nil
