@@ -261,6 +261,9 @@ func crashWrite(ctx context.Context, tbl *OwnedTable, bulk uint64, stop <-chan s
 }
 
 func crashConsumerChild(t *testing.T, logger *slog.Logger, dir, addr string, sigs <-chan os.Signal) {
+	// The resident replica's WAL is checkpointed every 64 KiB,
+	// so that the kills land in checkpoints too (wal.go).
+	walCheckpointAt = func(int64) int64 { return 64 << 10 }
 	cfg := LocalConfig("products", "consumer")
 	cfg.DataDir, cfg.ListenAddr, cfg.Logger = dir, "", logger
 	c, err := Open(context.Background(), cfg)
@@ -756,22 +759,34 @@ func (h *crashHarness) verifyDirs(head uint64) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A resident replica's generation is a rows file overlaid by the
-	// changes since (bulkgen.go): its badger rows are that overlay, and
-	// the only rows file is its own.
+	// A resident replica's generation is a rows file (the transfer's or a
+	// checkpoint's) and the WAL of the changes since (bulkgen.go, wal.go):
+	// it has no badger rows, and the only rows file is its live one.
 	files, err := filepath.Glob(filepath.Join(h.consDir, bulkDir, "*"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	switch {
 	case r.cur.Bulk:
-		if want := []string{cc.bulkPath(genPrefix(replicaBase("stores", crashTable), r.cur.Gen))}; !slices.Equal(files, want) {
+		if want := []string{r.sink.(*genStore).wal.path}; !slices.Equal(files, want) {
 			t.Fatalf("rows files %q, want only %q", files, want)
 		}
-		delete(gens, r.cur.Gen)
 		if len(gens) != 0 {
-			t.Fatalf("replica rows by generation %v, want only generation %d's", gens, r.cur.Gen)
+			t.Fatalf("replica rows by generation %v, want none", gens)
 		}
+		wp := []byte(replicaBase("stores", crashTable) + "w/")
+		must(t, cc.db.View(func(txn *badger.Txn) error {
+			o := badger.DefaultIteratorOptions
+			o.Prefix, o.PrefetchValues = wp, false
+			it := txn.NewIterator(o)
+			defer it.Close()
+			for it.Rewind(); it.Valid(); it.Next() {
+				if k := it.Item().Key(); len(k) < len(wp)+8 || binary.BigEndian.Uint64(k[len(wp):]) != r.cur.Gen {
+					return fmt.Errorf("WAL key %q of another generation than %d", k, r.cur.Gen)
+				}
+			}
+			return nil
+		}))
 	case len(gens) != 1 || gens[r.cur.Gen] != int(owner.Rows) || len(files) != 0:
 		t.Fatalf("replica rows by generation %v, rows files %q; want only generation %d with %d rows", gens, files, r.cur.Gen, owner.Rows)
 	}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"sync"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/replmesh/replmesh/internal/diskguard"
@@ -157,6 +159,9 @@ type genStore struct {
 	// transfer writes a bulk generation (bulkgen.go); else the rows go
 	// through a WriteBatch into badger, which serves its reads.
 	bulk bool
+	// mu guards wal, which the stream goroutine and a checkpoint share.
+	mu  sync.Mutex
+	wal walState
 }
 
 func (g *genStore) standby() bool { return false }
@@ -191,12 +196,18 @@ func (g *genStore) load() (cursor, error) {
 			return cursor{}, fmt.Errorf("convert a resident replica's rows file for a disk-only subscription: %w", err)
 		}
 	}
-	if !cur.Bulk && cur.LogID != "" {
-		// A conversion that stopped between its cursor and the file's
-		// deletion left the file behind.
-		if err := g.c.removeBulk(genPrefix(g.base, cur.Gen)); err != nil {
+	keep := ""
+	if cur.Bulk {
+		if err := g.loadWAL(cur); err != nil {
 			return cursor{}, err
 		}
+		keep = g.wal.path
+	}
+	// Rows files no cursor or checkpoint names: a checkpoint's that a
+	// crash left unrecorded or replaced, or (data dirs of older versions)
+	// a converted generation's.
+	if err := g.sweepFiles(keep); err != nil {
+		return cursor{}, err
 	}
 	if cur.LogID != "" {
 		g.log.Info("replica loaded", "log_id", cur.LogID, "seq", cur.Seq, "epoch", cur.Epoch)
@@ -279,11 +290,26 @@ func writeCursor(db *badger.DB, base string, cur cursor) error {
 	return db.Update(func(txn *badger.Txn) error { return txn.Set(cursorKey(base), b) })
 }
 
+func marshalCursor(cur cursor) ([]byte, error) { return msgpack.Marshal(&cur) }
+
 // switchIn writes the new cursor, ends the staging and schedules the old
-// generation for deletion, in one transaction.
+// generation (its rows, files and WAL) for deletion, in one transaction;
+// the checkpoint record, which names the old generation, goes with it. A
+// checkpoint of the old generation under way then records nothing
+// (genStore.mu orders it with the switch).
 func (g *genStore) switchIn(old, next cursor) error {
-	return g.c.db.Update(func(txn *badger.Txn) error {
-		b, err := msgpack.Marshal(&next)
+	var size int64
+	if next.Bulk {
+		st, err := os.Stat(g.c.bulkPath(genPrefix(g.base, next.Gen)))
+		if err != nil {
+			return err
+		}
+		size = st.Size()
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	err := g.c.db.Update(func(txn *badger.Txn) error {
+		b, err := marshalCursor(next)
 		if err != nil {
 			return err
 		}
@@ -294,16 +320,33 @@ func (g *genStore) switchIn(old, next cursor) error {
 			return err
 		}
 		if old.Gen != next.Gen {
+			if err := txn.Delete(ckptKey(g.base)); err != nil {
+				return err
+			}
+			if err := txn.Set(dropMarker(walPrefix(g.base, old.Gen)), nil); err != nil {
+				return err
+			}
 			return txn.Set(dropMarker(genPrefix(g.base, old.Gen)), nil)
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	g.wal.gen, g.wal.path, g.wal.fileBytes, g.wal.bytes = next.Gen, "", size, 0
+	if next.Bulk {
+		g.wal.path = g.c.bulkPath(genPrefix(g.base, next.Gen))
+	}
+	return nil
 }
 
 // apply writes the changes into the cursor's generation and the cursor, in
-// one transaction. In a bulk generation a delete is a tombstone: its rows
-// file may hold the key.
+// one transaction: a bulk generation's as one WAL entry (wal.go), another's
+// as a row per change.
 func (g *genStore) apply(next cursor, chs []transport.Change) error {
+	if next.Bulk {
+		return g.applyWAL(next, chs)
+	}
 	prefix := genPrefix(g.base, next.Gen)
 	txn := g.c.db.NewTransaction(true)
 	defer txn.Discard()
@@ -311,8 +354,6 @@ func (g *genStore) apply(next cursor, chs []transport.Change) error {
 		ch := &chs[i]
 		var err error
 		switch {
-		case ch.Op == transport.OpDelete && next.Bulk:
-			err = txn.SetEntry(badger.NewEntry(concat(prefix, ch.Key), nil).WithMeta(metaTombstone))
 		case ch.Op == transport.OpDelete:
 			err = txn.Delete(concat(prefix, ch.Key))
 		default:
@@ -322,7 +363,7 @@ func (g *genStore) apply(next cursor, chs []transport.Change) error {
 			return fmt.Errorf("apply %s: %w", g.table, err)
 		}
 	}
-	b, err := msgpack.Marshal(&next)
+	b, err := marshalCursor(next)
 	if err != nil {
 		return err
 	}

@@ -638,7 +638,7 @@ func (c *Component) loadResident(base string, cur cursor) (*btree.BTreeG[resRow]
 			return fmt.Errorf("cursor moved while the replica was loading: %+v, loaded %+v", stored, cur)
 		}
 		if cur.Bulk {
-			n, err = c.loadBulk(txn, genPrefix(base, cur.Gen), rows)
+			n, err = c.loadBulk(txn, base, cur, rows)
 			return err
 		}
 		return scanRows(txn, genPrefix(base, cur.Gen), nil, nil, nil, func(k, v []byte) (bool, error) {

@@ -1,0 +1,522 @@
+package replica
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"maps"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/replmesh/replmesh/transport"
+)
+
+// walRig is a durable resident replica's store driven directly: the
+// genStore, the resident state beside it (as the Replica keeps them), the
+// model of its rows; reopen closes the component, as a crash would leave
+// it, and loads everything again.
+type walRig struct {
+	t     *testing.T
+	dir   string
+	c     *Component
+	g     *genStore
+	res   *resident
+	cur   cursor
+	model map[string]string
+	// walMin is the checkpoint bound of the genStores it opens
+	// (math.MaxInt64: checkpoints only when the test runs one).
+	walMin int64
+}
+
+var errKill = errors.New("killed here")
+
+func newWALRig(t *testing.T, walMin int64) *walRig {
+	w := &walRig{t: t, dir: t.TempDir(), walMin: walMin, model: map[string]string{}}
+	w.open(true)
+	t.Cleanup(func() {
+		if w.c != nil {
+			mustClose(t, w.c)
+		}
+	})
+	return w
+}
+
+// open opens the component and the store (bulk: resident; else disk
+// only, which converts a bulk generation) and loads the rows.
+func (w *walRig) open(bulk bool) {
+	t := w.t
+	t.Helper()
+	w.c = openComponent(t, "svc", "i1", w.dir, "")
+	w.g = &genStore{c: w.c, base: replicaBase("svc", "t"), table: "t", log: testLogger(t), bulk: bulk}
+	w.g.wal.min = w.walMin
+	cur, err := w.g.load()
+	must(t, err)
+	w.cur = cur
+	if !bulk {
+		w.res = nil
+		return
+	}
+	rows, n, err := w.c.loadResident(w.g.base, cur)
+	must(t, err)
+	// Checkpoints run at once, on the caller's goroutine; no hash index.
+	w.res = newResident(cur, rows, n, func(f func()) bool { f(); return true }, nil, nil)
+	w.res.minRows = math.MaxInt
+	w.g.wal.res = w.res
+}
+
+func (w *walRig) reopen(bulk bool) {
+	w.t.Helper()
+	mustClose(w.t, w.c)
+	w.open(bulk)
+}
+
+// transfer runs a full transfer of rows into a fresh generation.
+func (w *walRig) transfer(rows map[string]string) {
+	t := w.t
+	t.Helper()
+	next := bulkTransferRows(t, w.g, w.cur, rows, true, true)
+	tree := newResRows()
+	var n int64
+	for _, k := range sortedKeys(rows) {
+		n += loadRow(tree, []byte(k), []byte(rows[k]))
+	}
+	w.res.switchTo(next, tree, n)
+	w.cur, w.model = next, maps.Clone(rows)
+}
+
+// apply applies chs (their seqs set here) as one batch.
+func (w *walRig) apply(chs []transport.Change) error {
+	next := w.cur
+	for i := range chs {
+		next.Seq++
+		chs[i].Seq = next.Seq
+	}
+	if err := w.g.apply(next, chs); err != nil {
+		return err
+	}
+	w.res.apply(next, chs)
+	w.cur = next
+	for _, ch := range chs {
+		if ch.Op == transport.OpDelete {
+			delete(w.model, string(ch.Key))
+		} else {
+			w.model[string(ch.Key)] = string(ch.Value)
+		}
+	}
+	return nil
+}
+
+// randomBatch is up to 20 changes over keys keys.
+func randomBatch(rng *rand.Rand, keys int) []transport.Change {
+	chs := make([]transport.Change, 1+rng.IntN(20))
+	for i := range chs {
+		chs[i].Key = fmt.Appendf(nil, "k%04d", rng.IntN(keys))
+		if rng.IntN(10) < 3 {
+			chs[i].Op = transport.OpDelete
+		} else {
+			chs[i].Op = transport.OpPut
+			chs[i].Value = bytes.Repeat([]byte{byte('a' + rng.IntN(26))}, rng.IntN(100))
+		}
+	}
+	return chs
+}
+
+// check compares the resident rows (and, bulk false, badger's rows of
+// the cursor's generation) with the model, and the rows files on disk
+// with the one the store names.
+func (w *walRig) check(what string) {
+	t := w.t
+	t.Helper()
+	got := map[string]string{}
+	if w.res != nil {
+		must(t, w.res.view.Load().walk(func(k, v []byte) (bool, error) { got[string(k)] = string(v); return true, nil }))
+	} else {
+		must(t, w.c.db.View(func(txn *badger.Txn) error {
+			return scanRows(txn, genPrefix(w.g.base, w.cur.Gen), nil, nil, nil, func(k, v []byte) (bool, error) {
+				got[string(k)] = string(v)
+				return true, nil
+			})
+		}))
+	}
+	if !maps.Equal(got, w.model) {
+		t.Fatalf("%s: %d rows, want %d:\n%s", what, len(got), len(w.model), mapDiff(got, w.model))
+	}
+}
+
+// checkFiles checks, after a load, that the rows dir holds the live file
+// of the replica alone (bulk) or none.
+func (w *walRig) checkFiles(what string) {
+	t := w.t
+	t.Helper()
+	must(t, w.c.dropMarked())
+	ents, err := os.ReadDir(filepath.Join(w.dir, bulkDir))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	var want []string
+	if w.cur.Bulk {
+		want = []string{filepath.Base(w.g.wal.path)}
+	}
+	if !slices.Equal(names, want) {
+		t.Fatalf("%s: rows files %v, want %v", what, names, want)
+	}
+}
+
+func TestWAL_EncodeDecode(t *testing.T) {
+	chs := []transport.Change{
+		{Op: transport.OpPut, Key: []byte("a"), Value: []byte("1")},
+		{Op: transport.OpDelete, Key: []byte("b")},
+		{Op: transport.OpPut, Key: []byte("c"), Value: nil},
+		{Op: transport.OpPut, Key: bytes.Repeat([]byte("k"), 300), Value: bytes.Repeat([]byte("v"), 70000)},
+	}
+	b := encodeWALBatch(chs)
+	got, err := decodeAllWAL(b)
+	must(t, err)
+	if !sameChanges(got, chs) {
+		t.Fatalf("decoded %+v, want %+v", got, chs)
+	}
+	for _, n := range []int{0, 1, 2, 5, len(b) - 1} {
+		if _, err := decodeAllWAL(b[:n]); err == nil {
+			t.Errorf("decoded an entry cut to %d of %d bytes", n, len(b))
+		}
+	}
+	if _, err := decodeAllWAL(append(bytes.Clone(b), 0)); err == nil {
+		t.Error("decoded an entry with a byte added")
+	}
+}
+
+func decodeAllWAL(b []byte) ([]transport.Change, error) {
+	var chs []transport.Change
+	err := decodeWALBatch(b, func(op transport.Op, k, v []byte) error {
+		chs = append(chs, transport.Change{Op: op, Key: k, Value: v})
+		return nil
+	})
+	return chs, err
+}
+
+func sameChanges(a, b []transport.Change) bool {
+	return slices.EqualFunc(a, b, func(x, y transport.Change) bool {
+		return x.Op == y.Op && bytes.Equal(x.Key, y.Key) && bytes.Equal(x.Value, y.Value)
+	})
+}
+
+// A WAL entry that decodes re-encodes to one that decodes the same.
+func FuzzDecodeWALBatch(f *testing.F) {
+	f.Add(encodeWALBatch([]transport.Change{{Op: transport.OpPut, Key: []byte("a"), Value: []byte("1")}, {Op: transport.OpDelete, Key: []byte("b")}}))
+	f.Add([]byte{walFormat, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		chs, err := decodeAllWAL(b)
+		if err != nil {
+			return
+		}
+		again, err := decodeAllWAL(encodeWALBatch(chs))
+		if err != nil || !sameChanges(again, chs) {
+			t.Fatalf("re-encoded %d changes: %d, %v", len(chs), len(again), err)
+		}
+	})
+}
+
+// An applied batch of a bulk generation is a few WAL entries, each below
+// badger's ValueThreshold (a change larger than it alone), not a row per
+// change: the generation's prefix in badger stays empty.
+func TestWAL_ApplyWritesFewEntries(t *testing.T) {
+	w := newWALRig(t, math.MaxInt64)
+	w.transfer(map[string]string{"a": "1", "b": "2"})
+	small := func(n, vlen int) []transport.Change {
+		chs := make([]transport.Change, n)
+		for i := range chs {
+			chs[i] = transport.Change{Op: transport.OpPut, Key: fmt.Appendf(nil, "k%04d", i), Value: bytes.Repeat([]byte{'v'}, vlen)}
+		}
+		return chs
+	}
+	for range 30 {
+		must(t, w.apply(small(20, 10)))
+	}
+	if n := countKeys(t, w.c, walPrefix(w.g.base, w.cur.Gen)); n != 30 {
+		t.Fatalf("%d WAL entries after 30 small batches, want 30", n)
+	}
+	must(t, w.apply(small(500, 50)))
+	big := small(3, 0)
+	big[1].Value = bytes.Repeat([]byte{'b'}, 3000)
+	must(t, w.apply(big))
+	if n := countKeys(t, w.c, genPrefix(w.g.base, w.cur.Gen)); n != 0 {
+		t.Fatalf("%d rows under the generation's prefix, want none", n)
+	}
+	threshold := w.c.db.Opts().ValueThreshold
+	var entries, large int
+	must(t, w.c.db.View(func(txn *badger.Txn) error {
+		o := badger.DefaultIteratorOptions
+		o.Prefix = walPrefix(w.g.base, w.cur.Gen)
+		it := txn.NewIterator(o)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			entries++
+			if it.Item().ValueSize() >= threshold {
+				large++
+			}
+		}
+		return nil
+	}))
+	if entries-30 < 3+2 || entries-30 > 40+3 || large != 1 {
+		t.Fatalf("%d WAL entries for a batch of 500 small changes and one of 3 with a large one (%d at or above the ValueThreshold %d); want a few, one large", entries-30, large, threshold)
+	}
+	w.reopen(true)
+	w.check("reopened")
+	w.checkFiles("reopened")
+}
+
+// The loaded replica equals the model after random batches, checkpoints
+// (some cut short by a crash at one of their steps), full transfers and
+// reopens; and so does the disk-only conversion at the end.
+func TestWAL_RandomLoadEqualsModel(t *testing.T) {
+	seed, fixed := testSeed(t)
+	seeds := []uint64{seed}
+	if !fixed {
+		seeds = append(seeds, seed+1, seed+2)
+	}
+	for _, seed := range seeds {
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			t.Logf("REPLMESH_SEED=%d reproduces", seed)
+			rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+			w := newWALRig(t, 2<<10)
+			w.transfer(map[string]string{"k0001": "x", "k0002": "y"})
+			ckpts := 0
+			for step := range 400 {
+				switch r := rng.IntN(100); {
+				case r < 2:
+					rows := map[string]string{}
+					for range rng.IntN(200) {
+						rows[fmt.Sprintf("k%04d", rng.IntN(300))] = fmt.Sprintf("t%d", step)
+					}
+					w.transfer(rows)
+				case r < 7:
+					w.reopen(true)
+					w.check(fmt.Sprintf("step %d: reopened", step))
+					w.checkFiles(fmt.Sprintf("step %d: reopened", step))
+				case r < 10:
+					// The next checkpoint dies at a random step; the
+					// process with it.
+					steps := []string{"written", "recorded", "old file deleted", "WAL deleted"}
+					kill := steps[rng.IntN(len(steps))]
+					killed := false
+					w.g.wal.hook = func(s string) error {
+						if s == kill {
+							killed = true
+							return errKill
+						}
+						return nil
+					}
+					for !killed {
+						must(t, w.apply(randomBatch(rng, 300)))
+					}
+					w.reopen(true)
+					w.check(fmt.Sprintf("step %d: reopened after a checkpoint killed at %q", step, kill))
+					w.checkFiles(fmt.Sprintf("step %d: reopened after a kill", step))
+				default:
+					must(t, w.apply(randomBatch(rng, 300)))
+					w.check(fmt.Sprintf("step %d", step))
+				}
+				if w.g.wal.path != w.c.bulkPath(genPrefix(w.g.base, w.cur.Gen)) {
+					ckpts++
+				}
+			}
+			if ckpts == 0 {
+				t.Fatal("no checkpoint was recorded")
+			}
+			w.reopen(true)
+			w.check("reopened at the end")
+			w.reopen(false)
+			w.check("converted to disk only")
+			w.checkFiles("converted to disk only")
+		})
+	}
+}
+
+// A crash at any step of a checkpoint leaves a state that loads as the
+// model: before the record, the old file and the whole WAL; after it, the
+// new file and the WAL above its seq. The leftovers are deleted at the
+// load, and the next checkpoint completes.
+func TestWAL_CheckpointCrash(t *testing.T) {
+	for _, kill := range []string{"written", "recorded", "old file deleted", "WAL deleted", ""} {
+		name := kill
+		if name == "" {
+			name = "complete"
+		}
+		t.Run(name, func(t *testing.T) {
+			w := newWALRig(t, math.MaxInt64)
+			rows := map[string]string{}
+			for i := range 500 {
+				rows[fmt.Sprintf("k%04d", i)] = "v0"
+			}
+			w.transfer(rows)
+			rng := rand.New(rand.NewPCG(3, uint64(len(kill))))
+			for range 50 {
+				must(t, w.apply(randomBatch(rng, 600)))
+			}
+			atS := w.res.view.Load()
+			for range 10 {
+				must(t, w.apply(randomBatch(rng, 600)))
+			}
+			w.g.wal.hook = func(s string) error {
+				if s == kill {
+					return errKill
+				}
+				return nil
+			}
+			err := w.g.checkpoint(atS, nil)
+			if kill != "" && !errors.Is(err, errKill) || kill == "" && err != nil {
+				t.Fatalf("checkpoint: %v", err)
+			}
+			w.reopen(true)
+			w.check("reopened")
+			w.checkFiles("reopened")
+			recorded := kill != "written"
+			if got := w.g.wal.path == w.c.ckptPath(genPrefix(w.g.base, w.cur.Gen), atS.cur.Seq); got != recorded {
+				t.Fatalf("the checkpoint is live: %v, want %v", got, recorded)
+			}
+			want := 60
+			if recorded {
+				want = 10 // the leftovers of the killed one are gone
+			}
+			if n := countKeys(t, w.c, walPrefix(w.g.base, w.cur.Gen)); n != want {
+				t.Fatalf("%d WAL entries after the load, want %d", n, want)
+			}
+			for range 10 {
+				must(t, w.apply(randomBatch(rng, 600)))
+			}
+			must(t, w.g.checkpoint(w.res.view.Load(), nil))
+			if n := countKeys(t, w.c, walPrefix(w.g.base, w.cur.Gen)); n != 0 {
+				t.Fatalf("%d WAL entries after a checkpoint at the cursor, want none", n)
+			}
+			w.reopen(true)
+			w.check("reopened after the next checkpoint")
+			w.checkFiles("reopened after the next checkpoint")
+		})
+	}
+}
+
+// A checkpoint under way when a full transfer switches generations
+// records nothing and deletes its file.
+func TestWAL_CheckpointAbandonedByTransfer(t *testing.T) {
+	w := newWALRig(t, math.MaxInt64)
+	w.transfer(map[string]string{"a": "1", "b": "2"})
+	rng := rand.New(rand.NewPCG(5, 6))
+	for range 20 {
+		must(t, w.apply(randomBatch(rng, 50)))
+	}
+	v := w.res.view.Load()
+	path := w.c.ckptPath(genPrefix(w.g.base, w.cur.Gen), v.cur.Seq)
+	w.g.wal.hook = func(s string) error {
+		if s == "written" {
+			w.transfer(map[string]string{"new": "rows"})
+		}
+		return nil
+	}
+	if err := w.g.checkpoint(v, nil); !errors.Is(err, errCkptAbandoned) {
+		t.Fatalf("checkpoint across a transfer: %v, want abandoned", err)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the abandoned checkpoint's file: %v", err)
+	}
+	must(t, w.c.db.View(func(txn *badger.Txn) error {
+		ck, err := readCkpt(txn, w.g.base)
+		if ck.ok {
+			t.Errorf("checkpoint record %+v after the transfer", ck)
+		}
+		return err
+	}))
+	w.g.wal.hook = nil
+	for range 5 {
+		must(t, w.apply(randomBatch(rng, 50)))
+	}
+	w.reopen(true)
+	w.check("reopened")
+	w.checkFiles("reopened")
+}
+
+// applyOverlay writes a batch as versions before the WAL did: a row per
+// put, a tombstone per delete, under the generation's prefix, with the
+// cursor.
+func (w *walRig) applyOverlay(chs []transport.Change) {
+	t := w.t
+	t.Helper()
+	next := w.cur
+	prefix := genPrefix(w.g.base, next.Gen)
+	must(t, w.c.db.Update(func(txn *badger.Txn) error {
+		for i := range chs {
+			next.Seq++
+			chs[i].Seq = next.Seq
+			k := concat(prefix, chs[i].Key)
+			if chs[i].Op == transport.OpDelete {
+				if err := txn.SetEntry(badger.NewEntry(k, nil).WithMeta(metaTombstone)); err != nil {
+					return err
+				}
+				delete(w.model, string(chs[i].Key))
+			} else {
+				if err := txn.Set(k, chs[i].Value); err != nil {
+					return err
+				}
+				w.model[string(chs[i].Key)] = string(chs[i].Value)
+			}
+		}
+		b, err := marshalCursor(next)
+		if err != nil {
+			return err
+		}
+		return txn.Set(cursorKey(w.g.base), b)
+	}))
+	w.cur = next
+}
+
+// A data dir of an older version (a bulk generation with overlay rows and
+// tombstones) loads; the WAL continues it; the first checkpoint holds the
+// overlay's effect and deletes it; and a disk-only conversion of such a
+// dir equals the model too.
+func TestWAL_LoadsTheOverlayFormat(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		checkpoint bool
+	}{{"checkpoint", true}, {"disk only", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWALRig(t, math.MaxInt64)
+			rows := map[string]string{}
+			for i := range 300 {
+				rows[fmt.Sprintf("k%04d", i)] = "v0"
+			}
+			w.transfer(rows)
+			rng := rand.New(rand.NewPCG(7, 8))
+			for range 30 {
+				w.applyOverlay(randomBatch(rng, 400))
+			}
+			w.reopen(true)
+			w.check("the overlay format reopened")
+			for range 30 {
+				must(t, w.apply(randomBatch(rng, 400)))
+			}
+			w.reopen(true)
+			w.check("overlay and WAL reopened")
+			if !tc.checkpoint {
+				w.reopen(false)
+				w.check("overlay and WAL converted to disk only")
+				w.checkFiles("converted")
+				return
+			}
+			must(t, w.g.checkpoint(w.res.view.Load(), nil))
+			if n := countKeys(t, w.c, genPrefix(w.g.base, w.cur.Gen)); n != 0 {
+				t.Fatalf("%d overlay rows after the checkpoint, want none", n)
+			}
+			w.reopen(true)
+			w.check("checkpointed overlay reopened")
+			w.checkFiles("checkpointed overlay reopened")
+		})
+	}
+}
