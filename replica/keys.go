@@ -21,8 +21,9 @@ import (
 //	c/<svc>/<table>/stage      generation of an unfinished full transfer
 //	c/<svc>/<table>/g/<gen:8 BE>/<key>   replica row of one generation
 //	c/<svc>/<table>/w/<gen:8 BE>/<seq:8 BE>   write-ahead log entry of a
-//	                           bulk generation: the batch of changes
-//	                           ending at seq (wal.go: encodeWALBatch)
+//	                           bulk generation: changes of an applied
+//	                           batch, the last at seq (wal.go:
+//	                           encodeWALBatch)
 //	c/<svc>/<table>/ckpt       checkpoint of the live bulk generation:
 //	                           gen (8 BE), seq (8 BE) (wal.go)
 //	x/drop/<prefix>            every key under <prefix> waits to be deleted

@@ -29,8 +29,10 @@ type walRig struct {
 	cur   cursor
 	model map[string]string
 	// walMin is the checkpoint bound of the genStores it opens
-	// (math.MaxInt64: checkpoints only when the test runs one).
+	// (math.MaxInt64: checkpoints only when the test runs one), chunk
+	// their WAL entries' size (0: walMaxEntry).
 	walMin int64
+	chunk  int
 }
 
 var errKill = errors.New("killed here")
@@ -53,7 +55,7 @@ func (w *walRig) open(bulk bool) {
 	t.Helper()
 	w.c = openComponent(t, "svc", "i1", w.dir, "")
 	w.g = &genStore{c: w.c, base: replicaBase("svc", "t"), table: "t", log: testLogger(t), bulk: bulk}
-	w.g.wal.min = w.walMin
+	w.g.wal.min, w.g.wal.chunk = w.walMin, w.chunk
 	cur, err := w.g.load()
 	must(t, err)
 	w.cur = cur
@@ -225,13 +227,15 @@ func FuzzDecodeWALBatch(f *testing.F) {
 	})
 }
 
-// An applied batch of a bulk generation is a few WAL entries, each below
-// badger's ValueThreshold (a change larger than it alone), not a row per
-// change: the generation's prefix in badger stays empty.
-func TestWAL_ApplyWritesFewEntries(t *testing.T) {
+// An applied batch of a bulk generation is a WAL entry per chunk of its
+// changes (a change larger than a chunk alone), not a row per change: the
+// generation's prefix in badger stays empty. By default a chunk stays
+// below badger's ValueThreshold (the entry in the LSM tree).
+func TestWAL_ApplyWritesAnEntryPerBatch(t *testing.T) {
 	w := newWALRig(t, math.MaxInt64)
+	w.chunk, w.g.wal.chunk = 4<<10, 4<<10
 	w.transfer(map[string]string{"a": "1", "b": "2"})
-	small := func(n, vlen int) []transport.Change {
+	batch := func(n, vlen int) []transport.Change {
 		chs := make([]transport.Change, n)
 		for i := range chs {
 			chs[i] = transport.Change{Op: transport.OpPut, Key: fmt.Appendf(nil, "k%04d", i), Value: bytes.Repeat([]byte{'v'}, vlen)}
@@ -239,39 +243,37 @@ func TestWAL_ApplyWritesFewEntries(t *testing.T) {
 		return chs
 	}
 	for range 30 {
-		must(t, w.apply(small(20, 10)))
+		must(t, w.apply(batch(20, 100)))
 	}
 	if n := countKeys(t, w.c, walPrefix(w.g.base, w.cur.Gen)); n != 30 {
-		t.Fatalf("%d WAL entries after 30 small batches, want 30", n)
+		t.Fatalf("%d WAL entries after 30 batches, want 30", n)
 	}
-	must(t, w.apply(small(500, 50)))
-	big := small(3, 0)
-	big[1].Value = bytes.Repeat([]byte{'b'}, 3000)
+	must(t, w.apply(batch(100, 100))) // about 10.5 KiB: 3 entries
+	big := batch(3, 0)
+	big[1].Value = bytes.Repeat([]byte{'b'}, 6000) // alone: 3 entries
 	must(t, w.apply(big))
+	if n := countKeys(t, w.c, walPrefix(w.g.base, w.cur.Gen)); n != 36 {
+		t.Fatalf("%d WAL entries after two batches larger than an entry, want 36", n)
+	}
 	if n := countKeys(t, w.c, genPrefix(w.g.base, w.cur.Gen)); n != 0 {
 		t.Fatalf("%d rows under the generation's prefix, want none", n)
-	}
-	threshold := w.c.db.Opts().ValueThreshold
-	var entries, large int
-	must(t, w.c.db.View(func(txn *badger.Txn) error {
-		o := badger.DefaultIteratorOptions
-		o.Prefix = walPrefix(w.g.base, w.cur.Gen)
-		it := txn.NewIterator(o)
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			entries++
-			if it.Item().ValueSize() >= threshold {
-				large++
-			}
-		}
-		return nil
-	}))
-	if entries-30 < 3+2 || entries-30 > 40+3 || large != 1 {
-		t.Fatalf("%d WAL entries for a batch of 500 small changes and one of 3 with a large one (%d at or above the ValueThreshold %d); want a few, one large", entries-30, large, threshold)
 	}
 	w.reopen(true)
 	w.check("reopened")
 	w.checkFiles("reopened")
+
+	w.chunk, w.g.wal.chunk = 0, 0
+	from := w.cur.Seq
+	must(t, w.apply(batch(100, 100)))
+	threshold := w.c.db.Opts().ValueThreshold
+	must(t, w.c.db.View(func(txn *badger.Txn) error {
+		return walItems(txn, walPrefix(w.g.base, w.cur.Gen), from, func(seq uint64, item *badger.Item) (bool, error) {
+			if item.ValueSize() >= threshold {
+				t.Errorf("WAL entry %d of %d bytes, at or above the ValueThreshold %d", seq, item.ValueSize(), threshold)
+			}
+			return true, nil
+		})
+	}))
 }
 
 // The loaded replica equals the model after random batches, checkpoints
@@ -288,6 +290,7 @@ func TestWAL_RandomLoadEqualsModel(t *testing.T) {
 			t.Logf("REPLMESH_SEED=%d reproduces", seed)
 			rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 			w := newWALRig(t, 2<<10)
+			w.chunk, w.g.wal.chunk = 256, 256 // batches split too
 			w.transfer(map[string]string{"k0001": "x", "k0002": "y"})
 			ckpts := 0
 			for step := range 400 {
