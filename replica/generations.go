@@ -333,7 +333,7 @@ func (g *genStore) switchIn(old, next cursor) error {
 	if err != nil {
 		return err
 	}
-	g.wal.gen, g.wal.path, g.wal.fileBytes, g.wal.bytes, g.wal.entries = next.Gen, "", size, 0, nil
+	g.wal.gen, g.wal.path, g.wal.fileBytes, g.wal.bytes, g.wal.entries, g.wal.retryAt = next.Gen, "", size, 0, nil, 0
 	if next.Bulk {
 		g.wal.path = g.c.bulkPath(genPrefix(g.base, next.Gen))
 	}

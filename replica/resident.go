@@ -26,10 +26,11 @@ import (
 // nodes, and the next batch clones only the nodes it changes.
 //
 // A replica in a component without a data dir holds nothing anywhere else
-// (memStore). A durable replica keeps its rows in badger as before
-// (genStore: the rows and the cursor in one transaction, so the cursor is
-// never ahead of the data) and, after each commit, in memory; it reads
-// only memory, and loads the rows from badger when it opens. A replica
+// (memStore). A durable replica keeps its rows on disk (genStore: a rows
+// file and a write-ahead log of the batches since, bulkgen.go and wal.go;
+// each batch's WAL entries and the cursor in one transaction, so the
+// cursor is never ahead of the data) and, after each commit, in memory; it
+// reads only memory, and loads the rows from disk when it opens. A replica
 // subscribed with SubscribeOptions.DiskOnly holds nothing in memory and
 // reads badger.
 
@@ -623,7 +624,7 @@ func (x *resTransfer) abort() {
 
 // loadResident reads the rows of the generation cur names (a durable
 // replica opening) into a fresh tree: from badger, or for a bulk
-// generation from its rows file and its overlay in badger. The cursor is
+// generation from its rows file and its WAL (loadBulk). The cursor is
 // read in the same transaction and must equal cur: the stream has not
 // started, so nothing else writes it.
 func (c *Component) loadResident(base string, cur cursor) (*btree.BTreeG[resRow], int64, error) {

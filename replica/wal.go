@@ -14,6 +14,7 @@ import (
 	"unsafe"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/replmesh/replmesh/internal/diskguard"
 	"github.com/replmesh/replmesh/transport"
 	"github.com/tidwall/btree"
 )
@@ -465,7 +466,7 @@ func (g *genStore) checkpoint(v *resView, stop func() bool) error {
 	err = c.db.Update(func(txn *badger.Txn) error { return txn.Set(ckptKey(g.base), encodeCkpt(gen, seq)) })
 	old := g.wal.path
 	if err == nil {
-		g.wal.path, g.wal.fileBytes = path, size
+		g.wal.path, g.wal.fileBytes, g.wal.retryAt = path, size, 0
 	}
 	g.mu.Unlock()
 	if err != nil {
@@ -511,6 +512,13 @@ func (g *genStore) deleteCovered(gen, seq uint64) error {
 	done := slices.Clone(g.wal.entries[:k])
 	g.mu.Unlock()
 	prefix := walPrefix(g.base, gen)
+	var cost diskguard.Cost
+	for range done {
+		cost.Add(len(prefix)+8, 0, 1)
+	}
+	if err := g.c.disk.Admit(cost); err != nil {
+		return err // the entries stay: the next checkpoint deletes them
+	}
 	wb := g.c.db.NewWriteBatch()
 	defer wb.Cancel()
 	var n int64
