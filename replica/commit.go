@@ -69,7 +69,9 @@ func (c *Component) commitLoop() {
 		for n < c.cfg.MaxGroupChanges && size < c.cfg.MaxGroupBytes {
 			select {
 			case pw := <-c.writes:
-				if pw.barrier != nil {
+				// A write that would take the group past its bounds waits
+				// for the next one: the memtable is sized for them.
+				if pw.barrier != nil || n+len(pw.changes) > c.cfg.MaxGroupChanges || size+pw.size > c.cfg.MaxGroupBytes {
 					held = pw
 					break drain
 				}
@@ -110,32 +112,36 @@ func (c *Component) commitLoop() {
 	}
 }
 
-// groupCost is what a group adds to badger's files: a log entry (with the
-// value) and a ref row per change, and each touched table's meta.
+// groupCost is what a group adds to badger's files: a ref row per change,
+// the log entries (with the values) packed into log groups (counted here
+// as one per write), and each touched table's meta.
 func groupCost(pending []*pendingWrite) diskguard.Cost {
 	var w diskguard.Cost
 	for _, pw := range pending {
+		entries := 0
 		for i := range pw.changes {
-			w.Add(len(pw.changes[i].Key), len(pw.changes[i].Value), 1)
 			w.Add(len(pw.changes[i].Key), refRowSize, 1)
+			entries += logEntrySize(&pw.changes[i]) + 12
 		}
-		w.Add(0, 0, 1) // the meta: a small entry
+		w.Add(16, entries, 1) // the log group
+		w.Add(0, 0, 1)        // the meta: a small entry
 	}
 	return w
 }
 
 // group is one group commit in flight.
 type group struct {
-	writes   []*pendingWrite
-	txn      *badger.Txn
-	touched  []*OwnedTable
-	logBytes []int64 // per touched table
-	result   chan error
-	err      error // build failed
+	writes  []*pendingWrite
+	txn     *badger.Txn
+	touched []*OwnedTable
+	logs    []*logWriter // per touched table
+	result  chan error
+	err     error // build failed
 }
 
-// buildGroup assigns seqs and writes the group's rows, log entries and table
-// heads into a new transaction (not yet committed).
+// buildGroup assigns seqs and writes the group's rows, log groups (one
+// per touched table, split when large: logWriter) and table heads into a
+// new transaction (not yet committed).
 func (c *Component) buildGroup(pending []*pendingWrite) *group {
 	g := &group{writes: append([]*pendingWrite(nil), pending...), txn: c.db.NewTransaction(true)}
 	now := time.Now().UnixNano()
@@ -146,7 +152,7 @@ func (c *Component) buildGroup(pending []*pendingWrite) *group {
 			}
 		}
 		g.touched = append(g.touched, t)
-		g.logBytes = append(g.logBytes, 0)
+		g.logs = append(g.logs, newLogWriter(t))
 		return len(g.touched) - 1
 	}
 	g.err = func() error {
@@ -163,15 +169,16 @@ func (c *Component) buildGroup(pending []*pendingWrite) *group {
 				ch.Time = now
 				ch.Epoch = epoch
 				ch.TxnEnd = i == len(pw.changes)-1
-				n, err := t.writeChange(g.txn, ch)
-				if err != nil {
+				if err := g.logs[ti].add(g.txn, ch); err != nil {
 					return err
 				}
-				g.logBytes[ti] += n
 			}
 			pw.seq = t.next - 1
 		}
-		for _, t := range g.touched {
+		for i, t := range g.touched {
+			if err := g.logs[i].flush(g.txn); err != nil {
+				return err
+			}
 			t.mu.Lock()
 			m := t.meta
 			t.mu.Unlock()
@@ -221,7 +228,7 @@ func (c *Component) finishGroup(g *group, err error) {
 				t.meta.Head = pw.seq
 			}
 		}
-		t.logSize += g.logBytes[i]
+		t.logSize += g.logs[i].bytes
 		close(t.headCh)
 		t.headCh = make(chan struct{})
 		t.mu.Unlock()

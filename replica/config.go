@@ -127,7 +127,7 @@ type Config struct {
 	MaxCallerSubscriptions int
 
 	// MaxGroupChanges and MaxGroupBytes bound one group commit.
-	MaxGroupChanges int
+	MaxGroupChanges int // also the most changes one Apply may carry (ErrTooLarge)
 	MaxGroupBytes   int
 	// MaxApplyBytes bounds one Apply (all its keys and values).
 	MaxApplyBytes int

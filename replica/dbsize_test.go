@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/replmesh/replmesh/internal/diskguard"
@@ -235,4 +236,75 @@ func TestComponent_StartsSmall(t *testing.T) {
 			}
 		})
 	}
+}
+
+// One Apply is one group commit, and the memtable is sized for
+// MaxGroupChanges changes a group: an Apply of more is refused with
+// ErrTooLarge (it used to reach badger, which failed the whole group with
+// "Txn is too big"), and concurrent Applies at the bound, grouped
+// together, all commit.
+func TestOwnedTable_ApplyChangeCountBound(t *testing.T) {
+	const maxChanges = 512
+	owner := openWith(t, itOwner, "s1", t.TempDir(), "", func(c *Config) {
+		c.MemTableSize, c.MaxGroupBytes, c.MaxApplyBytes, c.MaxGroupChanges = mib, 48<<10, 48<<10, maxChanges
+	})
+	defer mustClose(t, owner)
+	tbl := mustOwn(t, owner)
+	ctx := ctxT(t, time.Minute)
+	deletes := func(n, from int) []Write {
+		ws := make([]Write, n)
+		for i := range ws {
+			ws[i] = Write{Key: fmt.Appendf(nil, "%x", from+i), Delete: true}
+		}
+		return ws
+	}
+	tests := []struct {
+		name    string
+		changes int
+		wantErr error
+	}{
+		{"one over the bound", maxChanges + 1, ErrTooLarge},
+		{"four times the bound", 4 * maxChanges, ErrTooLarge},
+		{"at the bound", maxChanges, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := tbl.Head()
+			_, err := tbl.Apply(ctx, deletes(tt.changes, 0)...)
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("Apply of %d changes: %v, want %v", tt.changes, err, tt.wantErr)
+			}
+			want := before
+			if tt.wantErr == nil {
+				want += uint64(tt.changes)
+			}
+			if got := tbl.Head(); got != want {
+				t.Fatalf("head %d after the Apply, want %d", got, want)
+			}
+		})
+	}
+	t.Run("concurrent applies at the bound", func(t *testing.T) {
+		const writers, each = 6, 4
+		before := tbl.Head()
+		errs := make(chan error, writers)
+		for w := range writers {
+			go func() {
+				for i := range each {
+					if _, err := tbl.Apply(ctx, deletes(maxChanges, (w*each+i)*maxChanges)...); err != nil {
+						errs <- err
+						return
+					}
+				}
+				errs <- nil
+			}()
+		}
+		for range writers {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got, want := tbl.Head(), before+writers*each*maxChanges; got != want {
+			t.Fatalf("head %d, want %d", got, want)
+		}
+	})
 }

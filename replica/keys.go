@@ -14,7 +14,11 @@ import (
 //	o/<table>/r/<key>          owned row: kind, 8-byte seq, the value if
 //	                           inline (ownerstore.go: encodeRefRow,
 //	                           encodeInlineRow)
-//	o/<table>/l/<seq:8 BE>     change log entry (encodeLogEntry)
+//	o/<table>/g/<seq:8 BE>     change log group: the log entries of a
+//	                           commit group (or a piece of one), keyed by
+//	                           the seq of its last one (ownlog.go)
+//	o/<table>/l/<seq:8 BE>     change log entry of owner format 1, which
+//	                           Own migrates to groups (migrateLog)
 //	o/<table>/k/<key>          keep index: 8-byte seq of the key's entry
 //	                           kept below First (ownerstore.go: retire)
 //	c/<svc>/<table>/cur        replica cursor (cursor, msgpack)
@@ -33,7 +37,11 @@ import (
 
 func ownMetaKey(table string) []byte   { return []byte("o/" + table + "/m") }
 func ownRowPrefix(table string) []byte { return []byte("o/" + table + "/r/") }
-func ownLogPrefix(table string) []byte { return []byte("o/" + table + "/l/") }
+func ownLogPrefix(table string) []byte { return []byte("o/" + table + "/g/") }
+
+// ownLegacyLogPrefix is the prefix of the log entries of owner format 1
+// and before: one badger entry per change.
+func ownLegacyLogPrefix(table string) []byte { return []byte("o/" + table + "/l/") }
 
 func ownKeepPrefix(table string) []byte { return []byte("o/" + table + "/k/") }
 
@@ -85,7 +93,16 @@ func concat(a, b []byte) []byte {
 // Log entries: op (1), txnEnd (1), time (8, BE), epoch (8, BE), key length
 // (uvarint), key, value.
 func encodeLogEntry(c *transport.Change) []byte {
-	b := make([]byte, 0, 18+binary.MaxVarintLen32+len(c.Key)+len(c.Value))
+	return appendLogEntry(make([]byte, 0, logEntrySize(c)), c)
+}
+
+// logEntrySize is the size of c's log entry, at most.
+func logEntrySize(c *transport.Change) int {
+	return 18 + binary.MaxVarintLen32 + len(c.Key) + len(c.Value)
+}
+
+// appendLogEntry appends c's log entry to b.
+func appendLogEntry(b []byte, c *transport.Change) []byte {
 	end := byte(0)
 	if c.TxnEnd {
 		end = 1

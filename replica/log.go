@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"maps"
@@ -11,30 +12,6 @@ import (
 	"github.com/replmesh/replmesh/transport"
 )
 
-// writeChange writes one change of t into txn as the owner stores it: the
-// change's log entry, which holds the value, and the row pointing at it
-// (a ref row: the seq alone) or the row's deletion. It returns the log
-// entry's size. The primary's group commit and a standby's replicated
-// apply both write through it, so a standby's copy is byte for byte the
-// primary's. It reads nothing: an older entry of the key that trimming
-// kept is dropped by trimming (ownerstore.go).
-func (t *OwnedTable) writeChange(txn *badger.Txn, ch *transport.Change) (logBytes int64, err error) {
-	rowKey := concat(t.rowPrefix, ch.Key)
-	if ch.Op == transport.OpDelete {
-		err = txn.Delete(rowKey)
-	} else {
-		err = txn.Set(rowKey, encodeRefRow(ch.Seq))
-	}
-	if err != nil {
-		return 0, err
-	}
-	entry := encodeLogEntry(ch)
-	if err := txn.Set(ownLogKey(t.logPrefix, ch.Seq), entry); err != nil {
-		return 0, err
-	}
-	return int64(len(entry)), nil
-}
-
 // readChanges returns the committed changes from seq from on (at most about
 // maxN changes and maxBytes bytes, never splitting a commit group), from the
 // in-memory tail when it still holds them, else from the durable log. It
@@ -43,6 +20,11 @@ func (t *OwnedTable) readChanges(from uint64, maxN, maxBytes int, dst []transpor
 	if out, ok := t.tail.read(from, maxN, maxBytes, dst); ok {
 		return out, nil
 	}
+	return t.readLog(from, maxN, maxBytes, dst)
+}
+
+// readLog is readChanges from the durable log alone.
+func (t *OwnedTable) readLog(from uint64, maxN, maxBytes int, dst []transport.Change) ([]transport.Change, error) {
 	t.mu.Lock()
 	first, head := t.meta.First, t.meta.Head
 	t.mu.Unlock()
@@ -56,39 +38,50 @@ func (t *OwnedTable) readChanges(from uint64, maxN, maxBytes int, dst []transpor
 	if t.c.reads.enter() != nil {
 		return dst, fmt.Errorf("%w: owner is shutting down", transport.ErrUnavailable)
 	}
+	want, size := from, 0
 	err := t.c.db.View(func(txn *badger.Txn) error {
-		o := badger.DefaultIteratorOptions
-		o.Prefix = t.logPrefix
-		o.PrefetchSize = min(maxN, 256)
-		it := txn.NewIterator(o)
-		defer it.Close()
-		want, size := from, 0
-		for it.Seek(ownLogKey(t.logPrefix, from)); it.Valid(); it.Next() {
-			item := it.Item()
-			seq := binary.BigEndian.Uint64(item.Key()[len(t.logPrefix):])
-			if seq != want {
-				return fmt.Errorf("%w: log of %s has seq %d where %d was expected (trimmed meanwhile)", transport.ErrResync, t.name, seq, want)
+		return t.eachGroup(txn, from, func(_ uint64, g *logGroup) (bool, error) {
+			i, _ := g.find(want)
+			if i == g.n {
+				return true, nil // its entries from want on were trimmed
 			}
-			v, err := item.ValueCopy(nil)
-			if err != nil {
-				return err
+			// The entries taken, [i, j): found in the group's bytes, then
+			// copied out at once (the changes alias the copy).
+			j, done := i, false
+			for ; j < g.n && !done; j++ {
+				seq := g.seq(j)
+				if seq != want {
+					return false, fmt.Errorf("%w: log of %s has seq %d where %d was expected (trimmed meanwhile)", transport.ErrResync, t.name, seq, want)
+				}
+				v, err := g.entry(j)
+				if err != nil {
+					return false, err
+				}
+				ch, err := decodeLogEntry(seq, v)
+				if err != nil {
+					return false, err
+				}
+				size += ch.Size()
+				want++
+				done = (len(dst)+j+1-i >= maxN || size >= maxBytes) && ch.TxnEnd
 			}
-			ch, err := decodeLogEntry(seq, v)
-			if err != nil {
-				return err
+			s0, _ := g.span(i)
+			_, s1 := g.span(j - 1)
+			buf := bytes.Clone(g.data[s0:s1])
+			for k := i; k < j; k++ {
+				a, b := g.span(k)
+				ch, err := decodeLogEntry(g.seq(k), buf[a-s0:b-s0:b-s0])
+				if err != nil {
+					return false, err
+				}
+				dst = append(dst, ch)
 			}
-			dst = append(dst, ch)
-			size += ch.Size()
-			want++
-			if (len(dst) >= maxN || size >= maxBytes) && ch.TxnEnd {
-				break
-			}
-		}
-		if want == from {
-			return fmt.Errorf("%w: seq %d of %s is not in the log", transport.ErrResync, from, t.name)
-		}
-		return nil
+			return !done, nil
+		})
 	})
+	if err == nil && want == from {
+		err = fmt.Errorf("%w: seq %d of %s is not in the log", transport.ErrResync, from, t.name)
+	}
 	return dst, err
 }
 
@@ -140,32 +133,25 @@ func (t *OwnedTable) trim(now time.Time) error {
 	if (r.MaxBytes > 0 && size > r.MaxBytes) || r.MaxAge > 0 {
 		cutoff := now.Add(-r.MaxAge).UnixNano()
 		err := t.c.db.View(func(txn *badger.Txn) error {
-			o := badger.DefaultIteratorOptions
-			o.Prefix = t.logPrefix
-			it := txn.NewIterator(o)
-			defer it.Close()
-			for it.Seek(ownLogKey(t.logPrefix, first)); it.Valid(); it.Next() {
-				item := it.Item()
-				seq := binary.BigEndian.Uint64(item.Key()[len(t.logPrefix):])
-				overBytes := r.MaxBytes > 0 && size-dropped > r.MaxBytes
-				tooOld := false
-				if r.MaxAge > 0 && !overBytes {
-					if err := item.Value(func(v []byte) error {
-						if len(v) >= 18 {
-							tooOld = int64(binary.BigEndian.Uint64(v[2:10])) < cutoff
-						}
-						return nil
-					}); err != nil {
-						return err
+			return t.eachGroup(txn, first, func(_ uint64, g *logGroup) (bool, error) {
+				i, _ := g.find(first)
+				for ; i < g.n; i++ {
+					seq := g.seq(i)
+					s, e := g.span(i)
+					v := g.data[s:e]
+					overBytes := r.MaxBytes > 0 && size-dropped > r.MaxBytes
+					tooOld := false
+					if r.MaxAge > 0 && !overBytes && len(v) >= 18 {
+						tooOld = int64(binary.BigEndian.Uint64(v[2:10])) < cutoff
 					}
+					if !overBytes && !tooOld && seq >= newFirst {
+						return false, nil
+					}
+					dropped += int64(len(v))
+					newFirst = max(newFirst, seq+1)
 				}
-				if !overBytes && !tooOld && seq >= newFirst {
-					return nil
-				}
-				dropped += item.ValueSize()
-				newFirst = max(newFirst, seq+1)
-			}
-			return nil
+				return true, nil
+			})
 		})
 		if err != nil {
 			return err

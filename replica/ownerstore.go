@@ -17,7 +17,10 @@ import (
 // value lives in its log entry, and the table's row only points at it (a
 // ref row: the seq of the key's latest change). Rows written by a full
 // transfer or a restore have no log entry (the log starts after the
-// snapshot's seq) and hold their value (an inline row).
+// snapshot's seq) and hold their value (an inline row). The log entries
+// of a commit group are packed into one badger entry, a log group
+// (ownlog.go), so a change costs the owner one badger key (its row) and a
+// share of its group's.
 //
 // Trimming keeps the entries that are still a row's current value and
 // drops the superseded ones and the deletes (trimKept). A kept entry lies
@@ -26,12 +29,43 @@ import (
 // the change that supersedes it is trimmed in turn, the kept entry goes
 // too: the write path reads nothing, and a superseded kept entry (at most
 // one a key) waits below the window only while its successor is in it.
+// Dropping entries rewrites their group, under the same key, with the
+// entries left; a group left with none is deleted.
 
 // ownFormat is the owner storage format this code writes, recorded in the
-// table's meta (ownerMeta.Format). 0 is the format before it (the row
-// holding its seq and a second copy of the value); Own migrates such a
-// table (migrateLegacy).
-const ownFormat = 1
+// table's meta (ownerMeta.Format). Own migrates the formats before it:
+// 0 (the row holding its seq and a second copy of the value;
+// migrateLegacy) to formatRefRows, and formatRefRows (a badger entry per
+// log entry; migrateLog) to ownFormat, log groups.
+const ownFormat = 2
+
+// formatRefRows is the owner format of ref rows with one badger entry per
+// log entry (o/<table>/l/<seq>).
+const formatRefRows = 1
+
+// migrate brings a table stored in an older owner format to ownFormat; m
+// is its meta as loaded, the migrated meta is returned.
+func (t *OwnedTable) migrate(m ownerMeta) (ownerMeta, error) {
+	var err error
+	if m.Format == 0 {
+		if m, err = t.migrateLegacy(m); err != nil {
+			return m, err
+		}
+	}
+	if m.Format == formatRefRows {
+		return t.migrateLog(m)
+	}
+	return m, nil
+}
+
+// setMeta writes m as t's meta in txn.
+func (t *OwnedTable) setMeta(txn *badger.Txn, m ownerMeta) error {
+	b, err := msgpack.Marshal(&m)
+	if err != nil {
+		return err
+	}
+	return txn.Set(t.metaKey, b)
+}
 
 // Row kinds: the first byte of an owned row.
 const (
@@ -84,11 +118,7 @@ func (t *OwnedTable) rowValue(txn *badger.Txn, key, row []byte, fn func(val []by
 	if kind == rowInline {
 		return fn(val)
 	}
-	item, err := txn.Get(ownLogKey(t.logPrefix, seq))
-	if err != nil {
-		return fmt.Errorf("row %q: log entry %d: %w", key, seq, err)
-	}
-	return item.Value(func(v []byte) error {
+	err = t.logEntry(txn, seq, func(v []byte) error {
 		ch, err := decodeLogEntry(seq, v)
 		if err != nil {
 			return err
@@ -98,6 +128,10 @@ func (t *OwnedTable) rowValue(txn *badger.Txn, key, row []byte, fn func(val []by
 		}
 		return fn(ch.Value)
 	})
+	if err != nil {
+		return fmt.Errorf("row %q: %w", key, err)
+	}
+	return nil
 }
 
 // getRow reads key's current value in txn; ok is false when the table has
@@ -206,91 +240,60 @@ func (b *valueBatch) flush(fn func(k, v []byte) (bool, error)) (cont bool, err e
 }
 
 // resolve reads the values of the ref rows (b.refs, in seq order) from
-// the log with one iterator.
+// the log with one iterator: rows written together share a group.
 func (b *valueBatch) resolve() error {
-	lp := b.t.logPrefix
-	o := badger.DefaultIteratorOptions
-	o.Prefix = lp
-	o.PrefetchValues = false
-	it := b.txn.NewIterator(o)
+	it := b.txn.NewIterator(b.t.logIterOptions())
 	defer it.Close()
-	at := func() uint64 { return binary.BigEndian.Uint64(it.Item().Key()[len(lp):]) }
+	cur := groupCursor{t: b.t, it: it}
 	for _, i := range b.refs {
 		r := &b.rows[i]
-		// A few steps forward cost less than a seek.
-		for n := 0; it.Valid() && at() < r.seq && n < 4; n++ {
-			it.Next()
-		}
-		if !it.Valid() || at() != r.seq {
-			it.Seek(ownLogKey(lp, r.seq))
-		}
 		key := b.arena[r.key[0]:r.key[1]]
-		if !it.Valid() || at() != r.seq {
-			return fmt.Errorf("row %q: log entry %d: %w", key, r.seq, badger.ErrKeyNotFound)
+		v, err := cur.entry(r.seq)
+		if err != nil {
+			return fmt.Errorf("row %q: %w", key, err)
 		}
-		err := it.Item().Value(func(v []byte) error {
-			ch, err := decodeLogEntry(r.seq, v)
-			if err != nil {
-				return err
-			}
-			if ch.Op != transport.OpPut || !bytes.Equal(ch.Key, key) {
-				return fmt.Errorf("row %q: log entry %d is a change of %q (op %d)", key, r.seq, ch.Key, ch.Op)
-			}
-			r.val[0] = len(b.arena)
-			b.arena = append(b.arena, ch.Value...)
-			r.val[1] = len(b.arena)
-			return nil
-		})
+		ch, err := decodeLogEntry(r.seq, v)
 		if err != nil {
 			return err
 		}
+		if ch.Op != transport.OpPut || !bytes.Equal(ch.Key, key) {
+			return fmt.Errorf("row %q: log entry %d is a change of %q (op %d)", key, r.seq, ch.Key, ch.Op)
+		}
+		r.val[0] = len(b.arena)
+		b.arena = append(b.arena, ch.Value...)
+		r.val[1] = len(b.arena)
 	}
 	return nil
 }
 
-// trimChunk is how many log entries one transaction of trimKept handles:
-// each takes up to three writes, well inside badger's transaction limit
-// for any memtable size Config.Validate accepts.
-const trimChunk = 1024
+// trimChunk is the most log entries one transaction of trimKept
+// handles (besides its byte and entry budget, Component.txnBudget).
+const trimChunk = 4096
 
 // trimKept removes the log entries [from, to) that left the window (First
 // is already past them): a delete, or a put its row no longer points at,
-// is deleted; a put that is still its row's value stays, recorded in the
-// keep index, where it replaces (and deletes) the key's older kept entry.
+// is dropped; a put that is still its row's value stays, recorded in the
+// keep index, where it replaces (and drops) the key's older kept entry.
 // An entry whose key has a later one in the same chunk is superseded
 // without a look at the row (retire runs for the key's last entry only).
-// Each chunk is one transaction, in seq order, so a crash leaves every
-// entry below the chunks done handled and the rest untouched (Own
-// measures First from the log: untouched entries are in the window again
-// and the next trim handles them; a handled entry found there again is
-// recognised by its keep index entry).
+// The groups that lose entries are rewritten under their keys with the
+// entries left (a group with kept entries holds only them from then on),
+// or deleted when none is left. Each chunk is one transaction, in seq
+// order, so a crash leaves every entry below the chunks done handled and
+// the rest untouched (Own measures First from the log: untouched entries
+// are in the window again and the next trim handles them; a handled
+// entry found there again is recognised by its keep index entry).
 func (t *OwnedTable) trimKept(from, to uint64) error {
-	chunk := make([]transport.Change, 0, trimChunk)
-	last := make(map[string]int, trimChunk)
 	for from < to {
 		var next uint64
-		var err error
-		chunk, next, err = t.readChunk(chunk[:0], from, to)
-		if err != nil {
-			return err
-		}
-		clear(last)
-		for i := range chunk {
-			last[string(chunk[i].Key)] = i
-		}
-		err = t.c.db.Update(func(txn *badger.Txn) error {
-			for i := range chunk {
-				if last[string(chunk[i].Key)] != i {
-					if err := txn.Delete(ownLogKey(t.logPrefix, chunk[i].Seq)); err != nil {
-						return err
-					}
-					continue
-				}
-				if err := t.retire(txn, chunk[i]); err != nil {
-					return err
-				}
+		err := t.c.db.Update(func(txn *badger.Txn) error {
+			e := newTrimEdit(t, txn)
+			var err error
+			next, err = e.run(from, to)
+			if err != nil {
+				return err
 			}
-			return nil
+			return e.write()
 		})
 		if err != nil {
 			return err
@@ -300,51 +303,205 @@ func (t *OwnedTable) trimKept(from, to uint64) error {
 	return nil
 }
 
-// readChunk appends to dst the log entries from seq from on, below to, up
-// to trimChunk of them (values left out), and returns the seq to go on
-// from.
-func (t *OwnedTable) readChunk(dst []transport.Change, from, to uint64) ([]transport.Change, uint64, error) {
-	next := to
-	err := t.c.db.View(func(txn *badger.Txn) error {
-		o := badger.DefaultIteratorOptions
-		o.Prefix = t.logPrefix
-		o.PrefetchSize = 64
-		it := txn.NewIterator(o)
-		defer it.Close()
-		for it.Seek(ownLogKey(t.logPrefix, from)); it.Valid(); it.Next() {
-			item := it.Item()
-			seq := binary.BigEndian.Uint64(item.Key()[len(t.logPrefix):])
-			if seq >= to {
-				return nil
-			}
-			if len(dst) == trimChunk {
-				next = seq
-				return nil
-			}
-			if err := item.Value(func(v []byte) error {
-				ch, err := decodeLogEntry(seq, v)
-				ch.Key, ch.Value = bytes.Clone(ch.Key), nil
-				dst = append(dst, ch)
-				return err
-			}); err != nil {
-				return err
-			}
+// trimEdit is one transaction of trimKept: the groups it read, the
+// entries it drops from them.
+type trimEdit struct {
+	t              *OwnedTable
+	txn            *badger.Txn
+	groups         map[uint64]*editGroup // by key
+	bounds         []uint64              // the keys of groups, ascending
+	bytes, entries int                   // what the transaction will write, about
+	maxBytes       int
+	maxEntries     int
+}
+
+// editGroup is a log group a trim reads and may rewrite.
+type editGroup struct {
+	g       logGroup
+	drop    []bool
+	dropped int
+}
+
+// trimEntry is an entry of the chunk being trimmed.
+type trimEntry struct {
+	seq uint64
+	op  transport.Op
+	key []byte
+}
+
+func newTrimEdit(t *OwnedTable, txn *badger.Txn) *trimEdit {
+	e := &trimEdit{t: t, txn: txn, groups: map[uint64]*editGroup{}}
+	e.maxBytes, e.maxEntries = t.c.txnBudget()
+	return e
+}
+
+// full reports whether the transaction has taken what it may, over div
+// (the chunk's entries are read with half of it: the other half is for
+// the groups of the kept entries they supersede).
+func (e *trimEdit) full(div int) bool {
+	return e.bytes >= e.maxBytes/div || e.entries >= e.maxEntries/div
+}
+
+// load reads the group whose key is the first at or after seq, unless it
+// was read already; nil when there is none.
+func (e *trimEdit) load(seq uint64) (uint64, *editGroup, error) {
+	it := e.txn.NewIterator(e.t.logIterOptions())
+	defer it.Close()
+	lp := e.t.logPrefix
+	it.Seek(ownLogKey(lp, seq))
+	if !it.Valid() {
+		return 0, nil, nil
+	}
+	bound := binary.BigEndian.Uint64(it.Item().Key()[len(lp):])
+	if eg := e.groups[bound]; eg != nil {
+		return bound, eg, nil
+	}
+	v, err := it.Item().ValueCopy(nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	g, err := parseGroup(v)
+	if err != nil {
+		return 0, nil, fmt.Errorf("log group %d: %w", bound, err)
+	}
+	eg := &editGroup{g: g, drop: make([]bool, g.n)}
+	e.groups[bound] = eg
+	i, _ := slices.BinarySearch(e.bounds, bound)
+	e.bounds = slices.Insert(e.bounds, i, bound)
+	// A rewrite of the group, and its key.
+	e.bytes += len(v) + len(lp) + 8
+	e.entries++
+	return bound, eg, nil
+}
+
+// run handles the entries from seq from on, below to, as many as the
+// transaction takes, and returns the seq to go on from.
+func (e *trimEdit) run(from, to uint64) (next uint64, err error) {
+	var chunk []trimEntry
+	next = to
+	for seq := from; seq < to && len(chunk) < trimChunk && !(len(chunk) > 0 && e.full(2)); {
+		bound, eg, err := e.load(seq)
+		if err != nil {
+			return 0, err
 		}
+		if eg == nil {
+			next = to
+			break
+		}
+		i, _ := eg.g.find(seq)
+		for ; i < eg.g.n && eg.g.seq(i) < to; i++ {
+			v, err := eg.g.entry(i)
+			if err != nil {
+				return 0, err
+			}
+			ch, err := decodeLogEntry(eg.g.seq(i), v)
+			if err != nil {
+				return 0, err
+			}
+			chunk = append(chunk, trimEntry{seq: ch.Seq, op: ch.Op, key: ch.Key})
+			e.entries += 2 // the keep index: a set, a delete
+		}
+		seq = bound + 1
+		next = min(to, seq)
+	}
+	last := make(map[string]int, len(chunk))
+	for i := range chunk {
+		last[string(chunk[i].key)] = i
+	}
+	for i := range chunk {
+		if i > 0 && e.full(1) {
+			// What is left of the chunk goes to the next transaction.
+			return chunk[i].seq, nil
+		}
+		if last[string(chunk[i].key)] != i {
+			if err := e.dropEntry(chunk[i].seq); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		if err := e.retire(chunk[i]); err != nil {
+			return 0, err
+		}
+	}
+	return next, nil
+}
+
+// dropEntry drops the log entry of seq (none: nothing to do).
+func (e *trimEdit) dropEntry(seq uint64) error {
+	eg := e.loaded(seq)
+	if eg == nil {
+		var err error
+		if _, eg, err = e.load(seq); err != nil || eg == nil {
+			return err
+		}
+	}
+	if i, ok := eg.g.find(seq); ok && !eg.drop[i] {
+		eg.drop[i] = true
+		eg.dropped++
+	}
+	return nil
+}
+
+// loaded returns the group read already that holds seq, or would: the
+// loaded group of the least key at or above seq, when its first entry is
+// at or below seq (no other group can hold seq then); nil when seq is to
+// be looked up.
+func (e *trimEdit) loaded(seq uint64) *editGroup {
+	i, _ := slices.BinarySearch(e.bounds, seq)
+	if i == len(e.bounds) {
 		return nil
-	})
-	return dst, next, err
+	}
+	eg := e.groups[e.bounds[i]]
+	if eg.g.seq(0) > seq {
+		return nil
+	}
+	return eg
+}
+
+// write writes the groups that lost entries: rewritten with the others,
+// or deleted.
+func (e *trimEdit) write() error {
+	var b groupBuilder
+	for bound, eg := range e.groups {
+		if eg.dropped == 0 {
+			continue
+		}
+		key := ownLogKey(e.t.logPrefix, bound)
+		if eg.dropped == eg.g.n {
+			if err := e.txn.Delete(key); err != nil {
+				return err
+			}
+			continue
+		}
+		b.reset()
+		for i := range eg.g.n {
+			if eg.drop[i] {
+				continue
+			}
+			v, err := eg.g.entry(i)
+			if err != nil {
+				return err
+			}
+			b.add(eg.g.seq(i), v)
+		}
+		if err := e.txn.Set(key, b.encode()); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // retire handles one entry leaving the window (see trimKept).
-func (t *OwnedTable) retire(txn *badger.Txn, ch transport.Change) error {
+func (e *trimEdit) retire(ch trimEntry) error {
+	t, txn := e.t, e.txn
 	keep := false
-	if ch.Op == transport.OpPut {
-		item, err := txn.Get(concat(t.rowPrefix, ch.Key))
+	if ch.op == transport.OpPut {
+		item, err := txn.Get(concat(t.rowPrefix, ch.key))
 		switch {
 		case err == nil:
 			err = item.Value(func(row []byte) error {
 				kind, seq, _, err := decodeOwnRow(row)
-				keep = kind == rowInLog && seq == ch.Seq
+				keep = kind == rowInLog && seq == ch.seq
 				return err
 			})
 			if err != nil {
@@ -354,14 +511,14 @@ func (t *OwnedTable) retire(txn *badger.Txn, ch transport.Change) error {
 			return err
 		}
 	}
-	keepKey := concat(t.keepPrefix, ch.Key)
+	keepKey := concat(t.keepPrefix, ch.key)
 	prev, hasPrev := uint64(0), false
 	item, err := txn.Get(keepKey)
 	switch {
 	case err == nil:
 		err = item.Value(func(v []byte) error {
 			if len(v) != 8 {
-				return fmt.Errorf("keep index of %q: %d bytes", ch.Key, len(v))
+				return fmt.Errorf("keep index of %q: %d bytes", ch.key, len(v))
 			}
 			prev, hasPrev = binary.BigEndian.Uint64(v), true
 			return nil
@@ -372,35 +529,35 @@ func (t *OwnedTable) retire(txn *badger.Txn, ch transport.Change) error {
 	case !errors.Is(err, badger.ErrKeyNotFound):
 		return err
 	}
-	if hasPrev && prev > ch.Seq {
+	if hasPrev && prev > ch.seq {
 		// A newer entry of the key was kept already (a trim cut short by a
 		// crash is being redone): this one is superseded.
-		return txn.Delete(ownLogKey(t.logPrefix, ch.Seq))
+		return e.dropEntry(ch.seq)
 	}
-	if hasPrev && prev < ch.Seq {
-		if err := txn.Delete(ownLogKey(t.logPrefix, prev)); err != nil {
+	if hasPrev && prev < ch.seq {
+		if err := e.dropEntry(prev); err != nil {
 			return err
 		}
 	}
 	if keep {
-		if hasPrev && prev == ch.Seq {
+		if hasPrev && prev == ch.seq {
 			return nil
 		}
-		return txn.Set(keepKey, binary.BigEndian.AppendUint64(nil, ch.Seq))
+		return txn.Set(keepKey, binary.BigEndian.AppendUint64(nil, ch.seq))
 	}
 	if hasPrev {
 		if err := txn.Delete(keepKey); err != nil {
 			return err
 		}
 	}
-	return txn.Delete(ownLogKey(t.logPrefix, ch.Seq))
+	return e.dropEntry(ch.seq)
 }
 
 // migrateChunk is how many rows one transaction of migrateLegacy converts.
 const migrateChunk = 512
 
 // migrateLegacy converts a table written in format 0 (each row: its seq,
-// then a copy of the value) to ownFormat: a row whose change is still in
+// then a copy of the value) to formatRefRows: a row whose change is still in
 // the log becomes a ref row, one whose entry was trimmed an inline row.
 // The log entries are the same in both formats. Each chunk of rows is one
 // transaction that also records, in the meta, the last key converted
@@ -460,7 +617,7 @@ func (t *OwnedTable) migrateLegacy(m ownerMeta) (ownerMeta, error) {
 				m.Migrated = rows[len(rows)-1].key
 			}
 			if done {
-				m.Format, m.Migrated = ownFormat, nil
+				m.Format, m.Migrated = formatRefRows, nil
 			}
 			b, err := msgpack.Marshal(&m)
 			if err != nil {
@@ -469,17 +626,17 @@ func (t *OwnedTable) migrateLegacy(m ownerMeta) (ownerMeta, error) {
 			return txn.Set(t.metaKey, b)
 		})
 		if err != nil {
-			return m, fmt.Errorf("migrate %s to owner format %d: %w", t.name, ownFormat, err)
+			return m, fmt.Errorf("migrate %s to owner format %d: %w", t.name, formatRefRows, err)
 		}
 	}
 	return m, nil
 }
 
-// legacyRow is the ownFormat encoding of a format-0 row of key written at
+// legacyRow is the formatRefRows encoding of a format-0 row of key written at
 // seq with val: a ref row when the log still holds that change (its value
 // is there), else an inline row.
 func (t *OwnedTable) legacyRow(txn *badger.Txn, key []byte, seq uint64, val []byte) ([]byte, error) {
-	item, err := txn.Get(ownLogKey(t.logPrefix, seq))
+	item, err := txn.Get(ownLogKey(ownLegacyLogPrefix(t.name), seq))
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return encodeInlineRow(seq, val), nil
 	}

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/dgraph-io/badger/v4"
 )
 
 // BenchmarkOwnerWriteCost measures the owner's commit path on disk: one op
@@ -153,8 +155,14 @@ func BenchmarkOwnerScan(b *testing.B) {
 // b.N changes over 50,000 keys (256-byte values, written in groups of
 // 1,000) and trims all but the last 1,000; only the trim is timed.
 func BenchmarkOwnerTrim(b *testing.B) {
+	benchOwnerTrim(b, func(j int) []byte { return benchKey(j % 50_000) })
+}
+
+// benchOwnerTrim writes b.N changes, change j under key(j), in groups of
+// 1,000, then times the trim of all but the last 1,000.
+func benchOwnerTrim(b *testing.B, key func(j int) []byte) (*Component, *OwnedTable) {
 	c := openWith(b, "bench", "owner", b.TempDir(), "", func(c *Config) { c.TrimInterval = time.Hour })
-	defer mustClose(b, c)
+	b.Cleanup(func() { mustClose(b, c) })
 	tbl, err := c.Own("bench")
 	if err != nil {
 		b.Fatal(err)
@@ -165,7 +173,7 @@ func BenchmarkOwnerTrim(b *testing.B) {
 	for i := 0; i < b.N; i += cap(ws) {
 		ws = ws[:0]
 		for j := i; j < min(b.N, i+cap(ws)); j++ {
-			ws = append(ws, Write{Key: benchKey(j % 50_000), Value: val})
+			ws = append(ws, Write{Key: key(j), Value: val})
 		}
 		if _, err := tbl.Apply(ctx, ws...); err != nil {
 			b.Fatal(err)
@@ -177,5 +185,39 @@ func BenchmarkOwnerTrim(b *testing.B) {
 	b.ResetTimer()
 	if err := tbl.trim(time.Now()); err != nil {
 		b.Fatal(err)
+	}
+	b.StopTimer()
+	return c, tbl
+}
+
+// BenchmarkOwnerTrimMixed is BenchmarkOwnerTrim over a mix: in each group
+// of 1,000 changes, every tenth puts a key of its own (kept below the
+// window: still its row's value), the others put one of 1,000 hot keys
+// (dropped). Every trimmed log group is then rewritten holding its kept
+// tenth. It reports kept-B/entry, the log bytes left below the window a
+// kept entry (a group kept whole would leave ten times the kept bytes).
+func BenchmarkOwnerTrimMixed(b *testing.B) {
+	c, tbl := benchOwnerTrim(b, func(j int) []byte {
+		if j%10 == 0 {
+			return benchKey(1000 + j)
+		}
+		return benchKey(j % 1000)
+	})
+	first := tbl.meta.First
+	var below, entries int64
+	err := c.db.View(func(txn *badger.Txn) error {
+		return tbl.eachGroup(txn, 0, func(_ uint64, g *logGroup) (bool, error) {
+			if g.seq(0) < first {
+				below += int64(len(g.data))
+				entries += int64(g.n)
+			}
+			return true, nil
+		})
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if entries > 0 {
+		b.ReportMetric(float64(below)/float64(entries), "kept-B/entry")
 	}
 }

@@ -22,6 +22,52 @@ type ownerDump struct {
 	rows map[string][]byte           // key -> stored row
 	log  map[uint64]transport.Change // seq -> entry
 	keep map[string]uint64           // keep index
+	// groups is the number of log groups holding the log.
+	groups int
+}
+
+// deleteLogEntries drops the log entries of seqs from table's log in txn
+// (rewriting their groups), as a test that simulates lost writes needs.
+func deleteLogEntries(txn *badger.Txn, table string, seqs ...uint64) error {
+	lp := ownLogPrefix(table)
+	for _, seq := range seqs {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: lp})
+		it.Seek(ownLogKey(lp, seq))
+		if !it.Valid() {
+			it.Close()
+			continue
+		}
+		key := it.Item().KeyCopy(nil)
+		v, err := it.Item().ValueCopy(nil)
+		it.Close()
+		if err != nil {
+			return err
+		}
+		g, err := parseGroup(v)
+		if err != nil {
+			return err
+		}
+		var b groupBuilder
+		for i := range g.n {
+			if g.seq(i) == seq {
+				continue
+			}
+			e, err := g.entry(i)
+			if err != nil {
+				return err
+			}
+			b.add(g.seq(i), e)
+		}
+		if b.len() == 0 {
+			err = txn.Delete(key)
+		} else {
+			err = txn.Set(key, b.encode())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func dumpOwner(t testing.TB, db *badger.DB, table string) ownerDump {
@@ -54,11 +100,36 @@ func dumpOwner(t testing.TB, db *badger.DB, table string) ownerDump {
 		if err := walk(ownRowPrefix(table), func(k, v []byte) error { d.rows[string(k)] = v; return nil }); err != nil {
 			return err
 		}
+		prev := uint64(0) // the previous group's key
 		if err := walk(ownLogPrefix(table), func(k, v []byte) error {
-			seq := binary.BigEndian.Uint64(k)
-			ch, err := decodeLogEntry(seq, v)
-			d.log[seq] = ch
+			bound := binary.BigEndian.Uint64(k)
+			g, err := parseGroup(v)
+			if err != nil {
+				return fmt.Errorf("log group %d: %w", bound, err)
+			}
+			for i := range g.n {
+				seq := g.seq(i)
+				if seq <= prev || seq > bound || (i > 0 && seq <= g.seq(i-1)) {
+					return fmt.Errorf("log group %d: entry %d at seq %d, out of its range (%d, %d] or order", bound, i, seq, prev, bound)
+				}
+				e, err := g.entry(i)
+				if err != nil {
+					return err
+				}
+				ch, err := decodeLogEntry(seq, e)
+				if err != nil {
+					return err
+				}
+				d.log[seq] = ch
+			}
+			prev = bound
+			d.groups++
+			return nil
+		}); err != nil {
 			return err
+		}
+		if err := walk(ownLegacyLogPrefix(table), func(k, _ []byte) error {
+			return fmt.Errorf("a log entry of owner format %d is left: seq %d", formatRefRows, binary.BigEndian.Uint64(k))
 		}); err != nil {
 			return err
 		}
@@ -201,10 +272,13 @@ func checkOwnerStore(t testing.TB, db *badger.DB, table string, first uint64, wa
 }
 
 // TestOwnerStore_Property drives an owned table with random commit groups
-// (puts and deletes over a few keys), trims with random retention and
-// restarts, and checks the storage after each step against a map model
-// and the history written (checkOwnerStore), the table's reads
-// (Get, Scan, Digest) and catch-up from First.
+// (several Applies of puts and deletes over a few keys submitted at once,
+// the log packed into small log groups so a commit group spans several),
+// trims with random retention and restarts, and checks the storage after
+// each step against a map model and the history written
+// (checkOwnerStore), the table's reads (Get, Scan, Digest), and every
+// seq range of the window read back from the durable log in batches of
+// random bounds (checkLogRanges).
 func TestOwnerStore_Property(t *testing.T) {
 	seed, fixed := testSeed(t)
 	t.Logf("seed %d (replay: REPLMESH_SEED=%d go test -run TestOwnerStore_Property ./replica)", seed, seed)
@@ -213,6 +287,8 @@ func TestOwnerStore_Property(t *testing.T) {
 		steps = 150
 	}
 	rng := rand.New(rand.NewPCG(seed, 0x0b57))
+	groupPieceMaxForTest.Store(int64(100 + rng.IntN(2000)))
+	defer groupPieceMaxForTest.Store(0)
 	dir := filepath.Join(t.TempDir(), "owner")
 	ctx := ctxT(t, 2*time.Minute)
 	c := openOwnerTrimmedByTest(t, dir)
@@ -232,29 +308,35 @@ func TestOwnerStore_Property(t *testing.T) {
 		what := "write"
 		switch r := rng.IntN(20); {
 		case r < 13:
-			ws := make([]Write, 1+rng.IntN(6))
-			for i := range ws {
-				k := fmt.Appendf(nil, "k%02d", rng.IntN(keys))
-				if rng.IntN(4) == 0 {
-					ws[i] = Write{Key: k, Delete: true}
-				} else {
-					ws[i] = Write{Key: k, Value: fmt.Appendf(nil, "v%d-%d", step, i)}
-				}
+			// Applies submitted at once: the committer packs them into
+			// one commit group.
+			type sub struct {
+				p  *Pending
+				ws []Write
 			}
-			last, err := tbl.Apply(ctx, ws...)
-			if err != nil {
-				t.Fatalf("step %d: %v", step, err)
-			}
-			for i, w := range ws {
-				seq := last - uint64(len(ws)-1-i)
-				ch := transport.Change{Seq: seq, Op: transport.OpPut, Key: w.Key, Value: w.Value, TxnEnd: i == len(ws)-1}
-				if w.Delete {
-					ch.Op, ch.Value = transport.OpDelete, nil
-					delete(model, string(w.Key))
-				} else {
-					model[string(w.Key)] = string(w.Value)
+			var subs []sub
+			for range 1 + rng.IntN(6) {
+				ws := make([]Write, 1+rng.IntN(6))
+				for i := range ws {
+					k := fmt.Appendf(nil, "k%02d", rng.IntN(keys))
+					if rng.IntN(4) == 0 {
+						ws[i] = Write{Key: k, Delete: true}
+					} else {
+						ws[i] = Write{Key: k, Value: bytes.Repeat(fmt.Appendf(nil, "v%d-%d.", step, i), 1+rng.IntN(20))}
+					}
 				}
-				written[seq] = ch
+				p, err := tbl.Submit(ctx, ws...)
+				if err != nil {
+					t.Fatalf("step %d: %v", step, err)
+				}
+				subs = append(subs, sub{p, ws})
+			}
+			for _, s := range subs {
+				last, err := s.p.Wait(ctx)
+				if err != nil {
+					t.Fatalf("step %d: %v", step, err)
+				}
+				recordApply(model, written, last, s.ws)
 			}
 		case r < 18:
 			what = "trim"
@@ -288,11 +370,7 @@ func TestOwnerStore_Property(t *testing.T) {
 		if want := int(head + 1 - first); len(chs) != want {
 			t.Fatalf("step %d (%s): %d changes from First %d to head %d, want %d", step, what, len(chs), first, head, want)
 		}
-		if first > 1 {
-			if _, err := tbl.readChanges(first-1, 10, 1<<20, nil); err == nil {
-				t.Fatalf("step %d (%s): reading seq %d below First %d did not fail", step, what, first-1, first)
-			}
-		}
+		checkLogRanges(t, tbl, rng, first, head, written, fmt.Sprintf("step %d (%s)", step, what))
 	}
 }
 
@@ -397,7 +475,7 @@ func TestOwnerStore_MigratesLegacyFormat(t *testing.T) {
 				}
 				for s := uint64(first); s <= head; s++ {
 					ch := history[s]
-					if err := txn.Set(ownLogKey(ownLogPrefix("t"), s), encodeLogEntry(&ch)); err != nil {
+					if err := txn.Set(ownLogKey(ownLegacyLogPrefix("t"), s), encodeLogEntry(&ch)); err != nil {
 						return err
 					}
 				}

@@ -92,7 +92,7 @@ func (t *OwnedTable) clearTo(m ownerMeta) error {
 		return err
 	}
 	t.publish(m)
-	for _, p := range [][]byte{t.rowPrefix, t.logPrefix, t.keepPrefix} {
+	for _, p := range [][]byte{t.rowPrefix, t.logPrefix, ownLegacyLogPrefix(t.name), t.keepPrefix} {
 		if err := t.c.deletePrefix(p); err != nil {
 			return fmt.Errorf("clear: %w", err)
 		}
@@ -162,26 +162,28 @@ func (t *OwnedTable) signalLocked() {
 }
 
 // applyReplicated writes changes received from the primary (whole commit
-// groups, continuing the copy) exactly as the primary wrote them: log
-// entries with the same seqs and epochs, the rows pointing at them, and
-// the meta, in one transaction.
+// groups, continuing the copy) as the primary wrote them: log entries with
+// the same seqs and epochs (packed into log groups as they arrive: the
+// grouping may differ from the primary's, the entries do not), the rows
+// pointing at them, and the meta, in one transaction.
 func (t *OwnedTable) applyReplicated(chs []transport.Change) error {
 	t.mu.Lock()
 	m := t.meta
 	t.mu.Unlock()
 	txn := t.c.db.NewTransaction(true)
 	defer txn.Discard()
-	var logBytes int64
+	lw := newLogWriter(t)
 	for i := range chs {
 		ch := &chs[i]
-		n, err := t.writeChange(txn, ch)
-		if err != nil {
+		if err := lw.add(txn, ch); err != nil {
 			return err
 		}
-		logBytes += n
 		if n := len(m.Epochs); n == 0 || ch.Epoch > m.Epochs[n-1].Epoch {
 			m.Epochs = m.Epochs.Append(ch.Epoch, ch.Seq)
 		}
+	}
+	if err := lw.flush(txn); err != nil {
+		return err
 	}
 	m.Head = chs[len(chs)-1].Seq
 	m.Epoch = max(m.Epoch, chs[len(chs)-1].Epoch)
@@ -200,7 +202,7 @@ func (t *OwnedTable) applyReplicated(chs []transport.Change) error {
 	t.meta = m
 	t.meta.First = first
 	t.next = m.Head + 1
-	t.logSize += logBytes
+	t.logSize += lw.bytes
 	t.tail.append(chs)
 	t.signalLocked()
 	t.mu.Unlock()

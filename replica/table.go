@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -235,7 +234,7 @@ func (c *Component) own(name string, opts []TableOptions) (t *OwnedTable, fresh 
 	}
 	if t.meta.Format < ownFormat && !t.meta.Restoring {
 		c.log.Info("migrating the table to the current owner format", "table", name, "from", t.meta.Format, "to", ownFormat)
-		if t.meta, err = t.migrateLegacy(t.meta); err != nil {
+		if t.meta, err = t.migrate(t.meta); err != nil {
 			return nil, false, fmt.Errorf("own %s: %w", name, err)
 		}
 	}
@@ -292,7 +291,7 @@ func storedEpoch(db *badger.DB) (epoch uint64, tables int, err error) {
 				return err
 			}
 			// Past every key of the table: what follows "o/<table>/" is
-			// never 0xff (k, l, m or r).
+			// never 0xff (g, k, l, m or r).
 			it.Seek([]byte("o/" + table + "/\xff"))
 		}
 		return nil
@@ -304,34 +303,6 @@ func newLogID() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
-}
-
-// measureLog finds the window of the log, the seqs from First to head
-// with no gap, walking back from head, and sums its entries' sizes
-// without reading the values. Below the window lie the entries trimming
-// kept as rows' values (ownerstore.go), and seqs a trim cut short by a
-// crash left: past the last gap, the entries are all there, and serving
-// them is serving the table's history.
-func (t *OwnedTable) measureLog(head uint64) (first uint64, size int64) {
-	first = head + 1
-	_ = t.c.db.View(func(txn *badger.Txn) error {
-		o := badger.DefaultIteratorOptions
-		o.PrefetchValues = false
-		o.Prefix = t.logPrefix
-		o.Reverse = true
-		it := txn.NewIterator(o)
-		defer it.Close()
-		for it.Seek(ownLogKey(t.logPrefix, head)); it.Valid(); it.Next() {
-			seq := binary.BigEndian.Uint64(it.Item().Key()[len(t.logPrefix):])
-			if seq != first-1 {
-				return nil
-			}
-			first = seq
-			size += it.Item().ValueSize()
-		}
-		return nil
-	})
-	return first, size
 }
 
 // Name is the table's name.
@@ -475,6 +446,11 @@ func (t *OwnedTable) Submit(ctx context.Context, ws ...Write) (*Pending, error) 
 	pw.Pending.table = t
 	if pw.size > t.c.cfg.MaxApplyBytes {
 		return nil, fmt.Errorf("%w: %s: apply of %d bytes (max %d)", ErrTooLarge, t.name, pw.size, t.c.cfg.MaxApplyBytes)
+	}
+	// One Apply is committed in one group, which badger bounds in entries
+	// as well as bytes (dbsize.go sizes the memtable for MaxGroupChanges).
+	if len(pw.changes) > t.c.cfg.MaxGroupChanges {
+		return nil, fmt.Errorf("%w: %s: apply of %d changes (max %d)", ErrTooLarge, t.name, len(pw.changes), t.c.cfg.MaxGroupChanges)
 	}
 	select {
 	case t.c.writes <- pw:

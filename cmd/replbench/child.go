@@ -49,10 +49,14 @@ type childResult struct {
 	RssFile   int64  `json:"rss_file"`
 	HeapInuse uint64 `json:"heap_inuse"`
 	// The footprint child's (footprint.go): VmRSS and the Go heap's next
-	// GC target when measured, and (-v) its largest mappings by RSS.
-	RSS    int64    `json:"rss,omitempty"`
-	NextGC uint64   `json:"next_gc,omitempty"`
-	Top    []string `json:"top,omitempty"`
+	// GC target when measured, the live heap (after a collection, taken
+	// once the RSS is read), its RSS by kind of mapping (rssKinds) and
+	// (-v) its largest mappings by RSS.
+	RSS      int64            `json:"rss,omitempty"`
+	NextGC   uint64           `json:"next_gc,omitempty"`
+	HeapLive uint64           `json:"heap_live,omitempty"`
+	Kinds    map[string]int64 `json:"kinds,omitempty"`
+	Top      []string         `json:"top,omitempty"`
 }
 
 // childMain runs the child named by childEnv and returns the exit code.

@@ -49,14 +49,14 @@ const footprintIdle = time.Second
 // runFootprint measures the floor (this binary with no component) and a
 // component holding one small table, in memory and durable (-replicas).
 func (b *bench) runFootprint(ctx context.Context) error {
-	floor, err := b.runFootprintChild(ctx, map[string]string{})
+	floor, err := b.runFootprintChild(ctx, b.footprintEnv(nil))
 	if err != nil {
 		return fmt.Errorf("floor: %w", err)
 	}
 	b.add(result{
 		Workload: "footprint", Figure: "process floor (no component), RSS", Value: float64(floor.PeakRSS), Unit: unitBytes,
-		Notes: fmt.Sprintf("this binary's child holding no component: anon %.1f MB, file-backed %.1f MB (its code); the process figures include it",
-			float64(floor.RssAnon)/1e6, float64(floor.RssFile)/1e6),
+		Notes: fmt.Sprintf("this binary's child holding no component: anon %.1f MB, file-backed %.1f MB (its code); the process figures include it%s",
+			float64(floor.RssAnon)/1e6, float64(floor.RssFile)/1e6, b.memLimitNote()),
 	})
 	for _, kind := range b.opts.replicas {
 		name, what := "footprint disk", "a durable replica"
@@ -80,12 +80,12 @@ func (b *bench) measureFootprint(ctx context.Context, name, what string, mem boo
 	dir, owner, tbl, head := rig.dir, rig.owner, rig.tbl, rig.head
 	churn := b.opts.footprintChurn
 	ready := filepath.Join(dir, "ready")
-	env := map[string]string{
+	env := b.footprintEnv(map[string]string{
 		envAddr:            owner.Addr(),
 		envDir:             filepath.Join(dir, "consumer"),
 		envFootprintReady:  ready,
 		envFootprintTarget: strconv.FormatUint(head+uint64(churn*rows), 10),
-	}
+	})
 	if mem {
 		env[envDir] = ""
 	}
@@ -141,11 +141,77 @@ func (b *bench) measureFootprint(ctx context.Context, name, what string, mem boo
 	b.add(result{
 		Workload: name, Figure: "component RSS caught up, above the floor", Value: float64(res.RSS - floor.PeakRSS), Unit: unitBytes,
 		Target: under(footprintTarget),
-		Notes: fmt.Sprintf("VmRSS after %s idle: anon %.1f MB, file-backed %.1f MB (the floor's: %.1f, %.1f); Go heap in use %.1f MB, next GC at %.1f MB%s",
+		Notes: fmt.Sprintf("VmRSS after %s idle: anon %.1f MB, file-backed %.1f MB (the floor's: %.1f, %.1f); Go heap in use %.1f MB, next GC at %.1f MB, live after a GC %.1f MB (the rest of the heap is garbage the collector's goal allows); above the floor by mapping: %s%s%s",
 			footprintIdle, float64(res.RssAnon)/1e6, float64(res.RssFile)/1e6, float64(floor.RssAnon)/1e6, float64(floor.RssFile)/1e6,
-			float64(res.HeapInuse)/1e6, float64(res.NextGC)/1e6, top),
+			float64(res.HeapInuse)/1e6, float64(res.NextGC)/1e6, float64(res.HeapLive)/1e6, kindsAbove(res.Kinds, floor.Kinds), b.memLimitNote(), top),
 	})
 	return nil
+}
+
+// footprintEnv returns env (a new map when nil) with the children's
+// GOMEMLIMIT when -footprint-memlimit is set.
+func (b *bench) footprintEnv(env map[string]string) map[string]string {
+	if env == nil {
+		env = map[string]string{}
+	}
+	if b.opts.footprintMemLimit != "" {
+		env["GOMEMLIMIT"] = b.opts.footprintMemLimit
+	}
+	return env
+}
+
+func (b *bench) memLimitNote() string {
+	if b.opts.footprintMemLimit == "" {
+		return ""
+	}
+	return "; the children ran with GOMEMLIMIT=" + b.opts.footprintMemLimit
+}
+
+// The kinds of mapping rssKinds sorts a process's RSS into: badger's
+// memtable write-ahead logs, tables and value log files (all written and
+// read through memory maps, so their touched pages count in the RSS),
+// other files (the code) and anonymous memory (the Go heap, stacks).
+var mappingKinds = []struct{ kind, suffix string }{
+	{"badger WAL (.mem)", ".mem"},
+	{"badger tables (.sst)", ".sst"},
+	{"badger value log (.vlog)", ".vlog"},
+}
+
+const (
+	kindAnon  = "anonymous"
+	kindFiles = "code and other files"
+)
+
+// rssKinds sums the RSS of byName (mappings' RSS by name, "[anon]" and
+// other bracketed names being anonymous) by kind of mapping.
+func rssKinds(byName map[string]int64) map[string]int64 {
+	kinds := map[string]int64{}
+	for name, rss := range byName {
+		kind := kindFiles
+		if strings.HasPrefix(name, "[") {
+			kind = kindAnon
+		}
+		for _, k := range mappingKinds {
+			if strings.HasSuffix(name, k.suffix) {
+				kind = k.kind
+			}
+		}
+		kinds[kind] += rss
+	}
+	return kinds
+}
+
+// kindsAbove formats each kind's RSS less the floor's, in a fixed order.
+func kindsAbove(kinds, floor map[string]int64) string {
+	order := []string{kindAnon}
+	for _, k := range mappingKinds {
+		order = append(order, k.kind)
+	}
+	parts := make([]string, 0, len(order)+1)
+	for _, k := range append(order, kindFiles) {
+		parts = append(parts, fmt.Sprintf("%s %+.1f MB", k, float64(kinds[k]-floor[k])/1e6))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // waitFile waits until path exists, the child ends (done receives; it is
@@ -215,9 +281,6 @@ func childFootprintRun() (err error) {
 		return fmt.Errorf("count rows: %w", err)
 	}
 	res := childResult{Rows: rows, Seq: r.Status().Seq}
-	if os.Getenv(envVerbose) != "" {
-		res.Top = topMappings(4)
-	}
 	if path := os.Getenv(envHeap); path != "" {
 		defer func() { err = errors.Join(err, writeHeapProfile(path)) }()
 	}
@@ -240,18 +303,29 @@ func waitSeq(ctx context.Context, r *replica.Replica, seq uint64) error {
 }
 
 // reportFootprint fills res with this process's memory and prints it.
+// The live heap is read last: the collection it forces frees garbage
+// (which the RSS read before it still holds).
 func reportFootprint(res childResult) error {
 	proc := benchkit.ProcStatus(0, "VmHWM", "VmRSS", "RssAnon", "RssFile")
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	res.PeakRSS, res.RSS, res.RssAnon, res.RssFile = proc["VmHWM"], proc["VmRSS"], proc["RssAnon"], proc["RssFile"]
 	res.HeapInuse, res.NextGC = ms.HeapInuse, ms.NextGC
+	byName := mappings()
+	res.Kinds = rssKinds(byName)
+	if os.Getenv(envVerbose) != "" {
+		res.Top = topMappings(byName, 4)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	res.HeapLive = ms.HeapAlloc
 	return json.NewEncoder(os.Stdout).Encode(res)
 }
 
-// topMappings returns this process's n largest mappings by RSS, from
-// /proc/self/smaps ("[anon]" for anonymous ones), as "name=N.N MB".
-func topMappings(n int) []string {
+// mappings returns this process's RSS by mapping name, from
+// /proc/self/smaps ("[anon]" for anonymous ones, a file's base name;
+// nil where smaps cannot be read).
+func mappings() map[string]int64 {
 	f, err := os.Open("/proc/self/smaps")
 	if err != nil {
 		return nil
@@ -273,6 +347,11 @@ func topMappings(n int) []string {
 			byName[name] += kb << 10
 		}
 	}
+	return byName
+}
+
+// topMappings returns the n largest of byName as "name=N.N MB".
+func topMappings(byName map[string]int64, n int) []string {
 	type m struct {
 		name string
 		rss  int64

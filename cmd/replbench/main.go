@@ -124,6 +124,8 @@ type options struct {
 	// consumer takes while subscribed.
 	footprintRows  int
 	footprintChurn int
+	// footprintMemLimit: GOMEMLIMIT of the footprint children ("": none).
+	footprintMemLimit string
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -158,6 +160,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.hostileTables, "hostile-tables", 1024, "security: tables each hostile registration lists")
 	fs.IntVar(&o.footprintRows, "footprint-rows", 4000, "footprint: rows in the consumer's one table (4000 x 256 B: about 1 MB)")
 	fs.IntVar(&o.footprintChurn, "footprint-churn", 5, "footprint: rewrites of every row while the consumer is subscribed")
+	fs.StringVar(&o.footprintMemLimit, "footprint-memlimit", "", "footprint: GOMEMLIMIT of the child processes (e.g. 56MiB; empty: none), to tell what the component holds from the garbage the collector lets grow beside it")
 	fs.BoolVar(&o.verbose, "v", false, "log the components' warnings and errors to stderr")
 	if err := fs.Parse(args); err != nil {
 		return o, err
