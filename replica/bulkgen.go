@@ -66,15 +66,21 @@ func (c *Component) bulkPath(prefix []byte) string {
 }
 
 // removeBulk deletes the files of the generation at prefix, if any: the
-// transfer's and its checkpoints' (ckptPath).
+// transfer's, its checkpoints' (ckptPath) and its WAL's segments.
 func (c *Component) removeBulk(prefix []byte) error {
 	if c.cfg.DataDir == "" {
 		return nil
 	}
+	// Its rows files and its WAL's segments (walseg.go).
 	paths, err := filepath.Glob(strings.TrimSuffix(c.bulkPath(prefix), ".rows") + "*.rows")
 	if err != nil {
 		return err
 	}
+	segs, err := c.walSegPaths(prefix)
+	if err != nil {
+		return err
+	}
+	paths = append(paths, segs...)
 	for _, p := range paths {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
@@ -370,7 +376,7 @@ func (c *Component) loadBulk(txn *badger.Txn, base string, cur cursor, rows *btr
 			return 0, err
 		}
 	}
-	if err := replayInto(txn, base, cur.Gen, from, cur.Seq, rows, &n); err != nil {
+	if err := c.replayInto(base, cur, from, rows, &n); err != nil {
 		return 0, err
 	}
 	return n, nil
@@ -430,7 +436,7 @@ func (g *genStore) convertBulk(cur cursor) (cursor, error) {
 				return err
 			}
 		}
-		return replayWAL(txn, g.base, cur.Gen, from, cur.Seq, func(op transport.Op, k, v []byte) error {
+		return c.replayWAL(prefix, cur.Gen, from, cur.Seq, func(op transport.Op, k, v []byte) error {
 			changed[string(k)] = last{bytes.Clone(v), op == transport.OpDelete}
 			return nil
 		})

@@ -189,24 +189,26 @@ func (g *genStore) load() (cursor, error) {
 	if err != nil {
 		return cursor{}, err
 	}
+	keep, keepGen := "", []byte(nil)
+	if cur.Bulk {
+		// The WAL's last record is the cursor (wal.go).
+		if cur, err = g.loadWAL(cur); err != nil {
+			return cursor{}, err
+		}
+		keep, keepGen = g.wal.path, genPrefix(g.base, cur.Gen)
+	}
 	if cur.Bulk && !g.bulk {
 		// Subscribed DiskOnly now: reads go to badger, which must hold
 		// every row.
 		if cur, err = g.convertBulk(cur); err != nil {
 			return cursor{}, fmt.Errorf("convert a resident replica's rows file for a disk-only subscription: %w", err)
 		}
-	}
-	keep := ""
-	if cur.Bulk {
-		if err := g.loadWAL(cur); err != nil {
-			return cursor{}, err
-		}
-		keep = g.wal.path
+		keep, keepGen = "", nil
 	}
 	// Rows files no cursor or checkpoint names: a checkpoint's that a
 	// crash left unrecorded or replaced, or (data dirs of older versions)
-	// a converted generation's.
-	if err := g.sweepFiles(keep); err != nil {
+	// a converted generation's; WAL segments of a generation not live.
+	if err := g.sweepFiles(keep, keepGen); err != nil {
 		return cursor{}, err
 	}
 	if cur.LogID != "" {
@@ -323,9 +325,7 @@ func (g *genStore) switchIn(old, next cursor) error {
 			if err := txn.Delete(ckptKey(g.base)); err != nil {
 				return err
 			}
-			if err := txn.Set(dropMarker(walPrefix(g.base, old.Gen)), nil); err != nil {
-				return err
-			}
+			// Its rows, files and WAL segments (removeBulk).
 			return txn.Set(dropMarker(genPrefix(g.base, old.Gen)), nil)
 		}
 		return nil
@@ -333,16 +333,23 @@ func (g *genStore) switchIn(old, next cursor) error {
 	if err != nil {
 		return err
 	}
+	// The old generation's open segment: the dropper deletes it; the new
+	// generation's first record starts a segment of its own.
+	if g.wal.f != nil {
+		_ = g.wal.f.Close()
+		g.wal.f = nil
+	}
 	g.wal.gen, g.wal.path, g.wal.fileBytes, g.wal.bytes, g.wal.entries, g.wal.retryAt = next.Gen, "", size, 0, nil, 0
+	g.wal.segs, g.wal.last = nil, next.Seq
 	if next.Bulk {
 		g.wal.path = g.c.bulkPath(genPrefix(g.base, next.Gen))
 	}
 	return nil
 }
 
-// apply writes the changes into the cursor's generation and the cursor, in
-// one transaction: a bulk generation's as one WAL entry (wal.go), another's
-// as a row per change.
+// apply writes the changes into the cursor's generation and the cursor: a
+// bulk generation's as one WAL record (wal.go), another's as a row per
+// change with the cursor, in one transaction.
 func (g *genStore) apply(next cursor, chs []transport.Change) error {
 	if next.Bulk {
 		return g.applyWAL(next, chs)

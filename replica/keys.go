@@ -68,11 +68,7 @@ func numberedPrefix(base, kind string, gen uint64) []byte {
 	return p
 }
 
-// Keys of a bulk generation's write-ahead log and checkpoint (wal.go).
-
-func walPrefix(base string, gen uint64) []byte { return numberedPrefix(base, "w/", gen) }
-
-func walKey(prefix []byte, seq uint64) []byte { return ownLogKey(prefix, seq) }
+// The key of a bulk generation's checkpoint record (wal.go).
 
 func ckptKey(base string) []byte { return []byte(base + "ckpt") }
 

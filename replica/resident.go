@@ -625,8 +625,9 @@ func (x *resTransfer) abort() {
 // loadResident reads the rows of the generation cur names (a durable
 // replica opening) into a fresh tree: from badger, or for a bulk
 // generation from its rows file and its WAL (loadBulk). The cursor is
-// read in the same transaction and must equal cur: the stream has not
-// started, so nothing else writes it.
+// read in the same transaction and must equal cur (the stream has not
+// started, so nothing else writes it); a bulk generation's must lead to
+// cur, the WAL's last record's (bulkSource).
 func (c *Component) loadResident(base string, cur cursor) (*btree.BTreeG[resRow], int64, error) {
 	rows := newResRows()
 	var n int64
@@ -635,12 +636,15 @@ func (c *Component) loadResident(base string, cur cursor) (*btree.BTreeG[resRow]
 		if err != nil {
 			return err
 		}
-		if stored != cur {
-			return fmt.Errorf("cursor moved while the replica was loading: %+v, loaded %+v", stored, cur)
-		}
 		if cur.Bulk {
+			// The cursor is the WAL's last record; badger's, as of the
+			// last switch or checkpoint, is where it starts (bulkSource
+			// checks).
 			n, err = c.loadBulk(txn, base, cur, rows)
 			return err
+		}
+		if stored != cur {
+			return fmt.Errorf("cursor moved while the replica was loading: %+v, loaded %+v", stored, cur)
 		}
 		return scanRows(txn, genPrefix(base, cur.Gen), nil, nil, nil, func(k, v []byte) (bool, error) {
 			n += loadRow(rows, k, v)

@@ -7,76 +7,95 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"unsafe"
 
 	"github.com/dgraph-io/badger/v4"
-	"github.com/replmesh/replmesh/internal/diskguard"
 	"github.com/replmesh/replmesh/transport"
 	"github.com/tidwall/btree"
 )
 
 // The write-ahead log of a bulk generation. A durable resident replica
 // reads only memory, so its copy on disk serves only to load it: each
-// applied batch is written as WAL entries (its changes, encoded by
-// encodeWALBatch, under walKey(walPrefix(base, gen), seq of the entry's
-// last change)) with the cursor in one transaction, instead of a badger
-// row per change. An entry holds as many changes as fit below badger's
-// ValueThreshold (one, when a change alone is larger), so that it stays in
-// the LSM tree, whose compactions reclaim it once a checkpoint deleted it.
-// One entry per batch would put the batch in the value log (the LSM tree
-// carrying only a pointer: measured, about 40% less CPU per change than
-// the rows), but nothing reclaims the value log's garbage: badger's value
-// log GC picks files by the discard statistics of compactions, and an LSM
-// tree that holds only pointers and cursors rarely flushes, let alone
-// compacts; the WAL there would grow the disk by every byte applied. The
-// rows are the generation's rows file, then the WAL entries replayed in
-// seq order up to the cursor.
+// applied batch is appended as one record (its changes, encoded by
+// encodeWALBatch, and the cursor after it) to the generation's WAL, files
+// of the replica's own beside the rows files (walseg.go), with one
+// write() and no badger write at all. The rows are the generation's rows
+// file, then the WAL's records above badger's cursor, replayed in order.
+// Badger holds the cursor only as of the last full transfer's switch or
+// checkpoint (which say which generation is live, whether it is bulk, its
+// log id); the WAL's last record, when it names that generation and a
+// higher seq, is the replica's cursor.
+//
+// The invariant: a crash never leaves the seq ahead of the data, because
+// the seq IS the data's last record. A record is written whole before
+// the batch is published (and a failed write is truncated away: the
+// batch is not applied), and a load takes the last record that is whole
+// and chains to the ones before (walScan), truncating a torn or corrupt
+// end with a warning. So the seq after a crash is never behind what was
+// published either: a published batch's record was written (to the page
+// cache: like badger with SyncWrites off, it survives the process's
+// crash, not the machine's; the checkpoints and switches are fsynced).
+// A write that fails (a full disk: ENOSPC) is truncated back to the last
+// whole record and reported as ErrDiskFull: the replica stops applying,
+// keeps serving, and resumes from its seq when space returns.
 //
 // Checkpoint: when the WAL outgrows max(walMinBytes, the rows file's size)
 // (so that its replay never costs much more than reading the file) and
 // the disk has room for the new file (twice its size above the disk
 // guard's reserve: it stays until the old one goes), a background
-// goroutine writes a new rows file (named by the generation and
-// the seq S) from a published resident view at S, fsyncs it, and records
-// it in one transaction (ckptKey: the generation and S); then it deletes
-// the old file and the WAL entries up to S. A crash before the record
+// goroutine writes a new rows file (named by the generation and the seq
+// S) from a published resident view at S, fsyncs it, and records it in
+// one badger transaction with the cursor at S (ckptKey: the generation
+// and S); then it deletes the old file and the WAL's segments whose
+// records are all at or below S (segments are rotated at a quarter of the
+// checkpoint's bound, so that whole ones are). A crash before the record
 // leaves the old file and the whole WAL (the new file is a stray that the
-// next load deletes); after it, the new file and the WAL above S (the
-// leftovers are deleted at the next load). A full transfer's switch
-// (switchIn) deletes the record and schedules the old generation's WAL for
-// deletion with its rows; a checkpoint of a generation that is no longer
-// live commits nothing and deletes its file.
+// next load deletes); after it, the new file and the WAL above S (a load
+// skips and deletes the leftovers). A full transfer's switch (switchIn)
+// deletes the record; the old generation's segments go with its rows
+// files (removeBulk); the new generation starts new segments. A
+// checkpoint of a generation that is no longer live commits nothing and
+// deletes its file.
 //
 // Data dirs written before the WAL hold a bulk generation's changes as
 // badger rows under the generation's prefix (the overlay: a row, or a
-// tombstone). They are read as before, after the rows file and before the
-// WAL, as long as the generation has no checkpoint: the first checkpoint
-// holds their effect, and deletes them.
+// tombstone), with badger's cursor at their seq. They are read as before,
+// after the rows file and before the WAL, as long as the generation has
+// no checkpoint: the first checkpoint holds their effect, and deletes
+// them. (A WAL in badger entries, as an unreleased development version
+// wrote, is not read.)
 
 // walMinBytes is the WAL size below which no checkpoint is written.
 const walMinBytes = 16 << 20
 
-// walCheckpointAt is the WAL size (bytes of its entries) at which a
+// walCheckpointAt is the WAL size (bytes of its records) at which a
 // checkpoint is due, given the size of the rows file: the larger of the
 // two (a variable: the crash test's children lower it).
 var walCheckpointAt = func(fileBytes int64) int64 { return max(walMinBytes, fileBytes) }
 
-// walFormat is the first byte of a WAL entry.
+// walFormat is the first byte of an encoded batch.
 const walFormat = 1
 
-// encodeWALBatch encodes changes as a WAL entry: walFormat, uvarint
-// count, then per change its op (1 byte), uvarint key length, key, uvarint
-// value length, value. The seqs, times and epochs are the cursor's.
+// encodeWALBatch encodes changes as a batch: walFormat, uvarint count,
+// then per change its op (1 byte), uvarint key length, key, uvarint value
+// length, value. The seqs, times and epochs are the cursor's.
 func encodeWALBatch(chs []transport.Change) []byte {
+	return appendWALBatch(nil, chs)
+}
+
+// appendWALBatch appends encodeWALBatch's encoding of chs to b.
+func appendWALBatch(b []byte, chs []transport.Change) []byte {
 	n := 1 + binary.MaxVarintLen32
 	for i := range chs {
 		n += 1 + 2*binary.MaxVarintLen32 + len(chs[i].Key) + len(chs[i].Value)
 	}
-	b := make([]byte, 0, n)
+	b = slices.Grow(b, n)
 	b = append(b, walFormat)
 	b = binary.AppendUvarint(b, uint64(len(chs)))
 	for i := range chs {
@@ -178,63 +197,35 @@ func (c *Component) ckptPath(prefix []byte, seq uint64) string {
 }
 
 // bulkSource is where the rows of the bulk generation cur names start:
-// the rows file to read, and the seq from which the WAL is replayed
-// (cover: the file holds the overlay's effect, a checkpoint's).
+// the rows file to read; from, badger's cursor's seq, above which the WAL
+// is replayed (the file's seq, or the legacy overlay's); cover: the file
+// holds the overlay's effect (a checkpoint's).
 func (c *Component) bulkSource(txn *badger.Txn, base string, cur cursor) (path string, from uint64, cover bool, err error) {
 	ck, err := readCkpt(txn, base)
 	if err != nil {
 		return "", 0, false, err
 	}
+	stored, err := readCursor(txn, base)
+	if err != nil {
+		return "", 0, false, err
+	}
+	if stored.Gen != cur.Gen || !stored.Bulk || stored.Seq > cur.Seq {
+		return "", 0, false, fmt.Errorf("badger's cursor %+v does not lead to %+v", stored, cur)
+	}
 	prefix := genPrefix(base, cur.Gen)
 	if ck.ok && ck.gen == cur.Gen {
-		if ck.seq > cur.Seq {
-			return "", 0, false, fmt.Errorf("checkpoint at seq %d, beyond the cursor's %d", ck.seq, cur.Seq)
+		if ck.seq != stored.Seq {
+			return "", 0, false, fmt.Errorf("checkpoint at seq %d, the cursor at %d", ck.seq, stored.Seq)
 		}
-		return c.ckptPath(prefix, ck.seq), ck.seq, true, nil
+		return c.ckptPath(prefix, ck.seq), stored.Seq, true, nil
 	}
-	return c.bulkPath(prefix), 0, false, nil
+	return c.bulkPath(prefix), stored.Seq, false, nil
 }
 
-// walItems calls fn with the WAL entries at prefix (a walPrefix) in txn
-// with seq > from, in seq order, until fn returns false or an error.
-func walItems(txn *badger.Txn, prefix []byte, from uint64, fn func(seq uint64, item *badger.Item) (bool, error)) error {
-	o := badger.DefaultIteratorOptions
-	o.Prefix = prefix
-	o.PrefetchValues = false
-	it := txn.NewIterator(o)
-	defer it.Close()
-	for it.Seek(walKey(prefix, from+1)); it.Valid(); it.Next() {
-		item := it.Item()
-		k := item.Key()
-		if len(k) != len(prefix)+8 {
-			return fmt.Errorf("WAL key of %d bytes", len(k))
-		}
-		if more, err := fn(beUint64(k[len(prefix):]), item); !more || err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// replayWAL calls fn for every change of the WAL of generation gen in the
-// entries with from < seq <= to, in seq order. Entries beyond to cannot
-// exist (an entry commits with its cursor); genStore.load deletes any.
-func replayWAL(txn *badger.Txn, base string, gen, from, to uint64, fn func(op transport.Op, key, value []byte) error) error {
-	return walItems(txn, walPrefix(base, gen), from, func(seq uint64, item *badger.Item) (bool, error) {
-		if seq > to {
-			return false, nil
-		}
-		if err := item.Value(func(v []byte) error { return decodeWALBatch(v, fn) }); err != nil {
-			return false, fmt.Errorf("WAL entry %d: %w", seq, err)
-		}
-		return true, nil
-	})
-}
-
-// replayInto applies the WAL's changes (see replayWAL) to rows, keeping n,
-// their key+value bytes.
-func replayInto(txn *badger.Txn, base string, gen, from, to uint64, rows *btree.BTreeG[resRow], n *int64) error {
-	return replayWAL(txn, base, gen, from, to, func(op transport.Op, k, v []byte) error {
+// replayInto applies the WAL's changes above from up to the cursor cur
+// (replayWAL) to rows, keeping n, their key+value bytes.
+func (c *Component) replayInto(base string, cur cursor, from uint64, rows *btree.BTreeG[resRow], n *int64) error {
+	return c.replayWAL(genPrefix(base, cur.Gen), cur.Gen, from, cur.Seq, func(op transport.Op, k, v []byte) error {
 		if op == transport.OpDelete {
 			if old, had := rows.Delete(searchRow(k)); had {
 				*n -= rowBytes(old)
@@ -250,83 +241,18 @@ func replayInto(txn *badger.Txn, base string, gen, from, to uint64, rows *btree.
 	})
 }
 
-// walChangeSize is the bytes encodeWALBatch spends on ch.
-func walChangeSize(ch *transport.Change) int {
-	return 1 + uvarintLen(len(ch.Key)) + len(ch.Key) + uvarintLen(len(ch.Value)) + len(ch.Value)
-}
-
-func uvarintLen(n int) int {
-	l := 1
-	for ; n >= 0x80; n >>= 7 {
-		l++
-	}
-	return l
-}
-
-// walEntries splits changes (a batch ending at seq last) into WAL
-// entries of at most limit bytes of changes (a larger change alone) and
-// calls fn with each and the seq of its last change, in seq order. Seqs
-// that do not increase to last (never from a stream) make one entry.
-func walEntries(chs []transport.Change, last uint64, limit int, fn func(seq uint64, entry []byte) error) error {
-	ordered := chs[len(chs)-1].Seq == last
-	for i := 1; i < len(chs) && ordered; i++ {
-		ordered = chs[i].Seq > chs[i-1].Seq
-	}
-	if !ordered {
-		return fn(last, encodeWALBatch(chs))
-	}
-	start, size := 0, 0
-	for i := range chs {
-		n := walChangeSize(&chs[i])
-		if i > start && size+n > limit {
-			if err := fn(chs[i-1].Seq, encodeWALBatch(chs[start:i])); err != nil {
-				return err
-			}
-			start, size = i, 0
-		}
-		size += n
-	}
-	return fn(last, encodeWALBatch(chs[start:]))
-}
-
-// walEntryHeader bounds the bytes of an entry beyond its changes'.
-const walEntryHeader = 1 + binary.MaxVarintLen32
-
-// applyWAL writes changes as WAL entries of the bulk generation next
-// names, with the cursor, in one transaction; then starts a checkpoint if
-// one is due.
+// applyWAL appends changes and next, the cursor after them, to the WAL of
+// the bulk generation next names as one record; then starts a checkpoint
+// if one is due.
 func (g *genStore) applyWAL(next cursor, chs []transport.Change) error {
-	b, err := marshalCursor(next)
+	n, err := g.appendWAL(next, chs)
 	if err != nil {
-		return err
-	}
-	if g.wal.chunk == 0 {
-		g.wal.chunk = max(int(g.c.db.Opts().ValueThreshold)-walEntryHeader-1, 64)
-	}
-	prefix := walPrefix(g.base, next.Gen)
-	txn := g.c.db.NewTransaction(true)
-	defer txn.Discard()
-	var n int64
-	first := len(g.wal.pend)
-	err = walEntries(chs, next.Seq, g.wal.chunk, func(seq uint64, entry []byte) error {
-		n += int64(len(entry))
-		g.wal.pend = append(g.wal.pend, walRef{seq, int64(len(entry))})
-		return txn.Set(walKey(prefix, seq), entry)
-	})
-	refs := g.wal.pend[first:]
-	g.wal.pend = g.wal.pend[:first]
-	if err != nil {
-		return fmt.Errorf("apply %s: %w", g.table, err)
-	}
-	if err := txn.Set(cursorKey(g.base), b); err != nil {
-		return fmt.Errorf("apply %s: %w", g.table, err)
-	}
-	if err := txn.Commit(); err != nil {
 		return fmt.Errorf("apply %s: %w", g.table, err)
 	}
 	g.mu.Lock()
 	g.wal.bytes += n
-	g.wal.entries = append(g.wal.entries, refs...)
+	g.wal.entries = append(g.wal.entries, walRef{next.Seq, n})
+	g.wal.segs[len(g.wal.segs)-1].last = next.Seq
 	due := !g.wal.running && g.wal.bytes > g.checkpointAt() && g.wal.bytes >= g.wal.retryAt
 	if due {
 		g.wal.running = true
@@ -343,33 +269,137 @@ func (g *genStore) applyWAL(next cursor, chs []transport.Change) error {
 	return nil
 }
 
-// walState is a genStore's view of its live bulk generation's WAL,
-// guarded by genStore.mu.
+// appendWAL writes the record of chs ending at next to the open segment
+// (a new one first if there is none or it is full) and returns its bytes.
+// Run by the stream goroutine only.
+func (g *genStore) appendWAL(next cursor, chs []transport.Change) (int64, error) {
+	w := &g.wal
+	if w.f != nil && w.size >= g.segmentBytes() {
+		if err := g.closeSegment(); err != nil {
+			return 0, err
+		}
+	}
+	if w.f == nil {
+		path := g.c.walSegPath(genPrefix(g.base, next.Gen), next.Seq)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return 0, walWriteErr(g.c, err)
+		}
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return 0, walWriteErr(g.c, err)
+		}
+		w.f, w.size = f, 0
+		g.mu.Lock()
+		w.segs = append(w.segs, walSeg{path: path})
+		g.mu.Unlock()
+	}
+	rec, err := appendWALRecord(w.buf[:0], w.last, next, chs)
+	if err != nil {
+		return 0, err
+	}
+	if cap(rec) <= 1<<20 {
+		w.buf = rec // kept for the next; a huge one is not
+	}
+	// One write of the whole record: what a bufio.Writer flushed at the
+	// batch's end would do.
+	write := w.f.Write
+	if w.write != nil {
+		write = func(b []byte) (int, error) { return w.write(w.f, b) }
+	}
+	if _, err := write(rec); err != nil {
+		// Nothing of the record may stay: a later one would follow a
+		// torn one. When the truncation fails too, the segment is left
+		// and the next record starts a new one (a load reads on past a
+		// segment's torn end; walScan).
+		if terr := w.f.Truncate(w.size); terr != nil {
+			g.log.Warn("WAL segment not truncated after a failed write", "file", filepath.Base(w.f.Name()), "err", terr)
+			_ = w.f.Close()
+			w.f = nil
+		}
+		return 0, walWriteErr(g.c, err)
+	}
+	w.size += int64(len(rec))
+	w.last = next.Seq
+	return int64(len(rec)), nil
+}
+
+// walWriteErr wraps a failed WAL write: a full disk as the disk guard's
+// DiskFullError, so that the replica backs off until space returns.
+func walWriteErr(c *Component, err error) error {
+	if errors.Is(err, syscall.ENOSPC) {
+		return &DiskFullError{Dir: c.cfg.DataDir, Err: err}
+	}
+	return fmt.Errorf("write WAL: %w", err)
+}
+
+// closeSegment fsyncs and closes the open segment, if any (the stream
+// goroutine, or a stopped replica).
+func (g *genStore) closeSegment() error {
+	w := &g.wal
+	if w.f == nil {
+		return nil
+	}
+	err := w.f.Sync()
+	err = errors.Join(err, w.f.Close())
+	w.f = nil
+	if err != nil {
+		return walWriteErr(g.c, err)
+	}
+	return nil
+}
+
+// closeWAL closes the open segment of a replica that stopped.
+func (g *genStore) closeWAL() {
+	if err := g.closeSegment(); err != nil {
+		g.log.Warn("close WAL segment", "err", err)
+	}
+}
+
+// walState is a genStore's view of its live bulk generation's WAL. The
+// stream goroutine alone uses f, size, last and buf; the rest is guarded
+// by genStore.mu (a checkpoint shares it).
 type walState struct {
 	gen       uint64 // the live generation (the cursor's)
 	path      string // its rows file (the transfer's or a checkpoint's)
 	fileBytes int64  // that file's size
-	bytes     int64  // the WAL's bytes (values) above the file's seq
+	bytes     int64  // the WAL's bytes (records) above the file's seq
 	running   bool   // a checkpoint is being written
 	retryAt   int64  // bytes: no checkpoint is tried before
-	chunk     int    // changes' bytes per WAL entry at most (walEntries)
-	// entries are the WAL's entries above the file's seq, in seq order
-	// (a checkpoint deletes them by key, reading nothing); pend is the
-	// stream goroutine's scratch for an apply's.
+	// entries are the WAL's records above the file's seq, in seq order
+	// (for bytes, once a checkpoint covers some).
 	entries []walRef
-	pend    []walRef
-	// min overrides walMinBytes (tests); hook, when set, is called at the
-	// steps of a checkpoint and stops it there on an error (tests: a
-	// crash between the steps).
-	min  int64
-	hook func(step string) error
-	res  *resident // the replica's resident state, once found
+	// segs are the WAL's segments, in order; the last is f's while f is
+	// open.
+	segs []walSeg
+	f    *os.File // the segment being appended to, nil: none yet
+	size int64    // its bytes, all whole records
+	last uint64   // the seq of the WAL's last record (or its base)
+	buf  []byte   // a record being built
+	// min overrides walMinBytes, seg the segments' size, write the
+	// records' write (tests); hook, when set, is called at the steps of
+	// a checkpoint and stops it there on an error (tests: a crash between
+	// the steps).
+	min   int64
+	seg   int64
+	write func(f *os.File, b []byte) (int, error)
+	hook  func(step string) error
+	res   *resident // the replica's resident state (Replica.load sets it)
 }
 
-// walRef is one WAL entry: the seq of its key and its bytes.
+// walRef is one WAL record: its seq and its bytes.
 type walRef struct {
 	seq   uint64
 	bytes int64
+}
+
+// segmentBytes is the size at which a segment is closed and the next
+// record starts a new one: a quarter of the checkpoint's bound, so that a
+// checkpoint finds most of the WAL in whole segments it covers.
+func (g *genStore) segmentBytes() int64 {
+	if g.wal.seg > 0 {
+		return g.wal.seg
+	}
+	return g.checkpointAt() / 4
 }
 
 func (g *genStore) checkpointAt() int64 {
@@ -379,31 +409,8 @@ func (g *genStore) checkpointAt() int64 {
 	return walCheckpointAt(g.wal.fileBytes)
 }
 
-// resident returns the resident state of the replica g is the sink of, or
-// nil while it cannot be found: the replica's own fields are not the
-// sink's, so it is looked up among the component's replicas (the one whose
-// sink is g), without waiting for the component's lock.
-func (g *genStore) resident() *resident {
-	if g.wal.res != nil {
-		return g.wal.res
-	}
-	c := g.c
-	if !c.mu.TryLock() {
-		return nil
-	}
-	defer c.mu.Unlock()
-	key := strings.TrimSuffix(strings.TrimPrefix(g.base, "c/"), "/")
-	if r := c.replicas[key]; r != nil && r.sink == g {
-		g.wal.res = r.res
-	}
-	return g.wal.res
-}
-
-// startCheckpoint starts writing a checkpoint of generation gen in the
-// background from the published resident view, if it is of gen; false:
-// none started.
 func (g *genStore) startCheckpoint(gen uint64) bool {
-	res := g.resident()
+	res := g.wal.res
 	if res == nil || res.spawn == nil {
 		return false
 	}
@@ -435,9 +442,9 @@ func (g *genStore) startCheckpoint(gen uint64) bool {
 var errCkptAbandoned = errors.New("checkpoint abandoned")
 
 // checkpoint writes the rows of v (a published view of the live bulk
-// generation) as the generation's rows file at v's seq, records it, and
-// deletes what it replaces: the old file, the WAL up to the seq, the
-// overlay of an old data dir.
+// generation) as the generation's rows file at v's seq, records it with
+// the cursor, and deletes what it replaces: the old file, the WAL's
+// segments up to the seq, the overlay of an old data dir.
 func (g *genStore) checkpoint(v *resView, stop func() bool) error {
 	c := g.c
 	gen, seq := v.cur.Gen, v.cur.Seq
@@ -457,13 +464,24 @@ func (g *genStore) checkpoint(v *resView, stop func() bool) error {
 	if err := g.ckptStep("written"); err != nil {
 		return err
 	}
+	cb, err := marshalCursor(v.cur)
+	if err != nil {
+		return err
+	}
 	g.mu.Lock()
 	if g.wal.gen != gen {
 		g.mu.Unlock()
 		_ = os.Remove(path)
 		return errCkptAbandoned
 	}
-	err = c.db.Update(func(txn *badger.Txn) error { return txn.Set(ckptKey(g.base), encodeCkpt(gen, seq)) })
+	// The cursor at seq: the WAL's segments up to it go next, and the
+	// load replays from badger's cursor.
+	err = c.db.Update(func(txn *badger.Txn) error {
+		if err := txn.Set(ckptKey(g.base), encodeCkpt(gen, seq)); err != nil {
+			return err
+		}
+		return txn.Set(cursorKey(g.base), cb)
+	})
 	old := g.wal.path
 	if err == nil {
 		g.wal.path, g.wal.fileBytes, g.wal.retryAt = path, size, 0
@@ -473,7 +491,7 @@ func (g *genStore) checkpoint(v *resView, stop func() bool) error {
 		_ = os.Remove(path)
 		return fmt.Errorf("record checkpoint: %w", err)
 	}
-	// The record is durable before the file it replaces goes.
+	// The record is durable before the file and the WAL it replaces go.
 	if err := c.db.Sync(); err != nil {
 		return err
 	}
@@ -500,8 +518,9 @@ func (g *genStore) checkpoint(v *resView, stop func() bool) error {
 	return nil
 }
 
-// deleteCovered deletes the WAL entries of generation gen up to seq (a
-// recorded checkpoint's), by the keys the store keeps of them.
+// deleteCovered deletes the WAL's segments of generation gen whose
+// records are all at or below seq (a recorded checkpoint's), but the one
+// being appended to, and stops counting the records up to seq.
 func (g *genStore) deleteCovered(gen, seq uint64) error {
 	g.mu.Lock()
 	if g.wal.gen != gen {
@@ -509,34 +528,28 @@ func (g *genStore) deleteCovered(gen, seq uint64) error {
 		return errCkptAbandoned // the dropper deletes them with the generation
 	}
 	k, _ := slices.BinarySearchFunc(g.wal.entries, seq+1, func(r walRef, s uint64) int { return cmp.Compare(r.seq, s) })
-	done := slices.Clone(g.wal.entries[:k])
-	g.mu.Unlock()
-	prefix := walPrefix(g.base, gen)
-	var cost diskguard.Cost
-	for range done {
-		cost.Add(len(prefix)+8, 0, 1)
-	}
-	if err := g.c.disk.Admit(cost); err != nil {
-		return err // the entries stay: the next checkpoint deletes them
-	}
-	wb := g.c.db.NewWriteBatch()
-	defer wb.Cancel()
 	var n int64
-	for _, r := range done {
-		if err := wb.Delete(walKey(prefix, r.seq)); err != nil {
-			return err
-		}
+	for _, r := range g.wal.entries[:k] {
 		n += r.bytes
 	}
-	if err := wb.Flush(); err != nil {
-		return err
+	// Applies only append: the first k are those covered.
+	g.wal.entries = slices.Clone(g.wal.entries[k:])
+	g.wal.bytes -= n
+	var done []string
+	keep := g.wal.segs[:0:0]
+	for i, s := range g.wal.segs {
+		if i < len(g.wal.segs)-1 && s.last <= seq {
+			done = append(done, s.path)
+		} else {
+			keep = append(keep, s)
+		}
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.wal.gen == gen {
-		// Applies only append: the first k are those deleted.
-		g.wal.entries = slices.Clone(g.wal.entries[k:])
-		g.wal.bytes -= n
+	g.wal.segs = keep
+	g.mu.Unlock()
+	for _, p := range done {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
 	}
 	return nil
 }
@@ -548,114 +561,63 @@ func (g *genStore) ckptStep(step string) error {
 	return g.wal.hook(step)
 }
 
-// deleteWAL deletes the WAL entries of generation gen with from < seq <=
-// to and returns their bytes.
-func (g *genStore) deleteWAL(gen, from, to uint64) (int64, error) {
-	c := g.c
-	prefix := walPrefix(g.base, gen)
-	var n int64
-	for {
-		var keys [][]byte
-		err := c.db.View(func(txn *badger.Txn) error {
-			return walItems(txn, prefix, from, func(seq uint64, item *badger.Item) (bool, error) {
-				if seq > to || len(keys) == 10000 {
-					return false, nil
-				}
-				keys = append(keys, item.KeyCopy(nil))
-				n += item.ValueSize()
-				return true, nil
-			})
-		})
-		if err != nil || len(keys) == 0 {
-			return n, err
-		}
-		wb := c.db.NewWriteBatch()
-		for _, k := range keys {
-			if err := wb.Delete(k); err != nil {
-				wb.Cancel()
-				return n, err
-			}
-		}
-		if err := wb.Flush(); err != nil {
-			return n, err
-		}
-	}
-}
-
-// loadWAL prepares the WAL of the live bulk generation cur names when the
-// replica opens: it deletes what a crash left (entries beyond the cursor,
-// which cannot exist, entries and overlay rows a recorded checkpoint
-// holds, a record of another generation) and measures the WAL and the
-// file for the checkpoint's bound.
-func (g *genStore) loadWAL(cur cursor) error {
+// loadWAL prepares the WAL of the live bulk generation cur (badger's
+// cursor) names when the replica opens, and returns the replica's cursor:
+// the WAL's last record's, if it chains above cur. It deletes what a
+// crash left (a checkpoint record of another generation, overlay rows a
+// recorded checkpoint holds, segments the checkpoint covers), truncates
+// the WAL's torn end (walScan), and measures the WAL and the file for the
+// checkpoint's bound.
+func (g *genStore) loadWAL(cur cursor) (cursor, error) {
 	c := g.c
 	var path string
-	var from uint64
 	var cover, staleRecord bool
-	var beyond, covered bool
-	var walBytes int64
-	var entries []walRef
 	err := c.db.View(func(txn *badger.Txn) error {
 		ck, err := readCkpt(txn, g.base)
 		if err != nil {
 			return err
 		}
 		staleRecord = ck.ok && ck.gen != cur.Gen
-		if path, from, cover, err = c.bulkSource(txn, g.base, cur); err != nil {
-			return err
-		}
-		return walItems(txn, walPrefix(g.base, cur.Gen), 0, func(seq uint64, item *badger.Item) (bool, error) {
-			switch {
-			case seq <= from:
-				covered = true
-			case seq > cur.Seq:
-				beyond = true
-			default:
-				walBytes += item.ValueSize()
-				entries = append(entries, walRef{seq, item.ValueSize()})
-			}
-			return true, nil
-		})
+		path, _, cover, err = c.bulkSource(txn, g.base, cur)
+		return err
 	})
 	if err != nil {
-		return fmt.Errorf("load WAL: %w", err)
+		return cur, fmt.Errorf("load WAL: %w", err)
 	}
 	if staleRecord {
 		if err := c.db.Update(func(txn *badger.Txn) error { return txn.Delete(ckptKey(g.base)) }); err != nil {
-			return err
-		}
-	}
-	if beyond {
-		g.log.Warn("WAL entries beyond the cursor deleted", "seq", cur.Seq)
-		if _, err := g.deleteWAL(cur.Gen, cur.Seq, ^uint64(0)); err != nil {
-			return err
-		}
-	}
-	if covered {
-		if _, err := g.deleteWAL(cur.Gen, 0, from); err != nil {
-			return err
+			return cur, err
 		}
 	}
 	if cover {
 		if err := c.deletePrefix(genPrefix(g.base, cur.Gen)); err != nil {
-			return err
+			return cur, err
 		}
+	}
+	ld, err := c.walScan(g.log, genPrefix(g.base, cur.Gen), cur.Gen, cur.Seq, true, nil)
+	if err != nil {
+		return cur, fmt.Errorf("load WAL: %w", err)
 	}
 	st, err := os.Stat(path)
 	if err != nil {
-		return fmt.Errorf("load WAL: %w", err)
+		return cur, fmt.Errorf("load WAL: %w", err)
+	}
+	if ld.ok {
+		cur = ld.cur
 	}
 	g.mu.Lock()
-	g.wal.gen, g.wal.path, g.wal.fileBytes, g.wal.bytes, g.wal.entries = cur.Gen, path, st.Size(), walBytes, entries
+	g.wal.gen, g.wal.path, g.wal.fileBytes, g.wal.bytes, g.wal.entries, g.wal.segs = cur.Gen, path, st.Size(), ld.bytes, ld.entries, ld.segs
+	g.wal.last = cur.Seq
 	g.mu.Unlock()
-	return nil
+	return cur, nil
 }
 
 // sweepFiles deletes the rows files of this replica other than keep
 // (none: ""): a checkpoint's file that was never recorded, or one that a
-// checkpoint replaced, left by a crash. It runs when the replica opens,
-// when no transfer or checkpoint of it is under way.
-func (g *genStore) sweepFiles(keep string) error {
+// checkpoint replaced, left by a crash; and the WAL segments of other
+// generations than the one at prefix wal (none: nil). It runs when the
+// replica opens, when no transfer or checkpoint of it is under way.
+func (g *genStore) sweepFiles(keep string, wal []byte) error {
 	if g.c.cfg.DataDir == "" {
 		return nil
 	}
@@ -669,9 +631,13 @@ func (g *genStore) sweepFiles(keep string) error {
 	}
 	mine := filepath.Base(g.c.bulkPath([]byte(g.base)))
 	mine = strings.TrimSuffix(mine, ".rows")
+	segs := "\x00" // no name starts so
+	if wal != nil {
+		segs = strings.TrimSuffix(filepath.Base(g.c.bulkPath(wal)), ".rows") + walSegInfix
+	}
 	for _, e := range ents {
 		p := filepath.Join(dir, e.Name())
-		if !strings.HasPrefix(e.Name(), mine) || p == keep {
+		if !strings.HasPrefix(e.Name(), mine) || p == keep || strings.HasPrefix(e.Name(), segs) {
 			continue
 		}
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {

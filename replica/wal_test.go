@@ -29,10 +29,10 @@ type walRig struct {
 	cur   cursor
 	model map[string]string
 	// walMin is the checkpoint bound of the genStores it opens
-	// (math.MaxInt64: checkpoints only when the test runs one), chunk
-	// their WAL entries' size (0: walMaxEntry).
+	// (math.MaxInt64: checkpoints only when the test runs one), seg
+	// their segments' size (0: a quarter of the bound).
 	walMin int64
-	chunk  int
+	seg    int64
 }
 
 var errKill = errors.New("killed here")
@@ -55,7 +55,7 @@ func (w *walRig) open(bulk bool) {
 	t.Helper()
 	w.c = openComponent(t, "svc", "i1", w.dir, "")
 	w.g = &genStore{c: w.c, base: replicaBase("svc", "t"), table: "t", log: testLogger(t), bulk: bulk}
-	w.g.wal.min, w.g.wal.chunk = w.walMin, w.chunk
+	w.g.wal.min, w.g.wal.seg = w.walMin, w.seg
 	cur, err := w.g.load()
 	must(t, err)
 	w.cur = cur
@@ -73,6 +73,7 @@ func (w *walRig) open(bulk bool) {
 
 func (w *walRig) reopen(bulk bool) {
 	w.t.Helper()
+	w.g.closeWAL()
 	mustClose(w.t, w.c)
 	w.open(bulk)
 }
@@ -167,6 +168,10 @@ func (w *walRig) checkFiles(what string) {
 	var want []string
 	if w.cur.Bulk {
 		want = []string{filepath.Base(w.g.wal.path)}
+		for _, s := range w.g.wal.segs {
+			want = append(want, filepath.Base(s.path))
+		}
+		slices.Sort(want)
 	}
 	if !slices.Equal(names, want) {
 		t.Fatalf("%s: rows files %v, want %v", what, names, want)
@@ -227,14 +232,39 @@ func FuzzDecodeWALBatch(f *testing.F) {
 	})
 }
 
-// An applied batch of a bulk generation is a WAL entry per chunk of its
-// changes (a change larger than a chunk alone), not a row per change: the
-// generation's prefix in badger stays empty. By default a chunk stays
-// below badger's ValueThreshold (the entry in the LSM tree).
-func TestWAL_ApplyWritesAnEntryPerBatch(t *testing.T) {
+// walRecords reads the live generation's WAL: the seqs of its records
+// above base.
+func (w *walRig) walRecords(base uint64) []uint64 {
+	w.t.Helper()
+	var seqs []uint64
+	_, err := w.c.walScan(w.g.log, genPrefix(w.g.base, w.cur.Gen), w.cur.Gen, base, false, func(rec *walRecord) error {
+		seqs = append(seqs, rec.cur.Seq)
+		return nil
+	})
+	must(w.t, err)
+	return seqs
+}
+
+// storedCursor is badger's cursor of the rig's replica.
+func (w *walRig) storedCursor() cursor {
+	w.t.Helper()
+	var cur cursor
+	must(w.t, w.c.db.View(func(txn *badger.Txn) (err error) {
+		cur, err = readCursor(txn, w.g.base)
+		return err
+	}))
+	return cur
+}
+
+// An applied batch of a bulk generation is one record in the WAL's
+// segment files, not a badger write: neither rows under the generation's
+// prefix nor the cursor; the segments rotate at their size; a load takes
+// the cursor from the last record.
+func TestWAL_ApplyWritesARecordPerBatch(t *testing.T) {
 	w := newWALRig(t, math.MaxInt64)
-	w.chunk, w.g.wal.chunk = 4<<10, 4<<10
+	w.seg, w.g.wal.seg = 2<<10, 2<<10
 	w.transfer(map[string]string{"a": "1", "b": "2"})
+	switched := w.storedCursor()
 	batch := func(n, vlen int) []transport.Change {
 		chs := make([]transport.Change, n)
 		for i := range chs {
@@ -242,38 +272,44 @@ func TestWAL_ApplyWritesAnEntryPerBatch(t *testing.T) {
 		}
 		return chs
 	}
+	var want []uint64
 	for range 30 {
-		must(t, w.apply(batch(20, 100)))
+		must(t, w.apply(batch(5, 100)))
+		want = append(want, w.cur.Seq)
 	}
-	if n := countKeys(t, w.c, walPrefix(w.g.base, w.cur.Gen)); n != 30 {
-		t.Fatalf("%d WAL entries after 30 batches, want 30", n)
+	must(t, w.apply(batch(3, 70000))) // larger than a segment: one record
+	want = append(want, w.cur.Seq)
+	if got := w.walRecords(switched.Seq); !slices.Equal(got, want) {
+		t.Fatalf("WAL records at seqs %v, want %v", got, want)
 	}
-	must(t, w.apply(batch(100, 100))) // about 10.5 KiB: 3 entries
-	big := batch(3, 0)
-	big[1].Value = bytes.Repeat([]byte{'b'}, 6000) // alone: 3 entries
-	must(t, w.apply(big))
-	if n := countKeys(t, w.c, walPrefix(w.g.base, w.cur.Gen)); n != 36 {
-		t.Fatalf("%d WAL entries after two batches larger than an entry, want 36", n)
+	if len(w.g.wal.segs) < 5 {
+		t.Fatalf("%d segments of 2 KiB for %d records of about 600 bytes", len(w.g.wal.segs), len(want))
 	}
 	if n := countKeys(t, w.c, genPrefix(w.g.base, w.cur.Gen)); n != 0 {
 		t.Fatalf("%d rows under the generation's prefix, want none", n)
 	}
+	if got := w.storedCursor(); got != switched {
+		t.Fatalf("badger's cursor %+v after the applies, want the switch's %+v", got, switched)
+	}
+	applied := w.cur
 	w.reopen(true)
+	if w.cur != applied {
+		t.Fatalf("reopened at cursor %+v, want the last record's %+v", w.cur, applied)
+	}
 	w.check("reopened")
 	w.checkFiles("reopened")
-
-	w.chunk, w.g.wal.chunk = 0, 0
-	from := w.cur.Seq
-	must(t, w.apply(batch(100, 100)))
-	threshold := w.c.db.Opts().ValueThreshold
-	must(t, w.c.db.View(func(txn *badger.Txn) error {
-		return walItems(txn, walPrefix(w.g.base, w.cur.Gen), from, func(seq uint64, item *badger.Item) (bool, error) {
-			if item.ValueSize() >= threshold {
-				t.Errorf("WAL entry %d of %d bytes, at or above the ValueThreshold %d", seq, item.ValueSize(), threshold)
-			}
-			return true, nil
-		})
-	}))
+	// The epoch and the log id travel in the records.
+	next := w.cur
+	next.Epoch, next.LogID, next.Seq = next.Epoch+1, "another log", next.Seq+1
+	chs := []transport.Change{{Op: transport.OpPut, Key: []byte("e"), Value: []byte("1"), Seq: next.Seq}}
+	must(t, w.g.apply(next, chs))
+	w.res.apply(next, chs)
+	w.cur, w.model["e"] = next, "1"
+	w.reopen(true)
+	if w.cur != next {
+		t.Fatalf("reopened at cursor %+v, want %+v", w.cur, next)
+	}
+	w.check("reopened after a new epoch")
 }
 
 // The loaded replica equals the model after random batches, checkpoints
@@ -290,7 +326,6 @@ func TestWAL_RandomLoadEqualsModel(t *testing.T) {
 			t.Logf("REPLMESH_SEED=%d reproduces", seed)
 			rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 			w := newWALRig(t, 2<<10)
-			w.chunk, w.g.wal.chunk = 256, 256 // batches split too
 			w.transfer(map[string]string{"k0001": "x", "k0002": "y"})
 			ckpts := 0
 			for step := range 400 {
@@ -306,6 +341,13 @@ func TestWAL_RandomLoadEqualsModel(t *testing.T) {
 					w.check(fmt.Sprintf("step %d: reopened", step))
 					w.checkFiles(fmt.Sprintf("step %d: reopened", step))
 				case r < 10:
+					// The process dies while a batch's record is being
+					// written: a part of it is on disk; the batch was
+					// not applied.
+					w.tornApply(rng, randomBatch(rng, 300))
+					w.check(fmt.Sprintf("step %d: reopened after a torn record", step))
+					w.checkFiles(fmt.Sprintf("step %d: reopened after a torn record", step))
+				case r < 13:
 					// The next checkpoint dies at a random step; the
 					// process with it.
 					steps := []string{"written", "recorded", "old file deleted", "WAL deleted"}
@@ -344,6 +386,26 @@ func TestWAL_RandomLoadEqualsModel(t *testing.T) {
 	}
 }
 
+// tornApply writes the record of chs, cuts it at a random length short of
+// whole (a crash in its write: the batch was never published), reopens
+// and checks that the cursor is the one before the batch.
+func (w *walRig) tornApply(rng *rand.Rand, chs []transport.Change) {
+	t := w.t
+	t.Helper()
+	before, model := w.cur, maps.Clone(w.model)
+	must(t, w.apply(chs))
+	seg := w.g.wal.segs[len(w.g.wal.segs)-1].path
+	st, err := os.Stat(seg)
+	must(t, err)
+	rec := w.g.wal.entries[len(w.g.wal.entries)-1].bytes
+	must(t, os.Truncate(seg, st.Size()-1-rng.Int64N(rec)))
+	w.model = model
+	w.reopen(true)
+	if w.cur != before {
+		t.Fatalf("reopened after a torn record at %+v, want %+v", w.cur, before)
+	}
+}
+
 // A crash at any step of a checkpoint leaves a state that loads as the
 // model: before the record, the old file and the whole WAL; after it, the
 // new file and the WAL above its seq. The leftovers are deleted at the
@@ -356,6 +418,7 @@ func TestWAL_CheckpointCrash(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			w := newWALRig(t, math.MaxInt64)
+			w.seg, w.g.wal.seg = 4<<10, 4<<10
 			rows := map[string]string{}
 			for i := range 500 {
 				rows[fmt.Sprintf("k%04d", i)] = "v0"
@@ -390,15 +453,15 @@ func TestWAL_CheckpointCrash(t *testing.T) {
 			if recorded {
 				want = 10 // the leftovers of the killed one are gone
 			}
-			if n := countKeys(t, w.c, walPrefix(w.g.base, w.cur.Gen)); n != want {
-				t.Fatalf("%d WAL entries after the load, want %d", n, want)
+			if n := len(w.g.wal.entries); n != want {
+				t.Fatalf("%d WAL records above the file after the load, want %d", n, want)
 			}
 			for range 10 {
 				must(t, w.apply(randomBatch(rng, 600)))
 			}
 			must(t, w.g.checkpoint(w.res.view.Load(), nil))
-			if n := countKeys(t, w.c, walPrefix(w.g.base, w.cur.Gen)); n != 0 {
-				t.Fatalf("%d WAL entries after a checkpoint at the cursor, want none", n)
+			if n := len(w.g.wal.entries); n != 0 || len(w.g.wal.segs) != 1 {
+				t.Fatalf("%d WAL records above the file, %d segments after a checkpoint at the cursor, want none and the open one", n, len(w.g.wal.segs))
 			}
 			w.reopen(true)
 			w.check("reopened after the next checkpoint")
