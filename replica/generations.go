@@ -166,7 +166,15 @@ type genStore struct {
 
 func (g *genStore) standby() bool { return false }
 
-func (g *genStore) copies() int { return 1 } // a replica's rows
+// copies is 1 (a row per change), or 0 while the live generation is bulk:
+// its WAL's records go to files of its own, which applyWAL admits with the
+// disk guard itself.
+func (g *genStore) copies() int {
+	if g.wal.bulkLive {
+		return 0
+	}
+	return 1
+}
 
 func (g *genStore) load() (cursor, error) {
 	var cur cursor
@@ -205,6 +213,7 @@ func (g *genStore) load() (cursor, error) {
 		}
 		keep, keepGen = "", nil
 	}
+	g.wal.bulkLive = cur.Bulk
 	// Rows files no cursor or checkpoint names: a checkpoint's that a
 	// crash left unrecorded or replaced, or (data dirs of older versions)
 	// a converted generation's; WAL segments of a generation not live.
@@ -340,7 +349,7 @@ func (g *genStore) switchIn(old, next cursor) error {
 		g.wal.f = nil
 	}
 	g.wal.gen, g.wal.path, g.wal.fileBytes, g.wal.bytes, g.wal.entries, g.wal.retryAt = next.Gen, "", size, 0, nil, 0
-	g.wal.segs, g.wal.last = nil, next.Seq
+	g.wal.segs, g.wal.last, g.wal.bulkLive = nil, next.Seq, next.Bulk
 	if next.Bulk {
 		g.wal.path = g.c.bulkPath(genPrefix(g.base, next.Gen))
 	}

@@ -16,6 +16,7 @@ import (
 	"unsafe"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/replmesh/replmesh/internal/diskguard"
 	"github.com/replmesh/replmesh/transport"
 	"github.com/tidwall/btree"
 )
@@ -274,9 +275,14 @@ func (g *genStore) applyWAL(next cursor, chs []transport.Change) error {
 // Run by the stream goroutine only.
 func (g *genStore) appendWAL(next cursor, chs []transport.Change) (int64, error) {
 	w := &g.wal
-	if w.f != nil && w.size >= g.segmentBytes() {
-		if err := g.closeSegment(); err != nil {
-			return 0, err
+	if w.f != nil {
+		g.mu.Lock()
+		full := w.size >= g.segmentBytes()
+		g.mu.Unlock()
+		if full {
+			if err := g.closeSegment(); err != nil {
+				return 0, err
+			}
 		}
 	}
 	if w.f == nil {
@@ -295,6 +301,10 @@ func (g *genStore) appendWAL(next cursor, chs []transport.Change) (int64, error)
 	}
 	rec, err := appendWALRecord(w.buf[:0], w.last, next, chs)
 	if err != nil {
+		return 0, err
+	}
+	// The record, not badger, takes the disk (copies is 0).
+	if err := g.c.disk.Admit(walCost(len(rec))); err != nil {
 		return 0, err
 	}
 	if cap(rec) <= 1<<20 {
@@ -323,13 +333,32 @@ func (g *genStore) appendWAL(next cursor, chs []transport.Change) (int64, error)
 	return int64(len(rec)), nil
 }
 
-// walWriteErr wraps a failed WAL write: a full disk as the disk guard's
-// DiskFullError, so that the replica backs off until space returns.
+// walWriteErr wraps a failed WAL write. A full disk (the guard admitted
+// the write on a measure that other writers made stale) has the guard
+// measure again, which then refuses writes (and says so in its metric)
+// until space returns; the error is a DiskFullError either way, so that
+// the replica backs off.
 func walWriteErr(c *Component, err error) error {
 	if errors.Is(err, syscall.ENOSPC) {
+		c.disk.Refresh()
+		if ferr := c.disk.Admit(diskguard.Cost{}); ferr != nil {
+			return errors.Join(ferr, err)
+		}
 		return &DiskFullError{Dir: c.cfg.DataDir, Err: err}
 	}
 	return fmt.Errorf("write WAL: %w", err)
+}
+
+// walCost is what the disk guard counts for a WAL record of n bytes: its
+// bytes, as entries small enough that the guard prepares no value log
+// space for them (none goes to badger).
+func walCost(n int) diskguard.Cost {
+	const piece = diskguard.ValueThreshold / 2
+	var w diskguard.Cost
+	for ; n > 0; n -= piece {
+		w.Add(0, min(n, piece), 1)
+	}
+	return w
 }
 
 // closeSegment fsyncs and closes the open segment, if any (the stream
@@ -375,6 +404,8 @@ type walState struct {
 	size int64    // its bytes, all whole records
 	last uint64   // the seq of the WAL's last record (or its base)
 	buf  []byte   // a record being built
+	// bulkLive: the live generation is bulk (copies).
+	bulkLive bool
 	// min overrides walMinBytes, seg the segments' size, write the
 	// records' write (tests); hook, when set, is called at the steps of
 	// a checkpoint and stops it there on an error (tests: a crash between

@@ -10,10 +10,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"syscall"
 	"testing"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/replmesh/replmesh/transport"
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 // walRig is a durable resident replica's store driven directly: the
@@ -585,4 +587,197 @@ func TestWAL_LoadsTheOverlayFormat(t *testing.T) {
 			w.checkFiles("checkpointed overlay reopened")
 		})
 	}
+}
+
+// A record cut at any byte, or with any byte of it changed, ends the WAL
+// before it: the load takes the record before it as the cursor and
+// truncates the segment there.
+func TestWAL_TornTail(t *testing.T) {
+	w := newWALRig(t, math.MaxInt64)
+	w.transfer(map[string]string{"a": "1"})
+	rng := rand.New(rand.NewPCG(11, 12))
+	for range 10 {
+		must(t, w.apply(randomBatch(rng, 50)))
+	}
+	before := w.cur
+	must(t, w.apply(randomBatch(rng, 50)))
+	seg := w.g.wal.segs[len(w.g.wal.segs)-1].path
+	full, err := os.ReadFile(seg)
+	must(t, err)
+	whole := int64(len(full)) - w.g.wal.entries[len(w.g.wal.entries)-1].bytes
+	base := w.storedCursor().Seq
+	load := func(what string, b []byte) {
+		t.Helper()
+		must(t, os.WriteFile(seg, b, 0o644))
+		ld, err := w.c.walScan(w.g.log, genPrefix(w.g.base, w.cur.Gen), w.cur.Gen, base, true, nil)
+		must(t, err)
+		if !ld.ok || ld.cur != before {
+			t.Fatalf("%s: loaded cursor %+v (%v), want %+v", what, ld.cur, ld.ok, before)
+		}
+		st, err := os.Stat(seg)
+		must(t, err)
+		if st.Size() != whole {
+			t.Fatalf("%s: segment of %d bytes after the load, want %d", what, st.Size(), whole)
+		}
+	}
+	for cut := whole; cut < int64(len(full)); cut++ {
+		load(fmt.Sprintf("cut at %d", cut), full[:cut])
+	}
+	for at := whole; at < int64(len(full)); at++ {
+		b := bytes.Clone(full)
+		b[at] ^= 0x5a
+		load(fmt.Sprintf("byte %d changed", at), b)
+	}
+	load("a record's length of zeros after it", append(bytes.Clone(full[:whole]), make([]byte, 100)...))
+	// The whole load: the batch is gone, the rest is there.
+	must(t, os.WriteFile(seg, full[:whole+7], 0o644))
+	w.reopen(true)
+	if w.cur != before {
+		t.Fatalf("reopened at %+v, want %+v", w.cur, before)
+	}
+	must(t, w.apply(randomBatch(rng, 50))) // continues the chain
+	w.model = map[string]string{}
+	must(t, w.res.view.Load().walk(func(k, v []byte) (bool, error) { w.model[string(k)] = string(v); return true, nil }))
+	w.reopen(true)
+	w.check("reopened after a batch past the torn one")
+}
+
+// The chain across segments: a segment whose end is torn is truncated and
+// the next one read on when its records follow; a record that does not
+// follow ends the WAL, and the segments after it are deleted.
+func TestWAL_SegmentsChain(t *testing.T) {
+	w := newWALRig(t, math.MaxInt64)
+	w.seg, w.g.wal.seg = 1<<10, 1<<10
+	w.transfer(map[string]string{"a": "1"})
+	rng := rand.New(rand.NewPCG(13, 14))
+	models := map[uint64]map[string]string{}
+	for range 40 {
+		must(t, w.apply(randomBatch(rng, 50)))
+		models[w.cur.Seq] = maps.Clone(w.model)
+	}
+	if len(w.g.wal.segs) < 4 {
+		t.Fatalf("%d segments", len(w.g.wal.segs))
+	}
+	// Garbage at the end of the first segment: what a failed write that
+	// could not be truncated leaves.
+	first := w.g.wal.segs[0].path
+	f, err := os.OpenFile(first, os.O_WRONLY|os.O_APPEND, 0)
+	must(t, err)
+	_, err = f.Write([]byte{0, 0, 0, 9, 1, 2, 3})
+	must(t, errors.Join(err, f.Close()))
+	end := w.cur
+	w.reopen(true)
+	if w.cur != end {
+		t.Fatalf("reopened at %+v past a torn segment end, want %+v", w.cur, end)
+	}
+	w.check("reopened past a torn segment end")
+	// A changed byte in the third segment's first record: the WAL ends
+	// at the second segment's last record.
+	segs := slices.Clone(w.g.wal.segs)
+	b, err := os.ReadFile(segs[2].path)
+	must(t, err)
+	b[walRecHeader+3] ^= 1
+	must(t, os.WriteFile(segs[2].path, b, 0o644))
+	w.reopen(true)
+	if w.cur.Seq != segs[1].last {
+		t.Fatalf("reopened at seq %d after a corrupt record, want %d", w.cur.Seq, segs[1].last)
+	}
+	w.model = models[w.cur.Seq]
+	w.check("reopened after a corrupt record")
+	w.checkFiles("reopened after a corrupt record")
+	for _, s := range segs[3:] {
+		if _, err := os.Stat(s.path); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("segment %s after the WAL's end: %v", filepath.Base(s.path), err)
+		}
+	}
+}
+
+// A record's write that fails (the disk full) leaves nothing of it: the
+// apply fails with ErrDiskFull, the segment is as before, and the next
+// apply continues from the seq before it.
+func TestWAL_WriteFailureTruncates(t *testing.T) {
+	w := newWALRig(t, math.MaxInt64)
+	w.transfer(map[string]string{"a": "1"})
+	rng := rand.New(rand.NewPCG(15, 16))
+	for range 5 {
+		must(t, w.apply(randomBatch(rng, 50)))
+	}
+	seg := w.g.wal.segs[len(w.g.wal.segs)-1].path
+	st, err := os.Stat(seg)
+	must(t, err)
+	before := w.cur
+	w.g.wal.write = func(f *os.File, b []byte) (int, error) {
+		n, err := f.Write(b[:len(b)/2])
+		return n, errors.Join(err, syscall.ENOSPC)
+	}
+	if err := w.apply(randomBatch(rng, 50)); !errors.Is(err, ErrDiskFull) {
+		t.Fatalf("apply on a full disk: %v, want ErrDiskFull", err)
+	}
+	w.cur = before // the rig's seqs
+	if st2, err := os.Stat(seg); err != nil || st2.Size() != st.Size() {
+		t.Fatalf("segment after the failed write: %v, %v bytes; want %d", err, st2.Size(), st.Size())
+	}
+	w.g.wal.write = nil
+	for range 5 {
+		must(t, w.apply(randomBatch(rng, 50)))
+	}
+	end := w.cur
+	w.reopen(true)
+	if w.cur != end {
+		t.Fatalf("reopened at %+v, want %+v", w.cur, end)
+	}
+	w.check("reopened after a failed write")
+}
+
+// A record that decodes re-encodes to the same bytes; none panics.
+func FuzzDecodeWALRecord(f *testing.F) {
+	rec, err := appendWALRecord(nil, 7, cursor{LogID: "l", Epoch: 2, Seq: 9, Gen: 3, Bulk: true}, []transport.Change{{Op: transport.OpPut, Key: []byte("a"), Value: []byte("1")}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(rec[walRecHeader:])
+	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 1, 0})
+	f.Fuzz(func(t *testing.T, p []byte) {
+		rec, err := decodeWALRecord(p)
+		if err != nil {
+			return
+		}
+		chs, err := decodeAllWAL(rec.batch)
+		if err != nil {
+			t.Fatalf("a decoded record's batch: %v", err)
+		}
+		again, err := appendWALRecord(nil, rec.prev, rec.cur, chs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := decodeWALRecord(again[walRecHeader:])
+		if err != nil || back.prev != rec.prev || back.cur != rec.cur {
+			t.Fatalf("re-encoded: %+v, %v; want %+v", back, err, rec)
+		}
+		chs2, err := decodeAllWAL(back.batch)
+		if err != nil || !sameChanges(chs, chs2) {
+			t.Fatalf("re-encoded changes: %v", err)
+		}
+	})
+}
+
+// durableCursor is the cursor a load of the replica at base would find:
+// badger's, or for a bulk generation the WAL's last record's above it.
+func durableCursor(c *Component, base string) (cursor, error) {
+	var cur cursor
+	err := c.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(cursorKey(base))
+		if err != nil {
+			return err
+		}
+		return item.Value(func(v []byte) error { return msgpack.Unmarshal(v, &cur) })
+	})
+	if err != nil || !cur.Bulk {
+		return cur, err
+	}
+	ld, err := c.walScan(c.log, genPrefix(base, cur.Gen), cur.Gen, cur.Seq, false, nil)
+	if ld.ok {
+		cur = ld.cur
+	}
+	return cur, err
 }
