@@ -315,77 +315,70 @@ func TestWAL_ApplyWritesARecordPerBatch(t *testing.T) {
 }
 
 // The loaded replica equals the model after random batches, checkpoints
-// (some cut short by a crash at one of their steps), full transfers and
-// reopens; and so does the disk-only conversion at the end.
+// (some cut short by a crash at one of their steps), records torn by a
+// crash in their write, full transfers and reopens; and so does the
+// disk-only conversion at the end.
 func TestWAL_RandomLoadEqualsModel(t *testing.T) {
-	seed, fixed := testSeed(t)
-	seeds := []uint64{seed}
-	if !fixed {
-		seeds = append(seeds, seed+1, seed+2)
-	}
-	for _, seed := range seeds {
-		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
-			t.Logf("REPLMESH_SEED=%d reproduces", seed)
-			rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-			w := newWALRig(t, 2<<10)
-			w.transfer(map[string]string{"k0001": "x", "k0002": "y"})
-			ckpts := 0
-			for step := range 400 {
-				switch r := rng.IntN(100); {
-				case r < 2:
-					rows := map[string]string{}
-					for range rng.IntN(200) {
-						rows[fmt.Sprintf("k%04d", rng.IntN(300))] = fmt.Sprintf("t%d", step)
+	forSeeds(t, func(t *testing.T, seed uint64) {
+		rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+		w := newWALRig(t, 2<<10)
+		w.transfer(map[string]string{"k0001": "x", "k0002": "y"})
+		ckpts := 0
+		for step := range 400 {
+			switch r := rng.IntN(100); {
+			case r < 2:
+				rows := map[string]string{}
+				for range rng.IntN(200) {
+					rows[fmt.Sprintf("k%04d", rng.IntN(300))] = fmt.Sprintf("t%d", step)
+				}
+				w.transfer(rows)
+			case r < 7:
+				w.reopen(true)
+				w.check(fmt.Sprintf("step %d: reopened", step))
+				w.checkFiles(fmt.Sprintf("step %d: reopened", step))
+			case r < 10:
+				// The process dies while a batch's record is being
+				// written: a part of it is on disk; the batch was
+				// not applied.
+				w.tornApply(rng, randomBatch(rng, 300))
+				w.check(fmt.Sprintf("step %d: reopened after a torn record", step))
+				w.checkFiles(fmt.Sprintf("step %d: reopened after a torn record", step))
+			case r < 13:
+				// The next checkpoint dies at a random step; the
+				// process with it.
+				steps := []string{"written", "recorded", "old file deleted", "WAL deleted"}
+				kill := steps[rng.IntN(len(steps))]
+				killed := false
+				w.g.wal.hook = func(s string) error {
+					if s == kill {
+						killed = true
+						return errKill
 					}
-					w.transfer(rows)
-				case r < 7:
-					w.reopen(true)
-					w.check(fmt.Sprintf("step %d: reopened", step))
-					w.checkFiles(fmt.Sprintf("step %d: reopened", step))
-				case r < 10:
-					// The process dies while a batch's record is being
-					// written: a part of it is on disk; the batch was
-					// not applied.
-					w.tornApply(rng, randomBatch(rng, 300))
-					w.check(fmt.Sprintf("step %d: reopened after a torn record", step))
-					w.checkFiles(fmt.Sprintf("step %d: reopened after a torn record", step))
-				case r < 13:
-					// The next checkpoint dies at a random step; the
-					// process with it.
-					steps := []string{"written", "recorded", "old file deleted", "WAL deleted"}
-					kill := steps[rng.IntN(len(steps))]
-					killed := false
-					w.g.wal.hook = func(s string) error {
-						if s == kill {
-							killed = true
-							return errKill
-						}
-						return nil
-					}
-					for !killed {
-						must(t, w.apply(randomBatch(rng, 300)))
-					}
-					w.reopen(true)
-					w.check(fmt.Sprintf("step %d: reopened after a checkpoint killed at %q", step, kill))
-					w.checkFiles(fmt.Sprintf("step %d: reopened after a kill", step))
-				default:
+					return nil
+				}
+				for !killed {
 					must(t, w.apply(randomBatch(rng, 300)))
-					w.check(fmt.Sprintf("step %d", step))
 				}
-				if w.g.wal.path != w.c.bulkPath(genPrefix(w.g.base, w.cur.Gen)) {
-					ckpts++
-				}
+				w.reopen(true)
+				w.check(fmt.Sprintf("step %d: reopened after a checkpoint killed at %q", step, kill))
+				w.checkFiles(fmt.Sprintf("step %d: reopened after a kill", step))
+			default:
+				must(t, w.apply(randomBatch(rng, 300)))
+				w.check(fmt.Sprintf("step %d", step))
 			}
-			if ckpts == 0 {
-				t.Fatal("no checkpoint was recorded")
+			if w.g.wal.path != w.c.bulkPath(genPrefix(w.g.base, w.cur.Gen)) {
+				ckpts++
 			}
-			w.reopen(true)
-			w.check("reopened at the end")
-			w.reopen(false)
-			w.check("converted to disk only")
-			w.checkFiles("converted to disk only")
-		})
-	}
+		}
+		if ckpts == 0 {
+			t.Fatal("no checkpoint was recorded")
+		}
+		w.reopen(true)
+		w.check("reopened at the end")
+		w.reopen(false)
+		w.check("converted to disk only")
+		w.checkFiles("converted to disk only")
+	})
 }
 
 // tornApply writes the record of chs, cuts it at a random length short of
@@ -589,16 +582,23 @@ func TestWAL_LoadsTheOverlayFormat(t *testing.T) {
 	}
 }
 
+// newWALRigApplied is a rig after a transfer and batches random batches
+// (the random source seeded with seed, returned).
+func newWALRigApplied(t *testing.T, batches int, seed uint64) (*walRig, *rand.Rand) {
+	w := newWALRig(t, math.MaxInt64)
+	w.transfer(map[string]string{"a": "1"})
+	rng := rand.New(rand.NewPCG(seed, seed+1))
+	for range batches {
+		must(t, w.apply(randomBatch(rng, 50)))
+	}
+	return w, rng
+}
+
 // A record cut at any byte, or with any byte of it changed, ends the WAL
 // before it: the load takes the record before it as the cursor and
 // truncates the segment there.
 func TestWAL_TornTail(t *testing.T) {
-	w := newWALRig(t, math.MaxInt64)
-	w.transfer(map[string]string{"a": "1"})
-	rng := rand.New(rand.NewPCG(11, 12))
-	for range 10 {
-		must(t, w.apply(randomBatch(rng, 50)))
-	}
+	w, rng := newWALRigApplied(t, 10, 11)
 	before := w.cur
 	must(t, w.apply(randomBatch(rng, 50)))
 	seg := w.g.wal.segs[len(w.g.wal.segs)-1].path
@@ -696,12 +696,7 @@ func TestWAL_SegmentsChain(t *testing.T) {
 // apply fails with ErrDiskFull, the segment is as before, and the next
 // apply continues from the seq before it.
 func TestWAL_WriteFailureTruncates(t *testing.T) {
-	w := newWALRig(t, math.MaxInt64)
-	w.transfer(map[string]string{"a": "1"})
-	rng := rand.New(rand.NewPCG(15, 16))
-	for range 5 {
-		must(t, w.apply(randomBatch(rng, 50)))
-	}
+	w, rng := newWALRigApplied(t, 5, 15)
 	seg := w.g.wal.segs[len(w.g.wal.segs)-1].path
 	st, err := os.Stat(seg)
 	must(t, err)
