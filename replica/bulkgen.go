@@ -27,8 +27,8 @@ import (
 // time and memory), and builds the resident tree from the same rows. The
 // cursor names such a generation with Bulk set: its rows are the file's,
 // then the changes applied since, which its write-ahead log holds
-// (wal.go: one badger entry per applied batch, checkpointed into a new
-// rows file now and then). Data dirs of older versions hold those changes
+// (wal.go: one record per applied batch in segment files beside the rows
+// file, checkpointed into a new rows file now and then). Data dirs of older versions hold those changes
 // as the generation's overlay instead: badger rows under its prefix (a put
 // set the row, a delete a tombstone, an empty entry with UserMeta
 // metaTombstone, since the file may hold the key), read after the file and

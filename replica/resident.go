@@ -28,8 +28,8 @@ import (
 // A replica in a component without a data dir holds nothing anywhere else
 // (memStore). A durable replica keeps its rows on disk (genStore: a rows
 // file and a write-ahead log of the batches since, bulkgen.go and wal.go;
-// each batch's WAL entries and the cursor in one transaction, so the
-// cursor is never ahead of the data) and, after each commit, in memory; it
+// each batch one record that holds the cursor after it, so the cursor is
+// never ahead of the data) and, after each commit, in memory; it
 // reads only memory, and loads the rows from disk when it opens. A replica
 // subscribed with SubscribeOptions.DiskOnly holds nothing in memory and
 // reads badger.

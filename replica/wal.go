@@ -110,11 +110,11 @@ func appendWALBatch(b []byte, chs []transport.Change) []byte {
 	return b
 }
 
-// decodeWALBatch calls fn for each change of the WAL entry b, in order;
+// decodeWALBatch calls fn for each change of the encoded batch b, in order;
 // the slices point into b.
 func decodeWALBatch(b []byte, fn func(op transport.Op, key, value []byte) error) error {
 	if len(b) < 1 || b[0] != walFormat {
-		return errors.New("not a WAL entry")
+		return errors.New("not an encoded batch")
 	}
 	b = b[1:]
 	uv := func() (int, error) {
