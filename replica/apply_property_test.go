@@ -13,9 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
 	"github.com/replmesh/replmesh/transport"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // newTestReplica builds a Replica as Component.Subscribe does
@@ -543,14 +541,7 @@ func (p *propRun) check(what string) {
 		}
 	}
 	// The durable cursor matches the in-memory one.
-	var dc cursor
-	err := p.c.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(cursorKey(r.base))
-		if err != nil {
-			return err
-		}
-		return item.Value(func(v []byte) error { return msgpack.Unmarshal(v, &dc) })
-	})
+	dc, err := durableCursor(p.c, r.base)
 	if err != nil {
 		t.Fatalf("%s: read durable cursor: %v", what, err)
 	}

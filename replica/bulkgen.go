@@ -12,8 +12,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/replmesh/replmesh/transport"
 	"github.com/tidwall/btree"
 )
 
@@ -24,18 +26,22 @@ import (
 // memtables, table builders, compactions: most of a durable transfer's
 // time and memory), and builds the resident tree from the same rows. The
 // cursor names such a generation with Bulk set: its rows are the file's,
-// overlaid by the rows under the generation's badger prefix, which the
-// changes applied since write (genStore.apply: a put sets the row, a delete
-// sets a tombstone, an empty entry with UserMeta metaTombstone, since the
-// file may hold the key). Only loadResident reads a bulk generation, and
+// then the changes applied since, which its write-ahead log holds
+// (wal.go: one record per applied batch in segment files beside the rows
+// file, checkpointed into a new rows file now and then). Data dirs of older versions hold those changes
+// as the generation's overlay instead: badger rows under its prefix (a put
+// set the row, a delete a tombstone, an empty entry with UserMeta
+// metaTombstone, since the file may hold the key), read after the file and
+// before the WAL. Only loadResident reads a bulk generation, and
 // convertBulk, which writes it into badger alone when the replica is
 // subscribed DiskOnly later.
 //
 // The file lives in <DataDir>/rows/, named by the hex of the generation's
-// prefix, so the dropper deletes it with the generation's keys (the drop
-// marker names the prefix). It is fsynced before the switch commits; a
-// crash before the commit leaves the stage marker, and the staged
-// generation, file included, is dropped at the next Subscribe.
+// prefix (a checkpoint's adds its seq: ckptPath), so the dropper deletes
+// it with the generation's keys (the drop marker names the prefix). It is
+// fsynced before the switch commits; a crash before the commit leaves the
+// stage marker, and the staged generation, file included, is dropped at
+// the next Subscribe.
 //
 // Format: bulkMagic, then per row uvarint(len(key)) uvarint(len(value))
 // key value, then a uvarint 0 (keys are never empty), the row count
@@ -59,13 +65,26 @@ func (c *Component) bulkPath(prefix []byte) string {
 	return filepath.Join(c.cfg.DataDir, bulkDir, hex.EncodeToString(prefix)+".rows")
 }
 
-// removeBulk deletes the file of the generation at prefix, if any.
+// removeBulk deletes the files of the generation at prefix, if any: the
+// transfer's, its checkpoints' (ckptPath) and its WAL's segments.
 func (c *Component) removeBulk(prefix []byte) error {
 	if c.cfg.DataDir == "" {
 		return nil
 	}
-	if err := os.Remove(c.bulkPath(prefix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	// Its rows files and its WAL's segments (walseg.go).
+	paths, err := filepath.Glob(strings.TrimSuffix(c.bulkPath(prefix), ".rows") + "*.rows")
+	if err != nil {
 		return err
+	}
+	segs, err := c.walSegPaths(prefix)
+	if err != nil {
+		return err
+	}
+	paths = append(paths, segs...)
+	for _, p := range paths {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
 	}
 	return nil
 }
@@ -335,69 +354,118 @@ func overlay(txn *badger.Txn, prefix []byte, fn func(k, v []byte, deleted bool) 
 	return nil
 }
 
-// loadBulk reads the bulk generation at prefix (its file, then its
-// overlay in txn) into rows and returns their key+value bytes.
-func (c *Component) loadBulk(txn *badger.Txn, prefix []byte, rows *btree.BTreeG[resRow]) (int64, error) {
+// loadBulk reads the bulk generation cur names (its rows file, then, as
+// long as no checkpoint holds it, the overlay of an old data dir, then its
+// WAL up to the cursor; wal.go) into rows and returns their key+value
+// bytes.
+func (c *Component) loadBulk(txn *badger.Txn, base string, cur cursor, rows *btree.BTreeG[resRow]) (int64, error) {
+	path, from, cover, err := c.bulkSource(txn, base, cur)
+	if err != nil {
+		return 0, err
+	}
 	var n int64
-	err := readBulk(c.bulkPath(prefix), func(k, v []byte) error {
+	err = readBulk(path, func(k, v []byte) error {
 		n += loadRow(rows, k, v)
 		return nil
 	})
 	if err != nil {
 		return 0, err
 	}
-	err = overlay(txn, prefix, func(k, v []byte, deleted bool) error {
+	if !cover {
+		if err := loadOverlay(txn, genPrefix(base, cur.Gen), rows, &n); err != nil {
+			return 0, err
+		}
+	}
+	if err := c.replayInto(base, cur, from, rows, &n); err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+// loadOverlay applies the overlay at prefix in txn to rows, keeping n,
+// their key+value bytes.
+func loadOverlay(txn *badger.Txn, prefix []byte, rows *btree.BTreeG[resRow], n *int64) error {
+	return overlay(txn, prefix, func(k, v []byte, deleted bool) error {
 		if deleted {
 			if old, had := rows.Delete(searchRow(k)); had {
-				n -= rowBytes(old)
+				*n -= rowBytes(old)
 			}
 			return nil
 		}
 		row := ownRow(k, v)
 		if old, had := rows.Set(row); had {
-			n -= rowBytes(old)
+			*n -= rowBytes(old)
 		}
-		n += rowBytes(row)
+		*n += rowBytes(row)
 		return nil
 	})
-	return n, err
 }
 
-// convertBulk writes the bulk generation cur names into badger alone (the
-// file's rows that the overlay does not replace, then the tombstones
-// deleted) and then clears the cursor's Bulk: a replica subscribed
-// DiskOnly reads badger only. Interrupted, it is run again at the next
-// Subscribe: the file is deleted only after the cursor no longer names it
-// (genStore.load deletes a file left behind), and the rows it wrote hold
-// the file's values, so they read as overlay entries equal to the file.
+// convertBulk writes the rows of the bulk generation cur names into a
+// fresh generation in badger alone and switches the cursor to it (Bulk
+// cleared), as a full transfer does: a replica subscribed DiskOnly reads
+// badger only. The rows are the file's, but for the keys the overlay (an
+// old data dir's) or the WAL changed since, which take their last value
+// or are left out. Interrupted, it leaves the bulk generation live and
+// the fresh one staged (dropped at the next Subscribe, which converts
+// again).
 func (g *genStore) convertBulk(cur cursor) (cursor, error) {
 	c := g.c
 	prefix := genPrefix(g.base, cur.Gen)
-	txn := c.db.NewTransaction(false)
-	// The overlay's keys, so that the file's rows do not replace them.
-	shadow := map[string]bool{}
-	err := overlay(txn, prefix, func(k, _ []byte, deleted bool) error {
-		shadow[string(k)] = deleted
-		return nil
+	type last struct {
+		value   []byte
+		deleted bool
+	}
+	changed := map[string]last{}
+	var path string
+	var stage uint64
+	err := c.db.View(func(txn *badger.Txn) error {
+		from, cover, err := uint64(0), false, error(nil)
+		if path, from, cover, err = c.bulkSource(txn, g.base, cur); err != nil {
+			return err
+		}
+		if stage, err = readStage(txn, g.base); err != nil {
+			return err
+		}
+		if !cover {
+			err := overlay(txn, prefix, func(k, v []byte, deleted bool) error {
+				changed[string(k)] = last{bytes.Clone(v), deleted}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return c.replayWAL(prefix, cur.Gen, from, cur.Seq, func(op transport.Op, k, v []byte) error {
+			changed[string(k)] = last{bytes.Clone(v), op == transport.OpDelete}
+			return nil
+		})
 	})
-	txn.Discard()
 	if err != nil {
 		return cur, err
 	}
+	gen := max(stage, cur.Gen) + 1
+	err = c.db.Update(func(txn *badger.Txn) error {
+		return txn.Set(stageKey(g.base), binary.BigEndian.AppendUint64(nil, gen))
+	})
+	if err != nil {
+		return cur, err
+	}
+	to := genPrefix(g.base, gen)
 	wb := c.db.NewWriteBatch()
 	defer wb.Cancel()
-	err = readBulk(c.bulkPath(prefix), func(k, v []byte) error {
-		if _, ok := shadow[string(k)]; ok {
+	err = readBulk(path, func(k, v []byte) error {
+		if _, ok := changed[string(k)]; ok {
 			return nil
 		}
-		return wb.Set(concat(prefix, k), bytes.Clone(v))
+		return wb.Set(concat(to, k), bytes.Clone(v))
 	})
 	if err != nil {
 		return cur, err
 	}
-	for k, deleted := range shadow {
-		if deleted {
-			if err := wb.Delete(concat(prefix, []byte(k))); err != nil {
+	for k, l := range changed {
+		if !l.deleted {
+			if err := wb.Set(concat(to, []byte(k)), l.value); err != nil {
 				return cur, err
 			}
 		}
@@ -406,13 +474,10 @@ func (g *genStore) convertBulk(cur cursor) (cursor, error) {
 		return cur, err
 	}
 	next := cur
-	next.Bulk = false
-	if err := writeCursor(c.db, g.base, next); err != nil {
+	next.Gen, next.Bulk = gen, false
+	if err := g.switchIn(cur, next); err != nil {
 		return cur, err
 	}
-	if err := c.removeBulk(prefix); err != nil {
-		g.log.Warn("delete a converted rows file", "err", err)
-	}
-	g.log.Info("replica converted to disk only", "gen", cur.Gen, "rows_file", filepath.Base(c.bulkPath(prefix)))
+	g.log.Info("replica converted to disk only", "gen", gen, "rows_file", filepath.Base(path))
 	return next, nil
 }

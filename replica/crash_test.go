@@ -261,6 +261,9 @@ func crashWrite(ctx context.Context, tbl *OwnedTable, bulk uint64, stop <-chan s
 }
 
 func crashConsumerChild(t *testing.T, logger *slog.Logger, dir, addr string, sigs <-chan os.Signal) {
+	// The resident replica's WAL is checkpointed every 64 KiB,
+	// so that the kills land in checkpoints too (wal.go).
+	walCheckpointAt = func(int64) int64 { return 64 << 10 }
 	cfg := LocalConfig("products", "consumer")
 	cfg.DataDir, cfg.ListenAddr, cfg.Logger = dir, "", logger
 	c, err := Open(context.Background(), cfg)
@@ -756,21 +759,25 @@ func (h *crashHarness) verifyDirs(head uint64) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A resident replica's generation is a rows file overlaid by the
-	// changes since (bulkgen.go): its badger rows are that overlay, and
-	// the only rows file is its own.
+	// A resident replica's generation is a rows file (the transfer's or a
+	// checkpoint's) and the WAL of the changes since (bulkgen.go, wal.go):
+	// it has no badger rows, and the only rows file is its live one.
 	files, err := filepath.Glob(filepath.Join(h.consDir, bulkDir, "*"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	switch {
 	case r.cur.Bulk:
-		if want := []string{cc.bulkPath(genPrefix(replicaBase("stores", crashTable), r.cur.Gen))}; !slices.Equal(files, want) {
+		// The live rows file, and the live generation's WAL segments.
+		segs, err := cc.walSegPaths(genPrefix(r.base, r.cur.Gen))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := slices.Sorted(slices.Values(append(segs, r.sink.(*genStore).wal.path))); !slices.Equal(files, want) {
 			t.Fatalf("rows files %q, want only %q", files, want)
 		}
-		delete(gens, r.cur.Gen)
 		if len(gens) != 0 {
-			t.Fatalf("replica rows by generation %v, want only generation %d's", gens, r.cur.Gen)
+			t.Fatalf("replica rows by generation %v, want none", gens)
 		}
 	case len(gens) != 1 || gens[r.cur.Gen] != int(owner.Rows) || len(files) != 0:
 		t.Fatalf("replica rows by generation %v, rows files %q; want only generation %d with %d rows", gens, files, r.cur.Gen, owner.Rows)

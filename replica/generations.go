@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"sync"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/replmesh/replmesh/internal/diskguard"
@@ -157,11 +159,22 @@ type genStore struct {
 	// transfer writes a bulk generation (bulkgen.go); else the rows go
 	// through a WriteBatch into badger, which serves its reads.
 	bulk bool
+	// mu guards wal, which the stream goroutine and a checkpoint share.
+	mu  sync.Mutex
+	wal walState
 }
 
 func (g *genStore) standby() bool { return false }
 
-func (g *genStore) copies() int { return 1 } // a replica's rows
+// copies is 1 (a row per change), or 0 while the live generation is bulk:
+// its WAL's records go to files of its own, which applyWAL admits with the
+// disk guard itself.
+func (g *genStore) copies() int {
+	if g.wal.bulkLive {
+		return 0
+	}
+	return 1
+}
 
 func (g *genStore) load() (cursor, error) {
 	var cur cursor
@@ -184,19 +197,28 @@ func (g *genStore) load() (cursor, error) {
 	if err != nil {
 		return cursor{}, err
 	}
+	keep, keepGen := "", []byte(nil)
+	if cur.Bulk {
+		// The WAL's last record is the cursor (wal.go).
+		if cur, err = g.loadWAL(cur); err != nil {
+			return cursor{}, err
+		}
+		keep, keepGen = g.wal.path, genPrefix(g.base, cur.Gen)
+	}
 	if cur.Bulk && !g.bulk {
 		// Subscribed DiskOnly now: reads go to badger, which must hold
 		// every row.
 		if cur, err = g.convertBulk(cur); err != nil {
 			return cursor{}, fmt.Errorf("convert a resident replica's rows file for a disk-only subscription: %w", err)
 		}
+		keep, keepGen = "", nil
 	}
-	if !cur.Bulk && cur.LogID != "" {
-		// A conversion that stopped between its cursor and the file's
-		// deletion left the file behind.
-		if err := g.c.removeBulk(genPrefix(g.base, cur.Gen)); err != nil {
-			return cursor{}, err
-		}
+	g.wal.bulkLive = cur.Bulk
+	// Rows files no cursor or checkpoint names: a checkpoint's that a
+	// crash left unrecorded or replaced, or (data dirs of older versions)
+	// a converted generation's; WAL segments of a generation not live.
+	if err := g.sweepFiles(keep, keepGen); err != nil {
+		return cursor{}, err
 	}
 	if cur.LogID != "" {
 		g.log.Info("replica loaded", "log_id", cur.LogID, "seq", cur.Seq, "epoch", cur.Epoch)
@@ -279,11 +301,26 @@ func writeCursor(db *badger.DB, base string, cur cursor) error {
 	return db.Update(func(txn *badger.Txn) error { return txn.Set(cursorKey(base), b) })
 }
 
+func marshalCursor(cur cursor) ([]byte, error) { return msgpack.Marshal(&cur) }
+
 // switchIn writes the new cursor, ends the staging and schedules the old
-// generation for deletion, in one transaction.
+// generation (its rows, files and WAL) for deletion, in one transaction;
+// the checkpoint record, which names the old generation, goes with it. A
+// checkpoint of the old generation under way then records nothing
+// (genStore.mu orders it with the switch).
 func (g *genStore) switchIn(old, next cursor) error {
-	return g.c.db.Update(func(txn *badger.Txn) error {
-		b, err := msgpack.Marshal(&next)
+	var size int64
+	if next.Bulk {
+		st, err := os.Stat(g.c.bulkPath(genPrefix(g.base, next.Gen)))
+		if err != nil {
+			return err
+		}
+		size = st.Size()
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	err := g.c.db.Update(func(txn *badger.Txn) error {
+		b, err := marshalCursor(next)
 		if err != nil {
 			return err
 		}
@@ -294,16 +331,38 @@ func (g *genStore) switchIn(old, next cursor) error {
 			return err
 		}
 		if old.Gen != next.Gen {
+			if err := txn.Delete(ckptKey(g.base)); err != nil {
+				return err
+			}
+			// Its rows, files and WAL segments (removeBulk).
 			return txn.Set(dropMarker(genPrefix(g.base, old.Gen)), nil)
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	// The old generation's open segment: the dropper deletes it; the new
+	// generation's first record starts a segment of its own.
+	if g.wal.f != nil {
+		_ = g.wal.f.Close()
+		g.wal.f = nil
+	}
+	g.wal.gen, g.wal.path, g.wal.fileBytes, g.wal.bytes, g.wal.entries, g.wal.retryAt = next.Gen, "", size, 0, nil, 0
+	g.wal.segs, g.wal.last, g.wal.bulkLive = nil, next.Seq, next.Bulk
+	if next.Bulk {
+		g.wal.path = g.c.bulkPath(genPrefix(g.base, next.Gen))
+	}
+	return nil
 }
 
-// apply writes the changes into the cursor's generation and the cursor, in
-// one transaction. In a bulk generation a delete is a tombstone: its rows
-// file may hold the key.
+// apply writes the changes into the cursor's generation and the cursor: a
+// bulk generation's as one WAL record (wal.go), another's as a row per
+// change with the cursor, in one transaction.
 func (g *genStore) apply(next cursor, chs []transport.Change) error {
+	if next.Bulk {
+		return g.applyWAL(next, chs)
+	}
 	prefix := genPrefix(g.base, next.Gen)
 	txn := g.c.db.NewTransaction(true)
 	defer txn.Discard()
@@ -311,8 +370,6 @@ func (g *genStore) apply(next cursor, chs []transport.Change) error {
 		ch := &chs[i]
 		var err error
 		switch {
-		case ch.Op == transport.OpDelete && next.Bulk:
-			err = txn.SetEntry(badger.NewEntry(concat(prefix, ch.Key), nil).WithMeta(metaTombstone))
 		case ch.Op == transport.OpDelete:
 			err = txn.Delete(concat(prefix, ch.Key))
 		default:
@@ -322,7 +379,7 @@ func (g *genStore) apply(next cursor, chs []transport.Change) error {
 			return fmt.Errorf("apply %s: %w", g.table, err)
 		}
 	}
-	b, err := msgpack.Marshal(&next)
+	b, err := marshalCursor(next)
 	if err != nil {
 		return err
 	}

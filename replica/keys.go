@@ -24,6 +24,12 @@ import (
 //	c/<svc>/<table>/cur        replica cursor (cursor, msgpack)
 //	c/<svc>/<table>/stage      generation of an unfinished full transfer
 //	c/<svc>/<table>/g/<gen:8 BE>/<key>   replica row of one generation
+//	c/<svc>/<table>/w/<gen:8 BE>/<seq:8 BE>   write-ahead log entry of a
+//	                           bulk generation: changes of an applied
+//	                           batch, the last at seq (wal.go:
+//	                           encodeWALBatch)
+//	c/<svc>/<table>/ckpt       checkpoint of the live bulk generation:
+//	                           gen (8 BE), seq (8 BE) (wal.go)
 //	x/drop/<prefix>            every key under <prefix> waits to be deleted
 //	                           (dropMarker, generations.go); <prefix> is a
 //	                           replaced or abandoned replica generation,
@@ -50,14 +56,21 @@ func replicaBase(service, table string) string { return "c/" + service + "/" + t
 func cursorKey(base string) []byte             { return []byte(base + "cur") }
 func stageKey(base string) []byte              { return []byte(base + "stage") }
 
-func genPrefix(base string, gen uint64) []byte {
-	p := make([]byte, len(base)+2+8+1)
+func genPrefix(base string, gen uint64) []byte { return numberedPrefix(base, "g/", gen) }
+
+// numberedPrefix is base, kind, gen (8 BE), '/'.
+func numberedPrefix(base, kind string, gen uint64) []byte {
+	p := make([]byte, len(base)+len(kind)+8+1)
 	n := copy(p, base)
-	n += copy(p[n:], "g/")
+	n += copy(p[n:], kind)
 	binary.BigEndian.PutUint64(p[n:], gen)
 	p[n+8] = '/'
 	return p
 }
+
+// The key of a bulk generation's checkpoint record (wal.go).
+
+func ckptKey(base string) []byte { return []byte(base + "ckpt") }
 
 // dropMarkers is the prefix of the drop markers.
 const dropMarkers = "x/drop/"

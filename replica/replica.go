@@ -47,8 +47,10 @@ type cursor struct {
 	Seq   uint64 `msgpack:"seq"`
 	Gen   uint64 `msgpack:"gen"` // generation holding the rows (see keys.go)
 	Time  int64  `msgpack:"tm"`  // commit time of the change at Seq
-	// Bulk: the generation's rows are its rows file overlaid by its
-	// badger rows (a durable resident replica's full transfer; bulkgen.go).
+	// Bulk: the generation's rows are its rows file, then its write-ahead
+	// log's records (a durable resident replica's; bulkgen.go, wal.go),
+	// whose last one holds the cursor: badger's is the one of the last
+	// switch or checkpoint.
 	Bulk bool `msgpack:"bulk,omitempty"`
 }
 
@@ -284,6 +286,9 @@ func (r *Replica) load() error {
 			}
 		}
 		r.res = newResident(cur, rows, n, r.spawnIndexBuild, r.stopping, r.reads.Load)
+		if g, ok := r.sink.(*genStore); ok {
+			g.wal.res = r.res // its checkpoints read the published views
+		}
 	}
 	r.cur = cur
 	if r.cur.LogID != "" {
@@ -613,4 +618,7 @@ func (r *Replica) stop() {
 	r.buildsDone = true
 	r.buildMu.Unlock()
 	r.builds.Wait() // they see stopping and give up
+	if g, ok := r.sink.(*genStore); ok {
+		g.closeWAL() // the stream and the checkpoints have ended
+	}
 }

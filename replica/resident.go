@@ -26,10 +26,11 @@ import (
 // nodes, and the next batch clones only the nodes it changes.
 //
 // A replica in a component without a data dir holds nothing anywhere else
-// (memStore). A durable replica keeps its rows in badger as before
-// (genStore: the rows and the cursor in one transaction, so the cursor is
-// never ahead of the data) and, after each commit, in memory; it reads
-// only memory, and loads the rows from badger when it opens. A replica
+// (memStore). A durable replica keeps its rows on disk (genStore: a rows
+// file and a write-ahead log of the batches since, bulkgen.go and wal.go;
+// each batch one record that holds the cursor after it, so the cursor is
+// never ahead of the data) and, after each commit, in memory; it
+// reads only memory, and loads the rows from disk when it opens. A replica
 // subscribed with SubscribeOptions.DiskOnly holds nothing in memory and
 // reads badger.
 
@@ -623,9 +624,10 @@ func (x *resTransfer) abort() {
 
 // loadResident reads the rows of the generation cur names (a durable
 // replica opening) into a fresh tree: from badger, or for a bulk
-// generation from its rows file and its overlay in badger. The cursor is
-// read in the same transaction and must equal cur: the stream has not
-// started, so nothing else writes it.
+// generation from its rows file and its WAL (loadBulk). The cursor is
+// read in the same transaction and must equal cur (the stream has not
+// started, so nothing else writes it); a bulk generation's must lead to
+// cur, the WAL's last record's (bulkSource).
 func (c *Component) loadResident(base string, cur cursor) (*btree.BTreeG[resRow], int64, error) {
 	rows := newResRows()
 	var n int64
@@ -634,12 +636,15 @@ func (c *Component) loadResident(base string, cur cursor) (*btree.BTreeG[resRow]
 		if err != nil {
 			return err
 		}
+		if cur.Bulk {
+			// The cursor is the WAL's last record; badger's, as of the
+			// last switch or checkpoint, is where it starts (bulkSource
+			// checks).
+			n, err = c.loadBulk(txn, base, cur, rows)
+			return err
+		}
 		if stored != cur {
 			return fmt.Errorf("cursor moved while the replica was loading: %+v, loaded %+v", stored, cur)
-		}
-		if cur.Bulk {
-			n, err = c.loadBulk(txn, genPrefix(base, cur.Gen), rows)
-			return err
 		}
 		return scanRows(txn, genPrefix(base, cur.Gen), nil, nil, nil, func(k, v []byte) (bool, error) {
 			n += loadRow(rows, k, v)

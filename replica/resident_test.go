@@ -24,7 +24,11 @@ import (
 // equal the model at its seq, then and later: views taken at random points
 // are checked again after more batches (snapshot isolation), while
 // concurrent readers check whatever view is current (run with -race).
-func TestResident_Property(t *testing.T) {
+func TestResident_Property(t *testing.T) { forSeeds(t, runResidentProperty) }
+
+// forSeeds runs fn as a subtest per seed: REPLMESH_SEED's, or three from
+// testSeed's.
+func forSeeds(t *testing.T, fn func(t *testing.T, seed uint64)) {
 	seed, fixed := testSeed(t)
 	seeds := []uint64{seed}
 	if !fixed {
@@ -33,7 +37,7 @@ func TestResident_Property(t *testing.T) {
 	for _, seed := range seeds {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			t.Logf("REPLMESH_SEED=%d reproduces", seed)
-			runResidentProperty(t, seed)
+			fn(t, seed)
 		})
 	}
 }
