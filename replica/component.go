@@ -45,6 +45,8 @@ type Component struct {
 	// disk refuses writes while the data dir is short of space (nil in
 	// memory; see diskfull.go).
 	disk *diskguard.Guard
+	// walSyncs counts the WAL records fsynced one by one (Durability Sync).
+	walSyncs atomic.Uint64
 
 	writes     chan *pendingWrite
 	commitDone chan struct{} // closed when the committer has stopped

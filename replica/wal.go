@@ -41,7 +41,8 @@ import (
 // end with a warning. So the seq after a crash is never behind what was
 // published either: a published batch's record was written (to the page
 // cache: like badger with SyncWrites off, it survives the process's
-// crash, not the machine's; the checkpoints and switches are fsynced).
+// crash, not the machine's; the checkpoints and switches are fsynced;
+// with Durability Sync every record is fsynced before it is published).
 // A write that fails (a full disk: ENOSPC) is truncated back to the last
 // whole record and reported as ErrDiskFull: the replica stops applying,
 // keeps serving, and resumes from its seq when space returns.
@@ -294,6 +295,13 @@ func (g *genStore) appendWAL(next cursor, chs []transport.Change) (int64, error)
 		if err != nil {
 			return 0, walWriteErr(g.c, err)
 		}
+		if g.c.cfg.Durability == Sync {
+			// The new file's name must reach the disk with its records.
+			if err := syncDir(filepath.Dir(path)); err != nil {
+				_ = f.Close()
+				return 0, walWriteErr(g.c, err)
+			}
+		}
 		w.f, w.size = f, 0
 		g.mu.Lock()
 		w.segs = append(w.segs, walSeg{path: path})
@@ -330,6 +338,18 @@ func (g *genStore) appendWAL(next cursor, chs []transport.Change) (int64, error)
 	}
 	w.size += int64(len(rec))
 	w.last = next.Seq
+	if g.c.cfg.Durability == Sync {
+		// Durability Sync: the batch is on disk before it is published,
+		// as badger's SyncWrites makes an owner's commit. A failed fsync
+		// leaves the record's fate unknown: the stream restarts from a
+		// load of the WAL, which reads what reached the disk.
+		if err := w.f.Sync(); err != nil {
+			_ = w.f.Close()
+			w.f = nil
+			return 0, walWriteErr(g.c, err)
+		}
+		g.c.walSyncs.Add(1)
+	}
 	return int64(len(rec)), nil
 }
 

@@ -776,3 +776,30 @@ func durableCursor(c *Component, base string) (cursor, error) {
 	}
 	return cur, err
 }
+
+// Durability Sync: every record is fsynced before its batch is published
+// (and a new segment's directory); Async fsyncs none of them.
+func TestWAL_DurabilitySyncFsyncsEachRecord(t *testing.T) {
+	for _, d := range []Durability{Async, Sync} {
+		t.Run(d.String(), func(t *testing.T) {
+			w := newWALRig(t, math.MaxInt64)
+			w.c.cfg.Durability = d
+			w.transfer(map[string]string{"a": "1"})
+			rng := rand.New(rand.NewPCG(7, 8))
+			const batches = 20
+			before := w.c.walSyncs.Load()
+			for range batches {
+				must(t, w.apply(randomBatch(rng, 10)))
+			}
+			want := uint64(0)
+			if d == Sync {
+				want = batches
+			}
+			if got := w.c.walSyncs.Load() - before; got != want {
+				t.Fatalf("%d records fsynced one by one, want %d", got, want)
+			}
+			w.reopen(true)
+			w.check("reopened")
+		})
+	}
+}
