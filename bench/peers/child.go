@@ -45,6 +45,10 @@ type childResult struct {
 	PeakRSS   int64   `json:"peak_rss"`  // VmHWM, bytes
 	Transfers uint64  `json:"transfers"` // full transfers taken (replmesh)
 	Resumes   uint64  `json:"resumes"`   // streams resumed (replmesh)
+	// at is when the parent read the result line: a reader writes it once
+	// caught up, before it shuts down, so catch-up times end here and not
+	// at the process's exit (Redis's end at its synced offset).
+	at time.Time
 }
 
 // childMain runs the role named by envRole and returns the exit code.
@@ -163,6 +167,7 @@ func (c *child) result() (childResult, error) {
 	if err := json.Unmarshal([]byte(l), &r); err != nil {
 		return r, fmt.Errorf("child said %q: %w", l, err)
 	}
+	r.at = time.Now()
 	return r, nil
 }
 

@@ -268,7 +268,7 @@ func (b *bench) natsCatchUp(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	b.addCatchUp(caseReaderRestart, sysNATS, time.Since(start), "process start to caught up: KV watch resumed after the last revision seen")
+	b.addCatchUp(caseReaderRestart, sysNATS, res.at.Sub(start), "process start to caught up: KV watch resumed after the last revision seen")
 	return nil
 }
 

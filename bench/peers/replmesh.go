@@ -600,10 +600,15 @@ func rmReaderMain(ctx context.Context) error {
 		return fmt.Errorf("transferred %d rows, want %d", rows, want)
 	}
 	res := childResult{Rows: rows, Seq: st.Seq, Seconds: took.Seconds(), Transfers: st.Stats.FullTransfers, Resumes: st.Stats.Resumes}
+	// The result says caught up; closing comes after it (a failed close
+	// still fails the run: the parent waits for a clean exit).
+	if err := writeResult(os.Stdout, res); err != nil {
+		return err
+	}
 	if err := c.Close(); err != nil {
 		return fmt.Errorf("close: %w", err)
 	}
-	return writeResult(os.Stdout, res)
+	return nil
 }
 
 // rmOwnerMain is an owner process on envDir listening on envAddr: it
@@ -734,7 +739,7 @@ func (b *bench) rmReaderRestart(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	took := time.Since(start)
+	took := res.at.Sub(start)
 	if res.Transfers != 0 || res.Seq < head {
 		return fmt.Errorf("restarted reader took %d transfer(s) and reached seq %d of %d: not a resume", res.Transfers, res.Seq, head)
 	}
@@ -832,7 +837,7 @@ func (b *bench) rmOwnerRestart(ctx context.Context, dir string) error {
 	if err != nil {
 		return err
 	}
-	took := time.Since(start)
+	took := res.at.Sub(start)
 	if res.Transfers != 0 || res.Seq < head {
 		return fmt.Errorf("reader took %d transfer(s) and reached seq %d of %d after the owner's restart: not a resume", res.Transfers, res.Seq, head)
 	}
