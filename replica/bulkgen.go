@@ -90,42 +90,80 @@ func (c *Component) removeBulk(prefix []byte) error {
 }
 
 // bulkTransfer is a full transfer into a bulk generation: the rows go to
-// the generation's file; the resTransfer around it builds the tree. The
-// stream goroutine fills buffers of bulkBuffer bytes, and a writer
-// goroutine of the transfer writes the full ones (and sums their CRC), so
-// that the write calls overlap the receiving of the next rows.
+// the generation's file (a rowsWriter); the resTransfer around it builds
+// the tree.
 type bulkTransfer struct {
+	*rowsWriter
 	g      *genStore
 	gen    uint64
 	prefix []byte
-	path   string
-	f      *os.File
-	buf    []byte        // being filled
-	full   chan []byte   // to the writer goroutine
-	free   chan []byte   // written, back from it
-	wdone  chan struct{} // closed when the writer goroutine has ended
-	werr   error         // the writer's first error; read after a receive from free or wdone
-	crc    uint32        // the writer's CRC of the bytes written; read after wdone
-	rows   uint64
-	ended  bool // full closed
 	done   bool // finished: abort leaves the file to the switch (or the dropper)
-	hdr    [2 * binary.MaxVarintLen64]byte
 }
-
-// bulkBuffers is how many buffers a bulk transfer fills and writes in turn.
-const bulkBuffers = 3
 
 func newBulkTransfer(g *genStore, gen uint64) (*bulkTransfer, error) {
 	prefix := genPrefix(g.base, gen)
-	path := g.c.bulkPath(prefix)
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("stage rows: %w", err)
-	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	w, err := newRowsWriter(g.c.bulkPath(prefix))
 	if err != nil {
 		return nil, fmt.Errorf("stage rows: %w", err)
 	}
-	x := &bulkTransfer{g: g, gen: gen, prefix: prefix, path: path, f: f,
+	return &bulkTransfer{rowsWriter: w, g: g, gen: gen, prefix: prefix}, nil
+}
+
+// finish makes the file complete and durable before the switch can name
+// it.
+func (x *bulkTransfer) finish(next cursor) (cursor, error) {
+	if _, err := x.rowsWriter.finish(); err != nil {
+		return cursor{}, fmt.Errorf("stage rows: %w", err)
+	}
+	x.done = true
+	next.Gen, next.Bulk = x.gen, true
+	return next, nil
+}
+
+func (x *bulkTransfer) switchIn(old, next cursor) error { return x.g.switchIn(old, next) }
+
+// abort deletes an unfinished file (the stage marker, left in place,
+// would have the dropper delete it too).
+func (x *bulkTransfer) abort() {
+	if !x.done {
+		x.rowsWriter.abort()
+	}
+}
+
+// rowsWriter writes a rows file (the format above): a full transfer's
+// (bulkTransfer) or a checkpoint's (writeRowsFile). Its caller fills
+// buffers of bulkBuffer bytes, and a writer goroutine of its own writes
+// the full ones (and sums their CRC), so that the write calls overlap the
+// producing of the next rows.
+type rowsWriter struct {
+	path  string
+	f     *os.File
+	buf   []byte        // being filled
+	full  chan []byte   // to the writer goroutine
+	free  chan []byte   // written, back from it
+	wdone chan struct{} // closed when the writer goroutine has ended
+	werr  error         // the writer's first error; read after a receive from free or wdone
+	crc   uint32        // the writer's CRC of the bytes written; read after wdone
+	size  int64         // the writer's count of the bytes written; read after wdone
+	rows  uint64
+	ended bool // full closed
+	hdr   [2 * binary.MaxVarintLen64]byte
+}
+
+// bulkBuffers is how many buffers a rowsWriter fills and writes in turn.
+const bulkBuffers = 3
+
+// newRowsWriter creates the file at path (and its directory) and starts
+// its writer goroutine.
+func newRowsWriter(path string) (*rowsWriter, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	x := &rowsWriter{path: path, f: f,
 		full: make(chan []byte, bulkBuffers), free: make(chan []byte, bulkBuffers), wdone: make(chan struct{})}
 	for range bulkBuffers - 1 {
 		x.free <- make([]byte, 0, bulkBuffer)
@@ -137,7 +175,7 @@ func newBulkTransfer(g *genStore, gen uint64) (*bulkTransfer, error) {
 
 // writer writes the full buffers in order until full is closed; after an
 // error it only hands the buffers back.
-func (x *bulkTransfer) writer() {
+func (x *rowsWriter) writer() {
 	defer close(x.wdone)
 	for b := range x.full {
 		if x.werr == nil {
@@ -145,6 +183,7 @@ func (x *bulkTransfer) writer() {
 				x.werr = err
 			}
 			x.crc = crc32.Update(x.crc, crcTable, b)
+			x.size += int64(len(b))
 		}
 		x.free <- b[:0]
 	}
@@ -152,13 +191,13 @@ func (x *bulkTransfer) writer() {
 
 // flushBuf hands the buffer being filled to the writer and takes an empty
 // one (waiting while the writer is behind).
-func (x *bulkTransfer) flushBuf() error {
+func (x *rowsWriter) flushBuf() error {
 	x.full <- x.buf
 	x.buf = <-x.free
 	return x.werr
 }
 
-func (x *bulkTransfer) put(key, value []byte) error {
+func (x *rowsWriter) put(key, value []byte) error {
 	n := binary.PutUvarint(x.hdr[:], uint64(len(key)))
 	n += binary.PutUvarint(x.hdr[n:], uint64(len(value)))
 	if len(x.buf)+n+len(key)+len(value) > bulkBuffer && len(x.buf) > 0 {
@@ -173,7 +212,7 @@ func (x *bulkTransfer) put(key, value []byte) error {
 
 // endWriter hands the last buffer to the writer and waits until it has
 // written everything; it returns the writer's error.
-func (x *bulkTransfer) endWriter() error {
+func (x *rowsWriter) endWriter() error {
 	if !x.ended {
 		x.ended = true
 		x.full <- x.buf
@@ -185,39 +224,31 @@ func (x *bulkTransfer) endWriter() error {
 }
 
 // finish writes the file's end and makes it durable (the file, then its
-// directory entry) before the switch can name it.
-func (x *bulkTransfer) finish(next cursor) (cursor, error) {
+// directory entry); it returns the file's size.
+func (x *rowsWriter) finish() (int64, error) {
 	x.buf = append(x.buf, 0) // uvarint 0: no more rows
 	x.buf = binary.BigEndian.AppendUint64(x.buf, x.rows)
 	if err := x.endWriter(); err != nil {
-		return cursor{}, fmt.Errorf("stage rows: %w", err)
+		return 0, err
 	}
 	if _, err := x.f.Write(binary.BigEndian.AppendUint32(nil, x.crc)); err != nil {
-		return cursor{}, fmt.Errorf("stage rows: %w", err)
+		return 0, err
 	}
 	if err := x.f.Sync(); err != nil {
-		return cursor{}, fmt.Errorf("stage rows: %w", err)
+		return 0, err
 	}
 	if err := x.f.Close(); err != nil {
-		return cursor{}, fmt.Errorf("stage rows: %w", err)
+		return 0, err
 	}
 	x.f = nil
 	if err := syncDir(filepath.Dir(x.path)); err != nil {
-		return cursor{}, fmt.Errorf("stage rows: %w", err)
+		return 0, err
 	}
-	x.done = true
-	next.Gen, next.Bulk = x.gen, true
-	return next, nil
+	return x.size + 4, nil
 }
 
-func (x *bulkTransfer) switchIn(old, next cursor) error { return x.g.switchIn(old, next) }
-
-// abort stops the writer and deletes an unfinished file (the stage
-// marker, left in place, would have the dropper delete it too).
-func (x *bulkTransfer) abort() {
-	if x.done {
-		return
-	}
+// abort stops the writer and deletes the file.
+func (x *rowsWriter) abort() {
 	_ = x.endWriter()
 	if x.f != nil {
 		_ = x.f.Close()
@@ -386,17 +417,7 @@ func (c *Component) loadBulk(txn *badger.Txn, base string, cur cursor, rows *btr
 // their key+value bytes.
 func loadOverlay(txn *badger.Txn, prefix []byte, rows *btree.BTreeG[resRow], n *int64) error {
 	return overlay(txn, prefix, func(k, v []byte, deleted bool) error {
-		if deleted {
-			if old, had := rows.Delete(searchRow(k)); had {
-				*n -= rowBytes(old)
-			}
-			return nil
-		}
-		row := ownRow(k, v)
-		if old, had := rows.Set(row); had {
-			*n -= rowBytes(old)
-		}
-		*n += rowBytes(row)
+		*n += setRow(rows, k, v, deleted)
 		return nil
 	})
 }

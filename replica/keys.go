@@ -27,7 +27,7 @@ import (
 //	c/<svc>/<table>/w/<gen:8 BE>/<seq:8 BE>   write-ahead log entry of a
 //	                           bulk generation: changes of an applied
 //	                           batch, the last at seq (wal.go:
-//	                           encodeWALBatch)
+//	                           appendWALBatch)
 //	c/<svc>/<table>/ckpt       checkpoint of the live bulk generation:
 //	                           gen (8 BE), seq (8 BE) (wal.go)
 //	x/drop/<prefix>            every key under <prefix> waits to be deleted

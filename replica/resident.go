@@ -572,6 +572,23 @@ func (x *resTransfer) put(key, value []byte) error {
 	return nil
 }
 
+// setRow sets key to a copy of value in rows, or deletes it (del), and
+// returns the change of the rows' key+value bytes: how a load replays
+// changes over a rows file.
+func setRow(rows *btree.BTreeG[resRow], key, value []byte, del bool) int64 {
+	if del {
+		if old, had := rows.Delete(searchRow(key)); had {
+			return -rowBytes(old)
+		}
+		return 0
+	}
+	row := ownRow(key, value)
+	if old, had := rows.Set(row); had {
+		return rowBytes(row) - rowBytes(old)
+	}
+	return rowBytes(row)
+}
+
 // loadRow copies the row key, value into rows and returns the change of
 // the rows' key+value bytes.
 func loadRow(rows *btree.BTreeG[resRow], key, value []byte) int64 {

@@ -1,19 +1,16 @@
 package replica
 
 import (
-	"bufio"
 	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
-	"unsafe"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/replmesh/replmesh/internal/diskguard"
@@ -24,7 +21,7 @@ import (
 // The write-ahead log of a bulk generation. A durable resident replica
 // reads only memory, so its copy on disk serves only to load it: each
 // applied batch is appended as one record (its changes, encoded by
-// encodeWALBatch, and the cursor after it) to the generation's WAL, files
+// appendWALBatch, and the cursor after it) to the generation's WAL, files
 // of the replica's own beside the rows files (walseg.go), with one
 // write() and no badger write at all. The rows are the generation's rows
 // file, then the WAL's records above badger's cursor, replayed in order.
@@ -84,14 +81,9 @@ var walCheckpointAt = func(fileBytes int64) int64 { return max(walMinBytes, file
 // walFormat is the first byte of an encoded batch.
 const walFormat = 1
 
-// encodeWALBatch encodes changes as a batch: walFormat, uvarint count,
-// then per change its op (1 byte), uvarint key length, key, uvarint value
-// length, value. The seqs, times and epochs are the cursor's.
-func encodeWALBatch(chs []transport.Change) []byte {
-	return appendWALBatch(nil, chs)
-}
-
-// appendWALBatch appends encodeWALBatch's encoding of chs to b.
+// appendWALBatch appends chs to b encoded as a batch: walFormat, uvarint
+// count, then per change its op (1 byte), uvarint key length, key, uvarint
+// value length, value. The seqs, times and epochs are the cursor's.
 func appendWALBatch(b []byte, chs []transport.Change) []byte {
 	n := 1 + binary.MaxVarintLen32
 	for i := range chs {
@@ -228,17 +220,7 @@ func (c *Component) bulkSource(txn *badger.Txn, base string, cur cursor) (path s
 // (replayWAL) to rows, keeping n, their key+value bytes.
 func (c *Component) replayInto(base string, cur cursor, from uint64, rows *btree.BTreeG[resRow], n *int64) error {
 	return c.replayWAL(genPrefix(base, cur.Gen), cur.Gen, from, cur.Seq, func(op transport.Op, k, v []byte) error {
-		if op == transport.OpDelete {
-			if old, had := rows.Delete(searchRow(k)); had {
-				*n -= rowBytes(old)
-			}
-			return nil
-		}
-		row := ownRow(k, v)
-		if old, had := rows.Set(row); had {
-			*n -= rowBytes(old)
-		}
-		*n += rowBytes(row)
+		*n += setRow(rows, k, v, op == transport.OpDelete)
 		return nil
 	})
 }
@@ -509,8 +491,7 @@ func (g *genStore) checkpoint(v *resView, stop func() bool) error {
 	}
 	size, err := writeRowsFile(path, v.rows, stop)
 	if err != nil {
-		_ = os.Remove(path)
-		return err
+		return err // the file is deleted
 	}
 	if err := g.ckptStep("written"); err != nil {
 		return err
@@ -698,73 +679,30 @@ func (g *genStore) sweepFiles(keep string, wal []byte) error {
 	return nil
 }
 
-// writeRowsFile writes rows as a rows file at path (bulkgen.go's format),
-// durably (the file, then its directory entry), and returns its size. It
-// gives up when stop reports true.
+// writeRowsFile writes rows as a rows file at path (a rowsWriter),
+// durably, and returns its size. It gives up when stop reports true,
+// deleting the file; so does an error.
 func writeRowsFile(path string, rows *btree.BTreeG[resRow], stop func() bool) (int64, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return 0, err
-	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	w, err := newRowsWriter(path)
 	if err != nil {
 		return 0, err
 	}
-	defer f.Close()
-	w := &crcWriter{w: bufio.NewWriterSize(f, bulkBuffer)}
-	if _, err := w.Write([]byte(bulkMagic)); err != nil {
-		return 0, err
-	}
-	var hdr [2 * binary.MaxVarintLen64]byte
 	var n uint64
 	rows.Scan(func(r resRow) bool {
 		if n++; n%4096 == 0 && stop != nil && stop() {
 			err = errCkptAbandoned
 			return false
 		}
-		h := binary.PutUvarint(hdr[:], uint64(r.klen))
-		h += binary.PutUvarint(hdr[h:], uint64(r.vlen))
-		if _, err = w.Write(hdr[:h]); err == nil {
-			_, err = w.Write(unsafeRowBytes(r))
-		}
+		err = w.put(r.key(), r.value())
 		return err == nil
 	})
 	if err != nil {
+		w.abort()
 		return 0, err
 	}
-	end := append([]byte{0}, binary.BigEndian.AppendUint64(nil, uint64(rows.Len()))...)
-	if _, err := w.Write(end); err != nil {
-		return 0, err
-	}
-	if _, err := w.w.Write(binary.BigEndian.AppendUint32(nil, w.crc)); err != nil {
-		return 0, err
-	}
-	if err := w.w.Flush(); err != nil {
-		return 0, err
-	}
-	if err := f.Sync(); err != nil {
-		return 0, err
-	}
-	st, err := f.Stat()
+	size, err := w.finish()
 	if err != nil {
-		return 0, err
+		w.abort()
 	}
-	if err := f.Close(); err != nil {
-		return 0, err
-	}
-	return st.Size(), syncDir(filepath.Dir(path))
-}
-
-// unsafeRowBytes is r's key then value: the row's memory (never modify
-// it).
-func unsafeRowBytes(r resRow) []byte { return unsafe.Slice(r.p, int(r.klen)+int(r.vlen)) }
-
-// crcWriter computes the CRC-32C of the bytes written through it.
-type crcWriter struct {
-	w   *bufio.Writer
-	crc uint32
-}
-
-func (c *crcWriter) Write(p []byte) (int, error) {
-	c.crc = crc32.Update(c.crc, crcTable, p)
-	return c.w.Write(p)
+	return size, err
 }

@@ -28,7 +28,7 @@ import (
 //	         previous record's, or the WAL's base); uvarint length and the
 //	         cursor after the batch (msgpack, as badger's cursor key holds
 //	         it: log id and epoch changes are carried); the changes
-//	         (encodeWALBatch)
+//	         (appendWALBatch)
 //
 // The records chain: each one's prev is the seq of the one before it (the
 // base for the first above it), across segments. A load reads the chain
@@ -48,7 +48,7 @@ const (
 type walRecord struct {
 	prev  uint64
 	cur   cursor
-	batch []byte // encodeWALBatch's; points into the read buffer
+	batch []byte // appendWALBatch's; points into the read buffer
 	size  int64  // the record's bytes, header included
 }
 
