@@ -26,11 +26,20 @@ func EncodeChanges(dst []byte, chs []Change, ends []int) ([]byte, []int, error) 
 	return w.b, ends, nil
 }
 
+// appendWriter appends what the encoder writes to b. It is an
+// io.ByteWriter too: without WriteByte msgpack wraps it in a writer that
+// allocates a slice for every single byte it writes (headers, ops, small
+// ints).
 type appendWriter struct{ b []byte }
 
 func (w *appendWriter) Write(p []byte) (int, error) {
 	w.b = append(w.b, p...)
 	return len(p), nil
+}
+
+func (w *appendWriter) WriteByte(c byte) error {
+	w.b = append(w.b, c)
+	return nil
 }
 
 // EncodedChanges returns a KindChanges frame whose n changes are already

@@ -375,7 +375,7 @@ func (l ChangeList) EncodeMsgpack(e *msgpack.Encoder) error {
 
 // DecodeMsgpack reads an array of changes.
 func (l *ChangeList) DecodeMsgpack(d *msgpack.Decoder) error {
-	out, err := decodeList(d, (*Change).decode)
+	out, err := decodeList(d, func(c *Change, d *msgpack.Decoder) error { return c.decode(d, true) })
 	*l = out
 	return err
 }
@@ -389,7 +389,7 @@ func (l RowList) EncodeMsgpack(e *msgpack.Encoder) error {
 // allocation (Row.decode).
 func (l *RowList) DecodeMsgpack(d *msgpack.Decoder) error {
 	var scratch []byte
-	out, err := decodeList(d, func(r *Row, d *msgpack.Decoder, _ bool) error { return r.decode(d, &scratch) })
+	out, err := decodeList(d, func(r *Row, d *msgpack.Decoder) error { return r.decode(d, &scratch) })
 	*l = out
 	return err
 }
@@ -409,7 +409,7 @@ func encodeList[T any](e *msgpack.Encoder, l []T, enc func(*T, *msgpack.Encoder)
 	return nil
 }
 
-func decodeList[T any](d *msgpack.Decoder, dec func(*T, *msgpack.Decoder, bool) error) ([]T, error) {
+func decodeList[T any](d *msgpack.Decoder, dec func(*T, *msgpack.Decoder) error) ([]T, error) {
 	n, err := d.DecodeArrayLen()
 	if err != nil || n < 0 {
 		return nil, err
@@ -417,7 +417,7 @@ func decodeList[T any](d *msgpack.Decoder, dec func(*T, *msgpack.Decoder, bool) 
 	out := make([]T, 0, min(n, 256))
 	for i := 0; i < n; i++ {
 		out = append(out, *new(T))
-		if err := dec(&out[i], d, true); err != nil {
+		if err := dec(&out[i], d); err != nil {
 			return nil, fmt.Errorf("element %d: %w", i, err)
 		}
 	}
