@@ -6,7 +6,6 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/replmesh/replmesh/internal/diskguard"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // commitLoop is the group committer: it takes every write queued while the
@@ -183,11 +182,7 @@ func (c *Component) buildGroup(pending []*pendingWrite) *group {
 			m := t.meta
 			t.mu.Unlock()
 			m.Head = t.next - 1
-			b, err := msgpack.Marshal(&m)
-			if err != nil {
-				return err
-			}
-			if err := g.txn.Set(t.metaKey, b); err != nil {
+			if err := t.setMeta(g.txn, m); err != nil {
 				return err
 			}
 		}

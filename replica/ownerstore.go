@@ -313,6 +313,11 @@ type trimEdit struct {
 	bytes, entries int                   // what the transaction will write, about
 	maxBytes       int
 	maxEntries     int
+	// it reads the log groups while run runs: one iterator for all its
+	// loads (badger sorts the transaction's pending writes for each new
+	// one). run writes nothing under the log's prefix, so it sees them
+	// all; write, after it, rewrites the groups.
+	it *badger.Iterator
 }
 
 // editGroup is a log group a trim reads and may rewrite.
@@ -343,10 +348,9 @@ func (e *trimEdit) full(div int) bool {
 }
 
 // load reads the group whose key is the first at or after seq, unless it
-// was read already; nil when there is none.
+// was read already; nil when there is none. Only run calls it (e.it).
 func (e *trimEdit) load(seq uint64) (uint64, *editGroup, error) {
-	it := e.txn.NewIterator(e.t.logIterOptions())
-	defer it.Close()
+	it := e.it
 	lp := e.t.logPrefix
 	it.Seek(ownLogKey(lp, seq))
 	if !it.Valid() {
@@ -377,6 +381,11 @@ func (e *trimEdit) load(seq uint64) (uint64, *editGroup, error) {
 // run handles the entries from seq from on, below to, as many as the
 // transaction takes, and returns the seq to go on from.
 func (e *trimEdit) run(from, to uint64) (next uint64, err error) {
+	e.it = e.txn.NewIterator(e.t.logIterOptions())
+	defer func() {
+		e.it.Close()
+		e.it = nil
+	}()
 	var chunk []trimEntry
 	next = to
 	for seq := from; seq < to && len(chunk) < trimChunk && !(len(chunk) > 0 && e.full(2)); {
@@ -619,11 +628,7 @@ func (t *OwnedTable) migrateLegacy(m ownerMeta) (ownerMeta, error) {
 			if done {
 				m.Format, m.Migrated = formatRefRows, nil
 			}
-			b, err := msgpack.Marshal(&m)
-			if err != nil {
-				return err
-			}
-			return txn.Set(t.metaKey, b)
+			return t.setMeta(txn, m)
 		})
 		if err != nil {
 			return m, fmt.Errorf("migrate %s to owner format %d: %w", t.name, formatRefRows, err)

@@ -7,7 +7,6 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/replmesh/replmesh/transport"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // A standby instance of an owner service keeps each of its tables as a
@@ -148,11 +147,7 @@ func (x *ownTransfer) finish(next cursor) (cursor, error) {
 func (x *ownTransfer) switchIn(old, next cursor) error { return nil }
 
 func (t *OwnedTable) writeMeta(m ownerMeta) error {
-	b, err := msgpack.Marshal(&m)
-	if err != nil {
-		return err
-	}
-	return t.c.db.Update(func(txn *badger.Txn) error { return txn.Set(t.metaKey, b) })
+	return t.c.db.Update(func(txn *badger.Txn) error { return t.setMeta(txn, m) })
 }
 
 // signalLocked wakes everyone waiting for the table to change.
@@ -187,11 +182,7 @@ func (t *OwnedTable) applyReplicated(chs []transport.Change) error {
 	}
 	m.Head = chs[len(chs)-1].Seq
 	m.Epoch = max(m.Epoch, chs[len(chs)-1].Epoch)
-	b, err := msgpack.Marshal(&m)
-	if err != nil {
-		return err
-	}
-	if err := txn.Set(t.metaKey, b); err != nil {
+	if err := t.setMeta(txn, m); err != nil {
 		return err
 	}
 	if err := txn.Commit(); err != nil {

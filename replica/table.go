@@ -196,8 +196,7 @@ func (c *Component) own(name string, opts []TableOptions) (t *OwnedTable, fresh 
 			fresh = true
 			t.meta = ownerMeta{LogID: newLogID(), Epoch: 1, Head: 0, First: 1,
 				Epochs: []transport.EpochStart{{Epoch: 1, Seq: 1}}, Format: ownFormat}
-			b, _ := msgpack.Marshal(&t.meta)
-			return txn.Set(t.metaKey, b)
+			return t.setMeta(txn, t.meta)
 		}
 		if err != nil {
 			return err
@@ -218,11 +217,7 @@ func (c *Component) own(name string, opts []TableOptions) (t *OwnedTable, fresh 
 		t.meta.Epoch++
 		t.meta.NeedEpoch = false // a restored table's new epoch is this one
 		t.meta.Epochs = t.meta.Epochs.Append(t.meta.Epoch, t.meta.Head+1)
-		b, err := msgpack.Marshal(&t.meta)
-		if err != nil {
-			return err
-		}
-		return txn.Set(t.metaKey, b)
+		return t.setMeta(txn, t.meta)
 	})
 	if err != nil {
 		return nil, false, fmt.Errorf("own %s: load meta: %w", name, err)
