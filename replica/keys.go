@@ -87,12 +87,8 @@ func concat(a, b []byte) []byte {
 }
 
 // Log entries: op (1), txnEnd (1), time (8, BE), epoch (8, BE), key length
-// (uvarint), key, value.
-func encodeLogEntry(c *transport.Change) []byte {
-	return appendLogEntry(make([]byte, 0, logEntrySize(c)), c)
-}
-
-// logEntrySize is the size of c's log entry, at most.
+// (uvarint), key, value. logEntrySize is the size of c's log entry, at
+// most.
 func logEntrySize(c *transport.Change) int {
 	return 18 + binary.MaxVarintLen32 + len(c.Key) + len(c.Value)
 }

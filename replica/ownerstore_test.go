@@ -475,7 +475,7 @@ func TestOwnerStore_MigratesLegacyFormat(t *testing.T) {
 				}
 				for s := uint64(first); s <= head; s++ {
 					ch := history[s]
-					if err := txn.Set(ownLogKey(ownLegacyLogPrefix("t"), s), encodeLogEntry(&ch)); err != nil {
+					if err := txn.Set(ownLogKey(ownLegacyLogPrefix("t"), s), appendLogEntry(nil, &ch)); err != nil {
 						return err
 					}
 				}

@@ -21,7 +21,7 @@ import (
 // A group's value: kind (1), entry count n (4, BE); then the seqs: the
 // first (8, BE) when they are consecutive (groupDense), else all n (8
 // each, ascending; groupSparse); then n end offsets (4 each, BE) into the
-// entries that follow, each an encodeLogEntry. One entry is read by its
+// entries that follow, each an appendLogEntry encoding. One entry is read by its
 // offsets, without decoding the others.
 
 // Group kinds: the first byte of a group's value.
@@ -91,7 +91,7 @@ func (g *logGroup) span(i int) (start, end int) {
 	return start, end
 }
 
-// entry is the bytes of entry i (an encodeLogEntry).
+// entry is the bytes of entry i (an appendLogEntry encoding).
 func (g *logGroup) entry(i int) ([]byte, error) {
 	s, e := g.span(i)
 	if s > e || e > len(g.data) {
@@ -271,27 +271,23 @@ func (t *OwnedTable) logIterOptions() badger.IteratorOptions {
 // retain it. The error wraps badger.ErrKeyNotFound when the log has no
 // entry at seq.
 func (t *OwnedTable) logEntry(txn *badger.Txn, seq uint64, fn func(entry []byte) error) error {
-	it := txn.NewIterator(t.logIterOptions())
-	defer it.Close()
-	it.Seek(ownLogKey(t.logPrefix, seq))
-	if !it.Valid() {
-		return fmt.Errorf("log entry %d: %w", seq, badger.ErrKeyNotFound)
-	}
-	return it.Item().Value(func(v []byte) error {
-		g, err := parseGroup(v)
-		if err != nil {
-			return err
-		}
+	found := false
+	err := t.eachGroup(txn, seq, func(_ uint64, g *logGroup) (bool, error) {
 		i, ok := g.find(seq)
 		if !ok {
-			return fmt.Errorf("log entry %d: %w", seq, badger.ErrKeyNotFound)
+			return false, nil
 		}
 		e, err := g.entry(i)
 		if err != nil {
-			return err
+			return false, err
 		}
-		return fn(e)
+		found = true
+		return false, fn(e)
 	})
+	if err == nil && !found {
+		err = fmt.Errorf("log entry %d: %w", seq, badger.ErrKeyNotFound)
+	}
+	return err
 }
 
 // groupCursor walks t's log groups in seq order with an iterator,
