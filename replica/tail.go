@@ -37,6 +37,10 @@ func newTail(maxN, maxBytes int) *tail { return &tail{maxN: maxN, maxBytes: maxB
 func (t *tail) reset(next uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.resetLocked(next)
+}
+
+func (t *tail) resetLocked(next uint64) {
 	clear(t.buf)
 	clear(t.enc)
 	t.start, t.n, t.bytes, t.first = 0, 0, 0, next
@@ -52,9 +56,7 @@ func (t *tail) append(chs []transport.Change) {
 	for i := range chs {
 		if chs[i].Seq != t.first+uint64(t.n) {
 			// Not contiguous (cannot happen with one committer): start over.
-			clear(t.buf)
-			clear(t.enc)
-			t.start, t.n, t.bytes, t.first = 0, 0, 0, chs[i].Seq
+			t.resetLocked(chs[i].Seq)
 		}
 		for t.n > 0 && (t.n >= t.maxN || t.bytes+chs[i].Size() > t.maxBytes) {
 			t.popFront()
