@@ -382,6 +382,20 @@ func openOwnerTrimmedByTest(t testing.TB, dir string) *Component {
 }
 
 // checkOwnerReads checks Get, Scan and Digest of tbl against model.
+// trimAndCheck trims tbl (of component c) to its last 100 changes and
+// checks its store and reads against model and written.
+func trimAndCheck(t testing.TB, c *Component, tbl *OwnedTable, model map[string]string, written map[uint64]transport.Change, keys []string) {
+	t.Helper()
+	tbl.mu.Lock()
+	tbl.retention = Retention{MaxChanges: 100}
+	tbl.mu.Unlock()
+	if err := tbl.trim(time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	checkOwnerStore(t, c.db, "t", tbl.meta.First, model, written)
+	checkOwnerReads(t, tbl, model, keys)
+}
+
 func checkOwnerReads(t testing.TB, tbl *OwnedTable, model map[string]string, keys []string) {
 	t.Helper()
 	for _, k := range keys {
@@ -551,14 +565,7 @@ func TestOwnerStore_MigratesLegacyFormat(t *testing.T) {
 				}
 				written[seq] = transport.Change{Seq: seq, Op: transport.OpPut, Key: []byte(k), Value: []byte("new"), TxnEnd: true}
 			}
-			tbl.mu.Lock()
-			tbl.retention = Retention{MaxChanges: 100}
-			tbl.mu.Unlock()
-			if err := tbl.trim(time.Now()); err != nil {
-				t.Fatal(err)
-			}
-			checkOwnerStore(t, c.db, "t", tbl.meta.First, model, written)
-			checkOwnerReads(t, tbl, model, keys)
+			trimAndCheck(t, c, tbl, model, written, keys)
 		})
 	}
 }

@@ -301,14 +301,7 @@ func TestOwnerStore_MigratesFormat1(t *testing.T) {
 		m, w := maps.Clone(model), maps.Clone(written)
 		m["h01"] = "after"
 		w[seq] = transport.Change{Seq: seq, Op: transport.OpPut, Key: []byte("h01"), Value: []byte("after"), TxnEnd: true}
-		tbl.mu.Lock()
-		tbl.retention = Retention{MaxChanges: 100}
-		tbl.mu.Unlock()
-		if err := tbl.trim(time.Now()); err != nil {
-			t.Fatal(err)
-		}
-		checkOwnerStore(t, c.db, "t", tbl.meta.First, m, w)
-		checkOwnerReads(t, tbl, m, keys)
+		trimAndCheck(t, c, tbl, m, w, keys)
 	}
 	t.Run("whole", func(t *testing.T) {
 		dir := t.TempDir()
