@@ -332,8 +332,10 @@ func (b *Broker) Close() error {
 			s.end(ErrClosed)
 		}
 		b.mu.Unlock()
-		if lerr := b.ml.Leave(b.leaveTimeout()); lerr != nil {
-			b.log.Warn("leave cluster", "err", lerr)
+		if !b.cfg.noLeave { // (tests: the others learn of it from their failure detector)
+			if lerr := b.ml.Leave(b.leaveTimeout()); lerr != nil {
+				b.log.Warn("leave cluster", "err", lerr)
+			}
 		}
 		b.srv.GracefulStop(b.cfg.ShutdownTimeout)
 		b.cancel()

@@ -3,10 +3,12 @@ package broker
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/replmesh/replmesh/transport"
 )
 
@@ -238,4 +240,69 @@ func TestBroker_StateExchangeRepairsLostBroadcasts(t *testing.T) {
 	waitEverywhere(t, bs, "the unbroadcast record", func(st *transport.StatusResponse) bool {
 		return findInstance(st, "products", "p9") != nil
 	})
+}
+
+// A broker that stops without leaving the gossip cluster (a crash, or a
+// Close whose leave did not get out on a loaded host) and comes back under
+// its name on a new port is taken at its new address once the others have
+// found the old one dead. memberlist's default would refuse it as a
+// conflicting address until the dead node is reaped (GossipToTheDeadTime:
+// an hour here, so the wait below would run out without the reclaim).
+func TestBroker_CrashedBrokerComesBackOnANewPort(t *testing.T) {
+	mutate := func(noLeave bool) func(*Config) {
+		return func(c *Config) {
+			c.Gossip.GossipToTheDeadTime = time.Hour
+			c.noLeave = noLeave
+		}
+	}
+	b1 := startBroker(t, "b1", nil, mutate(false))
+	b2 := startBroker(t, "b2", []string{b1.GossipAddr()}, mutate(false))
+	b3 := startBroker(t, "b3", []string{b1.GossipAddr()}, mutate(true))
+	waitMembers(t, []*Broker{b1, b2, b3}, 3)
+	old := b3.GossipAddr()
+	b3.Close()
+	nb := startBroker(t, "b3", []string{b1.GossipAddr(), b2.GossipAddr()}, mutate(false))
+	if nb.GossipAddr() == old {
+		t.Fatalf("the new b3 bound the old address %s: the test needs a new one", old)
+	}
+	waitUntil(t, 3*waitLong, "b3 alive at its new address on b1 and b2", func() bool {
+		for _, b := range []*Broker{b1, b2} {
+			found := false
+			for _, m := range b.ml.Members() {
+				found = found || (m.Name == "b3" && m.Address() == nb.GossipAddr() && m.State == memberlist.StateAlive)
+			}
+			if !found {
+				return false
+			}
+		}
+		return true
+	})
+	waitMembers(t, []*Broker{b1, b2, nb}, 3)
+}
+
+// memberlistConfig replaces memberlist's "never before it is reaped" (0)
+// with a probe interval as the time a dead broker's name stays bound to
+// its old address, and keeps an operator's own setting.
+func TestMemberlistConfig_DeadNodeReclaimTime(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		set  time.Duration
+		want time.Duration
+	}{
+		{"default", 0, 200 * time.Millisecond},
+		{"operator's", 7 * time.Second, 7 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := LocalConfig("b1")
+			cfg.Gossip.DeadNodeReclaimTime = tc.set
+			b := &Broker{cfg: cfg, log: slog.New(slog.DiscardHandler)}
+			mc, err := b.memberlistConfig(&delegate{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if mc.DeadNodeReclaimTime != tc.want {
+				t.Fatalf("DeadNodeReclaimTime %v, want %v", mc.DeadNodeReclaimTime, tc.want)
+			}
+		})
+	}
 }

@@ -192,6 +192,10 @@ type Config struct {
 	// a sub-second test lease, and the tests that are not about silent
 	// sessions must not lose theirs to it.
 	silence time.Duration
+	// noLeave makes Close skip leaving the gossip cluster, as a crash
+	// would (or a leave that does not get out on a loaded host). For the
+	// package's tests.
+	noLeave bool
 }
 
 // silenceCutoff is how long a session may deliver no frame before the

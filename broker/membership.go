@@ -795,6 +795,17 @@ func (b *Broker) memberlistConfig(d *delegate) (*memberlist.Config, error) {
 		b.log.Warn("gossip is not encrypted: anyone who reaches the gossip address can read and rewrite the registry "+
 			"and join the cluster (Config.InsecureGossip); set a gossip key", "gossip", b.cfg.BindAddr)
 	}
+	if mc.DeadNodeReclaimTime == 0 {
+		// memberlist's 0 keeps a dead broker's name bound to its old
+		// address until the dead node is reaped (GossipToTheDeadTime,
+		// 15-30s): a broker that restarts on a new port after a crash, or
+		// after a Close whose leave did not get out, is refused by every
+		// peer as a conflicting address until then. Once the failure
+		// detector has declared it dead, a probe interval is long enough
+		// for that verdict to spread; the raft layer still refuses a
+		// newcomer under a live broker's name (Status.Raft.JoinRefused).
+		mc.DeadNodeReclaimTime = mc.ProbeInterval
+	}
 	mc.Label = b.cfg.ClusterLabel
 	mc.Logger = nil
 	mc.LogOutput = slogWriter{b.log}
