@@ -25,16 +25,22 @@ import (
 // (Replica), and serves the replication service to consumers.
 //
 // Lock order: Component.mu before OwnedTable.mu before tail.mu; Replica.mu
-// is never held while taking another lock.
+// is never held while taking another lock; Component.dbMu is taken last
+// (useDB holds it around badger calls only).
 type Component struct {
 	cfg Config
 	log *slog.Logger
-	// db is the database; fullDBLocked replaces it, under mu, while it is
-	// small: the small database an in-memory component starts on
-	// (Config.startsSmall; nil for the others). Once replaced, small stays
-	// open until Close, for any reader that still holds it.
+	// db is the database. A component that starts small
+	// (Config.startsSmall) opens it with smallDBSizing, and fullDBLocked
+	// replaces it, under mu and dbMu, with the full one and sets full;
+	// until then it is read only under dbMu (useDB) or under mu. Once
+	// full, db never changes. small is the in-memory small database,
+	// which stays open until Close (nil for the others: on disk it is
+	// closed, its directory reopened).
 	db     *badger.DB
 	small  *badger.DB
+	dbMu   sync.RWMutex
+	full   atomic.Bool
 	ln     net.Listener
 	server *transport.Server
 
@@ -174,15 +180,16 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 	}
 
 	sizing := cfg.dbSizing()
-	small := cfg.startsSmall()
+	small := cfg.startsSmall() && (cfg.DataDir == "" || smallReplayFits(cfg.DataDir))
 	if small {
-		sizing = smallDBSizing()
+		sizing = cfg.smallDBSizing()
 	}
 	var disk *diskguard.Guard
 	if cfg.DataDir != "" {
 		// On a full file system badger would fault while opening (it maps
-		// new log files): refuse with an error instead.
-		disk = diskguard.New(cfg.DataDir, sizing.MemTable, log)
+		// new log files): refuse with an error instead. The reserve is
+		// the full database's, which a small one may become.
+		disk = diskguard.New(cfg.DataDir, cfg.memTable(), log)
 		if err := disk.CheckOpen(); err != nil {
 			return nil, fmt.Errorf("open component: %w", err)
 		}
@@ -228,6 +235,7 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 		emptyAtOpen: tables == 0,
 	}
 	c.policy.Store(cfg.AccessPolicy)
+	c.full.Store(!small)
 	if disk != nil {
 		disk.OnRecover = c.kickDropper // a drop refused for lack of space goes on
 		disk.Refresh()                 // preallocate the logs badger just opened
@@ -265,9 +273,9 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 		c.wg.Add(1)
 		go func() { defer c.wg.Done(); disk.Run(c.done()) }()
 	}
-	if small {
+	if small && cfg.DataDir == "" {
 		// The dropper starts with the full database (fullDBLocked): the
-		// small one holds no generation to drop.
+		// small one in memory holds no generation to drop.
 		c.small = db
 		c.wg.Add(2)
 	} else {
@@ -302,31 +310,94 @@ func openDB(cfg Config, sizing dbSizing, log *slog.Logger) (*badger.DB, error) {
 	return badger.Open(opts)
 }
 
-// fullDBLocked moves an in-memory component that started on its small
-// database (Config.startsSmall) to the full one, before it first keeps
-// something in badger: Own, a DiskOnly replica. Until then nothing reads
-// the database but under mu, the calls that read it without mu (the
-// committer, the trimmer, the servers, a DiskOnly replica) follow one of
-// those, and the dropper starts here. Whatever the small database holds
-// is copied (it holds nothing: a resident replica keeps its rows in
-// memory). The caller holds mu.
+// fullDBLocked moves a component that started on its small database
+// (Config.startsSmall) to the full one, before it first keeps something
+// in badger that the small one cannot hold: Own, a DiskOnly replica, a
+// resident replica whose generation is in badger (residentNeedsFullDB).
+// Those, and what follows them (the committer's and trimmer's work, the
+// servers' reads of owned tables, a DiskOnly replica's reads and applies),
+// read c.db without the gate: they happen after the switch. What reads the
+// database while it is small (a durable resident replica's cursor,
+// transfer, checkpoint and WAL records, the dropper) does so through
+// useDB, whose gate the switch holds. In memory the small database's keys
+// are copied into a new one (it holds nothing: a resident replica keeps
+// its rows in memory) and the dropper starts here; on disk the database
+// is closed and its directory reopened with the full sizing. The caller
+// holds mu.
 func (c *Component) fullDBLocked() error {
-	if c.small == nil || c.db != c.small {
+	if c.full.Load() {
 		return nil
+	}
+	c.dbMu.Lock()
+	defer c.dbMu.Unlock()
+	if c.cfg.DataDir == "" {
+		db, err := openDB(c.cfg, c.cfg.dbSizing(), c.log)
+		if err != nil {
+			return fmt.Errorf("open the database: %w", err)
+		}
+		if err := copyDB(c.small, db); err != nil {
+			_ = db.Close()
+			return fmt.Errorf("open the database: %w", err)
+		}
+		c.db = db
+		c.wg.Add(1)
+		go c.dropLoop()
+	} else if err := c.reopenFullLocked(); err != nil {
+		return err
+	}
+	c.full.Store(true)
+	c.log.Info("database sized for owned tables or disk-only replicas", "memtable_bytes", c.cfg.memTable())
+	return nil
+}
+
+// reopenFullLocked closes the small database on disk and reopens its
+// directory with the full sizing; if that fails, with the small sizing
+// again, so that the resident replicas go on. The caller holds mu and
+// dbMu.
+func (c *Component) reopenFullLocked() error {
+	if err := c.db.Close(); err != nil {
+		return fmt.Errorf("close the small database: %w", err)
 	}
 	db, err := openDB(c.cfg, c.cfg.dbSizing(), c.log)
 	if err != nil {
-		return fmt.Errorf("open the database: %w", err)
-	}
-	if err := copyDB(c.small, db); err != nil {
-		_ = db.Close()
+		small, err2 := openDB(c.cfg, c.cfg.smallDBSizing(), c.log)
+		if err2 != nil {
+			// c.db stays the closed database: every use fails with
+			// badger's ErrDBClosed.
+			c.log.Error("reopen the database", "err", err2)
+			return fmt.Errorf("open the database: %w (and reopening the small one: %v)", err, err2)
+		}
+		c.db = small
+		c.disk.Refresh()
 		return fmt.Errorf("open the database: %w", err)
 	}
 	c.db = db
-	c.wg.Add(1)
-	go c.dropLoop()
-	c.log.Info("database sized for owned tables or disk-only replicas", "memtable_bytes", c.cfg.memTable())
+	c.disk.Refresh() // preallocate the logs badger just opened
 	return nil
+}
+
+// useDB calls fn with the database, holding the gate (dbMu) while the
+// component is small, so that fullDBLocked cannot replace it meanwhile.
+// fn must not keep db, nor anything of it (a transaction, an iterator, a
+// write batch), after it returns, and must not call useDB again (a switch
+// waiting for the gate would deadlock the nested call) nor take a lock a
+// switch's caller may hold (Component.mu).
+func (c *Component) useDB(fn func(db *badger.DB) error) error {
+	if c.full.Load() {
+		return fn(c.db)
+	}
+	c.dbMu.RLock()
+	defer c.dbMu.RUnlock()
+	return fn(c.db)
+}
+
+// viewDB and updateDB are badger's View and Update through useDB.
+func (c *Component) viewDB(fn func(txn *badger.Txn) error) error {
+	return c.useDB(func(db *badger.DB) error { return db.View(fn) })
+}
+
+func (c *Component) updateDB(fn func(txn *badger.Txn) error) error {
+	return c.useDB(func(db *badger.DB) error { return db.Update(fn) })
 }
 
 // copyDB copies every key of from into to.

@@ -1,6 +1,9 @@
 package replica
 
 import (
+	"os"
+	"strings"
+
 	"github.com/dgraph-io/badger/v4/skl"
 	"github.com/replmesh/replmesh/internal/diskguard"
 )
@@ -28,11 +31,26 @@ import (
 //
 // With the defaults that is 20 MiB, but the full database's memtable is
 // at least fastMemTable: bulk writes (a full transfer into a durable
-// replica) flush and compact more often with a smaller one. An in-memory
-// component that is not an owner instance (Config.Owner) starts on a small
-// database instead (smallDBSizing: it holds nothing while its replicas are
-// resident) and moves to the full one when it first needs badger: Own, or
-// a DiskOnly replica (Component.fullDBLocked).
+// replica) flush and compact more often with a smaller one. A component
+// that is not an owner instance (Config.Owner) and leaves MemTableSize to
+// the component starts on a small database instead (smallDBSizing):
+// badger's smallest memtable, no cache. Its resident replicas keep their
+// rows in memory; in memory they write nothing to badger, on disk only
+// small transactions (cursors, checkpoint and stage records, drop markers,
+// the dropper's write batches, which badger splits to fit) while their
+// transfers and applies go to rows files and WALs of their own (bulkgen.go,
+// wal.go). It moves to the full database (Component.fullDBLocked) the
+// first time it needs badger for real: Own, a DiskOnly replica, or a
+// resident replica whose stored generation lives in badger (a data dir a
+// DiskOnly replica left: residentNeedsFullDB), since its applies are
+// badger transactions of up to consumerTxnBytes. In memory the small
+// database's keys are copied into a new one; on disk the same directory is
+// closed and reopened with the full sizing, under the component's database
+// gate (Component.useDB). A data dir is opened small again at the next
+// start whatever it holds (the first of those calls moves it again),
+// unless a crash left memtable logs written by the full database: badger
+// replays them into memtables of the size it is opened with, and panics
+// when they do not fit (smallReplayFits).
 const (
 	// badgerBatchPercent is badger's transaction limit in percent of the
 	// memtable (Options.maxBatchSize).
@@ -50,9 +68,10 @@ const (
 	// transaction bound needs an explicit MemTableSize).
 	minMemTable     = 1 << 20
 	maxAutoMemTable = 256 << 20
-	// smallMemTable and smallValueThreshold size the small database of an
-	// in-memory component that holds nothing in badger yet (the value
-	// threshold must stay under the transaction limit, 15% of 1 MiB).
+	// smallMemTable and smallValueThreshold size the small database of a
+	// component that holds nothing but small records in badger yet (the
+	// value threshold must stay under the transaction limit, 15% of 1
+	// MiB; on disk it is diskguard.ValueThreshold, under it too).
 	smallMemTable       = 1 << 20
 	smallValueThreshold = 100 << 10
 	// indexCacheSize bounds the memory of table indexes on disk (0 in
@@ -135,22 +154,62 @@ func (c *Config) dbSizing() dbSizing {
 }
 
 // startsSmall reports whether the component opens on the small database
-// (smallDBSizing): in memory, MemTableSize left to the component, and not
-// an owner instance (Config.Owner opens the full database at once: its
-// broker session reads and writes the owned tables).
+// (smallDBSizing): MemTableSize left to the component, and not an owner
+// instance (Config.Owner opens the full database at once: its broker
+// session reads and writes the owned tables).
 func (c *Config) startsSmall() bool {
-	return c.DataDir == "" && c.MemTableSize == 0 && !c.Owner
+	return c.MemTableSize == 0 && !c.Owner
 }
 
-// smallDBSizing sizes the small database an in-memory component starts on
-// (startsSmall): nothing is written to it while every replica is resident
-// (their rows are in memory, memStore), so it needs no more than badger's
-// smallest memtable and no cache.
-func smallDBSizing() dbSizing {
-	return dbSizing{
+// smallDBSizing sizes the small database a component starts on
+// (startsSmall): in memory nothing is written to it while every replica is
+// resident (their rows are in memory, memStore); on disk only small
+// records (see the comment at the top of this file). So it needs no more
+// than badger's smallest memtable and no cache; on disk the value
+// threshold and value log files are the full database's.
+func (c *Config) smallDBSizing() dbSizing {
+	s := dbSizing{
 		MemTable:       smallMemTable,
 		ValueThreshold: smallValueThreshold,
 		NumMemtables:   2,
 		NumCompactors:  numCompactors,
 	}
+	if c.DataDir != "" {
+		s.ValueThreshold, s.ValueLogFile = diskguard.ValueThreshold, valueLogFileSize
+	}
+	return s
+}
+
+// residentNeedsFullDB reports whether a resident replica loaded at cur
+// needs the full database: its live generation's rows are in badger (a
+// data dir a DiskOnly replica left), so its applies are badger
+// transactions of up to consumerTxnBytes, more than the small database
+// takes. A bulk generation's applies go to its WAL; no generation yet
+// (no log id): its first transfer makes a bulk one.
+func residentNeedsFullDB(cur cursor) bool {
+	return cur.LogID != "" && !cur.Bulk
+}
+
+// smallReplayFits reports whether the memtable logs (*.mem) in the data
+// dir fit the small database's memtables when badger replays them at Open:
+// badger makes each log twice its memtable's size, so a log larger than
+// the small database's was written by the full one (which a crash left
+// unflushed; a clean Close flushes and deletes them), and holds more than
+// a small memtable's arena takes. A dir that cannot be read fits (badger's
+// open reports what is wrong with it).
+func smallReplayFits(dir string) bool {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return true
+	}
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".mem") {
+			continue
+		}
+		fi, err := e.Info()
+		if err == nil && fi.Size() > 2*smallMemTable {
+			return false
+		}
+	}
+	return true
 }

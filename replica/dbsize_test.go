@@ -48,23 +48,23 @@ func TestConfig_DBSizing(t *testing.T) {
 	}{
 		// 3 x 1 MiB groups and a consumer's 3 MiB apply, at 15%, need 20
 		// MiB; bulk writes are faster with 32.
-		{"defaults on disk", disk(nil), onDisk(32 * mib), false},
+		{"defaults on disk", disk(nil), onDisk(32 * mib), true},
 		{"defaults in memory", mem(nil), inMemory(32 * mib), true},
 		{"small groups", disk(func(c *Config) {
 			c.MaxGroupBytes, c.MaxApplyBytes, c.MaxGroupChanges = 64<<10, 64<<10, 512
-		}), onDisk(32 * mib), false},
+		}), onDisk(32 * mib), true},
 		// The rules' minimum with the defaults, given explicitly.
 		{"explicit smallest memtable for the defaults", disk(func(c *Config) { c.MemTableSize = 20 * mib }), onDisk(20 * mib), false},
 		// 3 x 4 MiB at 15% is 80 MiB.
-		{"large groups", disk(func(c *Config) { c.MaxGroupBytes = 4 * mib }), onDisk(80 * mib), false},
+		{"large groups", disk(func(c *Config) { c.MaxGroupBytes = 4 * mib }), onDisk(80 * mib), true},
 		// 3 x 65536 entries (and one) of 96 bytes at 15%: just over 120 MiB.
-		{"many changes per group", disk(func(c *Config) { c.MaxGroupChanges = 65536 }), onDisk(121 * mib), false},
-		{"groups beyond the automatic range", disk(func(c *Config) { c.MaxGroupBytes = 64 * mib }), onDisk(256 * mib), false},
+		{"many changes per group", disk(func(c *Config) { c.MaxGroupChanges = 65536 }), onDisk(121 * mib), true},
+		{"groups beyond the automatic range", disk(func(c *Config) { c.MaxGroupBytes = 64 * mib }), onDisk(256 * mib), true},
 		{"explicit memtable on disk", disk(func(c *Config) { c.MemTableSize = 64 * mib }), onDisk(64 * mib), false},
 		{"explicit memtable in memory", mem(func(c *Config) { c.MemTableSize = 32 * mib }), inMemory(32 * mib), false},
 		{"owner instance in memory", mem(func(c *Config) { c.Owner, c.Brokers = true, []string{"127.0.0.1:1"} }), inMemory(32 * mib), false},
 		{"no block cache", disk(func(c *Config) { c.BlockCacheSize = 0 }),
-			func() dbSizing { s := onDisk(32 * mib); s.BlockCache = 0; return s }(), false},
+			func() dbSizing { s := onDisk(32 * mib); s.BlockCache = 0; return s }(), true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -76,9 +76,20 @@ func TestConfig_DBSizing(t *testing.T) {
 			}
 		})
 	}
-	want := dbSizing{MemTable: mib, ValueThreshold: 100 << 10, NumMemtables: 2, NumCompactors: 2}
-	if got := smallDBSizing(); got != want {
-		t.Errorf("smallDBSizing() = %+v, want %+v", got, want)
+	smallTests := []struct {
+		name string
+		cfg  Config
+		want dbSizing
+	}{
+		{"in memory", mem(nil), dbSizing{MemTable: mib, ValueThreshold: 100 << 10, NumMemtables: 2, NumCompactors: 2}},
+		{"on disk", disk(nil), dbSizing{MemTable: mib, ValueThreshold: diskguard.ValueThreshold, ValueLogFile: 64 * mib, NumMemtables: 2, NumCompactors: 2}},
+	}
+	for _, tt := range smallTests {
+		t.Run("small database "+tt.name, func(t *testing.T) {
+			if got := tt.cfg.smallDBSizing(); got != tt.want {
+				t.Errorf("smallDBSizing() = %+v, want %+v", got, tt.want)
+			}
+		})
 	}
 }
 
@@ -155,33 +166,38 @@ func TestConfig_DBSizingHoldsItsTransactions(t *testing.T) {
 	}
 }
 
-// An in-memory component that is not an owner instance starts on the
-// small database; the first Own or DiskOnly replica moves it to the full
-// one, carrying what the small one held; the others open the full one.
+// A component that is not an owner instance starts on the small database
+// (in memory or on disk); the first Own or DiskOnly replica moves it to
+// the full one, carrying what the small one held; the others open the
+// full one.
 func TestComponent_StartsSmall(t *testing.T) {
 	ctx := context.Background()
-	tests := []struct {
+	subscribe := func(diskOnly bool) func(t *testing.T, c *Component) error {
+		return func(t *testing.T, c *Component) error {
+			_, err := c.Subscribe(ctx, SubscribeOptions{Service: "o", Table: "t", Addr: "127.0.0.1:1", DiskOnly: diskOnly})
+			return err
+		}
+	}
+	own := func(t *testing.T, c *Component) error {
+		_, err := c.Own("t")
+		return err
+	}
+	type test struct {
 		name      string
 		dir       bool
 		memTable  int64
 		then      func(t *testing.T, c *Component) error
 		wantSmall bool // after then
-	}{
-		{"in memory, idle", false, 0, nil, true},
-		{"in memory, a resident replica", false, 0, func(t *testing.T, c *Component) error {
-			_, err := c.Subscribe(ctx, SubscribeOptions{Service: "o", Table: "t", Addr: "127.0.0.1:1"})
-			return err
-		}, true},
-		{"in memory, Own", false, 0, func(t *testing.T, c *Component) error {
-			_, err := c.Own("t")
-			return err
-		}, false},
-		{"in memory, a disk-only replica", false, 0, func(t *testing.T, c *Component) error {
-			_, err := c.Subscribe(ctx, SubscribeOptions{Service: "o", Table: "t", Addr: "127.0.0.1:1", DiskOnly: true})
-			return err
-		}, false},
-		{"in memory, explicit memtable", false, 32 * mib, nil, false},
-		{"on disk", true, 0, nil, false},
+	}
+	var tests []test
+	for _, dir := range []bool{false, true} {
+		where := map[bool]string{false: "in memory", true: "on disk"}[dir]
+		tests = append(tests,
+			test{where + ", idle", dir, 0, nil, true},
+			test{where + ", a resident replica", dir, 0, subscribe(false), true},
+			test{where + ", Own", dir, 0, own, false},
+			test{where + ", a disk-only replica", dir, 0, subscribe(true), false},
+			test{where + ", explicit memtable", dir, 32 * mib, nil, false})
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -198,7 +214,7 @@ func TestComponent_StartsSmall(t *testing.T) {
 			}
 			defer mustClose(t, c)
 			// What the small database holds is carried over.
-			if err := c.db.Update(func(txn *badger.Txn) error { return txn.Set([]byte("x/probe"), []byte("v")) }); err != nil {
+			if err := c.updateDB(func(txn *badger.Txn) error { return txn.Set([]byte("x/probe"), []byte("v")) }); err != nil {
 				t.Fatal(err)
 			}
 			if tt.then != nil {
@@ -207,9 +223,9 @@ func TestComponent_StartsSmall(t *testing.T) {
 				}
 			}
 			c.mu.Lock()
-			db, small := c.db, c.small
+			db, small := c.db, !c.full.Load()
 			c.mu.Unlock()
-			if got := small != nil && db == small; got != tt.wantSmall {
+			if got := small; got != tt.wantSmall {
 				t.Fatalf("on the small database: %v, want %v", got, tt.wantSmall)
 			}
 			want := cfg.memTable()

@@ -42,7 +42,7 @@ func (c *Component) dropLoop() {
 
 func (c *Component) dropMarked() error {
 	var prefixes [][]byte
-	err := c.db.View(func(txn *badger.Txn) error {
+	err := c.viewDB(func(txn *badger.Txn) error {
 		o := badger.DefaultIteratorOptions
 		o.Prefix = []byte(dropMarkers)
 		o.PrefetchValues = false
@@ -63,7 +63,7 @@ func (c *Component) dropMarked() error {
 		if err := c.removeBulk(p); err != nil {
 			return err
 		}
-		if err := c.db.Update(func(txn *badger.Txn) error { return txn.Delete(dropMarker(p)) }); err != nil {
+		if err := c.updateDB(func(txn *badger.Txn) error { return txn.Delete(dropMarker(p)) }); err != nil {
 			return err
 		}
 	}
@@ -73,7 +73,7 @@ func (c *Component) dropMarked() error {
 func (c *Component) deletePrefix(p []byte) error {
 	for {
 		var keys [][]byte
-		err := c.db.View(func(txn *badger.Txn) error {
+		err := c.viewDB(func(txn *badger.Txn) error {
 			o := badger.DefaultIteratorOptions
 			o.Prefix = p
 			o.PrefetchValues = false
@@ -94,14 +94,17 @@ func (c *Component) deletePrefix(p []byte) error {
 		if err := c.disk.Admit(cost); err != nil {
 			return err // the marker stays: retried when space is back
 		}
-		wb := c.db.NewWriteBatch()
-		for _, k := range keys {
-			if err := wb.Delete(k); err != nil {
-				wb.Cancel()
-				return err
+		err = c.useDB(func(db *badger.DB) error {
+			wb := db.NewWriteBatch()
+			for _, k := range keys {
+				if err := wb.Delete(k); err != nil {
+					wb.Cancel()
+					return err
+				}
 			}
-		}
-		if err := wb.Flush(); err != nil {
+			return wb.Flush()
+		})
+		if err != nil {
 			return err
 		}
 		if c.ctx.Err() != nil {
@@ -176,9 +179,12 @@ func (g *genStore) copies() int {
 	return 1
 }
 
+// load reads the cursor. Its caller (Subscribe) holds Component.mu: a
+// resident replica whose generation is in badger moves a small database
+// to the full one here (residentNeedsFullDB).
 func (g *genStore) load() (cursor, error) {
 	var cur cursor
-	err := g.c.db.Update(func(txn *badger.Txn) error {
+	err := g.c.updateDB(func(txn *badger.Txn) error {
 		var err error
 		if cur, err = readCursor(txn, g.base); err != nil {
 			return err
@@ -196,6 +202,11 @@ func (g *genStore) load() (cursor, error) {
 	})
 	if err != nil {
 		return cursor{}, err
+	}
+	if g.bulk && residentNeedsFullDB(cur) {
+		if err := g.c.fullDBLocked(); err != nil {
+			return cursor{}, err
+		}
 	}
 	keep, keepGen := "", []byte(nil)
 	if cur.Bulk {
@@ -231,7 +242,7 @@ func (g *genStore) load() (cursor, error) {
 // abandoned earlier stage for deletion) before any of its rows is written.
 func (g *genStore) beginTransfer(st *transport.Start, begin *transport.OwnerFrame, cur cursor) (stagedTransfer, error) {
 	var gen uint64
-	err := g.c.db.Update(func(txn *badger.Txn) error {
+	err := g.c.updateDB(func(txn *badger.Txn) error {
 		stage, err := readStage(txn, g.base)
 		if err != nil {
 			return err
@@ -252,6 +263,7 @@ func (g *genStore) beginTransfer(st *transport.Start, begin *transport.OwnerFram
 	if g.bulk {
 		return newBulkTransfer(g, gen)
 	}
+	// Not bulk: a DiskOnly replica's, on the full database (no gate).
 	return &genTransfer{g: g, gen: gen, prefix: genPrefix(g.base, gen), wb: g.c.db.NewWriteBatch()}, nil
 }
 
@@ -319,7 +331,7 @@ func (g *genStore) switchIn(old, next cursor) error {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	err := g.c.db.Update(func(txn *badger.Txn) error {
+	err := g.c.updateDB(func(txn *badger.Txn) error {
 		b, err := marshalCursor(next)
 		if err != nil {
 			return err
@@ -363,6 +375,8 @@ func (g *genStore) apply(next cursor, chs []transport.Change) error {
 	if next.Bulk {
 		return g.applyWAL(next, chs)
 	}
+	// Not bulk: a DiskOnly replica's, or a resident one's whose
+	// generation is in badger; either runs on the full database.
 	prefix := genPrefix(g.base, next.Gen)
 	txn := g.c.db.NewTransaction(true)
 	defer txn.Discard()

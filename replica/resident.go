@@ -648,7 +648,7 @@ func (x *resTransfer) abort() {
 func (c *Component) loadResident(base string, cur cursor) (*btree.BTreeG[resRow], int64, error) {
 	rows := newResRows()
 	var n int64
-	err := c.db.View(func(txn *badger.Txn) error {
+	err := c.viewDB(func(txn *badger.Txn) error {
 		stored, err := readCursor(txn, base)
 		if err != nil {
 			return err

@@ -508,7 +508,7 @@ func (g *genStore) checkpoint(v *resView, stop func() bool) error {
 	}
 	// The cursor at seq: the WAL's segments up to it go next, and the
 	// load replays from badger's cursor.
-	err = c.db.Update(func(txn *badger.Txn) error {
+	err = c.updateDB(func(txn *badger.Txn) error {
 		if err := txn.Set(ckptKey(g.base), encodeCkpt(gen, seq)); err != nil {
 			return err
 		}
@@ -524,7 +524,7 @@ func (g *genStore) checkpoint(v *resView, stop func() bool) error {
 		return fmt.Errorf("record checkpoint: %w", err)
 	}
 	// The record is durable before the file and the WAL it replaces go.
-	if err := c.db.Sync(); err != nil {
+	if err := c.useDB((*badger.DB).Sync); err != nil {
 		return err
 	}
 	if err := g.ckptStep("recorded"); err != nil {
@@ -604,7 +604,7 @@ func (g *genStore) loadWAL(cur cursor) (cursor, error) {
 	c := g.c
 	var path string
 	var cover, staleRecord bool
-	err := c.db.View(func(txn *badger.Txn) error {
+	err := c.viewDB(func(txn *badger.Txn) error {
 		ck, err := readCkpt(txn, g.base)
 		if err != nil {
 			return err
@@ -617,7 +617,7 @@ func (g *genStore) loadWAL(cur cursor) (cursor, error) {
 		return cur, fmt.Errorf("load WAL: %w", err)
 	}
 	if staleRecord {
-		if err := c.db.Update(func(txn *badger.Txn) error { return txn.Delete(ckptKey(g.base)) }); err != nil {
+		if err := c.updateDB(func(txn *badger.Txn) error { return txn.Delete(ckptKey(g.base)) }); err != nil {
 			return cur, err
 		}
 	}
