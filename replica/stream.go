@@ -188,7 +188,7 @@ func (s *ownerStream) recv() (*transport.OwnerFrame, error) {
 		r.ownerHead = f.HeadSeq
 	}
 	if r.state == StateStreaming && r.cur.Seq >= f.HeadSeq {
-		r.caughtUpAt = time.Now()
+		r.caughtUpLocked()
 	}
 	r.mu.Unlock()
 	return f, nil
@@ -228,6 +228,10 @@ func (s *ownerStream) begin(st *transport.Start, addr string, minEpoch uint64) e
 		r.streaming(nil)
 	}
 	r.pending = nil
+	// The stream catches up until it first holds the owner's head.
+	r.mu.Lock()
+	r.catchingUp = r.cur.Seq < r.ownerHead
+	r.mu.Unlock()
 	return nil
 }
 

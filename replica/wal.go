@@ -45,7 +45,8 @@ import (
 // keeps serving, and resumes from its seq when space returns.
 //
 // Checkpoint: when the WAL outgrows max(walMinBytes, the rows file's size)
-// (so that its replay never costs much more than reading the file) and
+// (so that its replay never costs much more than reading the file; while
+// the replica catches up, walCatchUpFactor times that, ckptDue) and
 // the disk has room for the new file (twice its size above the disk
 // guard's reserve: it stays until the old one goes), a background
 // goroutine writes a new rows file (named by the generation and the seq
@@ -225,6 +226,27 @@ func (c *Component) replayInto(base string, cur cursor, from uint64, rows *btree
 	})
 }
 
+// walCatchUpFactor: while the replica catches up (its stream has not held
+// the owner's head since it began), a checkpoint waits for the WAL to
+// reach this many times its bound. A catch-up is the one time a replica
+// applies as fast as it can, and a checkpoint then takes a core from it
+// for the rows file's write (about a seventh of a 100k-change catch-up on
+// two cores), while the catch-up's end is a moment away and the
+// checkpoint as due then as now. The factor bounds the WAL of a replica
+// that never catches up (a writer faster than it).
+const walCatchUpFactor = 4
+
+// ckptDue decides whether a checkpoint starts after an append: the WAL
+// holds bytes of records, bound is the checkpoint's (checkpointAt), none
+// is tried below retryAt (one put off for want of room), and behind says
+// the replica is catching up.
+func ckptDue(bytes, bound, retryAt int64, behind bool) bool {
+	if bytes <= bound || bytes < retryAt {
+		return false
+	}
+	return !behind || bytes > walCatchUpFactor*bound
+}
+
 // applyWAL appends changes and next, the cursor after them, to the WAL of
 // the bulk generation next names as one record; then starts a checkpoint
 // if one is due.
@@ -233,11 +255,12 @@ func (g *genStore) applyWAL(next cursor, chs []transport.Change) error {
 	if err != nil {
 		return fmt.Errorf("apply %s: %w", g.table, err)
 	}
+	behind := g.wal.behind != nil && g.wal.behind(next.Seq)
 	g.mu.Lock()
 	g.wal.bytes += n
 	g.wal.entries = append(g.wal.entries, walRef{next.Seq, n})
 	g.wal.segs[len(g.wal.segs)-1].last = next.Seq
-	due := !g.wal.running && g.wal.bytes > g.checkpointAt() && g.wal.bytes >= g.wal.retryAt
+	due := !g.wal.running && ckptDue(g.wal.bytes, g.checkpointAt(), g.wal.retryAt, behind)
 	if due {
 		g.wal.running = true
 	}
@@ -417,6 +440,10 @@ type walState struct {
 	write func(f *os.File, b []byte) (int, error)
 	hook  func(step string) error
 	res   *resident // the replica's resident state (Replica.load sets it)
+	// behind, when set, reports whether the replica applying the record
+	// that ends at seq is catching up (Replica.catchingUp); the stream
+	// goroutine calls it.
+	behind func(seq uint64) bool
 }
 
 // walRef is one WAL record: its seq and its bytes.
