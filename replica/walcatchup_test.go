@@ -2,9 +2,12 @@ package replica
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"math"
+	"os"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -172,4 +175,74 @@ func TestReplica_CatchingUpUntilTheHead(t *testing.T) {
 			t.Fatalf("record %d at seq %d (head %d when resumed): behind %v, want %v; all: %v", i, a.seq, head, a.behind, want, answers)
 		}
 	}
+}
+
+// A full segment's fsync runs beside the applies: they go on while it
+// waits, and closeWAL waits for it.
+func TestWAL_RotatedSegmentSyncsInTheBackground(t *testing.T) {
+	w, rng := newWALRigApplied(t, 0, 21)
+	w.seg, w.g.wal.seg = 1<<10, 1<<10
+	release := make(chan struct{})
+	var mu sync.Mutex
+	var synced []string
+	w.g.wal.sync = func(f *os.File) error {
+		<-release
+		mu.Lock()
+		synced = append(synced, f.Name())
+		mu.Unlock()
+		return f.Sync()
+	}
+	for len(w.g.wal.segs) < 4 {
+		must(t, w.apply(randomBatch(rng, 50))) // never waits for release
+	}
+	rotated := w.g.wal.segs[:len(w.g.wal.segs)-1]
+	close(release)
+	end := w.cur
+	w.g.closeWAL()
+	mu.Lock()
+	if len(synced) != len(rotated) {
+		t.Fatalf("%d rotated segments synced by closeWAL, want %d", len(synced), len(rotated))
+	}
+	mu.Unlock()
+	w.reopen(true)
+	if w.cur != end {
+		t.Fatalf("reopened at %+v, want %+v", w.cur, end)
+	}
+	w.check("reopened")
+	w.checkFiles("reopened")
+}
+
+// A rotated segment whose fsync fails fails the next append (the disk
+// full: ErrDiskFull) and nothing of that batch is applied; the ones after
+// it apply.
+func TestWAL_RotatedSegmentSyncFailure(t *testing.T) {
+	w, rng := newWALRigApplied(t, 0, 22)
+	w.seg, w.g.wal.seg = 1<<10, 1<<10
+	failed := make(chan struct{})
+	w.g.wal.sync = func(f *os.File) error {
+		defer close(failed)
+		return syscall.ENOSPC
+	}
+	for len(w.g.wal.segs) < 2 {
+		must(t, w.apply(randomBatch(rng, 50)))
+	}
+	<-failed
+	w.g.wal.sync = nil
+	before, records := w.cur, len(w.g.wal.entries)
+	if err := w.apply(randomBatch(rng, 50)); !errors.Is(err, ErrDiskFull) {
+		t.Fatalf("apply after a rotated segment's failed fsync: %v, want ErrDiskFull", err)
+	}
+	w.cur = before // the rig's seqs
+	if n := len(w.g.wal.entries); n != records {
+		t.Fatalf("%d WAL records after the failed apply, want %d", n, records)
+	}
+	for range 5 {
+		must(t, w.apply(randomBatch(rng, 50)))
+	}
+	end := w.cur
+	w.reopen(true)
+	if w.cur != end {
+		t.Fatalf("reopened at %+v, want %+v", w.cur, end)
+	}
+	w.check("reopened after a failed fsync")
 }
