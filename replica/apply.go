@@ -43,7 +43,7 @@ func (r *Replica) applyDelta(f *transport.OwnerFrame) error {
 		}
 		r.mu.Lock()
 		if cur.Seq >= r.ownerHead {
-			r.caughtUpAt = time.Now()
+			r.caughtUpLocked()
 		}
 		r.mu.Unlock()
 		return nil
@@ -167,11 +167,28 @@ func (r *Replica) applied(next cursor, chs []transport.Change) error {
 	r.cur = next
 	r.stats.applied.Add(uint64(len(chs)))
 	if next.Seq >= r.ownerHead {
-		r.caughtUpAt = time.Now()
+		r.caughtUpLocked()
 	}
 	close(r.seqCh)
 	r.seqCh = make(chan struct{})
 	r.mu.Unlock()
 	r.notify(Event{Seq: next.Seq, Changes: chs})
 	return nil
+}
+
+// caughtUpLocked notes that the replica holds the owner's head now; r.mu
+// is held. Its stream's catch-up is over (behind).
+func (r *Replica) caughtUpLocked() {
+	r.caughtUpAt = time.Now()
+	r.catchingUp = false
+}
+
+// behind reports whether the replica, applying up to seq, is catching up:
+// its stream has not held the owner's head since it began, and seq is
+// below the head. A durable replica's WAL puts its checkpoints off while
+// it is (ckptDue).
+func (r *Replica) behind(seq uint64) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.catchingUp && seq < r.ownerHead
 }

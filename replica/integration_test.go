@@ -540,15 +540,7 @@ func (cs *consumer) open(t testing.TB) {
 func (cs *consumer) openMem(t testing.TB) {
 	t.Helper()
 	attached := make(chan struct{})
-	hold := grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn,
-		method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-		select {
-		case <-attached:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		return streamer(ctx, desc, cc, method, opts...)
-	})
+	hold := holdStreams(attached)
 	cs.c = openWith(t, "products", cs.name, cs.dir, "", func(c *Config) {
 		cs.mem.join(c)
 		c.Transport.DialOptions = append(c.Transport.DialOptions, hold)
@@ -563,6 +555,20 @@ func (cs *consumer) openMem(t testing.TB) {
 	}
 	cs.r = r
 	cs.chk.attach(r)
+}
+
+// holdStreams is a dial option whose streams wait until release is
+// closed.
+func holdStreams(release <-chan struct{}) grpc.DialOption {
+	return grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn,
+		method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		return streamer(ctx, desc, cc, method, opts...)
+	})
 }
 
 func (cs *consumer) close(t testing.TB) {

@@ -97,6 +97,7 @@ type Replica struct {
 	state        State
 	ownerHead    uint64
 	caughtUpAt   time.Time // last time the replica was known to hold the owner's head
+	catchingUp   bool      // the stream has not held the owner's head since it began
 	subscribed   time.Time // when the subscription began (the staleness base until caught up)
 	xfer         *transfer // the running full transfer, nil when none
 	lastErr      error
@@ -288,6 +289,7 @@ func (r *Replica) load() error {
 		r.res = newResident(cur, rows, n, r.spawnIndexBuild, r.stopping, r.reads.Load)
 		if g, ok := r.sink.(*genStore); ok {
 			g.wal.res = r.res // its checkpoints read the published views
+			g.wal.behind = r.behind
 		}
 	}
 	r.cur = cur

@@ -110,6 +110,16 @@ type ownerStream struct {
 	// sent in Open: what the start decision compares with the owner's Start.
 	opened cursor
 	accept bool
+	// frames, once follow starts receive, brings the owner's frames,
+	// received and decoded one ahead of the frame being applied; nil:
+	// recv receives them itself.
+	frames chan received
+}
+
+// received is a frame of the owner's, or the error that ended the stream.
+type received struct {
+	f   *transport.OwnerFrame
+	err error
 }
 
 // openStream dials the owner at addr and opens a Subscribe stream: it
@@ -173,12 +183,23 @@ func (s *ownerStream) silent(err error) error {
 	return err
 }
 
-// recv receives the owner's next frame, with the watchdog running while it
-// waits, and notes the owner's head.
+// recv returns the owner's next frame, with the watchdog running while it
+// waits for it, and notes the owner's head.
 func (s *ownerStream) recv() (*transport.OwnerFrame, error) {
 	r := s.r
 	s.watchdog.Reset(r.c.cfg.PeerTimeout)
-	f, err := s.sub.Recv()
+	var f *transport.OwnerFrame
+	var err error
+	if s.frames == nil {
+		f, err = s.sub.Recv()
+	} else {
+		select {
+		case m := <-s.frames:
+			f, err = m.f, m.err
+		case <-s.ctx.Done():
+			err = s.ctx.Err()
+		}
+	}
 	s.watchdog.Stop()
 	if err != nil {
 		return nil, s.silent(err)
@@ -188,7 +209,7 @@ func (s *ownerStream) recv() (*transport.OwnerFrame, error) {
 		r.ownerHead = f.HeadSeq
 	}
 	if r.state == StateStreaming && r.cur.Seq >= f.HeadSeq {
-		r.caughtUpAt = time.Now()
+		r.caughtUpLocked()
 	}
 	r.mu.Unlock()
 	return f, nil
@@ -228,6 +249,10 @@ func (s *ownerStream) begin(st *transport.Start, addr string, minEpoch uint64) e
 		r.streaming(nil)
 	}
 	r.pending = nil
+	// The stream catches up until it first holds the owner's head.
+	r.mu.Lock()
+	r.catchingUp = r.cur.Seq < r.ownerHead
+	r.mu.Unlock()
 	return nil
 }
 
@@ -239,11 +264,14 @@ func (s *ownerStream) follow(st *transport.Start) error {
 	r.mu.Lock()
 	r.modes.stream = s.sub
 	r.mu.Unlock()
-	ctlDone := make(chan struct{})
+	ctlDone, recvDone := make(chan struct{}), make(chan struct{})
 	go func() { defer close(ctlDone); r.control(s.ctx, s.cancel) }()
+	s.frames = make(chan received)
+	go func() { defer close(recvDone); s.receive() }()
 	defer func() {
 		s.cancel()
 		<-ctlDone
+		<-recvDone
 		r.mu.Lock()
 		r.modes.stream = nil
 		r.mu.Unlock()
@@ -258,6 +286,25 @@ func (s *ownerStream) follow(st *transport.Start) error {
 		}
 		if err := s.handle(f, st); err != nil {
 			return err
+		}
+	}
+}
+
+// receive runs beside follow's loop: it receives the owner's frames and
+// hands them to recv, so that the next frame is read and decoded while the
+// replica applies the one before (a catch-up keeps both cores busy). It
+// ends with the stream (follow cancels it). The watchdog counts only
+// recv's wait: receive may wait for the owner while the replica is busy.
+func (s *ownerStream) receive() {
+	for {
+		f, err := s.sub.Recv()
+		select {
+		case s.frames <- received{f, err}:
+		case <-s.ctx.Done():
+			return
+		}
+		if err != nil {
+			return
 		}
 	}
 }

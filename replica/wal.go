@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/dgraph-io/badger/v4"
@@ -45,7 +46,8 @@ import (
 // keeps serving, and resumes from its seq when space returns.
 //
 // Checkpoint: when the WAL outgrows max(walMinBytes, the rows file's size)
-// (so that its replay never costs much more than reading the file) and
+// (so that its replay never costs much more than reading the file; while
+// the replica catches up, walCatchUpFactor times that, ckptDue) and
 // the disk has room for the new file (twice its size above the disk
 // guard's reserve: it stays until the old one goes), a background
 // goroutine writes a new rows file (named by the generation and the seq
@@ -225,6 +227,27 @@ func (c *Component) replayInto(base string, cur cursor, from uint64, rows *btree
 	})
 }
 
+// walCatchUpFactor: while the replica catches up (its stream has not held
+// the owner's head since it began), a checkpoint waits for the WAL to
+// reach this many times its bound. A catch-up is the one time a replica
+// applies as fast as it can, and a checkpoint then takes a core from it
+// for the rows file's write (about a seventh of a 100k-change catch-up on
+// two cores), while the catch-up's end is a moment away and the
+// checkpoint as due then as now. The factor bounds the WAL of a replica
+// that never catches up (a writer faster than it).
+const walCatchUpFactor = 4
+
+// ckptDue decides whether a checkpoint starts after an append: the WAL
+// holds bytes of records, bound is the checkpoint's (checkpointAt), none
+// is tried below retryAt (one put off for want of room), and behind says
+// the replica is catching up.
+func ckptDue(bytes, bound, retryAt int64, behind bool) bool {
+	if bytes <= bound || bytes < retryAt {
+		return false
+	}
+	return !behind || bytes > walCatchUpFactor*bound
+}
+
 // applyWAL appends changes and next, the cursor after them, to the WAL of
 // the bulk generation next names as one record; then starts a checkpoint
 // if one is due.
@@ -233,11 +256,12 @@ func (g *genStore) applyWAL(next cursor, chs []transport.Change) error {
 	if err != nil {
 		return fmt.Errorf("apply %s: %w", g.table, err)
 	}
+	behind := g.wal.behind != nil && g.wal.behind(next.Seq)
 	g.mu.Lock()
 	g.wal.bytes += n
 	g.wal.entries = append(g.wal.entries, walRef{next.Seq, n})
 	g.wal.segs[len(g.wal.segs)-1].last = next.Seq
-	due := !g.wal.running && g.wal.bytes > g.checkpointAt() && g.wal.bytes >= g.wal.retryAt
+	due := !g.wal.running && ckptDue(g.wal.bytes, g.checkpointAt(), g.wal.retryAt, behind)
 	if due {
 		g.wal.running = true
 	}
@@ -258,15 +282,18 @@ func (g *genStore) applyWAL(next cursor, chs []transport.Change) error {
 // Run by the stream goroutine only.
 func (g *genStore) appendWAL(next cursor, chs []transport.Change) (int64, error) {
 	w := &g.wal
-	if w.f != nil {
-		g.mu.Lock()
-		full := w.size >= g.segmentBytes()
-		g.mu.Unlock()
-		if full {
-			if err := g.closeSegment(); err != nil {
-				return 0, err
-			}
-		}
+	g.mu.Lock()
+	full := w.f != nil && w.size >= g.segmentBytes()
+	serr := w.syncErr
+	w.syncErr = nil
+	g.mu.Unlock()
+	if serr != nil {
+		// A closed segment's fsync failed: this batch is not applied, and
+		// the stream starts over, as if its own write had failed.
+		return 0, walWriteErr(g.c, serr)
+	}
+	if full {
+		g.rotateSegment()
 	}
 	if w.f == nil {
 		path := g.c.walSegPath(genPrefix(g.base, next.Gen), next.Seq)
@@ -363,32 +390,58 @@ func walCost(n int) diskguard.Cost {
 	return w
 }
 
-// closeSegment fsyncs and closes the open segment, if any (the stream
-// goroutine, or a stopped replica).
-func (g *genStore) closeSegment() error {
+// rotateSegment closes the open segment, which is full, for the next
+// record to start a new one (the stream goroutine). Its fsync and close
+// run in the background: the stream would wait some milliseconds for each
+// (a fifth of a 100k-change catch-up, every 4 MiB), while nothing waits
+// for them but a machine's crash (the records are written; a checkpoint
+// fsyncs its own file). A failure fails the next append (syncErr);
+// closeWAL waits for them.
+func (g *genStore) rotateSegment() {
 	w := &g.wal
-	if w.f == nil {
-		return nil
-	}
-	err := w.f.Sync()
-	err = errors.Join(err, w.f.Close())
+	f := w.f
 	w.f = nil
-	if err != nil {
-		return walWriteErr(g.c, err)
+	w.syncs.Add(1)
+	sync := (*os.File).Sync
+	if w.sync != nil {
+		sync = w.sync
 	}
-	return nil
+	go func() {
+		defer w.syncs.Done()
+		if err := errors.Join(sync(f), f.Close()); err != nil {
+			g.mu.Lock()
+			if w.syncErr == nil {
+				w.syncErr = fmt.Errorf("segment %s: %w", filepath.Base(f.Name()), err)
+			}
+			g.mu.Unlock()
+		}
+	}()
 }
 
-// closeWAL closes the open segment of a replica that stopped.
+// closeWAL fsyncs and closes the open segment of a replica that stopped,
+// and waits for the rotated ones'.
 func (g *genStore) closeWAL() {
-	if err := g.closeSegment(); err != nil {
+	w := &g.wal
+	if w.f != nil {
+		if err := errors.Join(w.f.Sync(), w.f.Close()); err != nil {
+			g.log.Warn("close WAL segment", "err", err)
+		}
+		w.f = nil
+	}
+	w.syncs.Wait()
+	g.mu.Lock()
+	err := w.syncErr
+	w.syncErr = nil
+	g.mu.Unlock()
+	if err != nil {
 		g.log.Warn("close WAL segment", "err", err)
 	}
 }
 
 // walState is a genStore's view of its live bulk generation's WAL. The
 // stream goroutine alone uses f, size, last and buf; the rest is guarded
-// by genStore.mu (a checkpoint shares it).
+// by genStore.mu (a checkpoint and the rotated segments' fsyncs share
+// it).
 type walState struct {
 	gen       uint64 // the live generation (the cursor's)
 	path      string // its rows file (the transfer's or a checkpoint's)
@@ -406,17 +459,26 @@ type walState struct {
 	size int64    // its bytes, all whole records
 	last uint64   // the seq of the WAL's last record (or its base)
 	buf  []byte   // a record being built
+	// syncs are the rotated segments' fsyncs under way (rotateSegment);
+	// syncErr is the first that failed, not yet reported.
+	syncs   sync.WaitGroup
+	syncErr error
 	// bulkLive: the live generation is bulk (copies).
 	bulkLive bool
 	// min overrides walMinBytes, seg the segments' size, write the
-	// records' write (tests); hook, when set, is called at the steps of
-	// a checkpoint and stops it there on an error (tests: a crash between
-	// the steps).
+	// records' write, sync a rotated segment's fsync (tests); hook, when
+	// set, is called at the steps of a checkpoint and stops it there on
+	// an error (tests: a crash between the steps).
 	min   int64
 	seg   int64
 	write func(f *os.File, b []byte) (int, error)
+	sync  func(f *os.File) error
 	hook  func(step string) error
 	res   *resident // the replica's resident state (Replica.load sets it)
+	// behind, when set, reports whether the replica applying the record
+	// that ends at seq is catching up (Replica.behind); the stream
+	// goroutine calls it.
+	behind func(seq uint64) bool
 }
 
 // walRef is one WAL record: its seq and its bytes.

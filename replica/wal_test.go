@@ -713,15 +713,23 @@ func TestWAL_WriteFailureTruncates(t *testing.T) {
 		t.Fatalf("segment after the failed write: %v, %v bytes; want %d", err, st2.Size(), st.Size())
 	}
 	w.g.wal.write = nil
+	w.applyThenReopen(rng, "a failed write")
+}
+
+// applyThenReopen applies 5 random batches after a failed one (after
+// what), reopens, and checks the cursor and the rows.
+func (w *walRig) applyThenReopen(rng *rand.Rand, after string) {
+	t := w.t
+	t.Helper()
 	for range 5 {
 		must(t, w.apply(randomBatch(rng, 50)))
 	}
 	end := w.cur
 	w.reopen(true)
 	if w.cur != end {
-		t.Fatalf("reopened at %+v, want %+v", w.cur, end)
+		t.Fatalf("reopened after %s at %+v, want %+v", after, w.cur, end)
 	}
-	w.check("reopened after a failed write")
+	w.check("reopened after " + after)
 }
 
 // A record that decodes re-encodes to the same bytes; none panics.

@@ -31,6 +31,7 @@ const (
 	envKeys   = "PEERBENCH_KEYS"   // owner: key space of its writes
 	envValue  = "PEERBENCH_VALUE"  // owner: value size
 	envLog    = "PEERBENCH_VERBOSE"
+	envProf   = "PEERBENCH_CPUPROFILE" // replmesh reader: CPU profile path prefix
 
 	roleRMReader   = "rm-reader"
 	roleRMOwner    = "rm-owner"
@@ -106,6 +107,9 @@ func (b *bench) spawn(ctx context.Context, name, role string, env ...string) (*c
 	c.cmd.Env = append(os.Environ(), append([]string{envRole + "=" + role}, env...)...)
 	if b.logger != nil {
 		c.cmd.Env = append(c.cmd.Env, envLog+"=1")
+	}
+	if b.readerProfile != "" && role == roleRMReader {
+		c.cmd.Env = append(c.cmd.Env, envProf+"="+b.readerProfile+"-"+name)
 	}
 	stderr, err := os.Create(c.errLog)
 	if err != nil {

@@ -101,8 +101,11 @@ type bench struct {
 	redis     string // redis-server's path ("" when not installed)
 	stderr    io.Writer
 	logger    *slog.Logger // components' logs (nil: discarded)
-	figs      []figure
-	skipped   []string
+	// readerProfile: the prefix of replmesh reader processes' CPU
+	// profiles ("" none).
+	readerProfile string
+	figs          []figure
+	skipped       []string
 }
 
 func (b *bench) has(system string) bool    { return slices.Contains(b.systems, system) }
@@ -159,6 +162,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	rate := fs.Int("rate", 0, "paced changes/s (default 1000)")
 	flowWindow := fs.Int("flowwindow", 0, "replmesh W1: the owner's flow control window in changes (replica.FlowControl; 0: its default, negative: off)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the runs (this process: owner, writer and in-process readers) to this file")
+	readerProfile := fs.String("readerprofile", "", "replmesh reader processes write a CPU profile each, from process start to caught up, to files named by this prefix (PREFIX-NAME-PID.pprof; merge them with go tool pprof -proto)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -229,6 +233,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		defer os.RemoveAll(b.dir)
 	}
 
+	b.readerProfile = *readerProfile
 	if *cpuProfile != "" {
 		stop, err := benchkit.StartCPUProfile(*cpuProfile)
 		if err != nil {

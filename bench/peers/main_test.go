@@ -134,6 +134,39 @@ func TestProfiledFlowWindow(t *testing.T) {
 	}
 }
 
+// TestReaderProfile runs a small W3 with -readerprofile: each replmesh
+// reader process writes a CPU profile of its own.
+func TestReaderProfile(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs reader processes")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	var out, errs bytes.Buffer
+	args := []string{"-quick", "-count", "1", "-systems", "replmesh", "-workloads", "w3",
+		"-readerprofile", filepath.Join(dir, "reader"), "-dir", t.TempDir()}
+	if err := run(ctx, args, &out, &errs); err != nil {
+		t.Fatalf("run: %v\nstderr:\n%s", err, errs.String())
+	}
+	for _, name := range []string{"rm-w3-reader", "rm-w3-reader2"} {
+		profs, err := filepath.Glob(filepath.Join(dir, "reader-"+name+"-*.pprof"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Each W3 case runs its reader twice: before and after the missed
+		// changes.
+		if len(profs) != 2 {
+			t.Fatalf("%d profiles of %s's processes, want 2: %v", len(profs), name, profs)
+		}
+		for _, p := range profs {
+			if st, err := os.Stat(p); err != nil || st.Size() == 0 {
+				t.Fatalf("profile %s: %v (empty: %v)", p, err, err == nil)
+			}
+		}
+	}
+}
+
 func TestMedians(t *testing.T) {
 	f := func(v float64) figure {
 		return figure{Workload: "W", Case: "c", Metric: "m", System: sysNATS, Value: v}

@@ -565,6 +565,20 @@ func (b *bench) addReads(cs, sys string, lat latencies) {
 // memory), subscribes to the owner at envAddr and reports once it is ready
 // and holds envTarget.
 func rmReaderMain(ctx context.Context) error {
+	stopProf := func() error { return nil }
+	if prefix := os.Getenv(envProf); prefix != "" {
+		stop, err := benchkit.StartCPUProfile(fmt.Sprintf("%s-%d.pprof", prefix, os.Getpid()))
+		if err != nil {
+			return err
+		}
+		// Stopped once caught up (below), or on a failure.
+		var once sync.Once
+		stopProf = func() (err error) {
+			once.Do(func() { err = stop() })
+			return err
+		}
+		defer func() { _ = stopProf() }()
+	}
 	var logger *slog.Logger
 	if os.Getenv(envLog) != "" {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -604,6 +618,9 @@ func rmReaderMain(ctx context.Context) error {
 	// still fails the run: the parent waits for a clean exit).
 	if err := writeResult(os.Stdout, res); err != nil {
 		return err
+	}
+	if err := stopProf(); err != nil {
+		return fmt.Errorf("cpu profile: %w", err)
 	}
 	if err := c.Close(); err != nil {
 		return fmt.Errorf("close: %w", err)
