@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/vmihailenco/msgpack/v5"
+	"github.com/vmihailenco/msgpack/v5/msgpcode"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
 )
@@ -123,6 +124,151 @@ func (r *frameReader) take(n int) ([]byte, error) {
 	out := r.b[r.pos : r.pos+n : r.pos+n]
 	r.pos += n
 	return out, nil
+}
+
+// decodeChanges is decodeList for a change list read from Codec: each
+// change parsed from the message bytes where parseChange can, else by
+// Change.decode (which fails where it must). Like decodeList, it grows the
+// list as changes arrive: a hostile array header costs nothing.
+func (r *frameReader) decodeChanges(d *msgpack.Decoder) ([]Change, error) {
+	n, err := d.DecodeArrayLen()
+	if err != nil || n < 0 {
+		return nil, err
+	}
+	out := make([]Change, 0, min(n, 256))
+	for i := 0; i < n; i++ {
+		out = append(out, Change{})
+		if r.parseChange(&out[i]) {
+			continue
+		}
+		if err := out[i].decode(d, true); err != nil {
+			return nil, fmt.Errorf("element %d: %w", i, err)
+		}
+	}
+	return out, nil
+}
+
+// parseChange decodes the change at the reader's position when it is in
+// the forms msgpack's encoder writes (AppendChange's): a 7-element
+// fixarray; seq, op and epoch as unsigned ints; key and value as bins or
+// nil (a nil key or value stays nil, a bin is cut from the message like
+// decodeBin's); the time as an int; TxnEnd as a bool. It gives what
+// Change.decode gives for those bytes, without the decoder's per-field
+// calls. Any other form (msgpack accepts several for one value), or too
+// few bytes, leaves the reader and c as they were and returns false:
+// Change.decode then reads the change, or fails on it.
+func (r *frameReader) parseChange(c *Change) bool {
+	b, p := r.b, r.pos
+	if p >= len(b) || b[p] != msgpcode.FixedArrayLow|7 {
+		return false
+	}
+	p++
+	var ch Change
+	var op, tm uint64
+	var ok bool
+	if ch.Seq, p, ok = parseUint(b, p); !ok {
+		return false
+	}
+	if op, p, ok = parseUint(b, p); !ok || op > 255 {
+		return false
+	}
+	ch.Op = Op(op)
+	if ch.Key, p, ok = parseBin(b, p); !ok {
+		return false
+	}
+	if ch.Value, p, ok = parseBin(b, p); !ok {
+		return false
+	}
+	if tm, p, ok = parseInt(b, p); !ok {
+		return false
+	}
+	ch.Time = int64(tm)
+	if p >= len(b) || (b[p] != msgpcode.True && b[p] != msgpcode.False) {
+		return false
+	}
+	ch.TxnEnd = b[p] == msgpcode.True
+	if ch.Epoch, p, ok = parseUint(b, p+1); !ok {
+		return false
+	}
+	*c, r.pos = ch, p
+	return true
+}
+
+// parseUint reads an unsigned int (positive fixint, uint8..uint64) at
+// b[p:], returning it and the position after it.
+func parseUint(b []byte, p int) (uint64, int, bool) { return parseNum(b, p, false) }
+
+// parseInt reads an int as msgpack's DecodeInt64 does (returned as its
+// two's complement bits): a fixint of either sign, uint8..uint64,
+// int8..int64.
+func parseInt(b []byte, p int) (uint64, int, bool) { return parseNum(b, p, true) }
+
+// parseNum reads an int at b[p:]: unsigned forms only unless signed.
+func parseNum(b []byte, p int, signed bool) (uint64, int, bool) {
+	if p >= len(b) {
+		return 0, p, false
+	}
+	c := b[p]
+	switch {
+	case c <= msgpcode.PosFixedNumHigh:
+		return uint64(c), p + 1, true
+	case c >= msgpcode.NegFixedNumLow:
+		return uint64(int64(int8(c))), p + 1, signed
+	}
+	var n int
+	neg := false
+	switch c {
+	case msgpcode.Uint8, msgpcode.Uint16, msgpcode.Uint32, msgpcode.Uint64:
+		n = 1 << (c - msgpcode.Uint8)
+	case msgpcode.Int8, msgpcode.Int16, msgpcode.Int32, msgpcode.Int64:
+		n, neg = 1<<(c-msgpcode.Int8), true
+	default:
+		return 0, p, false
+	}
+	if neg && !signed {
+		return 0, p, false
+	}
+	v, q, ok := readBE(b, p+1, n)
+	if ok && neg {
+		shift := 64 - 8*uint(n) // sign-extend from n bytes
+		v = uint64(int64(v<<shift) >> shift)
+	}
+	return v, q, ok
+}
+
+// readBE reads an n-byte big-endian number at b[p:].
+func readBE(b []byte, p, n int) (uint64, int, bool) {
+	if len(b)-p < n {
+		return 0, p, false
+	}
+	var v uint64
+	for _, x := range b[p : p+n] {
+		v = v<<8 | uint64(x)
+	}
+	return v, p + n, true
+}
+
+// parseBin reads a bin8/16/32 (cut from b, capped like frameReader.take)
+// or nil at b[p:].
+func parseBin(b []byte, p int) ([]byte, int, bool) {
+	if p >= len(b) {
+		return nil, p, false
+	}
+	var n int
+	switch c := b[p]; c {
+	case msgpcode.Nil:
+		return nil, p + 1, true
+	case msgpcode.Bin8, msgpcode.Bin16, msgpcode.Bin32:
+		n = 1 << (c - msgpcode.Bin8)
+	default:
+		return nil, p, false
+	}
+	l, s, ok := readBE(b, p+1, n)
+	if !ok || l > uint64(len(b)-s) {
+		return nil, p, false
+	}
+	e := s + int(l)
+	return b[s:e:e], e, true
 }
 
 // rawMessage receives a message's bytes undecoded. Server handlers decode

@@ -1,9 +1,11 @@
 package transport
 
 import (
+	"encoding/binary"
 	"fmt"
+	"math"
 
-	"github.com/vmihailenco/msgpack/v5"
+	"github.com/vmihailenco/msgpack/v5/msgpcode"
 	"google.golang.org/grpc/mem"
 )
 
@@ -13,33 +15,82 @@ import (
 // (dst[ends[i-1]:ends[i]] is change i). An owner encodes each change of a
 // table once this way and shares the bytes among every stream it sends
 // them on (EncodedChanges).
+//
+// The bytes are those Change.EncodeMsgpack writes with compact ints,
+// appended directly (AppendChange): no encoder, no reflection.
 func EncodeChanges(dst []byte, chs []Change, ends []int) ([]byte, []int, error) {
-	w := appendWriter{b: dst}
-	enc := msgpack.NewEncoder(&w)
-	enc.UseCompactInts(true)
 	for i := range chs {
-		if err := chs[i].EncodeMsgpack(enc); err != nil {
-			return dst, ends, fmt.Errorf("encode change %d: %w", chs[i].Seq, err)
-		}
-		ends = append(ends, len(w.b))
+		dst = AppendChange(dst, &chs[i])
+		ends = append(ends, len(dst))
 	}
-	return w.b, ends, nil
+	return dst, ends, nil
 }
 
-// appendWriter appends what the encoder writes to b. It is an
-// io.ByteWriter too: without WriteByte msgpack wraps it in a writer that
-// allocates a slice for every single byte it writes (headers, ops, small
-// ints).
-type appendWriter struct{ b []byte }
-
-func (w *appendWriter) Write(p []byte) (int, error) {
-	w.b = append(w.b, p...)
-	return len(p), nil
+// AppendChange appends c's wire encoding to dst: the 7-element msgpack
+// array Change.EncodeMsgpack writes through an encoder with compact ints,
+// byte for byte (every decoder of a Change reads it), written without an
+// encoder. An owner builds frames from its log entries this way, copying
+// each key and value once.
+func AppendChange(dst []byte, c *Change) []byte {
+	dst = append(dst, msgpcode.FixedArrayLow|7)
+	dst = appendUint(dst, c.Seq)
+	dst = appendUint(dst, uint64(c.Op))
+	dst = appendBin(dst, c.Key)
+	dst = appendBin(dst, c.Value)
+	dst = appendInt(dst, c.Time)
+	if c.TxnEnd {
+		dst = append(dst, msgpcode.True)
+	} else {
+		dst = append(dst, msgpcode.False)
+	}
+	return appendUint(dst, c.Epoch)
 }
 
-func (w *appendWriter) WriteByte(c byte) error {
-	w.b = append(w.b, c)
-	return nil
+// appendUint is msgpack's compact EncodeUint: the smallest encoding.
+func appendUint(b []byte, n uint64) []byte {
+	switch {
+	case n <= math.MaxInt8:
+		return append(b, byte(n))
+	case n <= math.MaxUint8:
+		return append(b, msgpcode.Uint8, byte(n))
+	case n <= math.MaxUint16:
+		return binary.BigEndian.AppendUint16(append(b, msgpcode.Uint16), uint16(n))
+	case n <= math.MaxUint32:
+		return binary.BigEndian.AppendUint32(append(b, msgpcode.Uint32), uint32(n))
+	}
+	return binary.BigEndian.AppendUint64(append(b, msgpcode.Uint64), n)
+}
+
+// appendInt is msgpack's compact EncodeInt.
+func appendInt(b []byte, n int64) []byte {
+	switch {
+	case n >= 0:
+		return appendUint(b, uint64(n))
+	case n >= int64(int8(msgpcode.NegFixedNumLow)):
+		return append(b, byte(n))
+	case n >= math.MinInt8:
+		return append(b, msgpcode.Int8, byte(n))
+	case n >= math.MinInt16:
+		return binary.BigEndian.AppendUint16(append(b, msgpcode.Int16), uint16(n))
+	case n >= math.MinInt32:
+		return binary.BigEndian.AppendUint32(append(b, msgpcode.Int32), uint32(n))
+	}
+	return binary.BigEndian.AppendUint64(append(b, msgpcode.Int64), uint64(n))
+}
+
+// appendBin is msgpack's EncodeBytes: nil stays nil.
+func appendBin(b, v []byte) []byte {
+	switch l := len(v); {
+	case v == nil:
+		return append(b, msgpcode.Nil)
+	case l <= math.MaxUint8:
+		b = append(b, msgpcode.Bin8, byte(l))
+	case l <= math.MaxUint16:
+		b = binary.BigEndian.AppendUint16(append(b, msgpcode.Bin16), uint16(l))
+	default:
+		b = binary.BigEndian.AppendUint32(append(b, msgpcode.Bin32), uint32(l))
+	}
+	return append(b, v...)
 }
 
 // EncodedChanges returns a KindChanges frame whose n changes are already

@@ -3,8 +3,11 @@ package transport
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"reflect"
 	"testing"
+
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 // TestEncodedChanges: a frame of changes encoded once (EncodeChanges) and
@@ -108,4 +111,79 @@ func TestChangeListDecodeShared(t *testing.T) {
 	if got.Changes[n-1].Value[0] != byte(n-1) {
 		t.Fatal("a decoded value aliases the bytes given to Unmarshal")
 	}
+}
+
+// msgpackChange is c's encoding by the msgpack encoder the codec uses
+// (compact ints), the bytes a consumer of any version decodes.
+func msgpackChange(t testing.TB, c *Change) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	enc := msgpack.NewEncoder(&buf)
+	enc.UseCompactInts(true)
+	if err := c.EncodeMsgpack(enc); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// checkAppendChange: AppendChange writes, after what dst holds, exactly
+// the bytes the msgpack encoder writes for c, and they decode to c.
+func checkAppendChange(t testing.TB, c *Change) {
+	t.Helper()
+	prefix := []byte{0xAA, 0xBB}
+	got := AppendChange(bytes.Clone(prefix), c)
+	want := msgpackChange(t, c)
+	if !bytes.Equal(got[:len(prefix)], prefix) || !bytes.Equal(got[len(prefix):], want) {
+		t.Fatalf("AppendChange(%+v) = %x, want %x after %x", c, got, want, prefix)
+	}
+	var back Change
+	if err := msgpack.Unmarshal(want, &back); err != nil {
+		t.Fatalf("decode %x: %v", want, err)
+	}
+	if !reflect.DeepEqual(&back, c) {
+		t.Fatalf("AppendChange(%+v) decodes to %+v", c, back)
+	}
+}
+
+// TestAppendChange: the owner's direct encoding of a change is the
+// encoder's, byte for byte, at every boundary of msgpack's int and bin
+// forms (so a consumer of the previous version decodes it).
+func TestAppendChange(t *testing.T) {
+	uints := []uint64{0, 1, math.MaxInt8, math.MaxInt8 + 1, math.MaxUint8, math.MaxUint8 + 1, math.MaxUint16, math.MaxUint16 + 1, math.MaxUint32, math.MaxUint32 + 1, math.MaxUint64}
+	ints := []int64{0, 1, -1, -32, -33, math.MinInt8, math.MinInt8 - 1, math.MinInt16, math.MinInt16 - 1, math.MinInt32, math.MinInt32 - 1, math.MinInt64, math.MaxInt64, 1765000000123456789}
+	bins := []int{0, 1, math.MaxUint8, math.MaxUint8 + 1, math.MaxUint16, math.MaxUint16 + 1}
+	for _, u := range uints {
+		t.Run(fmt.Sprintf("seq and epoch %d", u), func(t *testing.T) {
+			checkAppendChange(t, &Change{Seq: u, Op: OpPut, Key: []byte("k"), Value: []byte("v"), Epoch: u, TxnEnd: true})
+		})
+	}
+	for _, n := range ints {
+		t.Run(fmt.Sprintf("time %d", n), func(t *testing.T) {
+			checkAppendChange(t, &Change{Seq: 1, Op: OpDelete, Key: []byte("k"), Time: n})
+		})
+	}
+	for _, l := range bins {
+		t.Run(fmt.Sprintf("key and value of %d bytes", l), func(t *testing.T) {
+			checkAppendChange(t, &Change{Seq: 2, Op: OpPut, Key: bytes.Repeat([]byte{'k'}, l), Value: bytes.Repeat([]byte{'v'}, l), Time: 3, Epoch: 4})
+		})
+	}
+	t.Run("nil key and value", func(t *testing.T) {
+		checkAppendChange(t, &Change{Seq: 5, Op: OpDelete})
+	})
+	t.Run("op 255", func(t *testing.T) {
+		checkAppendChange(t, &Change{Seq: 5, Op: Op(255), Key: []byte{}, Value: []byte{}})
+	})
+}
+
+// FuzzAppendChange: for any change, AppendChange and the msgpack encoder
+// agree byte for byte.
+func FuzzAppendChange(f *testing.F) {
+	f.Add(uint64(7), uint8(OpPut), []byte("key"), []byte("value"), false, int64(1765000000123456789), true, uint64(3))
+	f.Add(uint64(math.MaxUint64), uint8(OpDelete), []byte{}, []byte(nil), true, int64(-40), false, uint64(0))
+	f.Fuzz(func(t *testing.T, seq uint64, op uint8, key, value []byte, nilValue bool, tm int64, txnEnd bool, epoch uint64) {
+		if nilValue {
+			value = nil
+		}
+		checkAppendChange(t, &Change{Seq: seq, Op: Op(op), Key: key, Value: value, Time: tm, TxnEnd: txnEnd, Epoch: epoch})
+	})
 }

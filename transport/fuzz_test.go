@@ -3,9 +3,12 @@ package transport
 import (
 	"bytes"
 	"errors"
+	"math"
+	"reflect"
 	"testing"
 
 	"github.com/replmesh/replmesh/internal/testutil"
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 // maxAllocPerByte bounds what decoding may allocate per input byte: the
@@ -95,4 +98,52 @@ func FuzzDecodeRow(f *testing.F) {
 		}
 	}
 	fuzzDecode(f, seeds)
+}
+
+// decodeChangesBoth decodes b, an array of changes, as Codec does (the
+// fast path, frameReader.parseChange) and with Change.decode alone (the
+// decoder of the previous version).
+func decodeChangesBoth(b []byte) (fast, slow []Change, fastErr, slowErr error) {
+	decode := func(fn func(d *msgpack.Decoder) ([]Change, error)) ([]Change, error) {
+		d := msgpack.NewDecoder(&frameReader{b: b})
+		return fn(d)
+	}
+	fast, fastErr = decode(func(d *msgpack.Decoder) ([]Change, error) {
+		var l ChangeList
+		err := l.DecodeMsgpack(d)
+		return l, err
+	})
+	slow, slowErr = decode(func(d *msgpack.Decoder) ([]Change, error) {
+		return decodeList(d, func(c *Change, d *msgpack.Decoder) error { return c.decode(d, true) })
+	})
+	return fast, slow, fastErr, slowErr
+}
+
+// FuzzDecodeChangeList: for any bytes, the fast decoding of a change
+// list gives what Change.decode alone gives: the same changes, or an
+// error where it fails.
+func FuzzDecodeChangeList(f *testing.F) {
+	changes := sampleChanges()
+	for i := range changes {
+		b, err := Marshal(ChangeList(changes[:i+1]))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	long := []Change{{Seq: math.MaxUint64, Op: OpPut, Key: bytes.Repeat([]byte{'k'}, 300), Value: bytes.Repeat([]byte{'v'}, 70000), Time: math.MinInt64, Epoch: 1 << 40}}
+	b, err := Marshal(ChangeList(long))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fast, slow, fastErr, slowErr := decodeChangesBoth(b)
+		if (fastErr == nil) != (slowErr == nil) {
+			t.Fatalf("decode %x: fast error %v, Change.decode error %v", b, fastErr, slowErr)
+		}
+		if fastErr == nil && !reflect.DeepEqual(fast, slow) {
+			t.Fatalf("decode %x:\nfast          %+v\nChange.decode %+v", b, fast, slow)
+		}
+	})
 }

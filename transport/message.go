@@ -373,9 +373,17 @@ func (l ChangeList) EncodeMsgpack(e *msgpack.Encoder) error {
 	return encodeList(e, l, (*Change).EncodeMsgpack)
 }
 
-// DecodeMsgpack reads an array of changes.
+// DecodeMsgpack reads an array of changes. Read from Codec (a
+// frameReader), each change in the forms msgpack's encoder writes is
+// parsed straight from the message bytes (frameReader.parseChange).
 func (l *ChangeList) DecodeMsgpack(d *msgpack.Decoder) error {
-	out, err := decodeList(d, func(c *Change, d *msgpack.Decoder) error { return c.decode(d, true) })
+	var out []Change
+	var err error
+	if fr, ok := d.Buffered().(*frameReader); ok {
+		out, err = fr.decodeChanges(d)
+	} else {
+		out, err = decodeList(d, func(c *Change, d *msgpack.Decoder) error { return c.decode(d, true) })
+	}
 	*l = out
 	return err
 }
