@@ -25,28 +25,77 @@ func (t *OwnedTable) readChanges(from uint64, maxN, maxBytes int, dst []transpor
 
 // readLog is readChanges from the durable log alone.
 func (t *OwnedTable) readLog(from uint64, maxN, maxBytes int, dst []transport.Change) ([]transport.Change, error) {
+	err := t.scanLog(from, maxN, maxBytes, func(g *logGroup, i, j int) error {
+		// Copied out at once (the changes alias the copy).
+		s0, _ := g.span(i)
+		_, s1 := g.span(j - 1)
+		buf := bytes.Clone(g.data[s0:s1])
+		for k := i; k < j; k++ {
+			a, b := g.span(k)
+			ch, err := decodeLogEntry(g.seq(k), buf[a-s0:b-s0:b-s0])
+			if err != nil {
+				return err
+			}
+			dst = append(dst, ch)
+		}
+		return nil
+	})
+	return dst, err
+}
+
+// readLogEncoded is readLog returning the changes' wire encodings
+// (transport.EncodeChanges) appended to dst, built from the stored
+// entries with one copy of each key and value, and how many changes
+// they are: an owner catching a consumer up from its log sends them as
+// they are (transport.EncodedChanges), with no transport.Change in
+// between.
+func (t *OwnedTable) readLogEncoded(from uint64, maxN, maxBytes int, dst []byte) ([]byte, int, error) {
+	n := 0
+	err := t.scanLog(from, maxN, maxBytes, func(g *logGroup, i, j int) error {
+		for k := i; k < j; k++ {
+			e, err := g.entry(k)
+			if err != nil {
+				return err
+			}
+			ch, err := decodeLogEntry(g.seq(k), e)
+			if err != nil {
+				return err
+			}
+			dst = transport.AppendChange(dst, &ch)
+		}
+		n += j - i
+		return nil
+	})
+	return dst, n, err
+}
+
+// scanLog walks the durable log from seq from on, at most about maxN
+// changes and maxBytes bytes, extended to the end of the last commit
+// group (a batch never splits an Apply), handing take the entries
+// [i, j) of each group it reads (valid during the call). It returns
+// transport.ErrResync when the log no longer holds from.
+func (t *OwnedTable) scanLog(from uint64, maxN, maxBytes int, take func(g *logGroup, i, j int) error) error {
 	t.mu.Lock()
 	first, head := t.meta.First, t.meta.Head
 	t.mu.Unlock()
 	if from < first {
-		return dst, fmt.Errorf("%w: seq %d of %s was trimmed (log starts at %d)", transport.ErrResync, from, t.name, first)
+		return fmt.Errorf("%w: seq %d of %s was trimmed (log starts at %d)", transport.ErrResync, from, t.name, first)
 	}
 	if from > head {
-		return dst, nil
+		return nil
 	}
 	defer t.c.reads.leave()
 	if t.c.reads.enter() != nil {
-		return dst, fmt.Errorf("%w: owner is shutting down", transport.ErrUnavailable)
+		return fmt.Errorf("%w: owner is shutting down", transport.ErrUnavailable)
 	}
-	want, size := from, 0
+	want, size, taken := from, 0, 0
 	err := t.c.db.View(func(txn *badger.Txn) error {
 		return t.eachGroup(txn, from, func(_ uint64, g *logGroup) (bool, error) {
 			i, _ := g.find(want)
 			if i == g.n {
 				return true, nil // its entries from want on were trimmed
 			}
-			// The entries taken, [i, j): found in the group's bytes, then
-			// copied out at once (the changes alias the copy).
+			// The entries taken, [i, j): found in the group's bytes.
 			j, done := i, false
 			for ; j < g.n && !done; j++ {
 				seq := g.seq(j)
@@ -63,26 +112,16 @@ func (t *OwnedTable) readLog(from uint64, maxN, maxBytes int, dst []transport.Ch
 				}
 				size += ch.Size()
 				want++
-				done = (len(dst)+j+1-i >= maxN || size >= maxBytes) && ch.TxnEnd
+				done = (taken+j+1-i >= maxN || size >= maxBytes) && ch.TxnEnd
 			}
-			s0, _ := g.span(i)
-			_, s1 := g.span(j - 1)
-			buf := bytes.Clone(g.data[s0:s1])
-			for k := i; k < j; k++ {
-				a, b := g.span(k)
-				ch, err := decodeLogEntry(g.seq(k), buf[a-s0:b-s0:b-s0])
-				if err != nil {
-					return false, err
-				}
-				dst = append(dst, ch)
-			}
-			return !done, nil
+			taken += j - i
+			return !done, take(g, i, j)
 		})
 	})
 	if err == nil && want == from {
 		err = fmt.Errorf("%w: seq %d of %s is not in the log", transport.ErrResync, from, t.name)
 	}
-	return dst, err
+	return err
 }
 
 // trimLoop trims every owned table's log on the configured interval.

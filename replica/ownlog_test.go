@@ -146,6 +146,19 @@ func checkLogRanges(t *testing.T, tbl *OwnedTable, rng *rand.Rand, first, head u
 			if last := chs[len(chs)-1]; !last.TxnEnd {
 				t.Fatalf("%s: a batch from %d ends at %d inside an Apply", at, chs[0].Seq, last.Seq)
 			}
+			// The same batch as the sender's wire encodings, built from
+			// the stored entries: the very bytes the changes encode to.
+			enc, n, err := tbl.readLogEncoded(chs[0].Seq, maxN, maxBytes, nil)
+			if err != nil {
+				t.Fatalf("%s: encoded read from %d: %v", at, chs[0].Seq, err)
+			}
+			wantEnc, _, err := transport.EncodeChanges(nil, chs, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n != len(chs) || !bytes.Equal(enc, wantEnc) {
+				t.Fatalf("%s: encoded read from %d: %d changes, %d bytes; want the %d changes readLog returned, %d bytes", at, chs[0].Seq, n, len(enc), len(chs), len(wantEnc))
+			}
 		}
 	}
 }

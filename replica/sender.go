@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -77,6 +78,12 @@ type sender struct {
 }
 
 func (s *sender) send(f *transport.OwnerFrame) error {
+	if os.Getenv("TMPDBG_TIMES") != "" {
+		t0 := time.Now()
+		defer func() {
+			fmt.Fprintf(os.Stderr, "TMPS %d since-last %v send %v\n", t0.UnixMicro(), t0.Sub(s.lastSend), time.Since(t0))
+		}()
+	}
 	s.lastSend = time.Now()
 	if h := s.c.hooks.send; h != nil {
 		h(s, f, false)
@@ -217,7 +224,8 @@ func (s *sender) run() error {
 		lingerUntil = time.Time{}
 		if !s.pulls() && next <= meta.Head && !s.gated {
 			// The common case: the changes are in the table's tail, with
-			// encodings shared by every stream.
+			// encodings shared by every stream; or, for a consumer behind
+			// the tail, encoded from the log's entries.
 			n, err := s.sendEncoded(next, meta, s.pushBudget(budget))
 			if err != nil {
 				return err
@@ -288,17 +296,33 @@ func (s *sender) run() error {
 }
 
 // sendEncoded sends the changes from next on in one frame, as the
-// encodings the table's tail keeps (encoded once for every stream), and
-// returns how many it sent: 0 when the tail no longer holds next (the
-// caller reads the log).
+// encodings the table's tail keeps (encoded once for every stream), or,
+// when the tail no longer holds next, as encodings built from the log's
+// entries (sendLogEncoded). It returns how many changes it sent.
 func (s *sender) sendEncoded(next uint64, meta ownerMeta, budget int) (int, error) {
 	parts, n, ok, err := s.t.tail.readEncoded(next, s.c.cfg.BatchMaxChanges, budget, s.parts[:0])
 	s.parts = parts
-	if err != nil || !ok || n == 0 {
+	if !ok && err == nil {
+		return s.sendLogEncoded(next, meta, budget)
+	}
+	if err != nil || n == 0 {
 		return 0, err
 	}
 	defer clear(s.parts) // hold no encoding the tail has dropped
 	return n, s.sendBatch(transport.EncodedChanges(meta.Head, meta.Epoch, s.rate.Rate(), n, parts), next+uint64(n)-1, meta.Head)
+}
+
+// sendLogEncoded sends the changes from next on, read from the log, in
+// one frame of their encodings built straight from the stored entries
+// (readLogEncoded): no transport.Change is made and no frame encoded
+// again. The buffer is the frame's alone: the transport may still hold
+// it after Send returns, so it is never reused.
+func (s *sender) sendLogEncoded(next uint64, meta ownerMeta, budget int) (int, error) {
+	enc, n, err := s.t.readLogEncoded(next, s.c.cfg.BatchMaxChanges, budget, make([]byte, 0, budget+budget/8))
+	if err != nil || n == 0 {
+		return 0, err
+	}
+	return n, s.sendBatch(transport.EncodedChanges(meta.Head, meta.Epoch, s.rate.Rate(), n, [][]byte{enc}), next+uint64(n)-1, meta.Head)
 }
 
 // sendBatch sends a change batch ending at seq last, head being the
