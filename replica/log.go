@@ -52,6 +52,11 @@ func (t *OwnedTable) readLog(from uint64, maxN, maxBytes int, dst []transport.Ch
 func (t *OwnedTable) readLogEncoded(from uint64, maxN, maxBytes int, dst []byte) ([]byte, int, error) {
 	n := 0
 	err := t.scanLog(from, maxN, maxBytes, func(g *logGroup, i, j int) error {
+		// Room for the group's entries as wire encodings, grown once a
+		// group, not per append.
+		s0, _ := g.span(i)
+		_, s1 := g.span(j - 1)
+		dst = slices.Grow(dst, s1-s0+(j-i)*wireOverhead)
 		for k := i; k < j; k++ {
 			e, err := g.entry(k)
 			if err != nil {
@@ -68,6 +73,11 @@ func (t *OwnedTable) readLogEncoded(from uint64, maxN, maxBytes int, dst []byte)
 	})
 	return dst, n, err
 }
+
+// wireOverhead bounds, about, what a change's wire encoding takes beyond
+// its log entry's bytes: the encoding's framing (array header, ints, bin
+// headers, bool) is 9 to 40 bytes where the entry's header is 19 to 23.
+const wireOverhead = 20
 
 // scanLog walks the durable log from seq from on, at most about maxN
 // changes and maxBytes bytes, extended to the end of the last commit

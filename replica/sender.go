@@ -318,7 +318,7 @@ func (s *sender) sendEncoded(next uint64, meta ownerMeta, budget int) (int, erro
 // again. The buffer is the frame's alone: the transport may still hold
 // it after Send returns, so it is never reused.
 func (s *sender) sendLogEncoded(next uint64, meta ownerMeta, budget int) (int, error) {
-	enc, n, err := s.t.readLogEncoded(next, s.c.cfg.BatchMaxChanges, budget, make([]byte, 0, budget+budget/8))
+	enc, n, err := s.t.readLogEncoded(next, s.c.cfg.BatchMaxChanges, budget, nil)
 	if err != nil || n == 0 {
 		return 0, err
 	}
