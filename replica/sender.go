@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -78,12 +77,6 @@ type sender struct {
 }
 
 func (s *sender) send(f *transport.OwnerFrame) error {
-	if os.Getenv("TMPDBG_TIMES") != "" {
-		t0 := time.Now()
-		defer func() {
-			fmt.Fprintf(os.Stderr, "TMPS %d since-last %v send %v\n", t0.UnixMicro(), t0.Sub(s.lastSend), time.Since(t0))
-		}()
-	}
 	s.lastSend = time.Now()
 	if h := s.c.hooks.send; h != nil {
 		h(s, f, false)
