@@ -132,10 +132,15 @@ func TestRestore_Command(t *testing.T) {
 	newLog := m.tbl.LogID()
 	put(t, m.tbl, "after-the-loss", "x")
 	m.openConsumer(t, "p1")
-	waitUntil(t, 30*time.Second, "the broker lists p1 at 30 and p2 at 50 of the old history", func() bool {
+	// The record of p1's closed component may still be listed at 30 for a
+	// moment: wait for the one of its new component (its new address),
+	// which the broker lists once the new replica reported its position.
+	waitUntil(t, 30*time.Second, "the broker lists the reopened p1 at 30 and p2 at 50 of the old history", func() bool {
 		got := 0
 		for _, rc := range restoreCandidates(registry(t, b.GRPCAddr()), "stores", "managers") {
-			if rc.BrokerLogID == oldLog && (rc.Instance == "p1" && rc.BrokerSeq == 30 || rc.Instance == "p2" && rc.BrokerSeq == 50) {
+			c := m.comps[rc.Instance]
+			if rc.BrokerLogID == oldLog && c != nil && rc.Addr == c.Addr() &&
+				(rc.Instance == "p1" && rc.BrokerSeq == 30 || rc.Instance == "p2" && rc.BrokerSeq == 50) {
 				got++
 			}
 		}
