@@ -1,7 +1,6 @@
 package replica
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"maps"
@@ -25,17 +24,17 @@ func (t *OwnedTable) readChanges(from uint64, maxN, maxBytes int, dst []transpor
 
 // readLog is readChanges from the durable log alone.
 func (t *OwnedTable) readLog(from uint64, maxN, maxBytes int, dst []transport.Change) ([]transport.Change, error) {
-	err := t.scanLog(from, maxN, maxBytes, func(g *logGroup, i, j int) error {
-		// Copied out at once (the changes alias the copy).
-		s0, _ := g.span(i)
-		_, s1 := g.span(j - 1)
-		buf := bytes.Clone(g.data[s0:s1])
-		for k := i; k < j; k++ {
-			a, b := g.span(k)
-			ch, err := decodeLogEntry(g.seq(k), buf[a-s0:b-s0:b-s0])
-			if err != nil {
-				return err
-			}
+	err := t.scanLog(from, maxN, maxBytes, func(chs []transport.Change) error {
+		// The keys and values copied out at once, into one buffer (the
+		// changes handed over alias the group's bytes).
+		n := 0
+		for i := range chs {
+			n += len(chs[i].Key) + len(chs[i].Value)
+		}
+		buf := make([]byte, 0, n)
+		for _, ch := range chs {
+			buf, ch.Key = appendAliased(buf, ch.Key)
+			buf, ch.Value = appendAliased(buf, ch.Value)
 			dst = append(dst, ch)
 		}
 		return nil
@@ -43,48 +42,53 @@ func (t *OwnedTable) readLog(from uint64, maxN, maxBytes int, dst []transport.Ch
 	return dst, err
 }
 
+// appendAliased appends b to buf, which has room for it, and returns buf
+// and the copy (nil for nil).
+func appendAliased(buf, b []byte) ([]byte, []byte) {
+	if b == nil {
+		return buf, nil
+	}
+	n := len(buf)
+	buf = append(buf, b...)
+	return buf, buf[n:len(buf):len(buf)]
+}
+
 // readLogEncoded is readLog returning the changes' wire encodings
 // (transport.EncodeChanges) appended to dst, built from the stored
 // entries with one copy of each key and value, and how many changes
 // they are: an owner catching a consumer up from its log sends them as
-// they are (transport.EncodedChanges), with no transport.Change in
+// they are (transport.EncodedChanges), with no transport.Change kept in
 // between.
 func (t *OwnedTable) readLogEncoded(from uint64, maxN, maxBytes int, dst []byte) ([]byte, int, error) {
 	n := 0
-	err := t.scanLog(from, maxN, maxBytes, func(g *logGroup, i, j int) error {
-		// Room for the group's entries as wire encodings, grown once a
-		// group, not per append.
-		s0, _ := g.span(i)
-		_, s1 := g.span(j - 1)
-		dst = slices.Grow(dst, s1-s0+(j-i)*wireOverhead)
-		for k := i; k < j; k++ {
-			e, err := g.entry(k)
-			if err != nil {
-				return err
-			}
-			ch, err := decodeLogEntry(g.seq(k), e)
-			if err != nil {
-				return err
-			}
-			dst = transport.AppendChange(dst, &ch)
+	err := t.scanLog(from, maxN, maxBytes, func(chs []transport.Change) error {
+		// Room for the group's encodings, grown once a group, not per
+		// append.
+		size := 0
+		for i := range chs {
+			size += len(chs[i].Key) + len(chs[i].Value) + wireFraming
 		}
-		n += j - i
+		dst = slices.Grow(dst, size)
+		for i := range chs {
+			dst = transport.AppendChange(dst, &chs[i])
+		}
+		n += len(chs)
 		return nil
 	})
 	return dst, n, err
 }
 
-// wireOverhead bounds, about, what a change's wire encoding takes beyond
-// its log entry's bytes: the encoding's framing (array header, ints, bin
-// headers, bool) is 9 to 40 bytes where the entry's header is 19 to 23.
-const wireOverhead = 20
+// wireFraming bounds what a change's wire encoding takes beyond its key
+// and value: the array header, ints, bin headers and bool, 9 to 40 bytes.
+const wireFraming = 40
 
 // scanLog walks the durable log from seq from on, at most about maxN
 // changes and maxBytes bytes, extended to the end of the last commit
-// group (a batch never splits an Apply), handing take the entries
-// [i, j) of each group it reads (valid during the call). It returns
-// transport.ErrResync when the log no longer holds from.
-func (t *OwnedTable) scanLog(from uint64, maxN, maxBytes int, take func(g *logGroup, i, j int) error) error {
+// group (a batch never splits an Apply), handing take the changes it
+// read from each group, decoded once: they alias the group's bytes and
+// are valid during the call only. It returns transport.ErrResync when the
+// log no longer holds from.
+func (t *OwnedTable) scanLog(from uint64, maxN, maxBytes int, take func(chs []transport.Change) error) error {
 	t.mu.Lock()
 	first, head := t.meta.First, t.meta.Head
 	t.mu.Unlock()
@@ -99,13 +103,15 @@ func (t *OwnedTable) scanLog(from uint64, maxN, maxBytes int, take func(g *logGr
 		return fmt.Errorf("%w: owner is shutting down", transport.ErrUnavailable)
 	}
 	want, size, taken := from, 0, 0
+	var chs []transport.Change // one group's, reused
 	err := t.c.db.View(func(txn *badger.Txn) error {
 		return t.eachGroup(txn, from, func(_ uint64, g *logGroup) (bool, error) {
 			i, _ := g.find(want)
 			if i == g.n {
 				return true, nil // its entries from want on were trimmed
 			}
-			// The entries taken, [i, j): found in the group's bytes.
+			// The entries taken, [i, j), decoded from the group's bytes.
+			chs = chs[:0]
 			j, done := i, false
 			for ; j < g.n && !done; j++ {
 				seq := g.seq(j)
@@ -120,12 +126,13 @@ func (t *OwnedTable) scanLog(from uint64, maxN, maxBytes int, take func(g *logGr
 				if err != nil {
 					return false, err
 				}
+				chs = append(chs, ch)
 				size += ch.Size()
 				want++
 				done = (taken+j+1-i >= maxN || size >= maxBytes) && ch.TxnEnd
 			}
 			taken += j - i
-			return !done, take(g, i, j)
+			return !done, take(chs)
 		})
 	})
 	if err == nil && want == from {
