@@ -326,7 +326,8 @@ func TestDiskFull_ReplicaFillsItsOwnDisk(t *testing.T) {
 	}
 	ctx := ctxT(t, 2*time.Minute)
 	value := bytes.Repeat([]byte{'v'}, 2*diskguard.ValueThreshold)
-	const rows, batch = 15000, 50 // 30 MiB of values: more than the consumer has room for
+	const batch = 50
+	rows := (30 << 20) / len(value) / batch * batch // 30 MiB of values: more than the consumer has room for
 	for i := 0; i < rows; i += batch {
 		ws := make([]Write, batch)
 		for j := range ws {

@@ -16,8 +16,10 @@ const (
 
 // ValueThreshold is the ValueThreshold the guarded database must be opened
 // with (badger's Options.ValueThreshold): values of at least this size go
-// to the value log, and Cost counts them there.
-const ValueThreshold = 1 << 10
+// to the value log, and Cost counts them there. 4 KiB keeps an owner's log
+// groups of small changes in the LSM tree with about fourteen 256-byte
+// entries each (docs/design.md, "Log groups", has the measurements).
+const ValueThreshold = 4 << 10
 
 // policy is the guard's arithmetic, derived from the database's memtable
 // size (M below; badger's memtable log file is 2M, sparse).
