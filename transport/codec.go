@@ -224,6 +224,40 @@ func (r *frameReader) parseChange(c *Change) bool {
 	return true
 }
 
+// parseRow decodes the row at the reader's position when it is in the
+// form msgpack's encoder writes (AppendRow's): a 2-element fixarray of
+// two bins or nils. It gives what Row.decode gives for those bytes (the
+// key and the value copied into one allocation, RowBytes), without the
+// decoder's per-field calls. Any other form, or too few bytes, leaves the
+// reader and r as they were and returns false: Row.decode then reads the
+// row, or fails on it.
+func (r *frameReader) parseRow(row *Row) bool {
+	b, p := r.b, r.pos
+	if p >= len(b) || b[p] != msgpcode.FixedArrayLow|2 {
+		return false
+	}
+	k, p, ok := parseBin(b, p+1)
+	if !ok {
+		return false
+	}
+	v, p, ok := parseBin(b, p)
+	if !ok {
+		return false
+	}
+	kv := make([]byte, len(k)+len(v))
+	copy(kv, k)
+	copy(kv[len(k):], v)
+	row.Key, row.Value = nil, nil
+	if k != nil {
+		row.Key = kv[:len(k)]
+	}
+	if v != nil {
+		row.Value = kv[len(k):]
+	}
+	r.pos = p
+	return true
+}
+
 // parseUint reads an unsigned int (positive fixint, uint8..uint64) at
 // b[p:], returning it and the position after it.
 func parseUint(b []byte, p int) (uint64, int, bool) { return parseNum(b, p, false) }

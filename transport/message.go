@@ -397,7 +397,13 @@ func (l RowList) EncodeMsgpack(e *msgpack.Encoder) error {
 // allocation (Row.decode).
 func (l *RowList) DecodeMsgpack(d *msgpack.Decoder) error {
 	var scratch []byte
-	out, err := decodeListCap(d, rowListCap(d), func(r *Row, d *msgpack.Decoder) error { return r.decode(d, &scratch) })
+	fr, _ := d.Buffered().(*frameReader)
+	out, err := decodeListCap(d, rowListCap(d), func(r *Row, d *msgpack.Decoder) error {
+		if fr != nil && fr.parseRow(r) {
+			return nil
+		}
+		return r.decode(d, &scratch)
+	})
 	*l = out
 	return err
 }
