@@ -174,13 +174,20 @@ func newRowsWriter(path string) (*rowsWriter, error) {
 }
 
 // writer writes the full buffers in order until full is closed; after an
-// error it only hands the buffers back.
+// error it only hands the buffers back. The kernel is asked to start
+// writing each buffer to the disk once written (startWriteback): the rows
+// then reach the disk while the transfer goes on, and the fsync before
+// the switch waits for the last few, not the whole file (some 110 ms for
+// 270 MB of rows otherwise, all of it between the last rows frame and
+// the switch).
 func (x *rowsWriter) writer() {
 	defer close(x.wdone)
 	for b := range x.full {
 		if x.werr == nil {
 			if _, err := x.f.Write(b); err != nil {
 				x.werr = err
+			} else {
+				startWriteback(x.f, x.size, int64(len(b)))
 			}
 			x.crc = crc32.Update(x.crc, crcTable, b)
 			x.size += int64(len(b))

@@ -1,16 +1,19 @@
 package replica
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/y"
 	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/transport"
 )
@@ -496,19 +499,27 @@ func txnRows(txn *badger.Txn, prefix []byte) rowWalk {
 // of at most budget bytes of keys and values, in key order, each stored
 // value turned into the row's value by value. It returns the rows and
 // bytes sent. Both full transfers use it: an owner's (sendSnapshot) and a
-// replica's serving a restore, from disk or from its resident view.
+// replica's serving a restore, from disk or from its resident view. Each
+// row is encoded into its frame as it is walked (transport.AppendRow,
+// EncodedRows): one copy of its key and value, where a list of rows
+// copied into an arena, then encoded by the codec and copied out of its
+// buffer, took three. A frame's bytes are its own (gRPC may write them
+// after the send returns).
 func sendRows(ctx context.Context, walk rowWalk, budget int, value func(stored []byte) ([]byte, error), send func(*transport.OwnerFrame) error) (total, nbytes int, err error) {
-	rows := make([]transport.Row, 0, 1024)
-	arena := make([]byte, 0, budget+budget/4)
+	// A frame holds up to a quarter more than budget, as the arena its
+	// rows were copied into did; its bytes add the rows' headers (some 5
+	// bytes a row, a sixteenth of rows of 80 bytes).
+	limit := budget + budget/4
+	var body []byte
+	n, kvBytes := 0, 0
 	flush := func() error {
-		if len(rows) == 0 {
+		if n == 0 {
 			return nil
 		}
-		err := send(&transport.OwnerFrame{Kind: transport.KindRows, Rows: rows})
-		total += len(rows)
-		nbytes += len(arena)
-		clear(rows)
-		rows, arena = rows[:0], arena[:0]
+		err := send(transport.EncodedRows(n, body))
+		total += n
+		nbytes += kvBytes
+		body, n, kvBytes = nil, 0, 0
 		return err
 	}
 	err = walk(func(k, v []byte) (bool, error) {
@@ -516,19 +527,17 @@ func sendRows(ctx context.Context, walk rowWalk, budget int, value func(stored [
 		if err != nil {
 			return false, err
 		}
-		if len(arena)+len(k)+len(val) > cap(arena) {
+		if n > 0 && kvBytes+len(k)+len(val) > limit {
 			if err := flush(); err != nil {
 				return false, err
 			}
-			if len(k)+len(val) > cap(arena) {
-				arena = make([]byte, 0, len(k)+len(val))
-			}
 		}
-		ks := len(arena)
-		arena = append(arena, k...)
-		vs := len(arena)
-		arena = append(arena, val...)
-		rows = append(rows, transport.Row{Key: arena[ks:vs:vs], Value: arena[vs:len(arena):len(arena)]})
+		if body == nil {
+			body = make([]byte, 0, max(limit+limit/16, len(k)+len(val)+rowWireOverhead))
+		}
+		body = transport.AppendRow(body, k, val)
+		n++
+		kvBytes += len(k) + len(val)
 		if ctx.Err() != nil {
 			return false, ctx.Err()
 		}
@@ -540,37 +549,121 @@ func sendRows(ctx context.Context, walk rowWalk, budget int, value func(stored [
 	return total, nbytes, err
 }
 
+// rowWireOverhead bounds the bytes a row's encoding adds to its key and
+// value (transport.AppendRow: an array header, two bin headers of at most
+// 5 bytes).
+const rowWireOverhead = 11
+
 // countRows counts the rows a snapshot's read transaction holds, keys only
-// (no value is read: about a fifth of a second for 400k rows, against the
-// seconds their transfer takes). The commit path writes rows blindly,
-// without knowing whether a put creates its key, so no count is kept with
-// the table; counting the snapshot's own transaction is exact. The consumer
-// drops a stream silent for PeerTimeout, so a table too large to count in
-// half of that since the last frame sent is announced as unknown (0).
+// (no value is read: about a quarter of a second for 1M rows, during which
+// the consumer waits for the snapshot's first frame). The commit path
+// writes rows blindly, without knowing whether a put creates its key, so
+// no count is kept with the table; counting the snapshot's own
+// transaction is exact. The rows are counted in two halves at once
+// (countRowsSplit). The consumer drops a stream silent for PeerTimeout, so
+// a table too large to count in half of that since the last frame sent is
+// announced as unknown (0).
 func (s *sender) countRows(txn *badger.Txn) (uint64, error) {
-	return countRows(s.stream.Context(), txn, s.t.rowPrefix, s.lastSend.Add(s.c.cfg.PeerTimeout/2), s.log)
+	return countRowsSplit(s.stream.Context(), txn, s.t.rowPrefix, middleKey(s.c.db, s.t.rowPrefix), s.lastSend.Add(s.c.cfg.PeerTimeout/2), s.log)
 }
 
 // countRows counts the keys under prefix in txn, giving up (0: unknown)
 // at deadline.
 func countRows(ctx context.Context, txn *badger.Txn, prefix []byte, deadline time.Time, log interface{ Info(string, ...any) }) (uint64, error) {
+	return countRowsSplit(ctx, txn, prefix, nil, deadline, log)
+}
+
+// countRowsSplit is countRows counting the keys below split and those from
+// it on in two goroutines, each with an iterator of its own over txn (a
+// read-only transaction's iterators may run at once); nil split, or one
+// not under prefix: one count.
+func countRowsSplit(ctx context.Context, txn *badger.Txn, prefix, split []byte, deadline time.Time, log interface{ Info(string, ...any) }) (uint64, error) {
+	var n uint64
+	var done bool
+	var err error
+	if !bytes.HasPrefix(split, prefix) {
+		split = nil // not a key of the range: count it whole
+	}
+	if split == nil {
+		n, done, err = countRange(ctx, txn, prefix, nil, nil, deadline)
+	} else {
+		var hi uint64
+		var hiDone bool
+		var hiErr error
+		var wg sync.WaitGroup
+		wg.Go(func() { hi, hiDone, hiErr = countRange(ctx, txn, prefix, split, nil, deadline) })
+		n, done, err = countRange(ctx, txn, prefix, nil, split, deadline)
+		wg.Wait()
+		n, done, err = n+hi, done && hiDone, errors.Join(err, hiErr)
+	}
+	if err != nil {
+		return 0, err
+	}
+	if !done {
+		log.Info("full transfer: too many rows to count in time; announcing an unknown count", "counted", n)
+		return 0, nil
+	}
+	return n, nil
+}
+
+// countRange counts the keys under prefix from from (nil: the first) to
+// before to (nil: the last); done is false when it gave up at deadline.
+func countRange(ctx context.Context, txn *badger.Txn, prefix, from, to []byte, deadline time.Time) (n uint64, done bool, err error) {
 	o := badger.DefaultIteratorOptions
 	o.PrefetchValues = false
 	o.Prefix = prefix
 	it := txn.NewIterator(o)
 	defer it.Close()
-	var n uint64
-	for it.Rewind(); it.Valid(); it.Next() {
+	if from == nil {
+		from = prefix
+	}
+	for it.Seek(from); it.Valid(); it.Next() {
+		if to != nil && bytes.Compare(it.Item().Key(), to) >= 0 {
+			break
+		}
 		n++
 		if n%4096 == 0 {
 			if err := ctx.Err(); err != nil {
-				return 0, err
+				return 0, false, err
 			}
 			if time.Now().After(deadline) {
-				log.Info("full transfer: too many rows to count in time; announcing an unknown count", "counted", n)
-				return 0, nil
+				return n, false, nil
 			}
 		}
 	}
-	return n, nil
+	return n, true, nil
+}
+
+// middleKey is a key under prefix near the middle of its keys in db,
+// where a count splits them (countRowsSplit): of badger's tables that lie
+// under prefix, in the order of their smallest keys, the smallest key of
+// the first one with half of their keys before it (KeyCount; tables of
+// different levels overlap, so this is an estimate). It is nil when fewer
+// than two tables lie under prefix (the rows are in the memtables, or in
+// tables that hold other keys too: too few to tell where their middle
+// is).
+func middleKey(db *badger.DB, prefix []byte) []byte {
+	type span struct {
+		left []byte
+		keys uint64
+	}
+	var spans []span
+	var total uint64
+	for _, ti := range db.Tables() {
+		if l := y.ParseKey(ti.Left); bytes.HasPrefix(l, prefix) && bytes.HasPrefix(y.ParseKey(ti.Right), prefix) {
+			spans = append(spans, span{l, uint64(ti.KeyCount)})
+			total += uint64(ti.KeyCount)
+		}
+	}
+	if len(spans) < 2 {
+		return nil
+	}
+	slices.SortFunc(spans, func(a, b span) int { return bytes.Compare(a.left, b.left) })
+	var before uint64
+	for i := 1; i < len(spans); i++ {
+		if before += spans[i-1].keys; before*2 >= total {
+			return spans[i].left
+		}
+	}
+	return spans[len(spans)-1].left
 }

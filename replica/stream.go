@@ -114,6 +114,8 @@ type ownerStream struct {
 	// received and decoded one ahead of the frame being applied; nil:
 	// recv receives them itself.
 	frames chan received
+	// recvDone closes when receive, once started (startReceive), returns.
+	recvDone chan struct{}
 }
 
 // received is a frame of the owner's, or the error that ended the stream.
@@ -167,10 +169,27 @@ func (r *Replica) openStream(ctx context.Context, cancel context.CancelFunc, add
 	return s, st, nil
 }
 
-// close releases the stream and its watchdog.
+// close releases the stream and its watchdog, and waits for receive.
 func (s *ownerStream) close() {
 	s.watchdog.Stop()
+	s.cancel()
 	s.sub.Close()
+	if s.recvDone != nil {
+		<-s.recvDone
+	}
+}
+
+// startReceive starts receive (once): from then on recv takes the frames
+// it read ahead. A full transfer starts it before its first rows, so that
+// the next rows frame is received and decoded while the replica stages
+// the one before, and the owner's sending does not wait for the staging
+// (gRPC's stream window is read as the frames are received).
+func (s *ownerStream) startReceive() {
+	if s.frames != nil {
+		return
+	}
+	s.frames, s.recvDone = make(chan received), make(chan struct{})
+	go func() { defer close(s.recvDone); s.receive() }()
 }
 
 // silent turns the error of a stream the watchdog (or a redirect) ended
@@ -240,6 +259,7 @@ func (s *ownerStream) begin(st *transport.Start, addr string, minEpoch uint64) e
 		fallthrough
 	case startTransfer:
 		r.setState(StateTransferring, nil)
+		s.startReceive()
 		if err := r.receiveSnapshot(s.recv, st); err != nil {
 			return err
 		}
@@ -264,14 +284,13 @@ func (s *ownerStream) follow(st *transport.Start) error {
 	r.mu.Lock()
 	r.modes.stream = s.sub
 	r.mu.Unlock()
-	ctlDone, recvDone := make(chan struct{}), make(chan struct{})
+	ctlDone := make(chan struct{})
 	go func() { defer close(ctlDone); r.control(s.ctx, s.cancel) }()
-	s.frames = make(chan received)
-	go func() { defer close(recvDone); s.receive() }()
+	s.startReceive()
 	defer func() {
 		s.cancel()
 		<-ctlDone
-		<-recvDone
+		<-s.recvDone
 		r.mu.Lock()
 		r.modes.stream = nil
 		r.mu.Unlock()

@@ -61,16 +61,27 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 // Unmarshal decodes msgpack data into v. Byte slices in v never alias data
 // (they may alias the codec's copy of it: see frameReader).
 func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
-	b := data.Materialize()
 	if raw, ok := v.(*rawMessage); ok {
-		*raw = b
+		*raw = data.Materialize()
 		return nil
 	}
-	if err := checkBounds(b); err != nil {
+	fr := &frameReader{}
+	if isRowsFrame(data, v) {
+		// A rows frame's rows are copied out of the message (Row.decode),
+		// so the message is read from a pooled buffer, not a copy of its
+		// own: a full transfer's reader would otherwise allocate its whole
+		// payload twice, once as garbage.
+		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+		defer buf.Free()
+		fr.b, fr.pooled = buf.ReadOnlyData(), true
+	} else {
+		fr.b = data.Materialize()
+	}
+	if err := checkBounds(fr.b); err != nil {
 		return fmt.Errorf("%w: msgpack unmarshal %T: %v", ErrBadRequest, v, err)
 	}
 	dec := msgpack.GetDecoder()
-	dec.Reset(&frameReader{b: b})
+	dec.Reset(fr)
 	err := dec.Decode(v)
 	dec.Reset(nil)
 	msgpack.PutDecoder(dec)
@@ -78,6 +89,18 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 		return fmt.Errorf("%w: msgpack unmarshal %T: %v", ErrBadRequest, v, err)
 	}
 	return nil
+}
+
+// isRowsFrame reports whether data is an OwnerFrame of KindRows decoded
+// into v: the map msgpack's encoder writes for it starts with its Kind
+// (fixmap, fixstr "k", the kind as a positive fixint). Anything else is
+// decoded as before.
+func isRowsFrame(data mem.BufferSlice, v any) bool {
+	if _, ok := v.(*OwnerFrame); !ok || len(data) == 0 {
+		return false
+	}
+	b := data[0].ReadOnlyData()
+	return len(b) >= 4 && b[0]&0xf0 == msgpcode.FixedMapLow && b[1] == msgpcode.FixedStrLow|1 && b[2] == 'k' && b[3] == byte(KindRows)
 }
 
 // frameReader is what Codec decodes a message from: b is the codec's own
@@ -88,6 +111,9 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 type frameReader struct {
 	b   []byte
 	pos int
+	// pooled: b is a pooled buffer, freed once the message is decoded;
+	// take then copies.
+	pooled bool
 }
 
 func (r *frameReader) Read(p []byte) (int, error) {
@@ -115,14 +141,18 @@ func (r *frameReader) UnreadByte() error {
 	return nil
 }
 
-// take returns the next n bytes of the message, not copied, capped so an
-// append to them never writes over what follows.
+// take returns the next n bytes of the message, not copied (copied from a
+// pooled buffer), capped so an append to them never writes over what
+// follows.
 func (r *frameReader) take(n int) ([]byte, error) {
 	if n > len(r.b)-r.pos {
 		return nil, io.ErrUnexpectedEOF
 	}
 	out := r.b[r.pos : r.pos+n : r.pos+n]
 	r.pos += n
+	if r.pooled {
+		return bytes.Clone(out), nil
+	}
 	return out, nil
 }
 
@@ -138,7 +168,7 @@ func (r *frameReader) decodeChanges(d *msgpack.Decoder) ([]Change, error) {
 	out := make([]Change, 0, min(n, 256))
 	for i := 0; i < n; i++ {
 		out = append(out, Change{})
-		if r.parseChange(&out[i]) {
+		if !r.pooled && r.parseChange(&out[i]) { // pooled: take copies
 			continue
 		}
 		if err := out[i].decode(d, true); err != nil {
@@ -191,6 +221,40 @@ func (r *frameReader) parseChange(c *Change) bool {
 		return false
 	}
 	*c, r.pos = ch, p
+	return true
+}
+
+// parseRow decodes the row at the reader's position when it is in the
+// form msgpack's encoder writes (AppendRow's): a 2-element fixarray of
+// two bins or nils. It gives what Row.decode gives for those bytes (the
+// key and the value copied into one allocation, RowBytes), without the
+// decoder's per-field calls. Any other form, or too few bytes, leaves the
+// reader and r as they were and returns false: Row.decode then reads the
+// row, or fails on it.
+func (r *frameReader) parseRow(row *Row) bool {
+	b, p := r.b, r.pos
+	if p >= len(b) || b[p] != msgpcode.FixedArrayLow|2 {
+		return false
+	}
+	k, p, ok := parseBin(b, p+1)
+	if !ok {
+		return false
+	}
+	v, p, ok := parseBin(b, p)
+	if !ok {
+		return false
+	}
+	kv := make([]byte, len(k)+len(v))
+	copy(kv, k)
+	copy(kv[len(k):], v)
+	row.Key, row.Value = nil, nil
+	if k != nil {
+		row.Key = kv[:len(k)]
+	}
+	if v != nil {
+		row.Value = kv[len(k):]
+	}
+	r.pos = p
 	return true
 }
 

@@ -104,14 +104,46 @@ func EncodedChanges(head, epoch uint64, rate float64, n int, parts [][]byte) *Ow
 	return &OwnerFrame{Kind: KindChanges, HeadSeq: head, Epoch: epoch, Rate: rate, encoded: &encodedChanges{n: n, parts: parts}}
 }
 
-// encodedChanges are the pre-encoded changes of a frame (EncodedChanges).
+// AppendRow appends the wire encoding of the row key, value to dst: the
+// 2-element msgpack array Row.EncodeMsgpack writes, byte for byte. A full
+// transfer's sender builds its rows frames this way (EncodedRows),
+// copying each key and value once.
+func AppendRow(dst, key, value []byte) []byte {
+	return appendBin(appendBin(append(dst, msgpcode.FixedArrayLow|2), key), value)
+}
+
+// EncodedRows returns a KindRows frame whose n rows are already encoded
+// (AppendRow), one after the other, in body. Codec sends body as it is,
+// after the frame's head, without copying or encoding it again; gRPC may
+// still be writing it after the send returns, so body must not change
+// afterwards. The receiver decodes the frame like any other KindRows
+// frame; the returned frame's Rows field is nil on the sending side.
+func EncodedRows(n int, body []byte) *OwnerFrame {
+	return &OwnerFrame{Kind: KindRows, encoded: &encodedChanges{n: n, parts: [][]byte{body}}}
+}
+
+// encodedChanges are the pre-encoded changes (or rows: EncodedRows) of a
+// frame (EncodedChanges).
 type encodedChanges struct {
 	n     int
 	parts [][]byte
 }
 
+// EncodedSize is the size of the pre-encoded changes or rows f carries
+// (0: none).
+func (f *OwnerFrame) EncodedSize() int {
+	if f.encoded == nil {
+		return 0
+	}
+	n := 0
+	for _, p := range f.encoded.parts {
+		n += len(p)
+	}
+	return n
+}
+
 // Encoded reports whether f carries pre-encoded changes (EncodedChanges)
-// and how many.
+// or rows (EncodedRows) and how many.
 func (f *OwnerFrame) Encoded() (n int, ok bool) {
 	if f.encoded == nil {
 		return 0, false
@@ -123,6 +155,12 @@ func (f *OwnerFrame) Encoded() (n int, ok bool) {
 // map msgpack writes for an OwnerFrame: the head fields, then the
 // changes' array header followed by the shared parts, each its own buffer.
 func marshalEncoded(f *OwnerFrame) (mem.BufferSlice, error) {
+	if f.Kind == KindRows {
+		// The map msgpack writes for a rows frame: its kind and rows (the
+		// other fields are empty).
+		head := []byte{msgpcode.FixedMapLow | 2, msgpcode.FixedStrLow | 1, 'k', byte(KindRows), msgpcode.FixedStrLow | 1, 'r'}
+		return withParts(appendArrayLen(head, f.encoded.n), f.encoded.parts), nil
+	}
 	pe := encPool.Get().(*pooledEncoder)
 	defer encPool.Put(pe)
 	pe.buf.Reset()
@@ -148,10 +186,27 @@ func marshalEncoded(f *OwnerFrame) (mem.BufferSlice, error) {
 	if err != nil {
 		return nil, fmt.Errorf("msgpack marshal encoded changes: %w", err)
 	}
-	out := make(mem.BufferSlice, 0, 1+len(f.encoded.parts))
-	out = append(out, mem.SliceBuffer(append([]byte(nil), pe.buf.Bytes()...)))
-	for _, p := range f.encoded.parts {
+	return withParts(append([]byte(nil), pe.buf.Bytes()...), f.encoded.parts), nil
+}
+
+// withParts is the message head followed by the shared parts, each its
+// own buffer.
+func withParts(head []byte, parts [][]byte) mem.BufferSlice {
+	out := make(mem.BufferSlice, 0, 1+len(parts))
+	out = append(out, mem.SliceBuffer(head))
+	for _, p := range parts {
 		out = append(out, mem.SliceBuffer(p))
 	}
-	return out, nil
+	return out
+}
+
+// appendArrayLen is msgpack's EncodeArrayLen.
+func appendArrayLen(b []byte, n int) []byte {
+	switch {
+	case n < 16:
+		return append(b, msgpcode.FixedArrayLow|byte(n))
+	case n <= math.MaxUint16:
+		return binary.BigEndian.AppendUint16(append(b, msgpcode.Array16), uint16(n))
+	}
+	return binary.BigEndian.AppendUint32(append(b, msgpcode.Array32), uint32(n))
 }

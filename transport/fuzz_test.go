@@ -147,3 +147,57 @@ func FuzzDecodeChangeList(f *testing.F) {
 		}
 	})
 }
+
+// decodeRowsBoth decodes b as a row list twice: as Codec does (parseRow
+// where it can) and by Row.decode alone.
+func decodeRowsBoth(b []byte) (fast, slow []Row, fastErr, slowErr error) {
+	var l RowList
+	fastErr = l.DecodeMsgpack(msgpack.NewDecoder(&frameReader{b: b}))
+	fast = l
+	var scratch []byte
+	slow, slowErr = decodeList(msgpack.NewDecoder(&frameReader{b: b}), func(r *Row, d *msgpack.Decoder) error { return r.decode(d, &scratch) })
+	return fast, slow, fastErr, slowErr
+}
+
+// FuzzDecodeRowList: for any bytes, the fast decoding of a row list
+// gives what Row.decode alone gives: the same rows (each one allocation,
+// RowBytes), or an error where it fails.
+func FuzzDecodeRowList(f *testing.F) {
+	rows := []Row{
+		{Key: []byte("k1"), Value: []byte("v1")},
+		{Key: []byte("k2"), Value: []byte{}},
+		{Key: nil, Value: nil},
+		{Key: bytes.Repeat([]byte{'k'}, 300), Value: bytes.Repeat([]byte{'v'}, 70000)},
+	}
+	for i := range rows {
+		b, err := Marshal(RowList(rows[:i+1]))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte{0x91, 0x92, 0xa1, 'k', 0xa1, 'v'}) // str forms: Row.decode's
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if checkBounds(b) != nil {
+			return // Codec refuses it before decoding (Row.decode trusts the lengths checkBounds checked)
+		}
+		fast, slow, fastErr, slowErr := decodeRowsBoth(b)
+		if (fastErr == nil) != (slowErr == nil) {
+			t.Fatalf("decode %x: fast error %v, Row.decode error %v", b, fastErr, slowErr)
+		}
+		if fastErr != nil {
+			return
+		}
+		if len(fast) != len(slow) {
+			t.Fatalf("decode %x: fast %d rows, Row.decode %d", b, len(fast), len(slow))
+		}
+		for i := range fast {
+			if !reflect.DeepEqual(fast[i], slow[i]) {
+				t.Fatalf("decode %x: row %d fast %+v, Row.decode %+v", b, i, fast[i], slow[i])
+			}
+			if _, ok := RowBytes(&fast[i]); ok != (len(fast[i].Key) > 0 && len(fast[i].Value) > 0) {
+				t.Fatalf("decode %x: row %d is not one allocation", b, i)
+			}
+		}
+	})
+}

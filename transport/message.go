@@ -397,9 +397,34 @@ func (l RowList) EncodeMsgpack(e *msgpack.Encoder) error {
 // allocation (Row.decode).
 func (l *RowList) DecodeMsgpack(d *msgpack.Decoder) error {
 	var scratch []byte
-	out, err := decodeList(d, func(r *Row, d *msgpack.Decoder) error { return r.decode(d, &scratch) })
+	fr, _ := d.Buffered().(*frameReader)
+	out, err := decodeListCap(d, rowListCap(d), func(r *Row, d *msgpack.Decoder) error {
+		if fr != nil && fr.parseRow(r) {
+			return nil
+		}
+		return r.decode(d, &scratch)
+	})
 	*l = out
 	return err
+}
+
+// minListRowBytes is the fewest message bytes a row of a RowList read
+// from Codec is taken to hold when its list is sized (rowListCap): a
+// Row is 48 bytes, so a list sized by a hostile frame costs at most two
+// bytes per message byte.
+const minListRowBytes = 24
+
+// rowListCap is the capacity a RowList of n rows starts with, given the
+// message bytes left: all n when the bytes can hold them at
+// minListRowBytes each (a real transfer's rows frame, some 300 rows:
+// grown from 256 by append, its list was allocated twice), so a hostile
+// array header still gets no more than the message's size allows.
+func rowListCap(d *msgpack.Decoder) func(n int) int {
+	fr, ok := d.Buffered().(*frameReader)
+	if !ok {
+		return nil
+	}
+	return func(n int) int { return min(n, max(256, (len(fr.b)-fr.pos)/minListRowBytes)) }
 }
 
 func encodeList[T any](e *msgpack.Encoder, l []T, enc func(*T, *msgpack.Encoder) error) error {
@@ -418,11 +443,21 @@ func encodeList[T any](e *msgpack.Encoder, l []T, enc func(*T, *msgpack.Encoder)
 }
 
 func decodeList[T any](d *msgpack.Decoder, dec func(*T, *msgpack.Decoder) error) ([]T, error) {
+	return decodeListCap(d, nil, dec)
+}
+
+// decodeListCap is decodeList with the list's first capacity for n
+// elements given by capFor (nil: at most 256, grown by append).
+func decodeListCap[T any](d *msgpack.Decoder, capFor func(n int) int, dec func(*T, *msgpack.Decoder) error) ([]T, error) {
 	n, err := d.DecodeArrayLen()
 	if err != nil || n < 0 {
 		return nil, err
 	}
-	out := make([]T, 0, min(n, 256))
+	c := min(n, 256)
+	if capFor != nil {
+		c = capFor(n)
+	}
+	out := make([]T, 0, c)
 	for i := 0; i < n; i++ {
 		out = append(out, *new(T))
 		if err := dec(&out[i], d); err != nil {
