@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/replmesh/replmesh/internal/cputime"
 	"github.com/replmesh/replmesh/transport"
 	"github.com/tidwall/btree"
 )
@@ -268,7 +269,7 @@ func BenchmarkResidentApply(b *testing.B) {
 				chs := make([]transport.Change, batch)
 				seq := s.view.Load().cur.Seq
 				b.ReportAllocs()
-				cpu0, ok0 := processCPU()
+				cpu0, ok0 := cputime.Process()
 				for b.Loop() {
 					for i := range chs {
 						seq++
@@ -278,7 +279,7 @@ func BenchmarkResidentApply(b *testing.B) {
 				}
 				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batch), "ns/change")
 				// The index builds run beside the loop: their CPU is in this.
-				if cpu1, ok1 := processCPU(); ok0 && ok1 {
+				if cpu1, ok1 := cputime.Process(); ok0 && ok1 {
 					b.ReportMetric(float64((cpu1-cpu0).Nanoseconds())/float64(b.N*batch), "cpu-ns/change")
 				}
 			})

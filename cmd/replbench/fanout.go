@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/replmesh/replmesh/internal/benchkit"
+	"github.com/replmesh/replmesh/internal/cputime"
 	"github.com/replmesh/replmesh/replica"
 )
 
@@ -189,7 +190,7 @@ func (b *bench) measureFanout(ctx context.Context, name, kind string, n int, sec
 	var wg sync.WaitGroup
 
 	start := time.Now()
-	cpu0, cpuOK0 := processCPU()
+	cpu0, cpuOK0 := cputime.Process()
 	for i, r := range g.reps {
 		wg.Go(func() {
 			werrs[i] = r.WaitFor(wctx, target)
@@ -204,7 +205,7 @@ func (b *bench) measureFanout(ctx context.Context, name, kind string, n int, sec
 		return f, err
 	}
 	wg.Wait()
-	if cpu1, cpuOK1 := processCPU(); cpuOK0 && cpuOK1 {
+	if cpu1, cpuOK1 := cputime.Process(); cpuOK0 && cpuOK1 {
 		f.cpu = cpu1 - cpu0
 	}
 	if err := errors.Join(werrs...); err != nil {

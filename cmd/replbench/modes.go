@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/replmesh/replmesh/internal/benchkit"
+	"github.com/replmesh/replmesh/internal/cputime"
 	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/replica"
 )
@@ -552,7 +553,7 @@ func childModesRun() error {
 	}
 
 	st0 := r.Status()
-	cpu0, cpuOK := processCPU()
+	cpu0, cpuOK := cputime.Process()
 	t0 := time.Now()
 	fmt.Println(lineBegin)
 	rd.recording.Store(true)
@@ -560,7 +561,7 @@ func childModesRun() error {
 	rd.recording.Store(false)
 	fmt.Println(lineEnd)
 	wall := time.Since(t0)
-	cpu1, cpuOK1 := processCPU()
+	cpu1, cpuOK1 := cputime.Process()
 	st1 := r.Status()
 	if err := stopReader(); err != nil {
 		return err

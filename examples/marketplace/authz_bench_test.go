@@ -16,6 +16,7 @@ import (
 
 	"github.com/replmesh/replmesh/examples/marketplace/products"
 	"github.com/replmesh/replmesh/examples/marketplace/stores"
+	"github.com/replmesh/replmesh/internal/cputime"
 	"github.com/replmesh/replmesh/replica"
 )
 
@@ -86,7 +87,7 @@ func BenchmarkAuthz(b *testing.B) {
 	b.Run("Decisions", func(b *testing.B) {
 		var goroutines atomic.Int64
 		var failed atomic.Pointer[error]
-		cpu0, cpuOK0 := processCPU()
+		cpu0, cpuOK0 := cputime.Process()
 		start := time.Now()
 		b.RunParallel(func(pb *testing.PB) {
 			j := int(goroutines.Add(1)-1) * 997
@@ -99,7 +100,7 @@ func BenchmarkAuthz(b *testing.B) {
 			}
 		})
 		took := time.Since(start)
-		cpu1, cpuOK1 := processCPU()
+		cpu1, cpuOK1 := cputime.Process()
 		if err := failed.Load(); err != nil {
 			b.Fatal(*err)
 		}
