@@ -103,13 +103,14 @@ func (b *bench) badgerLimit(context.Context) (err error) {
 // mapBaseline: W4's reference, a Go map of the table's keys looked up in
 // this process (the values are the 16-byte stamps: the lookup, not the
 // memory, is measured).
-func (b *bench) mapBaseline(context.Context) error {
+func (b *bench) mapBaseline(ctx context.Context) error {
 	m := make(map[string][]byte, b.sz.Rows)
 	for i := range b.sz.Rows {
 		v := make([]byte, stampSize)
 		copy(v, newValue(stampSize, i))
 		m[key(i)] = v
 	}
+	b.settleForReads(ctx, sysBaseline)
 	keys := b.readKeys()
 	lat, err := timeReads(keys, func(i int) ([]byte, bool, error) { v, ok := m[keys[i]]; return v, ok, nil })
 	if err != nil {

@@ -117,6 +117,25 @@ func (b *bench) progress(format string, args ...any) {
 	fmt.Fprintf(b.stderr, "%s  %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 }
 
+// settleForReads prepares a W4 measurement of sys: the garbage of
+// earlier runs is collected, then it waits (at most readQuietWait) until
+// this process's background work is done (a badger's compactions after
+// the table's load, a closed reader's cleanup, an embedded server's
+// housekeeping), so that the reads' latency is the read path's and not
+// that work's. How long it waited is in the progress output.
+func (b *bench) settleForReads(ctx context.Context, sys string) {
+	benchkit.Settle()
+	waited, quiet := benchkit.WaitQuiet(ctx, readQuietWait)
+	if !quiet {
+		b.progress("W4 %s: this process still busy after %s; reading anyway", sys, waited.Round(time.Millisecond))
+		return
+	}
+	b.progress("W4 %s: this process quiet after %s", sys, waited.Round(time.Millisecond))
+}
+
+// readQuietWait bounds settleForReads' wait.
+const readQuietWait = 20 * time.Second
+
 // skip records that a system sat out a run, once.
 func (b *bench) skip(note string) {
 	if !slices.Contains(b.skipped, note) {

@@ -216,7 +216,7 @@ func (b *bench) natsBigTable(ctx context.Context) (err error) {
 		b.addTransfer(sysNATS, float64(res.Rows)/res.Seconds, res.PeakRSS, "KV WatchAll to its end-of-initial-values marker, into a Go map")
 	}
 	if b.does("w4") {
-		benchkit.Settle()
+		b.settleForReads(ctx, sysNATS)
 		b.progress("W4 nats: %d KV Gets", b.sz.Reads)
 		keys := b.readKeys()
 		lat, err := timeReads(keys, func(i int) ([]byte, bool, error) {

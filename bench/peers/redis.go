@@ -388,7 +388,7 @@ func (b *bench) redisBigTable(ctx context.Context) (err error) {
 			"REPLICAOF to synced (diskless full sync, no delay); progress polled every 1 ms")
 	}
 	if b.does("w4") {
-		benchkit.Settle()
+		b.settleForReads(ctx, sysRedis)
 		b.progress("W4 redis: %d GETs on the replica", b.sz.Reads)
 		keys := b.readKeys()
 		lat, err := timeReads(keys, func(i int) ([]byte, bool, error) {

@@ -469,6 +469,7 @@ func (b *bench) rmBigTable(ctx context.Context) (err error) {
 			return err
 		}
 		b.progress("W4 %s: hash index ready %s after the replica; %d local Gets, %d GetShareds", k.sys, waited.Round(time.Millisecond), len(keys), len(skeys))
+		b.settleForReads(ctx, k.sys)
 		if err := warmGets(r, bwkeys); err != nil {
 			return err
 		}

@@ -3,9 +3,11 @@ package benchkit
 import (
 	"context"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/replmesh/replmesh/internal/cputime"
 	"github.com/replmesh/replmesh/replica"
 )
 
@@ -145,5 +147,41 @@ func TestConfig(t *testing.T) {
 	def := replica.DefaultConfig()
 	if cfg.MaxApplyBytes != def.MaxApplyBytes {
 		t.Errorf("MaxApplyBytes = %d, want the default %d", cfg.MaxApplyBytes, def.MaxApplyBytes)
+	}
+}
+
+// TestWaitQuiet: a process with a goroutine spinning is not quiet; once it
+// stops, the process goes quiet.
+func TestWaitQuiet(t *testing.T) {
+	if _, ok := cputime.Process(); !ok {
+		t.Skip("no process CPU time on this platform")
+	}
+	ctx := context.Background()
+	stop := make(chan struct{})
+	var done sync.WaitGroup
+	for range 2 {
+		done.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+			}
+		})
+	}
+	_, quiet := WaitQuiet(ctx, 350*time.Millisecond)
+	close(stop)
+	done.Wait()
+	if quiet {
+		t.Fatal("WaitQuiet reported quiet while two goroutines spun")
+	}
+	if waited, quiet := WaitQuiet(ctx, time.Minute); !quiet {
+		t.Fatalf("WaitQuiet: not quiet after %v with nothing running", waited)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, quiet := WaitQuiet(cctx, time.Minute); quiet {
+		t.Fatal("WaitQuiet reported quiet on a canceled context")
 	}
 }
