@@ -110,7 +110,7 @@ func (b *bench) mapBaseline(ctx context.Context) error {
 		copy(v, newValue(stampSize, i))
 		m[key(i)] = v
 	}
-	b.settleForReads(ctx, sysBaseline)
+	b.settleQuiet(ctx, "W4 "+sysBaseline)
 	keys := b.readKeys()
 	lat, err := timeReads(keys, func(i int) ([]byte, bool, error) { v, ok := m[keys[i]]; return v, ok, nil })
 	if err != nil {

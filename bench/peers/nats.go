@@ -207,7 +207,7 @@ func (b *bench) natsBigTable(ctx context.Context) (err error) {
 		return err
 	}
 	if b.does("w2") {
-		benchkit.Settle()
+		b.settleQuiet(ctx, "W2 "+sysNATS)
 		b.progress("W2 nats: a new reader process watches the whole bucket")
 		res, err := b.runReader(ctx, "nats-w2", roleNATSReader, envAddr+"="+s.url(), envRows+"="+strconv.Itoa(b.sz.Rows))
 		if err != nil {
@@ -216,7 +216,8 @@ func (b *bench) natsBigTable(ctx context.Context) (err error) {
 		b.addTransfer(sysNATS, float64(res.Rows)/res.Seconds, res.PeakRSS, "KV WatchAll to its end-of-initial-values marker, into a Go map")
 	}
 	if b.does("w4") {
-		b.settleForReads(ctx, sysNATS)
+		// Not settleQuiet: see the comment of quietWait.
+		benchkit.Settle()
 		b.progress("W4 nats: %d KV Gets", b.sz.Reads)
 		keys := b.readKeys()
 		lat, err := timeReads(keys, func(i int) ([]byte, bool, error) {

@@ -357,7 +357,7 @@ func (b *bench) redisBigTable(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	benchkit.Settle()
+	b.settleQuiet(ctx, "W2 "+sysRedis)
 	b.progress("W2 redis: a new replica process takes a full sync")
 	full0, _, err := m.syncs(ctx)
 	if err != nil {
@@ -388,7 +388,8 @@ func (b *bench) redisBigTable(ctx context.Context) (err error) {
 			"REPLICAOF to synced (diskless full sync, no delay); progress polled every 1 ms")
 	}
 	if b.does("w4") {
-		b.settleForReads(ctx, sysRedis)
+		// Not settleQuiet: see the comment of quietWait.
+		benchkit.Settle()
 		b.progress("W4 redis: %d GETs on the replica", b.sz.Reads)
 		keys := b.readKeys()
 		lat, err := timeReads(keys, func(i int) ([]byte, bool, error) {

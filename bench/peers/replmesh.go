@@ -429,7 +429,7 @@ func (b *bench) rmBigTable(ctx context.Context) (err error) {
 	}
 	if b.does("w2") {
 		for _, k := range readerKinds {
-			benchkit.Settle()
+			b.settleQuiet(ctx, "W2 "+k.sys)
 			rdir := ""
 			if k.name == "disk" {
 				rdir = filepath.Join(dir, "transfer-reader")
@@ -469,7 +469,7 @@ func (b *bench) rmBigTable(ctx context.Context) (err error) {
 			return err
 		}
 		b.progress("W4 %s: hash index ready %s after the replica; %d local Gets, %d GetShareds", k.sys, waited.Round(time.Millisecond), len(keys), len(skeys))
-		b.settleForReads(ctx, k.sys)
+		b.settleQuiet(ctx, "W4 "+k.sys)
 		if err := warmGets(r, bwkeys); err != nil {
 			return err
 		}

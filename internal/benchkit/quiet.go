@@ -3,48 +3,60 @@ package benchkit
 import (
 	"context"
 	"runtime"
+	"time"
 
 	"github.com/replmesh/replmesh/internal/cputime"
-	"time"
 )
 
-// Quiet windows: the process is quiet when, over one window, it used at
-// most quietShare of one core.
+// Quiet windows: the machine is quiet when, over one window, all its
+// processes together used at most quietShare percent of one core. The
+// window is long enough for /proc/stat's 10 ms tick to resolve that.
 const (
-	quietWindow = 100 * time.Millisecond
-	quietShare  = 10 // percent of one core
+	quietWindow = 250 * time.Millisecond
+	quietShare  = 10
 )
 
-// WaitQuiet waits, for at most maxWait, until this process is quiet: the
-// CPU it used over a 100 ms window (all its threads: background work
-// such as a database's compactions or a closed component's cleanup) is
-// at most a tenth of one core. A latency measurement taken while the
-// process's own background work competes for the cores measures that
-// work, not the read path. It returns how long it waited and whether the
-// process went quiet; where the process's CPU time cannot be read it
-// returns at once, reporting quiet.
+// WaitQuiet waits, for at most maxWait, until the machine is quiet: the
+// CPU all its processes used over a 250 ms window is at most a tenth of
+// one core. A measurement taken while background work competes for the
+// cores (a database's compactions after a bulk load, a closed
+// component's cleanup, a peer server's log rewrite in a child process)
+// measures that work, not the case. Where the machine's CPU time cannot
+// be read it watches this process's alone; where neither can be, it
+// returns at once, reporting quiet. It returns how long it waited and
+// whether the machine went quiet.
 func WaitQuiet(ctx context.Context, maxWait time.Duration) (time.Duration, bool) {
-	start := time.Now()
 	runtime.GC()
-	prev, ok := cputime.Process()
+	src := cputime.Machine
+	if _, ok := src(); !ok {
+		src = cputime.Process
+	}
+	return waitQuiet(ctx, maxWait, quietWindow, src)
+}
+
+// waitQuiet is WaitQuiet over the CPU time cpu reads, in windows of
+// window.
+func waitQuiet(ctx context.Context, maxWait, window time.Duration, cpu func() (time.Duration, bool)) (time.Duration, bool) {
+	start := time.Now()
+	prev, ok := cpu()
 	if !ok {
 		return 0, true
 	}
-	t := time.NewTicker(quietWindow)
+	t := time.NewTicker(window)
 	defer t.Stop()
-	last := time.Now()
+	last := start
 	for time.Since(start) < maxWait {
 		select {
 		case <-ctx.Done():
 			return time.Since(start), false
 		case <-t.C:
 		}
-		cpu, _ := cputime.Process()
+		used, _ := cpu()
 		now := time.Now()
-		if (cpu-prev)*100 <= now.Sub(last)*quietShare {
+		if (used-prev)*100 <= now.Sub(last)*quietShare {
 			return time.Since(start), true
 		}
-		prev, last = cpu, now
+		prev, last = used, now
 	}
 	return time.Since(start), false
 }
