@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -159,21 +160,16 @@ func TestWaitQuiet(t *testing.T) {
 	}
 	ctx := context.Background()
 	const window = 100 * time.Millisecond
-	stop := make(chan struct{})
+	var stop atomic.Bool
 	var done sync.WaitGroup
 	for range 2 {
 		done.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
+			for !stop.Load() {
 			}
 		})
 	}
 	_, quiet := waitQuiet(ctx, 350*time.Millisecond, window, cputime.Process)
-	close(stop)
+	stop.Store(true)
 	done.Wait()
 	if quiet {
 		t.Fatal("waitQuiet reported quiet while two goroutines spun")
