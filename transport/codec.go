@@ -156,28 +156,6 @@ func (r *frameReader) take(n int) ([]byte, error) {
 	return out, nil
 }
 
-// decodeChanges is decodeList for a change list read from Codec: each
-// change parsed from the message bytes where parseChange can, else by
-// Change.decode (which fails where it must). Like decodeList, it grows the
-// list as changes arrive: a hostile array header costs nothing.
-func (r *frameReader) decodeChanges(d *msgpack.Decoder) ([]Change, error) {
-	n, err := d.DecodeArrayLen()
-	if err != nil || n < 0 {
-		return nil, err
-	}
-	out := make([]Change, 0, min(n, 256))
-	for i := 0; i < n; i++ {
-		out = append(out, Change{})
-		if !r.pooled && r.parseChange(&out[i]) { // pooled: take copies
-			continue
-		}
-		if err := out[i].decode(d, true); err != nil {
-			return nil, fmt.Errorf("element %d: %w", i, err)
-		}
-	}
-	return out, nil
-}
-
 // parseChange decodes the change at the reader's position when it is in
 // the forms msgpack's encoder writes (AppendChange's): a 7-element
 // fixarray; seq, op and epoch as unsigned ints; key and value as bins or
@@ -247,13 +225,7 @@ func (r *frameReader) parseRow(row *Row) bool {
 	kv := make([]byte, len(k)+len(v))
 	copy(kv, k)
 	copy(kv[len(k):], v)
-	row.Key, row.Value = nil, nil
-	if k != nil {
-		row.Key = kv[:len(k)]
-	}
-	if v != nil {
-		row.Value = kv[len(k):]
-	}
+	row.cut(kv, len(k), k != nil, v != nil)
 	r.pos = p
 	return true
 }

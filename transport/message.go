@@ -312,14 +312,20 @@ func (r *Row) decode(d *msgpack.Decoder, scratch *[]byte) error {
 			return err
 		}
 	}
+	r.cut(kv, kn, klen >= 0, vlen >= 0)
+	return nil
+}
+
+// cut sets r to the key kv[:kn] and the value kv[kn:], the key and the
+// value nil unless hasKey and hasValue (a msgpack nil).
+func (r *Row) cut(kv []byte, kn int, hasKey, hasValue bool) {
 	r.Key, r.Value = nil, nil
-	if klen >= 0 {
+	if hasKey {
 		r.Key = kv[:kn]
 	}
-	if vlen >= 0 {
+	if hasValue {
 		r.Value = kv[kn:]
 	}
-	return nil
 }
 
 // RowBytes returns the one allocation holding r's key and then its value,
@@ -377,13 +383,13 @@ func (l ChangeList) EncodeMsgpack(e *msgpack.Encoder) error {
 // frameReader), each change in the forms msgpack's encoder writes is
 // parsed straight from the message bytes (frameReader.parseChange).
 func (l *ChangeList) DecodeMsgpack(d *msgpack.Decoder) error {
-	var out []Change
-	var err error
-	if fr, ok := d.Buffered().(*frameReader); ok {
-		out, err = fr.decodeChanges(d)
-	} else {
-		out, err = decodeList(d, func(c *Change, d *msgpack.Decoder) error { return c.decode(d, true) })
-	}
+	fr, _ := d.Buffered().(*frameReader)
+	out, err := decodeList(d, func(c *Change, d *msgpack.Decoder) error {
+		if fr != nil && !fr.pooled && fr.parseChange(c) { // pooled: take copies
+			return nil
+		}
+		return c.decode(d, true)
+	})
 	*l = out
 	return err
 }
@@ -398,7 +404,7 @@ func (l RowList) EncodeMsgpack(e *msgpack.Encoder) error {
 func (l *RowList) DecodeMsgpack(d *msgpack.Decoder) error {
 	var scratch []byte
 	fr, _ := d.Buffered().(*frameReader)
-	out, err := decodeListCap(d, rowListCap(d), func(r *Row, d *msgpack.Decoder) error {
+	out, err := decodeListCap(d, rowListCap(fr), func(r *Row, d *msgpack.Decoder) error {
 		if fr != nil && fr.parseRow(r) {
 			return nil
 		}
@@ -419,9 +425,8 @@ const minListRowBytes = 24
 // minListRowBytes each (a real transfer's rows frame, some 300 rows:
 // grown from 256 by append, its list was allocated twice), so a hostile
 // array header still gets no more than the message's size allows.
-func rowListCap(d *msgpack.Decoder) func(n int) int {
-	fr, ok := d.Buffered().(*frameReader)
-	if !ok {
+func rowListCap(fr *frameReader) func(n int) int {
+	if fr == nil {
 		return nil
 	}
 	return func(n int) int { return min(n, max(256, (len(fr.b)-fr.pos)/minListRowBytes)) }

@@ -2,7 +2,6 @@ package benchkit
 
 import (
 	"context"
-	"runtime"
 	"time"
 
 	"github.com/replmesh/replmesh/internal/cputime"
@@ -26,7 +25,6 @@ const (
 // returns at once, reporting quiet. It returns how long it waited and
 // whether the machine went quiet.
 func WaitQuiet(ctx context.Context, maxWait time.Duration) (time.Duration, bool) {
-	runtime.GC()
 	src := cputime.Machine
 	if _, ok := src(); !ok {
 		src = cputime.Process
