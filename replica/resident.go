@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"maps"
 	"math"
 	"slices"
 	"sync"
@@ -365,33 +366,62 @@ func (s *resident) build(v *resView, gen uint64) {
 }
 
 // hashIndex is the hash index's table of rows: open addressing with
-// linear probing, a 24-byte slot a row (the key's hash and the row's
-// pointer and lengths), at most three quarters full. A hit reads its slot
-// (and rarely the next few, mostly in the same cache line) and then the
-// row's memory, which holds the key and the value's first bytes: two cache
-// misses on a table far larger than the cache, where a Go
+// linear probing, a 16-byte slot a row (the row's pointer, 32 bits of the
+// key's hash and the row's lengths), at most three quarters full. A hit
+// reads its slot (and rarely the next few, mostly in the same cache line)
+// and then the row's memory, which holds the key and the value's first
+// bytes: two cache misses on a table far larger than the cache, where a Go
 // map[string][]byte pointing into the rows takes three (its control word,
-// its slot, the key's bytes). Nothing modifies a published one: a build
-// modifies its own clone.
+// its slot, the key's bytes). A row whose lengths do not fit a slot
+// (idxMaxKey, idxMaxValue) has a slot marked idxLong and its row in long.
+// Nothing modifies a published one: a build modifies its own clone.
 type hashIndex struct {
 	slots []idxSlot // a power of two of them
 	n     int       // used slots
+	// long holds the rows of the slots marked idxLong, by key (the key
+	// string points into the row, which is immutable); nil while none.
+	long map[string]resRow
 }
 
-// idxSlot is one row of a hashIndex; h is 0 in an empty slot (hashOf
-// sets the top bit).
+// idxSlot is one row of a hashIndex; p is nil in an empty slot. lens is
+// the key's length (the top 12 bits) and the value's (the low 20), or
+// idxLong.
 type idxSlot struct {
-	h          uint64
-	p          *byte
-	klen, vlen uint32
+	p    *byte
+	h    uint32
+	lens uint32
+}
+
+// A row's lengths fit a slot when its key is shorter than idxMaxKey and
+// its value at most idxMaxValue bytes; idxLong marks a slot whose row is
+// in hashIndex.long (a key length of idxMaxKey, which no fitting row has).
+const (
+	idxValueBits = 20
+	idxMaxKey    = 1<<(32-idxValueBits) - 1
+	idxMaxValue  = 1<<idxValueBits - 1
+	idxLong      = math.MaxUint32
+)
+
+// slotOf is r's slot for hash h, and whether r's lengths fit in it (else
+// the slot is marked idxLong).
+func slotOf(r resRow, h uint32) (idxSlot, bool) {
+	if r.klen >= idxMaxKey || r.vlen > idxMaxValue {
+		return idxSlot{p: r.p, h: h, lens: idxLong}, false
+	}
+	return idxSlot{p: r.p, h: h, lens: r.klen<<idxValueBits | r.vlen}, true
+}
+
+// row is the row of a slot whose lengths fit it (not idxLong).
+func (sl *idxSlot) row() resRow {
+	return resRow{p: sl.p, klen: sl.lens >> idxValueBits, vlen: sl.lens & idxMaxValue}
 }
 
 // idxSeed seeds the index's hash, per process.
 var idxSeed = maphash.MakeSeed()
 
-// hashOf is the hash of key in a hashIndex: never 0; the slot index is
-// taken from the low bits.
-func hashOf(key []byte) uint64 { return maphash.Bytes(idxSeed, key) | 1<<63 }
+// hashOf is the hash of key in a hashIndex; the slot index is taken from
+// its low bits.
+func hashOf(key []byte) uint32 { return uint32(maphash.Bytes(idxSeed, key)) }
 
 // newHashIndex is an empty table with room for n rows.
 func newHashIndex(n int) *hashIndex {
@@ -409,18 +439,30 @@ func (x *hashIndex) get(key []byte) ([]byte, bool) {
 		return nil, false
 	}
 	sl := &x.slots[i]
-	return resRow{p: sl.p, klen: sl.klen, vlen: sl.vlen}.value(), true
+	if sl.lens == idxLong {
+		return x.long[string(key)].value(), true
+	}
+	return sl.row().value(), true
 }
 
 // find returns the slot of key, or the empty slot that ends its probe.
-func (x *hashIndex) find(key []byte, h uint64) (uint64, bool) {
-	mask := uint64(len(x.slots) - 1)
+func (x *hashIndex) find(key []byte, h uint32) (uint32, bool) {
+	mask := uint32(len(x.slots) - 1)
 	for i := h & mask; ; i = (i + 1) & mask {
 		sl := &x.slots[i]
-		if sl.h == 0 {
+		if sl.p == nil {
 			return i, false
 		}
-		if sl.h == h && int(sl.klen) == len(key) && string(unsafe.Slice(sl.p, sl.klen)) == string(key) {
+		if sl.h != h {
+			continue
+		}
+		if sl.lens == idxLong {
+			if r, ok := x.long[string(key)]; ok && r.p == sl.p {
+				return i, true
+			}
+			continue
+		}
+		if klen := sl.lens >> idxValueBits; int(klen) == len(key) && string(unsafe.Slice(sl.p, klen)) == string(key) {
 			return i, true
 		}
 	}
@@ -432,12 +474,22 @@ func (x *hashIndex) put(r resRow) {
 	if (x.n+1)*4 > len(x.slots)*3 {
 		x.grow(x.n + 1)
 	}
-	h := hashOf(r.key())
-	i, found := x.find(r.key(), h)
+	key := r.key()
+	h := hashOf(key)
+	i, found := x.find(key, h)
 	if !found {
 		x.n++
+	} else if x.slots[i].lens == idxLong {
+		delete(x.long, string(key))
 	}
-	x.slots[i] = idxSlot{h: h, p: r.p, klen: r.klen, vlen: r.vlen}
+	sl, fits := slotOf(r, h)
+	if !fits {
+		if x.long == nil {
+			x.long = make(map[string]resRow)
+		}
+		x.long[unsafe.String(r.p, r.klen)] = r
+	}
+	x.slots[i] = sl
 }
 
 // del removes key (x must not be published), shifting back the rows of
@@ -448,8 +500,11 @@ func (x *hashIndex) del(key []byte) {
 	if !found {
 		return
 	}
-	mask := uint64(len(x.slots) - 1)
-	for j := (i + 1) & mask; x.slots[j].h != 0; j = (j + 1) & mask {
+	if x.slots[i].lens == idxLong {
+		delete(x.long, string(key))
+	}
+	mask := uint32(len(x.slots) - 1)
+	for j := (i + 1) & mask; x.slots[j].p != nil; j = (j + 1) & mask {
 		home := x.slots[j].h & mask
 		// The row at j stays when its home lies cyclically in (i, j].
 		if i <= j && i < home && home <= j || i > j && (i < home || home <= j) {
@@ -465,13 +520,13 @@ func (x *hashIndex) del(key []byte) {
 // grow rehashes x into a table with room for n rows.
 func (x *hashIndex) grow(n int) {
 	y := newHashIndex(n)
-	mask := uint64(len(y.slots) - 1)
+	mask := uint32(len(y.slots) - 1)
 	for _, sl := range x.slots {
-		if sl.h == 0 {
+		if sl.p == nil {
 			continue
 		}
 		i := sl.h & mask
-		for y.slots[i].h != 0 {
+		for y.slots[i].p != nil {
 			i = (i + 1) & mask
 		}
 		y.slots[i] = sl
@@ -481,12 +536,16 @@ func (x *hashIndex) grow(n int) {
 
 // clone is a copy of x with room for extra more rows.
 func (x *hashIndex) clone(extra int) *hashIndex {
+	y := &hashIndex{slots: x.slots, n: x.n}
+	if x.long != nil {
+		y.long = maps.Clone(x.long)
+	}
 	if (x.n+extra)*4 > len(x.slots)*3 {
-		y := &hashIndex{slots: x.slots, n: x.n}
 		y.grow(x.n + extra) // new slots: x's stay as they are
 		return y
 	}
-	return &hashIndex{slots: slices.Clone(x.slots), n: x.n}
+	y.slots = slices.Clone(x.slots)
+	return y
 }
 
 // apply applies changes (whole commit groups, continuing the view's

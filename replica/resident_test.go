@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"maps"
+	"math"
 	"math/rand/v2"
 	"runtime"
 	"slices"
@@ -693,19 +694,37 @@ func TestResident_TransferKeepsDecodedRows(t *testing.T) {
 // deletes (the backward shift of a delete keeps every probe sequence
 // whole), growth, and clones that leave their source unchanged. Keys are
 // drawn from a small space so probe sequences collide and wrap around.
+// In the "long" cases some keys and values are around the lengths a slot
+// holds (idxMaxKey, idxMaxValue): those rows live in the index's long map,
+// and a row moves between it and its slot when a put changes its length.
 func TestHashIndex_Model(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
 		keys, ops  int
 		startRows  int
 		cloneEvery int
+		long       bool
 	}{
-		{"small, growing from empty", 40, 4000, 0, 500},
-		{"sized, many deletes", 300, 20000, 300, 3000},
-		{"large", 5000, 50000, 1000, 10000},
+		{"small, growing from empty", 40, 4000, 0, 500, false},
+		{"sized, many deletes", 300, 20000, 300, 3000, false},
+		{"large", 5000, 50000, 1000, 10000, false},
+		{"long keys and values, growing from empty", 40, 3000, 0, 500, true},
+		{"long keys and values, sized", 300, 6000, 300, 1000, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(tc.keys), uint64(tc.ops)))
+			// keyOf is key k: in the long cases every fourth one is
+			// idxMaxKey-1, idxMaxKey or idxMaxKey+1 bytes long.
+			keyOf := func(k int) []byte {
+				key := fmt.Appendf(nil, "k%d", k)
+				if tc.long && k%4 == 0 {
+					key = append(key, bytes.Repeat([]byte{'.'}, idxMaxKey-1+k/4%3-len(key))...)
+				}
+				return key
+			}
+			// A long value is shared by the model's string and the
+			// rows' copies of it: one in 60 puts.
+			long := [2]string{strings.Repeat("v", idxMaxValue), strings.Repeat("w", idxMaxValue+1)}
 			x := newHashIndex(tc.startRows)
 			m := model{}
 			check := func(x *hashIndex, m model) {
@@ -713,41 +732,92 @@ func TestHashIndex_Model(t *testing.T) {
 				if x.n != len(m) {
 					t.Fatalf("%d rows in the index, %d in the model", x.n, len(m))
 				}
+				longRows := 0
 				for k := range tc.keys {
-					key := fmt.Appendf(nil, "k%d", k)
+					key := keyOf(k)
 					v, ok := x.get(key)
 					want, wok := m[string(key)]
 					if ok != wok || string(v) != want {
-						t.Fatalf("get(%s) = %q, %v; model %q, %v", key, v, ok, want, wok)
+						t.Fatalf("get(%d-byte key %.12s) = %d bytes, %v; model %d bytes, %v", len(key), key, len(v), ok, len(want), wok)
+					}
+					if wok && (len(key) >= idxMaxKey || len(want) > idxMaxValue) {
+						longRows++
 					}
 				}
+				if len(x.long) != longRows {
+					t.Fatalf("%d rows in the long map, want %d", len(x.long), longRows)
+				}
+				if v, ok := x.get([]byte("absent")); ok {
+					t.Fatalf("get(absent) = %q, true", v)
+				}
+			}
+			put := func(x *hashIndex, m model, key []byte, val string) {
+				x.put(ownRow(key, []byte(val)))
+				m[string(key)] = val
 			}
 			for op := range tc.ops {
-				key := fmt.Appendf(nil, "k%d", rng.IntN(tc.keys))
-				if rng.IntN(3) == 0 {
+				key := keyOf(rng.IntN(tc.keys))
+				switch {
+				case rng.IntN(3) == 0:
 					x.del(key)
 					delete(m, string(key))
-				} else {
-					val := fmt.Sprintf("v%d", op)
-					x.put(ownRow(key, []byte(val)))
-					m[string(key)] = val
+				case tc.long && rng.IntN(60) == 0:
+					put(x, m, key, long[rng.IntN(2)])
+				default:
+					put(x, m, key, fmt.Sprintf("v%d", op))
 				}
 				if op%tc.cloneEvery == 0 {
 					check(x, m)
 					y, ym := x.clone(rng.IntN(2*tc.keys)), maps.Clone(m)
 					for range 50 { // change the clone: x must not see it
-						key := fmt.Appendf(nil, "k%d", rng.IntN(tc.keys))
+						key := keyOf(rng.IntN(tc.keys))
 						y.del(key)
 						delete(ym, string(key))
-						key = fmt.Appendf(nil, "k%d", rng.IntN(tc.keys))
-						y.put(ownRow(key, []byte("clone")))
-						ym[string(key)] = "clone"
+						put(y, ym, keyOf(rng.IntN(tc.keys)), "clone")
 					}
 					check(x, m)
 					x, m = y, ym
 				}
 			}
 			check(x, m)
+		})
+	}
+}
+
+// TestHashIndex_Slot: a slot is 16 bytes and holds the lengths of every
+// row that fits it exactly; the others are marked idxLong.
+func TestHashIndex_Slot(t *testing.T) {
+	if got := unsafe.Sizeof(idxSlot{}); got != 16 {
+		t.Fatalf("an index slot is %d bytes, want 16", got)
+	}
+	for _, tc := range []struct {
+		klen, vlen uint32
+		fits       bool
+	}{
+		{0, 0, true},
+		{10, 256, true},
+		{idxMaxKey - 1, idxMaxValue, true},
+		{idxMaxKey, 0, false},
+		{idxMaxKey + 1, 10, false},
+		{10, idxMaxValue + 1, false},
+		{math.MaxUint16, math.MaxUint32, false},
+	} {
+		t.Run(fmt.Sprintf("key %d value %d", tc.klen, tc.vlen), func(t *testing.T) {
+			var b byte
+			r := resRow{p: &b, klen: tc.klen, vlen: tc.vlen}
+			sl, fits := slotOf(r, 7)
+			if fits != tc.fits || sl.p != r.p || sl.h != 7 {
+				t.Fatalf("slotOf = %+v, fits %v; want fits %v", sl, fits, tc.fits)
+			}
+			if !fits {
+				if sl.lens != idxLong {
+					t.Fatalf("lens %#x, want idxLong", sl.lens)
+				}
+				return
+			}
+			if got := sl.row(); got.p != r.p || got.klen != r.klen || got.vlen != r.vlen {
+				t.Fatalf("row() = %+v, want %+v", got, r)
+			}
 		})
 	}
 }
