@@ -109,8 +109,8 @@ const resDegree = 16
 // resRowOverhead is the approximate memory a resident row costs beyond its
 // key and value bytes: the 24-byte item in a B-tree node (nodes are about
 // two thirds full), the allocation rounding of the key+value allocation,
-// and the hash index's slot (see idxMinRows; 24 bytes in a table one to
-// three quarters full). Measured by TestResident_RowCost (about 85-90);
+// and the hash index's slot (see idxMinRows; 16 bytes in a table one to
+// three quarters full). Measured by TestResident_RowCost (about 70);
 // docs/design.md says where the line between resident and disk-only lies.
 const resRowOverhead = 150
 
