@@ -104,7 +104,7 @@ func (t *OwnedTable) scanLog(from uint64, maxN, maxBytes int, take func(chs []tr
 	}
 	want, size, taken := from, 0, 0
 	var chs []transport.Change // one group's, reused
-	err := t.c.db.View(func(txn *badger.Txn) error {
+	err := t.view(func(txn *badger.Txn) error {
 		return t.eachGroup(txn, from, func(_ uint64, g *logGroup) (bool, error) {
 			i, _ := g.find(want)
 			if i == g.n {
@@ -188,7 +188,7 @@ func (t *OwnedTable) trim(now time.Time) error {
 	var dropped int64
 	if (r.MaxBytes > 0 && size > r.MaxBytes) || r.MaxAge > 0 {
 		cutoff := now.Add(-r.MaxAge).UnixNano()
-		err := t.c.db.View(func(txn *badger.Txn) error {
+		err := t.view(func(txn *badger.Txn) error {
 			return t.eachGroup(txn, first, func(_ uint64, g *logGroup) (bool, error) {
 				i, _ := g.find(first)
 				for ; i < g.n; i++ {
@@ -227,5 +227,8 @@ func (t *OwnedTable) trim(now time.Time) error {
 	t.logSize -= dropped
 	t.mu.Unlock()
 	t.tail.dropBefore(newFirst)
-	return t.trimKept(first, newFirst)
+	if err := t.trimKept(first, newFirst); err != nil {
+		return err
+	}
+	return t.retireSegments(newFirst)
 }

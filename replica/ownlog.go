@@ -253,7 +253,15 @@ func (w *logWriter) flush(txn *badger.Txn) error {
 		return nil
 	}
 	v := w.b.encode()
-	if err := txn.Set(ownLogKey(w.t.logPrefix, w.b.seqs[len(w.b.seqs)-1]), v); err != nil {
+	bound := w.b.seqs[len(w.b.seqs)-1]
+	if w.t.seg != nil {
+		ref, err := w.t.seg.append(v, bound)
+		if err != nil {
+			return err
+		}
+		v = ref
+	}
+	if err := txn.Set(ownLogKey(w.t.logPrefix, bound), v); err != nil {
 		return err
 	}
 	w.bytes += int64(len(w.b.data))
@@ -265,6 +273,28 @@ func (w *logWriter) flush(txn *badger.Txn) error {
 // values are read where they lie (a group is read in part).
 func (t *OwnedTable) logIterOptions() badger.IteratorOptions {
 	return badger.IteratorOptions{Prefix: t.logPrefix, PrefetchSize: 8}
+}
+
+// groupBytes is the group value v stands for: v itself, or, when v
+// references a segment (groupExt), its bytes, read into *buf (grown as
+// needed, and kept there for the next read).
+func (t *OwnedTable) groupBytes(v []byte, buf *[]byte) ([]byte, error) {
+	if len(v) == 0 || v[0] != groupExt {
+		return v, nil
+	}
+	r, err := parseSegRef(v)
+	if err != nil {
+		return nil, err
+	}
+	if t.seg == nil {
+		return nil, fmt.Errorf("log group in segment %d: the component has no data dir", r.id)
+	}
+	b, err := t.seg.read(r, *buf)
+	if err != nil {
+		return nil, err
+	}
+	*buf = b
+	return b, nil
 }
 
 // logEntry calls fn with the log entry of seq, read in txn; fn must not
@@ -297,6 +327,7 @@ type groupCursor struct {
 	t     *OwnedTable
 	it    *badger.Iterator
 	buf   []byte
+	ext   []byte // a segment's group bytes
 	g     logGroup
 	bound uint64 // the current group's key; 0: none loaded
 }
@@ -320,7 +351,11 @@ func (c *groupCursor) entry(seq uint64) ([]byte, error) {
 		if c.buf, err = c.it.Item().ValueCopy(c.buf[:0]); err != nil {
 			return nil, err
 		}
-		if c.g, err = parseGroup(c.buf); err != nil {
+		v, err := c.t.groupBytes(c.buf, &c.ext)
+		if err != nil {
+			return nil, err
+		}
+		if c.g, err = parseGroup(v); err != nil {
 			return nil, err
 		}
 		c.bound = binary.BigEndian.Uint64(c.it.Item().Key()[len(lp):])
@@ -339,10 +374,15 @@ func (t *OwnedTable) eachGroup(txn *badger.Txn, from uint64, fn func(bound uint6
 	it := txn.NewIterator(t.logIterOptions())
 	defer it.Close()
 	lp := t.logPrefix
+	var buf []byte
 	for it.Seek(ownLogKey(lp, from)); it.Valid(); it.Next() {
 		bound := binary.BigEndian.Uint64(it.Item().Key()[len(lp):])
 		cont := true
 		err := it.Item().Value(func(v []byte) error {
+			v, err := t.groupBytes(v, &buf)
+			if err != nil {
+				return fmt.Errorf("log group %d: %w", bound, err)
+			}
 			g, err := parseGroup(v)
 			if err != nil {
 				return fmt.Errorf("log group %d: %w", bound, err)
@@ -371,9 +411,14 @@ func (t *OwnedTable) measureLog(head uint64) (first uint64, size int64) {
 		it := txn.NewIterator(o)
 		defer it.Close()
 		lp := t.logPrefix
+		var buf []byte
 		for it.Seek(ownLogKey(lp, ^uint64(0))); it.Valid(); it.Next() {
 			gap := false
 			err := it.Item().Value(func(v []byte) error {
+				v, err := t.groupBytes(v, &buf)
+				if err != nil {
+					return err
+				}
 				g, err := parseGroup(v)
 				if err != nil {
 					return err

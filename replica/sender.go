@@ -444,6 +444,7 @@ func (s *sender) sendSnapshot() (uint64, error) {
 	if s.c.reads.enter() != nil {
 		return 0, fmt.Errorf("%w: owner is shutting down", transport.ErrUnavailable)
 	}
+	defer s.t.seg.unpin(s.t.seg.pin())
 	txn := s.c.db.NewTransaction(false)
 	defer txn.Discard()
 	m, err := s.t.readMeta(txn)
