@@ -153,15 +153,23 @@ func (b *groupBuilder) add(seq uint64, entry []byte) {
 
 // encode returns the group value (a new slice) of the entries added.
 func (b *groupBuilder) encode() []byte {
+	return b.appendTo(make([]byte, 0, b.encodedSize()))
+}
+
+// encodedSize is the size of the group value of the entries added.
+func (b *groupBuilder) encodedSize() int {
+	n := len(b.seqs)
+	size := 5 + 4*n + len(b.data)
+	if b.seqs[n-1]-b.seqs[0] == uint64(n-1) {
+		return size + 8
+	}
+	return size + 8*n
+}
+
+// appendTo appends the group value of the entries added to v.
+func (b *groupBuilder) appendTo(v []byte) []byte {
 	n := len(b.seqs)
 	dense := b.seqs[n-1]-b.seqs[0] == uint64(n-1)
-	size := 5 + 4*n + len(b.data)
-	if dense {
-		size += 8
-	} else {
-		size += 8 * n
-	}
-	v := make([]byte, 0, size)
 	kind := groupSparse
 	if dense {
 		kind = groupDense
@@ -216,12 +224,19 @@ func (c *Component) txnBudget() (bytes int, entries int) {
 // entries, packed into groups of up to groupPieceMax bytes. The primary's
 // group commit and a standby's replicated apply both write through it.
 // It reads nothing: an older entry of the key that trimming kept is
-// dropped by trimming (ownerstore.go).
+// dropped by trimming (ownerstore.go). On disk the groups of the
+// transaction are written to the table's segment together, in one
+// write, by flush.
 type logWriter struct {
 	t     *OwnedTable
 	b     groupBuilder
 	max   int
 	bytes int64 // the log entry bytes written (the log's size counts entries, not group headers)
+	// The groups cut for the segment: their values back to back, where
+	// each ends, and their keys' seqs.
+	out    []byte
+	ends   []int
+	bounds []uint64
 }
 
 func newLogWriter(t *OwnedTable) *logWriter { return &logWriter{t: t, max: t.c.groupPieceMax()} }
@@ -239,7 +254,7 @@ func (w *logWriter) add(txn *badger.Txn, ch *transport.Change) error {
 		return err
 	}
 	if w.b.len() > 0 && w.b.size()+logEntrySize(ch)+12 > w.max {
-		if err := w.flush(txn); err != nil {
+		if err := w.cut(txn); err != nil {
 			return err
 		}
 	}
@@ -247,25 +262,44 @@ func (w *logWriter) add(txn *badger.Txn, ch *transport.Change) error {
 	return nil
 }
 
-// flush writes the group built so far into txn.
-func (w *logWriter) flush(txn *badger.Txn) error {
+// cut ends the group built so far: into txn, or (on disk) onto the
+// groups flush writes to the segment.
+func (w *logWriter) cut(txn *badger.Txn) error {
 	if w.b.len() == 0 {
 		return nil
 	}
-	v := w.b.encode()
 	bound := w.b.seqs[len(w.b.seqs)-1]
 	if w.t.seg != nil {
-		ref, err := w.t.seg.append(v, bound)
-		if err != nil {
-			return err
-		}
-		v = ref
-	}
-	if err := txn.Set(ownLogKey(w.t.logPrefix, bound), v); err != nil {
+		w.out = w.b.appendTo(w.out)
+		w.ends = append(w.ends, len(w.out))
+		w.bounds = append(w.bounds, bound)
+	} else if err := txn.Set(ownLogKey(w.t.logPrefix, bound), w.b.encode()); err != nil {
 		return err
 	}
 	w.bytes += int64(len(w.b.data))
 	w.b.reset()
+	return nil
+}
+
+// flush writes the groups built so far: into txn, or (on disk) to the
+// segment, in one write, with their references into txn.
+func (w *logWriter) flush(txn *badger.Txn) error {
+	if err := w.cut(txn); err != nil {
+		return err
+	}
+	if len(w.bounds) == 0 {
+		return nil
+	}
+	refs, err := w.t.seg.append(w.out, w.ends, w.bounds[len(w.bounds)-1])
+	if err != nil {
+		return err
+	}
+	for i, bound := range w.bounds {
+		if err := txn.Set(ownLogKey(w.t.logPrefix, bound), refs[i]); err != nil {
+			return err
+		}
+	}
+	w.out, w.ends, w.bounds = w.out[:0], w.ends[:0], w.bounds[:0]
 	return nil
 }
 

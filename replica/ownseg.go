@@ -224,14 +224,15 @@ func (s *segLog) dropUnreferenced() error {
 	return nil
 }
 
-// append writes v, the group keyed bound, to the active segment and
-// returns its reference (the group's badger value). Appends are
-// serialized (appendMu); the write itself holds no lock readers take.
-func (s *segLog) append(v []byte, bound uint64) ([]byte, error) {
+// append writes groups, group values back to back (the i-th ending at
+// ends[i]; the last one's key is bound), to the active segment in one
+// write, and returns their references (the groups' badger values). Appends are serialized
+// (appendMu); the write itself holds no lock readers take.
+func (s *segLog) append(groups []byte, ends []int, bound uint64) ([][]byte, error) {
 	s.appendMu.Lock()
 	defer s.appendMu.Unlock()
 	s.mu.Lock()
-	if s.active != nil && s.active.size+int64(len(v)) > segLimit() && s.active.size > 0 {
+	if s.active != nil && s.active.size+int64(len(groups)) > segLimit() && s.active.size > 0 {
 		// Roll: the full segment is synced (most of it is written back
 		// already) by the appender alone; readers go on meanwhile.
 		old := s.active
@@ -257,11 +258,11 @@ func (s *segLog) append(v []byte, bound uint64) ([]byte, error) {
 	a := s.active
 	off := a.size
 	s.mu.Unlock()
-	_, err := a.f.WriteAt(v, off)
+	_, err := a.f.WriteAt(groups, off)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err != nil {
-		// What was written of v is garbage: the next group goes to a new
+		// What was written is garbage: the next groups go to a new
 		// segment, at an offset no partial write can have reached.
 		if s.active == a {
 			s.active = nil
@@ -271,16 +272,23 @@ func (s *segLog) append(v []byte, bound uint64) ([]byte, error) {
 	if a.retired {
 		return nil, fmt.Errorf("owner log segment %d: the table was cleared during the write", a.id)
 	}
-	a.size += int64(len(v))
+	a.size += int64(len(groups))
 	s.dirty = true
 	if _, ok := s.maxBound[a.id]; ok {
 		s.maxBound[a.id] = max(s.maxBound[a.id], bound)
 	}
-	if s.sinceWB += int64(len(v)); s.sinceWB >= segWriteback && !s.sync {
+	if s.sinceWB += int64(len(groups)); s.sinceWB >= segWriteback && !s.sync {
 		startWriteback(a.f, a.size-s.sinceWB, s.sinceWB)
 		s.sinceWB = 0
 	}
-	return segRef{id: a.id, off: uint64(off), n: uint32(len(v)), crc: crc32.Checksum(v, crcTable)}.encode(), nil
+	refs := make([][]byte, len(ends))
+	start := 0
+	for i, end := range ends {
+		v := groups[start:end]
+		refs[i] = segRef{id: a.id, off: uint64(off) + uint64(start), n: uint32(len(v)), crc: crc32.Checksum(v, crcTable)}.encode()
+		start = end
+	}
+	return refs, nil
 }
 
 // flush makes what was appended durable before the commit that
