@@ -156,11 +156,17 @@ func (b *groupBuilder) encode() []byte {
 	return b.appendTo(make([]byte, 0, b.encodedSize()))
 }
 
+// dense reports whether the seqs added are consecutive (groupDense).
+func (b *groupBuilder) dense() bool {
+	n := len(b.seqs)
+	return b.seqs[n-1]-b.seqs[0] == uint64(n-1)
+}
+
 // encodedSize is the size of the group value of the entries added.
 func (b *groupBuilder) encodedSize() int {
 	n := len(b.seqs)
 	size := 5 + 4*n + len(b.data)
-	if b.seqs[n-1]-b.seqs[0] == uint64(n-1) {
+	if b.dense() {
 		return size + 8
 	}
 	return size + 8*n
@@ -169,7 +175,7 @@ func (b *groupBuilder) encodedSize() int {
 // appendTo appends the group value of the entries added to v.
 func (b *groupBuilder) appendTo(v []byte) []byte {
 	n := len(b.seqs)
-	dense := b.seqs[n-1]-b.seqs[0] == uint64(n-1)
+	dense := b.dense()
 	kind := groupSparse
 	if dense {
 		kind = groupDense
@@ -232,10 +238,10 @@ type logWriter struct {
 	b     groupBuilder
 	max   int
 	bytes int64 // the log entry bytes written (the log's size counts entries, not group headers)
-	// The groups cut for the segment: their values back to back, where
-	// each ends, and their keys' seqs.
+	// The groups cut for the segment: their values back to back, each
+	// one's piece, and their keys' seqs.
 	out    []byte
-	ends   []int
+	pieces []segPiece
 	bounds []uint64
 }
 
@@ -271,7 +277,7 @@ func (w *logWriter) cut(txn *badger.Txn) error {
 	bound := w.b.seqs[len(w.b.seqs)-1]
 	if w.t.seg != nil {
 		w.out = w.b.appendTo(w.out)
-		w.ends = append(w.ends, len(w.out))
+		w.pieces = append(w.pieces, segPiece{end: len(w.out), entries: w.b.len(), sparse: !w.b.dense(), data: len(w.b.data)})
 		w.bounds = append(w.bounds, bound)
 	} else if err := txn.Set(ownLogKey(w.t.logPrefix, bound), w.b.encode()); err != nil {
 		return err
@@ -290,7 +296,7 @@ func (w *logWriter) flush(txn *badger.Txn) error {
 	if len(w.bounds) == 0 {
 		return nil
 	}
-	refs, err := w.t.seg.append(w.out, w.ends, w.bounds[len(w.bounds)-1])
+	refs, err := w.t.seg.append(w.out, w.pieces, w.bounds[len(w.bounds)-1])
 	if err != nil {
 		return err
 	}
@@ -299,7 +305,7 @@ func (w *logWriter) flush(txn *badger.Txn) error {
 			return err
 		}
 	}
-	w.out, w.ends, w.bounds = w.out[:0], w.ends[:0], w.bounds[:0]
+	w.out, w.pieces, w.bounds = w.out[:0], w.pieces[:0], w.bounds[:0]
 	return nil
 }
 
@@ -448,7 +454,19 @@ func (t *OwnedTable) measureLog(head uint64) (first uint64, size int64) {
 		var buf []byte
 		for it.Seek(ownLogKey(lp, ^uint64(0))); it.Valid(); it.Next() {
 			gap := false
+			bound := binary.BigEndian.Uint64(it.Item().Key()[len(lp):])
 			err := it.Item().Value(func(v []byte) error {
+				if r, err := parseSegRef(v); err == nil && !r.sparse && bound <= head && r.entries > 0 && uint64(r.entries) <= bound {
+					// Sized from the reference: a dense group holds
+					// bound-entries+1 .. bound.
+					if bound != first-1 {
+						gap = true
+						return nil
+					}
+					first = bound + 1 - uint64(r.entries)
+					size += int64(r.data)
+					return nil
+				}
 				v, err := t.groupBytes(v, &buf)
 				if err != nil {
 					return err

@@ -55,11 +55,13 @@ import (
 
 // groupExt is the kind of a group value that references its bytes in a
 // segment: kind, segment id (8 BE), offset (8 BE), length (4 BE), CRC-32C
-// of the bytes (4 BE).
+// of the bytes (4 BE), the group's entry count (4 BE; the top bit set
+// when its seqs are not consecutive), the size of its entries (4 BE).
+// The last two let measureLog size the log from badger's keys alone.
 const groupExt byte = 3
 
 // groupExtSize is the size of a groupExt value.
-const groupExtSize = 1 + 8 + 8 + 4 + 4
+const groupExtSize = 1 + 8 + 8 + 4 + 4 + 4 + 4
 
 // segMax is the size at which a segment is closed and the next begun.
 const segMax = 64 << 20
@@ -78,11 +80,17 @@ func segLimit() int64 {
 // writeback (Async durability).
 const segWriteback = 1 << 20
 
-// segRef is where a group's bytes lie.
+// segRef is where a group's bytes lie, and what measureLog needs of it.
 type segRef struct {
 	id, off uint64
 	n, crc  uint32
+	entries uint32 // the entry count
+	sparse  bool   // its seqs are not consecutive
+	data    uint32 // the entries' bytes
 }
+
+// sparseBit marks a sparse group in a reference's entry count.
+const sparseBit = 1 << 31
 
 func (r segRef) encode() []byte {
 	v := make([]byte, 0, groupExtSize)
@@ -90,7 +98,13 @@ func (r segRef) encode() []byte {
 	v = binary.BigEndian.AppendUint64(v, r.id)
 	v = binary.BigEndian.AppendUint64(v, r.off)
 	v = binary.BigEndian.AppendUint32(v, r.n)
-	return binary.BigEndian.AppendUint32(v, r.crc)
+	v = binary.BigEndian.AppendUint32(v, r.crc)
+	e := r.entries
+	if r.sparse {
+		e |= sparseBit
+	}
+	v = binary.BigEndian.AppendUint32(v, e)
+	return binary.BigEndian.AppendUint32(v, r.data)
 }
 
 // parseSegRef parses a groupExt value.
@@ -98,12 +112,26 @@ func parseSegRef(v []byte) (segRef, error) {
 	if len(v) != groupExtSize || v[0] != groupExt {
 		return segRef{}, fmt.Errorf("log group reference: %d bytes", len(v))
 	}
+	e := binary.BigEndian.Uint32(v[25:])
 	return segRef{
-		id:  binary.BigEndian.Uint64(v[1:]),
-		off: binary.BigEndian.Uint64(v[9:]),
-		n:   binary.BigEndian.Uint32(v[17:]),
-		crc: binary.BigEndian.Uint32(v[21:]),
+		id:      binary.BigEndian.Uint64(v[1:]),
+		off:     binary.BigEndian.Uint64(v[9:]),
+		n:       binary.BigEndian.Uint32(v[17:]),
+		crc:     binary.BigEndian.Uint32(v[21:]),
+		entries: e &^ sparseBit,
+		sparse:  e&sparseBit != 0,
+		data:    binary.BigEndian.Uint32(v[29:]),
 	}, nil
+}
+
+// segPiece is one group of an append: where its value ends in the
+// appended bytes, its entry count, whether its seqs are not consecutive,
+// and its entries' size.
+type segPiece struct {
+	end     int
+	entries int
+	sparse  bool
+	data    int
 }
 
 // errSegmentLost: a group reference points past its segment's end, or
@@ -224,11 +252,12 @@ func (s *segLog) dropUnreferenced() error {
 	return nil
 }
 
-// append writes groups, group values back to back (the i-th ending at
-// ends[i]; the last one's key is bound), to the active segment in one
-// write, and returns their references (the groups' badger values). Appends are serialized
+// append writes groups, group values back to back (pieces says where
+// each ends, and what it holds; the last one's key is bound), to the
+// active segment in one write, and returns their references (the groups'
+// badger values). Appends are serialized
 // (appendMu); the write itself holds no lock readers take.
-func (s *segLog) append(groups []byte, ends []int, bound uint64) ([][]byte, error) {
+func (s *segLog) append(groups []byte, pieces []segPiece, bound uint64) ([][]byte, error) {
 	s.appendMu.Lock()
 	defer s.appendMu.Unlock()
 	s.mu.Lock()
@@ -281,12 +310,13 @@ func (s *segLog) append(groups []byte, ends []int, bound uint64) ([][]byte, erro
 		startWriteback(a.f, a.size-s.sinceWB, s.sinceWB)
 		s.sinceWB = 0
 	}
-	refs := make([][]byte, len(ends))
+	refs := make([][]byte, len(pieces))
 	start := 0
-	for i, end := range ends {
-		v := groups[start:end]
-		refs[i] = segRef{id: a.id, off: uint64(off) + uint64(start), n: uint32(len(v)), crc: crc32.Checksum(v, crcTable)}.encode()
-		start = end
+	for i, p := range pieces {
+		v := groups[start:p.end]
+		refs[i] = segRef{id: a.id, off: uint64(off) + uint64(start), n: uint32(len(v)), crc: crc32.Checksum(v, crcTable),
+			entries: uint32(p.entries), sparse: p.sparse, data: uint32(p.data)}.encode()
+		start = p.end
 	}
 	return refs, nil
 }

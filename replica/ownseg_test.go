@@ -78,6 +78,7 @@ func TestOwnerSegments_GroupsLiveInSegments(t *testing.T) {
 		t.Fatal("no log group written")
 	}
 	checkOwnerReads(t, tbl, model, keysOf(model))
+	first, size := tbl.meta.First, tbl.logSize
 	mustClose(t, c)
 
 	c = openOwnerTrimmedByTest(t, dir)
@@ -85,6 +86,10 @@ func TestOwnerSegments_GroupsLiveInSegments(t *testing.T) {
 	tbl, err = c.Own("t")
 	if err != nil {
 		t.Fatal(err)
+	}
+	// measureLog sizes the log from the references alone.
+	if tbl.meta.First != first || tbl.logSize != size {
+		t.Fatalf("reopened: first %d, log size %d; before the close %d, %d", tbl.meta.First, tbl.logSize, first, size)
 	}
 	checkOwnerReads(t, tbl, model, keysOf(model))
 	chs, err := tbl.readLog(1, 1000, 1<<30, nil)
@@ -159,6 +164,15 @@ func TestOwnerSegments_TrimDeletesSegments(t *testing.T) {
 	}
 	checkOwnerReads(t, tbl, model, keysOf(model))
 	checkOwnerStore(t, c.db, "t", tbl.meta.First, model, nil)
+	// The window after a reopen, sized from the references of its
+	// groups (the kept entries below it are groups rewritten into
+	// badger), is the one trimming left.
+	tbl.mu.Lock()
+	first, head := tbl.meta.First, tbl.meta.Head
+	tbl.mu.Unlock()
+	if f, _ := tbl.measureLog(head); f != first {
+		t.Fatalf("measured window from %d, trimming left it at %d", f, first)
+	}
 }
 
 // TestOwnerSegments_OpenChecks: a segment no group references (bytes of
@@ -243,4 +257,53 @@ func TestOwnerSegments_CorruptBytes(t *testing.T) {
 	if _, _, err := tbl.Get([]byte("k")); !errors.Is(err, errSegmentLost) {
 		t.Fatalf("Get over corrupt bytes: %v, want errSegmentLost", err)
 	}
+}
+
+// FuzzParseSegRef: a reference parses only from its exact encoding, and
+// encodes back to the same bytes.
+func FuzzParseSegRef(f *testing.F) {
+	f.Add(segRef{id: 1, off: 4096, n: 300, crc: 7, entries: 14, data: 250}.encode())
+	f.Add(segRef{id: 2, entries: 3, sparse: true, data: 9}.encode())
+	f.Add([]byte{groupExt, 0})
+	f.Fuzz(func(t *testing.T, v []byte) {
+		r, err := parseSegRef(v)
+		if err != nil {
+			return
+		}
+		if got := r.encode(); string(got) != string(v) {
+			t.Fatalf("parse(%x) encodes to %x", v, got)
+		}
+	})
+}
+
+// FuzzParseGroup: parseGroup never panics, and every entry of a group it
+// accepts lies within its bytes, in order.
+func FuzzParseGroup(f *testing.F) {
+	var b groupBuilder
+	b.add(5, []byte("entry five"))
+	b.add(6, []byte("six"))
+	f.Add(b.encode())
+	b.reset()
+	b.add(5, []byte("a"))
+	b.add(9, []byte("bb"))
+	f.Add(b.encode())
+	f.Add([]byte{groupDense, 0, 0, 0, 1})
+	f.Fuzz(func(t *testing.T, v []byte) {
+		g, err := parseGroup(v)
+		if err != nil {
+			return
+		}
+		for i := range g.n {
+			e, err := g.entry(i)
+			if err != nil {
+				continue
+			}
+			if len(e) > len(g.data) {
+				t.Fatalf("entry %d of %d bytes in %d", i, len(e), len(g.data))
+			}
+			if _, ok := g.find(g.seq(i)); !ok && g.seqs == nil {
+				t.Fatalf("dense entry %d at seq %d not found", i, g.seq(i))
+			}
+		}
+	})
 }
