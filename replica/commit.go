@@ -185,6 +185,9 @@ func (c *Component) buildGroup(pending []*pendingWrite) *group {
 			if err := t.setMeta(g.txn, m); err != nil {
 				return err
 			}
+			if err := t.seg.flush(); err != nil {
+				return err
+			}
 		}
 		return nil
 	}()

@@ -463,6 +463,11 @@ func (c *Component) Close() error {
 		c.reads.shut()
 		c.disk.Closing() // room for the flush in db.Close
 		c.closeErr = c.db.Close()
+		c.mu.Lock()
+		for _, t := range c.owned {
+			c.closeErr = errors.Join(c.closeErr, t.seg.close())
+		}
+		c.mu.Unlock()
 		if c.small != nil && c.small != c.db {
 			c.closeErr = errors.Join(c.closeErr, c.small.Close())
 		}

@@ -60,10 +60,17 @@ func appendAliased(buf, b []byte) ([]byte, []byte) {
 // they are (transport.EncodedChanges), with no transport.Change kept in
 // between.
 func (t *OwnedTable) readLogEncoded(from uint64, maxN, maxBytes int, dst []byte) ([]byte, int, error) {
+	if dst == nil {
+		// A frame's worth of room at once (encodedFrameCap). Grown
+		// group by group, by a quarter at a time once large, a 256 KiB
+		// frame was copied over a dozen times: a third of the owner's
+		// CPU in a catch-up from the log.
+		dst = make([]byte, 0, encodedFrameCap(maxBytes))
+	}
 	n := 0
 	err := t.scanLog(from, maxN, maxBytes, func(chs []transport.Change) error {
-		// Room for the group's encodings, grown once a group, not per
-		// append.
+		// Room for the group's encodings (when the frame outgrows the
+		// room made above), grown once a group, not per append.
 		size := 0
 		for i := range chs {
 			size += len(chs[i].Key) + len(chs[i].Value) + wireFraming
@@ -81,6 +88,16 @@ func (t *OwnedTable) readLogEncoded(from uint64, maxN, maxBytes int, dst []byte)
 // wireFraming bounds what a change's wire encoding takes beyond its key
 // and value: the array header, ints, bin headers and bool, 9 to 40 bytes.
 const wireFraming = 40
+
+// encodedFrameCap is the room readLogEncoded makes for a frame of
+// maxBytes: a frame of changes is cut at the end of the Apply that
+// reaches maxBytes (counted by Change.Size, about its wire size), so it
+// rarely ends much beyond it; at most 1 MiB and a little, so that a
+// large budget read from a short log allocates no more.
+func encodedFrameCap(maxBytes int) int {
+	c := min(maxBytes, 1<<20)
+	return c + c/8
+}
 
 // scanLog walks the durable log from seq from on, at most about maxN
 // changes and maxBytes bytes, extended to the end of the last commit
@@ -104,7 +121,7 @@ func (t *OwnedTable) scanLog(from uint64, maxN, maxBytes int, take func(chs []tr
 	}
 	want, size, taken := from, 0, 0
 	var chs []transport.Change // one group's, reused
-	err := t.c.db.View(func(txn *badger.Txn) error {
+	err := t.view(func(txn *badger.Txn) error {
 		return t.eachGroup(txn, from, func(_ uint64, g *logGroup) (bool, error) {
 			i, _ := g.find(want)
 			if i == g.n {
@@ -188,7 +205,7 @@ func (t *OwnedTable) trim(now time.Time) error {
 	var dropped int64
 	if (r.MaxBytes > 0 && size > r.MaxBytes) || r.MaxAge > 0 {
 		cutoff := now.Add(-r.MaxAge).UnixNano()
-		err := t.c.db.View(func(txn *badger.Txn) error {
+		err := t.view(func(txn *badger.Txn) error {
 			return t.eachGroup(txn, first, func(_ uint64, g *logGroup) (bool, error) {
 				i, _ := g.find(first)
 				for ; i < g.n; i++ {
@@ -227,5 +244,8 @@ func (t *OwnedTable) trim(now time.Time) error {
 	t.logSize -= dropped
 	t.mu.Unlock()
 	t.tail.dropBefore(newFirst)
-	return t.trimKept(first, newFirst)
+	if err := t.trimKept(first, newFirst); err != nil {
+		return err
+	}
+	return t.retireSegments(newFirst)
 }

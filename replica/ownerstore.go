@@ -36,8 +36,16 @@ import (
 // table's meta (ownerMeta.Format). Own migrates the formats before it:
 // 0 (the row holding its seq and a second copy of the value;
 // migrateLegacy) to formatRefRows, and formatRefRows (a badger entry per
-// log entry; migrateLog) to ownFormat, log groups.
-const ownFormat = 2
+// log entry; migrateLog) to log groups; formatGroups (log groups held
+// whole in badger) is ownFormat's subset, and needs only its Format
+// changed. ownFormat writes a group's bytes to a segment on disk.
+const ownFormat = 3
+
+// formatGroups is the owner format of log groups held whole in badger.
+// Its groups stay readable in ownFormat, where groups written on disk
+// hold a reference to a segment (ownseg.go) instead: the migration is
+// the meta's Format alone.
+const formatGroups = 2
 
 // formatRefRows is the owner format of ref rows with one badger entry per
 // log entry (o/<table>/l/<seq>).
@@ -53,7 +61,16 @@ func (t *OwnedTable) migrate(m ownerMeta) (ownerMeta, error) {
 		}
 	}
 	if m.Format == formatRefRows {
-		return t.migrateLog(m)
+		if m, err = t.migrateLog(m); err != nil {
+			return m, err
+		}
+	}
+	if m.Format == formatGroups {
+		m.Format = ownFormat
+		err = t.c.db.Update(func(txn *badger.Txn) error { return t.setMeta(txn, m) })
+		if err != nil {
+			return m, fmt.Errorf("migrate %s to owner format %d: %w", t.name, ownFormat, err)
+		}
 	}
 	return m, nil
 }
@@ -325,6 +342,7 @@ type editGroup struct {
 	g       logGroup
 	drop    []bool
 	dropped int
+	ext     bool // its bytes are in a segment: rewritten into badger even when it loses none
 }
 
 // trimEntry is an entry of the chunk being trimmed.
@@ -364,11 +382,16 @@ func (e *trimEdit) load(seq uint64) (uint64, *editGroup, error) {
 	if err != nil {
 		return 0, nil, err
 	}
+	ext := len(v) > 0 && v[0] == groupExt
+	var buf []byte
+	if v, err = e.t.groupBytes(v, &buf); err != nil {
+		return 0, nil, fmt.Errorf("log group %d: %w", bound, err)
+	}
 	g, err := parseGroup(v)
 	if err != nil {
 		return 0, nil, fmt.Errorf("log group %d: %w", bound, err)
 	}
-	eg := &editGroup{g: g, drop: make([]bool, g.n)}
+	eg := &editGroup{g: g, drop: make([]bool, g.n), ext: ext}
 	e.groups[bound] = eg
 	i, _ := slices.BinarySearch(e.bounds, bound)
 	e.bounds = slices.Insert(e.bounds, i, bound)
@@ -468,11 +491,13 @@ func (e *trimEdit) loaded(seq uint64) *editGroup {
 }
 
 // write writes the groups that lost entries: rewritten with the others,
-// or deleted.
+// or deleted. A group in a segment is rewritten into badger even when it
+// lost none: trimming leaves no key below the window referencing a
+// segment, so the segment can go (retireSegments).
 func (e *trimEdit) write() error {
 	var b groupBuilder
 	for bound, eg := range e.groups {
-		if eg.dropped == 0 {
+		if eg.dropped == 0 && !eg.ext {
 			continue
 		}
 		key := ownLogKey(e.t.logPrefix, bound)

@@ -71,6 +71,9 @@ func TestOwnerStoreCrashChild(t *testing.T) {
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cfg.Retention = Retention{MaxChanges: oscRetention}
 	cfg.TrimInterval = time.Millisecond
+	// Segments of 16 KiB: they roll, and trimming retires and deletes
+	// them, all the time, so kills land in between too.
+	segMaxForTest.Store(16 << 10)
 	ctx := context.Background()
 	c, err := Open(ctx, cfg)
 	if err != nil {
@@ -219,7 +222,14 @@ func TestOwnerStore_CrashWhileTrimming(t *testing.T) {
 				below++
 			}
 		}
-		t.Logf("cycle %d: head %d (acknowledged %d), window %d..%d, %d kept entries below it, %d rows", cycle+1, head, acked, winFirst, head, below, len(model))
+		// The window (at most a few hundred changes of under 300 bytes)
+		// needs a handful of 16 KiB segments; the rest were retired and
+		// deleted, across the kills.
+		segs := len(segFiles(t, dir, oscTable))
+		if segs > 10 {
+			t.Fatalf("cycle %d: %d log segments for a window of %d changes: trimmed ones are not deleted", cycle+1, segs, head+1-winFirst)
+		}
+		t.Logf("cycle %d: head %d (acknowledged %d), window %d..%d, %d kept entries below it, %d rows, %d log segments", cycle+1, head, acked, winFirst, head, below, len(model), segs)
 		mustClose(t, c)
 	}
 }

@@ -27,8 +27,9 @@ type ownerDump struct {
 }
 
 // deleteLogEntries drops the log entries of seqs from table's log in txn
-// (rewriting their groups), as a test that simulates lost writes needs.
-func deleteLogEntries(txn *badger.Txn, table string, seqs ...uint64) error {
+// (rewriting their groups into badger), as a test that simulates lost
+// writes needs; dir is the data dir.
+func deleteLogEntries(txn *badger.Txn, dir, table string, seqs ...uint64) error {
 	lp := ownLogPrefix(table)
 	for _, seq := range seqs {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: lp})
@@ -41,6 +42,9 @@ func deleteLogEntries(txn *badger.Txn, table string, seqs ...uint64) error {
 		v, err := it.Item().ValueCopy(nil)
 		it.Close()
 		if err != nil {
+			return err
+		}
+		if v, err = readGroupBytes(dir, table, v); err != nil {
 			return err
 		}
 		g, err := parseGroup(v)
@@ -68,6 +72,24 @@ func deleteLogEntries(txn *badger.Txn, table string, seqs ...uint64) error {
 		}
 	}
 	return nil
+}
+
+// readGroupBytes is the group value v, read from table's log in the data
+// dir dir, stands for: v, or the bytes its segment reference points at.
+func readGroupBytes(dir, table string, v []byte) ([]byte, error) {
+	if len(v) == 0 || v[0] != groupExt {
+		return v, nil
+	}
+	s, err := openSegLog(segDir(dir, table), false)
+	if err != nil {
+		return nil, err
+	}
+	defer s.close()
+	r, err := parseSegRef(v)
+	if err != nil {
+		return nil, err
+	}
+	return s.read(r, nil)
 }
 
 func dumpOwner(t testing.TB, db *badger.DB, table string) ownerDump {
@@ -103,6 +125,10 @@ func dumpOwner(t testing.TB, db *badger.DB, table string) ownerDump {
 		prev := uint64(0) // the previous group's key
 		if err := walk(ownLogPrefix(table), func(k, v []byte) error {
 			bound := binary.BigEndian.Uint64(k)
+			v, err := readGroupBytes(db.Opts().Dir, table, v)
+			if err != nil {
+				return fmt.Errorf("log group %d: %w", bound, err)
+			}
 			g, err := parseGroup(v)
 			if err != nil {
 				return fmt.Errorf("log group %d: %w", bound, err)

@@ -153,15 +153,29 @@ func (b *groupBuilder) add(seq uint64, entry []byte) {
 
 // encode returns the group value (a new slice) of the entries added.
 func (b *groupBuilder) encode() []byte {
+	return b.appendTo(make([]byte, 0, b.encodedSize()))
+}
+
+// dense reports whether the seqs added are consecutive (groupDense).
+func (b *groupBuilder) dense() bool {
 	n := len(b.seqs)
-	dense := b.seqs[n-1]-b.seqs[0] == uint64(n-1)
+	return b.seqs[n-1]-b.seqs[0] == uint64(n-1)
+}
+
+// encodedSize is the size of the group value of the entries added.
+func (b *groupBuilder) encodedSize() int {
+	n := len(b.seqs)
 	size := 5 + 4*n + len(b.data)
-	if dense {
-		size += 8
-	} else {
-		size += 8 * n
+	if b.dense() {
+		return size + 8
 	}
-	v := make([]byte, 0, size)
+	return size + 8*n
+}
+
+// appendTo appends the group value of the entries added to v.
+func (b *groupBuilder) appendTo(v []byte) []byte {
+	n := len(b.seqs)
+	dense := b.dense()
 	kind := groupSparse
 	if dense {
 		kind = groupDense
@@ -216,12 +230,19 @@ func (c *Component) txnBudget() (bytes int, entries int) {
 // entries, packed into groups of up to groupPieceMax bytes. The primary's
 // group commit and a standby's replicated apply both write through it.
 // It reads nothing: an older entry of the key that trimming kept is
-// dropped by trimming (ownerstore.go).
+// dropped by trimming (ownerstore.go). On disk the groups of the
+// transaction are written to the table's segment together, in one
+// write, by flush.
 type logWriter struct {
 	t     *OwnedTable
 	b     groupBuilder
 	max   int
 	bytes int64 // the log entry bytes written (the log's size counts entries, not group headers)
+	// The groups cut for the segment: their values back to back, each
+	// one's piece, and their keys' seqs.
+	out    []byte
+	pieces []segPiece
+	bounds []uint64
 }
 
 func newLogWriter(t *OwnedTable) *logWriter { return &logWriter{t: t, max: t.c.groupPieceMax()} }
@@ -239,7 +260,7 @@ func (w *logWriter) add(txn *badger.Txn, ch *transport.Change) error {
 		return err
 	}
 	if w.b.len() > 0 && w.b.size()+logEntrySize(ch)+12 > w.max {
-		if err := w.flush(txn); err != nil {
+		if err := w.cut(txn); err != nil {
 			return err
 		}
 	}
@@ -247,13 +268,18 @@ func (w *logWriter) add(txn *badger.Txn, ch *transport.Change) error {
 	return nil
 }
 
-// flush writes the group built so far into txn.
-func (w *logWriter) flush(txn *badger.Txn) error {
+// cut ends the group built so far: into txn, or (on disk) onto the
+// groups flush writes to the segment.
+func (w *logWriter) cut(txn *badger.Txn) error {
 	if w.b.len() == 0 {
 		return nil
 	}
-	v := w.b.encode()
-	if err := txn.Set(ownLogKey(w.t.logPrefix, w.b.seqs[len(w.b.seqs)-1]), v); err != nil {
+	bound := w.b.seqs[len(w.b.seqs)-1]
+	if w.t.seg != nil {
+		w.out = w.b.appendTo(w.out)
+		w.pieces = append(w.pieces, segPiece{end: len(w.out), entries: w.b.len(), sparse: !w.b.dense(), data: len(w.b.data)})
+		w.bounds = append(w.bounds, bound)
+	} else if err := txn.Set(ownLogKey(w.t.logPrefix, bound), w.b.encode()); err != nil {
 		return err
 	}
 	w.bytes += int64(len(w.b.data))
@@ -261,10 +287,54 @@ func (w *logWriter) flush(txn *badger.Txn) error {
 	return nil
 }
 
+// flush writes the groups built so far: into txn, or (on disk) to the
+// segment, in one write, with their references into txn.
+func (w *logWriter) flush(txn *badger.Txn) error {
+	if err := w.cut(txn); err != nil {
+		return err
+	}
+	if len(w.bounds) == 0 {
+		return nil
+	}
+	refs, err := w.t.seg.append(w.out, w.pieces, w.bounds[len(w.bounds)-1])
+	if err != nil {
+		return err
+	}
+	for i, bound := range w.bounds {
+		if err := txn.Set(ownLogKey(w.t.logPrefix, bound), refs[i]); err != nil {
+			return err
+		}
+	}
+	w.out, w.pieces, w.bounds = w.out[:0], w.pieces[:0], w.bounds[:0]
+	return nil
+}
+
 // logIterOptions are the options of an iterator over t's log groups: the
 // values are read where they lie (a group is read in part).
 func (t *OwnedTable) logIterOptions() badger.IteratorOptions {
 	return badger.IteratorOptions{Prefix: t.logPrefix, PrefetchSize: 8}
+}
+
+// groupBytes is the group value v stands for: v itself, or, when v
+// references a segment (groupExt), its bytes, read into *buf (grown as
+// needed, and kept there for the next read).
+func (t *OwnedTable) groupBytes(v []byte, buf *[]byte) ([]byte, error) {
+	if len(v) == 0 || v[0] != groupExt {
+		return v, nil
+	}
+	r, err := parseSegRef(v)
+	if err != nil {
+		return nil, err
+	}
+	if t.seg == nil {
+		return nil, fmt.Errorf("log group in segment %d: the component has no data dir", r.id)
+	}
+	b, err := t.seg.read(r, *buf)
+	if err != nil {
+		return nil, err
+	}
+	*buf = b
+	return b, nil
 }
 
 // logEntry calls fn with the log entry of seq, read in txn; fn must not
@@ -297,6 +367,7 @@ type groupCursor struct {
 	t     *OwnedTable
 	it    *badger.Iterator
 	buf   []byte
+	ext   []byte // a segment's group bytes
 	g     logGroup
 	bound uint64 // the current group's key; 0: none loaded
 }
@@ -320,7 +391,11 @@ func (c *groupCursor) entry(seq uint64) ([]byte, error) {
 		if c.buf, err = c.it.Item().ValueCopy(c.buf[:0]); err != nil {
 			return nil, err
 		}
-		if c.g, err = parseGroup(c.buf); err != nil {
+		v, err := c.t.groupBytes(c.buf, &c.ext)
+		if err != nil {
+			return nil, err
+		}
+		if c.g, err = parseGroup(v); err != nil {
 			return nil, err
 		}
 		c.bound = binary.BigEndian.Uint64(c.it.Item().Key()[len(lp):])
@@ -339,10 +414,15 @@ func (t *OwnedTable) eachGroup(txn *badger.Txn, from uint64, fn func(bound uint6
 	it := txn.NewIterator(t.logIterOptions())
 	defer it.Close()
 	lp := t.logPrefix
+	var buf []byte
 	for it.Seek(ownLogKey(lp, from)); it.Valid(); it.Next() {
 		bound := binary.BigEndian.Uint64(it.Item().Key()[len(lp):])
 		cont := true
 		err := it.Item().Value(func(v []byte) error {
+			v, err := t.groupBytes(v, &buf)
+			if err != nil {
+				return fmt.Errorf("log group %d: %w", bound, err)
+			}
 			g, err := parseGroup(v)
 			if err != nil {
 				return fmt.Errorf("log group %d: %w", bound, err)
@@ -371,9 +451,26 @@ func (t *OwnedTable) measureLog(head uint64) (first uint64, size int64) {
 		it := txn.NewIterator(o)
 		defer it.Close()
 		lp := t.logPrefix
+		var buf []byte
 		for it.Seek(ownLogKey(lp, ^uint64(0))); it.Valid(); it.Next() {
 			gap := false
+			bound := binary.BigEndian.Uint64(it.Item().Key()[len(lp):])
 			err := it.Item().Value(func(v []byte) error {
+				if r, err := parseSegRef(v); err == nil && !r.sparse && bound <= head && r.entries > 0 && uint64(r.entries) <= bound {
+					// Sized from the reference: a dense group holds
+					// bound-entries+1 .. bound.
+					if bound != first-1 {
+						gap = true
+						return nil
+					}
+					first = bound + 1 - uint64(r.entries)
+					size += int64(r.data)
+					return nil
+				}
+				v, err := t.groupBytes(v, &buf)
+				if err != nil {
+					return err
+				}
 				g, err := parseGroup(v)
 				if err != nil {
 					return err

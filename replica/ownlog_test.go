@@ -181,6 +181,10 @@ func toFormat1(t *testing.T, dir, table string) {
 				return err
 			}
 			err := it.Item().Value(func(v []byte) error {
+				v, err := readGroupBytes(dir, table, v)
+				if err != nil {
+					return err
+				}
 				g, err := parseGroup(v)
 				if err != nil {
 					return err

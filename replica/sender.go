@@ -71,7 +71,10 @@ type sender struct {
 	// larger.
 	lastFull bool
 	buf      []transport.Change
-	parts    [][]byte // sendEncoded's encodings of one frame
+	parts    [][]byte // nextEncoded's encodings of one frame
+	// ahead: the change batch being read while the one before is sent
+	// (startReadAhead; nil: none).
+	ahead *readAhead
 	// gated: with MinSyncStandbys, this subscriber (a consumer, not a
 	// standby) is sent only the changes that many standbys have confirmed
 	// (capHead).
@@ -180,6 +183,7 @@ func (s *sender) run() error {
 
 	hb := time.NewTicker(s.c.cfg.Heartbeat)
 	defer hb.Stop()
+	defer s.dropReadAhead()
 	budget := frameBudget(s.c.cfg.Transport)
 	var linger *time.Timer
 	var lingerUntil time.Time
@@ -222,12 +226,23 @@ func (s *sender) run() error {
 			// The common case: the changes are in the table's tail, with
 			// encodings shared by every stream; or, for a consumer behind
 			// the tail, encoded from the log's entries.
-			n, err := s.sendEncoded(next, meta, s.pushBudget(budget))
-			if err != nil {
-				return err
+			b := s.nextEncoded(next, meta, s.pushBudget(budget))
+			if b.err != nil {
+				return b.err
 			}
-			if n > 0 {
-				next += uint64(n)
+			if b.n > 0 {
+				last := next + uint64(b.n) - 1
+				if last < meta.Head {
+					// The consumer is behind: the next batch is read while
+					// this one is sent.
+					s.startReadAhead(last+1, meta, s.catchUpBudget(budget))
+				}
+				err := s.sendBatch(b.f, last, b.head)
+				clear(b.parts) // hold no encoding the tail has dropped
+				if err != nil {
+					return err
+				}
+				next = last + 1
 				continue
 			}
 		}
@@ -262,6 +277,7 @@ func (s *sender) run() error {
 				s.mode = m
 				s.log.Info("subscriber switches mode", "mode", m.String(), "at", next-1)
 				if s.pulls() {
+					s.dropReadAhead()
 					s.t.flow.leave(s)
 				} else {
 					s.t.flow.join(s, s.acked.Load(), s.t.Head(), window)
@@ -291,34 +307,106 @@ func (s *sender) run() error {
 	}
 }
 
-// sendEncoded sends the changes from next on in one frame, as the
-// encodings the table's tail keeps (encoded once for every stream), or,
-// when the tail no longer holds next, as encodings built from the log's
-// entries (sendLogEncoded). It returns how many changes it sent.
-func (s *sender) sendEncoded(next uint64, meta ownerMeta, budget int) (int, error) {
-	parts, n, ok, err := s.t.tail.readEncoded(next, s.c.cfg.BatchMaxChanges, budget, s.parts[:0])
-	s.parts = parts
-	if !ok && err == nil {
-		return s.sendLogEncoded(next, meta, budget)
-	}
-	if err != nil || n == 0 {
-		return 0, err
-	}
-	defer clear(s.parts) // hold no encoding the tail has dropped
-	return n, s.sendBatch(transport.EncodedChanges(meta.Head, meta.Epoch, s.rate.Rate(), n, parts), next+uint64(n)-1, meta.Head)
+// encodedBatch is a change frame read for a stream (readEncoded): its n
+// changes from seq from on, and what it was read for (budget, and the
+// table's head, log id and epoch then).
+type encodedBatch struct {
+	from   uint64
+	n      int
+	f      *transport.OwnerFrame
+	head   uint64
+	logID  string
+	epoch  uint64
+	budget int
+	parts  [][]byte // the encodings f holds, cleared once it is sent
+	err    error
 }
 
-// sendLogEncoded sends the changes from next on, read from the log, in
-// one frame of their encodings built straight from the stored entries
-// (readLogEncoded): no transport.Change is made and no frame encoded
-// again. The buffer is the frame's alone: the transport may still hold
-// it after Send returns, so it is never reused.
-func (s *sender) sendLogEncoded(next uint64, meta ownerMeta, budget int) (int, error) {
-	enc, n, err := s.t.readLogEncoded(next, s.c.cfg.BatchMaxChanges, budget, nil)
-	if err != nil || n == 0 {
-		return 0, err
+// readAhead is a change batch read in the background (startReadAhead):
+// b is set once done is closed.
+type readAhead struct {
+	done chan struct{}
+	b    encodedBatch
+}
+
+// readEncoded reads the changes from next on for one frame, as the
+// encodings the table's tail keeps (encoded once for every stream), or,
+// when the tail no longer holds next, as encodings built straight from
+// the log's entries (readLogEncoded: no transport.Change is made and no
+// frame encoded again; that buffer is the frame's alone, as the
+// transport may still hold it after Send returns). parts is the slice
+// the tail's encodings are appended to; rate is the frame's write rate.
+// It touches no state of the sender's but what it is given, so that it
+// may run beside the sending loop (startReadAhead).
+func (s *sender) readEncoded(next uint64, meta ownerMeta, budget int, rate float64, parts [][]byte) encodedBatch {
+	b := encodedBatch{from: next, head: meta.Head, logID: meta.LogID, epoch: meta.Epoch, budget: budget}
+	parts, n, ok, err := s.t.tail.readEncoded(next, s.c.cfg.BatchMaxChanges, budget, parts)
+	if !ok && err == nil {
+		var enc []byte
+		enc, n, err = s.t.readLogEncoded(next, s.c.cfg.BatchMaxChanges, budget, nil)
+		parts = append(parts[:0], enc)
 	}
-	return n, s.sendBatch(transport.EncodedChanges(meta.Head, meta.Epoch, s.rate.Rate(), n, [][]byte{enc}), next+uint64(n)-1, meta.Head)
+	b.parts = parts
+	if err != nil || n == 0 {
+		b.err = err
+		return b
+	}
+	b.n = n
+	b.f = transport.EncodedChanges(meta.Head, meta.Epoch, rate, n, parts)
+	return b
+}
+
+// nextEncoded is the batch to send from next on with budget: the one read
+// ahead when it was read for exactly that (and for the table's current
+// log id and epoch), else one read now.
+func (s *sender) nextEncoded(next uint64, meta ownerMeta, budget int) encodedBatch {
+	if p := s.takeReadAhead(); p != nil {
+		if p.b.from == next && p.b.budget == budget && p.b.logID == meta.LogID && p.b.epoch == meta.Epoch {
+			return p.b
+		}
+		clear(p.b.parts)
+	}
+	b := s.readEncoded(next, meta, budget, s.rate.Rate(), s.parts[:0])
+	s.parts = b.parts[:0]
+	return b
+}
+
+// startReadAhead starts reading the batch from next on with budget in the
+// background, while the sending loop sends the batch before it: a
+// consumer catching up then waits for the send of a frame, not for its
+// read (from badger, for a consumer behind the tail) and then its send.
+// The batch is taken by the next nextEncoded, which uses it only if it
+// was read for what that one needs.
+func (s *sender) startReadAhead(next uint64, meta ownerMeta, budget int) {
+	if s.ahead != nil {
+		return
+	}
+	p := &readAhead{done: make(chan struct{})}
+	rate := s.rate.Rate()
+	s.ahead = p
+	go func() {
+		defer close(p.done)
+		p.b = s.readEncoded(next, meta, budget, rate, nil)
+	}()
+}
+
+// takeReadAhead returns the batch read ahead once it is read, and
+// forgets it (nil: none was started).
+func (s *sender) takeReadAhead() *readAhead {
+	p := s.ahead
+	if p == nil {
+		return nil
+	}
+	s.ahead = nil
+	<-p.done
+	return p
+}
+
+// dropReadAhead waits for the batch read ahead, if any, and drops it.
+func (s *sender) dropReadAhead() {
+	if p := s.takeReadAhead(); p != nil {
+		clear(p.b.parts)
+	}
 }
 
 // sendBatch sends a change batch ending at seq last, head being the
@@ -339,9 +427,15 @@ func (s *sender) sendBatch(f *transport.OwnerFrame, last, head uint64) error {
 // keeps frames it can carry well within the consumer's silence timeout.
 func (s *sender) pushBudget(budget int) int {
 	if s.lastFull {
-		return max(budget, min(s.c.cfg.Transport.ChunkBudget(), catchUpFrameBytes))
+		return s.catchUpBudget(budget)
 	}
 	return budget
+}
+
+// catchUpBudget is pushBudget's budget for a consumer that is behind on
+// a fast link.
+func (s *sender) catchUpBudget(budget int) int {
+	return max(budget, min(s.c.cfg.Transport.ChunkBudget(), catchUpFrameBytes))
 }
 
 // pulls reports whether the subscriber runs in pull mode: the owner sends
@@ -444,6 +538,7 @@ func (s *sender) sendSnapshot() (uint64, error) {
 	if s.c.reads.enter() != nil {
 		return 0, fmt.Errorf("%w: owner is shutting down", transport.ErrUnavailable)
 	}
+	defer s.t.seg.unpin(s.t.seg.pin())
 	txn := s.c.db.NewTransaction(false)
 	defer txn.Discard()
 	m, err := s.t.readMeta(txn)

@@ -116,7 +116,7 @@ func (s *replicationServer) Get(ctx context.Context, req *transport.GetRequest) 
 	if s.c.reads.enter() != nil {
 		return nil, fmt.Errorf("%w: owner is shutting down", transport.ErrUnavailable)
 	}
-	err = s.c.db.View(func(txn *badger.Txn) error {
+	err = t.view(func(txn *badger.Txn) error {
 		m, err := t.readMeta(txn)
 		if err != nil {
 			return err

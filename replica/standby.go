@@ -96,6 +96,13 @@ func (t *OwnedTable) clearTo(m ownerMeta) error {
 			return fmt.Errorf("clear: %w", err)
 		}
 	}
+	if t.seg != nil {
+		// No key references a segment now; once that is durable they go.
+		if err := t.c.db.Sync(); err != nil {
+			return fmt.Errorf("clear: %w", err)
+		}
+		t.seg.retireAll()
+	}
 	return nil
 }
 
@@ -183,6 +190,9 @@ func (t *OwnedTable) applyReplicated(chs []transport.Change) error {
 	m.Head = chs[len(chs)-1].Seq
 	m.Epoch = max(m.Epoch, chs[len(chs)-1].Epoch)
 	if err := t.setMeta(txn, m); err != nil {
+		return err
+	}
+	if err := t.seg.flush(); err != nil {
 		return err
 	}
 	if err := txn.Commit(); err != nil {

@@ -271,7 +271,7 @@ func TestReplica_OwnerLostTail(t *testing.T) {
 			return err
 		}
 		for seq := uint64(8); seq <= 10; seq++ {
-			if err := deleteLogEntries(txn, "t", seq); err != nil {
+			if err := deleteLogEntries(txn, db.Opts().Dir, "t", seq); err != nil {
 				return err
 			}
 			if err := txn.Delete(concat(ownRowPrefix("t"), fmt.Appendf(nil, "k%d", seq-1))); err != nil {

@@ -79,6 +79,7 @@ type OwnedTable struct {
 	logPrefix    []byte
 	keepPrefix   []byte
 	tail         *tail
+	seg          *segLog         // the log groups' bytes (data dir only; ownseg.go)
 	allow        map[string]bool // services allowed to subscribe; nil: all
 	writable     atomic.Bool     // this instance is the table's primary
 	sync         *syncState      // standbys' acknowledgements (MinSyncStandbys)
@@ -240,6 +241,11 @@ func (c *Component) own(name string, opts []TableOptions) (t *OwnedTable, fresh 
 		c.log.Warn("table holds an interrupted restore: emptied", "table", name)
 		if err := t.resetEmpty(); err != nil {
 			return nil, false, fmt.Errorf("own %s: clear an interrupted restore: %w", name, err)
+		}
+	}
+	if c.cfg.DataDir != "" {
+		if t.seg, err = t.openSegments(); err != nil {
+			return nil, false, fmt.Errorf("own %s: %w", name, err)
 		}
 	}
 	t.next = t.meta.Head + 1

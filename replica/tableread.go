@@ -17,7 +17,7 @@ func (t *OwnedTable) Get(key []byte) ([]byte, bool, error) {
 	}
 	var out []byte
 	found := false
-	err := t.c.db.View(func(txn *badger.Txn) error {
+	err := t.view(func(txn *badger.Txn) error {
 		if _, err := t.readMeta(txn); err != nil {
 			return err
 		}
@@ -40,7 +40,7 @@ func (t *OwnedTable) Scan(prefix []byte, fn func(key, value []byte) bool) (uint6
 		return 0, err
 	}
 	var seq uint64
-	err := t.c.db.View(func(txn *badger.Txn) error {
+	err := t.view(func(txn *badger.Txn) error {
 		m, err := t.readMeta(txn)
 		if err != nil {
 			return err
@@ -82,7 +82,7 @@ func (t *OwnedTable) Digest(start, end []byte) (transport.DigestResponse, error)
 		return transport.DigestResponse{}, err
 	}
 	var out transport.DigestResponse
-	err := t.c.db.View(func(txn *badger.Txn) error {
+	err := t.view(func(txn *badger.Txn) error {
 		m, err := t.readMeta(txn)
 		if err != nil {
 			return err

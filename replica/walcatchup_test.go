@@ -227,6 +227,9 @@ func TestWAL_RotatedSegmentSyncFailure(t *testing.T) {
 		must(t, w.apply(randomBatch(rng, 50)))
 	}
 	<-failed
+	// The sync returned; its error is recorded by the goroutine that ran
+	// it, after (syncs counts it).
+	w.g.wal.syncs.Wait()
 	w.g.wal.sync = nil
 	before, records := w.cur, len(w.g.wal.entries)
 	if err := w.apply(randomBatch(rng, 50)); !errors.Is(err, ErrDiskFull) {

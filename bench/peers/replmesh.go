@@ -615,6 +615,13 @@ func rmReaderMain(ctx context.Context) error {
 		return fmt.Errorf("transferred %d rows, want %d", rows, want)
 	}
 	res := childResult{Rows: rows, Seq: st.Seq, Seconds: took.Seconds(), Transfers: st.Stats.FullTransfers, Resumes: st.Stats.Resumes}
+	// The peak RSS (writeResult) is taken once the replica is what it
+	// holds from now on: a resident one builds its hash index after the
+	// switch, in the background, and that memory is the reader's too.
+	// The time above does not wait for it (reads are served meanwhile).
+	if _, err := waitIndexed(ctx, r); err != nil {
+		return err
+	}
 	// The result says caught up; closing comes after it (a failed close
 	// still fails the run: the parent waits for a clean exit).
 	if err := writeResult(os.Stdout, res); err != nil {
