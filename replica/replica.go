@@ -30,8 +30,10 @@ type SubscribeOptions struct {
 	// overridden by the broker's (replctl mode set). Nil: no preference.
 	Modes *modes.TableConfig
 	// DiskOnly keeps the replica's rows on disk only, for a table too
-	// large to hold in memory: reads go to badger (a read transaction per
-	// Get) instead of the resident copy. By default every replica is
+	// large to hold in memory: reads go to disk instead of the resident
+	// copy (with a data dir, the rows file of its last full transfer,
+	// found through a small index in memory, and badger for the changes
+	// since; a read transaction per Get). By default every replica is
 	// resident: its rows are held in memory (at about len(key)+len(value)
 	// plus 100 bytes a row, see docs/design.md) and, in a component with a
 	// data dir, on disk as well. In a component without one, a DiskOnly
