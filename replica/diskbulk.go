@@ -137,10 +137,11 @@ func (b *bulkFile) get(key []byte) ([]byte, bool, error) {
 	lo, hi := b.idx.offs[i], b.blockEnd(i)
 	bp := blockPool.Get().(*[]byte)
 	defer blockPool.Put(bp)
-	if int64(cap(*bp)) < hi-lo {
-		*bp = make([]byte, hi-lo)
+	p := *bp
+	if int64(cap(p)) < hi-lo {
+		p = make([]byte, hi-lo) // a block of large rows: its buffer is not kept
 	}
-	p := (*bp)[:hi-lo]
+	p = p[:hi-lo]
 	if _, err := b.f.ReadAt(p, lo); err != nil {
 		return nil, false, b.bad(err)
 	}
