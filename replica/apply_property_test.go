@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -83,7 +84,15 @@ func TestReplica_ApplyProperty(t *testing.T) {
 		s := seed + uint64(i)
 		t.Run(fmt.Sprintf("seed=%d", s), func(t *testing.T) {
 			t.Logf("seed %d (replay: REPLMESH_SEED=%d go test -run 'TestReplica_ApplyProperty' ./replica)", s, s)
-			runApplyProperty(t, s)
+			// resident: rows in memory, a bulk generation and its WAL on
+			// disk; diskonly: a bulk generation read through its sparse
+			// index (blocks of a few rows, so that reads cross them) and
+			// its overlay in badger (diskbulk.go).
+			for _, diskOnly := range []bool{false, true} {
+				t.Run(map[bool]string{false: "resident", true: "diskonly"}[diskOnly], func(t *testing.T) {
+					runApplyProperty(t, s, diskOnly)
+				})
+			}
 		})
 	}
 }
@@ -185,7 +194,7 @@ type propRun struct {
 	checks  int
 }
 
-func runApplyProperty(t *testing.T, seed uint64) {
+func runApplyProperty(t *testing.T, seed uint64, diskOnly bool) {
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	dir := t.TempDir()
 	c := openComponent(t, "products", "p1", dir, "")
@@ -195,9 +204,9 @@ func runApplyProperty(t *testing.T, seed uint64) {
 			mustClose(t, c)
 		}
 	}()
-	opts := SubscribeOptions{Service: "stores", Table: "items", Addr: "127.0.0.1:1"}
+	opts := SubscribeOptions{Service: "stores", Table: "items", Addr: "127.0.0.1:1", DiskOnly: diskOnly}
 	p := &propRun{t: t, rng: rng, h: genHistory(rng, 300+rng.IntN(300)), c: c, counts: map[string]int{}}
-	p.r = newTestReplica(t, c, opts)
+	p.r = p.newReplica(opts)
 	defer func() { p.r.cancel() }()
 	p.r.OnChange(p.onEvent)
 
@@ -230,10 +239,56 @@ func runApplyProperty(t *testing.T, seed uint64) {
 	c2 := openComponent(t, "products", "p1", dir, "")
 	defer mustClose(t, c2)
 	p.c = c2
-	p.r = newTestReplica(t, c2, opts)
-	defer p.r.cancel()
+	p.r = p.newReplica(opts)
 	p.pos = p.seq
 	p.check("after reopening the data dir")
+	if !diskOnly {
+		p.r.cancel()
+		return
+	}
+	// A disk-only replica's bulk generation (its file and overlay) loads
+	// into a resident subscription, and back.
+	p.closeReplica()
+	opts.DiskOnly = false
+	p.r = p.newReplica(opts)
+	p.check("subscribed resident after disk only")
+	p.closeReplica()
+	opts.DiskOnly = true
+	p.r = p.newReplica(opts)
+	p.check("subscribed disk only again")
+	p.r.cancel()
+}
+
+// closeReplica stops p.r as Replica.stop does (no stream loop runs).
+func (p *propRun) closeReplica() {
+	p.r.cancel()
+	if g, ok := p.r.sink.(*genStore); ok {
+		g.closeWAL()
+		g.closeFile()
+	}
+}
+
+// newReplica is newTestReplica with, for a DiskOnly replica, the full
+// database (Subscribe's) and sparse index blocks of a few rows.
+func (p *propRun) newReplica(opts SubscribeOptions) *Replica {
+	p.t.Helper()
+	if opts.DiskOnly {
+		p.c.mu.Lock()
+		err := p.c.fullDBLocked()
+		p.c.mu.Unlock()
+		if err != nil {
+			p.t.Fatalf("full database: %v", err)
+		}
+	}
+	r := p.c.newReplica(opts, p.c.log, nil)
+	if g, ok := r.sink.(*genStore); ok {
+		g.blockBytes = 64
+	}
+	if err := r.load(); err != nil {
+		p.t.Fatalf("load replica: %v", err)
+	}
+	r.ctx, r.cancel = context.WithCancel(p.c.ctx)
+	return r
 }
 
 func (p *propRun) onEvent(e Event) {
@@ -506,6 +561,9 @@ func (p *propRun) transfer(to uint64, mode string) {
 		p.t.Fatalf("%s: the transfer went into generation %d, not a fresh one after %d", what, p.r.cur.Gen, p.gen)
 	}
 	p.gen = p.r.cur.Gen
+	if p.r.opts.DiskOnly && !p.r.cur.Bulk {
+		p.t.Fatalf("%s: a disk-only replica's transfer went into badger, not a rows file", what)
+	}
 }
 
 // check compares the replica with the model.
@@ -569,6 +627,27 @@ func (p *propRun) check(what string) {
 		if err != nil || ok != wok || string(v) != wv {
 			t.Fatalf("%s: Get(%s) = %d bytes, %v, %v; want %d bytes, %v", what, k, len(v), ok, err, len(wv), wok)
 		}
+	}
+	// A prefix scan and a range digest agree (the merge of a disk-only
+	// replica's file and overlay starts and stops inside them).
+	pfx := fmt.Sprintf("k%d", p.rng.IntN(5))
+	gotP := map[string]string{}
+	if _, err := r.Scan([]byte(pfx), func(k, v []byte) bool { gotP[string(k)] = string(v); return true }); err != nil {
+		t.Fatalf("%s: scan %s: %v", what, pfx, err)
+	}
+	wantP := maps.Clone(want)
+	maps.DeleteFunc(wantP, func(k, _ string) bool { return !strings.HasPrefix(k, pfx) })
+	if !maps.Equal(gotP, wantP) {
+		t.Fatalf("%s: scan of prefix %s differs from the owner's table:\n%s", what, pfx, mapDiff(gotP, wantP))
+	}
+	lo, hi := fmt.Sprintf("k%02d", p.rng.IntN(45)), fmt.Sprintf("k%02d", p.rng.IntN(45))
+	lo, hi = min(lo, hi), max(lo, hi)
+	wantR := maps.Clone(want)
+	maps.DeleteFunc(wantR, func(k, _ string) bool { return k < lo || k >= hi })
+	if d, err := r.Digest([]byte(lo), []byte(hi)); err != nil {
+		t.Fatalf("%s: digest [%s, %s): %v", what, lo, hi, err)
+	} else if wd := mapDigest(wantR, p.logID, p.seq); !bytes.Equal(d.Hash, wd.Hash) || d.Rows != wd.Rows {
+		t.Fatalf("%s: digest [%s, %s) %x (%d rows), model %x (%d rows)", what, lo, hi, d.Hash, d.Rows, wd.Hash, wd.Rows)
 	}
 	// The digest agrees too (now and then: it hashes every value).
 	if p.checks++; p.checks%16 != 1 {

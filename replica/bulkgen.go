@@ -98,6 +98,9 @@ type bulkTransfer struct {
 	gen    uint64
 	prefix []byte
 	done   bool // finished: abort leaves the file to the switch (or the dropper)
+	// file: a disk-only replica's (g.diskBulk), open for its reads from
+	// finish on, handed to the switch.
+	file *bulkFile
 }
 
 func newBulkTransfer(g *genStore, gen uint64) (*bulkTransfer, error) {
@@ -105,6 +108,9 @@ func newBulkTransfer(g *genStore, gen uint64) (*bulkTransfer, error) {
 	w, err := newRowsWriter(g.c.bulkPath(prefix))
 	if err != nil {
 		return nil, fmt.Errorf("stage rows: %w", err)
+	}
+	if g.diskBulk() {
+		w.idx = g.newIndex()
 	}
 	return &bulkTransfer{rowsWriter: w, g: g, gen: gen, prefix: prefix}, nil
 }
@@ -116,17 +122,32 @@ func (x *bulkTransfer) finish(next cursor) (cursor, error) {
 		return cursor{}, fmt.Errorf("stage rows: %w", err)
 	}
 	x.done = true
+	if x.idx != nil {
+		f, err := os.Open(x.path)
+		if err != nil {
+			return cursor{}, fmt.Errorf("open rows: %w", err)
+		}
+		x.file = newBulkFile(f, x.gen, x.prefix, x.idx, x.off)
+	}
 	next.Gen, next.Bulk = x.gen, true
 	return next, nil
 }
 
-func (x *bulkTransfer) switchIn(old, next cursor) error { return x.g.switchIn(old, next) }
+func (x *bulkTransfer) switchIn(old, next cursor) error {
+	f := x.file
+	x.file = nil
+	return x.g.switchInFile(old, next, f)
+}
 
 // abort deletes an unfinished file (the stage marker, left in place,
 // would have the dropper delete it too).
 func (x *bulkTransfer) abort() {
 	if !x.done {
 		x.rowsWriter.abort()
+	}
+	if x.file != nil {
+		x.file.release()
+		x.file = nil
 	}
 }
 
@@ -148,6 +169,11 @@ type rowsWriter struct {
 	rows  uint64
 	ended bool // full closed
 	hdr   [2 * binary.MaxVarintLen64]byte
+	// off is the offset of the next row in the file; idx, when set, is
+	// given the first row of every sparseBlock bytes (a disk-only
+	// replica's transfer: its reads search the file through it).
+	off int64
+	idx *sparseIndex
 }
 
 // bulkBuffers is how many buffers a rowsWriter fills and writes in turn.
@@ -169,6 +195,7 @@ func newRowsWriter(path string) (*rowsWriter, error) {
 		x.free <- make([]byte, 0, bulkBuffer)
 	}
 	x.buf = append(make([]byte, 0, bulkBuffer), bulkMagic...)
+	x.off = int64(len(bulkMagic))
 	go x.writer()
 	return x, nil
 }
@@ -214,6 +241,10 @@ func (x *rowsWriter) put(key, value []byte) error {
 	}
 	x.buf = append(append(append(x.buf, x.hdr[:n]...), key...), value...)
 	x.rows++
+	if x.idx != nil {
+		x.idx.note(x.off, key)
+	}
+	x.off += int64(n + len(key) + len(value))
 	return nil
 }
 
@@ -280,18 +311,25 @@ func syncDir(dir string) error {
 // does not end as written is an error, never a shorter table. The slices
 // are valid only during the call.
 func readBulk(path string, fn func(k, v []byte) error) error {
+	_, err := scanBulk(path, func(_ int64, k, v []byte) error { return fn(k, v) })
+	return err
+}
+
+// scanBulk is readBulk giving fn each row's offset in the file too; it
+// returns the offset of the rows' end (the uvarint 0).
+func scanBulk(path string, fn func(off int64, k, v []byte) error) (int64, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer f.Close()
 	br := bufio.NewReaderSize(f, bulkBuffer)
 	r := &crcReader{r: br}
-	bad := func(what string, err error) error {
+	bad := func(what string, err error) (int64, error) {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
-		return fmt.Errorf("rows file %s: %s: %w", filepath.Base(path), what, err)
+		return 0, fmt.Errorf("rows file %s: %s: %w", filepath.Base(path), what, err)
 	}
 	magic := make([]byte, len(bulkMagic))
 	if _, err := io.ReadFull(r, magic); err != nil {
@@ -302,7 +340,9 @@ func readBulk(path string, fn func(k, v []byte) error) error {
 	}
 	var buf []byte
 	var rows uint64
+	var off int64
 	for {
+		off = r.n
 		klen, err := binary.ReadUvarint(r)
 		if err != nil {
 			return bad("row header", err)
@@ -324,8 +364,8 @@ func readBulk(path string, fn func(k, v []byte) error) error {
 		if _, err := io.ReadFull(r, kv); err != nil {
 			return bad("row", err)
 		}
-		if err := fn(kv[:klen], kv[klen:]); err != nil {
-			return err
+		if err := fn(off, kv[:klen], kv[klen:]); err != nil {
+			return 0, err
 		}
 		rows++
 	}
@@ -346,19 +386,21 @@ func readBulk(path string, fn func(k, v []byte) error) error {
 	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
 		return bad("end", errors.Join(err, errors.New("bytes after the CRC")))
 	}
-	return nil
+	return off, nil
 }
 
 // crcReader computes the CRC-32C of the bytes read through it.
 type crcReader struct {
 	r   *bufio.Reader
 	crc uint32
+	n   int64 // bytes read
 	b   [1]byte
 }
 
 func (c *crcReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.crc = crc32.Update(c.crc, crcTable, p[:n])
+	c.n += int64(n)
 	return n, err
 }
 
@@ -367,6 +409,7 @@ func (c *crcReader) ReadByte() (byte, error) {
 	if err == nil {
 		c.b[0] = b
 		c.crc = crc32.Update(c.crc, crcTable, c.b[:])
+		c.n++
 	}
 	return b, err
 }

@@ -2,6 +2,7 @@ package replica
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -28,17 +29,7 @@ func TestBulkGen_TransferReopenDiskOnly(t *testing.T) {
 	tbl := mustOwn(t, owner)
 	ctx := ctxT(t, 2*time.Minute)
 	const rows = 3000
-	var ws []Write
-	for i := range rows {
-		ws = append(ws, Write{Key: fmt.Appendf(nil, "row%05d", i), Value: fmt.Appendf(nil, "v1-%d", i)})
-	}
-	for len(ws) > 0 {
-		n := min(len(ws), 500)
-		if _, err := tbl.Apply(ctx, ws[:n]...); err != nil {
-			t.Fatal(err)
-		}
-		ws = ws[n:]
-	}
+	loadRows(ctx, t, tbl, rows, func(i int) []byte { return fmt.Appendf(nil, "v1-%d", i) })
 
 	dir := t.TempDir()
 	c := mem.open(t, "products", "c1", dir)
@@ -64,33 +55,8 @@ func TestBulkGen_TransferReopenDiskOnly(t *testing.T) {
 		t.Fatalf("rows file: %v", err)
 	}
 
-	// Changes overlay the file: overwrite, delete, delete then put back,
-	// put then delete, new keys.
-	for i := 0; i < rows; i += 7 {
-		k := fmt.Appendf(nil, "row%05d", i)
-		switch i % 4 {
-		case 0:
-			_, err := tbl.Put(ctx, k, []byte("v2"))
-			must(t, err)
-		case 1:
-			_, err := tbl.Delete(ctx, k)
-			must(t, err)
-		case 2:
-			_, err := tbl.Delete(ctx, k)
-			must(t, err)
-			_, err = tbl.Put(ctx, k, []byte("back"))
-			must(t, err)
-		case 3:
-			_, err := tbl.Put(ctx, k, []byte("brief"))
-			must(t, err)
-			_, err = tbl.Delete(ctx, k)
-			must(t, err)
-		}
-	}
-	for i := rows; i < rows+50; i++ {
-		_, err := tbl.Put(ctx, fmt.Appendf(nil, "row%05d", i), []byte("new"))
-		must(t, err)
-	}
+	// Changes overlay the file.
+	applyMixedChanges(ctx, t, tbl, rows)
 	mustConverge(t, tbl, r)
 	if n := countKeys(t, c, prefix); n != 0 {
 		t.Fatalf("the changes wrote %d rows through badger, want none", n)
@@ -131,6 +97,52 @@ func TestBulkGen_TransferReopenDiskOnly(t *testing.T) {
 	}
 }
 
+// loadRows writes rows keys row%05d with value(i), 500 a transaction.
+func loadRows(ctx context.Context, t *testing.T, tbl *OwnedTable, rows int, value func(i int) []byte) {
+	t.Helper()
+	var ws []Write
+	for i := range rows {
+		ws = append(ws, Write{Key: fmt.Appendf(nil, "row%05d", i), Value: value(i)})
+	}
+	for len(ws) > 0 {
+		n := min(len(ws), 500)
+		_, err := tbl.Apply(ctx, ws[:n]...)
+		must(t, err)
+		ws = ws[n:]
+	}
+}
+
+// applyMixedChanges changes the table of rows keys row%05d: overwrite,
+// delete, delete then put back, put then delete, and 50 new keys.
+func applyMixedChanges(ctx context.Context, t *testing.T, tbl *OwnedTable, rows int) {
+	t.Helper()
+	for i := 0; i < rows; i += 7 {
+		k := fmt.Appendf(nil, "row%05d", i)
+		switch i % 4 {
+		case 0:
+			_, err := tbl.Put(ctx, k, []byte("v2"))
+			must(t, err)
+		case 1:
+			_, err := tbl.Delete(ctx, k)
+			must(t, err)
+		case 2:
+			_, err := tbl.Delete(ctx, k)
+			must(t, err)
+			_, err = tbl.Put(ctx, k, []byte("back"))
+			must(t, err)
+		case 3:
+			_, err := tbl.Put(ctx, k, []byte("brief"))
+			must(t, err)
+			_, err = tbl.Delete(ctx, k)
+			must(t, err)
+		}
+	}
+	for i := rows; i < rows+50; i++ {
+		_, err := tbl.Put(ctx, fmt.Appendf(nil, "row%05d", i), []byte("new"))
+		must(t, err)
+	}
+}
+
 func replicaCursor(r *Replica) cursor {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
@@ -150,18 +162,21 @@ func must(t testing.TB, err error) {
 // included, is deleted.
 func TestBulkGen_CrashLeavesTheOldGeneration(t *testing.T) {
 	tests := []struct {
-		name   string
-		finish bool
+		name     string
+		finish   bool
+		diskOnly bool // a DiskOnly replica's bulk generation (diskbulk.go)
 	}{
-		{"crash while the rows arrive", false},
-		{"crash after the file is complete, before the switch", true},
+		{"crash while the rows arrive", false, false},
+		{"crash after the file is complete, before the switch", true, false},
+		{"disk only: crash while the rows arrive", false, true},
+		{"disk only: crash after the file is complete, before the switch", true, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
 			c := openComponent(t, "svc", "i1", dir, "")
 			base := replicaBase("svc", "t")
-			g := &genStore{c: c, base: base, table: "t", log: testLogger(t), bulk: true}
+			g := &genStore{c: c, base: base, table: "t", log: testLogger(t), bulk: !tt.diskOnly}
 			old := map[string]string{"a": "1", "b": "2", "c": "3"}
 			first := bulkTransferRows(t, g, cursor{}, old, true, true)
 
@@ -188,17 +203,25 @@ func TestBulkGen_CrashLeavesTheOldGeneration(t *testing.T) {
 			if _, err := os.Stat(stagedPath); err != nil {
 				t.Fatalf("staged rows file: %v", err)
 			}
+			if bx.file != nil { // the dead process's descriptors
+				bx.file.release()
+			}
+			g.closeFile()
 			mustClose(t, c)
 
 			c = openComponent(t, "svc", "i1", dir, "")
 			defer mustClose(t, c)
-			r := newTestReplica(t, c, SubscribeOptions{Service: "svc", Table: "t", Addr: "127.0.0.1:1"})
+			r := newTestReplica(t, c, SubscribeOptions{Service: "svc", Table: "t", Addr: "127.0.0.1:1", DiskOnly: tt.diskOnly})
 			defer r.cancel()
 			if r.cur != first {
 				t.Fatalf("cursor after the crash %+v, want the old %+v", r.cur, first)
 			}
 			got := map[string]string{}
-			must(t, r.res.view.Load().walk(func(k, v []byte) (bool, error) { got[string(k)] = string(v); return true, nil }))
+			_, err = r.Scan(nil, func(k, v []byte) bool { got[string(k)] = string(v); return true })
+			must(t, err)
+			if tt.diskOnly {
+				defer r.sink.(*genStore).closeFile()
+			}
 			if !maps.Equal(got, old) {
 				t.Fatalf("rows after the crash %v, want the old generation's %v", got, old)
 			}

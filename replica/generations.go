@@ -165,7 +165,20 @@ type genStore struct {
 	// mu guards wal, which the stream goroutine and a checkpoint share.
 	mu  sync.Mutex
 	wal walState
+	// dmu orders a disk-only replica's reads with its switches: file is
+	// the open rows file of its live generation when that is bulk
+	// (diskbulk.go), nil otherwise; fileClosed: the replica stopped
+	// with one open.
+	dmu        sync.RWMutex
+	file       *bulkFile
+	fileClosed bool
+	blockBytes int64 // the sparse index's block size (0: sparseBlock; tests)
 }
+
+// diskBulk says whether the replica's full transfers write a bulk
+// generation although it is not resident: a DiskOnly replica with a data
+// dir (diskbulk.go).
+func (g *genStore) diskBulk() bool { return !g.bulk && g.c.cfg.DataDir != "" }
 
 func (g *genStore) standby() bool { return false }
 
@@ -173,10 +186,10 @@ func (g *genStore) standby() bool { return false }
 // its WAL's records go to files of its own, which applyWAL admits with the
 // disk guard itself.
 func (g *genStore) copies() int {
-	if g.wal.bulkLive {
+	if g.wal.bulkLive && g.bulk {
 		return 0
 	}
-	return 1
+	return 1 // a disk-only replica's bulk generation: an overlay row per change
 }
 
 // load reads the cursor. Its caller (Subscribe) holds Component.mu: a
@@ -216,9 +229,20 @@ func (g *genStore) load() (cursor, error) {
 		}
 		keep, keepGen = g.wal.path, genPrefix(g.base, cur.Gen)
 	}
-	if cur.Bulk && !g.bulk {
-		// Subscribed DiskOnly now: reads go to badger, which must hold
-		// every row.
+	if cur.Bulk && !g.bulk && len(g.wal.segs) == 0 && g.wal.path == g.c.bulkPath(keepGen) {
+		// DiskOnly: its transfer's file, changes in the overlay alone
+		// (diskbulk.go).
+		f, err := openBulkFile(g.wal.path, cur.Gen, keepGen, g.newIndex())
+		if err != nil {
+			return cursor{}, fmt.Errorf("open the rows file: %w", err)
+		}
+		g.dmu.Lock()
+		g.setFileLocked(f)
+		g.dmu.Unlock()
+	} else if cur.Bulk && !g.bulk {
+		// Subscribed DiskOnly now, a resident replica's generation (a
+		// WAL or a checkpoint): reads go to badger, which must hold every
+		// row.
 		if cur, err = g.convertBulk(cur); err != nil {
 			return cursor{}, fmt.Errorf("convert a resident replica's rows file for a disk-only subscription: %w", err)
 		}
@@ -259,11 +283,12 @@ func (g *genStore) beginTransfer(st *transport.Start, begin *transport.OwnerFram
 		return nil, fmt.Errorf("stage transfer: %w", err)
 	}
 	g.c.kickDropper()
-	g.log.Info("full transfer begins", "seq", begin.Seq, "log_id", st.LogID, "gen", gen, "rows_expected", begin.Count, "bulk", g.bulk)
-	if g.bulk {
+	g.log.Info("full transfer begins", "seq", begin.Seq, "log_id", st.LogID, "gen", gen, "rows_expected", begin.Count, "bulk", g.bulk || g.diskBulk())
+	if g.bulk || g.diskBulk() {
 		return newBulkTransfer(g, gen)
 	}
-	// Not bulk: a DiskOnly replica's, on the full database (no gate).
+	// Not bulk: a DiskOnly replica's without a data dir, on the full
+	// database (no gate).
 	return &genTransfer{g: g, gen: gen, prefix: genPrefix(g.base, gen), wb: g.c.db.NewWriteBatch()}, nil
 }
 
@@ -320,7 +345,12 @@ func marshalCursor(cur cursor) ([]byte, error) { return msgpack.Marshal(&cur) }
 // the checkpoint record, which names the old generation, goes with it. A
 // checkpoint of the old generation under way then records nothing
 // (genStore.mu orders it with the switch).
-func (g *genStore) switchIn(old, next cursor) error {
+func (g *genStore) switchIn(old, next cursor) error { return g.switchInFile(old, next, nil) }
+
+// switchInFile is switchIn installing f (nil: none), the rows file of a
+// disk-only replica's new bulk generation, with the commit: a reader
+// sees both or neither. It takes f over, even on an error.
+func (g *genStore) switchInFile(old, next cursor, f *bulkFile) error {
 	var size int64
 	if next.Bulk {
 		st, err := os.Stat(g.c.bulkPath(genPrefix(g.base, next.Gen)))
@@ -331,6 +361,7 @@ func (g *genStore) switchIn(old, next cursor) error {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	g.dmu.Lock()
 	err := g.c.updateDB(func(txn *badger.Txn) error {
 		b, err := marshalCursor(next)
 		if err != nil {
@@ -352,8 +383,14 @@ func (g *genStore) switchIn(old, next cursor) error {
 		return nil
 	})
 	if err != nil {
+		g.dmu.Unlock()
+		if f != nil {
+			f.release()
+		}
 		return err
 	}
+	g.setFileLocked(f)
+	g.dmu.Unlock()
 	// The old generation's open segment: the dropper deletes it; the new
 	// generation's first record starts a segment of its own.
 	if g.wal.f != nil {
@@ -372,11 +409,13 @@ func (g *genStore) switchIn(old, next cursor) error {
 // bulk generation's as one WAL record (wal.go), another's as a row per
 // change with the cursor, in one transaction.
 func (g *genStore) apply(next cursor, chs []transport.Change) error {
-	if next.Bulk {
+	if next.Bulk && g.bulk {
 		return g.applyWAL(next, chs)
 	}
-	// Not bulk: a DiskOnly replica's, or a resident one's whose
-	// generation is in badger; either runs on the full database.
+	// A DiskOnly replica's, or a resident one's whose generation is in
+	// badger; either runs on the full database. A disk-only replica's
+	// bulk generation takes the rows as its overlay (diskbulk.go): a
+	// delete is a tombstone there, since the rows file may hold the key.
 	prefix := genPrefix(g.base, next.Gen)
 	txn := g.c.db.NewTransaction(true)
 	defer txn.Discard()
@@ -384,6 +423,8 @@ func (g *genStore) apply(next cursor, chs []transport.Change) error {
 		ch := &chs[i]
 		var err error
 		switch {
+		case ch.Op == transport.OpDelete && next.Bulk:
+			err = txn.SetEntry(badger.NewEntry(concat(prefix, ch.Key), nil).WithMeta(metaTombstone))
 		case ch.Op == transport.OpDelete:
 			err = txn.Delete(concat(prefix, ch.Key))
 		default:

@@ -30,8 +30,10 @@ type SubscribeOptions struct {
 	// overridden by the broker's (replctl mode set). Nil: no preference.
 	Modes *modes.TableConfig
 	// DiskOnly keeps the replica's rows on disk only, for a table too
-	// large to hold in memory: reads go to badger (a read transaction per
-	// Get) instead of the resident copy. By default every replica is
+	// large to hold in memory: reads go to disk instead of the resident
+	// copy (with a data dir, the rows file of its last full transfer,
+	// found through a small index in memory, and badger for the changes
+	// since; a read transaction per Get). By default every replica is
 	// resident: its rows are held in memory (at about len(key)+len(value)
 	// plus 100 bytes a row, see docs/design.md) and, in a component with a
 	// data dir, on disk as well. In a component without one, a DiskOnly
@@ -373,6 +375,19 @@ func (r *Replica) snapshotTxn() (*badger.Txn, []byte, cursor, error) {
 	return txn, genPrefix(r.base, cur.Gen), cur, nil
 }
 
+// diskSnapshot is snapshotTxn as a view: with the rows file of a
+// disk-only replica's bulk generation (diskbulk.go).
+func (r *Replica) diskSnapshot() (diskView, cursor, error) {
+	if g, ok := r.sink.(*genStore); ok {
+		return g.snapshotView()
+	}
+	txn, prefix, cur, err := r.snapshotTxn()
+	if err != nil {
+		return diskView{}, cur, err
+	}
+	return diskView{txn: txn, prefix: prefix}, cur, nil
+}
+
 // Get returns the replica's value of key; found is false when it has none.
 // It reads only local storage. The value is the caller's (a copy); see
 // GetShared for a read that allocates nothing.
@@ -419,6 +434,20 @@ func (r *Replica) getDisk(key []byte) (value []byte, found bool, err error) {
 		return nil, false, err
 	}
 	r.noteRead()
+	if g, ok := r.sink.(*genStore); ok {
+		v, ok, err := g.fileView()
+		if err != nil {
+			return nil, false, fmt.Errorf("get %s: %w", r.opts.Table, err)
+		}
+		if ok { // a bulk generation (diskbulk.go)
+			defer v.release()
+			val, found, err := v.get(key)
+			if err != nil {
+				return nil, false, fmt.Errorf("get %s: %w", r.opts.Table, err)
+			}
+			return val, found, nil
+		}
+	}
 	txn, prefix, _ := r.readTxn()
 	defer txn.Discard()
 	item, err := txn.Get(concat(prefix, key))
@@ -452,12 +481,12 @@ func (r *Replica) Scan(prefix []byte, fn func(key, value []byte) bool) (uint64, 
 		return 0, err
 	}
 	r.noteRead()
-	txn, gp, cur, err := r.snapshotTxn()
+	v, cur, err := r.diskSnapshot()
 	if err != nil {
 		return 0, fmt.Errorf("scan %s: %w", r.opts.Table, err)
 	}
-	defer txn.Discard()
-	err = scanRows(txn, gp, prefix, nil, nil, func(k, v []byte) (bool, error) { return fn(k, v), nil })
+	defer v.release()
+	err = v.scan(prefix, nil, nil, func(k, v []byte) (bool, error) { return fn(k, v), nil })
 	if err != nil {
 		return 0, fmt.Errorf("scan %s: %w", r.opts.Table, err)
 	}
@@ -480,13 +509,13 @@ func (r *Replica) Digest(start, end []byte) (transport.DigestResponse, error) {
 	if err := r.c.reads.enter(); err != nil {
 		return transport.DigestResponse{}, err
 	}
-	txn, gp, cur, err := r.snapshotTxn()
+	v, cur, err := r.diskSnapshot()
 	if err != nil {
 		return transport.DigestResponse{}, fmt.Errorf("digest %s: %w", r.opts.Table, err)
 	}
-	defer txn.Discard()
+	defer v.release()
 	d := newDigester()
-	err = scanRows(txn, gp, nil, start, end, func(k, v []byte) (bool, error) { d.add(k, v); return true, nil })
+	err = v.scan(nil, start, end, func(k, v []byte) (bool, error) { d.add(k, v); return true, nil })
 	if err != nil {
 		return transport.DigestResponse{}, fmt.Errorf("digest %s: %w", r.opts.Table, err)
 	}
@@ -622,5 +651,6 @@ func (r *Replica) stop() {
 	r.builds.Wait() // they see stopping and give up
 	if g, ok := r.sink.(*genStore); ok {
 		g.closeWAL() // the stream and the checkpoints have ended
+		g.closeFile()
 	}
 }

@@ -250,12 +250,13 @@ func (r *Replica) restoreSnapshot() (replicaSnapshot, error) {
 		return replicaSnapshot{cur: v.cur, walk: v.walk, release: func() {},
 			count: func(context.Context, time.Time, interface{ Info(string, ...any) }) (uint64, error) { return n, nil }}, nil
 	}
-	txn, prefix, cur, err := r.snapshotTxn()
+	v, cur, err := r.diskSnapshot()
 	if err != nil {
 		return replicaSnapshot{}, err
 	}
-	return replicaSnapshot{cur: cur, walk: txnRows(txn, prefix), release: txn.Discard,
-		count: func(ctx context.Context, deadline time.Time, log interface{ Info(string, ...any) }) (uint64, error) {
-			return countRows(ctx, txn, prefix, deadline, log)
-		}}, nil
+	walk := txnRows(v.txn, v.prefix)
+	if v.file != nil { // a disk-only replica's bulk generation: file and overlay
+		walk = func(fn func(k, val []byte) (bool, error)) error { return v.scan(nil, nil, nil, fn) }
+	}
+	return replicaSnapshot{cur: cur, walk: walk, release: v.release, count: v.count}, nil
 }

@@ -297,9 +297,11 @@ func TestComponent_SmallDiskMovesToFull(t *testing.T) {
 }
 
 // A resident replica subscribed on a data dir where its table was a
-// DiskOnly replica's (its rows are a generation in badger, applied by
-// badger transactions larger than the small database takes) moves the
-// component to the full database when it loads, and follows its owner.
+// DiskOnly replica's loads its bulk generation (rows file and overlay,
+// diskbulk.go) and stays on the small database: its applies go to its WAL,
+// a 600 KiB owner transaction included, more than the small database's
+// transactions take. (A generation in badger, one convertBulk left, moves
+// it to the full database: TestResidentNeedsFullDB.)
 func TestComponent_SmallDiskResidentOverDiskOnlyData(t *testing.T) {
 	o := newSmallDiskOwner(t)
 	dir := t.TempDir()
@@ -311,6 +313,9 @@ func TestComponent_SmallDiskResidentOverDiskOnlyData(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustConverge(t, o.tables[0], r)
+	if cur := replicaCursor(r); !cur.Bulk {
+		t.Fatalf("the disk-only replica's cursor %+v: not a bulk generation", cur)
+	}
 	mustClose(t, c)
 
 	c = openWith(t, "cons", "c1", dir, "", nil)
@@ -322,8 +327,8 @@ func TestComponent_SmallDiskResidentOverDiskOnlyData(t *testing.T) {
 	if r, err = c.Subscribe(ctxT(t, time.Minute), opts); err != nil {
 		t.Fatal(err)
 	}
-	if onSmallDB(c) {
-		t.Fatal("a resident replica over a generation in badger left the component on the small database")
+	if !onSmallDB(c) {
+		t.Fatal("a resident replica over a disk-only replica's bulk generation moved the component to the full database")
 	}
 	if r.res == nil {
 		t.Fatal("the replica is not resident")
@@ -338,6 +343,9 @@ func TestComponent_SmallDiskResidentOverDiskOnlyData(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustConverge(t, o.tables[0], r)
+	if !onSmallDB(c) {
+		t.Fatal("the large transaction moved the component to the full database")
+	}
 }
 
 // extra is a fourth table of o, owned on first use.

@@ -76,6 +76,7 @@ func (w *walRig) open(bulk bool) {
 func (w *walRig) reopen(bulk bool) {
 	w.t.Helper()
 	w.g.closeWAL()
+	w.g.closeFile()
 	mustClose(w.t, w.c)
 	w.open(bulk)
 }
@@ -141,12 +142,16 @@ func (w *walRig) check(what string) {
 	if w.res != nil {
 		must(t, w.res.view.Load().walk(func(k, v []byte) (bool, error) { got[string(k)] = string(v); return true, nil }))
 	} else {
-		must(t, w.c.db.View(func(txn *badger.Txn) error {
-			return scanRows(txn, genPrefix(w.g.base, w.cur.Gen), nil, nil, nil, func(k, v []byte) (bool, error) {
-				got[string(k)] = string(v)
-				return true, nil
-			})
-		}))
+		// A disk-only replica's read: badger, or a bulk generation's
+		// rows file and overlay (diskbulk.go).
+		v, _, err := w.g.snapshotView()
+		must(t, err)
+		err = v.scan(nil, nil, nil, func(k, val []byte) (bool, error) {
+			got[string(k)] = string(val)
+			return true, nil
+		})
+		v.release()
+		must(t, err)
 	}
 	if !maps.Equal(got, w.model) {
 		t.Fatalf("%s: %d rows, want %d:\n%s", what, len(got), len(w.model), mapDiff(got, w.model))
