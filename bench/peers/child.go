@@ -22,16 +22,17 @@ import (
 // commands from stdin; its stderr goes to a file in the scratch dir,
 // quoted when it fails.
 const (
-	envRole   = "PEERBENCH_ROLE"
-	envAddr   = "PEERBENCH_ADDR"   // owner address / NATS URL
-	envDir    = "PEERBENCH_DIR"    // data dir ("" in memory)
-	envTarget = "PEERBENCH_TARGET" // seq / revision to reach
-	envRows   = "PEERBENCH_ROWS"   // rows a full transfer must bring
-	envResume = "PEERBENCH_RESUME" // NATS: revision to resume after
-	envKeys   = "PEERBENCH_KEYS"   // owner: key space of its writes
-	envValue  = "PEERBENCH_VALUE"  // owner: value size
-	envLog    = "PEERBENCH_VERBOSE"
-	envProf   = "PEERBENCH_CPUPROFILE" // replmesh reader: CPU profile path prefix
+	envRole    = "PEERBENCH_ROLE"
+	envAddr    = "PEERBENCH_ADDR"   // owner address / NATS URL
+	envDir     = "PEERBENCH_DIR"    // data dir ("" in memory)
+	envTarget  = "PEERBENCH_TARGET" // seq / revision to reach
+	envRows    = "PEERBENCH_ROWS"   // rows a full transfer must bring
+	envResume  = "PEERBENCH_RESUME" // NATS: revision to resume after
+	envKeys    = "PEERBENCH_KEYS"   // owner: key space of its writes
+	envValue   = "PEERBENCH_VALUE"  // owner: value size
+	envLog     = "PEERBENCH_VERBOSE"
+	envProf    = "PEERBENCH_CPUPROFILE" // replmesh reader: CPU profile path prefix
+	envIndexed = "PEERBENCH_INDEXED"    // replmesh reader (W2): report the peak RSS once the hash index is built
 
 	roleRMReader   = "rm-reader"
 	roleRMOwner    = "rm-owner"

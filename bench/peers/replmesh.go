@@ -435,7 +435,7 @@ func (b *bench) rmBigTable(ctx context.Context) (err error) {
 				rdir = filepath.Join(dir, "transfer-reader")
 			}
 			b.progress("W2 %s: full transfer of %d rows to a new reader process", k.sys, b.sz.Rows)
-			res, err := b.runReader(ctx, "rm-w2-"+k.name, roleRMReader, envAddr+"="+owner.Addr(), envDir+"="+rdir,
+			res, err := b.runReader(ctx, "rm-w2-"+k.name, roleRMReader, envAddr+"="+owner.Addr(), envDir+"="+rdir, envIndexed+"=1",
 				envTarget+"="+strconv.FormatUint(head, 10), envRows+"="+strconv.Itoa(b.sz.Rows))
 			if err != nil {
 				return err
@@ -615,12 +615,16 @@ func rmReaderMain(ctx context.Context) error {
 		return fmt.Errorf("transferred %d rows, want %d", rows, want)
 	}
 	res := childResult{Rows: rows, Seq: st.Seq, Seconds: took.Seconds(), Transfers: st.Stats.FullTransfers, Resumes: st.Stats.Resumes}
-	// The peak RSS (writeResult) is taken once the replica is what it
-	// holds from now on: a resident one builds its hash index after the
-	// switch, in the background, and that memory is the reader's too.
-	// The time above does not wait for it (reads are served meanwhile).
-	if _, err := waitIndexed(ctx, r); err != nil {
-		return err
+	// W2 (envIndexed): the peak RSS (writeResult) is taken once the
+	// replica is what it holds from now on: a resident one builds its
+	// hash index after a full transfer, in the background, and that
+	// memory is the reader's too. The time above does not wait for it
+	// (reads are served meanwhile). After a catch-up (W3) a table that is
+	// not read gets no new index: nothing to wait for there.
+	if os.Getenv(envIndexed) != "" {
+		if _, err := waitIndexed(ctx, r); err != nil {
+			return err
+		}
 	}
 	// The result says caught up; closing comes after it (a failed close
 	// still fails the run: the parent waits for a clean exit).
