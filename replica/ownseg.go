@@ -21,9 +21,9 @@ import (
 // group's bytes (ownlog.go: the same value a group held in badger before)
 // are appended to a file of the table's own, and badger holds, under the
 // group's key, a reference to them: groupExt, the segment, the offset, the
-// length and the CRC-32C of the bytes. A change then costs badger its ref
-// row and a twentieth of a 25-byte reference instead of its whole log
-// entry: badger's memtable, its memtable log, its L0 tables and its
+// length and the CRC-32C of the bytes, its entry count and size. A
+// change then costs badger its ref row and a fourteenth of a 33-byte
+// reference instead of its whole log entry: badger's memtable, its memtable log, its L0 tables and its
 // compactions no longer carry the values, which they did twice (the
 // write, then the compaction). The value is still written once.
 //
