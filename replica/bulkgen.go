@@ -343,28 +343,16 @@ func scanBulk(path string, fn func(off int64, k, v []byte) error) (int64, error)
 	var off int64
 	for {
 		off = r.n
-		klen, err := binary.ReadUvarint(r)
+		var k, v []byte
+		var end bool
+		k, v, buf, end, err = readRowRecord(r, buf)
 		if err != nil {
-			return bad("row header", err)
-		}
-		if klen == 0 {
-			break
-		}
-		vlen, err := binary.ReadUvarint(r)
-		if err != nil {
-			return bad("row header", err)
-		}
-		if klen+vlen > 1<<31 || klen+vlen < klen {
-			return bad("row header", fmt.Errorf("a row of %d+%d bytes", klen, vlen))
-		}
-		if n := int(klen + vlen); cap(buf) < n {
-			buf = make([]byte, n)
-		}
-		kv := buf[:klen+vlen]
-		if _, err := io.ReadFull(r, kv); err != nil {
 			return bad("row", err)
 		}
-		if err := fn(off, kv[:klen], kv[klen:]); err != nil {
+		if end {
+			break
+		}
+		if err := fn(off, k, v); err != nil {
 			return 0, err
 		}
 		rows++
@@ -387,6 +375,44 @@ func scanBulk(path string, fn func(off int64, k, v []byte) error) (int64, error)
 		return bad("end", errors.Join(err, errors.New("bytes after the CRC")))
 	}
 	return off, nil
+}
+
+// readRowRecord reads one row of a rows file from r (uvarint key length,
+// uvarint value length, the key, the value) into buf, grown as needed
+// and returned; a key length of 0, the end of the rows, is end. An
+// io.EOF before the row's first byte is returned as it is; one inside the
+// row is io.ErrUnexpectedEOF.
+func readRowRecord(r interface {
+	io.Reader
+	io.ByteReader
+}, buf []byte) (k, v, nbuf []byte, end bool, err error) {
+	klen, err := binary.ReadUvarint(r)
+	if err != nil || klen == 0 {
+		return nil, nil, buf, err == nil, err
+	}
+	vlen, err := binary.ReadUvarint(r)
+	if err != nil {
+		return nil, nil, buf, false, fmt.Errorf("row header: %w", noEOF(err))
+	}
+	if klen+vlen > 1<<31 || klen+vlen < klen {
+		return nil, nil, buf, false, fmt.Errorf("row header: a row of %d+%d bytes", klen, vlen)
+	}
+	if n := int(klen + vlen); cap(buf) < n {
+		buf = make([]byte, n)
+	}
+	kv := buf[:klen+vlen]
+	if _, err := io.ReadFull(r, kv); err != nil {
+		return nil, nil, buf, false, noEOF(err)
+	}
+	return kv[:klen], kv[klen:], buf, false, nil
+}
+
+// noEOF is err, io.ErrUnexpectedEOF for io.EOF: the end came inside a row.
+func noEOF(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 // crcReader computes the CRC-32C of the bytes read through it.

@@ -211,28 +211,18 @@ func (it *bulkIter) next() {
 	if it.r == nil || it.err != nil {
 		return
 	}
-	klen, err := binary.ReadUvarint(it.r)
-	if errors.Is(err, io.EOF) {
-		return
-	}
-	if err != nil {
+	k, v, buf, end, err := readRowRecord(it.r, it.buf)
+	it.buf = buf
+	switch {
+	case errors.Is(err, io.EOF):
+		// The section ends before the rows' end mark: the last row.
+	case err != nil:
 		it.err = err
-		return
+	case end:
+		it.err = errors.New("bad row header")
+	default:
+		it.key, it.val, it.ok = k, v, true
 	}
-	vlen, err := binary.ReadUvarint(it.r)
-	if err != nil || klen == 0 || klen+vlen > 1<<31 {
-		it.err = errors.Join(errors.New("bad row header"), err)
-		return
-	}
-	if n := int(klen + vlen); cap(it.buf) < n {
-		it.buf = make([]byte, n)
-	}
-	kv := it.buf[:klen+vlen]
-	if _, err := io.ReadFull(it.r, kv); err != nil {
-		it.err = err
-		return
-	}
-	it.key, it.val, it.ok = kv[:klen], kv[klen:], true
 }
 
 // diskView is one consistent read of a replica on disk: a read

@@ -424,10 +424,9 @@ func (s *segLog) retireAll() {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.active != nil {
-		_ = s.active.f.Sync() // its bytes are garbage now; a clean close
-		s.active, s.dirty, s.sinceWB = nil, false, 0
-	}
+	// The active segment's bytes are garbage now: retired with the
+	// others, unsynced.
+	s.active, s.dirty, s.sinceWB = nil, false, 0
 	for id := range s.segs {
 		s.retireLocked(id)
 	}
