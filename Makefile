@@ -11,7 +11,7 @@ CMDS := ./cmd/replbroker ./cmd/replctl ./cmd/replbench \
 
 .DEFAULT_GOAL := build
 
-.PHONY: help build install test testrace test-short stress bench replbench demo \
+.PHONY: help build install test testrace test-short stress cross bench replbench demo \
 	fuzz lint vet staticcheck fmt tidy check-tidy ci
 
 help: ## list the targets
@@ -85,7 +85,7 @@ fuzz: ## every fuzz target for FUZZTIME (10s) each
 		done; \
 	done
 
-lint: vet staticcheck ## go vet, gofmt and staticcheck (pinned in go.mod as a tool), also of bench/peers
+lint: vet staticcheck cross ## go vet, gofmt and staticcheck (pinned in go.mod as a tool), also of bench/peers; the cross builds
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	cd bench/peers && $(GO) vet ./...
 
@@ -94,6 +94,10 @@ vet:
 
 staticcheck:
 	$(GO) tool staticcheck $(PKGS)
+
+cross: ## compile for a 32-bit Linux and for macOS (syscall field sizes, build tags)
+	GOOS=linux GOARCH=386 $(GO) build ./...
+	GOOS=darwin GOARCH=arm64 $(GO) build ./...
 
 fmt: ## gofmt -w
 	gofmt -w .

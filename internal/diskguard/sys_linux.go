@@ -21,7 +21,7 @@ func statfsFree(dir string) (int64, error) {
 		if err != nil {
 			return 0, &os.PathError{Op: "statfs", Path: dir, Err: err}
 		}
-		return int64(st.Bavail) * st.Bsize, nil
+		return int64(st.Bavail) * int64(st.Bsize), nil // Bsize is int32 on 32-bit systems
 	}
 }
 
