@@ -22,15 +22,27 @@ func (c *Component) commitLoop() {
 	// from then on a write that is not done was never committed.
 	defer close(c.commitDone)
 	var inflight *group
+	// The tables whose overlays may hold rows (ownrows.go).
+	dirty := map[*OwnedTable]struct{}{}
+	finishGroup := func(g *group, err error) {
+		c.finishGroup(g, err)
+		if err == nil {
+			for _, t := range g.touched {
+				dirty[t] = struct{}{}
+			}
+		}
+	}
 	finish := func() {
 		err := <-inflight.result
-		c.finishGroup(inflight, err)
+		finishGroup(inflight, err)
 		inflight = nil
 	}
 	defer func() {
 		if inflight != nil {
 			finish()
 		}
+		// A clean close leaves the rows whole: the next Own replays nothing.
+		c.flushOverlays(dirty)
 		c.failQueued()
 	}()
 	pending := make([]*pendingWrite, 0, 256)
@@ -47,7 +59,7 @@ func (c *Component) commitLoop() {
 			select {
 			case first = <-c.writes:
 			case err := <-resultCh:
-				c.finishGroup(inflight, err)
+				finishGroup(inflight, err)
 				inflight = nil
 				continue
 			case <-c.done():
@@ -90,10 +102,16 @@ func (c *Component) commitLoop() {
 			clear(pending)
 			continue
 		}
+		if overlayFull(dirty) {
+			if inflight != nil {
+				finish()
+			}
+			c.flushOverlays(dirty)
+		}
 		g := c.buildGroup(pending)
 		if inflight != nil {
 			prevErr := <-inflight.result
-			c.finishGroup(inflight, prevErr)
+			finishGroup(inflight, prevErr)
 			inflight = nil
 			if prevErr != nil && g.err == nil {
 				g.txn.Discard()
@@ -101,13 +119,26 @@ func (c *Component) commitLoop() {
 			}
 		}
 		if g.err != nil {
-			c.finishGroup(g, g.err)
+			finishGroup(g, g.err)
 			continue
 		}
 		g.result = make(chan error, 1)
 		g.txn.CommitWith(func(err error) { g.result <- err })
 		inflight = g
 		clear(pending)
+	}
+}
+
+// flushOverlays writes the overlays of tables to their rows (committer,
+// no group in flight); a table whose flush fails keeps its overlay, for
+// the next one (or Own's replay).
+func (c *Component) flushOverlays(tables map[*OwnedTable]struct{}) {
+	for t := range tables {
+		if err := t.flushRows(); err != nil {
+			c.log.Error("flush of the owner's rows failed", "table", t.name, "err", err)
+			continue
+		}
+		delete(tables, t)
 	}
 }
 
@@ -151,7 +182,9 @@ func (c *Component) buildGroup(pending []*pendingWrite) *group {
 			}
 		}
 		g.touched = append(g.touched, t)
-		g.logs = append(g.logs, newLogWriter(t))
+		lw := newLogWriter(t)
+		lw.noRows = true // the overlay holds them (ownrows.go)
+		g.logs = append(g.logs, lw)
 		return len(g.touched) - 1
 	}
 	g.err = func() error {
@@ -224,6 +257,7 @@ func (c *Component) finishGroup(g *group, err error) {
 			if pw.table == t {
 				t.tail.append(pw.changes)
 				t.meta.Head = pw.seq
+				t.addOverlay(pw.changes)
 			}
 		}
 		t.logSize += g.logs[i].bytes
