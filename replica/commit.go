@@ -42,7 +42,7 @@ func (c *Component) commitLoop() {
 			finish()
 		}
 		// A clean close leaves the rows whole: the next Own replays nothing.
-		c.flushOverlays(dirty)
+		c.flushOverlays(dirty, false)
 		c.failQueued()
 	}()
 	pending := make([]*pendingWrite, 0, 256)
@@ -106,7 +106,7 @@ func (c *Component) commitLoop() {
 			if inflight != nil {
 				finish()
 			}
-			c.flushOverlays(dirty)
+			c.flushOverlays(dirty, true)
 		}
 		g := c.buildGroup(pending)
 		if inflight != nil {
@@ -131,9 +131,20 @@ func (c *Component) commitLoop() {
 
 // flushOverlays writes the overlays of tables to their rows (committer,
 // no group in flight); a table whose flush fails keeps its overlay, for
-// the next one (or Own's replay).
-func (c *Component) flushOverlays(tables map[*OwnedTable]struct{}) {
+// the next one (or Own's replay). full: the overlays are flushed because
+// they are full; one that held more than half as many keys as changes
+// (the changes went to new keys: the rows they saved were fewer than the
+// flush costs, which holds the commits up) is left for a run of direct
+// commits, which write their rows themselves (ownrows.go).
+func (c *Component) flushOverlays(tables map[*OwnedTable]struct{}, full bool) {
 	for t := range tables {
+		if full && t.direct > 0 {
+			continue // its direct commits drain it
+		}
+		if full && 2*len(t.ov) > t.ovChanges {
+			t.direct = directRun * ovMax()
+			continue
+		}
 		if err := t.flushRows(); err != nil {
 			c.log.Error("flush of the owner's rows failed", "table", t.name, "err", err)
 			continue
@@ -165,8 +176,12 @@ type group struct {
 	txn     *badger.Txn
 	touched []*OwnedTable
 	logs    []*logWriter // per touched table
-	result  chan error
-	err     error // build failed
+	// Per touched table: the overlay rows a direct commit took (ownrows.go),
+	// given back if it fails, and the Rows its meta carries.
+	taken  [][]ovTake
+	rowsAt []uint64
+	result chan error
+	err    error // build failed
 }
 
 // buildGroup assigns seqs and writes the group's rows, log groups (one
@@ -183,8 +198,10 @@ func (c *Component) buildGroup(pending []*pendingWrite) *group {
 		}
 		g.touched = append(g.touched, t)
 		lw := newLogWriter(t)
-		lw.noRows = true // the overlay holds them (ownrows.go)
+		lw.noRows = t.direct <= 0 // the overlay holds them (ownrows.go)
 		g.logs = append(g.logs, lw)
+		g.taken = append(g.taken, nil)
+		g.rowsAt = append(g.rowsAt, 0)
 		return len(g.touched) - 1
 	}
 	g.err = func() error {
@@ -204,8 +221,15 @@ func (c *Component) buildGroup(pending []*pendingWrite) *group {
 				if err := g.logs[ti].add(g.txn, ch); err != nil {
 					return err
 				}
+				if !g.logs[ti].noRows {
+					g.taken[ti] = t.takeOverlay(ch.Key, g.taken[ti])
+				}
 			}
 			pw.seq = t.next - 1
+		}
+		changes := 0
+		for _, pw := range g.writes {
+			changes += len(pw.changes)
 		}
 		for i, t := range g.touched {
 			if err := g.logs[i].flush(g.txn); err != nil {
@@ -215,6 +239,19 @@ func (c *Component) buildGroup(pending []*pendingWrite) *group {
 			m := t.meta
 			t.mu.Unlock()
 			m.Head = t.next - 1
+			if !g.logs[i].noRows {
+				var err error
+				if g.taken[i], err = t.drainOverlay(g.txn, c.cfg.MaxGroupChanges-changes, c.cfg.MaxGroupBytes/2, g.taken[i]); err != nil {
+					return err
+				}
+				if len(t.ov) == 0 {
+					// Its rows are in the transaction, the rest in badger
+					// or in the groups before it, committed first.
+					m.Rows = m.Head
+				}
+				t.direct -= g.logs[i].changes
+			}
+			g.rowsAt[i] = m.Rows
 			if err := t.setMeta(g.txn, m); err != nil {
 				return err
 			}
@@ -240,7 +277,8 @@ func (c *Component) finishGroup(g *group, err error) {
 			err = fmt.Errorf("commit: %w", err)
 		}
 		c.log.Error("group commit failed", "err", err, "writes", len(g.writes))
-		for _, t := range g.touched {
+		for i, t := range g.touched {
+			t.giveBackOverlay(g.taken[i])
 			t.mu.Lock()
 			t.next = t.meta.Head + 1
 			t.mu.Unlock()
@@ -257,9 +295,12 @@ func (c *Component) finishGroup(g *group, err error) {
 			if pw.table == t {
 				t.tail.append(pw.changes)
 				t.meta.Head = pw.seq
-				t.addOverlay(pw.changes)
+				if g.logs[i].noRows {
+					t.addOverlay(pw.changes)
+				}
 			}
 		}
+		t.meta.Rows = max(t.meta.Rows, g.rowsAt[i])
 		t.logSize += g.logs[i].bytes
 		close(t.headCh)
 		t.headCh = make(chan struct{})

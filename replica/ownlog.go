@@ -239,7 +239,8 @@ type logWriter struct {
 	max   int
 	bytes int64 // the log entry bytes written (the log's size counts entries, not group headers)
 	// noRows: the rows are not written (the primary's commit; ownrows.go).
-	noRows bool
+	noRows  bool
+	changes int // the changes added
 	// The groups cut for the segment: their values back to back, each
 	// one's piece, and their keys' seqs.
 	out    []byte
@@ -253,6 +254,7 @@ func newLogWriter(t *OwnedTable) *logWriter { return &logWriter{t: t, max: t.c.g
 // whose rows the committer writes later; ownrows.go) and adds its log
 // entry to the group.
 func (w *logWriter) add(txn *badger.Txn, ch *transport.Change) error {
+	w.changes++
 	if !w.noRows {
 		rowKey := concat(w.t.rowPrefix, ch.Key)
 		var err error

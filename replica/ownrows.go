@@ -25,15 +25,26 @@ import (
 // badger snapshot: the flushes and commits after it do not touch what it
 // sees.
 //
-// The overlay is flushed when it holds ovMaxKeys keys, when a reader of
-// rows needs it, before trimming (which reads rows, and must never drop
-// an entry above Rows), before a standby's apply writes rows of its own,
-// and when the component closes, so that the next Own replays nothing.
-// After a crash Own replays the log from Rows+1 to Head into the overlay
-// and flushes it (replayRows). A flush larger than a transaction is
-// written in several: the rows first, Rows in the last one. Rows written
-// ahead of Rows by a flush a crash cut short are rows of changes the
-// replay writes again, the newest of each key last.
+// The overlay is flushed when it holds ovMaxKeys keys (or ovMaxBytes of
+// keys), when a reader of rows needs it, before trimming (which reads
+// rows, and must never drop an entry above Rows), before a standby's
+// apply writes rows of its own, and when the component closes, so that
+// the next Own replays nothing. After a crash Own replays the log from
+// Rows+1 to Head into the overlay and flushes it (replayRows). A flush
+// larger than a transaction is written in several: the rows first, Rows
+// in the last one. Rows written ahead of Rows by a flush a crash cut
+// short are rows of changes the replay writes again, the newest of each
+// key last.
+//
+// An overlay found full with more than half as many keys as changes
+// (writes to new keys, which it saves nothing on) is not flushed, which
+// would hold the commits up: a run of direct commits follows (directRun
+// times ovMaxKeys changes), which write their rows as format 3 did, each
+// taking its keys' rows out of the overlay and writing up to drainChunk
+// more of them (drainOverlay); the commit that empties the overlay sets
+// Rows to its Head. A direct commit that fails gives the rows it took
+// back (the commits after it fail too). Then the overlay takes the rows
+// again.
 
 // ovRow is an overlay row: the seq of the key's newest change, the value
 // being in its log entry, or the key's deletion.
@@ -48,6 +59,18 @@ const (
 	ovMaxKeys  = 1 << 16
 	ovMaxBytes = 4 << 20
 )
+
+// drainChunk is the most overlay rows a direct commit writes besides its
+// own (drainOverlay).
+const drainChunk = 4096
+
+// drainChunkForTest, when above 0, is drainChunk (tests that drain an
+// overlay over several commits).
+var drainChunkForTest atomic.Int64
+
+// directRun is how many times ovMax changes a run of direct commits
+// lasts (flushOverlays): then the overlay is tried again.
+const directRun = 8
 
 // ovMaxKeysForTest, when above 0, is ovMaxKeys (tests that flush often).
 var ovMaxKeysForTest atomic.Int64
@@ -64,6 +87,9 @@ func ovMax() int {
 func overlayFull(tables map[*OwnedTable]struct{}) bool {
 	n, size := 0, 0
 	for t := range tables {
+		if t.direct > 0 {
+			continue // its direct commits drain it
+		}
 		n += len(t.ov)
 		size += t.ovBytes
 	}
@@ -72,6 +98,7 @@ func overlayFull(tables map[*OwnedTable]struct{}) bool {
 
 // addOverlay records committed changes in t's overlay (committer).
 func (t *OwnedTable) addOverlay(chs []transport.Change) {
+	t.ovChanges += len(chs)
 	for i := range chs {
 		ch := &chs[i]
 		n := len(t.ov)
@@ -133,7 +160,7 @@ func (t *OwnedTable) flushRows() error {
 	t.meta.Rows = m.Rows
 	t.mu.Unlock()
 	clear(t.ov)
-	t.ovBytes = 0
+	t.ovBytes, t.ovChanges = 0, 0
 	return nil
 }
 
@@ -236,4 +263,68 @@ func (t *OwnedTable) replayRows() error {
 		return fmt.Errorf("replay the rows from %d to %d: %w", from, head, err)
 	}
 	return t.flushRows()
+}
+
+// ovTake is an overlay row a direct commit took out of the overlay.
+type ovTake struct {
+	key string
+	row ovRow
+}
+
+// takeOverlay drops key's row from t's overlay, when it has one, for a
+// direct commit that writes the key's row (the overlay's is older), and
+// appends it to taken (committer).
+func (t *OwnedTable) takeOverlay(key []byte, taken []ovTake) []ovTake {
+	r, ok := t.ov[string(key)]
+	if !ok {
+		return taken
+	}
+	delete(t.ov, string(key))
+	t.ovBytes -= len(key)
+	return append(taken, ovTake{string(key), r})
+}
+
+// drainOverlay writes up to n rows (and about size bytes) of t's overlay
+// into txn, a direct commit's, drops them from the overlay and appends
+// them to taken (committer).
+func (t *OwnedTable) drainOverlay(txn *badger.Txn, n, size int, taken []ovTake) ([]ovTake, error) {
+	chunk := drainChunk
+	if c := drainChunkForTest.Load(); c > 0 {
+		chunk = int(c)
+	}
+	n = min(n, chunk)
+	for k, r := range t.ov {
+		if n <= 0 || size <= 0 {
+			break
+		}
+		key := concat(t.rowPrefix, []byte(k))
+		var err error
+		if r.del {
+			err = txn.Delete(key)
+		} else {
+			err = txn.Set(key, encodeRefRow(r.seq))
+		}
+		if err != nil {
+			return taken, err
+		}
+		delete(t.ov, k)
+		t.ovBytes -= len(k)
+		taken = append(taken, ovTake{k, r})
+		n--
+		size -= len(key) + refRowSize + 16
+	}
+	return taken, nil
+}
+
+// giveBackOverlay puts the rows a direct commit that failed took back
+// into t's overlay (committer). Nothing newer of their keys is there: a
+// direct run adds nothing to the overlay, and the commits after a failed
+// one fail too.
+func (t *OwnedTable) giveBackOverlay(taken []ovTake) {
+	for _, x := range taken {
+		if _, ok := t.ov[x.key]; !ok {
+			t.ovBytes += len(x.key)
+		}
+		t.ov[x.key] = x.row
+	}
 }

@@ -1,10 +1,12 @@
 package replica
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -29,6 +31,8 @@ func TestOwnerRows_Property(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 0x0f1a))
 	ovMaxKeysForTest.Store(int64(1 + rng.IntN(20)))
 	defer ovMaxKeysForTest.Store(0)
+	drainChunkForTest.Store(int64(1 + rng.IntN(4)))
+	defer drainChunkForTest.Store(0)
 	dir := filepath.Join(t.TempDir(), "owner")
 	ctx := ctxT(t, 2*time.Minute)
 	c := openOwnerTrimmedByTest(t, dir)
@@ -167,4 +171,136 @@ func TestOwnerRows_Property(t *testing.T) {
 	if behind == 0 {
 		t.Fatalf("no write left rows in the overlay (bound %d)", ovMaxKeysForTest.Load())
 	}
+}
+
+// openSmallOverlay opens an owner on disk whose overlay is flushed at
+// bound keys and drained chunk rows a direct commit, and owns table t.
+func openSmallOverlay(t *testing.T, bound, chunk int64) (*Component, *OwnedTable) {
+	t.Helper()
+	ovMaxKeysForTest.Store(bound)
+	t.Cleanup(func() { ovMaxKeysForTest.Store(0) })
+	drainChunkForTest.Store(chunk)
+	t.Cleanup(func() { drainChunkForTest.Store(0) })
+	c := openOwnerTrimmedByTest(t, filepath.Join(t.TempDir(), "owner"))
+	t.Cleanup(func() { mustClose(t, c) })
+	tbl, err := c.Own("t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, tbl
+}
+
+// TestOwnerRows_DirectRun: an overlay found full with more than half as
+// many keys as changes (new keys) is left to the commits, which write
+// their rows themselves for directRun times the bound, each with a few
+// of the overlay's, until it is empty; then the overlay takes them again.
+// A repeated key keeps the overlay, flushed when full.
+func TestOwnerRows_DirectRun(t *testing.T) {
+	const bound = 8
+	c, tbl := openSmallOverlay(t, bound, 3)
+	ctx := ctxT(t, time.Minute)
+	model := map[string]string{}
+	n := 0
+	put := func(k string) {
+		t.Helper()
+		v := fmt.Sprintf("v%d", n)
+		n++
+		if _, err := tbl.Put(ctx, []byte(k), []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+		model[k] = v
+	}
+	rows := func(want uint64, what string) {
+		t.Helper()
+		d := dumpOwner(t, c.db, "t")
+		if d.meta.Rows != want {
+			t.Fatalf("%s: rows through %d (head %d), want %d", what, d.meta.Rows, d.meta.Head, want)
+		}
+	}
+	// A hot key: the overlay fills never, however many changes.
+	for range 5 * bound {
+		put("hot")
+	}
+	rows(0, "a hot key")
+	for i := range bound - 1 {
+		put(fmt.Sprintf("new%03d", i))
+	}
+	rows(0, "the overlay filling")
+	// The overlay is full (8 keys of 47 changes): flushed, and it stays.
+	put("next")
+	rows(uint64(5*bound+bound-1), "after a flush of an overlay that paid")
+	// New keys only ("next" and these): the next full overlay did not
+	// pay.
+	for i := range bound - 1 {
+		put(fmt.Sprintf("fresh%03d", i))
+	}
+	flushed := uint64(5*bound + bound - 1)
+	head := tbl.Head()
+	put("direct")
+	rows(flushed, "a direct commit draining the overlay")
+	put("direct1")
+	rows(flushed, "a direct commit draining the overlay")
+	put("direct2")
+	rows(head+3, "the direct commit that drained the overlay")
+	for i := range directRun*bound - 3 {
+		put(fmt.Sprintf("direct%03d", i))
+	}
+	head = tbl.Head()
+	rows(head, "the direct run")
+	put("again")
+	rows(head, "after the direct run")
+	checkOwnerStore(t, c.db, "t", 1, model, nil)
+	checkOwnerReads(t, tbl, model, slices.Collect(maps.Keys(model)))
+}
+
+// TestOwnerRows_FailedDirectCommit: a direct commit that fails (built,
+// then failed as when badger refuses it) gives the overlay rows it took
+// back, and the table goes on at its durable head with its rows whole.
+func TestOwnerRows_FailedDirectCommit(t *testing.T) {
+	const bound = 8
+	c, tbl := openSmallOverlay(t, bound, 3)
+	ctx := ctxT(t, time.Minute)
+	model := map[string]string{}
+	put := func(k string) {
+		t.Helper()
+		if _, err := tbl.Put(ctx, []byte(k), []byte("v-"+k)); err != nil {
+			t.Fatal(err)
+		}
+		model[k] = "v-" + k
+	}
+	for i := range bound {
+		put(fmt.Sprintf("k%02d", i))
+	}
+	put("k99") // a direct run begins: this commit drains 3 of the 8
+	var before, after map[string]ovRow
+	var direct bool
+	pw := &pendingWrite{Pending: Pending{done: make(chan struct{})}, table: tbl,
+		changes: []Change{{Op: OpPut, Key: []byte("k00"), Value: []byte("lost")}, {Op: OpDelete, Key: []byte("k01")}}}
+	err := c.inCommitter(func() {
+		before = maps.Clone(tbl.ov)
+		direct = tbl.direct > 0
+		g := c.buildGroup([]*pendingWrite{pw})
+		if g.err == nil {
+			g.txn.Discard()
+		}
+		c.finishGroup(g, errors.New("injected"))
+		after = maps.Clone(tbl.ov)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !direct || len(before) != bound-3 {
+		t.Fatalf("direct run %v, %d overlay rows: want a direct run with %d left", direct, len(before), bound-3)
+	}
+	if pw.err == nil {
+		t.Fatal("the failed commit reported no error")
+	}
+	if !maps.Equal(before, after) {
+		t.Fatalf("overlay after the failed commit %v, before %v", after, before)
+	}
+	for i := range 2 * bound {
+		put(fmt.Sprintf("n%02d", i))
+	}
+	checkOwnerStore(t, c.db, "t", 1, model, nil)
+	checkOwnerReads(t, tbl, model, slices.Collect(maps.Keys(model)))
 }

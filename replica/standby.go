@@ -89,7 +89,7 @@ func (t *OwnedTable) clearTo(m ownerMeta) error {
 	defer t.trimMu.Unlock()
 	// The overlay's rows are rows of the history being emptied: dropped,
 	// never written after the deletions (ownrows.go).
-	if err := t.c.inCommitter(func() { clear(t.ov); t.ovBytes = 0 }); err != nil {
+	if err := t.c.inCommitter(func() { clear(t.ov); t.ovBytes, t.ovChanges = 0, 0 }); err != nil {
 		return err
 	}
 	m.Rows = m.Head

@@ -125,6 +125,11 @@ type OwnedTable struct {
 	// before the table is registered).
 	ov      map[string]ovRow
 	ovBytes int // the overlay's keys' bytes
+	// ovChanges is how many changes the overlay took since its last
+	// flush; direct, above 0, how many changes more the commits write
+	// their rows themselves (the overlay did not pay: ownrows.go).
+	ovChanges int
+	direct    int
 }
 
 // TableOptions configure an owned table.
