@@ -227,30 +227,37 @@ func (c *Component) buildGroup(pending []*pendingWrite) *group {
 			}
 			pw.seq = t.next - 1
 		}
-		changes := 0
+		// What direct commits may add of their overlays' rows: the
+		// transaction is sized for MaxGroupChanges rows and 3 ×
+		// MaxGroupBytes.
+		drainRows, drainBytes := c.cfg.MaxGroupChanges, c.cfg.MaxGroupBytes/2
 		for _, pw := range g.writes {
-			changes += len(pw.changes)
+			drainRows -= len(pw.changes)
 		}
 		for i, t := range g.touched {
 			if err := g.logs[i].flush(g.txn); err != nil {
 				return err
 			}
-			t.mu.Lock()
-			m := t.meta
-			t.mu.Unlock()
-			m.Head = t.next - 1
+			emptied := false
 			if !g.logs[i].noRows {
 				var err error
-				if g.taken[i], err = t.drainOverlay(g.txn, c.cfg.MaxGroupChanges-changes, c.cfg.MaxGroupBytes/2, g.taken[i]); err != nil {
+				if g.taken[i], err = t.drainOverlay(g.txn, &drainRows, &drainBytes, g.taken[i]); err != nil {
 					return err
 				}
-				if len(t.ov) == 0 {
-					// Its rows are in the transaction, the rest in badger
-					// or in the groups before it, committed first.
-					m.Rows = m.Head
-				}
+				// Its rows are in the transaction, the rest in badger
+				// or in the groups before it, committed first.
+				emptied = len(t.ov) == 0
 				t.direct -= g.logs[i].changes
 			}
+			t.mu.Lock()
+			m := t.meta
+			m.Head = t.next - 1
+			m.Rows = t.rowsBuilt
+			if emptied {
+				m.Rows = m.Head
+			}
+			t.rowsBuilt = m.Rows
+			t.mu.Unlock()
 			g.rowsAt[i] = m.Rows
 			if err := t.setMeta(g.txn, m); err != nil {
 				return err
@@ -281,6 +288,7 @@ func (c *Component) finishGroup(g *group, err error) {
 			t.giveBackOverlay(g.taken[i])
 			t.mu.Lock()
 			t.next = t.meta.Head + 1
+			t.rowsBuilt = t.meta.Rows
 			t.mu.Unlock()
 		}
 		for _, pw := range g.writes {
@@ -300,7 +308,7 @@ func (c *Component) finishGroup(g *group, err error) {
 				}
 			}
 		}
-		t.meta.Rows = max(t.meta.Rows, g.rowsAt[i])
+		t.meta.Rows = g.rowsAt[i] // as badger holds it now
 		t.logSize += g.logs[i].bytes
 		close(t.headCh)
 		t.headCh = make(chan struct{})

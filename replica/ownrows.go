@@ -44,7 +44,9 @@ import (
 // more of them (drainOverlay); the commit that empties the overlay sets
 // Rows to its Head. A direct commit that fails gives the rows it took
 // back (the commits after it fail too). Then the overlay takes the rows
-// again.
+// again. A commit's meta never carries a lower Rows than the one built
+// before it (OwnedTable.rowsBuilt), so a trim, which goes by the Rows of
+// the last meta committed, never drops an entry a replay would need.
 
 // ovRow is an overlay row: the seq of the key's newest change, the value
 // being in its log entry, or the key's deletion.
@@ -157,7 +159,7 @@ func (t *OwnedTable) flushRows() error {
 		return fmt.Errorf("flush rows of %s: %w", t.name, err)
 	}
 	t.mu.Lock()
-	t.meta.Rows = m.Rows
+	t.meta.Rows, t.rowsBuilt = m.Rows, m.Rows
 	t.mu.Unlock()
 	clear(t.ov)
 	t.ovBytes, t.ovChanges = 0, 0
@@ -284,17 +286,17 @@ func (t *OwnedTable) takeOverlay(key []byte, taken []ovTake) []ovTake {
 	return append(taken, ovTake{string(key), r})
 }
 
-// drainOverlay writes up to n rows (and about size bytes) of t's overlay
-// into txn, a direct commit's, drops them from the overlay and appends
-// them to taken (committer).
-func (t *OwnedTable) drainOverlay(txn *badger.Txn, n, size int, taken []ovTake) ([]ovTake, error) {
-	chunk := drainChunk
+// drainOverlay writes up to drainChunk rows of t's overlay, within the
+// budget of *rows rows and about *size bytes (taken off them), into txn,
+// a direct commit's, drops them from the overlay and appends them to
+// taken (committer).
+func (t *OwnedTable) drainOverlay(txn *badger.Txn, rows, size *int, taken []ovTake) ([]ovTake, error) {
+	n := drainChunk
 	if c := drainChunkForTest.Load(); c > 0 {
-		chunk = int(c)
+		n = int(c)
 	}
-	n = min(n, chunk)
 	for k, r := range t.ov {
-		if n <= 0 || size <= 0 {
+		if n <= 0 || *rows <= 0 || *size <= 0 {
 			break
 		}
 		key := concat(t.rowPrefix, []byte(k))
@@ -311,7 +313,8 @@ func (t *OwnedTable) drainOverlay(txn *badger.Txn, n, size int, taken []ovTake) 
 		t.ovBytes -= len(k)
 		taken = append(taken, ovTake{k, r})
 		n--
-		size -= len(key) + refRowSize + 16
+		*rows--
+		*size -= len(key) + refRowSize + 16
 	}
 	return taken, nil
 }

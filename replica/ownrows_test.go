@@ -77,6 +77,7 @@ func TestOwnerRows_Property(t *testing.T) {
 		}
 	}
 	behind := 0 // steps that found rows in the overlay
+	var lastRows uint64
 	for step := range steps {
 		switch r := rng.IntN(20); {
 		case r < 10:
@@ -110,6 +111,20 @@ func TestOwnerRows_Property(t *testing.T) {
 				behind++
 			}
 			tbl.mu.Unlock()
+			// The meta's Rows never goes back (a trim goes by it).
+			var m ownerMeta
+			err := c.db.View(func(txn *badger.Txn) error {
+				var err error
+				m, err = tbl.readMeta(txn)
+				return err
+			})
+			if err != nil {
+				t.Fatalf("step %d: %v", step, err)
+			}
+			if m.Rows < lastRows {
+				t.Fatalf("step %d: the meta's rows through %d, before through %d", step, m.Rows, lastRows)
+			}
+			lastRows = m.Rows
 		case r < 13:
 			k := keyList[rng.IntN(len(keyList))]
 			v, ok, err := tbl.Get([]byte(k))

@@ -119,6 +119,7 @@ func (t *OwnedTable) publish(m ownerMeta) {
 	t.mu.Lock()
 	t.meta = m
 	t.next = m.Head + 1
+	t.rowsBuilt = m.Rows
 	t.logSize = 0
 	t.signalLocked()
 	t.mu.Unlock()
@@ -216,6 +217,7 @@ func (t *OwnedTable) applyReplicated(chs []transport.Change) error {
 	t.meta = m
 	t.meta.First = first
 	t.next = m.Head + 1
+	t.rowsBuilt = m.Rows
 	t.logSize += lw.bytes
 	t.tail.append(chs)
 	t.signalLocked()

@@ -130,6 +130,10 @@ type OwnedTable struct {
 	// their rows themselves (the overlay did not pay: ownrows.go).
 	ovChanges int
 	direct    int
+	// rowsBuilt is the Rows of the newest meta built (a commit's, in
+	// flight or done, or a flush's; guarded by mu): a commit's meta never
+	// carries less than one before it, which a trim may have relied on.
+	rowsBuilt uint64
 }
 
 // TableOptions configure an owned table.
@@ -273,6 +277,7 @@ func (c *Component) own(name string, opts []TableOptions) (t *OwnedTable, fresh 
 		}
 	}
 	t.next = t.meta.Head + 1
+	t.rowsBuilt = t.meta.Rows
 	t.meta.First, t.logSize = t.measureLog(t.meta.Head)
 	t.applyFileModes(c.cfg.Modes)
 	t.tail.reset(t.meta.Head + 1)
