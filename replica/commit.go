@@ -22,15 +22,27 @@ func (c *Component) commitLoop() {
 	// from then on a write that is not done was never committed.
 	defer close(c.commitDone)
 	var inflight *group
+	// The tables whose overlays may hold rows (ownrows.go).
+	dirty := map[*OwnedTable]struct{}{}
+	finishGroup := func(g *group, err error) {
+		c.finishGroup(g, err)
+		if err == nil {
+			for _, t := range g.touched {
+				dirty[t] = struct{}{}
+			}
+		}
+	}
 	finish := func() {
 		err := <-inflight.result
-		c.finishGroup(inflight, err)
+		finishGroup(inflight, err)
 		inflight = nil
 	}
 	defer func() {
 		if inflight != nil {
 			finish()
 		}
+		// A clean close leaves the rows whole: the next Own replays nothing.
+		c.flushOverlays(dirty, false)
 		c.failQueued()
 	}()
 	pending := make([]*pendingWrite, 0, 256)
@@ -47,7 +59,7 @@ func (c *Component) commitLoop() {
 			select {
 			case first = <-c.writes:
 			case err := <-resultCh:
-				c.finishGroup(inflight, err)
+				finishGroup(inflight, err)
 				inflight = nil
 				continue
 			case <-c.done():
@@ -90,10 +102,16 @@ func (c *Component) commitLoop() {
 			clear(pending)
 			continue
 		}
+		if overlayFull(dirty) {
+			if inflight != nil {
+				finish()
+			}
+			c.flushOverlays(dirty, true)
+		}
 		g := c.buildGroup(pending)
 		if inflight != nil {
 			prevErr := <-inflight.result
-			c.finishGroup(inflight, prevErr)
+			finishGroup(inflight, prevErr)
 			inflight = nil
 			if prevErr != nil && g.err == nil {
 				g.txn.Discard()
@@ -101,13 +119,37 @@ func (c *Component) commitLoop() {
 			}
 		}
 		if g.err != nil {
-			c.finishGroup(g, g.err)
+			finishGroup(g, g.err)
 			continue
 		}
 		g.result = make(chan error, 1)
 		g.txn.CommitWith(func(err error) { g.result <- err })
 		inflight = g
 		clear(pending)
+	}
+}
+
+// flushOverlays writes the overlays of tables to their rows (committer,
+// no group in flight); a table whose flush fails keeps its overlay, for
+// the next one (or Own's replay). full: the overlays are flushed because
+// they are full; one that held more than half as many keys as changes
+// (the changes went to new keys: the rows they saved were fewer than the
+// flush costs, which holds the commits up) is left for a run of direct
+// commits, which write their rows themselves (ownrows.go).
+func (c *Component) flushOverlays(tables map[*OwnedTable]struct{}, full bool) {
+	for t := range tables {
+		if full && t.direct > 0 {
+			continue // its direct commits drain it
+		}
+		if full && 2*len(t.ov) > t.ovChanges {
+			t.direct = directRun * ovMax()
+			continue
+		}
+		if err := t.flushRows(); err != nil {
+			c.log.Error("flush of the owner's rows failed", "table", t.name, "err", err)
+			continue
+		}
+		delete(tables, t)
 	}
 }
 
@@ -134,8 +176,12 @@ type group struct {
 	txn     *badger.Txn
 	touched []*OwnedTable
 	logs    []*logWriter // per touched table
-	result  chan error
-	err     error // build failed
+	// Per touched table: the overlay rows a direct commit took (ownrows.go),
+	// given back if it fails, and the Rows its meta carries.
+	taken  [][]ovTake
+	rowsAt []uint64
+	result chan error
+	err    error // build failed
 }
 
 // buildGroup assigns seqs and writes the group's rows, log groups (one
@@ -151,7 +197,11 @@ func (c *Component) buildGroup(pending []*pendingWrite) *group {
 			}
 		}
 		g.touched = append(g.touched, t)
-		g.logs = append(g.logs, newLogWriter(t))
+		lw := newLogWriter(t)
+		lw.noRows = t.direct <= 0 // the overlay holds them (ownrows.go)
+		g.logs = append(g.logs, lw)
+		g.taken = append(g.taken, nil)
+		g.rowsAt = append(g.rowsAt, 0)
 		return len(g.touched) - 1
 	}
 	g.err = func() error {
@@ -171,17 +221,44 @@ func (c *Component) buildGroup(pending []*pendingWrite) *group {
 				if err := g.logs[ti].add(g.txn, ch); err != nil {
 					return err
 				}
+				if !g.logs[ti].noRows {
+					g.taken[ti] = t.takeOverlay(ch.Key, g.taken[ti])
+				}
 			}
 			pw.seq = t.next - 1
+		}
+		// What direct commits may add of their overlays' rows: the
+		// transaction is sized for MaxGroupChanges rows and 3 ×
+		// MaxGroupBytes.
+		drainRows, drainBytes := c.cfg.MaxGroupChanges, c.cfg.MaxGroupBytes/2
+		for _, pw := range g.writes {
+			drainRows -= len(pw.changes)
 		}
 		for i, t := range g.touched {
 			if err := g.logs[i].flush(g.txn); err != nil {
 				return err
 			}
+			emptied := false
+			if !g.logs[i].noRows {
+				var err error
+				if g.taken[i], err = t.drainOverlay(g.txn, &drainRows, &drainBytes, g.taken[i]); err != nil {
+					return err
+				}
+				// Its rows are in the transaction, the rest in badger
+				// or in the groups before it, committed first.
+				emptied = len(t.ov) == 0
+				t.direct -= g.logs[i].changes
+			}
 			t.mu.Lock()
 			m := t.meta
-			t.mu.Unlock()
 			m.Head = t.next - 1
+			m.Rows = t.rowsBuilt
+			if emptied {
+				m.Rows = m.Head
+			}
+			t.rowsBuilt = m.Rows
+			t.mu.Unlock()
+			g.rowsAt[i] = m.Rows
 			if err := t.setMeta(g.txn, m); err != nil {
 				return err
 			}
@@ -207,9 +284,11 @@ func (c *Component) finishGroup(g *group, err error) {
 			err = fmt.Errorf("commit: %w", err)
 		}
 		c.log.Error("group commit failed", "err", err, "writes", len(g.writes))
-		for _, t := range g.touched {
+		for i, t := range g.touched {
+			t.giveBackOverlay(g.taken[i])
 			t.mu.Lock()
 			t.next = t.meta.Head + 1
+			t.rowsBuilt = t.meta.Rows
 			t.mu.Unlock()
 		}
 		for _, pw := range g.writes {
@@ -224,8 +303,12 @@ func (c *Component) finishGroup(g *group, err error) {
 			if pw.table == t {
 				t.tail.append(pw.changes)
 				t.meta.Head = pw.seq
+				if g.logs[i].noRows {
+					t.addOverlay(pw.changes)
+				}
 			}
 		}
+		t.meta.Rows = g.rowsAt[i] // as badger holds it now
 		t.logSize += g.logs[i].bytes
 		close(t.headCh)
 		t.headCh = make(chan struct{})

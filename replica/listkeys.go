@@ -30,11 +30,7 @@ func (s *replicationServer) Keys(ctx context.Context, req *transport.KeysRequest
 		return nil, fmt.Errorf("%w: owner is shutting down", transport.ErrUnavailable)
 	}
 	out := &transport.KeysResponse{Keys: [][]byte{}}
-	err = s.c.db.View(func(txn *badger.Txn) error {
-		m, err := t.readMeta(txn)
-		if err != nil {
-			return err
-		}
+	err = t.rowView(func(txn *badger.Txn, m ownerMeta) error {
 		out.Seq, out.LogID = m.Head, m.LogID
 		o := badger.DefaultIteratorOptions
 		o.PrefetchValues = false

@@ -38,8 +38,15 @@ import (
 // migrateLegacy) to formatRefRows, and formatRefRows (a badger entry per
 // log entry; migrateLog) to log groups; formatGroups (log groups held
 // whole in badger) is ownFormat's subset, and needs only its Format
-// changed. ownFormat writes a group's bytes to a segment on disk.
-const ownFormat = 3
+// changed. formatSegments writes a group's bytes to a segment on disk.
+// ownFormat writes the rows lazily (ownrows.go): they are the table's
+// through the meta's Rows, the log above it; a table of formatSegments
+// has all its rows, and needs only Rows set to its Head.
+const ownFormat = 4
+
+// formatSegments is the owner format of log groups whose bytes are in
+// segments on disk, with every commit writing its rows.
+const formatSegments = 3
 
 // formatGroups is the owner format of log groups held whole in badger.
 // Its groups stay readable in ownFormat, where groups written on disk
@@ -65,8 +72,8 @@ func (t *OwnedTable) migrate(m ownerMeta) (ownerMeta, error) {
 			return m, err
 		}
 	}
-	if m.Format == formatGroups {
-		m.Format = ownFormat
+	if m.Format == formatGroups || m.Format == formatSegments {
+		m.Format, m.Rows = ownFormat, m.Head
 		err = t.c.db.Update(func(txn *badger.Txn) error { return t.setMeta(txn, m) })
 		if err != nil {
 			return m, fmt.Errorf("migrate %s to owner format %d: %w", t.name, ownFormat, err)
@@ -301,6 +308,11 @@ const trimChunk = 4096
 // are in the window again and the next trim handles them; a handled
 // entry found there again is recognised by its keep index entry).
 func (t *OwnedTable) trimKept(from, to uint64) error {
+	// Trimming reads rows, and must never drop an entry above the rows
+	// written (a crash would leave the change in neither).
+	if err := t.flushRowsThrough(to - 1); err != nil {
+		return err
+	}
 	for from < to {
 		var next uint64
 		err := t.c.db.Update(func(txn *badger.Txn) error {

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -28,6 +29,9 @@ const (
 	oscBulk      = 600
 	oscRetention = 300
 	oscPrefix    = "@osc "
+	// oscOverlayEnv, set, makes the child keep its log (no trimming) and
+	// flush its rows' overlay at that many keys (ownrows.go).
+	oscOverlayEnv = "REPLMESH_OSCRASH_OVERLAY"
 )
 
 // oscChange is the workload's change at seq s: first oscBulk puts of
@@ -58,6 +62,34 @@ func oscGroup(s uint64) []Write {
 	return ws
 }
 
+// oscKeyList is every key the workload writes.
+func oscKeyList() []string {
+	var keys []string
+	for i := range oscKeys {
+		keys = append(keys, fmt.Sprintf("k%03d", i))
+	}
+	for i := range oscBulk + 1 {
+		keys = append(keys, fmt.Sprintf("b%04d", i))
+	}
+	return keys
+}
+
+// oscHistory is the workload through head: the table's rows, and each
+// change by seq.
+func oscHistory(head uint64) (model map[string]string, written map[uint64]transport.Change) {
+	model, written = map[string]string{}, map[uint64]transport.Change{}
+	for s := uint64(1); s <= head; s++ {
+		ch := oscChange(s)
+		if ch.Op == transport.OpDelete {
+			delete(model, string(ch.Key))
+		} else {
+			model[string(ch.Key)] = string(ch.Value)
+		}
+		written[s] = ch
+	}
+	return model, written
+}
+
 // TestOwnerStoreCrashChild is the body of the crash test's child; it
 // returns at once unless REPLMESH_OSCRASH_DIR is set. It writes the
 // workload from its table's head until killed, reporting "ack <seq>" for
@@ -76,6 +108,15 @@ func TestOwnerStoreCrashChild(t *testing.T) {
 	// Segments of 16 KiB: they roll, and trimming retires and deletes
 	// them, all the time, so kills land in between too.
 	segMaxForTest.Store(16 << 10)
+	if v := os.Getenv(oscOverlayEnv); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			out("bad %s: %v", oscOverlayEnv, err)
+			t.Fatal(err)
+		}
+		ovMaxKeysForTest.Store(n)
+		cfg.Retention, cfg.TrimInterval = Retention{}, time.Hour
+	}
 	ctx := context.Background()
 	c, err := Open(ctx, cfg)
 	if err != nil {
@@ -143,13 +184,7 @@ func TestOwnerStore_CrashWhileTrimming(t *testing.T) {
 	t.Logf("seed %d (replay: REPLMESH_SEED=%d go test -run TestOwnerStore_CrashWhileTrimming ./replica)", seed, seed)
 	rng := rand.New(rand.NewPCG(seed, 0x05c))
 	dir := filepath.Join(t.TempDir(), "owner")
-	var keys []string
-	for i := range oscKeys {
-		keys = append(keys, fmt.Sprintf("k%03d", i))
-	}
-	for i := range oscBulk + 1 {
-		keys = append(keys, fmt.Sprintf("b%04d", i))
-	}
+	keys := oscKeyList()
 	const cycles = 8
 	var acked uint64
 	for cycle := range cycles {
@@ -197,17 +232,7 @@ func TestOwnerStore_CrashWhileTrimming(t *testing.T) {
 		if head < acked {
 			t.Fatalf("cycle %d: head %d below the acknowledged seq %d", cycle+1, head, acked)
 		}
-		model := map[string]string{}
-		written := map[uint64]transport.Change{}
-		for s := uint64(1); s <= head; s++ {
-			ch := oscChange(s)
-			if ch.Op == transport.OpDelete {
-				delete(model, string(ch.Key))
-			} else {
-				model[string(ch.Key)] = string(ch.Value)
-			}
-			written[s] = ch
-		}
+		model, written := oscHistory(head)
 		// Which changes ended a group depends on where each run began:
 		// compare the entries without TxnEnd.
 		d := dumpOwner(t, c.db, oscTable)
@@ -246,6 +271,87 @@ func TestOwnerStore_CrashWhileTrimming(t *testing.T) {
 			t.Fatalf("cycle %d: %d log segment files, %d of them referenced", cycle+1, segs, len(refd))
 		}
 		t.Logf("cycle %d: head %d (acknowledged %d), window %d..%d, %d kept entries below it, %d rows, %d log segments", cycle+1, head, acked, winFirst, head, below, len(model), segs)
+		mustClose(t, c)
+	}
+}
+
+// TestOwnerStore_CrashWithOverlay kills an owner that writes and keeps
+// rows in its overlay (ownrows.go), not yet written to badger: in every
+// other run the overlay is never flushed (so the kill always finds rows
+// in it), in the others it is flushed every 50 keys (so kills land in and
+// between flushes). After each kill the store must replay to the workload
+// at the durable head (checkOwnerStore reads the rows above the meta's
+// Rows from the log), and once Own has replayed the log into the rows,
+// the rows in badger must be the table's at its head, and the reads too.
+func TestOwnerStore_CrashWithOverlay(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs child processes; skipped in -short mode")
+	}
+	seed, _ := testSeed(t)
+	t.Logf("seed %d (replay: REPLMESH_SEED=%d go test -run TestOwnerStore_CrashWithOverlay ./replica)", seed, seed)
+	rng := rand.New(rand.NewPCG(seed, 0x0f1b))
+	dir := filepath.Join(t.TempDir(), "owner")
+	keys := oscKeyList()
+	const cycles = 6
+	var acked uint64
+	for cycle := range cycles {
+		flushAt := 1 << 30
+		if cycle%2 == 1 {
+			flushAt = 50
+		}
+		var started, ack uint64
+		var child *testutil.Child
+		child = testutil.NewChild(t, testutil.ChildSpec{
+			Name:   fmt.Sprintf("owner run %d", cycle+1),
+			Args:   testutil.SelfArgs("TestOwnerStoreCrashChild", 2*time.Minute),
+			Env:    append(os.Environ(), oscDirEnv+"="+dir, fmt.Sprintf("%s=%d", oscOverlayEnv, flushAt)),
+			Prefix: oscPrefix,
+			Report: func(line string, _ time.Time) {
+				f := strings.Fields(line)
+				switch f[0] {
+				case "start":
+					started = child.Uint(f, 1, line) + 1
+				case "ack":
+					ack = child.Uint(f, 1, line)
+				}
+			},
+			State: func() string { return fmt.Sprintf("started %d, ack %d", started, ack) },
+		})
+		child.Start()
+		child.WaitFor(60*time.Second, "writes", func() bool { return started > 0 && ack >= started+300 })
+		time.Sleep(time.Duration(rng.IntN(30)) * time.Millisecond) // a random kill point, not a synchronization
+		child.Kill()
+		acked = max(acked, testutil.Locked(child, func() uint64 { return ack }))
+
+		c := openComponent(t, "svc", "verify", dir, "")
+		before := dumpOwner(t, c.db, oscTable)
+		if flushAt > oscKeys+oscBulk && before.meta.Rows >= before.meta.Head {
+			t.Fatalf("cycle %d: rows through %d at head %d: the overlay, never flushed, held nothing", cycle+1, before.meta.Rows, before.meta.Head)
+		}
+		head := before.meta.Head
+		if head < acked {
+			t.Fatalf("cycle %d: head %d below the acknowledged seq %d", cycle+1, head, acked)
+		}
+		model, written := oscHistory(head)
+		for s, ch := range written {
+			ch.TxnEnd = before.log[s].TxnEnd // where groups ended depends on where each run began
+			written[s] = ch
+		}
+		// The store as the kill left it: rows through Rows, the log above.
+		checkOwnerStore(t, c.db, oscTable, 1, model, written)
+		tbl, err := c.Own(oscTable)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Own replayed the log into the rows: badger's rows alone are the
+		// table at its head.
+		after := dumpOwner(t, c.db, oscTable)
+		if after.meta.Rows != head || after.meta.Head != head {
+			t.Fatalf("cycle %d: after Own the rows are through %d, head %d (was %d)", cycle+1, after.meta.Rows, after.meta.Head, head)
+		}
+		checkOwnerStore(t, c.db, oscTable, 1, model, written)
+		checkOwnerReads(t, tbl, model, keys)
+		t.Logf("cycle %d: head %d (acknowledged %d), rows through %d at the kill, %d rows", cycle+1, head, acked, before.meta.Rows, len(model))
 		mustClose(t, c)
 	}
 }

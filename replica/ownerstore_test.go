@@ -19,7 +19,7 @@ import (
 // ownerDump is everything badger holds for one owned table.
 type ownerDump struct {
 	meta ownerMeta
-	rows map[string][]byte           // key -> stored row
+	rows map[string][]byte           // key -> row: stored, or (above meta.Rows) the log's
 	log  map[uint64]transport.Change // seq -> entry
 	keep map[string]uint64           // keep index
 	// groups is the number of log groups holding the log.
@@ -169,6 +169,19 @@ func dumpOwner(t testing.TB, db *badger.DB, table string) ownerDump {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The rows are the table's through meta.Rows; above it the log's
+	// changes are (what Own's replayRows writes).
+	for s := d.meta.Rows + 1; s <= d.meta.Head; s++ {
+		ch, ok := d.log[s]
+		if !ok {
+			t.Fatalf("log entry %d, above the rows (through %d), missing", s, d.meta.Rows)
+		}
+		if ch.Op == transport.OpDelete {
+			delete(d.rows, string(ch.Key))
+		} else {
+			d.rows[string(ch.Key)] = encodeRefRow(s)
+		}
 	}
 	return d
 }

@@ -238,6 +238,9 @@ type logWriter struct {
 	b     groupBuilder
 	max   int
 	bytes int64 // the log entry bytes written (the log's size counts entries, not group headers)
+	// noRows: the rows are not written (the primary's commit; ownrows.go).
+	noRows  bool
+	changes int // the changes added
 	// The groups cut for the segment: their values back to back, each
 	// one's piece, and their keys' seqs.
 	out    []byte
@@ -247,17 +250,22 @@ type logWriter struct {
 
 func newLogWriter(t *OwnedTable) *logWriter { return &logWriter{t: t, max: t.c.groupPieceMax()} }
 
-// add writes ch's row into txn and adds its log entry to the group.
+// add writes ch's row into txn (unless noRows: the primary's commit,
+// whose rows the committer writes later; ownrows.go) and adds its log
+// entry to the group.
 func (w *logWriter) add(txn *badger.Txn, ch *transport.Change) error {
-	rowKey := concat(w.t.rowPrefix, ch.Key)
-	var err error
-	if ch.Op == transport.OpDelete {
-		err = txn.Delete(rowKey)
-	} else {
-		err = txn.Set(rowKey, encodeRefRow(ch.Seq))
-	}
-	if err != nil {
-		return err
+	w.changes++
+	if !w.noRows {
+		rowKey := concat(w.t.rowPrefix, ch.Key)
+		var err error
+		if ch.Op == transport.OpDelete {
+			err = txn.Delete(rowKey)
+		} else {
+			err = txn.Set(rowKey, encodeRefRow(ch.Seq))
+		}
+		if err != nil {
+			return err
+		}
 	}
 	if w.b.len() > 0 && w.b.size()+logEntrySize(ch)+12 > w.max {
 		if err := w.cut(txn); err != nil {
@@ -579,13 +587,13 @@ func (t *OwnedTable) migrateLog(m ownerMeta) (ownerMeta, error) {
 				}
 			}
 			if finished {
-				m.Format = ownFormat
+				m.Format = formatSegments
 				return t.setMeta(txn, m)
 			}
 			return nil
 		})
 		if err != nil {
-			return m, fmt.Errorf("migrate %s to owner format %d: %w", t.name, ownFormat, err)
+			return m, fmt.Errorf("migrate %s to owner format %d: %w", t.name, formatSegments, err)
 		}
 	}
 	return m, nil

@@ -724,6 +724,7 @@ func (x *restoreTransfer) finish(src restoreHistory, seen uint64, newEpoch bool)
 	// says it began at that seq (an older replica at a lower seq is
 	// transferred, never truncated for it).
 	m.LogID, m.Head, m.First, m.Restoring = src.LogID, src.Seq, src.Seq+1, false
+	m.Rows = m.Head
 	m.Epochs = transport.EpochHistory{{Epoch: src.Epoch, Seq: src.Seq}}
 	m.Epoch, m.NeedEpoch = seen, true
 	if newEpoch {

@@ -538,13 +538,11 @@ func (s *sender) sendSnapshot() (uint64, error) {
 	if s.c.reads.enter() != nil {
 		return 0, fmt.Errorf("%w: owner is shutting down", transport.ErrUnavailable)
 	}
-	defer s.t.seg.unpin(s.t.seg.pin())
-	txn := s.c.db.NewTransaction(false)
-	defer txn.Discard()
-	m, err := s.t.readMeta(txn)
+	txn, m, done, err := s.t.rowTxn()
 	if err != nil {
 		return 0, err
 	}
+	defer done()
 	// A snapshot holds the table at its head, and rows cannot be cut back
 	// to the sync watermark: a gated consumer's transfer waits until the
 	// standbys have confirmed that head, or a consumer could hold changes

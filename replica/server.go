@@ -116,11 +116,7 @@ func (s *replicationServer) Get(ctx context.Context, req *transport.GetRequest) 
 	if s.c.reads.enter() != nil {
 		return nil, fmt.Errorf("%w: owner is shutting down", transport.ErrUnavailable)
 	}
-	err = t.view(func(txn *badger.Txn) error {
-		m, err := t.readMeta(txn)
-		if err != nil {
-			return err
-		}
+	err = t.rowView(func(txn *badger.Txn, m ownerMeta) error {
 		out.Seq, out.LogID = m.Head, m.LogID
 		for i, k := range req.Keys {
 			val, ok, err := t.getRow(txn, k)

@@ -87,6 +87,12 @@ func (t *OwnedTable) beginTransfer(seq uint64) (*ownTransfer, error) {
 func (t *OwnedTable) clearTo(m ownerMeta) error {
 	t.trimMu.Lock()
 	defer t.trimMu.Unlock()
+	// The overlay's rows are rows of the history being emptied: dropped,
+	// never written after the deletions (ownrows.go).
+	if err := t.c.inCommitter(func() { clear(t.ov); t.ovBytes, t.ovChanges = 0, 0 }); err != nil {
+		return err
+	}
+	m.Rows = m.Head
 	if err := t.writeMeta(m); err != nil {
 		return err
 	}
@@ -113,6 +119,7 @@ func (t *OwnedTable) publish(m ownerMeta) {
 	t.mu.Lock()
 	t.meta = m
 	t.next = m.Head + 1
+	t.rowsBuilt = m.Rows
 	t.logSize = 0
 	t.signalLocked()
 	t.mu.Unlock()
@@ -143,6 +150,7 @@ func (x *ownTransfer) finish(next cursor) (cursor, error) {
 	m := t.meta
 	t.mu.Unlock()
 	m.LogID, m.Head, m.First, m.Epochs = st.LogID, x.seq, x.seq+1, hist
+	m.Rows = m.Head
 	m.Epoch = max(m.Epoch, hist.EpochOf(x.seq))
 	if err := t.writeMeta(m); err != nil {
 		return cursor{}, fmt.Errorf("finish transfer of %s: %w", t.name, err)
@@ -169,6 +177,11 @@ func (t *OwnedTable) signalLocked() {
 // grouping may differ from the primary's, the entries do not), the rows
 // pointing at them, and the meta, in one transaction.
 func (t *OwnedTable) applyReplicated(chs []transport.Change) error {
+	// Its rows go with its changes: an overlay left from when the table
+	// was primary is written first (ownrows.go).
+	if err := t.flushRowsThrough(t.Head()); err != nil {
+		return err
+	}
 	t.mu.Lock()
 	m := t.meta
 	t.mu.Unlock()
@@ -188,6 +201,7 @@ func (t *OwnedTable) applyReplicated(chs []transport.Change) error {
 		return err
 	}
 	m.Head = chs[len(chs)-1].Seq
+	m.Rows = m.Head
 	m.Epoch = max(m.Epoch, chs[len(chs)-1].Epoch)
 	if err := t.setMeta(txn, m); err != nil {
 		return err
@@ -203,6 +217,7 @@ func (t *OwnedTable) applyReplicated(chs []transport.Change) error {
 	t.meta = m
 	t.meta.First = first
 	t.next = m.Head + 1
+	t.rowsBuilt = m.Rows
 	t.logSize += lw.bytes
 	t.tail.append(chs)
 	t.signalLocked()

@@ -58,6 +58,12 @@ type ownerMeta struct {
 	// Migrated is the last row key a migration from format 0 converted
 	// (migrateLegacy); nil when none is under way.
 	Migrated []byte `msgpack:"mig,omitempty"`
+	// Rows is the seq through which the rows in badger are the table's
+	// (owner format 4): the changes above it, to Head, are in the log
+	// only, and in the committer's overlay (ownrows.go). Whoever writes
+	// rows with their meta (a standby, a transfer, a restore) sets it to
+	// Head.
+	Rows uint64 `msgpack:"rows,omitempty"`
 }
 
 // reportedEpoch is the epoch the table reports to the broker: its own, or
@@ -113,6 +119,21 @@ type OwnedTable struct {
 	next    uint64        // committer only: next seq to assign
 	logSize int64         // approximate bytes in the log
 	headCh  chan struct{} // closed and replaced on every commit
+
+	// ov holds the rows of the committed changes above meta.Rows, not yet
+	// written to badger (ownrows.go). The committer owns it (Own fills it
+	// before the table is registered).
+	ov      map[string]ovRow
+	ovBytes int // the overlay's keys' bytes
+	// ovChanges is how many changes the overlay took since its last
+	// flush; direct, above 0, how many changes more the commits write
+	// their rows themselves (the overlay did not pay: ownrows.go).
+	ovChanges int
+	direct    int
+	// rowsBuilt is the Rows of the newest meta built (a commit's, in
+	// flight or done, or a flush's; guarded by mu): a commit's meta never
+	// carries less than one before it, which a trim may have relied on.
+	rowsBuilt uint64
 }
 
 // TableOptions configure an owned table.
@@ -179,6 +200,7 @@ func (c *Component) own(name string, opts []TableOptions) (t *OwnedTable, fresh 
 		tail:       newTail(c.cfg.TailChanges, c.cfg.TailBytes),
 		sync:       newSyncState(),
 		headCh:     make(chan struct{}),
+		ov:         map[string]ovRow{},
 	}
 	for _, o := range opts {
 		if o.Mode != modes.Unset {
@@ -248,7 +270,14 @@ func (c *Component) own(name string, opts []TableOptions) (t *OwnedTable, fresh 
 			return nil, false, fmt.Errorf("own %s: %w", name, err)
 		}
 	}
+	if t.meta.Rows < t.meta.Head {
+		// The process ended with rows the committer had not written.
+		if err := t.replayRows(); err != nil {
+			return nil, false, fmt.Errorf("own %s: %w", name, err)
+		}
+	}
 	t.next = t.meta.Head + 1
+	t.rowsBuilt = t.meta.Rows
 	t.meta.First, t.logSize = t.measureLog(t.meta.Head)
 	t.applyFileModes(c.cfg.Modes)
 	t.tail.reset(t.meta.Head + 1)

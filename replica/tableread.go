@@ -17,10 +17,7 @@ func (t *OwnedTable) Get(key []byte) ([]byte, bool, error) {
 	}
 	var out []byte
 	found := false
-	err := t.view(func(txn *badger.Txn) error {
-		if _, err := t.readMeta(txn); err != nil {
-			return err
-		}
+	err := t.rowView(func(txn *badger.Txn, _ ownerMeta) error {
 		var err error
 		out, found, err = t.getRow(txn, key)
 		return err
@@ -40,11 +37,7 @@ func (t *OwnedTable) Scan(prefix []byte, fn func(key, value []byte) bool) (uint6
 		return 0, err
 	}
 	var seq uint64
-	err := t.view(func(txn *badger.Txn) error {
-		m, err := t.readMeta(txn)
-		if err != nil {
-			return err
-		}
+	err := t.rowView(func(txn *badger.Txn, m ownerMeta) error {
 		seq = m.Head
 		return t.scanValues(txn, prefix, nil, nil, func(k, v []byte) (bool, error) {
 			return fn(k, v), nil
@@ -82,13 +75,9 @@ func (t *OwnedTable) Digest(start, end []byte) (transport.DigestResponse, error)
 		return transport.DigestResponse{}, err
 	}
 	var out transport.DigestResponse
-	err := t.view(func(txn *badger.Txn) error {
-		m, err := t.readMeta(txn)
-		if err != nil {
-			return err
-		}
+	err := t.rowView(func(txn *badger.Txn, m ownerMeta) error {
 		d := newDigester()
-		err = t.scanValues(txn, nil, start, end, func(k, v []byte) (bool, error) {
+		err := t.scanValues(txn, nil, start, end, func(k, v []byte) (bool, error) {
 			d.add(k, v)
 			return true, nil
 		})
