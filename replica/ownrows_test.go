@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/replmesh/replmesh/transport"
 )
 
 // TestOwnerRows_Property drives an owned table whose overlay is flushed
@@ -318,4 +319,86 @@ func TestOwnerRows_FailedDirectCommit(t *testing.T) {
 	}
 	checkOwnerStore(t, c.db, "t", 1, model, nil)
 	checkOwnerReads(t, tbl, model, slices.Collect(maps.Keys(model)))
+}
+
+// TestOwnerRows_MigratesFormat3: a table of owner format 3 (rows written
+// with every commit, no Rows in its meta) opens as format 4 with Rows at
+// its Head (its log, trimmed, could not rebuild them), its rows read as
+// they were, and writes after it go to the
+// overlay and survive a restart.
+func TestOwnerRows_MigratesFormat3(t *testing.T) {
+	dir := t.TempDir()
+	model, written := map[string]string{}, map[uint64]transport.Change{}
+	func() {
+		c := openWith(t, "svc", "o1", dir, "", nil)
+		defer mustClose(t, c)
+		tbl, err := c.Own("t")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := ctxT(t, time.Minute)
+		for i := range 300 {
+			ws := []Write{{Key: fmt.Appendf(nil, "k%03d", i%120), Value: fmt.Appendf(nil, "v%d", i)}}
+			if i%9 == 0 {
+				ws = []Write{{Key: fmt.Appendf(nil, "k%03d", (i*7)%120), Delete: true}}
+			}
+			last, err := tbl.Apply(ctx, ws...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			recordApply(model, written, last, ws)
+		}
+		// Trimmed: the log no longer holds the changes of every row.
+		tbl.mu.Lock()
+		tbl.retention = Retention{MaxChanges: 50}
+		tbl.mu.Unlock()
+		if err := tbl.trim(time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if tbl.meta.First <= 1 {
+			t.Fatalf("First %d after the trim", tbl.meta.First)
+		}
+	}()
+	// Format 3's meta: no Rows (the field did not exist), Format 3.
+	db, err := badger.Open(badger.DefaultOptions(dir).WithLogger(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(txn *badger.Txn) error {
+		return rewriteMeta(txn, "t", func(m *ownerMeta) { m.Format, m.Rows = formatSegments, 0 })
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	keys := slices.Sorted(maps.Keys(model))
+	keys = append(keys, "zz")
+	c := openWith(t, "svc", "o1", dir, "", nil)
+	tbl, err := c.Own("t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := tbl.meta; m.Format != ownFormat || m.Rows != m.Head {
+		t.Fatalf("after Own: format %d, rows %d, head %d; want format %d, rows = head", m.Format, m.Rows, m.Head, ownFormat)
+	}
+	checkOwnerReads(t, tbl, model, keys)
+	ctx := ctxT(t, time.Minute)
+	seq, err := tbl.Put(ctx, []byte("k001"), []byte("after"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	model["k001"] = "after"
+	written[seq] = transport.Change{Seq: seq, Op: transport.OpPut, Key: []byte("k001"), Value: []byte("after"), TxnEnd: true}
+	mustClose(t, c)
+	c = openWith(t, "svc", "o1", dir, "", nil)
+	defer mustClose(t, c)
+	tbl, err = c.Own("t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkOwnerReads(t, tbl, model, keys)
+	checkOwnerStore(t, c.db, "t", tbl.meta.First, model, written)
 }
