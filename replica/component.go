@@ -180,7 +180,7 @@ func Open(ctx context.Context, cfg Config) (*Component, error) {
 	}
 
 	sizing := cfg.dbSizing()
-	small := cfg.startsSmall() && (cfg.DataDir == "" || smallReplayFits(cfg.DataDir))
+	small := cfg.startsSmall() && (cfg.DataDir == "" || smallReplayFits(cfg.DataDir) && !holdsOwnedTables(cfg.DataDir))
 	if small {
 		sizing = cfg.smallDBSizing()
 	}

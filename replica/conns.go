@@ -38,6 +38,11 @@ func (p peerKind) check() transport.IdentityCheck {
 func (c *Component) conn(p peerKind) (*grpc.ClientConn, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.connLocked(p)
+}
+
+// connLocked is conn with c.mu held.
+func (c *Component) connLocked(p peerKind) (*grpc.ClientConn, error) {
 	if c.closed {
 		return nil, ErrClosed
 	}

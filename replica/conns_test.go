@@ -2,6 +2,8 @@ package replica
 
 import (
 	"bytes"
+	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -66,5 +68,51 @@ func TestReplica_OwnerWindow(t *testing.T) {
 	once.Do(func() { close(release) })
 	if err := r.WaitFor(ctx, tbl.Head()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A replica given the owner's address connects to it while Subscribe
+// loads the replica, before its stream starts: the stream of a restarted
+// replica then opens on a made connection.
+func TestReplica_ConnectsWhileLoading(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var accepted atomic.Int64
+	go func() {
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			conns = append(conns, conn)
+		}
+	}()
+	cons := openWith(t, "checkout", "c1", "", "", nil)
+	t.Cleanup(func() { mustClose(t, cons) })
+	// The hook runs under the component's lock: it waits, the test
+	// goroutine fails after Subscribe returns.
+	var early bool
+	cons.hooks.subscribed = func(*Replica) {
+		deadline := time.Now().Add(20 * time.Second)
+		for !early && time.Now().Before(deadline) {
+			early = accepted.Load() > 0
+			runtime.Gosched()
+		}
+	}
+	if _, err := cons.Subscribe(ctxT(t, 30*time.Second), SubscribeOptions{Service: "stores", Table: "prices", Addr: ln.Addr().String()}); err != nil {
+		t.Fatal(err)
+	}
+	if !early {
+		t.Fatal("no connection to the owner before the stream started")
 	}
 }

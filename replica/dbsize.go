@@ -2,6 +2,7 @@ package replica
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/dgraph-io/badger/v4/skl"
@@ -47,10 +48,13 @@ import (
 // database's keys are copied into a new one; on disk the same directory is
 // closed and reopened with the full sizing, under the component's database
 // gate (Component.useDB). A data dir is opened small again at the next
-// start whatever it holds (the first of those calls moves it again),
-// unless a crash left memtable logs written by the full database: badger
-// replays them into memtables of the size it is opened with, and panics
-// when they do not fit (smallReplayFits).
+// start (the first of those calls moves it again), unless it holds an
+// owned table (holdsOwnedTables: an owner restarting on its data dir would
+// Own it at once, and paid a close and a reopen of its database for that:
+// some 30 ms of W3's owner restart, a third of Own), or a crash left
+// memtable logs written by the full database: badger replays them into
+// memtables of the size it is opened with, and panics when they do not
+// fit (smallReplayFits).
 const (
 	// badgerBatchPercent is badger's transaction limit in percent of the
 	// memtable (Options.maxBatchSize).
@@ -188,6 +192,15 @@ func (c *Config) smallDBSizing() dbSizing {
 // (no log id): its first transfer makes a bulk one.
 func residentNeedsFullDB(cur cursor) bool {
 	return cur.LogID != "" && !cur.Bulk
+}
+
+// holdsOwnedTables reports whether the data dir holds an owned table's
+// log segments (ownseg.go; a table that was owned once keeps its directory
+// there), so that the component opens the full database at once. A dir
+// that cannot be read holds none.
+func holdsOwnedTables(dir string) bool {
+	ents, err := os.ReadDir(filepath.Dir(segDir(dir, "t")))
+	return err == nil && len(ents) > 0
 }
 
 // smallReplayFits reports whether the memtable logs (*.mem) in the data

@@ -146,4 +146,7 @@ type hooks struct {
 	// send runs in an owner's sending loop before (returned false) and
 	// after (returned true) each frame goes to the stream.
 	send func(s *sender, f *transport.OwnerFrame, returned bool)
+	// subscribed runs in Subscribe once the replica is loaded, before
+	// its stream starts (with Component.mu held).
+	subscribed func(*Replica)
 }

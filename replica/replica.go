@@ -204,6 +204,15 @@ func (c *Component) Subscribe(ctx context.Context, opts SubscribeOptions) (*Repl
 		m.saved = c.memRows[key] // what the table's last Replica left
 		delete(c.memRows, key)
 	}
+	if opts.Addr != "" {
+		// Connect to the owner while the replica loads its rows (a
+		// durable one's rows file and WAL): the stream then opens on a
+		// made connection instead of waiting for the dial and the HTTP/2
+		// handshake. A failure is the stream's to report.
+		if cc, err := c.connLocked(ownerPeer(opts.Addr, opts.Service)); err == nil {
+			cc.Connect()
+		}
+	}
 	if err := r.load(); err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", key, err)
 	}
@@ -213,6 +222,9 @@ func (c *Component) Subscribe(ctx context.Context, opts SubscribeOptions) (*Repl
 	r.ctx, r.cancel = context.WithCancel(c.ctx)
 	c.replicas[key] = r
 	c.wg.Add(1)
+	if h := c.hooks.subscribed; h != nil {
+		h(r)
+	}
 	go r.loop()
 	return r, nil
 }

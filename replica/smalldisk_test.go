@@ -171,16 +171,19 @@ func wantMemTable(t *testing.T, c *Component, want int64) {
 // at the first Own or DiskOnly replica, while its resident replicas apply
 // and checkpoint (the race detector watches every use of the database);
 // what it held is there after the move and after a restart, which opens
-// the data dir small again.
+// the data dir small again, unless it holds an owned table
+// (holdsOwnedTables).
 func TestComponent_SmallDiskMovesToFull(t *testing.T) {
 	tests := []struct {
 		name string
+		// reopensFull: the restart opens the full database at once.
+		reopensFull bool
 		// move makes c need the full database; after checks what it
 		// made, on the component opened again when reopened.
 		move  func(t *testing.T, o *smallDiskOwner, c *Component)
 		after func(t *testing.T, o *smallDiskOwner, c *Component, reopened bool)
 	}{
-		{"Own",
+		{"Own", true,
 			func(t *testing.T, o *smallDiskOwner, c *Component) {
 				tbl, err := c.Own("mine")
 				if err != nil {
@@ -206,7 +209,7 @@ func TestComponent_SmallDiskMovesToFull(t *testing.T) {
 					t.Fatalf("owned row: %q, %v, %v; want v1", v, ok, err)
 				}
 			}},
-		{"disk-only replica",
+		{"disk-only replica", false,
 			func(t *testing.T, o *smallDiskOwner, c *Component) {
 				o.extra(t)
 				r, err := c.Subscribe(ctxT(t, time.Minute), SubscribeOptions{Service: itOwner, Table: "extra", Addr: o.c.Addr(), DiskOnly: true})
@@ -275,13 +278,14 @@ func TestComponent_SmallDiskMovesToFull(t *testing.T) {
 			o.converge(t, reps)
 			tt.after(t, o, c, false)
 
-			// Restart: small again, every replica loads what it held.
+			// Restart: small again (full for an owner), every replica
+			// loads what it held.
 			mustClose(t, c)
 			closed = true
 			c = openWith(t, "cons", "c1", dir, "", nil)
 			closed = false
-			if !onSmallDB(c) {
-				t.Fatal("the reopened consumer opened on the full database")
+			if onSmallDB(c) == tt.reopensFull {
+				t.Fatalf("the reopened consumer on the small database: %v, want %v", onSmallDB(c), !tt.reopensFull)
 			}
 			reps = o.subscribeResident(t, c, newCkptWatch())
 			o.converge(t, reps)
@@ -474,5 +478,67 @@ func TestComponent_OpensFullOverAFullMemtableLog(t *testing.T) {
 		if n != 64*128 {
 			t.Fatalf("%d probe keys, want %d", n, 64*128)
 		}
+	}
+}
+
+// A data dir that holds an owned table opens on the full database at
+// once: its owner restarting would Own the table right away, and the
+// move from the small database (a close and a reopen) was a third of
+// that Own. A dir that never held one opens small; the restarted owner's
+// table keeps its history and rows.
+func TestComponent_OwnerDirOpensFull(t *testing.T) {
+	for _, owned := range []bool{false, true} {
+		t.Run(fmt.Sprintf("owned=%v", owned), func(t *testing.T) {
+			cfg := LocalConfig("own", "o1")
+			cfg.DataDir, cfg.ListenAddr, cfg.Logger = t.TempDir(), "", testLogger(t)
+			c, err := Open(context.Background(), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !onSmallDB(c) {
+				mustClose(t, c)
+				t.Fatal("a new data dir opened on the full database")
+			}
+			var head uint64
+			var logID string
+			if owned {
+				tbl, err := c.Own("t")
+				if err != nil {
+					mustClose(t, c)
+					t.Fatal(err)
+				}
+				if head, err = tbl.Apply(ctxT(t, time.Minute), Write{Key: []byte("k"), Value: []byte("v")}); err != nil {
+					mustClose(t, c)
+					t.Fatal(err)
+				}
+				logID = tbl.LogID()
+			}
+			mustClose(t, c)
+			c, err = Open(context.Background(), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer mustClose(t, c)
+			if got := onSmallDB(c); got != !owned {
+				t.Fatalf("reopened on the small database: %v, want %v", got, !owned)
+			}
+			tbl, err := c.Own("t")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if onSmallDB(c) {
+				t.Fatal("owning did not move to the full database")
+			}
+			if !owned {
+				return
+			}
+			if got := tbl.Head(); got != head || tbl.LogID() != logID {
+				t.Fatalf("restarted owner at head %d of log %s, want %d of %s", got, tbl.LogID(), head, logID)
+			}
+			v, ok, err := tbl.Get([]byte("k"))
+			if err != nil || !ok || string(v) != "v" {
+				t.Fatalf("Get(k) = %q, %v, %v; want v", v, ok, err)
+			}
+		})
 	}
 }
