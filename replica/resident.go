@@ -109,8 +109,8 @@ const resDegree = 16
 // resRowOverhead is the approximate memory a resident row costs beyond its
 // key and value bytes: the 24-byte item in a B-tree node (nodes are about
 // two thirds full), the allocation rounding of the key+value allocation,
-// and the hash index's slot (see idxMinRows; 16 bytes in a table one to
-// three quarters full). Measured by TestResident_RowCost (about 70);
+// and the hash index's slot (see idxMinRows; 16 bytes in a table at most
+// three quarters full, built at three quarters). Measured by TestResident_RowCost (about 70);
 // docs/design.md says where the line between resident and disk-only lies.
 const resRowOverhead = 150
 
@@ -367,7 +367,12 @@ func (s *resident) build(v *resView, gen uint64) {
 
 // hashIndex is the hash index's table of rows: open addressing with
 // linear probing, a 16-byte slot a row (the row's pointer, 32 bits of the
-// key's hash and the row's lengths), at most three quarters full. A hit
+// key's hash and the row's lengths), at most three quarters full. Its size
+// is not a power of two: a table is built with room for its rows at three
+// quarters full (a key's home slot is its hash scaled to the size, home),
+// where rounding up to a power of two would leave it between three
+// eighths and three quarters full (a 1M-row table 2M slots, 32 MB, not
+// 1.33M, 21 MB). A hit
 // reads its slot (and rarely the next few, mostly in the same cache line)
 // and then the row's memory, which holds the key and the value's first
 // bytes: two cache misses on a table far larger than the cache, where a Go
@@ -376,7 +381,7 @@ func (s *resident) build(v *resView, gen uint64) {
 // (idxMaxKey, idxMaxValue) has a slot marked idxLong and its row in long.
 // Nothing modifies a published one: a build modifies its own clone.
 type hashIndex struct {
-	slots []idxSlot // a power of two of them
+	slots []idxSlot // fewer than 1<<32 of them
 	n     int       // used slots
 	// long holds the rows of the slots marked idxLong, by key (the key
 	// string points into the row, which is immutable); nil while none.
@@ -419,17 +424,27 @@ func (sl *idxSlot) row() resRow {
 // idxSeed seeds the index's hash, per process.
 var idxSeed = maphash.MakeSeed()
 
-// hashOf is the hash of key in a hashIndex; the slot index is taken from
-// its low bits.
+// hashOf is the hash of key in a hashIndex.
 func hashOf(key []byte) uint32 { return uint32(maphash.Bytes(idxSeed, key)) }
 
-// newHashIndex is an empty table with room for n rows.
+// newHashIndex is an empty table with room for n rows: at most three
+// quarters full with them.
 func newHashIndex(n int) *hashIndex {
-	size := 8
-	for size*3 < n*4+4 {
-		size *= 2
+	return &hashIndex{slots: make([]idxSlot, max(8, (n*4+2)/3+1))}
+}
+
+// home is the slot where the probe for hash h starts: h scaled to the
+// table's size (a multiply and a shift, where a modulo would divide).
+func (x *hashIndex) home(h uint32) uint32 {
+	return uint32(uint64(h) * uint64(len(x.slots)) >> 32)
+}
+
+// nextSlot is the slot after i, the first after the last.
+func (x *hashIndex) nextSlot(i uint32) uint32 {
+	if i++; int(i) == len(x.slots) {
+		return 0
 	}
-	return &hashIndex{slots: make([]idxSlot, size)}
+	return i
 }
 
 // get returns the value of key (shared: never modify it).
@@ -447,8 +462,7 @@ func (x *hashIndex) get(key []byte) ([]byte, bool) {
 
 // find returns the slot of key, or the empty slot that ends its probe.
 func (x *hashIndex) find(key []byte, h uint32) (uint32, bool) {
-	mask := uint32(len(x.slots) - 1)
-	for i := h & mask; ; i = (i + 1) & mask {
+	for i := x.home(h); ; i = x.nextSlot(i) {
 		sl := &x.slots[i]
 		if sl.p == nil {
 			return i, false
@@ -469,10 +483,11 @@ func (x *hashIndex) find(key []byte, h uint32) (uint32, bool) {
 }
 
 // put sets r's key to r (x must not be published), growing the table to
-// stay at most three quarters full.
+// stay at most three quarters full (by an eighth of its rows at least, so
+// puts grow it O(log) times, not once each).
 func (x *hashIndex) put(r resRow) {
 	if (x.n+1)*4 > len(x.slots)*3 {
-		x.grow(x.n + 1)
+		x.grow(x.n + 1 + x.n/8)
 	}
 	key := r.key()
 	h := hashOf(key)
@@ -503,9 +518,8 @@ func (x *hashIndex) del(key []byte) {
 	if x.slots[i].lens == idxLong {
 		delete(x.long, string(key))
 	}
-	mask := uint32(len(x.slots) - 1)
-	for j := (i + 1) & mask; x.slots[j].p != nil; j = (j + 1) & mask {
-		home := x.slots[j].h & mask
+	for j := x.nextSlot(i); x.slots[j].p != nil; j = x.nextSlot(j) {
+		home := x.home(x.slots[j].h)
 		// The row at j stays when its home lies cyclically in (i, j].
 		if i <= j && i < home && home <= j || i > j && (i < home || home <= j) {
 			continue
@@ -520,14 +534,13 @@ func (x *hashIndex) del(key []byte) {
 // grow rehashes x into a table with room for n rows.
 func (x *hashIndex) grow(n int) {
 	y := newHashIndex(n)
-	mask := uint32(len(y.slots) - 1)
 	for _, sl := range x.slots {
 		if sl.p == nil {
 			continue
 		}
-		i := sl.h & mask
+		i := y.home(sl.h)
 		for y.slots[i].p != nil {
-			i = (i + 1) & mask
+			i = y.nextSlot(i)
 		}
 		y.slots[i] = sl
 	}

@@ -784,6 +784,40 @@ func TestHashIndex_Model(t *testing.T) {
 	}
 }
 
+// TestHashIndex_Size: a table built for n rows holds them without
+// growing, at three quarters full (not rounded up to a power of two: a
+// 1M-row table would take 2M slots), and every row is found; growth from
+// empty keeps it at most three quarters full.
+func TestHashIndex_Size(t *testing.T) {
+	for _, n := range []int{0, 1, 5, 6, 7, 100, 1000, 100_000} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			x := newHashIndex(n)
+			size := len(x.slots)
+			if size > max(8, n*4/3+2) {
+				t.Fatalf("a table for %d rows has %d slots, want at most %d", n, size, max(8, n*4/3+2))
+			}
+			grown := newHashIndex(0)
+			for i := range n {
+				x.put(ownRow(benchKey(i), []byte{byte(i)}))
+				grown.put(ownRow(benchKey(i), []byte{byte(i)}))
+			}
+			if len(x.slots) != size {
+				t.Fatalf("%d puts grew the table from %d to %d slots", n, size, len(x.slots))
+			}
+			if grown.n*4 > len(grown.slots)*3 {
+				t.Fatalf("grown from empty: %d rows in %d slots", grown.n, len(grown.slots))
+			}
+			for i := range n {
+				for _, y := range []*hashIndex{x, grown} {
+					if v, ok := y.get(benchKey(i)); !ok || len(v) != 1 || v[0] != byte(i) {
+						t.Fatalf("get(row %d) = %v, %v", i, v, ok)
+					}
+				}
+			}
+		})
+	}
+}
+
 // TestHashIndex_Slot: a slot is 16 bytes and holds the lengths of every
 // row that fits it exactly; the others are marked idxLong.
 func TestHashIndex_Slot(t *testing.T) {
