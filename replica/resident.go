@@ -18,13 +18,16 @@ import (
 	"github.com/tidwall/btree"
 )
 
-// Resident replicas. A replica's rows are held in memory in a copy-on-write
-// B-tree (github.com/tidwall/btree); after each applied batch the stream
-// goroutine publishes an immutable view of it (the rows and the cursor they
-// are at) through an atomic pointer. Get, Scan and Digest load the pointer
-// and read that view: one consistent seq, no lock, no allocation. The
-// B-tree's Copy is O(1): the working tree and the published views share
-// nodes, and the next batch clones only the nodes it changes.
+// Resident replicas. A replica's rows are held in memory in a resTable: an
+// immutable sorted array of the rows as a transfer or a load left them,
+// and a copy-on-write B-tree (github.com/tidwall/btree) of the changes
+// since, merged into a new array in the background as it grows. After each
+// applied batch the stream goroutine publishes an immutable view of it (the
+// rows and the cursor they are at) through an atomic pointer. Get, Scan and
+// Digest load the pointer and read that view: one consistent seq, no lock,
+// no allocation. The table's Copy is O(1): the working table and the
+// published views share the array and the overlay's nodes, and the next
+// batch clones only the nodes it changes.
 //
 // A replica in a component without a data dir holds nothing anywhere else
 // (memStore). A durable replica keeps its rows on disk (genStore: a rows
@@ -35,7 +38,7 @@ import (
 // subscribed with SubscribeOptions.DiskOnly holds nothing in memory and
 // reads badger.
 
-// resRow is one resident row: 24 bytes in a B-tree node, one pointer (to
+// resRow is one resident row: 24 bytes in an array or a B-tree node, one pointer (to
 // the key and the value, one allocation) for the garbage collector to
 // follow and for a copy-on-write clone to copy. Its bytes are never
 // modified once stored: later changes replace the row, so a value handed
@@ -99,7 +102,7 @@ func resLess(a, b resRow) bool {
 	return bytes.Compare(a.key(), b.key()) < 0
 }
 
-// resDegree is the B-tree's degree (nodes hold up to 2*resDegree-1 rows).
+// resDegree is the B-trees' degree (nodes hold up to 2*resDegree-1 rows).
 // A batch clones the nodes it changes, and the bytes it allocates (the
 // garbage collector's work) fall with the degree: per change on 1M rows,
 // batches of 100 (BenchmarkResidentApply), about 4.4 KB at degree 8, 5 KB
@@ -107,15 +110,230 @@ func resLess(a, b resRow) bool {
 const resDegree = 16
 
 // resRowOverhead is the approximate memory a resident row costs beyond its
-// key and value bytes: the 24-byte item in a B-tree node (nodes are about
-// two thirds full), the allocation rounding of the key+value allocation,
+// key and value bytes: the 24-byte item in the table's array (or, changed
+// since the last merge, in its overlay's B-tree, whose nodes are about two
+// thirds full), the allocation rounding of the key+value allocation,
 // and the hash index's slot (see idxMinRows; 16 bytes in a table at most
 // three quarters full, built at three quarters). Measured by TestResident_RowCost (about 70);
 // docs/design.md says where the line between resident and disk-only lies.
 const resRowOverhead = 150
 
-func newResRows() *btree.BTreeG[resRow] {
-	return btree.NewBTreeGOptions(resLess, btree.Options{NoLocks: true, Degree: resDegree})
+// resTable is a resident replica's rows: base, an immutable sorted array
+// of rows (exactly full, 24 bytes a row, where a B-tree loaded in key order
+// leaves its leaves half full), shared by every view built on it, and
+// over, a copy-on-write B-tree of the changes since base was built (a row,
+// or a tombstone for a deleted row of base). Reads look in over first,
+// then in base; walks merge the two in key order. When over outgrows a
+// fraction of base (resMergeDiv), a merge folds the two into a new base in
+// the background (resident.merge); until it is installed, changes go on
+// into over. A transfer or a load builds base as its rows arrive in key
+// order (Load), with no overlay at all.
+type resTable struct {
+	base *resBase
+	over *btree.BTreeG[deltaRow]
+	n    int // rows
+	// shared: a copy of the table was taken, so base is no longer
+	// appended to (Load falls back to Set).
+	shared bool
+}
+
+// resMergeDiv and resMinMerge: a merge is due when over holds more than
+// resMinMerge changes and more than base's rows / resMergeDiv. Each change
+// then costs about resMergeDiv rows' worth of copying in the background,
+// and over stays small against base.
+const (
+	resMergeDiv = 8
+	resMinMerge = 4096
+)
+
+// resBase is a table's sorted rows in chunks of resChunk (all full but the
+// last): a large table is never copied to grow, and its memory is its
+// rows'. Nothing modifies one once a table holding it was copied.
+type resBase struct {
+	chunks [][]resRow
+	n      int
+}
+
+const (
+	resChunkBits = 12
+	resChunk     = 1 << resChunkBits
+)
+
+func (b *resBase) at(i int) resRow { return b.chunks[i>>resChunkBits][i&(resChunk-1)] }
+
+func (b *resBase) appendRow(r resRow) {
+	if b.n&(resChunk-1) == 0 {
+		b.chunks = append(b.chunks, make([]resRow, 0, resChunk))
+	}
+	c := &b.chunks[len(b.chunks)-1]
+	*c = append(*c, r)
+	b.n++
+}
+
+// search returns the index of the first row not before key (n: none).
+func (b *resBase) search(key resRow) int {
+	lo, hi := 0, b.n
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if resLess(b.at(m), key) {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo
+}
+
+func (b *resBase) get(key resRow) (resRow, bool) {
+	if i := b.search(key); i < b.n {
+		if r := b.at(i); !resLess(key, r) {
+			return r, true
+		}
+	}
+	return resRow{}, false
+}
+
+// newResRows is an empty table.
+func newResRows() *resTable { return &resTable{base: &resBase{}, over: newDeltaRows()} }
+
+// Len is the number of rows.
+func (t *resTable) Len() int { return t.n }
+
+// Copy returns a copy of t in O(1): the two share base, which neither
+// modifies, and over's nodes, which each clones before it changes them.
+func (t *resTable) Copy() *resTable {
+	t.shared = true
+	return &resTable{base: t.base, over: t.over.Copy(), n: t.n, shared: true}
+}
+
+// Get returns the row of key's row (a searchRow).
+func (t *resTable) Get(key resRow) (resRow, bool) {
+	if t.over.Len() > 0 {
+		if d, ok := t.over.Get(deltaRow{resRow: key}); ok {
+			if d.deleted {
+				return resRow{}, false
+			}
+			return d.resRow, true
+		}
+	}
+	return t.base.get(key)
+}
+
+// Set sets row (t's from now on) and returns the row it replaced.
+func (t *resTable) Set(row resRow) (resRow, bool) {
+	old, had := resRow{}, false
+	if d, ok := t.over.Set(deltaRow{resRow: row}); ok {
+		old, had = d.resRow, !d.deleted
+	} else {
+		old, had = t.base.get(row)
+	}
+	if !had {
+		t.n++
+	}
+	return old, had
+}
+
+// Delete deletes key's row (a searchRow) and returns it. A row of base
+// gets a tombstone in over (base's own row: nothing new to keep).
+func (t *resTable) Delete(key resRow) (resRow, bool) {
+	if b, ok := t.base.get(key); ok {
+		old, had := b, true
+		if d, ok := t.over.Set(deltaRow{resRow: b, deleted: true}); ok {
+			old, had = d.resRow, !d.deleted
+		}
+		if had {
+			t.n--
+		}
+		return old, had
+	}
+	if d, ok := t.over.Delete(deltaRow{resRow: key}); ok && !d.deleted {
+		t.n--
+		return d.resRow, true
+	}
+	return resRow{}, false
+}
+
+// Load sets row as Set does; a row after every row of a table not yet
+// copied and without changes (a transfer or a load, in key order) is
+// appended to base.
+func (t *resTable) Load(row resRow) (resRow, bool) {
+	if !t.shared && t.over.Len() == 0 && (t.base.n == 0 || resLess(t.base.at(t.base.n-1), row)) {
+		t.base.appendRow(row)
+		t.n++
+		return resRow{}, false
+	}
+	return t.Set(row)
+}
+
+// Scan calls fn for every row in key order until fn returns false.
+func (t *resTable) Scan(fn func(resRow) bool) { t.ascend(nil, fn) }
+
+// Ascend calls fn for the rows from pivot's key on, in key order, until fn
+// returns false.
+func (t *resTable) Ascend(pivot resRow, fn func(resRow) bool) { t.ascend(&pivot, fn) }
+
+// ascend merges base and over from pivot (nil: the first row): a row of
+// over replaces base's row of the same key, a tombstone hides it.
+func (t *resTable) ascend(pivot *resRow, fn func(resRow) bool) {
+	b := t.base
+	i := 0
+	if pivot != nil {
+		i = b.search(*pivot)
+	}
+	stopped := false
+	each := func(d deltaRow) bool {
+		for ; i < b.n; i++ {
+			r := b.at(i)
+			if !resLess(r, d.resRow) {
+				break
+			}
+			if !fn(r) {
+				stopped = true
+				return false
+			}
+		}
+		if i < b.n && !resLess(d.resRow, b.at(i)) {
+			i++ // replaced or deleted
+		}
+		if d.deleted {
+			return true
+		}
+		if !fn(d.resRow) {
+			stopped = true
+			return false
+		}
+		return true
+	}
+	if t.over.Len() > 0 {
+		if pivot != nil {
+			t.over.Ascend(deltaRow{resRow: *pivot}, each)
+		} else {
+			t.over.Scan(each)
+		}
+	}
+	if stopped {
+		return
+	}
+	for ; i < b.n; i++ {
+		if !fn(b.at(i)) {
+			return
+		}
+	}
+}
+
+// merged is a new base of t's rows, or false when stop reported true
+// (checked every 4096 rows; nil: never).
+func (t *resTable) merged(stop func() bool) (*resBase, bool) {
+	nb := &resBase{chunks: make([][]resRow, 0, (t.n+resChunk-1)/resChunk)}
+	ok := true
+	t.Scan(func(r resRow) bool {
+		nb.appendRow(r)
+		if nb.n%4096 == 0 && stop != nil && stop() {
+			ok = false
+		}
+		return ok
+	})
+	return nb, ok
 }
 
 func rowBytes(r resRow) int64 { return int64(r.klen) + int64(r.vlen) }
@@ -124,7 +342,7 @@ func rowBytes(r resRow) int64 { return int64(r.klen) + int64(r.vlen) }
 // Nothing modifies a view once it is published.
 type resView struct {
 	cur   cursor
-	rows  *btree.BTreeG[resRow]
+	rows  *resTable
 	bytes int64 // key+value bytes of the rows
 	// base and delta are the hash index at cur (base nil: none): the
 	// rows as of the build, and the rows changed since.
@@ -218,7 +436,7 @@ type resident struct {
 	// transfer's switch) and the install of a built index. Readers never
 	// take it.
 	mu    sync.Mutex
-	w     *btree.BTreeG[resRow]
+	w     *resTable
 	bytes int64
 	// base and delta are the hash index (base nil: none yet); next, while
 	// a build runs, collects the changes since the view it builds from,
@@ -229,26 +447,31 @@ type resident struct {
 	next     *btree.BTreeG[deltaRow]
 	building bool
 	gen      uint64
+	// merging: a merge of the working table's overlay into a new base
+	// runs in the background; mnext collects the changes since the table
+	// it merges, to become the new table's overlay when it is installed.
+	merging bool
+	mnext   *btree.BTreeG[deltaRow]
 	// minRows and minDelta are idxMinRows and idxMinDelta (tests set
 	// smaller ones); spawn runs a build in the background, stop tells it
 	// to give up (the replica is closing); reads counts the replica's
 	// reads (nil: reads are always coming), readsAt is its count when
 	// the last build began, built says a build began once.
-	minRows, minDelta int
-	spawn             func(func()) bool
-	stop              func() bool
-	reads             func() uint64
-	readsAt           uint64
-	built             bool
-	view              atomic.Pointer[resView]
+	minRows, minDelta, minMerge int
+	spawn                       func(func()) bool
+	stop                        func() bool
+	reads                       func() uint64
+	readsAt                     uint64
+	built                       bool
+	view                        atomic.Pointer[resView]
 }
 
 // newResident makes rows (owned by the result from now on) the resident
 // state at cur and publishes it; spawn (false: refused, the replica is
 // stopping) and stop run the hash index's builds (nil spawn: no index,
 // every read searches the B-tree).
-func newResident(cur cursor, rows *btree.BTreeG[resRow], n int64, spawn func(func()) bool, stop func() bool, reads func() uint64) *resident {
-	s := &resident{w: rows, bytes: n, delta: newDeltaRows(), minRows: idxMinRows, minDelta: idxMinDelta, spawn: spawn, stop: stop, reads: reads}
+func newResident(cur cursor, rows *resTable, n int64, spawn func(func()) bool, stop func() bool, reads func() uint64) *resident {
+	s := &resident{w: rows, bytes: n, delta: newDeltaRows(), minRows: idxMinRows, minDelta: idxMinDelta, minMerge: resMinMerge, spawn: spawn, stop: stop, reads: reads}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.publishLocked(cur)
@@ -288,7 +511,51 @@ func (s *resident) publishLocked(cur cursor) {
 		v.base, v.delta = s.base, s.delta.Copy()
 	}
 	s.view.Store(v)
+	s.maybeMergeLocked(v)
 	s.maybeBuildLocked(v)
+}
+
+// maybeMergeLocked starts merging the overlay of v's table (the working
+// table's, just published) into a new base when it is due: in the
+// background where builds run (spawn), else here.
+func (s *resident) maybeMergeLocked(v *resView) {
+	if s.merging || s.w.over.Len() <= max(s.minMerge, s.w.base.n/resMergeDiv) {
+		return
+	}
+	if s.spawn == nil {
+		if nb, ok := s.w.merged(nil); ok {
+			s.w = &resTable{base: nb, over: newDeltaRows(), n: s.w.n}
+		}
+		return
+	}
+	s.merging, s.mnext = true, newDeltaRows()
+	gen := s.gen
+	if !s.spawn(func() { s.merge(v.rows, gen) }) {
+		s.merging, s.mnext = false, nil
+	}
+}
+
+// merge makes a new base of t's rows (a published view's table) and
+// installs it with the changes since t as its overlay, unless a transfer
+// replaced the rows meanwhile (gen) or the replica stops. The current view
+// is published again on the new table, so the old base is garbage once no
+// reader holds an older view.
+func (s *resident) merge(t *resTable, gen uint64) {
+	nb, ok := t.merged(s.stop)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if gen != s.gen {
+		return // a transfer's switch ended this merge
+	}
+	next := s.mnext
+	s.merging, s.mnext = false, nil
+	if !ok {
+		return
+	}
+	// next holds exactly the changes applied since t.
+	s.w = &resTable{base: nb, over: next, n: s.w.n}
+	cur := s.view.Load()
+	s.view.Store(&resView{cur: cur.cur, rows: s.w.Copy(), bytes: cur.bytes, base: cur.base, delta: cur.delta})
 }
 
 // maybeBuildLocked starts building an index from v, the published view,
@@ -593,17 +860,21 @@ func (s *resident) apply(next cursor, chs []transport.Change) {
 		if s.next != nil {
 			s.next.Set(deltaRow{row, del})
 		}
+		if s.mnext != nil {
+			s.mnext.Set(deltaRow{row, del})
+		}
 	}
 	s.publishLocked(next)
 }
 
 // switchTo makes rows (a full transfer's) the resident state at next: the
 // hash index starts over.
-func (s *resident) switchTo(next cursor, rows *btree.BTreeG[resRow], n int64) {
+func (s *resident) switchTo(next cursor, rows *resTable, n int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.w, s.bytes = rows, n
 	s.base, s.delta, s.next, s.building = nil, newDeltaRows(), nil, false
+	s.merging, s.mnext = false, nil
 	s.gen++
 	s.publishLocked(next)
 }
@@ -615,7 +886,7 @@ func (s *resident) switchTo(next cursor, rows *btree.BTreeG[resRow], n int64) {
 type resTransfer struct {
 	inner stagedTransfer
 	s     *resident
-	rows  *btree.BTreeG[resRow]
+	rows  *resTable
 	bytes int64
 	// adopted counts the rows kept as decoded, without a copy (tests).
 	adopted int
@@ -647,7 +918,7 @@ func (x *resTransfer) put(key, value []byte) error {
 // setRow sets key to a copy of value in rows, or deletes it (del), and
 // returns the change of the rows' key+value bytes: how a load replays
 // changes over a rows file.
-func setRow(rows *btree.BTreeG[resRow], key, value []byte, del bool) int64 {
+func setRow(rows *resTable, key, value []byte, del bool) int64 {
 	if del {
 		if old, had := rows.Delete(searchRow(key)); had {
 			return -rowBytes(old)
@@ -663,7 +934,7 @@ func setRow(rows *btree.BTreeG[resRow], key, value []byte, del bool) int64 {
 
 // loadRow copies the row key, value into rows and returns the change of
 // the rows' key+value bytes.
-func loadRow(rows *btree.BTreeG[resRow], key, value []byte) int64 {
+func loadRow(rows *resTable, key, value []byte) int64 {
 	return loadResRow(rows, ownRow(key, value))
 }
 
@@ -671,7 +942,7 @@ func loadRow(rows *btree.BTreeG[resRow], key, value []byte) int64 {
 // change of the rows' key+value bytes. Rows arrive in key order: Load
 // appends to the rightmost leaf (and falls back to a Set for a key out of
 // order).
-func loadResRow(rows *btree.BTreeG[resRow], row resRow) int64 {
+func loadResRow(rows *resTable, row resRow) int64 {
 	old, had := rows.Load(row)
 	if had {
 		return rowBytes(row) - rowBytes(old)
@@ -717,7 +988,7 @@ func (x *resTransfer) abort() {
 // read in the same transaction and must equal cur (the stream has not
 // started, so nothing else writes it); a bulk generation's must lead to
 // cur, the WAL's last record's (bulkSource).
-func (c *Component) loadResident(base string, cur cursor) (*btree.BTreeG[resRow], int64, error) {
+func (c *Component) loadResident(base string, cur cursor) (*resTable, int64, error) {
 	rows := newResRows()
 	var n int64
 	err := c.viewDB(func(txn *badger.Txn) error {

@@ -64,8 +64,12 @@ func runResidentProperty(t *testing.T, seed uint64) {
 	// and asked for again.
 	var readCount atomic.Uint64
 	s := newResident(cursor{LogID: "L"}, newResRows(), 0, spawn, nil, readCount.Load)
-	s.minRows, s.minDelta = 8, 4
+	// Merges of the table's overlay into a new base run (in the
+	// background too) every few changes.
+	s.minRows, s.minDelta, s.minMerge = 8, 4, 4
 	defer builds.Wait()
+	bases := map[*resBase]bool{}
+	transfers := 0
 	cur := model{}
 	var models sync.Map // seq -> model, stored before the view is published
 	models.Store(uint64(0), maps.Clone(cur))
@@ -158,6 +162,7 @@ func runResidentProperty(t *testing.T, seed uint64) {
 			if err := x.switchIn(s.view.Load().cur, nc); err != nil {
 				t.Fatal(err)
 			}
+			transfers++
 		default: // a batch of puts and deletes
 			n := 1 + rng.IntN(20)
 			chs := make([]transport.Change, n)
@@ -184,6 +189,7 @@ func runResidentProperty(t *testing.T, seed uint64) {
 			s.wantIndex()
 		}
 		v := s.view.Load()
+		bases[v.rows.base] = true
 		if v.cur.Seq != seq {
 			t.Fatalf("step %d: view at seq %d, want %d", step, v.cur.Seq, seq)
 		}
@@ -209,10 +215,112 @@ func runResidentProperty(t *testing.T, seed uint64) {
 	// The builds run in the background: count them once they are done
 	// (on a loaded machine none may have finished by the last step).
 	builds.Wait()
-	t.Logf("%d steps, %d views checked again later, %d hash index builds", steps, len(snaps), built.Load())
+	merges := len(bases) - transfers - 1
+	t.Logf("%d steps, %d views checked again later, %d hash index builds, %d merges seen", steps, len(snaps), built.Load(), merges)
 	if built.Load() == 0 {
 		t.Fatal("no hash index was built: the reads never used one")
 	}
+	if merges <= 0 {
+		t.Fatal("no merge of the overlay into a new base was seen")
+	}
+}
+
+// TestResident_TableModel drives a resTable alone (no resident around it:
+// merges run synchronously, at random points) against a map model with
+// puts, replacements and deletes of base rows, overlay rows and absent
+// keys, checking Get, Len, Scan and Ascend after each step; copies taken
+// at random points must keep their rows through later changes and merges.
+func TestResident_TableModel(t *testing.T) {
+	forSeeds(t, func(t *testing.T, seed uint64) {
+		rng := rand.New(rand.NewPCG(seed, 0x7ab1e))
+		tbl := newResRows()
+		want := model{}
+		// A loaded base: rows in key order, with gaps.
+		for i := 0; i < 200; i += 1 + rng.IntN(3) {
+			k := fmt.Sprintf("k%03d", i)
+			want[k] = "base"
+			loadRow(tbl, []byte(k), []byte("base"))
+		}
+		if tbl.over.Len() != 0 || tbl.base.n != len(want) {
+			t.Fatalf("a load in key order left %d rows in the overlay, %d in base", tbl.over.Len(), tbl.base.n)
+		}
+		type copied struct {
+			tbl  *resTable
+			want model
+		}
+		var copies []copied
+		merges := 0
+		for step := range 3000 {
+			k := fmt.Sprintf("k%03d", rng.IntN(220))
+			if rng.IntN(3) == 0 {
+				setRow(tbl, []byte(k), nil, true)
+				delete(want, k)
+			} else {
+				v := fmt.Sprint(step)
+				setRow(tbl, []byte(k), []byte(v), false)
+				want[k] = v
+			}
+			if rng.IntN(50) == 0 {
+				nb, ok := tbl.merged(nil)
+				if !ok {
+					t.Fatal("a merge without stop gave up")
+				}
+				tbl = &resTable{base: nb, over: newDeltaRows(), n: tbl.n}
+				merges++
+			}
+			if rng.IntN(20) == 0 {
+				copies = append(copies, copied{tbl.Copy(), maps.Clone(want)})
+			}
+			if err := checkTable(tbl, want, rng); err != nil {
+				t.Fatalf("step %d: %v", step, err)
+			}
+			if len(copies) > 0 {
+				c := copies[rng.IntN(len(copies))]
+				if err := checkTable(c.tbl, c.want, rng); err != nil {
+					t.Fatalf("step %d: a copy changed: %v", step, err)
+				}
+			}
+		}
+		t.Logf("%d merges, %d copies", merges, len(copies))
+	})
+}
+
+// checkTable compares tbl with want: a full scan, Len, gets of present and
+// absent keys, and an Ascend from a random key.
+func checkTable(tbl *resTable, want model, rng *rand.Rand) error {
+	var got []string
+	tbl.Scan(func(r resRow) bool { got = append(got, string(r.key())+"="+string(r.value())); return true })
+	var wl []string
+	for _, k := range slices.Sorted(maps.Keys(want)) {
+		wl = append(wl, k+"="+want[k])
+	}
+	if !slices.Equal(got, wl) || tbl.Len() != len(want) {
+		return fmt.Errorf("scan %v (Len %d), want %v", got, tbl.Len(), wl)
+	}
+	for range 4 {
+		k := fmt.Sprintf("k%03d", rng.IntN(230))
+		r, ok := tbl.Get(searchRow([]byte(k)))
+		if wv, wok := want[k]; ok != wok || string(r.value()) != wv {
+			return fmt.Errorf("get %s = %q, %v; want %q, %v", k, r.value(), ok, wv, wok)
+		}
+	}
+	from := fmt.Sprintf("k%03d", rng.IntN(230))
+	limit := rng.IntN(20)
+	var asc []string
+	tbl.Ascend(searchRow([]byte(from)), func(r resRow) bool {
+		asc = append(asc, string(r.key()))
+		return len(asc) < limit
+	})
+	var wasc []string
+	for _, k := range slices.Sorted(maps.Keys(want)) {
+		if k >= from && len(wasc) < max(limit, 1) {
+			wasc = append(wasc, k)
+		}
+	}
+	if !slices.Equal(asc, wasc) {
+		return fmt.Errorf("ascend from %s (%d rows) = %v, want %v", from, limit, asc, wasc)
+	}
+	return nil
 }
 
 // checkView compares v with want: a full scan (order, contents, byte
