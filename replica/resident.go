@@ -2,6 +2,7 @@ package replica
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"maps"
 	"math"
 	"slices"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -135,6 +137,9 @@ type resTable struct {
 	// shared: a copy of the table was taken, so base is no longer
 	// appended to (Load falls back to Set).
 	shared bool
+	// slabs tracks the dead bytes in the slabs of the rows adopted from a
+	// transfer (nil: none); only a working table has it.
+	slabs *slabSet
 }
 
 // resMergeDiv and resMinMerge: a merge is due when over holds more than
@@ -322,18 +327,165 @@ func (t *resTable) ascend(pivot *resRow, fn func(resRow) bool) {
 }
 
 // merged is a new base of t's rows, or false when stop reported true
-// (checked every 4096 rows; nil: never).
-func (t *resTable) merged(stop func() bool) (*resBase, bool) {
+// (checked every 4096 rows; nil: never). The rows held by a run of
+// copyOut (sorted) are copied into new slabs, whose runs it returns.
+func (t *resTable) merged(stop func() bool, copyOut []slabRun) (*resBase, []slabRun, bool) {
 	nb := &resBase{chunks: make([][]resRow, 0, (t.n+resChunk-1)/resChunk)}
+	var c copier
 	ok := true
 	t.Scan(func(r resRow) bool {
+		if len(copyOut) > 0 && findRun(copyOut, rowAddr(r)) >= 0 {
+			r = c.copyRow(r)
+		}
 		nb.appendRow(r)
 		if nb.n%4096 == 0 && stop != nil && stop() {
 			ok = false
 		}
 		return ok
 	})
-	return nb, ok
+	return nb, c.runs, ok
+}
+
+// Slabs. A transfer's rows are kept as the transport decoded them: the
+// keys and values of a rows frame in one allocation, its slab
+// (transport.RowBytes). A slab stays in memory while any of its rows is
+// referenced, so rows replaced or deleted since leave dead bytes in it.
+// The working table tracks, per run of adopted rows (consecutive rows of a
+// slab), the bytes of its rows still in the table (slabSet); when the dead
+// bytes pass half of all the runs' bytes (and resMinCompact), the next
+// merge copies the surviving rows of every run that is more dead than live
+// into new slabs of its own: after it, no run is more than half dead, so
+// the dead bytes are at most half of the slab bytes again. The hash index
+// points to the rows it copies, so it is dropped and built again.
+const resMinCompact = 1 << 20
+
+// compactSlab is the size of the slabs a compaction copies rows into.
+const compactSlab = 64 << 10
+
+// slabRun is a run of rows adopted into a table, contiguous in memory
+// (within one slab): the bytes from start, and those of the rows still in
+// the working table.
+type slabRun struct {
+	start      uintptr
+	size, live int64
+}
+
+func (r *slabRun) holds(p uintptr) bool { return p >= r.start && p < r.start+uintptr(r.size) }
+
+// slabSet is the runs of a working table, sorted by start, and their
+// totals. A run leaves the set when its last row does: the garbage
+// collector may then reuse its memory, which the set never names again.
+type slabSet struct {
+	runs       []slabRun
+	size, live int64
+}
+
+// newSlabSet makes a set of runs (in any order, not overlapping).
+func newSlabSet(runs []slabRun) *slabSet {
+	slices.SortFunc(runs, func(a, b slabRun) int { return cmp.Compare(a.start, b.start) })
+	ss := &slabSet{runs: runs}
+	for _, r := range runs {
+		ss.size += r.size
+		ss.live += r.live
+	}
+	return ss
+}
+
+func rowAddr(r resRow) uintptr { return uintptr(unsafe.Pointer(r.p)) }
+
+// find returns the index of the run in runs (sorted) that holds p, or -1.
+func findRun(runs []slabRun, p uintptr) int {
+	i := sort.Search(len(runs), func(i int) bool { return runs[i].start > p }) - 1
+	if i >= 0 && runs[i].holds(p) {
+		return i
+	}
+	return -1
+}
+
+// release accounts for r leaving the working table (replaced or deleted):
+// its bytes are dead in its run, if it is in one.
+func (ss *slabSet) release(r resRow) {
+	if ss == nil || len(ss.runs) == 0 {
+		return
+	}
+	i := findRun(ss.runs, rowAddr(r))
+	if i < 0 {
+		return
+	}
+	n := rowBytes(r)
+	ss.runs[i].live -= n
+	ss.live -= n
+	if ss.runs[i].live <= 0 {
+		ss.size -= ss.runs[i].size
+		ss.live -= ss.runs[i].live // 0
+		ss.runs = slices.Delete(ss.runs, i, i+1)
+	}
+}
+
+// dead is the bytes of the runs whose rows left the table.
+func (ss *slabSet) dead() int64 {
+	if ss == nil {
+		return 0
+	}
+	return ss.size - ss.live
+}
+
+// compactDue says the dead bytes passed half of the runs' bytes and min.
+func (ss *slabSet) compactDue(min int64) bool {
+	d := ss.dead()
+	return d > min && 2*d > ss.size
+}
+
+// sparse is a copy of the runs more dead than live: a compaction's.
+func (ss *slabSet) sparse() []slabRun {
+	var out []slabRun
+	for _, r := range ss.runs {
+		if 2*r.live < r.size {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// compacted replaces the runs a compaction copied out of (gone, sorted)
+// with the ones it copied into (fresh, all their rows live).
+func (ss *slabSet) compacted(gone, fresh []slabRun) {
+	keep := ss.runs[:0]
+	for _, r := range ss.runs {
+		if findRun(gone, r.start) >= 0 {
+			ss.size -= r.size
+			ss.live -= r.live
+			continue
+		}
+		keep = append(keep, r)
+	}
+	runs := append(keep, fresh...)
+	slices.SortFunc(runs, func(a, b slabRun) int { return cmp.Compare(a.start, b.start) })
+	ss.runs = runs
+	for _, r := range fresh {
+		ss.size += r.size
+		ss.live += r.live
+	}
+}
+
+// copier copies rows into slabs of compactSlab bytes, keeping their runs.
+type copier struct {
+	buf  []byte
+	runs []slabRun
+}
+
+func (c *copier) copyRow(r resRow) resRow {
+	n := int(rowBytes(r))
+	if cap(c.buf)-len(c.buf) < n {
+		c.buf = make([]byte, 0, max(compactSlab, n))
+		c.runs = append(c.runs, slabRun{start: uintptr(unsafe.Pointer(unsafe.SliceData(c.buf)))})
+	}
+	l := len(c.buf)
+	c.buf = append(c.buf, unsafe.Slice(r.p, n)...)
+	run := &c.runs[len(c.runs)-1]
+	run.size += int64(n)
+	run.live += int64(n)
+	return kvRow(c.buf[l:l+n:l+n], int(r.klen))
 }
 
 func rowBytes(r resRow) int64 { return int64(r.klen) + int64(r.vlen) }
@@ -452,12 +604,15 @@ type resident struct {
 	// it merges, to become the new table's overlay when it is installed.
 	merging bool
 	mnext   *btree.BTreeG[deltaRow]
+	// compactions counts the slab compactions (tests).
+	compactions int
 	// minRows and minDelta are idxMinRows and idxMinDelta (tests set
 	// smaller ones); spawn runs a build in the background, stop tells it
 	// to give up (the replica is closing); reads counts the replica's
 	// reads (nil: reads are always coming), readsAt is its count when
 	// the last build began, built says a build began once.
 	minRows, minDelta, minMerge int
+	minCompact                  int64
 	spawn                       func(func()) bool
 	stop                        func() bool
 	reads                       func() uint64
@@ -471,7 +626,7 @@ type resident struct {
 // stopping) and stop run the hash index's builds (nil spawn: no index,
 // every read searches the B-tree).
 func newResident(cur cursor, rows *resTable, n int64, spawn func(func()) bool, stop func() bool, reads func() uint64) *resident {
-	s := &resident{w: rows, bytes: n, delta: newDeltaRows(), minRows: idxMinRows, minDelta: idxMinDelta, minMerge: resMinMerge, spawn: spawn, stop: stop, reads: reads}
+	s := &resident{w: rows, bytes: n, delta: newDeltaRows(), minRows: idxMinRows, minDelta: idxMinDelta, minMerge: resMinMerge, minCompact: resMinCompact, spawn: spawn, stop: stop, reads: reads}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.publishLocked(cur)
@@ -516,32 +671,39 @@ func (s *resident) publishLocked(cur cursor) {
 }
 
 // maybeMergeLocked starts merging the overlay of v's table (the working
-// table's, just published) into a new base when it is due: in the
-// background where builds run (spawn), else here.
+// table's, just published) into a new base when it is due, or when the
+// slabs' dead bytes call for a compaction: in the background where builds
+// run (spawn), else here.
 func (s *resident) maybeMergeLocked(v *resView) {
-	if s.merging || s.w.over.Len() <= max(s.minMerge, s.w.base.n/resMergeDiv) {
+	if s.merging {
 		return
 	}
+	compact := s.w.slabs.compactDue(s.minCompact)
+	if !compact && s.w.over.Len() <= max(s.minMerge, s.w.base.n/resMergeDiv) {
+		return
+	}
+	var gone []slabRun
+	if compact {
+		gone = s.w.slabs.sparse()
+	}
 	if s.spawn == nil {
-		if nb, ok := s.w.merged(nil); ok {
-			s.w = &resTable{base: nb, over: newDeltaRows(), n: s.w.n}
-		}
+		nb, fresh, _ := s.w.merged(nil, gone)
+		s.installMergeLocked(nb, gone, fresh, newDeltaRows())
 		return
 	}
 	s.merging, s.mnext = true, newDeltaRows()
 	gen := s.gen
-	if !s.spawn(func() { s.merge(v.rows, gen) }) {
+	if !s.spawn(func() { s.merge(v.rows, gen, gone) }) {
 		s.merging, s.mnext = false, nil
 	}
 }
 
-// merge makes a new base of t's rows (a published view's table) and
-// installs it with the changes since t as its overlay, unless a transfer
-// replaced the rows meanwhile (gen) or the replica stops. The current view
-// is published again on the new table, so the old base is garbage once no
-// reader holds an older view.
-func (s *resident) merge(t *resTable, gen uint64) {
-	nb, ok := t.merged(s.stop)
+// merge makes a new base of t's rows (a published view's table), copying
+// out the rows of the runs gone, and installs it with the changes since t
+// as its overlay, unless a transfer or a compaction replaced the rows
+// meanwhile (gen) or the replica stops.
+func (s *resident) merge(t *resTable, gen uint64, gone []slabRun) {
+	nb, fresh, ok := t.merged(s.stop, gone)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if gen != s.gen {
@@ -553,9 +715,44 @@ func (s *resident) merge(t *resTable, gen uint64) {
 		return
 	}
 	// next holds exactly the changes applied since t.
-	s.w = &resTable{base: nb, over: next, n: s.w.n}
+	s.installMergeLocked(nb, gone, fresh, next)
+}
+
+// installMergeLocked makes nb, with the changes next over it, the working
+// table, and publishes the current view again on it, so the old base is
+// garbage once no reader holds an older view. After a compaction (gone:
+// the runs copied out of, fresh: those copied into) the copies of the rows
+// changed since are dead, and the hash index, which points to the rows
+// copied out of, is dropped (a build from the old rows is ended by gen)
+// and built again.
+func (s *resident) installMergeLocked(nb *resBase, gone, fresh []slabRun, next *btree.BTreeG[deltaRow]) {
+	ss := s.w.slabs
+	s.w = &resTable{base: nb, over: next, n: s.w.n, slabs: ss}
+	if len(gone) > 0 {
+		slices.SortFunc(fresh, func(a, b slabRun) int { return cmp.Compare(a.start, b.start) })
+		ss.compacted(gone, fresh)
+		next.Scan(func(d deltaRow) bool {
+			if r, ok := nb.get(d.resRow); ok && findRun(fresh, rowAddr(r)) >= 0 {
+				ss.release(r)
+			}
+			return true
+		})
+		s.base, s.delta, s.next, s.building = nil, newDeltaRows(), nil, false
+		s.gen++
+		s.compactions++
+	}
 	cur := s.view.Load()
-	s.view.Store(&resView{cur: cur.cur, rows: s.w.Copy(), bytes: cur.bytes, base: cur.base, delta: cur.delta})
+	v := &resView{cur: cur.cur, rows: s.w.Copy(), bytes: cur.bytes}
+	if s.base != nil {
+		v.base, v.delta = cur.base, cur.delta
+	}
+	s.view.Store(v)
+	if s.w.slabs.compactDue(s.minCompact) {
+		// The changes during the merge left the slabs more dead than
+		// live: compact now, not at the next batch.
+		s.maybeMergeLocked(v)
+	}
+	s.maybeBuildLocked(s.view.Load()) // the compaction's view, if one ran here
 }
 
 // maybeBuildLocked starts building an index from v, the published view,
@@ -853,6 +1050,7 @@ func (s *resident) apply(next cursor, chs []transport.Change) {
 		}
 		if had {
 			s.bytes -= rowBytes(old)
+			s.w.slabs.release(old)
 		}
 		if s.base != nil {
 			s.delta.Set(deltaRow{row, del})
@@ -888,8 +1086,12 @@ type resTransfer struct {
 	s     *resident
 	rows  *resTable
 	bytes int64
-	// adopted counts the rows kept as decoded, without a copy (tests).
-	adopted int
+	// adopted counts the rows kept as decoded, without a copy (tests);
+	// runs are their runs in the slabs they were decoded into, released
+	// the adopted rows a later row of the same key replaced.
+	adopted  int
+	runs     []slabRun
+	released []resRow
 	// finished: finish succeeded, switchIn may run.
 	finished bool
 }
@@ -907,7 +1109,20 @@ func (x *resTransfer) put(key, value []byte) error {
 		return err
 	}
 	if kv, ok := transport.RowBytes(&transport.Row{Key: key, Value: value}); ok {
-		x.bytes += loadResRow(x.rows, kvRow(kv, len(key)))
+		row := kvRow(kv, len(key))
+		p, n := rowAddr(row), rowBytes(row)
+		if i := len(x.runs) - 1; i >= 0 && x.runs[i].start+uintptr(x.runs[i].size) == p {
+			x.runs[i].size += n
+			x.runs[i].live += n
+		} else {
+			x.runs = append(x.runs, slabRun{start: p, size: n, live: n})
+		}
+		old, had := x.rows.Load(row)
+		if had {
+			x.released = append(x.released, old)
+			x.bytes -= rowBytes(old)
+		}
+		x.bytes += n
 		x.adopted++
 	} else {
 		x.bytes += loadRow(x.rows, key, value)
@@ -971,6 +1186,12 @@ func (x *resTransfer) switchIn(old, next cursor) error {
 	}
 	if err := x.inner.switchIn(old, next); err != nil {
 		return err
+	}
+	if len(x.runs) > 0 {
+		x.rows.slabs = newSlabSet(x.runs)
+		for _, r := range x.released {
+			x.rows.slabs.release(r)
+		}
 	}
 	x.s.switchTo(next, x.rows, x.bytes)
 	x.rows = nil

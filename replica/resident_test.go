@@ -47,8 +47,9 @@ type model = map[string]string
 
 func runResidentProperty(t *testing.T, seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, 0x5e51d))
-	// The hash index is built (in the background, as a replica does)
-	// after a few rows and changes, so reads go through every state of it.
+	// The hash index is built, and the table's overlay merged (in the
+	// background, as a replica does) after a few rows and changes, so
+	// reads go through every state of them.
 	var builds sync.WaitGroup
 	var built atomic.Int64
 	spawn := func(f func()) bool {
@@ -66,7 +67,7 @@ func runResidentProperty(t *testing.T, seed uint64) {
 	s := newResident(cursor{LogID: "L"}, newResRows(), 0, spawn, nil, readCount.Load)
 	// Merges of the table's overlay into a new base run (in the
 	// background too) every few changes.
-	s.minRows, s.minDelta, s.minMerge = 8, 4, 4
+	s.minRows, s.minDelta, s.minMerge, s.minCompact = 8, 4, 4, 0
 	defer builds.Wait()
 	bases := map[*resBase]bool{}
 	transfers := 0
@@ -140,11 +141,19 @@ func runResidentProperty(t *testing.T, seed uint64) {
 				}
 			}
 			abandon := rng.IntN(3) == 0
+			// Half the transfers' rows come in slabs, as the transport
+			// decodes them (kept, not copied: their dead bytes are
+			// tracked and compacted).
+			slab := rng.IntN(2) == 0
+			put := func(k, v string) error { return x.put([]byte(k), []byte(v)) }
+			if slab {
+				put = slabPut(x, rng)
+			}
 			for i, k := range ks {
 				if abandon && i == len(ks)/2 {
 					break
 				}
-				if err := x.put([]byte(k), []byte(next[k])); err != nil {
+				if err := put(k, next[k]); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -188,6 +197,14 @@ func runResidentProperty(t *testing.T, seed uint64) {
 		if rng.IntN(10) == 0 {
 			s.wantIndex()
 		}
+		if rng.IntN(6) == 0 {
+			// Let the background builds and merges finish here (elsewhere
+			// they race with the batches and the readers).
+			builds.Wait()
+		}
+		if err := checkSlabs(s); err != nil {
+			t.Fatalf("step %d: %v", step, err)
+		}
 		v := s.view.Load()
 		bases[v.rows.base] = true
 		if v.cur.Seq != seq {
@@ -216,12 +233,18 @@ func runResidentProperty(t *testing.T, seed uint64) {
 	// (on a loaded machine none may have finished by the last step).
 	builds.Wait()
 	merges := len(bases) - transfers - 1
-	t.Logf("%d steps, %d views checked again later, %d hash index builds, %d merges seen", steps, len(snaps), built.Load(), merges)
+	s.mu.Lock()
+	compactions := s.compactions
+	s.mu.Unlock()
+	t.Logf("%d steps, %d views checked again later, %d background builds and merges, %d merges seen, %d slab compactions", steps, len(snaps), built.Load(), merges, compactions)
 	if built.Load() == 0 {
 		t.Fatal("no hash index was built: the reads never used one")
 	}
 	if merges <= 0 {
 		t.Fatal("no merge of the overlay into a new base was seen")
+	}
+	if compactions == 0 {
+		t.Fatal("no slab was compacted")
 	}
 }
 
@@ -261,7 +284,7 @@ func TestResident_TableModel(t *testing.T) {
 				want[k] = v
 			}
 			if rng.IntN(50) == 0 {
-				nb, ok := tbl.merged(nil)
+				nb, _, ok := tbl.merged(nil, nil)
 				if !ok {
 					t.Fatal("a merge without stop gave up")
 				}
@@ -321,6 +344,140 @@ func checkTable(tbl *resTable, want model, rng *rand.Rand) error {
 		return fmt.Errorf("ascend from %s (%d rows) = %v, want %v", from, limit, asc, wasc)
 	}
 	return nil
+}
+
+// slabPut returns a put into x that hands over each row as part of a
+// slab, as the transport decodes a rows frame (transport.RowBytes): a
+// few rows after one another in one allocation.
+func slabPut(x *resTransfer, rng *rand.Rand) func(k, v string) error {
+	var slab []byte
+	return func(k, v string) error {
+		n := len(k) + len(v)
+		if cap(slab)-len(slab) < n {
+			slab = make([]byte, 0, n*(1+rng.IntN(8)))
+		}
+		l := len(slab)
+		slab = append(append(slab, k...), v...)
+		kv := slab[l : l+n : l+n]
+		return x.put(kv[:len(k):n], kv[len(k):])
+	}
+}
+
+// checkSlabs checks the resident's slab accounting against its working
+// table: each run's live bytes are those of the table's rows in it (none
+// at zero), the totals their sums, and the dead bytes at most half of all
+// unless a compaction is under way or the dead bytes are under the
+// minimum.
+func checkSlabs(s *resident) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ss := s.w.slabs
+	if ss == nil {
+		return nil
+	}
+	live := make([]int64, len(ss.runs))
+	s.w.Scan(func(r resRow) bool {
+		if i := findRun(ss.runs, rowAddr(r)); i >= 0 {
+			live[i] += rowBytes(r)
+		}
+		return true
+	})
+	var size, sum int64
+	for i, r := range ss.runs {
+		if i > 0 && ss.runs[i-1].start+uintptr(ss.runs[i-1].size) > r.start {
+			return fmt.Errorf("slab runs %d and %d overlap or are out of order", i-1, i)
+		}
+		if r.live != live[i] || live[i] == 0 {
+			return fmt.Errorf("slab run %d of %d bytes counts %d live, holds %d", i, r.size, r.live, live[i])
+		}
+		size += r.size
+		sum += r.live
+	}
+	if size != ss.size || sum != ss.live {
+		return fmt.Errorf("slab totals %d/%d live, runs sum to %d/%d", ss.live, ss.size, sum, size)
+	}
+	if !s.merging && ss.compactDue(s.minCompact) {
+		return fmt.Errorf("slabs %d bytes dead of %d, and no compaction under way", ss.dead(), ss.size)
+	}
+	return nil
+}
+
+// TestResident_SlabGarbageBound: the rows of a transfer decoded by the
+// transport (one slab a rows frame) are kept as they are; as later changes
+// replace them, the dead bytes their slabs hold stay at most half of the
+// slabs' bytes (compactions copy the survivors out), and the rows stay the
+// model's. Merges run synchronously here (no spawn), so the bound holds
+// after every batch.
+func TestResident_SlabGarbageBound(t *testing.T) {
+	const rows, frame = 5000, 300
+	rng := rand.New(rand.NewPCG(11, 12))
+	s := newResident(cursor{}, newResRows(), 0, nil, nil, nil)
+	s.minCompact = 64 << 10
+	x := s.stage(memStaged{})
+	want := model{}
+	for i := 0; i < rows; i += frame {
+		var list transport.RowList
+		for j := i; j < min(rows, i+frame); j++ {
+			v := strings.Repeat("v", 100+rng.IntN(100))
+			list = append(list, transport.Row{Key: benchKey(j), Value: []byte(v)})
+			want[string(benchKey(j))] = v
+		}
+		b, err := transport.Marshal(&transport.OwnerFrame{Kind: transport.KindRows, Rows: list})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var f transport.OwnerFrame
+		if err := transport.Unmarshal(b, &f); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range f.Rows {
+			if err := x.put(r.Key, r.Value); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	next, err := x.finish(cursor{Seq: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := x.switchIn(cursor{}, next); err != nil {
+		t.Fatal(err)
+	}
+	if x.adopted != rows || len(s.w.slabs.runs) > (rows+frame-1)/frame {
+		t.Fatalf("%d rows adopted in %d runs, want %d in at most one a frame", x.adopted, len(s.w.slabs.runs), rows)
+	}
+	seq := uint64(1)
+	maxDead := 0.0
+	for range 200 {
+		chs := make([]transport.Change, 50)
+		for i := range chs {
+			seq++
+			k := benchKey(rng.IntN(rows + 500))
+			chs[i] = transport.Change{Seq: seq, Key: k}
+			if rng.IntN(4) == 0 {
+				chs[i].Op = transport.OpDelete
+				delete(want, string(k))
+			} else {
+				v := fmt.Sprint(seq)
+				chs[i].Op, chs[i].Value = transport.OpPut, []byte(v)
+				want[string(k)] = v
+			}
+		}
+		s.apply(cursor{Seq: seq}, chs)
+		if err := checkSlabs(s); err != nil {
+			t.Fatalf("seq %d: %v", seq, err)
+		}
+		if ss := s.w.slabs; ss.size > 0 {
+			maxDead = max(maxDead, float64(ss.dead())/float64(ss.size))
+		}
+	}
+	if err := checkView(s.view.Load(), want, rng); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d compactions; dead slab bytes at most %.0f%% of the slabs' after a batch", s.compactions, 100*maxDead)
+	if s.compactions == 0 {
+		t.Fatal("the changes replaced most rows but no slab was compacted")
+	}
 }
 
 // checkView compares v with want: a full scan (order, contents, byte
