@@ -13,7 +13,6 @@ import (
 
 	"github.com/replmesh/replmesh/internal/cputime"
 	"github.com/replmesh/replmesh/transport"
-	"github.com/tidwall/btree"
 )
 
 // Micro-benchmarks of the hot paths, in memory and small to set up. The
@@ -232,7 +231,7 @@ func BenchmarkReplicaGetLatency(b *testing.B) {
 const getLatencyRows = 1_000_000
 
 // benchResRows is a resident tree of rows rows of 256-byte values.
-func benchResRows(rows int) *btree.BTreeG[resRow] {
+func benchResRows(rows int) *resTable {
 	val := benchValue()
 	tree := newResRows()
 	for i := range rows {

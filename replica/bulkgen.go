@@ -16,7 +16,6 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/replmesh/replmesh/transport"
-	"github.com/tidwall/btree"
 )
 
 // Bulk generations. A durable resident replica reads only memory; its
@@ -465,7 +464,7 @@ func overlay(txn *badger.Txn, prefix []byte, fn func(k, v []byte, deleted bool) 
 // long as no checkpoint holds it, the overlay of an old data dir, then its
 // WAL up to the cursor; wal.go) into rows and returns their key+value
 // bytes.
-func (c *Component) loadBulk(txn *badger.Txn, base string, cur cursor, rows *btree.BTreeG[resRow]) (int64, error) {
+func (c *Component) loadBulk(txn *badger.Txn, base string, cur cursor, rows *resTable) (int64, error) {
 	path, from, cover, err := c.bulkSource(txn, base, cur)
 	if err != nil {
 		return 0, err
@@ -491,7 +490,7 @@ func (c *Component) loadBulk(txn *badger.Txn, base string, cur cursor, rows *btr
 
 // loadOverlay applies the overlay at prefix in txn to rows, keeping n,
 // their key+value bytes.
-func loadOverlay(txn *badger.Txn, prefix []byte, rows *btree.BTreeG[resRow], n *int64) error {
+func loadOverlay(txn *badger.Txn, prefix []byte, rows *resTable, n *int64) error {
 	return overlay(txn, prefix, func(k, v []byte, deleted bool) error {
 		*n += setRow(rows, k, v, deleted)
 		return nil

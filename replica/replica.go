@@ -13,7 +13,6 @@ import (
 	"github.com/dgraph-io/badger/v4"
 	"github.com/replmesh/replmesh/modes"
 	"github.com/replmesh/replmesh/transport"
-	"github.com/tidwall/btree"
 )
 
 // SubscribeOptions name the table a replica follows and where its owner is.
@@ -286,7 +285,7 @@ func (r *Replica) load() error {
 		return err
 	}
 	if r.resOn {
-		var rows *btree.BTreeG[resRow]
+		var rows *resTable
 		var n int64
 		switch s := r.sink.(type) {
 		case *memStore:

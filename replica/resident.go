@@ -2,6 +2,7 @@ package replica
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"maps"
 	"math"
 	"slices"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -18,13 +20,16 @@ import (
 	"github.com/tidwall/btree"
 )
 
-// Resident replicas. A replica's rows are held in memory in a copy-on-write
-// B-tree (github.com/tidwall/btree); after each applied batch the stream
-// goroutine publishes an immutable view of it (the rows and the cursor they
-// are at) through an atomic pointer. Get, Scan and Digest load the pointer
-// and read that view: one consistent seq, no lock, no allocation. The
-// B-tree's Copy is O(1): the working tree and the published views share
-// nodes, and the next batch clones only the nodes it changes.
+// Resident replicas. A replica's rows are held in memory in a resTable: an
+// immutable sorted array of the rows as a transfer or a load left them,
+// and a copy-on-write B-tree (github.com/tidwall/btree) of the changes
+// since, merged into a new array in the background as it grows. After each
+// applied batch the stream goroutine publishes an immutable view of it (the
+// rows and the cursor they are at) through an atomic pointer. Get, Scan and
+// Digest load the pointer and read that view: one consistent seq, no lock,
+// no allocation. The table's Copy is O(1): the working table and the
+// published views share the array and the overlay's nodes, and the next
+// batch clones only the nodes it changes.
 //
 // A replica in a component without a data dir holds nothing anywhere else
 // (memStore). A durable replica keeps its rows on disk (genStore: a rows
@@ -35,7 +40,7 @@ import (
 // subscribed with SubscribeOptions.DiskOnly holds nothing in memory and
 // reads badger.
 
-// resRow is one resident row: 24 bytes in a B-tree node, one pointer (to
+// resRow is one resident row: 24 bytes in an array or a B-tree node, one pointer (to
 // the key and the value, one allocation) for the garbage collector to
 // follow and for a copy-on-write clone to copy. Its bytes are never
 // modified once stored: later changes replace the row, so a value handed
@@ -99,7 +104,7 @@ func resLess(a, b resRow) bool {
 	return bytes.Compare(a.key(), b.key()) < 0
 }
 
-// resDegree is the B-tree's degree (nodes hold up to 2*resDegree-1 rows).
+// resDegree is the B-trees' degree (nodes hold up to 2*resDegree-1 rows).
 // A batch clones the nodes it changes, and the bytes it allocates (the
 // garbage collector's work) fall with the degree: per change on 1M rows,
 // batches of 100 (BenchmarkResidentApply), about 4.4 KB at degree 8, 5 KB
@@ -107,15 +112,380 @@ func resLess(a, b resRow) bool {
 const resDegree = 16
 
 // resRowOverhead is the approximate memory a resident row costs beyond its
-// key and value bytes: the 24-byte item in a B-tree node (nodes are about
-// two thirds full), the allocation rounding of the key+value allocation,
-// and the hash index's slot (see idxMinRows; 16 bytes in a table one to
-// three quarters full). Measured by TestResident_RowCost (about 70);
+// key and value bytes: the 24-byte item in the table's array (or, changed
+// since the last merge, in its overlay's B-tree, whose nodes are about two
+// thirds full), the allocation rounding of the key+value allocation,
+// and the hash index's slot (see idxMinRows; 16 bytes in a table at most
+// three quarters full, built at three quarters). Measured by TestResident_RowCost (about 70);
 // docs/design.md says where the line between resident and disk-only lies.
 const resRowOverhead = 150
 
-func newResRows() *btree.BTreeG[resRow] {
-	return btree.NewBTreeGOptions(resLess, btree.Options{NoLocks: true, Degree: resDegree})
+// resTable is a resident replica's rows: base, an immutable sorted array
+// of rows (exactly full, 24 bytes a row, where a B-tree loaded in key order
+// leaves its leaves half full), shared by every view built on it, and
+// over, a copy-on-write B-tree of the changes since base was built (a row,
+// or a tombstone for a deleted row of base). Reads look in over first,
+// then in base; walks merge the two in key order. When over outgrows a
+// fraction of base (resMergeDiv), a merge folds the two into a new base in
+// the background (resident.merge); until it is installed, changes go on
+// into over. A transfer or a load builds base as its rows arrive in key
+// order (Load), with no overlay at all.
+type resTable struct {
+	base *resBase
+	over *btree.BTreeG[deltaRow]
+	n    int // rows
+	// shared: a copy of the table was taken, so base is no longer
+	// appended to (Load falls back to Set).
+	shared bool
+	// slabs tracks the dead bytes in the slabs of the rows adopted from a
+	// transfer (nil: none); only a working table has it.
+	slabs *slabSet
+}
+
+// resMergeDiv and resMinMerge: a merge is due when over holds more than
+// resMinMerge changes and more than base's rows / resMergeDiv. Each change
+// then costs about resMergeDiv rows' worth of copying in the background,
+// and over stays small against base.
+const (
+	resMergeDiv = 8
+	resMinMerge = 4096
+)
+
+// resBase is a table's sorted rows in chunks of resChunk (all full but the
+// last): a large table is never copied to grow, and its memory is its
+// rows'. Nothing modifies one once a table holding it was copied.
+type resBase struct {
+	chunks [][]resRow
+	n      int
+}
+
+const (
+	resChunkBits = 12
+	resChunk     = 1 << resChunkBits
+)
+
+func (b *resBase) at(i int) resRow { return b.chunks[i>>resChunkBits][i&(resChunk-1)] }
+
+func (b *resBase) appendRow(r resRow) {
+	if b.n&(resChunk-1) == 0 {
+		b.chunks = append(b.chunks, make([]resRow, 0, resChunk))
+	}
+	c := &b.chunks[len(b.chunks)-1]
+	*c = append(*c, r)
+	b.n++
+}
+
+// search returns the index of the first row not before key (n: none).
+func (b *resBase) search(key resRow) int {
+	lo, hi := 0, b.n
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if resLess(b.at(m), key) {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo
+}
+
+func (b *resBase) get(key resRow) (resRow, bool) {
+	if i := b.search(key); i < b.n {
+		if r := b.at(i); !resLess(key, r) {
+			return r, true
+		}
+	}
+	return resRow{}, false
+}
+
+// newResRows is an empty table.
+func newResRows() *resTable { return &resTable{base: &resBase{}, over: newDeltaRows()} }
+
+// Len is the number of rows.
+func (t *resTable) Len() int { return t.n }
+
+// Copy returns a copy of t in O(1): the two share base, which neither
+// modifies, and over's nodes, which each clones before it changes them.
+func (t *resTable) Copy() *resTable {
+	t.shared = true
+	return &resTable{base: t.base, over: t.over.Copy(), n: t.n, shared: true}
+}
+
+// Get returns the row of key's row (a searchRow).
+func (t *resTable) Get(key resRow) (resRow, bool) {
+	if t.over.Len() > 0 {
+		if d, ok := t.over.Get(deltaRow{resRow: key}); ok {
+			if d.deleted {
+				return resRow{}, false
+			}
+			return d.resRow, true
+		}
+	}
+	return t.base.get(key)
+}
+
+// Set sets row (t's from now on) and returns the row it replaced.
+func (t *resTable) Set(row resRow) (resRow, bool) {
+	old, had := resRow{}, false
+	if d, ok := t.over.Set(deltaRow{resRow: row}); ok {
+		old, had = d.resRow, !d.deleted
+	} else {
+		old, had = t.base.get(row)
+	}
+	if !had {
+		t.n++
+	}
+	return old, had
+}
+
+// Delete deletes key's row (a searchRow) and returns it. A row of base
+// gets a tombstone in over (base's own row: nothing new to keep).
+func (t *resTable) Delete(key resRow) (resRow, bool) {
+	if b, ok := t.base.get(key); ok {
+		old, had := b, true
+		if d, ok := t.over.Set(deltaRow{resRow: b, deleted: true}); ok {
+			old, had = d.resRow, !d.deleted
+		}
+		if had {
+			t.n--
+		}
+		return old, had
+	}
+	if d, ok := t.over.Delete(deltaRow{resRow: key}); ok && !d.deleted {
+		t.n--
+		return d.resRow, true
+	}
+	return resRow{}, false
+}
+
+// Load sets row as Set does; a row after every row of a table not yet
+// copied and without changes (a transfer or a load, in key order) is
+// appended to base.
+func (t *resTable) Load(row resRow) (resRow, bool) {
+	if !t.shared && t.over.Len() == 0 && (t.base.n == 0 || resLess(t.base.at(t.base.n-1), row)) {
+		t.base.appendRow(row)
+		t.n++
+		return resRow{}, false
+	}
+	return t.Set(row)
+}
+
+// Scan calls fn for every row in key order until fn returns false.
+func (t *resTable) Scan(fn func(resRow) bool) { t.ascend(nil, fn) }
+
+// Ascend calls fn for the rows from pivot's key on, in key order, until fn
+// returns false.
+func (t *resTable) Ascend(pivot resRow, fn func(resRow) bool) { t.ascend(&pivot, fn) }
+
+// ascend merges base and over from pivot (nil: the first row): a row of
+// over replaces base's row of the same key, a tombstone hides it.
+func (t *resTable) ascend(pivot *resRow, fn func(resRow) bool) {
+	b := t.base
+	i := 0
+	if pivot != nil {
+		i = b.search(*pivot)
+	}
+	stopped := false
+	each := func(d deltaRow) bool {
+		for ; i < b.n; i++ {
+			r := b.at(i)
+			if !resLess(r, d.resRow) {
+				break
+			}
+			if !fn(r) {
+				stopped = true
+				return false
+			}
+		}
+		if i < b.n && !resLess(d.resRow, b.at(i)) {
+			i++ // replaced or deleted
+		}
+		if d.deleted {
+			return true
+		}
+		if !fn(d.resRow) {
+			stopped = true
+			return false
+		}
+		return true
+	}
+	if t.over.Len() > 0 {
+		if pivot != nil {
+			t.over.Ascend(deltaRow{resRow: *pivot}, each)
+		} else {
+			t.over.Scan(each)
+		}
+	}
+	if stopped {
+		return
+	}
+	for ; i < b.n; i++ {
+		if !fn(b.at(i)) {
+			return
+		}
+	}
+}
+
+// merged is a new base of t's rows, or false when stop reported true
+// (checked every 4096 rows; nil: never). The rows held by a run of
+// copyOut (sorted) are copied into new slabs, whose runs it returns.
+func (t *resTable) merged(stop func() bool, copyOut []slabRun) (*resBase, []slabRun, bool) {
+	nb := &resBase{chunks: make([][]resRow, 0, (t.n+resChunk-1)/resChunk)}
+	var c copier
+	ok := true
+	t.Scan(func(r resRow) bool {
+		if len(copyOut) > 0 && findRun(copyOut, rowAddr(r)) >= 0 {
+			r = c.copyRow(r)
+		}
+		nb.appendRow(r)
+		if nb.n%4096 == 0 && stop != nil && stop() {
+			ok = false
+		}
+		return ok
+	})
+	return nb, c.runs, ok
+}
+
+// Slabs. A transfer's rows are kept as the transport decoded them: the
+// keys and values of a rows frame in one allocation, its slab
+// (transport.RowBytes). A slab stays in memory while any of its rows is
+// referenced, so rows replaced or deleted since leave dead bytes in it.
+// The working table tracks, per run of adopted rows (consecutive rows of a
+// slab), the bytes of its rows still in the table (slabSet); when the dead
+// bytes pass half of all the runs' bytes (and resMinCompact), the next
+// merge copies the surviving rows of every run that is more dead than live
+// into new slabs of its own: after it, no run is more than half dead, so
+// the dead bytes are at most half of the slab bytes again. The hash index
+// points to the rows it copies, so it is dropped and built again.
+const resMinCompact = 1 << 20
+
+// compactSlab is the size of the slabs a compaction copies rows into.
+const compactSlab = 64 << 10
+
+// slabRun is a run of rows adopted into a table, contiguous in memory
+// (within one slab): the bytes from start, and those of the rows still in
+// the working table.
+type slabRun struct {
+	start      uintptr
+	size, live int64
+}
+
+func (r *slabRun) holds(p uintptr) bool { return p >= r.start && p < r.start+uintptr(r.size) }
+
+// slabSet is the runs of a working table, sorted by start, and their
+// totals. A run leaves the set when its last row does: the garbage
+// collector may then reuse its memory, which the set never names again.
+type slabSet struct {
+	runs       []slabRun
+	size, live int64
+}
+
+// newSlabSet makes a set of runs (in any order, not overlapping).
+func newSlabSet(runs []slabRun) *slabSet {
+	slices.SortFunc(runs, func(a, b slabRun) int { return cmp.Compare(a.start, b.start) })
+	ss := &slabSet{runs: runs}
+	for _, r := range runs {
+		ss.size += r.size
+		ss.live += r.live
+	}
+	return ss
+}
+
+func rowAddr(r resRow) uintptr { return uintptr(unsafe.Pointer(r.p)) }
+
+// find returns the index of the run in runs (sorted) that holds p, or -1.
+func findRun(runs []slabRun, p uintptr) int {
+	i := sort.Search(len(runs), func(i int) bool { return runs[i].start > p }) - 1
+	if i >= 0 && runs[i].holds(p) {
+		return i
+	}
+	return -1
+}
+
+// release accounts for r leaving the working table (replaced or deleted):
+// its bytes are dead in its run, if it is in one.
+func (ss *slabSet) release(r resRow) {
+	if ss == nil || len(ss.runs) == 0 {
+		return
+	}
+	i := findRun(ss.runs, rowAddr(r))
+	if i < 0 {
+		return
+	}
+	n := rowBytes(r)
+	ss.runs[i].live -= n
+	ss.live -= n
+	if ss.runs[i].live <= 0 {
+		ss.size -= ss.runs[i].size
+		ss.live -= ss.runs[i].live // 0
+		ss.runs = slices.Delete(ss.runs, i, i+1)
+	}
+}
+
+// dead is the bytes of the runs whose rows left the table.
+func (ss *slabSet) dead() int64 {
+	if ss == nil {
+		return 0
+	}
+	return ss.size - ss.live
+}
+
+// compactDue says the dead bytes passed half of the runs' bytes and min.
+func (ss *slabSet) compactDue(min int64) bool {
+	d := ss.dead()
+	return d > min && 2*d > ss.size
+}
+
+// sparse is a copy of the runs more dead than live: a compaction's.
+func (ss *slabSet) sparse() []slabRun {
+	var out []slabRun
+	for _, r := range ss.runs {
+		if 2*r.live < r.size {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// compacted replaces the runs a compaction copied out of (gone, sorted)
+// with the ones it copied into (fresh, all their rows live).
+func (ss *slabSet) compacted(gone, fresh []slabRun) {
+	keep := ss.runs[:0]
+	for _, r := range ss.runs {
+		if findRun(gone, r.start) >= 0 {
+			ss.size -= r.size
+			ss.live -= r.live
+			continue
+		}
+		keep = append(keep, r)
+	}
+	runs := append(keep, fresh...)
+	slices.SortFunc(runs, func(a, b slabRun) int { return cmp.Compare(a.start, b.start) })
+	ss.runs = runs
+	for _, r := range fresh {
+		ss.size += r.size
+		ss.live += r.live
+	}
+}
+
+// copier copies rows into slabs of compactSlab bytes, keeping their runs.
+type copier struct {
+	buf  []byte
+	runs []slabRun
+}
+
+func (c *copier) copyRow(r resRow) resRow {
+	n := int(rowBytes(r))
+	if cap(c.buf)-len(c.buf) < n {
+		c.buf = make([]byte, 0, max(compactSlab, n))
+		c.runs = append(c.runs, slabRun{start: uintptr(unsafe.Pointer(unsafe.SliceData(c.buf)))})
+	}
+	l := len(c.buf)
+	c.buf = append(c.buf, unsafe.Slice(r.p, n)...)
+	run := &c.runs[len(c.runs)-1]
+	run.size += int64(n)
+	run.live += int64(n)
+	return kvRow(c.buf[l:l+n:l+n], int(r.klen))
 }
 
 func rowBytes(r resRow) int64 { return int64(r.klen) + int64(r.vlen) }
@@ -124,7 +494,7 @@ func rowBytes(r resRow) int64 { return int64(r.klen) + int64(r.vlen) }
 // Nothing modifies a view once it is published.
 type resView struct {
 	cur   cursor
-	rows  *btree.BTreeG[resRow]
+	rows  *resTable
 	bytes int64 // key+value bytes of the rows
 	// base and delta are the hash index at cur (base nil: none): the
 	// rows as of the build, and the rows changed since.
@@ -218,7 +588,7 @@ type resident struct {
 	// transfer's switch) and the install of a built index. Readers never
 	// take it.
 	mu    sync.Mutex
-	w     *btree.BTreeG[resRow]
+	w     *resTable
 	bytes int64
 	// base and delta are the hash index (base nil: none yet); next, while
 	// a build runs, collects the changes since the view it builds from,
@@ -229,26 +599,34 @@ type resident struct {
 	next     *btree.BTreeG[deltaRow]
 	building bool
 	gen      uint64
+	// merging: a merge of the working table's overlay into a new base
+	// runs in the background; mnext collects the changes since the table
+	// it merges, to become the new table's overlay when it is installed.
+	merging bool
+	mnext   *btree.BTreeG[deltaRow]
+	// compactions counts the slab compactions (tests).
+	compactions int
 	// minRows and minDelta are idxMinRows and idxMinDelta (tests set
 	// smaller ones); spawn runs a build in the background, stop tells it
 	// to give up (the replica is closing); reads counts the replica's
 	// reads (nil: reads are always coming), readsAt is its count when
 	// the last build began, built says a build began once.
-	minRows, minDelta int
-	spawn             func(func()) bool
-	stop              func() bool
-	reads             func() uint64
-	readsAt           uint64
-	built             bool
-	view              atomic.Pointer[resView]
+	minRows, minDelta, minMerge int
+	minCompact                  int64
+	spawn                       func(func()) bool
+	stop                        func() bool
+	reads                       func() uint64
+	readsAt                     uint64
+	built                       bool
+	view                        atomic.Pointer[resView]
 }
 
 // newResident makes rows (owned by the result from now on) the resident
 // state at cur and publishes it; spawn (false: refused, the replica is
 // stopping) and stop run the hash index's builds (nil spawn: no index,
 // every read searches the B-tree).
-func newResident(cur cursor, rows *btree.BTreeG[resRow], n int64, spawn func(func()) bool, stop func() bool, reads func() uint64) *resident {
-	s := &resident{w: rows, bytes: n, delta: newDeltaRows(), minRows: idxMinRows, minDelta: idxMinDelta, spawn: spawn, stop: stop, reads: reads}
+func newResident(cur cursor, rows *resTable, n int64, spawn func(func()) bool, stop func() bool, reads func() uint64) *resident {
+	s := &resident{w: rows, bytes: n, delta: newDeltaRows(), minRows: idxMinRows, minDelta: idxMinDelta, minMerge: resMinMerge, minCompact: resMinCompact, spawn: spawn, stop: stop, reads: reads}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.publishLocked(cur)
@@ -288,7 +666,93 @@ func (s *resident) publishLocked(cur cursor) {
 		v.base, v.delta = s.base, s.delta.Copy()
 	}
 	s.view.Store(v)
+	s.maybeMergeLocked(v)
 	s.maybeBuildLocked(v)
+}
+
+// maybeMergeLocked starts merging the overlay of v's table (the working
+// table's, just published) into a new base when it is due, or when the
+// slabs' dead bytes call for a compaction: in the background where builds
+// run (spawn), else here.
+func (s *resident) maybeMergeLocked(v *resView) {
+	if s.merging {
+		return
+	}
+	compact := s.w.slabs.compactDue(s.minCompact)
+	if !compact && s.w.over.Len() <= max(s.minMerge, s.w.base.n/resMergeDiv) {
+		return
+	}
+	var gone []slabRun
+	if compact {
+		gone = s.w.slabs.sparse()
+	}
+	if s.spawn == nil {
+		nb, fresh, _ := s.w.merged(nil, gone)
+		s.installMergeLocked(nb, gone, fresh, newDeltaRows())
+		return
+	}
+	s.merging, s.mnext = true, newDeltaRows()
+	gen := s.gen
+	if !s.spawn(func() { s.merge(v.rows, gen, gone) }) {
+		s.merging, s.mnext = false, nil
+	}
+}
+
+// merge makes a new base of t's rows (a published view's table), copying
+// out the rows of the runs gone, and installs it with the changes since t
+// as its overlay, unless a transfer or a compaction replaced the rows
+// meanwhile (gen) or the replica stops.
+func (s *resident) merge(t *resTable, gen uint64, gone []slabRun) {
+	nb, fresh, ok := t.merged(s.stop, gone)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if gen != s.gen {
+		return // a transfer's switch ended this merge
+	}
+	next := s.mnext
+	s.merging, s.mnext = false, nil
+	if !ok {
+		return
+	}
+	// next holds exactly the changes applied since t.
+	s.installMergeLocked(nb, gone, fresh, next)
+}
+
+// installMergeLocked makes nb, with the changes next over it, the working
+// table, and publishes the current view again on it, so the old base is
+// garbage once no reader holds an older view. After a compaction (gone:
+// the runs copied out of, fresh: those copied into) the copies of the rows
+// changed since are dead, and the hash index, which points to the rows
+// copied out of, is dropped (a build from the old rows is ended by gen)
+// and built again.
+func (s *resident) installMergeLocked(nb *resBase, gone, fresh []slabRun, next *btree.BTreeG[deltaRow]) {
+	ss := s.w.slabs
+	s.w = &resTable{base: nb, over: next, n: s.w.n, slabs: ss}
+	if len(gone) > 0 {
+		slices.SortFunc(fresh, func(a, b slabRun) int { return cmp.Compare(a.start, b.start) })
+		ss.compacted(gone, fresh)
+		next.Scan(func(d deltaRow) bool {
+			if r, ok := nb.get(d.resRow); ok && findRun(fresh, rowAddr(r)) >= 0 {
+				ss.release(r)
+			}
+			return true
+		})
+		s.base, s.delta, s.next, s.building = nil, newDeltaRows(), nil, false
+		s.gen++
+		s.compactions++
+	}
+	cur := s.view.Load()
+	v := &resView{cur: cur.cur, rows: s.w.Copy(), bytes: cur.bytes}
+	if s.base != nil {
+		v.base, v.delta = cur.base, cur.delta
+	}
+	s.view.Store(v)
+	if s.w.slabs.compactDue(s.minCompact) {
+		// The changes during the merge left the slabs more dead than
+		// live: compact now, not at the next batch.
+		s.maybeMergeLocked(v)
+	}
+	s.maybeBuildLocked(s.view.Load()) // the compaction's view, if one ran here
 }
 
 // maybeBuildLocked starts building an index from v, the published view,
@@ -367,7 +831,12 @@ func (s *resident) build(v *resView, gen uint64) {
 
 // hashIndex is the hash index's table of rows: open addressing with
 // linear probing, a 16-byte slot a row (the row's pointer, 32 bits of the
-// key's hash and the row's lengths), at most three quarters full. A hit
+// key's hash and the row's lengths), at most three quarters full. Its size
+// is not a power of two: a table is built with room for its rows at three
+// quarters full (a key's home slot is its hash scaled to the size, home),
+// where rounding up to a power of two would leave it between three
+// eighths and three quarters full (a 1M-row table 2M slots, 32 MB, not
+// 1.33M, 21 MB). A hit
 // reads its slot (and rarely the next few, mostly in the same cache line)
 // and then the row's memory, which holds the key and the value's first
 // bytes: two cache misses on a table far larger than the cache, where a Go
@@ -376,7 +845,7 @@ func (s *resident) build(v *resView, gen uint64) {
 // (idxMaxKey, idxMaxValue) has a slot marked idxLong and its row in long.
 // Nothing modifies a published one: a build modifies its own clone.
 type hashIndex struct {
-	slots []idxSlot // a power of two of them
+	slots []idxSlot // fewer than 1<<32 of them
 	n     int       // used slots
 	// long holds the rows of the slots marked idxLong, by key (the key
 	// string points into the row, which is immutable); nil while none.
@@ -419,17 +888,27 @@ func (sl *idxSlot) row() resRow {
 // idxSeed seeds the index's hash, per process.
 var idxSeed = maphash.MakeSeed()
 
-// hashOf is the hash of key in a hashIndex; the slot index is taken from
-// its low bits.
+// hashOf is the hash of key in a hashIndex.
 func hashOf(key []byte) uint32 { return uint32(maphash.Bytes(idxSeed, key)) }
 
-// newHashIndex is an empty table with room for n rows.
+// newHashIndex is an empty table with room for n rows: at most three
+// quarters full with them.
 func newHashIndex(n int) *hashIndex {
-	size := 8
-	for size*3 < n*4+4 {
-		size *= 2
+	return &hashIndex{slots: make([]idxSlot, max(8, (n*4+2)/3+1))}
+}
+
+// home is the slot where the probe for hash h starts: h scaled to the
+// table's size (a multiply and a shift, where a modulo would divide).
+func (x *hashIndex) home(h uint32) uint32 {
+	return uint32(uint64(h) * uint64(len(x.slots)) >> 32)
+}
+
+// nextSlot is the slot after i, the first after the last.
+func (x *hashIndex) nextSlot(i uint32) uint32 {
+	if i++; int(i) == len(x.slots) {
+		return 0
 	}
-	return &hashIndex{slots: make([]idxSlot, size)}
+	return i
 }
 
 // get returns the value of key (shared: never modify it).
@@ -447,8 +926,7 @@ func (x *hashIndex) get(key []byte) ([]byte, bool) {
 
 // find returns the slot of key, or the empty slot that ends its probe.
 func (x *hashIndex) find(key []byte, h uint32) (uint32, bool) {
-	mask := uint32(len(x.slots) - 1)
-	for i := h & mask; ; i = (i + 1) & mask {
+	for i := x.home(h); ; i = x.nextSlot(i) {
 		sl := &x.slots[i]
 		if sl.p == nil {
 			return i, false
@@ -469,10 +947,11 @@ func (x *hashIndex) find(key []byte, h uint32) (uint32, bool) {
 }
 
 // put sets r's key to r (x must not be published), growing the table to
-// stay at most three quarters full.
+// stay at most three quarters full (by an eighth of its rows at least, so
+// puts grow it O(log) times, not once each).
 func (x *hashIndex) put(r resRow) {
 	if (x.n+1)*4 > len(x.slots)*3 {
-		x.grow(x.n + 1)
+		x.grow(x.n + 1 + x.n/8)
 	}
 	key := r.key()
 	h := hashOf(key)
@@ -503,9 +982,8 @@ func (x *hashIndex) del(key []byte) {
 	if x.slots[i].lens == idxLong {
 		delete(x.long, string(key))
 	}
-	mask := uint32(len(x.slots) - 1)
-	for j := (i + 1) & mask; x.slots[j].p != nil; j = (j + 1) & mask {
-		home := x.slots[j].h & mask
+	for j := x.nextSlot(i); x.slots[j].p != nil; j = x.nextSlot(j) {
+		home := x.home(x.slots[j].h)
 		// The row at j stays when its home lies cyclically in (i, j].
 		if i <= j && i < home && home <= j || i > j && (i < home || home <= j) {
 			continue
@@ -520,14 +998,13 @@ func (x *hashIndex) del(key []byte) {
 // grow rehashes x into a table with room for n rows.
 func (x *hashIndex) grow(n int) {
 	y := newHashIndex(n)
-	mask := uint32(len(y.slots) - 1)
 	for _, sl := range x.slots {
 		if sl.p == nil {
 			continue
 		}
-		i := sl.h & mask
+		i := y.home(sl.h)
 		for y.slots[i].p != nil {
-			i = (i + 1) & mask
+			i = y.nextSlot(i)
 		}
 		y.slots[i] = sl
 	}
@@ -573,6 +1050,7 @@ func (s *resident) apply(next cursor, chs []transport.Change) {
 		}
 		if had {
 			s.bytes -= rowBytes(old)
+			s.w.slabs.release(old)
 		}
 		if s.base != nil {
 			s.delta.Set(deltaRow{row, del})
@@ -580,17 +1058,21 @@ func (s *resident) apply(next cursor, chs []transport.Change) {
 		if s.next != nil {
 			s.next.Set(deltaRow{row, del})
 		}
+		if s.mnext != nil {
+			s.mnext.Set(deltaRow{row, del})
+		}
 	}
 	s.publishLocked(next)
 }
 
 // switchTo makes rows (a full transfer's) the resident state at next: the
 // hash index starts over.
-func (s *resident) switchTo(next cursor, rows *btree.BTreeG[resRow], n int64) {
+func (s *resident) switchTo(next cursor, rows *resTable, n int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.w, s.bytes = rows, n
 	s.base, s.delta, s.next, s.building = nil, newDeltaRows(), nil, false
+	s.merging, s.mnext = false, nil
 	s.gen++
 	s.publishLocked(next)
 }
@@ -602,10 +1084,14 @@ func (s *resident) switchTo(next cursor, rows *btree.BTreeG[resRow], n int64) {
 type resTransfer struct {
 	inner stagedTransfer
 	s     *resident
-	rows  *btree.BTreeG[resRow]
+	rows  *resTable
 	bytes int64
-	// adopted counts the rows kept as decoded, without a copy (tests).
-	adopted int
+	// adopted counts the rows kept as decoded, without a copy (tests);
+	// runs are their runs in the slabs they were decoded into, released
+	// the adopted rows a later row of the same key replaced.
+	adopted  int
+	runs     []slabRun
+	released []resRow
 	// finished: finish succeeded, switchIn may run.
 	finished bool
 }
@@ -623,7 +1109,20 @@ func (x *resTransfer) put(key, value []byte) error {
 		return err
 	}
 	if kv, ok := transport.RowBytes(&transport.Row{Key: key, Value: value}); ok {
-		x.bytes += loadResRow(x.rows, kvRow(kv, len(key)))
+		row := kvRow(kv, len(key))
+		p, n := rowAddr(row), rowBytes(row)
+		if i := len(x.runs) - 1; i >= 0 && x.runs[i].start+uintptr(x.runs[i].size) == p {
+			x.runs[i].size += n
+			x.runs[i].live += n
+		} else {
+			x.runs = append(x.runs, slabRun{start: p, size: n, live: n})
+		}
+		old, had := x.rows.Load(row)
+		if had {
+			x.released = append(x.released, old)
+			x.bytes -= rowBytes(old)
+		}
+		x.bytes += n
 		x.adopted++
 	} else {
 		x.bytes += loadRow(x.rows, key, value)
@@ -634,7 +1133,7 @@ func (x *resTransfer) put(key, value []byte) error {
 // setRow sets key to a copy of value in rows, or deletes it (del), and
 // returns the change of the rows' key+value bytes: how a load replays
 // changes over a rows file.
-func setRow(rows *btree.BTreeG[resRow], key, value []byte, del bool) int64 {
+func setRow(rows *resTable, key, value []byte, del bool) int64 {
 	if del {
 		if old, had := rows.Delete(searchRow(key)); had {
 			return -rowBytes(old)
@@ -650,7 +1149,7 @@ func setRow(rows *btree.BTreeG[resRow], key, value []byte, del bool) int64 {
 
 // loadRow copies the row key, value into rows and returns the change of
 // the rows' key+value bytes.
-func loadRow(rows *btree.BTreeG[resRow], key, value []byte) int64 {
+func loadRow(rows *resTable, key, value []byte) int64 {
 	return loadResRow(rows, ownRow(key, value))
 }
 
@@ -658,7 +1157,7 @@ func loadRow(rows *btree.BTreeG[resRow], key, value []byte) int64 {
 // change of the rows' key+value bytes. Rows arrive in key order: Load
 // appends to the rightmost leaf (and falls back to a Set for a key out of
 // order).
-func loadResRow(rows *btree.BTreeG[resRow], row resRow) int64 {
+func loadResRow(rows *resTable, row resRow) int64 {
 	old, had := rows.Load(row)
 	if had {
 		return rowBytes(row) - rowBytes(old)
@@ -688,6 +1187,12 @@ func (x *resTransfer) switchIn(old, next cursor) error {
 	if err := x.inner.switchIn(old, next); err != nil {
 		return err
 	}
+	if len(x.runs) > 0 {
+		x.rows.slabs = newSlabSet(x.runs)
+		for _, r := range x.released {
+			x.rows.slabs.release(r)
+		}
+	}
 	x.s.switchTo(next, x.rows, x.bytes)
 	x.rows = nil
 	return nil
@@ -704,7 +1209,7 @@ func (x *resTransfer) abort() {
 // read in the same transaction and must equal cur (the stream has not
 // started, so nothing else writes it); a bulk generation's must lead to
 // cur, the WAL's last record's (bulkSource).
-func (c *Component) loadResident(base string, cur cursor) (*btree.BTreeG[resRow], int64, error) {
+func (c *Component) loadResident(base string, cur cursor) (*resTable, int64, error) {
 	rows := newResRows()
 	var n int64
 	err := c.viewDB(func(txn *badger.Txn) error {

@@ -47,8 +47,9 @@ type model = map[string]string
 
 func runResidentProperty(t *testing.T, seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, 0x5e51d))
-	// The hash index is built (in the background, as a replica does)
-	// after a few rows and changes, so reads go through every state of it.
+	// The hash index is built, and the table's overlay merged (in the
+	// background, as a replica does) after a few rows and changes, so
+	// reads go through every state of them.
 	var builds sync.WaitGroup
 	var built atomic.Int64
 	spawn := func(f func()) bool {
@@ -64,8 +65,12 @@ func runResidentProperty(t *testing.T, seed uint64) {
 	// and asked for again.
 	var readCount atomic.Uint64
 	s := newResident(cursor{LogID: "L"}, newResRows(), 0, spawn, nil, readCount.Load)
-	s.minRows, s.minDelta = 8, 4
+	// Merges of the table's overlay into a new base run (in the
+	// background too) every few changes.
+	s.minRows, s.minDelta, s.minMerge, s.minCompact = 8, 4, 4, 0
 	defer builds.Wait()
+	bases := map[*resBase]bool{}
+	transfers := 0
 	cur := model{}
 	var models sync.Map // seq -> model, stored before the view is published
 	models.Store(uint64(0), maps.Clone(cur))
@@ -136,11 +141,19 @@ func runResidentProperty(t *testing.T, seed uint64) {
 				}
 			}
 			abandon := rng.IntN(3) == 0
+			// Half the transfers' rows come in slabs, as the transport
+			// decodes them (kept, not copied: their dead bytes are
+			// tracked and compacted).
+			slab := rng.IntN(2) == 0
+			put := func(k, v string) error { return x.put([]byte(k), []byte(v)) }
+			if slab {
+				put = slabPut(x, rng)
+			}
 			for i, k := range ks {
 				if abandon && i == len(ks)/2 {
 					break
 				}
-				if err := x.put([]byte(k), []byte(next[k])); err != nil {
+				if err := put(k, next[k]); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -158,6 +171,7 @@ func runResidentProperty(t *testing.T, seed uint64) {
 			if err := x.switchIn(s.view.Load().cur, nc); err != nil {
 				t.Fatal(err)
 			}
+			transfers++
 		default: // a batch of puts and deletes
 			n := 1 + rng.IntN(20)
 			chs := make([]transport.Change, n)
@@ -183,7 +197,16 @@ func runResidentProperty(t *testing.T, seed uint64) {
 		if rng.IntN(10) == 0 {
 			s.wantIndex()
 		}
+		if rng.IntN(6) == 0 {
+			// Let the background builds and merges finish here (elsewhere
+			// they race with the batches and the readers).
+			builds.Wait()
+		}
+		if err := checkSlabs(s); err != nil {
+			t.Fatalf("step %d: %v", step, err)
+		}
 		v := s.view.Load()
+		bases[v.rows.base] = true
 		if v.cur.Seq != seq {
 			t.Fatalf("step %d: view at seq %d, want %d", step, v.cur.Seq, seq)
 		}
@@ -209,9 +232,251 @@ func runResidentProperty(t *testing.T, seed uint64) {
 	// The builds run in the background: count them once they are done
 	// (on a loaded machine none may have finished by the last step).
 	builds.Wait()
-	t.Logf("%d steps, %d views checked again later, %d hash index builds", steps, len(snaps), built.Load())
+	merges := len(bases) - transfers - 1
+	s.mu.Lock()
+	compactions := s.compactions
+	s.mu.Unlock()
+	t.Logf("%d steps, %d views checked again later, %d background builds and merges, %d merges seen, %d slab compactions", steps, len(snaps), built.Load(), merges, compactions)
 	if built.Load() == 0 {
 		t.Fatal("no hash index was built: the reads never used one")
+	}
+	if merges <= 0 {
+		t.Fatal("no merge of the overlay into a new base was seen")
+	}
+	if compactions == 0 {
+		t.Fatal("no slab was compacted")
+	}
+}
+
+// TestResident_TableModel drives a resTable alone (no resident around it:
+// merges run synchronously, at random points) against a map model with
+// puts, replacements and deletes of base rows, overlay rows and absent
+// keys, checking Get, Len, Scan and Ascend after each step; copies taken
+// at random points must keep their rows through later changes and merges.
+func TestResident_TableModel(t *testing.T) {
+	forSeeds(t, func(t *testing.T, seed uint64) {
+		rng := rand.New(rand.NewPCG(seed, 0x7ab1e))
+		tbl := newResRows()
+		want := model{}
+		// A loaded base: rows in key order, with gaps.
+		for i := 0; i < 200; i += 1 + rng.IntN(3) {
+			k := fmt.Sprintf("k%03d", i)
+			want[k] = "base"
+			loadRow(tbl, []byte(k), []byte("base"))
+		}
+		if tbl.over.Len() != 0 || tbl.base.n != len(want) {
+			t.Fatalf("a load in key order left %d rows in the overlay, %d in base", tbl.over.Len(), tbl.base.n)
+		}
+		type copied struct {
+			tbl  *resTable
+			want model
+		}
+		var copies []copied
+		merges := 0
+		for step := range 3000 {
+			k := fmt.Sprintf("k%03d", rng.IntN(220))
+			if rng.IntN(3) == 0 {
+				setRow(tbl, []byte(k), nil, true)
+				delete(want, k)
+			} else {
+				v := fmt.Sprint(step)
+				setRow(tbl, []byte(k), []byte(v), false)
+				want[k] = v
+			}
+			if rng.IntN(50) == 0 {
+				nb, _, ok := tbl.merged(nil, nil)
+				if !ok {
+					t.Fatal("a merge without stop gave up")
+				}
+				tbl = &resTable{base: nb, over: newDeltaRows(), n: tbl.n}
+				merges++
+			}
+			if rng.IntN(20) == 0 {
+				copies = append(copies, copied{tbl.Copy(), maps.Clone(want)})
+			}
+			if err := checkTable(tbl, want, rng); err != nil {
+				t.Fatalf("step %d: %v", step, err)
+			}
+			if len(copies) > 0 {
+				c := copies[rng.IntN(len(copies))]
+				if err := checkTable(c.tbl, c.want, rng); err != nil {
+					t.Fatalf("step %d: a copy changed: %v", step, err)
+				}
+			}
+		}
+		t.Logf("%d merges, %d copies", merges, len(copies))
+	})
+}
+
+// checkTable compares tbl with want: a full scan, Len, gets of present and
+// absent keys, and an Ascend from a random key.
+func checkTable(tbl *resTable, want model, rng *rand.Rand) error {
+	var got []string
+	tbl.Scan(func(r resRow) bool { got = append(got, string(r.key())+"="+string(r.value())); return true })
+	var wl []string
+	for _, k := range slices.Sorted(maps.Keys(want)) {
+		wl = append(wl, k+"="+want[k])
+	}
+	if !slices.Equal(got, wl) || tbl.Len() != len(want) {
+		return fmt.Errorf("scan %v (Len %d), want %v", got, tbl.Len(), wl)
+	}
+	for range 4 {
+		k := fmt.Sprintf("k%03d", rng.IntN(230))
+		r, ok := tbl.Get(searchRow([]byte(k)))
+		if wv, wok := want[k]; ok != wok || string(r.value()) != wv {
+			return fmt.Errorf("get %s = %q, %v; want %q, %v", k, r.value(), ok, wv, wok)
+		}
+	}
+	from := fmt.Sprintf("k%03d", rng.IntN(230))
+	limit := rng.IntN(20)
+	var asc []string
+	tbl.Ascend(searchRow([]byte(from)), func(r resRow) bool {
+		asc = append(asc, string(r.key()))
+		return len(asc) < limit
+	})
+	var wasc []string
+	for _, k := range slices.Sorted(maps.Keys(want)) {
+		if k >= from && len(wasc) < max(limit, 1) {
+			wasc = append(wasc, k)
+		}
+	}
+	if !slices.Equal(asc, wasc) {
+		return fmt.Errorf("ascend from %s (%d rows) = %v, want %v", from, limit, asc, wasc)
+	}
+	return nil
+}
+
+// slabPut returns a put into x that hands over each row as part of a
+// slab, as the transport decodes a rows frame (transport.RowBytes): a
+// few rows after one another in one allocation.
+func slabPut(x *resTransfer, rng *rand.Rand) func(k, v string) error {
+	var slab []byte
+	return func(k, v string) error {
+		n := len(k) + len(v)
+		if cap(slab)-len(slab) < n {
+			slab = make([]byte, 0, n*(1+rng.IntN(8)))
+		}
+		l := len(slab)
+		slab = append(append(slab, k...), v...)
+		kv := slab[l : l+n : l+n]
+		return x.put(kv[:len(k):n], kv[len(k):])
+	}
+}
+
+// checkSlabs checks the resident's slab accounting against its working
+// table: each run's live bytes are those of the table's rows in it (none
+// at zero), the totals their sums, and the dead bytes at most half of all
+// unless a compaction is under way or the dead bytes are under the
+// minimum.
+func checkSlabs(s *resident) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ss := s.w.slabs
+	if ss == nil {
+		return nil
+	}
+	live := make([]int64, len(ss.runs))
+	s.w.Scan(func(r resRow) bool {
+		if i := findRun(ss.runs, rowAddr(r)); i >= 0 {
+			live[i] += rowBytes(r)
+		}
+		return true
+	})
+	var size, sum int64
+	for i, r := range ss.runs {
+		if i > 0 && ss.runs[i-1].start+uintptr(ss.runs[i-1].size) > r.start {
+			return fmt.Errorf("slab runs %d and %d overlap or are out of order", i-1, i)
+		}
+		if r.live != live[i] || live[i] == 0 {
+			return fmt.Errorf("slab run %d of %d bytes counts %d live, holds %d", i, r.size, r.live, live[i])
+		}
+		size += r.size
+		sum += r.live
+	}
+	if size != ss.size || sum != ss.live {
+		return fmt.Errorf("slab totals %d/%d live, runs sum to %d/%d", ss.live, ss.size, sum, size)
+	}
+	if !s.merging && ss.compactDue(s.minCompact) {
+		return fmt.Errorf("slabs %d bytes dead of %d, and no compaction under way", ss.dead(), ss.size)
+	}
+	return nil
+}
+
+// TestResident_SlabGarbageBound: the rows of a transfer decoded by the
+// transport (one slab a rows frame) are kept as they are; as later changes
+// replace them, the dead bytes their slabs hold stay at most half of the
+// slabs' bytes (compactions copy the survivors out), and the rows stay the
+// model's. Merges run synchronously here (no spawn), so the bound holds
+// after every batch.
+func TestResident_SlabGarbageBound(t *testing.T) {
+	const rows, frame = 5000, 300
+	rng := rand.New(rand.NewPCG(11, 12))
+	s := newResident(cursor{}, newResRows(), 0, nil, nil, nil)
+	s.minCompact = 64 << 10
+	x := s.stage(memStaged{})
+	want := model{}
+	for i := 0; i < rows; i += frame {
+		var list transport.RowList
+		for j := i; j < min(rows, i+frame); j++ {
+			v := strings.Repeat("v", 100+rng.IntN(100))
+			list = append(list, transport.Row{Key: benchKey(j), Value: []byte(v)})
+			want[string(benchKey(j))] = v
+		}
+		b, err := transport.Marshal(&transport.OwnerFrame{Kind: transport.KindRows, Rows: list})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var f transport.OwnerFrame
+		if err := transport.Unmarshal(b, &f); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range f.Rows {
+			if err := x.put(r.Key, r.Value); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	next, err := x.finish(cursor{Seq: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := x.switchIn(cursor{}, next); err != nil {
+		t.Fatal(err)
+	}
+	if x.adopted != rows || len(s.w.slabs.runs) > (rows+frame-1)/frame {
+		t.Fatalf("%d rows adopted in %d runs, want %d in at most one a frame", x.adopted, len(s.w.slabs.runs), rows)
+	}
+	seq := uint64(1)
+	maxDead := 0.0
+	for range 200 {
+		chs := make([]transport.Change, 50)
+		for i := range chs {
+			seq++
+			k := benchKey(rng.IntN(rows + 500))
+			chs[i] = transport.Change{Seq: seq, Key: k}
+			if rng.IntN(4) == 0 {
+				chs[i].Op = transport.OpDelete
+				delete(want, string(k))
+			} else {
+				v := fmt.Sprint(seq)
+				chs[i].Op, chs[i].Value = transport.OpPut, []byte(v)
+				want[string(k)] = v
+			}
+		}
+		s.apply(cursor{Seq: seq}, chs)
+		if err := checkSlabs(s); err != nil {
+			t.Fatalf("seq %d: %v", seq, err)
+		}
+		if ss := s.w.slabs; ss.size > 0 {
+			maxDead = max(maxDead, float64(ss.dead())/float64(ss.size))
+		}
+	}
+	if err := checkView(s.view.Load(), want, rng); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d compactions; dead slab bytes at most %.0f%% of the slabs' after a batch", s.compactions, 100*maxDead)
+	if s.compactions == 0 {
+		t.Fatal("the changes replaced most rows but no slab was compacted")
 	}
 }
 
@@ -780,6 +1045,40 @@ func TestHashIndex_Model(t *testing.T) {
 				}
 			}
 			check(x, m)
+		})
+	}
+}
+
+// TestHashIndex_Size: a table built for n rows holds them without
+// growing, at three quarters full (not rounded up to a power of two: a
+// 1M-row table would take 2M slots), and every row is found; growth from
+// empty keeps it at most three quarters full.
+func TestHashIndex_Size(t *testing.T) {
+	for _, n := range []int{0, 1, 5, 6, 7, 100, 1000, 100_000} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			x := newHashIndex(n)
+			size := len(x.slots)
+			if size > max(8, n*4/3+2) {
+				t.Fatalf("a table for %d rows has %d slots, want at most %d", n, size, max(8, n*4/3+2))
+			}
+			grown := newHashIndex(0)
+			for i := range n {
+				x.put(ownRow(benchKey(i), []byte{byte(i)}))
+				grown.put(ownRow(benchKey(i), []byte{byte(i)}))
+			}
+			if len(x.slots) != size {
+				t.Fatalf("%d puts grew the table from %d to %d slots", n, size, len(x.slots))
+			}
+			if grown.n*4 > len(grown.slots)*3 {
+				t.Fatalf("grown from empty: %d rows in %d slots", grown.n, len(grown.slots))
+			}
+			for i := range n {
+				for _, y := range []*hashIndex{x, grown} {
+					if v, ok := y.get(benchKey(i)); !ok || len(v) != 1 || v[0] != byte(i) {
+						t.Fatalf("get(row %d) = %v, %v", i, v, ok)
+					}
+				}
+			}
 		})
 	}
 }

@@ -16,7 +16,6 @@ import (
 	"github.com/dgraph-io/badger/v4"
 	"github.com/replmesh/replmesh/internal/diskguard"
 	"github.com/replmesh/replmesh/transport"
-	"github.com/tidwall/btree"
 )
 
 // The write-ahead log of a bulk generation. A durable resident replica
@@ -220,7 +219,7 @@ func (c *Component) bulkSource(txn *badger.Txn, base string, cur cursor) (path s
 
 // replayInto applies the WAL's changes above from up to the cursor cur
 // (replayWAL) to rows, keeping n, their key+value bytes.
-func (c *Component) replayInto(base string, cur cursor, from uint64, rows *btree.BTreeG[resRow], n *int64) error {
+func (c *Component) replayInto(base string, cur cursor, from uint64, rows *resTable, n *int64) error {
 	return c.replayWAL(genPrefix(base, cur.Gen), cur.Gen, from, cur.Seq, func(op transport.Op, k, v []byte) error {
 		*n += setRow(rows, k, v, op == transport.OpDelete)
 		return nil
@@ -744,7 +743,7 @@ func (g *genStore) sweepFiles(keep string, wal []byte) error {
 // writeRowsFile writes rows as a rows file at path (a rowsWriter),
 // durably, and returns its size. It gives up when stop reports true,
 // deleting the file; so does an error.
-func writeRowsFile(path string, rows *btree.BTreeG[resRow], stop func() bool) (int64, error) {
+func writeRowsFile(path string, rows *resTable, stop func() bool) (int64, error) {
 	w, err := newRowsWriter(path)
 	if err != nil {
 		return 0, err

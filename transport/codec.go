@@ -114,6 +114,11 @@ type frameReader struct {
 	// pooled: b is a pooled buffer, freed once the message is decoded;
 	// take then copies.
 	pooled bool
+	// slab is the one allocation parseRow copies a rows frame's keys and
+	// values into, sized at its first row for the rows that follow
+	// (slabbed); a row it has no room for gets its own.
+	slab    []byte
+	slabbed bool
 }
 
 func (r *frameReader) Read(p []byte) (int, error) {
@@ -206,7 +211,9 @@ func (r *frameReader) parseChange(c *Change) bool {
 // form msgpack's encoder writes (AppendRow's): a 2-element fixarray of
 // two bins or nils. It gives what Row.decode gives for those bytes (the
 // key and the value copied into one allocation, RowBytes), without the
-// decoder's per-field calls. Any other form, or too few bytes, leaves the
+// decoder's per-field calls; the allocation is the frame's slab, shared
+// by its rows (one allocation a frame, not one a row), each row's slice
+// of it capped so an append to it copies. Any other form, or too few bytes, leaves the
 // reader and r as they were and returns false: Row.decode then reads the
 // row, or fails on it.
 func (r *frameReader) parseRow(row *Row) bool {
@@ -222,12 +229,44 @@ func (r *frameReader) parseRow(row *Row) bool {
 	if !ok {
 		return false
 	}
-	kv := make([]byte, len(k)+len(v))
+	if !r.slabbed {
+		r.slab, r.slabbed = make([]byte, 0, rowBytesAhead(b, r.pos)), true
+	}
+	n := len(k) + len(v)
+	var kv []byte
+	if l := len(r.slab); n <= cap(r.slab)-l {
+		r.slab = r.slab[:l+n]
+		kv = r.slab[l : l+n : l+n]
+	} else {
+		kv = make([]byte, n)
+	}
 	copy(kv, k)
 	copy(kv[len(k):], v)
 	row.cut(kv, len(k), k != nil, v != nil)
 	r.pos = p
 	return true
+}
+
+// rowBytesAhead is the key and value bytes of the rows in parseRow's form
+// from b[p:] on, up to the first that is not: what a rows frame's slab
+// holds. A slab sized exactly costs no more than its bytes (a frame's,
+// some 80 KB, rounded up to whole pages), where one allocation per row
+// was rounded up to its size class (288 bytes for a 266-byte row).
+func rowBytesAhead(b []byte, p int) int {
+	n := 0
+	for p < len(b) && b[p] == msgpcode.FixedArrayLow|2 {
+		k, q, ok := parseBin(b, p+1)
+		if !ok {
+			break
+		}
+		v, q, ok := parseBin(b, q)
+		if !ok {
+			break
+		}
+		n += len(k) + len(v)
+		p = q
+	}
+	return n
 }
 
 // parseUint reads an unsigned int (positive fixint, uint8..uint64) at

@@ -328,11 +328,13 @@ func (r *Row) cut(kv []byte, kn int, hasKey, hasValue bool) {
 	}
 }
 
-// RowBytes returns the one allocation holding r's key and then its value,
-// ok when r is a decoded row (a Row decoded from the wire is one): its
-// Key's capacity covers the value, which starts where the key ends. Slices
-// of one array prove it is one allocation, so a receiver that owns the
-// row may keep kv instead of copying the row. A decoded Key is therefore
+// RowBytes returns the bytes holding r's key and then its value, ok when r
+// is a decoded row (a Row decoded from the wire is one): its Key's
+// capacity covers the value, which starts where the key ends. Slices of
+// one array prove they are one allocation (for rows decoded by Codec, the
+// slab of their frame, shared with its other rows: keeping kv keeps the
+// slab), so a receiver that owns the row may keep kv instead of copying
+// the row. A decoded Key is therefore
 // never appended to in place (that would overwrite the value): append to
 // a copy.
 func RowBytes(r *Row) (kv []byte, ok bool) {

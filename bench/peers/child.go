@@ -104,7 +104,11 @@ type child struct {
 // spawn starts this binary in role with env (NAME=value).
 func (b *bench) spawn(ctx context.Context, name, role string, env ...string) (*child, error) {
 	c := &child{errLog: filepath.Join(b.dir, name+".stderr")}
-	c.cmd = exec.CommandContext(ctx, b.exe)
+	exe := b.exe
+	if role == roleRMReader && b.readerExe != "" {
+		exe = b.readerExe
+	}
+	c.cmd = exec.CommandContext(ctx, exe)
 	c.cmd.Env = append(os.Environ(), append([]string{envRole + "=" + role}, env...)...)
 	if b.logger != nil {
 		c.cmd.Env = append(c.cmd.Env, envLog+"=1")

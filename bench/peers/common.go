@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"slices"
 	"time"
 
@@ -76,34 +75,4 @@ func merge(parts ...latencies) latencies {
 	}
 	slices.Sort(out)
 	return out
-}
-
-// freePort returns a loopback port free a moment ago, for the processes
-// that cannot report the port they bound (redis-server).
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
-// waitUntil polls cond every step until it is true, fails, or deadline
-// passes. It serves the measurements of systems that have no event for the
-// condition (a Redis replica's sync state is only visible in INFO).
-func waitUntil(deadline time.Time, step time.Duration, what string, cond func() (bool, error)) error {
-	for {
-		ok, err := cond()
-		if err != nil {
-			return fmt.Errorf("%s: %w", what, err)
-		}
-		if ok {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: not done by the deadline", what)
-		}
-		time.Sleep(step)
-	}
 }

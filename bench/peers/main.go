@@ -12,7 +12,10 @@
 //     commit-to-delivered latency (writer's clock at the write to the
 //     reader's at delivery) p50/p99.
 //   - W2 full state transfer of -rows rows to a new reader process:
-//     rows/s and the reader process's peak RSS (VmHWM).
+//     rows/s and the reader process's peak RSS (VmHWM). replmesh's reader
+//     processes (W2, W3) run a binary of replmesh alone, this package
+//     built with -tags rmreader (smallReader), when run from its
+//     directory; the figures' note says which binary they ran.
 //   - W3 catch-up after -missed changes the reader missed: the reader
 //     process stopped and restarted (replmesh also: the owner process
 //     restarted), time from the restart until it holds the writer's head.
@@ -98,9 +101,15 @@ type bench struct {
 	workloads []string
 	dir       string // scratch directory of the invocation
 	exe       string // this binary, re-executed for reader processes
-	redis     string // redis-server's path ("" when not installed)
-	stderr    io.Writer
-	logger    *slog.Logger // components' logs (nil: discarded)
+	// readerExe is what replmesh reader processes run: a binary of this
+	// package built with the rmreader tag (replmesh alone linked, not the
+	// NATS server and the Redis client) when it could be built, else exe;
+	// readerNote says which (smallReader).
+	readerExe  string
+	readerNote string
+	redis      string // redis-server's path ("" when not installed)
+	stderr     io.Writer
+	logger     *slog.Logger // components' logs (nil: discarded)
 	// readerProfile: the prefix of replmesh reader processes' CPU
 	// profiles ("" none).
 	readerProfile string
@@ -263,6 +272,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 
 	b.readerProfile = *readerProfile
+	b.readerExe, b.readerNote = b.smallReader(ctx)
 	if *cpuProfile != "" {
 		stop, err := benchkit.StartCPUProfile(*cpuProfile)
 		if err != nil {

@@ -1,3 +1,5 @@
+//go:build !rmreader
+
 package main
 
 import (

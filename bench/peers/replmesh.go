@@ -503,7 +503,11 @@ func (b *bench) addTransfer(sys string, rowsPerSec float64, peakRSS int64, note 
 	const wl = "W2 full state transfer to a new reader process"
 	cs := fmt.Sprintf("%d rows", b.sz.Rows)
 	b.add(figure{Workload: wl, Case: cs, Metric: "rows/s", System: sys, Value: rowsPerSec, Unit: unitRate, Higher: true, Note: note})
-	b.add(figure{Workload: wl, Case: cs, Metric: "reader peak RSS", System: sys, Value: float64(peakRSS), Unit: unitBytes})
+	rssNote := ""
+	if strings.HasPrefix(sys, "replmesh") {
+		rssNote = b.readerNote
+	}
+	b.add(figure{Workload: wl, Case: cs, Metric: "reader peak RSS", System: sys, Value: float64(peakRSS), Unit: unitBytes, Note: rssNote})
 }
 
 // readKeys returns the W4 keys: -reads random rows of the table, the same
