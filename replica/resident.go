@@ -422,6 +422,31 @@ func (ss *slabSet) release(r resRow) {
 	}
 }
 
+// adopt accounts for r joining the working table as adopted (its bytes
+// kept where they were decoded) and returns the start of its run. A row
+// that starts where the previous adopted row (of the run starting at
+// prev) ends joins its run: rows of a changes frame's slab are adopted in
+// order, and a slab's spare last byte (transport's slabFor) means rows
+// that follow each other in memory are in the same slab. Any other row
+// starts a run of its own.
+func (ss *slabSet) adopt(prev uintptr, r resRow) uintptr {
+	p, n := rowAddr(r), rowBytes(r)
+	if prev != 0 {
+		if i := findRun(ss.runs, prev); i >= 0 && ss.runs[i].start == prev && ss.runs[i].start+uintptr(ss.runs[i].size) == p {
+			ss.runs[i].size += n
+			ss.runs[i].live += n
+			ss.size += n
+			ss.live += n
+			return prev
+		}
+	}
+	i := sort.Search(len(ss.runs), func(i int) bool { return ss.runs[i].start > p })
+	ss.runs = slices.Insert(ss.runs, i, slabRun{start: p, size: n, live: n})
+	ss.size += n
+	ss.live += n
+	return p
+}
+
 // dead is the bytes of the runs whose rows left the table.
 func (ss *slabSet) dead() int64 {
 	if ss == nil {
@@ -606,6 +631,9 @@ type resident struct {
 	mnext   *btree.BTreeG[deltaRow]
 	// compactions counts the slab compactions (tests).
 	compactions int
+	// adopted counts the applied rows kept as decoded, without a copy
+	// (tests).
+	adopted int
 	// minRows and minDelta are idxMinRows and idxMinDelta (tests set
 	// smaller ones); spawn runs a build in the background, stop tells it
 	// to give up (the replica is closing); reads counts the replica's
@@ -1026,17 +1054,28 @@ func (x *hashIndex) clone(extra int) *hashIndex {
 }
 
 // apply applies changes (whole commit groups, continuing the view's
-// cursor) and publishes the result as the view at next. The rows are
-// copies: chs stays the caller's.
+// cursor) and publishes the result as the view at next. A change decoded
+// from the wire has its key and value in its frame's slab, one after the
+// other (transport.RowBytes): the row keeps those bytes as they are, the
+// slab's run of adopted rows accounted for in the working table's slabs
+// like a transfer's (adopt); any other row is a copy.
 func (s *resident) apply(next cursor, chs []transport.Change) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var run uintptr // start of the run the previous row was adopted into (0: none)
 	for i := range chs {
 		ch := &chs[i]
 		del := ch.Op == transport.OpDelete
 		var row resRow
 		if del {
 			row = ownRow(ch.Key, nil) // the delta keeps it
+		} else if kv, ok := transport.RowBytes(&transport.Row{Key: ch.Key, Value: ch.Value}); ok {
+			row = kvRow(kv, len(ch.Key))
+			if s.w.slabs == nil {
+				s.w.slabs = &slabSet{}
+			}
+			run = s.w.slabs.adopt(run, row)
+			s.adopted++
 		} else {
 			row = ownRow(ch.Key, ch.Value)
 		}

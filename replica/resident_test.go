@@ -480,6 +480,85 @@ func TestResident_SlabGarbageBound(t *testing.T) {
 	}
 }
 
+// TestResident_AppliedChangesKeepDecodedBytes: changes applied from
+// frames the transport decoded (keys and values in one slab a frame) are
+// kept as they are, not copied; as later changes replace them, the dead
+// bytes their slabs hold stay at most half of the slabs' bytes
+// (compactions copy the survivors out), and the rows stay the model's.
+// Merges run synchronously here (no spawn), so the bound holds after
+// every batch.
+func TestResident_AppliedChangesKeepDecodedBytes(t *testing.T) {
+	const keys, batch = 3000, 200
+	rng := rand.New(rand.NewPCG(13, 14))
+	s := newResident(cursor{}, newResRows(), 0, nil, nil, nil)
+	s.minCompact = 64 << 10
+	want := model{}
+	seq, puts := uint64(0), 0
+	maxDead := 0.0
+	for range 150 {
+		chs := make(transport.ChangeList, batch)
+		for i := range chs {
+			seq++
+			k := benchKey(rng.IntN(keys))
+			chs[i] = transport.Change{Seq: seq, Key: k, TxnEnd: i == batch-1}
+			if rng.IntN(5) == 0 {
+				chs[i].Op = transport.OpDelete
+				delete(want, string(k))
+			} else {
+				v := fmt.Sprint(seq, strings.Repeat("v", rng.IntN(200)))
+				chs[i].Op, chs[i].Value = transport.OpPut, []byte(v)
+				want[string(k)] = v
+				puts++
+			}
+		}
+		b, err := transport.Marshal(&transport.OwnerFrame{Kind: transport.KindChanges, HeadSeq: seq, Changes: chs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var f transport.OwnerFrame
+		if err := transport.Unmarshal(b, &f); err != nil {
+			t.Fatal(err)
+		}
+		compactions := s.compactions
+		s.apply(cursor{Seq: seq}, f.Changes)
+		if err := checkSlabs(s); err != nil {
+			t.Fatalf("seq %d: %v", seq, err)
+		}
+		if ss := s.w.slabs; ss.size > 0 {
+			maxDead = max(maxDead, float64(ss.dead())/float64(ss.size))
+		}
+		if s.compactions != compactions {
+			continue // it may have copied some of the frame's rows
+		}
+		// The rows of the last change of each key in the frame are the
+		// decoded bytes themselves.
+		last := map[string]int{}
+		for i, c := range f.Changes {
+			last[string(c.Key)] = i
+		}
+		for _, i := range last {
+			c := f.Changes[i]
+			r, ok := s.w.Get(searchRow(c.Key))
+			if c.Op == transport.OpDelete {
+				continue
+			}
+			if !ok || r.p != unsafe.SliceData(c.Key) {
+				t.Fatalf("seq %d: the row of change %d was copied (found %v)", seq, c.Seq, ok)
+			}
+		}
+	}
+	if s.adopted != puts {
+		t.Fatalf("%d rows kept as decoded, want %d (the puts)", s.adopted, puts)
+	}
+	if err := checkView(s.view.Load(), want, rng); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d compactions; dead slab bytes at most %.0f%% of the slabs' after a batch", s.compactions, 100*maxDead)
+	if s.compactions == 0 {
+		t.Fatal("the changes replaced most rows but no slab was compacted")
+	}
+}
+
 // checkView compares v with want: a full scan (order, contents, byte
 // count), point reads of present and absent keys, a prefix scan and a
 // bounded range.

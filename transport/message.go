@@ -387,7 +387,7 @@ func (l ChangeList) EncodeMsgpack(e *msgpack.Encoder) error {
 func (l *ChangeList) DecodeMsgpack(d *msgpack.Decoder) error {
 	fr, _ := d.Buffered().(*frameReader)
 	out, err := decodeList(d, func(c *Change, d *msgpack.Decoder) error {
-		if fr != nil && !fr.pooled && fr.parseChange(c) { // pooled: take copies
+		if fr != nil && fr.parseChange(c) {
 			return nil
 		}
 		return c.decode(d, true)
