@@ -135,8 +135,9 @@ type resTable struct {
 	over *btree.BTreeG[deltaRow]
 	n    int // rows
 	// shared: a copy of the table was taken, so base is no longer
-	// appended to (Load falls back to Set).
-	shared bool
+	// appended to (Load falls back to Set) but through a header of its
+	// own (ownBase: the table has one since).
+	shared, ownBase bool
 	// slabs tracks the dead bytes in the slabs of the rows adopted from a
 	// transfer (nil: none); only a working table has it.
 	slabs *slabSet
@@ -153,9 +154,12 @@ const (
 
 // resBase is a table's sorted rows in chunks of resChunk (all full but the
 // last): a large table is never copied to grow, and its memory is its
-// rows'. Nothing modifies one once a table holding it was copied.
+// rows'. Nothing modifies one once a table holding it was copied, nor its
+// first n rows: a table appending a row past every row it holds
+// (resTable.Set) appends to a copy of the header, writing past the n of
+// every copy, which none reads.
 type resBase struct {
-	chunks [][]resRow
+	chunks [][]resRow // each resChunk long (the last filled up to n)
 	n      int
 }
 
@@ -166,12 +170,14 @@ const (
 
 func (b *resBase) at(i int) resRow { return b.chunks[i>>resChunkBits][i&(resChunk-1)] }
 
+// appendRow appends r. It writes the row's slot, and a new chunk's slot
+// in chunks, past what any copy of b reads, never a slice header a copy
+// holds.
 func (b *resBase) appendRow(r resRow) {
-	if b.n&(resChunk-1) == 0 {
-		b.chunks = append(b.chunks, make([]resRow, 0, resChunk))
+	if b.n>>resChunkBits == len(b.chunks) {
+		b.chunks = append(b.chunks, make([]resRow, resChunk))
 	}
-	c := &b.chunks[len(b.chunks)-1]
-	*c = append(*c, r)
+	b.chunks[b.n>>resChunkBits][b.n&(resChunk-1)] = r
 	b.n++
 }
 
@@ -207,7 +213,7 @@ func (t *resTable) Len() int { return t.n }
 // Copy returns a copy of t in O(1): the two share base, which neither
 // modifies, and over's nodes, which each clones before it changes them.
 func (t *resTable) Copy() *resTable {
-	t.shared = true
+	t.shared, t.ownBase = true, false
 	return &resTable{base: t.base, over: t.over.Copy(), n: t.n, shared: true}
 }
 
@@ -224,8 +230,20 @@ func (t *resTable) Get(key resRow) (resRow, bool) {
 	return t.base.get(key)
 }
 
-// Set sets row (t's from now on) and returns the row it replaced.
+// Set sets row (t's from now on) and returns the row it replaced. A row
+// past every row of t (keys written in ascending order: a log's, a time
+// series') is appended to base, not set in over: over stays small and
+// merges do not come due.
 func (t *resTable) Set(row resRow) (resRow, bool) {
+	if t.past(row) {
+		if t.shared && !t.ownBase {
+			t.base = &resBase{chunks: t.base.chunks, n: t.base.n}
+			t.ownBase = true
+		}
+		t.base.appendRow(row)
+		t.n++
+		return resRow{}, false
+	}
 	old, had := resRow{}, false
 	if d, ok := t.over.Set(deltaRow{resRow: row}); ok {
 		old, had = d.resRow, !d.deleted
@@ -236,6 +254,20 @@ func (t *resTable) Set(row resRow) (resRow, bool) {
 		t.n++
 	}
 	return old, had
+}
+
+// past reports whether row's key comes after every row of t, base's and
+// over's (tombstones included).
+func (t *resTable) past(row resRow) bool {
+	if t.base.n > 0 && !resLess(t.base.at(t.base.n-1), row) {
+		return false
+	}
+	if t.over.Len() > 0 {
+		if d, _ := t.over.Max(); !resLess(d.resRow, row) {
+			return false
+		}
+	}
+	return true
 }
 
 // Delete deletes key's row (a searchRow) and returns it. A row of base

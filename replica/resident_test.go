@@ -308,6 +308,85 @@ func TestResident_TableModel(t *testing.T) {
 	})
 }
 
+// TestResident_TableAppendsPastEnd: rows past every row of the table
+// (keys in ascending order) go to the end of base, not into the overlay,
+// also after copies were taken and across base's chunks; copies taken
+// before keep their rows, and the table stays the model's amid updates,
+// deletes (of the last row too) and merges.
+func TestResident_TableAppendsPastEnd(t *testing.T) {
+	forSeeds(t, func(t *testing.T, seed uint64) {
+		rng := rand.New(rand.NewPCG(seed, 0xa99e))
+		tbl := newResRows()
+		want := model{}
+		key := func(i int) string { return fmt.Sprintf("k%05d", i) }
+		next := 0
+		for ; next < resChunk-300; next++ { // base's first chunk, nearly full
+			want[key(next)] = "base"
+			loadRow(tbl, []byte(key(next)), []byte("base"))
+		}
+		type copied struct {
+			tbl  *resTable
+			want model
+		}
+		var copies []copied
+		appended := 0
+		for step := range 1500 {
+			switch r := rng.IntN(10); {
+			case r < 6: // a new key past every row
+				k := key(next)
+				next++
+				over := tbl.over.Len()
+				setRow(tbl, []byte(k), []byte(fmt.Sprint(step)), false)
+				want[k] = fmt.Sprint(step)
+				if tbl.over.Len() != over {
+					t.Fatalf("step %d: %s, past every row, went into the overlay", step, k)
+				}
+				appended++
+			case r < 7: // the last row deleted: the next key is past it
+				k := key(next - 1)
+				setRow(tbl, []byte(k), nil, true)
+				delete(want, k)
+			default:
+				k := key(rng.IntN(next))
+				if rng.IntN(3) == 0 {
+					setRow(tbl, []byte(k), nil, true)
+					delete(want, k)
+				} else {
+					setRow(tbl, []byte(k), []byte(fmt.Sprint(step)), false)
+					want[k] = fmt.Sprint(step)
+				}
+			}
+			if rng.IntN(100) == 0 {
+				nb, _, ok := tbl.merged(nil, nil)
+				if !ok {
+					t.Fatal("a merge without stop gave up")
+				}
+				tbl = &resTable{base: nb, over: newDeltaRows(), n: tbl.n}
+			}
+			if rng.IntN(10) == 0 {
+				copies = append(copies, copied{tbl.Copy(), maps.Clone(want)})
+			}
+			if step%50 == 0 {
+				if err := checkTable(tbl, want, rng); err != nil {
+					t.Fatalf("step %d: %v", step, err)
+				}
+			}
+		}
+		if err := checkTable(tbl, want, rng); err != nil {
+			t.Fatal(err)
+		}
+		for i, c := range copies {
+			if err := checkTable(c.tbl, c.want, rng); err != nil {
+				t.Fatalf("copy %d changed: %v", i, err)
+			}
+		}
+		if tbl.base.n <= resChunk {
+			t.Fatalf("base holds %d rows: the test never crossed a chunk", tbl.base.n)
+		}
+		t.Logf("%d rows appended past the end, %d copies", appended, len(copies))
+	})
+}
+
 // checkTable compares tbl with want: a full scan, Len, gets of present and
 // absent keys, and an Ascend from a random key.
 func checkTable(tbl *resTable, want model, rng *rand.Rand) error {
