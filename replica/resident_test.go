@@ -267,11 +267,7 @@ func TestResident_TableModel(t *testing.T) {
 		if tbl.over.Len() != 0 || tbl.base.n != len(want) {
 			t.Fatalf("a load in key order left %d rows in the overlay, %d in base", tbl.over.Len(), tbl.base.n)
 		}
-		type copied struct {
-			tbl  *resTable
-			want model
-		}
-		var copies []copied
+		var copies []tableCopy
 		merges := 0
 		for step := range 3000 {
 			k := fmt.Sprintf("k%03d", rng.IntN(220))
@@ -292,7 +288,7 @@ func TestResident_TableModel(t *testing.T) {
 				merges++
 			}
 			if rng.IntN(20) == 0 {
-				copies = append(copies, copied{tbl.Copy(), maps.Clone(want)})
+				copies = append(copies, tableCopy{tbl.Copy(), maps.Clone(want)})
 			}
 			if err := checkTable(tbl, want, rng); err != nil {
 				t.Fatalf("step %d: %v", step, err)
@@ -324,11 +320,7 @@ func TestResident_TableAppendsPastEnd(t *testing.T) {
 			want[key(next)] = "base"
 			loadRow(tbl, []byte(key(next)), []byte("base"))
 		}
-		type copied struct {
-			tbl  *resTable
-			want model
-		}
-		var copies []copied
+		var copies []tableCopy
 		appended := 0
 		for step := range 1500 {
 			switch r := rng.IntN(10); {
@@ -364,7 +356,7 @@ func TestResident_TableAppendsPastEnd(t *testing.T) {
 				tbl = &resTable{base: nb, over: newDeltaRows(), n: tbl.n}
 			}
 			if rng.IntN(10) == 0 {
-				copies = append(copies, copied{tbl.Copy(), maps.Clone(want)})
+				copies = append(copies, tableCopy{tbl.Copy(), maps.Clone(want)})
 			}
 			if step%50 == 0 {
 				if err := checkTable(tbl, want, rng); err != nil {
@@ -385,6 +377,12 @@ func TestResident_TableAppendsPastEnd(t *testing.T) {
 		}
 		t.Logf("%d rows appended past the end, %d copies", appended, len(copies))
 	})
+}
+
+// tableCopy is a copy of a table taken in a model test and the model then.
+type tableCopy struct {
+	tbl  *resTable
+	want model
 }
 
 // checkTable compares tbl with want: a full scan, Len, gets of present and
