@@ -1085,15 +1085,29 @@ func (x *hashIndex) clone(extra int) *hashIndex {
 	return y
 }
 
+// resAdoptMin is the fewest key and value bytes a batch of changes
+// applied to a resident table must hold for its rows to be kept as decoded
+// (resident.apply): each batch adds a run or two to the working table's
+// slabs, so runs are at least this large when made, and a compaction
+// leaves none of them more dead than live. Smaller batches (a steady
+// stream's) are copied row by row: their runs would be many and small.
+const resAdoptMin = 16 << 10
+
 // apply applies changes (whole commit groups, continuing the view's
 // cursor) and publishes the result as the view at next. A change decoded
 // from the wire has its key and value in its frame's slab, one after the
-// other (transport.RowBytes): the row keeps those bytes as they are, the
-// slab's run of adopted rows accounted for in the working table's slabs
-// like a transfer's (adopt); any other row is a copy.
+// other (transport.RowBytes): in a batch of resAdoptMin bytes or more (a
+// catch-up's) the row keeps those bytes as they are, the slab's run of
+// adopted rows accounted for in the working table's slabs like a
+// transfer's (adopt); any other row is a copy.
 func (s *resident) apply(next cursor, chs []transport.Change) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	size := 0
+	for i := range chs {
+		size += len(chs[i].Key) + len(chs[i].Value)
+	}
+	adopt := size >= resAdoptMin
 	var run uintptr // start of the run the previous row was adopted into (0: none)
 	for i := range chs {
 		ch := &chs[i]
@@ -1101,7 +1115,7 @@ func (s *resident) apply(next cursor, chs []transport.Change) {
 		var row resRow
 		if del {
 			row = ownRow(ch.Key, nil) // the delta keeps it
-		} else if kv, ok := transport.RowBytes(&transport.Row{Key: ch.Key, Value: ch.Value}); ok {
+		} else if kv, ok := transport.RowBytes(&transport.Row{Key: ch.Key, Value: ch.Value}); ok && adopt {
 			row = kvRow(kv, len(ch.Key))
 			if s.w.slabs == nil {
 				s.w.slabs = &slabSet{}

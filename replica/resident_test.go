@@ -582,20 +582,13 @@ func TestResident_AppliedChangesKeepDecodedBytes(t *testing.T) {
 				chs[i].Op = transport.OpDelete
 				delete(want, string(k))
 			} else {
-				v := fmt.Sprint(seq, strings.Repeat("v", rng.IntN(200)))
+				v := fmt.Sprint(seq, strings.Repeat("v", 100+rng.IntN(200)))
 				chs[i].Op, chs[i].Value = transport.OpPut, []byte(v)
 				want[string(k)] = v
 				puts++
 			}
 		}
-		b, err := transport.Marshal(&transport.OwnerFrame{Kind: transport.KindChanges, HeadSeq: seq, Changes: chs})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var f transport.OwnerFrame
-		if err := transport.Unmarshal(b, &f); err != nil {
-			t.Fatal(err)
-		}
+		f := wireChanges(t, seq, chs)
 		compactions := s.compactions
 		s.apply(cursor{Seq: seq}, f.Changes)
 		if err := checkSlabs(s); err != nil {
@@ -627,6 +620,18 @@ func TestResident_AppliedChangesKeepDecodedBytes(t *testing.T) {
 	if s.adopted != puts {
 		t.Fatalf("%d rows kept as decoded, want %d (the puts)", s.adopted, puts)
 	}
+	// A small batch (a steady stream's) is copied: its runs would be many
+	// and small.
+	seq++
+	f := wireChanges(t, seq, transport.ChangeList{{Seq: seq, Op: transport.OpPut, Key: benchKey(keys), Value: []byte("small"), TxnEnd: true}})
+	if _, ok := transport.RowBytes(&transport.Row{Key: f.Changes[0].Key, Value: f.Changes[0].Value}); !ok {
+		t.Fatal("a decoded change is not one allocation")
+	}
+	s.apply(cursor{Seq: seq}, f.Changes)
+	want[string(benchKey(keys))] = "small"
+	if r, ok := s.w.Get(searchRow(f.Changes[0].Key)); !ok || r.p == unsafe.SliceData(f.Changes[0].Key) || s.adopted != puts {
+		t.Fatalf("the row of a small batch: found %v, kept as decoded %v", ok, ok && r.p == unsafe.SliceData(f.Changes[0].Key))
+	}
 	if err := checkView(s.view.Load(), want, rng); err != nil {
 		t.Fatal(err)
 	}
@@ -634,6 +639,21 @@ func TestResident_AppliedChangesKeepDecodedBytes(t *testing.T) {
 	if s.compactions == 0 {
 		t.Fatal("the changes replaced most rows but no slab was compacted")
 	}
+}
+
+// wireChanges is a changes frame of chs (head seq head) as a reader
+// decodes it from the wire.
+func wireChanges(t *testing.T, head uint64, chs transport.ChangeList) *transport.OwnerFrame {
+	t.Helper()
+	b, err := transport.Marshal(&transport.OwnerFrame{Kind: transport.KindChanges, HeadSeq: head, Changes: chs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := new(transport.OwnerFrame)
+	if err := transport.Unmarshal(b, f); err != nil {
+		t.Fatal(err)
+	}
+	return f
 }
 
 // checkView compares v with want: a full scan (order, contents, byte
