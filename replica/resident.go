@@ -135,8 +135,9 @@ type resTable struct {
 	over *btree.BTreeG[deltaRow]
 	n    int // rows
 	// shared: a copy of the table was taken, so base is no longer
-	// appended to (Load falls back to Set).
-	shared bool
+	// appended to (Load falls back to Set) but through a header of its
+	// own (ownBase: the table has one since).
+	shared, ownBase bool
 	// slabs tracks the dead bytes in the slabs of the rows adopted from a
 	// transfer (nil: none); only a working table has it.
 	slabs *slabSet
@@ -153,9 +154,12 @@ const (
 
 // resBase is a table's sorted rows in chunks of resChunk (all full but the
 // last): a large table is never copied to grow, and its memory is its
-// rows'. Nothing modifies one once a table holding it was copied.
+// rows'. Nothing modifies one once a table holding it was copied, nor its
+// first n rows: a table appending a row past every row it holds
+// (resTable.Set) appends to a copy of the header, writing past the n of
+// every copy, which none reads.
 type resBase struct {
-	chunks [][]resRow
+	chunks [][]resRow // each resChunk long (the last filled up to n)
 	n      int
 }
 
@@ -166,12 +170,14 @@ const (
 
 func (b *resBase) at(i int) resRow { return b.chunks[i>>resChunkBits][i&(resChunk-1)] }
 
+// appendRow appends r. It writes the row's slot, and a new chunk's slot
+// in chunks, past what any copy of b reads, never a slice header a copy
+// holds.
 func (b *resBase) appendRow(r resRow) {
-	if b.n&(resChunk-1) == 0 {
-		b.chunks = append(b.chunks, make([]resRow, 0, resChunk))
+	if b.n>>resChunkBits == len(b.chunks) {
+		b.chunks = append(b.chunks, make([]resRow, resChunk))
 	}
-	c := &b.chunks[len(b.chunks)-1]
-	*c = append(*c, r)
+	b.chunks[b.n>>resChunkBits][b.n&(resChunk-1)] = r
 	b.n++
 }
 
@@ -207,7 +213,7 @@ func (t *resTable) Len() int { return t.n }
 // Copy returns a copy of t in O(1): the two share base, which neither
 // modifies, and over's nodes, which each clones before it changes them.
 func (t *resTable) Copy() *resTable {
-	t.shared = true
+	t.shared, t.ownBase = true, false
 	return &resTable{base: t.base, over: t.over.Copy(), n: t.n, shared: true}
 }
 
@@ -224,8 +230,20 @@ func (t *resTable) Get(key resRow) (resRow, bool) {
 	return t.base.get(key)
 }
 
-// Set sets row (t's from now on) and returns the row it replaced.
+// Set sets row (t's from now on) and returns the row it replaced. A row
+// past every row of t (keys written in ascending order: a log's, a time
+// series') is appended to base, not set in over: over stays small and
+// merges do not come due.
 func (t *resTable) Set(row resRow) (resRow, bool) {
+	if t.past(row) {
+		if t.shared && !t.ownBase {
+			t.base = &resBase{chunks: t.base.chunks, n: t.base.n}
+			t.ownBase = true
+		}
+		t.base.appendRow(row)
+		t.n++
+		return resRow{}, false
+	}
 	old, had := resRow{}, false
 	if d, ok := t.over.Set(deltaRow{resRow: row}); ok {
 		old, had = d.resRow, !d.deleted
@@ -236,6 +254,20 @@ func (t *resTable) Set(row resRow) (resRow, bool) {
 		t.n++
 	}
 	return old, had
+}
+
+// past reports whether row's key comes after every row of t, base's and
+// over's (tombstones included).
+func (t *resTable) past(row resRow) bool {
+	if t.base.n > 0 && !resLess(t.base.at(t.base.n-1), row) {
+		return false
+	}
+	if t.over.Len() > 0 {
+		if d, _ := t.over.Max(); !resLess(d.resRow, row) {
+			return false
+		}
+	}
+	return true
 }
 
 // Delete deletes key's row (a searchRow) and returns it. A row of base
@@ -422,6 +454,31 @@ func (ss *slabSet) release(r resRow) {
 	}
 }
 
+// adopt accounts for r joining the working table as adopted (its bytes
+// kept where they were decoded) and returns the start of its run. A row
+// that starts where the previous adopted row (of the run starting at
+// prev) ends joins its run: rows of a changes frame's slab are adopted in
+// order, and a slab's spare last byte (transport's slabFor) means rows
+// that follow each other in memory are in the same slab. Any other row
+// starts a run of its own.
+func (ss *slabSet) adopt(prev uintptr, r resRow) uintptr {
+	p, n := rowAddr(r), rowBytes(r)
+	if prev != 0 {
+		if i := findRun(ss.runs, prev); i >= 0 && ss.runs[i].start == prev && ss.runs[i].start+uintptr(ss.runs[i].size) == p {
+			ss.runs[i].size += n
+			ss.runs[i].live += n
+			ss.size += n
+			ss.live += n
+			return prev
+		}
+	}
+	i := sort.Search(len(ss.runs), func(i int) bool { return ss.runs[i].start > p })
+	ss.runs = slices.Insert(ss.runs, i, slabRun{start: p, size: n, live: n})
+	ss.size += n
+	ss.live += n
+	return p
+}
+
 // dead is the bytes of the runs whose rows left the table.
 func (ss *slabSet) dead() int64 {
 	if ss == nil {
@@ -606,6 +663,9 @@ type resident struct {
 	mnext   *btree.BTreeG[deltaRow]
 	// compactions counts the slab compactions (tests).
 	compactions int
+	// adopted counts the applied rows kept as decoded, without a copy
+	// (tests).
+	adopted int
 	// minRows and minDelta are idxMinRows and idxMinDelta (tests set
 	// smaller ones); spawn runs a build in the background, stop tells it
 	// to give up (the replica is closing); reads counts the replica's
@@ -1025,18 +1085,43 @@ func (x *hashIndex) clone(extra int) *hashIndex {
 	return y
 }
 
+// resAdoptMin is the fewest key and value bytes a batch of changes
+// applied to a resident table must hold for its rows to be kept as decoded
+// (resident.apply): each batch adds a run or two to the working table's
+// slabs, so runs are at least this large when made, and a compaction
+// leaves none of them more dead than live. Smaller batches (a steady
+// stream's) are copied row by row: their runs would be many and small.
+const resAdoptMin = 16 << 10
+
 // apply applies changes (whole commit groups, continuing the view's
-// cursor) and publishes the result as the view at next. The rows are
-// copies: chs stays the caller's.
+// cursor) and publishes the result as the view at next. A change decoded
+// from the wire has its key and value in its frame's slab, one after the
+// other (transport.RowBytes): in a batch of resAdoptMin bytes or more (a
+// catch-up's) the row keeps those bytes as they are, the slab's run of
+// adopted rows accounted for in the working table's slabs like a
+// transfer's (adopt); any other row is a copy.
 func (s *resident) apply(next cursor, chs []transport.Change) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	size := 0
+	for i := range chs {
+		size += len(chs[i].Key) + len(chs[i].Value)
+	}
+	adopt := size >= resAdoptMin
+	var run uintptr // start of the run the previous row was adopted into (0: none)
 	for i := range chs {
 		ch := &chs[i]
 		del := ch.Op == transport.OpDelete
 		var row resRow
 		if del {
 			row = ownRow(ch.Key, nil) // the delta keeps it
+		} else if kv, ok := transport.RowBytes(&transport.Row{Key: ch.Key, Value: ch.Value}); ok && adopt {
+			row = kvRow(kv, len(ch.Key))
+			if s.w.slabs == nil {
+				s.w.slabs = &slabSet{}
+			}
+			run = s.w.slabs.adopt(run, row)
+			s.adopted++
 		} else {
 			row = ownRow(ch.Key, ch.Value)
 		}

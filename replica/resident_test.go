@@ -267,11 +267,7 @@ func TestResident_TableModel(t *testing.T) {
 		if tbl.over.Len() != 0 || tbl.base.n != len(want) {
 			t.Fatalf("a load in key order left %d rows in the overlay, %d in base", tbl.over.Len(), tbl.base.n)
 		}
-		type copied struct {
-			tbl  *resTable
-			want model
-		}
-		var copies []copied
+		var copies []tableCopy
 		merges := 0
 		for step := range 3000 {
 			k := fmt.Sprintf("k%03d", rng.IntN(220))
@@ -292,7 +288,7 @@ func TestResident_TableModel(t *testing.T) {
 				merges++
 			}
 			if rng.IntN(20) == 0 {
-				copies = append(copies, copied{tbl.Copy(), maps.Clone(want)})
+				copies = append(copies, tableCopy{tbl.Copy(), maps.Clone(want)})
 			}
 			if err := checkTable(tbl, want, rng); err != nil {
 				t.Fatalf("step %d: %v", step, err)
@@ -306,6 +302,87 @@ func TestResident_TableModel(t *testing.T) {
 		}
 		t.Logf("%d merges, %d copies", merges, len(copies))
 	})
+}
+
+// TestResident_TableAppendsPastEnd: rows past every row of the table
+// (keys in ascending order) go to the end of base, not into the overlay,
+// also after copies were taken and across base's chunks; copies taken
+// before keep their rows, and the table stays the model's amid updates,
+// deletes (of the last row too) and merges.
+func TestResident_TableAppendsPastEnd(t *testing.T) {
+	forSeeds(t, func(t *testing.T, seed uint64) {
+		rng := rand.New(rand.NewPCG(seed, 0xa99e))
+		tbl := newResRows()
+		want := model{}
+		key := func(i int) string { return fmt.Sprintf("k%05d", i) }
+		next := 0
+		for ; next < resChunk-300; next++ { // base's first chunk, nearly full
+			want[key(next)] = "base"
+			loadRow(tbl, []byte(key(next)), []byte("base"))
+		}
+		var copies []tableCopy
+		appended := 0
+		for step := range 1500 {
+			switch r := rng.IntN(10); {
+			case r < 6: // a new key past every row
+				k := key(next)
+				next++
+				over := tbl.over.Len()
+				setRow(tbl, []byte(k), []byte(fmt.Sprint(step)), false)
+				want[k] = fmt.Sprint(step)
+				if tbl.over.Len() != over {
+					t.Fatalf("step %d: %s, past every row, went into the overlay", step, k)
+				}
+				appended++
+			case r < 7: // the last row deleted: the next key is past it
+				k := key(next - 1)
+				setRow(tbl, []byte(k), nil, true)
+				delete(want, k)
+			default:
+				k := key(rng.IntN(next))
+				if rng.IntN(3) == 0 {
+					setRow(tbl, []byte(k), nil, true)
+					delete(want, k)
+				} else {
+					setRow(tbl, []byte(k), []byte(fmt.Sprint(step)), false)
+					want[k] = fmt.Sprint(step)
+				}
+			}
+			if rng.IntN(100) == 0 {
+				nb, _, ok := tbl.merged(nil, nil)
+				if !ok {
+					t.Fatal("a merge without stop gave up")
+				}
+				tbl = &resTable{base: nb, over: newDeltaRows(), n: tbl.n}
+			}
+			if rng.IntN(10) == 0 {
+				copies = append(copies, tableCopy{tbl.Copy(), maps.Clone(want)})
+			}
+			if step%50 == 0 {
+				if err := checkTable(tbl, want, rng); err != nil {
+					t.Fatalf("step %d: %v", step, err)
+				}
+			}
+		}
+		if err := checkTable(tbl, want, rng); err != nil {
+			t.Fatal(err)
+		}
+		for i, c := range copies {
+			if err := checkTable(c.tbl, c.want, rng); err != nil {
+				t.Fatalf("copy %d changed: %v", i, err)
+			}
+		}
+		if tbl.base.n <= resChunk {
+			t.Fatalf("base holds %d rows: the test never crossed a chunk", tbl.base.n)
+		}
+		t.Logf("%d rows appended past the end, %d copies", appended, len(copies))
+	})
+}
+
+// tableCopy is a copy of a table taken in a model test and the model then.
+type tableCopy struct {
+	tbl  *resTable
+	want model
 }
 
 // checkTable compares tbl with want: a full scan, Len, gets of present and
@@ -478,6 +555,105 @@ func TestResident_SlabGarbageBound(t *testing.T) {
 	if s.compactions == 0 {
 		t.Fatal("the changes replaced most rows but no slab was compacted")
 	}
+}
+
+// TestResident_AppliedChangesKeepDecodedBytes: changes applied from
+// frames the transport decoded (keys and values in one slab a frame) are
+// kept as they are, not copied; as later changes replace them, the dead
+// bytes their slabs hold stay at most half of the slabs' bytes
+// (compactions copy the survivors out), and the rows stay the model's.
+// Merges run synchronously here (no spawn), so the bound holds after
+// every batch.
+func TestResident_AppliedChangesKeepDecodedBytes(t *testing.T) {
+	const keys, batch = 3000, 200
+	rng := rand.New(rand.NewPCG(13, 14))
+	s := newResident(cursor{}, newResRows(), 0, nil, nil, nil)
+	s.minCompact = 64 << 10
+	want := model{}
+	seq, puts := uint64(0), 0
+	maxDead := 0.0
+	for range 150 {
+		chs := make(transport.ChangeList, batch)
+		for i := range chs {
+			seq++
+			k := benchKey(rng.IntN(keys))
+			chs[i] = transport.Change{Seq: seq, Key: k, TxnEnd: i == batch-1}
+			if rng.IntN(5) == 0 {
+				chs[i].Op = transport.OpDelete
+				delete(want, string(k))
+			} else {
+				v := fmt.Sprint(seq, strings.Repeat("v", 100+rng.IntN(200)))
+				chs[i].Op, chs[i].Value = transport.OpPut, []byte(v)
+				want[string(k)] = v
+				puts++
+			}
+		}
+		f := wireChanges(t, seq, chs)
+		compactions := s.compactions
+		s.apply(cursor{Seq: seq}, f.Changes)
+		if err := checkSlabs(s); err != nil {
+			t.Fatalf("seq %d: %v", seq, err)
+		}
+		if ss := s.w.slabs; ss.size > 0 {
+			maxDead = max(maxDead, float64(ss.dead())/float64(ss.size))
+		}
+		if s.compactions != compactions {
+			continue // it may have copied some of the frame's rows
+		}
+		// The rows of the last change of each key in the frame are the
+		// decoded bytes themselves.
+		last := map[string]int{}
+		for i, c := range f.Changes {
+			last[string(c.Key)] = i
+		}
+		for _, i := range last {
+			c := f.Changes[i]
+			r, ok := s.w.Get(searchRow(c.Key))
+			if c.Op == transport.OpDelete {
+				continue
+			}
+			if !ok || r.p != unsafe.SliceData(c.Key) {
+				t.Fatalf("seq %d: the row of change %d was copied (found %v)", seq, c.Seq, ok)
+			}
+		}
+	}
+	if s.adopted != puts {
+		t.Fatalf("%d rows kept as decoded, want %d (the puts)", s.adopted, puts)
+	}
+	// A small batch (a steady stream's) is copied: its runs would be many
+	// and small.
+	seq++
+	f := wireChanges(t, seq, transport.ChangeList{{Seq: seq, Op: transport.OpPut, Key: benchKey(keys), Value: []byte("small"), TxnEnd: true}})
+	if _, ok := transport.RowBytes(&transport.Row{Key: f.Changes[0].Key, Value: f.Changes[0].Value}); !ok {
+		t.Fatal("a decoded change is not one allocation")
+	}
+	s.apply(cursor{Seq: seq}, f.Changes)
+	want[string(benchKey(keys))] = "small"
+	if r, ok := s.w.Get(searchRow(f.Changes[0].Key)); !ok || r.p == unsafe.SliceData(f.Changes[0].Key) || s.adopted != puts {
+		t.Fatalf("the row of a small batch: found %v, kept as decoded %v", ok, ok && r.p == unsafe.SliceData(f.Changes[0].Key))
+	}
+	if err := checkView(s.view.Load(), want, rng); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d compactions; dead slab bytes at most %.0f%% of the slabs' after a batch", s.compactions, 100*maxDead)
+	if s.compactions == 0 {
+		t.Fatal("the changes replaced most rows but no slab was compacted")
+	}
+}
+
+// wireChanges is a changes frame of chs (head seq head) as a reader
+// decodes it from the wire.
+func wireChanges(t *testing.T, head uint64, chs transport.ChangeList) *transport.OwnerFrame {
+	t.Helper()
+	b, err := transport.Marshal(&transport.OwnerFrame{Kind: transport.KindChanges, HeadSeq: head, Changes: chs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := new(transport.OwnerFrame)
+	if err := transport.Unmarshal(b, f); err != nil {
+		t.Fatal(err)
+	}
+	return f
 }
 
 // checkView compares v with want: a full scan (order, contents, byte

@@ -66,11 +66,12 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 		return nil
 	}
 	fr := &frameReader{}
-	if isRowsFrame(data, v) {
-		// A rows frame's rows are copied out of the message (Row.decode),
-		// so the message is read from a pooled buffer, not a copy of its
-		// own: a full transfer's reader would otherwise allocate its whole
-		// payload twice, once as garbage.
+	if isSlabFrame(data, v) {
+		// A rows or changes frame's keys and values are copied out of the
+		// message (into its slab: parseRow, parseChange), so the message
+		// is read from a pooled buffer, not a copy of its own: a reader
+		// would otherwise allocate its whole payload twice, once as
+		// garbage.
 		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
 		defer buf.Free()
 		fr.b, fr.pooled = buf.ReadOnlyData(), true
@@ -91,16 +92,17 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	return nil
 }
 
-// isRowsFrame reports whether data is an OwnerFrame of KindRows decoded
-// into v: the map msgpack's encoder writes for it starts with its Kind
-// (fixmap, fixstr "k", the kind as a positive fixint). Anything else is
-// decoded as before.
-func isRowsFrame(data mem.BufferSlice, v any) bool {
+// isSlabFrame reports whether data is an OwnerFrame of KindRows or
+// KindChanges decoded into v: the map msgpack's encoder writes for it
+// starts with its Kind (fixmap, fixstr "k", the kind as a positive
+// fixint). Anything else is decoded as before.
+func isSlabFrame(data mem.BufferSlice, v any) bool {
 	if _, ok := v.(*OwnerFrame); !ok || len(data) == 0 {
 		return false
 	}
 	b := data[0].ReadOnlyData()
-	return len(b) >= 4 && b[0]&0xf0 == msgpcode.FixedMapLow && b[1] == msgpcode.FixedStrLow|1 && b[2] == 'k' && b[3] == byte(KindRows)
+	return len(b) >= 4 && b[0]&0xf0 == msgpcode.FixedMapLow && b[1] == msgpcode.FixedStrLow|1 && b[2] == 'k' &&
+		(b[3] == byte(KindRows) || b[3] == byte(KindChanges))
 }
 
 // frameReader is what Codec decodes a message from: b is the codec's own
@@ -164,47 +166,111 @@ func (r *frameReader) take(n int) ([]byte, error) {
 // parseChange decodes the change at the reader's position when it is in
 // the forms msgpack's encoder writes (AppendChange's): a 7-element
 // fixarray; seq, op and epoch as unsigned ints; key and value as bins or
-// nil (a nil key or value stays nil, a bin is cut from the message like
-// decodeBin's); the time as an int; TxnEnd as a bool. It gives what
-// Change.decode gives for those bytes, without the decoder's per-field
-// calls. Any other form (msgpack accepts several for one value), or too
-// few bytes, leaves the reader and c as they were and returns false:
-// Change.decode then reads the change, or fails on it.
+// nil (a nil key or value stays nil); the time as an int; TxnEnd as a
+// bool. It gives what Change.decode gives for those bytes, without the
+// decoder's per-field calls. A bin is cut from the message like
+// decodeBin's; read from a pooled buffer, the key and the value are
+// copied into the frame's slab instead, one after the other, the key's
+// capacity covering the value (RowBytes, as a decoded row's: a resident
+// replica keeps them as they are), like parseRow's. Any other form
+// (msgpack accepts several for one value), or too few bytes, leaves the
+// reader and c as they were and returns false: Change.decode then reads
+// the change, or fails on it.
 func (r *frameReader) parseChange(c *Change) bool {
-	b, p := r.b, r.pos
-	if p >= len(b) || b[p] != msgpcode.FixedArrayLow|7 {
+	ch, p, ok := parseChangeAt(r.b, r.pos)
+	if !ok {
 		return false
+	}
+	if r.pooled {
+		if !r.slabbed {
+			r.slab, r.slabbed = slabFor(changeBytesAhead(r.b, r.pos)), true
+		}
+		k, v := ch.Key, ch.Value
+		var kv []byte
+		kv, r.slab = slabCut(r.slab, len(k)+len(v))
+		copy(kv, k)
+		copy(kv[len(k):], v)
+		ch.Key, ch.Value = nil, nil
+		if k != nil {
+			ch.Key = kv[:len(k)]
+		}
+		if v != nil {
+			ch.Value = kv[len(k):]
+		}
+	}
+	*c, r.pos = ch, p
+	return true
+}
+
+// slabFor is a slab for n bytes of keys and values. Its capacity is one
+// byte more, never used: a key or value cut from it never ends where
+// another allocation starts, so rows that follow each other in memory are
+// in the same slab (what a resident replica's runs of adopted rows rely
+// on: resident.apply).
+func slabFor(n int) []byte { return make([]byte, 0, n+1) }
+
+// slabCut cuts n bytes from slab (its capacity capped at them), or
+// allocates them (with slabFor's spare byte) when the slab has no room,
+// and returns them and the slab.
+func slabCut(slab []byte, n int) (kv, rest []byte) {
+	l := len(slab)
+	if n > cap(slab)-l-1 {
+		return slabFor(n)[:n:n], slab
+	}
+	slab = slab[:l+n]
+	return slab[l : l+n : l+n], slab
+}
+
+// changeBytesAhead is the key and value bytes of the changes in
+// parseChange's form from b[p:] on, up to the first that is not: what a
+// changes frame's slab holds (rowBytesAhead).
+func changeBytesAhead(b []byte, p int) int {
+	n := 0
+	for {
+		ch, q, ok := parseChangeAt(b, p)
+		if !ok {
+			return n
+		}
+		n += len(ch.Key) + len(ch.Value)
+		p = q
+	}
+}
+
+// parseChangeAt parses the change at b[p:] in parseChange's forms, its key
+// and value cut from b, and returns it and the position after it.
+func parseChangeAt(b []byte, p int) (Change, int, bool) {
+	if p >= len(b) || b[p] != msgpcode.FixedArrayLow|7 {
+		return Change{}, p, false
 	}
 	p++
 	var ch Change
 	var op, tm uint64
 	var ok bool
 	if ch.Seq, p, ok = parseUint(b, p); !ok {
-		return false
+		return ch, p, false
 	}
 	if op, p, ok = parseUint(b, p); !ok || op > 255 {
-		return false
+		return ch, p, false
 	}
 	ch.Op = Op(op)
 	if ch.Key, p, ok = parseBin(b, p); !ok {
-		return false
+		return ch, p, false
 	}
 	if ch.Value, p, ok = parseBin(b, p); !ok {
-		return false
+		return ch, p, false
 	}
 	if tm, p, ok = parseInt(b, p); !ok {
-		return false
+		return ch, p, false
 	}
 	ch.Time = int64(tm)
 	if p >= len(b) || (b[p] != msgpcode.True && b[p] != msgpcode.False) {
-		return false
+		return ch, p, false
 	}
 	ch.TxnEnd = b[p] == msgpcode.True
 	if ch.Epoch, p, ok = parseUint(b, p+1); !ok {
-		return false
+		return ch, p, false
 	}
-	*c, r.pos = ch, p
-	return true
+	return ch, p, true
 }
 
 // parseRow decodes the row at the reader's position when it is in the

@@ -353,8 +353,8 @@ func TestUnmarshal_RowsFrame(t *testing.T) {
 	}
 	t.Run("rows are copies", func(t *testing.T) {
 		b := mustMarshal(t, &OwnerFrame{Kind: KindRows, Rows: rows})
-		if !isRowsFrame(mem.BufferSlice{mem.SliceBuffer(b)}, new(OwnerFrame)) {
-			t.Fatalf("isRowsFrame = false for a rows frame (%x...)", b[:4])
+		if !isSlabFrame(mem.BufferSlice{mem.SliceBuffer(b)}, new(OwnerFrame)) {
+			t.Fatalf("isSlabFrame = false for a rows frame (%x...)", b[:4])
 		}
 		got := new(OwnerFrame)
 		if err := Unmarshal(b, got); err != nil {
@@ -376,14 +376,17 @@ func TestUnmarshal_RowsFrame(t *testing.T) {
 			t.Errorf("after clearing the input: key %q value %q, want \"key\" \"value\"", k, v)
 		}
 	})
-	t.Run("other frames are not rows frames", func(t *testing.T) {
-		for _, f := range []*OwnerFrame{{Kind: KindChanges, Changes: sampleChanges()}, {Kind: KindSnapshotEnd, Count: 3}} {
-			if isRowsFrame(mem.BufferSlice{mem.SliceBuffer(mustMarshal(t, f))}, new(OwnerFrame)) {
-				t.Errorf("isRowsFrame = true for a %s frame", f.Kind)
+	t.Run("changes frames are slab frames, others are not", func(t *testing.T) {
+		if !isSlabFrame(mem.BufferSlice{mem.SliceBuffer(mustMarshal(t, &OwnerFrame{Kind: KindChanges, Changes: sampleChanges()}))}, new(OwnerFrame)) {
+			t.Error("isSlabFrame = false for a changes frame")
+		}
+		for _, f := range []*OwnerFrame{{Kind: KindHeartbeat, HeadSeq: 3}, {Kind: KindSnapshotEnd, Count: 3}} {
+			if isSlabFrame(mem.BufferSlice{mem.SliceBuffer(mustMarshal(t, f))}, new(OwnerFrame)) {
+				t.Errorf("isSlabFrame = true for a %s frame", f.Kind)
 			}
 		}
-		if isRowsFrame(mem.BufferSlice{mem.SliceBuffer(mustMarshal(t, &OwnerFrame{Kind: KindRows, Rows: rows}))}, new(ConsumerFrame)) {
-			t.Error("isRowsFrame = true for a ConsumerFrame target")
+		if isSlabFrame(mem.BufferSlice{mem.SliceBuffer(mustMarshal(t, &OwnerFrame{Kind: KindRows, Rows: rows}))}, new(ConsumerFrame)) {
+			t.Error("isSlabFrame = true for a ConsumerFrame target")
 		}
 	})
 	t.Run("allocates the rows once", func(t *testing.T) {

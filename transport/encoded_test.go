@@ -68,10 +68,12 @@ func TestEncodedChanges(t *testing.T) {
 	})
 }
 
-// TestChangeListDecodeShared: a frame's keys and values decode as slices
-// of the codec's copy of the message (not two allocations per change),
-// each capped at its own length so appending to one never writes over the
-// next, and none aliasing the bytes given to Unmarshal.
+// TestChangeListDecodeShared: a frame's keys and values decode into one
+// slab (not two allocations per change), each change's key followed by
+// its value, the key's capacity covering the value (RowBytes: a resident
+// replica keeps them) and the value's capped at its own length so
+// appending to one never writes over the next change, and none aliasing
+// the bytes given to Unmarshal.
 func TestChangeListDecodeShared(t *testing.T) {
 	const n = 200
 	chs := make([]Change, n)
@@ -97,8 +99,17 @@ func TestChangeListDecodeShared(t *testing.T) {
 	if got.Changes[7].Value != nil || got.Changes[9].Value == nil {
 		t.Fatalf("nil and empty values: got %v and %v, want nil and empty", got.Changes[7].Value, got.Changes[9].Value)
 	}
-	if k := got.Changes[0].Key; cap(k) != len(k) {
-		t.Fatalf("a decoded key has capacity %d beyond its %d bytes", cap(k), len(k))
+	for i, c := range got.Changes {
+		kv, ok := RowBytes(&Row{Key: c.Key, Value: c.Value})
+		if want := len(c.Value) > 0; ok != want {
+			t.Fatalf("change %d: RowBytes ok = %v, want %v", i, ok, want)
+		}
+		if ok && !bytes.Equal(kv, append(bytes.Clone(c.Key), c.Value...)) {
+			t.Fatalf("change %d: RowBytes = %q, want its key and value", i, kv)
+		}
+		if cap(c.Value) != len(c.Value) {
+			t.Fatalf("change %d: a decoded value has capacity %d beyond its %d bytes", i, cap(c.Value), len(c.Value))
+		}
 	}
 	if allocs > n {
 		t.Fatalf("%.0f allocations to decode %d changes: keys and values are not shared with the message", allocs, n)

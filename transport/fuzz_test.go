@@ -145,6 +145,16 @@ func FuzzDecodeChangeList(f *testing.F) {
 		if fastErr == nil && !reflect.DeepEqual(fast, slow) {
 			t.Fatalf("decode %x:\nfast          %+v\nChange.decode %+v", b, fast, slow)
 		}
+		// Read from a pooled buffer (a changes frame's), the fast path
+		// copies keys and values into the frame's slab: the same changes.
+		var pooled ChangeList
+		pooledErr := pooled.DecodeMsgpack(msgpack.NewDecoder(&frameReader{b: b, pooled: true}))
+		if (pooledErr == nil) != (slowErr == nil) {
+			t.Fatalf("decode %x pooled: error %v, Change.decode error %v", b, pooledErr, slowErr)
+		}
+		if pooledErr == nil && !reflect.DeepEqual([]Change(pooled), slow) {
+			t.Fatalf("decode %x:\npooled        %+v\nChange.decode %+v", b, pooled, slow)
+		}
 	})
 }
 

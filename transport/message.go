@@ -334,7 +334,9 @@ func (r *Row) cut(kv []byte, kn int, hasKey, hasValue bool) {
 // one array prove they are one allocation (for rows decoded by Codec, the
 // slab of their frame, shared with its other rows: keeping kv keeps the
 // slab), so a receiver that owns the row may keep kv instead of copying
-// the row. A decoded Key is therefore
+// the row. The key and value of a change of a changes frame decoded by
+// Codec are laid out the same way (frameReader.parseChange), so RowBytes
+// of a Row holding them says so too. A decoded Key is therefore
 // never appended to in place (that would overwrite the value): append to
 // a copy.
 func RowBytes(r *Row) (kv []byte, ok bool) {
@@ -387,7 +389,7 @@ func (l ChangeList) EncodeMsgpack(e *msgpack.Encoder) error {
 func (l *ChangeList) DecodeMsgpack(d *msgpack.Decoder) error {
 	fr, _ := d.Buffered().(*frameReader)
 	out, err := decodeList(d, func(c *Change, d *msgpack.Decoder) error {
-		if fr != nil && !fr.pooled && fr.parseChange(c) { // pooled: take copies
+		if fr != nil && fr.parseChange(c) {
 			return nil
 		}
 		return c.decode(d, true)
