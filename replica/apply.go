@@ -172,7 +172,19 @@ func (r *Replica) applied(next cursor, chs []transport.Change) error {
 	close(r.seqCh)
 	r.seqCh = make(chan struct{})
 	r.mu.Unlock()
-	r.notify(Event{Seq: next.Seq, Changes: chs})
+	r.cbMu.RLock()
+	callbacks := len(r.cbs) > 0
+	r.cbMu.RUnlock()
+	if callbacks {
+		// A decoded key's capacity covers its value (transport.RowBytes),
+		// which a resident replica keeps as its row: a callback appending
+		// to the key must get a copy, not write over the row's value.
+		for i := range chs {
+			k := chs[i].Key
+			chs[i].Key = k[:len(k):len(k)]
+		}
+		r.notify(Event{Seq: next.Seq, Changes: chs})
+	}
 	return nil
 }
 

@@ -696,6 +696,10 @@ func (f *Feed) fresh(fr *transport.OwnerFrame) ([]Change, error) {
 		if chs[j].Epoch == 0 {
 			chs[j].Epoch = fr.Epoch
 		}
+		// A decoded key's capacity covers its value (transport.RowBytes):
+		// the caller's append to it must copy, not write over the value.
+		k := chs[j].Key
+		chs[j].Key = k[:len(k):len(k)]
 	}
 	return chs, nil
 }

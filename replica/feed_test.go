@@ -567,3 +567,20 @@ func TestFeed_ScriptedOwner(t *testing.T) {
 		t.Errorf("streams opened after seqs %v, want %v", seqs, want)
 	}
 }
+
+// TestFeed_FreshKeysAppendCopies: the changes a feed hands out have keys
+// whose capacity ends with them, so an append copies instead of writing
+// over the value that follows the key in the decoded frame.
+func TestFeed_FreshKeysAppendCopies(t *testing.T) {
+	kv := []byte("keyvalue")
+	fr := &transport.OwnerFrame{Epoch: 1, Changes: []transport.Change{{Seq: 1, Op: transport.OpPut, Key: kv[:3], Value: kv[3:]}}}
+	f := &Feed{}
+	chs, err := f.fresh(fr)
+	if err != nil || len(chs) != 1 {
+		t.Fatalf("fresh = %d changes, %v", len(chs), err)
+	}
+	_ = append(chs[0].Key, "XXX"...)
+	if string(chs[0].Value) != "value" {
+		t.Fatalf("an append to the key changed the value to %q", chs[0].Value)
+	}
+}

@@ -65,8 +65,8 @@ type Event struct {
 	// Changes are the changes applied, in seq order. They are the
 	// callback's to keep, but their keys and values share memory with the
 	// rest of the frame they arrived in (up to 64 KiB), and with the
-	// replica's in-memory rows: never modify them in place (append to a
-	// key only after copying it: its capacity covers its value). A
+	// replica's in-memory rows: never modify them in place (an append
+	// to a key or a value copies: their capacities end with them). A
 	// callback that keeps a few of them for long should copy those
 	// (bytes.Clone), or it keeps whole frames alive.
 	Changes []Change

@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -321,17 +322,8 @@ func TestTyped_RoundTrip(t *testing.T) {
 }
 
 func TestReplica_OnChangeAndWatch(t *testing.T) {
-	var mem memNet
-	owner := mem.open(t, "stores", "s1", "")
-	defer mustClose(t, owner)
-	cons := mem.open(t, "products", "p1", "")
-	defer mustClose(t, cons)
-	ot, _ := owner.Own("t")
 	ctx := ctxT(t, 20*time.Second)
-	r, err := cons.Subscribe(ctx, SubscribeOptions{Service: "stores", Table: "t", Addr: owner.Addr()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ot, r := ownedAndReplica(ctx, t)
 	var cbSeqs []uint64
 	done := make(chan struct{})
 	const n = 300
@@ -425,4 +417,63 @@ func TestSender_LingerBatchesTrickle(t *testing.T) {
 	if len(e.Changes) != 3 || e.Seq != last {
 		t.Fatalf("first batch has %d changes up to seq %d; want the 3 trickled writes in one batch (linger)", len(e.Changes), e.Seq)
 	}
+}
+
+// TestReplica_OnChangeAppendCopies: a callback that appends to a change's
+// key or value (as code building a derived key does) gets a copy; the
+// replica's row, which keeps the decoded bytes of a large batch, keeps its
+// value.
+func TestReplica_OnChangeAppendCopies(t *testing.T) {
+	ctx := ctxT(t, 20*time.Second)
+	ot, r := ownedAndReplica(ctx, t)
+	<-r.Ready()
+	cancel := r.OnChange(func(e Event) {
+		for _, ch := range e.Changes {
+			_ = append(ch.Key, "XXXXXXXX"...)
+			_ = append(ch.Value, "YYYYYYYY"...)
+		}
+	})
+	defer cancel()
+	// One Apply of 40 KiB: a batch large enough that the replica keeps
+	// its decoded bytes as its rows.
+	want := map[string][]byte{}
+	var ws []Write
+	for i := range 100 {
+		k, v := fmt.Appendf(nil, "k%03d", i), bytes.Repeat([]byte{byte('a' + i%26)}, 400)
+		ws = append(ws, Write{Key: k, Value: v})
+		want[string(k)] = v
+	}
+	seq, err := ot.Apply(ctx, ws...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WaitFor(ctx, seq); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range want {
+		got, ok, err := r.Get([]byte(k))
+		if err != nil || !ok || !bytes.Equal(got, v) {
+			t.Fatalf("Get(%s) = %.20q…, %v, %v; want %.20q…", k, got, ok, err, v)
+		}
+	}
+}
+
+// ownedAndReplica: table t of service stores, owned by one in-memory
+// component and subscribed by another, on a memNet; both close with t.
+func ownedAndReplica(ctx context.Context, t *testing.T) (*OwnedTable, *Replica) {
+	t.Helper()
+	var mem memNet
+	owner := mem.open(t, "stores", "s1", "")
+	t.Cleanup(func() { mustClose(t, owner) })
+	cons := mem.open(t, "products", "p1", "")
+	t.Cleanup(func() { mustClose(t, cons) })
+	ot, err := owner.Own("t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := cons.Subscribe(ctx, SubscribeOptions{Service: "stores", Table: "t", Addr: owner.Addr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ot, r
 }
