@@ -198,6 +198,9 @@ func (c *Component) buildGroup(pending []*pendingWrite) *group {
 		}
 		g.touched = append(g.touched, t)
 		lw := newLogWriter(t)
+		if len(g.touched) == 1 {
+			lw.useBuffers(&c.logSpare)
+		}
 		lw.noRows = t.direct <= 0 // the overlay holds them (ownrows.go)
 		g.logs = append(g.logs, lw)
 		g.taken = append(g.taken, nil)
@@ -272,6 +275,11 @@ func (c *Component) buildGroup(pending []*pendingWrite) *group {
 		g.txn.Discard()
 		g.err = fmt.Errorf("commit: %w", g.err)
 	}
+	// Nothing holds the log writer's buffers once its groups are in the
+	// transaction or the segment: the next commit reuses them.
+	if len(g.logs) > 0 {
+		g.logs[0].giveBuffers(&c.logSpare)
+	}
 	return g
 }
 
@@ -303,9 +311,6 @@ func (c *Component) finishGroup(g *group, err error) {
 			if pw.table == t {
 				t.tail.append(pw.changes)
 				t.meta.Head = pw.seq
-				if g.logs[i].noRows {
-					t.addOverlay(pw.changes)
-				}
 			}
 		}
 		t.meta.Rows = g.rowsAt[i] // as badger holds it now
@@ -313,6 +318,17 @@ func (c *Component) finishGroup(g *group, err error) {
 		close(t.headCh)
 		t.headCh = make(chan struct{})
 		t.mu.Unlock()
+		// The overlay is the committer's own (no lock): filled after the
+		// head is published, it holds neither the writers (Head, in
+		// flow control) nor the streams the commit wakes. Whoever needs
+		// the rows asks the committer, which is done here first.
+		if g.logs[i].noRows {
+			for _, pw := range g.writes {
+				if pw.table == t {
+					t.addOverlay(pw.changes)
+				}
+			}
+		}
 	}
 	for _, pw := range g.writes {
 		close(pw.done)

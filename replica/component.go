@@ -56,7 +56,11 @@ type Component struct {
 
 	writes     chan *pendingWrite
 	commitDone chan struct{} // closed when the committer has stopped
-	dropKick   chan struct{}
+	// logSpare is the committer's spare log writer buffers (commit.go):
+	// the groups of one commit are encoded into the buffers the last
+	// one grew, not into new ones grown again for every commit.
+	logSpare logBuffers
+	dropKick chan struct{}
 
 	mu       sync.Mutex
 	closed   bool

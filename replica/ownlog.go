@@ -250,6 +250,37 @@ type logWriter struct {
 
 func newLogWriter(t *OwnedTable) *logWriter { return &logWriter{t: t, max: t.c.groupPieceMax()} }
 
+// logBuffers are the buffers a logWriter grows, kept by the committer
+// between commits (Component.logSpare).
+type logBuffers struct {
+	b      groupBuilder
+	out    []byte
+	pieces []segPiece
+	bounds []uint64
+}
+
+// logSpareMax is the most bytes of buffers the committer keeps: a commit
+// larger than that grows its own (and they are dropped).
+const logSpareMax = 4 << 20
+
+// useBuffers has w (new, nothing added) take the buffers in s.
+func (w *logWriter) useBuffers(s *logBuffers) {
+	w.b.seqs, w.b.ends, w.b.data = s.b.seqs[:0], s.b.ends[:0], s.b.data[:0]
+	w.out, w.pieces, w.bounds = s.out[:0], s.pieces[:0], s.bounds[:0]
+	*s = logBuffers{}
+}
+
+// giveBuffers hands w's buffers to s, when they are small enough to keep;
+// w must not be written to again (what it wrote, it wrote elsewhere:
+// badger's transaction and the segment keep no reference to them).
+func (w *logWriter) giveBuffers(s *logBuffers) {
+	if cap(w.out)+cap(w.b.data)+8*cap(w.b.seqs)+4*cap(w.b.ends) > logSpareMax {
+		return
+	}
+	*s = logBuffers{b: w.b, out: w.out, pieces: w.pieces, bounds: w.bounds}
+	w.b, w.out, w.pieces, w.bounds = groupBuilder{}, nil, nil, nil
+}
+
 // add writes ch's row into txn (unless noRows: the primary's commit,
 // whose rows the committer writes later; ownrows.go) and adds its log
 // entry to the group.

@@ -430,6 +430,9 @@ type pendingWrite struct {
 	// runs once every group before it is committed and finished, before any
 	// group after it is built (see Component.inCommitter).
 	barrier func()
+	// one holds the change of a single write (changes is one[:]): a
+	// write of one change is one allocation, not two.
+	one [1]transport.Change
 }
 
 // Submit queues writes for the next group commit and returns without
@@ -439,7 +442,12 @@ func (t *OwnedTable) Submit(ctx context.Context, ws ...Write) (*Pending, error) 
 	if len(ws) == 0 {
 		return nil, fmt.Errorf("%w: apply %s: no writes", ErrInvalid, t.name)
 	}
-	pw := &pendingWrite{Pending: Pending{closed: t.c.commitDone, done: make(chan struct{})}, table: t, changes: make([]transport.Change, len(ws))}
+	pw := &pendingWrite{Pending: Pending{closed: t.c.commitDone, done: make(chan struct{})}, table: t}
+	if len(ws) == 1 {
+		pw.changes = pw.one[:]
+	} else {
+		pw.changes = make([]transport.Change, len(ws))
+	}
 	for i, w := range ws {
 		if len(w.Key) == 0 {
 			return nil, fmt.Errorf("%w: %s: empty key", ErrInvalid, t.name)
@@ -450,12 +458,16 @@ func (t *OwnedTable) Submit(ctx context.Context, ws ...Write) (*Pending, error) 
 		if limit, why := t.c.valueLimit(); len(w.Value) > limit {
 			return nil, fmt.Errorf("%w: %s: value of %d bytes (max %d%s)", ErrTooLarge, t.name, len(w.Value), limit, why)
 		}
-		ch := transport.Change{Op: transport.OpPut, Key: bytes.Clone(w.Key), Value: bytes.Clone(w.Value)}
-		if ch.Value == nil {
-			ch.Value = []byte{}
-		}
+		var ch transport.Change
 		if w.Delete {
-			ch.Op, ch.Value = transport.OpDelete, nil
+			ch = transport.Change{Op: transport.OpDelete, Key: bytes.Clone(w.Key)}
+		} else {
+			// The key and value copied into one allocation, each
+			// slice capped at its end.
+			kv := make([]byte, len(w.Key)+len(w.Value))
+			k := copy(kv, w.Key)
+			copy(kv[k:], w.Value)
+			ch = transport.Change{Op: transport.OpPut, Key: kv[:k:k], Value: kv[k:]}
 		}
 		pw.changes[i] = ch
 		pw.size += ch.Size()
