@@ -146,10 +146,14 @@ type resTable struct {
 // resMergeDiv and resMinMerge: a merge is due when over holds more than
 // resMinMerge changes and more than base's rows / resMergeDiv. Each change
 // then costs about resMergeDiv rows' worth of copying in the background,
-// and over stays small against base.
+// and over stays small against base. Until a merge, base still holds the
+// rows over replaced (and their slabs): a small table rewritten whole kept
+// about twice its rows with a floor of 4096 changes (the footprint
+// workload's 4,000-row table: 18.7-21.1 MB above the floor against
+// 17.6-18.3 MB with 512, cmd/replbench -workloads footprint, alternated).
 const (
 	resMergeDiv = 8
-	resMinMerge = 4096
+	resMinMerge = 512
 )
 
 // resBase is a table's sorted rows in chunks of resChunk (all full but the
@@ -389,7 +393,7 @@ func (t *resTable) merged(stop func() bool, copyOut []slabRun) (*resBase, []slab
 // into new slabs of its own: after it, no run is more than half dead, so
 // the dead bytes are at most half of the slab bytes again. The hash index
 // points to the rows it copies, so it is dropped and built again.
-const resMinCompact = 1 << 20
+const resMinCompact = 256 << 10
 
 // compactSlab is the size of the slabs a compaction copies rows into.
 const compactSlab = 64 << 10
