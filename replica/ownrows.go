@@ -232,7 +232,8 @@ func (t *OwnedTable) rowView(fn func(txn *badger.Txn, m ownerMeta) error) error 
 // replayRows fills t's overlay with the log's changes above the meta's
 // Rows, to Head, and flushes it: Own's recovery of the rows a crash left
 // behind. Every seq of them must be in the log (trimming never drops an
-// entry above Rows).
+// entry above Rows: it keeps them, below the window when First has passed
+// Rows, which is why this is not scanLog, which refuses a seq below First).
 func (t *OwnedTable) replayRows() error {
 	from, head := t.meta.Rows+1, t.meta.Head
 	next := from
