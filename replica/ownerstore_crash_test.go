@@ -177,13 +177,7 @@ func TestOwnerStoreCrashChild(t *testing.T) {
 // write), each value stored once, the log window whole and the workload's,
 // only kept entries below it (checkOwnerStore), and the reads agree.
 func TestOwnerStore_CrashWhileTrimming(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs child processes; skipped in -short mode")
-	}
-	seed, _ := testSeed(t)
-	t.Logf("seed %d (replay: REPLMESH_SEED=%d go test -run TestOwnerStore_CrashWhileTrimming ./replica)", seed, seed)
-	rng := rand.New(rand.NewPCG(seed, 0x05c))
-	dir := filepath.Join(t.TempDir(), "owner")
+	rng, dir := ownerCrashSetup(t, 0x05c)
 	keys := oscKeyList()
 	const cycles = 8
 	var acked uint64
@@ -284,13 +278,7 @@ func TestOwnerStore_CrashWhileTrimming(t *testing.T) {
 // Rows from the log), and once Own has replayed the log into the rows,
 // the rows in badger must be the table's at its head, and the reads too.
 func TestOwnerStore_CrashWithOverlay(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs child processes; skipped in -short mode")
-	}
-	seed, _ := testSeed(t)
-	t.Logf("seed %d (replay: REPLMESH_SEED=%d go test -run TestOwnerStore_CrashWithOverlay ./replica)", seed, seed)
-	rng := rand.New(rand.NewPCG(seed, 0x0f1b))
-	dir := filepath.Join(t.TempDir(), "owner")
+	rng, dir := ownerCrashSetup(t, 0x0f1b)
 	keys := oscKeyList()
 	const cycles = 6
 	var acked uint64
@@ -354,4 +342,17 @@ func TestOwnerStore_CrashWithOverlay(t *testing.T) {
 		t.Logf("cycle %d: head %d (acknowledged %d), rows through %d at the kill, %d rows", cycle+1, head, acked, before.meta.Rows, len(model))
 		mustClose(t, c)
 	}
+}
+
+// ownerCrashSetup starts an owner crash test (skipped in -short mode: it
+// runs child processes): its seeded random source (stream) and the owner's
+// data dir.
+func ownerCrashSetup(t *testing.T, stream uint64) (*rand.Rand, string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("runs child processes; skipped in -short mode")
+	}
+	seed, _ := testSeed(t)
+	t.Logf("seed %d (replay: REPLMESH_SEED=%d go test -run %s ./replica)", seed, seed, t.Name())
+	return rand.New(rand.NewPCG(seed, stream)), filepath.Join(t.TempDir(), "owner")
 }
