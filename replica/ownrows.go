@@ -55,6 +55,14 @@ type ovRow struct {
 	del bool
 }
 
+// write puts r in txn as the row under key: its ref row, or its deletion.
+func (r ovRow) write(txn *badger.Txn, key []byte) error {
+	if r.del {
+		return txn.Delete(key)
+	}
+	return txn.Set(key, encodeRefRow(r.seq))
+}
+
 // ovMaxKeys and ovMaxBytes (of keys) are how much the overlays hold
 // before the committer flushes them.
 const (
@@ -142,12 +150,7 @@ func (t *OwnedTable) flushRows() error {
 	}
 	for k, r := range t.ov {
 		key := concat(t.rowPrefix, []byte(k))
-		err := write(func(txn *badger.Txn) error {
-			if r.del {
-				return txn.Delete(key)
-			}
-			return txn.Set(key, encodeRefRow(r.seq))
-		})
+		err := write(func(txn *badger.Txn) error { return r.write(txn, key) })
 		if err != nil {
 			return fmt.Errorf("flush rows of %s: %w", t.name, err)
 		}
@@ -301,13 +304,7 @@ func (t *OwnedTable) drainOverlay(txn *badger.Txn, rows, size *int, taken []ovTa
 			break
 		}
 		key := concat(t.rowPrefix, []byte(k))
-		var err error
-		if r.del {
-			err = txn.Delete(key)
-		} else {
-			err = txn.Set(key, encodeRefRow(r.seq))
-		}
-		if err != nil {
+		if err := r.write(txn, key); err != nil {
 			return taken, err
 		}
 		delete(t.ov, k)
